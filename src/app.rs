@@ -1,0 +1,172 @@
+//! The application: shared state, the router, and the build/run life cycle that tests use
+//! to boot the real gateway on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::billing::{PriceBook, prices};
+use crate::config::Config;
+use crate::metering::Ledger;
+use crate::proxy::handlers;
+use crate::proxy::upstreams::Upstreams;
+use crate::store::{self, Db};
+
+pub struct App {
+    config: Config,
+    db: Db,
+    ledger: Ledger,
+    prices: PriceBook,
+    upstreams: Upstreams,
+    /// Exchanges run outside the connection that started them (so a client leaving cannot
+    /// cancel metering); shutdown waits for them here.
+    tasks: TaskTracker,
+}
+
+/// Cheap to clone; handed to every handler.
+#[derive(Clone)]
+pub struct AppState(Arc<App>);
+
+impl AppState {
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    pub fn db(&self) -> &Db {
+        &self.0.db
+    }
+    pub fn ledger(&self) -> &Ledger {
+        &self.0.ledger
+    }
+    pub fn prices(&self) -> &PriceBook {
+        &self.0.prices
+    }
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.0.upstreams
+    }
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.0.tasks
+    }
+}
+
+/// The router with its fallback; the one place the route table is assembled.
+pub fn router(state: AppState) -> Router {
+    handlers::router()
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    ledger_task: JoinHandle<()>,
+}
+
+impl Application {
+    /// Opens the database, records the price tables, builds the upstreams and binds the
+    /// listener (`server.listen`; port 0 picks a free port).
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        // Both crypto providers may be linked in; pick one for outbound TLS.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let db = store::connect(&config.database).await?;
+        let entries = prices::load_dir(&config.pricing.dir)?;
+        check_price_tables(&config, &entries)?;
+        let added = store::prices::sync(&db, &entries).await?;
+        if added > 0 {
+            tracing::info!(added, "new price versions recorded");
+        }
+        let book = PriceBook::new(store::prices::all(&db).await?);
+        for up in &config.upstreams {
+            if !book.covers(&up.model, &up.chip) {
+                bail!(
+                    "upstream {}/{} has no price: add it (or a '*' chip entry) to {}",
+                    up.model,
+                    up.chip,
+                    config.pricing.dir.display()
+                );
+            }
+        }
+        let upstreams = Upstreams::build(&config)?;
+        let (ledger, ledger_task) = Ledger::spawn(
+            db.clone(),
+            config.ledger.batch_max,
+            config.ledger.queue_capacity,
+        );
+        let addr = config.listen_addr()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tokio::task::spawn_blocking(crate::metering::estimate::warm_up);
+        let state = AppState(Arc::new(App {
+            config,
+            db,
+            ledger,
+            prices: book,
+            upstreams,
+            tasks: TaskTracker::new(),
+        }));
+        Ok(Application {
+            listener,
+            state,
+            ledger_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: in-flight requests finish, exchanges
+    /// finish, and the ledger commits everything queued before this returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            ledger_task,
+        } = self;
+        axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        state.tasks().close();
+        state.tasks().wait().await;
+        drop(state);
+        ledger_task.await.context("the ledger writer panicked")?;
+        Ok(())
+    }
+}
+
+/// Every price must name a served model, and a chip of it (or `*`).
+fn check_price_tables(config: &Config, entries: &[prices::PriceEntry]) -> anyhow::Result<()> {
+    for e in entries {
+        let chips: Vec<&str> = config
+            .upstreams
+            .iter()
+            .filter(|u| u.model == e.model)
+            .map(|u| u.chip.as_str())
+            .collect();
+        if chips.is_empty() {
+            tracing::warn!(model = %e.model, "price table names a model no upstream serves");
+        } else if e.chip != "*" && !chips.contains(&e.chip.as_str()) {
+            bail!(
+                "pricing: unknown chip '{}' for model '{}' (configured chips: {})",
+                e.chip,
+                e.model,
+                chips.join(", ")
+            );
+        }
+    }
+    Ok(())
+}

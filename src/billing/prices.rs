@@ -1,0 +1,294 @@
+//! Price tables (`pricing/*.toml`) and the in-memory price book built from the price ledger.
+//!
+//! Prices are written as strings (`"0.0012"`) so they stay exact: a TOML float would pass
+//! through `f64` before it reached a `Decimal`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, de};
+
+use crate::config::check_name;
+
+/// One row of a price table, as written by the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    pub model: String,
+    /// A chip name, or `*` for every chip of the model without its own price.
+    pub chip: String,
+    #[serde(deserialize_with = "timestamp")]
+    pub effective_from: DateTime<Utc>,
+    /// CNY per 1,000 prompt tokens not served from cache.
+    #[serde(deserialize_with = "money")]
+    pub input_per_1k: Decimal,
+    /// CNY per 1,000 cached prompt tokens; the input price when absent.
+    #[serde(default, deserialize_with = "money_opt")]
+    pub cached_input_per_1k: Option<Decimal>,
+    /// CNY per 1,000 completion tokens.
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub output_per_1k: Decimal,
+    /// CNY charged once per successful request (rerank, image tasks).
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub per_request: Decimal,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    #[serde(default = "cny")]
+    currency: String,
+    #[serde(default)]
+    prices: Vec<PriceEntry>,
+}
+
+fn cny() -> String {
+    "CNY".into()
+}
+
+/// A price as recorded in the price ledger: an entry plus its immutable version id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceVersion {
+    pub id: i64,
+    pub entry: PriceEntry,
+}
+
+impl PriceVersion {
+    pub fn cached_input_per_1k(&self) -> Decimal {
+        self.entry
+            .cached_input_per_1k
+            .unwrap_or(self.entry.input_per_1k)
+    }
+}
+
+/// Reads every `*.toml` file of `dir`, sorted by name, and checks each entry.
+pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
+    let listing = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read pricing folder {}", dir.display()))?;
+    let mut files: Vec<_> = listing
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut entries = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        entries.extend(parse_table(&text).with_context(|| format!("in {}", file.display()))?);
+    }
+    Ok(entries)
+}
+
+pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
+    let file: PriceFile = toml::from_str(text)?;
+    if file.currency != "CNY" {
+        bail!(
+            "currency '{}' is not supported: prices are in CNY",
+            file.currency
+        );
+    }
+    for e in &file.prices {
+        check_name(&e.model).context("price model")?;
+        check_name(&e.chip).context("price chip")?;
+        let prices = [e.input_per_1k, e.output_per_1k, e.per_request]
+            .into_iter()
+            .chain(e.cached_input_per_1k);
+        if prices.into_iter().any(|p| p.is_sign_negative()) {
+            bail!("price for {}/{} is negative", e.model, e.chip);
+        }
+    }
+    Ok(file.prices)
+}
+
+/// Every price version, looked up by (model, chip) and time.
+#[derive(Debug, Default)]
+pub struct PriceBook {
+    /// Versions per (model, chip), sorted by `effective_from`.
+    by_pair: HashMap<(String, String), Vec<Arc<PriceVersion>>>,
+}
+
+impl PriceBook {
+    pub fn new(versions: Vec<PriceVersion>) -> PriceBook {
+        let mut by_pair: HashMap<_, Vec<Arc<PriceVersion>>> = HashMap::new();
+        for v in versions {
+            let key = (v.entry.model.clone(), v.entry.chip.clone());
+            by_pair.entry(key).or_default().push(Arc::new(v));
+        }
+        for list in by_pair.values_mut() {
+            list.sort_by_key(|v| v.entry.effective_from);
+        }
+        PriceBook { by_pair }
+    }
+
+    /// The price in force for `model` on `chip` at `at`: the chip's own price, else the
+    /// model's `*` price.
+    pub fn in_force(
+        &self,
+        model: &str,
+        chip: &str,
+        at: DateTime<Utc>,
+    ) -> Option<Arc<PriceVersion>> {
+        [chip, "*"].into_iter().find_map(|c| {
+            let list = self.by_pair.get(&(model.to_string(), c.to_string()))?;
+            list.iter()
+                .rev()
+                .find(|v| v.entry.effective_from <= at)
+                .cloned()
+        })
+    }
+
+    /// Whether any price, current or future, exists for this pair.
+    pub fn covers(&self, model: &str, chip: &str) -> bool {
+        [chip, "*"].iter().any(|c| {
+            self.by_pair
+                .contains_key(&(model.to_string(), c.to_string()))
+        })
+    }
+}
+
+fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Toml(toml::value::Datetime),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Toml(t) => t.to_string(),
+        Raw::Text(s) => s,
+    };
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            de::Error::custom(format!(
+                "effective_from '{text}' must be a date-time with an offset, e.g. 2026-01-01T00:00:00+08:00"
+            ))
+        })
+}
+
+struct MoneyVisitor;
+
+impl de::Visitor<'_> for MoneyVisitor {
+    type Value = Decimal;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a decimal price written as a string, e.g. \"0.0012\"")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Decimal, E> {
+        s.trim()
+            .parse::<Decimal>()
+            .map_err(|_| E::custom(format!("'{s}' is not a decimal number")))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+        Ok(Decimal::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+        Ok(Decimal::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
+        Err(E::custom(format!(
+            "price {v} is a float; write it as a string (\"{v}\") so it stays exact"
+        )))
+    }
+}
+
+fn money<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    d.deserialize_any(MoneyVisitor)
+}
+
+fn money_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    money(d).map(Some)
+}
+
+fn money_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    money(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn table(extra: &str) -> String {
+        format!(
+            "[[prices]]\nmodel = \"m\"\nchip = \"*\"\neffective_from = 2026-01-01T00:00:00+08:00\n{extra}"
+        )
+    }
+
+    #[test]
+    fn prices_are_read_exactly_from_strings() {
+        let entries = parse_table(&table("input_per_1k = \"0.00000001\"\n")).unwrap();
+        assert_eq!(
+            entries[0].input_per_1k,
+            Decimal::from_str("0.00000001").unwrap()
+        );
+        assert_eq!(entries[0].output_per_1k, Decimal::ZERO);
+        assert_eq!(
+            entries[0].effective_from,
+            DateTime::parse_from_rfc3339("2025-12-31T16:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn float_prices_are_refused() {
+        let err = parse_table(&table("input_per_1k = 0.1\n")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("write it as a string"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn the_latest_version_in_force_wins_and_the_wildcard_is_a_fallback() {
+        let entry = |chip: &str, from: &str, input: i64| PriceEntry {
+            model: "m".into(),
+            chip: chip.into(),
+            effective_from: DateTime::parse_from_rfc3339(from).unwrap().into(),
+            input_per_1k: Decimal::from(input),
+            cached_input_per_1k: None,
+            output_per_1k: Decimal::ZERO,
+            per_request: Decimal::ZERO,
+        };
+        let book = PriceBook::new(vec![
+            PriceVersion {
+                id: 1,
+                entry: entry("a", "2026-01-01T00:00:00Z", 1),
+            },
+            PriceVersion {
+                id: 2,
+                entry: entry("a", "2026-02-01T00:00:00Z", 2),
+            },
+            PriceVersion {
+                id: 3,
+                entry: entry("*", "2026-01-01T00:00:00Z", 9),
+            },
+        ]);
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().into();
+        assert_eq!(
+            book.in_force("m", "a", at("2026-01-31T23:59:59Z"))
+                .unwrap()
+                .id,
+            1
+        );
+        assert_eq!(
+            book.in_force("m", "a", at("2026-02-01T00:00:00Z"))
+                .unwrap()
+                .id,
+            2
+        );
+        assert_eq!(
+            book.in_force("m", "b", at("2026-03-01T00:00:00Z"))
+                .unwrap()
+                .id,
+            3
+        );
+        assert!(
+            book.in_force("m", "a", at("2025-12-31T00:00:00Z"))
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,458 @@
+//! Typed settings: the TOML file (`--config`, default `./tollgate.toml`) with environment
+//! overrides (`TOLLGATE_SECTION__KEY=value`), validated once at start-up.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub pricing: PricingConfig,
+    #[serde(default)]
+    pub metering: MeteringConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Request bodies above this get 413.
+    pub max_request_bytes: usize,
+    /// Non-streamed backend bodies above this are refused (502): they could not be metered.
+    pub max_response_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_request_bytes: 4 << 20,
+            max_response_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (created on first run).
+    pub url: String,
+    /// SQLite `synchronous`: `full` survives power loss, `normal` survives process crashes.
+    pub synchronous: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://tollgate.db".into(),
+            synchronous: "full".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Most records written in one transaction.
+    pub batch_max: usize,
+    /// Records waiting for the writer before requests wait for room.
+    pub queue_capacity: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            batch_max: 512,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// Folder of `*.toml` price tables, relative to the working directory.
+    pub dir: PathBuf,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            dir: "pricing".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectPolicy {
+    /// Keep reading the backend (bounded) to obtain its reported usage, then bill it.
+    Drain,
+    /// Stop reading at once and bill an estimate of what was delivered.
+    Abort,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    pub on_client_disconnect: DisconnectPolicy,
+    /// Longest time spent draining a backend after its client left.
+    pub drain_max_secs: u64,
+    /// Most stream events read while draining.
+    pub drain_max_events: usize,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig {
+            on_client_disconnect: DisconnectPolicy::Drain,
+            drain_max_secs: 30,
+            drain_max_events: 100_000,
+        }
+    }
+}
+
+impl MeteringConfig {
+    pub fn drain_max(&self) -> Duration {
+        Duration::from_secs(self.drain_max_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingPolicy {
+    /// The chip whose price in force is lowest (input + output per 1k tokens).
+    Cheapest,
+    /// The chips in the order the upstreams are listed.
+    First,
+    /// A random chip, in proportion to each upstream's `weight`.
+    Weighted,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    pub default_policy: RoutingPolicy,
+    /// Per-model overrides.
+    pub models: BTreeMap<String, ModelRouting>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_policy: RoutingPolicy::Cheapest,
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRouting {
+    pub policy: Option<RoutingPolicy>,
+    /// Tried first whatever the policy says (others follow as fail-over).
+    pub default_chip: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    #[default]
+    Chat,
+    Embeddings,
+    Rerank,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Rerank => "rerank",
+        }
+    }
+
+    /// Path appended to an upstream's `base_url`.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Rerank => "/rerank",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFormat {
+    /// Decide from the first byte: `{` means bare JSON, anything else SSE.
+    #[default]
+    Auto,
+    Sse,
+    BareJson,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub model: String,
+    pub chip: String,
+    /// What this backend serves; decides which client routes reach it.
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`.
+    pub deployment: Option<String>,
+    /// e.g. `https://host/maas/megrez-7b-instruct/nvidia`; the endpoint path is appended.
+    pub base_url: String,
+    /// Environment variable holding the backend's credential (sent as a Bearer token).
+    pub api_key_env: Option<String>,
+    /// The model name the backend expects, if not `model`.
+    pub upstream_model: Option<String>,
+    #[serde(default)]
+    pub stream_format: StreamFormat,
+    /// The backend accepts `stream_options.include_usage`.
+    #[serde(default)]
+    pub stream_options: bool,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_connect_ms() -> u64 {
+    3_000
+}
+fn default_first_byte_ms() -> u64 {
+    120_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+
+impl Config {
+    /// Reads `path`, applies `TOLLGATE_*__*` environment overrides and validates.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text, std::env::vars())
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses TOML text, applies overrides from `env` and validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        apply_env_overrides(&mut table, env)?;
+        let config: Config = table.try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen: '{}' is not HOST:PORT", self.server.listen))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if !self.database.url.starts_with("sqlite:") {
+            bail!(
+                "database.url: '{}' is not supported; use sqlite://PATH",
+                self.database.url
+            );
+        }
+        if !matches!(self.database.synchronous.as_str(), "full" | "normal") {
+            bail!("database.synchronous must be 'full' or 'normal'");
+        }
+        if self.ledger.batch_max == 0 || self.ledger.queue_capacity == 0 {
+            bail!("ledger.batch_max and ledger.queue_capacity must be at least 1");
+        }
+        let mut seen = HashSet::new();
+        for up in &self.upstreams {
+            let name = format!("upstream {}/{}", up.model, up.chip);
+            check_name(&up.model).with_context(|| format!("{name}: model"))?;
+            check_name(&up.chip).with_context(|| format!("{name}: chip"))?;
+            if up.chip == "*" {
+                bail!("{name}: '*' is only allowed as a chip in price tables");
+            }
+            let url = reqwest::Url::parse(&up.base_url)
+                .with_context(|| format!("{name}: base_url '{}' is not a URL", up.base_url))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                bail!(
+                    "{name}: base_url '{}' must be an http(s) URL with a host",
+                    up.base_url
+                );
+            }
+            if let Some(var) = &up.api_key_env {
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => {}
+                    _ => bail!(
+                        "{name}: environment variable {var} (api_key_env) is not set; \
+                         export it with the backend's credential"
+                    ),
+                }
+            }
+            let identity = match &up.deployment {
+                Some(id) => {
+                    if !id.starts_with("mif-") || check_name(id).is_err() {
+                        bail!("{name}: deployment id '{id}' must look like mif-xxxx");
+                    }
+                    format!("deployment {id}")
+                }
+                None => format!("{}/{}/{}", up.endpoint.as_str(), up.model, up.chip),
+            };
+            if !seen.insert(identity.clone()) {
+                bail!("{name}: {identity} is configured twice");
+            }
+            if up.weight == 0 {
+                bail!("{name}: weight must be at least 1");
+            }
+        }
+        for (model, routing) in &self.routing.models {
+            let chips: Vec<&str> = self
+                .upstreams
+                .iter()
+                .filter(|u| &u.model == model && u.deployment.is_none())
+                .map(|u| u.chip.as_str())
+                .collect();
+            if chips.is_empty() {
+                bail!("routing.models.{model}: no upstream serves this model");
+            }
+            if let Some(chip) = &routing.default_chip
+                && !chips.contains(&chip.as_str())
+            {
+                bail!(
+                    "routing.models.{model}.default_chip: unknown chip '{chip}' (known: {})",
+                    chips.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Model, chip and deployment names appear in URLs, SQL rows and metric labels.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'*'));
+    if !ok {
+        bail!("'{name}' must be 1-128 characters of A-Z a-z 0-9 - _ . :");
+    }
+    Ok(())
+}
+
+/// `TOLLGATE_SERVER__LISTEN=0.0.0.0:80` sets `server.listen`. Values are read as TOML
+/// (numbers, booleans) when they parse, else as strings.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("TOLLGATE_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let (last, parents) = path.split_last().expect("split yields one part at least");
+        let mut node = &mut *table;
+        for part in parents {
+            node = node
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .with_context(|| format!("{name}: '{part}' is not a section"))?;
+        }
+        node.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[upstreams]]
+        model = "m"
+        chip = "c"
+        base_url = "http://127.0.0.1:9/v1"
+    "#;
+
+    #[test]
+    fn environment_overrides_nested_settings() {
+        let env = [
+            ("TOLLGATE_SERVER__LISTEN".into(), "0.0.0.0:9999".into()),
+            ("TOLLGATE_LEDGER__BATCH_MAX".into(), "7".into()),
+            ("TOLLGATE_CONFIG".into(), "ignored".into()),
+        ];
+        let config = Config::from_toml(MINIMAL, env).unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9999");
+        assert_eq!(config.ledger.batch_max, 7);
+    }
+
+    #[test]
+    fn a_bad_url_is_reported_with_its_upstream() {
+        let text = MINIMAL.replace("http://127.0.0.1:9/v1", "not a url");
+        let err = format!("{:#}", Config::from_toml(&text, []).unwrap_err());
+        assert!(
+            err.contains("upstream m/c") && err.contains("not a URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_credential_variable_is_reported() {
+        let text = format!("{MINIMAL}api_key_env = \"TOLLGATE_TEST_SURELY_UNSET\"\n");
+        let err = format!("{:#}", Config::from_toml(&text, []).unwrap_err());
+        assert!(err.contains("TOLLGATE_TEST_SURELY_UNSET"), "{err}");
+    }
+
+    #[test]
+    fn unknown_settings_are_rejected() {
+        let err = Config::from_toml("[server]\nlisten_port = 1\n", []).unwrap_err();
+        assert!(format!("{err:#}").contains("listen_port"));
+    }
+
+    #[test]
+    fn routing_to_an_unknown_chip_is_rejected() {
+        let text = format!("{MINIMAL}\n[routing.models.m]\ndefault_chip = \"zz\"\n");
+        let err = format!("{:#}", Config::from_toml(&text, []).unwrap_err());
+        assert!(err.contains("unknown chip 'zz'"), "{err}");
+    }
+}

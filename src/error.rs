@@ -1,0 +1,112 @@
+//! The one error type clients ever see, rendered as an OpenAI-shaped body:
+//! `{"error":{"message","type","code","param"}}`. Internal details are logged, never shown.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not valid JSON or not a JSON object.
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(String),
+    /// 400: the JSON is well formed but a field is wrong or missing.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    /// 401: no API key in the request.
+    #[error("missing API key: send it as 'Authorization: Bearer tg-...'")]
+    MissingKey,
+    /// 401: the key is malformed, unknown, revoked or expired. The message says which,
+    /// but never repeats the key.
+    #[error("{0}")]
+    InvalidKey(&'static str),
+    /// 404: no such model, chip, deployment or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413: the request body is over `server.max_request_bytes`.
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 502: the backend refused the connection, sent garbage or failed.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 503: the request cannot be priced or the ledger cannot record it, so it is not served.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 504: the backend did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// An error the backend returned, already mapped to the OpenAI shape, with the status
+    /// tollgate chose for it.
+    #[error("upstream error")]
+    Upstream { status: StatusCode, body: Value },
+    /// 500: a bug or an unexpected failure; the cause is logged, the client sees a generic message.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MissingKey | ApiError::InvalidKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Upstream { status, .. } => *status,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI-shaped JSON body for this error.
+    pub fn body(&self) -> Value {
+        let (kind, code, param) = match self {
+            ApiError::Upstream { body, .. } => return body.clone(),
+            ApiError::InvalidJson(_) => ("invalid_request_error", "invalid_json", None),
+            ApiError::InvalidRequest { param, .. } => {
+                ("invalid_request_error", "invalid_value", *param)
+            }
+            ApiError::MissingKey => ("authentication_error", "missing_api_key", None),
+            ApiError::InvalidKey(_) => ("authentication_error", "invalid_api_key", None),
+            ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),
+            ApiError::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large", None),
+            ApiError::BadGateway(_) => ("upstream_error", "bad_gateway", None),
+            ApiError::Unavailable(_) => ("server_error", "service_unavailable", None),
+            ApiError::GatewayTimeout(_) => ("upstream_error", "upstream_timeout", None),
+            ApiError::Internal(_) => ("server_error", "internal_error", None),
+        };
+        openai_error(&self.to_string(), kind, Value::from(code), param)
+    }
+}
+
+/// Builds `{"error":{"message","type","code","param"}}`.
+pub fn openai_error(message: &str, kind: &str, code: Value, param: Option<&str>) -> Value {
+    json!({"error": {"message": message, "type": kind, "code": code, "param": param}})
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = %format!("{cause:#}"), "internal error");
+        }
+        let status = self.status();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,27 @@
+//! tollgate: a metering and billing gateway for LLM APIs.
+//!
+//! A request's path through the crate:
+//! 1. `proxy::handlers` matches the route; `auth` turns the bearer key into a `Caller`.
+//! 2. `proxy::request` reads the body within its limit; `proxy::upstreams` orders the
+//!    backends that may serve it (the M×N pair, a deployment, or the model's routing policy).
+//! 3. `proxy::exchange` runs the call in a task the client cannot cancel: `proxy::stream`
+//!    relays streams through `proxy::framing`, and `proxy::observe` reads usage on the way.
+//! 4. `billing` prices the tokens exactly with the price version in force; `metering`
+//!    commits the record through the group-committing `Ledger` writer in `store`, and only
+//!    then is the end of the response released to the client.
+//!
+//! `sim` is a simulated backend speaking each documented wire format, for the demo and tests.
+
+pub mod app;
+pub mod auth;
+pub mod billing;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metering;
+pub mod proxy;
+pub mod sim;
+pub mod store;
+
+pub use app::{AppState, Application};
+pub use config::Config;

@@ -1,0 +1,110 @@
+//! The single ledger writer. Requests hand it records and wait for the commit; it writes
+//! whatever has queued up since its last commit in one transaction (group commit), so the
+//! hot path never pays for a transaction of its own and every record is durable before
+//! the client sees the end of its response.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::record::UsageRecord;
+use crate::store::{self, Db};
+
+/// Tries per batch before the requests in it are told their record could not be written.
+const ATTEMPTS: u32 = 5;
+
+struct Pending {
+    record: UsageRecord,
+    /// Answers the request once its record is committed (or definitely failed).
+    done: oneshot::Sender<Result<(), LedgerError>>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the ledger writer has stopped")]
+    Stopped,
+    #[error("the ledger could not be written: {0}")]
+    Write(String),
+}
+
+/// A handle to the writer; cheap to clone. The writer stops once every handle is dropped
+/// and the queue is empty.
+#[derive(Clone)]
+pub struct Ledger {
+    /// Bounded so a stalled disk slows requests down instead of growing memory.
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Ledger {
+    /// Starts the writer task on `db`.
+    pub fn spawn(db: Db, batch_max: usize, queue_capacity: usize) -> (Ledger, JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(queue_capacity);
+        let task = tokio::spawn(run(db, rx, batch_max));
+        (Ledger { queue }, task)
+    }
+
+    /// Queues `record` and returns once it is committed to disk.
+    pub async fn commit(&self, record: UsageRecord) -> Result<(), LedgerError> {
+        let (done, committed) = oneshot::channel();
+        self.queue
+            .send(Pending { record, done })
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        committed.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Records waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<Pending>, batch_max: usize) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
+    let mut records: Vec<UsageRecord> = Vec::with_capacity(batch_max);
+    while rx.recv_many(&mut batch, batch_max).await > 0 {
+        records.extend(batch.iter().map(|p| p.record.clone()));
+        let started = Instant::now();
+        let outcome = write_with_retries(&db, &records).await;
+        tracing::debug!(
+            records = records.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "ledger batch committed"
+        );
+        for pending in batch.drain(..) {
+            // A request that has gone away no longer waits; its record is written all the same.
+            let _ = pending.done.send(outcome.clone());
+        }
+        records.clear();
+    }
+    tracing::debug!("ledger writer stopped: queue closed and drained");
+}
+
+async fn write_with_retries(db: &Db, records: &[UsageRecord]) -> Result<(), LedgerError> {
+    let mut delay = Duration::from_millis(20);
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match write_batch(db, records).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                last_error = e.to_string();
+                tracing::warn!(attempt, error = %last_error, "ledger batch failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+        }
+    }
+    tracing::error!(records = records.len(), error = %last_error, "ledger batch failed for good");
+    Err(LedgerError::Write(last_error))
+}
+
+async fn write_batch(db: &Db, records: &[UsageRecord]) -> sqlx::Result<()> {
+    // SQLite allows 32,766 bound parameters per statement; a record binds 23.
+    const PER_STATEMENT: usize = 1_000;
+    let mut tx = db.begin().await?;
+    for chunk in records.chunks(PER_STATEMENT) {
+        store::usage::insert_batch(&mut tx, chunk).await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,382 @@
+//! One request's trip through a backend, run in a task of its own so that a client who
+//! leaves cannot cancel the metering: connect (with fail-over), relay, record, respond.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::observe::{self, Observed};
+use super::request::ClientRequest;
+use super::stream;
+use super::upstreams::Upstream;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::billing::{PriceVersion, TokenCounts, cost_of};
+use crate::error::{ApiError, openai_error};
+use crate::metering::estimate;
+use crate::metering::record::{Status, UsageRecord, UsageSource};
+
+/// Everything known about a request before it goes upstream.
+pub struct Exchange {
+    pub request_id: String,
+    pub caller: Caller,
+    pub request: ClientRequest,
+    /// Backends to try, in order; later ones only if earlier ones refuse the connection.
+    pub candidates: Vec<Arc<Upstream>>,
+    pub started: Instant,
+    pub started_at: DateTime<Utc>,
+}
+
+/// How a request ended, before it is priced.
+pub struct Outcome {
+    pub status: Status,
+    pub http_status: u16,
+    pub error: Option<String>,
+    pub observed: Observed,
+    pub ttft: Option<Duration>,
+}
+
+impl Outcome {
+    pub fn failed(status: Status, error: &ApiError) -> Outcome {
+        Outcome {
+            status,
+            http_status: error.status().as_u16(),
+            error: Some(error.to_string()),
+            observed: Observed::default(),
+            ttft: None,
+        }
+    }
+}
+
+/// The backend chosen for a request and the price it is billed at.
+pub struct Served {
+    pub upstream: Arc<Upstream>,
+    pub price: Arc<PriceVersion>,
+}
+
+/// Runs `exchange` in a task the client cannot cancel and returns the response head as
+/// soon as it is known.
+pub async fn serve(state: AppState, exchange: Exchange) -> Response {
+    let request_id = HeaderValue::from_str(&exchange.request_id).ok();
+    let (respond, response) = oneshot::channel();
+    state.tasks().spawn(run(state.clone(), exchange, respond));
+    let mut response = response.await.unwrap_or_else(|_| {
+        ApiError::Internal(anyhow::anyhow!("the exchange ended without a response")).into_response()
+    });
+    if let Some(id) = request_id {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
+}
+
+async fn run(state: AppState, ex: Exchange, respond: oneshot::Sender<Response>) {
+    let (served, upstream_response) = match connect(&state, &ex).await {
+        Ok(connected) => connected,
+        Err((None, error)) => {
+            let _ = respond.send(error.into_response());
+            return;
+        }
+        Err((Some((served, status)), error)) => {
+            let outcome = Outcome::failed(status, &error);
+            let response = finish(&state, &ex, &served, outcome, error.into_response()).await;
+            let _ = respond.send(response);
+            return;
+        }
+    };
+    if !upstream_response.status().is_success() {
+        let error = upstream_error(&served.upstream, upstream_response).await;
+        let outcome = Outcome::failed(Status::UpstreamError, &error);
+        let response = finish(&state, &ex, &served, outcome, error.into_response()).await;
+        let _ = respond.send(response);
+        return;
+    }
+    if ex.request.stream {
+        stream::relay(state, ex, served, upstream_response, respond).await;
+    } else {
+        let response = complete(&state, &ex, &served, upstream_response).await;
+        let _ = respond.send(response);
+    }
+}
+
+type ConnectError = (Option<(Served, Status)>, ApiError);
+
+/// Sends the request to the first candidate that accepts a connection.
+async fn connect(
+    state: &AppState,
+    ex: &Exchange,
+) -> Result<(Served, reqwest::Response), ConnectError> {
+    let mut last = None;
+    for upstream in &ex.candidates {
+        let price = state
+            .prices()
+            .in_force(&upstream.model, &upstream.chip, ex.started_at)
+            .ok_or_else(|| {
+                let what = format!("{}/{}", upstream.model, upstream.chip);
+                (
+                    None,
+                    ApiError::Unavailable(format!(
+                        "{what} has no price in force; it cannot be billed, so it is not served"
+                    )),
+                )
+            })?;
+        let served = Served {
+            upstream: upstream.clone(),
+            price,
+        };
+        let mut request = upstream
+            .client
+            .post(&upstream.url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", &ex.request_id)
+            .body(ex.request.upstream_body(upstream));
+        if let Some(authorization) = upstream.authorization() {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let what = format!("{}/{}", upstream.model, upstream.chip);
+        match tokio::time::timeout(upstream.first_byte_timeout, request.send()).await {
+            Ok(Ok(response)) => return Ok((served, response)),
+            Err(_) => {
+                let error = ApiError::GatewayTimeout(format!(
+                    "the backend for {what} did not answer in time"
+                ));
+                return Err((Some((served, Status::Timeout)), error));
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::warn!(request_id = %ex.request_id, upstream = %what, "backend refused the connection; trying the next chip");
+                last = Some(served);
+            }
+            Ok(Err(e)) => {
+                let (status, error) = if e.is_timeout() {
+                    (
+                        Status::Timeout,
+                        ApiError::GatewayTimeout(format!(
+                            "the backend for {what} did not answer in time"
+                        )),
+                    )
+                } else {
+                    (
+                        Status::UpstreamError,
+                        ApiError::BadGateway(format!(
+                            "the backend for {what} failed before answering"
+                        )),
+                    )
+                };
+                tracing::warn!(request_id = %ex.request_id, upstream = %what, error = %e.without_url(), "backend request failed");
+                return Err((Some((served, status)), error));
+            }
+        }
+    }
+    let model = ex
+        .candidates
+        .first()
+        .map(|u| u.model.as_str())
+        .unwrap_or("?");
+    let error = ApiError::BadGateway(format!("no backend for '{model}' accepted the connection"));
+    Err((last.map(|s| (s, Status::Unreachable)), error))
+}
+
+/// The non-streamed path: read the whole body, meter it, commit, then answer.
+async fn complete(
+    state: &AppState,
+    ex: &Exchange,
+    served: &Served,
+    response: reqwest::Response,
+) -> Response {
+    let limit = state.config().server.max_response_bytes;
+    let body = match read_body(response, limit, served.upstream.idle_timeout).await {
+        Ok(body) => body,
+        Err((status, error)) => {
+            let outcome = Outcome::failed(status, &error);
+            return finish(state, ex, served, outcome, error.into_response()).await;
+        }
+    };
+    let parsed: Option<Map<String, Value>> = serde_json::from_slice(&body).ok();
+    let Some(parsed) = parsed else {
+        let error =
+            ApiError::BadGateway("the backend answered with a body that is not JSON".into());
+        let outcome = Outcome::failed(Status::UpstreamError, &error);
+        return finish(state, ex, served, outcome, error.into_response()).await;
+    };
+    if let Some(error) = observe::as_error(&parsed) {
+        // An error sent with HTTP 200: the client gets it as an error, and pays nothing.
+        let error = ApiError::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            body: error,
+        };
+        let outcome = Outcome::failed(Status::UpstreamError, &error);
+        return finish(state, ex, served, outcome, error.into_response()).await;
+    }
+    let mut observed = Observed::default();
+    observed.observe(&parsed);
+    observed.deliver(&parsed);
+    let outcome = Outcome {
+        status: Status::Ok,
+        http_status: 200,
+        error: None,
+        observed,
+        ttft: None,
+    };
+    let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    finish(state, ex, served, outcome, response).await
+}
+
+/// Prices the outcome, commits its record, and only then lets `response` go. If the
+/// record cannot be written the client gets a 503 instead: nothing is served unbilled.
+async fn finish(
+    state: &AppState,
+    ex: &Exchange,
+    served: &Served,
+    outcome: Outcome,
+    response: Response,
+) -> Response {
+    match state.ledger().commit(ex.record(served, outcome)).await {
+        Ok(()) => response,
+        Err(e) => {
+            tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
+            ApiError::Unavailable(
+                "the usage of this request could not be recorded; it was not billed".into(),
+            )
+            .into_response()
+        }
+    }
+}
+
+impl Exchange {
+    /// Prices an outcome into the ledger record.
+    pub fn record(&self, served: &Served, outcome: Outcome) -> UsageRecord {
+        let Outcome {
+            status,
+            http_status,
+            error,
+            observed,
+            ttft,
+        } = outcome;
+        let produced = status == Status::Ok || !observed.delivered_text.is_empty();
+        let (tokens, usage_source) = match observed.usage {
+            Some(tokens) => (tokens, UsageSource::Reported),
+            None if produced => {
+                let tokens = TokenCounts {
+                    prompt: estimate::prompt_tokens(self.request.endpoint, &self.request.body),
+                    completion: estimate::count_text(&observed.delivered_text),
+                    cached: 0,
+                };
+                (tokens, UsageSource::Estimated)
+            }
+            None => (TokenCounts::default(), UsageSource::None),
+        };
+        let cost = cost_of(&served.price, tokens, status == Status::Ok);
+        let ended_at = Utc::now();
+        let up = &served.upstream;
+        UsageRecord {
+            request_id: self.request_id.clone(),
+            account_id: self.caller.account_id,
+            key_id: self.caller.key_id,
+            model: up.model.clone(),
+            chip: up.chip.clone(),
+            deployment: up.deployment.clone(),
+            endpoint: self.request.endpoint.as_str(),
+            stream: self.request.stream,
+            status,
+            http_status,
+            error,
+            tokens,
+            usage_source,
+            price_version_id: served.price.id,
+            cost,
+            blocked: observed.blocked,
+            moderation: observed.moderation,
+            started_at: self.started_at,
+            ended_at,
+            latency_ms: self.started.elapsed().as_millis() as i64,
+            ttft_ms: ttft.map(|t| t.as_millis() as i64),
+        }
+    }
+}
+
+/// Reads a whole body within `limit` bytes, each read within `idle`.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, (Status, ApiError)> {
+    let mut body = BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, response.chunk()).await {
+            Err(_) => {
+                return Err((
+                    Status::Timeout,
+                    ApiError::GatewayTimeout("the backend stopped sending its answer".into()),
+                ));
+            }
+            Ok(Err(_)) => {
+                return Err((
+                    Status::UpstreamError,
+                    ApiError::BadGateway("the backend's answer was cut off".into()),
+                ));
+            }
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            Ok(Ok(Some(chunk))) => {
+                if body.len() + chunk.len() > limit {
+                    let error = ApiError::BadGateway(format!(
+                        "the backend's answer is larger than {limit} bytes"
+                    ));
+                    return Err((Status::UpstreamError, error));
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Maps a backend's HTTP error to what the client sees. Errors that are the client's own
+/// (400, 413, 429) keep their status; a backend rejecting tollgate's credentials or failing
+/// is the gateway's problem (502/504). The backend's message and code are kept.
+pub async fn upstream_error(upstream: &Upstream, response: reqwest::Response) -> ApiError {
+    let backend_status = response.status();
+    let body = read_body(response, 64 << 10, upstream.idle_timeout)
+        .await
+        .unwrap_or_default();
+    let parsed = serde_json::from_slice::<Map<String, Value>>(&body).ok();
+    let mapped = parsed.as_ref().and_then(observe::as_error);
+    let status = match backend_status.as_u16() {
+        400 | 422 => StatusCode::BAD_REQUEST,
+        413 => StatusCode::PAYLOAD_TOO_LARGE,
+        429 => StatusCode::TOO_MANY_REQUESTS,
+        408 | 504 => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let body = mapped.unwrap_or_else(|| {
+        let message = format!(
+            "the backend for {}/{} answered HTTP {}",
+            upstream.model,
+            upstream.chip,
+            backend_status.as_u16()
+        );
+        openai_error(
+            &message,
+            "upstream_error",
+            Value::from(backend_status.as_u16()),
+            None,
+        )
+    });
+    ApiError::Upstream { status, body }
+}
+
+/// A response whose body the caller streams from `body`.
+pub fn event_stream(body: Body) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}

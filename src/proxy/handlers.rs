@@ -1,0 +1,181 @@
+//! The client routes of DESIGN.md. Each handler authenticates, reads the body within the
+//! limit, picks the backends, and hands the request to an exchange.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::exchange::{self, Exchange};
+use super::request::ClientRequest;
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::config::Endpoint;
+use crate::error::ApiError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/maas/{model}/{chip}/chat/completions", post(chat_on_chip))
+        .route("/maas/{model}/{chip}/embeddings", post(embeddings_on_chip))
+        .route("/maas/{model}/{chip}/rerank", post(rerank_on_chip))
+        .route("/maas/{model}/{chip}/models", get(models))
+        .route(
+            "/maas/deployment/{id}/chat/completions",
+            post(chat_on_deployment),
+        )
+        .route("/maas/v1/chat/completions", post(chat))
+        .route("/v1/chat/completions", post(chat))
+        .route("/maas/v1/embeddings", post(embeddings))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/maas/v1/rerank", post(rerank))
+        .route("/v1/rerank", post(rerank))
+        .route("/maas/v1/models", get(models))
+        .route("/v1/models", get(models))
+}
+
+/// Which backends a route allows.
+enum Target {
+    /// Exactly this model on this chip.
+    Pair(String, String),
+    /// The model named in the body, on the chips its routing policy orders.
+    Policy,
+    /// A dedicated deployment.
+    Deployment(String),
+}
+
+async fn chat_on_chip(
+    state: State<AppState>,
+    caller: Caller,
+    Path((model, chip)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(
+        state,
+        caller,
+        Endpoint::Chat,
+        Target::Pair(model, chip),
+        body,
+    )
+    .await
+}
+
+async fn embeddings_on_chip(
+    state: State<AppState>,
+    caller: Caller,
+    Path((model, chip)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(
+        state,
+        caller,
+        Endpoint::Embeddings,
+        Target::Pair(model, chip),
+        body,
+    )
+    .await
+}
+
+async fn rerank_on_chip(
+    state: State<AppState>,
+    caller: Caller,
+    Path((model, chip)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(
+        state,
+        caller,
+        Endpoint::Rerank,
+        Target::Pair(model, chip),
+        body,
+    )
+    .await
+}
+
+async fn chat_on_deployment(
+    state: State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(state, caller, Endpoint::Chat, Target::Deployment(id), body).await
+}
+
+async fn chat(state: State<AppState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
+    proxy(state, caller, Endpoint::Chat, Target::Policy, body).await
+}
+
+async fn embeddings(
+    state: State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(state, caller, Endpoint::Embeddings, Target::Policy, body).await
+}
+
+async fn rerank(state: State<AppState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
+    proxy(state, caller, Endpoint::Rerank, Target::Policy, body).await
+}
+
+async fn proxy(
+    State(state): State<AppState>,
+    caller: Caller,
+    endpoint: Endpoint,
+    target: Target,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let limit = state.config().server.max_request_bytes;
+    let request = ClientRequest::read(endpoint, body, limit).await?;
+    let upstreams = state.upstreams();
+    let candidates = match target {
+        Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
+        Target::Policy => {
+            upstreams.candidates(endpoint, request.model()?, state.prices(), started_at)?
+        }
+        Target::Deployment(id) => {
+            let upstream = upstreams.deployment(&id)?;
+            if upstream.endpoint != endpoint {
+                return Err(ApiError::NotFound(format!(
+                    "deployment '{id}' does not serve {}",
+                    endpoint.as_str()
+                )));
+            }
+            vec![upstream]
+        }
+    };
+    let exchange = Exchange {
+        request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
+        caller,
+        request,
+        candidates,
+        started,
+        started_at,
+    };
+    Ok(exchange::serve(state, exchange).await)
+}
+
+/// `GET /v1/models`: every model with the chips that serve it.
+async fn models(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
+    let data: Vec<Value> = state
+        .upstreams()
+        .catalog()
+        .into_iter()
+        .map(|(model, endpoint, chips)| {
+            json!({"id": model, "object": "model", "created": 0, "owned_by": "tollgate",
+                   "endpoint": endpoint.as_str(), "chips": chips})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Unknown routes get an OpenAI-shaped 404 too.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see GET /v1/models and the README for the routes".into())
+}

@@ -1,0 +1,11 @@
+//! The client-facing proxy: routes (`handlers`), choosing a backend (`upstreams`), the
+//! exchange with it (`exchange`, `stream`), framing its stream (`framing`) and reading its
+//! usage (`observe`).
+
+pub mod exchange;
+pub mod framing;
+pub mod handlers;
+pub mod observe;
+pub mod request;
+pub mod stream;
+pub mod upstreams;

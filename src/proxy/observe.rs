@@ -1,0 +1,210 @@
+//! What tollgate learns from a backend's JSON: usage (the last non-empty one wins, never a
+//! sum), the text delivered (for estimates), moderation verdicts and in-band errors.
+
+use serde_json::{Map, Value};
+
+use crate::billing::TokenCounts;
+use crate::error::openai_error;
+use crate::metering::estimate::collect_text;
+
+/// Everything observed over one response, streamed or not.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The last non-empty `usage` seen. Some backends send running totals on every chunk,
+    /// so a later one replaces an earlier one.
+    pub usage: Option<TokenCounts>,
+    /// Text that reached the client: the basis of an estimate when usage never arrives.
+    pub delivered_text: String,
+    /// A finish reason was seen: the backend says the answer is complete.
+    pub finished: bool,
+    pub blocked: bool,
+    pub moderation: Option<String>,
+}
+
+impl Observed {
+    /// Notes usage, finish and moderation from a response or chunk.
+    pub fn observe(&mut self, v: &Map<String, Value>) {
+        if let Some(usage) = v.get("usage").and_then(parse_usage) {
+            self.usage = Some(usage);
+        }
+        if v.get("blocked").and_then(Value::as_bool) == Some(true) {
+            self.blocked = true;
+        }
+        if let Some(moderation) = v.get("moderation")
+            && moderation.get("sensitive").and_then(Value::as_bool) == Some(true)
+        {
+            self.moderation = Some(moderation.to_string());
+        }
+        let finished = choices(v).any(|c| {
+            c.get("finish_reason")
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty())
+        });
+        self.finished |= finished;
+    }
+
+    /// Adds the text of a chunk or response the client received.
+    pub fn deliver(&mut self, v: &Map<String, Value>) {
+        for choice in choices(v) {
+            let part = choice.get("delta").or_else(|| choice.get("message"));
+            let Some(part) = part else { continue };
+            collect_text(part.get("content"), &mut self.delivered_text);
+            collect_text(part.get("reasoning_content"), &mut self.delivered_text);
+            if let Some(calls) = part.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    let args = call.get("function").and_then(|f| f.get("arguments"));
+                    collect_text(args, &mut self.delivered_text);
+                }
+            }
+        }
+    }
+}
+
+fn choices(v: &Map<String, Value>) -> impl Iterator<Item = &Value> {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// Reads a `usage` object. `None` for `null`, `{}` or an object without token counts.
+/// `cached_tokens` is part of `prompt_tokens`; reasoning tokens are part of
+/// `completion_tokens`: neither is added again. Rerank reports only `total_tokens`.
+pub fn parse_usage(usage: &Value) -> Option<TokenCounts> {
+    let usage = usage.as_object()?;
+    let count = |name: &str| usage.get(name).and_then(Value::as_u64);
+    let prompt = count("prompt_tokens").or(count("input_tokens"));
+    let completion = count("completion_tokens").or(count("output_tokens"));
+    let total = count("total_tokens");
+    if prompt.is_none() && completion.is_none() && total.is_none() {
+        return None;
+    }
+    let (prompt, completion) = match (prompt, completion, total) {
+        (Some(p), Some(c), _) => (p, c),
+        (Some(p), None, Some(t)) => (p, t.saturating_sub(p)),
+        (Some(p), None, None) => (p, 0),
+        (None, Some(c), Some(t)) => (t.saturating_sub(c), c),
+        (None, Some(c), None) => (0, c),
+        (None, None, Some(t)) => (t, 0),
+        (None, None, None) => unreachable!("checked above"),
+    };
+    let cached = usage
+        .get("prompt_tokens_details")
+        .and_then(|d| d.get("cached_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(prompt);
+    Some(TokenCounts {
+        prompt,
+        completion,
+        cached,
+    })
+}
+
+/// If `v` is an error object in any shape backends use, the same error in OpenAI's shape.
+/// Shapes: OpenAI `{"error":{...}}`, flat `{"error":"msg","code":..}`,
+/// vLLM/LMDeploy `{"object":"error","message":..}`, GenStudio `{"code":60000,"msg":..}`.
+pub fn as_error(v: &Map<String, Value>) -> Option<Value> {
+    let code = v.get("code").cloned().unwrap_or(Value::Null);
+    let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    let (message, kind, code, param) = match v.get("error") {
+        Some(Value::Object(inner)) => (
+            inner
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the backend reported an error")
+                .to_owned(),
+            inner
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream_error")
+                .to_owned(),
+            inner.get("code").cloned().unwrap_or(Value::Null),
+            inner
+                .get("param")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        ),
+        Some(Value::String(message)) => (message.clone(), "upstream_error".into(), code, None),
+        Some(Value::Null) | None => {
+            let is_error_object = text("object").as_deref() == Some("error");
+            let has_choices = v.contains_key("choices") || v.contains_key("data");
+            if is_error_object {
+                (
+                    text("message").unwrap_or_else(|| "the backend reported an error".into()),
+                    text("type").unwrap_or_else(|| "upstream_error".into()),
+                    code,
+                    None,
+                )
+            } else if let (Some(msg), false) = (text("msg"), has_choices) {
+                (msg, "upstream_error".into(), code, None)
+            } else {
+                return None;
+            }
+        }
+        Some(other) => (other.to_string(), "upstream_error".into(), code, None),
+    };
+    Some(openai_error(&message, &kind, code, param.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn running_totals_are_replaced_not_summed() {
+        let mut seen = Observed::default();
+        for n in 1..=3 {
+            seen.observe(&obj(
+                json!({"usage": {"prompt_tokens": 5, "completion_tokens": n}}),
+            ));
+        }
+        seen.observe(&obj(json!({"usage": null})));
+        assert_eq!(
+            seen.usage,
+            Some(TokenCounts {
+                prompt: 5,
+                completion: 3,
+                cached: 0
+            })
+        );
+    }
+
+    #[test]
+    fn cached_tokens_stay_inside_prompt_tokens() {
+        let usage = json!({"prompt_tokens": 1200, "completion_tokens": 3, "total_tokens": 1203,
+            "prompt_tokens_details": {"cached_tokens": 1024}, "completion_tokens_details": {"reasoning_tokens": 2}});
+        assert_eq!(
+            parse_usage(&usage),
+            Some(TokenCounts {
+                prompt: 1200,
+                completion: 3,
+                cached: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn rerank_and_embedding_usage_is_read() {
+        assert_eq!(
+            parse_usage(&json!({"total_tokens": 57})).unwrap().prompt,
+            57
+        );
+        let embed = parse_usage(&json!({"prompt_tokens": 9, "total_tokens": 9})).unwrap();
+        assert_eq!((embed.prompt, embed.completion), (9, 0));
+        assert_eq!(parse_usage(&json!({})), None);
+    }
+
+    #[test]
+    fn genstudio_errors_keep_their_code() {
+        let err = as_error(&obj(json!({"code": 60000, "msg": "Wrong Bearer Token"}))).unwrap();
+        assert_eq!(err["error"]["code"], 60000);
+        assert_eq!(err["error"]["message"], "Wrong Bearer Token");
+        assert!(as_error(&obj(json!({"choices": [], "usage": null}))).is_none());
+    }
+}

@@ -1,0 +1,405 @@
+//! The streamed path. Events go to the client as they arrive, normalised to standard SSE
+//! (complete chunks, `data: [DONE]` at the end) while usage is collected on the side. The
+//! backend's `[DONE]` is held back until the usage record is committed, and if the client
+//! leaves, the backend is drained (bounded) so that its reported usage can still be billed.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::exchange::{Exchange, Outcome, Served, event_stream};
+use super::framing::{Event, Framer};
+use super::observe::{self, Observed};
+use crate::app::AppState;
+use crate::config::{DisconnectPolicy, MeteringConfig};
+use crate::error::{ApiError, openai_error};
+use crate::metering::record::Status;
+
+/// Frames buffered between the relay and a slow client.
+const CLIENT_BUFFER: usize = 64;
+
+/// Why the relay stopped reading the backend.
+enum End {
+    /// `data: [DONE]`.
+    Done,
+    /// The backend closed the stream.
+    Eof,
+    /// The backend sent an error inside the stream.
+    InBand(Value),
+    /// A stall, a read error or bytes that do not parse.
+    Broken(Status, String),
+    /// The client left and draining ended (limit reached or policy `abort`).
+    StoppedDraining,
+}
+
+struct Relay {
+    framer: Framer,
+    events: Vec<Event>,
+    observed: Observed,
+    /// Hide the usage-only chunk: tollgate asked for it, the client did not.
+    strip_usage_chunk: bool,
+    /// `created` for chunks that lack one (bare-JSON chips put it on the last chunk only).
+    created: i64,
+    started: Instant,
+    ttft: Option<Duration>,
+    /// Where the client's frames go; `None` once the client has gone.
+    client: Option<mpsc::Sender<Result<Bytes, Infallible>>>,
+    /// What to do when the client leaves, and how far to drain.
+    metering: MeteringConfig,
+    drain_until: Option<Instant>,
+    drained_events: usize,
+}
+
+pub async fn relay(
+    state: AppState,
+    ex: Exchange,
+    served: Served,
+    mut response: reqwest::Response,
+    respond: oneshot::Sender<Response>,
+) {
+    let upstream = served.upstream.clone();
+    let mut relay = Relay {
+        framer: Framer::new(upstream.stream_format),
+        events: Vec::new(),
+        observed: Observed::default(),
+        strip_usage_chunk: ex.request.injects_usage(&upstream),
+        created: chrono::Utc::now().timestamp(),
+        started: ex.started,
+        ttft: None,
+        client: None,
+        metering: state.config().metering.clone(),
+        drain_until: None,
+        drained_events: 0,
+    };
+
+    // Wait for the first event before choosing the status code: an error that arrives
+    // first becomes a proper HTTP error the SDK can raise.
+    let first = relay
+        .read_more(&mut response, upstream.first_byte_timeout, true)
+        .await;
+    if let Some(end) = first.or_else(|| relay.leading_error()) {
+        let (status, error) = match end {
+            End::InBand(body) => (
+                Status::UpstreamError,
+                ApiError::Upstream {
+                    status: axum::http::StatusCode::BAD_GATEWAY,
+                    body,
+                },
+            ),
+            End::Broken(status, message) if status == Status::Timeout => {
+                (status, ApiError::GatewayTimeout(message))
+            }
+            End::Broken(status, message) => (status, ApiError::BadGateway(message)),
+            _ => (
+                Status::UpstreamError,
+                ApiError::BadGateway(
+                    "the backend closed the stream without sending anything".into(),
+                ),
+            ),
+        };
+        let outcome = Outcome::failed(status, &error);
+        let response = finish(&state, &ex, &served, outcome, error.into_response()).await;
+        let _ = respond.send(response);
+        return;
+    }
+
+    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+    if respond
+        .send(event_stream(Body::from_stream(ReceiverStream::new(rx))))
+        .is_ok()
+    {
+        relay.client = Some(tx);
+    } else {
+        relay.client_gone();
+    }
+
+    let end = loop {
+        if relay.client.is_none() && relay.drain_until.is_none() {
+            break End::StoppedDraining; // policy `abort`
+        }
+        if let Some(end) = relay.forward_events().await {
+            break end;
+        }
+        if let Some(end) = relay
+            .read_more(&mut response, upstream.idle_timeout, false)
+            .await
+        {
+            // Whatever the framer still held is part of the answer.
+            if let Some(end) = relay.forward_events().await {
+                break end;
+            }
+            break end;
+        }
+    };
+    drop(response);
+
+    let client_left = relay.client.is_none();
+    let (status, error, tail) = match end {
+        End::Done => (
+            Status::Ok,
+            None,
+            Some(Bytes::from_static(b"data: [DONE]\n\n")),
+        ),
+        End::Eof if relay.observed.finished => (
+            Status::Ok,
+            None,
+            Some(Bytes::from_static(b"data: [DONE]\n\n")),
+        ),
+        End::Eof => {
+            let message = "the backend's stream ended before the answer was complete";
+            (
+                Status::Partial,
+                Some(message.to_string()),
+                Some(error_event(message, "upstream_error")),
+            )
+        }
+        // The error event itself has already been forwarded in order.
+        End::InBand(body) => (Status::UpstreamError, Some(error_text(&body)), None),
+        End::Broken(status, message) => {
+            let event = error_event(&message, "upstream_error");
+            (status, Some(message), Some(event))
+        }
+        End::StoppedDraining => (Status::ClientDisconnected, None, None),
+    };
+    let status = if client_left {
+        Status::ClientDisconnected
+    } else {
+        status
+    };
+    let outcome = Outcome {
+        status,
+        http_status: 200,
+        error,
+        observed: std::mem::take(&mut relay.observed),
+        ttft: relay.ttft,
+    };
+    let record = ex.record(&served, outcome);
+    let committed = state.ledger().commit(record).await;
+    let Some(client) = relay.client.take() else {
+        return;
+    };
+    let tail = match committed {
+        Ok(()) => tail,
+        Err(e) => {
+            tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
+            Some(error_event(
+                "the usage of this request could not be recorded",
+                "server_error",
+            ))
+        }
+    };
+    if let Some(tail) = tail {
+        let _ = client.send(Ok(tail)).await;
+    }
+}
+
+async fn finish(
+    state: &AppState,
+    ex: &Exchange,
+    served: &Served,
+    outcome: Outcome,
+    response: Response,
+) -> Response {
+    match state.ledger().commit(ex.record(served, outcome)).await {
+        Ok(()) => response,
+        Err(e) => {
+            tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
+            ApiError::Unavailable("the usage of this request could not be recorded".into())
+                .into_response()
+        }
+    }
+}
+
+impl Relay {
+    /// Reads until at least one event is framed. `Some` when the stream ended instead.
+    async fn read_more(
+        &mut self,
+        response: &mut reqwest::Response,
+        wait: Duration,
+        first: bool,
+    ) -> Option<End> {
+        while self.events.is_empty() {
+            let wait = match self.drain_until {
+                Some(until) => until.saturating_duration_since(Instant::now()).min(wait),
+                None => wait,
+            };
+            let closed = async {
+                match &self.client {
+                    Some(client) => client.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                read = tokio::time::timeout(wait, response.chunk()) => read,
+                () = closed => {
+                    if !self.client_gone() {
+                        return Some(End::StoppedDraining);
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Err(_) if self.drain_until.is_some() => return Some(End::StoppedDraining),
+                Err(_) => {
+                    let what = if first {
+                        "did not start its answer in time"
+                    } else {
+                        "stalled in the middle of its answer"
+                    };
+                    return Some(End::Broken(Status::Timeout, format!("the backend {what}")));
+                }
+                Ok(Err(_)) => {
+                    return Some(End::Broken(
+                        Status::Partial,
+                        "the backend's stream was cut off".into(),
+                    ));
+                }
+                Ok(Ok(None)) => {
+                    return match self.framer.finish(&mut self.events) {
+                        Ok(()) => Some(End::Eof),
+                        Err(e) => Some(End::Broken(Status::Partial, e.to_string())),
+                    };
+                }
+                Ok(Ok(Some(chunk))) => {
+                    if let Err(e) = self.framer.push(&chunk, &mut self.events) {
+                        return Some(End::Broken(Status::Partial, e.to_string()));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The first event, if it is an error: answered as an HTTP error instead of a stream.
+    fn leading_error(&mut self) -> Option<End> {
+        let first = self.events.first()?;
+        let parsed = serde_json::from_str::<Map<String, Value>>(&first.data).ok()?;
+        let error = observe::as_error(&parsed)?;
+        self.events.clear();
+        Some(End::InBand(error))
+    }
+
+    /// Sends the framed events on, in order. `Some` when the stream is over.
+    async fn forward_events(&mut self) -> Option<End> {
+        let events = std::mem::take(&mut self.events);
+        for event in events {
+            if event.data.trim() == "[DONE]" {
+                return Some(End::Done);
+            }
+            let Ok(mut chunk) = serde_json::from_str::<Map<String, Value>>(&event.data) else {
+                let message = "the backend sent an event that is not JSON".to_string();
+                return Some(End::Broken(Status::Partial, message));
+            };
+            if let Some(error) =
+                observe::as_error(&chunk).filter(|_| event.name.as_deref() != Some("ping"))
+            {
+                self.send(Bytes::from(format!("data: {error}\n\n")), None)
+                    .await;
+                return Some(End::InBand(error));
+            }
+            self.observed.observe(&chunk);
+            if self.client.is_none() {
+                self.drained_events += 1;
+                if self.drained_events > self.metering.drain_max_events {
+                    return Some(End::StoppedDraining);
+                }
+                continue;
+            }
+            if self.strip_usage_chunk && is_usage_only(&chunk) {
+                continue;
+            }
+            let frame = if normalise(&mut chunk, self.created) {
+                let json = serde_json::to_string(&chunk).expect("a JSON map always serializes");
+                format!("data: {json}\n\n")
+            } else {
+                format!("data: {}\n\n", event.data)
+            };
+            if self.send(Bytes::from(frame), Some(&chunk)).await {
+                self.ttft.get_or_insert_with(|| self.started.elapsed());
+            } else if !self.client_gone() {
+                return Some(End::StoppedDraining);
+            }
+        }
+        None
+    }
+
+    /// True if the client took the frame; then its text counts as delivered.
+    async fn send(&mut self, frame: Bytes, chunk: Option<&Map<String, Value>>) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
+        if client.send(Ok(frame)).await.is_err() {
+            return false;
+        }
+        if let Some(chunk) = chunk {
+            self.observed.deliver(chunk);
+        }
+        true
+    }
+
+    /// The client has left: returns whether to keep reading the backend for its usage.
+    fn client_gone(&mut self) -> bool {
+        self.client = None;
+        match self.metering.on_client_disconnect {
+            DisconnectPolicy::Abort => false,
+            DisconnectPolicy::Drain => {
+                let limit = self.metering.drain_max();
+                self.drain_until
+                    .get_or_insert_with(|| Instant::now() + limit);
+                true
+            }
+        }
+    }
+}
+
+/// The chunk that carries only usage (`choices: []`), sent because tollgate asked for it.
+fn is_usage_only(chunk: &Map<String, Value>) -> bool {
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+        && chunk.get("usage").is_some_and(|u| !u.is_null())
+}
+
+/// Makes a chunk complete for OpenAI clients: `object` and `created` present, and
+/// LMDeploy's `finish_reason: ""` as `null`. Returns whether anything changed.
+fn normalise(chunk: &mut Map<String, Value>, created: i64) -> bool {
+    let mut changed = false;
+    if !chunk.contains_key("object") {
+        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
+        changed = true;
+    }
+    if !chunk.contains_key("created") {
+        chunk.insert("created".into(), Value::from(created));
+        changed = true;
+    }
+    if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
+        for choice in choices {
+            if choice.get("finish_reason").and_then(Value::as_str) == Some("") {
+                choice["finish_reason"] = Value::Null;
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn error_event(message: &str, kind: &str) -> Bytes {
+    Bytes::from(format!(
+        "data: {}\n\n",
+        openai_error(message, kind, Value::Null, None)
+    ))
+}
+
+fn error_text(body: &Value) -> String {
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or("backend error")
+        .to_string()
+}

@@ -1,0 +1,241 @@
+//! The configured backends and the routing policy that orders them for a request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use crate::billing::PriceBook;
+use crate::config::{Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
+use crate::error::ApiError;
+
+/// One backend: a (model, chip) pair or a dedicated deployment.
+pub struct Upstream {
+    pub model: String,
+    pub chip: String,
+    pub endpoint: Endpoint,
+    pub deployment: Option<String>,
+    /// `base_url` + the endpoint's path.
+    pub url: String,
+    /// The model name sent to the backend.
+    pub upstream_model: String,
+    /// `Bearer <credential>`, from the environment; never logged.
+    authorization: Option<String>,
+    pub stream_format: StreamFormat,
+    pub stream_options: bool,
+    pub weight: u32,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// One client per upstream: each has its own connect timeout and connection pool.
+    pub client: reqwest::Client,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("model", &self.model)
+            .field("chip", &self.chip)
+            .field("deployment", &self.deployment)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    fn build(c: &UpstreamConfig) -> anyhow::Result<Upstream> {
+        let authorization = c
+            .api_key_env
+            .as_ref()
+            .map(|var| std::env::var(var).map(|secret| format!("Bearer {secret}")))
+            .transpose()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(c.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .no_proxy()
+            .build()?;
+        Ok(Upstream {
+            model: c.model.clone(),
+            chip: c.chip.clone(),
+            endpoint: c.endpoint,
+            deployment: c.deployment.clone(),
+            url: format!(
+                "{}{}",
+                c.base_url.trim_end_matches('/'),
+                c.endpoint.upstream_path()
+            ),
+            upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
+            authorization,
+            stream_format: c.stream_format,
+            stream_options: c.stream_options,
+            weight: c.weight,
+            first_byte_timeout: Duration::from_millis(c.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            client,
+        })
+    }
+
+    pub fn authorization(&self) -> Option<&str> {
+        self.authorization.as_deref()
+    }
+}
+
+struct ModelRoute {
+    policy: RoutingPolicy,
+    default_chip: Option<String>,
+    /// In configuration order.
+    upstreams: Vec<Arc<Upstream>>,
+}
+
+/// Every upstream, indexed the ways requests name them.
+pub struct Upstreams {
+    pairs: HashMap<(Endpoint, String, String), Arc<Upstream>>,
+    models: HashMap<(Endpoint, String), ModelRoute>,
+    deployments: HashMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn build(config: &Config) -> anyhow::Result<Upstreams> {
+        let mut table = Upstreams {
+            pairs: HashMap::new(),
+            models: HashMap::new(),
+            deployments: HashMap::new(),
+        };
+        for c in &config.upstreams {
+            let up = Arc::new(Upstream::build(c)?);
+            if let Some(id) = &c.deployment {
+                table.deployments.insert(id.clone(), up);
+                continue;
+            }
+            let key = (c.endpoint, c.model.clone(), c.chip.clone());
+            table.pairs.insert(key, up.clone());
+            let routing = config.routing.models.get(&c.model);
+            table
+                .models
+                .entry((c.endpoint, c.model.clone()))
+                .or_insert_with(|| ModelRoute {
+                    policy: routing
+                        .and_then(|r| r.policy)
+                        .unwrap_or(config.routing.default_policy),
+                    default_chip: routing.and_then(|r| r.default_chip.clone()),
+                    upstreams: Vec::new(),
+                })
+                .upstreams
+                .push(up);
+        }
+        Ok(table)
+    }
+
+    /// Every upstream, deployments included.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.pairs.values().chain(self.deployments.values())
+    }
+
+    /// The M×N route: exactly this model on this chip.
+    pub fn pair(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+        chip: &str,
+    ) -> Result<Arc<Upstream>, ApiError> {
+        if let Some(up) = self
+            .pairs
+            .get(&(endpoint, model.to_string(), chip.to_string()))
+        {
+            return Ok(up.clone());
+        }
+        if self.models.contains_key(&(endpoint, model.to_string())) {
+            Err(ApiError::NotFound(format!(
+                "model '{model}' is not served on chip '{chip}'; GET /v1/models lists its chips"
+            )))
+        } else {
+            Err(unknown_model(model))
+        }
+    }
+
+    pub fn deployment(&self, id: &str) -> Result<Arc<Upstream>, ApiError> {
+        self.deployments
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::NotFound(format!("deployment '{id}' does not exist")))
+    }
+
+    /// The chips serving `model`, ordered by its routing policy: the first is tried first,
+    /// the others are fail-over. Chips without a price in force are left out.
+    pub fn candidates(
+        &self,
+        endpoint: Endpoint,
+        model: &str,
+        prices: &PriceBook,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Arc<Upstream>>, ApiError> {
+        let route = self
+            .models
+            .get(&(endpoint, model.to_string()))
+            .ok_or_else(|| unknown_model(model))?;
+        let mut ordered: Vec<Arc<Upstream>> = route
+            .upstreams
+            .iter()
+            .filter(|u| prices.in_force(&u.model, &u.chip, now).is_some())
+            .cloned()
+            .collect();
+        match route.policy {
+            RoutingPolicy::First => {}
+            RoutingPolicy::Cheapest => ordered.sort_by_key(|u| {
+                prices
+                    .in_force(&u.model, &u.chip, now)
+                    .map(|p| p.entry.input_per_1k + p.entry.output_per_1k)
+            }),
+            RoutingPolicy::Weighted => {
+                let total: u32 = ordered.iter().map(|u| u.weight).sum();
+                if total > 0 {
+                    let mut pick: u32 = rand::rng().random_range(0..total);
+                    let chosen = ordered.iter().position(|u| {
+                        let hit = pick < u.weight;
+                        pick = pick.saturating_sub(u.weight);
+                        hit
+                    });
+                    if let Some(i) = chosen {
+                        let up = ordered.remove(i);
+                        ordered.insert(0, up);
+                    }
+                }
+            }
+        }
+        if let Some(chip) = &route.default_chip
+            && let Some(i) = ordered.iter().position(|u| &u.chip == chip)
+        {
+            let up = ordered.remove(i);
+            ordered.insert(0, up);
+        }
+        if ordered.is_empty() {
+            return Err(ApiError::Unavailable(format!(
+                "model '{model}' has no price in force; it cannot be billed, so it is not served"
+            )));
+        }
+        Ok(ordered)
+    }
+
+    /// Model → chips, for `GET /v1/models`.
+    pub fn catalog(&self) -> Vec<(String, Endpoint, Vec<String>)> {
+        let mut list: Vec<_> = self
+            .models
+            .iter()
+            .map(|((endpoint, model), route)| {
+                let chips = route.upstreams.iter().map(|u| u.chip.clone()).collect();
+                (model.clone(), *endpoint, chips)
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+}
+
+fn unknown_model(model: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "model '{model}' does not exist; GET /v1/models lists the models you can call"
+    ))
+}

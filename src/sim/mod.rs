@@ -1,0 +1,263 @@
+//! A simulated LLM backend on loopback, speaking each documented wire format, for the demo,
+//! the tests and the benchmark. The profile is the first path segment
+//! (`/{openai|genstudio|bare|internlm}/chat/completions`, `/embeddings`, `/rerank`);
+//! a request can steer it with an `x_sim` object in its body (see [`Knobs`]).
+
+mod formats;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub use formats::Profile;
+
+/// Per-request behaviour, read from the body's `x_sim` object. Every field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Knobs {
+    /// Content chunks in the answer (default 3).
+    pub chunks: Option<usize>,
+    /// Delay before the response head.
+    pub latency_ms: u64,
+    /// Delay before each streamed event.
+    pub chunk_delay_ms: u64,
+    /// Report usage (default true).
+    pub usage: Option<bool>,
+    /// Put running usage totals on every chunk (as some backends do).
+    pub running_usage: bool,
+    /// Reported counts; by default prompt = characters of the messages, completion = chunks.
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub fault: Option<Fault>,
+    /// Send exactly these bytes as the body (a fixture), `split` bytes per network write.
+    pub raw: Option<String>,
+    pub split: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// HTTP 500 with an OpenAI-shaped body.
+    Http500,
+    /// HTTP 400 with an OpenAI-shaped body.
+    Http400,
+    /// HTTP 429.
+    Http429,
+    /// HTTP 401 with GenStudio's `{"code":60000,"msg":...}`.
+    Genstudio401,
+    /// HTTP 200, then an error: after two chunks in a stream, as the body otherwise.
+    InbandError,
+    /// HTTP 200 and an error as the very first event.
+    InbandErrorFirst,
+    /// The connection breaks after half the chunks.
+    Cut,
+    /// The stream ends cleanly after half the chunks, without finish or usage.
+    Truncate,
+    /// The stream stops sending after half the chunks and never ends.
+    Stall,
+    /// Bytes that are neither SSE nor JSON.
+    Garbage,
+    /// Moderation stops the answer (`"blocked": true`).
+    Blocked,
+}
+
+/// What the last request looked like, for tests to check what tollgate forwarded.
+#[derive(Default)]
+struct Seen {
+    last: Mutex<Value>,
+}
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/{profile}/chat/completions", post(chat))
+        .route("/{profile}/embeddings", post(embeddings))
+        .route("/{profile}/rerank", post(rerank))
+        .route("/_sim/last", get(last))
+        .with_state(Arc::new(Seen::default()))
+}
+
+/// Serves the simulator on `addr` until the returned task is aborted.
+pub async fn spawn(addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router()).await {
+            tracing::error!(error = %e, "simulator stopped");
+        }
+    });
+    Ok((local, task))
+}
+
+async fn last(State(seen): State<Arc<Seen>>) -> Json<Value> {
+    Json(seen.last.lock().expect("not poisoned").clone())
+}
+
+struct Call {
+    profile: Profile,
+    body: Value,
+    knobs: Knobs,
+}
+
+async fn accept(
+    seen: &Seen,
+    profile: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Call, Response> {
+    let profile = Profile::parse(profile)
+        .ok_or_else(|| (StatusCode::NOT_FOUND, "unknown simulator profile").into_response())?;
+    let body: Value = serde_json::from_slice(&body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response())?;
+    let knobs = match body.get("x_sim") {
+        Some(k) => Knobs::deserialize(k)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad x_sim: {e}")).into_response())?,
+        None => Knobs::default(),
+    };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    *seen.last.lock().expect("not poisoned") =
+        json!({"authorization": authorization, "body": body});
+    if knobs.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    }
+    Ok(Call {
+        profile,
+        body,
+        knobs,
+    })
+}
+
+async fn chat(
+    State(seen): State<Arc<Seen>>,
+    Path(profile): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = match accept(&seen, &profile, &headers, body).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    if let Some(response) = formats::http_fault(call.profile, call.knobs.fault) {
+        return response;
+    }
+    let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
+    let answer = formats::Answer::new(&call.body, &call.knobs);
+    if let Some(raw) = &call.knobs.raw {
+        let frames = split(raw.as_bytes(), call.knobs.split.unwrap_or(usize::MAX));
+        let content_type = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        return paced(frames, call.knobs.chunk_delay_ms, None, content_type);
+    }
+    if !stream {
+        return Json(formats::completion(call.profile, &answer, &call.knobs)).into_response();
+    }
+    let (frames, ending) = formats::stream(call.profile, &answer, &call.knobs, &call.body);
+    paced(
+        frames,
+        call.knobs.chunk_delay_ms,
+        ending,
+        "text/event-stream",
+    )
+}
+
+async fn embeddings(
+    State(seen): State<Arc<Seen>>,
+    Path(profile): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = match accept(&seen, &profile, &headers, body).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    if let Some(response) = formats::http_fault(call.profile, call.knobs.fault) {
+        return response;
+    }
+    let tokens = call.knobs.prompt_tokens.unwrap_or(9);
+    let mut reply = json!({"object": "list", "model": call.body["model"],
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789]}]});
+    if call.knobs.usage != Some(false) {
+        reply["usage"] = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+    }
+    Json(reply).into_response()
+}
+
+async fn rerank(
+    State(seen): State<Arc<Seen>>,
+    Path(profile): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = match accept(&seen, &profile, &headers, body).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    if let Some(response) = formats::http_fault(call.profile, call.knobs.fault) {
+        return response;
+    }
+    let tokens = call.knobs.prompt_tokens.unwrap_or(57);
+    let mut reply = json!({"id": "rerank-sim", "model": call.body["model"],
+        "results": [{"index": 1, "relevance_score": 0.93}, {"index": 0, "relevance_score": 0.12}]});
+    if call.knobs.usage != Some(false) {
+        reply["usage"] = json!({"total_tokens": tokens});
+    }
+    Json(reply).into_response()
+}
+
+fn split(bytes: &[u8], size: usize) -> Vec<Bytes> {
+    bytes
+        .chunks(size.max(1))
+        .map(Bytes::copy_from_slice)
+        .collect()
+}
+
+/// How a simulated stream ends after its frames.
+pub enum Ending {
+    /// The connection breaks.
+    Break,
+    /// Nothing more is sent, and the stream never ends.
+    Hang,
+}
+
+fn paced(
+    frames: Vec<Bytes>,
+    delay_ms: u64,
+    ending: Option<Ending>,
+    content_type: &'static str,
+) -> Response {
+    let delay = Duration::from_millis(delay_ms);
+    let frames = futures_util::stream::iter(frames).then(move |frame| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, std::io::Error>(frame)
+    });
+    let tail = futures_util::stream::once(async move {
+        match ending {
+            Some(Ending::Break) => Err(std::io::Error::other("simulated cut")),
+            Some(Ending::Hang) => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Bytes::new())
+            }
+            None => Ok(Bytes::new()),
+        }
+    });
+    let body = Body::from_stream(frames.chain(tail));
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
