@@ -92,6 +92,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| "tollgate=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,191 @@
+//! Boots the real gateway on port 0 in front of the simulator, with a fresh SQLite ledger,
+//! an account and a key, so tests read as what a client does and what the ledger says.
+#![allow(dead_code)] // each test binary uses its own part of the helpers
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tollgate::config::{Config, UpstreamConfig};
+use tollgate::store::usage::StoredRecord;
+use tollgate::{AppState, Application, cli, sim, store};
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub sim: SocketAddr,
+    pub key: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub db_path: PathBuf,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The demo configuration pointed at `sim`, with its ledger in `dir`.
+pub fn test_config(sim: SocketAddr, dir: &tempfile::TempDir) -> Config {
+    let db = dir.path().join("ledger.db");
+    cli::demo_config(sim, "127.0.0.1:0", &db).expect("the demo configuration is valid")
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(|_| {}).await
+    }
+
+    /// Like `spawn`, with the configuration changed by `tweak` first.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(sim, &dir);
+        let db_path = dir.path().join("ledger.db");
+        tweak(&mut config);
+        let app = Application::build(config)
+            .await
+            .expect("the gateway builds");
+        let addr = app.local_addr();
+        let state = app.state();
+        store::accounts::create(state.db(), "acme").await.unwrap();
+        let (key, _) = cli::issue_key(state.db(), "acme", "test", None)
+            .await
+            .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(app.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            addr,
+            sim,
+            key: key.expose_secret().to_string(),
+            state,
+            client: reqwest::Client::new(),
+            db_path,
+            dir,
+            stop: Some(stop),
+            running: Some(running),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` with this app's key.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The record of the request that `response` answered (by its `x-request-id`).
+    pub async fn record_of(&self, response: &reqwest::Response) -> StoredRecord {
+        let id = response
+            .headers()
+            .get("x-request-id")
+            .expect("every proxied response has an x-request-id")
+            .to_str()
+            .unwrap()
+            .to_string();
+        self.record(&id).await
+    }
+
+    pub async fn record(&self, request_id: &str) -> StoredRecord {
+        store::usage::by_request_id(self.state.db(), request_id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no usage record for {request_id}"))
+    }
+
+    pub async fn record_count(&self) -> i64 {
+        store::usage::count(self.state.db()).await.unwrap()
+    }
+
+    /// What the simulator last received.
+    pub async fn upstream_saw(&self) -> Value {
+        reqwest::get(format!("http://{}/_sim/last", self.sim))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the gateway the way SIGTERM does, waiting for the drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A chat body with one user message and simulator knobs.
+pub fn chat(model: Option<&str>, content: &str, stream: bool, sim: Value) -> Value {
+    let mut body =
+        json!({"messages": [{"role": "user", "content": content}], "stream": stream, "x_sim": sim});
+    if let Some(model) = model {
+        body["model"] = json!(model);
+    }
+    body
+}
+
+pub fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+/// Exact cost under a price of (input, cached, output) per 1k.
+pub fn expected_cost(
+    prompt: u64,
+    cached: u64,
+    completion: u64,
+    input: &str,
+    cached_price: &str,
+    output: &str,
+) -> Decimal {
+    let k = Decimal::from(1000);
+    ((Decimal::from(prompt - cached) * dec(input)
+        + Decimal::from(cached) * dec(cached_price)
+        + Decimal::from(completion) * dec(output))
+        / k)
+        .normalize()
+}
+
+/// An upstream on a port nothing listens on: connections are refused.
+pub fn refusing_upstream(model: &str, chip: &str) -> UpstreamConfig {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text =
+        format!("model = \"{model}\"\nchip = \"{chip}\"\nbase_url = \"http://{closed}/openai\"\n");
+    toml::from_str(&text).unwrap()
+}
+
+/// The shared wire-format fixtures beside the repository.
+pub fn fixture(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// Reads an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {e:?}"))
+                .to_string()
+        })
+        .collect()
+}
