@@ -56,6 +56,7 @@ pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) 
         Endpoint::Rerank => {
             let mut text = String::new();
             collect_text(body.get("query"), &mut text);
+            text.push('\n');
             collect_text(body.get("documents"), &mut text);
             count_text(&text)
         }
@@ -63,15 +64,16 @@ pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) 
 }
 
 /// Appends every piece of text in a content value: a string, an array of strings, or an
-/// array of `{"type":"text","text":...}` parts.
+/// array of `{"type":"text","text":...}` parts (one per line). A plain string is appended
+/// as it is, so stream deltas concatenate into the text the client saw.
 pub fn collect_text(value: Option<&Value>, out: &mut String) {
     match value {
-        Some(Value::String(s)) => {
-            out.push_str(s);
-            out.push('\n');
-        }
+        Some(Value::String(s)) => out.push_str(s),
         Some(Value::Array(items)) => {
-            for item in items {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
                 match item {
                     Value::Object(part) => collect_text(part.get("text"), out),
                     other => collect_text(Some(other), out),
@@ -99,7 +101,7 @@ mod tests {
             {"role": "user", "content": "hello world"},
             {"role": "user", "content": [{"type": "text", "text": "hello world"}]}
         ]});
-        // 3 priming + 2 * (3 framing + "hello world\n" = 3 tokens)
-        assert_eq!(prompt_tokens(Endpoint::Chat, body.as_object().unwrap()), 15);
+        // 3 priming + 2 * (3 framing + "hello world" = 2 tokens)
+        assert_eq!(prompt_tokens(Endpoint::Chat, body.as_object().unwrap()), 13);
     }
 }

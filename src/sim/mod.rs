@@ -250,7 +250,11 @@ fn paced(
     });
     let tail = futures_util::stream::once(async move {
         match ending {
-            Some(Ending::Break) => Err(std::io::Error::other("simulated cut")),
+            Some(Ending::Break) => {
+                // Let what was sent reach the wire first, as on a real broken connection.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(std::io::Error::other("simulated cut"))
+            }
             Some(Ending::Hang) => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(Bytes::new())

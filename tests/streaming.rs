@@ -1,0 +1,441 @@
+//! Streams in every wire format reach the client as standard SSE, and every stream leaves
+//! one record, committed before the client sees `[DONE]`.
+
+mod helpers;
+
+use std::time::Duration;
+
+use helpers::{TestApp, chat, expected_cost, fixture, sse_data};
+use serde_json::{Value, json};
+use tollgate::config::{DisconnectPolicy, Endpoint};
+use tollgate::metering::estimate;
+use tollgate::store::usage::StoredRecord;
+
+/// Reads a whole stream: the parsed chunks, and whether it ended with `[DONE]`.
+async fn read_stream(response: reqwest::Response) -> (Vec<Value>, bool) {
+    let text = response.text().await.unwrap();
+    let mut data = sse_data(&text);
+    let done = data.last().is_some_and(|d| d == "[DONE]");
+    if done {
+        data.pop();
+    }
+    let chunks = data
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|_| panic!("not JSON: {d}")))
+        .collect();
+    (chunks, done)
+}
+
+fn content(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// Waits for the record of a request whose client is gone (no `[DONE]` to wait for).
+async fn eventual_record(app: &TestApp, request_id: &str) -> StoredRecord {
+    for _ in 0..100 {
+        if let Ok(Some(r)) = tollgate::store::usage::by_request_id(app.state.db(), request_id).await
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no record for {request_id}");
+}
+
+#[tokio::test]
+async fn a_bare_json_chip_stream_reaches_the_client_as_standard_sse() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post(
+            "/maas/megrez-7b-instruct/chip3/chat/completions",
+            &chat(
+                None,
+                "你是谁",
+                true,
+                json!({"prompt_tokens": 22, "completion_tokens": 18}),
+            ),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (chunks, done) = read_stream(response).await;
+    assert!(done, "the stream ends with data: [DONE]");
+    for chunk in &chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert!(chunk["created"].is_i64() && chunk["id"].is_string() && chunk["model"].is_string());
+    }
+    assert_eq!(content(&chunks), "我是无问天权。");
+    // Committed before [DONE] reached us: no waiting needed.
+    let record = app.record(&id).await;
+    assert_eq!(
+        (record.status.as_str(), record.usage_source.as_str()),
+        ("ok", "reported")
+    );
+    assert_eq!((record.prompt_tokens, record.completion_tokens), (22, 18));
+    assert!(record.stream);
+    assert!(record.ttft_ms.is_some());
+    assert_eq!(
+        record.cost,
+        expected_cost(22, 0, 18, "0.0006", "0.0006", "0.0012")
+    );
+}
+
+#[tokio::test]
+async fn shared_fixtures_split_anywhere_are_relayed_and_metered_from_their_usage() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (
+            "genstudio-stream.sse",
+            "megrez-7b-instruct/nvidia",
+            "我是无问天权。",
+            (22, 18, 0),
+        ),
+        (
+            "genstudio-chip3-stream.txt",
+            "megrez-7b-instruct/chip3",
+            "我是无问天权。",
+            (22, 18, 0),
+        ),
+        (
+            "internlm-stream.sse",
+            "internlm3-latest/ascend",
+            "刘慈欣的《三体》获得了雨果奖。",
+            (64, 12, 0),
+        ),
+        (
+            "openai-stream-include-usage.sse",
+            "qwen2.5-72b-instruct/nvidia",
+            "Hello!",
+            (1200, 3, 1024),
+        ),
+    ];
+    for (file, route, text, (prompt, completion, cached)) in cases {
+        let raw = fixture(file);
+        for split in [1, 5, 64, 100_000] {
+            let knobs = json!({"raw": raw, "split": split});
+            let response = app
+                .post(
+                    &format!("/maas/{route}/chat/completions"),
+                    &chat(None, "q", true, knobs),
+                )
+                .await;
+            assert_eq!(response.status(), 200, "{file}");
+            let id = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let (chunks, done) = read_stream(response).await;
+            assert!(done, "{file} split {split}: ends with [DONE]");
+            assert_eq!(content(&chunks), text, "{file} split {split}");
+            assert!(
+                chunks
+                    .iter()
+                    .all(|c| c["object"] == "chat.completion.chunk"),
+                "{file}: complete chunks"
+            );
+            assert!(
+                chunks
+                    .iter()
+                    .all(|c| c["choices"][0]["finish_reason"] != ""),
+                "{file}: LMDeploy's empty finish_reason becomes null"
+            );
+            let record = app.record(&id).await;
+            assert_eq!(
+                (
+                    record.prompt_tokens,
+                    record.completion_tokens,
+                    record.cached_tokens
+                ),
+                (prompt as i64, completion as i64, cached as i64),
+                "{file} split {split}"
+            );
+            assert_eq!(record.usage_source, "reported");
+        }
+    }
+}
+
+#[tokio::test]
+async fn usage_is_requested_where_supported_and_the_extra_chunk_hidden_unless_asked() {
+    let app = TestApp::spawn().await;
+    let knobs = json!({"prompt_tokens": 40, "completion_tokens": 3});
+    let response = app
+        .post(
+            "/maas/megrez-7b-instruct/amd/chat/completions",
+            &chat(None, "hi", true, knobs.clone()),
+        )
+        .await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (chunks, done) = read_stream(response).await;
+    assert!(done);
+    assert_eq!(
+        app.upstream_saw().await["body"]["stream_options"]["include_usage"],
+        true
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| !c["choices"].as_array().unwrap().is_empty()),
+        "no usage-only chunk"
+    );
+    let record = app.record(&id).await;
+    assert_eq!(
+        (
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.usage_source.as_str()
+        ),
+        (40, 3, "reported")
+    );
+
+    let mut body = chat(None, "hi", true, knobs);
+    body["stream_options"] = json!({"include_usage": true});
+    let response = app
+        .post("/maas/megrez-7b-instruct/amd/chat/completions", &body)
+        .await;
+    let (chunks, _) = read_stream(response).await;
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(
+        last["usage"]["prompt_tokens"], 40,
+        "a client that asks keeps its usage chunk"
+    );
+}
+
+#[tokio::test]
+async fn running_usage_totals_are_not_summed() {
+    let app = TestApp::spawn().await;
+    let knobs =
+        json!({"chunks": 5, "running_usage": true, "prompt_tokens": 7, "completion_tokens": 10});
+    let response = app
+        .post(
+            "/maas/megrez-7b-instruct/nvidia/chat/completions",
+            &chat(None, "hi", true, knobs),
+        )
+        .await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    read_stream(response).await;
+    let record = app.record(&id).await;
+    assert_eq!((record.prompt_tokens, record.completion_tokens), (7, 10));
+}
+
+#[tokio::test]
+async fn a_stream_without_usage_is_estimated_with_the_tokenizer() {
+    let app = TestApp::spawn().await;
+    let body = chat(
+        None,
+        "Tell me who you are",
+        true,
+        json!({"usage": false, "chunks": 5}),
+    );
+    let response = app
+        .post("/maas/megrez-7b-instruct/nvidia/chat/completions", &body)
+        .await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (chunks, done) = read_stream(response).await;
+    assert!(done);
+    let record = app.record(&id).await;
+    assert_eq!(record.usage_source, "estimated");
+    assert_eq!(
+        record.completion_tokens as u64,
+        estimate::count_text(&content(&chunks))
+    );
+    assert_eq!(
+        record.prompt_tokens as u64,
+        estimate::prompt_tokens(Endpoint::Chat, body.as_object().unwrap())
+    );
+    assert!(record.cost > rust_decimal::Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn an_in_band_error_mid_stream_is_passed_on_and_only_delivered_text_is_billed() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post(
+            "/maas/megrez-7b-instruct/nvidia/chat/completions",
+            &chat(
+                None,
+                "hi",
+                true,
+                json!({"fault": "inband_error", "chunks": 4}),
+            ),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (chunks, done) = read_stream(response).await;
+    assert!(!done, "a failed stream does not claim to be complete");
+    let error = chunks.last().unwrap();
+    assert_eq!(error["error"]["code"], 60001);
+    assert_eq!(error["error"]["message"], "model overloaded, please retry");
+    let record = app.record(&id).await;
+    assert_eq!(record.status, "upstream_error");
+    assert_eq!(record.usage_source, "estimated");
+    assert_eq!(
+        record.completion_tokens as u64,
+        estimate::count_text("我是无问"),
+        "error text is never billed"
+    );
+}
+
+#[tokio::test]
+async fn an_error_as_the_first_event_becomes_an_http_error_and_costs_nothing() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post(
+            "/maas/internlm3-latest/ascend/chat/completions",
+            &chat(None, "hi", true, json!({"fault": "inband_error_first"})),
+        )
+        .await;
+    assert_eq!(response.status(), 502);
+    let record = app.record_of(&response).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "internal inference error");
+    assert_eq!(body["error"]["code"], 500);
+    assert_eq!(
+        (record.status.as_str(), record.usage_source.as_str()),
+        ("upstream_error", "none")
+    );
+    assert_eq!(record.cost, rust_decimal::Decimal::ZERO);
+}
+
+#[tokio::test]
+async fn a_cut_stream_is_billed_for_what_was_delivered() {
+    let app = TestApp::spawn().await;
+    for fault in ["cut", "truncate"] {
+        let response = app
+            .post(
+                "/maas/megrez-7b-instruct/nvidia/chat/completions",
+                &chat(None, "hi", true, json!({"fault": fault, "chunks": 4})),
+            )
+            .await;
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let (chunks, done) = read_stream(response).await;
+        assert!(!done, "{fault}");
+        assert!(
+            chunks.last().unwrap()["error"]["message"].is_string(),
+            "{fault}: the client is told"
+        );
+        let record = app.record(&id).await;
+        assert_eq!(
+            (record.status.as_str(), record.usage_source.as_str()),
+            ("partial", "estimated"),
+            "{fault}"
+        );
+        assert_eq!(
+            record.completion_tokens as u64,
+            estimate::count_text("我是无问"),
+            "{fault}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_stream_times_out_and_is_recorded() {
+    let app = TestApp::spawn_with(|c| {
+        c.upstreams
+            .iter_mut()
+            .find(|u| u.chip == "nvidia")
+            .unwrap()
+            .idle_timeout_ms = 300;
+    })
+    .await;
+    let response = app
+        .post(
+            "/maas/megrez-7b-instruct/nvidia/chat/completions",
+            &chat(None, "hi", true, json!({"fault": "stall", "chunks": 4})),
+        )
+        .await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (chunks, done) = read_stream(response).await;
+    assert!(!done);
+    assert!(
+        chunks.last().unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stalled")
+    );
+    assert_eq!(app.record(&id).await.status, "timeout");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_is_billed_from_the_backends_usage_after_draining() {
+    let app = TestApp::spawn().await;
+    let knobs =
+        json!({"chunks": 20, "chunk_delay_ms": 20, "prompt_tokens": 11, "completion_tokens": 20});
+    let mut response = app
+        .post(
+            "/maas/megrez-7b-instruct/nvidia/chat/completions",
+            &chat(None, "hi", true, knobs),
+        )
+        .await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.chunk().await.unwrap().expect("a first chunk");
+    drop(response);
+    let record = eventual_record(&app, &id).await;
+    assert_eq!(record.status, "client_disconnected");
+    assert_eq!(
+        (
+            record.usage_source.as_str(),
+            record.prompt_tokens,
+            record.completion_tokens
+        ),
+        ("reported", 11, 20)
+    );
+}
+
+#[tokio::test]
+async fn with_the_abort_policy_a_client_that_leaves_is_billed_an_estimate() {
+    let app =
+        TestApp::spawn_with(|c| c.metering.on_client_disconnect = DisconnectPolicy::Abort).await;
+    let knobs = json!({"chunks": 50, "chunk_delay_ms": 20});
+    let mut response = app
+        .post(
+            "/maas/megrez-7b-instruct/nvidia/chat/completions",
+            &chat(None, "hi", true, knobs),
+        )
+        .await;
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.chunk().await.unwrap().expect("a first chunk");
+    drop(response);
+    let record = eventual_record(&app, &id).await;
+    assert_eq!(
+        (record.status.as_str(), record.usage_source.as_str()),
+        ("client_disconnected", "estimated")
+    );
+    assert!(
+        record.completion_tokens < 50,
+        "only what was delivered: {}",
+        record.completion_tokens
+    );
+}
