@@ -50,12 +50,16 @@ pub struct Knobs {
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// HTTP 500 with an OpenAI-shaped body.
+    #[serde(rename = "http_500")]
     Http500,
     /// HTTP 400 with an OpenAI-shaped body.
+    #[serde(rename = "http_400")]
     Http400,
     /// HTTP 429.
+    #[serde(rename = "http_429")]
     Http429,
     /// HTTP 401 with GenStudio's `{"code":60000,"msg":...}`.
+    #[serde(rename = "genstudio_401")]
     Genstudio401,
     /// HTTP 200, then an error: after two chunks in a stream, as the body otherwise.
     InbandError,
