@@ -70,8 +70,7 @@ impl Application {
     /// Opens the database, records the price tables, builds the upstreams and binds the
     /// listener (`server.listen`; port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        // Both crypto providers may be linked in; pick one for outbound TLS.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let db = store::connect(&config.database).await?;
         let entries = prices::load_dir(&config.pricing.dir)?;
         check_price_tables(&config, &entries)?;
@@ -146,6 +145,12 @@ impl Application {
         ledger_task.await.context("the ledger writer panicked")?;
         Ok(())
     }
+}
+
+/// Chooses ring as the TLS crypto provider for outbound HTTPS; must run before any HTTP
+/// client is built. Harmless to call again.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Every price must name a served model, and a chip of it (or `*`).

@@ -61,7 +61,7 @@ impl TestApp {
             sim,
             key: key.expose_secret().to_string(),
             state,
-            client: reqwest::Client::new(),
+            client: client(),
             db_path,
             dir,
             stop: Some(stop),
@@ -109,7 +109,9 @@ impl TestApp {
 
     /// What the simulator last received.
     pub async fn upstream_saw(&self) -> Value {
-        reqwest::get(format!("http://{}/_sim/last", self.sim))
+        self.client
+            .get(format!("http://{}/_sim/last", self.sim))
+            .send()
             .await
             .unwrap()
             .json()
@@ -126,6 +128,12 @@ impl TestApp {
             running.await.unwrap().unwrap();
         }
     }
+}
+
+/// An HTTP client for tests (TLS provider installed first, as the gateway does).
+pub fn client() -> reqwest::Client {
+    tollgate::app::install_tls_provider();
+    reqwest::Client::new()
 }
 
 /// A chat body with one user message and simulator knobs.

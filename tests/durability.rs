@@ -1,0 +1,151 @@
+//! The real binary, killed: every response a client received in full has its record, once.
+
+mod helpers;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use helpers::{chat, sse_data};
+use serde_json::json;
+use tollgate::config::DatabaseConfig;
+use tollgate::{sim, store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn write_config(dir: &Path, sim: SocketAddr) -> PathBuf {
+    let pricing = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[database]
+url = "sqlite://{db}"
+[pricing]
+dir = "{pricing}"
+[[upstreams]]
+model = "megrez-7b-instruct"
+chip = "nvidia"
+base_url = "http://{sim}/genstudio"
+[[upstreams]]
+model = "megrez-7b-instruct"
+chip = "chip3"
+base_url = "http://{sim}/bare"
+"#,
+        db = dir.join("ledger.db").display(),
+        pricing = pricing.display(),
+    );
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN).arg("--config").arg(config).args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Starts `tollgate serve` and waits for its listening address.
+fn serve(config: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("TOLLGATE_LOG", "tollgate=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("tollgate serve starts");
+    (child, addr)
+}
+
+async fn count_records(dir: &Path) -> i64 {
+    let db = store::connect(&DatabaseConfig {
+        url: format!("sqlite://{}", dir.join("ledger.db").display()),
+        synchronous: "full".into(),
+    })
+    .await
+    .expect("the ledger opens cleanly after a kill");
+    store::usage::count(&db).await.unwrap()
+}
+
+/// One request read to its end; returns whether it completed.
+async fn complete_request(client: &reqwest::Client, addr: SocketAddr, key: &str, i: usize) -> bool {
+    let stream = i % 2 == 0;
+    let chip = if i % 3 == 0 { "chip3" } else { "nvidia" };
+    let url = format!("http://{addr}/maas/megrez-7b-instruct/{chip}/chat/completions");
+    let Ok(response) = client.post(url).bearer_auth(key).json(&chat(None, "hi", stream, json!({}))).send().await else {
+        return false;
+    };
+    let Ok(text) = response.text().await else { return false };
+    if stream { sse_data(&text).last().is_some_and(|d| d == "[DONE]") } else { text.contains("\"usage\"") }
+}
+
+#[tokio::test]
+async fn a_sigkill_after_n_completed_requests_leaves_exactly_n_records() {
+    let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim);
+    cli(&config, &["accounts", "create", "acme"]);
+    let key = cli(&config, &["keys", "create", "--account", "acme"]);
+    let client = helpers::client();
+
+    let (mut child, addr) = serve(&config);
+    let n = 30;
+    for i in 0..n {
+        assert!(complete_request(&client, addr, &key, i).await, "request {i}");
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(count_records(dir.path()).await, n as i64);
+
+    // Restarted on the same ledger, it goes on where it stopped.
+    let (mut child, addr) = serve(&config);
+    assert!(complete_request(&client, addr, &key, 1).await);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(count_records(dir.path()).await, n as i64 + 1);
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
+    let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim);
+    cli(&config, &["accounts", "create", "acme"]);
+    let key = cli(&config, &["keys", "create", "--account", "acme"]);
+    let (mut child, addr) = serve(&config);
+
+    let client = helpers::client();
+    let streams = 20;
+    let mut started = Vec::new();
+    for _ in 0..streams {
+        let body = chat(None, "hi", true, json!({"chunks": 20, "chunk_delay_ms": 25}));
+        let url = format!("http://{addr}/maas/megrez-7b-instruct/nvidia/chat/completions");
+        let mut response = client.post(url).bearer_auth(&key).json(&body).send().await.unwrap();
+        response.chunk().await.unwrap().expect("the stream has started");
+        started.push(tokio::spawn(async move { response.text().await.unwrap() }));
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    for stream in started {
+        let rest = stream.await.unwrap();
+        assert!(rest.trim_end().ends_with("data: [DONE]"), "a stream was cut by shutdown: {rest}");
+    }
+    assert!(child.wait().unwrap().success(), "tollgate exits cleanly after draining");
+    assert_eq!(count_records(dir.path()).await, streams);
+}
