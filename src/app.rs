@@ -7,12 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::billing::{PriceBook, prices};
 use crate::config::Config;
-use crate::metering::Ledger;
+use crate::metering::{Ledger, LedgerWriter};
 use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
 use crate::store::{self, Db};
@@ -63,7 +62,7 @@ pub fn router(state: AppState) -> Router {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    ledger_task: JoinHandle<()>,
+    ledger_writer: LedgerWriter,
 }
 
 impl Application {
@@ -90,7 +89,7 @@ impl Application {
             }
         }
         let upstreams = Upstreams::build(&config)?;
-        let (ledger, ledger_task) = Ledger::spawn(
+        let (ledger, ledger_writer) = Ledger::spawn(
             db.clone(),
             config.ledger.batch_max,
             config.ledger.queue_capacity,
@@ -111,7 +110,7 @@ impl Application {
         Ok(Application {
             listener,
             state,
-            ledger_task,
+            ledger_writer,
         })
     }
 
@@ -134,15 +133,17 @@ impl Application {
         let Application {
             listener,
             state,
-            ledger_task,
+            ledger_writer,
         } = self;
         axum::serve(listener, router(state.clone()))
             .with_graceful_shutdown(shutdown)
             .await?;
         state.tasks().close();
         state.tasks().wait().await;
-        drop(state);
-        ledger_task.await.context("the ledger writer panicked")?;
+        ledger_writer
+            .shutdown()
+            .await
+            .context("the ledger writer panicked")?;
         Ok(())
     }
 }

@@ -44,8 +44,17 @@ base_url = "http://{sim}/bare"
 }
 
 fn cli(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN).arg("--config").arg(config).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -65,11 +74,19 @@ fn serve(config: &Path) -> (Child, SocketAddr) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(addr.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap());
+                let _ = tx.send(
+                    addr.split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse::<SocketAddr>()
+                        .unwrap(),
+                );
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("tollgate serve starts");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("tollgate serve starts");
     (child, addr)
 }
 
@@ -88,11 +105,23 @@ async fn complete_request(client: &reqwest::Client, addr: SocketAddr, key: &str,
     let stream = i % 2 == 0;
     let chip = if i % 3 == 0 { "chip3" } else { "nvidia" };
     let url = format!("http://{addr}/maas/megrez-7b-instruct/{chip}/chat/completions");
-    let Ok(response) = client.post(url).bearer_auth(key).json(&chat(None, "hi", stream, json!({}))).send().await else {
+    let Ok(response) = client
+        .post(url)
+        .bearer_auth(key)
+        .json(&chat(None, "hi", stream, json!({})))
+        .send()
+        .await
+    else {
         return false;
     };
-    let Ok(text) = response.text().await else { return false };
-    if stream { sse_data(&text).last().is_some_and(|d| d == "[DONE]") } else { text.contains("\"usage\"") }
+    let Ok(text) = response.text().await else {
+        return false;
+    };
+    if stream {
+        sse_data(&text).last().is_some_and(|d| d == "[DONE]")
+    } else {
+        text.contains("\"usage\"")
+    }
 }
 
 #[tokio::test]
@@ -107,7 +136,10 @@ async fn a_sigkill_after_n_completed_requests_leaves_exactly_n_records() {
     let (mut child, addr) = serve(&config);
     let n = 30;
     for i in 0..n {
-        assert!(complete_request(&client, addr, &key, i).await, "request {i}");
+        assert!(
+            complete_request(&client, addr, &key, i).await,
+            "request {i}"
+        );
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -134,18 +166,42 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
     let streams = 20;
     let mut started = Vec::new();
     for _ in 0..streams {
-        let body = chat(None, "hi", true, json!({"chunks": 20, "chunk_delay_ms": 25}));
+        let body = chat(
+            None,
+            "hi",
+            true,
+            json!({"chunks": 20, "chunk_delay_ms": 25}),
+        );
         let url = format!("http://{addr}/maas/megrez-7b-instruct/nvidia/chat/completions");
-        let mut response = client.post(url).bearer_auth(&key).json(&body).send().await.unwrap();
-        response.chunk().await.unwrap().expect("the stream has started");
+        let mut response = client
+            .post(url)
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        response
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the stream has started");
         started.push(tokio::spawn(async move { response.text().await.unwrap() }));
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     for stream in started {
         let rest = stream.await.unwrap();
-        assert!(rest.trim_end().ends_with("data: [DONE]"), "a stream was cut by shutdown: {rest}");
+        assert!(
+            rest.trim_end().ends_with("data: [DONE]"),
+            "a stream was cut by shutdown: {rest}"
+        );
     }
-    assert!(child.wait().unwrap().success(), "tollgate exits cleanly after draining");
+    assert!(
+        child.wait().unwrap().success(),
+        "tollgate exits cleanly after draining"
+    );
     assert_eq!(count_records(dir.path()).await, streams);
 }

@@ -4,4 +4,4 @@ pub mod estimate;
 pub mod record;
 pub mod writer;
 
-pub use writer::{Ledger, LedgerError};
+pub use writer::{Ledger, LedgerError, LedgerWriter};

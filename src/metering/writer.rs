@@ -28,8 +28,7 @@ pub enum LedgerError {
     Write(String),
 }
 
-/// A handle to the writer; cheap to clone. The writer stops once every handle is dropped
-/// and the queue is empty.
+/// A handle to the writer; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     /// Bounded so a stalled disk slows requests down instead of growing memory.
@@ -38,10 +37,11 @@ pub struct Ledger {
 
 impl Ledger {
     /// Starts the writer task on `db`.
-    pub fn spawn(db: Db, batch_max: usize, queue_capacity: usize) -> (Ledger, JoinHandle<()>) {
+    pub fn spawn(db: Db, batch_max: usize, queue_capacity: usize) -> (Ledger, LedgerWriter) {
         let (queue, rx) = mpsc::channel(queue_capacity);
-        let task = tokio::spawn(run(db, rx, batch_max));
-        (Ledger { queue }, task)
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(db, rx, batch_max, stopped));
+        (Ledger { queue }, LedgerWriter { stop, task })
     }
 
     /// Queues `record` and returns once it is committed to disk.
@@ -60,10 +60,48 @@ impl Ledger {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<Pending>, batch_max: usize) {
+/// The running writer, owned by the application for shutdown.
+pub struct LedgerWriter {
+    /// Tells the writer to refuse new records and finish the queued ones.
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl LedgerWriter {
+    /// Commits everything already queued, then stops. Records offered afterwards are
+    /// refused with `LedgerError::Stopped` rather than lost silently.
+    pub async fn shutdown(self) -> Result<(), tokio::task::JoinError> {
+        let _ = self.stop.send(());
+        self.task.await
+    }
+}
+
+async fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<Pending>,
+    batch_max: usize,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
     let mut records: Vec<UsageRecord> = Vec::with_capacity(batch_max);
-    while rx.recv_many(&mut batch, batch_max).await > 0 {
+    let mut stopping = false;
+    loop {
+        let received = if stopping {
+            rx.recv_many(&mut batch, batch_max).await
+        } else {
+            // recv_many is cancel safe: nothing is lost when the stop signal wins.
+            tokio::select! {
+                n = rx.recv_many(&mut batch, batch_max) => n,
+                _ = &mut stop => {
+                    rx.close();
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        if received == 0 {
+            break;
+        }
         records.extend(batch.iter().map(|p| p.record.clone()));
         let started = Instant::now();
         let outcome = write_with_retries(&db, &records).await;

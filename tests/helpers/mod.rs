@@ -48,7 +48,13 @@ impl TestApp {
             .expect("the gateway builds");
         let addr = app.local_addr();
         let state = app.state();
-        store::accounts::create(state.db(), "acme").await.unwrap();
+        if store::accounts::find_by_name(state.db(), "acme")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            store::accounts::create(state.db(), "acme").await.unwrap();
+        }
         let (key, _) = cli::issue_key(state.db(), "acme", "test", None)
             .await
             .unwrap();

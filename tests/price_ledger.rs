@@ -1,0 +1,94 @@
+//! Price versions are append-only: records keep the version they were priced with, and a
+//! recorded version can be neither edited nor (once used) deleted.
+
+mod helpers;
+
+use helpers::{TestApp, chat, dec};
+use serde_json::json;
+use tollgate::Application;
+
+const ROUTE: &str = "/maas/megrez-7b-instruct/chip3/chat/completions";
+
+fn entry(model: &str, effective_from: &str, input: &str) -> String {
+    format!(
+        "[[prices]]\nmodel = \"{model}\"\nchip = \"*\"\neffective_from = {effective_from}\ninput_per_1k = \"{input}\"\n"
+    )
+}
+
+/// Every model of the test configuration priced, megrez at `input` from January.
+fn table(input: &str) -> String {
+    let others = [
+        "internlm3-latest",
+        "qwen2.5-72b-instruct",
+        "bge-m3",
+        "bge-reranker-v2-m3",
+    ];
+    let mut text = entry("megrez-7b-instruct", "2026-01-01T00:00:00Z", input);
+    for model in others {
+        text += &entry(model, "2026-01-01T00:00:00Z", "1");
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_new_price_version_prices_new_requests_and_old_records_keep_theirs() {
+    let prices = tempfile::tempdir().unwrap();
+    std::fs::write(prices.path().join("a.toml"), table("1")).unwrap();
+    let dir = prices.path().to_path_buf();
+    let database = tollgate::config::DatabaseConfig {
+        url: format!("sqlite://{}", prices.path().join("ledger.db").display()),
+        synchronous: "full".into(),
+    };
+    let app = TestApp::spawn_with(|c| {
+        c.pricing.dir = dir.clone();
+        c.database = database.clone();
+    })
+    .await;
+    let knobs = json!({"prompt_tokens": 1000, "completion_tokens": 0});
+    let first = app
+        .post(ROUTE, &chat(None, "hi", false, knobs.clone()))
+        .await;
+    let first = app.record_of(&first).await;
+    assert_eq!(first.cost, dec("1"));
+
+    // Same effective_from, other price: refused at start-up.
+    std::fs::write(prices.path().join("a.toml"), table("2")).unwrap();
+    let mut config = app.state.config().clone();
+    config.server.listen = "127.0.0.1:0".into();
+    let error = Application::build(config.clone())
+        .await
+        .err()
+        .expect("an edited version is refused");
+    assert!(format!("{error:#}").contains("immutable"), "{error:#}");
+
+    // In the database too: no update, and no delete of a used version.
+    let update = sqlx::query("UPDATE price_versions SET input_per_1k = '0' WHERE id = ?")
+        .bind(first.price_version_id)
+        .execute(app.state.db())
+        .await;
+    assert!(update.unwrap_err().to_string().contains("immutable"));
+    let delete = sqlx::query("DELETE FROM price_versions WHERE id = ?")
+        .bind(first.price_version_id)
+        .execute(app.state.db())
+        .await;
+    assert!(delete.is_err(), "a used price version cannot be deleted");
+
+    // A later version is appended; requests after it use it, the old record is unchanged.
+    std::fs::write(prices.path().join("a.toml"), table("1")).unwrap();
+    std::fs::write(
+        prices.path().join("b.toml"),
+        entry("megrez-7b-instruct", "2026-06-01T00:00:00Z", "2"),
+    )
+    .unwrap();
+    app.stop().await;
+    let app = TestApp::spawn_with(|c| {
+        c.pricing.dir = dir.clone();
+        c.database = database.clone();
+    })
+    .await;
+    let second = app.post(ROUTE, &chat(None, "hi", false, knobs)).await;
+    let second = app.record_of(&second).await;
+    assert_eq!(second.cost, dec("2"));
+    assert_ne!(second.price_version_id, first.price_version_id);
+    assert_eq!(app.record(&first.request_id).await, first);
+}
