@@ -40,7 +40,7 @@ pub enum ApiError {
     GatewayTimeout(String),
     /// An error the backend returned, already mapped to the OpenAI shape, with the status
     /// tollgate chose for it.
-    #[error("upstream error")]
+    #[error("backend error: {}", body["error"]["message"].as_str().unwrap_or("unknown"))]
     Upstream { status: StatusCode, body: Value },
     /// 500: a bug or an unexpected failure; the cause is logged, the client sees a generic message.
     #[error("internal error")]

@@ -229,7 +229,7 @@ async fn complete(
 
 /// Prices the outcome, commits its record, and only then lets `response` go. If the
 /// record cannot be written the client gets a 503 instead: nothing is served unbilled.
-async fn finish(
+pub(super) async fn finish(
     state: &AppState,
     ex: &Exchange,
     served: &Served,

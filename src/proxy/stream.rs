@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::exchange::{Exchange, Outcome, Served, event_stream};
+use super::exchange::{Exchange, Outcome, Served, event_stream, finish};
 use super::framing::{Event, Framer};
 use super::observe::{self, Observed};
 use crate::app::AppState;
@@ -199,23 +199,6 @@ pub async fn relay(
     }
 }
 
-async fn finish(
-    state: &AppState,
-    ex: &Exchange,
-    served: &Served,
-    outcome: Outcome,
-    response: Response,
-) -> Response {
-    match state.ledger().commit(ex.record(served, outcome)).await {
-        Ok(()) => response,
-        Err(e) => {
-            tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
-            ApiError::Unavailable("the usage of this request could not be recorded".into())
-                .into_response()
-        }
-    }
-}
-
 impl Relay {
     /// Reads until at least one event is framed. `Some` when the stream ended instead.
     async fn read_more(
@@ -296,9 +279,7 @@ impl Relay {
                 let message = "the backend sent an event that is not JSON".to_string();
                 return Some(End::Broken(Status::Partial, message));
             };
-            if let Some(error) =
-                observe::as_error(&chunk).filter(|_| event.name.as_deref() != Some("ping"))
-            {
+            if let Some(error) = observe::as_error(&chunk) {
                 self.send(Bytes::from(format!("data: {error}\n\n")), None)
                     .await;
                 return Some(End::InBand(error));

@@ -56,6 +56,9 @@ impl Upstream {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .no_proxy()
+            // A redirect would send the request, credential included, where the operator
+            // did not configure it.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Upstream {
             model: c.model.clone(),
