@@ -4,7 +4,7 @@
 mod helpers;
 
 use chrono::{Duration, Utc};
-use helpers::{TestApp, chat, refusing_upstream};
+use helpers::{TestApp, chat, refusing_upstream, request_id};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tollgate::cli;
@@ -184,10 +184,7 @@ async fn backend_errors_are_mapped_keep_their_code_and_cost_nothing() {
             let response = app
                 .post(ROUTE, &chat(None, "hi", stream, json!({"fault": fault})))
                 .await;
-            let id = response.headers()["x-request-id"]
-                .to_str()
-                .unwrap()
-                .to_string();
+            let id = request_id(&response);
             let body = error_body(response, status).await;
             let record = app.record(&id).await;
             if !code.is_null() {

@@ -5,7 +5,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::{TestApp, chat, expected_cost, fixture, sse_data};
+use helpers::{TestApp, chat, expected_cost, fixture, request_id, sse_data};
 use serde_json::{Value, json};
 use tollgate::config::{DisconnectPolicy, Endpoint};
 use tollgate::metering::estimate;
@@ -61,10 +61,7 @@ async fn a_bare_json_chip_stream_reaches_the_client_as_standard_sse() {
         .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let (chunks, done) = read_stream(response).await;
     assert!(done, "the stream ends with data: [DONE]");
     for chunk in &chunks {
@@ -127,10 +124,7 @@ async fn shared_fixtures_split_anywhere_are_relayed_and_metered_from_their_usage
                 )
                 .await;
             assert_eq!(response.status(), 200, "{file}");
-            let id = response.headers()["x-request-id"]
-                .to_str()
-                .unwrap()
-                .to_string();
+            let id = request_id(&response);
             let (chunks, done) = read_stream(response).await;
             assert!(done, "{file} split {split}: ends with [DONE]");
             assert_eq!(content(&chunks), text, "{file} split {split}");
@@ -171,10 +165,7 @@ async fn usage_is_requested_where_supported_and_the_extra_chunk_hidden_unless_as
             &chat(None, "hi", true, knobs.clone()),
         )
         .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let (chunks, done) = read_stream(response).await;
     assert!(done);
     assert_eq!(
@@ -222,10 +213,7 @@ async fn running_usage_totals_are_not_summed() {
             &chat(None, "hi", true, knobs),
         )
         .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     read_stream(response).await;
     let record = app.record(&id).await;
     assert_eq!((record.prompt_tokens, record.completion_tokens), (7, 10));
@@ -243,10 +231,7 @@ async fn a_stream_without_usage_is_estimated_with_the_tokenizer() {
     let response = app
         .post("/maas/megrez-7b-instruct/nvidia/chat/completions", &body)
         .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let (chunks, done) = read_stream(response).await;
     assert!(done);
     let record = app.record(&id).await;
@@ -277,10 +262,7 @@ async fn an_in_band_error_mid_stream_is_passed_on_and_only_delivered_text_is_bil
         )
         .await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let (chunks, done) = read_stream(response).await;
     assert!(!done, "a failed stream does not claim to be complete");
     let error = chunks.last().unwrap();
@@ -327,10 +309,7 @@ async fn a_cut_stream_is_billed_for_what_was_delivered() {
                 &chat(None, "hi", true, json!({"fault": fault, "chunks": 4})),
             )
             .await;
-        let id = response.headers()["x-request-id"]
-            .to_str()
-            .unwrap()
-            .to_string();
+        let id = request_id(&response);
         let (chunks, done) = read_stream(response).await;
         assert!(!done, "{fault}");
         assert!(
@@ -367,10 +346,7 @@ async fn a_stalled_stream_times_out_and_is_recorded() {
             &chat(None, "hi", true, json!({"fault": "stall", "chunks": 4})),
         )
         .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let (chunks, done) = read_stream(response).await;
     assert!(!done);
     assert!(
@@ -382,24 +358,24 @@ async fn a_stalled_stream_times_out_and_is_recorded() {
     assert_eq!(app.record(&id).await.status, "timeout");
 }
 
+/// Starts a stream, reads its first chunk, hangs up, and returns the request's record.
+async fn leave_after_first_chunk(app: &TestApp, knobs: Value) -> StoredRecord {
+    let body = chat(None, "hi", true, knobs);
+    let mut response = app
+        .post("/maas/megrez-7b-instruct/nvidia/chat/completions", &body)
+        .await;
+    let id = request_id(&response);
+    response.chunk().await.unwrap().expect("a first chunk");
+    drop(response);
+    eventual_record(app, &id).await
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_is_billed_from_the_backends_usage_after_draining() {
     let app = TestApp::spawn().await;
     let knobs =
         json!({"chunks": 20, "chunk_delay_ms": 20, "prompt_tokens": 11, "completion_tokens": 20});
-    let mut response = app
-        .post(
-            "/maas/megrez-7b-instruct/nvidia/chat/completions",
-            &chat(None, "hi", true, knobs),
-        )
-        .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    response.chunk().await.unwrap().expect("a first chunk");
-    drop(response);
-    let record = eventual_record(&app, &id).await;
+    let record = leave_after_first_chunk(&app, knobs).await;
     assert_eq!(record.status, "client_disconnected");
     assert_eq!(
         (
@@ -415,20 +391,7 @@ async fn a_client_that_leaves_is_billed_from_the_backends_usage_after_draining()
 async fn with_the_abort_policy_a_client_that_leaves_is_billed_an_estimate() {
     let app =
         TestApp::spawn_with(|c| c.metering.on_client_disconnect = DisconnectPolicy::Abort).await;
-    let knobs = json!({"chunks": 50, "chunk_delay_ms": 20});
-    let mut response = app
-        .post(
-            "/maas/megrez-7b-instruct/nvidia/chat/completions",
-            &chat(None, "hi", true, knobs),
-        )
-        .await;
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    response.chunk().await.unwrap().expect("a first chunk");
-    drop(response);
-    let record = eventual_record(&app, &id).await;
+    let record = leave_after_first_chunk(&app, json!({"chunks": 50, "chunk_delay_ms": 20})).await;
     assert_eq!(
         (record.status.as_str(), record.usage_source.as_str()),
         ("client_disconnected", "estimated")

@@ -137,6 +137,9 @@ async fn accept(
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
+    if let Some(response) = formats::http_fault(profile, knobs.fault) {
+        return Err(response);
+    }
     Ok(Call {
         profile,
         body,
@@ -154,9 +157,6 @@ async fn chat(
         Ok(call) => call,
         Err(response) => return response,
     };
-    if let Some(response) = formats::http_fault(call.profile, call.knobs.fault) {
-        return response;
-    }
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let answer = formats::Answer::new(&call.body, &call.knobs);
     if let Some(raw) = &call.knobs.raw {
@@ -190,9 +190,6 @@ async fn embeddings(
         Ok(call) => call,
         Err(response) => return response,
     };
-    if let Some(response) = formats::http_fault(call.profile, call.knobs.fault) {
-        return response;
-    }
     let tokens = call.knobs.prompt_tokens.unwrap_or(9);
     let mut reply = json!({"object": "list", "model": call.body["model"],
         "data": [{"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789]}]});
@@ -212,9 +209,6 @@ async fn rerank(
         Ok(call) => call,
         Err(response) => return response,
     };
-    if let Some(response) = formats::http_fault(call.profile, call.knobs.fault) {
-        return response;
-    }
     let tokens = call.knobs.prompt_tokens.unwrap_or(57);
     let mut reply = json!({"id": "rerank-sim", "model": call.body["model"],
         "results": [{"index": 1, "relevance_score": 0.93}, {"index": 0, "relevance_score": 0.12}]});

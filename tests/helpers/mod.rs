@@ -92,14 +92,7 @@ impl TestApp {
 
     /// The record of the request that `response` answered (by its `x-request-id`).
     pub async fn record_of(&self, response: &reqwest::Response) -> StoredRecord {
-        let id = response
-            .headers()
-            .get("x-request-id")
-            .expect("every proxied response has an x-request-id")
-            .to_str()
-            .unwrap()
-            .to_string();
-        self.record(&id).await
+        self.record(&request_id(response)).await
     }
 
     pub async fn record(&self, request_id: &str) -> StoredRecord {
@@ -140,6 +133,17 @@ impl TestApp {
 pub fn client() -> reqwest::Client {
     tollgate::app::install_tls_provider();
     reqwest::Client::new()
+}
+
+/// The `x-request-id` tollgate answered with.
+pub fn request_id(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-request-id")
+        .expect("every proxied response has an x-request-id")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A chat body with one user message and simulator knobs.
