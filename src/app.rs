@@ -135,7 +135,7 @@ impl Application {
             state,
             ledger_writer,
         } = self;
-        axum::serve(listener, router(state.clone()))
+        axum::serve(nodelay(listener), router(state.clone()))
             .with_graceful_shutdown(shutdown)
             .await?;
         state.tasks().close();
@@ -146,6 +146,19 @@ impl Application {
             .context("the ledger writer panicked")?;
         Ok(())
     }
+}
+
+/// Sets `TCP_NODELAY` on every accepted connection: without it a stream's first chunk can
+/// wait behind the response head for the client's delayed ACK.
+pub fn nodelay(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, impl FnMut(&mut tokio::net::TcpStream) + Send + 'static> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
 }
 
 /// Chooses ring as the TLS crypto provider for outbound HTTPS; must run before any HTTP
