@@ -9,8 +9,11 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminAuth};
+use crate::auth::cache::{ChangeSignal, KeyCache};
 use crate::billing::{PriceBook, prices};
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::metering::{Ledger, LedgerWriter};
 use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
@@ -22,6 +25,10 @@ pub struct App {
     ledger: Ledger,
     prices: PriceBook,
     upstreams: Upstreams,
+    keys: KeyCache,
+    limits: Limits,
+    /// `None` when no admin key is configured: the admin API answers 503.
+    admin_auth: Option<AdminAuth>,
     /// Exchanges run outside the connection that started them (so a client leaving cannot
     /// cancel metering); shutdown waits for them here.
     tasks: TaskTracker,
@@ -50,11 +57,21 @@ impl AppState {
     pub fn tasks(&self) -> &TaskTracker {
         &self.0.tasks
     }
+    pub fn keys(&self) -> &KeyCache {
+        &self.0.keys
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+    pub fn admin_auth(&self) -> Option<&AdminAuth> {
+        self.0.admin_auth.as_ref()
+    }
 }
 
 /// The router with its fallback; the one place the route table is assembled.
 pub fn router(state: AppState) -> Router {
     handlers::router()
+        .merge(admin::router())
         .fallback(handlers::not_found)
         .with_state(state)
 }
@@ -89,6 +106,13 @@ impl Application {
             }
         }
         let upstreams = Upstreams::build(&config)?;
+        let admin_auth = AdminAuth::from_config(&config.admin)?;
+        if admin_auth.is_none() {
+            tracing::warn!(
+                "admin API off: set {} (or admin.jwt_public_key_file) to enable it",
+                config.admin.jwt_secret_env
+            );
+        }
         let (ledger, ledger_writer) = Ledger::spawn(
             db.clone(),
             config.ledger.batch_max,
@@ -100,6 +124,9 @@ impl Application {
             .with_context(|| format!("cannot listen on {addr}"))?;
         tokio::task::spawn_blocking(crate::metering::estimate::warm_up);
         let state = AppState(Arc::new(App {
+            keys: KeyCache::new(ChangeSignal::for_database(&config.database.url)),
+            limits: Limits::new(config.limits.clone()),
+            admin_auth,
             config,
             db,
             ledger,
@@ -107,6 +134,7 @@ impl Application {
             upstreams,
             tasks: TaskTracker::new(),
         }));
+        spawn_sweeper(&state);
         Ok(Application {
             listener,
             state,
@@ -146,6 +174,20 @@ impl Application {
             .context("the ledger writer panicked")?;
         Ok(())
     }
+}
+
+/// Every 30 s, drops limiter state that a fresh limiter would have anyway, so memory stays
+/// bounded with many keys. Holds the state weakly: it ends with the application.
+fn spawn_sweeper(state: &AppState) {
+    let app = Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            app.limits.sweep();
+        }
+    });
 }
 
 /// Sets `TCP_NODELAY` on every accepted connection: without it a stream's first chunk can

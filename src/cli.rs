@@ -7,11 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{Duration, Utc};
 use clap::{Parser, Subcommand};
-use serde_json::json;
 
-use crate::auth::ApiKey;
+use crate::admin::{AdminAuth, Role};
+use crate::auth::cache::{ChangeSignal, KeyCache};
+use crate::auth::lifecycle::{self, KeyPatch, KeyView, NewKeyRequest};
 use crate::config::Config;
 use crate::store;
+use crate::store::accounts::Account;
+use crate::store::keys::KeyLimits;
 use crate::{Application, sim};
 
 #[derive(Parser)]
@@ -56,29 +59,111 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Mint an admin JWT with the configured HS256 secret (for bootstrap and scripts).
+    AdminToken {
+        #[arg(long, value_enum, default_value = "admin")]
+        role: RoleArg,
+        /// Lifetime: 90s, 30m, 12h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, default_value = "cli")]
+        subject: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Viewer,
 }
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
-    /// Create an account.
+    /// Open an account.
     Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one account.
+    Show {
         name: String,
         #[arg(long)]
         json: bool,
     },
 }
 
+/// Limits given on the command line; "default" ("all" for models, "never" for expiry)
+/// clears a setting.
+#[derive(clap::Args, Default)]
+pub struct LimitArgs {
+    /// Requests per minute, or "default".
+    #[arg(long)]
+    rpm: Option<String>,
+    /// Tokens per minute, or "default".
+    #[arg(long)]
+    tpm: Option<String>,
+    /// Comma-separated models the key may call, or "all".
+    #[arg(long)]
+    models: Option<String>,
+    /// Days until the key expires, or "never".
+    #[arg(long)]
+    expires_in_days: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Issue a key for an account; the key is printed once and never again.
+    /// Issue a key for an account; the secret is printed once and never again.
     Create {
         #[arg(long)]
         account: String,
         #[arg(long, default_value = "")]
         name: String,
-        /// Days until the key expires (never, by default).
+        #[command(flatten)]
+        limits: LimitArgs,
         #[arg(long)]
-        expires_in_days: Option<i64>,
+        json: bool,
+    },
+    /// List keys (of one account).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key's metadata.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's name, expiry or limits; applies to the next request.
+    Update {
+        id: i64,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; applies to the next request.
+    Revoke {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a new secret; the old one keeps working for the grace period.
+    Rotate {
+        id: i64,
+        /// Seconds the old secret stays valid (default: admin.rotation_grace_secs).
+        #[arg(long)]
+        grace_secs: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -122,70 +207,204 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Accounts(AccountsCommand::Create { name, json }) => {
-            let db = store::connect(&Config::load(&cli.config)?.database).await?;
-            let account = store::accounts::create(&db, &name).await?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"id": account.id, "name": account.name, "created_at": account.created_at})
-                );
-            } else {
-                println!("account '{}' created (id {})", account.name, account.id);
-            }
-            Ok(())
-        }
-        Command::Keys(KeysCommand::Create {
-            account,
-            name,
-            expires_in_days,
-            json,
-        }) => {
-            let db = store::connect(&Config::load(&cli.config)?.database).await?;
-            let expires_at = expires_in_days.map(|d| Utc::now() + Duration::days(d));
-            let (key, id) = issue_key(&db, &account, &name, expires_at).await?;
-            if json {
-                println!(
-                    "{}",
-                    json!({"id": id, "account": account, "key": key.expose_secret(), "prefix": key.prefix()})
-                );
-            } else {
-                println!("{}", key.expose_secret());
-                eprintln!(
-                    "key {} issued for account '{account}'; it is shown only this once",
-                    key.prefix()
-                );
-            }
+        Command::Accounts(command) => accounts(&Config::load(&cli.config)?, command).await,
+        Command::Keys(command) => keys(&Config::load(&cli.config)?, command).await,
+        Command::AdminToken { role, ttl, subject } => {
+            let config = Config::load(&cli.config)?;
+            let auth = AdminAuth::from_config(&config.admin)?.with_context(|| {
+                format!(
+                    "set {} to the admin secret (at least 32 characters)",
+                    config.admin.jwt_secret_env
+                )
+            })?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Viewer => Role::Viewer,
+            };
+            println!("{}", auth.mint(&subject, role, parse_ttl(&ttl)?)?);
             Ok(())
         }
     }
 }
 
-/// Issues a key for the named account. Returns the secret (to show once) and the key id.
-pub async fn issue_key(
-    db: &store::Db,
-    account: &str,
-    name: &str,
-    expires_at: Option<chrono::DateTime<Utc>>,
-) -> anyhow::Result<(ApiKey, i64)> {
-    let account = store::accounts::find_by_name(db, account)
-        .await?
-        .with_context(|| {
-            format!("no account named '{account}'; create it with 'tollgate accounts create'")
-        })?;
-    let key = ApiKey::generate();
-    let row = store::keys::insert(
-        db,
-        store::keys::NewKey {
-            account_id: account.id,
+/// `90s`, `30m`, `12h`, `7d`.
+fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
+    let bad = || anyhow::anyhow!("'{text}' is not a duration like 30m");
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Prints `value` as JSON for scripts, or `text` for people.
+fn emit(
+    json: bool,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<()> {
+    let db = store::connect(&config.database).await?;
+    let line = |a: &Account| format!("{}\t{}\t{}", a.id, a.name, a.created_at);
+    match command {
+        AccountsCommand::Create { name, json } => {
+            crate::config::check_name(&name)?;
+            let account = crate::admin::accounts::create_account(&db, &name).await?;
+            emit(json, &account, || {
+                format!("account '{}' created (id {})", account.name, account.id)
+            })
+        }
+        AccountsCommand::List { json } => {
+            let list = store::accounts::list(&db).await?;
+            emit(json, &list, || {
+                list.iter().map(line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        AccountsCommand::Show { name, json } => {
+            let account = store::accounts::find_by_name(&db, &name)
+                .await?
+                .with_context(|| format!("no account named '{name}'"))?;
+            emit(json, &account, || line(&account))
+        }
+    }
+}
+
+impl LimitArgs {
+    /// As a patch: an absent flag keeps the setting, "default"/"all"/"never" clears it.
+    fn patch(self, name: Option<String>) -> anyhow::Result<KeyPatch> {
+        fn setting<T: std::str::FromStr>(
+            flag: &str,
+            value: Option<String>,
+            clear: &str,
+        ) -> anyhow::Result<Option<Option<T>>> {
+            let parse = |v: String| {
+                if v == clear {
+                    return Ok(None);
+                }
+                v.parse().map(Some).map_err(|_| {
+                    anyhow::anyhow!("--{flag}: '{v}' is neither a number nor '{clear}'")
+                })
+            };
+            value.map(parse).transpose()
+        }
+        let days: Option<Option<i64>> = setting("expires-in-days", self.expires_in_days, "never")?;
+        Ok(KeyPatch {
             name,
-            prefix: key.prefix(),
-            secret_hash: &key.hash(),
-            expires_at,
-        },
+            rpm: setting("rpm", self.rpm, "default")?,
+            tpm: setting("tpm", self.tpm, "default")?,
+            allowed_models: self.models.map(|m| {
+                (m != "all").then(|| m.split(',').map(|s| s.trim().to_string()).collect())
+            }),
+            expires_at: days.map(|d| d.map(|d| Utc::now() + Duration::days(d))),
+        })
+    }
+}
+
+fn key_line(k: &KeyView) -> String {
+    let state = serde_json::to_value(k.state).unwrap_or_default();
+    let state = state.as_str().unwrap_or_default();
+    format!(
+        "{}\t{}\t{state}\taccount {}\t{}",
+        k.id, k.prefix, k.account_id, k.name
     )
-    .await?;
-    Ok((key, row.id))
+}
+
+async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let db = store::connect(&config.database).await?;
+    // Used to announce changes: gateways on this ledger drop their cached keys at once.
+    let cache = KeyCache::new(ChangeSignal::for_database(&config.database.url));
+    match command {
+        KeysCommand::Create {
+            account,
+            name,
+            limits,
+            json,
+        } => {
+            let patch = limits.patch(None)?;
+            let request = NewKeyRequest {
+                account: account.clone(),
+                name,
+                expires_at: patch.expires_at.flatten(),
+                limits: KeyLimits {
+                    rpm: patch.rpm.flatten(),
+                    tpm: patch.tpm.flatten(),
+                    allowed_models: patch.allowed_models.flatten(),
+                },
+            };
+            let issued = lifecycle::issue(&db, &cache, request).await?;
+            if !json {
+                eprintln!(
+                    "key {} issued for account '{account}'; it is shown only this once",
+                    issued.view.prefix
+                );
+            }
+            emit(json, &issued, || issued.key.clone())
+        }
+        KeysCommand::List { account, json } => {
+            let account_id = match account {
+                Some(name) => Some(
+                    store::accounts::find_by_name(&db, &name)
+                        .await?
+                        .with_context(|| format!("no account named '{name}'"))?
+                        .id,
+                ),
+                None => None,
+            };
+            let mut views = Vec::new();
+            for row in store::keys::list(&db, account_id).await? {
+                views.push(lifecycle::view(&db, row).await?);
+            }
+            emit(json, &views, || {
+                views.iter().map(key_line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        KeysCommand::Show { id, json } => {
+            let view = lifecycle::view(&db, lifecycle::get(&db, id).await?).await?;
+            emit(json, &view, || key_line(&view))
+        }
+        KeysCommand::Update {
+            id,
+            name,
+            limits,
+            json,
+        } => {
+            let view = lifecycle::update(&db, &cache, id, limits.patch(name)?).await?;
+            emit(json, &view, || key_line(&view))
+        }
+        KeysCommand::Revoke { id, json } => {
+            let view = lifecycle::revoke(&db, &cache, id).await?;
+            emit(json, &view, || key_line(&view))
+        }
+        KeysCommand::Rotate {
+            id,
+            grace_secs,
+            json,
+        } => {
+            let grace = Duration::seconds(grace_secs.unwrap_or(config.admin.rotation_grace_secs));
+            let issued = lifecycle::rotate(&db, &cache, id, grace).await?;
+            if !json {
+                eprintln!(
+                    "key {} replaces key {id}; the old secret works until {}",
+                    issued.view.prefix,
+                    Utc::now() + grace
+                );
+            }
+            emit(json, &issued, || issued.key.clone())
+        }
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -214,7 +433,14 @@ async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<()> {
     {
         store::accounts::create(state.db(), "demo").await?;
     }
-    let (key, _) = issue_key(state.db(), "demo", "demo", None).await?;
+    let request = NewKeyRequest {
+        account: "demo".into(),
+        name: "demo".into(),
+        ..Default::default()
+    };
+    let key = lifecycle::issue(state.db(), state.keys(), request)
+        .await?
+        .key;
     let addr = app.local_addr();
     println!(
         "tollgate demo on http://{addr}  (simulated backends on http://{sim_addr}, ledger {})\n\
@@ -226,7 +452,6 @@ async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<()> {
          python: OpenAI(base_url=\"http://{addr}/v1/\", api_key=\"{key}\")\n\
          Ctrl-C stops it.",
         db.display(),
-        key = key.expose_secret()
     );
     app.run_until_stopped(shutdown_signal()).await
 }

@@ -25,7 +25,61 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests per minute for keys without their own `rpm`.
+    pub default_rpm: u32,
+    /// Tokens per minute for keys without their own `tpm`; unlimited when absent.
+    pub default_tpm: Option<u64>,
+    /// Completion tokens reserved for a chat request that sets no `max_tokens`.
+    pub reserve_max_tokens: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            default_rpm: 10,
+            default_tpm: None,
+            reserve_max_tokens: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Environment variable holding the HS256 secret for admin tokens. When neither it nor
+    /// `jwt_public_key_file` is set, the admin API is off.
+    pub jwt_secret_env: String,
+    /// PEM public key accepting RS256 tokens from an existing identity provider.
+    pub jwt_public_key_file: Option<PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// How long a rotated key keeps working.
+    pub rotation_grace_secs: i64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            jwt_secret_env: "TOLLGATE_ADMIN_SECRET".into(),
+            jwt_public_key_file: None,
+            issuer: "tollgate".into(),
+            audience: "tollgate-admin".into(),
+            leeway_secs: 30,
+            rotation_grace_secs: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,6 +344,17 @@ impl Config {
         }
         if !matches!(self.database.synchronous.as_str(), "full" | "normal") {
             bail!("database.synchronous must be 'full' or 'normal'");
+        }
+        if self.limits.default_rpm == 0 || self.limits.default_tpm == Some(0) {
+            bail!("limits.default_rpm and limits.default_tpm must be at least 1");
+        }
+        if let Some(file) = &self.admin.jwt_public_key_file
+            && !file.exists()
+        {
+            bail!(
+                "admin.jwt_public_key_file: {} does not exist",
+                file.display()
+            );
         }
         if self.ledger.batch_max == 0 || self.ledger.queue_capacity == 0 {
             bail!("ledger.batch_max and ledger.queue_capacity must be at least 1");

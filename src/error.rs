@@ -23,6 +23,21 @@ pub enum ApiError {
     /// but never repeats the key.
     #[error("{0}")]
     InvalidKey(&'static str),
+    /// 401: the admin token is missing, malformed, expired, or not ours.
+    #[error("{0}")]
+    AdminUnauthorized(String),
+    /// 403: the key may not call this model, or the admin role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409: the thing to create exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// 429: a per-key limit is reached; `headers` carry `Retry-After` and `x-ratelimit-*`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        headers: Box<axum::http::HeaderMap>,
+    },
     /// 404: no such model, chip, deployment or route.
     #[error("{0}")]
     NotFound(String),
@@ -58,7 +73,12 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::MissingKey | ApiError::InvalidKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::MissingKey | ApiError::InvalidKey(_) | ApiError::AdminUnauthorized(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -79,6 +99,10 @@ impl ApiError {
             }
             ApiError::MissingKey => ("authentication_error", "missing_api_key", None),
             ApiError::InvalidKey(_) => ("authentication_error", "invalid_api_key", None),
+            ApiError::AdminUnauthorized(_) => ("authentication_error", "invalid_admin_token", None),
+            ApiError::Forbidden(_) => ("permission_error", "forbidden", None),
+            ApiError::Conflict(_) => ("invalid_request_error", "conflict", None),
+            ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded", None),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large", None),
             ApiError::BadGateway(_) => ("upstream_error", "bad_gateway", None),
@@ -102,6 +126,9 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let mut response = (status, axum::Json(self.body())).into_response();
+        if let ApiError::RateLimited { headers, .. } = self {
+            response.headers_mut().extend(*headers);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

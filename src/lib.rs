@@ -1,7 +1,8 @@
 //! tollgate: a metering and billing gateway for LLM APIs.
 //!
 //! A request's path through the crate:
-//! 1. `proxy::handlers` matches the route; `auth` turns the bearer key into a `Caller`.
+//! 1. `proxy::handlers` matches the route; `auth` turns the bearer key into a `Caller`
+//!    (through an in-memory cache), and `limits` admits it under its rpm and tpm.
 //! 2. `proxy::request` reads the body within its limit; `proxy::upstreams` orders the
 //!    backends that may serve it (the M×N pair, a deployment, or the model's routing policy).
 //! 3. `proxy::exchange` runs the call in a task the client cannot cancel: `proxy::stream`
@@ -10,14 +11,17 @@
 //!    commits the record through the group-committing `Ledger` writer in `store`, and only
 //!    then is the end of the response released to the client.
 //!
+//! `admin` serves `/admin/v1` (accounts, keys, usage) behind JWT.
 //! `sim` is a simulated backend speaking each documented wire format, for the demo and tests.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod metering;
 pub mod proxy;
 pub mod sim;

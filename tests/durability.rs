@@ -26,6 +26,8 @@ listen = "127.0.0.1:0"
 url = "sqlite://{db}"
 [pricing]
 dir = "{pricing}"
+[limits]
+default_rpm = 100000
 [[upstreams]]
 model = "megrez-7b-instruct"
 chip = "nvidia"

@@ -4,10 +4,10 @@
 mod helpers;
 
 use chrono::{Duration, Utc};
-use helpers::{TestApp, chat, refusing_upstream, request_id};
+use helpers::{TestApp, chat, issue_key, refusing_upstream, request_id};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tollgate::cli;
+use tollgate::auth::lifecycle;
 
 /// Checks the OpenAI error shape and returns the body.
 async fn error_body(response: reqwest::Response, status: u16) -> Value {
@@ -67,28 +67,17 @@ async fn missing_malformed_unknown_expired_and_revoked_keys_get_distinct_401s() 
     assert_eq!(missing["error"]["code"], "missing_api_key");
 
     let mut messages = vec![];
-    let (expired, _) = cli::issue_key(
-        app.state.db(),
-        "acme",
-        "old",
-        Some(Utc::now() - Duration::days(1)),
-    )
-    .await
-    .unwrap();
-    let (revoked, revoked_id) = cli::issue_key(app.state.db(), "acme", "gone", None)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = ?")
-        .bind(revoked_id)
-        .execute(app.state.db())
+    let expired = issue_key(&app.state, "acme", Some(Utc::now() - Duration::days(1))).await;
+    let revoked = issue_key(&app.state, "acme", None).await;
+    lifecycle::revoke(app.state.db(), app.state.keys(), revoked.id)
         .await
         .unwrap();
     let unknown = tollgate::auth::ApiKey::generate();
     for key in [
         "sk-not-ours",
         unknown.expose_secret(),
-        expired.expose_secret(),
-        revoked.expose_secret(),
+        &expired.secret,
+        &revoked.secret,
     ] {
         let response = app
             .client

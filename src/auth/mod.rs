@@ -1,6 +1,11 @@
-//! Who is calling: API keys (`keys`) and the extractor that authenticates a request.
+//! Who is calling: API key secrets (`keys`), their life cycle (`lifecycle`), the in-memory
+//! cache (`cache`) and the extractor that authenticates a request.
 
+pub mod cache;
 pub mod keys;
+pub mod lifecycle;
+
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -11,13 +16,37 @@ use subtle::ConstantTimeEq;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store;
+use crate::store::keys::KeyState;
 pub use keys::ApiKey;
 
-/// An authenticated caller. Holds ids, never the secret.
+/// An authenticated caller: the key's row (hash and metadata), never the secret.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub key_id: i64,
     pub account_id: i64,
+    pub key: Arc<store::keys::KeyRow>,
+}
+
+impl Caller {
+    /// Whether the key's allow-list (if any) includes `model`.
+    pub fn may_call(&self, model: &str) -> bool {
+        self.key
+            .limits
+            .allowed_models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == model))
+    }
+
+    /// 403 unless the key may call `model`.
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        if self.may_call(model) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this API key is not allowed to call model '{model}'"
+            )))
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -37,25 +66,26 @@ impl FromRequestParts<AppState> for Caller {
                 "malformed Authorization header: expected 'Bearer tg-...'",
             ))?;
         let key = ApiKey::parse(token.trim())?;
-        authenticate(state.db(), &key).await
+        authenticate(state, &key).await
     }
 }
 
-/// Looks the key up by its hash and checks that it is live.
-pub async fn authenticate(db: &store::Db, key: &ApiKey) -> Result<Caller, ApiError> {
+/// Looks the key up by its hash (cache first) and checks that it is live.
+pub async fn authenticate(state: &AppState, key: &ApiKey) -> Result<Caller, ApiError> {
     let hash = key.hash();
-    let row = store::keys::find_by_hash(db, &hash)
+    let row = state
+        .keys()
+        .lookup(state.db(), &hash)
         .await?
         .filter(|row| bool::from(row.secret_hash.as_slice().ct_eq(&hash)))
         .ok_or(ApiError::InvalidKey("invalid API key"))?;
-    if row.revoked_at.is_some() {
-        return Err(ApiError::InvalidKey("this API key has been revoked"));
+    match row.state(Utc::now()) {
+        KeyState::Revoked => Err(ApiError::InvalidKey("this API key has been revoked")),
+        KeyState::Expired => Err(ApiError::InvalidKey("this API key has expired")),
+        KeyState::Active | KeyState::Rotating => Ok(Caller {
+            key_id: row.id,
+            account_id: row.account_id,
+            key: row,
+        }),
     }
-    if row.expires_at.is_some_and(|t| t <= Utc::now()) {
-        return Err(ApiError::InvalidKey("this API key has expired"));
-    }
-    Ok(Caller {
-        key_id: row.id,
-        account_id: row.account_id,
-    })
 }

@@ -4,5 +4,5 @@
 pub mod cost;
 pub mod prices;
 
-pub use cost::{Cost, TokenCounts, cost_of};
+pub use cost::{Cost, TokenCounts, cost_of, cost_of_totals};
 pub use prices::{PriceBook, PriceEntry, PriceVersion};

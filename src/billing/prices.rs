@@ -110,19 +110,27 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
 pub struct PriceBook {
     /// Versions per (model, chip), sorted by `effective_from`.
     by_pair: HashMap<(String, String), Vec<Arc<PriceVersion>>>,
+    by_id: HashMap<i64, Arc<PriceVersion>>,
 }
 
 impl PriceBook {
     pub fn new(versions: Vec<PriceVersion>) -> PriceBook {
         let mut by_pair: HashMap<_, Vec<Arc<PriceVersion>>> = HashMap::new();
+        let mut by_id = HashMap::new();
         for v in versions {
+            let v = Arc::new(v);
             let key = (v.entry.model.clone(), v.entry.chip.clone());
-            by_pair.entry(key).or_default().push(Arc::new(v));
+            by_pair.entry(key).or_default().push(v.clone());
+            by_id.insert(v.id, v);
         }
         for list in by_pair.values_mut() {
             list.sort_by_key(|v| v.entry.effective_from);
         }
-        PriceBook { by_pair }
+        PriceBook { by_pair, by_id }
+    }
+
+    pub fn version(&self, id: i64) -> Option<&Arc<PriceVersion>> {
+        self.by_id.get(&id)
     }
 
     /// The price in force for `model` on `chip` at `at`: the chip's own price, else the

@@ -20,6 +20,8 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::billing::{PriceVersion, TokenCounts, cost_of};
 use crate::error::{ApiError, openai_error};
+use crate::limits::Admission;
+use crate::metering::LedgerError;
 use crate::metering::estimate;
 use crate::metering::record::{Status, UsageRecord, UsageSource};
 
@@ -32,6 +34,8 @@ pub struct Exchange {
     pub candidates: Vec<Arc<Upstream>>,
     pub started: Instant,
     pub started_at: DateTime<Utc>,
+    /// What the limits granted; settled against the real usage at the end.
+    pub admission: Admission,
 }
 
 /// How a request ended, before it is priced.
@@ -227,8 +231,25 @@ async fn complete(
     finish(state, ex, served, outcome, response).await
 }
 
-/// Prices the outcome, commits its record, and only then lets `response` go. If the
-/// record cannot be written the client gets a 503 instead: nothing is served unbilled.
+/// Prices the outcome, settles the key's token reservation, and commits the record.
+pub(super) async fn commit(
+    state: &AppState,
+    ex: &Exchange,
+    served: &Served,
+    outcome: Outcome,
+) -> Result<(), LedgerError> {
+    let record = ex.record(served, outcome);
+    let used = record.tokens.prompt + record.tokens.completion;
+    state.limits().settle(ex.caller.key_id, &ex.admission, used);
+    let committed = state.ledger().commit(record).await;
+    if let Err(e) = &committed {
+        tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
+    }
+    committed
+}
+
+/// Commits the outcome's record, and only then lets `response` go. If the record cannot be
+/// written the client gets a 503 instead: nothing is served unbilled.
 pub(super) async fn finish(
     state: &AppState,
     ex: &Exchange,
@@ -236,15 +257,12 @@ pub(super) async fn finish(
     outcome: Outcome,
     response: Response,
 ) -> Response {
-    match state.ledger().commit(ex.record(served, outcome)).await {
+    match commit(state, ex, served, outcome).await {
         Ok(()) => response,
-        Err(e) => {
-            tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
-            ApiError::Unavailable(
-                "the usage of this request could not be recorded; it was not billed".into(),
-            )
-            .into_response()
-        }
+        Err(_) => ApiError::Unavailable(
+            "the usage of this request could not be recorded; it was not billed".into(),
+        )
+        .into_response(),
     }
 }
 

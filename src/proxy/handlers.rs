@@ -13,11 +13,13 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::exchange::{self, Exchange};
+use super::own_usage;
 use super::request::ClientRequest;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::Endpoint;
 use crate::error::ApiError;
+use crate::limits;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,6 +39,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/rerank", post(rerank))
         .route("/maas/v1/models", get(models))
         .route("/v1/models", get(models))
+        .route("/maas/v1/usage", get(own_usage::usage))
+        .route("/v1/usage", get(own_usage::usage))
 }
 
 /// Which backends a route allows.
@@ -150,6 +154,8 @@ async fn proxy(
             vec![upstream]
         }
     };
+    caller.check_model(&candidates[0].model)?;
+    let admission = state.limits().admit(&caller, &request)?;
     let exchange = Exchange {
         request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
         caller,
@@ -157,16 +163,21 @@ async fn proxy(
         candidates,
         started,
         started_at,
+        admission,
     };
-    Ok(exchange::serve(state, exchange).await)
+    let mut response = exchange::serve(state, exchange).await;
+    let tokens = admission.tokens.map(|(quota, _, _)| quota);
+    limits::put_headers(response.headers_mut(), &admission.requests, tokens.as_ref());
+    Ok(response)
 }
 
-/// `GET /v1/models`: every model with the chips that serve it.
-async fn models(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
+/// `GET /v1/models`: the models this key may call, with the chips that serve them.
+async fn models(State(state): State<AppState>, caller: Caller) -> Json<Value> {
     let data: Vec<Value> = state
         .upstreams()
         .catalog()
         .into_iter()
+        .filter(|(model, _, _)| caller.may_call(model))
         .map(|(model, endpoint, chips)| {
             json!({"id": model, "object": "model", "created": 0, "owned_by": "tollgate",
                    "endpoint": endpoint.as_str(), "chips": chips})

@@ -6,6 +6,7 @@ pub mod exchange;
 pub mod framing;
 pub mod handlers;
 pub mod observe;
+pub mod own_usage;
 pub mod request;
 pub mod stream;
 pub mod upstreams;

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::exchange::{Exchange, Outcome, Served, event_stream, finish};
+use super::exchange::{Exchange, Outcome, Served, commit, event_stream, finish};
 use super::framing::{Event, Framer};
 use super::observe::{self, Observed};
 use crate::app::AppState;
@@ -179,20 +179,16 @@ pub async fn relay(
         observed: std::mem::take(&mut relay.observed),
         ttft: relay.ttft,
     };
-    let record = ex.record(&served, outcome);
-    let committed = state.ledger().commit(record).await;
+    let committed = commit(&state, &ex, &served, outcome).await;
     let Some(client) = relay.client.take() else {
         return;
     };
     let tail = match committed {
         Ok(()) => tail,
-        Err(e) => {
-            tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
-            Some(error_event(
-                "the usage of this request could not be recorded",
-                "server_error",
-            ))
-        }
+        Err(_) => Some(error_event(
+            "the usage of this request could not be recorded",
+            "server_error",
+        )),
     };
     if let Some(tail) = tail {
         let _ = client.send(Ok(tail)).await;

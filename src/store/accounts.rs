@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{Db, from_ms, to_ms};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Account {
     pub id: i64,
     pub name: String,
@@ -43,4 +43,19 @@ pub async fn find_by_name(db: &Db, name: &str) -> anyhow::Result<Option<Account>
         .fetch_optional(db)
         .await?;
     Ok(row.map(from_row))
+}
+
+pub async fn get(db: &Db, id: i64) -> anyhow::Result<Option<Account>> {
+    let row = sqlx::query("SELECT * FROM accounts WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(from_row))
+}
+
+pub async fn list(db: &Db) -> anyhow::Result<Vec<Account>> {
+    let rows = sqlx::query("SELECT * FROM accounts ORDER BY id")
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(from_row).collect())
 }

@@ -1,9 +1,20 @@
 //! API key rows: hashes and metadata, never secrets.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{Db, from_ms, to_ms};
+
+/// What a key may do. `None` means the configured default (limits) or everything (models).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute (prompt + completion).
+    pub tpm: Option<u64>,
+    pub allowed_models: Option<Vec<String>>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
@@ -14,10 +25,35 @@ pub struct KeyRow {
     pub secret_hash: Vec<u8>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the key stops working; in the future while a rotated key is in its grace period.
     pub revoked_at: Option<DateTime<Utc>>,
+    pub rotated_to: Option<i64>,
+    pub limits: KeyLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Active,
+    /// Rotated: still valid until its revocation time, the end of the grace period.
+    Rotating,
+    Revoked,
+    Expired,
+}
+
+impl KeyRow {
+    pub fn state(&self, now: DateTime<Utc>) -> KeyState {
+        match (self.revoked_at, self.expires_at) {
+            (Some(r), _) if r <= now => KeyState::Revoked,
+            (_, Some(e)) if e <= now => KeyState::Expired,
+            (Some(_), _) => KeyState::Rotating,
+            _ => KeyState::Active,
+        }
+    }
 }
 
 fn from_row(row: sqlx::sqlite::SqliteRow) -> KeyRow {
+    let models: Option<String> = row.get("allowed_models");
     KeyRow {
         id: row.get("id"),
         account_id: row.get("account_id"),
@@ -27,6 +63,13 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> KeyRow {
         created_at: from_ms(row.get("created_at")),
         expires_at: row.get::<Option<i64>, _>("expires_at").map(from_ms),
         revoked_at: row.get::<Option<i64>, _>("revoked_at").map(from_ms),
+        rotated_to: row.get("rotated_to"),
+        limits: KeyLimits {
+            rpm: row.get::<Option<i64>, _>("rpm").map(|v| v as u32),
+            tpm: row.get::<Option<i64>, _>("tpm").map(|v| v as u64),
+            // Written only by this module, as a JSON array.
+            allowed_models: models.and_then(|m| serde_json::from_str(&m).ok()),
+        },
     }
 }
 
@@ -36,12 +79,24 @@ pub struct NewKey<'a> {
     pub prefix: &'a str,
     pub secret_hash: &'a [u8],
     pub expires_at: Option<DateTime<Utc>>,
+    pub limits: KeyLimits,
 }
 
-pub async fn insert(db: &Db, key: NewKey<'_>) -> anyhow::Result<KeyRow> {
+fn models_json(limits: &KeyLimits) -> Option<String> {
+    limits
+        .allowed_models
+        .as_ref()
+        .map(|m| serde_json::to_string(m).expect("strings serialize"))
+}
+
+pub async fn insert<'c>(
+    conn: impl sqlx::SqliteExecutor<'c>,
+    key: NewKey<'_>,
+) -> anyhow::Result<KeyRow> {
     let row = sqlx::query(
-        "INSERT INTO api_keys (account_id, name, prefix, secret_hash, created_at, expires_at)
-         VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+        "INSERT INTO api_keys (account_id, name, prefix, secret_hash, created_at, expires_at,
+            allowed_models, rpm, tpm)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
     )
     .bind(key.account_id)
     .bind(key.name)
@@ -49,7 +104,10 @@ pub async fn insert(db: &Db, key: NewKey<'_>) -> anyhow::Result<KeyRow> {
     .bind(key.secret_hash)
     .bind(to_ms(Utc::now()))
     .bind(key.expires_at.map(to_ms))
-    .fetch_one(db)
+    .bind(models_json(&key.limits))
+    .bind(key.limits.rpm.map(i64::from))
+    .bind(key.limits.tpm.map(|t| t as i64))
+    .fetch_one(conn)
     .await?;
     Ok(from_row(row))
 }
@@ -60,4 +118,89 @@ pub async fn find_by_hash(db: &Db, secret_hash: &[u8]) -> anyhow::Result<Option<
         .fetch_optional(db)
         .await?;
     Ok(row.map(from_row))
+}
+
+pub async fn get(db: &Db, id: i64) -> anyhow::Result<Option<KeyRow>> {
+    let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(from_row))
+}
+
+/// Keys of one account, or of all accounts, oldest first.
+pub async fn list(db: &Db, account_id: Option<i64>) -> anyhow::Result<Vec<KeyRow>> {
+    let rows =
+        sqlx::query("SELECT * FROM api_keys WHERE ?1 IS NULL OR account_id = ?1 ORDER BY id")
+            .bind(account_id)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// Replaces a key's name, expiry and limits.
+pub async fn update(
+    db: &Db,
+    id: i64,
+    name: &str,
+    expires_at: Option<DateTime<Utc>>,
+    limits: &KeyLimits,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE api_keys SET name = ?, expires_at = ?, allowed_models = ?, rpm = ?, tpm = ?
+         WHERE id = ?",
+    )
+    .bind(name)
+    .bind(expires_at.map(to_ms))
+    .bind(models_json(limits))
+    .bind(limits.rpm.map(i64::from))
+    .bind(limits.tpm.map(|t| t as i64))
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Revokes a key at `at` (now, or the end of a rotation's grace period); an earlier
+/// revocation is kept.
+pub async fn revoke<'c>(
+    conn: impl sqlx::SqliteExecutor<'c>,
+    id: i64,
+    at: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE api_keys SET revoked_at = MIN(COALESCE(revoked_at, ?1), ?1) WHERE id = ?2")
+        .bind(to_ms(at))
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Issues `new` as the successor of key `old_id`, which stays valid until `grace_until`.
+pub async fn rotate(
+    db: &Db,
+    old_id: i64,
+    new: NewKey<'_>,
+    grace_until: DateTime<Utc>,
+) -> anyhow::Result<KeyRow> {
+    let mut tx = db.begin().await?;
+    let row = insert(&mut *tx, new).await?;
+    revoke(&mut *tx, old_id, grace_until).await?;
+    sqlx::query("UPDATE api_keys SET rotated_to = ? WHERE id = ?")
+        .bind(row.id)
+        .bind(old_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// When the key last made a request, from the ledger (no write on the hot path).
+pub async fn last_used(db: &Db, id: i64) -> anyhow::Result<Option<DateTime<Utc>>> {
+    let ms: Option<i64> = sqlx::query("SELECT MAX(started_at) FROM usage_records WHERE key_id = ?")
+        .bind(id)
+        .fetch_one(db)
+        .await?
+        .get(0);
+    Ok(ms.map(from_ms))
 }

@@ -53,6 +53,7 @@ pub async fn insert_batch(
 /// A stored record, flattened for reading (audits, tests, CLI).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StoredRecord {
+    pub id: i64,
     pub request_id: String,
     pub account_id: i64,
     pub key_id: i64,
@@ -81,6 +82,7 @@ pub struct StoredRecord {
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<StoredRecord> {
     let cost: String = row.get("cost");
     Ok(StoredRecord {
+        id: row.get("id"),
         request_id: row.get("request_id"),
         account_id: row.get("account_id"),
         key_id: row.get("key_id"),
@@ -132,4 +134,95 @@ pub async fn count(db: &Db) -> anyhow::Result<i64> {
         .fetch_one(db)
         .await?
         .get(0))
+}
+
+/// Filters for listing records; all optional. Times are milliseconds, `[from, to)`.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct UsageFilter {
+    pub account_id: Option<i64>,
+    pub key_id: Option<i64>,
+    pub model: Option<String>,
+    pub chip: Option<String>,
+    pub status: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Records with an id below this (the previous page's `next_cursor`).
+    pub before_id: Option<i64>,
+}
+
+/// Newest first, at most `limit`.
+pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> anyhow::Result<Vec<StoredRecord>> {
+    let mut query: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT * FROM usage_records WHERE 1 = 1");
+    if let Some(v) = filter.account_id {
+        query.push(" AND account_id = ").push_bind(v);
+    }
+    if let Some(v) = filter.key_id {
+        query.push(" AND key_id = ").push_bind(v);
+    }
+    if let Some(v) = &filter.model {
+        query.push(" AND model = ").push_bind(v.clone());
+    }
+    if let Some(v) = &filter.chip {
+        query.push(" AND chip = ").push_bind(v.clone());
+    }
+    if let Some(v) = &filter.status {
+        query.push(" AND status = ").push_bind(v.clone());
+    }
+    if let Some(v) = filter.from_ms {
+        query.push(" AND started_at >= ").push_bind(v);
+    }
+    if let Some(v) = filter.to_ms {
+        query.push(" AND started_at < ").push_bind(v);
+    }
+    if let Some(v) = filter.before_id {
+        query.push(" AND id < ").push_bind(v);
+    }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    let rows = query.build().fetch_all(db).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Token sums of one price version over a set of records: enough to price them exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VersionTotals {
+    pub price_version_id: i64,
+    pub requests: i64,
+    /// Requests that completed (they carry the per-request price).
+    pub ok_requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// Sums per price version for one key over `[from_ms, to_ms)`.
+pub async fn key_totals(
+    db: &Db,
+    key_id: i64,
+    from_ms: i64,
+    to_ms: i64,
+) -> anyhow::Result<Vec<VersionTotals>> {
+    let rows = sqlx::query(
+        "SELECT price_version_id, COUNT(*) AS requests, SUM(status = 'ok') AS ok_requests,
+                SUM(prompt_tokens) AS prompt, SUM(cached_tokens) AS cached,
+                SUM(completion_tokens) AS completion
+         FROM usage_records WHERE key_id = ? AND started_at >= ? AND started_at < ?
+         GROUP BY price_version_id",
+    )
+    .bind(key_id)
+    .bind(from_ms)
+    .bind(to_ms)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| VersionTotals {
+            price_version_id: r.get("price_version_id"),
+            requests: r.get("requests"),
+            ok_requests: r.get("ok_requests"),
+            prompt_tokens: r.get("prompt"),
+            cached_tokens: r.get("cached"),
+            completion_tokens: r.get("completion"),
+        })
+        .collect())
 }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+use tollgate::auth::lifecycle::{self, NewKeyRequest};
 use tollgate::config::{Config, UpstreamConfig};
 use tollgate::store::usage::StoredRecord;
 use tollgate::{AppState, Application, cli, sim, store};
@@ -55,9 +56,7 @@ impl TestApp {
         {
             store::accounts::create(state.db(), "acme").await.unwrap();
         }
-        let (key, _) = cli::issue_key(state.db(), "acme", "test", None)
-            .await
-            .unwrap();
+        let key = issue_key(&state, "acme", None).await.secret;
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(app.run_until_stopped(async {
             let _ = stopped.await;
@@ -65,7 +64,7 @@ impl TestApp {
         TestApp {
             addr,
             sim,
-            key: key.expose_secret().to_string(),
+            key,
             state,
             client: client(),
             db_path,
@@ -133,6 +132,32 @@ impl TestApp {
 pub fn client() -> reqwest::Client {
     tollgate::app::install_tls_provider();
     reqwest::Client::new()
+}
+
+/// A key issued through the same path as the admin API and the CLI.
+pub struct IssuedKey {
+    pub secret: String,
+    pub id: i64,
+}
+
+pub async fn issue_key(
+    state: &AppState,
+    account: &str,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> IssuedKey {
+    let request = NewKeyRequest {
+        account: account.into(),
+        name: "test".into(),
+        expires_at,
+        ..Default::default()
+    };
+    let issued = lifecycle::issue(state.db(), state.keys(), request)
+        .await
+        .unwrap();
+    IssuedKey {
+        secret: issued.key,
+        id: issued.view.id,
+    }
 }
 
 /// The `x-request-id` tollgate answered with.

@@ -1,0 +1,114 @@
+//! `/admin/v1/keys`: issue, list, show, change limits, revoke and rotate API keys. A key's
+//! secret appears once, in the response that creates it.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Duration;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Admin, JsonBody, QueryParams};
+use crate::app::AppState;
+use crate::auth::lifecycle::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
+use crate::error::ApiError;
+use crate::store;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/keys", get(list).post(create))
+        .route("/admin/v1/keys/{id}", get(show).patch(update))
+        .route("/admin/v1/keys/{id}/revoke", post(revoke))
+        .route("/admin/v1/keys/{id}/rotate", post(rotate))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    JsonBody(request): JsonBody<NewKeyRequest>,
+) -> Result<(StatusCode, Json<Issued>), ApiError> {
+    let issued = lifecycle::issue(state.db(), state.keys(), request).await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    /// Account name.
+    account: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let account_id = match &query.account {
+        Some(name) => Some(
+            store::accounts::find_by_name(state.db(), name)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))?
+                .id,
+        ),
+        None => None,
+    };
+    let mut data = Vec::new();
+    for row in store::keys::list(state.db(), account_id).await? {
+        data.push(lifecycle::view(state.db(), row).await?);
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<i64>,
+) -> Result<Json<KeyView>, ApiError> {
+    let row = lifecycle::get(state.db(), id).await?;
+    Ok(Json(lifecycle::view(state.db(), row).await?))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<i64>,
+    JsonBody(patch): JsonBody<KeyPatch>,
+) -> Result<Json<KeyView>, ApiError> {
+    Ok(Json(
+        lifecycle::update(state.db(), state.keys(), id, patch).await?,
+    ))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<i64>,
+) -> Result<Json<KeyView>, ApiError> {
+    Ok(Json(lifecycle::revoke(state.db(), state.keys(), id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// How long the old secret keeps working; the configured default when absent.
+    grace_secs: Option<i64>,
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<i64>,
+    JsonBody(request): JsonBody<RotateRequest>,
+) -> Result<(StatusCode, Json<Issued>), ApiError> {
+    let grace = request
+        .grace_secs
+        .unwrap_or(state.config().admin.rotation_grace_secs);
+    if grace < 0 {
+        return Err(ApiError::invalid(
+            "grace_secs must not be negative",
+            "grace_secs",
+        ));
+    }
+    let issued = lifecycle::rotate(state.db(), state.keys(), id, Duration::seconds(grace)).await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}

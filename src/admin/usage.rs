@@ -1,0 +1,72 @@
+//! `GET /admin/v1/usage`: usage records for audits, filtered and paginated (newest first).
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{QueryParams, Viewer};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::store::{self, usage::UsageFilter};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/admin/v1/usage", get(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    /// Account name.
+    account: Option<String>,
+    key: Option<i64>,
+    model: Option<String>,
+    chip: Option<String>,
+    status: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    _: Viewer,
+    QueryParams(q): QueryParams<UsageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit must be between 1 and 1000",
+            "limit",
+        ));
+    }
+    let account_id = match &q.account {
+        Some(name) => Some(
+            store::accounts::find_by_name(state.db(), name)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))?
+                .id,
+        ),
+        None => None,
+    };
+    let filter = UsageFilter {
+        account_id,
+        key_id: q.key,
+        model: q.model,
+        chip: q.chip,
+        status: q.status,
+        from_ms: q.from.map(store::to_ms),
+        to_ms: q.to.map(store::to_ms),
+        before_id: q.cursor,
+    };
+    let data = store::usage::list(state.db(), &filter, limit).await?;
+    let next_cursor = (data.len() as i64 == limit)
+        .then(|| data.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(
+        json!({"object": "list", "data": data, "next_cursor": next_cursor}),
+    ))
+}

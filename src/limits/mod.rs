@@ -1,0 +1,180 @@
+//! Per-key limits: requests per minute (`requests`, GCRA via governor) and tokens per minute
+//! (`tokens`, reservation and settlement), and the `x-ratelimit-*` headers that report them.
+
+pub mod requests;
+pub mod tokens;
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::metering::estimate;
+use crate::proxy::request::ClientRequest;
+pub use requests::{RequestLimits, RequestQuota};
+pub use tokens::{TokenLimits, TokenQuota};
+
+pub struct Limits {
+    config: LimitsConfig,
+    requests: RequestLimits,
+    tokens: TokenLimits,
+}
+
+/// What admission granted a request: reported in its headers, settled at its end.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub requests: RequestQuota,
+    /// The key's tpm and the tokens reserved, when the key has a token limit.
+    pub tokens: Option<(TokenQuota, u64, u64)>,
+}
+
+impl Limits {
+    pub fn new(config: LimitsConfig) -> Limits {
+        Limits {
+            config,
+            requests: RequestLimits::new(),
+            tokens: TokenLimits::new(),
+        }
+    }
+
+    pub fn rpm(&self, caller: &Caller) -> u32 {
+        caller.key.limits.rpm.unwrap_or(self.config.default_rpm)
+    }
+
+    pub fn tpm(&self, caller: &Caller) -> Option<u64> {
+        caller.key.limits.tpm.or(self.config.default_tpm)
+    }
+
+    /// Counts the request against the key's limits; 429 (with the headers) when over.
+    pub fn admit(&self, caller: &Caller, request: &ClientRequest) -> Result<Admission, ApiError> {
+        let requests = self.requests.check(caller.key_id, self.rpm(caller));
+        if let Some(wait) = requests.retry_after {
+            let mut headers = HeaderMap::new();
+            put_headers(&mut headers, &requests, None);
+            return Err(throttled(
+                "requests per minute",
+                requests.limit.into(),
+                wait,
+                headers,
+            ));
+        }
+        let Some(tpm) = self.tpm(caller) else {
+            return Ok(Admission {
+                requests,
+                tokens: None,
+            });
+        };
+        let reserve = self.worst_case_tokens(request);
+        let tokens = self.tokens.reserve(caller.key_id, tpm, reserve);
+        if let Some(wait) = tokens.retry_after {
+            let mut headers = HeaderMap::new();
+            put_headers(&mut headers, &requests, Some(&tokens));
+            return Err(throttled("tokens per minute", tpm, wait, headers));
+        }
+        Ok(Admission {
+            requests,
+            tokens: Some((tokens, tpm, reserve)),
+        })
+    }
+
+    /// Gives back (or takes) the difference between the reservation and the real usage.
+    pub fn settle(&self, key_id: i64, admission: &Admission, used: u64) {
+        if let Some((_, tpm, reserved)) = admission.tokens {
+            self.tokens.settle(key_id, tpm, reserved, used);
+        }
+    }
+
+    /// The key's quotas now, without consuming anything (for `GET /v1/usage`).
+    pub fn peek(&self, caller: &Caller) -> (RequestQuota, Option<TokenQuota>) {
+        let requests = self.requests.peek(caller.key_id, self.rpm(caller));
+        let tokens = self
+            .tpm(caller)
+            .map(|tpm| self.tokens.peek(caller.key_id, tpm));
+        (requests, tokens)
+    }
+
+    /// Forgets state that a fresh limiter would have anyway; run periodically.
+    pub fn sweep(&self) {
+        self.requests.sweep();
+        self.tokens.sweep();
+    }
+
+    /// Estimated prompt + `max_tokens` (or the configured cap when absent).
+    fn worst_case_tokens(&self, request: &ClientRequest) -> u64 {
+        let prompt = estimate::prompt_tokens(request.endpoint, &request.body);
+        let completion = ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|k| request.body.get(*k).and_then(Value::as_u64))
+            .unwrap_or(self.config.reserve_max_tokens);
+        match request.endpoint {
+            crate::config::Endpoint::Chat => prompt + completion,
+            _ => prompt,
+        }
+    }
+}
+
+fn throttled(what: &str, limit: u64, wait: Duration, mut headers: HeaderMap) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    headers.insert("retry-after", HeaderValue::from(seconds.max(1)));
+    ApiError::RateLimited {
+        message: format!(
+            "rate limit of {limit} {what} reached for this API key; retry after {}s",
+            seconds.max(1)
+        ),
+        headers: Box::new(headers),
+    }
+}
+
+/// Writes the `x-ratelimit-*` headers (OpenAI's names and reset format).
+pub fn put_headers(headers: &mut HeaderMap, requests: &RequestQuota, tokens: Option<&TokenQuota>) {
+    headers.insert(
+        "x-ratelimit-limit-requests",
+        HeaderValue::from(requests.limit),
+    );
+    headers.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from(requests.remaining),
+    );
+    headers.insert("x-ratelimit-reset-requests", reset_value(requests.reset));
+    if let Some(tokens) = tokens {
+        headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(tokens.limit));
+        headers.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from(tokens.remaining),
+        );
+        headers.insert("x-ratelimit-reset-tokens", reset_value(tokens.reset));
+    }
+}
+
+/// `250ms`, `6s`, `1m30s`: whole units, rounded up.
+fn reset_value(d: Duration) -> HeaderValue {
+    let text = if d < Duration::from_secs(1) {
+        format!(
+            "{}ms",
+            d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0)
+        )
+    } else {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        if secs < 60 {
+            format!("{secs}s")
+        } else {
+            format!("{}m{}s", secs / 60, secs % 60)
+        }
+    };
+    HeaderValue::from_str(&text).expect("ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_read_like_openais() {
+        assert_eq!(reset_value(Duration::from_millis(250)), "250ms");
+        assert_eq!(reset_value(Duration::from_millis(5400)), "6s");
+        assert_eq!(reset_value(Duration::from_secs(90)), "1m30s");
+    }
+}
