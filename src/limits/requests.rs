@@ -88,7 +88,7 @@ impl<C: Clock + Clone> RequestLimits<C> {
                 }
             }
             Err(not_until) => {
-                let wait = Duration::from(not_until.wait_time_from(now));
+                let wait = not_until.wait_time_from(now);
                 RequestQuota {
                     limit: rpm,
                     remaining: 0,
