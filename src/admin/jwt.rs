@@ -23,14 +23,22 @@ pub enum Role {
     Viewer,
 }
 
+/// Spec claims default when absent so that validation, which requires them, can name the
+/// missing one (the library reads this struct before it validates).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    #[serde(default)]
     pub sub: String,
     pub role: Role,
+    #[serde(default)]
     pub iss: String,
+    #[serde(default)]
     pub aud: String,
+    #[serde(default)]
     pub iat: i64,
+    #[serde(default)]
     pub nbf: i64,
+    #[serde(default)]
     pub exp: i64,
 }
 

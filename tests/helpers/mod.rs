@@ -9,6 +9,7 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+use tollgate::admin::Role;
 use tollgate::auth::lifecycle::{self, NewKeyRequest};
 use tollgate::config::{Config, UpstreamConfig};
 use tollgate::store::usage::StoredRecord;
@@ -26,6 +27,9 @@ pub struct TestApp {
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The HS256 secret of admin tokens in tests.
+pub const ADMIN_SECRET: &str = "test-admin-secret-of-at-least-32-characters";
+
 /// The demo configuration pointed at `sim`, with its ledger in `dir`.
 pub fn test_config(sim: SocketAddr, dir: &tempfile::TempDir) -> Config {
     let db = dir.path().join("ledger.db");
@@ -39,6 +43,8 @@ impl TestApp {
 
     /// Like `spawn`, with the configuration changed by `tweak` first.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+        // SAFETY: every test sets the same value before building; nothing else writes it.
+        unsafe { std::env::set_var("TOLLGATE_ADMIN_SECRET", ADMIN_SECRET) };
         let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(sim, &dir);
@@ -87,6 +93,36 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A fresh admin token with `role`.
+    pub fn admin_token(&self, role: Role) -> String {
+        let auth = self
+            .state
+            .admin_auth()
+            .expect("the admin API is on in tests");
+        auth.mint("test", role, std::time::Duration::from_secs(300))
+            .unwrap()
+    }
+
+    /// Calls the admin API with `token`; returns the status and the JSON body.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// The record of the request that `response` answered (by its `x-request-id`).
