@@ -2,95 +2,15 @@
 
 mod helpers;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
+use helpers::binary::{cli, serve, write_config};
 use helpers::{chat, sse_data};
 use serde_json::json;
 use tollgate::config::DatabaseConfig;
 use tollgate::{sim, store};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-fn write_config(dir: &Path, sim: SocketAddr) -> PathBuf {
-    let pricing = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing");
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-[database]
-url = "sqlite://{db}"
-[pricing]
-dir = "{pricing}"
-[limits]
-default_rpm = 100000
-[[upstreams]]
-model = "megrez-7b-instruct"
-chip = "nvidia"
-base_url = "http://{sim}/genstudio"
-[[upstreams]]
-model = "megrez-7b-instruct"
-chip = "chip3"
-base_url = "http://{sim}/bare"
-"#,
-        db = dir.join("ledger.db").display(),
-        pricing = pricing.display(),
-    );
-    let path = dir.join("tollgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn cli(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Starts `tollgate serve` and waits for its listening address.
-fn serve(config: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .env("TOLLGATE_LOG", "tollgate=info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("addr=").nth(1) {
-                let _ = tx.send(
-                    addr.split_whitespace()
-                        .next()
-                        .unwrap()
-                        .parse::<SocketAddr>()
-                        .unwrap(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("tollgate serve starts");
-    (child, addr)
-}
 
 async fn count_records(dir: &Path) -> i64 {
     let db = store::connect(&DatabaseConfig {
@@ -135,7 +55,8 @@ async fn a_sigkill_after_n_completed_requests_leaves_exactly_n_records() {
     let key = cli(&config, &["keys", "create", "--account", "acme"]);
     let client = helpers::client();
 
-    let (mut child, addr) = serve(&config);
+    let gateway = serve(&config, "tollgate=info");
+    let (mut child, addr) = (gateway.child, gateway.addr);
     let n = 30;
     for i in 0..n {
         assert!(
@@ -148,7 +69,8 @@ async fn a_sigkill_after_n_completed_requests_leaves_exactly_n_records() {
     assert_eq!(count_records(dir.path()).await, n as i64);
 
     // Restarted on the same ledger, it goes on where it stopped.
-    let (mut child, addr) = serve(&config);
+    let gateway = serve(&config, "tollgate=info");
+    let (mut child, addr) = (gateway.child, gateway.addr);
     assert!(complete_request(&client, addr, &key, 1).await);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -162,7 +84,8 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
     let config = write_config(dir.path(), sim);
     cli(&config, &["accounts", "create", "acme"]);
     let key = cli(&config, &["keys", "create", "--account", "acme"]);
-    let (mut child, addr) = serve(&config);
+    let gateway = serve(&config, "tollgate=info");
+    let (mut child, addr) = (gateway.child, gateway.addr);
 
     let client = helpers::client();
     let streams = 20;

@@ -2,6 +2,8 @@
 //! an account and a key, so tests read as what a client does and what the ledger says.
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -1,0 +1,220 @@
+//! Per-key limits hold exactly under concurrency and are reported in standard headers.
+
+mod helpers;
+
+use futures_util::future::join_all;
+use helpers::{TestApp, chat};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use tollgate::admin::Role;
+
+const ROUTE: &str = "/maas/megrez-7b-instruct/nvidia/chat/completions";
+
+async fn key_with(app: &TestApp, limits: Value) -> String {
+    let mut body = json!({"account": "acme"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(limits.as_object().unwrap().clone());
+    let (status, issued) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/keys",
+            &app.admin_token(Role::Admin),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    issued["key"].as_str().unwrap().to_string()
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing {name}"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_parallel_requests_on_a_10_per_minute_key_admit_exactly_10() {
+    let app = TestApp::spawn().await;
+    let key = key_with(&app, json!({"rpm": 10})).await;
+    let body = chat(None, "hi", false, json!({}));
+    let requests = (0..200).map(|_| {
+        app.client
+            .post(app.url(ROUTE))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    });
+    let responses: Vec<reqwest::Response> = join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let admitted = responses.iter().filter(|r| r.status() == 200).count();
+    let limited: Vec<&reqwest::Response> = responses.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!((admitted, limited.len()), (10, 190));
+    for response in limited {
+        let retry: u64 = header(response, "retry-after").parse().unwrap();
+        assert!((1..=6).contains(&retry), "one request per 6 s: {retry}");
+        assert_eq!(header(response, "x-ratelimit-limit-requests"), "10");
+        assert_eq!(header(response, "x-ratelimit-remaining-requests"), "0");
+    }
+    assert_eq!(
+        app.record_count().await,
+        10,
+        "refused requests never reach a backend"
+    );
+}
+
+#[tokio::test]
+async fn every_proxied_response_reports_the_limits() {
+    let app = TestApp::spawn().await;
+    let key = key_with(&app, json!({"rpm": 5, "tpm": 100000})).await;
+    let mut remaining = vec![];
+    for (stream, fault) in [(false, None), (true, None), (false, Some("http_500"))] {
+        let body = chat(None, "hi", stream, json!({"fault": fault}));
+        let response = app
+            .client
+            .post(app.url(ROUTE))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&response, "x-ratelimit-limit-requests"), "5");
+        assert_eq!(header(&response, "x-ratelimit-limit-tokens"), "100000");
+        assert!(header(&response, "x-ratelimit-reset-requests").ends_with('s'));
+        header(&response, "x-ratelimit-remaining-tokens");
+        header(&response, "x-ratelimit-reset-tokens");
+        remaining.push(header(&response, "x-ratelimit-remaining-requests").to_string());
+        response.bytes().await.unwrap();
+    }
+    assert_eq!(remaining, ["4", "3", "2"]);
+}
+
+#[tokio::test]
+async fn the_first_refusal_says_to_retry_in_six_seconds() {
+    let app = TestApp::spawn().await;
+    let key = key_with(&app, json!({"rpm": 10})).await;
+    for _ in 0..10 {
+        let response = app
+            .client
+            .post(app.url(ROUTE))
+            .bearer_auth(&key)
+            .json(&chat(None, "hi", false, json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let response = app
+        .client
+        .post(app.url(ROUTE))
+        .bearer_auth(&key)
+        .json(&chat(None, "hi", false, json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "6");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10 requests per minute")
+    );
+}
+
+#[tokio::test]
+async fn token_reservations_are_settled_with_the_real_usage() {
+    let app = TestApp::spawn().await;
+    let key = key_with(&app, json!({"tpm": 500})).await;
+    let send = |max_tokens: u64| {
+        let mut body = chat(
+            None,
+            "hi",
+            false,
+            json!({"prompt_tokens": 5, "completion_tokens": 5}),
+        );
+        body["max_tokens"] = json!(max_tokens);
+        app.client
+            .post(app.url(ROUTE))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    // Each reserves ~300; without settlement the second would not fit in 500.
+    for _ in 0..3 {
+        let response = send(300).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    let response = send(480).await.unwrap();
+    assert_eq!(
+        response.status(),
+        429,
+        "the bucket holds ~470 after three settled requests of 10"
+    );
+    assert_eq!(header(&response, "x-ratelimit-limit-tokens"), "500");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokens per minute")
+    );
+}
+
+#[tokio::test]
+async fn a_key_sees_its_own_limits_and_exact_month_to_date_usage() {
+    let app = TestApp::spawn().await;
+    let key = key_with(&app, json!({"rpm": 20, "tpm": 9000})).await;
+    let mut expected_cost = Decimal::ZERO;
+    for chip in ["nvidia", "amd", "chip3"] {
+        let body = chat(
+            None,
+            "hi",
+            false,
+            json!({"prompt_tokens": 1234, "completion_tokens": 567, "cached_tokens": 100}),
+        );
+        let path = format!("/maas/megrez-7b-instruct/{chip}/chat/completions");
+        let response = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expected_cost += app.record_of(&response).await.cost;
+    }
+    for path in ["/v1/usage", "/maas/v1/usage"] {
+        let usage: Value = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(usage["limits"]["requests_per_minute"], 20);
+        assert_eq!(
+            usage["limits"]["remaining_requests"], 17,
+            "reading usage costs no request"
+        );
+        assert_eq!(usage["limits"]["tokens_per_minute"], 9000);
+        assert_eq!(usage["period"]["requests"], 3);
+        assert_eq!(usage["period"]["prompt_tokens"], 3 * 1234);
+        assert_eq!(usage["period"]["cached_tokens"], 300);
+        let cost: Decimal = usage["period"]["cost"].as_str().unwrap().parse().unwrap();
+        assert_eq!(cost, expected_cost, "exactly the sum of the records");
+    }
+}
