@@ -441,6 +441,15 @@ async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<()> {
     let key = lifecycle::issue(state.db(), state.keys(), request)
         .await?
         .key;
+    let admin = match state.admin_auth() {
+        Some(auth) => format!(
+            "admin token (1 h): {}",
+            auth.mint("demo", Role::Admin, std::time::Duration::from_secs(3600))?
+        ),
+        None => {
+            "admin API: off; export TOLLGATE_ADMIN_SECRET (32+ characters) to turn it on".into()
+        }
+    };
     let addr = app.local_addr();
     println!(
         "tollgate demo on http://{addr}  (simulated backends on http://{sim_addr}, ledger {})\n\
@@ -450,6 +459,7 @@ async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<()> {
          curl -s http://{addr}/maas/megrez-7b-instruct/chip3/chat/completions -H 'Authorization: Bearer {key}' \\\n    \
          -H 'Content-Type: application/json' -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"你是谁\"}}],\"stream\":true}}'\n  \
          python: OpenAI(base_url=\"http://{addr}/v1/\", api_key=\"{key}\")\n\
+         {admin}\n\
          Ctrl-C stops it.",
         db.display(),
     );
