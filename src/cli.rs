@@ -274,9 +274,7 @@ async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<(
             })
         }
         AccountsCommand::Show { name, json } => {
-            let account = store::accounts::find_by_name(&db, &name)
-                .await?
-                .with_context(|| format!("no account named '{name}'"))?;
+            let account = crate::admin::accounts::named(&db, &name).await?;
             emit(json, &account, || line(&account))
         }
     }
@@ -354,19 +352,8 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             emit(json, &issued, || issued.key.clone())
         }
         KeysCommand::List { account, json } => {
-            let account_id = match account {
-                Some(name) => Some(
-                    store::accounts::find_by_name(&db, &name)
-                        .await?
-                        .with_context(|| format!("no account named '{name}'"))?
-                        .id,
-                ),
-                None => None,
-            };
-            let mut views = Vec::new();
-            for row in store::keys::list(&db, account_id).await? {
-                views.push(lifecycle::view(&db, row).await?);
-            }
+            let account_id = crate::admin::accounts::id_of(&db, account.as_deref()).await?;
+            let views = lifecycle::list(&db, account_id).await?;
             emit(json, &views, || {
                 views.iter().map(key_line).collect::<Vec<_>>().join("\n")
             })

@@ -45,6 +45,21 @@ pub async fn create_account(db: &store::Db, name: &str) -> Result<Account, ApiEr
     Ok(store::accounts::create(db, name).await?)
 }
 
+/// The account named `name`, or 404.
+pub async fn named(db: &store::Db, name: &str) -> Result<Account, ApiError> {
+    store::accounts::find_by_name(db, name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))
+}
+
+/// The id of the account named `name`, if a name is given.
+pub async fn id_of(db: &store::Db, name: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match name {
+        Some(name) => Ok(Some(named(db, name).await?.id)),
+        None => Ok(None),
+    }
+}
+
 async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     let accounts = store::accounts::list(state.db()).await?;
     Ok(Json(json!({"object": "list", "data": accounts})))

@@ -9,11 +9,10 @@ use chrono::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, JsonBody, QueryParams};
+use super::{Admin, JsonBody, QueryParams, accounts};
 use crate::app::AppState;
 use crate::auth::lifecycle::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
 use crate::error::ApiError;
-use crate::store;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,19 +42,8 @@ async fn list(
     _: Admin,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let account_id = match &query.account {
-        Some(name) => Some(
-            store::accounts::find_by_name(state.db(), name)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))?
-                .id,
-        ),
-        None => None,
-    };
-    let mut data = Vec::new();
-    for row in store::keys::list(state.db(), account_id).await? {
-        data.push(lifecycle::view(state.db(), row).await?);
-    }
+    let account_id = accounts::id_of(state.db(), query.account.as_deref()).await?;
+    let data = lifecycle::list(state.db(), account_id).await?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 

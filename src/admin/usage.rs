@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{QueryParams, Viewer};
+use super::{QueryParams, Viewer, accounts};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::store::{self, usage::UsageFilter};
@@ -43,15 +43,7 @@ async fn list(
             "limit",
         ));
     }
-    let account_id = match &q.account {
-        Some(name) => Some(
-            store::accounts::find_by_name(state.db(), name)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))?
-                .id,
-        ),
-        None => None,
-    };
+    let account_id = accounts::id_of(state.db(), q.account.as_deref()).await?;
     let filter = UsageFilter {
         account_id,
         key_id: q.key,

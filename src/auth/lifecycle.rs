@@ -87,6 +87,15 @@ pub async fn view(db: &Db, row: KeyRow) -> Result<KeyView, ApiError> {
     })
 }
 
+/// Every key (of one account), oldest first.
+pub async fn list(db: &Db, account_id: Option<i64>) -> Result<Vec<KeyView>, ApiError> {
+    let mut views = Vec::new();
+    for row in store::keys::list(db, account_id).await? {
+        views.push(view(db, row).await?);
+    }
+    Ok(views)
+}
+
 pub async fn get(db: &Db, id: i64) -> Result<KeyRow, ApiError> {
     store::keys::get(db, id)
         .await?
@@ -105,11 +114,7 @@ fn check_limits(limits: &KeyLimits) -> Result<(), ApiError> {
 
 pub async fn issue(db: &Db, cache: &KeyCache, request: NewKeyRequest) -> Result<Issued, ApiError> {
     check_limits(&request.limits)?;
-    let account = store::accounts::find_by_name(db, &request.account)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("account '{}' does not exist", request.account))
-        })?;
+    let account = crate::admin::accounts::named(db, &request.account).await?;
     let secret = ApiKey::generate();
     let row = store::keys::insert(
         db,
