@@ -25,11 +25,37 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
+    pub billing: BillingConfig,
+    #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// IANA timezone whose calendar months are the invoice periods.
+    pub timezone: String,
+    /// Finalizing an invoice waits this long after its period, for requests still running.
+    pub finalize_grace_secs: i64,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig {
+            timezone: "UTC".into(),
+            finalize_grace_secs: 3600,
+        }
+    }
+}
+
+impl BillingConfig {
+    pub fn zone(&self) -> chrono_tz::Tz {
+        crate::billing::period::parse_zone(&self.timezone).expect("validated at start-up")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +371,7 @@ impl Config {
         if !matches!(self.database.synchronous.as_str(), "full" | "normal") {
             bail!("database.synchronous must be 'full' or 'normal'");
         }
+        crate::billing::period::parse_zone(&self.billing.timezone)?;
         if self.limits.default_rpm == 0 || self.limits.default_tpm == Some(0) {
             bail!("limits.default_rpm and limits.default_tpm must be at least 1");
         }

@@ -2,6 +2,7 @@
 //! `Admin` and `Viewer` extractors state in each handler's signature who may call it.
 
 pub mod accounts;
+pub mod invoices;
 pub mod jwt;
 pub mod keys;
 pub mod usage;
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(accounts::router())
         .merge(keys::router())
+        .merge(invoices::router())
         .merge(usage::router())
 }
 

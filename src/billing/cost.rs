@@ -38,12 +38,6 @@ pub fn cost_of(price: &PriceVersion, tokens: TokenCounts, charge_request: bool) 
     (per_token / thousand + per_request).normalize()
 }
 
-/// Exact cost of many records priced with one version, from their sums: pricing is linear,
-/// so this equals the sum of their individual costs.
-pub fn cost_of_totals(price: &PriceVersion, tokens: TokenCounts, ok_requests: u64) -> Cost {
-    cost_of(price, tokens, false) + Decimal::from(ok_requests) * price.entry.per_request
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,11 @@
-//! Pure billing logic: price tables, the price book and exact cost. No I/O beyond reading
+//! Pure billing logic: price tables, the price book, exact cost, billing periods and
+//! invoices. No I/O beyond reading
 //! price files; the price ledger itself lives in `store::prices`.
 
 pub mod cost;
+pub mod invoice;
+pub mod period;
 pub mod prices;
 
-pub use cost::{Cost, TokenCounts, cost_of, cost_of_totals};
+pub use cost::{Cost, TokenCounts, cost_of};
 pub use prices::{PriceBook, PriceEntry, PriceVersion};

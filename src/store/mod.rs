@@ -1,6 +1,7 @@
 //! SQLite access through sqlx: the pool, migrations, and one module per table group.
 
 pub mod accounts;
+pub mod invoices;
 pub mod keys;
 pub mod prices;
 pub mod usage;

@@ -14,6 +14,9 @@ pub async fn insert_batch(
     conn: &mut SqliteConnection,
     records: &[UsageRecord],
 ) -> sqlx::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
     let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, deployment,
             endpoint, stream, status, http_status, error, prompt_tokens, completion_tokens,
@@ -183,10 +186,18 @@ pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> anyhow::Result<V
     rows.iter().map(from_row).collect()
 }
 
-/// Token sums of one price version over a set of records: enough to price them exactly.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VersionTotals {
+/// Sums of the records of one (account, key, model, chip, price version[, slot]): enough
+/// to price them exactly, since cost is linear in the token counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub account_id: i64,
+    pub key_id: i64,
+    pub model: String,
+    pub chip: String,
     pub price_version_id: i64,
+    /// Start (ms) of the 15-minute UTC slot, when grouped by slot; every timezone's hours
+    /// and days are unions of such slots.
+    pub slot_ms: Option<i64>,
     pub requests: i64,
     /// Requests that completed (they carry the per-request price).
     pub ok_requests: i64,
@@ -195,29 +206,61 @@ pub struct VersionTotals {
     pub completion_tokens: i64,
 }
 
-/// Sums per price version for one key over `[from_ms, to_ms)`.
-pub async fn key_totals(
+/// Whose records to sum.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    All,
+    Account(i64),
+    Key(i64),
+}
+
+pub const SLOT_MS: i64 = 15 * 60 * 1000;
+
+/// Sums over `[from_ms, to_ms)`, grouped by account, key, model, chip and price version,
+/// and by 15-minute slot if `by_slot`.
+pub async fn totals(
     db: &Db,
-    key_id: i64,
+    scope: Scope,
     from_ms: i64,
     to_ms: i64,
-) -> anyhow::Result<Vec<VersionTotals>> {
-    let rows = sqlx::query(
-        "SELECT price_version_id, COUNT(*) AS requests, SUM(status = 'ok') AS ok_requests,
+    by_slot: bool,
+) -> anyhow::Result<Vec<Totals>> {
+    let slot = if by_slot {
+        "started_at / 900000 * 900000"
+    } else {
+        "NULL"
+    };
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        "SELECT account_id, key_id, model, chip, price_version_id, {slot} AS slot,
+                COUNT(*) AS requests, SUM(status = 'ok') AS ok_requests,
                 SUM(prompt_tokens) AS prompt, SUM(cached_tokens) AS cached,
                 SUM(completion_tokens) AS completion
-         FROM usage_records WHERE key_id = ? AND started_at >= ? AND started_at < ?
-         GROUP BY price_version_id",
-    )
-    .bind(key_id)
-    .bind(from_ms)
-    .bind(to_ms)
-    .fetch_all(db)
-    .await?;
+         FROM usage_records WHERE started_at >= "
+    ));
+    query
+        .push_bind(from_ms)
+        .push(" AND started_at < ")
+        .push_bind(to_ms);
+    match scope {
+        Scope::All => {}
+        Scope::Account(id) => {
+            query.push(" AND account_id = ").push_bind(id);
+        }
+        Scope::Key(id) => {
+            query.push(" AND key_id = ").push_bind(id);
+        }
+    }
+    query.push(" GROUP BY account_id, key_id, model, chip, price_version_id, slot");
+    let rows = query.build().fetch_all(db).await?;
     Ok(rows
         .iter()
-        .map(|r| VersionTotals {
+        .map(|r| Totals {
+            account_id: r.get("account_id"),
+            key_id: r.get("key_id"),
+            model: r.get("model"),
+            chip: r.get("chip"),
             price_version_id: r.get("price_version_id"),
+            slot_ms: r.get("slot"),
             requests: r.get("requests"),
             ok_requests: r.get("ok_requests"),
             prompt_tokens: r.get("prompt"),

@@ -1,0 +1,249 @@
+//! `/admin/v1/invoices`: monthly invoices per account, as JSON or CSV. Drafts are computed
+//! from the ledger on each fetch; a finalized invoice is stored once and served byte for
+//! byte ever after.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{Duration, Utc};
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use super::{Admin, QueryParams, Viewer, accounts};
+use crate::app::AppState;
+use crate::billing::PriceBook;
+use crate::billing::invoice::{self, Invoice, InvoiceStatus};
+use crate::billing::period::Month;
+use crate::error::ApiError;
+use crate::store::accounts::Account;
+use crate::store::{self, Db};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/invoices", get(find))
+        .route("/admin/v1/invoices/{id}", get(show))
+        .route("/admin/v1/invoices/{id}/finalize", post(finalize))
+}
+
+/// Where invoices come from: the ledger, its prices, and the billing timezone.
+pub struct Ledger<'a> {
+    pub db: &'a Db,
+    pub prices: &'a PriceBook,
+    pub zone: Tz,
+    /// Finalizing waits this long after the period ends, for requests still running then.
+    pub finalize_grace: Duration,
+}
+
+/// An invoice as served: a finalized one is the stored text itself.
+pub enum Document {
+    Draft(Invoice),
+    Final(String),
+}
+
+pub fn invoice_id(account_id: i64, month: Month) -> String {
+    format!("inv_{account_id}_{:04}{:02}", month.year, month.month)
+}
+
+fn parse_id(id: &str) -> Result<(i64, Month), ApiError> {
+    let not_found = || ApiError::NotFound(format!("invoice '{id}' does not exist"));
+    let rest = id.strip_prefix("inv_").ok_or_else(not_found)?;
+    let (account, yyyymm) = rest.split_once('_').ok_or_else(not_found)?;
+    if yyyymm.len() != 6 {
+        return Err(not_found());
+    }
+    let month =
+        Month::parse(&format!("{}-{}", &yyyymm[..4], &yyyymm[4..])).map_err(|_| not_found())?;
+    Ok((account.parse().map_err(|_| not_found())?, month))
+}
+
+impl Ledger<'_> {
+    /// The draft of `account`'s invoice for `month`, from the records so far.
+    pub async fn draft(
+        &self,
+        account: &Account,
+        month: Month,
+        status: InvoiceStatus,
+    ) -> Result<Invoice, ApiError> {
+        let (start, end) = month.bounds(self.zone);
+        let scope = store::usage::Scope::Account(account.id);
+        let totals = store::usage::totals(
+            self.db,
+            scope,
+            store::to_ms(start),
+            store::to_ms(end),
+            false,
+        )
+        .await?;
+        let empty = Invoice {
+            id: invoice_id(account.id, month),
+            account_id: account.id,
+            account: account.name.clone(),
+            period: month.to_string(),
+            timezone: self.zone.name().to_string(),
+            period_start: start,
+            period_end: end,
+            status,
+            currency: "CNY".into(),
+            lines: Vec::new(),
+            total_exact: Default::default(),
+            total: Default::default(),
+            generated_at: Utc::now(),
+        };
+        Ok(empty.with_lines(invoice::lines(&totals, self.prices)?))
+    }
+
+    /// The finalized invoice if there is one, else the draft.
+    pub async fn get(&self, account: &Account, month: Month) -> Result<Document, ApiError> {
+        match store::invoices::document(self.db, &invoice_id(account.id, month)).await? {
+            Some(text) => Ok(Document::Final(text)),
+            None => Ok(Document::Draft(
+                self.draft(account, month, InvoiceStatus::Draft).await?,
+            )),
+        }
+    }
+
+    /// Freezes the invoice (once the period and its grace are over) and returns its text.
+    pub async fn finalize(&self, account: &Account, month: Month) -> Result<String, ApiError> {
+        let id = invoice_id(account.id, month);
+        if let Some(text) = store::invoices::document(self.db, &id).await? {
+            return Ok(text);
+        }
+        let (_, end) = month.bounds(self.zone);
+        let ready_at = end + self.finalize_grace;
+        if Utc::now() < ready_at {
+            return Err(ApiError::Conflict(format!(
+                "invoice {id} can be finalized from {} (period end plus billing.finalize_grace_secs)",
+                ready_at.to_rfc3339()
+            )));
+        }
+        let invoice = self.draft(account, month, InvoiceStatus::Final).await?;
+        let text = serde_json::to_string(&invoice).map_err(anyhow::Error::from)?;
+        store::invoices::insert(self.db, &id, account.id, &invoice.period, &text).await?;
+        let stored = store::invoices::document(self.db, &id).await?;
+        Ok(stored.expect("just stored"))
+    }
+}
+
+impl Document {
+    pub fn to_csv(&self) -> Result<String, ApiError> {
+        match self {
+            Document::Draft(invoice) => Ok(invoice.to_csv()),
+            Document::Final(text) => {
+                let invoice: Invoice = serde_json::from_str(text).map_err(anyhow::Error::from)?;
+                Ok(invoice.to_csv())
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String, ApiError> {
+        match self {
+            Document::Draft(invoice) => {
+                Ok(serde_json::to_string(invoice).map_err(anyhow::Error::from)?)
+            }
+            Document::Final(text) => Ok(text.clone()),
+        }
+    }
+
+    /// JSON, or CSV when asked by `?format=csv` or `Accept: text/csv`.
+    fn respond(&self, csv: bool) -> Result<Response, ApiError> {
+        Ok(if csv {
+            (
+                [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                self.to_csv()?,
+            )
+                .into_response()
+        } else {
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                self.to_json()?,
+            )
+                .into_response()
+        })
+    }
+}
+
+fn ledger(state: &AppState) -> Ledger<'_> {
+    Ledger {
+        db: state.db(),
+        prices: state.prices(),
+        zone: state.config().billing.zone(),
+        finalize_grace: Duration::seconds(state.config().billing.finalize_grace_secs),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindQuery {
+    account: String,
+    period: String,
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+fn wants_csv(format: Option<&str>, headers: &HeaderMap) -> Result<bool, ApiError> {
+    match format {
+        Some("csv") => Ok(true),
+        Some("json") => Ok(false),
+        Some(other) => Err(ApiError::invalid(
+            format!("format '{other}' is not json or csv"),
+            "format",
+        )),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/csv"))),
+    }
+}
+
+async fn find(
+    State(state): State<AppState>,
+    _: Viewer,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<FindQuery>,
+) -> Result<Response, ApiError> {
+    let account = accounts::named(state.db(), &q.account).await?;
+    let month = Month::parse(&q.period)?;
+    ledger(&state)
+        .get(&account, month)
+        .await?
+        .respond(wants_csv(q.format.as_deref(), &headers)?)
+}
+
+async fn account_and_month(db: &Db, id: &str) -> Result<(Account, Month), ApiError> {
+    let (account_id, month) = parse_id(id)?;
+    let account = store::accounts::get(db, account_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("invoice '{id}' does not exist")))?;
+    Ok((account, month))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    _: Viewer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<FormatQuery>,
+) -> Result<Response, ApiError> {
+    let (account, month) = account_and_month(state.db(), &id).await?;
+    ledger(&state)
+        .get(&account, month)
+        .await?
+        .respond(wants_csv(q.format.as_deref(), &headers)?)
+}
+
+async fn finalize(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (account, month) = account_and_month(state.db(), &id).await?;
+    let text = ledger(&state).finalize(&account, month).await?;
+    Document::Final(text).respond(false)
+}

@@ -1,0 +1,237 @@
+//! Invoices: one per account per month. Lines per model × chip × unit × price version with
+//! quantity, unit price, exact amount and amount rounded half-up to the fen; the total is
+//! the sum of the rounded lines.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+use super::{PriceBook, PriceVersion};
+use crate::store::usage::Totals;
+
+/// What a line counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Prompt tokens not served from cache, priced per 1,000.
+    InputTokens,
+    /// Cached prompt tokens, priced per 1,000.
+    CachedInputTokens,
+    /// Completion tokens, priced per 1,000.
+    OutputTokens,
+    /// Completed requests, priced each.
+    Requests,
+}
+
+impl Unit {
+    /// How many units the unit price is for.
+    pub fn per(self) -> u32 {
+        match self {
+            Unit::Requests => 1,
+            _ => 1000,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::InputTokens => "input_tokens",
+            Unit::CachedInputTokens => "cached_input_tokens",
+            Unit::OutputTokens => "output_tokens",
+            Unit::Requests => "requests",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub model: String,
+    pub chip: String,
+    pub unit: Unit,
+    pub price_version_id: i64,
+    pub quantity: u64,
+    /// CNY per `per` units.
+    pub unit_price: Decimal,
+    pub per: u32,
+    pub amount_exact: Decimal,
+    pub amount: Decimal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    /// Usage so far; changes as usage arrives.
+    Draft,
+    /// Frozen: served byte for byte as stored.
+    Final,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    pub id: String,
+    pub account_id: i64,
+    pub account: String,
+    pub period: String,
+    pub timezone: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub status: InvoiceStatus,
+    pub currency: String,
+    pub lines: Vec<Line>,
+    /// Sum of the exact line amounts: equal to the sum of the usage records' costs.
+    pub total_exact: Decimal,
+    /// Sum of the rounded line amounts: what is owed.
+    pub total: Decimal,
+    pub generated_at: DateTime<Utc>,
+}
+
+/// Half-up to 0.01 CNY (amounts are never negative).
+pub fn to_fen(amount: Decimal) -> Decimal {
+    amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// The quantities of one price version's usage, by unit.
+fn quantities(t: &Totals) -> [(Unit, u64); 4] {
+    let prompt = t.prompt_tokens as u64;
+    let cached = (t.cached_tokens as u64).min(prompt);
+    [
+        (Unit::InputTokens, prompt - cached),
+        (Unit::CachedInputTokens, cached),
+        (Unit::OutputTokens, t.completion_tokens as u64),
+        (Unit::Requests, t.ok_requests as u64),
+    ]
+}
+
+fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
+    match unit {
+        Unit::InputTokens => price.entry.input_per_1k,
+        Unit::CachedInputTokens => price.cached_input_per_1k(),
+        Unit::OutputTokens => price.entry.output_per_1k,
+        Unit::Requests => price.entry.per_request,
+    }
+}
+
+fn amount(quantity: u64, price: Decimal, per: u32) -> Decimal {
+    (Decimal::from(quantity) * price / Decimal::from(per)).normalize()
+}
+
+/// Exact cost of summed usage: the same as the sum of its records' costs.
+pub fn cost_of_sums(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Decimal> {
+    let mut cost = Decimal::ZERO;
+    for t in totals {
+        let price = version(prices, t.price_version_id)?;
+        for (unit, quantity) in quantities(t) {
+            cost += amount(quantity, unit_price(price, unit), unit.per());
+        }
+    }
+    Ok(cost.normalize())
+}
+
+fn version(prices: &PriceBook, id: i64) -> anyhow::Result<&PriceVersion> {
+    prices
+        .version(id)
+        .map(|v| v.as_ref())
+        .ok_or_else(|| anyhow::anyhow!("price version {id} is not in the price ledger"))
+}
+
+/// Invoice lines for summed usage, in a stable order; units with nothing to bill are left out.
+pub fn lines(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Vec<Line>> {
+    let mut sums: BTreeMap<(String, String, Unit, i64), u64> = BTreeMap::new();
+    for t in totals {
+        for (unit, quantity) in quantities(t) {
+            *sums
+                .entry((t.model.clone(), t.chip.clone(), unit, t.price_version_id))
+                .or_default() += quantity;
+        }
+    }
+    let mut lines = Vec::new();
+    for ((model, chip, unit, price_version_id), quantity) in sums {
+        let price = unit_price(version(prices, price_version_id)?, unit);
+        if quantity == 0 || price.is_zero() {
+            continue;
+        }
+        let exact = amount(quantity, price, unit.per());
+        lines.push(Line {
+            model,
+            chip,
+            unit,
+            price_version_id,
+            quantity,
+            unit_price: price.normalize(),
+            per: unit.per(),
+            amount_exact: exact,
+            amount: to_fen(exact),
+        });
+    }
+    Ok(lines)
+}
+
+impl Invoice {
+    /// Totals follow from the lines.
+    pub fn with_lines(mut self, lines: Vec<Line>) -> Invoice {
+        self.total_exact = lines
+            .iter()
+            .map(|l| l.amount_exact)
+            .sum::<Decimal>()
+            .normalize();
+        self.total = lines.iter().map(|l| l.amount).sum();
+        self.lines = lines;
+        self
+    }
+
+    /// The invoice as CSV: one row per line, then the total.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(
+            "invoice,account,period,model,chip,unit,price_version,quantity,unit_price,per,amount_exact,amount\n",
+        );
+        for l in &self.lines {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                self.id,
+                csv_field(&self.account),
+                self.period,
+                l.model,
+                l.chip,
+                l.unit.as_str(),
+                l.price_version_id,
+                l.quantity,
+                l.unit_price,
+                l.per,
+                l.amount_exact,
+                l.amount
+            ));
+        }
+        out.push_str(&format!(
+            "{},{},{},TOTAL,,,,,,,{},{}\n",
+            self.id,
+            csv_field(&self.account),
+            self.period,
+            self.total_exact,
+            self.total
+        ));
+        out
+    }
+}
+
+/// Quotes a CSV field when it needs it.
+pub fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_half_up_to_the_fen() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(to_fen(d("0.005")), d("0.01"));
+        assert_eq!(to_fen(d("0.0049999")), d("0.00"));
+        assert_eq!(to_fen(d("12.345")), d("12.35"));
+    }
+}

@@ -1,0 +1,110 @@
+//! Billing periods: calendar months in the configured billing timezone, half-open
+//! `[start, end)`, as UTC instants.
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use crate::error::ApiError;
+
+/// A calendar month, e.g. `2026-11`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Month {
+    pub year: i32,
+    pub month: u32,
+}
+
+impl Month {
+    pub fn parse(text: &str) -> Result<Month, ApiError> {
+        let bad = || {
+            ApiError::invalid(
+                format!("period '{text}' is not a month like 2026-11"),
+                "period",
+            )
+        };
+        let (y, m) = text.split_once('-').ok_or_else(bad)?;
+        let (year, month) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        if y.len() != 4 || m.len() != 2 || !(1..=12).contains(&month) {
+            return Err(bad());
+        }
+        Ok(Month { year, month })
+    }
+
+    pub fn containing(t: DateTime<Utc>, zone: Tz) -> Month {
+        let local = t.with_timezone(&zone);
+        Month {
+            year: local.year(),
+            month: local.month(),
+        }
+    }
+
+    pub fn next(self) -> Month {
+        if self.month == 12 {
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    /// `[start, end)` in UTC: local midnight of the 1st to local midnight of the next 1st.
+    pub fn bounds(self, zone: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+        (
+            local_midnight(self, zone),
+            local_midnight(self.next(), zone),
+        )
+    }
+}
+
+impl std::fmt::Display for Month {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}-{:02}", self.year, self.month)
+    }
+}
+
+fn local_midnight(m: Month, zone: Tz) -> DateTime<Utc> {
+    let date = NaiveDate::from_ymd_opt(m.year, m.month, 1).expect("a valid month");
+    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
+    // A zone may skip midnight (DST at 00:00): take the first instant of the day then.
+    zone.from_local_datetime(&midnight)
+        .earliest()
+        .or_else(|| {
+            zone.from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+                .earliest()
+        })
+        .expect("one of two consecutive hours exists")
+        .with_timezone(&Utc)
+}
+
+pub fn parse_zone(name: &str) -> anyhow::Result<Tz> {
+    name.parse::<Tz>().map_err(|_| {
+        anyhow::anyhow!("billing.timezone: '{name}' is not an IANA timezone like Asia/Shanghai")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_month_in_shanghai_starts_at_16_00_utc_the_day_before() {
+        let (start, end) = Month::parse("2026-11")
+            .unwrap()
+            .bounds(chrono_tz::Asia::Shanghai);
+        assert_eq!(start.to_rfc3339(), "2026-10-31T16:00:00+00:00");
+        assert_eq!(end.to_rfc3339(), "2026-11-30T16:00:00+00:00");
+        let december = Month::parse("2026-12").unwrap().bounds(chrono_tz::UTC);
+        assert_eq!(december.1.to_rfc3339(), "2027-01-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn bad_periods_are_refused() {
+        for bad in ["2026-13", "2026-1", "26-11", "november", "2026-00"] {
+            assert!(Month::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
