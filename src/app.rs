@@ -2,7 +2,7 @@
 //! to boot the real gateway on port 0.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -10,20 +10,23 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminAuth};
-use crate::auth::cache::{ChangeSignal, KeyCache};
+use crate::auth::cache::KeyCache;
 use crate::billing::{PriceBook, prices};
 use crate::config::Config;
 use crate::limits::Limits;
 use crate::metering::{Ledger, LedgerWriter};
 use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
+use crate::store::signal::ChangeSignal;
 use crate::store::{self, Db};
 
 pub struct App {
     config: Config,
     db: Db,
     ledger: Ledger,
-    prices: PriceBook,
+    /// Swapped whole when `tollgate prices sync` (here or elsewhere) appends versions.
+    prices: RwLock<Arc<PriceBook>>,
+    prices_signal: ChangeSignal,
     upstreams: Upstreams,
     keys: KeyCache,
     limits: Limits,
@@ -48,8 +51,9 @@ impl AppState {
     pub fn ledger(&self) -> &Ledger {
         &self.0.ledger
     }
-    pub fn prices(&self) -> &PriceBook {
-        &self.0.prices
+    /// The price book now; cheap (an `Arc` clone).
+    pub fn prices(&self) -> Arc<PriceBook> {
+        self.0.prices.read().expect("not poisoned").clone()
     }
     pub fn upstreams(&self) -> &Upstreams {
         &self.0.upstreams
@@ -88,12 +92,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         install_tls_provider();
         let db = store::connect(&config.database).await?;
-        let entries = prices::load_dir(&config.pricing.dir)?;
-        check_price_tables(&config, &entries)?;
-        let added = store::prices::sync(&db, &entries).await?;
-        if added > 0 {
-            tracing::info!(added, "new price versions recorded");
-        }
+        sync_prices(&config, &db).await?;
         let book = PriceBook::new(store::prices::all(&db).await?);
         for up in &config.upstreams {
             if !book.covers(&up.model, &up.chip) {
@@ -123,18 +122,20 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tokio::task::spawn_blocking(crate::metering::estimate::warm_up);
+        let prices_signal = ChangeSignal::for_database(&config.database.url, "prices");
         let state = AppState(Arc::new(App {
-            keys: KeyCache::new(ChangeSignal::for_database(&config.database.url)),
+            keys: KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys")),
             limits: Limits::new(config.limits.clone()),
             admin_auth,
             config,
             db,
             ledger,
-            prices: book,
+            prices: RwLock::new(Arc::new(book)),
+            prices_signal,
             upstreams,
             tasks: TaskTracker::new(),
         }));
-        spawn_sweeper(&state);
+        spawn_maintenance(&state);
         Ok(Application {
             listener,
             state,
@@ -176,16 +177,47 @@ impl Application {
     }
 }
 
-/// Every 30 s, drops limiter state that a fresh limiter would have anyway, so memory stays
-/// bounded with many keys. Holds the state weakly: it ends with the application.
-fn spawn_sweeper(state: &AppState) {
+/// Reads the price tables, checks them against the upstreams, and appends new versions to
+/// the price ledger. Returns how many versions were added.
+pub async fn sync_prices(config: &Config, db: &Db) -> anyhow::Result<usize> {
+    let entries = prices::load_dir(&config.pricing.dir)?;
+    check_price_tables(config, &entries)?;
+    let added = store::prices::sync(db, &entries).await?;
+    if added > 0 {
+        tracing::info!(added, "new price versions recorded");
+        ChangeSignal::for_database(&config.database.url, "prices").announce();
+    }
+    Ok(added)
+}
+
+/// Once a second: reloads the price book if another process synced prices. Every 30 s:
+/// drops limiter state that a fresh limiter would have anyway, so memory stays bounded with
+/// many keys. Holds the state weakly: it ends with the application.
+fn spawn_maintenance(state: &AppState) {
     let app = Arc::downgrade(&state.0);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-        loop {
+        let mut seen = app.upgrade().and_then(|a| a.prices_signal.stamp());
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        for n in 0u64.. {
             tick.tick().await;
             let Some(app) = app.upgrade() else { break };
-            app.limits.sweep();
+            let stamp = app.prices_signal.stamp();
+            if stamp != seen {
+                match store::prices::all(&app.db).await {
+                    Ok(versions) => {
+                        *app.prices.write().expect("not poisoned") =
+                            Arc::new(PriceBook::new(versions));
+                        seen = stamp;
+                        tracing::info!("price book reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload prices; keeping the current ones")
+                    }
+                }
+            }
+            if n % 30 == 29 {
+                app.limits.sweep();
+            }
         }
     });
 }

@@ -9,12 +9,15 @@ use chrono::{Duration, Utc};
 use clap::{Parser, Subcommand};
 
 use crate::admin::{AdminAuth, Role};
-use crate::auth::cache::{ChangeSignal, KeyCache};
+use crate::auth::cache::KeyCache;
 use crate::auth::lifecycle::{self, KeyPatch, KeyView, NewKeyRequest};
+use crate::billing::PriceBook;
+use crate::billing::period::Month;
 use crate::config::Config;
 use crate::store;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyLimits;
+use crate::store::signal::ChangeSignal;
 use crate::{Application, sim};
 
 #[derive(Parser)]
@@ -59,6 +62,12 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Price tables and the price ledger.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+    /// Monthly invoices.
+    #[command(subcommand)]
+    Invoices(InvoicesCommand),
     /// Mint an admin JWT with the configured HS256 secret (for bootstrap and scripts).
     AdminToken {
         #[arg(long, value_enum, default_value = "admin")]
@@ -69,6 +78,45 @@ pub enum Command {
         #[arg(long, default_value = "cli")]
         subject: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum PricesCommand {
+    /// Append the versions of pricing/*.toml not yet in the price ledger; running gateways
+    /// pick them up within a second.
+    Sync,
+    /// Every price version, current and past.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InvoicesCommand {
+    /// An account's invoice for a month (final if finalized, else the draft so far).
+    Show {
+        #[arg(long)]
+        account: String,
+        /// YYYY-MM, in the billing timezone.
+        #[arg(long)]
+        period: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: FormatArg,
+    },
+    /// Freeze an invoice once its period (and billing.finalize_grace_secs) is over.
+    Finalize {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        period: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    Json,
+    Csv,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -209,6 +257,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Accounts(command) => accounts(&Config::load(&cli.config)?, command).await,
         Command::Keys(command) => keys(&Config::load(&cli.config)?, command).await,
+        Command::Prices(command) => prices(&Config::load(&cli.config)?, command).await,
+        Command::Invoices(command) => invoices(&Config::load(&cli.config)?, command).await,
         Command::AdminToken { role, ttl, subject } => {
             let config = Config::load(&cli.config)?;
             let auth = AdminAuth::from_config(&config.admin)?.with_context(|| {
@@ -252,6 +302,82 @@ fn emit(
         println!("{}", serde_json::to_string(value)?);
     } else {
         println!("{}", text());
+    }
+    Ok(())
+}
+
+async fn prices(config: &Config, command: PricesCommand) -> anyhow::Result<()> {
+    let db = store::connect(&config.database).await?;
+    match command {
+        PricesCommand::Sync => {
+            let added = crate::app::sync_prices(config, &db).await?;
+            println!("{added} new price version(s) recorded");
+        }
+        PricesCommand::List { json } => {
+            let versions = store::prices::all(&db).await?;
+            let book = PriceBook::new(versions.clone());
+            let list: Vec<_> = versions
+                .iter()
+                .map(|v| crate::admin::prices::describe(v, &book))
+                .collect();
+            emit(json, &list, || {
+                let line = |v: &serde_json::Value| {
+                    let field = |k: &str| {
+                        v[k].as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| v[k].to_string())
+                    };
+                    let keys = [
+                        "id",
+                        "model",
+                        "chip",
+                        "effective_from",
+                        "input_per_1k",
+                        "cached_input_per_1k",
+                        "output_per_1k",
+                        "per_request",
+                        "in_force",
+                    ];
+                    keys.map(field).join("\t")
+                };
+                list.iter().map(line).collect::<Vec<_>>().join("\n")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn invoices(config: &Config, command: InvoicesCommand) -> anyhow::Result<()> {
+    use crate::admin::invoices::{Document, Ledger};
+    let db = store::connect(&config.database).await?;
+    let prices = PriceBook::new(store::prices::all(&db).await?);
+    let ledger = Ledger {
+        db: &db,
+        prices: &prices,
+        zone: config.billing.zone(),
+        finalize_grace: Duration::seconds(config.billing.finalize_grace_secs),
+    };
+    match command {
+        InvoicesCommand::Show {
+            account,
+            period,
+            format,
+        } => {
+            let account = crate::admin::accounts::named(&db, &account).await?;
+            let document = ledger.get(&account, Month::parse(&period)?).await?;
+            match format {
+                FormatArg::Json => println!("{}", document.to_json()?),
+                FormatArg::Csv => print!("{}", document.to_csv()?),
+            }
+        }
+        InvoicesCommand::Finalize { account, period } => {
+            let account = crate::admin::accounts::named(&db, &account).await?;
+            println!(
+                "{}",
+                Document::Final(ledger.finalize(&account, Month::parse(&period)?).await?)
+                    .to_json()?
+            );
+        }
     }
     Ok(())
 }
@@ -323,7 +449,7 @@ fn key_line(k: &KeyView) -> String {
 async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let db = store::connect(&config.database).await?;
     // Used to announce changes: gateways on this ledger drop their cached keys at once.
-    let cache = KeyCache::new(ChangeSignal::for_database(&config.database.url));
+    let cache = KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys"));
     match command {
         KeysCommand::Create {
             account,

@@ -164,10 +164,10 @@ impl Document {
     }
 }
 
-fn ledger(state: &AppState) -> Ledger<'_> {
+fn ledger<'a>(state: &'a AppState, prices: &'a PriceBook) -> Ledger<'a> {
     Ledger {
         db: state.db(),
-        prices: state.prices(),
+        prices,
         zone: state.config().billing.zone(),
         finalize_grace: Duration::seconds(state.config().billing.finalize_grace_secs),
     }
@@ -210,7 +210,7 @@ async fn find(
 ) -> Result<Response, ApiError> {
     let account = accounts::named(state.db(), &q.account).await?;
     let month = Month::parse(&q.period)?;
-    ledger(&state)
+    ledger(&state, &state.prices())
         .get(&account, month)
         .await?
         .respond(wants_csv(q.format.as_deref(), &headers)?)
@@ -232,7 +232,7 @@ async fn show(
     QueryParams(q): QueryParams<FormatQuery>,
 ) -> Result<Response, ApiError> {
     let (account, month) = account_and_month(state.db(), &id).await?;
-    ledger(&state)
+    ledger(&state, &state.prices())
         .get(&account, month)
         .await?
         .respond(wants_csv(q.format.as_deref(), &headers)?)
@@ -244,6 +244,8 @@ async fn finalize(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (account, month) = account_and_month(state.db(), &id).await?;
-    let text = ledger(&state).finalize(&account, month).await?;
+    let text = ledger(&state, &state.prices())
+        .finalize(&account, month)
+        .await?;
     Document::Final(text).respond(false)
 }

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod invoices;
 pub mod jwt;
 pub mod keys;
+pub mod prices;
 pub mod usage;
 
 use axum::Router;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .merge(accounts::router())
         .merge(keys::router())
         .merge(invoices::router())
+        .merge(prices::router())
         .merge(usage::router())
 }
 

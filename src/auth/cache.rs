@@ -3,50 +3,10 @@
 //! lookup first checks that file's identity (one `stat`), dropping the cache if it changed.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::store::signal::{ChangeSignal, Stamp};
 use crate::store::{self, Db, keys::KeyRow};
-
-/// Announces key changes to every process sharing the ledger.
-#[derive(Debug, Clone)]
-pub struct ChangeSignal {
-    /// `None` for an in-memory database: no other process can change its keys.
-    path: Option<PathBuf>,
-}
-
-/// Identity of the signal file: a new file (new inode) on every change.
-type Stamp = Option<(u64, u64, i64, i64)>;
-
-impl ChangeSignal {
-    pub fn for_database(url: &str) -> ChangeSignal {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .map(|p| p.split('?').next().unwrap_or(p))
-            .filter(|p| !p.is_empty() && !p.contains(":memory:"))
-            .map(|p| PathBuf::from(format!("{p}-keys-changed")));
-        ChangeSignal { path }
-    }
-
-    /// Replaces the signal file atomically. Call after the change is committed.
-    pub fn announce(&self) {
-        let Some(path) = &self.path else { return };
-        let temp = path.with_extension(format!("tmp{}", std::process::id()));
-        let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        let result =
-            std::fs::write(&temp, stamp.to_string()).and_then(|()| std::fs::rename(&temp, path));
-        if let Err(e) = result {
-            tracing::error!(path = %path.display(), error = %e, "cannot announce a key change");
-        }
-    }
-
-    fn stamp(&self) -> Stamp {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(self.path.as_ref()?).ok()?;
-        Some((meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec()))
-    }
-}
 
 pub struct KeyCache {
     signal: ChangeSignal,

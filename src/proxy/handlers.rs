@@ -141,7 +141,7 @@ async fn proxy(
     let candidates = match target {
         Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
         Target::Policy => {
-            upstreams.candidates(endpoint, request.model()?, state.prices(), started_at)?
+            upstreams.candidates(endpoint, request.model()?, &state.prices(), started_at)?
         }
         Target::Deployment(id) => {
             let upstream = upstreams.deployment(&id)?;

@@ -25,7 +25,7 @@ pub async fn usage(State(state): State<AppState>, caller: Caller) -> Result<Json
         false,
     )
     .await?;
-    let cost = invoice::cost_of_sums(&totals, state.prices())?;
+    let cost = invoice::cost_of_sums(&totals, &state.prices())?;
     let sum = |f: fn(&store::usage::Totals) -> i64| totals.iter().map(f).sum::<i64>();
     let (requests, prompt) = (sum(|t| t.requests), sum(|t| t.prompt_tokens));
     let (cached, completion) = (sum(|t| t.cached_tokens), sum(|t| t.completion_tokens));

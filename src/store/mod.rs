@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod invoices;
 pub mod keys;
 pub mod prices;
+pub mod signal;
 pub mod usage;
 
 use std::str::FromStr;

@@ -10,9 +10,13 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-/// A config for `dir` with megrez on two simulated chips and a high default rate limit.
+/// A config for `dir` with megrez on two simulated chips and a high default rate limit;
+/// its price tables are a copy of the repository's, in `dir/pricing`.
 pub fn write_config(dir: &Path, sim: SocketAddr) -> PathBuf {
-    let pricing = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing");
+    let pricing = dir.join("pricing");
+    std::fs::create_dir_all(&pricing).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing/sample.toml");
+    std::fs::copy(sample, pricing.join("sample.toml")).unwrap();
     let text = format!(
         r#"
 [server]

@@ -1,0 +1,45 @@
+//! Change signals between processes sharing one SQLite ledger: a small file beside it,
+//! replaced atomically (a new inode) on every change, that readers `stat` to notice.
+
+use std::path::PathBuf;
+
+/// Announces a change (of keys, of prices) to every process sharing the ledger.
+#[derive(Debug, Clone)]
+pub struct ChangeSignal {
+    /// `None` for an in-memory database: no other process can change its keys.
+    path: Option<PathBuf>,
+}
+
+/// Identity of the signal file: a new file (new inode) on every change.
+pub type Stamp = Option<(u64, u64, i64, i64)>;
+
+impl ChangeSignal {
+    /// The signal for `what` changes beside the SQLite file of `url`.
+    pub fn for_database(url: &str, what: &str) -> ChangeSignal {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.contains(":memory:"))
+            .map(|p| PathBuf::from(format!("{p}-{what}-changed")));
+        ChangeSignal { path }
+    }
+
+    /// Replaces the signal file atomically. Call after the change is committed.
+    pub fn announce(&self) {
+        let Some(path) = &self.path else { return };
+        let temp = path.with_extension(format!("tmp{}", std::process::id()));
+        let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let result =
+            std::fs::write(&temp, stamp.to_string()).and_then(|()| std::fs::rename(&temp, path));
+        if let Err(e) = result {
+            tracing::error!(path = %path.display(), error = %e, "cannot announce a change");
+        }
+    }
+
+    pub fn stamp(&self) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(self.path.as_ref()?).ok()?;
+        Some((meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec()))
+    }
+}
