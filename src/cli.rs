@@ -68,6 +68,20 @@ pub enum Command {
     /// Monthly invoices.
     #[command(subcommand)]
     Invoices(InvoicesCommand),
+    /// A cost report over a time range, grouped (printed to standard output).
+    Report {
+        /// Start: 2026-11-01 (local midnight, billing timezone) or RFC 3339; default: this month.
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive), same forms; default: the end of this month.
+        #[arg(long)]
+        to: Option<String>,
+        /// Any of account,key,model,chip and day or hour.
+        #[arg(long, default_value = "model,chip")]
+        group_by: String,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json", "html"])]
+        format: String,
+    },
     /// Mint an admin JWT with the configured HS256 secret (for bootstrap and scripts).
     AdminToken {
         #[arg(long, value_enum, default_value = "admin")]
@@ -259,6 +273,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => keys(&Config::load(&cli.config)?, command).await,
         Command::Prices(command) => prices(&Config::load(&cli.config)?, command).await,
         Command::Invoices(command) => invoices(&Config::load(&cli.config)?, command).await,
+        Command::Report {
+            from,
+            to,
+            group_by,
+            format,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let db = store::connect(&config.database).await?;
+            let prices = PriceBook::new(store::prices::all(&db).await?);
+            let request = crate::admin::reports::ReportRequest {
+                from: from.as_deref(),
+                to: to.as_deref(),
+                group_by: &group_by,
+            };
+            let report =
+                crate::admin::reports::build(&db, &prices, config.billing.zone(), request).await?;
+            print!("{}", crate::admin::reports::render(&report, &format)?.1);
+            Ok(())
+        }
         Command::AdminToken { role, ttl, subject } => {
             let config = Config::load(&cli.config)?;
             let auth = AdminAuth::from_config(&config.admin)?.with_context(|| {

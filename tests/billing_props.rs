@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use tollgate::admin::invoices::Ledger;
 use tollgate::billing::invoice::{InvoiceStatus, to_fen};
 use tollgate::billing::period::Month;
+use tollgate::billing::report::{self, Dimension, Names};
 use tollgate::billing::{PriceBook, PriceEntry, TokenCounts, cost_of};
 use tollgate::config::DatabaseConfig;
 use tollgate::metering::record::{Status, UsageRecord, UsageSource};
@@ -192,6 +193,39 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
             .all(|l| l.amount == to_fen(l.amount_exact))
     );
     assert_eq!(invoice.total.scale().max(2), 2, "the total is in fen");
+
+    // The cost report over the same month, grouped every way at once, agrees too.
+    let totals = store::usage::totals(
+        &db,
+        store::usage::Scope::All,
+        start.timestamp_millis(),
+        end.timestamp_millis(),
+        true,
+    )
+    .await
+    .unwrap();
+    let dims = Dimension::parse_list("account,key,model,chip,day").unwrap();
+    let report =
+        report::build(&totals, &book, &Names::default(), ZONE, (start, end), dims).unwrap();
+    assert_eq!(
+        report.total_exact,
+        expected.normalize(),
+        "records = report, exactly"
+    );
+    assert_eq!(
+        report
+            .rows
+            .iter()
+            .map(|r| r.cost_exact)
+            .sum::<Decimal>()
+            .normalize(),
+        report.total_exact
+    );
+    assert_eq!(
+        report.total,
+        to_fen(invoice.total_exact),
+        "report and invoice agree to the fen"
+    );
 }
 
 proptest! {

@@ -6,6 +6,7 @@ pub mod invoices;
 pub mod jwt;
 pub mod keys;
 pub mod prices;
+pub mod reports;
 pub mod usage;
 
 use axum::Router;
@@ -24,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .merge(keys::router())
         .merge(invoices::router())
         .merge(prices::router())
+        .merge(reports::router())
         .merge(usage::router())
 }
 

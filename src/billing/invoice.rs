@@ -86,9 +86,11 @@ pub struct Invoice {
     pub generated_at: DateTime<Utc>,
 }
 
-/// Half-up to 0.01 CNY (amounts are never negative).
+/// Half-up to 0.01 CNY (amounts are never negative), always written with two decimals.
 pub fn to_fen(amount: Decimal) -> Decimal {
-    amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+    let mut fen = amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    fen.rescale(2);
+    fen
 }
 
 /// The quantities of one price version's usage, by unit.
@@ -175,7 +177,7 @@ impl Invoice {
             .map(|l| l.amount_exact)
             .sum::<Decimal>()
             .normalize();
-        self.total = lines.iter().map(|l| l.amount).sum();
+        self.total = to_fen(lines.iter().map(|l| l.amount).sum());
         self.lines = lines;
         self
     }
@@ -233,5 +235,7 @@ mod tests {
         assert_eq!(to_fen(d("0.005")), d("0.01"));
         assert_eq!(to_fen(d("0.0049999")), d("0.00"));
         assert_eq!(to_fen(d("12.345")), d("12.35"));
+        assert_eq!(to_fen(Decimal::ZERO).to_string(), "0.00");
+        assert_eq!(to_fen(d("3")).to_string(), "3.00");
     }
 }

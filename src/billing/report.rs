@@ -1,0 +1,216 @@
+//! Cost reports: usage and exact cost grouped by any of account, key, model, chip, and day
+//! or hour in the billing timezone. Built from 15-minute sums, so every timezone's days and
+//! hours are exact unions of them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::PriceBook;
+use super::invoice::{cost_of_sums, csv_field, to_fen};
+use crate::store::usage::Totals;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Account,
+    Key,
+    Model,
+    Chip,
+    Day,
+    Hour,
+}
+
+impl Dimension {
+    pub fn parse_list(text: &str) -> Result<Vec<Dimension>, String> {
+        let mut dims = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let dim = match part {
+                "account" => Dimension::Account,
+                "key" => Dimension::Key,
+                "model" => Dimension::Model,
+                "chip" => Dimension::Chip,
+                "day" => Dimension::Day,
+                "hour" => Dimension::Hour,
+                other => {
+                    return Err(format!(
+                        "cannot group by '{other}': use account, key, model, chip, day or hour"
+                    ));
+                }
+            };
+            if !dims.contains(&dim) {
+                dims.push(dim);
+            }
+        }
+        if dims.contains(&Dimension::Day) && dims.contains(&Dimension::Hour) {
+            return Err("group by day or by hour, not both".into());
+        }
+        Ok(dims)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Account => "account",
+            Dimension::Key => "key",
+            Dimension::Model => "model",
+            Dimension::Chip => "chip",
+            Dimension::Day => "day",
+            Dimension::Hour => "hour",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Row {
+    /// One value per grouping dimension, in the order asked.
+    pub group: Vec<String>,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_exact: Decimal,
+    pub cost: Decimal,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub timezone: String,
+    pub group_by: Vec<Dimension>,
+    pub currency: &'static str,
+    pub rows: Vec<Row>,
+    /// Exact sum of every record in the range: equal to the records' own costs.
+    pub total_exact: Decimal,
+    /// `total_exact` rounded half-up to the fen.
+    pub total: Decimal,
+    /// Cost per (local day, or hour when grouped by hour) and model×chip, for the chart.
+    pub series: BTreeMap<String, BTreeMap<String, Decimal>>,
+}
+
+/// Display names for ids: account names and key prefixes.
+#[derive(Debug, Default)]
+pub struct Names {
+    pub accounts: HashMap<i64, String>,
+    pub keys: HashMap<i64, String>,
+}
+
+fn bucket(slot_ms: i64, zone: Tz, hourly: bool) -> String {
+    let local = Utc
+        .timestamp_millis_opt(slot_ms)
+        .single()
+        .unwrap_or_default()
+        .with_timezone(&zone);
+    if hourly {
+        local.format("%Y-%m-%d %H:00").to_string()
+    } else {
+        local.format("%Y-%m-%d").to_string()
+    }
+}
+
+/// `totals` must be grouped by slot.
+pub fn build(
+    totals: &[Totals],
+    prices: &PriceBook,
+    names: &Names,
+    zone: Tz,
+    range: (DateTime<Utc>, DateTime<Utc>),
+    group_by: Vec<Dimension>,
+) -> anyhow::Result<Report> {
+    let hourly = group_by.contains(&Dimension::Hour);
+    let mut rows: BTreeMap<Vec<String>, Row> = BTreeMap::new();
+    let mut series: BTreeMap<String, BTreeMap<String, Decimal>> = BTreeMap::new();
+    let mut total = Decimal::ZERO;
+    for t in totals {
+        let cost = cost_of_sums(std::slice::from_ref(t), prices)?;
+        let when = bucket(t.slot_ms.unwrap_or_default(), zone, hourly);
+        let group: Vec<String> = group_by
+            .iter()
+            .map(|d| match d {
+                Dimension::Account => names
+                    .accounts
+                    .get(&t.account_id)
+                    .cloned()
+                    .unwrap_or_else(|| t.account_id.to_string()),
+                Dimension::Key => names
+                    .keys
+                    .get(&t.key_id)
+                    .cloned()
+                    .unwrap_or_else(|| t.key_id.to_string()),
+                Dimension::Model => t.model.clone(),
+                Dimension::Chip => t.chip.clone(),
+                Dimension::Day | Dimension::Hour => when.clone(),
+            })
+            .collect();
+        let row = rows.entry(group.clone()).or_insert_with(|| Row {
+            group,
+            ..Row::default()
+        });
+        row.requests += t.requests;
+        row.prompt_tokens += t.prompt_tokens;
+        row.cached_tokens += t.cached_tokens;
+        row.completion_tokens += t.completion_tokens;
+        row.cost_exact += cost;
+        *series
+            .entry(when)
+            .or_default()
+            .entry(format!("{} × {}", t.model, t.chip))
+            .or_default() += cost;
+        total += cost;
+    }
+    let rows = rows
+        .into_values()
+        .map(|mut r| {
+            r.cost_exact = r.cost_exact.normalize();
+            r.cost = to_fen(r.cost_exact);
+            r
+        })
+        .collect();
+    Ok(Report {
+        from: range.0,
+        to: range.1,
+        timezone: zone.name().to_string(),
+        group_by,
+        currency: "CNY",
+        rows,
+        total_exact: total.normalize(),
+        total: to_fen(total),
+        series,
+    })
+}
+
+impl Report {
+    pub fn to_csv(&self) -> String {
+        let mut out: String = self
+            .group_by
+            .iter()
+            .map(|d| format!("{},", d.as_str()))
+            .collect();
+        out.push_str("requests,prompt_tokens,cached_tokens,completion_tokens,cost_exact,cost\n");
+        for r in &self.rows {
+            for g in &r.group {
+                out.push_str(&csv_field(g));
+                out.push(',');
+            }
+            out.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                r.requests,
+                r.prompt_tokens,
+                r.cached_tokens,
+                r.completion_tokens,
+                r.cost_exact,
+                r.cost
+            ));
+        }
+        // TOTAL, blanks under the other group columns and the four counts, then the costs.
+        let mut total = vec!["TOTAL".to_string()];
+        total.extend(std::iter::repeat_n(String::new(), self.group_by.len() + 3));
+        total.extend([self.total_exact.to_string(), self.total.to_string()]);
+        out.push_str(&total.join(","));
+        out.push('\n');
+        out
+    }
+}
