@@ -14,6 +14,7 @@ use crate::auth::cache::KeyCache;
 use crate::billing::{PriceBook, prices};
 use crate::config::Config;
 use crate::limits::Limits;
+use crate::limits::spending::Spending;
 use crate::metering::{Ledger, LedgerWriter};
 use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
@@ -27,9 +28,12 @@ pub struct App {
     /// Swapped whole when `tollgate prices sync` (here or elsewhere) appends versions.
     prices: RwLock<Arc<PriceBook>>,
     prices_signal: ChangeSignal,
+    /// Moved by account changes made in other processes (CLI top-ups, billing settings).
+    accounts_signal: ChangeSignal,
     upstreams: Upstreams,
     keys: KeyCache,
     limits: Limits,
+    spending: Spending,
     /// `None` when no admin key is configured: the admin API answers 503.
     admin_auth: Option<AdminAuth>,
     /// Exchanges run outside the connection that started them (so a client leaving cannot
@@ -66,6 +70,9 @@ impl AppState {
     }
     pub fn limits(&self) -> &Limits {
         &self.0.limits
+    }
+    pub fn spending(&self) -> &Spending {
+        &self.0.spending
     }
     pub fn admin_auth(&self) -> Option<&AdminAuth> {
         self.0.admin_auth.as_ref()
@@ -123,15 +130,18 @@ impl Application {
             .with_context(|| format!("cannot listen on {addr}"))?;
         tokio::task::spawn_blocking(crate::metering::estimate::warm_up);
         let prices_signal = ChangeSignal::for_database(&config.database.url, "prices");
+        let accounts_signal = ChangeSignal::for_database(&config.database.url, "accounts");
         let state = AppState(Arc::new(App {
             keys: KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys")),
             limits: Limits::new(config.limits.clone()),
+            spending: Spending::default(),
             admin_auth,
             config,
             db,
             ledger,
             prices: RwLock::new(Arc::new(book)),
             prices_signal,
+            accounts_signal,
             upstreams,
             tasks: TaskTracker::new(),
         }));
@@ -190,13 +200,15 @@ pub async fn sync_prices(config: &Config, db: &Db) -> anyhow::Result<usize> {
     Ok(added)
 }
 
-/// Once a second: reloads the price book if another process synced prices. Every 30 s:
+/// Once a second: reloads the price book if another process synced prices, and account
+/// balances if another process changed accounts. Every 30 s:
 /// drops limiter state that a fresh limiter would have anyway, so memory stays bounded with
 /// many keys. Holds the state weakly: it ends with the application.
 fn spawn_maintenance(state: &AppState) {
     let app = Arc::downgrade(&state.0);
     tokio::spawn(async move {
         let mut seen = app.upgrade().and_then(|a| a.prices_signal.stamp());
+        let mut accounts_seen = app.upgrade().and_then(|a| a.accounts_signal.stamp());
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         for n in 0u64.. {
             tick.tick().await;
@@ -213,6 +225,14 @@ fn spawn_maintenance(state: &AppState) {
                     Err(e) => {
                         tracing::error!(error = %e, "cannot reload prices; keeping the current ones")
                     }
+                }
+            }
+            let stamp = app.accounts_signal.stamp();
+            if stamp != accounts_seen {
+                let prices = app.prices.read().expect("not poisoned").clone();
+                match app.spending.refresh(&app.db, &prices).await {
+                    Ok(()) => accounts_seen = stamp,
+                    Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),
                 }
             }
             if n % 30 == 29 {

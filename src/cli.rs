@@ -15,10 +15,11 @@ use crate::billing::PriceBook;
 use crate::billing::period::Month;
 use crate::config::Config;
 use crate::store;
-use crate::store::accounts::Account;
+use crate::store::accounts::{Account, BillingMode};
 use crate::store::keys::KeyLimits;
 use crate::store::signal::ChangeSignal;
 use crate::{Application, sim};
+use rust_decimal::Decimal;
 
 #[derive(Parser)]
 #[command(
@@ -141,9 +142,28 @@ pub enum RoleArg {
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
-    /// Open an account.
+    /// Open an account (postpaid without a limit unless told otherwise).
     Create {
         name: String,
+        /// Spends its top-ups only.
+        #[arg(long, conflicts_with = "credit_limit")]
+        prepaid: bool,
+        /// Postpaid: the most it may owe, in CNY.
+        #[arg(long)]
+        credit_limit: Option<Decimal>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Credit an account; the idempotency key makes a retry credit once.
+    Topup {
+        name: String,
+        /// CNY, e.g. 100.00.
+        #[arg(long)]
+        amount: Decimal,
+        #[arg(long)]
+        idempotency_key: String,
+        #[arg(long, default_value = "")]
+        note: String,
         #[arg(long)]
         json: bool,
     },
@@ -419,11 +439,53 @@ async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<(
     let db = store::connect(&config.database).await?;
     let line = |a: &Account| format!("{}\t{}\t{}", a.id, a.name, a.created_at);
     match command {
-        AccountsCommand::Create { name, json } => {
+        AccountsCommand::Create {
+            name,
+            prepaid,
+            credit_limit,
+            json,
+        } => {
             crate::config::check_name(&name)?;
+            anyhow::ensure!(
+                credit_limit.is_none_or(|c| !c.is_sign_negative()),
+                "--credit-limit must not be negative"
+            );
             let account = crate::admin::accounts::create_account(&db, &name).await?;
+            let mode = if prepaid {
+                BillingMode::Prepaid
+            } else {
+                BillingMode::Postpaid
+            };
+            store::accounts::set_billing(&db, account.id, mode, credit_limit).await?;
+            let account = crate::admin::accounts::named(&db, &name).await?;
             emit(json, &account, || {
                 format!("account '{}' created (id {})", account.name, account.id)
+            })
+        }
+        AccountsCommand::Topup {
+            name,
+            amount,
+            idempotency_key,
+            note,
+            json,
+        } => {
+            anyhow::ensure!(amount > Decimal::ZERO, "--amount must be positive");
+            let account = crate::admin::accounts::named(&db, &name).await?;
+            let (topup, created) =
+                store::accounts::top_up(&db, account.id, amount, &idempotency_key, &note).await?;
+            anyhow::ensure!(
+                topup.amount == amount,
+                "idempotency key '{idempotency_key}' was used for a top-up of {}",
+                topup.amount
+            );
+            ChangeSignal::for_database(&config.database.url, "accounts").announce();
+            let what = if created {
+                "credited"
+            } else {
+                "already credited (same idempotency key)"
+            };
+            emit(json, &topup, || {
+                format!("{} CNY {what} to '{name}'", topup.amount)
             })
         }
         AccountsCommand::List { json } => {

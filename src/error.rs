@@ -38,6 +38,9 @@ pub enum ApiError {
         message: String,
         headers: Box<axum::http::HeaderMap>,
     },
+    /// 402: the account's balance or credit cannot cover the request's worst case.
+    #[error("{0}")]
+    InsufficientQuota(String),
     /// 404: no such model, chip, deployment or route.
     #[error("{0}")]
     NotFound(String),
@@ -77,6 +80,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::InsufficientQuota(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -101,6 +105,7 @@ impl ApiError {
             ApiError::InvalidKey(_) => ("authentication_error", "invalid_api_key", None),
             ApiError::AdminUnauthorized(_) => ("authentication_error", "invalid_admin_token", None),
             ApiError::Forbidden(_) => ("permission_error", "forbidden", None),
+            ApiError::InsufficientQuota(_) => ("insufficient_quota", "insufficient_quota", None),
             ApiError::Conflict(_) => ("invalid_request_error", "conflict", None),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded", None),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),

@@ -126,3 +126,48 @@ output_per_1k = "0.0200"
     gateway.child.kill().unwrap();
     gateway.child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_top_up_opens_a_prepaid_account_on_the_running_gateway() {
+    let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim);
+    cli(&config, &["accounts", "create", "acme", "--prepaid"]);
+    let key = cli(&config, &["keys", "create", "--account", "acme"]);
+    let mut gateway = serve(&config, "tollgate=info");
+    let http = client();
+    let url = format!(
+        "http://{}/maas/megrez-7b-instruct/chip3/chat/completions",
+        gateway.addr
+    );
+    let call = || async {
+        http.post(&url)
+            .bearer_auth(&key)
+            .json(&chat(None, "hi", false, json!({})))
+            .send()
+            .await
+            .unwrap()
+    };
+    let refused = call().await;
+    assert_eq!(refused.status(), 402, "a prepaid account starts empty");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+
+    let args = [
+        "accounts",
+        "topup",
+        "acme",
+        "--amount",
+        "1.00",
+        "--idempotency-key",
+        "pay-1",
+    ];
+    assert_eq!(cli(&config, &args), "1.00 CNY credited to 'acme'");
+    assert!(cli(&config, &args).contains("already credited"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(call().await.status(), 200, "the gateway saw the top-up");
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+}

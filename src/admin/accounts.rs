@@ -1,42 +1,92 @@
-//! `/admin/v1/accounts`: open, list and show accounts.
+//! `/admin/v1/accounts`: open, list and show accounts, set how they are billed, and top
+//! them up (idempotently).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Admin, JsonBody};
 use crate::app::AppState;
+use crate::billing::prices::Money;
 use crate::config::check_name;
 use crate::error::ApiError;
-use crate::store::{self, accounts::Account};
+use crate::limits::spending;
+use crate::store::accounts::{Account, BillingMode, Topup};
+use crate::store::{self, Db};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/v1/accounts", get(list).post(create))
-        .route("/admin/v1/accounts/{id}", get(show))
+        .route("/admin/v1/accounts/{id}", get(show).patch(update))
+        .route("/admin/v1/accounts/{id}/topups", post(top_up))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewAccount {
     name: String,
+    billing_mode: Option<BillingMode>,
+    credit_limit: Option<Money>,
+}
+
+/// An account with its money: balance = top-ups - charges; available adds the credit and
+/// subtracts what requests in flight hold (`null`: no limit).
+#[derive(Serialize)]
+struct AccountView {
+    #[serde(flatten)]
+    account: Account,
+    balance: Decimal,
+    held: Decimal,
+    available: Option<Decimal>,
+    currency: &'static str,
+}
+
+async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiError> {
+    let balance = spending::balance(state.db(), &state.prices(), account.id).await?;
+    let held = state.spending().held(account.id).normalize();
+    let available = account
+        .allowance()
+        .map(|a| (balance + a - held).normalize());
+    Ok(AccountView {
+        account,
+        balance,
+        held,
+        available,
+        currency: "CNY",
+    })
+}
+
+fn check_credit(credit_limit: Option<Decimal>) -> Result<(), ApiError> {
+    if credit_limit.is_some_and(|c| c.is_sign_negative()) {
+        return Err(ApiError::invalid(
+            "credit_limit must not be negative",
+            "credit_limit",
+        ));
+    }
+    Ok(())
 }
 
 async fn create(
     State(state): State<AppState>,
     _: Admin,
     JsonBody(new): JsonBody<NewAccount>,
-) -> Result<(StatusCode, Json<Account>), ApiError> {
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     check_name(&new.name).map_err(|e| ApiError::invalid(format!("name: {e}"), "name"))?;
+    let credit_limit = new.credit_limit.map(|m| m.0);
+    check_credit(credit_limit)?;
     let account = create_account(state.db(), &new.name).await?;
-    Ok((StatusCode::CREATED, Json(account)))
+    let mode = new.billing_mode.unwrap_or(BillingMode::Postpaid);
+    store::accounts::set_billing(state.db(), account.id, mode, credit_limit).await?;
+    let account = get_account(state.db(), account.id).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, account).await?)))
 }
 
 /// Creates an account; 409 if the name is taken.
-pub async fn create_account(db: &store::Db, name: &str) -> Result<Account, ApiError> {
+pub async fn create_account(db: &Db, name: &str) -> Result<Account, ApiError> {
     if store::accounts::find_by_name(db, name).await?.is_some() {
         return Err(ApiError::Conflict(format!(
             "an account named '{name}' already exists"
@@ -46,32 +96,120 @@ pub async fn create_account(db: &store::Db, name: &str) -> Result<Account, ApiEr
 }
 
 /// The account named `name`, or 404.
-pub async fn named(db: &store::Db, name: &str) -> Result<Account, ApiError> {
+pub async fn named(db: &Db, name: &str) -> Result<Account, ApiError> {
     store::accounts::find_by_name(db, name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))
 }
 
 /// The id of the account named `name`, if a name is given.
-pub async fn id_of(db: &store::Db, name: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub async fn id_of(db: &Db, name: Option<&str>) -> Result<Option<i64>, ApiError> {
     match name {
         Some(name) => Ok(Some(named(db, name).await?.id)),
         None => Ok(None),
     }
 }
 
+async fn get_account(db: &Db, id: i64) -> Result<Account, ApiError> {
+    store::accounts::get(db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("account {id} does not exist")))
+}
+
 async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
-    let accounts = store::accounts::list(state.db()).await?;
-    Ok(Json(json!({"object": "list", "data": accounts})))
+    let mut data = Vec::new();
+    for account in store::accounts::list(state.db()).await? {
+        data.push(view(&state, account).await?);
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 async fn show(
     State(state): State<AppState>,
     _: Admin,
     Path(id): Path<i64>,
-) -> Result<Json<Account>, ApiError> {
-    store::accounts::get(state.db(), id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("account {id} does not exist")))
+) -> Result<Json<AccountView>, ApiError> {
+    let account = get_account(state.db(), id).await?;
+    Ok(Json(view(&state, account).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BillingPatch {
+    billing_mode: Option<BillingMode>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    credit_limit: Option<Option<Money>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Money>>, D::Error> {
+    Option::<Money>::deserialize(d).map(Some)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<i64>,
+    JsonBody(patch): JsonBody<BillingPatch>,
+) -> Result<Json<AccountView>, ApiError> {
+    let account = get_account(state.db(), id).await?;
+    let mode = patch.billing_mode.unwrap_or(account.billing_mode);
+    let credit = patch
+        .credit_limit
+        .map(|c| c.map(|m| m.0))
+        .unwrap_or(account.credit_limit);
+    check_credit(credit)?;
+    store::accounts::set_billing(state.db(), id, mode, credit).await?;
+    let account = get_account(state.db(), id).await?;
+    state.spending().set_allowance(id, account.allowance());
+    Ok(Json(view(&state, account).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopup {
+    amount: Money,
+    #[serde(default)]
+    note: String,
+}
+
+/// Credits the account once per `Idempotency-Key`: a retry returns the first top-up (200)
+/// instead of crediting again; the same key with another amount is refused (409).
+async fn top_up(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    JsonBody(new): JsonBody<NewTopup>,
+) -> Result<(StatusCode, Json<Topup>), ApiError> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "an Idempotency-Key header (1-200 characters) is required",
+                "Idempotency-Key",
+            )
+        })?;
+    let amount = new.amount.0;
+    if amount <= Decimal::ZERO {
+        return Err(ApiError::invalid(
+            "amount must be a positive decimal string, e.g. \"100.00\"",
+            "amount",
+        ));
+    }
+    get_account(state.db(), id).await?;
+    let (topup, created) = store::accounts::top_up(state.db(), id, amount, key, &new.note).await?;
+    if !created {
+        if topup.amount != amount {
+            return Err(ApiError::Conflict(format!(
+                "Idempotency-Key '{key}' was used for a top-up of {}",
+                topup.amount
+            )));
+        }
+        return Ok((StatusCode::OK, Json(topup)));
+    }
+    state.spending().credit(id, topup.amount);
+    Ok((StatusCode::CREATED, Json(topup)))
 }

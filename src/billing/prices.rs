@@ -208,6 +208,17 @@ fn money<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
     d.deserialize_any(MoneyVisitor)
 }
 
+/// An amount of money from JSON or TOML: a decimal string or an integer, never a float
+/// (which would have passed through `f64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Money(pub Decimal);
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+        money(d).map(Money)
+    }
+}
+
 fn money_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
     money(d).map(Some)
 }

@@ -2,6 +2,7 @@
 //! (`tokens`, reservation and settlement), and the `x-ratelimit-*` headers that report them.
 
 pub mod requests;
+pub mod spending;
 pub mod tokens;
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::Caller;
+use crate::billing::TokenCounts;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::metering::estimate;
@@ -67,7 +69,8 @@ impl Limits {
                 tokens: None,
             });
         };
-        let reserve = self.worst_case_tokens(request);
+        let worst = self.worst_case(request);
+        let reserve = worst.prompt + worst.completion;
         let tokens = self.tokens.reserve(caller.key_id, tpm, reserve);
         if let Some(wait) = tokens.retry_after {
             let mut headers = HeaderMap::new();
@@ -102,16 +105,21 @@ impl Limits {
         self.tokens.sweep();
     }
 
-    /// Estimated prompt + `max_tokens` (or the configured cap when absent).
-    fn worst_case_tokens(&self, request: &ClientRequest) -> u64 {
+    /// The most a request can use: estimated prompt + `max_tokens` (or the configured cap
+    /// when absent; no completion for embeddings and rerank).
+    pub fn worst_case(&self, request: &ClientRequest) -> TokenCounts {
         let prompt = estimate::prompt_tokens(request.endpoint, &request.body);
-        let completion = ["max_completion_tokens", "max_tokens"]
-            .iter()
-            .find_map(|k| request.body.get(*k).and_then(Value::as_u64))
-            .unwrap_or(self.config.reserve_max_tokens);
-        match request.endpoint {
-            crate::config::Endpoint::Chat => prompt + completion,
-            _ => prompt,
+        let completion = match request.endpoint {
+            crate::config::Endpoint::Chat => ["max_completion_tokens", "max_tokens"]
+                .iter()
+                .find_map(|k| request.body.get(*k).and_then(Value::as_u64))
+                .unwrap_or(self.config.reserve_max_tokens),
+            _ => 0,
+        };
+        TokenCounts {
+            prompt,
+            completion,
+            cached: 0,
         }
     }
 }

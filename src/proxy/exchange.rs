@@ -21,6 +21,7 @@ use crate::auth::Caller;
 use crate::billing::{PriceVersion, TokenCounts, cost_of};
 use crate::error::{ApiError, openai_error};
 use crate::limits::Admission;
+use crate::limits::spending::Hold;
 use crate::metering::LedgerError;
 use crate::metering::estimate;
 use crate::metering::record::{Status, UsageRecord, UsageSource};
@@ -36,6 +37,8 @@ pub struct Exchange {
     pub started_at: DateTime<Utc>,
     /// What the limits granted; settled against the real usage at the end.
     pub admission: Admission,
+    /// What the account's spending limit holds for this request; released at the end.
+    pub hold: Option<Hold>,
 }
 
 /// How a request ended, before it is priced.
@@ -241,6 +244,9 @@ pub(super) async fn commit(
     let record = ex.record(served, outcome);
     let used = record.tokens.prompt + record.tokens.completion;
     state.limits().settle(ex.caller.key_id, &ex.admission, used);
+    state
+        .spending()
+        .settle(ex.caller.account_id, ex.hold, record.cost);
     let committed = state.ledger().commit(record).await;
     if let Err(e) = &committed {
         tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");

@@ -15,11 +15,14 @@ use serde_json::{Value, json};
 use super::exchange::{self, Exchange};
 use super::own_usage;
 use super::request::ClientRequest;
+use super::upstreams::Upstream;
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::billing::cost_of;
 use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::limits;
+use crate::limits::spending::Hold;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -156,6 +159,13 @@ async fn proxy(
     };
     caller.check_model(&candidates[0].model)?;
     let admission = state.limits().admit(&caller, &request)?;
+    let hold = match hold_worst_case(&state, &caller, &request, &candidates[0], started_at).await {
+        Ok(hold) => hold,
+        Err(e) => {
+            state.limits().settle(caller.key_id, &admission, 0);
+            return Err(e);
+        }
+    };
     let exchange = Exchange {
         request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
         caller,
@@ -164,11 +174,37 @@ async fn proxy(
         started,
         started_at,
         admission,
+        hold,
     };
     let mut response = exchange::serve(state, exchange).await;
     let tokens = admission.tokens.map(|(quota, _, _)| quota);
     limits::put_headers(response.headers_mut(), &admission.requests, tokens.as_ref());
     Ok(response)
+}
+
+/// Holds the request's worst-case cost against the account's spending limit, if it has one.
+async fn hold_worst_case(
+    state: &AppState,
+    caller: &Caller,
+    request: &ClientRequest,
+    upstream: &Upstream,
+    at: chrono::DateTime<Utc>,
+) -> Result<Option<Hold>, ApiError> {
+    let prices = state.prices();
+    let spending = state.spending();
+    if !spending
+        .limited(state.db(), &prices, caller.account_id)
+        .await?
+    {
+        return Ok(None);
+    }
+    let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) else {
+        return Ok(None); // not served anyway: the exchange answers 503
+    };
+    let worst = cost_of(&price, state.limits().worst_case(request), true);
+    spending
+        .hold(state.db(), &prices, caller.account_id, worst)
+        .await
 }
 
 /// `GET /v1/models`: the models this key may call, with the chips that serve them.

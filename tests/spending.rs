@@ -1,0 +1,221 @@
+//! Accounts never overspend: prepaid balances and postpaid credit limits hold under
+//! concurrency, top-ups credit once per idempotency key, and balances are always top-ups
+//! minus the charges of the records.
+
+mod helpers;
+
+use futures_util::future::join_all;
+use helpers::{TestApp, chat, dec};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use tollgate::admin::Role;
+
+const ROUTE: &str = "/maas/megrez-7b-instruct/nvidia/chat/completions";
+
+async fn top_up(app: &TestApp, key: &str, amount: Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url("/admin/v1/accounts/1/topups"))
+        .bearer_auth(app.admin_token(Role::Admin))
+        .header("idempotency-key", key)
+        .json(&json!({"amount": amount}))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn account(app: &TestApp) -> Value {
+    app.admin(
+        Method::GET,
+        "/admin/v1/accounts/1",
+        &app.admin_token(Role::Admin),
+        None,
+    )
+    .await
+    .1
+}
+
+async fn set_billing(app: &TestApp, patch: Value) {
+    let (status, body) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/accounts/1",
+            &app.admin_token(Role::Admin),
+            Some(patch),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The sum of the costs of every record of account 1.
+async fn charges(app: &TestApp) -> Decimal {
+    let filter = tollgate::store::usage::UsageFilter {
+        account_id: Some(1),
+        ..Default::default()
+    };
+    let records = tollgate::store::usage::list(app.state.db(), &filter, 1000)
+        .await
+        .unwrap();
+    records.iter().map(|r| r.cost).sum()
+}
+
+/// A request whose reported usage (2 prompt + 100 completion tokens) stays within what
+/// admission holds for it (estimated prompt + max_tokens 100).
+fn modest_request() -> Value {
+    let mut body = chat(None, "hi", false, json!({"completion_tokens": 100}));
+    body["max_tokens"] = json!(100);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_parallel_requests_on_a_balance_for_ten_never_overspend() {
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    // One request costs (2 x 0.0012 + 100 x 0.0024) / 1000 = 0.0002424 CNY.
+    let (status, _) = top_up(&app, "t-1", json!("0.002424")).await;
+    assert_eq!(status, 201);
+    let body = modest_request();
+    let requests = (0..200).map(|_| {
+        app.client
+            .post(app.url(ROUTE))
+            .bearer_auth(&app.key)
+            .json(&body)
+            .send()
+    });
+    let responses: Vec<reqwest::Response> = join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let admitted = responses.iter().filter(|r| r.status() == 200).count();
+    let refused: Vec<&reqwest::Response> = responses.iter().filter(|r| r.status() == 402).collect();
+    assert_eq!(admitted + refused.len(), 200);
+    assert!(
+        (1..=10).contains(&admitted),
+        "the balance covers 10: {admitted} admitted"
+    );
+
+    let view = account(&app).await;
+    let balance = dec(view["balance"].as_str().unwrap());
+    assert_eq!(
+        balance,
+        dec("0.002424") - charges(&app).await,
+        "balance = top-ups - charges"
+    );
+    assert!(
+        balance >= Decimal::ZERO,
+        "no overdraft when usage stays within its hold: {balance}"
+    );
+    assert_eq!(view["held"], "0", "nothing held once all requests ended");
+
+    let (status, body) = {
+        let r = app
+            .client
+            .post(app.url(ROUTE))
+            .bearer_auth(&app.key)
+            .json(&modest_request())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    if balance < dec("0.000252") {
+        assert_eq!(status, 402);
+        assert_eq!(body["error"]["type"], "insufficient_quota");
+        assert_eq!(body["error"]["code"], "insufficient_quota");
+    }
+}
+
+#[tokio::test]
+async fn a_top_up_credits_once_per_idempotency_key() {
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    let (status, first) = top_up(&app, "order-42", json!("100.00")).await;
+    assert_eq!(status, 201);
+    let (status, again) = top_up(&app, "order-42", json!("100.00")).await;
+    assert_eq!(
+        (status, &again["id"]),
+        (200, &first["id"]),
+        "a retry returns the first top-up"
+    );
+    assert_eq!(
+        dec(account(&app).await["balance"].as_str().unwrap()),
+        dec("100")
+    );
+    let (status, conflict) = top_up(&app, "order-42", json!("5")).await;
+    assert_eq!(
+        (status, conflict["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    for (amount, why) in [
+        (json!(10.5), "a float"),
+        (json!("-3"), "negative"),
+        (json!("abc"), "not a number"),
+    ] {
+        let (status, _) = top_up(&app, &format!("bad-{why}"), amount).await;
+        assert_eq!(status, 400, "{why}");
+    }
+    let no_key = app
+        .client
+        .post(app.url("/admin/v1/accounts/1/topups"))
+        .bearer_auth(app.admin_token(Role::Admin))
+        .json(&json!({"amount": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 400);
+}
+
+#[tokio::test]
+async fn a_postpaid_credit_limit_stops_spending_and_no_limit_never_does() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        let response = app
+            .client
+            .post(app.url(ROUTE))
+            .bearer_auth(&app.key)
+            .json(&modest_request())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "postpaid without a limit");
+    }
+    set_billing(
+        &app,
+        json!({"billing_mode": "postpaid", "credit_limit": "0.001"}),
+    )
+    .await;
+    let mut admitted = 0;
+    loop {
+        let response = app
+            .client
+            .post(app.url(ROUTE))
+            .bearer_auth(&app.key)
+            .json(&modest_request())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 402 {
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        admitted += 1;
+        assert!(admitted < 10, "the credit limit never stopped it");
+    }
+    let owed = charges(&app).await;
+    assert!(owed <= dec("0.001"), "owes {owed}, limit 0.001");
+    let view = account(&app).await;
+    assert_eq!(dec(view["balance"].as_str().unwrap()), -owed);
+    set_billing(&app, json!({"credit_limit": null})).await;
+    let response = app
+        .client
+        .post(app.url(ROUTE))
+        .bearer_auth(&app.key)
+        .json(&modest_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "limit removed");
+}
