@@ -198,13 +198,20 @@ async fn a_finalized_invoice_is_the_same_bytes_forever() {
     let new_price = tollgate::billing::PriceEntry {
         model: "megrez-7b-instruct".into(),
         chip: "nvidia".into(),
-        effective_from: chrono::DateTime::parse_from_rfc3339("2026-09-01T00:00:00Z").unwrap().into(),
+        effective_from: chrono::DateTime::parse_from_rfc3339("2026-09-01T00:00:00Z")
+            .unwrap()
+            .into(),
         input_per_1k: dec("9"),
         cached_input_per_1k: None,
         output_per_1k: dec("9"),
         per_request: dec("0"),
     };
-    assert_eq!(tollgate::store::prices::sync(app.state.db(), &[new_price]).await.unwrap(), 1);
+    assert_eq!(
+        tollgate::store::prices::sync(app.state.db(), &[new_price])
+            .await
+            .unwrap(),
+        1
+    );
     let (_, again) = get_text(&app, &format!("/admin/v1/invoices/{id}"), &admin).await;
     let (_, by_period) = get_text(
         &app,

@@ -21,6 +21,14 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// An instant as local time in the report's timezone.
+fn local(t: chrono::DateTime<chrono::Utc>, zone: &str) -> String {
+    match zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(),
+        Err(_) => t.to_rfc3339(),
+    }
+}
+
 fn coord(d: Decimal) -> String {
     d.round_dp(1).normalize().to_string()
 }
@@ -62,15 +70,18 @@ fn chart(report: &Report) -> String {
         LEFT - 4,
         HEIGHT - BOTTOM,
     );
-    for (i, label) in [
-        (0, buckets[0]),
-        (buckets.len() - 1, buckets[buckets.len() - 1]),
-    ] {
+    // The first date anchored at its start, the last at its end: neither is clipped.
+    let last = buckets.len() - 1;
+    let mut labels = vec![(0, "start")];
+    if last > 0 {
+        labels.push((last, "end"));
+    }
+    for (i, anchor) in labels {
         svg.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"11\">{}</text>",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"{anchor}\" font-size=\"11\">{}</text>",
             coord(x(i)),
             HEIGHT - 10,
-            escape(label)
+            escape(buckets[i])
         ));
     }
     for (n, name) in names.iter().enumerate() {
@@ -91,6 +102,13 @@ fn chart(report: &Report) -> String {
             points.join(" "),
             escape(name)
         ));
+        // Markers keep single-bucket series visible.
+        for point in &points {
+            let (cx, cy) = point.split_once(',').expect("x,y");
+            svg.push_str(&format!(
+                "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"3\" fill=\"{color}\"/>"
+            ));
+        }
     }
     svg.push_str("</svg><ul class=\"legend\">");
     for (n, name) in names.iter().enumerate() {
@@ -108,14 +126,14 @@ pub fn render(report: &Report) -> String {
     let mut html = String::from(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tollgate cost report</title><style>\
          body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin-top:1em}\
-         th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td.g{text-align:left}\
+         th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}th:first-child,td.g{text-align:left}\
          tfoot td{font-weight:bold}.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:1em}\
          .legend span{display:inline-block;width:12px;height:12px;margin-right:4px}</style></head><body>",
     );
     html.push_str(&format!(
-        "<h1>Cost report</h1><p>{} to {} ({}), currency {}. Total: <strong>{}</strong> (exact {}).</p>",
-        report.from.to_rfc3339(),
-        report.to.to_rfc3339(),
+        "<h1>Cost report</h1><p>From {} to {} ({}, end exclusive), currency {}. Total: <strong>{}</strong> (exact {}).</p>",
+        local(report.from, &report.timezone),
+        local(report.to, &report.timezone),
         escape(&report.timezone),
         report.currency,
         report.total,
