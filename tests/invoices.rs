@@ -10,14 +10,8 @@ use tollgate::admin::Role;
 use tollgate::billing::period::Month;
 
 async fn get_text(app: &TestApp, path: &str, token: &str) -> (u16, String) {
-    let response = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
+    let (status, _, body) = app.get_text(path, token).await;
+    (status, body)
 }
 
 /// Moves every record of the account into `month` (as if it happened then).

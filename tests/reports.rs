@@ -8,21 +8,7 @@ use serde_json::{Value, json};
 use tollgate::admin::Role;
 
 async fn get(app: &TestApp, path: &str) -> (u16, String, String) {
-    let token = app.admin_token(Role::Viewer);
-    let response = app
-        .client
-        .get(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    (status, content_type, response.text().await.unwrap())
+    app.get_text(path, &app.admin_token(Role::Viewer)).await
 }
 
 #[tokio::test]

@@ -69,6 +69,15 @@ fn modest_request() -> Value {
     body
 }
 
+async fn send_modest(app: &TestApp) -> reqwest::Response {
+    let request = app
+        .client
+        .post(app.url(ROUTE))
+        .bearer_auth(&app.key)
+        .json(&modest_request());
+    request.send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_parallel_requests_on_a_balance_for_ten_never_overspend() {
     let app = TestApp::spawn().await;
@@ -111,14 +120,7 @@ async fn two_hundred_parallel_requests_on_a_balance_for_ten_never_overspend() {
     assert_eq!(view["held"], "0", "nothing held once all requests ended");
 
     let (status, body) = {
-        let r = app
-            .client
-            .post(app.url(ROUTE))
-            .bearer_auth(&app.key)
-            .json(&modest_request())
-            .send()
-            .await
-            .unwrap();
+        let r = send_modest(&app).await;
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
     if balance < dec("0.000252") {
@@ -172,14 +174,7 @@ async fn a_top_up_credits_once_per_idempotency_key() {
 async fn a_postpaid_credit_limit_stops_spending_and_no_limit_never_does() {
     let app = TestApp::spawn().await;
     for _ in 0..3 {
-        let response = app
-            .client
-            .post(app.url(ROUTE))
-            .bearer_auth(&app.key)
-            .json(&modest_request())
-            .send()
-            .await
-            .unwrap();
+        let response = send_modest(&app).await;
         assert_eq!(response.status(), 200, "postpaid without a limit");
     }
     set_billing(
@@ -189,14 +184,7 @@ async fn a_postpaid_credit_limit_stops_spending_and_no_limit_never_does() {
     .await;
     let mut admitted = 0;
     loop {
-        let response = app
-            .client
-            .post(app.url(ROUTE))
-            .bearer_auth(&app.key)
-            .json(&modest_request())
-            .send()
-            .await
-            .unwrap();
+        let response = send_modest(&app).await;
         if response.status() == 402 {
             break;
         }
@@ -209,13 +197,6 @@ async fn a_postpaid_credit_limit_stops_spending_and_no_limit_never_does() {
     let view = account(&app).await;
     assert_eq!(dec(view["balance"].as_str().unwrap()), -owed);
     set_billing(&app, json!({"credit_limit": null})).await;
-    let response = app
-        .client
-        .post(app.url(ROUTE))
-        .bearer_auth(&app.key)
-        .json(&modest_request())
-        .send()
-        .await
-        .unwrap();
+    let response = send_modest(&app).await;
     assert_eq!(response.status(), 200, "limit removed");
 }

@@ -127,6 +127,24 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// GETs `path` with `token`; returns the status, content type and body text.
+    pub async fn get_text(&self, path: &str, token: &str) -> (u16, String, String) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (status, content_type, response.text().await.unwrap())
+    }
+
     /// The record of the request that `response` answered (by its `x-request-id`).
     pub async fn record_of(&self, response: &reqwest::Response) -> StoredRecord {
         self.record(&request_id(response)).await
