@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::limits::Limits;
 use crate::limits::spending::Spending;
 use crate::metering::{Ledger, LedgerWriter};
+use crate::metrics::Metrics;
 use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
 use crate::store::signal::ChangeSignal;
@@ -34,6 +35,7 @@ pub struct App {
     keys: KeyCache,
     limits: Limits,
     spending: Spending,
+    metrics: Arc<Metrics>,
     /// `None` when no admin key is configured: the admin API answers 503.
     admin_auth: Option<AdminAuth>,
     /// Exchanges run outside the connection that started them (so a client leaving cannot
@@ -74,6 +76,9 @@ impl AppState {
     pub fn spending(&self) -> &Spending {
         &self.0.spending
     }
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
     pub fn admin_auth(&self) -> Option<&AdminAuth> {
         self.0.admin_auth.as_ref()
     }
@@ -82,7 +87,12 @@ impl AppState {
 /// The router with its fallback; the one place the route table is assembled.
 pub fn router(state: AppState) -> Router {
     handlers::router()
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            crate::ops::count_rejections,
+        ))
         .merge(admin::router())
+        .merge(crate::ops::router())
         .fallback(handlers::not_found)
         .with_state(state)
 }
@@ -119,10 +129,12 @@ impl Application {
                 config.admin.jwt_secret_env
             );
         }
+        let metrics = Arc::new(Metrics::new());
         let (ledger, ledger_writer) = Ledger::spawn(
             db.clone(),
             config.ledger.batch_max,
             config.ledger.queue_capacity,
+            metrics.clone(),
         );
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
@@ -135,6 +147,7 @@ impl Application {
             keys: KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys")),
             limits: Limits::new(config.limits.clone()),
             spending: Spending::default(),
+            metrics,
             admin_auth,
             config,
             db,

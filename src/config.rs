@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -56,6 +58,13 @@ impl BillingConfig {
     pub fn zone(&self) -> chrono_tz::Tz {
         crate::billing::period::parse_zone(&self.timezone).expect("validated at start-up")
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Environment variable holding a bearer token `/metrics` requires; open when unset.
+    pub bearer_token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

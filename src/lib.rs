@@ -11,6 +11,7 @@
 //!    commits the record through the group-committing `Ledger` writer in `store`, and only
 //!    then is the end of the response released to the client.
 //!
+//! `metrics` holds every Prometheus metric; `ops` serves `/metrics`, `/healthz`, `/readyz`.
 //! `admin` serves `/admin/v1` (accounts, keys, usage) behind JWT.
 //! `sim` is a simulated backend speaking each documented wire format, for the demo and tests.
 
@@ -23,6 +24,8 @@ pub mod config;
 pub mod error;
 pub mod limits;
 pub mod metering;
+pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod sim;
 pub mod store;

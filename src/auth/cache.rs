@@ -37,14 +37,19 @@ impl KeyCache {
         &self.signal
     }
 
-    /// The key whose secret hashes to `hash`, from memory if unchanged since it was read.
-    pub async fn lookup(&self, db: &Db, hash: &[u8; 32]) -> anyhow::Result<Option<Arc<KeyRow>>> {
+    /// The key whose secret hashes to `hash`, from memory if unchanged since it was read;
+    /// and whether memory had it.
+    pub async fn lookup(
+        &self,
+        db: &Db,
+        hash: &[u8; 32],
+    ) -> anyhow::Result<(Option<Arc<KeyRow>>, bool)> {
         let generation = self.refresh();
         if let Some(row) = self.entries.read().expect("not poisoned").get(hash) {
-            return Ok(Some(row.clone()));
+            return Ok((Some(row.clone()), true));
         }
         let Some(row) = store::keys::find_by_hash(db, hash).await? else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let row = Arc::new(row);
         let state = self.state.lock().expect("not poisoned");
@@ -54,7 +59,7 @@ impl KeyCache {
                 .expect("not poisoned")
                 .insert(*hash, row.clone());
         }
-        Ok(Some(row))
+        Ok((Some(row), false))
     }
 
     /// A key changed in this process: forget everything and tell the other processes.

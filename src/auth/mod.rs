@@ -73,10 +73,10 @@ impl FromRequestParts<AppState> for Caller {
 /// Looks the key up by its hash (cache first) and checks that it is live.
 pub async fn authenticate(state: &AppState, key: &ApiKey) -> Result<Caller, ApiError> {
     let hash = key.hash();
-    let row = state
-        .keys()
-        .lookup(state.db(), &hash)
-        .await?
+    let (row, hit) = state.keys().lookup(state.db(), &hash).await?;
+    let result = if hit { "hit" } else { "miss" };
+    state.metrics().key_cache.with_label_values(&[result]).inc();
+    let row = row
         .filter(|row| bool::from(row.secret_hash.as_slice().ct_eq(&hash)))
         .ok_or(ApiError::InvalidKey("invalid API key"))?;
     match row.state(Utc::now()) {

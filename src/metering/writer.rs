@@ -5,10 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::record::UsageRecord;
+use crate::metrics::Metrics;
 use crate::store::{self, Db};
 
 /// Tries per batch before the requests in it are told their record could not be written.
@@ -37,10 +40,15 @@ pub struct Ledger {
 
 impl Ledger {
     /// Starts the writer task on `db`.
-    pub fn spawn(db: Db, batch_max: usize, queue_capacity: usize) -> (Ledger, LedgerWriter) {
+    pub fn spawn(
+        db: Db,
+        batch_max: usize,
+        queue_capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Ledger, LedgerWriter) {
         let (queue, rx) = mpsc::channel(queue_capacity);
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(db, rx, batch_max, stopped));
+        let task = tokio::spawn(run(db, rx, batch_max, stopped, metrics));
         (Ledger { queue }, LedgerWriter { stop, task })
     }
 
@@ -52,6 +60,11 @@ impl Ledger {
             .await
             .map_err(|_| LedgerError::Stopped)?;
         committed.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Whether the writer still accepts records.
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
     }
 
     /// Records waiting for the writer.
@@ -81,6 +94,7 @@ async fn run(
     mut rx: mpsc::Receiver<Pending>,
     batch_max: usize,
     mut stop: oneshot::Receiver<()>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
     let mut records: Vec<UsageRecord> = Vec::with_capacity(batch_max);
@@ -105,6 +119,10 @@ async fn run(
         records.extend(batch.iter().map(|p| p.record.clone()));
         let started = Instant::now();
         let outcome = write_with_retries(&db, &records).await;
+        metrics.ledger_batch_size.observe(records.len() as f64);
+        metrics
+            .ledger_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::debug!(
             records = records.len(),
             elapsed_us = started.elapsed().as_micros() as u64,

@@ -29,6 +29,8 @@ use crate::metering::record::{Status, UsageRecord, UsageSource};
 /// Everything known about a request before it goes upstream.
 pub struct Exchange {
     pub request_id: String,
+    /// Which kind of client route it came by (a metric label).
+    pub route: &'static str,
     pub caller: Caller,
     pub request: ClientRequest,
     /// Backends to try, in order; later ones only if earlier ones refuse the connection.
@@ -242,6 +244,7 @@ pub(super) async fn commit(
     outcome: Outcome,
 ) -> Result<(), LedgerError> {
     let record = ex.record(served, outcome);
+    state.metrics().observe(ex.route, &record);
     let used = record.tokens.prompt + record.tokens.completion;
     state.limits().settle(ex.caller.key_id, &ex.admission, used);
     state

@@ -46,6 +46,13 @@ pub fn router() -> Router<AppState> {
         .route("/v1/usage", get(own_usage::usage))
 }
 
+/// A route's kind, without its names (for the metric label).
+enum RouteKind {
+    Pair,
+    Policy,
+    Deployment,
+}
+
 /// Which backends a route allows.
 enum Target {
     /// Exactly this model on this chip.
@@ -141,6 +148,11 @@ async fn proxy(
     let limit = state.config().server.max_request_bytes;
     let request = ClientRequest::read(endpoint, body, limit).await?;
     let upstreams = state.upstreams();
+    let target_kind = match &target {
+        Target::Pair(..) => RouteKind::Pair,
+        Target::Policy => RouteKind::Policy,
+        Target::Deployment(_) => RouteKind::Deployment,
+    };
     let candidates = match target {
         Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
         Target::Policy => {
@@ -166,8 +178,16 @@ async fn proxy(
             return Err(e);
         }
     };
+    let route = match (&target_kind, endpoint) {
+        (_, Endpoint::Embeddings) => "embeddings",
+        (_, Endpoint::Rerank) => "rerank",
+        (RouteKind::Pair, Endpoint::Chat) => "chat_mxn",
+        (RouteKind::Policy, Endpoint::Chat) => "chat_model",
+        (RouteKind::Deployment, Endpoint::Chat) => "chat_deployment",
+    };
     let exchange = Exchange {
         request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
+        route,
         caller,
         request,
         candidates,

@@ -21,6 +21,22 @@ use crate::config::{DisconnectPolicy, MeteringConfig};
 use crate::error::{ApiError, openai_error};
 use crate::metering::record::Status;
 
+/// Counts a stream in `tollgate_active_streams` for as long as it lives.
+struct ActiveStream(AppState);
+
+impl ActiveStream {
+    fn start(state: &AppState) -> ActiveStream {
+        state.metrics().active_streams.inc();
+        ActiveStream(state.clone())
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.metrics().active_streams.dec();
+    }
+}
+
 /// Frames buffered between the relay and a slow client.
 const CLIENT_BUFFER: usize = 64;
 
@@ -64,6 +80,7 @@ pub async fn relay(
     respond: oneshot::Sender<Response>,
 ) {
     let upstream = served.upstream.clone();
+    let _active = ActiveStream::start(&state);
     let mut relay = Relay {
         framer: Framer::new(upstream.stream_format),
         events: Vec::new(),

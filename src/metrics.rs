@@ -1,0 +1,183 @@
+//! Every Prometheus metric tollgate exports, in one registry. Labels are bounded: models and
+//! chips come from the configuration, statuses and reasons from fixed sets; never a key, an
+//! account or a request id. Metrics are for dashboards: the ledger, not these floats, is
+//! the record of money.
+
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::metering::record::UsageRecord;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Proxied requests by route, model, chip and final status (the record's status).
+    pub requests: IntCounterVec,
+    /// Tokens by model, chip, kind (prompt, completion, cached) and source (reported, estimated).
+    pub tokens: IntCounterVec,
+    /// Cost in CNY by model and chip (a float for graphs; invoices use the exact ledger).
+    pub cost: CounterVec,
+    /// Whole request duration through the backend, by model and chip.
+    pub request_duration: HistogramVec,
+    /// Time to the first streamed chunk, by model and chip.
+    pub time_to_first_token: HistogramVec,
+    /// Requests refused before reaching a backend, by reason.
+    pub rejected: IntCounterVec,
+    /// Streams being relayed now.
+    pub active_streams: IntGauge,
+    /// Records waiting for the ledger writer (sampled at scrape).
+    pub ledger_queue_depth: IntGauge,
+    /// Records per ledger transaction.
+    pub ledger_batch_size: Histogram,
+    /// Time to commit one ledger batch.
+    pub ledger_commit_seconds: Histogram,
+    /// API key lookups by result (hit, miss).
+    pub key_cache: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("tollgate".into()), None).expect("a valid prefix");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let histogram_vec = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, &["model", "chip"]).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let cost = CounterVec::new(
+            Opts::new("cost_cny_total", "Cost billed, in CNY, by model and chip."),
+            &["model", "chip"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(cost.clone()))
+            .expect("registered once");
+        Metrics {
+            requests: counter(
+                "requests_total",
+                "Proxied requests by route, model, chip and final status.",
+                &["route", "model", "chip", "status"],
+            ),
+            tokens: counter(
+                "tokens_total",
+                "Tokens billed by model, chip, kind (prompt, completion, cached) and source (reported, estimated).",
+                &["model", "chip", "kind", "source"],
+            ),
+            cost,
+            request_duration: histogram_vec(
+                "request_duration_seconds",
+                "Duration of proxied requests, through the backend, by model and chip.",
+            ),
+            time_to_first_token: histogram_vec(
+                "time_to_first_token_seconds",
+                "Time from request to the first streamed chunk, by model and chip.",
+            ),
+            rejected: counter(
+                "rejected_requests_total",
+                "Requests refused before reaching a backend, by reason.",
+                &["reason"],
+            ),
+            active_streams: gauge("active_streams", "Streams being relayed now."),
+            ledger_queue_depth: gauge(
+                "ledger_queue_depth",
+                "Usage records waiting for the ledger writer.",
+            ),
+            ledger_batch_size: histogram(
+                "ledger_batch_records",
+                "Usage records per ledger transaction.",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+            ),
+            ledger_commit_seconds: histogram(
+                "ledger_commit_seconds",
+                "Time to commit one ledger batch.",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ],
+            ),
+            key_cache: counter(
+                "key_cache_lookups_total",
+                "API key lookups by result (hit, miss).",
+                &["result"],
+            ),
+            registry,
+        }
+    }
+
+    /// Counts a finished request from its ledger record.
+    pub fn observe(&self, route: &str, record: &UsageRecord) {
+        let (model, chip) = (record.model.as_str(), record.chip.as_str());
+        self.requests
+            .with_label_values(&[route, model, chip, record.status.as_str()])
+            .inc();
+        let source = record.usage_source.as_str();
+        if record.usage_source != crate::metering::record::UsageSource::None {
+            let t = record.tokens;
+            for (kind, n) in [
+                ("prompt", t.prompt),
+                ("completion", t.completion),
+                ("cached", t.cached),
+            ] {
+                self.tokens
+                    .with_label_values(&[model, chip, kind, source])
+                    .inc_by(n);
+            }
+        }
+        // Display only: the exact amount is in the ledger.
+        let cost: f64 = record.cost.try_into().unwrap_or(0.0);
+        self.cost.with_label_values(&[model, chip]).inc_by(cost);
+        let duration = (record.ended_at - record.started_at)
+            .num_milliseconds()
+            .max(0) as f64
+            / 1000.0;
+        self.request_duration
+            .with_label_values(&[model, chip])
+            .observe(duration);
+        if let Some(ttft) = record.ttft_ms {
+            self.time_to_first_token
+                .with_label_values(&[model, chip])
+                .observe(ttft as f64 / 1000.0);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .expect("text encoding does not fail")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
