@@ -8,7 +8,9 @@ use std::process::Command;
 
 use helpers::binary::{cli, serve, write_config};
 use helpers::{chat, sse_data};
+use rand::{Rng, SeedableRng};
 use serde_json::json;
+use std::time::Duration;
 use tollgate::config::DatabaseConfig;
 use tollgate::{sim, store};
 
@@ -129,4 +131,93 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
         "tollgate exits cleanly after draining"
     );
     assert_eq!(count_records(dir.path()).await, streams);
+}
+
+/// Sends requests until the gateway dies; returns the ids of the responses received in full.
+async fn load_until_killed(addr: SocketAddr, key: String, worker: usize) -> Vec<String> {
+    let client = helpers::client();
+    let mut completed = Vec::new();
+    for i in 0.. {
+        let stream = (i + worker) % 2 == 0;
+        let chip = if i % 3 == 0 { "chip3" } else { "nvidia" };
+        let url = format!("http://{addr}/maas/megrez-7b-instruct/{chip}/chat/completions");
+        let body = chat(
+            None,
+            "hi",
+            stream,
+            json!({"chunks": 8, "chunk_delay_ms": 3}),
+        );
+        let Ok(response) = client.post(url).bearer_auth(&key).json(&body).send().await else {
+            break;
+        };
+        let id = helpers::request_id(&response);
+        let Ok(text) = response.text().await else {
+            break;
+        };
+        let whole = if stream {
+            text.trim_end().ends_with("data: [DONE]")
+        } else {
+            text.contains("\"usage\"")
+        };
+        if !whole {
+            break;
+        }
+        completed.push(id);
+    }
+    completed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sigkills_under_load_never_lose_a_completed_response() {
+    let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim);
+    cli(&config, &["accounts", "create", "acme"]);
+    let key = cli(&config, &["keys", "create", "--account", "acme"]);
+    let seed: u64 = rand::random();
+    let mut delays = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut completed = Vec::new();
+    for round in 0..3 {
+        let gateway = serve(&config, "tollgate=info");
+        let (mut child, addr) = (gateway.child, gateway.addr);
+        let workers: Vec<_> = (0..8)
+            .map(|w| tokio::spawn(load_until_killed(addr, key.clone(), w)))
+            .collect();
+        let delay = delays.random_range(150..700);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        child.kill().unwrap(); // SIGKILL, mid-load
+        child.wait().unwrap();
+        let before = completed.len();
+        for worker in workers {
+            completed.extend(worker.await.unwrap());
+        }
+        assert!(
+            completed.len() > before,
+            "round {round} (seed {seed}): no request completed before the kill"
+        );
+    }
+    let db = store::connect(&DatabaseConfig {
+        url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
+        synchronous: "full".into(),
+    })
+    .await
+    .unwrap();
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    for id in &completed {
+        let record = store::usage::by_request_id(&db, id).await.unwrap();
+        assert!(
+            record.is_some(),
+            "seed {seed}: response {id} was received in full but has no record"
+        );
+    }
+    let records = store::usage::count(&db).await.unwrap();
+    assert!(
+        records >= completed.len() as i64,
+        "records {records} < completed {}",
+        completed.len()
+    );
 }
