@@ -1,0 +1,306 @@
+//! `tollgate accounts` and `tollgate keys`.
+
+use chrono::{Duration, Utc};
+use clap::Subcommand;
+
+use crate::auth::cache::KeyCache;
+use crate::auth::lifecycle::{self, KeyPatch, KeyView, NewKeyRequest};
+use crate::config::Config;
+use crate::store;
+use crate::store::accounts::{Account, BillingMode};
+use crate::store::keys::KeyLimits;
+use crate::store::signal::ChangeSignal;
+use rust_decimal::Decimal;
+
+use super::emit;
+
+#[derive(Subcommand)]
+pub enum AccountsCommand {
+    /// Open an account (postpaid without a limit unless told otherwise).
+    Create {
+        name: String,
+        /// Spends its top-ups only.
+        #[arg(long, conflicts_with = "credit_limit")]
+        prepaid: bool,
+        /// Postpaid: the most it may owe, in CNY.
+        #[arg(long)]
+        credit_limit: Option<Decimal>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Credit an account; the idempotency key makes a retry credit once.
+    Topup {
+        name: String,
+        /// CNY, e.g. 100.00.
+        #[arg(long)]
+        amount: Decimal,
+        #[arg(long)]
+        idempotency_key: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one account.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Limits given on the command line; "default" ("all" for models, "never" for expiry)
+/// clears a setting.
+#[derive(clap::Args, Default)]
+pub struct LimitArgs {
+    /// Requests per minute, or "default".
+    #[arg(long)]
+    rpm: Option<String>,
+    /// Tokens per minute, or "default".
+    #[arg(long)]
+    tpm: Option<String>,
+    /// Comma-separated models the key may call, or "all".
+    #[arg(long)]
+    models: Option<String>,
+    /// Days until the key expires, or "never".
+    #[arg(long)]
+    expires_in_days: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key for an account; the secret is printed once and never again.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (of one account).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key's metadata.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's name, expiry or limits; applies to the next request.
+    Update {
+        id: i64,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; applies to the next request.
+    Revoke {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a new secret; the old one keeps working for the grace period.
+    Rotate {
+        id: i64,
+        /// Seconds the old secret stays valid (default: admin.rotation_grace_secs).
+        #[arg(long)]
+        grace_secs: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<()> {
+    let db = store::connect(&config.database).await?;
+    let line = |a: &Account| format!("{}\t{}\t{}", a.id, a.name, a.created_at);
+    match command {
+        AccountsCommand::Create {
+            name,
+            prepaid,
+            credit_limit,
+            json,
+        } => {
+            crate::config::check_name(&name)?;
+            anyhow::ensure!(
+                credit_limit.is_none_or(|c| !c.is_sign_negative()),
+                "--credit-limit must not be negative"
+            );
+            let account = crate::admin::accounts::create_account(&db, &name).await?;
+            let mode = if prepaid {
+                BillingMode::Prepaid
+            } else {
+                BillingMode::Postpaid
+            };
+            store::accounts::set_billing(&db, account.id, mode, credit_limit).await?;
+            let account = crate::admin::accounts::named(&db, &name).await?;
+            emit(json, &account, || {
+                format!("account '{}' created (id {})", account.name, account.id)
+            })
+        }
+        AccountsCommand::Topup {
+            name,
+            amount,
+            idempotency_key,
+            note,
+            json,
+        } => {
+            anyhow::ensure!(amount > Decimal::ZERO, "--amount must be positive");
+            let account = crate::admin::accounts::named(&db, &name).await?;
+            let (topup, created) =
+                store::accounts::top_up(&db, account.id, amount, &idempotency_key, &note).await?;
+            anyhow::ensure!(
+                topup.amount == amount,
+                "idempotency key '{idempotency_key}' was used for a top-up of {}",
+                topup.amount
+            );
+            ChangeSignal::for_database(&config.database.url, "accounts").announce();
+            let what = if created {
+                "credited"
+            } else {
+                "already credited (same idempotency key)"
+            };
+            emit(json, &topup, || {
+                format!("{} CNY {what} to '{name}'", topup.amount)
+            })
+        }
+        AccountsCommand::List { json } => {
+            let list = store::accounts::list(&db).await?;
+            emit(json, &list, || {
+                list.iter().map(line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        AccountsCommand::Show { name, json } => {
+            let account = crate::admin::accounts::named(&db, &name).await?;
+            emit(json, &account, || line(&account))
+        }
+    }
+}
+
+impl LimitArgs {
+    /// As a patch: an absent flag keeps the setting, "default"/"all"/"never" clears it.
+    fn patch(self, name: Option<String>) -> anyhow::Result<KeyPatch> {
+        fn setting<T: std::str::FromStr>(
+            flag: &str,
+            value: Option<String>,
+            clear: &str,
+        ) -> anyhow::Result<Option<Option<T>>> {
+            let parse = |v: String| {
+                if v == clear {
+                    return Ok(None);
+                }
+                v.parse().map(Some).map_err(|_| {
+                    anyhow::anyhow!("--{flag}: '{v}' is neither a number nor '{clear}'")
+                })
+            };
+            value.map(parse).transpose()
+        }
+        let days: Option<Option<i64>> = setting("expires-in-days", self.expires_in_days, "never")?;
+        Ok(KeyPatch {
+            name,
+            rpm: setting("rpm", self.rpm, "default")?,
+            tpm: setting("tpm", self.tpm, "default")?,
+            allowed_models: self.models.map(|m| {
+                (m != "all").then(|| m.split(',').map(|s| s.trim().to_string()).collect())
+            }),
+            expires_at: days.map(|d| d.map(|d| Utc::now() + Duration::days(d))),
+        })
+    }
+}
+
+fn key_line(k: &KeyView) -> String {
+    let state = serde_json::to_value(k.state).unwrap_or_default();
+    let state = state.as_str().unwrap_or_default();
+    format!(
+        "{}\t{}\t{state}\taccount {}\t{}",
+        k.id, k.prefix, k.account_id, k.name
+    )
+}
+
+pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let db = store::connect(&config.database).await?;
+    // Used to announce changes: gateways on this ledger drop their cached keys at once.
+    let cache = KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys"));
+    match command {
+        KeysCommand::Create {
+            account,
+            name,
+            limits,
+            json,
+        } => {
+            let patch = limits.patch(None)?;
+            let request = NewKeyRequest {
+                account: account.clone(),
+                name,
+                expires_at: patch.expires_at.flatten(),
+                limits: KeyLimits {
+                    rpm: patch.rpm.flatten(),
+                    tpm: patch.tpm.flatten(),
+                    allowed_models: patch.allowed_models.flatten(),
+                },
+            };
+            let issued = lifecycle::issue(&db, &cache, request).await?;
+            if !json {
+                eprintln!(
+                    "key {} issued for account '{account}'; it is shown only this once",
+                    issued.view.prefix
+                );
+            }
+            emit(json, &issued, || issued.key.clone())
+        }
+        KeysCommand::List { account, json } => {
+            let account_id = crate::admin::accounts::id_of(&db, account.as_deref()).await?;
+            let views = lifecycle::list(&db, account_id).await?;
+            emit(json, &views, || {
+                views.iter().map(key_line).collect::<Vec<_>>().join("\n")
+            })
+        }
+        KeysCommand::Show { id, json } => {
+            let view = lifecycle::view(&db, lifecycle::get(&db, id).await?).await?;
+            emit(json, &view, || key_line(&view))
+        }
+        KeysCommand::Update {
+            id,
+            name,
+            limits,
+            json,
+        } => {
+            let view = lifecycle::update(&db, &cache, id, limits.patch(name)?).await?;
+            emit(json, &view, || key_line(&view))
+        }
+        KeysCommand::Revoke { id, json } => {
+            let view = lifecycle::revoke(&db, &cache, id).await?;
+            emit(json, &view, || key_line(&view))
+        }
+        KeysCommand::Rotate {
+            id,
+            grace_secs,
+            json,
+        } => {
+            let grace = Duration::seconds(grace_secs.unwrap_or(config.admin.rotation_grace_secs));
+            let issued = lifecycle::rotate(&db, &cache, id, grace).await?;
+            if !json {
+                eprintln!(
+                    "key {} replaces key {id}; the old secret works until {}",
+                    issued.view.prefix,
+                    Utc::now() + grace
+                );
+            }
+            emit(json, &issued, || issued.key.clone())
+        }
+    }
+}

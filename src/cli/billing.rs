@@ -1,0 +1,126 @@
+//! `tollgate prices` and `tollgate invoices`.
+
+use chrono::Duration;
+use clap::Subcommand;
+
+use crate::billing::PriceBook;
+use crate::billing::period::Month;
+use crate::config::Config;
+use crate::store;
+
+use super::emit;
+
+#[derive(Subcommand)]
+pub enum PricesCommand {
+    /// Append the versions of pricing/*.toml not yet in the price ledger; running gateways
+    /// pick them up within a second.
+    Sync,
+    /// Every price version, current and past.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InvoicesCommand {
+    /// An account's invoice for a month (final if finalized, else the draft so far).
+    Show {
+        #[arg(long)]
+        account: String,
+        /// YYYY-MM, in the billing timezone.
+        #[arg(long)]
+        period: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: FormatArg,
+    },
+    /// Freeze an invoice once its period (and billing.finalize_grace_secs) is over.
+    Finalize {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        period: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    Json,
+    Csv,
+}
+
+pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::Result<()> {
+    let db = store::connect(&config.database).await?;
+    match command {
+        PricesCommand::Sync => {
+            let added = crate::app::sync_prices(config, &db).await?;
+            println!("{added} new price version(s) recorded");
+        }
+        PricesCommand::List { json } => {
+            let versions = store::prices::all(&db).await?;
+            let book = PriceBook::new(versions.clone());
+            let list: Vec<_> = versions
+                .iter()
+                .map(|v| crate::admin::prices::describe(v, &book))
+                .collect();
+            emit(json, &list, || {
+                let line = |v: &serde_json::Value| {
+                    let field = |k: &str| {
+                        v[k].as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| v[k].to_string())
+                    };
+                    let keys = [
+                        "id",
+                        "model",
+                        "chip",
+                        "effective_from",
+                        "input_per_1k",
+                        "cached_input_per_1k",
+                        "output_per_1k",
+                        "per_request",
+                        "in_force",
+                    ];
+                    keys.map(field).join("\t")
+                };
+                list.iter().map(line).collect::<Vec<_>>().join("\n")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyhow::Result<()> {
+    use crate::admin::invoices::{Document, Ledger};
+    let db = store::connect(&config.database).await?;
+    let prices = PriceBook::new(store::prices::all(&db).await?);
+    let ledger = Ledger {
+        db: &db,
+        prices: &prices,
+        zone: config.billing.zone(),
+        finalize_grace: Duration::seconds(config.billing.finalize_grace_secs),
+    };
+    match command {
+        InvoicesCommand::Show {
+            account,
+            period,
+            format,
+        } => {
+            let account = crate::admin::accounts::named(&db, &account).await?;
+            let document = ledger.get(&account, Month::parse(&period)?).await?;
+            match format {
+                FormatArg::Json => println!("{}", document.to_json()?),
+                FormatArg::Csv => print!("{}", document.to_csv()?),
+            }
+        }
+        InvoicesCommand::Finalize { account, period } => {
+            let account = crate::admin::accounts::named(&db, &account).await?;
+            println!(
+                "{}",
+                Document::Final(ledger.finalize(&account, Month::parse(&period)?).await?)
+                    .to_json()?
+            );
+        }
+    }
+    Ok(())
+}

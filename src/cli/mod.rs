@@ -1,0 +1,213 @@
+//! The command line: parsing and dispatch. The commands live by concern: `accounts`
+//! (accounts and keys), `billing` (prices, invoices, reports), `serve` (serve, demo).
+
+mod accounts;
+mod billing;
+mod serve;
+
+pub use accounts::{AccountsCommand, KeysCommand, LimitArgs};
+pub use billing::{FormatArg, InvoicesCommand, PricesCommand};
+pub use serve::{demo_config, shutdown_signal};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::admin::{AdminAuth, Role};
+use crate::billing::PriceBook;
+use crate::config::Config;
+use crate::sim;
+use crate::store;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Metering and billing gateway for LLM APIs"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "tollgate.toml",
+        env = "TOLLGATE_CONFIG"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Run the gateway in front of simulated backends, with a demo account and key.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// SQLite file for the demo ledger.
+        #[arg(long, default_value = "tollgate-demo.db")]
+        db: PathBuf,
+    },
+    /// Run only the simulated backend (profiles openai, genstudio, bare, internlm).
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+    },
+    /// Manage accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Price tables and the price ledger.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+    /// Monthly invoices.
+    #[command(subcommand)]
+    Invoices(InvoicesCommand),
+    /// A cost report over a time range, grouped (printed to standard output).
+    Report {
+        /// Start: 2026-11-01 (local midnight, billing timezone) or RFC 3339; default: this month.
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive), same forms; default: the end of this month.
+        #[arg(long)]
+        to: Option<String>,
+        /// Any of account,key,model,chip and day or hour.
+        #[arg(long, default_value = "model,chip")]
+        group_by: String,
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json", "html"])]
+        format: String,
+    },
+    /// Mint an admin JWT with the configured HS256 secret (for bootstrap and scripts).
+    AdminToken {
+        #[arg(long, value_enum, default_value = "admin")]
+        role: RoleArg,
+        /// Lifetime: 90s, 30m, 12h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long, default_value = "cli")]
+        subject: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Viewer,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| "tollgate=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve::serve(Config::load(&cli.config)?).await,
+        Command::Demo { listen, db } => serve::demo(&listen, &db).await,
+        Command::Simulate { listen } => {
+            let (addr, task) = sim::spawn(listen).await?;
+            println!(
+                "simulated backend on http://{addr} (profiles: openai, genstudio, bare, internlm)"
+            );
+            tokio::select! {
+                _ = task => {}
+                () = shutdown_signal() => {}
+            }
+            Ok(())
+        }
+        Command::Accounts(command) => {
+            accounts::accounts(&Config::load(&cli.config)?, command).await
+        }
+        Command::Keys(command) => accounts::keys(&Config::load(&cli.config)?, command).await,
+        Command::Prices(command) => billing::prices(&Config::load(&cli.config)?, command).await,
+        Command::Invoices(command) => billing::invoices(&Config::load(&cli.config)?, command).await,
+        Command::Report {
+            from,
+            to,
+            group_by,
+            format,
+        } => {
+            let config = Config::load(&cli.config)?;
+            let db = store::connect(&config.database).await?;
+            let prices = PriceBook::new(store::prices::all(&db).await?);
+            let request = crate::admin::reports::ReportRequest {
+                from: from.as_deref(),
+                to: to.as_deref(),
+                group_by: &group_by,
+            };
+            let report =
+                crate::admin::reports::build(&db, &prices, config.billing.zone(), request).await?;
+            print!("{}", crate::admin::reports::render(&report, &format)?.1);
+            Ok(())
+        }
+        Command::AdminToken { role, ttl, subject } => {
+            let config = Config::load(&cli.config)?;
+            let auth = AdminAuth::from_config(&config.admin)?.with_context(|| {
+                format!(
+                    "set {} to the admin secret (at least 32 characters)",
+                    config.admin.jwt_secret_env
+                )
+            })?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Viewer => Role::Viewer,
+            };
+            println!("{}", auth.mint(&subject, role, parse_ttl(&ttl)?)?);
+            Ok(())
+        }
+    }
+}
+
+/// `90s`, `30m`, `12h`, `7d`.
+fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
+    let bad = || anyhow::anyhow!("'{text}' is not a duration like 30m");
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Prints `value` as JSON for scripts, or `text` for people.
+fn emit(
+    json: bool,
+    value: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
