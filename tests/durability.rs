@@ -90,29 +90,38 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
     let (mut child, addr) = (gateway.child, gateway.addr);
 
     let client = helpers::client();
-    let streams = 20;
+    let streams = 200;
+    // All started at once; each lasts about 3 s, so every one is in flight at SIGTERM.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(streams);
     let mut started = Vec::new();
     for _ in 0..streams {
-        let body = chat(
-            None,
-            "hi",
-            true,
-            json!({"chunks": 20, "chunk_delay_ms": 25}),
-        );
-        let url = format!("http://{addr}/maas/megrez-7b-instruct/nvidia/chat/completions");
-        let mut response = client
-            .post(url)
-            .bearer_auth(&key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        response
-            .chunk()
-            .await
-            .unwrap()
-            .expect("the stream has started");
-        started.push(tokio::spawn(async move { response.text().await.unwrap() }));
+        let (client, key, tx) = (client.clone(), key.clone(), tx.clone());
+        started.push(tokio::spawn(async move {
+            let body = chat(
+                None,
+                "hi",
+                true,
+                json!({"chunks": 60, "chunk_delay_ms": 50}),
+            );
+            let url = format!("http://{addr}/maas/megrez-7b-instruct/nvidia/chat/completions");
+            let mut response = client
+                .post(url)
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            response
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the stream has started");
+            tx.send(()).await.unwrap();
+            response.text().await.unwrap()
+        }));
+    }
+    for _ in 0..streams {
+        rx.recv().await.unwrap();
     }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -130,7 +139,7 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
         child.wait().unwrap().success(),
         "tollgate exits cleanly after draining"
     );
-    assert_eq!(count_records(dir.path()).await, streams);
+    assert_eq!(count_records(dir.path()).await, streams as i64);
 }
 
 /// Sends requests until the gateway dies; returns the ids of the responses received in full.
