@@ -218,3 +218,53 @@ async fn a_key_sees_its_own_limits_and_exact_month_to_date_usage() {
         assert_eq!(cost, expected_cost, "exactly the sum of the records");
     }
 }
+
+#[tokio::test]
+async fn a_request_that_never_reaches_a_backend_gives_its_reservation_back() {
+    let prices = tempfile::tempdir().unwrap();
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing/sample.toml");
+    std::fs::copy(sample, prices.path().join("sample.toml")).unwrap();
+    let future = "[[prices]]\nmodel = \"future-model\"\nchip = \"nvidia\"\neffective_from = 2099-01-01T00:00:00Z\ninput_per_1k = \"1\"\n";
+    std::fs::write(prices.path().join("future.toml"), future).unwrap();
+    let dir = prices.path().to_path_buf();
+    let app = TestApp::spawn_with(move |c| {
+        c.pricing.dir = dir;
+        let mut up = c
+            .upstreams
+            .iter()
+            .find(|u| u.chip == "nvidia")
+            .unwrap()
+            .clone();
+        up.model = "future-model".into();
+        up.deployment = None;
+        c.upstreams.push(up);
+    })
+    .await;
+    let key = key_with(&app, json!({"tpm": 1000})).await;
+    let mut body = chat(None, "hi", false, json!({}));
+    body["max_tokens"] = json!(900);
+    for _ in 0..3 {
+        let response = app
+            .client
+            .post(app.url("/maas/future-model/nvidia/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "no price in force yet");
+    }
+    let response = app
+        .client
+        .post(app.url(ROUTE))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the refused requests' 900-token reservations came back"
+    );
+}

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -89,6 +90,8 @@ async fn run(state: AppState, ex: Exchange, respond: oneshot::Sender<Response>) 
     let (served, upstream_response) = match connect(&state, &ex).await {
         Ok(connected) => connected,
         Err((None, error)) => {
+            // Nothing reached a backend, so there is no record: give back what admission took.
+            ex.release(&state);
             let _ = respond.send(error.into_response());
             return;
         }
@@ -276,6 +279,17 @@ pub(super) async fn finish(
 }
 
 impl Exchange {
+    /// Returns the key's token reservation and the account's spending hold unused, for a
+    /// request that ends without a record.
+    pub fn release(&self, state: &AppState) {
+        state
+            .limits()
+            .settle(self.caller.key_id, &self.admission, 0);
+        state
+            .spending()
+            .settle(self.caller.account_id, self.hold, Decimal::ZERO);
+    }
+
     /// Prices an outcome into the ledger record.
     pub fn record(&self, served: &Served, outcome: Outcome) -> UsageRecord {
         let Outcome {
