@@ -24,6 +24,8 @@ pub struct Metrics {
     pub cost: CounterVec,
     /// Whole request duration through the backend, by model and chip.
     pub request_duration: HistogramVec,
+    /// From sending a request to the backend to its response head, by model and chip.
+    pub upstream_latency: HistogramVec,
     /// Time to the first streamed chunk, by model and chip.
     pub time_to_first_token: HistogramVec,
     /// Requests refused before reaching a backend, by reason.
@@ -96,6 +98,10 @@ impl Metrics {
             request_duration: histogram_vec(
                 "request_duration_seconds",
                 "Duration of proxied requests, through the backend, by model and chip.",
+            ),
+            upstream_latency: histogram_vec(
+                "upstream_latency_seconds",
+                "Time from sending a request to the backend to its response head, by model and chip.",
             ),
             time_to_first_token: histogram_vec(
                 "time_to_first_token_seconds",

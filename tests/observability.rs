@@ -180,6 +180,11 @@ async fn metrics_say_exactly_what_was_sent() {
         value(&samples, "tollgate_request_duration_seconds_count", &[]),
         4.0
     );
+    assert_eq!(
+        value(&samples, "tollgate_upstream_latency_seconds_count", &[]),
+        4.0,
+        "one response head per request"
+    );
     assert_eq!(value(&samples, "tollgate_active_streams", &[]), 0.0);
     assert!(
         value(

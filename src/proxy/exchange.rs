@@ -152,8 +152,14 @@ async fn connect(
             request = request.header(header::AUTHORIZATION, authorization);
         }
         let what = format!("{}/{}", upstream.model, upstream.chip);
+        let sent = Instant::now();
         match tokio::time::timeout(upstream.first_byte_timeout, request.send()).await {
-            Ok(Ok(response)) => return Ok((served, response)),
+            Ok(Ok(response)) => {
+                let labels = [upstream.model.as_str(), upstream.chip.as_str()];
+                let latency = state.metrics().upstream_latency.with_label_values(&labels);
+                latency.observe(sent.elapsed().as_secs_f64());
+                return Ok((served, response));
+            }
             Err(_) => {
                 let error = ApiError::GatewayTimeout(format!(
                     "the backend for {what} did not answer in time"
