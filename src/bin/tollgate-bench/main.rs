@@ -1,0 +1,246 @@
+//! `tollgate-bench`: tollgate's added latency, throughput, CPU and memory, as ratios against
+//! calling the simulated backend directly and against nginx proxying to it, all measured in
+//! one run on this machine. `cargo run --release --bin tollgate-bench` writes
+//! `bench/results.md`; `phases` says what is measured and how.
+
+mod load;
+mod phases;
+mod procs;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use hyper::header::HeaderValue;
+use serde_json::json;
+use tollgate::auth::keys::ApiKey;
+use tollgate::store::{self, Db, keys::KeyLimits, keys::NewKey};
+
+use load::Target;
+use procs::Process;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate-bench",
+    about = "Benchmark tollgate against direct calls and nginx"
+)]
+struct Args {
+    /// Where the Markdown results go.
+    #[arg(long, default_value = "bench/results.md")]
+    out: PathBuf,
+    /// A run of seconds, not minutes: checks that the benchmark works, measures little.
+    #[arg(long)]
+    quick: bool,
+    /// SQLite `synchronous` settings to run tollgate with, one gateway each.
+    #[arg(long, default_value = "full,normal", value_delimiter = ',')]
+    synchronous: Vec<String>,
+    /// Keys in the many-keys workload (default 10,000; 1,000 with --quick).
+    #[arg(long)]
+    keys: Option<usize>,
+    /// Leave nginx out even where it is installed.
+    #[arg(long)]
+    no_nginx: bool,
+}
+
+/// What a request goes to and what stands in front of the simulator there.
+pub struct Subject {
+    pub target: Target,
+    /// The proxy's processes (none for direct calls).
+    pub proxy: Option<Process>,
+    pub gateway: Option<Gateway>,
+    pub auth: HeaderValue,
+}
+
+/// The parts of a tollgate under test that the phases need.
+pub struct Gateway {
+    pub synchronous: String,
+    pub ledger: Db,
+    /// Keys for the many-keys workload, by rank; every tenth may send one request a minute.
+    pub keys: Vec<HeaderValue>,
+    pub rss_at_start_kb: u64,
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os(procs::ROLE_ENV).is_some() {
+        return tollgate::cli::main();
+    }
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let plan = if args.quick {
+        phases::Plan::quick()
+    } else {
+        phases::Plan::full()
+    };
+    let keys = args.keys.unwrap_or(if args.quick { 1_000 } else { 10_000 });
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&args, &plan, keys, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let markdown = result?;
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, &markdown)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("{markdown}");
+    eprintln!("written to {}", args.out.display());
+    Ok(())
+}
+
+async fn measure(
+    args: &Args,
+    plan: &phases::Plan,
+    keys: usize,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    let (sim, simulator) = procs::simulator(dir).await?;
+    let sim_path = "/openai/chat/completions".to_string();
+    let no_key = HeaderValue::from_static("Bearer not-needed");
+    let mut subjects = vec![Subject {
+        target: Target {
+            name: "direct".into(),
+            addr: sim,
+            path: sim_path.clone(),
+        },
+        proxy: None,
+        gateway: None,
+        auth: no_key.clone(),
+    }];
+    match procs::nginx_binary().filter(|_| !args.no_nginx) {
+        Some(binary) => {
+            let (addr, process) = procs::nginx(&binary, dir, sim).await?;
+            subjects.push(Subject {
+                target: Target {
+                    name: "nginx".into(),
+                    addr,
+                    path: sim_path,
+                },
+                proxy: Some(process),
+                gateway: None,
+                auth: no_key,
+            });
+        }
+        None => eprintln!("nginx is not installed: measuring without it"),
+    }
+    for synchronous in &args.synchronous {
+        eprintln!("preparing tollgate (synchronous={synchronous}, {keys} keys)");
+        subjects.push(gateway(dir, sim, synchronous, keys).await?);
+    }
+    phases::run_all(plan, &subjects, &simulator).await
+}
+
+/// A tollgate on its own SQLite ledger, with one account, a key for the single-key phases
+/// and `keys` more for the many-keys workload, its rate limits set out of the way.
+async fn gateway(
+    dir: &Path,
+    sim: SocketAddr,
+    synchronous: &str,
+    keys: usize,
+) -> anyhow::Result<Subject> {
+    let dir = dir.join(format!("tollgate-{synchronous}"));
+    std::fs::create_dir_all(dir.join("pricing"))?;
+    std::fs::write(
+        dir.join("pricing/bench.toml"),
+        format!(
+            "# A sample price for the benchmark, not a real tariff.\n[[prices]]\n\
+             model = \"{model}\"\nchip = \"nvidia\"\neffective_from = 2026-01-01T00:00:00+08:00\n\
+             input_per_1k = \"0.0012\"\ncached_input_per_1k = \"0.0003\"\noutput_per_1k = \"0.0024\"\n",
+            model = phases::MODEL,
+        ),
+    )?;
+    let config_path = dir.join("tollgate.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [database]\nurl = \"sqlite://{db}\"\nsynchronous = \"{synchronous}\"\n\
+             [pricing]\ndir = \"{pricing}\"\n\
+             [limits]\ndefault_rpm = 1000000000\n\
+             [[upstreams]]\nmodel = \"{model}\"\nchip = \"nvidia\"\nbase_url = \"http://{sim}/openai\"\n",
+            db = dir.join("ledger.db").display(),
+            pricing = dir.join("pricing").display(),
+            model = phases::MODEL,
+        ),
+    )?;
+    let config = tollgate::Config::load(&config_path)?;
+    let ledger = store::connect(&config.database).await?;
+    let account = store::accounts::create(&ledger, "bench").await?;
+    let mut secrets = Vec::with_capacity(keys + 1);
+    let mut tx = ledger.begin().await?;
+    for n in 0..=keys {
+        let secret = ApiKey::generate();
+        let rpm = (n > 0 && n % 10 == 0).then_some(1);
+        store::keys::insert(
+            &mut *tx,
+            NewKey {
+                account_id: account.id,
+                name: &format!("bench-{n}"),
+                prefix: secret.prefix(),
+                secret_hash: &secret.hash(),
+                expires_at: None,
+                limits: KeyLimits {
+                    rpm,
+                    tpm: None,
+                    allowed_models: None,
+                },
+            },
+        )
+        .await?;
+        secrets.push(HeaderValue::from_str(&format!(
+            "Bearer {}",
+            secret.expose_secret()
+        ))?);
+    }
+    tx.commit().await?;
+    let (addr, process) = procs::gateway(&config_path, &dir.join("tollgate.log")).await?;
+    let auth = secrets.remove(0);
+    let rss_at_start_kb = procs::memory_kb(&[process.pid()], "VmRSS");
+    Ok(Subject {
+        target: Target {
+            name: format!("tollgate ({synchronous})"),
+            addr,
+            path: "/v1/chat/completions".into(),
+        },
+        proxy: Some(process),
+        gateway: Some(Gateway {
+            synchronous: synchronous.to_string(),
+            ledger,
+            keys: secrets,
+            rss_at_start_kb,
+        }),
+        auth,
+    })
+}
+
+/// A chat completion request body; `chunks` and `stream` steer the simulator's answer.
+pub fn chat_body(chunks: usize, stream: bool) -> Bytes {
+    let mut body = json!({
+        "model": phases::MODEL,
+        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+        "max_tokens": chunks + 8,
+        "x_sim": {"chunks": chunks},
+    });
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        body["x_sim"]["chunk_delay_ms"] = json!(1);
+    }
+    Bytes::from(body.to_string())
+}

@@ -1,0 +1,462 @@
+//! What is measured, in order. Each phase runs every subject in turn (direct, nginx, each
+//! tollgate), so drift on a shared machine touches all of them alike.
+//!
+//! 1. Latency at concurrency 1: open loop, small non-streamed completions.
+//! 2. Throughput: closed loop at 32 and 256 connections; CPU time per request of the proxy
+//!    and of the simulator (`/proc`), and ledger rows per second (counted in the ledger).
+//! 3. Streams of 20 and 200 chunks (one every millisecond), one at a time: time to first
+//!    token and the gap between chunks.
+//! 4. Many keys (tollgate only): each key once, then keys drawn Zipf-like (s = 1) at 32
+//!    connections, with every tenth key limited to one request a minute; peak memory.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use crate::load::{self, Outcome, Stop, Workload};
+use crate::procs::{self, Process};
+use crate::report::{Stats, Table, added_ms, ms, ratio};
+use crate::{Subject, chat_body};
+
+pub const MODEL: &str = "megrez-7b-instruct";
+
+/// How much of each phase.
+pub struct Plan {
+    name: &'static str,
+    latency_requests: usize,
+    latency_rate: f64,
+    throughput: Duration,
+    short_streams: usize,
+    long_streams: usize,
+    zipf: Duration,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            name: "full",
+            latency_requests: 3000,
+            latency_rate: 200.0,
+            throughput: Duration::from_secs(6),
+            short_streams: 150,
+            long_streams: 25,
+            zipf: Duration::from_secs(10),
+        }
+    }
+
+    pub fn quick() -> Plan {
+        Plan {
+            name: "quick (a check of the benchmark, not a measurement)",
+            latency_requests: 100,
+            latency_rate: 200.0,
+            throughput: Duration::from_millis(500),
+            short_streams: 5,
+            long_streams: 2,
+            zipf: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The figures the goals are judged by, per subject.
+#[derive(Default)]
+struct Findings {
+    latency: Vec<Stats>,
+    throughput_32: Vec<f64>,
+    peak_rss_kb: Vec<u64>,
+}
+
+pub async fn run_all(
+    plan: &Plan,
+    subjects: &[Subject],
+    simulator: &Process,
+) -> anyhow::Result<String> {
+    let mut findings = Findings::default();
+    let names: Vec<&str> = subjects.iter().map(|s| s.target.name.as_str()).collect();
+    let mut out = format!(
+        "# tollgate benchmark\n\n\
+         Machine: {}. Plan: {}. Subjects: {}. The simulated backend, nginx, each tollgate and \
+         the load generator (one thread) share this machine.\n\n",
+        crate::report::machine(),
+        plan.name,
+        names.join(", "),
+    );
+    for subject in subjects {
+        let warmup = fixed(subject, 3, false);
+        load::closed_loop(&subject.target, &warmup, 4, Stop::Requests(300)).await?;
+    }
+    eprintln!("latency at concurrency 1");
+    out += &latency(plan, subjects, &mut findings).await?;
+    eprintln!("throughput");
+    out += &throughput(plan, subjects, simulator, &mut findings).await?;
+    eprintln!("streams");
+    out += &streams(plan, subjects).await?;
+    eprintln!("many keys");
+    out += &many_keys(plan, subjects).await?;
+    out += &memory(subjects, simulator, &mut findings);
+    out += &goals(subjects, &findings);
+    Ok(out)
+}
+
+fn fixed(subject: &Subject, chunks: usize, stream: bool) -> Workload {
+    Workload::Fixed {
+        auth: subject.auth.clone(),
+        body: chat_body(chunks, stream),
+    }
+}
+
+fn failures(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|o| o.status != 200).count()
+}
+
+async fn latency(
+    plan: &Plan,
+    subjects: &[Subject],
+    findings: &mut Findings,
+) -> anyhow::Result<String> {
+    let mut table = Table::new(&[
+        "subject",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "added p50 ms",
+        "added p99 ms",
+        "p50 ratio",
+        "failed",
+    ]);
+    for subject in subjects {
+        let outcomes = load::open_loop(
+            &subject.target,
+            &fixed(subject, 3, false),
+            plan.latency_rate,
+            plan.latency_requests,
+        )
+        .await?;
+        let failed = failures(&outcomes);
+        let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
+        let direct = *findings.latency.first().unwrap_or(&stats);
+        table.row(&[
+            subject.target.name.clone(),
+            ms(stats.p50),
+            ms(stats.p99),
+            ms(stats.p999),
+            ms(stats.max),
+            added_ms(stats.p50, direct.p50),
+            added_ms(stats.p99, direct.p99),
+            ratio(stats.p50.as_secs_f64(), direct.p50.as_secs_f64()),
+            failed.to_string(),
+        ]);
+        findings.latency.push(stats);
+    }
+    Ok(format!(
+        "## Latency at concurrency 1\n\n{} non-streamed completions (3 chunks' worth of text) \
+         on one keep-alive connection, open loop at {} per second. A request held up by its \
+         predecessor is timed from when it was due (no coordinated omission).\n\n{}\n",
+        plan.latency_requests,
+        plan.latency_rate,
+        table.finish()
+    ))
+}
+
+async fn ledger_rows(subject: &Subject) -> anyhow::Result<Option<i64>> {
+    Ok(match &subject.gateway {
+        Some(g) => Some(
+            sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+                .fetch_one(&g.ledger)
+                .await?,
+        ),
+        None => None,
+    })
+}
+
+async fn throughput(
+    plan: &Plan,
+    subjects: &[Subject],
+    simulator: &Process,
+    findings: &mut Findings,
+) -> anyhow::Result<String> {
+    let mut table = Table::new(&[
+        "subject",
+        "connections",
+        "requests/s",
+        "vs direct",
+        "vs nginx",
+        "p50 ms",
+        "p99 ms",
+        "proxy CPU µs/request",
+        "simulator CPU µs/request",
+        "ledger rows/s",
+        "failed",
+    ]);
+    let nginx = subjects.iter().position(|s| s.target.name == "nginx");
+    for connections in [32, 256] {
+        let mut rates = Vec::new();
+        let mut rows = Vec::new();
+        for subject in subjects {
+            let proxy_pids = subject
+                .proxy
+                .as_ref()
+                .map(Process::pids)
+                .unwrap_or_default();
+            let (proxy_cpu, sim_cpu) = (
+                procs::cpu_time(&proxy_pids),
+                procs::cpu_time(&simulator.pids()),
+            );
+            let ledger_before = ledger_rows(subject).await?;
+            let (outcomes, elapsed) = load::closed_loop(
+                &subject.target,
+                &fixed(subject, 3, false),
+                connections,
+                Stop::After(plan.throughput),
+            )
+            .await?;
+            let served = (outcomes.len() - failures(&outcomes)) as f64;
+            let per_request = |cpu: Duration| {
+                format!(
+                    "{:.0}",
+                    cpu.as_secs_f64() * 1e6 / outcomes.len().max(1) as f64
+                )
+            };
+            let proxy_cpu = procs::cpu_time(&proxy_pids).saturating_sub(proxy_cpu);
+            let sim_cpu = procs::cpu_time(&simulator.pids()).saturating_sub(sim_cpu);
+            let ledger = match (ledger_before, ledger_rows(subject).await?) {
+                (Some(a), Some(b)) => format!("{:.0}", (b - a) as f64 / elapsed.as_secs_f64()),
+                _ => "-".into(),
+            };
+            let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
+            let rate = served / elapsed.as_secs_f64();
+            rates.push(rate);
+            rows.push(vec![
+                subject.target.name.clone(),
+                connections.to_string(),
+                format!("{rate:.0}"),
+                String::new(),
+                String::new(),
+                ms(stats.p50),
+                ms(stats.p99),
+                if subject.proxy.is_some() {
+                    per_request(proxy_cpu)
+                } else {
+                    "-".into()
+                },
+                per_request(sim_cpu),
+                ledger,
+                failures(&outcomes).to_string(),
+            ]);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for (row, rate) in rows.iter_mut().zip(&rates) {
+            row[3] = ratio(*rate, rates[0]);
+            row[4] = nginx.map_or("-".into(), |n| ratio(*rate, rates[n]));
+            table.row(row);
+        }
+        if connections == 32 {
+            findings.throughput_32 = rates;
+        }
+    }
+    Ok(format!(
+        "## Throughput\n\nClosed loop: each connection sends its next non-streamed completion \
+         as soon as the last one is answered, for {:.1} s. Every tollgate request is \
+         authenticated, rate-limited, priced and committed to its ledger before its answer \
+         ends. CPU time comes from /proc (user + system, all threads; nginx: master and \
+         workers).\n\n{}\n",
+        plan.throughput.as_secs_f64(),
+        table.finish()
+    ))
+}
+
+async fn streams(plan: &Plan, subjects: &[Subject]) -> anyhow::Result<String> {
+    let mut table = Table::new(&[
+        "subject",
+        "chunks",
+        "streams",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "added TTFT p50 ms",
+        "gap mean ms",
+        "gap p99 ms",
+        "added gap mean ms",
+        "failed",
+    ]);
+    for (chunks, count) in [(20, plan.short_streams), (200, plan.long_streams)] {
+        let mut direct: Option<(Stats, Stats)> = None;
+        for subject in subjects {
+            let outcomes =
+                load::sequential(&subject.target, &fixed(subject, chunks, true), count).await?;
+            let ttft = Stats::of(outcomes.iter().map(|o| o.first_byte).collect());
+            let gaps = Stats::of(
+                outcomes
+                    .iter()
+                    .flat_map(|o| o.gaps.iter().copied())
+                    .collect(),
+            );
+            let (direct_ttft, direct_gaps) = *direct.get_or_insert((ttft, gaps));
+            table.row(&[
+                subject.target.name.clone(),
+                chunks.to_string(),
+                count.to_string(),
+                ms(ttft.p50),
+                ms(ttft.p99),
+                added_ms(ttft.p50, direct_ttft.p50),
+                ms(gaps.mean),
+                ms(gaps.p99),
+                added_ms(gaps.mean, direct_gaps.mean),
+                failures(&outcomes).to_string(),
+            ]);
+        }
+    }
+    Ok(format!(
+        "## Streams\n\nOne stream at a time; the simulator sends a chunk every millisecond, \
+         then the usage chunk (include_usage). TTFT is the time to the first body bytes; a gap \
+         is the time between two `data:` events as the client reads them.\n\n{}\n",
+        table.finish()
+    ))
+}
+
+async fn many_keys(plan: &Plan, subjects: &[Subject]) -> anyhow::Result<String> {
+    let mut table = Table::new(&[
+        "subject",
+        "workload",
+        "requests/s",
+        "200",
+        "429",
+        "other",
+        "p50 ms",
+        "p99 ms",
+        "ledger rows = 200s",
+        "RSS after MB",
+    ]);
+    let mut keys_count = 0;
+    for subject in subjects {
+        let Some(gateway) = &subject.gateway else {
+            continue;
+        };
+        keys_count = gateway.keys.len();
+        let keys = Arc::new(gateway.keys.clone());
+        let body = chat_body(3, false);
+        let each = Workload::EachInTurn {
+            keys: keys.clone(),
+            next: Arc::new(AtomicUsize::new(0)),
+            body: body.clone(),
+        };
+        let zipf = Workload::zipf(gateway.keys.clone(), 1.0, body);
+        for (name, workload, stop) in [
+            ("each key once", each, Stop::Requests(keys.len())),
+            ("Zipf-like", zipf, Stop::After(plan.zipf)),
+        ] {
+            let before = ledger_rows(subject).await?.unwrap_or_default();
+            let (outcomes, elapsed) =
+                load::closed_loop(&subject.target, &workload, 32, stop).await?;
+            let after = ledger_rows(subject).await?.unwrap_or_default();
+            let count = |status: u16| outcomes.iter().filter(|o| o.status == status).count();
+            let (ok, limited) = (count(200), count(429));
+            let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
+            let rss = procs::memory_kb(
+                &subject
+                    .proxy
+                    .as_ref()
+                    .map(Process::pids)
+                    .unwrap_or_default(),
+                "VmRSS",
+            );
+            table.row(&[
+                subject.target.name.clone(),
+                name.into(),
+                format!("{:.0}", outcomes.len() as f64 / elapsed.as_secs_f64()),
+                ok.to_string(),
+                limited.to_string(),
+                (outcomes.len() - ok - limited).to_string(),
+                ms(stats.p50),
+                ms(stats.p99),
+                if (after - before) as usize == ok {
+                    "yes".into()
+                } else {
+                    format!("no: {} rows", after - before)
+                },
+                format!("{:.1}", rss as f64 / 1024.0),
+            ]);
+        }
+    }
+    Ok(format!(
+        "## Many keys\n\n{keys_count} keys on one account, 32 connections. First every key \
+         once, in turn; then keys drawn with probability proportional to 1/rank for {:.0} s. \
+         Every tenth rank may send one request a minute, so those keys go over their limit \
+         and get 429 (no ledger row).\n\n{}\n",
+        plan.zipf.as_secs_f64(),
+        table.finish()
+    ))
+}
+
+fn memory(subjects: &[Subject], simulator: &Process, findings: &mut Findings) -> String {
+    let mut table = Table::new(&["process", "RSS at start MB", "peak RSS (VmHWM) MB"]);
+    let mb = |kb: u64| format!("{:.1}", kb as f64 / 1024.0);
+    for subject in subjects {
+        let pids = subject
+            .proxy
+            .as_ref()
+            .map(Process::pids)
+            .unwrap_or_default();
+        let peak = procs::memory_kb(&pids, "VmHWM");
+        findings.peak_rss_kb.push(peak);
+        if subject.proxy.is_some() {
+            let start = subject
+                .gateway
+                .as_ref()
+                .map_or("-".into(), |g| mb(g.rss_at_start_kb));
+            table.row(&[subject.target.name.clone(), start, mb(peak)]);
+        }
+    }
+    table.row(&[
+        "simulator".into(),
+        "-".into(),
+        mb(procs::memory_kb(&simulator.pids(), "VmHWM")),
+    ]);
+    let mut out = String::from("## Memory\n\n");
+    let _ = write!(out, "{}\n", table.finish());
+    out
+}
+
+fn goals(subjects: &[Subject], findings: &Findings) -> String {
+    let mut table = Table::new(&["subject", "goal", "measured", "met"]);
+    let nginx = subjects.iter().position(|s| s.target.name == "nginx");
+    let direct = findings.latency[0];
+    let yes = |met: bool| if met { "yes" } else { "no" }.to_string();
+    for (i, subject) in subjects.iter().enumerate() {
+        if subject.gateway.is_none() {
+            continue;
+        }
+        let name = &subject.target.name;
+        let p50 = findings.latency[i].p50.saturating_sub(direct.p50);
+        let p99 = findings.latency[i].p99.saturating_sub(direct.p99);
+        table.row(&[
+            name.clone(),
+            "added p50 ≤ 0.25 ms at concurrency 1".into(),
+            ms(p50),
+            yes(p50 <= Duration::from_micros(250)),
+        ]);
+        table.row(&[
+            name.clone(),
+            "added p99 ≤ 1 ms at concurrency 1".into(),
+            ms(p99),
+            yes(p99 <= Duration::from_millis(1)),
+        ]);
+        if let Some(n) = nginx {
+            let share = findings.throughput_32[i] / findings.throughput_32[n];
+            table.row(&[
+                name.clone(),
+                "throughput at 32 connections ≥ 60% of nginx's".into(),
+                format!("{:.0}%", share * 100.0),
+                yes(share >= 0.6),
+            ]);
+        }
+        let peak = findings.peak_rss_kb[i] * 1024;
+        table.row(&[
+            name.clone(),
+            "peak RSS < 100 MB with the many keys".into(),
+            format!("{:.1} MB", peak as f64 / 1e6),
+            yes(peak < 100_000_000),
+        ]);
+    }
+    format!("## Goals\n\n{}", table.finish())
+}

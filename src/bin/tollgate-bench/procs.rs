@@ -1,0 +1,223 @@
+//! The processes under test: the simulated backend, nginx in front of it, and tollgate,
+//! each a child process, and what the kernel says they used (`/proc`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Set in the environment of a child that should run as `tollgate` itself: the benchmark
+/// binary carries the whole gateway, so `cargo run --bin tollgate-bench` measures the
+/// code it was built from.
+pub const ROLE_ENV: &str = "TOLLGATE_BENCH_AS_TOLLGATE";
+
+/// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Process {
+    pub name: &'static str,
+    child: Child,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// This process and its children (nginx's workers).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid()];
+        pids.extend(children(self.pid()));
+        pids
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on (yet).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn tollgate(args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    Command::new(std::env::current_exe()?)
+        .args(args)
+        .env(ROLE_ENV, "1")
+        .env("TOLLGATE_LOG", "tollgate=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .context("cannot start tollgate")
+}
+
+async fn wait_until_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} did not start listening on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+pub async fn simulator(dir: &Path) -> anyhow::Result<(SocketAddr, Process)> {
+    let addr = free_addr()?;
+    let child = tollgate(
+        &["simulate", "--listen", &addr.to_string()],
+        &dir.join("simulator.log"),
+    )?;
+    let process = Process {
+        name: "simulator",
+        child,
+    };
+    wait_until_listening(addr, "the simulator").await?;
+    Ok((addr, process))
+}
+
+/// `tollgate serve` with `config`; its address is read from its log.
+pub async fn gateway(config: &Path, log: &Path) -> anyhow::Result<(SocketAddr, Process)> {
+    let child = tollgate(&["--config", &config.display().to_string(), "serve"], log)?;
+    let mut process = Process {
+        name: "tollgate",
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text.split("addr=").nth(1) {
+            let addr = addr.split_whitespace().next().unwrap_or_default();
+            return Ok((addr.parse().context("tollgate's address")?, process));
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            bail!("tollgate exited ({status}): {text}");
+        }
+        if Instant::now() > deadline {
+            bail!("tollgate did not start: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Debian's nginx binary, if installed.
+pub fn nginx_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// nginx as a plain reverse proxy in front of `backend`: keep-alive upstream connections,
+/// no buffering (so streams flow), no access log.
+pub async fn nginx(
+    binary: &Path,
+    dir: &Path,
+    backend: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Process)> {
+    let addr = free_addr()?;
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(&root)?;
+    let conf = root.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {root}/nginx.pid;\n\
+             error_log {root}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n\
+             proxy_temp_path {root}/proxy;\n  fastcgi_temp_path {root}/fastcgi;\n\
+             uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
+             upstream backend {{ server {backend}; keepalive 512; }}\n\
+             server {{\n    listen {addr};\n    location / {{\n\
+             proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+            root = root.display(),
+        ),
+    )?;
+    let child = Command::new(binary)
+        .arg("-p")
+        .arg(&root)
+        .arg("-e")
+        .arg(root.join("error.log"))
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start nginx")?;
+    let process = Process {
+        name: "nginx",
+        child,
+    };
+    wait_until_listening(addr, "nginx").await?;
+    Ok((addr, process))
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            stat_fields(child).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect()
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU time (user + system) the processes have used so far.
+pub fn cpu_time(pids: &[u32]) -> Duration {
+    let ticks = clock_ticks();
+    let used: f64 = pids
+        .iter()
+        .filter_map(|&pid| {
+            let fields = stat_fields(pid)?;
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks)
+        })
+        .sum();
+    Duration::from_secs_f64(used)
+}
+
+/// A `/proc/PID/status` figure in kB, summed over the processes (`VmRSS`, `VmHWM`).
+pub fn memory_kb(pids: &[u32], field: &str) -> u64 {
+    pids.iter()
+        .filter_map(|pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = text.lines().find(|l| l.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
