@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -99,6 +101,7 @@ async fn run(
     let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
     let mut records: Vec<UsageRecord> = Vec::with_capacity(batch_max);
     let mut stopping = false;
+    let mut connection = None;
     loop {
         let received = if stopping {
             rx.recv_many(&mut batch, batch_max).await
@@ -118,7 +121,7 @@ async fn run(
         }
         records.extend(batch.iter().map(|p| p.record.clone()));
         let started = Instant::now();
-        let outcome = write_with_retries(&db, &records).await;
+        let outcome = write_with_retries(&db, &mut connection, &records).await;
         metrics.ledger_batch_size.observe(records.len() as f64);
         metrics
             .ledger_commit_seconds
@@ -137,13 +140,22 @@ async fn run(
     tracing::debug!("ledger writer stopped: queue closed and drained");
 }
 
-async fn write_with_retries(db: &Db, records: &[UsageRecord]) -> Result<(), LedgerError> {
+/// The writer's own connection, kept between batches so its page cache stays warm and no
+/// batch waits for the pool; handed back after a failure, so a retry takes another.
+type Connection = Option<PoolConnection<Sqlite>>;
+
+async fn write_with_retries(
+    db: &Db,
+    connection: &mut Connection,
+    records: &[UsageRecord],
+) -> Result<(), LedgerError> {
     let mut delay = Duration::from_millis(20);
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
-        match write_batch(db, records).await {
+        match write_batch(db, connection, records).await {
             Ok(()) => return Ok(()),
             Err(e) => {
+                *connection = None;
                 last_error = e.to_string();
                 tracing::warn!(attempt, error = %last_error, "ledger batch failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -155,10 +167,18 @@ async fn write_with_retries(db: &Db, records: &[UsageRecord]) -> Result<(), Ledg
     Err(LedgerError::Write(last_error))
 }
 
-async fn write_batch(db: &Db, records: &[UsageRecord]) -> sqlx::Result<()> {
+async fn write_batch(db: &Db, connection: &mut Connection, records: &[UsageRecord]) -> sqlx::Result<()> {
     // SQLite allows 32,766 bound parameters per statement; a record binds 23.
     const PER_STATEMENT: usize = 1_000;
-    let mut tx = db.begin().await?;
+    let connection = match connection {
+        Some(c) => c,
+        None => connection.insert(db.acquire().await?),
+    };
+    if records.len() <= PER_STATEMENT {
+        // One statement is its own transaction: all its rows are committed, or none.
+        return store::usage::insert_batch(connection, records).await;
+    }
+    let mut tx = connection.begin().await?;
     for chunk in records.chunks(PER_STATEMENT) {
         store::usage::insert_batch(&mut tx, chunk).await?;
     }

@@ -162,6 +162,18 @@ impl Connection {
     }
 }
 
+/// The body of `GET path`, on a connection of its own.
+pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut connection = Connection::open(addr).await?;
+    let request = Request::builder()
+        .uri(path)
+        .header(HOST, connection.host.clone())
+        .body(Full::new(Bytes::new()))?;
+    let response = connection.sender.send_request(request).await?;
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// `count` requests on one connection at `rate` per second. Latency counts from when each
 /// request was due if the previous response held it up; the generator's own timer lateness
 /// (tokio's timer has millisecond resolution) is not charged to the server.

@@ -123,9 +123,11 @@ async fn latency(
         "added p50 ms",
         "added p99 ms",
         "p50 ratio",
+        "commit ms / records per commit",
         "failed",
     ]);
     for subject in subjects {
+        let commits = Commits::read(subject).await?;
         let outcomes = load::open_loop(
             &subject.target,
             &fixed(subject, 3, false),
@@ -145,6 +147,7 @@ async fn latency(
             added_ms(stats.p50, direct.p50),
             added_ms(stats.p99, direct.p99),
             ratio(stats.p50.as_secs_f64(), direct.p50.as_secs_f64()),
+            Commits::since(Commits::read(subject).await?, commits),
             failed.to_string(),
         ]);
         findings.latency.push(stats);
@@ -157,6 +160,48 @@ async fn latency(
         plan.latency_rate,
         table.finish()
     ))
+}
+
+/// The ledger writer's own figures, from tollgate's `/metrics`.
+#[derive(Clone, Copy, Default)]
+struct Commits {
+    seconds: f64,
+    records: f64,
+    batches: f64,
+}
+
+impl Commits {
+    async fn read(subject: &Subject) -> anyhow::Result<Option<Commits>> {
+        if subject.gateway.is_none() {
+            return Ok(None);
+        }
+        let text = load::get(subject.target.addr, "/metrics").await?;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_default()
+        };
+        Ok(Some(Commits {
+            seconds: value("tollgate_ledger_commit_seconds_sum "),
+            records: value("tollgate_ledger_batch_records_sum "),
+            batches: value("tollgate_ledger_batch_records_count "),
+        }))
+    }
+
+    /// "mean commit ms / records per commit" since `before`.
+    fn since(after: Option<Commits>, before: Option<Commits>) -> String {
+        match (after, before) {
+            (Some(a), Some(b)) if a.batches > b.batches => {
+                let batches = a.batches - b.batches;
+                format!(
+                    "{:.3} / {:.1}",
+                    (a.seconds - b.seconds) * 1e3 / batches,
+                    (a.records - b.records) / batches
+                )
+            }
+            _ => "-".into(),
+        }
+    }
 }
 
 async fn ledger_rows(subject: &Subject) -> anyhow::Result<Option<i64>> {
@@ -187,6 +232,7 @@ async fn throughput(
         "proxy CPU µs/request",
         "simulator CPU µs/request",
         "ledger rows/s",
+        "commit ms / records per commit",
         "failed",
     ]);
     let nginx = subjects.iter().position(|s| s.target.name == "nginx");
@@ -204,6 +250,7 @@ async fn throughput(
                 procs::cpu_time(&simulator.pids()),
             );
             let ledger_before = ledger_rows(subject).await?;
+            let commits = Commits::read(subject).await?;
             let (outcomes, elapsed) = load::closed_loop(
                 &subject.target,
                 &fixed(subject, 3, false),
@@ -242,6 +289,7 @@ async fn throughput(
                 },
                 per_request(sim_cpu),
                 ledger,
+                Commits::since(Commits::read(subject).await?, commits),
                 failures(&outcomes).to_string(),
             ]);
             tokio::time::sleep(Duration::from_millis(300)).await;
