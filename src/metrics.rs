@@ -3,6 +3,8 @@
 //! account or a request id. Metrics are for dashboards: the ledger, not these floats, is
 //! the record of money.
 
+use std::time::Duration;
+
 use prometheus::{
     CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -139,7 +141,15 @@ impl Metrics {
     }
 
     /// Counts a finished request from its ledger record.
-    pub fn observe(&self, route: &str, record: &UsageRecord) {
+    /// `duration` and `ttft` come from the monotonic clock, at full resolution (the record
+    /// keeps whole milliseconds).
+    pub fn observe(
+        &self,
+        route: &str,
+        record: &UsageRecord,
+        duration: Duration,
+        ttft: Option<Duration>,
+    ) {
         let (model, chip) = (record.model.as_str(), record.chip.as_str());
         self.requests
             .with_label_values(&[route, model, chip, record.status.as_str()])
@@ -160,17 +170,13 @@ impl Metrics {
         // Display only: the exact amount is in the ledger.
         let cost: f64 = record.cost.try_into().unwrap_or(0.0);
         self.cost.with_label_values(&[model, chip]).inc_by(cost);
-        let duration = (record.ended_at - record.started_at)
-            .num_milliseconds()
-            .max(0) as f64
-            / 1000.0;
         self.request_duration
             .with_label_values(&[model, chip])
-            .observe(duration);
-        if let Some(ttft) = record.ttft_ms {
+            .observe(duration.as_secs_f64());
+        if let Some(ttft) = ttft {
             self.time_to_first_token
                 .with_label_values(&[model, chip])
-                .observe(ttft as f64 / 1000.0);
+                .observe(ttft.as_secs_f64());
         }
     }
 

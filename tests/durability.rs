@@ -5,6 +5,8 @@ mod helpers;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use helpers::binary::{cli, serve, write_config};
 use helpers::{chat, sse_data};
@@ -142,8 +144,14 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
     assert_eq!(count_records(dir.path()).await, streams as i64);
 }
 
-/// Sends requests until the gateway dies; returns the ids of the responses received in full.
-async fn load_until_killed(addr: SocketAddr, key: String, worker: usize) -> Vec<String> {
+/// Sends requests until the gateway dies; returns the ids of the responses received in full
+/// (and counts them in `progress` as they come).
+async fn load_until_killed(
+    addr: SocketAddr,
+    key: String,
+    worker: usize,
+    progress: Arc<AtomicUsize>,
+) -> Vec<String> {
     let client = helpers::client();
     let mut completed = Vec::new();
     for i in 0.. {
@@ -172,6 +180,7 @@ async fn load_until_killed(addr: SocketAddr, key: String, worker: usize) -> Vec<
             break;
         }
         completed.push(id);
+        progress.fetch_add(1, Ordering::Relaxed);
     }
     completed
 }
@@ -189,10 +198,20 @@ async fn random_sigkills_under_load_never_lose_a_completed_response() {
     for round in 0..3 {
         let gateway = serve(&config, "tollgate=info");
         let (mut child, addr) = (gateway.child, gateway.addr);
+        let progress = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..8)
-            .map(|w| tokio::spawn(load_until_killed(addr, key.clone(), w)))
+            .map(|w| tokio::spawn(load_until_killed(addr, key.clone(), w, progress.clone())))
             .collect();
-        let delay = delays.random_range(150..700);
+        // Under load from the first completed response on (a busy machine may take a while
+        // to get there), then killed at a random moment.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while progress.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: no request completed in 30 s"));
+        let delay = delays.random_range(20..600);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().unwrap(); // SIGKILL, mid-load
         child.wait().unwrap();

@@ -167,7 +167,11 @@ async fn write_with_retries(
     Err(LedgerError::Write(last_error))
 }
 
-async fn write_batch(db: &Db, connection: &mut Connection, records: &[UsageRecord]) -> sqlx::Result<()> {
+async fn write_batch(
+    db: &Db,
+    connection: &mut Connection,
+    records: &[UsageRecord],
+) -> sqlx::Result<()> {
     // SQLite allows 32,766 bound parameters per statement; a record binds 23.
     const PER_STATEMENT: usize = 1_000;
     let connection = match connection {

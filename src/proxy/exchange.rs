@@ -144,7 +144,7 @@ async fn connect(
         };
         let mut request = upstream
             .client
-            .post(&upstream.url)
+            .post(upstream.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", &ex.request_id)
             .body(ex.request.upstream_body(upstream));
@@ -252,8 +252,10 @@ pub(super) async fn commit(
     served: &Served,
     outcome: Outcome,
 ) -> Result<(), LedgerError> {
+    let ttft = outcome.ttft;
     let record = ex.record(served, outcome);
-    state.metrics().observe(ex.route, &record);
+    let duration = ex.started.elapsed();
+    state.metrics().observe(ex.route, &record, duration, ttft);
     let used = record.tokens.prompt + record.tokens.completion;
     state.limits().settle(ex.caller.key_id, &ex.admission, used);
     state

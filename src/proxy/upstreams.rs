@@ -18,8 +18,8 @@ pub struct Upstream {
     pub chip: String,
     pub endpoint: Endpoint,
     pub deployment: Option<String>,
-    /// `base_url` + the endpoint's path.
-    pub url: String,
+    /// `base_url` + the endpoint's path, parsed once rather than on every request.
+    pub url: reqwest::Url,
     /// The model name sent to the backend.
     pub upstream_model: String,
     /// `Bearer <credential>`, from the environment; never logged.
@@ -39,7 +39,7 @@ impl fmt::Debug for Upstream {
             .field("model", &self.model)
             .field("chip", &self.chip)
             .field("deployment", &self.deployment)
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -65,11 +65,11 @@ impl Upstream {
             chip: c.chip.clone(),
             endpoint: c.endpoint,
             deployment: c.deployment.clone(),
-            url: format!(
+            url: reqwest::Url::parse(&format!(
                 "{}{}",
                 c.base_url.trim_end_matches('/'),
                 c.endpoint.upstream_path()
-            ),
+            ))?,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
             stream_format: c.stream_format,

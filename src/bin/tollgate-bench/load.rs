@@ -97,6 +97,7 @@ pub struct Outcome {
 
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
     host: HeaderValue,
 }
 
@@ -112,6 +113,7 @@ impl Connection {
         tokio::spawn(connection);
         Ok(Connection {
             sender,
+            addr,
             host: HeaderValue::from_str(&addr.to_string())?,
         })
     }
@@ -123,8 +125,11 @@ impl Connection {
         (auth, body): (HeaderValue, Bytes),
         due: Option<Instant>,
     ) -> anyhow::Result<Outcome> {
-        self.sender.ready().await.context("connection closed")?;
         let sent = Instant::now();
+        if self.sender.ready().await.is_err() {
+            // The server closed the connection (as nginx does after keepalive_requests).
+            *self = Connection::open(self.addr).await?;
+        }
         let request = Request::builder()
             .method(Method::POST)
             .uri(path)

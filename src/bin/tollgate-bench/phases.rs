@@ -9,7 +9,6 @@
 //! 4. Many keys (tollgate only): each key once, then keys drawn Zipf-like (s = 1) at 32
 //!    connections, with every tenth key limited to one request a minute; peak memory.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -124,6 +123,7 @@ async fn latency(
         "added p99 ms",
         "p50 ratio",
         "commit ms / records per commit",
+        "tollgate's view: backend / to record, mean ms",
         "failed",
     ]);
     for subject in subjects {
@@ -136,6 +136,7 @@ async fn latency(
         )
         .await?;
         let failed = failures(&outcomes);
+        let after = Commits::read(subject).await?;
         let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
         let direct = *findings.latency.first().unwrap_or(&stats);
         table.row(&[
@@ -147,7 +148,8 @@ async fn latency(
             added_ms(stats.p50, direct.p50),
             added_ms(stats.p99, direct.p99),
             ratio(stats.p50.as_secs_f64(), direct.p50.as_secs_f64()),
-            Commits::since(Commits::read(subject).await?, commits),
+            Commits::since(after, commits),
+            Commits::inside(after, commits),
             failed.to_string(),
         ]);
         findings.latency.push(stats);
@@ -168,6 +170,10 @@ struct Commits {
     seconds: f64,
     records: f64,
     batches: f64,
+    /// Sums and counts of the backend's latency and of the request up to its record,
+    /// as tollgate measured them.
+    upstream: (f64, f64),
+    duration: (f64, f64),
 }
 
 impl Commits {
@@ -176,15 +182,25 @@ impl Commits {
             return Ok(None);
         }
         let text = load::get(subject.target.addr, "/metrics").await?;
-        let value = |name: &str| {
+        // Sums over label sets: `name{labels} value` or `name value`.
+        let value = |name: &str| -> f64 {
             text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap_or_default()
+                .filter(|l| l.split(['{', ' ']).next() == Some(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let pair = |name: &str| {
+            (
+                value(&format!("{name}_sum")),
+                value(&format!("{name}_count")),
+            )
         };
         Ok(Some(Commits {
-            seconds: value("tollgate_ledger_commit_seconds_sum "),
-            records: value("tollgate_ledger_batch_records_sum "),
-            batches: value("tollgate_ledger_batch_records_count "),
+            seconds: value("tollgate_ledger_commit_seconds_sum"),
+            records: value("tollgate_ledger_batch_records_sum"),
+            batches: value("tollgate_ledger_batch_records_count"),
+            upstream: pair("tollgate_upstream_latency_seconds"),
+            duration: pair("tollgate_request_duration_seconds"),
         }))
     }
 
@@ -199,6 +215,19 @@ impl Commits {
                     (a.records - b.records) / batches
                 )
             }
+            _ => "-".into(),
+        }
+    }
+
+    /// "backend mean ms / to record mean ms" since `before`, as tollgate measured them.
+    fn inside(after: Option<Commits>, before: Option<Commits>) -> String {
+        let mean = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0) * 1e3 / (a.1 - b.1).max(1.0);
+        match (after, before) {
+            (Some(a), Some(b)) => format!(
+                "{:.3} / {:.3}",
+                mean(a.upstream, b.upstream),
+                mean(a.duration, b.duration)
+            ),
             _ => "-".into(),
         }
     }
@@ -233,6 +262,7 @@ async fn throughput(
         "simulator CPU µs/request",
         "ledger rows/s",
         "commit ms / records per commit",
+        "proxy RSS after MB",
         "failed",
     ]);
     let nginx = subjects.iter().position(|s| s.target.name == "nginx");
@@ -290,6 +320,10 @@ async fn throughput(
                 per_request(sim_cpu),
                 ledger,
                 Commits::since(Commits::read(subject).await?, commits),
+                format!(
+                    "{:.1}",
+                    procs::memory_kb(&proxy_pids, "VmRSS") as f64 / 1024.0
+                ),
                 failures(&outcomes).to_string(),
             ]);
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -460,9 +494,7 @@ fn memory(subjects: &[Subject], simulator: &Process, findings: &mut Findings) ->
         "-".into(),
         mb(procs::memory_kb(&simulator.pids(), "VmHWM")),
     ]);
-    let mut out = String::from("## Memory\n\n");
-    let _ = write!(out, "{}\n", table.finish());
-    out
+    format!("## Memory\n\n{}\n", table.finish())
 }
 
 fn goals(subjects: &[Subject], findings: &Findings) -> String {

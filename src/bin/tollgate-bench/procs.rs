@@ -139,7 +139,7 @@ pub async fn nginx(
             "daemon off;\nworker_processes auto;\npid {root}/nginx.pid;\n\
              error_log {root}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n\
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {root}/body;\n\
              proxy_temp_path {root}/proxy;\n  fastcgi_temp_path {root}/fastcgi;\n\
              uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
              upstream backend {{ server {backend}; keepalive 512; }}\n\

@@ -1,0 +1,83 @@
+//! The benchmark itself works: a `--quick` run of `tollgate-bench` (few requests, 300
+//! keys) against the simulator, nginx when installed, and a tollgate, and its Markdown
+//! says what a full run would: no failed request, one ledger row per answered request,
+//! 429s for the keys over their limit. Speed is not judged here (see bench/README.md).
+
+use std::process::Command;
+
+fn rows<'a>(markdown: &'a str, section: &str) -> Vec<Vec<&'a str>> {
+    let start = markdown
+        .find(&format!("## {section}"))
+        .unwrap_or_else(|| panic!("no '{section}' section in:\n{markdown}"));
+    markdown[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect()
+}
+
+#[test]
+fn a_quick_run_measures_every_subject_and_loses_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.md");
+    let status = Command::new(env!("CARGO_BIN_EXE_tollgate-bench"))
+        .args([
+            "--quick",
+            "--keys",
+            "300",
+            "--synchronous",
+            "normal",
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let markdown = std::fs::read_to_string(&out).unwrap();
+
+    let latency = rows(&markdown, "Latency at concurrency 1");
+    let subjects: Vec<&str> = latency.iter().map(|r| r[0]).collect();
+    assert_eq!(subjects[0], "direct");
+    assert_eq!(*subjects.last().unwrap(), "tollgate (normal)");
+    for section in ["Latency at concurrency 1", "Throughput", "Streams"] {
+        for row in rows(&markdown, section) {
+            assert_eq!(
+                *row.last().unwrap(),
+                "0",
+                "failed requests in {section}: {row:?}"
+            );
+        }
+    }
+    let throughput = rows(&markdown, "Throughput");
+    assert_eq!(
+        throughput.len(),
+        2 * subjects.len(),
+        "32 and 256 connections"
+    );
+    let tollgate = throughput
+        .iter()
+        .find(|r| r[0] == "tollgate (normal)")
+        .unwrap();
+    assert_eq!(
+        tollgate[2], tollgate[9],
+        "ledger rows/s equal answered requests/s"
+    );
+
+    let keys = rows(&markdown, "Many keys");
+    assert_eq!(keys.len(), 2);
+    let (each, zipf) = (&keys[0], &keys[1]);
+    assert_eq!((each[1], each[3], each[4]), ("each key once", "300", "0"));
+    assert_eq!(zipf[1], "Zipf-like");
+    assert!(
+        zipf[4].parse::<u64>().unwrap() > 0,
+        "keys over their limit get 429: {zipf:?}"
+    );
+    assert_eq!(zipf[5], "0", "nothing but 200 and 429");
+    for row in &keys {
+        assert_eq!(row[8], "yes", "one ledger row per 200: {row:?}");
+    }
+    assert_eq!(rows(&markdown, "Goals").len(), 4);
+}
