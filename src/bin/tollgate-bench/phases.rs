@@ -262,7 +262,7 @@ async fn throughput(
         "simulator CPU µs/request",
         "ledger rows/s",
         "commit ms / records per commit",
-        "proxy RSS after MB",
+        "proxy RSS after MiB",
         "failed",
     ]);
     let nginx = subjects.iter().position(|s| s.target.name == "nginx");
@@ -407,7 +407,7 @@ async fn many_keys(plan: &Plan, subjects: &[Subject]) -> anyhow::Result<String> 
         "p50 ms",
         "p99 ms",
         "ledger rows = 200s",
-        "RSS after MB",
+        "RSS after MiB",
     ]);
     let mut keys_count = 0;
     for subject in subjects {
@@ -471,7 +471,7 @@ async fn many_keys(plan: &Plan, subjects: &[Subject]) -> anyhow::Result<String> 
 }
 
 fn memory(subjects: &[Subject], simulator: &Process, findings: &mut Findings) -> String {
-    let mut table = Table::new(&["process", "RSS at start MB", "peak RSS (VmHWM) MB"]);
+    let mut table = Table::new(&["process", "RSS at start MiB", "peak RSS (VmHWM) MiB"]);
     let mb = |kb: u64| format!("{:.1}", kb as f64 / 1024.0);
     for subject in subjects {
         let pids = subject
