@@ -131,11 +131,11 @@ impl Application {
         }
         let metrics = Arc::new(Metrics::new());
         let (ledger, ledger_writer) = Ledger::spawn(
-            db.clone(),
+            &config.database,
             config.ledger.batch_max,
             config.ledger.queue_capacity,
             metrics.clone(),
-        );
+        )?;
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -195,7 +195,7 @@ impl Application {
         ledger_writer
             .shutdown()
             .await
-            .context("the ledger writer panicked")?;
+            .context("the ledger writer thread died")?;
         Ok(())
     }
 }

@@ -73,12 +73,11 @@ fn instants() -> Vec<DateTime<Utc>> {
 
 async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Usage>) {
     let dir = tempfile::tempdir().unwrap();
-    let db = store::connect(&DatabaseConfig {
+    let database = DatabaseConfig {
         url: format!("sqlite://{}", dir.path().join("l.db").display()),
         synchronous: "normal".into(),
-    })
-    .await
-    .unwrap();
+    };
+    let db = store::connect(&database).await.unwrap();
     let account = store::accounts::create(&db, "acme").await.unwrap();
     let secret = tollgate::auth::ApiKey::generate();
     let key = store::keys::insert(
@@ -159,11 +158,9 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
             ttft_ms: None,
         });
     }
-    let mut conn = db.acquire().await.unwrap();
-    store::usage::insert_batch(&mut conn, &records)
-        .await
-        .unwrap();
-    drop(conn);
+    let writer = store::open_for_ledger_writer(&database).unwrap();
+    store::usage::insert(&writer, &records).unwrap();
+    drop(writer);
 
     let ledger = Ledger {
         db: &db,

@@ -21,19 +21,26 @@ pub type Db = SqlitePool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// How long a statement waits for another connection's write lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn options(config: &DatabaseConfig) -> anyhow::Result<SqliteConnectOptions> {
+    SqliteConnectOptions::from_str(&config.url)
+        .with_context(|| format!("database.url '{}' is not a SQLite URL", config.url))
+}
+
 /// Opens (creating if needed) the database in WAL mode and applies pending migrations.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
     let synchronous = match config.synchronous.as_str() {
         "normal" => SqliteSynchronous::Normal,
         _ => SqliteSynchronous::Full,
     };
-    let options = SqliteConnectOptions::from_str(&config.url)
-        .with_context(|| format!("database.url '{}' is not a SQLite URL", config.url))?
+    let options = options(config)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(synchronous)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(BUSY_TIMEOUT);
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(options)
@@ -44,6 +51,26 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
         .await
         .context("cannot migrate the database")?;
     Ok(pool)
+}
+
+/// The ledger writer's own blocking connection to the database `connect` opened and
+/// migrated, with the same settings (WAL mode is the file's own).
+pub fn open_for_ledger_writer(config: &DatabaseConfig) -> anyhow::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let path = options(config)?.get_filename().to_owned();
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags(&path, flags)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", &config.synchronous)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+    anyhow::ensure!(
+        mode.eq_ignore_ascii_case("wal"),
+        "database {} is not in WAL mode",
+        path.display()
+    );
+    Ok(conn)
 }
 
 pub fn to_ms(t: DateTime<Utc>) -> i64 {

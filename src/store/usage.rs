@@ -3,54 +3,63 @@
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Db, to_ms};
 use crate::metering::record::UsageRecord;
 
-/// Inserts a batch in one statement. A request id already present is skipped, so a batch
-/// retried after an unclear failure never writes a record twice.
-pub async fn insert_batch(
-    conn: &mut SqliteConnection,
-    records: &[UsageRecord],
-) -> sqlx::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+/// Inserts `records` on the ledger writer's connection, all or none: one statement for a
+/// single record, one transaction for more. A request id already present is skipped, so a
+/// batch retried after an unclear failure never writes a record twice.
+pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<()>
+where
+    I: IntoIterator<Item = &'a UsageRecord>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let records = records.into_iter();
+    let mut insert = conn.prepare_cached(
         "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, deployment,
             endpoint, stream, status, http_status, error, prompt_tokens, completion_tokens,
             cached_tokens, usage_source, price_version_id, cost, blocked, moderation,
-            started_at, ended_at, latency_ms, ttft_ms) ",
-    );
-    query.push_values(records, |mut row, r| {
-        row.push_bind(&r.request_id)
-            .push_bind(r.account_id)
-            .push_bind(r.key_id)
-            .push_bind(&r.model)
-            .push_bind(&r.chip)
-            .push_bind(&r.deployment)
-            .push_bind(r.endpoint)
-            .push_bind(r.stream)
-            .push_bind(r.status.as_str())
-            .push_bind(i64::from(r.http_status))
-            .push_bind(&r.error)
-            .push_bind(r.tokens.prompt as i64)
-            .push_bind(r.tokens.completion as i64)
-            .push_bind(r.tokens.cached as i64)
-            .push_bind(r.usage_source.as_str())
-            .push_bind(r.price_version_id)
-            .push_bind(r.cost.to_string())
-            .push_bind(r.blocked)
-            .push_bind(&r.moderation)
-            .push_bind(to_ms(r.started_at))
-            .push_bind(to_ms(r.ended_at))
-            .push_bind(r.latency_ms)
-            .push_bind(r.ttft_ms);
-    });
-    query.push(" ON CONFLICT (request_id) DO NOTHING");
-    query.build().execute(conn).await?;
-    Ok(())
+            started_at, ended_at, latency_ms, ttft_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18, ?19, ?20, ?21, ?22, ?23)
+         ON CONFLICT (request_id) DO NOTHING",
+    )?;
+    let transaction = (records.len() > 1)
+        .then(|| conn.unchecked_transaction())
+        .transpose()?;
+    for r in records {
+        insert.execute(rusqlite::params![
+            r.request_id,
+            r.account_id,
+            r.key_id,
+            r.model,
+            r.chip,
+            r.deployment,
+            r.endpoint,
+            r.stream,
+            r.status.as_str(),
+            r.http_status,
+            r.error,
+            r.tokens.prompt as i64,
+            r.tokens.completion as i64,
+            r.tokens.cached as i64,
+            r.usage_source.as_str(),
+            r.price_version_id,
+            r.cost.to_string(),
+            r.blocked,
+            r.moderation,
+            to_ms(r.started_at),
+            to_ms(r.ended_at),
+            r.latency_ms,
+            r.ttft_ms,
+        ])?;
+    }
+    match transaction {
+        Some(t) => t.commit(),
+        None => Ok(()),
+    }
 }
 
 /// A stored record, flattened for reading (audits, tests, CLI).
