@@ -4,6 +4,7 @@
 //! `bench/results.md`; `phases` says what is measured and how.
 
 mod load;
+mod passthrough;
 mod phases;
 mod procs;
 mod report;
@@ -68,6 +69,9 @@ fn main() -> ExitCode {
     if std::env::var_os(procs::ROLE_ENV).is_some() {
         return tollgate::cli::main();
     }
+    if let Ok(backend) = std::env::var(passthrough::ROLE_ENV) {
+        return passthrough::main(&backend);
+    }
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -130,15 +134,26 @@ async fn measure(
                 target: Target {
                     name: "nginx".into(),
                     addr,
-                    path: sim_path,
+                    path: sim_path.clone(),
                 },
                 proxy: Some(process),
                 gateway: None,
-                auth: no_key,
+                auth: no_key.clone(),
             });
         }
         None => eprintln!("nginx is not installed: measuring without it"),
     }
+    let (addr, process) = procs::passthrough(sim).await?;
+    subjects.push(Subject {
+        target: Target {
+            name: "axum pass-through".into(),
+            addr,
+            path: sim_path,
+        },
+        proxy: Some(process),
+        gateway: None,
+        auth: no_key,
+    });
     for synchronous in &args.synchronous {
         eprintln!("preparing tollgate (synchronous={synchronous}, {keys} keys)");
         subjects.push(gateway(dir, sim, synchronous, keys).await?);

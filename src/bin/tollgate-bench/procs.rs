@@ -114,6 +114,24 @@ pub async fn gateway(config: &Path, log: &Path) -> anyhow::Result<(SocketAddr, P
     }
 }
 
+/// The pass-through proxy of `passthrough.rs` in front of `backend`.
+pub async fn passthrough(backend: SocketAddr) -> anyhow::Result<(SocketAddr, Process)> {
+    let addr = free_addr()?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg(addr.to_string())
+        .env(crate::passthrough::ROLE_ENV, backend.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the pass-through proxy")?;
+    let process = Process {
+        name: "pass-through",
+        child,
+    };
+    wait_until_listening(addr, "the pass-through proxy").await?;
+    Ok((addr, process))
+}
+
 /// Debian's nginx binary, if installed.
 pub fn nginx_binary() -> Option<PathBuf> {
     ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
