@@ -403,9 +403,11 @@ impl Config {
             if up.chip == "*" {
                 bail!("{name}: '*' is only allowed as a chip in price tables");
             }
-            let url = reqwest::Url::parse(&up.base_url)
+            let url: axum::http::Uri = up
+                .base_url
+                .parse()
                 .with_context(|| format!("{name}: base_url '{}' is not a URL", up.base_url))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
                 bail!(
                     "{name}: base_url '{}' must be an http(s) URL with a host",
                     up.base_url

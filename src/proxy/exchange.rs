@@ -9,10 +9,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use http_body_util::Full;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
+use super::client::{UpstreamResponse, next_chunk};
 use super::observe::{self, Observed};
 use super::request::ClientRequest;
 use super::stream;
@@ -123,7 +125,7 @@ type ConnectError = (Option<(Served, Status)>, ApiError);
 async fn connect(
     state: &AppState,
     ex: &Exchange,
-) -> Result<(Served, reqwest::Response), ConnectError> {
+) -> Result<(Served, UpstreamResponse), ConnectError> {
     let mut last = None;
     for upstream in &ex.candidates {
         let price = state
@@ -142,18 +144,19 @@ async fn connect(
             upstream: upstream.clone(),
             price,
         };
-        let mut request = upstream
-            .client
-            .post(upstream.url.clone())
+        let mut request = axum::http::Request::post(upstream.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", &ex.request_id)
-            .body(ex.request.upstream_body(upstream));
+            .header("x-request-id", &ex.request_id);
         if let Some(authorization) = upstream.authorization() {
             request = request.header(header::AUTHORIZATION, authorization);
         }
+        let request = request
+            .body(Full::new(ex.request.upstream_body(upstream)))
+            .map_err(|e| (None, ApiError::Internal(e.into())))?;
         let what = format!("{}/{}", upstream.model, upstream.chip);
         let sent = Instant::now();
-        match tokio::time::timeout(upstream.first_byte_timeout, request.send()).await {
+        let sending = upstream.client.send(request);
+        match tokio::time::timeout(upstream.first_byte_timeout, sending).await {
             Ok(Ok(response)) => {
                 let labels = [upstream.model.as_str(), upstream.chip.as_str()];
                 let latency = state.metrics().upstream_latency.with_label_values(&labels);
@@ -171,23 +174,10 @@ async fn connect(
                 last = Some(served);
             }
             Ok(Err(e)) => {
-                let (status, error) = if e.is_timeout() {
-                    (
-                        Status::Timeout,
-                        ApiError::GatewayTimeout(format!(
-                            "the backend for {what} did not answer in time"
-                        )),
-                    )
-                } else {
-                    (
-                        Status::UpstreamError,
-                        ApiError::BadGateway(format!(
-                            "the backend for {what} failed before answering"
-                        )),
-                    )
-                };
-                tracing::warn!(request_id = %ex.request_id, upstream = %what, error = %e.without_url(), "backend request failed");
-                return Err((Some((served, status)), error));
+                let error =
+                    ApiError::BadGateway(format!("the backend for {what} failed before answering"));
+                tracing::warn!(request_id = %ex.request_id, upstream = %what, error = %e, "backend request failed");
+                return Err((Some((served, Status::UpstreamError)), error));
             }
         }
     }
@@ -205,7 +195,7 @@ async fn complete(
     state: &AppState,
     ex: &Exchange,
     served: &Served,
-    response: reqwest::Response,
+    response: UpstreamResponse,
 ) -> Response {
     let limit = state.config().server.max_response_bytes;
     let body = match read_body(response, limit, served.upstream.idle_timeout).await {
@@ -351,13 +341,13 @@ impl Exchange {
 
 /// Reads a whole body within `limit` bytes, each read within `idle`.
 async fn read_body(
-    mut response: reqwest::Response,
+    mut response: UpstreamResponse,
     limit: usize,
     idle: Duration,
 ) -> Result<Bytes, (Status, ApiError)> {
     let mut body = BytesMut::new();
     loop {
-        match tokio::time::timeout(idle, response.chunk()).await {
+        match tokio::time::timeout(idle, next_chunk(&mut response)).await {
             Err(_) => {
                 return Err((
                     Status::Timeout,
@@ -387,7 +377,7 @@ async fn read_body(
 /// Maps a backend's HTTP error to what the client sees. Errors that are the client's own
 /// (400, 413, 429) keep their status; a backend rejecting tollgate's credentials or failing
 /// is the gateway's problem (502/504). The backend's message and code are kept.
-pub async fn upstream_error(upstream: &Upstream, response: reqwest::Response) -> ApiError {
+pub async fn upstream_error(upstream: &Upstream, response: UpstreamResponse) -> ApiError {
     let backend_status = response.status();
     let body = read_body(response, 64 << 10, upstream.idle_timeout)
         .await

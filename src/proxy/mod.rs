@@ -1,7 +1,8 @@
 //! The client-facing proxy: routes (`handlers`), choosing a backend (`upstreams`), the
-//! exchange with it (`exchange`, `stream`), framing its stream (`framing`) and reading its
+//! exchange with it (`exchange`, `stream`) over `client`, framing its stream (`framing`) and reading its
 //! usage (`observe`).
 
+pub mod client;
 pub mod exchange;
 pub mod framing;
 pub mod handlers;

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::client::{UpstreamResponse, next_chunk};
 use super::exchange::{Exchange, Outcome, Served, commit, event_stream, finish};
 use super::framing::{Event, Framer};
 use super::observe::{self, Observed};
@@ -76,7 +77,7 @@ pub async fn relay(
     state: AppState,
     ex: Exchange,
     served: Served,
-    mut response: reqwest::Response,
+    mut response: UpstreamResponse,
     respond: oneshot::Sender<Response>,
 ) {
     let upstream = served.upstream.clone();
@@ -216,7 +217,7 @@ impl Relay {
     /// Reads until at least one event is framed. `Some` when the stream ended instead.
     async fn read_more(
         &mut self,
-        response: &mut reqwest::Response,
+        response: &mut UpstreamResponse,
         wait: Duration,
         first: bool,
     ) -> Option<End> {
@@ -232,7 +233,7 @@ impl Relay {
                 }
             };
             let read = tokio::select! {
-                read = tokio::time::timeout(wait, response.chunk()) => read,
+                read = tokio::time::timeout(wait, next_chunk(response)) => read,
                 () = closed => {
                     if !self.client_gone() {
                         return Some(End::StoppedDraining);

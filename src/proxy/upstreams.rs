@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
+use super::client::UpstreamClient;
 use crate::billing::PriceBook;
 use crate::config::{Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
 use crate::error::ApiError;
@@ -19,7 +20,7 @@ pub struct Upstream {
     pub endpoint: Endpoint,
     pub deployment: Option<String>,
     /// `base_url` + the endpoint's path, parsed once rather than on every request.
-    pub url: reqwest::Url,
+    pub url: axum::http::Uri,
     /// The model name sent to the backend.
     pub upstream_model: String,
     /// `Bearer <credential>`, from the environment; never logged.
@@ -30,7 +31,7 @@ pub struct Upstream {
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     /// One client per upstream: each has its own connect timeout and connection pool.
-    pub client: reqwest::Client,
+    pub client: UpstreamClient,
 }
 
 impl fmt::Debug for Upstream {
@@ -39,7 +40,7 @@ impl fmt::Debug for Upstream {
             .field("model", &self.model)
             .field("chip", &self.chip)
             .field("deployment", &self.deployment)
-            .field("url", &self.url.as_str())
+            .field("url", &self.url.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -51,25 +52,18 @@ impl Upstream {
             .as_ref()
             .map(|var| std::env::var(var).map(|secret| format!("Bearer {secret}")))
             .transpose()?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(c.connect_timeout_ms))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .no_proxy()
-            // A redirect would send the request, credential included, where the operator
-            // did not configure it.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client = UpstreamClient::new(Duration::from_millis(c.connect_timeout_ms))?;
         Ok(Upstream {
             model: c.model.clone(),
             chip: c.chip.clone(),
             endpoint: c.endpoint,
             deployment: c.deployment.clone(),
-            url: reqwest::Url::parse(&format!(
+            url: format!(
                 "{}{}",
                 c.base_url.trim_end_matches('/'),
                 c.endpoint.upstream_path()
-            ))?,
+            )
+            .parse()?,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
             stream_format: c.stream_format,
