@@ -223,7 +223,10 @@ async fn complete(
     }
     let mut observed = Observed::default();
     observed.observe(&parsed);
-    observed.deliver(&parsed);
+    if observed.usage.is_none() {
+        // Only an estimate needs the text; a reported usage makes copying it pointless.
+        observed.deliver(&parsed);
+    }
     let outcome = Outcome {
         status: Status::Ok,
         http_status: 200,

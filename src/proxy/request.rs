@@ -2,6 +2,7 @@
 
 use axum::body::Body;
 use bytes::Bytes;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::upstreams::Upstream;
@@ -79,26 +80,71 @@ impl ClientRequest {
     /// The body sent to `upstream`: the backend's model name, and usage requested in
     /// streams where the backend supports it. Everything else passes through.
     pub fn upstream_body(&self, upstream: &Upstream) -> Bytes {
-        let mut body = self.body.clone();
-        body.insert(
-            "model".into(),
-            Value::String(upstream.upstream_model.clone()),
-        );
-        if self.injects_usage(upstream) {
-            let options = body
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !options.is_object() {
-                *options = Value::Object(Map::new());
-            }
-            options
-                .as_object_mut()
-                .expect("made an object above")
-                .insert("include_usage".into(), Value::Bool(true));
+        patched_body(
+            &self.body,
+            &upstream.upstream_model,
+            self.injects_usage(upstream),
+        )
+    }
+}
+
+/// `body` with `model` set, and `stream_options.include_usage` set if asked.
+fn patched_body(body: &Map<String, Value>, model: &str, include_usage: bool) -> Bytes {
+    let mut patches = vec![("model", Patch::Value(Value::String(model.to_owned())))];
+    if include_usage {
+        let include_usage = ("include_usage", Patch::Value(Value::Bool(true)));
+        let options = match body.get("stream_options") {
+            Some(Value::Object(options)) => Patch::Object(Patched {
+                map: options,
+                patches: vec![include_usage],
+            }),
+            _ => Patch::Value(serde_json::json!({"include_usage": true})),
+        };
+        patches.push(("stream_options", options));
+    }
+    let body = Patched { map: body, patches };
+    serde_json::to_vec(&body)
+        .expect("a JSON map always serializes")
+        .into()
+}
+
+/// A JSON object with some keys' values replaced (in place) or added (at the end),
+/// serialized without copying the rest: a request body can carry a long conversation.
+struct Patched<'a> {
+    map: &'a Map<String, Value>,
+    patches: Vec<(&'static str, Patch<'a>)>,
+}
+
+enum Patch<'a> {
+    Value(Value),
+    Object(Patched<'a>),
+}
+
+impl Serialize for Patch<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Patch::Value(value) => value.serialize(serializer),
+            Patch::Object(object) => object.serialize(serializer),
         }
-        serde_json::to_vec(&body)
-            .expect("a JSON map always serializes")
-            .into()
+    }
+}
+
+impl Serialize for Patched<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let patch = |key: &str| self.patches.iter().find(|(k, _)| *k == key);
+        let mut out = serializer.serialize_map(None)?;
+        for (key, value) in self.map {
+            match patch(key) {
+                Some((_, patched)) => out.serialize_entry(key, patched)?,
+                None => out.serialize_entry(key, value)?,
+            }
+        }
+        for (key, patched) in &self.patches {
+            if !self.map.contains_key(*key) {
+                out.serialize_entry(key, patched)?;
+            }
+        }
+        out.end()
     }
 }
 
@@ -112,4 +158,52 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             ApiError::InvalidJson(format!("could not read the request body: {e}"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patched(body: &str, include_usage: bool) -> String {
+        let body: Map<String, Value> = serde_json::from_str(body).unwrap();
+        String::from_utf8(patched_body(&body, "up-model", include_usage).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_model_is_replaced_in_place_and_everything_else_passes_through() {
+        assert_eq!(
+            patched(
+                r#"{"messages":[{"role":"user","content":"hi"}],"model":"m","n":1}"#,
+                false
+            ),
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"up-model","n":1}"#
+        );
+        assert_eq!(
+            patched(r#"{"input":"x"}"#, false),
+            r#"{"input":"x","model":"up-model"}"#
+        );
+    }
+
+    #[test]
+    fn include_usage_is_added_to_what_the_client_sent() {
+        assert_eq!(
+            patched(r#"{"model":"m","stream":true}"#, true),
+            r#"{"model":"up-model","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            patched(
+                r#"{"stream_options":{"include_usage":false,"x":1},"model":"m"}"#,
+                true
+            ),
+            r#"{"stream_options":{"include_usage":true,"x":1},"model":"up-model"}"#
+        );
+        assert_eq!(
+            patched(r#"{"stream_options":{"x":1}}"#, true),
+            r#"{"stream_options":{"x":1,"include_usage":true},"model":"up-model"}"#
+        );
+        assert_eq!(
+            patched(r#"{"stream_options":"odd"}"#, true),
+            r#"{"stream_options":{"include_usage":true},"model":"up-model"}"#
+        );
+    }
 }
