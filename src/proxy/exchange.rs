@@ -205,8 +205,7 @@ async fn complete(
             return finish(state, ex, served, outcome, error.into_response()).await;
         }
     };
-    let parsed: Option<Map<String, Value>> = serde_json::from_slice(&body).ok();
-    let Some(parsed) = parsed else {
+    let Some(parsed) = observe::answer_head(&body) else {
         let error =
             ApiError::BadGateway("the backend answered with a body that is not JSON".into());
         let outcome = Outcome::failed(Status::UpstreamError, &error);
@@ -224,8 +223,10 @@ async fn complete(
     let mut observed = Observed::default();
     observed.observe(&parsed);
     if observed.usage.is_none() {
-        // Only an estimate needs the text; a reported usage makes copying it pointless.
-        observed.deliver(&parsed);
+        // Only an estimate needs the answer's text, so only then is all of it parsed.
+        if let Ok(whole) = serde_json::from_slice::<Map<String, Value>>(&body) {
+            observed.deliver(&whole);
+        }
     }
     let outcome = Outcome {
         status: Status::Ok,

@@ -60,6 +60,50 @@ impl Observed {
     }
 }
 
+/// The top level of a non-streamed answer, parsed only as far as `Observed::observe` and
+/// `as_error` read it: any other key (`choices`, `data`: the long part) is checked for
+/// syntax but kept as `null`. `None` if `body` is not a JSON object.
+pub fn answer_head(body: &[u8]) -> Option<Map<String, Value>> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// Keys whose values `observe` and `as_error` read.
+    const READ: [&str; 9] = [
+        "usage",
+        "blocked",
+        "moderation",
+        "error",
+        "object",
+        "code",
+        "msg",
+        "message",
+        "type",
+    ];
+    struct Head;
+    impl<'de> Visitor<'de> for Head {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut head = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value = if READ.contains(&key.as_str()) {
+                    map.next_value::<Value>()?
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                    Value::Null
+                };
+                head.insert(key, value);
+            }
+            Ok(head)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let head = de.deserialize_map(Head).ok()?;
+    de.end().ok()?;
+    Some(head)
+}
+
 fn choices(v: &Map<String, Value>) -> impl Iterator<Item = &Value> {
     v.get("choices")
         .and_then(Value::as_array)
@@ -154,6 +198,36 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn an_answer_head_keeps_what_is_read_and_nulls_the_rest() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":3,"completion_tokens":1},"msg":"ok"}"#;
+        let head = answer_head(body).unwrap();
+        assert_eq!(
+            Value::Object(head.clone()),
+            json!({"id": null, "choices": null,
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 1}, "msg": "ok"})
+        );
+        // `choices` still counts as present: a `msg` beside it is not an error.
+        assert_eq!(as_error(&head), None);
+        let error = answer_head(br#"{"code":60000,"msg":"busy"}"#).unwrap();
+        assert!(as_error(&error).is_some());
+    }
+
+    #[test]
+    fn an_answer_head_refuses_what_is_not_one_json_object() {
+        for body in [
+            &b"[1,2]"[..],
+            b"\"text\"",
+            b"{\"choices\":[1,}",
+            b"{\"a\":1} trailing",
+            b"",
+        ] {
+            assert_eq!(answer_head(body), None, "{}", String::from_utf8_lossy(body));
+        }
+        assert!(answer_head(b" {\"a\":[{\"b\":\"\\u00e9\"}]} \n").is_some());
     }
 
     #[test]
