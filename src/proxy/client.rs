@@ -23,9 +23,24 @@ pub struct UpstreamClient {
 }
 
 /// Why a request got no response head.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SendError(#[from] hyper_util::client::legacy::Error);
+#[derive(Debug)]
+pub struct SendError(hyper_util::client::legacy::Error);
+
+impl std::error::Error for SendError {}
+
+/// The whole chain of causes ("client error (Connect): tcp connect error: Connection
+/// refused"): hyper's own message alone does not say what failed.
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = std::error::Error::source(&self.0);
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
 
 impl SendError {
     /// No connection could be made (refused, unreachable, connect timeout, TLS): the
@@ -55,7 +70,7 @@ impl UpstreamClient {
     }
 
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<UpstreamResponse, SendError> {
-        Ok(self.pool.request(request).await?)
+        self.pool.request(request).await.map_err(SendError)
     }
 }
 
@@ -71,5 +86,27 @@ pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error_that_says_why() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let client = UpstreamClient::new(Duration::from_secs(2)).unwrap();
+        let request = Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let error = client.send(request).await.unwrap_err();
+        assert!(error.is_connect());
+        let text = error.to_string();
+        assert!(text.contains("refused"), "{text}");
     }
 }

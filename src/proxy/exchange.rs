@@ -170,7 +170,7 @@ async fn connect(
                 return Err((Some((served, Status::Timeout)), error));
             }
             Ok(Err(e)) if e.is_connect() => {
-                tracing::warn!(request_id = %ex.request_id, upstream = %what, "backend refused the connection; trying the next chip");
+                tracing::warn!(request_id = %ex.request_id, upstream = %what, error = %e, "no connection to the backend; trying the next chip");
                 last = Some(served);
             }
             Ok(Err(e)) => {
