@@ -111,6 +111,46 @@ async fn a_client_leaving_at_any_point_leaves_one_record_with_the_backends_usage
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_before_a_non_streamed_answer_still_leaves_its_record() {
+    let app = TestApp::spawn().await;
+    let knobs = json!({"latency_ms": 300, "prompt_tokens": 9, "completion_tokens": 4});
+    let body = chat(None, "hi", false, knobs);
+    let before = app.record_count().await;
+    let request = app
+        .client
+        .post(app.url("/maas/megrez-7b-instruct/amd/chat/completions"))
+        .bearer_auth(&app.key)
+        .json(&body)
+        .send();
+    // Gone while the backend is still thinking: the exchange goes on without the client.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), request)
+            .await
+            .is_err()
+    );
+    for _ in 0..40 {
+        if app.record_count().await > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.record_count().await, before + 1);
+    let filter = tollgate::store::usage::UsageFilter::default();
+    let record = tollgate::store::usage::list(app.state.db(), &filter, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (
+            record.usage_source.as_str(),
+            record.prompt_tokens,
+            record.completion_tokens
+        ),
+        ("reported", 9, 4)
+    );
+}
+
 #[tokio::test]
 async fn truncated_and_oversized_backend_answers_are_refused_unbilled() {
     let app = TestApp::spawn_with(|c| c.server.max_response_bytes = 4096).await;

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::client::{UpstreamResponse, next_chunk};
+use super::detach::Detachable;
 use super::observe::{self, Observed};
 use super::request::ClientRequest;
 use super::stream;
@@ -73,13 +74,16 @@ pub struct Served {
     pub price: Arc<PriceVersion>,
 }
 
-/// Runs `exchange` in a task the client cannot cancel and returns the response head as
-/// soon as it is known.
+/// Runs `exchange` so that the client cannot cancel it (`Detachable`) and returns the
+/// response head as soon as it is known; a stream's relay goes on in a task of its own.
 pub async fn serve(state: AppState, exchange: Exchange) -> Response {
     let request_id = HeaderValue::from_str(&exchange.request_id).ok();
     let (respond, response) = oneshot::channel();
-    state.tasks().spawn(run(state.clone(), exchange, respond));
-    let mut response = response.await.unwrap_or_else(|_| {
+    let tasks = state.tasks().clone();
+    let mut work = Detachable::new(run(state, exchange, respond), tasks);
+    let response = work.until(response).await;
+    drop(work); // a stream's relay, if any, continues in a task of its own
+    let mut response = response.unwrap_or_else(|_| {
         ApiError::Internal(anyhow::anyhow!("the exchange ended without a response")).into_response()
     });
     if let Some(id) = request_id {

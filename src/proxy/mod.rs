@@ -3,6 +3,7 @@
 //! usage (`observe`).
 
 pub mod client;
+mod detach;
 pub mod exchange;
 pub mod framing;
 pub mod handlers;
