@@ -1,5 +1,5 @@
-//! One request's trip through a backend, run in a task of its own so that a client who
-//! leaves cannot cancel the metering: connect (with fail-over), relay, record, respond.
+//! One request's trip through a backend, run so that a client who leaves cannot cancel
+//! the metering (`detach`): connect (with fail-over), relay, record, respond.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
