@@ -41,7 +41,10 @@ impl Detachable {
 
 impl Drop for Detachable {
     fn drop(&mut self) {
-        if let Some(work) = self.work.take() {
+        // Outside a runtime (only as it is torn down) nothing could run the rest anyway.
+        if let Some(work) = self.work.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
             self.tasks.spawn(work);
         }
     }
