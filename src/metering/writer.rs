@@ -5,11 +5,10 @@
 //!
 //! The writer is an OS thread with its own blocking SQLite connection: a commit costs one
 //! wake-up of this thread and one of the waiting request, where going through sqlx's
-//! connection worker cost two more. When nothing is queued and no commit is running, a
-//! request commits its own record on that connection, without either wake-up (about
-//! 90 µs on the development machine). Everything else in the store goes through sqlx.
+//! connection worker cost two more (about 0.2 ms per commit at concurrency 1, measured by
+//! `tollgate-bench`). Everything else in the store still goes through sqlx.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -49,10 +48,6 @@ pub enum LedgerError {
 pub struct Ledger {
     /// Bounded so a stalled disk slows requests down instead of growing memory.
     queue: mpsc::Sender<Message>,
-    /// The one connection records are written on; whoever holds it is the writer of the
-    /// moment (the thread, or a request committing its own record).
-    conn: Arc<Mutex<rusqlite::Connection>>,
-    metrics: Arc<Metrics>,
 }
 
 impl Ledger {
@@ -64,59 +59,30 @@ impl Ledger {
         queue_capacity: usize,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Ledger, LedgerWriter)> {
-        let conn = Arc::new(Mutex::new(store::open_for_ledger_writer(database)?));
+        let conn = store::open_for_ledger_writer(database)?;
         let (queue, rx) = mpsc::channel(queue_capacity);
         let (finished, stopped) = oneshot::channel();
-        let (thread_conn, thread_metrics) = (conn.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || {
-                run(&thread_conn, rx, batch_max, &thread_metrics);
+                run(conn, rx, batch_max, &metrics);
                 let _ = finished.send(());
             })?;
         let writer = LedgerWriter {
             queue: queue.clone(),
             stopped,
         };
-        Ok((
-            Ledger {
-                queue,
-                conn,
-                metrics,
-            },
-            writer,
-        ))
+        Ok((Ledger { queue }, writer))
     }
 
-    /// Commits `record` and returns once it is on disk: at once if the writer is idle,
-    /// else in the thread's next batch.
+    /// Queues `record` and returns once it is committed to disk.
     pub async fn commit(&self, record: UsageRecord) -> Result<(), LedgerError> {
-        if let Some(result) = self.commit_in_place(&record) {
-            return result;
-        }
         let (done, committed) = oneshot::channel();
         self.queue
             .send(Message::Record(Pending { record, done }))
             .await
             .map_err(|_| LedgerError::Stopped)?;
         committed.await.map_err(|_| LedgerError::Stopped)?
-    }
-
-    /// Writes `record` on the caller's thread if nothing is queued and no commit is running.
-    /// `None` when it cannot, or when the write failed: the thread then takes the record,
-    /// with its retries (a failed statement wrote nothing).
-    fn commit_in_place(&self, record: &UsageRecord) -> Option<Result<(), LedgerError>> {
-        if self.queue_depth() > 0 || self.queue.is_closed() {
-            return None;
-        }
-        let conn = self.conn.try_lock().ok()?;
-        let started = Instant::now();
-        store::usage::insert(&conn, [record]).ok()?;
-        self.metrics.ledger_batch_size.observe(1.0);
-        self.metrics
-            .ledger_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Some(Ok(()))
     }
 
     /// Whether the writer still accepts records.
@@ -150,7 +116,7 @@ impl LedgerWriter {
 }
 
 fn run(
-    conn: &Mutex<rusqlite::Connection>,
+    conn: rusqlite::Connection,
     mut rx: mpsc::Receiver<Message>,
     batch_max: usize,
     metrics: &Metrics,
@@ -173,7 +139,6 @@ fn run(
             continue;
         }
         let batch_had_others = batch.len() > 1;
-        let conn = lock(conn);
         let started = Instant::now();
         let outcome = write_with_retries(&conn, &batch);
         metrics.ledger_batch_size.observe(batch.len() as f64);
@@ -193,12 +158,6 @@ fn run(
         }
     }
     tracing::debug!("ledger writer stopped: queue closed and drained");
-}
-
-/// The connection, even if a request panicked while holding it: SQLite rolls back a
-/// statement that did not finish, so the connection is still sound.
-fn lock(conn: &Mutex<rusqlite::Connection>) -> MutexGuard<'_, rusqlite::Connection> {
-    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn write_with_retries(conn: &rusqlite::Connection, batch: &[Pending]) -> Result<(), LedgerError> {
