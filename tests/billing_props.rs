@@ -2,6 +2,8 @@
 //! and the invoice total = the sum of its lines rounded half-up to the fen. Prices carry up
 //! to 8 decimals and change mid-period; records sit on both sides of local midnight.
 
+mod helpers;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -10,7 +12,6 @@ use tollgate::billing::invoice::{InvoiceStatus, to_fen};
 use tollgate::billing::period::Month;
 use tollgate::billing::report::{self, Dimension, Names};
 use tollgate::billing::{PriceBook, PriceEntry, TokenCounts, cost_of};
-use tollgate::config::DatabaseConfig;
 use tollgate::metering::record::{Status, UsageRecord, UsageSource};
 use tollgate::store;
 
@@ -73,26 +74,12 @@ fn instants() -> Vec<DateTime<Utc>> {
 
 async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Usage>) {
     let dir = tempfile::tempdir().unwrap();
-    let database = DatabaseConfig {
-        url: format!("sqlite://{}", dir.path().join("l.db").display()),
-        synchronous: "normal".into(),
-    };
-    let db = store::connect(&database).await.unwrap();
-    let account = store::accounts::create(&db, "acme").await.unwrap();
-    let secret = tollgate::auth::ApiKey::generate();
-    let key = store::keys::insert(
-        &db,
-        store::keys::NewKey {
-            account_id: account.id,
-            name: "k",
-            prefix: secret.prefix(),
-            secret_hash: &secret.hash(),
-            expires_at: None,
-            limits: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let helpers::BareLedger {
+        database,
+        db,
+        account,
+        key_id,
+    } = helpers::bare_ledger(&dir).await;
     // Two chips, each with a price change in the middle of November.
     let mid = ZONE
         .with_ymd_and_hms(2026, 11, 15, 12, 0, 0)
@@ -137,7 +124,7 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
         records.push(UsageRecord {
             request_id: format!("req_{n}"),
             account_id: account.id,
-            key_id: key.id,
+            key_id,
             model: "m".into(),
             chip: version.entry.chip.clone(),
             deployment: None,

@@ -11,17 +11,6 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tollgate::store::usage::StoredRecord;
 
-async fn eventual_record(app: &TestApp, request_id: &str) -> StoredRecord {
-    for _ in 0..100 {
-        if let Ok(Some(r)) = tollgate::store::usage::by_request_id(app.state.db(), request_id).await
-        {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no record for {request_id}");
-}
-
 /// Reads `events` SSE events (blank-line separated) of a stream, then hangs up.
 async fn leave_after(app: &TestApp, path: &str, body: &Value, events: usize) -> StoredRecord {
     let mut response = app.post(path, body).await;
@@ -32,7 +21,7 @@ async fn leave_after(app: &TestApp, path: &str, body: &Value, events: usize) -> 
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     drop(response);
-    eventual_record(app, &id).await
+    app.eventual_record(&id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,11 +47,7 @@ async fn a_client_leaving_at_any_point_leaves_one_record_with_the_backends_usage
         before + 1,
         "one record for the request that left at once"
     );
-    let filter = tollgate::store::usage::UsageFilter::default();
-    let record = tollgate::store::usage::list(app.state.db(), &filter, 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let record = app.latest_record().await;
     assert_eq!(
         (record.status.as_str(), record.usage_source.as_str()),
         ("client_disconnected", "reported")
@@ -136,11 +121,7 @@ async fn a_client_leaving_before_a_non_streamed_answer_still_leaves_its_record()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.record_count().await, before + 1);
-    let filter = tollgate::store::usage::UsageFilter::default();
-    let record = tollgate::store::usage::list(app.state.db(), &filter, 1)
-        .await
-        .unwrap()
-        .remove(0);
+    let record = app.latest_record().await;
     assert_eq!(
         (
             record.usage_source.as_str(),

@@ -2,12 +2,13 @@
 //! written exactly once; a record the database refuses fails alone; shutdown commits what
 //! was queued and refuses the rest.
 
+mod helpers;
+
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 use tollgate::billing::{PriceEntry, TokenCounts};
-use tollgate::config::DatabaseConfig;
 use tollgate::metering::record::{Status, UsageRecord, UsageSource};
 use tollgate::metering::{Ledger, LedgerError, LedgerWriter};
 use tollgate::metrics::Metrics;
@@ -25,26 +26,12 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let database = DatabaseConfig {
-        url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
-        synchronous: "normal".into(),
-    };
-    let db = store::connect(&database).await.unwrap();
-    let account = store::accounts::create(&db, "acme").await.unwrap();
-    let secret = tollgate::auth::ApiKey::generate();
-    let key = store::keys::insert(
-        &db,
-        store::keys::NewKey {
-            account_id: account.id,
-            name: "k",
-            prefix: secret.prefix(),
-            secret_hash: &secret.hash(),
-            expires_at: None,
-            limits: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let helpers::BareLedger {
+        database,
+        db,
+        account,
+        key_id,
+    } = helpers::bare_ledger(&dir).await;
     let price = PriceEntry {
         model: "m".into(),
         chip: "c".into(),
@@ -62,7 +49,7 @@ async fn fixture() -> Fixture {
     let template = UsageRecord {
         request_id: String::new(),
         account_id: account.id,
-        key_id: key.id,
+        key_id,
         model: "m".into(),
         chip: "c".into(),
         deployment: None,

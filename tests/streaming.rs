@@ -3,8 +3,6 @@
 
 mod helpers;
 
-use std::time::Duration;
-
 use helpers::{TestApp, chat, expected_cost, fixture, request_id, sse_data};
 use serde_json::{Value, json};
 use tollgate::config::{DisconnectPolicy, Endpoint};
@@ -31,18 +29,6 @@ fn content(chunks: &[Value]) -> String {
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect()
-}
-
-/// Waits for the record of a request whose client is gone (no `[DONE]` to wait for).
-async fn eventual_record(app: &TestApp, request_id: &str) -> StoredRecord {
-    for _ in 0..100 {
-        if let Ok(Some(r)) = tollgate::store::usage::by_request_id(app.state.db(), request_id).await
-        {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no record for {request_id}");
 }
 
 #[tokio::test]
@@ -367,7 +353,7 @@ async fn leave_after_first_chunk(app: &TestApp, knobs: Value) -> StoredRecord {
     let id = request_id(&response);
     response.chunk().await.unwrap().expect("a first chunk");
     drop(response);
-    eventual_record(app, &id).await
+    app.eventual_record(&id).await
 }
 
 #[tokio::test]

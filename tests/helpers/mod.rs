@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tollgate::admin::Role;
 use tollgate::auth::lifecycle::{self, NewKeyRequest};
-use tollgate::config::{Config, UpstreamConfig};
+use tollgate::config::{Config, DatabaseConfig, UpstreamConfig};
 use tollgate::store::usage::StoredRecord;
 use tollgate::{AppState, Application, cli, sim, store};
 
@@ -157,6 +157,27 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no usage record for {request_id}"))
     }
 
+    /// Waits for the record of a request whose client is gone (no `[DONE]` to wait for).
+    pub async fn eventual_record(&self, request_id: &str) -> StoredRecord {
+        for _ in 0..100 {
+            if let Ok(Some(r)) = store::usage::by_request_id(self.state.db(), request_id).await {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("no record for {request_id}");
+    }
+
+    /// The newest record in the ledger.
+    pub async fn latest_record(&self) -> StoredRecord {
+        let filter = store::usage::UsageFilter::default();
+        store::usage::list(self.state.db(), &filter, 1)
+            .await
+            .unwrap()
+            .pop()
+            .expect("the ledger has a record")
+    }
+
     pub async fn record_count(&self) -> i64 {
         store::usage::count(self.state.db()).await.unwrap()
     }
@@ -213,6 +234,43 @@ pub async fn issue_key(
     IssuedKey {
         secret: issued.key,
         id: issued.view.id,
+    }
+}
+
+/// A migrated ledger without a gateway: account "acme" and one key on it.
+pub struct BareLedger {
+    pub database: DatabaseConfig,
+    pub db: store::Db,
+    pub account: store::accounts::Account,
+    pub key_id: i64,
+}
+
+pub async fn bare_ledger(dir: &tempfile::TempDir) -> BareLedger {
+    let database = DatabaseConfig {
+        url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
+        synchronous: "normal".into(),
+    };
+    let db = store::connect(&database).await.unwrap();
+    let account = store::accounts::create(&db, "acme").await.unwrap();
+    let secret = tollgate::auth::ApiKey::generate();
+    let key = store::keys::insert(
+        &db,
+        store::keys::NewKey {
+            account_id: account.id,
+            name: "k",
+            prefix: secret.prefix(),
+            secret_hash: &secret.hash(),
+            expires_at: None,
+            limits: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    BareLedger {
+        database,
+        db,
+        account,
+        key_id: key.id,
     }
 }
 
