@@ -157,7 +157,8 @@ async fn connect(
         let request = request
             .body(Full::new(ex.request.upstream_body(upstream)))
             .map_err(|e| (None, ApiError::Internal(e.into())))?;
-        let what = format!("{}/{}", upstream.model, upstream.chip);
+        // Only errors name the backend: no formatting on the way through.
+        let what = || format!("{}/{}", upstream.model, upstream.chip);
         let sent = Instant::now();
         let sending = upstream.client.send(request);
         match tokio::time::timeout(upstream.first_byte_timeout, sending).await {
@@ -169,15 +170,17 @@ async fn connect(
             }
             Err(_) => {
                 let error = ApiError::GatewayTimeout(format!(
-                    "the backend for {what} did not answer in time"
+                    "the backend for {} did not answer in time",
+                    what()
                 ));
                 return Err((Some((served, Status::Timeout)), error));
             }
             Ok(Err(e)) if e.is_connect() => {
-                tracing::warn!(request_id = %ex.request_id, upstream = %what, error = %e, "no connection to the backend; trying the next chip");
+                tracing::warn!(request_id = %ex.request_id, upstream = %what(), error = %e, "no connection to the backend; trying the next chip");
                 last = Some(served);
             }
             Ok(Err(e)) => {
+                let what = what();
                 let error =
                     ApiError::BadGateway(format!("the backend for {what} failed before answering"));
                 tracing::warn!(request_id = %ex.request_id, upstream = %what, error = %e, "backend request failed");
