@@ -13,6 +13,7 @@ use crate::admin::{self, AdminAuth};
 use crate::auth::cache::KeyCache;
 use crate::billing::{PriceBook, prices};
 use crate::config::Config;
+use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::limits::spending::Spending;
 use crate::metering::{Ledger, LedgerWriter};
@@ -56,6 +57,13 @@ impl AppState {
     }
     pub fn ledger(&self) -> &Ledger {
         &self.0.ledger
+    }
+
+    /// The database once every usage record committed so far is in it (see `Ledger::flush`):
+    /// what readers of usage read from.
+    pub async fn usage_db(&self) -> Result<&Db, ApiError> {
+        self.0.ledger.flush().await?;
+        Ok(&self.0.db)
     }
     /// The price book now; cheap (an `Arc` clone).
     pub fn prices(&self) -> Arc<PriceBook> {
@@ -130,12 +138,8 @@ impl Application {
             );
         }
         let metrics = Arc::new(Metrics::new());
-        let (ledger, ledger_writer) = Ledger::spawn(
-            &config.database,
-            config.ledger.batch_max,
-            config.ledger.queue_capacity,
-            metrics.clone(),
-        )?;
+        let (ledger, ledger_writer) =
+            Ledger::spawn(&config.database, &config.ledger, metrics.clone())?;
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -146,7 +150,7 @@ impl Application {
         let state = AppState(Arc::new(App {
             keys: KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys")),
             limits: Limits::new(config.limits.clone()),
-            spending: Spending::default(),
+            spending: Spending::new(ledger.clone()),
             metrics,
             admin_auth,
             config,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,10 +158,15 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
-    /// Most records written in one transaction.
+    /// Most records committed (appended to the usage journal) at once.
     pub batch_max: usize,
     /// Records waiting for the writer before requests wait for room.
     pub queue_capacity: usize,
+    /// How long committed records may wait in the journal before they are imported into
+    /// SQLite. Readers of usage in the gateway (usage API, invoices, balances) import first.
+    pub import_delay_ms: u64,
+    /// Records in the journal that start an import before the delay is up.
+    pub import_max: usize,
 }
 
 impl Default for LedgerConfig {
@@ -169,6 +174,8 @@ impl Default for LedgerConfig {
         LedgerConfig {
             batch_max: 512,
             queue_capacity: 8192,
+            import_delay_ms: 20,
+            import_max: 2048,
         }
     }
 }
@@ -259,7 +266,7 @@ pub struct ModelRouting {
     pub default_chip: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     #[default]
@@ -392,8 +399,13 @@ impl Config {
                 file.display()
             );
         }
-        if self.ledger.batch_max == 0 || self.ledger.queue_capacity == 0 {
-            bail!("ledger.batch_max and ledger.queue_capacity must be at least 1");
+        if self.ledger.batch_max == 0
+            || self.ledger.queue_capacity == 0
+            || self.ledger.import_max == 0
+        {
+            bail!(
+                "ledger.batch_max, ledger.queue_capacity and ledger.import_max must be at least 1"
+            );
         }
         let mut seen = HashSet::new();
         for up in &self.upstreams {

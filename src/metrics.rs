@@ -36,10 +36,14 @@ pub struct Metrics {
     pub active_streams: IntGauge,
     /// Records waiting for the ledger writer (sampled at scrape).
     pub ledger_queue_depth: IntGauge,
-    /// Records per ledger transaction.
+    /// Records per ledger commit (one append to the usage journal).
     pub ledger_batch_size: Histogram,
     /// Time to commit one ledger batch.
     pub ledger_commit_seconds: Histogram,
+    /// Records per import from the journal into SQLite (one transaction).
+    pub ledger_import_size: Histogram,
+    /// Time to import one batch into SQLite.
+    pub ledger_import_seconds: Histogram,
     /// API key lookups by result (hit, miss).
     pub key_cache: IntCounterVec,
 }
@@ -121,7 +125,7 @@ impl Metrics {
             ),
             ledger_batch_size: histogram(
                 "ledger_batch_records",
-                "Usage records per ledger transaction.",
+                "Usage records per ledger commit (one append to the usage journal).",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
             ),
             ledger_commit_seconds: histogram(
@@ -130,6 +134,16 @@ impl Metrics {
                 vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 ],
+            ),
+            ledger_import_size: histogram(
+                "ledger_import_records",
+                "Usage records per import from the journal into SQLite (one transaction).",
+                vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0],
+            ),
+            ledger_import_seconds: histogram(
+                "ledger_import_seconds",
+                "Time to import one batch of usage records into SQLite.",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
             key_cache: counter(
                 "key_cache_lookups_total",

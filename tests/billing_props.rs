@@ -128,7 +128,7 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
             model: "m".into(),
             chip: version.entry.chip.clone(),
             deployment: None,
-            endpoint: "chat",
+            endpoint: tollgate::config::Endpoint::Chat,
             stream: false,
             status: if u.ok { Status::Ok } else { Status::Partial },
             http_status: 200,

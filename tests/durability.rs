@@ -28,8 +28,12 @@ async fn count_records(dir: &Path) -> i64 {
 
 /// One request read to its end; returns whether it completed.
 async fn complete_request(client: &reqwest::Client, addr: SocketAddr, key: &str, i: usize) -> bool {
-    let stream = i % 2 == 0;
-    let chip = if i % 3 == 0 { "chip3" } else { "nvidia" };
+    let stream = i.is_multiple_of(2);
+    let chip = if i.is_multiple_of(3) {
+        "chip3"
+    } else {
+        "nvidia"
+    };
     let url = format!("http://{addr}/maas/megrez-7b-instruct/{chip}/chat/completions");
     let Ok(response) = client
         .post(url)
@@ -155,7 +159,7 @@ async fn load_until_killed(
     let client = helpers::client();
     let mut completed = Vec::new();
     for i in 0.. {
-        let stream = (i + worker) % 2 == 0;
+        let stream = (i + worker).is_multiple_of(2);
         let chip = if i % 3 == 0 { "chip3" } else { "nvidia" };
         let url = format!("http://{addr}/maas/megrez-7b-instruct/{chip}/chat/completions");
         let body = chat(

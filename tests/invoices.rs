@@ -16,6 +16,7 @@ async fn get_text(app: &TestApp, path: &str, token: &str) -> (u16, String) {
 
 /// Moves every record of the account into `month` (as if it happened then).
 async fn move_records_to(app: &TestApp, month: Month) {
+    app.state.ledger().flush().await.unwrap();
     let zone = app.state.config().billing.zone();
     let (start, _) = month.bounds(zone);
     let at = (start + Duration::days(3)).timestamp_millis();

@@ -1,6 +1,7 @@
 //! The ledger writer on its own: concurrent commits share batches and each record is
-//! written exactly once; a record the database refuses fails alone; shutdown commits what
-//! was queued and refuses the rest.
+//! written exactly once; a record the database refuses is set aside without holding up the
+//! others; shutdown commits what was queued and refuses the rest; records left in the
+//! usage journal are imported by the next process, once, and a damaged journal stops it.
 
 mod helpers;
 
@@ -9,13 +10,16 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 use tollgate::billing::{PriceEntry, TokenCounts};
+use tollgate::config::{DatabaseConfig, Endpoint, LedgerConfig};
 use tollgate::metering::record::{Status, UsageRecord, UsageSource};
 use tollgate::metering::{Ledger, LedgerError, LedgerWriter};
 use tollgate::metrics::Metrics;
+use tollgate::store::journal::{self, Journal};
 use tollgate::store::{self, Db};
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    database: DatabaseConfig,
     db: Db,
     ledger: Ledger,
     writer: LedgerWriter,
@@ -44,7 +48,12 @@ async fn fixture() -> Fixture {
     store::prices::sync(&db, &[price]).await.unwrap();
     let version = store::prices::all(&db).await.unwrap().remove(0);
     let metrics = Arc::new(Metrics::new());
-    let (ledger, writer) = Ledger::spawn(&database, 64, 1024, metrics.clone()).unwrap();
+    let config = LedgerConfig {
+        batch_max: 64,
+        queue_capacity: 1024,
+        ..LedgerConfig::default()
+    };
+    let (ledger, writer) = Ledger::spawn(&database, &config, metrics.clone()).unwrap();
     let now = Utc::now();
     let template = UsageRecord {
         request_id: String::new(),
@@ -53,7 +62,7 @@ async fn fixture() -> Fixture {
         model: "m".into(),
         chip: "c".into(),
         deployment: None,
-        endpoint: "chat",
+        endpoint: Endpoint::Chat,
         stream: false,
         status: Status::Ok,
         http_status: 200,
@@ -75,6 +84,7 @@ async fn fixture() -> Fixture {
     };
     Fixture {
         _dir: dir,
+        database,
         db,
         ledger,
         writer,
@@ -126,6 +136,7 @@ async fn concurrent_commits_share_batches_and_each_record_is_written_once() {
     // The same request id again (a retried batch, say) is accepted and not written twice.
     let again = record(&f.template, "req_000".into());
     f.ledger.commit(again).await.unwrap();
+    f.ledger.flush().await.unwrap();
 
     expected.sort();
     assert_eq!(stored_ids(&f.db).await, expected);
@@ -139,23 +150,38 @@ async fn concurrent_commits_share_batches_and_each_record_is_written_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_the_database_refuses_fails_alone() {
+async fn a_record_the_database_refuses_is_set_aside_and_the_others_are_imported() {
     let f = fixture().await;
     let mut records: Vec<UsageRecord> = (0..20)
         .map(|n| record(&f.template, format!("req_{n:02}")))
         .collect();
-    // No such key: the foreign key refuses it, whichever batch it lands in.
+    // No such key: the foreign key refuses it, whichever import it lands in.
     records[7].key_id = 9_999;
-    let outcomes = commit_all(&f.ledger, records).await;
-    for (n, outcome) in outcomes.iter().enumerate() {
-        match n {
-            7 => assert!(matches!(outcome, Err(LedgerError::Write(_))), "{outcome:?}"),
-            _ => assert!(outcome.is_ok(), "record {n}: {outcome:?}"),
-        }
-    }
+    let outcomes = commit_all(&f.ledger, records.clone()).await;
+    // Every record is committed (journaled); the refusal comes at the import.
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    f.ledger.flush().await.unwrap();
     let ids = stored_ids(&f.db).await;
     assert_eq!(ids.len(), 19);
     assert!(!ids.contains(&"req_07".to_string()));
+    // The refused record is kept whole, beside the journal, and nowhere else.
+    let journal = journal::path_of(&store::sqlite_path(&f.database).unwrap());
+    let mut refused = journal.clone().into_os_string();
+    refused.push("-refused");
+    let text = std::fs::read_to_string(refused).unwrap();
+    let kept: Vec<UsageRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(kept, vec![records[7].clone()]);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    // Imports go on after it.
+    f.ledger
+        .commit(record(&f.template, "req_20".into()))
+        .await
+        .unwrap();
+    f.ledger.flush().await.unwrap();
+    assert_eq!(stored_ids(&f.db).await.len(), 20);
     f.writer.shutdown().await.unwrap();
 }
 
@@ -186,4 +212,88 @@ async fn shutdown_commits_what_was_queued_and_refuses_the_rest() {
         Err(LedgerError::Stopped)
     ));
     assert!(!f.ledger.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_left_in_the_journal_are_imported_once_at_the_next_start() {
+    let f = fixture().await;
+    // One record is in SQLite already, as after a crash between an import and emptying
+    // the journal.
+    f.ledger
+        .commit(record(&f.template, "req_a".into()))
+        .await
+        .unwrap();
+    f.writer.shutdown().await.unwrap();
+    let path = journal::path_of(&store::sqlite_path(&f.database).unwrap());
+    let left: Vec<UsageRecord> = ["req_a", "req_b", "req_c"]
+        .into_iter()
+        .map(|id| record(&f.template, id.into()))
+        .collect();
+    let mut journal = Journal::open(&f.database).unwrap();
+    journal.append(left.iter()).unwrap();
+    drop(journal);
+    // And a line a crash cut short: never acknowledged, so dropped.
+    let mut torn = serde_json::to_vec(&record(&f.template, "req_torn".into())).unwrap();
+    torn.truncate(torn.len() / 2);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &torn).unwrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let (ledger, writer) = Ledger::spawn(&f.database, &LedgerConfig::default(), metrics).unwrap();
+    assert_eq!(stored_ids(&f.db).await, ["req_a", "req_b", "req_c"]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    // The journal is this writer's: a second one on the same ledger is refused.
+    let second = Ledger::spawn(
+        &f.database,
+        &LedgerConfig::default(),
+        Arc::new(Metrics::new()),
+    );
+    let error = second
+        .err()
+        .expect("a second writer is refused")
+        .to_string();
+    assert!(error.contains("another tollgate"), "{error}");
+    drop(ledger);
+    writer.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_the_ledger_imports_a_journal_only_when_no_gateway_holds_it() {
+    let f = fixture().await;
+    f.writer.shutdown().await.unwrap();
+    let mut journal = Journal::open(&f.database).unwrap();
+    journal
+        .append([record(&f.template, "req_x".into())].iter())
+        .unwrap();
+    // A gateway holds it: another process (the CLI) leaves it to the gateway.
+    store::connect(&f.database).await.unwrap();
+    assert!(stored_ids(&f.db).await.is_empty());
+    drop(journal);
+    // The gateway is gone: the next process to open the ledger imports the record.
+    store::connect(&f.database).await.unwrap();
+    assert_eq!(stored_ids(&f.db).await, ["req_x"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_stops_the_start_and_says_where() {
+    let f = fixture().await;
+    f.writer.shutdown().await.unwrap();
+    let path = journal::path_of(&store::sqlite_path(&f.database).unwrap());
+    let good = serde_json::to_string(&record(&f.template, "req_ok".into())).unwrap();
+    std::fs::write(&path, format!("{good}\n{{\"request_id\": 12\n{good}\n")).unwrap();
+    let error = Ledger::spawn(
+        &f.database,
+        &LedgerConfig::default(),
+        Arc::new(Metrics::new()),
+    )
+    .err()
+    .expect("a damaged journal is not skipped");
+    let message = format!("{error:#}");
+    assert!(message.contains("damaged at line 2"), "{message}");
+    // Nothing was imported and the journal is left as it was, for the operator.
+    assert!(stored_ids(&f.db).await.is_empty());
+    assert!(std::fs::read_to_string(&path).unwrap().contains("req_ok"));
 }

@@ -55,7 +55,7 @@ async fn charges(app: &TestApp) -> Decimal {
         account_id: Some(1),
         ..Default::default()
     };
-    let records = tollgate::store::usage::list(app.state.db(), &filter, 1000)
+    let records = tollgate::store::usage::list(app.state.usage_db().await.unwrap(), &filter, 1000)
         .await
         .unwrap();
     records.iter().map(|r| r.cost).sum()

@@ -46,7 +46,7 @@ struct AccountView {
 }
 
 async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiError> {
-    let balance = spending::balance(state.db(), &state.prices(), account.id).await?;
+    let balance = spending::balance(state.usage_db().await?, &state.prices(), account.id).await?;
     let held = state.spending().held(account.id).normalize();
     let available = account
         .allowance()

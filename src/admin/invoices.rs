@@ -164,13 +164,13 @@ impl Document {
     }
 }
 
-fn ledger<'a>(state: &'a AppState, prices: &'a PriceBook) -> Ledger<'a> {
-    Ledger {
-        db: state.db(),
+async fn ledger<'a>(state: &'a AppState, prices: &'a PriceBook) -> Result<Ledger<'a>, ApiError> {
+    Ok(Ledger {
+        db: state.usage_db().await?,
         prices,
         zone: state.config().billing.zone(),
         finalize_grace: Duration::seconds(state.config().billing.finalize_grace_secs),
-    }
+    })
 }
 
 #[derive(Deserialize)]
@@ -211,6 +211,7 @@ async fn find(
     let account = accounts::named(state.db(), &q.account).await?;
     let month = Month::parse(&q.period)?;
     ledger(&state, &state.prices())
+        .await?
         .get(&account, month)
         .await?
         .respond(wants_csv(q.format.as_deref(), &headers)?)
@@ -233,6 +234,7 @@ async fn show(
 ) -> Result<Response, ApiError> {
     let (account, month) = account_and_month(state.db(), &id).await?;
     ledger(&state, &state.prices())
+        .await?
         .get(&account, month)
         .await?
         .respond(wants_csv(q.format.as_deref(), &headers)?)
@@ -245,6 +247,7 @@ async fn finalize(
 ) -> Result<Response, ApiError> {
     let (account, month) = account_and_month(state.db(), &id).await?;
     let text = ledger(&state, &state.prices())
+        .await?
         .finalize(&account, month)
         .await?;
     Document::Final(text).respond(false)

@@ -43,7 +43,7 @@ async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let account_id = accounts::id_of(state.db(), query.account.as_deref()).await?;
-    let data = lifecycle::list(state.db(), account_id).await?;
+    let data = lifecycle::list(state.usage_db().await?, account_id).await?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -53,7 +53,7 @@ async fn show(
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = lifecycle::get(state.db(), id).await?;
-    Ok(Json(lifecycle::view(state.db(), row).await?))
+    Ok(Json(lifecycle::view(state.usage_db().await?, row).await?))
 }
 
 async fn update(
@@ -63,7 +63,7 @@ async fn update(
     JsonBody(patch): JsonBody<KeyPatch>,
 ) -> Result<Json<KeyView>, ApiError> {
     Ok(Json(
-        lifecycle::update(state.db(), state.keys(), id, patch).await?,
+        lifecycle::update(state.usage_db().await?, state.keys(), id, patch).await?,
     ))
 }
 
@@ -72,7 +72,9 @@ async fn revoke(
     _: Admin,
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(lifecycle::revoke(state.db(), state.keys(), id).await?))
+    Ok(Json(
+        lifecycle::revoke(state.usage_db().await?, state.keys(), id).await?,
+    ))
 }
 
 #[derive(Deserialize, Default)]

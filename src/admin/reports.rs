@@ -133,7 +133,7 @@ async fn cost(
         group_by: q.group_by.as_deref().unwrap_or("model,chip"),
     };
     let report = build(
-        state.db(),
+        state.usage_db().await?,
         &state.prices(),
         state.config().billing.zone(),
         request,

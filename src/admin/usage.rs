@@ -54,7 +54,7 @@ async fn list(
         to_ms: q.to.map(store::to_ms),
         before_id: q.cursor,
     };
-    let data = store::usage::list(state.db(), &filter, limit).await?;
+    let data = store::usage::list(state.usage_db().await?, &filter, limit).await?;
     let next_cursor = (data.len() as i64 == limit)
         .then(|| data.last().map(|r| r.id))
         .flatten();

@@ -9,7 +9,7 @@ pub type Cost = Decimal;
 
 /// Tokens as the ledger counts them: `cached` is part of `prompt`, reasoning tokens are
 /// part of `completion`, so each token is counted once.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenCounts {
     pub prompt: u64,
     pub completion: u64,

@@ -162,7 +162,7 @@ fn reset_value(d: Duration) -> HeaderValue {
     let text = if d < Duration::from_secs(1) {
         format!(
             "{}ms",
-            d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0)
+            d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000))
         )
     } else {
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);

@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use crate::billing::PriceBook;
 use crate::billing::invoice::cost_of_sums;
 use crate::error::ApiError;
+use crate::metering::Ledger;
 use crate::store::{self, Db};
 
 #[derive(Debug, Clone, Copy)]
@@ -30,10 +31,11 @@ pub struct Hold {
     pub amount: Decimal,
 }
 
-#[derive(Default)]
 pub struct Spending {
     /// Account id → funds, loaded from the ledger on first use. Held only for arithmetic.
     funds: Mutex<HashMap<i64, Funds>>,
+    /// Flushed before a balance is read from the database.
+    ledger: Ledger,
 }
 
 /// The account's balance from the ledger: top-ups minus the costs of all its records.
@@ -51,6 +53,13 @@ pub async fn balance(db: &Db, prices: &PriceBook, account_id: i64) -> Result<Dec
 }
 
 impl Spending {
+    pub fn new(ledger: Ledger) -> Spending {
+        Spending {
+            funds: Mutex::default(),
+            ledger,
+        }
+    }
+
     /// Whether the account has a limit at all (no need to estimate a cost otherwise).
     pub async fn limited(
         &self,
@@ -77,6 +86,7 @@ impl Spending {
         let account = store::accounts::get(db, account_id)
             .await?
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
+        self.ledger.flush().await?;
         let balance = balance(db, prices, account_id).await?;
         // Another request may have loaded it meanwhile; its state is as fresh and may hold.
         self.funds
@@ -166,6 +176,7 @@ impl Spending {
             .keys()
             .copied()
             .collect();
+        self.ledger.flush().await?;
         for id in ids {
             let Some(account) = store::accounts::get(db, id).await? else {
                 continue;

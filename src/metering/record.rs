@@ -1,12 +1,13 @@
 //! What the ledger keeps about one request.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::billing::{Cost, TokenCounts};
+use crate::config::Endpoint;
 
 /// How a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The backend answered in full.
@@ -37,7 +38,7 @@ impl Status {
 }
 
 /// Where a record's token counts came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UsageSource {
     /// The backend's `usage` object.
@@ -58,7 +59,8 @@ impl UsageSource {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Serialized only to the usage journal (see `store::journal`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub request_id: String,
     pub account_id: i64,
@@ -66,7 +68,7 @@ pub struct UsageRecord {
     pub model: String,
     pub chip: String,
     pub deployment: Option<String>,
-    pub endpoint: &'static str,
+    pub endpoint: Endpoint,
     pub stream: bool,
     pub status: Status,
     pub http_status: u16,

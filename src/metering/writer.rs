@@ -1,12 +1,13 @@
-//! The single ledger writer. Requests hand it records and wait for the commit; it writes
-//! whatever has queued up since its last commit in one transaction (group commit), so the
-//! hot path never pays for a transaction of its own and every record is durable before
-//! the client sees the end of its response.
+//! The single ledger writer. Requests hand it records and wait for the commit; it commits
+//! whatever has queued up since its last commit at once (group commit), so the hot path
+//! never pays for a transaction of its own and every record is durable before the client
+//! sees the end of its response.
 //!
-//! The writer is an OS thread with its own blocking SQLite connection: a commit costs one
-//! wake-up of this thread and one of the waiting request, where going through sqlx's
-//! connection worker cost two more (about 0.2 ms per commit at concurrency 1, measured by
-//! `tollgate-bench`). Everything else in the store still goes through sqlx.
+//! A commit is one append to the usage journal (`store::journal`). The records are
+//! imported into SQLite afterwards, many to a transaction: after `ledger.import_delay_ms`,
+//! once `ledger.import_max` are waiting, when a reader of usage asks (`Ledger::flush`), and
+//! at shutdown. The writer is an OS thread with its own blocking SQLite connection;
+//! everything else in the store goes through sqlx.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,25 +15,25 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::UsageRecord;
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, LedgerConfig};
 use crate::metrics::Metrics;
 use crate::store;
+use crate::store::journal::Journal;
 
-/// Tries per batch before the requests in it are told their record could not be written.
-const ATTEMPTS: u32 = 5;
+/// First wait before a failed import is tried again; it doubles up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
-// `Stop` is sent once; boxing `Record` would cost an allocation per request.
+type Reply = oneshot::Sender<Result<(), LedgerError>>;
+
+// `Stop` and `Flush` are rare; boxing `Record` would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 enum Message {
-    Record(Pending),
-    /// Refuse new records, commit those already queued, then stop.
+    Record(UsageRecord, Reply),
+    /// Import everything committed so far into SQLite, then answer.
+    Flush(Reply),
+    /// Refuse new records, commit and import those already queued, then stop.
     Stop,
-}
-
-struct Pending {
-    record: UsageRecord,
-    /// Answers the request once its record is committed (or definitely failed).
-    done: oneshot::Sender<Result<(), LedgerError>>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,21 +52,36 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Opens the writer's connection to the (already migrated) database and starts the
-    /// writer thread.
+    /// Opens the writer's connection to the (already migrated) database, takes its usage
+    /// journal, imports what a previous run left there, and starts the writer thread.
     pub fn spawn(
         database: &DatabaseConfig,
-        batch_max: usize,
-        queue_capacity: usize,
+        config: &LedgerConfig,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Ledger, LedgerWriter)> {
         let conn = store::open_for_ledger_writer(database)?;
-        let (queue, rx) = mpsc::channel(queue_capacity);
+        let mut journal = Journal::open(database)?;
+        let mut writer = Writer {
+            backlog: journal.records()?,
+            conn,
+            journal,
+            import_delay: Duration::from_millis(config.import_delay_ms),
+            import_max: config.import_max,
+            due: None,
+            retry: RETRY_FIRST,
+            metrics,
+        };
+        writer.import()?;
+        let clock = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let (queue, rx) = mpsc::channel(config.queue_capacity);
         let (finished, stopped) = oneshot::channel();
+        let batch_max = config.batch_max;
         std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || {
-                run(conn, rx, batch_max, &metrics);
+                writer.run(&clock, rx, batch_max);
                 let _ = finished.send(());
             })?;
         let writer = LedgerWriter {
@@ -77,12 +93,22 @@ impl Ledger {
 
     /// Queues `record` and returns once it is committed to disk.
     pub async fn commit(&self, record: UsageRecord) -> Result<(), LedgerError> {
-        let (done, committed) = oneshot::channel();
+        self.ask(|done| Message::Record(record, done)).await
+    }
+
+    /// Returns once every record committed before the call is in SQLite: call it before
+    /// reading usage from the database.
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        self.ask(Message::Flush).await
+    }
+
+    async fn ask(&self, message: impl FnOnce(Reply) -> Message) -> Result<(), LedgerError> {
+        let (done, answered) = oneshot::channel();
         self.queue
-            .send(Message::Record(Pending { record, done }))
+            .send(message(done))
             .await
             .map_err(|_| LedgerError::Stopped)?;
-        committed.await.map_err(|_| LedgerError::Stopped)?
+        answered.await.map_err(|_| LedgerError::Stopped)?
     }
 
     /// Whether the writer still accepts records.
@@ -105,8 +131,8 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
-    /// Commits everything already queued, then stops. Records offered afterwards are
-    /// refused with `LedgerError::Stopped` rather than lost silently.
+    /// Commits and imports everything already queued, then stops. Records offered
+    /// afterwards are refused with `LedgerError::Stopped` rather than lost silently.
     /// Fails if the thread panicked (and so may have left records unanswered).
     pub async fn shutdown(self) -> Result<(), LedgerError> {
         // If the send fails the thread is gone already, and `stopped` resolves at once.
@@ -115,69 +141,165 @@ impl LedgerWriter {
     }
 }
 
-fn run(
+/// The writer thread's state.
+struct Writer {
     conn: rusqlite::Connection,
-    mut rx: mpsc::Receiver<Message>,
-    batch_max: usize,
-    metrics: &Metrics,
-) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
-    // Blocks until there is work; `None` once stopped (or every handle is gone) and drained.
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Record(pending) => batch.push(pending),
-                // Nothing can be queued after this; what is queued already is still taken.
-                Message::Stop => rx.close(),
-            }
-            if batch.len() < batch_max {
-                next = rx.try_recv().ok();
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let batch_had_others = batch.len() > 1;
-        let started = Instant::now();
-        let outcome = write_with_retries(&conn, &batch);
-        metrics.ledger_batch_size.observe(batch.len() as f64);
-        metrics
-            .ledger_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        for pending in batch.drain(..) {
-            let outcome = match &outcome {
-                // One record the database refuses must not cost the others in its batch
-                // their charge: each is tried on its own once more.
-                Err(_) if batch_had_others => store::usage::insert(&conn, [&pending.record])
-                    .map_err(|e| LedgerError::Write(e.to_string())),
-                outcome => outcome.clone(),
-            };
-            // A request that has gone away no longer waits; its record is written all the same.
-            let _ = pending.done.send(outcome);
-        }
-    }
-    tracing::debug!("ledger writer stopped: queue closed and drained");
+    journal: Journal,
+    /// Committed (journaled) records not yet in SQLite, oldest first.
+    backlog: Vec<UsageRecord>,
+    import_delay: Duration,
+    import_max: usize,
+    /// When the backlog must be imported.
+    due: Option<Instant>,
+    /// Wait after the next failed import.
+    retry: Duration,
+    metrics: Arc<Metrics>,
 }
 
-fn write_with_retries(conn: &rusqlite::Connection, batch: &[Pending]) -> Result<(), LedgerError> {
-    let mut delay = Duration::from_millis(20);
-    let mut attempt = 1;
-    loop {
-        let error = match store::usage::insert(conn, batch.iter().map(|p| &p.record)) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        // A refused record (a constraint) fails the same way every time; a busy or failing
-        // disk may recover. Every other request waits on this thread meanwhile.
-        let refused = error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation);
-        if refused || attempt == ATTEMPTS {
-            tracing::error!(records = batch.len(), error = %error, "ledger batch failed for good");
-            return Err(LedgerError::Write(error.to_string()));
+#[allow(clippy::large_enum_variant)] // as `Message`
+enum Next {
+    Message(Message),
+    /// An import is due.
+    Due,
+    /// Stopped (or every handle is gone), and the queue is drained.
+    Closed,
+}
+
+impl Writer {
+    fn run(
+        mut self,
+        clock: &tokio::runtime::Runtime,
+        mut rx: mpsc::Receiver<Message>,
+        batch_max: usize,
+    ) {
+        let mut batch: Vec<(UsageRecord, Reply)> = Vec::with_capacity(batch_max);
+        let mut flushes: Vec<Reply> = Vec::new();
+        loop {
+            let first = match clock.block_on(next(&mut rx, self.due)) {
+                Next::Message(message) => message,
+                Next::Due => {
+                    let _ = self.import();
+                    continue;
+                }
+                Next::Closed => break,
+            };
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Record(record, done) => batch.push((record, done)),
+                    Message::Flush(done) => flushes.push(done),
+                    // Nothing can be queued after this; what is queued already is still taken.
+                    Message::Stop => rx.close(),
+                }
+                if batch.len() < batch_max {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+            }
+            let overdue = self.due.is_some_and(|due| Instant::now() >= due);
+            if !flushes.is_empty() || overdue || self.backlog.len() >= self.import_max {
+                let imported = self.import();
+                for done in flushes.drain(..) {
+                    let _ = done.send(imported.clone());
+                }
+            }
         }
-        tracing::warn!(attempt, error = %error, "ledger batch failed; retrying");
-        std::thread::sleep(delay);
-        delay *= 4;
-        attempt += 1;
+        // Every record answered is in the journal; the next start imports what fails here.
+        let _ = self.import();
+        tracing::debug!("ledger writer stopped: queue closed and drained");
     }
+
+    /// Appends the batch to the journal and answers its requests.
+    fn commit(&mut self, batch: &mut Vec<(UsageRecord, Reply)>) {
+        let started = Instant::now();
+        let appended = self.journal.append(batch.iter().map(|(record, _)| record));
+        self.metrics.ledger_batch_size.observe(batch.len() as f64);
+        self.metrics
+            .ledger_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = appended.map_err(|e| {
+            tracing::error!(records = batch.len(), error = %e, "usage journal append failed");
+            LedgerError::Write(e.to_string())
+        });
+        let committed = outcome.is_ok();
+        for (record, done) in batch.drain(..) {
+            // A request that has gone away no longer waits; its record is kept all the same.
+            let _ = done.send(outcome.clone());
+            if committed {
+                self.backlog.push(record);
+            }
+        }
+        if committed {
+            self.due.get_or_insert(started + self.import_delay);
+        }
+    }
+
+    /// Imports the backlog into SQLite in one transaction and empties the journal. On
+    /// failure the records stay in both, and the import is tried again later.
+    fn import(&mut self) -> Result<(), LedgerError> {
+        if self.backlog.is_empty() {
+            self.due = None;
+            return Ok(());
+        }
+        let started = Instant::now();
+        let inserted = match store::usage::insert(&self.conn, &self.backlog) {
+            Err(e) if is_refusal(&e) => self.import_one_by_one(),
+            other => other.map_err(anyhow::Error::from),
+        };
+        if let Err(e) = inserted {
+            tracing::warn!(records = self.backlog.len(), error = %e, "ledger import failed; the records stay in the usage journal and are tried again");
+            self.due = Some(Instant::now() + self.retry);
+            self.retry = (self.retry * 2).min(RETRY_MAX);
+            return Err(LedgerError::Write(e.to_string()));
+        }
+        self.metrics
+            .ledger_import_size
+            .observe(self.backlog.len() as f64);
+        self.metrics
+            .ledger_import_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.backlog.clear();
+        self.due = None;
+        self.retry = RETRY_FIRST;
+        if let Err(e) = self.journal.clear() {
+            // Harmless but for growth: imported records are skipped when imported again.
+            tracing::error!(error = %e, "cannot empty the usage journal");
+        }
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Imports the backlog record by record, setting aside those SQLite refuses (a
+    /// constraint: they would fail every import) so they cannot hold up the others.
+    fn import_one_by_one(&mut self) -> anyhow::Result<()> {
+        for record in &self.backlog {
+            match store::usage::insert(&self.conn, [record]) {
+                Err(e) if is_refusal(&e) => {
+                    tracing::error!(request_id = %record.request_id, error = %e, "the ledger refuses a usage record; it is kept in the refused-records file beside the journal");
+                    self.journal.set_aside(record)?;
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_refusal(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}
+
+/// The next message, or `Due` once `due` passes first.
+async fn next(rx: &mut mpsc::Receiver<Message>, due: Option<Instant>) -> Next {
+    let received = match due {
+        None => rx.recv().await,
+        Some(due) => match tokio::time::timeout_at(due.into(), rx.recv()).await {
+            Ok(received) => received,
+            Err(_) => return Next::Due,
+        },
+    };
+    received.map_or(Next::Closed, Next::Message)
 }

@@ -331,7 +331,7 @@ impl Exchange {
             model: up.model.clone(),
             chip: up.chip.clone(),
             deployment: up.deployment.clone(),
-            endpoint: self.request.endpoint.as_str(),
+            endpoint: self.request.endpoint,
             stream: self.request.stream,
             status,
             http_status,

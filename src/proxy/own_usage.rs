@@ -18,7 +18,7 @@ pub async fn usage(State(state): State<AppState>, caller: Caller) -> Result<Json
     let (start, end) = Month::containing(Utc::now(), zone).bounds(zone);
     let scope = store::usage::Scope::Key(caller.key_id);
     let totals = store::usage::totals(
-        state.db(),
+        state.usage_db().await?,
         scope,
         store::to_ms(start),
         store::to_ms(end),

@@ -2,11 +2,13 @@
 
 pub mod accounts;
 pub mod invoices;
+pub mod journal;
 pub mod keys;
 pub mod prices;
 pub mod signal;
 pub mod usage;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -24,12 +26,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 /// How long a statement waits for another connection's write lock before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The SQLite file of `config`.
+pub fn sqlite_path(config: &DatabaseConfig) -> anyhow::Result<PathBuf> {
+    Ok(options(config)?.get_filename().to_owned())
+}
+
 fn options(config: &DatabaseConfig) -> anyhow::Result<SqliteConnectOptions> {
     SqliteConnectOptions::from_str(&config.url)
         .with_context(|| format!("database.url '{}' is not a SQLite URL", config.url))
 }
 
-/// Opens (creating if needed) the database in WAL mode and applies pending migrations.
+/// Opens (creating if needed) the database in WAL mode, applies pending migrations, and
+/// imports the usage journal if no running gateway holds it.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
     let synchronous = match config.synchronous.as_str() {
         "normal" => SqliteSynchronous::Normal,
@@ -50,6 +58,9 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
         .run(&pool)
         .await
         .context("cannot migrate the database")?;
+    // Records a stopped gateway left in its journal belong in what this process reads.
+    let database = config.clone();
+    tokio::task::spawn_blocking(move || journal::recover(&database)).await??;
     Ok(pool)
 }
 
@@ -57,7 +68,7 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
 /// migrated, with the same settings (WAL mode is the file's own).
 pub fn open_for_ledger_writer(config: &DatabaseConfig) -> anyhow::Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
-    let path = options(config)?.get_filename().to_owned();
+    let path = sqlite_path(config)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags(&path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;

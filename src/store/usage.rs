@@ -37,7 +37,7 @@ where
             r.model,
             r.chip,
             r.deployment,
-            r.endpoint,
+            r.endpoint.as_str(),
             r.stream,
             r.status.as_str(),
             r.http_status,

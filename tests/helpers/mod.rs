@@ -151,7 +151,7 @@ impl TestApp {
     }
 
     pub async fn record(&self, request_id: &str) -> StoredRecord {
-        store::usage::by_request_id(self.state.db(), request_id)
+        store::usage::by_request_id(self.state.usage_db().await.unwrap(), request_id)
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("no usage record for {request_id}"))
@@ -160,7 +160,8 @@ impl TestApp {
     /// Waits for the record of a request whose client is gone (no `[DONE]` to wait for).
     pub async fn eventual_record(&self, request_id: &str) -> StoredRecord {
         for _ in 0..100 {
-            if let Ok(Some(r)) = store::usage::by_request_id(self.state.db(), request_id).await {
+            let db = self.state.usage_db().await.unwrap();
+            if let Ok(Some(r)) = store::usage::by_request_id(db, request_id).await {
                 return r;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -171,7 +172,7 @@ impl TestApp {
     /// The newest record in the ledger.
     pub async fn latest_record(&self) -> StoredRecord {
         let filter = store::usage::UsageFilter::default();
-        store::usage::list(self.state.db(), &filter, 1)
+        store::usage::list(self.state.usage_db().await.unwrap(), &filter, 1)
             .await
             .unwrap()
             .pop()
@@ -179,7 +180,9 @@ impl TestApp {
     }
 
     pub async fn record_count(&self) -> i64 {
-        store::usage::count(self.state.db()).await.unwrap()
+        store::usage::count(self.state.usage_db().await.unwrap())
+            .await
+            .unwrap()
     }
 
     /// What the simulator last received.

@@ -60,6 +60,8 @@ pub struct Subject {
 pub struct Gateway {
     pub synchronous: String,
     pub ledger: Db,
+    /// The gateway's usage journal: empty once every committed record is in `ledger`.
+    pub journal: PathBuf,
     /// Keys for the many-keys workload, by rank; every tenth may send one request a minute.
     pub keys: Vec<HeaderValue>,
     pub rss_at_start_kb: u64,
@@ -237,6 +239,7 @@ async fn gateway(
         gateway: Some(Gateway {
             synchronous: synchronous.to_string(),
             ledger,
+            journal: store::journal::path_of(&store::sqlite_path(&config.database)?),
             keys: secrets,
             rss_at_start_kb,
         }),

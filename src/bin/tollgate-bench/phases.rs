@@ -233,15 +233,23 @@ impl Commits {
     }
 }
 
+/// Rows in the gateway's ledger, once it has imported every record it committed (its
+/// journal is empty: it imports within `ledger.import_delay_ms`).
 async fn ledger_rows(subject: &Subject) -> anyhow::Result<Option<i64>> {
-    Ok(match &subject.gateway {
-        Some(g) => Some(
-            sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
-                .fetch_one(&g.ledger)
-                .await?,
-        ),
-        None => None,
-    })
+    let Some(g) = &subject.gateway else {
+        return Ok(None);
+    };
+    for _ in 0..200 {
+        if std::fs::metadata(&g.journal).map_or(0, |m| m.len()) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Some(
+        sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(&g.ledger)
+            .await?,
+    ))
 }
 
 async fn throughput(
