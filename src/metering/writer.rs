@@ -62,7 +62,7 @@ impl Ledger {
         let conn = store::open_for_ledger_writer(database)?;
         let mut journal = Journal::open(database)?;
         let mut writer = Writer {
-            backlog: journal.records()?,
+            backlog: journal.records(),
             conn,
             journal,
             import_delay: Duration::from_millis(config.import_delay_ms),
