@@ -9,8 +9,9 @@
 //!    cancel it (`proxy::detach`): `proxy::stream` relays streams through
 //!    `proxy::framing`, and `proxy::observe` reads usage on the way.
 //! 4. `billing` prices the tokens exactly with the price version in force; `metering`
-//!    commits the record through the group-committing `Ledger` writer thread (its SQL in
-//!    `store::usage`), and only then is the end of the response released to the client.
+//!    commits the record through the group-committing `Ledger` writer thread (an append
+//!    to `store::journal`, imported into SQLite by `store::usage` soon after), and only
+//!    then is the end of the response released to the client.
 //!
 //! `metrics` holds every Prometheus metric; `ops` serves `/metrics`, `/healthz`, `/readyz`.
 //! `admin` serves `/admin/v1` (accounts, keys, usage) behind JWT.
