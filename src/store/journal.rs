@@ -53,15 +53,19 @@ pub fn path_of(database: &Path) -> PathBuf {
 
 impl Journal {
     /// Opens (creating if needed) and locks the journal of `config`'s SQLite file.
-    /// Fails if another process holds it: one gateway writes one SQLite ledger.
+    /// Fails if another process holds it for a second: one gateway writes one SQLite
+    /// ledger (a CLI command holds it only for a moment, to check for records left).
     pub fn open(config: &DatabaseConfig) -> anyhow::Result<Journal> {
-        match Journal::try_open(config)? {
-            Some(journal) => Ok(journal),
-            None => bail!(
-                "another tollgate is writing the ledger {} (its usage journal is locked)",
-                super::sqlite_path(config)?.display()
-            ),
+        for _ in 0..10 {
+            if let Some(journal) = Journal::try_open(config)? {
+                return Ok(journal);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        bail!(
+            "another tollgate is writing the ledger {} (its usage journal is locked)",
+            super::sqlite_path(config)?.display()
+        )
     }
 
     /// `open`, or `None` if another process holds the journal.
