@@ -158,10 +158,6 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
-    /// Most records committed (appended to the usage journal) at once.
-    pub batch_max: usize,
-    /// Records waiting for the writer before requests wait for room.
-    pub queue_capacity: usize,
     /// How long committed records may wait in the journal before they are imported into
     /// SQLite. Readers of usage in the gateway (usage API, invoices, balances) import first.
     pub import_delay_ms: u64,
@@ -172,8 +168,6 @@ pub struct LedgerConfig {
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
-            batch_max: 512,
-            queue_capacity: 8192,
             import_delay_ms: 20,
             import_max: 2048,
         }
@@ -399,13 +393,8 @@ impl Config {
                 file.display()
             );
         }
-        if self.ledger.batch_max == 0
-            || self.ledger.queue_capacity == 0
-            || self.ledger.import_max == 0
-        {
-            bail!(
-                "ledger.batch_max, ledger.queue_capacity and ledger.import_max must be at least 1"
-            );
+        if self.ledger.import_max == 0 {
+            bail!("ledger.import_max must be at least 1");
         }
         let mut seen = HashSet::new();
         for up in &self.upstreams {
@@ -533,12 +522,12 @@ mod tests {
     fn environment_overrides_nested_settings() {
         let env = [
             ("TOLLGATE_SERVER__LISTEN".into(), "0.0.0.0:9999".into()),
-            ("TOLLGATE_LEDGER__BATCH_MAX".into(), "7".into()),
+            ("TOLLGATE_LEDGER__IMPORT_MAX".into(), "7".into()),
             ("TOLLGATE_CONFIG".into(), "ignored".into()),
         ];
         let config = Config::from_toml(MINIMAL, env).unwrap();
         assert_eq!(config.server.listen, "0.0.0.0:9999");
-        assert_eq!(config.ledger.batch_max, 7);
+        assert_eq!(config.ledger.import_max, 7);
     }
 
     #[test]

@@ -36,9 +36,10 @@ pub struct Metrics {
     pub active_streams: IntGauge,
     /// Records waiting for the ledger writer (sampled at scrape).
     pub ledger_queue_depth: IntGauge,
-    /// Records per ledger commit (one append to the usage journal).
+    /// Records per ledger commit: per `fdatasync` of the usage journal with
+    /// `synchronous = "full"`, else one (each request appends its own).
     pub ledger_batch_size: Histogram,
-    /// Time to commit one ledger batch.
+    /// Time to commit one ledger batch: the `fdatasync`, or (`normal`) the append.
     pub ledger_commit_seconds: Histogram,
     /// Records per import from the journal into SQLite (one transaction).
     pub ledger_import_size: Histogram,
@@ -121,16 +122,16 @@ impl Metrics {
             active_streams: gauge("active_streams", "Streams being relayed now."),
             ledger_queue_depth: gauge(
                 "ledger_queue_depth",
-                "Usage records waiting for the ledger writer.",
+                "Usage records committed to the journal and not yet imported into SQLite.",
             ),
             ledger_batch_size: histogram(
                 "ledger_batch_records",
-                "Usage records per ledger commit (one append to the usage journal).",
+                "Usage records made durable per ledger commit (one fdatasync of the usage journal; one record with synchronous = normal).",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
             ),
             ledger_commit_seconds: histogram(
                 "ledger_commit_seconds",
-                "Time to commit one ledger batch.",
+                "Time to commit one ledger batch (the fdatasync of the usage journal; with synchronous = normal, one append).",
                 vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 ],

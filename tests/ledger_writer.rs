@@ -1,8 +1,8 @@
-//! The ledger writer on its own: concurrent commits share batches and each record is
-//! written exactly once; a record the database refuses is set aside without holding up the
-//! others; shutdown commits what was queued and refuses the rest; records left in the
-//! usage journal are imported by the next process, once, and a reused journal ends where
-//! its cycle does.
+//! The ledger on its own: concurrent commits share an `fdatasync` (with `full`) and each
+//! record is written exactly once, while imports swap the journals under them; a record
+//! the database refuses is set aside without holding up the others; shutdown imports what
+//! was committed and refuses the rest; records left in either journal file are imported
+//! by the next process, once, and a reused journal ends where its cycle does.
 
 mod helpers;
 
@@ -15,7 +15,7 @@ use tollgate::config::{DatabaseConfig, Endpoint, LedgerConfig};
 use tollgate::metering::record::{Status, UsageRecord, UsageSource};
 use tollgate::metering::{Ledger, LedgerError, LedgerWriter};
 use tollgate::metrics::Metrics;
-use tollgate::store::journal::{self, Journal};
+use tollgate::store::journal::{self, Journal, Line};
 use tollgate::store::{self, Db};
 
 struct Fixture {
@@ -30,13 +30,19 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with("normal").await
+}
+
+/// A ledger with `synchronous` set as given.
+async fn fixture_with(synchronous: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let helpers::BareLedger {
-        database,
+        mut database,
         db,
         account,
         key_id,
     } = helpers::bare_ledger(&dir).await;
+    database.synchronous = synchronous.into();
     let price = PriceEntry {
         model: "m".into(),
         chip: "c".into(),
@@ -50,8 +56,8 @@ async fn fixture() -> Fixture {
     let version = store::prices::all(&db).await.unwrap().remove(0);
     let metrics = Arc::new(Metrics::new());
     let config = LedgerConfig {
-        batch_max: 64,
-        queue_capacity: 1024,
+        // Small, so that the tests below import many times while commits go on.
+        import_max: 64,
         ..LedgerConfig::default()
     };
     let (ledger, writer) = Ledger::spawn(&database, &config, metrics.clone()).unwrap();
@@ -101,6 +107,10 @@ fn record(template: &UsageRecord, request_id: String) -> UsageRecord {
     }
 }
 
+fn append(journal: &mut Journal, record: &UsageRecord) {
+    journal.append(&mut Line::encode(record).unwrap()).unwrap();
+}
+
 async fn stored_ids(db: &Db) -> Vec<String> {
     let mut ids: Vec<String> = sqlx::query_scalar("SELECT request_id FROM usage_records")
         .fetch_all(db)
@@ -127,27 +137,75 @@ async fn commit_all(ledger: &Ledger, records: Vec<UsageRecord>) -> Vec<Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_commits_share_batches_and_each_record_is_written_once() {
-    let f = fixture().await;
+async fn concurrent_commits_share_an_fdatasync_and_each_record_is_written_once() {
+    let f = fixture_with("full").await;
     let mut expected: Vec<String> = (0..300).map(|n| format!("req_{n:03}")).collect();
     let records = expected.iter().map(|id| record(&f.template, id.clone()));
     let outcomes = commit_all(&f.ledger, records.collect()).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
 
-    // The same request id again (a retried batch, say) is accepted and not written twice.
+    // The same request id again (a retried commit, say) is accepted and not written twice.
     let again = record(&f.template, "req_000".into());
     f.ledger.commit(again).await.unwrap();
     f.ledger.flush().await.unwrap();
 
     expected.sort();
     assert_eq!(stored_ids(&f.db).await, expected);
-    let batches = f.metrics.ledger_batch_size.get_sample_count();
+    // Every record was covered by an fdatasync, and they were shared.
+    let syncs = f.metrics.ledger_batch_size.get_sample_count();
     assert_eq!(f.metrics.ledger_batch_size.get_sample_sum(), 301.0);
     assert!(
-        batches < 300,
-        "300 concurrent commits took {batches} batches"
+        syncs < 300,
+        "300 concurrent commits took {syncs} fdatasyncs"
     );
     f.writer.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_go_on_while_imports_swap_the_journals() {
+    for synchronous in ["normal", "full"] {
+        let f = fixture_with(synchronous).await;
+        // Eight clients commit one record after another while a reader keeps asking for
+        // everything so far to be imported, and `import_max` (64) starts imports as well.
+        let clients: Vec<_> = (0..8)
+            .map(|client| {
+                let ledger = f.ledger.clone();
+                let template = f.template.clone();
+                tokio::spawn(async move {
+                    for n in 0..250 {
+                        let r = record(&template, format!("req_{client}_{n:03}"));
+                        ledger.commit(r).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let ledger = f.ledger.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    ledger.flush().await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            })
+        };
+        for client in clients {
+            client.await.unwrap();
+        }
+        reader.await.unwrap();
+        f.ledger.flush().await.unwrap();
+
+        let mut expected: Vec<String> = (0..8)
+            .flat_map(|c| (0..250).map(move |n| format!("req_{c}_{n:03}")))
+            .collect();
+        expected.sort();
+        assert_eq!(stored_ids(&f.db).await, expected, "{synchronous}");
+        let imports = f.metrics.ledger_import_size.get_sample_count();
+        assert_eq!(f.metrics.ledger_import_size.get_sample_sum(), 2000.0);
+        assert!(imports > 2, "{synchronous}: {imports} imports");
+        let sqlite = store::sqlite_path(&f.database).unwrap();
+        assert!(journal::is_empty(&sqlite).unwrap());
+        f.writer.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,16 +224,14 @@ async fn a_record_the_database_refuses_is_set_aside_and_the_others_are_imported(
     assert_eq!(ids.len(), 19);
     assert!(!ids.contains(&"req_07".to_string()));
     // The refused record is kept whole, beside the journal, and nowhere else.
-    let journal = journal::path_of(&store::sqlite_path(&f.database).unwrap());
-    let mut refused = journal.clone().into_os_string();
-    refused.push("-refused");
-    let text = std::fs::read_to_string(refused).unwrap();
+    let sqlite = store::sqlite_path(&f.database).unwrap();
+    let text = std::fs::read_to_string(journal::refused_path(&sqlite)).unwrap();
     let kept: Vec<UsageRecord> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(kept, vec![records[7].clone()]);
-    assert!(journal::is_empty(&journal).unwrap());
+    assert!(journal::is_empty(&sqlite).unwrap());
     // Imports go on after it.
     f.ledger
         .commit(record(&f.template, "req_20".into()))
@@ -225,27 +281,27 @@ async fn records_left_in_the_journal_are_imported_once_at_the_next_start() {
         .await
         .unwrap();
     f.writer.shutdown().await.unwrap();
-    let path = journal::path_of(&store::sqlite_path(&f.database).unwrap());
-    let left: Vec<UsageRecord> = ["req_a", "req_b", "req_c"]
-        .into_iter()
-        .map(|id| record(&f.template, id.into()))
-        .collect();
-    let mut journal = Journal::open(&f.database).unwrap();
-    journal.append(left.iter()).unwrap();
-    drop(journal);
+    let sqlite = store::sqlite_path(&f.database).unwrap();
+    // A crash left records in both files: the one being imported and the active one.
+    let [mut first, mut second] = journal::open(&f.database).unwrap();
+    for id in ["req_a", "req_b"] {
+        append(&mut first, &record(&f.template, id.into()));
+    }
+    append(&mut second, &record(&f.template, "req_c".into()));
+    drop((first, second));
     // And a line a crash cut short: never acknowledged, so dropped.
     let mut torn = serde_json::to_vec(&record(&f.template, "req_torn".into())).unwrap();
     torn.truncate(torn.len() / 2);
     let mut file = std::fs::OpenOptions::new()
         .append(true)
-        .open(&path)
+        .open(&journal::paths(&sqlite)[1])
         .unwrap();
     std::io::Write::write_all(&mut file, &torn).unwrap();
 
     let metrics = Arc::new(Metrics::new());
     let (ledger, writer) = Ledger::spawn(&f.database, &LedgerConfig::default(), metrics).unwrap();
     assert_eq!(stored_ids(&f.db).await, ["req_a", "req_b", "req_c"]);
-    assert!(journal::is_empty(&path).unwrap());
+    assert!(journal::is_empty(&sqlite).unwrap());
     // The journal is this writer's: a second one on the same ledger is refused.
     let second = Ledger::spawn(
         &f.database,
@@ -265,14 +321,12 @@ async fn records_left_in_the_journal_are_imported_once_at_the_next_start() {
 async fn opening_the_ledger_imports_a_journal_only_when_no_gateway_holds_it() {
     let f = fixture().await;
     f.writer.shutdown().await.unwrap();
-    let mut journal = Journal::open(&f.database).unwrap();
-    journal
-        .append([record(&f.template, "req_x".into())].iter())
-        .unwrap();
+    let mut journals = journal::open(&f.database).unwrap();
+    append(&mut journals[1], &record(&f.template, "req_x".into()));
     // A gateway holds it: another process (the CLI) leaves it to the gateway.
     store::connect(&f.database).await.unwrap();
     assert!(stored_ids(&f.db).await.is_empty());
-    drop(journal);
+    drop(journals);
     // The gateway is gone: the next process to open the ledger imports the record.
     store::connect(&f.database).await.unwrap();
     assert_eq!(stored_ids(&f.db).await, ["req_x"]);
@@ -282,8 +336,9 @@ async fn opening_the_ledger_imports_a_journal_only_when_no_gateway_holds_it() {
 async fn the_journal_is_reused_and_ends_where_its_cycle_does() {
     let f = fixture().await;
     f.writer.shutdown().await.unwrap();
-    let path = journal::path_of(&store::sqlite_path(&f.database).unwrap());
-    let mut journal = Journal::open(&f.database).unwrap();
+    let sqlite = store::sqlite_path(&f.database).unwrap();
+    let path = journal::paths(&sqlite)[0].clone();
+    let [mut journal, second] = journal::open(&f.database).unwrap();
     // A cycle of two long records, imported (by hand here) and cleared...
     let mut long = record(&f.template, "req_old_1".into());
     long.error = Some("x".repeat(500));
@@ -294,16 +349,16 @@ async fn the_journal_is_reused_and_ends_where_its_cycle_does() {
             ..long
         },
     ];
-    journal.append(old.iter()).unwrap();
+    for r in &old {
+        append(&mut journal, r);
+    }
     let used = std::fs::metadata(&path).unwrap().len();
     journal.clear().unwrap();
-    assert!(journal::is_empty(&path).unwrap());
+    assert!(journal::is_empty(&sqlite).unwrap());
     // ...then a short one, written over the start of the file, which keeps its size.
-    journal
-        .append([record(&f.template, "req_new".into())].iter())
-        .unwrap();
+    append(&mut journal, &record(&f.template, "req_new".into()));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), used);
-    drop(journal);
+    drop((journal, second));
     // Only the new cycle is the journal: the old lines after it are not read again.
     let (_ledger, writer) = Ledger::spawn(
         &f.database,

@@ -194,7 +194,8 @@ async fn metrics_say_exactly_what_was_sent() {
         ) >= 3.0
     );
     assert!(value(&samples, "tollgate_ledger_batch_records_sum", &[]) >= 4.0);
-    assert_eq!(value(&samples, "tollgate_ledger_queue_depth", &[]), 0.0);
+    // Committed records wait in the journal for up to `ledger.import_delay_ms`.
+    assert!(value(&samples, "tollgate_ledger_queue_depth", &[]) <= 4.0);
     let text = scrape(&app).await;
     assert!(!text.contains(&app.key[11..]), "no key in metrics");
     for (_, labels, _) in &samples {

@@ -1,40 +1,32 @@
-//! The single ledger writer. Requests hand it records and wait for the commit; it commits
-//! whatever has queued up since its last commit at once (group commit), so the hot path
-//! never pays for a transaction of its own and every record is durable before the client
-//! sees the end of its response.
+//! The ledger: how a usage record becomes durable before its client sees the end of its
+//! response, and how it reaches SQLite.
 //!
-//! A commit is one append to the usage journal (`store::journal`). The records are
-//! imported into SQLite afterwards, many to a transaction: after `ledger.import_delay_ms`,
-//! once `ledger.import_max` are waiting, when a reader of usage asks (`Ledger::flush`), and
-//! at shutdown. The writer is an OS thread with its own blocking SQLite connection;
-//! everything else in the store goes through sqlx.
+//! A request commits its own record: it encodes it, then appends it to the active usage
+//! journal (`store::journal`) under a short lock, with no hop to another thread. With
+//! `synchronous = "full"` it then waits for the writer thread's next `fdatasync`, which
+//! covers every record appended before it began (group commit).
+//!
+//! The writer thread imports the journal into SQLite, many records to a transaction:
+//! after `ledger.import_delay_ms`, once `ledger.import_max` records wait, when a reader
+//! of usage asks (`Ledger::flush`), and at shutdown. At an import the two journal files
+//! change roles, so appends go on while SQLite works. The writer has its own blocking
+//! SQLite connection; everything else in the store goes through sqlx.
 
-use std::sync::Arc;
+use std::fs::File;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::record::UsageRecord;
 use crate::config::{DatabaseConfig, LedgerConfig};
 use crate::metrics::Metrics;
 use crate::store;
-use crate::store::journal::Journal;
+use crate::store::journal::{self, Journal, Line};
 
 /// First wait before a failed import is tried again; it doubles up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-type Reply = oneshot::Sender<Result<(), LedgerError>>;
-
-// `Stop` and `Flush` are rare; boxing `Record` would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Message {
-    Record(UsageRecord, Reply),
-    /// Import everything committed so far into SQLite, then answer.
-    Flush(Reply),
-    /// Refuse new records, commit and import those already queued, then stop.
-    Stop,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
@@ -44,262 +36,444 @@ pub enum LedgerError {
     Write(String),
 }
 
-/// A handle to the writer; cheap to clone.
+/// A handle to the ledger; cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
-    /// Bounded so a stalled disk slows requests down instead of growing memory.
-    queue: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Control>,
+}
+
+enum Control {
+    /// Import everything committed so far into SQLite, then answer.
+    Flush(oneshot::Sender<Result<(), LedgerError>>),
+    /// Refuse new records, import those committed, then stop.
+    Stop,
+}
+
+/// What requests and the writer thread share.
+struct Shared {
+    active: Mutex<Active>,
+    /// With `sync`: records were appended that wait for an `fdatasync`.
+    sync_wanted: Notify,
+    /// The first record of a cycle was appended (the import delay starts), or the
+    /// `import_max`th.
+    import_wanted: Notify,
+    /// Which appends an `fdatasync` has settled (with `sync`).
+    resolved: watch::Receiver<Resolved>,
+    /// `synchronous = "full"`: a commit waits for an `fdatasync`.
+    sync: bool,
+    import_max: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// The journal requests append to.
+struct Active {
+    /// `None` once the ledger has stopped: nothing more is appended.
+    journal: Option<Journal>,
+    /// The records appended to `journal` in this cycle, oldest first.
+    records: Vec<UsageRecord>,
+    /// The number of the last record appended, counted over all cycles.
+    appended: u64,
+    /// How much of this cycle an `fdatasync` has made durable (with `sync`).
+    durable: Mark,
+}
+
+/// A point in the active cycle: the last record number, records and bytes up to it.
+#[derive(Clone, Copy, Default)]
+struct Mark {
+    seq: u64,
+    records: usize,
+    len: u64,
+}
+
+/// Published by the writer (with `sync`): every append numbered up to `upto` is durable,
+/// but for the ranges in `lost` (`(after, upto]`), which an `fdatasync` failed to make
+/// durable: they were dropped from the journal, and their requests fail.
+#[derive(Default)]
+struct Resolved {
+    upto: u64,
+    lost: Vec<(u64, u64)>,
+}
+
+impl Resolved {
+    fn outcome(&self, seq: u64) -> Result<(), LedgerError> {
+        match self
+            .lost
+            .iter()
+            .any(|&(after, upto)| after < seq && seq <= upto)
+        {
+            true => Err(LedgerError::Write(
+                "the usage journal could not be synced to disk".into(),
+            )),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Active> {
+        // Nothing under the lock panics halfway through a change of state.
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Ledger {
-    /// Opens the writer's connection to the (already migrated) database, takes its usage
-    /// journal, imports what a previous run left there, and starts the writer thread.
+    /// Opens the writer's connection to the (already migrated) database, takes the usage
+    /// journals, imports what a previous run left there, and starts the writer thread.
     pub fn spawn(
         database: &DatabaseConfig,
         config: &LedgerConfig,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Ledger, LedgerWriter)> {
         let conn = store::open_for_ledger_writer(database)?;
-        let mut journal = Journal::open(database)?;
-        let mut writer = Writer {
-            backlog: journal.records(),
-            conn,
-            journal,
-            import_delay: Duration::from_millis(config.import_delay_ms),
+        let [mut first, mut second] = journal::open(database)?;
+        let left: Vec<UsageRecord> = first
+            .records()
+            .into_iter()
+            .chain(second.records())
+            .collect();
+        if !left.is_empty() {
+            journal::import(&conn, &left, &first)?;
+            first.clear()?;
+            second.clear()?;
+            tracing::info!(
+                records = left.len(),
+                "usage records a previous run left in the journal imported"
+            );
+        }
+        let (publish, resolved) = watch::channel(Resolved::default());
+        let shared = Arc::new(Shared {
+            active: Mutex::new(Active {
+                journal: Some(first),
+                records: Vec::new(),
+                appended: 0,
+                durable: Mark::default(),
+            }),
+            sync_wanted: Notify::new(),
+            import_wanted: Notify::new(),
+            resolved,
+            sync: database.synchronous == "full",
             import_max: config.import_max,
+            metrics,
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            conn,
+            spare: Some(second),
+            retired: None,
+            publish,
+            import_delay: Duration::from_millis(config.import_delay_ms),
             due: None,
             retry: RETRY_FIRST,
-            metrics,
         };
-        writer.import()?;
         let clock = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
-        let (queue, rx) = mpsc::channel(config.queue_capacity);
+        let (control, rx) = mpsc::channel(64);
         let (finished, stopped) = oneshot::channel();
-        let batch_max = config.batch_max;
         std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || {
-                writer.run(&clock, rx, batch_max);
+                clock.block_on(writer.run(rx));
                 let _ = finished.send(());
             })?;
         let writer = LedgerWriter {
-            queue: queue.clone(),
+            control: control.clone(),
             stopped,
         };
-        Ok((Ledger { queue }, writer))
+        Ok((Ledger { shared, control }, writer))
     }
 
-    /// Queues `record` and returns once it is committed to disk.
+    /// Appends `record` to the usage journal and returns once it is durable (as
+    /// `synchronous` defines it).
     pub async fn commit(&self, record: UsageRecord) -> Result<(), LedgerError> {
-        self.ask(|done| Message::Record(record, done)).await
+        let shared = &*self.shared;
+        let started = Instant::now();
+        let mut line = Line::encode(&record).map_err(|e| LedgerError::Write(e.to_string()))?;
+        let seq = {
+            let mut active = shared.lock();
+            let Some(journal) = active.journal.as_mut() else {
+                return Err(LedgerError::Stopped);
+            };
+            if let Err(e) = journal.append(&mut line) {
+                tracing::error!(error = %e, "usage journal append failed");
+                return Err(LedgerError::Write(e.to_string()));
+            }
+            active.records.push(record);
+            active.appended += 1;
+            let waiting = active.records.len();
+            if waiting == 1 || waiting == shared.import_max {
+                shared.import_wanted.notify_one();
+            }
+            active.appended
+        };
+        if !shared.sync {
+            shared.metrics.ledger_batch_size.observe(1.0);
+            let elapsed = started.elapsed().as_secs_f64();
+            shared.metrics.ledger_commit_seconds.observe(elapsed);
+            return Ok(());
+        }
+        shared.sync_wanted.notify_one();
+        let mut resolved = shared.resolved.clone();
+        match resolved.wait_for(|r| r.upto >= seq).await {
+            Ok(resolved) => resolved.outcome(seq),
+            // The writer is gone without settling this append (it panicked).
+            Err(_) => Err(LedgerError::Stopped),
+        }
     }
 
     /// Returns once every record committed before the call is in SQLite: call it before
     /// reading usage from the database.
     pub async fn flush(&self) -> Result<(), LedgerError> {
-        self.ask(Message::Flush).await
-    }
-
-    async fn ask(&self, message: impl FnOnce(Reply) -> Message) -> Result<(), LedgerError> {
         let (done, answered) = oneshot::channel();
-        self.queue
-            .send(message(done))
+        self.control
+            .send(Control::Flush(done))
             .await
             .map_err(|_| LedgerError::Stopped)?;
         answered.await.map_err(|_| LedgerError::Stopped)?
     }
 
-    /// Whether the writer still accepts records.
+    /// Whether the ledger still accepts records.
     pub fn is_running(&self) -> bool {
-        !self.queue.is_closed()
+        !self.control.is_closed() && self.shared.lock().journal.is_some()
     }
 
-    /// Records waiting for the writer.
+    /// Records committed to the journal and not yet imported into SQLite.
     pub fn queue_depth(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.shared.lock().records.len()
     }
 }
 
 /// The running writer, owned by the application for shutdown.
 pub struct LedgerWriter {
-    /// Carries the stop message, behind any records already queued.
-    queue: mpsc::Sender<Message>,
-    /// Resolves when the thread has committed its last batch.
+    control: mpsc::Sender<Control>,
+    /// Resolves when the thread has imported its last records.
     stopped: oneshot::Receiver<()>,
 }
 
 impl LedgerWriter {
-    /// Commits and imports everything already queued, then stops. Records offered
-    /// afterwards are refused with `LedgerError::Stopped` rather than lost silently.
-    /// Fails if the thread panicked (and so may have left records unanswered).
+    /// Stops the ledger: records offered afterwards are refused with
+    /// `LedgerError::Stopped` rather than lost silently, and every record committed is
+    /// imported. Fails if the thread panicked.
     pub async fn shutdown(self) -> Result<(), LedgerError> {
         // If the send fails the thread is gone already, and `stopped` resolves at once.
-        let _ = self.queue.send(Message::Stop).await;
+        let _ = self.control.send(Control::Stop).await;
         self.stopped.await.map_err(|_| LedgerError::Stopped)
     }
 }
 
 /// The writer thread's state.
 struct Writer {
+    shared: Arc<Shared>,
     conn: rusqlite::Connection,
-    journal: Journal,
-    /// Committed (journaled) records not yet in SQLite, oldest first.
-    backlog: Vec<UsageRecord>,
+    /// The emptied journal the next import makes active.
+    spare: Option<Journal>,
+    /// A journal out of use and its records, until they are all in SQLite.
+    retired: Option<(Journal, Vec<UsageRecord>)>,
+    publish: watch::Sender<Resolved>,
     import_delay: Duration,
-    import_max: usize,
-    /// When the backlog must be imported.
+    /// When the active journal must be imported.
     due: Option<Instant>,
     /// Wait after the next failed import.
     retry: Duration,
-    metrics: Arc<Metrics>,
-}
-
-#[allow(clippy::large_enum_variant)] // as `Message`
-enum Next {
-    Message(Message),
-    /// An import is due.
-    Due,
-    /// Stopped (or every handle is gone), and the queue is drained.
-    Closed,
 }
 
 impl Writer {
-    fn run(
-        mut self,
-        clock: &tokio::runtime::Runtime,
-        mut rx: mpsc::Receiver<Message>,
-        batch_max: usize,
-    ) {
-        let mut batch: Vec<(UsageRecord, Reply)> = Vec::with_capacity(batch_max);
-        let mut flushes: Vec<Reply> = Vec::new();
+    async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+        let shared = self.shared.clone();
         loop {
-            let first = match clock.block_on(next(&mut rx, self.due)) {
-                Next::Message(message) => message,
-                Next::Due => {
+            let due = self.due;
+            let sleep = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into());
+            // Not biased: under load there is always an fdatasync wanted, and imports and
+            // flushes must not starve.
+            tokio::select! {
+                _ = shared.sync_wanted.notified(), if shared.sync => self.sync_active(),
+                message = control.recv() => match message {
+                    Some(Control::Flush(done)) => {
+                        let _ = done.send(self.import_all());
+                    }
+                    Some(Control::Stop) | None => break,
+                },
+                _ = shared.import_wanted.notified() => self.schedule_import(),
+                _ = sleep, if due.is_some() => {
                     let _ = self.import();
-                    continue;
                 }
-                Next::Closed => break,
+            }
+        }
+        control.close();
+        // No more appends; with `sync`, those not yet synced are settled.
+        let last = self.take_active(None);
+        // Every record answered is in a journal; the next start imports what fails here.
+        let mut imported = Ok(());
+        if self.retired.is_some() {
+            imported = self.import();
+        }
+        if imported.is_ok()
+            && let Some(last) = last
+        {
+            self.retired = Some(last);
+            imported = self.import();
+        }
+        while let Ok(Control::Flush(done)) = control.try_recv() {
+            let _ = done.send(imported.clone());
+        }
+        tracing::debug!("ledger writer stopped");
+    }
+
+    /// Starts the import delay, or imports at once if `import_max` records wait.
+    fn schedule_import(&mut self) {
+        let waiting = self.shared.lock().records.len();
+        if waiting >= self.shared.import_max {
+            let _ = self.import();
+        } else if waiting > 0 {
+            self.due.get_or_insert(Instant::now() + self.import_delay);
+        }
+    }
+
+    /// Makes every record appended so far to the active journal durable, and tells the
+    /// requests waiting for it. If the `fdatasync` fails, the records since the last one
+    /// that succeeded are dropped from the journal and their requests fail.
+    fn sync_active(&mut self) {
+        let (file, mark) = {
+            let active = self.shared.lock();
+            let Some(journal) = &active.journal else {
+                return;
             };
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Record(record, done) => batch.push((record, done)),
-                    Message::Flush(done) => flushes.push(done),
-                    // Nothing can be queued after this; what is queued already is still taken.
-                    Message::Stop => rx.close(),
-                }
-                if batch.len() < batch_max {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !batch.is_empty() {
-                self.commit(&mut batch);
-            }
-            let overdue = self.due.is_some_and(|due| Instant::now() >= due);
-            if !flushes.is_empty() || overdue || self.backlog.len() >= self.import_max {
-                let imported = self.import();
-                for done in flushes.drain(..) {
-                    let _ = done.send(imported.clone());
-                }
-            }
+            let mark = Mark {
+                seq: active.appended,
+                records: active.records.len(),
+                len: journal.len(),
+            };
+            (journal.file(), mark)
+        };
+        if mark.seq <= self.publish.borrow().upto {
+            return;
         }
-        // Every record answered is in the journal; the next start imports what fails here.
-        let _ = self.import();
-        tracing::debug!("ledger writer stopped: queue closed and drained");
+        if self.fdatasync(&file, mark.seq) {
+            self.shared.lock().durable = mark;
+            return;
+        }
+        let mut active = self.shared.lock();
+        let durable = active.durable;
+        let lost = (durable.seq, active.appended);
+        active.records.truncate(durable.records);
+        if let Some(journal) = &mut active.journal {
+            rewind(journal, durable.len);
+        }
+        active.durable.seq = lost.1;
+        drop(active);
+        self.settle(lost.1, Some(lost));
     }
 
-    /// Appends the batch to the journal and answers its requests.
-    fn commit(&mut self, batch: &mut Vec<(UsageRecord, Reply)>) {
+    /// `fdatasync`s `file`, which holds the appends up to `upto`, and on success tells
+    /// the requests waiting for them.
+    fn fdatasync(&self, file: &File, upto: u64) -> bool {
         let started = Instant::now();
-        let appended = self.journal.append(batch.iter().map(|(record, _)| record));
-        self.metrics.ledger_batch_size.observe(batch.len() as f64);
-        self.metrics
-            .ledger_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = appended.map_err(|e| {
-            tracing::error!(records = batch.len(), error = %e, "usage journal append failed");
-            LedgerError::Write(e.to_string())
-        });
-        let committed = outcome.is_ok();
-        for (record, done) in batch.drain(..) {
-            // A request that has gone away no longer waits; its record is kept all the same.
-            let _ = done.send(outcome.clone());
-            if committed {
-                self.backlog.push(record);
+        let synced = file.sync_data();
+        let metrics = &self.shared.metrics;
+        let records = upto.saturating_sub(self.publish.borrow().upto);
+        metrics.ledger_batch_size.observe(records as f64);
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics.ledger_commit_seconds.observe(elapsed);
+        match synced {
+            Ok(()) => {
+                self.settle(upto, None);
+                true
             }
-        }
-        if committed {
-            self.due.get_or_insert(started + self.import_delay);
+            Err(e) => {
+                tracing::error!(records, error = %e, "usage journal fdatasync failed; its requests fail and their records are dropped");
+                false
+            }
         }
     }
 
-    /// Imports the backlog into SQLite in one transaction and empties the journal. On
-    /// failure the records stay in both, and the import is tried again later.
+    fn settle(&self, upto: u64, lost: Option<(u64, u64)>) {
+        self.publish.send_modify(|resolved| {
+            resolved.upto = resolved.upto.max(upto);
+            resolved.lost.extend(lost);
+        });
+    }
+
+    /// Imports everything committed so far: a journal whose import failed, then the
+    /// active one.
+    fn import_all(&mut self) -> Result<(), LedgerError> {
+        if self.retired.is_some() {
+            self.import()?;
+        }
+        self.import()
+    }
+
+    /// Imports the retired journal into SQLite in one transaction and empties it; if no
+    /// journal is retired, retires the active one first. On failure the records stay in
+    /// the journal and in memory, and the import is tried again later.
     fn import(&mut self) -> Result<(), LedgerError> {
-        if self.backlog.is_empty() {
+        if self.retired.is_none() {
+            self.retire_active();
+        }
+        let Some((journal, records)) = &self.retired else {
             self.due = None;
             return Ok(());
-        }
-        let started = Instant::now();
-        let inserted = match store::usage::insert(&self.conn, &self.backlog) {
-            Err(e) if is_refusal(&e) => self.import_one_by_one(),
-            other => other.map_err(anyhow::Error::from),
         };
-        if let Err(e) = inserted {
-            tracing::warn!(records = self.backlog.len(), error = %e, "ledger import failed; the records stay in the usage journal and are tried again");
+        let started = Instant::now();
+        if let Err(e) = journal::import(&self.conn, records, journal) {
+            tracing::warn!(records = records.len(), error = %e, "ledger import failed; the records stay in the usage journal and are tried again");
             self.due = Some(Instant::now() + self.retry);
             self.retry = (self.retry * 2).min(RETRY_MAX);
             return Err(LedgerError::Write(e.to_string()));
         }
-        self.metrics
-            .ledger_import_size
-            .observe(self.backlog.len() as f64);
-        self.metrics
-            .ledger_import_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.backlog.clear();
-        self.due = None;
-        self.retry = RETRY_FIRST;
-        if let Err(e) = self.journal.clear() {
+        let metrics = &self.shared.metrics;
+        metrics.ledger_import_size.observe(records.len() as f64);
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics.ledger_import_seconds.observe(elapsed);
+        let (mut journal, _) = self.retired.take().expect("checked above");
+        if let Err(e) = journal.clear() {
             // Harmless but for growth: imported records are skipped when imported again.
             tracing::error!(error = %e, "cannot empty the usage journal");
         }
+        self.spare = Some(journal);
+        self.due = None;
+        self.retry = RETRY_FIRST;
         Ok(())
     }
-}
 
-impl Writer {
-    /// Imports the backlog record by record, setting aside those SQLite refuses (a
-    /// constraint: they would fail every import) so they cannot hold up the others.
-    fn import_one_by_one(&mut self) -> anyhow::Result<()> {
-        for record in &self.backlog {
-            match store::usage::insert(&self.conn, [record]) {
-                Err(e) if is_refusal(&e) => {
-                    tracing::error!(request_id = %record.request_id, error = %e, "the ledger refuses a usage record; it is kept in the refused-records file beside the journal");
-                    self.journal.set_aside(record)?;
-                }
-                other => other?,
-            }
+    /// Makes the spare journal the active one, if the active one holds records.
+    fn retire_active(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            self.retired = self.take_active(Some(spare));
         }
-        Ok(())
+    }
+
+    /// Takes the active journal and its records, putting `replacement` in its place, or
+    /// stopping appends if it is `None`. Leaves an active journal without records in place
+    /// (unless stopping). With `sync`, the appends not yet synced are settled first.
+    fn take_active(&mut self, replacement: Option<Journal>) -> Option<(Journal, Vec<UsageRecord>)> {
+        let mut active = self.shared.lock();
+        if active.journal.is_none() || (active.records.is_empty() && replacement.is_some()) {
+            drop(active);
+            self.spare = self.spare.take().or(replacement);
+            return None;
+        }
+        let mut journal = std::mem::replace(&mut active.journal, replacement)?;
+        let mut records = std::mem::take(&mut active.records);
+        let upto = active.appended;
+        let next = Mark {
+            seq: upto,
+            ..Mark::default()
+        };
+        let durable = std::mem::replace(&mut active.durable, next);
+        drop(active);
+        if self.shared.sync && durable.seq < upto && !self.fdatasync(&journal.file(), upto) {
+            records.truncate(durable.records);
+            rewind(&mut journal, durable.len);
+            self.settle(upto, Some((durable.seq, upto)));
+        }
+        Some((journal, records))
     }
 }
 
-fn is_refusal(error: &rusqlite::Error) -> bool {
-    error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
-}
-
-/// The next message, or `Due` once `due` passes first.
-async fn next(rx: &mut mpsc::Receiver<Message>, due: Option<Instant>) -> Next {
-    let received = match due {
-        None => rx.recv().await,
-        Some(due) => match tokio::time::timeout_at(due.into(), rx.recv()).await {
-            Ok(received) => received,
-            Err(_) => return Next::Due,
-        },
-    };
-    received.map_or(Next::Closed, Next::Message)
+/// Drops the lines of a failed `fdatasync` from `journal`.
+fn rewind(journal: &mut Journal, len: u64) {
+    if let Err(e) = journal.rewind(len) {
+        tracing::error!(error = %e, "cannot drop the records of a failed fdatasync from the usage journal");
+    }
 }

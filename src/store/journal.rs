@@ -1,23 +1,25 @@
-//! The usage journal: a file beside the SQLite ledger. The ledger writer appends each
-//! batch of records to it before it answers the requests (one `write`, plus one
-//! `fdatasync` with `synchronous = "full"`), and imports the records into SQLite later,
-//! many to a transaction. A commit so costs one append instead of one SQLite transaction.
+//! The usage journal: two files beside the SQLite ledger. A request appends its record to
+//! the active one before it answers (one `write`; with `synchronous = "full"` the ledger
+//! writer also makes it durable with a group `fdatasync`). The writer imports the records
+//! into SQLite later, many to a transaction, from the other file: at an import the files
+//! change roles, so appends never wait for SQLite.
 //!
-//! Like SQLite's own WAL, the file is reused rather than truncated: after an import the
+//! Like SQLite's own WAL, a file is reused rather than truncated: after its import the
 //! next records overwrite it from the start, so an `fdatasync` has no file size to
-//! update. Each line carries the number of its cycle (the span between two imports); the
-//! journal is the lines at its start that belong to the cycle of the first one. Older
-//! lines after them were imported already, and a line cut short by a crash was never
-//! acknowledged to its request.
+//! update. Each line carries the number of its cycle (the span between two imports); a
+//! file's journal is the lines at its start that belong to the cycle of the first one.
+//! Older lines after them were imported already, and a line cut short by a crash was
+//! never acknowledged to its request.
 //!
-//! The running gateway holds a lock on the journal. Records it left behind (a crash, a
+//! The running gateway holds a lock on both files. Records it left behind (a crash, a
 //! failed import) are imported by the next process that opens the ledger and can take the
-//! lock; an import skips request ids already stored, so no record is ever written twice.
+//! locks; an import skips request ids already stored, so no record is ever written twice.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
@@ -25,71 +27,98 @@ use super::usage;
 use crate::config::DatabaseConfig;
 use crate::metering::record::UsageRecord;
 
-/// The locked journal of a ledger, owned by its writer.
+/// One locked journal file, owned by the ledger.
 pub struct Journal {
-    file: File,
+    /// Shared with the writer, which `fdatasync`s it while requests go on appending.
+    file: Arc<File>,
     path: PathBuf,
+    /// Where records SQLite refuses are kept (one file for both journals).
+    refused: PathBuf,
     /// Where the current cycle's lines end: the next append goes here.
     len: u64,
     /// The current cycle; lines of other cycles are not part of the journal.
     cycle: u64,
-    /// `fdatasync` after each append (`synchronous = "full"`).
-    sync: bool,
     /// Records found at opening, until taken.
     left: Vec<UsageRecord>,
-    /// Reused for encoding a batch.
-    buffer: Vec<u8>,
 }
 
-/// Files above this size are given back to the file system when the journal empties.
+/// A record encoded as a journal line, before its cycle is known. Encoding happens
+/// outside the ledger's lock; only the cycle is filled in under it.
+pub struct Line(Vec<u8>);
+
+/// `<16 hex digits of the cycle> `: filled in by `Journal::append`.
+const CYCLE_PREFIX: &[u8] = b"0000000000000000 ";
+
+/// Files above this size are given back to the file system when their journal empties.
 const KEEP_MAX: u64 = 64 << 20;
 
-/// The journal's path: beside the SQLite file, like its `-wal` and `-shm`.
-pub fn path_of(database: &Path) -> PathBuf {
-    let mut name = database.as_os_str().to_owned();
-    name.push("-usage-journal");
+/// The journal files' paths: beside the SQLite file, like its `-wal` and `-shm`.
+pub fn paths(database: &Path) -> [PathBuf; 2] {
+    ["-usage-journal", "-usage-journal-2"].map(|suffix| {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    })
+}
+
+/// Where records SQLite refused at an import are kept, one JSON line each.
+pub fn refused_path(database: &Path) -> PathBuf {
+    let [first, _] = paths(database);
+    let mut name = first.into_os_string();
+    name.push("-refused");
     PathBuf::from(name)
 }
 
-impl Journal {
-    /// Opens (creating if needed) and locks the journal of `config`'s SQLite file.
-    /// Fails if another process holds it for a second: one gateway writes one SQLite
-    /// ledger (a CLI command holds it only for a moment, to check for records left).
-    pub fn open(config: &DatabaseConfig) -> anyhow::Result<Journal> {
-        for _ in 0..10 {
-            if let Some(journal) = Journal::try_open(config)? {
-                return Ok(journal);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+/// Opens (creating if needed) and locks both journal files of `config`'s SQLite file.
+/// Fails if another process holds them for a second: one gateway writes one SQLite
+/// ledger (a CLI command holds them only for a moment, to check for records left).
+pub fn open(config: &DatabaseConfig) -> anyhow::Result<[Journal; 2]> {
+    for _ in 0..10 {
+        if let Some(journals) = try_open(config)? {
+            return Ok(journals);
         }
-        bail!(
-            "another tollgate is writing the ledger {} (its usage journal is locked)",
-            super::sqlite_path(config)?.display()
-        )
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    bail!(
+        "another tollgate is writing the ledger {} (its usage journal is locked)",
+        super::sqlite_path(config)?.display()
+    )
+}
 
-    /// `open`, or `None` if another process holds the journal.
-    fn try_open(config: &DatabaseConfig) -> anyhow::Result<Option<Journal>> {
-        let path = path_of(&super::sqlite_path(config)?);
-        let Some(mut file) = try_lock(&path)? else {
-            return Ok(None);
-        };
-        let sync = config.synchronous == "full";
-        if sync {
-            // The journal's directory entry must survive power loss as its records do.
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
-        }
+/// `open`, or `None` if another process holds either file. Files are always locked in the
+/// same order, so two processes cannot each hold one.
+fn try_open(config: &DatabaseConfig) -> anyhow::Result<Option<[Journal; 2]>> {
+    let database = super::sqlite_path(config)?;
+    let [first, second] = paths(&database);
+    let Some(first) = try_lock(first)? else {
+        return Ok(None);
+    };
+    let Some(second) = try_lock(second)? else {
+        return Ok(None);
+    };
+    if config.synchronous == "full" {
+        // The journals' directory entries must survive power loss as their records do.
+        let dir = database.parent().filter(|d| !d.as_os_str().is_empty());
+        File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    let refused = refused_path(&database);
+    let journals = [first, second].map(|(file, path)| (file, path, refused.clone()));
+    let [first, second] = journals.map(Journal::read);
+    Ok(Some([first?, second?]))
+}
+
+impl Journal {
+    /// Reads the records a previous process left in a freshly locked file.
+    fn read((mut file, path, refused): (File, PathBuf, PathBuf)) -> io::Result<Journal> {
         let (left, len, cycle) = read_cycle(&mut file, &path)?;
-        Ok(Some(Journal {
-            file,
+        Ok(Journal {
+            file: Arc::new(file),
             path,
+            refused,
             len,
             cycle: cycle.unwrap_or_else(rand::random),
-            sync,
             left,
-            buffer: Vec::new(),
-        }))
+        })
     }
 
     /// The records a previous process left in the journal (once).
@@ -97,26 +126,15 @@ impl Journal {
         std::mem::take(&mut self.left)
     }
 
-    /// Appends `records` durably (as `synchronous` defines it). On failure what was
-    /// written is marked invalid, so a record whose request is told it failed is never
-    /// imported later.
-    pub fn append<'a>(&mut self, records: impl Iterator<Item = &'a UsageRecord>) -> io::Result<()> {
-        self.buffer.clear();
-        for record in records {
-            write!(self.buffer, "{:016x} ", self.cycle)?;
-            serde_json::to_writer(&mut self.buffer, record)?;
-            self.buffer.push(b'\n');
-        }
-        let written = self
-            .file
-            .write_all_at(&self.buffer, self.len)
-            .and_then(|()| match self.sync {
-                true => self.file.sync_data(),
-                false => Ok(()),
-            });
-        match written {
+    /// Appends `line` after the current cycle's lines. Durable against a crash of this
+    /// process once it returns; against power loss only after an `fdatasync` of `file()`.
+    /// On failure what was written is marked invalid, so a record whose request is told it
+    /// failed is never imported later.
+    pub fn append(&mut self, line: &mut Line) -> io::Result<()> {
+        write!(&mut line.0[..16], "{:016x}", self.cycle)?;
+        match self.file.write_all_at(&line.0, self.len) {
             Ok(()) => {
-                self.len += self.buffer.len() as u64;
+                self.len += line.0.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -126,6 +144,28 @@ impl Journal {
                 Err(e)
             }
         }
+    }
+
+    /// Where the current cycle's lines end.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the current cycle holds no lines.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file, for an `fdatasync` that does not hold up appends.
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Drops the lines after `len` (appends an `fdatasync` failed to make durable): the
+    /// journal ends there, and the next append overwrites them.
+    pub fn rewind(&mut self, len: u64) -> io::Result<()> {
+        self.len = len;
+        self.end_at(len)
     }
 
     /// Empties the journal once its records are all in SQLite: the next cycle starts at
@@ -148,37 +188,54 @@ impl Journal {
     /// Keeps a record SQLite refuses in a file of its own beside the journal, as one JSON
     /// line, for an operator to look at.
     pub fn set_aside(&self, record: &UsageRecord) -> io::Result<()> {
-        let mut name = self.path.as_os_str().to_owned();
-        name.push("-refused");
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
-        let mut file = OpenOptions::new().append(true).create(true).open(name)?;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.refused)?;
         file.write_all(&line)?;
         file.sync_data()
     }
 }
 
-/// Whether the journal at `path` holds no records (every committed record is in SQLite).
-pub fn is_empty(path: &Path) -> io::Result<bool> {
-    let mut first = [0u8; 1];
-    match File::open(path) {
-        Ok(file) => Ok(file.read_at(&mut first, 0)? == 0 || first[0] == 0),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e),
+impl Line {
+    pub fn encode(record: &UsageRecord) -> io::Result<Line> {
+        let mut line = Vec::with_capacity(512);
+        line.extend_from_slice(CYCLE_PREFIX);
+        serde_json::to_writer(&mut line, record)?;
+        line.push(b'\n');
+        Ok(Line(line))
     }
 }
 
-/// Imports the records of a journal no gateway holds, then empties it. Returns how many
-/// records were new to the ledger, or `None` if a running gateway holds the journal (it
+/// Whether the journals of the SQLite file `database` hold no records (every committed
+/// record is in SQLite).
+pub fn is_empty(database: &Path) -> io::Result<bool> {
+    for path in paths(database) {
+        let mut first = [0u8; 1];
+        match File::open(path) {
+            Ok(file) if file.read_at(&mut first, 0)? == 1 && first[0] != 0 => return Ok(false),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Imports the records of journals no gateway holds, then empties them. Returns how many
+/// records were new to the ledger, or `None` if a running gateway holds the journals (it
 /// imports its own records within `ledger.import_delay_ms`).
 pub fn recover(config: &DatabaseConfig) -> anyhow::Result<Option<usize>> {
-    if !path_of(&super::sqlite_path(config)?).exists() {
+    let database = super::sqlite_path(config)?;
+    if !paths(&database).iter().any(|path| path.exists()) {
         return Ok(Some(0));
     }
-    let Some(mut journal) = Journal::try_open(config)? else {
+    let Some(mut journals) = try_open(config)? else {
         return Ok(None);
     };
-    let records = journal.records();
+    let records: Vec<UsageRecord> = journals.iter_mut().flat_map(Journal::records).collect();
     if records.is_empty() {
         return Ok(Some(0));
     }
@@ -187,36 +244,62 @@ pub fn recover(config: &DatabaseConfig) -> anyhow::Result<Option<usize>> {
         conn.query_row("SELECT count(*) FROM usage_records", [], |row| row.get(0))
     };
     let before = count()?;
-    for chunk in records.chunks(1000) {
-        usage::insert(&conn, chunk).with_context(|| {
-            format!("cannot import the usage journal {}", journal.path.display())
-        })?;
-    }
+    import(&conn, &records, &journals[0])
+        .with_context(|| format!("cannot import the usage journal of {}", database.display()))?;
     let new = (count()? - before) as usize;
-    journal.clear()?;
-    tracing::info!(journal = %journal.path.display(), records = records.len(), new, "usage journal imported");
+    for journal in &mut journals {
+        journal.clear()?;
+    }
+    tracing::info!(database = %database.display(), records = records.len(), new, "usage journal imported");
     Ok(Some(new))
 }
 
+/// Imports `records` into SQLite in one transaction; a request id already stored is
+/// skipped. If SQLite refuses a record (a constraint: it would fail every import), the
+/// records are imported one by one and those refused are set aside beside the journal.
+pub fn import(
+    conn: &rusqlite::Connection,
+    records: &[UsageRecord],
+    journal: &Journal,
+) -> anyhow::Result<()> {
+    match usage::insert(conn, records) {
+        Err(e) if is_refusal(&e) => {}
+        other => return Ok(other?),
+    }
+    for record in records {
+        match usage::insert(conn, [record]) {
+            Err(e) if is_refusal(&e) => {
+                tracing::error!(request_id = %record.request_id, error = %e, "the ledger refuses a usage record; it is kept in the refused-records file beside the journal");
+                journal.set_aside(record)?;
+            }
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+fn is_refusal(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
+}
+
 /// Opens `path` (creating it) and takes its lock; `None` if it is held.
-fn try_lock(path: &Path) -> anyhow::Result<Option<File>> {
+fn try_lock(path: PathBuf) -> anyhow::Result<Option<(File, PathBuf)>> {
     // Not in append mode: appends go to the end of the current cycle, not of the file.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)
+        .open(&path)
         .with_context(|| format!("cannot open the usage journal {}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
+        Ok(()) => Ok(Some((file, path))),
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("cannot lock the usage journal {}", path.display()))
         }
     }
 }
-
 /// The lines at the start of the file that belong to the cycle of the first: their
 /// records, where they end, and the cycle.
 fn read_cycle(file: &mut File, path: &Path) -> io::Result<(Vec<UsageRecord>, u64, Option<u64>)> {

@@ -60,8 +60,9 @@ pub struct Subject {
 pub struct Gateway {
     pub synchronous: String,
     pub ledger: Db,
-    /// The gateway's usage journal: empty once every committed record is in `ledger`.
-    pub journal: PathBuf,
+    /// The gateway's SQLite file: its usage journal is empty once every committed record
+    /// is in `ledger`.
+    pub database: PathBuf,
     /// Keys for the many-keys workload, by rank; every tenth may send one request a minute.
     pub keys: Vec<HeaderValue>,
     pub rss_at_start_kb: u64,
@@ -239,7 +240,7 @@ async fn gateway(
         gateway: Some(Gateway {
             synchronous: synchronous.to_string(),
             ledger,
-            journal: store::journal::path_of(&store::sqlite_path(&config.database)?),
+            database: store::sqlite_path(&config.database)?,
             keys: secrets,
             rss_at_start_kb,
         }),

@@ -240,7 +240,7 @@ async fn ledger_rows(subject: &Subject) -> anyhow::Result<Option<i64>> {
         return Ok(None);
     };
     for _ in 0..200 {
-        if tollgate::store::journal::is_empty(&g.journal)? {
+        if tollgate::store::journal::is_empty(&g.database)? {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
