@@ -1,9 +1,12 @@
 //! Authenticated keys kept in memory, without a stale window: every key change (here, in
-//! another gateway, or by the CLI) replaces a signal file beside the SQLite ledger, and every
-//! lookup first checks that file's identity (one `stat`), dropping the cache if it changed.
+//! another gateway, or by the CLI) replaces a signal file beside the SQLite ledger, and a
+//! lookup checks that file's identity (one `stat`) unless it was checked less than
+//! `RECHECK` ago, dropping the cache if it changed. A change returns only after twice that
+//! time, so once a revocation has returned, no process accepts the key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::store::signal::{ChangeSignal, Stamp};
 use crate::store::{self, Db, keys::KeyRow};
@@ -14,8 +17,14 @@ pub struct KeyCache {
     entries: RwLock<HashMap<[u8; 32], Arc<KeyRow>>>,
 }
 
+/// How long a lookup trusts the last look at the signal file: under load, one `stat` serves
+/// many requests.
+pub const RECHECK: Duration = Duration::from_millis(1);
+
 struct CacheState {
     seen: Stamp,
+    /// When `seen` was read.
+    checked: Instant,
     /// Bumped on every clear, so a lookup that raced a change does not re-insert a stale row.
     generation: u64,
 }
@@ -27,6 +36,7 @@ impl KeyCache {
             signal,
             state: Mutex::new(CacheState {
                 seen,
+                checked: Instant::now(),
                 generation: 0,
             }),
             entries: RwLock::new(HashMap::new()),
@@ -62,21 +72,38 @@ impl KeyCache {
         Ok((Some(row), false))
     }
 
-    /// A key changed in this process: forget everything and tell the other processes.
-    pub fn changed(&self) {
+    /// A key changed in this process: forget everything and tell the other processes. Returns
+    /// once every other process's next lookup is sure to see the change.
+    pub async fn changed(&self) {
         self.signal.announce();
-        self.refresh();
-        // The stamp may not have moved (in-memory database): clear regardless.
-        self.clear(&mut self.state.lock().expect("not poisoned"));
+        {
+            let mut state = self.state.lock().expect("not poisoned");
+            state.seen = self.signal.stamp();
+            state.checked = Instant::now();
+            // The stamp may not have moved (in-memory database): clear regardless.
+            self.clear(&mut state);
+        }
+        tokio::time::sleep(2 * RECHECK).await;
     }
 
-    /// Clears the cache if the signal file changed; returns the current generation.
+    /// Clears the cache if the signal file changed (looking at most once per `RECHECK`);
+    /// returns the current generation.
     fn refresh(&self) -> u64 {
+        {
+            let state = self.state.lock().expect("not poisoned");
+            if state.checked.elapsed() < RECHECK {
+                return state.generation;
+            }
+        }
+        let checked = Instant::now();
         let stamp = self.signal.stamp();
         let mut state = self.state.lock().expect("not poisoned");
-        if state.seen != stamp {
-            state.seen = stamp;
-            self.clear(&mut state);
+        if checked > state.checked {
+            state.checked = checked;
+            if state.seen != stamp {
+                state.seen = stamp;
+                self.clear(&mut state);
+            }
         }
         state.generation
     }

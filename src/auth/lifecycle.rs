@@ -128,7 +128,7 @@ pub async fn issue(db: &Db, cache: &KeyCache, request: NewKeyRequest) -> Result<
         },
     )
     .await?;
-    cache.changed();
+    cache.changed().await;
     Ok(Issued {
         key: secret.expose_secret().to_string(),
         view: view(db, row).await?,
@@ -156,14 +156,14 @@ pub async fn update(
     let name = patch.name.unwrap_or(row.name);
     let expires_at = patch.expires_at.unwrap_or(row.expires_at);
     store::keys::update(db, id, &name, expires_at, &limits).await?;
-    cache.changed();
+    cache.changed().await;
     view(db, get(db, id).await?).await
 }
 
 pub async fn revoke(db: &Db, cache: &KeyCache, id: i64) -> Result<KeyView, ApiError> {
     get(db, id).await?;
     store::keys::revoke(db, id, Utc::now()).await?;
-    cache.changed();
+    cache.changed().await;
     view(db, get(db, id).await?).await
 }
 
@@ -192,7 +192,7 @@ pub async fn rotate(
         limits: old.limits.clone(),
     };
     let row = store::keys::rotate(db, id, new, Utc::now() + grace).await?;
-    cache.changed();
+    cache.changed().await;
     Ok(Issued {
         key: secret.expose_secret().to_string(),
         view: view(db, row).await?,

@@ -14,7 +14,6 @@ use crate::auth::Caller;
 use crate::billing::TokenCounts;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
-use crate::metering::estimate;
 use crate::proxy::request::ClientRequest;
 pub use requests::{RequestLimits, RequestQuota};
 pub use tokens::{TokenLimits, TokenQuota};
@@ -108,11 +107,11 @@ impl Limits {
     /// The most a request can use: estimated prompt + `max_tokens` (or the configured cap
     /// when absent; no completion for embeddings and rerank).
     pub fn worst_case(&self, request: &ClientRequest) -> TokenCounts {
-        let prompt = estimate::prompt_tokens(request.endpoint, &request.body);
+        let prompt = request.prompt_estimate();
         let completion = match request.endpoint {
             crate::config::Endpoint::Chat => ["max_completion_tokens", "max_tokens"]
                 .iter()
-                .find_map(|k| request.body.get(*k).and_then(Value::as_u64))
+                .find_map(|k| request.value(k).as_ref().and_then(Value::as_u64))
                 .unwrap_or(self.config.reserve_max_tokens),
             _ => 0,
         };

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::http::{Request, Response};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -87,6 +88,18 @@ pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>
             }
         }
     }
+}
+
+/// `next_chunk` within `idle`. A chunk already received is taken without arming a timer,
+/// which costs more than the read itself.
+pub async fn next_chunk_within(
+    response: &mut UpstreamResponse,
+    idle: Duration,
+) -> Result<Result<Option<Bytes>, hyper::Error>, tokio::time::error::Elapsed> {
+    if let Some(ready) = next_chunk(response).now_or_never() {
+        return Ok(ready);
+    }
+    tokio::time::timeout(idle, next_chunk(response)).await
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::client::{UpstreamResponse, next_chunk};
+use super::client::{UpstreamResponse, next_chunk_within};
 use super::detach::Detachable;
 use super::observe::{self, Observed};
 use super::request::ClientRequest;
@@ -313,7 +313,7 @@ impl Exchange {
             Some(tokens) => (tokens, UsageSource::Reported),
             None if produced => {
                 let tokens = TokenCounts {
-                    prompt: estimate::prompt_tokens(self.request.endpoint, &self.request.body),
+                    prompt: self.request.prompt_estimate(),
                     completion: estimate::count_text(&observed.delivered_text),
                     cached: 0,
                 };
@@ -350,15 +350,17 @@ impl Exchange {
     }
 }
 
-/// Reads a whole body within `limit` bytes, each read within `idle`.
+/// Reads a whole body within `limit` bytes, each read within `idle`. A body that comes in
+/// one piece (the usual small answer) is kept as it came, without a copy.
 async fn read_body(
     mut response: UpstreamResponse,
     limit: usize,
     idle: Duration,
 ) -> Result<Bytes, (Status, ApiError)> {
+    let mut first: Option<Bytes> = None;
     let mut body = BytesMut::new();
     loop {
-        match tokio::time::timeout(idle, next_chunk(&mut response)).await {
+        match next_chunk_within(&mut response, idle).await {
             Err(_) => {
                 return Err((
                     Status::Timeout,
@@ -371,15 +373,23 @@ async fn read_body(
                     ApiError::BadGateway("the backend's answer was cut off".into()),
                 ));
             }
+            Ok(Ok(None)) if body.is_empty() => return Ok(first.unwrap_or_default()),
             Ok(Ok(None)) => return Ok(body.freeze()),
             Ok(Ok(Some(chunk))) => {
-                if body.len() + chunk.len() > limit {
+                let had = first.as_ref().map_or(0, Bytes::len) + body.len();
+                if had + chunk.len() > limit {
                     let error = ApiError::BadGateway(format!(
                         "the backend's answer is larger than {limit} bytes"
                     ));
                     return Err((Status::UpstreamError, error));
                 }
-                body.extend_from_slice(&chunk);
+                match first.take() {
+                    None if body.is_empty() => first = Some(chunk),
+                    earlier => {
+                        body.extend_from_slice(&earlier.unwrap_or_default());
+                        body.extend_from_slice(&chunk);
+                    }
+                }
             }
         }
     }

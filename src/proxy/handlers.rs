@@ -186,7 +186,7 @@ async fn proxy(
         (RouteKind::Deployment, Endpoint::Chat) => "chat_deployment",
     };
     let exchange = Exchange {
-        request_id: format!("req_{}", uuid::Uuid::now_v7().simple()),
+        request_id: new_request_id(started_at),
         route,
         caller,
         request,
@@ -200,6 +200,14 @@ async fn proxy(
     let tokens = admission.tokens.map(|(quota, _, _)| quota);
     limits::put_headers(response.headers_mut(), &admission.requests, tokens.as_ref());
     Ok(response)
+}
+
+/// `req_` and a UUIDv7: time-ordered to the millisecond, its 74 random bits from the
+/// thread's generator (uuid's own `now_v7` asks the kernel for them on every call).
+fn new_request_id(at: chrono::DateTime<Utc>) -> String {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or_default();
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+    format!("req_{}", id.simple())
 }
 
 /// Holds the request's worst-case cost against the account's spending limit, if it has one.

@@ -1,18 +1,31 @@
-//! A client's request body, read within the size limit and parsed once.
+//! A client's request body, read within the size limit and checked once. Only its top
+//! level is taken apart: the values pass to the backend as the client wrote them, and are
+//! parsed only where tollgate reads them (`model`, `stream`, limits, estimates).
+
+use std::ops::Range;
 
 use axum::body::Body;
 use bytes::Bytes;
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use indexmap::IndexMap;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::upstreams::Upstream;
 use crate::config::Endpoint;
 use crate::error::ApiError;
+use crate::metering::estimate;
 
 #[derive(Debug)]
 pub struct ClientRequest {
     pub endpoint: Endpoint,
-    pub body: Map<String, Value>,
+    /// The body as the client sent it.
+    raw: Bytes,
+    /// Its top-level members, in order: each value's span in `raw`. A name sent twice
+    /// keeps its first place and its last value, as a JSON parser's map would.
+    members: IndexMap<String, Range<usize>>,
+    /// The `model` member, parsed.
+    model: Option<Value>,
     pub stream: bool,
     /// The client asked for the usage-only chunk (`stream_options.include_usage`).
     pub wants_stream_usage: bool,
@@ -20,19 +33,33 @@ pub struct ClientRequest {
 
 impl ClientRequest {
     /// Reads at most `limit` bytes (413 beyond, even for chunked bodies without a length)
-    /// and parses a JSON object (400 otherwise).
+    /// and checks that they are one JSON object (400 otherwise).
     pub async fn read(endpoint: Endpoint, body: Body, limit: usize) -> Result<Self, ApiError> {
-        let bytes = read_limited(body, limit).await?;
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-        let Value::Object(body) = value else {
-            return Err(ApiError::InvalidJson(
-                "the body must be a JSON object".into(),
-            ));
+        let raw = read_limited(body, limit).await?;
+        ClientRequest::parse(endpoint, raw)
+    }
+
+    /// Checks `raw` in full (syntax, UTF-8) and takes its top level apart.
+    pub fn parse(endpoint: Endpoint, raw: Bytes) -> Result<Self, ApiError> {
+        let members = top_level(&raw).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                ApiError::InvalidJson("the body must be a JSON object".into())
+            } else {
+                ApiError::InvalidJson(e.to_string())
+            }
+        })?;
+        let mut request = ClientRequest {
+            endpoint,
+            raw,
+            members,
+            model: None,
+            stream: false,
+            wants_stream_usage: false,
         };
-        let stream = match body.get("stream") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
+        request.model = request.value("model");
+        request.stream = match request.member("stream") {
+            None | Some("null") | Some("false") => false,
+            Some("true") => true,
             Some(_) => {
                 return Err(ApiError::invalid(
                     "'stream' must be true or false",
@@ -40,28 +67,22 @@ impl ClientRequest {
                 ));
             }
         };
-        if stream && endpoint != Endpoint::Chat {
+        if request.stream && endpoint != Endpoint::Chat {
             return Err(ApiError::invalid(
                 "streaming is only supported for chat completions",
                 "stream",
             ));
         }
-        let wants_stream_usage = body
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
+        request.wants_stream_usage = request
+            .value("stream_options")
+            .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
             .unwrap_or(false);
-        Ok(ClientRequest {
-            endpoint,
-            body,
-            stream,
-            wants_stream_usage,
-        })
+        Ok(request)
     }
 
     /// The `model` field, required when the route does not name the model.
     pub fn model(&self) -> Result<&str, ApiError> {
-        match self.body.get("model") {
+        match &self.model {
             Some(Value::String(m)) if !m.is_empty() => Ok(m),
             None => Err(ApiError::invalid("'model' is required", "model")),
             Some(_) => Err(ApiError::invalid(
@@ -69,6 +90,28 @@ impl ClientRequest {
                 "model",
             )),
         }
+    }
+
+    /// A top-level member's JSON text, as sent.
+    fn member(&self, name: &str) -> Option<&str> {
+        let span = self.members.get(name)?.clone();
+        // `raw` was checked to be UTF-8 and spans fall on value boundaries.
+        std::str::from_utf8(&self.raw[span]).ok()
+    }
+
+    /// A top-level member, parsed.
+    pub fn value(&self, name: &str) -> Option<Value> {
+        serde_json::from_str(self.member(name)?).ok()
+    }
+
+    /// Estimated prompt tokens (`estimate::prompt_tokens`), from the members that hold
+    /// the prompt: only these are parsed.
+    pub fn prompt_estimate(&self) -> u64 {
+        let prompt: Map<String, Value> = ["messages", "input", "query", "documents"]
+            .into_iter()
+            .filter_map(|name| Some((name.to_owned(), self.value(name)?)))
+            .collect();
+        estimate::prompt_tokens(self.endpoint, &prompt)
     }
 
     /// Whether tollgate adds `include_usage` for this upstream (and must then hide the
@@ -80,72 +123,75 @@ impl ClientRequest {
     /// The body sent to `upstream`: the backend's model name, and usage requested in
     /// streams where the backend supports it. Everything else passes through.
     pub fn upstream_body(&self, upstream: &Upstream) -> Bytes {
-        patched_body(
-            &self.body,
-            &upstream.upstream_model,
-            self.injects_usage(upstream),
-        )
+        self.patched(&upstream.upstream_model, self.injects_usage(upstream))
     }
-}
 
-/// `body` with `model` set, and `stream_options.include_usage` set if asked.
-fn patched_body(body: &Map<String, Value>, model: &str, include_usage: bool) -> Bytes {
-    let mut patches = vec![("model", Patch::Value(Value::String(model.to_owned())))];
-    if include_usage {
-        let include_usage = ("include_usage", Patch::Value(Value::Bool(true)));
-        let options = match body.get("stream_options") {
-            Some(Value::Object(options)) => Patch::Object(Patched {
-                map: options,
-                patches: vec![include_usage],
-            }),
-            _ => Patch::Value(serde_json::json!({"include_usage": true})),
+    /// The body with `model` set, and `stream_options.include_usage` set if asked; every
+    /// other member is copied as sent. A member that was not there is added at the end.
+    fn patched(&self, model: &str, include_usage: bool) -> Bytes {
+        let json = |value: &Value| serde_json::to_vec(value).expect("a JSON value serializes");
+        let model = json(&Value::String(model.to_owned()));
+        let options = include_usage.then(|| {
+            let mut options = match self.value("stream_options") {
+                Some(Value::Object(options)) => options,
+                _ => Map::new(),
+            };
+            options.insert("include_usage".into(), Value::Bool(true));
+            json(&Value::Object(options))
+        });
+        let mut patches = vec![("model", model.as_slice())];
+        if let Some(options) = &options {
+            patches.push(("stream_options", options));
+        }
+        let mut out = Vec::with_capacity(self.raw.len() + 64);
+        out.push(b'{');
+        let mut put = |name: &str, value: &[u8]| {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, name).expect("a string serializes");
+            out.push(b':');
+            out.extend_from_slice(value);
         };
-        patches.push(("stream_options", options));
-    }
-    let body = Patched { map: body, patches };
-    serde_json::to_vec(&body)
-        .expect("a JSON map always serializes")
-        .into()
-}
-
-/// A JSON object with some keys' values replaced (in place) or added (at the end),
-/// serialized without copying the rest: a request body can carry a long conversation.
-struct Patched<'a> {
-    map: &'a Map<String, Value>,
-    patches: Vec<(&'static str, Patch<'a>)>,
-}
-
-enum Patch<'a> {
-    Value(Value),
-    Object(Patched<'a>),
-}
-
-impl Serialize for Patch<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Patch::Value(value) => value.serialize(serializer),
-            Patch::Object(object) => object.serialize(serializer),
-        }
-    }
-}
-
-impl Serialize for Patched<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let patch = |key: &str| self.patches.iter().find(|(k, _)| *k == key);
-        let mut out = serializer.serialize_map(None)?;
-        for (key, value) in self.map {
-            match patch(key) {
-                Some((_, patched)) => out.serialize_entry(key, patched)?,
-                None => out.serialize_entry(key, value)?,
+        for (name, span) in &self.members {
+            match patches.iter().find(|(patched, _)| patched == name) {
+                Some((_, value)) => put(name, value),
+                None => put(name, &self.raw[span.clone()]),
             }
         }
-        for (key, patched) in &self.patches {
-            if !self.map.contains_key(*key) {
-                out.serialize_entry(key, patched)?;
+        for (name, value) in patches {
+            if !self.members.contains_key(name) {
+                put(name, value);
             }
         }
-        out.end()
+        out.push(b'}');
+        out.into()
     }
+}
+
+/// The members of the JSON object `raw`, each with its value's span. The whole text is
+/// checked (syntax, UTF-8, nothing after the object), values without being built.
+fn top_level(raw: &[u8]) -> Result<IndexMap<String, Range<usize>>, serde_json::Error> {
+    struct Members<'a>(&'a [u8]);
+    impl<'de> Visitor<'de> for Members<'de> {
+        type Value = IndexMap<String, Range<usize>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut members = IndexMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let value: &RawValue = map.next_value()?;
+                let start = value.get().as_ptr() as usize - self.0.as_ptr() as usize;
+                members.insert(name, start..start + value.get().len());
+            }
+            Ok(members)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let members = de.deserialize_map(Members(raw))?;
+    de.end()?;
+    Ok(members)
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -165,8 +211,8 @@ mod tests {
     use super::*;
 
     fn patched(body: &str, include_usage: bool) -> String {
-        let body: Map<String, Value> = serde_json::from_str(body).unwrap();
-        String::from_utf8(patched_body(&body, "up-model", include_usage).to_vec()).unwrap()
+        let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(body.to_owned())).unwrap();
+        String::from_utf8(request.patched("up-model", include_usage).to_vec()).unwrap()
     }
 
     #[test]
@@ -181,6 +227,26 @@ mod tests {
         assert_eq!(
             patched(r#"{"input":"x"}"#, false),
             r#"{"input":"x","model":"up-model"}"#
+        );
+    }
+
+    #[test]
+    fn values_pass_through_as_written() {
+        // Numbers beyond f64, escapes and spacing inside values are not rewritten.
+        assert_eq!(
+            patched(
+                "{ \"seed\" : 123456789012345678901234567890 , \"s\\u00e9\": \"\\u00e9\\n\", \"model\": \"m\",\n \"x\": [1, 2.50]}",
+                false
+            ),
+            "{\"seed\":123456789012345678901234567890,\"sé\":\"\\u00e9\\n\",\"model\":\"up-model\",\"x\":[1, 2.50]}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_name_keeps_its_first_place_and_last_value() {
+        assert_eq!(
+            patched(r#"{"n":1,"model":"a","n":2}"#, false),
+            r#"{"n":2,"model":"up-model"}"#
         );
     }
 
@@ -205,5 +271,40 @@ mod tests {
             patched(r#"{"stream_options":"odd"}"#, true),
             r#"{"stream_options":{"include_usage":true},"model":"up-model"}"#
         );
+    }
+
+    #[test]
+    fn bodies_that_are_not_one_object_are_refused_with_the_reason() {
+        let refused = |body: &[u8]| match ClientRequest::parse(
+            Endpoint::Chat,
+            Bytes::copy_from_slice(body),
+        ) {
+            Err(ApiError::InvalidJson(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(b"[1]"), "the body must be a JSON object");
+        assert_eq!(refused(b"\"x\""), "the body must be a JSON object");
+        assert!(refused(b"{\"a\":1} {}").contains("trailing"));
+        let invalid_utf8 = refused(b"{\"a\":\"\xff\"}");
+        assert!(invalid_utf8.contains("unicode"), "{invalid_utf8}");
+        assert!(refused(b"{\"a\":[1,}").contains("line 1"));
+    }
+
+    #[test]
+    fn the_fields_tollgate_reads_are_parsed() {
+        let request = ClientRequest::parse(
+            Endpoint::Chat,
+            Bytes::from_static(
+                br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
+                     "messages":[{"role":"user","content":"hello world"}],"max_tokens":7}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(request.model().unwrap(), "m");
+        assert!(request.stream && request.wants_stream_usage);
+        assert_eq!(request.value("max_tokens"), Some(Value::from(7)));
+        assert_eq!(request.prompt_estimate(), 3 + 3 + 2);
+        let bad = ClientRequest::parse(Endpoint::Chat, Bytes::from_static(br#"{"stream":1}"#));
+        assert!(matches!(bad, Err(ApiError::InvalidRequest { .. })));
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::client::{UpstreamResponse, next_chunk};
+use super::client::{UpstreamResponse, next_chunk_within};
 use super::exchange::{Exchange, Outcome, Served, commit, event_stream, finish};
 use super::framing::{Event, Framer};
 use super::observe::{self, Observed};
@@ -233,7 +233,7 @@ impl Relay {
                 }
             };
             let read = tokio::select! {
-                read = tokio::time::timeout(wait, next_chunk(response)) => read,
+                read = next_chunk_within(response, wait) => read,
                 () = closed => {
                     if !self.client_gone() {
                         return Some(End::StoppedDraining);
