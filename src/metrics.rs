@@ -6,15 +6,26 @@
 use std::time::Duration;
 
 use prometheus::{
-    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::metering::record::UsageRecord;
+use crate::metering::record::{UsageRecord, UsageSource};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+
+/// The series of one (model, chip) pair, held by its upstream.
+pub struct PairMetrics {
+    /// prompt, completion, cached.
+    reported: [IntCounter; 3],
+    estimated: [IntCounter; 3],
+    cost: Counter,
+    duration: Histogram,
+    time_to_first_token: Histogram,
+    pub upstream_latency: Histogram,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -45,8 +56,8 @@ pub struct Metrics {
     pub ledger_import_size: Histogram,
     /// Time to import one batch into SQLite.
     pub ledger_import_seconds: Histogram,
-    /// API key lookups by result (hit, miss).
-    pub key_cache: IntCounterVec,
+    /// API key lookups by result: hits, misses.
+    pub key_cache: [IntCounter; 2],
 }
 
 impl Metrics {
@@ -146,20 +157,41 @@ impl Metrics {
                 "Time to import one batch of usage records into SQLite.",
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
-            key_cache: counter(
-                "key_cache_lookups_total",
-                "API key lookups by result (hit, miss).",
-                &["result"],
-            ),
+            key_cache: {
+                let lookups = counter(
+                    "key_cache_lookups_total",
+                    "API key lookups by result (hit, miss).",
+                    &["result"],
+                );
+                ["hit", "miss"].map(|result| lookups.with_label_values(&[result]))
+            },
             registry,
         }
     }
 
-    /// Counts a finished request from its ledger record.
-    /// `duration` and `ttft` come from the monotonic clock, at full resolution (the record
-    /// keeps whole milliseconds).
+    /// The per-(model, chip) series, resolved once: a label lookup hashes every label.
+    pub fn pair(&self, model: &str, chip: &str) -> PairMetrics {
+        let labels = [model, chip];
+        let tokens = |source: &str| {
+            ["prompt", "completion", "cached"]
+                .map(|kind| self.tokens.with_label_values(&[model, chip, kind, source]))
+        };
+        PairMetrics {
+            reported: tokens(UsageSource::Reported.as_str()),
+            estimated: tokens(UsageSource::Estimated.as_str()),
+            cost: self.cost.with_label_values(&labels),
+            duration: self.request_duration.with_label_values(&labels),
+            time_to_first_token: self.time_to_first_token.with_label_values(&labels),
+            upstream_latency: self.upstream_latency.with_label_values(&labels),
+        }
+    }
+
+    /// Counts a finished request from its ledger record; `pair` holds the series of the
+    /// record's model and chip. `duration` and `ttft` come from the monotonic clock, at full
+    /// resolution (the record keeps whole milliseconds).
     pub fn observe(
         &self,
+        pair: &PairMetrics,
         route: &str,
         record: &UsageRecord,
         duration: Duration,
@@ -169,29 +201,23 @@ impl Metrics {
         self.requests
             .with_label_values(&[route, model, chip, record.status.as_str()])
             .inc();
-        let source = record.usage_source.as_str();
-        if record.usage_source != crate::metering::record::UsageSource::None {
+        let tokens = match record.usage_source {
+            UsageSource::Reported => Some(&pair.reported),
+            UsageSource::Estimated => Some(&pair.estimated),
+            UsageSource::None => None,
+        };
+        if let Some([prompt, completion, cached]) = tokens {
             let t = record.tokens;
-            for (kind, n) in [
-                ("prompt", t.prompt),
-                ("completion", t.completion),
-                ("cached", t.cached),
-            ] {
-                self.tokens
-                    .with_label_values(&[model, chip, kind, source])
-                    .inc_by(n);
-            }
+            prompt.inc_by(t.prompt);
+            completion.inc_by(t.completion);
+            cached.inc_by(t.cached);
         }
         // Display only: the exact amount is in the ledger.
         let cost: f64 = record.cost.try_into().unwrap_or(0.0);
-        self.cost.with_label_values(&[model, chip]).inc_by(cost);
-        self.request_duration
-            .with_label_values(&[model, chip])
-            .observe(duration.as_secs_f64());
+        pair.cost.inc_by(cost);
+        pair.duration.observe(duration.as_secs_f64());
         if let Some(ttft) = ttft {
-            self.time_to_first_token
-                .with_label_values(&[model, chip])
-                .observe(ttft.as_secs_f64());
+            pair.time_to_first_token.observe(ttft.as_secs_f64());
         }
     }
 

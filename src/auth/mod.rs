@@ -74,8 +74,8 @@ impl FromRequestParts<AppState> for Caller {
 pub async fn authenticate(state: &AppState, key: &ApiKey) -> Result<Caller, ApiError> {
     let hash = key.hash();
     let (row, hit) = state.keys().lookup(state.db(), &hash).await?;
-    let result = if hit { "hit" } else { "miss" };
-    state.metrics().key_cache.with_label_values(&[result]).inc();
+    let [hits, misses] = &state.metrics().key_cache;
+    if hit { hits } else { misses }.inc();
     let row = row
         .filter(|row| bool::from(row.secret_hash.as_slice().ct_eq(&hash)))
         .ok_or(ApiError::InvalidKey("invalid API key"))?;

@@ -7,7 +7,7 @@ pub mod tokens;
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::Caller;
@@ -137,22 +137,21 @@ fn throttled(what: &str, limit: u64, wait: Duration, mut headers: HeaderMap) -> 
 
 /// Writes the `x-ratelimit-*` headers (OpenAI's names and reset format).
 pub fn put_headers(headers: &mut HeaderMap, requests: &RequestQuota, tokens: Option<&TokenQuota>) {
-    headers.insert(
-        "x-ratelimit-limit-requests",
-        HeaderValue::from(requests.limit),
-    );
-    headers.insert(
-        "x-ratelimit-remaining-requests",
-        HeaderValue::from(requests.remaining),
-    );
-    headers.insert("x-ratelimit-reset-requests", reset_value(requests.reset));
+    // Names built once (a `&str` name is checked on every insert).
+    const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+    const REMAINING_REQUESTS: HeaderName =
+        HeaderName::from_static("x-ratelimit-remaining-requests");
+    const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+    const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+    const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+    headers.insert(LIMIT_REQUESTS, HeaderValue::from(requests.limit));
+    headers.insert(REMAINING_REQUESTS, HeaderValue::from(requests.remaining));
+    headers.insert(RESET_REQUESTS, reset_value(requests.reset));
     if let Some(tokens) = tokens {
-        headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(tokens.limit));
-        headers.insert(
-            "x-ratelimit-remaining-tokens",
-            HeaderValue::from(tokens.remaining),
-        );
-        headers.insert("x-ratelimit-reset-tokens", reset_value(tokens.reset));
+        headers.insert(LIMIT_TOKENS, HeaderValue::from(tokens.limit));
+        headers.insert(REMAINING_TOKENS, HeaderValue::from(tokens.remaining));
+        headers.insert(RESET_TOKENS, reset_value(tokens.reset));
     }
 }
 

@@ -30,6 +30,8 @@ use crate::metering::LedgerError;
 use crate::metering::estimate;
 use crate::metering::record::{Status, UsageRecord, UsageSource};
 
+const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
 /// Everything known about a request before it goes upstream.
 pub struct Exchange {
     pub request_id: String,
@@ -87,7 +89,7 @@ pub async fn serve(state: AppState, exchange: Exchange) -> Response {
         ApiError::Internal(anyhow::anyhow!("the exchange ended without a response")).into_response()
     });
     if let Some(id) = request_id {
-        response.headers_mut().insert("x-request-id", id);
+        response.headers_mut().insert(REQUEST_ID, id);
     }
     response
 }
@@ -150,7 +152,7 @@ async fn connect(
         };
         let mut request = axum::http::Request::post(upstream.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", &ex.request_id);
+            .header(REQUEST_ID, &ex.request_id);
         if let Some(authorization) = upstream.authorization() {
             request = request.header(header::AUTHORIZATION, authorization);
         }
@@ -163,9 +165,8 @@ async fn connect(
         let sending = upstream.client.send(request);
         match tokio::time::timeout(upstream.first_byte_timeout, sending).await {
             Ok(Ok(response)) => {
-                let labels = [upstream.model.as_str(), upstream.chip.as_str()];
-                let latency = state.metrics().upstream_latency.with_label_values(&labels);
-                latency.observe(sent.elapsed().as_secs_f64());
+                let pair = upstream.metrics(state.metrics());
+                pair.upstream_latency.observe(sent.elapsed().as_secs_f64());
                 return Ok((served, response));
             }
             Err(_) => {
@@ -256,7 +257,10 @@ pub(super) async fn commit(
     let ttft = outcome.ttft;
     let record = ex.record(served, outcome);
     let duration = ex.started.elapsed();
-    state.metrics().observe(ex.route, &record, duration, ttft);
+    let pair = served.upstream.metrics(state.metrics());
+    state
+        .metrics()
+        .observe(pair, ex.route, &record, duration, ttft);
     let used = record.tokens.prompt + record.tokens.completion;
     state.limits().settle(ex.caller.key_id, &ex.admission, used);
     state

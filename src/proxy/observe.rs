@@ -61,10 +61,13 @@ impl Observed {
 }
 
 /// The top level of a non-streamed answer, parsed only as far as `Observed::observe` and
-/// `as_error` read it: any other key (`choices`, `data`: the long part) is checked for
-/// syntax but kept as `null`. `None` if `body` is not a JSON object.
+/// `as_error` read it: `choices` and `data` (the long part) are checked for syntax and
+/// kept as `null`, other keys are checked and left out. `None` if `body` is not a JSON
+/// object.
 pub fn answer_head(body: &[u8]) -> Option<Map<String, Value>> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::borrow::Cow;
+
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 
     /// Keys whose values `observe` and `as_error` read.
     const READ: [&str; 9] = [
@@ -78,6 +81,30 @@ pub fn answer_head(body: &[u8]) -> Option<Map<String, Value>> {
         "message",
         "type",
     ];
+    /// Keys whose presence `as_error` reads.
+    const PRESENT: [&str; 2] = ["choices", "data"];
+
+    /// A key, borrowed from the body unless it has escapes.
+    struct Key<'de>(Cow<'de, str>);
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl<'de> Visitor<'de> for Text {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(key)))
+                }
+                fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(key.to_owned())))
+                }
+            }
+            deserializer.deserialize_str(Text)
+        }
+    }
+
     struct Head;
     impl<'de> Visitor<'de> for Head {
         type Value = Map<String, Value>;
@@ -86,14 +113,15 @@ pub fn answer_head(body: &[u8]) -> Option<Map<String, Value>> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut head = Map::new();
-            while let Some(key) = map.next_key::<String>()? {
-                let value = if READ.contains(&key.as_str()) {
-                    map.next_value::<Value>()?
+            while let Some(Key(key)) = map.next_key()? {
+                if READ.contains(&key.as_ref()) {
+                    head.insert(key.into_owned(), map.next_value::<Value>()?);
                 } else {
                     map.next_value::<IgnoredAny>()?;
-                    Value::Null
-                };
-                head.insert(key, value);
+                    if PRESENT.contains(&key.as_ref()) {
+                        head.insert(key.into_owned(), Value::Null);
+                    }
+                }
             }
             Ok(head)
         }
@@ -201,19 +229,22 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_head_keeps_what_is_read_and_nulls_the_rest() {
+    fn an_answer_head_keeps_what_is_read_and_marks_the_long_part() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],
-            "usage":{"prompt_tokens":3,"completion_tokens":1},"msg":"ok"}"#;
+            "usage":{"prompt_tokens":3,"completion_tokens":1},"m\u0073g":"ok"}"#;
         let head = answer_head(body).unwrap();
         assert_eq!(
             Value::Object(head.clone()),
-            json!({"id": null, "choices": null,
+            json!({"choices": null,
                    "usage": {"prompt_tokens": 3, "completion_tokens": 1}, "msg": "ok"})
         );
         // `choices` still counts as present: a `msg` beside it is not an error.
         assert_eq!(as_error(&head), None);
         let error = answer_head(br#"{"code":60000,"msg":"busy"}"#).unwrap();
         assert!(as_error(&error).is_some());
+        // Skipped values are still checked.
+        assert!(answer_head(br#"{"id":[1,}"#).is_none());
+        assert!(answer_head(br#"{"id":1} x"#).is_none());
     }
 
     #[test]

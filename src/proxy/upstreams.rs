@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +12,7 @@ use super::client::UpstreamClient;
 use crate::billing::PriceBook;
 use crate::config::{Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
 use crate::error::ApiError;
+use crate::metrics::{Metrics, PairMetrics};
 
 /// One backend: a (model, chip) pair or a dedicated deployment.
 pub struct Upstream {
@@ -32,6 +33,8 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// One client per upstream: each has its own connect timeout and connection pool.
     pub client: UpstreamClient,
+    /// This pair's metric series, resolved at first use.
+    metrics: OnceLock<PairMetrics>,
 }
 
 impl fmt::Debug for Upstream {
@@ -72,11 +75,18 @@ impl Upstream {
             first_byte_timeout: Duration::from_millis(c.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
             client,
+            metrics: OnceLock::new(),
         })
     }
 
     pub fn authorization(&self) -> Option<&str> {
         self.authorization.as_deref()
+    }
+
+    /// This pair's metric series in `metrics` (the one registry of the application).
+    pub fn metrics(&self, metrics: &Metrics) -> &PairMetrics {
+        self.metrics
+            .get_or_init(|| metrics.pair(&self.model, &self.chip))
     }
 }
 
