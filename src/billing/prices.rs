@@ -108,22 +108,26 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
 /// Every price version, looked up by (model, chip) and time.
 #[derive(Debug, Default)]
 pub struct PriceBook {
-    /// Versions per (model, chip), sorted by `effective_from`.
-    by_pair: HashMap<(String, String), Vec<Arc<PriceVersion>>>,
+    /// Versions per model, then chip, sorted by `effective_from` (nested so that a lookup
+    /// by `&str` needs no owned key).
+    by_pair: HashMap<String, HashMap<String, Vec<Arc<PriceVersion>>>>,
     by_id: HashMap<i64, Arc<PriceVersion>>,
 }
 
 impl PriceBook {
     pub fn new(versions: Vec<PriceVersion>) -> PriceBook {
-        let mut by_pair: HashMap<_, Vec<Arc<PriceVersion>>> = HashMap::new();
+        let mut by_pair: HashMap<String, HashMap<String, Vec<Arc<PriceVersion>>>> = HashMap::new();
         let mut by_id = HashMap::new();
         for v in versions {
             let v = Arc::new(v);
-            let key = (v.entry.model.clone(), v.entry.chip.clone());
-            by_pair.entry(key).or_default().push(v.clone());
+            let chips = by_pair.entry(v.entry.model.clone()).or_default();
+            chips
+                .entry(v.entry.chip.clone())
+                .or_default()
+                .push(v.clone());
             by_id.insert(v.id, v);
         }
-        for list in by_pair.values_mut() {
+        for list in by_pair.values_mut().flat_map(HashMap::values_mut) {
             list.sort_by_key(|v| v.entry.effective_from);
         }
         PriceBook { by_pair, by_id }
@@ -141,8 +145,9 @@ impl PriceBook {
         chip: &str,
         at: DateTime<Utc>,
     ) -> Option<Arc<PriceVersion>> {
+        let chips = self.by_pair.get(model)?;
         [chip, "*"].into_iter().find_map(|c| {
-            let list = self.by_pair.get(&(model.to_string(), c.to_string()))?;
+            let list = chips.get(c)?;
             list.iter()
                 .rev()
                 .find(|v| v.entry.effective_from <= at)
@@ -152,10 +157,9 @@ impl PriceBook {
 
     /// Whether any price, current or future, exists for this pair.
     pub fn covers(&self, model: &str, chip: &str) -> bool {
-        [chip, "*"].iter().any(|c| {
-            self.by_pair
-                .contains_key(&(model.to_string(), c.to_string()))
-        })
+        self.by_pair
+            .get(model)
+            .is_some_and(|chips| chips.contains_key(chip) || chips.contains_key("*"))
     }
 }
 
