@@ -25,7 +25,10 @@ pub struct Plan {
     name: &'static str,
     latency_requests: usize,
     latency_rate: f64,
+    latency_rounds: usize,
+    /// Throughput time per subject and connection count, split into rounds.
     throughput: Duration,
+    throughput_rounds: usize,
     short_streams: usize,
     long_streams: usize,
     zipf: Duration,
@@ -37,7 +40,9 @@ impl Plan {
             name: "full",
             latency_requests: 3000,
             latency_rate: 200.0,
-            throughput: Duration::from_secs(6),
+            latency_rounds: 3,
+            throughput: Duration::from_secs(12),
+            throughput_rounds: 3,
             short_streams: 150,
             long_streams: 25,
             zipf: Duration::from_secs(10),
@@ -49,7 +54,9 @@ impl Plan {
             name: "quick (a check of the benchmark, not a measurement)",
             latency_requests: 100,
             latency_rate: 200.0,
+            latency_rounds: 1,
             throughput: Duration::from_millis(500),
+            throughput_rounds: 1,
             short_streams: 5,
             long_streams: 2,
             zipf: Duration::from_secs(1),
@@ -126,16 +133,27 @@ async fn latency(
         "tollgate's view: backend / to record, mean ms",
         "failed",
     ]);
+    let mut before = Vec::new();
     for subject in subjects {
-        let commits = Commits::read(subject).await?;
-        let outcomes = load::open_loop(
-            &subject.target,
-            &fixed(subject, 3, false),
-            plan.latency_rate,
-            plan.latency_requests,
-        )
-        .await?;
-        let failed = failures(&outcomes);
+        before.push(Commits::read(subject).await?);
+    }
+    // Rounds go through the subjects in turn, so drift touches all of them alike.
+    let mut runs: Vec<Vec<load::Outcome>> = subjects.iter().map(|_| Vec::new()).collect();
+    let per_round = plan.latency_requests.div_ceil(plan.latency_rounds);
+    for _ in 0..plan.latency_rounds {
+        for (subject, outcomes) in subjects.iter().zip(&mut runs) {
+            let round = load::open_loop(
+                &subject.target,
+                &fixed(subject, 3, false),
+                plan.latency_rate,
+                per_round,
+            )
+            .await?;
+            outcomes.extend(round);
+        }
+    }
+    for ((subject, outcomes), commits) in subjects.iter().zip(&runs).zip(before) {
+        let failed = failures(outcomes);
         let after = Commits::read(subject).await?;
         let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
         let direct = *findings.latency.first().unwrap_or(&stats);
@@ -156,10 +174,12 @@ async fn latency(
     }
     Ok(format!(
         "## Latency at concurrency 1\n\n{} non-streamed completions (3 chunks' worth of text) \
-         on one keep-alive connection, open loop at {} per second. A request held up by its \
-         predecessor is timed from when it was due (no coordinated omission).\n\n{}\n",
-        plan.latency_requests,
+         on one keep-alive connection, open loop at {} per second, in {} rounds that go \
+         through the subjects in turn. A request held up by its predecessor is timed from when \
+         it was due (no coordinated omission).\n\n{}\n",
+        per_round * plan.latency_rounds,
         plan.latency_rate,
+        plan.latency_rounds,
         table.finish()
     ))
 }
@@ -252,6 +272,68 @@ async fn ledger_rows(subject: &Subject) -> anyhow::Result<Option<i64>> {
     ))
 }
 
+/// One subject's throughput measurements, summed over the rounds.
+#[derive(Default)]
+struct Throughput {
+    latencies: Vec<Duration>,
+    served: usize,
+    failed: usize,
+    elapsed: Duration,
+    proxy_cpu: Duration,
+    sim_cpu: Duration,
+    /// Requests per second in each round.
+    rounds: Vec<f64>,
+}
+
+impl Throughput {
+    fn rate(&self) -> f64 {
+        self.served as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// CPU time per request, in µs.
+    fn per_request(&self, cpu: Duration) -> String {
+        let requests = (self.served + self.failed).max(1) as f64;
+        format!("{:.0}", cpu.as_secs_f64() * 1e6 / requests)
+    }
+}
+
+/// Runs `connections` closed-loop clients against one subject for `time`, adding to `acc`.
+async fn throughput_round(
+    subject: &Subject,
+    simulator: &Process,
+    connections: usize,
+    time: Duration,
+    acc: &mut Throughput,
+) -> anyhow::Result<()> {
+    let proxy_pids = subject
+        .proxy
+        .as_ref()
+        .map(Process::pids)
+        .unwrap_or_default();
+    let (proxy_cpu, sim_cpu) = (
+        procs::cpu_time(&proxy_pids),
+        procs::cpu_time(&simulator.pids()),
+    );
+    let (outcomes, elapsed) = load::closed_loop(
+        &subject.target,
+        &fixed(subject, 3, false),
+        connections,
+        Stop::After(time),
+    )
+    .await?;
+    acc.proxy_cpu += procs::cpu_time(&proxy_pids).saturating_sub(proxy_cpu);
+    acc.sim_cpu += procs::cpu_time(&simulator.pids()).saturating_sub(sim_cpu);
+    let failed = failures(&outcomes);
+    let served = outcomes.len() - failed;
+    acc.rounds
+        .push(served as f64 / elapsed.as_secs_f64().max(1e-9));
+    acc.served += served;
+    acc.failed += failed;
+    acc.elapsed += elapsed;
+    acc.latencies.extend(outcomes.iter().map(|o| o.latency));
+    Ok(())
+}
+
 async fn throughput(
     plan: &Plan,
     subjects: &[Subject],
@@ -263,7 +345,7 @@ async fn throughput(
         "connections",
         "requests/s",
         "vs direct",
-        "vs nginx",
+        "vs nginx (rounds: lowest to highest)",
         "p50 ms",
         "p99 ms",
         "proxy CPU µs/request",
@@ -274,72 +356,70 @@ async fn throughput(
         "failed",
     ]);
     let nginx = subjects.iter().position(|s| s.target.name == "nginx");
+    let round = plan.throughput / plan.throughput_rounds as u32;
     for connections in [32, 256] {
-        let mut rates = Vec::new();
-        let mut rows = Vec::new();
+        let mut before = Vec::new();
         for subject in subjects {
+            before.push((ledger_rows(subject).await?, Commits::read(subject).await?));
+        }
+        let mut runs: Vec<Throughput> = subjects.iter().map(|_| Throughput::default()).collect();
+        // Rounds go through the subjects in turn, so drift touches all of them alike.
+        for _ in 0..plan.throughput_rounds {
+            for (subject, acc) in subjects.iter().zip(&mut runs) {
+                throughput_round(subject, simulator, connections, round, acc).await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        let rates: Vec<f64> = runs.iter().map(Throughput::rate).collect();
+        for ((subject, run), (ledger_before, commits)) in subjects.iter().zip(&runs).zip(before) {
+            let ledger = match (ledger_before, ledger_rows(subject).await?) {
+                (Some(a), Some(b)) => {
+                    format!("{:.0}", (b - a) as f64 / run.elapsed.as_secs_f64())
+                }
+                _ => "-".into(),
+            };
+            let vs_nginx = nginx.map_or("-".into(), |n| {
+                let mut shares: Vec<f64> = run
+                    .rounds
+                    .iter()
+                    .zip(&runs[n].rounds)
+                    .map(|(a, b)| a / b)
+                    .collect();
+                shares.sort_by(f64::total_cmp);
+                let spread = match (shares.first(), shares.last()) {
+                    (Some(lo), Some(hi)) if shares.len() > 1 => format!(" ({lo:.2} to {hi:.2})"),
+                    _ => String::new(),
+                };
+                format!("{}{spread}", ratio(run.rate(), rates[n]))
+            });
+            let stats = Stats::of(run.latencies.clone());
             let proxy_pids = subject
                 .proxy
                 .as_ref()
                 .map(Process::pids)
                 .unwrap_or_default();
-            let (proxy_cpu, sim_cpu) = (
-                procs::cpu_time(&proxy_pids),
-                procs::cpu_time(&simulator.pids()),
-            );
-            let ledger_before = ledger_rows(subject).await?;
-            let commits = Commits::read(subject).await?;
-            let (outcomes, elapsed) = load::closed_loop(
-                &subject.target,
-                &fixed(subject, 3, false),
-                connections,
-                Stop::After(plan.throughput),
-            )
-            .await?;
-            let served = (outcomes.len() - failures(&outcomes)) as f64;
-            let per_request = |cpu: Duration| {
-                format!(
-                    "{:.0}",
-                    cpu.as_secs_f64() * 1e6 / outcomes.len().max(1) as f64
-                )
-            };
-            let proxy_cpu = procs::cpu_time(&proxy_pids).saturating_sub(proxy_cpu);
-            let sim_cpu = procs::cpu_time(&simulator.pids()).saturating_sub(sim_cpu);
-            let ledger = match (ledger_before, ledger_rows(subject).await?) {
-                (Some(a), Some(b)) => format!("{:.0}", (b - a) as f64 / elapsed.as_secs_f64()),
-                _ => "-".into(),
-            };
-            let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
-            let rate = served / elapsed.as_secs_f64();
-            rates.push(rate);
-            rows.push(vec![
+            table.row(&[
                 subject.target.name.clone(),
                 connections.to_string(),
-                format!("{rate:.0}"),
-                String::new(),
-                String::new(),
+                format!("{:.0}", run.rate()),
+                ratio(run.rate(), rates[0]),
+                vs_nginx,
                 ms(stats.p50),
                 ms(stats.p99),
                 if subject.proxy.is_some() {
-                    per_request(proxy_cpu)
+                    run.per_request(run.proxy_cpu)
                 } else {
                     "-".into()
                 },
-                per_request(sim_cpu),
+                run.per_request(run.sim_cpu),
                 ledger,
                 Commits::since(Commits::read(subject).await?, commits),
                 format!(
                     "{:.1}",
                     procs::memory_kb(&proxy_pids, "VmRSS") as f64 / 1024.0
                 ),
-                failures(&outcomes).to_string(),
+                run.failed.to_string(),
             ]);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        for (row, rate) in rows.iter_mut().zip(&rates) {
-            row[3] = ratio(*rate, rates[0]);
-            row[4] = nginx.map_or("-".into(), |n| ratio(*rate, rates[n]));
-            table.row(row);
         }
         if connections == 32 {
             findings.throughput_32 = rates;
@@ -347,11 +427,12 @@ async fn throughput(
     }
     Ok(format!(
         "## Throughput\n\nClosed loop: each connection sends its next non-streamed completion \
-         as soon as the last one is answered, for {:.1} s. Every tollgate request is \
-         authenticated, rate-limited, priced and committed to its ledger before its answer \
-         ends. CPU time comes from /proc (user + system, all threads; nginx: master and \
-         workers).\n\n{}\n",
-        plan.throughput.as_secs_f64(),
+         as soon as the last one is answered, in {} rounds of {:.1} s per subject; the rounds \
+         go through the subjects in turn. Every tollgate request is authenticated, \
+         rate-limited, priced and committed to its ledger before its answer ends. CPU time \
+         comes from /proc (user + system, all threads; nginx: master and workers).\n\n{}\n",
+        plan.throughput_rounds,
+        round.as_secs_f64(),
         table.finish()
     ))
 }
