@@ -307,4 +307,52 @@ mod tests {
         let bad = ClientRequest::parse(Endpoint::Chat, Bytes::from_static(br#"{"stream":1}"#));
         assert!(matches!(bad, Err(ApiError::InvalidRequest { .. })));
     }
+
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                proptest::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Whatever object a client sends, compact or pretty, the backend gets the same
+        /// object with only `model` (and, if asked, `include_usage`) changed.
+        #[test]
+        fn the_upstream_body_is_the_clients_object_with_model_replaced(
+            members in proptest::collection::btree_map(proptest::prelude::any::<String>(), json(), 0..8),
+            pretty in proptest::prelude::any::<bool>(),
+        ) {
+            // `stream` must be a boolean (or the request is refused): not part of this test.
+            let sent: Map<String, Value> =
+                members.into_iter().filter(|(name, _)| name != "stream").collect();
+            let text = if pretty {
+                serde_json::to_string_pretty(&sent).unwrap()
+            } else {
+                serde_json::to_string(&sent).unwrap()
+            };
+            let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(text.clone())).unwrap();
+            let upstream: Map<String, Value> =
+                serde_json::from_slice(&request.patched("up-model", false)).unwrap();
+            // Read back the way the backend would read what the client sent (serde_json's
+            // float parsing is not exact; the bytes themselves pass through unchanged).
+            let mut expected: Map<String, Value> = serde_json::from_str(&text).unwrap();
+            expected.insert("model".into(), Value::from("up-model"));
+            proptest::prop_assert_eq!(upstream, expected);
+        }
+    }
 }

@@ -126,7 +126,7 @@ async fn latency(
         "p99 ms",
         "p99.9 ms",
         "max ms",
-        "added p50 ms",
+        "added p50 ms (rounds: lowest to highest)",
         "added p99 ms",
         "p50 ratio",
         "commit ms / records per commit",
@@ -139,9 +139,11 @@ async fn latency(
     }
     // Rounds go through the subjects in turn, so drift touches all of them alike.
     let mut runs: Vec<Vec<load::Outcome>> = subjects.iter().map(|_| Vec::new()).collect();
+    // p50 of each round, per subject.
+    let mut round_p50s: Vec<Vec<Duration>> = subjects.iter().map(|_| Vec::new()).collect();
     let per_round = plan.latency_requests.div_ceil(plan.latency_rounds);
     for _ in 0..plan.latency_rounds {
-        for (subject, outcomes) in subjects.iter().zip(&mut runs) {
+        for ((subject, outcomes), p50s) in subjects.iter().zip(&mut runs).zip(&mut round_p50s) {
             let round = load::open_loop(
                 &subject.target,
                 &fixed(subject, 3, false),
@@ -149,21 +151,34 @@ async fn latency(
                 per_round,
             )
             .await?;
+            p50s.push(Stats::of(round.iter().map(|o| o.latency).collect()).p50);
             outcomes.extend(round);
         }
     }
-    for ((subject, outcomes), commits) in subjects.iter().zip(&runs).zip(before) {
+    for (((subject, outcomes), commits), p50s) in
+        subjects.iter().zip(&runs).zip(before).zip(&round_p50s)
+    {
         let failed = failures(outcomes);
         let after = Commits::read(subject).await?;
         let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
         let direct = *findings.latency.first().unwrap_or(&stats);
+        let mut added: Vec<f64> = p50s
+            .iter()
+            .zip(&round_p50s[0])
+            .map(|(p50, direct)| (p50.as_secs_f64() - direct.as_secs_f64()) * 1e3)
+            .collect();
+        added.sort_by(f64::total_cmp);
+        let spread = match (added.first(), added.last()) {
+            (Some(lo), Some(hi)) if added.len() > 1 => format!(" ({lo:+.3} to {hi:+.3})"),
+            _ => String::new(),
+        };
         table.row(&[
             subject.target.name.clone(),
             ms(stats.p50),
             ms(stats.p99),
             ms(stats.p999),
             ms(stats.max),
-            added_ms(stats.p50, direct.p50),
+            format!("{}{spread}", added_ms(stats.p50, direct.p50)),
             added_ms(stats.p99, direct.p99),
             ratio(stats.p50.as_secs_f64(), direct.p50.as_secs_f64()),
             Commits::since(after, commits),
