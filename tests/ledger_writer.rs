@@ -211,34 +211,37 @@ async fn commits_go_on_while_imports_swap_the_journals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_database_refuses_is_set_aside_and_the_others_are_imported() {
     let f = fixture().await;
-    let mut records: Vec<UsageRecord> = (0..20)
+    // Enough for multi-row statements (16 rows) and single rows in one import.
+    let mut records: Vec<UsageRecord> = (0..40)
         .map(|n| record(&f.template, format!("req_{n:02}")))
         .collect();
-    // No such key: the foreign key refuses it, whichever import it lands in.
+    // No such key: the foreign key refuses them, whichever statement they land in.
     records[7].key_id = 9_999;
+    records[37].key_id = 9_999;
     let outcomes = commit_all(&f.ledger, records.clone()).await;
     // Every record is committed (journaled); the refusal comes at the import.
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     f.ledger.flush().await.unwrap();
     let ids = stored_ids(&f.db).await;
-    assert_eq!(ids.len(), 19);
-    assert!(!ids.contains(&"req_07".to_string()));
-    // The refused record is kept whole, beside the journal, and nowhere else.
+    assert_eq!(ids.len(), 38);
+    assert!(!ids.contains(&"req_07".to_string()) && !ids.contains(&"req_37".to_string()));
+    // The refused records are kept whole, beside the journal, and nowhere else.
     let sqlite = store::sqlite_path(&f.database).unwrap();
     let text = std::fs::read_to_string(journal::refused_path(&sqlite)).unwrap();
-    let kept: Vec<UsageRecord> = text
+    let mut kept: Vec<UsageRecord> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(kept, vec![records[7].clone()]);
+    kept.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    assert_eq!(kept, vec![records[7].clone(), records[37].clone()]);
     assert!(journal::is_empty(&sqlite).unwrap());
     // Imports go on after it.
     f.ledger
-        .commit(record(&f.template, "req_20".into()))
+        .commit(record(&f.template, "req_40".into()))
         .await
         .unwrap();
     f.ledger.flush().await.unwrap();
-    assert_eq!(stored_ids(&f.db).await.len(), 20);
+    assert_eq!(stored_ids(&f.db).await.len(), 39);
     f.writer.shutdown().await.unwrap();
 }
 

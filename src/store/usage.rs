@@ -8,58 +8,98 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{Db, to_ms};
 use crate::metering::record::UsageRecord;
 
+/// Records per multi-row `INSERT`: one statement execution opens the table and its three
+/// indexes once for all of them.
+const ROWS_PER_INSERT: usize = 16;
+
+/// Columns bound per record.
+const COLUMNS: usize = 23;
+
 /// Inserts `records` on the ledger writer's connection, all or none: one statement for a
-/// single record, one transaction for more. A request id already present is skipped, so a
-/// batch retried after an unclear failure never writes a record twice.
+/// single record, one transaction for more, in statements of `ROWS_PER_INSERT` rows. A
+/// request id already present is skipped, so a batch retried after an unclear failure
+/// never writes a record twice.
 pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<()>
 where
     I: IntoIterator<Item = &'a UsageRecord>,
     I::IntoIter: ExactSizeIterator,
 {
-    let records = records.into_iter();
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, deployment,
-            endpoint, stream, status, http_status, error, prompt_tokens, completion_tokens,
-            cached_tokens, usage_source, price_version_id, cost, blocked, moderation,
-            started_at, ended_at, latency_ms, ttft_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20, ?21, ?22, ?23)
-         ON CONFLICT (request_id) DO NOTHING",
-    )?;
+    let records: Vec<&UsageRecord> = records.into_iter().collect();
     let transaction = (records.len() > 1)
         .then(|| conn.unchecked_transaction())
         .transpose()?;
-    for r in records {
-        insert.execute(rusqlite::params![
-            r.request_id,
-            r.account_id,
-            r.key_id,
-            r.model,
-            r.chip,
-            r.deployment,
-            r.endpoint.as_str(),
-            r.stream,
-            r.status.as_str(),
-            r.http_status,
-            r.error,
-            r.tokens.prompt as i64,
-            r.tokens.completion as i64,
-            r.tokens.cached as i64,
-            r.usage_source.as_str(),
-            r.price_version_id,
-            r.cost.to_string(),
-            r.blocked,
-            r.moderation,
-            to_ms(r.started_at),
-            to_ms(r.ended_at),
-            r.latency_ms,
-            r.ttft_ms,
-        ])?;
+    let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+    if chunks.len() > 0 {
+        let mut insert = conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+        for chunk in &mut chunks {
+            for (row, record) in chunk.iter().enumerate() {
+                bind(&mut insert, row * COLUMNS, record)?;
+            }
+            insert.raw_execute()?;
+        }
+    }
+    if !chunks.remainder().is_empty() {
+        let mut insert = conn.prepare_cached(&insert_sql(1))?;
+        for record in chunks.remainder() {
+            bind(&mut insert, 0, record)?;
+            insert.raw_execute()?;
+        }
     }
     match transaction {
         Some(t) => t.commit(),
         None => Ok(()),
     }
+}
+
+/// `INSERT ... VALUES (?, ...), ...` for `rows` records.
+fn insert_sql(rows: usize) -> String {
+    let row = format!("({})", vec!["?"; COLUMNS].join(", "));
+    format!(
+        "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, deployment,
+            endpoint, stream, status, http_status, error, prompt_tokens, completion_tokens,
+            cached_tokens, usage_source, price_version_id, cost, blocked, moderation,
+            started_at, ended_at, latency_ms, ttft_ms)
+         VALUES {}
+         ON CONFLICT (request_id) DO NOTHING",
+        vec![row; rows].join(", ")
+    )
+}
+
+/// Binds `r` to the `COLUMNS` parameters after the first `offset`.
+fn bind(
+    insert: &mut rusqlite::CachedStatement,
+    offset: usize,
+    r: &UsageRecord,
+) -> rusqlite::Result<()> {
+    let values: [&dyn rusqlite::ToSql; COLUMNS] = [
+        &r.request_id,
+        &r.account_id,
+        &r.key_id,
+        &r.model,
+        &r.chip,
+        &r.deployment,
+        &r.endpoint.as_str(),
+        &r.stream,
+        &r.status.as_str(),
+        &r.http_status,
+        &r.error,
+        &(r.tokens.prompt as i64),
+        &(r.tokens.completion as i64),
+        &(r.tokens.cached as i64),
+        &r.usage_source.as_str(),
+        &r.price_version_id,
+        &r.cost.to_string(),
+        &r.blocked,
+        &r.moderation,
+        &to_ms(r.started_at),
+        &to_ms(r.ended_at),
+        &r.latency_ms,
+        &r.ttft_ms,
+    ];
+    for (i, value) in values.into_iter().enumerate() {
+        insert.raw_bind_parameter(offset + i + 1, value)?;
+    }
+    Ok(())
 }
 
 /// A stored record, flattened for reading (audits, tests, CLI).
