@@ -151,6 +151,7 @@ async fn connect(
             price,
         };
         let mut request = axum::http::Request::post(upstream.url.clone())
+            .header(header::HOST, upstream.host.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(REQUEST_ID, &ex.request_id);
         if let Some(authorization) = upstream.authorization() {

@@ -2,11 +2,11 @@
 //! level is taken apart: the values pass to the backend as the client wrote them, and are
 //! parsed only where tollgate reads them (`model`, `stream`, limits, estimates).
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use axum::body::Body;
 use bytes::Bytes;
-use indexmap::IndexMap;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -21,9 +21,8 @@ pub struct ClientRequest {
     pub endpoint: Endpoint,
     /// The body as the client sent it.
     raw: Bytes,
-    /// Its top-level members, in order: each value's span in `raw`. A name sent twice
-    /// keeps its first place and its last value, as a JSON parser's map would.
-    members: IndexMap<String, Range<usize>>,
+    /// Its top-level members: each value's span in `raw`.
+    members: Members,
     /// The `model` member, parsed.
     model: Option<Value>,
     pub stream: bool,
@@ -153,14 +152,14 @@ impl ClientRequest {
             out.push(b':');
             out.extend_from_slice(value);
         };
-        for (name, span) in &self.members {
+        for (name, span) in &self.members.list {
             match patches.iter().find(|(patched, _)| patched == name) {
                 Some((_, value)) => put(name, value),
                 None => put(name, &self.raw[span.clone()]),
             }
         }
         for (name, value) in patches {
-            if !self.members.contains_key(name) {
+            if self.members.position(name).is_none() {
                 put(name, value);
             }
         }
@@ -169,17 +168,57 @@ impl ClientRequest {
     }
 }
 
+/// The top-level members of a body, in order, each with its value's span. A name sent twice
+/// keeps its first place and its last value, as a JSON parser's map would. Found by a scan
+/// (a body has a handful of members), or through an index once there are more than
+/// `INDEXED_FROM`, so that a body of many members costs no quadratic time.
+#[derive(Debug, Default)]
+struct Members {
+    list: Vec<(String, Range<usize>)>,
+    index: Option<HashMap<String, usize>>,
+}
+
+const INDEXED_FROM: usize = 16;
+
+impl Members {
+    fn position(&self, name: &str) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(name).copied(),
+            None => self.list.iter().position(|(n, _)| n == name),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Range<usize>> {
+        self.position(name).map(|i| &self.list[i].1)
+    }
+
+    fn insert(&mut self, name: String, span: Range<usize>) {
+        if let Some(i) = self.position(&name) {
+            self.list[i].1 = span;
+            return;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(name.clone(), self.list.len());
+        }
+        self.list.push((name, span));
+        if self.index.is_none() && self.list.len() > INDEXED_FROM {
+            let index = self.list.iter().enumerate();
+            self.index = Some(index.map(|(i, (n, _))| (n.clone(), i)).collect());
+        }
+    }
+}
+
 /// The members of the JSON object `raw`, each with its value's span. The whole text is
 /// checked (syntax, UTF-8, nothing after the object), values without being built.
-fn top_level(raw: &[u8]) -> Result<IndexMap<String, Range<usize>>, serde_json::Error> {
-    struct Members<'a>(&'a [u8]);
-    impl<'de> Visitor<'de> for Members<'de> {
-        type Value = IndexMap<String, Range<usize>>;
+fn top_level(raw: &[u8]) -> Result<Members, serde_json::Error> {
+    struct Visit<'a>(&'a [u8]);
+    impl<'de> Visitor<'de> for Visit<'de> {
+        type Value = Members;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut members = IndexMap::new();
+            let mut members = Members::default();
             while let Some(name) = map.next_key::<String>()? {
                 let value: &RawValue = map.next_value()?;
                 let start = value.get().as_ptr() as usize - self.0.as_ptr() as usize;
@@ -189,7 +228,7 @@ fn top_level(raw: &[u8]) -> Result<IndexMap<String, Range<usize>>, serde_json::E
         }
     }
     let mut de = serde_json::Deserializer::from_slice(raw);
-    let members = de.deserialize_map(Members(raw))?;
+    let members = de.deserialize_map(Visit(raw))?;
     de.end()?;
     Ok(members)
 }
@@ -248,6 +287,25 @@ mod tests {
             patched(r#"{"n":1,"model":"a","n":2}"#, false),
             r#"{"n":2,"model":"up-model"}"#
         );
+    }
+
+    #[test]
+    fn many_members_keep_their_order_and_repeats_keep_the_last_value() {
+        let names: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let mut body: Vec<String> = names.iter().map(|n| format!("\"{n}\":1")).collect();
+        body.push(r#""k3":2"#.into());
+        body.push(r#""k39":3"#.into());
+        let sent = format!("{{{}}}", body.join(","));
+        let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(sent)).unwrap();
+        assert_eq!(request.value("k3"), Some(Value::from(2)));
+        assert_eq!(request.value("k39"), Some(Value::from(3)));
+        assert_eq!(request.value("k40"), None);
+        let upstream: Map<String, Value> =
+            serde_json::from_slice(&request.patched("up-model", false)).unwrap();
+        let order: Vec<&String> = upstream.keys().collect();
+        assert_eq!(order.len(), 41);
+        assert!(order[..40].iter().zip(&names).all(|(a, b)| *a == b));
+        assert_eq!(upstream["k3"], 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
@@ -22,6 +23,8 @@ pub struct Upstream {
     pub deployment: Option<String>,
     /// `base_url` + the endpoint's path, parsed once rather than on every request.
     pub url: axum::http::Uri,
+    /// The `Host` header for `url`, built once (the client would format it per request).
+    pub host: HeaderValue,
     /// The model name sent to the backend.
     pub upstream_model: String,
     /// `Bearer <credential>`, from the environment; never logged.
@@ -56,17 +59,19 @@ impl Upstream {
             .map(|var| std::env::var(var).map(|secret| format!("Bearer {secret}")))
             .transpose()?;
         let client = UpstreamClient::new(Duration::from_millis(c.connect_timeout_ms))?;
+        let url: axum::http::Uri = format!(
+            "{}{}",
+            c.base_url.trim_end_matches('/'),
+            c.endpoint.upstream_path()
+        )
+        .parse()?;
         Ok(Upstream {
             model: c.model.clone(),
             chip: c.chip.clone(),
             endpoint: c.endpoint,
             deployment: c.deployment.clone(),
-            url: format!(
-                "{}{}",
-                c.base_url.trim_end_matches('/'),
-                c.endpoint.upstream_path()
-            )
-            .parse()?,
+            host: host_header(&url)?,
+            url,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
             stream_format: c.stream_format,
@@ -88,6 +93,20 @@ impl Upstream {
         self.metrics
             .get_or_init(|| metrics.pair(&self.model, &self.chip))
     }
+}
+
+/// `host[:port]` of `url`, the port left out where it is the scheme's default.
+fn host_header(url: &axum::http::Uri) -> anyhow::Result<HeaderValue> {
+    let host = url.host().unwrap_or_default();
+    let default_port = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match url.port_u16() {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    Ok(HeaderValue::from_str(&value)?)
 }
 
 struct ModelRoute {
@@ -245,4 +264,21 @@ fn unknown_model(model: &str) -> ApiError {
     ApiError::NotFound(format!(
         "model '{model}' does not exist; GET /v1/models lists the models you can call"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_header_leaves_out_default_ports_and_credentials() {
+        let host = |url: &str| host_header(&url.parse().unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:9100/v1/chat"), "127.0.0.1:9100");
+        assert_eq!(host("https://api.example.com/v1/chat"), "api.example.com");
+        assert_eq!(host("http://h:80/x"), "h");
+        assert_eq!(host("https://h:443/x"), "h");
+        assert_eq!(host("https://h:8443/x"), "h:8443");
+        assert_eq!(host("http://user:secret@h:81/x"), "h:81");
+        assert_eq!(host("http://[::1]:9000/x"), "[::1]:9000");
+    }
 }
