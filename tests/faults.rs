@@ -169,8 +169,17 @@ async fn hostile_requests_get_clear_errors_and_the_gateway_stays_up() {
     let app = TestApp::spawn().await;
     let url = app.url("/v1/chat/completions");
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    // Nested inside a member: the value is checked (not built) before it would pass upstream.
+    let nested_member = format!(r#"{{"model": "megrez-7b-instruct", "messages": {nested}}}"#);
+    let nested_object = format!(
+        "{{\"x\":{}1{}}}",
+        "{\"a\":".repeat(50_000),
+        "}".repeat(50_000)
+    );
     let bodies: Vec<Vec<u8>> = vec![
         nested.into_bytes(),
+        nested_member.into_bytes(),
+        nested_object.into_bytes(),
         vec![0xff, 0xfe, b'{', 0x80],
         b"{\"model\": \"megrez-7b-instruct\", \"messages\": \"\xff\"}".to_vec(),
         Vec::new(),

@@ -47,6 +47,11 @@ impl ClientRequest {
                 ApiError::InvalidJson(e.to_string())
             }
         })?;
+        if nests_deeper(&raw, MAX_DEPTH) {
+            return Err(ApiError::InvalidJson(format!(
+                "the body nests arrays and objects deeper than {MAX_DEPTH} levels"
+            )));
+        }
         let mut request = ClientRequest {
             endpoint,
             raw,
@@ -168,6 +173,40 @@ impl ClientRequest {
     }
 }
 
+/// The deepest nesting of arrays and objects accepted in a body: what serde_json (and so
+/// many backends) will parse. Checking it here gives the client a clear 400 rather than a
+/// backend's refusal.
+const MAX_DEPTH: usize = 128;
+
+/// Whether the JSON text `raw` (already checked) nests arrays and objects deeper than
+/// `limit`. Values are skipped over, not parsed: one pass over the bytes.
+fn nests_deeper(raw: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in raw {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The top-level members of a body, in order, each with its value's span. A name sent twice
 /// keeps its first place and its last value, as a JSON parser's map would. Found by a scan
 /// (a body has a handful of members), or through an index once there are more than
@@ -287,6 +326,22 @@ mod tests {
             patched(r#"{"n":1,"model":"a","n":2}"#, false),
             r#"{"n":2,"model":"up-model"}"#
         );
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let deep = |levels: usize| {
+            format!(
+                r#"{{"s":"[[{{\"[","v":{}1{}}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        assert!(!nests_deeper(deep(127).as_bytes(), MAX_DEPTH));
+        assert!(nests_deeper(deep(128).as_bytes(), MAX_DEPTH));
+        let refused = ClientRequest::parse(Endpoint::Chat, Bytes::from(deep(500)));
+        assert!(matches!(refused, Err(ApiError::InvalidJson(m)) if m.contains("deeper than 128")));
+        assert!(ClientRequest::parse(Endpoint::Chat, Bytes::from(deep(100))).is_ok());
     }
 
     #[test]
