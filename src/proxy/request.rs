@@ -38,7 +38,7 @@ impl ClientRequest {
         ClientRequest::parse(endpoint, raw)
     }
 
-    /// Checks `raw` in full (syntax, UTF-8) and takes its top level apart.
+    /// Checks `raw` in full (syntax, UTF-8, nesting depth) and takes its top level apart.
     pub fn parse(endpoint: Endpoint, raw: Bytes) -> Result<Self, ApiError> {
         let members = top_level(&raw).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
