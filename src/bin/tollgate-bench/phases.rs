@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::load::{self, Outcome, Stop, Workload};
 use crate::procs::{self, Process};
-use crate::report::{Stats, Table, added_ms, ms, ratio};
+use crate::report::{Stats, Table, added_ms, ms, ratio, spread};
 use crate::{Subject, chat_body};
 
 pub const MODEL: &str = "megrez-7b-instruct";
@@ -162,16 +162,12 @@ async fn latency(
         let after = Commits::read(subject).await?;
         let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
         let direct = *findings.latency.first().unwrap_or(&stats);
-        let mut added: Vec<f64> = p50s
+        let added = p50s
             .iter()
             .zip(&round_p50s[0])
             .map(|(p50, direct)| (p50.as_secs_f64() - direct.as_secs_f64()) * 1e3)
             .collect();
-        added.sort_by(f64::total_cmp);
-        let spread = match (added.first(), added.last()) {
-            (Some(lo), Some(hi)) if added.len() > 1 => format!(" ({lo:+.3} to {hi:+.3})"),
-            _ => String::new(),
-        };
+        let spread = spread(added, |ms| format!("{ms:+.3}"));
         table.row(&[
             subject.target.name.clone(),
             ms(stats.p50),
@@ -394,17 +390,8 @@ async fn throughput(
                 _ => "-".into(),
             };
             let vs_nginx = nginx.map_or("-".into(), |n| {
-                let mut shares: Vec<f64> = run
-                    .rounds
-                    .iter()
-                    .zip(&runs[n].rounds)
-                    .map(|(a, b)| a / b)
-                    .collect();
-                shares.sort_by(f64::total_cmp);
-                let spread = match (shares.first(), shares.last()) {
-                    (Some(lo), Some(hi)) if shares.len() > 1 => format!(" ({lo:.2} to {hi:.2})"),
-                    _ => String::new(),
-                };
+                let shares = run.rounds.iter().zip(&runs[n].rounds).map(|(a, b)| a / b);
+                let spread = spread(shares.collect(), |share| format!("{share:.2}"));
                 format!("{}{spread}", ratio(run.rate(), rates[n]))
             });
             let stats = Stats::of(run.latencies.clone());

@@ -42,6 +42,16 @@ pub fn added_ms(a: Duration, b: Duration) -> String {
     format!("{:+.3}", (a.as_secs_f64() - b.as_secs_f64()) * 1e3)
 }
 
+/// ` (lowest to highest)` of per-round figures, each written by `show`; nothing for a
+/// single round.
+pub fn spread(mut rounds: Vec<f64>, show: impl Fn(f64) -> String) -> String {
+    rounds.sort_by(f64::total_cmp);
+    match (rounds.first(), rounds.last()) {
+        (Some(&lo), Some(&hi)) if rounds.len() > 1 => format!(" ({} to {})", show(lo), show(hi)),
+        _ => String::new(),
+    }
+}
+
 /// `a / b` with two decimals, or "n/a".
 pub fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
@@ -88,4 +98,20 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_is_the_lowest_and_highest_round() {
+        let show = |x: f64| format!("{x:.2}");
+        assert_eq!(spread(vec![0.61, 0.55, 0.65], show), " (0.55 to 0.65)");
+        assert_eq!(spread(vec![0.61], show), "");
+        assert_eq!(
+            spread(vec![-0.1, 0.2], |x| format!("{x:+.3}")),
+            " (-0.100 to +0.200)"
+        );
+    }
 }
