@@ -1,7 +1,8 @@
 //! The benchmark itself works: a `--quick` run of `tollgate-bench` (few requests, 300
 //! keys) against the simulator, nginx when installed, and a tollgate, and its Markdown
 //! says what a full run would: no failed request, one ledger row per answered request,
-//! 429s for the keys over their limit. Speed is not judged here (see bench/README.md).
+//! 429s for the keys over their limit; and another build (here the `tollgate` binary)
+//! measured beside it with `--compare`. Speed is not judged here (see bench/README.md).
 
 use std::process::Command;
 
@@ -29,6 +30,8 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
             "300",
             "--synchronous",
             "normal",
+            "--compare",
+            env!("CARGO_BIN_EXE_tollgate"),
             "--out",
         ])
         .arg(&out)
@@ -41,7 +44,8 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
     let latency = rows(&markdown, "Latency at concurrency 1");
     let subjects: Vec<&str> = latency.iter().map(|r| r[0]).collect();
     assert_eq!(subjects[0], "direct");
-    assert_eq!(*subjects.last().unwrap(), "tollgate (normal)");
+    let gateways = ["tollgate (normal)", "tollgate (normal, compared build)"];
+    assert_eq!(subjects[subjects.len() - 2..], gateways);
     for section in ["Latency at concurrency 1", "Throughput", "Streams"] {
         for row in rows(&markdown, section) {
             assert_eq!(
@@ -57,27 +61,28 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
         2 * subjects.len(),
         "32 and 256 connections"
     );
-    let tollgate = throughput
-        .iter()
-        .find(|r| r[0] == "tollgate (normal)")
-        .unwrap();
-    assert_eq!(
-        tollgate[2], tollgate[9],
-        "ledger rows/s equal answered requests/s"
-    );
+    for tollgate in throughput.iter().filter(|r| gateways.contains(&r[0])) {
+        assert_eq!(
+            tollgate[2], tollgate[9],
+            "ledger rows/s equal answered requests/s"
+        );
+    }
 
     let keys = rows(&markdown, "Many keys");
-    assert_eq!(keys.len(), 2);
-    let (each, zipf) = (&keys[0], &keys[1]);
-    assert_eq!((each[1], each[3], each[4]), ("each key once", "300", "0"));
-    assert_eq!(zipf[1], "Zipf-like");
-    assert!(
-        zipf[4].parse::<u64>().unwrap() > 0,
-        "keys over their limit get 429: {zipf:?}"
-    );
-    assert_eq!(zipf[5], "0", "nothing but 200 and 429");
+    assert_eq!(keys.len(), 2 * gateways.len());
+    for (gateway, pair) in gateways.iter().zip(keys.chunks(2)) {
+        let (each, zipf) = (&pair[0], &pair[1]);
+        assert_eq!(each[0], *gateway);
+        assert_eq!((each[1], each[3], each[4]), ("each key once", "300", "0"));
+        assert_eq!(zipf[1], "Zipf-like");
+        assert!(
+            zipf[4].parse::<u64>().unwrap() > 0,
+            "keys over their limit get 429: {zipf:?}"
+        );
+        assert_eq!(zipf[5], "0", "nothing but 200 and 429");
+    }
     for row in &keys {
         assert_eq!(row[8], "yes", "one ledger row per 200: {row:?}");
     }
-    assert_eq!(rows(&markdown, "Goals").len(), 4);
+    assert_eq!(rows(&markdown, "Goals").len(), 4 * gateways.len());
 }

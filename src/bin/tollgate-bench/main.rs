@@ -45,6 +45,11 @@ struct Args {
     /// Leave nginx out even where it is installed.
     #[arg(long)]
     no_nginx: bool,
+    /// Another build's `tollgate` binary (with the same migrations), measured beside this
+    /// build with each `--synchronous` setting: on a noisy machine, the way to tell whether
+    /// a change helped is to compare both builds within one run.
+    #[arg(long, value_name = "TOLLGATE_BINARY")]
+    compare: Option<PathBuf>,
 }
 
 /// What a request goes to and what stands in front of the simulator there.
@@ -157,11 +162,27 @@ async fn measure(
         gateway: None,
         auth: no_key,
     });
-    for synchronous in &args.synchronous {
-        eprintln!("preparing tollgate (synchronous={synchronous}, {keys} keys)");
-        subjects.push(gateway(dir, sim, synchronous, keys).await?);
+    let this_build = std::env::current_exe()?;
+    let builds = std::iter::once((&this_build, None)).chain(
+        args.compare
+            .iter()
+            .map(|other| (other, Some("compared build"))),
+    );
+    for (binary, label) in builds {
+        for synchronous in &args.synchronous {
+            let build = Build { binary, label };
+            let of = label.map_or(String::new(), |label| format!(", {label}"));
+            eprintln!("preparing tollgate (synchronous={synchronous}, {keys} keys{of})");
+            subjects.push(gateway(dir, sim, synchronous, keys, build).await?);
+        }
     }
     phases::run_all(plan, &subjects, &simulator).await
+}
+
+/// The executable a gateway runs, and how its subjects are told apart from this build's.
+struct Build<'a> {
+    binary: &'a Path,
+    label: Option<&'a str>,
 }
 
 /// A tollgate on its own SQLite ledger, with one account, a key for the single-key phases
@@ -171,8 +192,20 @@ async fn gateway(
     sim: SocketAddr,
     synchronous: &str,
     keys: usize,
+    build: Build<'_>,
 ) -> anyhow::Result<Subject> {
-    let dir = dir.join(format!("tollgate-{synchronous}"));
+    let name = match build.label {
+        None => format!("tollgate ({synchronous})"),
+        Some(label) => format!("tollgate ({synchronous}, {label})"),
+    };
+    let words: Vec<&str> = name.split(|c: char| !c.is_alphanumeric()).collect();
+    let dir = dir.join(
+        words
+            .into_iter()
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("-"),
+    );
     std::fs::create_dir_all(dir.join("pricing"))?;
     std::fs::write(
         dir.join("pricing/bench.toml"),
@@ -227,12 +260,13 @@ async fn gateway(
         ))?);
     }
     tx.commit().await?;
-    let (addr, process) = procs::gateway(&config_path, &dir.join("tollgate.log")).await?;
+    let log = dir.join("tollgate.log");
+    let (addr, process) = procs::gateway(build.binary, &config_path, &log).await?;
     let auth = secrets.remove(0);
     let rss_at_start_kb = procs::memory_kb(&[process.pid()], "VmRSS");
     Ok(Subject {
         target: Target {
-            name: format!("tollgate ({synchronous})"),
+            name,
             addr,
             path: "/v1/chat/completions".into(),
         },

@@ -54,8 +54,9 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn tollgate(args: &[&str], log: &Path) -> anyhow::Result<Child> {
-    Command::new(std::env::current_exe()?)
+/// `binary` (this build's own executable, or another build's `tollgate`) with `args`.
+fn tollgate(binary: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    Command::new(binary)
         .args(args)
         .env(ROLE_ENV, "1")
         .env("TOLLGATE_LOG", "tollgate=info")
@@ -79,6 +80,7 @@ async fn wait_until_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()
 pub async fn simulator(dir: &Path) -> anyhow::Result<(SocketAddr, Process)> {
     let addr = free_addr()?;
     let child = tollgate(
+        &std::env::current_exe()?,
         &["simulate", "--listen", &addr.to_string()],
         &dir.join("simulator.log"),
     )?;
@@ -90,9 +92,14 @@ pub async fn simulator(dir: &Path) -> anyhow::Result<(SocketAddr, Process)> {
     Ok((addr, process))
 }
 
-/// `tollgate serve` with `config`; its address is read from its log.
-pub async fn gateway(config: &Path, log: &Path) -> anyhow::Result<(SocketAddr, Process)> {
-    let child = tollgate(&["--config", &config.display().to_string(), "serve"], log)?;
+/// `tollgate serve` run by `binary` with `config`; its address is read from its log.
+pub async fn gateway(
+    binary: &Path,
+    config: &Path,
+    log: &Path,
+) -> anyhow::Result<(SocketAddr, Process)> {
+    let config = config.display().to_string();
+    let child = tollgate(binary, &["--config", &config, "serve"], log)?;
     let mut process = Process {
         name: "tollgate",
         child,
