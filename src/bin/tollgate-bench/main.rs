@@ -194,18 +194,16 @@ async fn gateway(
     keys: usize,
     build: Build<'_>,
 ) -> anyhow::Result<Subject> {
-    let name = match build.label {
-        None => format!("tollgate ({synchronous})"),
-        Some(label) => format!("tollgate ({synchronous}, {label})"),
+    let (name, dir) = match build.label {
+        None => (
+            format!("tollgate ({synchronous})"),
+            dir.join(format!("tollgate-{synchronous}")),
+        ),
+        Some(label) => (
+            format!("tollgate ({synchronous}, {label})"),
+            dir.join(format!("tollgate-{synchronous}-compared")),
+        ),
     };
-    let words: Vec<&str> = name.split(|c: char| !c.is_alphanumeric()).collect();
-    let dir = dir.join(
-        words
-            .into_iter()
-            .filter(|w| !w.is_empty())
-            .collect::<Vec<_>>()
-            .join("-"),
-    );
     std::fs::create_dir_all(dir.join("pricing"))?;
     std::fs::write(
         dir.join("pricing/bench.toml"),
