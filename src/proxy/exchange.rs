@@ -155,7 +155,7 @@ async fn connect(
             .header(header::CONTENT_TYPE, "application/json")
             .header(REQUEST_ID, &ex.request_id);
         if let Some(authorization) = upstream.authorization() {
-            request = request.header(header::AUTHORIZATION, authorization);
+            request = request.header(header::AUTHORIZATION, authorization.clone());
         }
         let request = request
             .body(Full::new(ex.request.upstream_body(upstream)))

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -28,6 +29,9 @@ pub struct ClientRequest {
     pub stream: bool,
     /// The client asked for the usage-only chunk (`stream_options.include_usage`).
     pub wants_stream_usage: bool,
+    /// `prompt_estimate`, counted once: limits, the spending hold and a record without
+    /// reported usage may each ask, and counting a long prompt takes milliseconds.
+    prompt_estimate: OnceLock<u64>,
 }
 
 impl ClientRequest {
@@ -59,6 +63,7 @@ impl ClientRequest {
             model: None,
             stream: false,
             wants_stream_usage: false,
+            prompt_estimate: OnceLock::new(),
         };
         request.model = request.value("model");
         request.stream = match request.member("stream") {
@@ -111,11 +116,13 @@ impl ClientRequest {
     /// Estimated prompt tokens (`estimate::prompt_tokens`), from the members that hold
     /// the prompt: only these are parsed.
     pub fn prompt_estimate(&self) -> u64 {
-        let prompt: Map<String, Value> = ["messages", "input", "query", "documents"]
-            .into_iter()
-            .filter_map(|name| Some((name.to_owned(), self.value(name)?)))
-            .collect();
-        estimate::prompt_tokens(self.endpoint, &prompt)
+        *self.prompt_estimate.get_or_init(|| {
+            let prompt: Map<String, Value> = ["messages", "input", "query", "documents"]
+                .into_iter()
+                .filter_map(|name| Some((name.to_owned(), self.value(name)?)))
+                .collect();
+            estimate::prompt_tokens(self.endpoint, &prompt)
+        })
     }
 
     /// Whether tollgate adds `include_usage` for this upstream (and must then hide the

@@ -27,8 +27,9 @@ pub struct Upstream {
     pub host: HeaderValue,
     /// The model name sent to the backend.
     pub upstream_model: String,
-    /// `Bearer <credential>`, from the environment; never logged.
-    authorization: Option<String>,
+    /// `Bearer <credential>`, from the environment, built once and marked sensitive;
+    /// never logged.
+    authorization: Option<HeaderValue>,
     pub stream_format: StreamFormat,
     pub stream_options: bool,
     pub weight: u32,
@@ -56,7 +57,15 @@ impl Upstream {
         let authorization = c
             .api_key_env
             .as_ref()
-            .map(|var| std::env::var(var).map(|secret| format!("Bearer {secret}")))
+            .map(|var| {
+                let secret = std::env::var(var)?;
+                let mut value =
+                    HeaderValue::try_from(format!("Bearer {secret}")).map_err(|_| {
+                        anyhow::anyhow!("{var} holds characters an HTTP header cannot carry")
+                    })?;
+                value.set_sensitive(true);
+                anyhow::Ok(value)
+            })
             .transpose()?;
         let client = UpstreamClient::new(Duration::from_millis(c.connect_timeout_ms))?;
         let url: axum::http::Uri = format!(
@@ -84,8 +93,8 @@ impl Upstream {
         })
     }
 
-    pub fn authorization(&self) -> Option<&str> {
-        self.authorization.as_deref()
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
     }
 
     /// This pair's metric series in `metrics` (the one registry of the application).
@@ -280,5 +289,33 @@ mod tests {
         assert_eq!(host("https://h:8443/x"), "h:8443");
         assert_eq!(host("http://user:secret@h:81/x"), "h:81");
         assert_eq!(host("http://[::1]:9000/x"), "[::1]:9000");
+    }
+
+    #[test]
+    fn a_backend_credential_is_a_sensitive_header_and_a_bad_one_stops_the_start() {
+        let config = |var: &str| -> UpstreamConfig {
+            let text = format!(
+                "model = \"m\"\nchip = \"c\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+                 api_key_env = \"{var}\"\n"
+            );
+            toml::from_str(&text).unwrap()
+        };
+        // SAFETY: these variables are set once, before any thread reads them, and no other
+        // test uses them.
+        unsafe {
+            std::env::set_var("TOLLGATE_UNIT_GOOD_SECRET", "sk-abc");
+            std::env::set_var("TOLLGATE_UNIT_BAD_SECRET", "sk-abc\nx-injected: 1");
+        }
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let upstream = Upstream::build(&config("TOLLGATE_UNIT_GOOD_SECRET")).unwrap();
+        let authorization = upstream.authorization().unwrap();
+        assert_eq!(authorization, "Bearer sk-abc");
+        assert!(authorization.is_sensitive());
+        let error = Upstream::build(&config("TOLLGATE_UNIT_BAD_SECRET")).unwrap_err();
+        assert!(
+            error.to_string().contains("TOLLGATE_UNIT_BAD_SECRET"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains("sk-abc"), "{error}");
     }
 }
