@@ -1,10 +1,13 @@
-//! The HTTP client that carries requests to backends: hyper's pooled client over plain TCP
-//! or rustls, with nothing in between. (reqwest's redirect, retry and URL layers cost
-//! about a tenth of the gateway's CPU per request, for features a proxy must not use.)
+//! The HTTP client that carries requests to backends: for `http://`, a pool of hyper
+//! HTTP/1 connections (`pool`); for `https://`, hyper's general pooled client over rustls.
+//! Nothing in between: reqwest's redirect, retry and URL layers cost about a tenth of the
+//! gateway's CPU per request, for features a proxy must not use.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{Request, Response};
+use axum::http::uri::Scheme;
+use axum::http::{Request, Response, StatusCode, Uri};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full};
@@ -14,18 +17,56 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// A backend's answer, its body still to be read.
-pub type UpstreamResponse = Response<Incoming>;
+use super::pool::{Lease, Pool, PoolError};
 
-/// One connection pool (http or https) with its own connect timeout.
+/// A backend's answer, its body still to be read (`next_chunk`).
+pub struct UpstreamResponse {
+    response: Response<Incoming>,
+    /// A pooled plain-HTTP connection, given back once the body has been read to its end.
+    lease: Option<Lease>,
+    ended: bool,
+}
+
+impl UpstreamResponse {
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+}
+
+impl std::fmt::Debug for UpstreamResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamResponse")
+            .field("status", &self.status())
+            .field("pooled", &self.lease.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for UpstreamResponse {
+    /// A connection whose answer was not read to its end is closed, not reused.
+    fn drop(&mut self) {
+        if self.ended
+            && let Some(lease) = self.lease.take()
+        {
+            lease.give_back();
+        }
+    }
+}
+
+/// The connections to one backend: a pool of plain HTTP/1 connections for `http://`, hyper's
+/// general client (TLS, HTTP/2 by ALPN) for `https://`. Each has its own connect timeout.
 #[derive(Clone)]
-pub struct UpstreamClient {
-    pool: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+pub enum UpstreamClient {
+    Plain(Arc<Pool>),
+    Tls(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
 }
 
 /// Why a request got no response head.
 #[derive(Debug)]
-pub struct SendError(hyper_util::client::legacy::Error);
+pub struct SendError {
+    connect: bool,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
 
 impl std::error::Error for SendError {}
 
@@ -33,8 +74,8 @@ impl std::error::Error for SendError {}
 /// refused"): hyper's own message alone does not say what failed.
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = std::error::Error::source(&self.0);
+        write!(f, "{}", self.error)?;
+        let mut cause = self.error.source();
         while let Some(e) = cause {
             write!(f, ": {e}")?;
             cause = e.source();
@@ -47,12 +88,16 @@ impl SendError {
     /// No connection could be made (refused, unreachable, connect timeout, TLS): the
     /// request never reached the backend, so another chip may take it.
     pub fn is_connect(&self) -> bool {
-        self.0.is_connect()
+        self.connect
     }
 }
 
 impl UpstreamClient {
-    pub fn new(connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
+    /// The client for backends at `url`.
+    pub fn new(url: &Uri, connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
+        if url.scheme() == Some(&Scheme::HTTP) {
+            return Ok(UpstreamClient::Plain(Pool::new(url, connect_timeout)?));
+        }
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
@@ -67,19 +112,49 @@ impl UpstreamClient {
         let pool = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        Ok(UpstreamClient { pool })
+        Ok(UpstreamClient::Tls(Box::new(pool)))
     }
 
-    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<UpstreamResponse, SendError> {
-        self.pool.request(request).await.map_err(SendError)
+    pub async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<UpstreamResponse, SendError> {
+        match self {
+            UpstreamClient::Plain(pool) => {
+                let origin = request.uri().path_and_query().cloned();
+                *request.uri_mut() = origin.map_or_else(|| Uri::from_static("/"), Uri::from);
+                match pool.send(request).await {
+                    Ok((response, lease)) => Ok(UpstreamResponse {
+                        response,
+                        lease: Some(lease),
+                        ended: false,
+                    }),
+                    Err(PoolError { connect, error }) => Err(SendError { connect, error }),
+                }
+            }
+            UpstreamClient::Tls(client) => match client.request(request).await {
+                Ok(response) => Ok(UpstreamResponse {
+                    response,
+                    lease: None,
+                    ended: false,
+                }),
+                Err(e) => Err(SendError {
+                    connect: e.is_connect(),
+                    error: e.into(),
+                }),
+            },
+        }
     }
 }
 
 /// The next piece of a body's data; `None` at its end. Trailers are skipped.
 pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>, hyper::Error> {
     loop {
-        match response.body_mut().frame().await {
-            None => return Ok(None),
+        match response.response.body_mut().frame().await {
+            None => {
+                response.ended = true;
+                return Ok(None);
+            }
             Some(Err(e)) => return Err(e),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -113,8 +188,12 @@ mod tests {
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let client = UpstreamClient::new(Duration::from_secs(2)).unwrap();
-        let request = Request::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        let url: Uri = format!("http://127.0.0.1:{port}/v1/chat/completions")
+            .parse()
+            .unwrap();
+        let client = UpstreamClient::new(&url, Duration::from_secs(2)).unwrap();
+        let request = Request::post(url)
+            .header(axum::http::header::HOST, format!("127.0.0.1:{port}"))
             .body(Full::new(Bytes::from_static(b"{}")))
             .unwrap();
         let error = client.send(request).await.unwrap_err();

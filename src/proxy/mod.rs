@@ -9,6 +9,7 @@ pub mod framing;
 pub mod handlers;
 pub mod observe;
 pub mod own_usage;
+mod pool;
 pub mod request;
 pub mod stream;
 pub mod upstreams;

@@ -67,7 +67,6 @@ impl Upstream {
                 anyhow::Ok(value)
             })
             .transpose()?;
-        let client = UpstreamClient::new(Duration::from_millis(c.connect_timeout_ms))?;
         let url: axum::http::Uri = format!(
             "{}{}",
             c.base_url.trim_end_matches('/'),
@@ -80,6 +79,7 @@ impl Upstream {
             endpoint: c.endpoint,
             deployment: c.deployment.clone(),
             host: host_header(&url)?,
+            client: UpstreamClient::new(&url, Duration::from_millis(c.connect_timeout_ms))?,
             url,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
@@ -88,7 +88,6 @@ impl Upstream {
             weight: c.weight,
             first_byte_timeout: Duration::from_millis(c.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(c.idle_timeout_ms),
-            client,
             metrics: OnceLock::new(),
         })
     }

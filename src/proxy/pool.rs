@@ -1,0 +1,274 @@
+//! Plain-HTTP/1 connections to one backend, kept open and reused. A request takes an idle
+//! connection (or opens one), and its response gives it back once the body has been read to
+//! its end. hyper's general client does the same for any origin and protocol, at the cost
+//! of a pool keyed by origin and a task spawned per request to give the connection back;
+//! HTTPS backends still use it (`client`).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::http::{Request, Response, Uri};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections older than this are closed rather than reused (as hyper's client does).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// The open connections to one `http://` backend.
+pub struct Pool {
+    /// `host:port`, to connect to.
+    authority: String,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+/// A connection lent to one request, returned by `give_back` once its body has ended.
+pub struct Lease {
+    sender: Sender,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    pub fn give_back(self) {
+        if !self.sender.is_closed() {
+            let mut idle = self
+                .pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            idle.push((self.sender, Instant::now()));
+        }
+    }
+}
+
+/// Why a request got no response: no connection could be made (`connect`), or the backend
+/// failed to answer on one.
+#[derive(Debug)]
+pub struct PoolError {
+    pub connect: bool,
+    pub error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Pool {
+    /// A pool for `url`'s authority (`http` only; the default port is 80).
+    pub fn new(url: &Uri, connect_timeout: Duration) -> anyhow::Result<Arc<Pool>> {
+        let host = url
+            .host()
+            .ok_or_else(|| anyhow::anyhow!("{url} has no host"))?;
+        let port = url.port_u16().unwrap_or(80);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Arc::new(Pool {
+            authority: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Sends `request` (its URI in origin form, its `Host` header set) on an idle
+    /// connection, or a new one. A reused connection that turns out to be closed before the
+    /// request was written is dropped and the request goes on the next one.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, Lease), PoolError> {
+        loop {
+            let (mut sender, reused) = match self.take_idle() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(PoolError::failed(e));
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let pool = self.clone();
+                    return Ok((response, Lease { sender, pool }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(PoolError::failed(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and young enough.
+    fn take_idle(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Sender, PoolError> {
+        let connecting = TcpStream::connect(self.authority.as_str());
+        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(PoolError::connect(format!("tcp connect error: {e}"))),
+            Err(_) => return Err(PoolError::connect("tcp connect timed out".into())),
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|e| PoolError::connect(format!("tcp setup error: {e}")))?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "backend connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl PoolError {
+    fn connect(message: String) -> PoolError {
+        PoolError {
+            connect: true,
+            error: message.into(),
+        }
+    }
+
+    fn failed(error: hyper::Error) -> PoolError {
+        PoolError {
+            connect: false,
+            error: error.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A backend that answers every request with `ok`, counting its connections; with
+    /// `close_after`, it closes each connection after one answer (without saying so).
+    async fn backend(close_after: bool) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        // Requests here carry a body of 2 bytes after their head.
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        while seen.len() < end + 2 {
+                            match socket.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        seen.drain(..end + 2);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() || close_after {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url.parse().unwrap(), accepted)
+    }
+
+    fn request(url: &Uri) -> Request<Full<Bytes>> {
+        Request::post(url.path())
+            .header(axum::http::header::HOST, url.authority().unwrap().as_str())
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    }
+
+    async fn read_to_end(response: Response<Incoming>, lease: Lease) -> Bytes {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        lease.give_back();
+        body
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_answer_was_read_to_the_end() {
+        let (url, accepted) = backend(false).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        for _ in 0..3 {
+            let (response, lease) = pool.send(request(&url)).await.unwrap();
+            assert_eq!(read_to_end(response, lease).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // An answer left unread keeps its connection out of the pool.
+        let (_unread, _lease) = pool.send(request(&url)).await.unwrap();
+        let (response, lease) = pool.send(request(&url)).await.unwrap();
+        assert_eq!(read_to_end(response, lease).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_is_not_used_again() {
+        let (url, accepted) = backend(true).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        for _ in 0..3 {
+            let (response, lease) = pool.send(request(&url)).await.unwrap();
+            assert_eq!(read_to_end(response, lease).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let url: Uri = format!("http://{closed}/v1/x").parse().unwrap();
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        let error = pool.send(request(&url)).await.err().expect("no connection");
+        assert!(error.connect);
+        assert!(
+            error.error.to_string().contains("refused"),
+            "{}",
+            error.error
+        );
+    }
+
+    #[test]
+    fn the_authority_has_the_default_port_and_brackets_for_ipv6() {
+        let authority = |url: &str| Pool::new(&url.parse().unwrap(), Duration::ZERO).unwrap();
+        assert_eq!(authority("http://backend/v1").authority, "backend:80");
+        assert_eq!(
+            authority("http://10.0.0.2:9000/v1").authority,
+            "10.0.0.2:9000"
+        );
+        assert_eq!(authority("http://[::1]:9000/v1").authority, "[::1]:9000");
+    }
+}
