@@ -5,8 +5,8 @@
 //!    (through an in-memory cache), and `limits` admits it under its rpm and tpm.
 //! 2. `proxy::request` reads the body within its limit; `proxy::upstreams` orders the
 //!    backends that may serve it (the M×N pair, a deployment, or the model's routing policy).
-//! 3. `proxy::exchange` runs the call (over `proxy::client`) so that the client cannot
-//!    cancel it (`proxy::detach`): `proxy::stream` relays streams through
+//! 3. `proxy::exchange` runs the call (over `proxy::client` and its `pool`) so that the
+//!    client cannot cancel it (`proxy::detach`): `proxy::stream` relays streams through
 //!    `proxy::framing`, and `proxy::observe` reads usage on the way.
 //! 4. `billing` prices the tokens exactly with the price version in force; `metering`
 //!    commits the record through the group-committing `Ledger` writer thread (an append

@@ -188,17 +188,20 @@ mod tests {
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let url: Uri = format!("http://127.0.0.1:{port}/v1/chat/completions")
-            .parse()
-            .unwrap();
-        let client = UpstreamClient::new(&url, Duration::from_secs(2)).unwrap();
-        let request = Request::post(url)
-            .header(axum::http::header::HOST, format!("127.0.0.1:{port}"))
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        let error = client.send(request).await.unwrap_err();
-        assert!(error.is_connect());
-        let text = error.to_string();
-        assert!(text.contains("refused"), "{text}");
+        // The plain pool and hyper's general client (TLS) alike.
+        for scheme in ["http", "https"] {
+            let url: Uri = format!("{scheme}://127.0.0.1:{port}/v1/chat/completions")
+                .parse()
+                .unwrap();
+            let client = UpstreamClient::new(&url, Duration::from_secs(2)).unwrap();
+            let request = Request::post(url)
+                .header(axum::http::header::HOST, format!("127.0.0.1:{port}"))
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            let error = client.send(request).await.unwrap_err();
+            assert!(error.is_connect(), "{scheme}: {error}");
+            let text = error.to_string();
+            assert!(text.contains("refused"), "{scheme}: {text}");
+        }
     }
 }
