@@ -3,6 +3,8 @@
 //! Nothing in between: reqwest's redirect, retry and URL layers cost about a tenth of the
 //! gateway's CPU per request, for features a proxy must not use.
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,8 @@ use axum::http::uri::Scheme;
 use axum::http::{Request, Response, StatusCode, Uri};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
+use hyper::body::Body;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -150,7 +153,13 @@ impl UpstreamClient {
 /// The next piece of a body's data; `None` at its end. Trailers are skipped.
 pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>, hyper::Error> {
     loop {
-        match response.response.body_mut().frame().await {
+        let frame = poll_fn(|cx| {
+            if let Some(lease) = &mut response.lease {
+                lease.drive(cx);
+            }
+            Pin::new(response.response.body_mut()).poll_frame(cx)
+        });
+        match frame.await {
             None => {
                 response.ended = true;
                 return Ok(None);

@@ -1,10 +1,15 @@
 //! Plain-HTTP/1 connections to one backend, kept open and reused. A request takes an idle
 //! connection (or opens one), and its response gives it back once the body has been read to
-//! its end. hyper's general client does the same for any origin and protocol, at the cost
-//! of a pool keyed by origin and a task spawned per request to give the connection back;
-//! HTTPS backends still use it (`client`).
+//! its end. A connection has no task of its own: the request that holds it drives its I/O
+//! while it waits for the answer and reads the body, so no other task is woken on the
+//! way. hyper's general client does the same for any origin and protocol, at the cost of a
+//! task per connection, a pool keyed by origin and a task spawned per request to give the
+//! connection back; HTTPS backends still use it (`client`).
 
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::http::{Request, Response, Uri};
@@ -18,31 +23,63 @@ use tokio::net::TcpStream;
 /// Idle connections older than this are closed rather than reused (as hyper's client does).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type Sender = SendRequest<Full<Bytes>>;
+type Driver = Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+
+/// One connection: where requests go in, and the future that does its I/O.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    /// Does the connection's pending I/O; false once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(driver) = &mut self.driver
+            && let Poll::Ready(ended) = driver.as_mut().poll(cx)
+        {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "backend connection closed with an error");
+            }
+            self.driver = None;
+        }
+        self.driver.is_some()
+    }
+
+    fn is_open(&self) -> bool {
+        self.driver.is_some() && !self.sender.is_closed()
+    }
+}
 
 /// The open connections to one `http://` backend.
 pub struct Pool {
     /// `host:port`, to connect to.
     authority: String,
     connect_timeout: Duration,
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
-/// A connection lent to one request, returned by `give_back` once its body has ended.
+/// A connection lent to one request: its holder drives it while reading the answer, and
+/// gives it back once the body has ended.
 pub struct Lease {
-    sender: Sender,
+    conn: Conn,
     pool: Arc<Pool>,
 }
 
 impl Lease {
+    /// Does the connection's pending I/O (call it whenever the answer's body is polled).
+    pub fn drive(&mut self, cx: &mut Context<'_>) {
+        self.conn.drive(cx);
+    }
+
     pub fn give_back(self) {
-        if !self.sender.is_closed() {
+        if self.conn.is_open() {
             let mut idle = self
                 .pool
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            idle.push((self.sender, Instant::now()));
+            idle.push((self.conn, Instant::now()));
         }
     }
 }
@@ -82,20 +119,30 @@ impl Pool {
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
         loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match self.take_idle() {
+                Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            if let Err(e) = sender.ready().await {
+            // A connection that has ended answers "closed" here.
+            let ready = poll_fn(|cx| {
+                conn.drive(cx);
+                conn.sender.poll_ready(cx)
+            });
+            if let Err(e) = ready.await {
                 if reused {
                     continue;
                 }
                 return Err(PoolError::failed(e));
             }
-            match sender.try_send_request(request).await {
+            let mut sending = pin!(conn.sender.try_send_request(request));
+            let sent = poll_fn(|cx| {
+                conn.drive(cx);
+                sending.as_mut().poll(cx)
+            });
+            match sent.await {
                 Ok(response) => {
                     let pool = self.clone();
-                    return Ok((response, Lease { sender, pool }));
+                    return Ok((response, Lease { conn, pool }));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => request = unsent,
@@ -106,17 +153,17 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and young enough.
-    fn take_idle(&self) -> Option<Sender> {
+    fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        while let Some((conn, since)) = idle.pop() {
+            if conn.is_open() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<Sender, PoolError> {
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let connecting = TcpStream::connect(self.authority.as_str());
         let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(stream)) => stream,
@@ -126,15 +173,13 @@ impl Pool {
         stream
             .set_nodelay(true)
             .map_err(|e| PoolError::connect(format!("tcp setup error: {e}")))?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        let (sender, driver) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(PoolError::failed)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "backend connection closed with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            driver: Some(Box::pin(driver)),
+        })
     }
 }
 
@@ -158,7 +203,7 @@ impl PoolError {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
+    use hyper::body::Body;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -212,10 +257,19 @@ mod tests {
             .unwrap()
     }
 
-    async fn read_to_end(response: Response<Incoming>, lease: Lease) -> Bytes {
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+    async fn read_to_end(response: Response<Incoming>, mut lease: Lease) -> Bytes {
+        let mut body = response.into_body();
+        let mut read = Vec::new();
+        while let Some(frame) = poll_fn(|cx| {
+            lease.drive(cx);
+            Pin::new(&mut body).poll_frame(cx)
+        })
+        .await
+        {
+            read.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
         lease.give_back();
-        body
+        Bytes::from(read)
     }
 
     #[tokio::test]
