@@ -2,7 +2,9 @@
 //! to boot the real gateway on port 0.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -67,7 +69,7 @@ impl AppState {
     }
     /// The price book now; cheap (an `Arc` clone).
     pub fn prices(&self) -> Arc<PriceBook> {
-        self.0.prices.read().expect("not poisoned").clone()
+        self.0.prices.read().clone()
     }
     pub fn upstreams(&self) -> &Upstreams {
         &self.0.upstreams
@@ -234,8 +236,7 @@ fn spawn_maintenance(state: &AppState) {
             if stamp != seen {
                 match store::prices::all(&app.db).await {
                     Ok(versions) => {
-                        *app.prices.write().expect("not poisoned") =
-                            Arc::new(PriceBook::new(versions));
+                        *app.prices.write() = Arc::new(PriceBook::new(versions));
                         seen = stamp;
                         tracing::info!("price book reloaded");
                     }
@@ -246,7 +247,7 @@ fn spawn_maintenance(state: &AppState) {
             }
             let stamp = app.accounts_signal.stamp();
             if stamp != accounts_seen {
-                let prices = app.prices.read().expect("not poisoned").clone();
+                let prices = app.prices.read().clone();
                 match app.spending.refresh(&app.db, &prices).await {
                     Ok(()) => accounts_seen = stamp,
                     Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),

@@ -88,6 +88,9 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The longest grace period a rotated key's old secret may have: a year.
+pub const MAX_ROTATION_GRACE_SECS: i64 = 366 * 24 * 3600;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -206,7 +209,15 @@ pub struct MeteringConfig {
     pub drain_max_secs: u64,
     /// Most stream events read while draining.
     pub drain_max_events: usize,
+    /// The most prompt or completion tokens one request may report. A backend reporting
+    /// more is not believed: the record is marked `suspect` and billed for tollgate's
+    /// estimate. At most `MAX_REPORTED_TOKENS`.
+    pub max_reported_tokens: u64,
 }
+
+/// The ceiling of `metering.max_reported_tokens`: with it, no sum of a year of records
+/// comes near `i64::MAX`.
+pub const MAX_REPORTED_TOKENS: u64 = 1_000_000_000;
 
 impl Default for MeteringConfig {
     fn default() -> Self {
@@ -214,6 +225,7 @@ impl Default for MeteringConfig {
             on_client_disconnect: DisconnectPolicy::Drain,
             drain_max_secs: 30,
             drain_max_events: 100_000,
+            max_reported_tokens: 2_000_000,
         }
     }
 }
@@ -392,6 +404,12 @@ impl Config {
                 "admin.jwt_public_key_file: {} does not exist",
                 file.display()
             );
+        }
+        if !(0..=MAX_ROTATION_GRACE_SECS).contains(&self.admin.rotation_grace_secs) {
+            bail!("admin.rotation_grace_secs must be between 0 and a year in seconds");
+        }
+        if !(1..=MAX_REPORTED_TOKENS).contains(&self.metering.max_reported_tokens) {
+            bail!("metering.max_reported_tokens must be between 1 and {MAX_REPORTED_TOKENS}");
         }
         if self.ledger.import_max == 0 {
             bail!("ledger.import_max must be at least 1");

@@ -65,6 +65,12 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<crate::billing::money::Overflow> for ApiError {
+    fn from(e: crate::billing::money::Overflow) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
 impl From<crate::metering::LedgerError> for ApiError {
     fn from(e: crate::metering::LedgerError) -> Self {
         ApiError::Unavailable(format!("usage cannot be read now: {e}"))

@@ -16,11 +16,25 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// The reasons of `tollgate_rejected_requests_total` (see `ops::count_rejections`).
+pub const REJECTION_REASONS: [&str; 8] = [
+    "unauthorized",
+    "rate_limit",
+    "spending_limit",
+    "forbidden",
+    "not_found",
+    "too_large",
+    "bad_request",
+    "timeout",
+];
+
 /// The series of one (model, chip) pair, held by its upstream.
 pub struct PairMetrics {
     /// prompt, completion, cached.
     reported: [IntCounter; 3],
     estimated: [IntCounter; 3],
+    /// Records whose reported usage was not billed as reported: suspect, capped.
+    adjusted: [IntCounter; 2],
     cost: Counter,
     duration: Histogram,
     time_to_first_token: Histogram,
@@ -43,6 +57,14 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     /// Requests refused before reaching a backend, by reason.
     pub rejected: IntCounterVec,
+    /// Records whose reported usage was not billed as reported, by model, chip and reason:
+    /// `suspect` (beyond `metering.max_reported_tokens`: the estimate is billed) or `capped`
+    /// (beyond what the spending hold covers: the hold's tokens are billed).
+    pub usage_adjusted: IntCounterVec,
+    /// Client connections open now.
+    pub client_connections: IntGauge,
+    /// Client connections closed at once because `server.max_connections` were open.
+    pub refused_connections: IntCounter,
     /// Streams being relayed now.
     pub active_streams: IntGauge,
     /// Records waiting for the ledger writer (sampled at scrape).
@@ -125,11 +147,35 @@ impl Metrics {
                 "time_to_first_token_seconds",
                 "Time from request to the first streamed chunk, by model and chip.",
             ),
-            rejected: counter(
-                "rejected_requests_total",
-                "Requests refused before reaching a backend, by reason.",
-                &["reason"],
+            rejected: {
+                let rejected = counter(
+                    "rejected_requests_total",
+                    "Requests refused before reaching a backend, by reason.",
+                    &["reason"],
+                );
+                // Every series exists from the start: a fresh gateway's scrape has them all.
+                for reason in REJECTION_REASONS {
+                    rejected.with_label_values(&[reason]);
+                }
+                rejected
+            },
+            usage_adjusted: counter(
+                "usage_adjusted_total",
+                "Records whose reported usage was not billed as reported, by model, chip and reason (suspect: beyond metering.max_reported_tokens, the estimate is billed; capped: beyond what the spending hold covers).",
+                &["model", "chip", "reason"],
             ),
+            client_connections: gauge("client_connections", "Client connections open now."),
+            refused_connections: {
+                let c = IntCounter::new(
+                    "refused_connections_total",
+                    "Client connections closed at once because server.max_connections were open.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             active_streams: gauge("active_streams", "Streams being relayed now."),
             ledger_queue_depth: gauge(
                 "ledger_queue_depth",
@@ -179,6 +225,10 @@ impl Metrics {
         PairMetrics {
             reported: tokens(UsageSource::Reported.as_str()),
             estimated: tokens(UsageSource::Estimated.as_str()),
+            adjusted: ["suspect", "capped"].map(|reason| {
+                self.usage_adjusted
+                    .with_label_values(&[model, chip, reason])
+            }),
             cost: self.cost.with_label_values(&labels),
             duration: self.request_duration.with_label_values(&labels),
             time_to_first_token: self.time_to_first_token.with_label_values(&labels),
@@ -203,7 +253,15 @@ impl Metrics {
             .inc();
         let tokens = match record.usage_source {
             UsageSource::Reported => Some(&pair.reported),
+            UsageSource::Capped => {
+                pair.adjusted[1].inc();
+                Some(&pair.reported)
+            }
             UsageSource::Estimated => Some(&pair.estimated),
+            UsageSource::Suspect => {
+                pair.adjusted[0].inc();
+                Some(&pair.estimated)
+            }
             UsageSource::None => None,
         };
         if let Some([prompt, completion, cached]) = tokens {

@@ -73,6 +73,7 @@ pub async fn count_rejections(State(state): State<AppState>, response: Response)
             402 => "spending_limit",
             403 => "forbidden",
             404 => "not_found",
+            408 => "timeout",
             413 => "too_large",
             429 => "rate_limit",
             _ => "bad_request",

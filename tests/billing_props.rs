@@ -116,7 +116,7 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
             completion: u.completion,
             cached: u.cached,
         };
-        let cost = cost_of(version, tokens, u.ok);
+        let cost = cost_of(version, tokens, u.ok).unwrap();
         let started_at = instants[u.when];
         if started_at >= start && started_at < end {
             expected += cost;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::{Admin, JsonBody};
 use crate::app::AppState;
+use crate::billing::money;
 use crate::billing::prices::Money;
 use crate::config::check_name;
 use crate::error::ApiError;
@@ -61,13 +62,11 @@ async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiErro
 }
 
 fn check_credit(credit_limit: Option<Decimal>) -> Result<(), ApiError> {
-    if credit_limit.is_some_and(|c| c.is_sign_negative()) {
-        return Err(ApiError::invalid(
-            "credit_limit must not be negative",
-            "credit_limit",
-        ));
+    match credit_limit {
+        Some(limit) => money::check_amount(limit, "credit_limit")
+            .map_err(|e| ApiError::invalid(e, "credit_limit")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn create(
@@ -199,6 +198,7 @@ async fn top_up(
             "amount",
         ));
     }
+    money::check_amount(amount, "amount").map_err(|e| ApiError::invalid(e, "amount"))?;
     get_account(state.db(), id).await?;
     let (topup, created) = store::accounts::top_up(state.db(), id, amount, key, &new.note).await?;
     if !created {

@@ -50,12 +50,34 @@ fn parse_id(id: &str) -> Result<(i64, Month), ApiError> {
     let not_found = || ApiError::NotFound(format!("invoice '{id}' does not exist"));
     let rest = id.strip_prefix("inv_").ok_or_else(not_found)?;
     let (account, yyyymm) = rest.split_once('_').ok_or_else(not_found)?;
-    if yyyymm.len() != 6 {
+    // Digits only, so that the slices below fall on character boundaries.
+    if yyyymm.len() != 6 || !yyyymm.bytes().all(|b| b.is_ascii_digit()) {
         return Err(not_found());
     }
     let month =
         Month::parse(&format!("{}-{}", &yyyymm[..4], &yyyymm[4..])).map_err(|_| not_found())?;
     Ok((account.parse().map_err(|_| not_found())?, month))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_odd_ones_are_not_found() {
+        let month = Month::parse("2026-11").unwrap();
+        assert_eq!(parse_id(&invoice_id(7, month)).unwrap(), (7, month));
+        for odd in [
+            "inv_1_aaa€",
+            "inv_1_20€1",
+            "inv_1_€€",
+            "inv_x_202611",
+            "inv_1_2026111",
+            "inv_1",
+        ] {
+            assert!(matches!(parse_id(odd), Err(ApiError::NotFound(_))), "{odd}");
+        }
+    }
 }
 
 impl Ledger<'_> {
@@ -91,7 +113,7 @@ impl Ledger<'_> {
             total: Default::default(),
             generated_at: Utc::now(),
         };
-        Ok(empty.with_lines(invoice::lines(&totals, self.prices)?))
+        Ok(empty.with_lines(invoice::lines(&totals, self.prices)?)?)
     }
 
     /// The finalized invoice if there is one, else the draft.

@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -90,15 +89,11 @@ async fn rotate(
     Path(id): Path<i64>,
     JsonBody(request): JsonBody<RotateRequest>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
-    let grace = request
-        .grace_secs
-        .unwrap_or(state.config().admin.rotation_grace_secs);
-    if grace < 0 {
-        return Err(ApiError::invalid(
-            "grace_secs must not be negative",
-            "grace_secs",
-        ));
-    }
-    let issued = lifecycle::rotate(state.db(), state.keys(), id, Duration::seconds(grace)).await?;
+    let grace = lifecycle::grace(
+        request
+            .grace_secs
+            .unwrap_or(state.config().admin.rotation_grace_secs),
+    )?;
+    let issued = lifecycle::rotate(state.db(), state.keys(), id, grace).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }

@@ -5,7 +5,9 @@
 //! time, so once a revocation has returned, no process accepts the key.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::store::signal::{ChangeSignal, Stamp};
@@ -55,19 +57,16 @@ impl KeyCache {
         hash: &[u8; 32],
     ) -> anyhow::Result<(Option<Arc<KeyRow>>, bool)> {
         let generation = self.refresh();
-        if let Some(row) = self.entries.read().expect("not poisoned").get(hash) {
+        if let Some(row) = self.entries.read().get(hash) {
             return Ok((Some(row.clone()), true));
         }
         let Some(row) = store::keys::find_by_hash(db, hash).await? else {
             return Ok((None, false));
         };
         let row = Arc::new(row);
-        let state = self.state.lock().expect("not poisoned");
+        let state = self.state.lock();
         if state.generation == generation {
-            self.entries
-                .write()
-                .expect("not poisoned")
-                .insert(*hash, row.clone());
+            self.entries.write().insert(*hash, row.clone());
         }
         Ok((Some(row), false))
     }
@@ -77,7 +76,7 @@ impl KeyCache {
     pub async fn changed(&self) {
         self.signal.announce();
         {
-            let mut state = self.state.lock().expect("not poisoned");
+            let mut state = self.state.lock();
             state.seen = self.signal.stamp();
             state.checked = Instant::now();
             // The stamp may not have moved (in-memory database): clear regardless.
@@ -90,14 +89,14 @@ impl KeyCache {
     /// returns the current generation.
     fn refresh(&self) -> u64 {
         {
-            let state = self.state.lock().expect("not poisoned");
+            let state = self.state.lock();
             if state.checked.elapsed() < RECHECK {
                 return state.generation;
             }
         }
         let checked = Instant::now();
         let stamp = self.signal.stamp();
-        let mut state = self.state.lock().expect("not poisoned");
+        let mut state = self.state.lock();
         if checked > state.checked {
             state.checked = checked;
             if state.seen != stamp {
@@ -110,11 +109,11 @@ impl KeyCache {
 
     fn clear(&self, state: &mut CacheState) {
         state.generation += 1;
-        self.entries.write().expect("not poisoned").clear();
+        self.entries.write().clear();
     }
 
     pub fn len(&self) -> usize {
-        self.entries.read().expect("not poisoned").len()
+        self.entries.read().len()
     }
 
     pub fn is_empty(&self) -> bool {

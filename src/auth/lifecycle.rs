@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ApiKey;
 use super::cache::KeyCache;
+use crate::config::MAX_ROTATION_GRACE_SECS;
 use crate::error::ApiError;
 use crate::store::keys::{KeyLimits, KeyRow, KeyState, NewKey};
 use crate::store::{self, Db};
@@ -165,6 +166,18 @@ pub async fn revoke(db: &Db, cache: &KeyCache, id: i64) -> Result<KeyView, ApiEr
     store::keys::revoke(db, id, Utc::now()).await?;
     cache.changed().await;
     view(db, get(db, id).await?).await
+}
+
+/// A rotation's grace period from seconds: 0 to `MAX_ROTATION_GRACE_SECS`, else 400 naming
+/// `grace_secs`.
+pub fn grace(secs: i64) -> Result<Duration, ApiError> {
+    if !(0..=MAX_ROTATION_GRACE_SECS).contains(&secs) {
+        return Err(ApiError::invalid(
+            format!("grace_secs must be between 0 and {MAX_ROTATION_GRACE_SECS} (a year)"),
+            "grace_secs",
+        ));
+    }
+    Ok(Duration::seconds(secs))
 }
 
 /// A new secret with the same account, name, expiry and limits; the old one keeps working

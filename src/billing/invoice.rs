@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
+use super::money::{Overflow, add, mul};
 use super::{PriceBook, PriceVersion};
 use crate::store::usage::Totals;
 
@@ -95,13 +96,14 @@ pub fn to_fen(amount: Decimal) -> Decimal {
 
 /// The quantities of one price version's usage, by unit.
 fn quantities(t: &Totals) -> [(Unit, u64); 4] {
-    let prompt = t.prompt_tokens as u64;
-    let cached = (t.cached_tokens as u64).min(prompt);
+    let count = |n: i64| n.max(0).unsigned_abs();
+    let prompt = count(t.prompt_tokens);
+    let cached = count(t.cached_tokens).min(prompt);
     [
         (Unit::InputTokens, prompt - cached),
         (Unit::CachedInputTokens, cached),
-        (Unit::OutputTokens, t.completion_tokens as u64),
-        (Unit::Requests, t.ok_requests as u64),
+        (Unit::OutputTokens, count(t.completion_tokens)),
+        (Unit::Requests, count(t.ok_requests)),
     ]
 }
 
@@ -114,8 +116,8 @@ fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
     }
 }
 
-fn amount(quantity: u64, price: Decimal, per: u32) -> Decimal {
-    (Decimal::from(quantity) * price / Decimal::from(per)).normalize()
+fn amount(quantity: u64, price: Decimal, per: u32) -> Result<Decimal, Overflow> {
+    Ok((mul(Decimal::from(quantity), price)? / Decimal::from(per)).normalize())
 }
 
 /// Exact cost of summed usage: the same as the sum of its records' costs.
@@ -124,7 +126,7 @@ pub fn cost_of_sums(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Dec
     for t in totals {
         let price = version(prices, t.price_version_id)?;
         for (unit, quantity) in quantities(t) {
-            cost += amount(quantity, unit_price(price, unit), unit.per());
+            cost = add(cost, amount(quantity, unit_price(price, unit), unit.per())?)?;
         }
     }
     Ok(cost.normalize())
@@ -142,9 +144,10 @@ pub fn lines(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Vec<Line>>
     let mut sums: BTreeMap<(String, String, Unit, i64), u64> = BTreeMap::new();
     for t in totals {
         for (unit, quantity) in quantities(t) {
-            *sums
+            let sum = sums
                 .entry((t.model.clone(), t.chip.clone(), unit, t.price_version_id))
-                .or_default() += quantity;
+                .or_default();
+            *sum = sum.saturating_add(quantity);
         }
     }
     let mut lines = Vec::new();
@@ -153,7 +156,7 @@ pub fn lines(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Vec<Line>>
         if quantity == 0 || price.is_zero() {
             continue;
         }
-        let exact = amount(quantity, price, unit.per());
+        let exact = amount(quantity, price, unit.per())?;
         lines.push(Line {
             model,
             chip,
@@ -171,15 +174,16 @@ pub fn lines(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Vec<Line>>
 
 impl Invoice {
     /// Totals follow from the lines.
-    pub fn with_lines(mut self, lines: Vec<Line>) -> Invoice {
-        self.total_exact = lines
-            .iter()
-            .map(|l| l.amount_exact)
-            .sum::<Decimal>()
-            .normalize();
-        self.total = to_fen(lines.iter().map(|l| l.amount).sum());
+    pub fn with_lines(mut self, lines: Vec<Line>) -> Result<Invoice, Overflow> {
+        let (mut exact, mut rounded) = (Decimal::ZERO, Decimal::ZERO);
+        for line in &lines {
+            exact = add(exact, line.amount_exact)?;
+            rounded = add(rounded, line.amount)?;
+        }
+        self.total_exact = exact.normalize();
+        self.total = to_fen(rounded);
         self.lines = lines;
-        self
+        Ok(self)
     }
 
     /// The invoice as CSV: one row per line, then the total.

@@ -4,6 +4,7 @@
 
 pub mod cost;
 pub mod invoice;
+pub mod money;
 pub mod period;
 pub mod prices;
 pub mod report;

@@ -95,11 +95,17 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
     for e in &file.prices {
         check_name(&e.model).context("price model")?;
         check_name(&e.chip).context("price chip")?;
-        let prices = [e.input_per_1k, e.output_per_1k, e.per_request]
-            .into_iter()
-            .chain(e.cached_input_per_1k);
-        if prices.into_iter().any(|p| p.is_sign_negative()) {
-            bail!("price for {}/{} is negative", e.model, e.chip);
+        let prices = [
+            ("input_per_1k", Some(e.input_per_1k)),
+            ("cached_input_per_1k", e.cached_input_per_1k),
+            ("output_per_1k", Some(e.output_per_1k)),
+            ("per_request", Some(e.per_request)),
+        ];
+        for (field, price) in prices {
+            if let Some(price) = price {
+                super::money::check_price(price, field)
+                    .map_err(|e2| anyhow::anyhow!("price for {}/{}: {e2}", e.model, e.chip))?;
+            }
         }
     }
     Ok(file.prices)
@@ -203,7 +209,7 @@ impl de::Visitor<'_> for MoneyVisitor {
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
         Err(E::custom(format!(
-            "price {v} is a float; write it as a string (\"{v}\") so it stays exact"
+            "{v} is a float; write it as a string (\"{v}\") so it stays exact"
         )))
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::PriceBook;
 use super::invoice::{cost_of_sums, csv_field, to_fen};
+use super::money::add;
 use crate::store::usage::Totals;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -149,17 +150,18 @@ pub fn build(
             group,
             ..Row::default()
         });
-        row.requests += t.requests;
-        row.prompt_tokens += t.prompt_tokens;
-        row.cached_tokens += t.cached_tokens;
-        row.completion_tokens += t.completion_tokens;
-        row.cost_exact += cost;
-        *series
+        row.requests = row.requests.saturating_add(t.requests);
+        row.prompt_tokens = row.prompt_tokens.saturating_add(t.prompt_tokens);
+        row.cached_tokens = row.cached_tokens.saturating_add(t.cached_tokens);
+        row.completion_tokens = row.completion_tokens.saturating_add(t.completion_tokens);
+        row.cost_exact = add(row.cost_exact, cost)?;
+        let point = series
             .entry(when)
             .or_default()
             .entry(format!("{} × {}", t.model, t.chip))
-            .or_default() += cost;
-        total += cost;
+            .or_default();
+        *point = add(*point, cost)?;
+        total = add(total, cost)?;
     }
     let rows = rows
         .into_values()

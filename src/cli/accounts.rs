@@ -5,6 +5,7 @@ use clap::Subcommand;
 
 use crate::auth::cache::KeyCache;
 use crate::auth::lifecycle::{self, KeyPatch, KeyView, NewKeyRequest};
+use crate::billing::money;
 use crate::config::Config;
 use crate::store;
 use crate::store::accounts::{Account, BillingMode};
@@ -136,10 +137,9 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             json,
         } => {
             crate::config::check_name(&name)?;
-            anyhow::ensure!(
-                credit_limit.is_none_or(|c| !c.is_sign_negative()),
-                "--credit-limit must not be negative"
-            );
+            if let Some(limit) = credit_limit {
+                money::check_amount(limit, "--credit-limit").map_err(anyhow::Error::msg)?;
+            }
             let account = crate::admin::accounts::create_account(&db, &name).await?;
             let mode = if prepaid {
                 BillingMode::Prepaid
@@ -160,6 +160,7 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             json,
         } => {
             anyhow::ensure!(amount > Decimal::ZERO, "--amount must be positive");
+            money::check_amount(amount, "--amount").map_err(anyhow::Error::msg)?;
             let account = crate::admin::accounts::named(&db, &name).await?;
             let (topup, created) =
                 store::accounts::top_up(&db, account.id, amount, &idempotency_key, &note).await?;
@@ -291,7 +292,7 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             grace_secs,
             json,
         } => {
-            let grace = Duration::seconds(grace_secs.unwrap_or(config.admin.rotation_grace_secs));
+            let grace = lifecycle::grace(grace_secs.unwrap_or(config.admin.rotation_grace_secs))?;
             let issued = lifecycle::rotate(&db, &cache, id, grace).await?;
             if !json {
                 eprintln!(

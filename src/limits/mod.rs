@@ -8,7 +8,6 @@ pub mod tokens;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
@@ -69,7 +68,7 @@ impl Limits {
             });
         };
         let worst = self.worst_case(request);
-        let reserve = worst.prompt + worst.completion;
+        let reserve = worst.prompt.saturating_add(worst.completion);
         let tokens = self.tokens.reserve(caller.key_id, tpm, reserve);
         if let Some(wait) = tokens.retry_after {
             let mut headers = HeaderMap::new();
@@ -104,19 +103,19 @@ impl Limits {
         self.tokens.sweep();
     }
 
-    /// The most a request can use: estimated prompt + `max_tokens` (or the configured cap
-    /// when absent; no completion for embeddings and rerank).
+    /// The most a request can use: the prompt's byte bound plus `max_tokens` (or the
+    /// configured cap when absent) for each of its `n` answers; no completion for embeddings
+    /// and rerank. Cheap: nothing is tokenized before admission.
     pub fn worst_case(&self, request: &ClientRequest) -> TokenCounts {
-        let prompt = request.prompt_estimate();
         let completion = match request.endpoint {
-            crate::config::Endpoint::Chat => ["max_completion_tokens", "max_tokens"]
-                .iter()
-                .find_map(|k| request.value(k).as_ref().and_then(Value::as_u64))
-                .unwrap_or(self.config.reserve_max_tokens),
+            crate::config::Endpoint::Chat => request
+                .max_tokens
+                .unwrap_or(self.config.reserve_max_tokens)
+                .saturating_mul(request.choices),
             _ => 0,
         };
         TokenCounts {
-            prompt,
+            prompt: request.prompt_bound(),
             completion,
             cached: 0,
         }

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -69,7 +71,7 @@ impl<C: Clock + Clone> RequestLimits<C> {
     pub fn check(&self, key_id: i64, rpm: u32) -> RequestQuota {
         let rpm = rpm.max(1);
         let limiter = {
-            let mut limiters = self.limiters.lock().expect("not poisoned");
+            let mut limiters = self.limiters.lock();
             let entry = limiters.entry(key_id).or_insert_with(|| self.entry(rpm));
             if entry.rpm != rpm {
                 *entry = self.entry(rpm); // limits changed: applies from this request on
@@ -97,7 +99,7 @@ impl<C: Clock + Clone> RequestLimits<C> {
                 }
             }
         };
-        if let Some(entry) = self.limiters.lock().expect("not poisoned").get_mut(&key_id) {
+        if let Some(entry) = self.limiters.lock().get_mut(&key_id) {
             entry.remaining = quota.remaining;
             entry.at = now;
         }
@@ -107,7 +109,7 @@ impl<C: Clock + Clone> RequestLimits<C> {
     /// What `check` would report, without consuming a request.
     pub fn peek(&self, key_id: i64, rpm: u32) -> RequestQuota {
         let rpm = rpm.max(1);
-        let limiters = self.limiters.lock().expect("not poisoned");
+        let limiters = self.limiters.lock();
         let remaining = match limiters.get(&key_id) {
             Some(entry) if entry.rpm == rpm => {
                 let elapsed = Duration::from(self.clock.now().duration_since(entry.at));
@@ -129,12 +131,11 @@ impl<C: Clock + Clone> RequestLimits<C> {
         let now = self.clock.now();
         self.limiters
             .lock()
-            .expect("not poisoned")
             .retain(|_, e| Duration::from(now.duration_since(e.at)) < MINUTE);
     }
 
     pub fn tracked_keys(&self) -> usize {
-        self.limiters.lock().expect("not poisoned").len()
+        self.limiters.lock().len()
     }
 
     fn entry(&self, rpm: u32) -> Entry<C> {

@@ -1,15 +1,17 @@
 //! Spending limits per account. Admission holds the request's worst-case cost against what
 //! the account has available (top-ups - charges + credit); settlement releases the hold and
-//! charges the real cost. Holds are taken under one lock, so concurrent requests can never
-//! overspend by more than one request's worst case exceeding its hold.
+//! charges the real cost, which never exceeds the hold (the record bills at most the tokens
+//! the hold covers: `TokenCounts::capped`). Holds are taken under one lock, so however many
+//! requests run at once and however long their answers, an account never goes below its
+//! allowance. Arithmetic is checked: an out-of-range amount is an error for that account.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use rust_decimal::Decimal;
 
-use crate::billing::PriceBook;
 use crate::billing::invoice::cost_of_sums;
+use crate::billing::{PriceBook, TokenCounts, money};
 use crate::error::ApiError;
 use crate::metering::Ledger;
 use crate::store::{self, Db};
@@ -29,6 +31,8 @@ struct Funds {
 pub struct Hold {
     pub account_id: i64,
     pub amount: Decimal,
+    /// The tokens `amount` pays for: the most the request's record may bill.
+    pub tokens: TokenCounts,
 }
 
 pub struct Spending {
@@ -49,7 +53,7 @@ pub async fn balance(db: &Db, prices: &PriceBook, account_id: i64) -> Result<Dec
         false,
     )
     .await?;
-    Ok((topped_up - cost_of_sums(&totals, prices)?).normalize())
+    Ok(money::sub(topped_up, cost_of_sums(&totals, prices)?)?.normalize())
 }
 
 impl Spending {
@@ -68,19 +72,14 @@ impl Spending {
         account_id: i64,
     ) -> Result<bool, ApiError> {
         self.load(db, prices, account_id).await?;
-        let funds = self.funds.lock().expect("not poisoned");
+        let funds = self.funds.lock();
         Ok(funds
             .get(&account_id)
             .is_some_and(|f| f.allowance.is_some()))
     }
 
     async fn load(&self, db: &Db, prices: &PriceBook, account_id: i64) -> Result<(), ApiError> {
-        if self
-            .funds
-            .lock()
-            .expect("not poisoned")
-            .contains_key(&account_id)
-        {
+        if self.funds.lock().contains_key(&account_id) {
             return Ok(());
         }
         let account = store::accounts::get(db, account_id)
@@ -89,33 +88,34 @@ impl Spending {
         self.ledger.flush().await?;
         let balance = balance(db, prices, account_id).await?;
         // Another request may have loaded it meanwhile; its state is as fresh and may hold.
-        self.funds
-            .lock()
-            .expect("not poisoned")
-            .entry(account_id)
-            .or_insert(Funds {
-                balance,
-                allowance: account.allowance(),
-                held: Decimal::ZERO,
-            });
+        self.funds.lock().entry(account_id).or_insert(Funds {
+            balance,
+            allowance: account.allowance(),
+            held: Decimal::ZERO,
+        });
         Ok(())
     }
 
-    /// Holds `worst_case` for a request, or refuses with 402.
+    /// Holds `worst_case` (the cost of `tokens`) for a request, or refuses with 402.
     pub async fn hold(
         &self,
         db: &Db,
         prices: &PriceBook,
         account_id: i64,
         worst_case: Decimal,
+        tokens: TokenCounts,
     ) -> Result<Option<Hold>, ApiError> {
         self.load(db, prices, account_id).await?;
-        let mut funds = self.funds.lock().expect("not poisoned");
-        let f = funds.get_mut(&account_id).expect("loaded above");
+        let mut funds = self.funds.lock();
+        let Some(f) = funds.get_mut(&account_id) else {
+            return Err(out_of_range()); // dropped by an overflow since it was loaded
+        };
         let Some(allowance) = f.allowance else {
             return Ok(None);
         };
-        let available = f.balance + allowance - f.held;
+        let available = money::add(f.balance, allowance)
+            .and_then(|a| money::sub(a, f.held))
+            .map_err(|_| out_of_range())?;
         if available < worst_case {
             return Err(ApiError::InsufficientQuota(format!(
                 "this account cannot cover the request: {} CNY available, up to {} CNY needed; top up or lower max_tokens",
@@ -123,45 +123,51 @@ impl Spending {
                 worst_case.round_dp(6).normalize()
             )));
         }
-        f.held += worst_case;
+        f.held = money::add(f.held, worst_case).map_err(|_| out_of_range())?;
         Ok(Some(Hold {
             account_id,
             amount: worst_case,
+            tokens,
         }))
     }
 
     /// Releases the hold and charges `cost` (also for accounts without a limit, whose balance
-    /// is kept for display).
+    /// is kept for display). An account whose figures leave the range of exact money is
+    /// dropped, to be read again from the ledger (which then reports the error).
     pub fn settle(&self, account_id: i64, hold: Option<Hold>, cost: Decimal) {
-        let mut funds = self.funds.lock().expect("not poisoned");
+        let mut funds = self.funds.lock();
         if let Some(f) = funds.get_mut(&account_id) {
-            if let Some(hold) = hold {
-                f.held -= hold.amount;
+            let held = match hold {
+                Some(hold) => money::sub(f.held, hold.amount),
+                None => Ok(f.held),
+            };
+            match (held, money::sub(f.balance, cost)) {
+                (Ok(held), Ok(balance)) => (f.held, f.balance) = (held, balance),
+                _ => {
+                    tracing::error!(account_id, "account figures out of range; reloading");
+                    funds.remove(&account_id);
+                }
             }
-            f.balance -= cost;
         }
     }
 
     /// A top-up arrived.
     pub fn credit(&self, account_id: i64, amount: Decimal) {
-        if let Some(f) = self
-            .funds
-            .lock()
-            .expect("not poisoned")
-            .get_mut(&account_id)
-        {
-            f.balance += amount;
+        let mut funds = self.funds.lock();
+        if let Some(f) = funds.get_mut(&account_id) {
+            match money::add(f.balance, amount) {
+                Ok(balance) => f.balance = balance,
+                Err(_) => {
+                    tracing::error!(account_id, "account balance out of range; reloading");
+                    funds.remove(&account_id);
+                }
+            }
         }
     }
 
     /// The account's billing settings changed: reload them, keeping holds in flight.
     pub fn set_allowance(&self, account_id: i64, allowance: Option<Decimal>) {
-        if let Some(f) = self
-            .funds
-            .lock()
-            .expect("not poisoned")
-            .get_mut(&account_id)
-        {
+        if let Some(f) = self.funds.lock().get_mut(&account_id) {
             f.allowance = allowance;
         }
     }
@@ -169,20 +175,14 @@ impl Spending {
     /// Another process changed accounts (a top-up, billing settings): recompute the loaded
     /// accounts from the ledger, keeping what requests in flight hold.
     pub async fn refresh(&self, db: &Db, prices: &PriceBook) -> Result<(), ApiError> {
-        let ids: Vec<i64> = self
-            .funds
-            .lock()
-            .expect("not poisoned")
-            .keys()
-            .copied()
-            .collect();
+        let ids: Vec<i64> = self.funds.lock().keys().copied().collect();
         self.ledger.flush().await?;
         for id in ids {
             let Some(account) = store::accounts::get(db, id).await? else {
                 continue;
             };
             let balance = balance(db, prices, id).await?;
-            if let Some(f) = self.funds.lock().expect("not poisoned").get_mut(&id) {
+            if let Some(f) = self.funds.lock().get_mut(&id) {
                 f.balance = balance;
                 f.allowance = account.allowance();
             }
@@ -194,9 +194,14 @@ impl Spending {
     pub fn held(&self, account_id: i64) -> Decimal {
         self.funds
             .lock()
-            .expect("not poisoned")
             .get(&account_id)
             .map(|f| f.held)
             .unwrap_or_default()
     }
+}
+
+fn out_of_range() -> ApiError {
+    ApiError::Unavailable(
+        "this account's balance is out of range and cannot be computed; ask the operator to check its top-ups and limits".into(),
+    )
 }

@@ -3,8 +3,8 @@
 //! back what was not used (or takes what was used beyond it). The bucket refills
 //! continuously at `tpm` per minute, in integer nano-tokens.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
@@ -86,7 +86,7 @@ impl<C: Clock> TokenLimits<C> {
         f: impl FnOnce(&mut Bucket<C::Instant>) -> T,
     ) -> T {
         let now = self.clock.now();
-        let mut buckets = self.buckets.lock().expect("not poisoned");
+        let mut buckets = self.buckets.lock();
         let bucket = buckets.entry(key_id).or_insert_with(|| Bucket {
             tpm,
             level: i128::from(tpm) * NANO,
@@ -131,7 +131,7 @@ impl<C: Clock> TokenLimits<C> {
     /// Drops full buckets: a fresh one is the same.
     pub fn sweep(&self) {
         let now = self.clock.now();
-        self.buckets.lock().expect("not poisoned").retain(|_, b| {
+        self.buckets.lock().retain(|_, b| {
             b.refill(now);
             b.level < b.full()
         });

@@ -20,45 +20,75 @@ pub fn warm_up() {
     tokenizer();
 }
 
+/// Bytes of text one estimate tokenizes at most; the rest is counted at the rate of what
+/// was tokenized. Tokenizing is slow on some texts (a long run of one letter takes over a
+/// microsecond a byte), so this bounds the time an estimate takes.
+pub const SAMPLE_BYTES: usize = 128 << 10;
+
+/// Tokens of `text` (see `SAMPLE_BYTES` for long texts). Slow for long texts: call it off
+/// the async workers.
 pub fn count_text(text: &str) -> u64 {
+    let mut budget = SAMPLE_BYTES;
+    count_within(text, &mut budget)
+}
+
+/// Tokenizes `text` while `budget` bytes last, and extrapolates the rest.
+fn count_within(text: &str, budget: &mut usize) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    tokenizer().encode_ordinary(text).len() as u64
+    let mut end = text.len().min(*budget);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    *budget -= end;
+    if end == 0 {
+        // Nothing left to tokenize: bytes bound tokens for a byte-level BPE.
+        return text.len() as u64;
+    }
+    let counted = tokenizer().encode_ordinary(&text[..end]).len() as u128;
+    if end == text.len() {
+        return counted as u64;
+    }
+    let whole = counted * text.len() as u128;
+    u64::try_from(whole.div_ceil(end as u128)).unwrap_or(u64::MAX)
 }
 
 /// Prompt tokens of a request body, following OpenAI's accounting for chat: each message
-/// costs its text plus 3 tokens of framing, and the reply is primed with 3 more.
+/// costs its text plus 3 tokens of framing, and the reply is primed with 3 more. At most
+/// `SAMPLE_BYTES` of the prompt are tokenized.
 pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> u64 {
+    let mut budget = SAMPLE_BYTES;
+    let mut count = |text: &str| count_within(text, &mut budget);
     match endpoint {
         Endpoint::Chat => {
             let Some(messages) = body.get("messages").and_then(Value::as_array) else {
                 return 0;
             };
-            let mut tokens = 3;
+            let mut tokens = 3u64;
             for message in messages {
-                tokens += 3;
+                tokens = tokens.saturating_add(3);
                 let mut text = String::new();
                 collect_text(message.get("content"), &mut text);
                 if let Some(name) = message.get("name").and_then(Value::as_str) {
                     text.push_str(name);
-                    tokens += 1;
+                    tokens = tokens.saturating_add(1);
                 }
-                tokens += count_text(&text);
+                tokens = tokens.saturating_add(count(&text));
             }
             tokens
         }
         Endpoint::Embeddings => {
             let mut text = String::new();
             collect_text(body.get("input"), &mut text);
-            count_text(&text)
+            count(&text)
         }
         Endpoint::Rerank => {
             let mut text = String::new();
             collect_text(body.get("query"), &mut text);
             text.push('\n');
             collect_text(body.get("documents"), &mut text);
-            count_text(&text)
+            count(&text)
         }
     }
 }
@@ -93,6 +123,16 @@ mod tests {
     fn counts_are_those_of_the_real_tokenizer() {
         assert_eq!(count_text("hello world"), 2);
         assert_eq!(count_text(""), 0);
+    }
+
+    #[test]
+    fn long_texts_are_sampled_and_extrapolated_quickly() {
+        let text = "a".repeat(4 << 20);
+        let tokens = count_text(&text);
+        // Extrapolated from the sample; never above the byte count.
+        assert!(tokens > 0 && tokens <= text.len() as u64, "{tokens}");
+        let sample = count_text(&text[..SAMPLE_BYTES]);
+        assert_eq!(tokens, sample * 32);
     }
 
     #[test]

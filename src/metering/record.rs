@@ -45,6 +45,14 @@ pub enum UsageSource {
     Reported,
     /// Counted by tollgate's tokenizer because the backend reported none.
     Estimated,
+    /// The backend reported more than what the account's spending hold covers (a backend
+    /// that ignored the `max_tokens` it was sent, or a tokenizer far from the estimate):
+    /// billed for the hold's tokens; the reported counts are in the record's `error`.
+    Capped,
+    /// The backend reported more tokens than one request can have
+    /// (`metering.max_reported_tokens`): billed for tollgate's estimate instead; the
+    /// reported counts are in the record's `error`.
+    Suspect,
     /// Nothing to count: the request produced no tokens.
     None,
 }
@@ -54,6 +62,8 @@ impl UsageSource {
         match self {
             UsageSource::Reported => "reported",
             UsageSource::Estimated => "estimated",
+            UsageSource::Capped => "capped",
+            UsageSource::Suspect => "suspect",
             UsageSource::None => "none",
         }
     }

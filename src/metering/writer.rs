@@ -13,7 +13,9 @@
 //! SQLite connection; everything else in the store goes through sqlx.
 
 use std::fs::File;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -113,7 +115,7 @@ impl Resolved {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Active> {
         // Nothing under the lock panics halfway through a change of state.
-        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+        self.active.lock()
     }
 }
 

@@ -59,6 +59,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Whether the request produced anything billable: it completed, or text reached the
+    /// client.
+    pub fn produced(&self) -> bool {
+        self.status == Status::Ok || !self.observed.delivered_text.is_empty()
+    }
+
     pub fn failed(status: Status, error: &ApiError) -> Outcome {
         Outcome {
             status,
@@ -158,7 +164,9 @@ async fn connect(
             request = request.header(header::AUTHORIZATION, authorization.clone());
         }
         let request = request
-            .body(Full::new(ex.request.upstream_body(upstream)))
+            .body(Full::new(
+                ex.request.upstream_body(upstream, ex.completion_limit()),
+            ))
             .map_err(|e| (None, ApiError::Internal(e.into())))?;
         // Only errors name the backend: no formatting on the way through.
         let what = || format!("{}/{}", upstream.model, upstream.chip);
@@ -256,13 +264,18 @@ pub(super) async fn commit(
     outcome: Outcome,
 ) -> Result<(), LedgerError> {
     let ttft = outcome.ttft;
-    let record = ex.record(served, outcome);
+    let max_reported = state.config().metering.max_reported_tokens;
+    let estimate = ex.estimate_if_needed(&outcome, max_reported).await;
+    let record = ex.record(served, outcome, estimate, max_reported);
     let duration = ex.started.elapsed();
     let pair = served.upstream.metrics(state.metrics());
     state
         .metrics()
         .observe(pair, ex.route, &record, duration, ttft);
-    let used = record.tokens.prompt + record.tokens.completion;
+    let used = record
+        .tokens
+        .prompt
+        .saturating_add(record.tokens.completion);
     state.limits().settle(ex.caller.key_id, &ex.admission, used);
     state
         .spending()
@@ -304,29 +317,104 @@ impl Exchange {
             .settle(self.caller.account_id, self.hold, Decimal::ZERO);
     }
 
-    /// Prices an outcome into the ledger record.
-    pub fn record(&self, served: &Served, outcome: Outcome) -> UsageRecord {
+    /// The `max_tokens` a backend is sent when the client set none: what the spending
+    /// hold covers per answer. `None` without a hold (nothing to protect) or off chat.
+    pub fn completion_limit(&self) -> Option<u64> {
+        let hold = self.hold?;
+        (self.request.endpoint == crate::config::Endpoint::Chat)
+            .then(|| hold.tokens.completion / self.request.choices.max(1))
+    }
+
+    /// tollgate's own count of the request's tokens, when the record will need it (no usage
+    /// reported, or usage beyond belief), counted on a blocking thread: tokenizing a long
+    /// prompt takes far longer than an async worker may be held.
+    pub async fn estimate_if_needed(
+        &self,
+        outcome: &Outcome,
+        max_reported: u64,
+    ) -> Option<TokenCounts> {
+        let needed = match outcome.observed.usage {
+            Some(usage) => is_suspect(usage, max_reported),
+            None => outcome.produced(),
+        };
+        if !needed {
+            return None;
+        }
+        let prompt = self.request.prompt();
+        let delivered = outcome.observed.delivered_text.clone();
+        let count = move || TokenCounts {
+            prompt: prompt.estimate(),
+            completion: estimate::count_text(&delivered),
+            cached: 0,
+        };
+        match tokio::task::spawn_blocking(count).await {
+            Ok(tokens) => Some(tokens),
+            Err(e) => {
+                tracing::error!(request_id = %self.request_id, error = %e, "token estimate failed");
+                Some(TokenCounts {
+                    prompt: self.request.prompt_bound(),
+                    completion: outcome.observed.delivered_text.len() as u64,
+                    cached: 0,
+                })
+            }
+        }
+    }
+
+    /// Prices an outcome into the ledger record. `estimate` is `estimate_if_needed`'s.
+    /// What is billed: the reported usage; the estimate when none was reported or the
+    /// reported one is beyond `max_reported`; and never more than the spending hold covers.
+    pub fn record(
+        &self,
+        served: &Served,
+        outcome: Outcome,
+        estimate: Option<TokenCounts>,
+        max_reported: u64,
+    ) -> UsageRecord {
+        let produced = outcome.produced();
         let Outcome {
             status,
             http_status,
-            error,
+            mut error,
             observed,
             ttft,
         } = outcome;
-        let produced = status == Status::Ok || !observed.delivered_text.is_empty();
-        let (tokens, usage_source) = match observed.usage {
-            Some(tokens) => (tokens, UsageSource::Reported),
-            None if produced => {
-                let tokens = TokenCounts {
-                    prompt: self.request.prompt_estimate(),
-                    completion: estimate::count_text(&observed.delivered_text),
-                    cached: 0,
-                };
-                (tokens, UsageSource::Estimated)
+        let estimate = estimate.unwrap_or_default();
+        let (mut tokens, mut usage_source) = match observed.usage {
+            Some(tokens) if is_suspect(tokens, max_reported) => {
+                error.get_or_insert_with(|| {
+                    usage_note(
+                        "the backend reported",
+                        tokens,
+                        "more than one request can have",
+                    )
+                });
+                (estimate, UsageSource::Suspect)
             }
+            Some(tokens) => (tokens, UsageSource::Reported),
+            None if produced => (estimate, UsageSource::Estimated),
             None => (TokenCounts::default(), UsageSource::None),
         };
-        let cost = cost_of(&served.price, tokens, status == Status::Ok);
+        if let Some(hold) = self.hold {
+            let capped = tokens.capped(hold.tokens);
+            if capped != tokens {
+                let who = match usage_source {
+                    UsageSource::Reported => "the backend reported",
+                    _ => "tollgate estimated",
+                };
+                error.get_or_insert_with(|| {
+                    usage_note(who, tokens, "more than the spending hold covers")
+                });
+                if usage_source == UsageSource::Reported {
+                    usage_source = UsageSource::Capped;
+                }
+                tokens = capped;
+            }
+        }
+        let cost = cost_of(&served.price, tokens, status == Status::Ok).unwrap_or_else(|_| {
+            // Only prices beyond the bounds checked at start-up get here.
+            tracing::error!(request_id = %self.request_id, "cost out of range; billed nothing");
+            Decimal::ZERO
+        });
         let ended_at = Utc::now();
         let up = &served.upstream;
         UsageRecord {
@@ -353,6 +441,19 @@ impl Exchange {
             ttft_ms: ttft.map(|t| t.as_millis() as i64),
         }
     }
+}
+
+/// Reported usage beyond what one request can have.
+fn is_suspect(tokens: TokenCounts, max_reported: u64) -> bool {
+    tokens.prompt > max_reported || tokens.completion > max_reported
+}
+
+/// The note a record keeps of counts it did not bill as they were.
+fn usage_note(who: &str, tokens: TokenCounts, why: &str) -> String {
+    format!(
+        "{who} {} prompt ({} cached) and {} completion tokens, {why}",
+        tokens.prompt, tokens.cached, tokens.completion
+    )
 }
 
 /// Reads a whole body within `limit` bytes, each read within `idle`. A body that comes in

@@ -18,7 +18,7 @@ use super::request::ClientRequest;
 use super::upstreams::Upstream;
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::billing::cost_of;
+use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::limits;
@@ -229,9 +229,10 @@ async fn hold_worst_case(
     let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) else {
         return Ok(None); // not served anyway: the exchange answers 503
     };
-    let worst = cost_of(&price, state.limits().worst_case(request), true);
+    let tokens = state.limits().worst_case(request);
+    let worst = worst_cost_of(&price, tokens)?;
     spending
-        .hold(state.db(), &prices, caller.account_id, worst)
+        .hold(state.db(), &prices, caller.account_id, worst, tokens)
         .await
 }
 

@@ -8,7 +8,9 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -74,11 +76,7 @@ impl Lease {
 
     pub fn give_back(self) {
         if self.conn.is_open() {
-            let mut idle = self
-                .pool
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut idle = self.pool.idle.lock();
             idle.push((self.conn, Instant::now()));
         }
     }
@@ -154,7 +152,7 @@ impl Pool {
 
     /// The most recently used idle connection that is still open and young enough.
     fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle.lock();
         while let Some((conn, since)) = idle.pop() {
             if conn.is_open() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(conn);

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -29,10 +28,23 @@ pub struct ClientRequest {
     pub stream: bool,
     /// The client asked for the usage-only chunk (`stream_options.include_usage`).
     pub wants_stream_usage: bool,
-    /// `prompt_estimate`, counted once: limits, the spending hold and a record without
-    /// reported usage may each ask, and counting a long prompt takes milliseconds.
-    prompt_estimate: OnceLock<u64>,
+    /// `max_completion_tokens` or `max_tokens`, at most `MAX_COMPLETION_TOKENS`.
+    pub max_tokens: Option<u64>,
+    /// Answers asked for (`n`), 1 to `MAX_CHOICES`.
+    pub choices: u64,
+    /// An upper bound on the prompt's tokens from byte counts alone (`prompt_bound`).
+    prompt_bound: u64,
 }
+
+/// The largest `max_tokens` taken as asked; larger ones are clamped to it (no model answers
+/// with more, and a reservation must stay far from `u64::MAX`).
+pub const MAX_COMPLETION_TOKENS: u64 = 1_000_000;
+/// The most answers one request may ask for (`n`).
+pub const MAX_CHOICES: u64 = 128;
+/// The members of a body that carry its prompt.
+const PROMPT_MEMBERS: [&str; 4] = ["messages", "input", "query", "documents"];
+/// Tokens a chat template may add per message, beyond its text (OpenAI counts 3 or 4).
+const FRAMING_PER_MESSAGE: u64 = 8;
 
 impl ClientRequest {
     /// Reads at most `limit` bytes (413 beyond, even for chunked bodies without a length)
@@ -63,7 +75,9 @@ impl ClientRequest {
             model: None,
             stream: false,
             wants_stream_usage: false,
-            prompt_estimate: OnceLock::new(),
+            max_tokens: None,
+            choices: 1,
+            prompt_bound: 0,
         };
         request.model = request.value("model");
         request.stream = match request.member("stream") {
@@ -86,7 +100,60 @@ impl ClientRequest {
             .value("stream_options")
             .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
             .unwrap_or(false);
+        for name in ["max_tokens", "max_completion_tokens"] {
+            if let Some(limit) = request.count(name, 0)? {
+                request.max_tokens = Some(limit.min(MAX_COMPLETION_TOKENS));
+            }
+        }
+        if let Some(n) = request.count("n", 1)? {
+            if n > MAX_CHOICES {
+                return Err(ApiError::invalid(
+                    format!("'n' must be at most {MAX_CHOICES}"),
+                    "n",
+                ));
+            }
+            request.choices = n;
+        }
+        request.prompt_bound = request.bound_prompt();
         Ok(request)
+    }
+
+    /// A member that must be a whole number of at least `min` (or absent, or `null`).
+    fn count(&self, name: &'static str, min: u64) -> Result<Option<u64>, ApiError> {
+        match self.member(name) {
+            None | Some("null") => Ok(None),
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if n >= min => Ok(Some(n)),
+                Ok(_) => Err(ApiError::invalid(
+                    format!("'{name}' must be at least {min}"),
+                    name,
+                )),
+                // Digits beyond u64: a number, just a very large one.
+                Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(u64::MAX)),
+                Err(_) => Err(ApiError::invalid(
+                    format!("'{name}' must be a whole number"),
+                    name,
+                )),
+            },
+        }
+    }
+
+    /// Bytes are an upper bound on the tokens of a byte-level BPE tokenizer, and a JSON
+    /// string's text is never longer than its JSON form: so the prompt members' JSON length,
+    /// plus framing for every object that could be a message, bounds the prompt's tokens
+    /// without tokenizing or even parsing it.
+    fn bound_prompt(&self) -> u64 {
+        let mut bound = 3u64;
+        for name in PROMPT_MEMBERS {
+            if let Some(span) = self.members.get(name) {
+                let text = &self.raw[span.clone()];
+                let objects = text.iter().filter(|&&b| b == b'{').count() as u64;
+                bound = bound
+                    .saturating_add(text.len() as u64)
+                    .saturating_add(objects.saturating_mul(FRAMING_PER_MESSAGE));
+            }
+        }
+        bound
     }
 
     /// The `model` field, required when the route does not name the model.
@@ -113,16 +180,22 @@ impl ClientRequest {
         serde_json::from_str(self.member(name)?).ok()
     }
 
-    /// Estimated prompt tokens (`estimate::prompt_tokens`), from the members that hold
-    /// the prompt: only these are parsed.
-    pub fn prompt_estimate(&self) -> u64 {
-        *self.prompt_estimate.get_or_init(|| {
-            let prompt: Map<String, Value> = ["messages", "input", "query", "documents"]
+    /// An upper bound on the prompt's tokens, cheap enough for admission: what limits and
+    /// spending holds reserve. See `bound_prompt`.
+    pub fn prompt_bound(&self) -> u64 {
+        self.prompt_bound
+    }
+
+    /// The prompt, owned, for a tokenizer to count off the async workers.
+    pub fn prompt(&self) -> Prompt {
+        Prompt {
+            endpoint: self.endpoint,
+            raw: self.raw.clone(),
+            members: PROMPT_MEMBERS
                 .into_iter()
-                .filter_map(|name| Some((name.to_owned(), self.value(name)?)))
-                .collect();
-            estimate::prompt_tokens(self.endpoint, &prompt)
-        })
+                .filter_map(|name| Some((name, self.members.get(name)?.clone())))
+                .collect(),
+        }
     }
 
     /// Whether tollgate adds `include_usage` for this upstream (and must then hide the
@@ -133,13 +206,19 @@ impl ClientRequest {
 
     /// The body sent to `upstream`: the backend's model name, and usage requested in
     /// streams where the backend supports it. Everything else passes through.
-    pub fn upstream_body(&self, upstream: &Upstream) -> Bytes {
-        self.patched(&upstream.upstream_model, self.injects_usage(upstream))
+    /// `max_tokens`, when given, is added for a client that set none: what its spending
+    /// hold covers.
+    pub fn upstream_body(&self, upstream: &Upstream, max_tokens: Option<u64>) -> Bytes {
+        self.patched(
+            &upstream.upstream_model,
+            self.injects_usage(upstream),
+            max_tokens.filter(|_| self.max_tokens.is_none()),
+        )
     }
 
     /// The body with `model` set, and `stream_options.include_usage` set if asked; every
     /// other member is copied as sent. A member that was not there is added at the end.
-    fn patched(&self, model: &str, include_usage: bool) -> Bytes {
+    fn patched(&self, model: &str, include_usage: bool, max_tokens: Option<u64>) -> Bytes {
         let json = |value: &Value| serde_json::to_vec(value).expect("a JSON value serializes");
         let model = json(&Value::String(model.to_owned()));
         let options = include_usage.then(|| {
@@ -153,6 +232,10 @@ impl ClientRequest {
         let mut patches = vec![("model", model.as_slice())];
         if let Some(options) = &options {
             patches.push(("stream_options", options));
+        }
+        let max_tokens = max_tokens.map(|n| n.to_string().into_bytes());
+        if let Some(max_tokens) = &max_tokens {
+            patches.push(("max_tokens", max_tokens));
         }
         let mut out = Vec::with_capacity(self.raw.len() + 64);
         out.push(b'{');
@@ -177,6 +260,29 @@ impl ClientRequest {
         }
         out.push(b'}');
         out.into()
+    }
+}
+
+/// A request's prompt members, owned (the body is shared, not copied).
+pub struct Prompt {
+    endpoint: Endpoint,
+    raw: Bytes,
+    members: Vec<(&'static str, Range<usize>)>,
+}
+
+impl Prompt {
+    /// Estimated prompt tokens with the real tokenizer (`estimate::prompt_tokens`). Slow
+    /// for long prompts: call it off the async workers.
+    pub fn estimate(&self) -> u64 {
+        let prompt: Map<String, Value> = self
+            .members
+            .iter()
+            .filter_map(|(name, span)| {
+                let value = serde_json::from_slice(&self.raw[span.clone()]).ok()?;
+                Some(((*name).to_owned(), value))
+            })
+            .collect();
+        estimate::prompt_tokens(self.endpoint, &prompt)
     }
 }
 
@@ -297,7 +403,7 @@ mod tests {
 
     fn patched(body: &str, include_usage: bool) -> String {
         let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(body.to_owned())).unwrap();
-        String::from_utf8(request.patched("up-model", include_usage).to_vec()).unwrap()
+        String::from_utf8(request.patched("up-model", include_usage, None).to_vec()).unwrap()
     }
 
     #[test]
@@ -363,7 +469,7 @@ mod tests {
         assert_eq!(request.value("k39"), Some(Value::from(3)));
         assert_eq!(request.value("k40"), None);
         let upstream: Map<String, Value> =
-            serde_json::from_slice(&request.patched("up-model", false)).unwrap();
+            serde_json::from_slice(&request.patched("up-model", false, None)).unwrap();
         let order: Vec<&String> = upstream.keys().collect();
         assert_eq!(order.len(), 41);
         assert!(order[..40].iter().zip(&names).all(|(a, b)| *a == b));
@@ -422,10 +528,56 @@ mod tests {
         .unwrap();
         assert_eq!(request.model().unwrap(), "m");
         assert!(request.stream && request.wants_stream_usage);
-        assert_eq!(request.value("max_tokens"), Some(Value::from(7)));
-        assert_eq!(request.prompt_estimate(), 3 + 3 + 2);
+        assert_eq!(request.max_tokens, Some(7));
+        assert_eq!(request.prompt().estimate(), 3 + 3 + 2);
+        assert!(request.prompt_bound() >= request.prompt().estimate());
         let bad = ClientRequest::parse(Endpoint::Chat, Bytes::from_static(br#"{"stream":1}"#));
         assert!(matches!(bad, Err(ApiError::InvalidRequest { .. })));
+    }
+
+    #[test]
+    fn client_numbers_are_bounded_at_parse_time() {
+        let parse = |body: &str| ClientRequest::parse(Endpoint::Chat, Bytes::from(body.to_owned()));
+        let huge = parse(r#"{"max_tokens":18446744073709551615}"#).unwrap();
+        assert_eq!(huge.max_tokens, Some(MAX_COMPLETION_TOKENS));
+        let beyond = parse(r#"{"max_completion_tokens":99999999999999999999999}"#).unwrap();
+        assert_eq!(beyond.max_tokens, Some(MAX_COMPLETION_TOKENS));
+        assert_eq!(parse(r#"{"n":3}"#).unwrap().choices, 3);
+        for bad in [
+            r#"{"max_tokens":-1}"#,
+            r#"{"max_tokens":1.5}"#,
+            r#"{"max_tokens":"100"}"#,
+            r#"{"n":0}"#,
+            r#"{"n":129}"#,
+            r#"{"n":18446744073709551616}"#,
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(
+                matches!(err, ApiError::InvalidRequest { .. }),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_prompt_bound_is_never_below_the_tokenizer() {
+        let bodies = [
+            r#"{"messages":[{},{},{}]}"#,
+            r#"{"messages":[{"role":"user","content":"你好，世界 \u00e9\n"},{"role":"user","name":"x","content":"a"}]}"#,
+            r#"{"input":["hello world","aaaaaaaaaaaaaaaaaaaaaaaaaaaa"]}"#,
+        ];
+        for body in bodies {
+            let endpoint = if body.contains("input") {
+                Endpoint::Embeddings
+            } else {
+                Endpoint::Chat
+            };
+            let request = ClientRequest::parse(endpoint, Bytes::from(body.to_owned())).unwrap();
+            assert!(
+                request.prompt_bound() >= request.prompt().estimate(),
+                "{body}"
+            );
+        }
     }
 
     fn json() -> impl proptest::strategy::Strategy<Value = Value> {
@@ -467,7 +619,7 @@ mod tests {
             };
             let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(text.clone())).unwrap();
             let upstream: Map<String, Value> =
-                serde_json::from_slice(&request.patched("up-model", false)).unwrap();
+                serde_json::from_slice(&request.patched("up-model", false, None)).unwrap();
             // Read back the way the backend would read what the client sent (serde_json's
             // float parsing is not exact; the bytes themselves pass through unchanged).
             let mut expected: Map<String, Value> = serde_json::from_str(&text).unwrap();

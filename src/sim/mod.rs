@@ -6,7 +6,9 @@
 mod formats;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -105,7 +107,7 @@ pub async fn spawn(addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task:
 }
 
 async fn last(State(seen): State<Arc<Seen>>) -> Json<Value> {
-    Json(seen.last.lock().expect("not poisoned").clone())
+    Json(seen.last.lock().clone())
 }
 
 struct Call {
@@ -132,8 +134,7 @@ async fn accept(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    *seen.last.lock().expect("not poisoned") =
-        json!({"authorization": authorization, "body": body});
+    *seen.last.lock() = json!({"authorization": authorization, "body": body});
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }

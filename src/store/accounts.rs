@@ -134,7 +134,8 @@ pub async fn topped_up(db: &Db, account_id: i64) -> anyhow::Result<Decimal> {
         .await?;
     let mut sum = Decimal::ZERO;
     for row in rows {
-        sum += Decimal::from_str(&row.get::<String, _>("amount"))?;
+        let amount = Decimal::from_str(&row.get::<String, _>("amount"))?;
+        sum = crate::billing::money::add(sum, amount)?;
     }
     Ok(sum)
 }

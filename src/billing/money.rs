@@ -1,0 +1,90 @@
+//! Bounds on every amount of money tollgate accepts from outside (top-ups, credit limits,
+//! prices), so that no sum or product of them can overflow a `Decimal`: with these bounds
+//! and token counts bounded per record, every money path stays far inside its 28 digits.
+
+use rust_decimal::Decimal;
+
+/// The largest top-up or credit limit: one trillion CNY.
+pub const MAX_AMOUNT: Decimal = Decimal::from_parts(0xD4A5_1000, 0xE8, 0, false, 0);
+/// The largest price, per 1,000 tokens or per request: one million CNY.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000, 0, 0, false, 0);
+/// The most decimal places an amount or a price may have.
+pub const MAX_SCALE: u32 = 12;
+
+/// Checks a top-up or credit limit: not negative, at most `MAX_AMOUNT`, at most
+/// `MAX_SCALE` decimal places. The error names `field`.
+pub fn check_amount(value: Decimal, field: &str) -> Result<(), String> {
+    check(value, MAX_AMOUNT, field)
+}
+
+/// Checks a price the same way, against `MAX_PRICE`.
+pub fn check_price(value: Decimal, field: &str) -> Result<(), String> {
+    check(value, MAX_PRICE, field)
+}
+
+fn check(value: Decimal, max: Decimal, field: &str) -> Result<(), String> {
+    if value.is_sign_negative() && !value.is_zero() {
+        return Err(format!("{field} must not be negative"));
+    }
+    if value > max {
+        return Err(format!("{field} must be at most {max} CNY"));
+    }
+    if value.normalize().scale() > MAX_SCALE {
+        return Err(format!("{field} has more than {MAX_SCALE} decimal places"));
+    }
+    Ok(())
+}
+
+/// A sum or product left the range of exact money: only reachable with data that bypassed
+/// the bounds above (e.g. written by an older version); reported, never a panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an amount of money is out of range; check the account's top-ups, limits and prices")]
+pub struct Overflow;
+
+/// `a + b`, or `Overflow`.
+pub fn add(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {
+    a.checked_add(b).ok_or(Overflow)
+}
+
+/// `a - b`, or `Overflow`.
+pub fn sub(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {
+    a.checked_sub(b).ok_or(Overflow)
+}
+
+/// `a * b`, or `Overflow`.
+pub fn mul(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {
+    a.checked_mul(b).ok_or(Overflow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn the_bounds_are_what_they_say() {
+        assert_eq!(MAX_AMOUNT, Decimal::from(1_000_000_000_000u64));
+        assert_eq!(MAX_PRICE, Decimal::from(1_000_000));
+    }
+
+    #[test]
+    fn amounts_outside_the_bounds_name_their_field() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        assert!(check_amount(d("100.00"), "amount").is_ok());
+        assert!(check_amount(d("1000000000000"), "amount").is_ok());
+        let err = check_amount(d("1000000000000.01"), "credit_limit").unwrap_err();
+        assert!(err.contains("credit_limit"), "{err}");
+        assert!(check_amount(Decimal::MAX, "amount").is_err());
+        assert!(check_amount(d("-1"), "amount").is_err());
+        assert!(check_amount(d("0.0000000000001"), "amount").is_err());
+        assert!(check_price(d("1000000.5"), "input_per_1k").is_err());
+        assert!(check_price(d("0.00000001"), "input_per_1k").is_ok());
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_panic() {
+        assert_eq!(add(Decimal::MAX, Decimal::ONE), Err(Overflow));
+        assert_eq!(sub(Decimal::MIN, Decimal::ONE), Err(Overflow));
+        assert_eq!(mul(Decimal::MAX, Decimal::TWO), Err(Overflow));
+    }
+}
