@@ -22,6 +22,7 @@ use crate::metering::{Ledger, LedgerWriter};
 use crate::metrics::Metrics;
 use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
+use crate::server::{self, ConnectionLimits};
 use crate::store::signal::ChangeSignal;
 use crate::store::{self, Db};
 
@@ -104,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(crate::ops::router())
         .fallback(handlers::not_found)
+        .layer(axum::middleware::map_response(crate::ops::shape_errors))
         .with_state(state)
 }
 
@@ -111,6 +113,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     ledger_writer: LedgerWriter,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
@@ -142,6 +145,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let (ledger, ledger_writer) =
             Ledger::spawn(&config.database, &config.ledger, metrics.clone())?;
+        let connection_limits = ConnectionLimits::from_config(&config.server);
         let addr = config.listen_addr()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -169,6 +173,7 @@ impl Application {
             listener,
             state,
             ledger_writer,
+            connection_limits,
         })
     }
 
@@ -192,10 +197,11 @@ impl Application {
             listener,
             state,
             ledger_writer,
+            connection_limits,
         } = self;
-        axum::serve(nodelay(listener), router(state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let metrics = state.0.metrics.clone();
+        let router = router(state.clone());
+        server::serve(listener, router, connection_limits, metrics, shutdown).await;
         state.tasks().close();
         state.tasks().wait().await;
         ledger_writer

@@ -74,8 +74,11 @@ pub struct LimitsConfig {
     pub default_rpm: u32,
     /// Tokens per minute for keys without their own `tpm`; unlimited when absent.
     pub default_tpm: Option<u64>,
-    /// Completion tokens reserved for a chat request that sets no `max_tokens`.
+    /// Completion tokens reserved for a chat request that sets no `max_tokens`. For an
+    /// account with a spending limit it is also the `max_tokens` its backend is sent.
     pub reserve_max_tokens: u64,
+    /// Reads of `GET /v1/usage` per minute per key (apart from its rpm).
+    pub usage_rpm: u32,
 }
 
 impl Default for LimitsConfig {
@@ -84,6 +87,7 @@ impl Default for LimitsConfig {
             default_rpm: 10,
             default_tpm: None,
             reserve_max_tokens: 4096,
+            usage_rpm: 60,
         }
     }
 }
@@ -128,6 +132,18 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Non-streamed backend bodies above this are refused (502): they could not be metered.
     pub max_response_bytes: usize,
+    /// Client connections open at once; more are closed at once with a 503. Lowered at
+    /// start to what the open-file limit allows (each may need a backend connection too).
+    pub max_connections: usize,
+    /// A new connection must send a complete request head within this; so must a kept-alive
+    /// one once the first byte of its next request arrives.
+    pub header_timeout_ms: u64,
+    /// A kept-alive connection with no request in flight is closed after this.
+    pub keep_alive_timeout_ms: u64,
+    /// Longest pause between two pieces of a request body (408 beyond).
+    pub body_idle_timeout_ms: u64,
+    /// Longest time to receive a whole request body (408 beyond).
+    pub body_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -136,7 +152,27 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_request_bytes: 4 << 20,
             max_response_bytes: 64 << 20,
+            max_connections: 10_000,
+            header_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 60_000,
+            body_idle_timeout_ms: 30_000,
+            body_timeout_ms: 120_000,
         }
+    }
+}
+
+impl ServerConfig {
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+    pub fn keep_alive_timeout(&self) -> Duration {
+        Duration::from_millis(self.keep_alive_timeout_ms)
+    }
+    pub fn body_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_idle_timeout_ms)
+    }
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 }
 
@@ -214,6 +250,10 @@ pub struct MeteringConfig {
     /// estimate. At most `MAX_REPORTED_TOKENS`.
     pub max_reported_tokens: u64,
 }
+
+/// The largest `max_tokens` a request is taken to ask for; larger ones are clamped to it
+/// (no model answers with more, and a reservation must stay far from `u64::MAX`).
+pub const MAX_COMPLETION_TOKENS: u64 = 1_000_000;
 
 /// The ceiling of `metering.max_reported_tokens`: with it, no sum of a year of records
 /// comes near `i64::MAX`.
@@ -384,6 +424,21 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.listen_addr()?;
+        let server = &self.server;
+        if server.max_connections == 0 {
+            bail!("server.max_connections must be at least 1");
+        }
+        let timeouts = [
+            ("header_timeout_ms", server.header_timeout_ms),
+            ("keep_alive_timeout_ms", server.keep_alive_timeout_ms),
+            ("body_idle_timeout_ms", server.body_idle_timeout_ms),
+            ("body_timeout_ms", server.body_timeout_ms),
+        ];
+        for (name, ms) in timeouts {
+            if !(1..=86_400_000).contains(&ms) {
+                bail!("server.{name} must be between 1 and 86400000 (a day)");
+            }
+        }
         if !self.database.url.starts_with("sqlite:") {
             bail!(
                 "database.url: '{}' is not supported; use sqlite://PATH",
@@ -394,8 +449,14 @@ impl Config {
             bail!("database.synchronous must be 'full' or 'normal'");
         }
         crate::billing::period::parse_zone(&self.billing.timezone)?;
-        if self.limits.default_rpm == 0 || self.limits.default_tpm == Some(0) {
-            bail!("limits.default_rpm and limits.default_tpm must be at least 1");
+        if self.limits.default_rpm == 0
+            || self.limits.default_tpm == Some(0)
+            || self.limits.usage_rpm == 0
+        {
+            bail!("limits.default_rpm, limits.default_tpm and limits.usage_rpm must be at least 1");
+        }
+        if !(1..=MAX_COMPLETION_TOKENS).contains(&self.limits.reserve_max_tokens) {
+            bail!("limits.reserve_max_tokens must be between 1 and {MAX_COMPLETION_TOKENS}");
         }
         if let Some(file) = &self.admin.jwt_public_key_file
             && !file.exists()

@@ -44,6 +44,10 @@ pub enum ApiError {
     /// 404: no such model, chip, deployment or route.
     #[error("{0}")]
     NotFound(String),
+    /// 408: the request body stopped arriving (`server.body_idle_timeout_ms`,
+    /// `server.body_timeout_ms`).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// 413: the request body is over `server.max_request_bytes`.
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
@@ -96,6 +100,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -121,6 +126,7 @@ impl ApiError {
             ApiError::Conflict(_) => ("invalid_request_error", "conflict", None),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded", None),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),
+            ApiError::RequestTimeout => ("invalid_request_error", "request_timeout", None),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large", None),
             ApiError::BadGateway(_) => ("upstream_error", "bad_gateway", None),
             ApiError::Unavailable(_) => ("server_error", "service_unavailable", None),

@@ -29,6 +29,7 @@ pub mod metering;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod server;
 pub mod sim;
 pub mod store;
 

@@ -1,6 +1,6 @@
 //! Operations endpoints: `/metrics` (Prometheus text, optionally behind a bearer token),
-//! `/healthz` (the process is up) and `/readyz` (the database answers and the ledger writer
-//! runs). Also counts client requests refused before they reached a backend.
+//! `/healthz` (the process is up) and `/readyz` (the database answers, the ledger writer
+//! runs and admission's spending lock is free). Also counts client requests refused before they reached a backend.
 
 use axum::Router;
 use axum::extract::State;
@@ -51,16 +51,14 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
 async fn ready(State(state): State<AppState>) -> Response {
     let database = sqlx::query("SELECT 1").execute(state.db()).await.is_ok();
     let ledger = state.ledger().is_running();
-    let status = if database && ledger {
+    let spending = state.spending().responsive();
+    let status = if database && ledger && spending {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({"database": database, "ledger_writer": ledger})),
-    )
-        .into_response()
+    let body = json!({"database": database, "ledger_writer": ledger, "spending": spending});
+    (status, axum::Json(body)).into_response()
 }
 
 /// Counts client-route errors that never reached a backend (they carry no `x-request-id`),
@@ -81,4 +79,45 @@ pub async fn count_rejections(State(state): State<AppState>, response: Response)
         state.metrics().rejected.with_label_values(&[reason]).inc();
     }
     response
+}
+
+/// Gives every error response the OpenAI shape: those axum answers by itself (405, an
+/// extractor's rejection in plain text) keep their status and get a JSON body with their
+/// text as the message.
+pub async fn shape_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" if status == StatusCode::METHOD_NOT_ALLOWED => "this route does not take this method",
+        "" => status.canonical_reason().unwrap_or("error"),
+        text => text,
+    };
+    let kind = if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_");
+    let body = crate::error::openai_error(message, kind, code.into(), None).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
 }

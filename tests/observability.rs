@@ -390,7 +390,7 @@ async fn health_and_readiness_answer() {
     assert_eq!(ready.status(), 200);
     assert_eq!(
         ready.json::<Value>().await.unwrap(),
-        json!({"database": true, "ledger_writer": true})
+        json!({"database": true, "ledger_writer": true, "spending": true})
     );
 }
 

@@ -28,6 +28,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// What rate limits count against: the key's lineage, shared by a rotated key's old
+    /// and new secrets.
+    pub fn limit_id(&self) -> i64 {
+        self.key.lineage_id
+    }
+
     /// Whether the key's allow-list (if any) includes `model`.
     pub fn may_call(&self, model: &str) -> bool {
         self.key

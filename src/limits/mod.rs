@@ -21,6 +21,8 @@ pub struct Limits {
     config: LimitsConfig,
     requests: RequestLimits,
     tokens: TokenLimits,
+    /// Reads of a key's own usage, per key (`limits.usage_rpm`).
+    usage_reads: RequestLimits,
 }
 
 /// What admission granted a request: reported in its headers, settled at its end.
@@ -37,6 +39,7 @@ impl Limits {
             config,
             requests: RequestLimits::new(),
             tokens: TokenLimits::new(),
+            usage_reads: RequestLimits::new(),
         }
     }
 
@@ -50,7 +53,7 @@ impl Limits {
 
     /// Counts the request against the key's limits; 429 (with the headers) when over.
     pub fn admit(&self, caller: &Caller, request: &ClientRequest) -> Result<Admission, ApiError> {
-        let requests = self.requests.check(caller.key_id, self.rpm(caller));
+        let requests = self.requests.check(caller.limit_id(), self.rpm(caller));
         if let Some(wait) = requests.retry_after {
             let mut headers = HeaderMap::new();
             put_headers(&mut headers, &requests, None);
@@ -69,7 +72,7 @@ impl Limits {
         };
         let worst = self.worst_case(request);
         let reserve = worst.prompt.saturating_add(worst.completion);
-        let tokens = self.tokens.reserve(caller.key_id, tpm, reserve);
+        let tokens = self.tokens.reserve(caller.limit_id(), tpm, reserve);
         if let Some(wait) = tokens.retry_after {
             let mut headers = HeaderMap::new();
             put_headers(&mut headers, &requests, Some(&tokens));
@@ -81,19 +84,40 @@ impl Limits {
         })
     }
 
+    /// Counts a read of the key's own usage (`GET /v1/usage`) against its own per-key
+    /// limit, `limits.usage_rpm` (each read makes the ledger import first, so it is not
+    /// free); it spends nothing of the key's rpm. 429 (with the headers) when over.
+    pub fn admit_usage_read(&self, caller: &Caller) -> Result<RequestQuota, ApiError> {
+        let requests = self
+            .usage_reads
+            .check(caller.limit_id(), self.config.usage_rpm);
+        match requests.retry_after {
+            None => Ok(requests),
+            Some(wait) => {
+                let limit = requests.limit.into();
+                Err(throttled(
+                    "usage reads per minute",
+                    limit,
+                    wait,
+                    HeaderMap::new(),
+                ))
+            }
+        }
+    }
+
     /// Gives back (or takes) the difference between the reservation and the real usage.
-    pub fn settle(&self, key_id: i64, admission: &Admission, used: u64) {
+    pub fn settle(&self, caller: &Caller, admission: &Admission, used: u64) {
         if let Some((_, tpm, reserved)) = admission.tokens {
-            self.tokens.settle(key_id, tpm, reserved, used);
+            self.tokens.settle(caller.limit_id(), tpm, reserved, used);
         }
     }
 
     /// The key's quotas now, without consuming anything (for `GET /v1/usage`).
     pub fn peek(&self, caller: &Caller) -> (RequestQuota, Option<TokenQuota>) {
-        let requests = self.requests.peek(caller.key_id, self.rpm(caller));
+        let requests = self.requests.peek(caller.limit_id(), self.rpm(caller));
         let tokens = self
             .tpm(caller)
-            .map(|tpm| self.tokens.peek(caller.key_id, tpm));
+            .map(|tpm| self.tokens.peek(caller.limit_id(), tpm));
         (requests, tokens)
     }
 
@@ -101,6 +125,7 @@ impl Limits {
     pub fn sweep(&self) {
         self.requests.sweep();
         self.tokens.sweep();
+        self.usage_reads.sweep();
     }
 
     /// The most a request can use: the prompt's byte bound plus `max_tokens` (or the

@@ -74,7 +74,14 @@ impl<C: Clock + Clone> RequestLimits<C> {
             let mut limiters = self.limiters.lock();
             let entry = limiters.entry(key_id).or_insert_with(|| self.entry(rpm));
             if entry.rpm != rpm {
-                *entry = self.entry(rpm); // limits changed: applies from this request on
+                // The limit changed: the new one applies from this request on, and what was
+                // used in the window so far stays used.
+                let used = entry.rpm - self.remaining_now(entry);
+                *entry = self.entry(rpm);
+                if let Some(used) = NonZeroU32::new(used.min(rpm)) {
+                    let _ = entry.limiter.check_n(used);
+                    entry.remaining = rpm - used.get();
+                }
             }
             entry.limiter.clone()
         };
@@ -111,11 +118,7 @@ impl<C: Clock + Clone> RequestLimits<C> {
         let rpm = rpm.max(1);
         let limiters = self.limiters.lock();
         let remaining = match limiters.get(&key_id) {
-            Some(entry) if entry.rpm == rpm => {
-                let elapsed = Duration::from(self.clock.now().duration_since(entry.at));
-                let regained = (elapsed.as_nanos() / Self::period(rpm).as_nanos()) as u32;
-                entry.remaining.saturating_add(regained).min(rpm)
-            }
+            Some(entry) if entry.rpm == rpm => self.remaining_now(entry),
             _ => rpm,
         };
         RequestQuota {
@@ -138,6 +141,14 @@ impl<C: Clock + Clone> RequestLimits<C> {
         self.limiters.lock().len()
     }
 
+    /// Requests left in the window now: what the last check left, plus what came back since.
+    fn remaining_now(&self, entry: &Entry<C>) -> u32 {
+        let elapsed = Duration::from(self.clock.now().duration_since(entry.at));
+        let regained = elapsed.as_nanos() / Self::period(entry.rpm).as_nanos();
+        let regained = u32::try_from(regained).unwrap_or(u32::MAX);
+        entry.remaining.saturating_add(regained).min(entry.rpm)
+    }
+
     fn entry(&self, rpm: u32) -> Entry<C> {
         let per_minute = NonZeroU32::new(rpm).expect("rpm is at least 1");
         let limiter =
@@ -156,6 +167,24 @@ impl<C: Clock + Clone> RequestLimits<C> {
 mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
+
+    #[test]
+    fn a_changed_limit_keeps_what_was_used() {
+        let clock = FakeRelativeClock::default();
+        let limits = RequestLimits::with_clock(clock.clone());
+        let passed = |rpm: u32, tries: usize| {
+            (0..tries)
+                .filter(|_| limits.check(1, rpm).retry_after.is_none())
+                .count()
+        };
+        assert_eq!(passed(5, 5), 5);
+        // 5 used of a new 6: one more, not six.
+        assert_eq!(passed(6, 10), 1);
+        // Lowered below what was used: nothing until the window moves on.
+        assert_eq!(passed(3, 5), 0);
+        clock.advance(MINUTE);
+        assert_eq!(passed(3, 5), 3);
+    }
 
     #[test]
     fn exactly_the_quota_passes_per_window_and_retry_after_is_exact() {

@@ -190,6 +190,14 @@ impl Spending {
         Ok(())
     }
 
+    /// Whether admission can take the funds lock now (for `/readyz`): false if it is held
+    /// far longer than its arithmetic ever takes.
+    pub fn responsive(&self) -> bool {
+        self.funds
+            .try_lock_for(std::time::Duration::from_millis(100))
+            .is_some()
+    }
+
     /// What requests in flight hold now.
     pub fn held(&self, account_id: i64) -> Decimal {
         self.funds

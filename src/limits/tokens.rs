@@ -32,7 +32,8 @@ impl<I: Reference> Bucket<I> {
     /// Nanoseconds until the level reaches `target` nano-tokens.
     fn time_to(&self, target: i128) -> Duration {
         let missing = (target - self.level).max(0);
-        Duration::from_nanos((missing * 60 / i128::from(self.tpm.max(1))) as u64)
+        let nanos = missing * 60 / i128::from(self.tpm.max(1));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     fn quota(&self, retry_after: Option<Duration>) -> TokenQuota {

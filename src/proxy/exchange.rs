@@ -276,7 +276,7 @@ pub(super) async fn commit(
         .tokens
         .prompt
         .saturating_add(record.tokens.completion);
-    state.limits().settle(ex.caller.key_id, &ex.admission, used);
+    state.limits().settle(&ex.caller, &ex.admission, used);
     state
         .spending()
         .settle(ex.caller.account_id, ex.hold, record.cost);
@@ -309,9 +309,7 @@ impl Exchange {
     /// Returns the key's token reservation and the account's spending hold unused, for a
     /// request that ends without a record.
     pub fn release(&self, state: &AppState) {
-        state
-            .limits()
-            .settle(self.caller.key_id, &self.admission, 0);
+        state.limits().settle(&self.caller, &self.admission, 0);
         state
             .spending()
             .settle(self.caller.account_id, self.hold, Decimal::ZERO);

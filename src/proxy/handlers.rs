@@ -174,7 +174,7 @@ async fn proxy(
     let hold = match hold_worst_case(&state, &caller, &request, &candidates[0], started_at).await {
         Ok(hold) => hold,
         Err(e) => {
-            state.limits().settle(caller.key_id, &admission, 0);
+            state.limits().settle(&caller, &admission, 0);
             return Err(e);
         }
     };

@@ -3,8 +3,9 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -13,7 +14,9 @@ use crate::billing::period::Month;
 use crate::error::ApiError;
 use crate::store;
 
-pub async fn usage(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// Limited per key (`limits.usage_rpm`): each read makes the ledger import first.
+pub async fn usage(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    state.limits().admit_usage_read(&caller)?;
     let zone = state.config().billing.zone();
     let (start, end) = Month::containing(Utc::now(), zone).bounds(zone);
     let scope = store::usage::Scope::Key(caller.key_id);
@@ -26,12 +29,13 @@ pub async fn usage(State(state): State<AppState>, caller: Caller) -> Result<Json
     )
     .await?;
     let cost = invoice::cost_of_sums(&totals, &state.prices())?;
-    let sum = |f: fn(&store::usage::Totals) -> i64| totals.iter().map(f).sum::<i64>();
+    let sum =
+        |f: fn(&store::usage::Totals) -> i64| totals.iter().map(f).fold(0i64, i64::saturating_add);
     let (requests, prompt) = (sum(|t| t.requests), sum(|t| t.prompt_tokens));
     let (cached, completion) = (sum(|t| t.cached_tokens), sum(|t| t.completion_tokens));
     let (rq, tq) = state.limits().peek(&caller);
     let key = &caller.key;
-    Ok(Json(json!({
+    let mut response = Json(json!({
         "object": "usage",
         "key": {"id": key.id, "prefix": key.prefix, "name": key.name, "expires_at": key.expires_at,
                 "allowed_models": key.limits.allowed_models},
@@ -44,5 +48,8 @@ pub async fn usage(State(state): State<AppState>, caller: Caller) -> Result<Json
         "period": {"start": start, "end": end, "requests": requests, "prompt_tokens": prompt,
                    "cached_tokens": cached, "completion_tokens": completion,
                    "cost": cost.to_string(), "currency": "CNY", "timezone": zone.name()},
-    })))
+    }))
+    .into_response();
+    crate::limits::put_headers(response.headers_mut(), &rq, tq.as_ref());
+    Ok(response)
 }

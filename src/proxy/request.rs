@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::upstreams::Upstream;
-use crate::config::Endpoint;
+use crate::config::{Endpoint, MAX_COMPLETION_TOKENS};
 use crate::error::ApiError;
 use crate::metering::estimate;
 
@@ -36,9 +36,6 @@ pub struct ClientRequest {
     prompt_bound: u64,
 }
 
-/// The largest `max_tokens` taken as asked; larger ones are clamped to it (no model answers
-/// with more, and a reservation must stay far from `u64::MAX`).
-pub const MAX_COMPLETION_TOKENS: u64 = 1_000_000;
 /// The most answers one request may ask for (`n`).
 pub const MAX_CHOICES: u64 = 128;
 /// The members of a body that carry its prompt.
@@ -387,10 +384,20 @@ fn top_level(raw: &[u8]) -> Result<Members, serde_json::Error> {
 
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
+        let cause = |is: fn(&(dyn std::error::Error + 'static)) -> bool| {
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if is(s) {
+                    return true;
+                }
+                source = s.source();
+            }
+            false
+        };
+        if cause(|s| s.is::<http_body_util::LengthLimitError>()) {
             ApiError::PayloadTooLarge(limit)
+        } else if cause(|s| s.is::<crate::server::BodyTimeout>()) {
+            ApiError::RequestTimeout
         } else {
             ApiError::InvalidJson(format!("could not read the request body: {e}"))
         }

@@ -28,6 +28,9 @@ pub struct KeyRow {
     /// When the key stops working; in the future while a rotated key is in its grace period.
     pub revoked_at: Option<DateTime<Utc>>,
     pub rotated_to: Option<i64>,
+    /// The first key of this key's rotation chain (its own id if it was never a successor):
+    /// what rate limits are counted against.
+    pub lineage_id: i64,
     pub limits: KeyLimits,
 }
 
@@ -64,6 +67,9 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> KeyRow {
         expires_at: row.get::<Option<i64>, _>("expires_at").map(from_ms),
         revoked_at: row.get::<Option<i64>, _>("revoked_at").map(from_ms),
         rotated_to: row.get("rotated_to"),
+        lineage_id: row
+            .get::<Option<i64>, _>("lineage_id")
+            .unwrap_or_else(|| row.get("id")),
         limits: KeyLimits {
             rpm: row.get::<Option<i64>, _>("rpm").map(|v| v as u32),
             tpm: row.get::<Option<i64>, _>("tpm").map(|v| v as u64),
@@ -184,13 +190,22 @@ pub async fn rotate(
     grace_until: DateTime<Utc>,
 ) -> anyhow::Result<KeyRow> {
     let mut tx = db.begin().await?;
-    let row = insert(&mut *tx, new).await?;
+    let mut row = insert(&mut *tx, new).await?;
     revoke(&mut *tx, old_id, grace_until).await?;
     sqlx::query("UPDATE api_keys SET rotated_to = ? WHERE id = ?")
         .bind(row.id)
         .bind(old_id)
         .execute(&mut *tx)
         .await?;
+    row.lineage_id = sqlx::query(
+        "UPDATE api_keys SET lineage_id = (SELECT COALESCE(lineage_id, id) FROM api_keys WHERE id = ?1)
+         WHERE id = ?2 RETURNING lineage_id",
+    )
+    .bind(old_id)
+    .bind(row.id)
+    .fetch_one(&mut *tx)
+    .await?
+    .get(0);
     tx.commit().await?;
     Ok(row)
 }

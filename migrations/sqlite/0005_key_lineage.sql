@@ -1,0 +1,5 @@
+-- A key's lineage: the id of the first key of its rotation chain. Rate limits belong to
+-- the lineage, so a rotated key's old and new secrets share one budget.
+-- NULL means the key is the first of its chain (lineage = its own id).
+
+ALTER TABLE api_keys ADD COLUMN lineage_id INTEGER REFERENCES api_keys(id);

@@ -1,0 +1,230 @@
+//! A client connection's socket, watched: while no request is in flight, the next request's
+//! head must start within the keep-alive timeout (the header timeout on a new connection)
+//! and be complete within the header timeout of its first byte; past either the connection
+//! is closed. While a request is in flight (a slow backend, a long stream) nothing is timed
+//! here. Also gives the errors hyper answers by itself (a malformed request, headers or URI
+//! too long) the OpenAI-shaped body every other error has.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::ConnectionLimits;
+use crate::error::openai_error;
+
+/// Where a connection is between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No request in flight and no byte of the next one yet.
+    Idle,
+    /// The next request's head is arriving.
+    Head,
+    /// A request is in flight: nothing is timed here.
+    Busy,
+}
+
+pub struct Watched {
+    tcp: TcpStream,
+    /// Requests in flight on this connection (see `super::InFlight`).
+    requests: Arc<AtomicUsize>,
+    phase: Phase,
+    /// When the current phase times out (unused while busy).
+    deadline: Pin<Box<Sleep>>,
+    header: Duration,
+    keep_alive: Duration,
+    /// An error response of our own that replaces one of hyper's, still to be written.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl Watched {
+    pub fn new(tcp: TcpStream, requests: Arc<AtomicUsize>, limits: &ConnectionLimits) -> Watched {
+        Watched {
+            tcp,
+            requests,
+            // A new connection gets the header timeout to send its first request.
+            phase: Phase::Idle,
+            deadline: Box::pin(tokio::time::sleep(limits.header)),
+            header: limits.header,
+            keep_alive: limits.keep_alive,
+            replacing: None,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.requests.load(Ordering::Acquire) > 0
+    }
+
+    fn arm(&mut self, phase: Phase, after: Duration) {
+        self.phase = phase;
+        self.deadline.as_mut().reset(Instant::now() + after);
+    }
+
+    /// Writes what is left of a replacement response; ready once all is written.
+    fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.replacing {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+            if *written == bytes.len() {
+                self.replacing = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// hyper answers a request it cannot parse by itself, before any request reaches the
+    /// router, with an error status and an empty body without a content type. Every error
+    /// the router answers has a JSON body (`ops::shape_errors`), so such a head, written
+    /// while no request is in flight, is hyper's. Returns ours for it.
+    fn replacement(&self, head: &[u8]) -> Option<Vec<u8>> {
+        if self.busy() {
+            return None;
+        }
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+        if end + 4 != head.len() {
+            return None; // a body follows
+        }
+        let lower = head[..end].to_ascii_lowercase();
+        let has = |name: &[u8]| lower.windows(name.len()).any(|w| w == name);
+        if has(b"\r\ncontent-type:") || !has(b"\r\ncontent-length: 0") {
+            return None;
+        }
+        let code = head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+        let status = StatusCode::from_bytes(code).ok()?;
+        if !(status.is_client_error() || status.is_server_error()) {
+            return None;
+        }
+        Some(error_response(status, hyper_message(status)))
+    }
+}
+
+fn hyper_message(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        431 => "the request's headers are too large",
+        414 => "the request's URI is too long",
+        505 => "only HTTP/1.1 and HTTP/1.0 are served",
+        408 => "the request was not received in time",
+        _ => "the request is not valid HTTP",
+    }
+}
+
+/// A whole HTTP/1.1 error response with an OpenAI-shaped body; the connection closes after.
+pub fn error_response(status: StatusCode, message: &str) -> Vec<u8> {
+    let (kind, code) = match status.as_u16() {
+        503 => ("server_error", "service_unavailable"),
+        408 => ("invalid_request_error", "request_timeout"),
+        _ => ("invalid_request_error", "invalid_request"),
+    };
+    let body = openai_error(message, kind, code.into(), None).to_string();
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Closes a connection over `server.max_connections`, telling it why if the socket takes
+/// the answer at once (it is never waited for).
+pub fn refuse(tcp: TcpStream) {
+    let answer = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections to this gateway; retry shortly",
+    );
+    let _ = tcp.try_write(&answer);
+    drop(tcp);
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.busy() {
+            this.phase = Phase::Busy;
+        } else if this.phase == Phase::Busy {
+            let keep_alive = this.keep_alive;
+            this.arm(Phase::Idle, keep_alive);
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        match (&read, this.phase) {
+            (Poll::Ready(Ok(())), Phase::Idle) if buf.filled().len() > before => {
+                let header = this.header;
+                this.arm(Phase::Head, header);
+            }
+            (Poll::Pending, Phase::Idle | Phase::Head)
+                if this.deadline.as_mut().poll(cx).is_ready() =>
+            {
+                let what = if this.phase == Phase::Idle {
+                    "no request arrived on an idle connection in time"
+                } else {
+                    "the request head did not arrive in time"
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+            }
+            _ => {}
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_replacing(cx))?;
+        if let Some(ours) = self.replacement(buf) {
+            self.replacing = Some((ours, 0));
+            // hyper's bytes count as written; ours go out in their place.
+            let _ = self.poll_replacing(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_replacing(cx))?;
+        if let Some(first) = bufs.first()
+            && let Some(ours) = self.replacement(first)
+        {
+            self.replacing = Some((ours, 0));
+            let _ = self.poll_replacing(cx)?;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_replacing(cx))?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_replacing(cx))?;
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
