@@ -270,10 +270,8 @@ async fn huge_prompts_are_refused_without_tokenizing_and_estimated_off_the_runti
         )
         .await;
     assert_eq!(status, 200);
-    let refused = futures_util::future::join_all(
-        (0..4).map(|_| app.post(ROUTE, &chat(None, &huge, false, json!({})))),
-    )
-    .await;
+    let body = chat(None, &huge, false, json!({}));
+    let refused = futures_util::future::join_all((0..4).map(|_| app.post(ROUTE, &body))).await;
     for response in refused {
         assert_eq!(response.status(), 402);
     }

@@ -8,7 +8,6 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::ConnectionLimits;
+use super::{ConnectionLimits, Requests};
 use crate::error::openai_error;
 
 /// Where a connection is between requests.
@@ -34,7 +33,7 @@ enum Phase {
 pub struct Watched {
     tcp: TcpStream,
     /// Requests in flight on this connection (see `super::InFlight`).
-    requests: Arc<AtomicUsize>,
+    requests: Arc<Requests>,
     phase: Phase,
     /// When the current phase times out (unused while busy).
     deadline: Pin<Box<Sleep>>,
@@ -45,7 +44,7 @@ pub struct Watched {
 }
 
 impl Watched {
-    pub fn new(tcp: TcpStream, requests: Arc<AtomicUsize>, limits: &ConnectionLimits) -> Watched {
+    pub fn new(tcp: TcpStream, requests: Arc<Requests>, limits: &ConnectionLimits) -> Watched {
         Watched {
             tcp,
             requests,
@@ -59,7 +58,7 @@ impl Watched {
     }
 
     fn busy(&self) -> bool {
-        self.requests.load(Ordering::Acquire) > 0
+        self.requests.busy()
     }
 
     fn arm(&mut self, phase: Phase, after: Duration) {
@@ -153,6 +152,7 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.requests.reader.register(cx.waker());
         if this.busy() {
             this.phase = Phase::Busy;
         } else if this.phase == Phase::Busy {

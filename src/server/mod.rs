@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
+use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -124,7 +125,7 @@ impl Connection {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         self.metrics.client_connections.inc();
-        let requests = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Requests::default());
         let io = TokioIo::new(io::Watched::new(tcp, requests.clone(), &self.limits));
         let (router, limits) = (self.router, self.limits);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -163,19 +164,36 @@ fn finished(result: Result<(), hyper::Error>) {
     }
 }
 
+/// The requests in flight on one connection, shared by its socket and its service.
+#[derive(Default)]
+pub(crate) struct Requests {
+    in_flight: AtomicUsize,
+    /// The connection's reader, woken when the last request ends so that its idle timer
+    /// starts even if hyper was not about to read.
+    reader: AtomicWaker,
+}
+
+impl Requests {
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+}
+
 /// One request in flight on a connection, until dropped.
-pub(crate) struct InFlight(Arc<AtomicUsize>);
+pub(crate) struct InFlight(Arc<Requests>);
 
 impl InFlight {
-    fn start(requests: &Arc<AtomicUsize>) -> InFlight {
-        requests.fetch_add(1, Ordering::AcqRel);
+    fn start(requests: &Arc<Requests>) -> InFlight {
+        requests.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(requests.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 

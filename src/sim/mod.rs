@@ -91,6 +91,7 @@ pub fn router() -> Router {
         .route("/{profile}/embeddings", post(embeddings))
         .route("/{profile}/rerank", post(rerank))
         .route("/_sim/last", get(last))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20)) // long prompts, as real backends take
         .with_state(Arc::new(Seen::default()))
 }
 
