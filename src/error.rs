@@ -66,7 +66,17 @@ pub enum ApiError {
     Upstream { status: StatusCode, body: Value },
     /// 500: a bug or an unexpected failure; the cause is logged, the client sees a generic message.
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ApiError {
+    /// Money out of range is the one failure below that the client is told about.
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<crate::billing::money::Overflow>() {
+            Ok(overflow) => overflow.into(),
+            Err(e) => ApiError::Internal(e),
+        }
+    }
 }
 
 impl From<crate::billing::money::Overflow> for ApiError {

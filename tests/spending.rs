@@ -119,15 +119,166 @@ async fn two_hundred_parallel_requests_on_a_balance_for_ten_never_overspend() {
     );
     assert_eq!(view["held"], "0", "nothing held once all requests ended");
 
-    let (status, body) = {
+    // Spend the rest one request at a time: refused before the balance can go negative.
+    let mut total = admitted;
+    let (status, body) = loop {
         let r = send_modest(&app).await;
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        if r.status() != 200 {
+            break (r.status().as_u16(), r.json::<Value>().await.unwrap());
+        }
+        total += 1;
+        assert!(total <= 10, "the balance covers 10 requests: {total} admitted");
     };
-    if balance < dec("0.000252") {
-        assert_eq!(status, 402);
-        assert_eq!(body["error"]["type"], "insufficient_quota");
-        assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(status, 402);
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    let balance = dec(account(&app).await["balance"].as_str().unwrap());
+    // A hold is the prompt's byte bound (43) and 100 completion tokens.
+    let hold = (dec("43") * dec("0.0012") + dec("100") * dec("0.0024")) / dec("1000");
+    assert!(
+        balance >= Decimal::ZERO && balance < hold,
+        "refused only once one more hold could not be covered: {balance}"
+    );
+}
+
+/// A prepaid account with 0.1 CNY, 200 concurrent requests that set no `max_tokens` and
+/// whose backend answers far beyond any hold: the account never goes below −(one hold).
+async fn unbounded_answers_on_a_small_balance(knobs: Value) -> (TestApp, Decimal) {
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    let (status, _) = top_up(&app, "t-1", json!("0.1")).await;
+    assert_eq!(status, 201);
+    let body = chat(None, "hi", false, knobs);
+    let requests = (0..200).map(|_| {
+        app.client
+            .post(app.url(ROUTE))
+            .bearer_auth(&app.key)
+            .json(&body)
+            .send()
+    });
+    let responses = join_all(requests).await;
+    let mut admitted = Vec::new();
+    for response in responses {
+        let response = response.unwrap();
+        match response.status().as_u16() {
+            200 => admitted.push(app.record_of(&response).await),
+            402 => {}
+            other => panic!("unexpected {other}"),
+        }
     }
+    assert!(!admitted.is_empty());
+    // One hold: the prompt's byte bound and 4,096 completion tokens (the tokens the
+    // backend is told it may send) at 0.0012 and 0.0024 CNY per 1,000.
+    let hold = (dec("43") * dec("0.0012") + dec("4096") * dec("0.0024")) / dec("1000");
+    for record in &admitted {
+        assert_eq!(record.usage_source, "capped", "{record:?}");
+        assert!(record.cost <= hold, "billed {} > hold {hold}", record.cost);
+        assert!(record.error.as_deref().unwrap_or("").contains("spending hold"));
+    }
+    let view = account(&app).await;
+    let balance = dec(view["balance"].as_str().unwrap());
+    assert_eq!(balance, dec("0.1") - charges(&app).await);
+    assert!(balance >= -hold, "below minus one hold: {balance}");
+    assert!(balance >= Decimal::ZERO, "never below zero at all: {balance}");
+    assert_eq!(view["held"], "0");
+    (app, hold)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_far_beyond_their_hold_never_take_a_prepaid_account_below_one_hold() {
+    let (app, _) = unbounded_answers_on_a_small_balance(json!({"completion_tokens": 20000})).await;
+    let record = app.latest_record().await;
+    assert_eq!(record.completion_tokens, 4096, "billed what the hold covers");
+    assert_eq!(
+        app.upstream_saw().await["body"]["max_tokens"],
+        4096,
+        "the backend is told what the hold covers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_the_estimate_undercounts_never_takes_a_prepaid_account_below_one_hold() {
+    let knobs = json!({"prompt_tokens": 10000, "completion_tokens": 10});
+    let (app, _) = unbounded_answers_on_a_small_balance(knobs).await;
+    let record = app.latest_record().await;
+    assert!(record.prompt_tokens < 10000, "{record:?}");
+}
+
+#[tokio::test]
+async fn absurd_amounts_are_refused_naming_their_field_and_never_poison_the_gateway() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token(Role::Admin);
+    let max = "79228162514264337593543950335";
+    let (status, body) = app
+        .admin(
+            Method::PATCH,
+            "/admin/v1/accounts/1",
+            &admin,
+            Some(json!({"credit_limit": max})),
+        )
+        .await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("credit_limit")));
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/accounts",
+            &admin,
+            Some(json!({"name": "big", "credit_limit": "1000000000000.01"})),
+        )
+        .await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("credit_limit")));
+    for (i, amount) in [max, max, "1000000000001", "0.0000000000001"].iter().enumerate() {
+        let (status, body) = top_up(&app, &format!("big-{i}"), json!(amount)).await;
+        assert_eq!((status, &body["error"]["param"]), (400, &json!("amount")), "{amount}");
+    }
+    let (status, _) = top_up(&app, "fine", json!("1000000000000")).await;
+    assert_eq!(status, 201, "the largest top-up is accepted");
+    let response = send_modest(&app).await;
+    assert_eq!(response.status(), 200);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn amounts_beyond_range_from_older_data_fail_that_account_clearly_and_no_other() {
+    let app = TestApp::spawn().await;
+    // Written past the API's bounds, as a version without them could have.
+    let db = app.state.db();
+    tollgate::store::accounts::set_billing(
+        db,
+        1,
+        tollgate::store::accounts::BillingMode::Postpaid,
+        Some(Decimal::MAX),
+    )
+    .await
+    .unwrap();
+    for key in ["a", "b"] {
+        tollgate::store::accounts::top_up(db, 1, Decimal::MAX, key, "")
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        let response = send_modest(&app).await;
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("out of range"),
+            "{body}"
+        );
+    }
+    tollgate::store::accounts::create(db, "other").await.unwrap();
+    let other = helpers::issue_key(&app.state, "other", None).await;
+    let response = app
+        .client
+        .post(app.url(ROUTE))
+        .bearer_auth(&other.secret)
+        .json(&modest_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "other accounts are served");
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
 }
 
 #[tokio::test]
