@@ -268,3 +268,155 @@ async fn a_request_that_never_reaches_a_backend_gives_its_reservation_back() {
         "the refused requests' 900-token reservations came back"
     );
 }
+
+/// Issues a key with `limits`; returns its secret and id.
+async fn key_and_id(app: &TestApp, limits: Value) -> (String, i64) {
+    let mut body = json!({"account": "acme"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(limits.as_object().unwrap().clone());
+    let (status, issued) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/keys",
+            &app.admin_token(Role::Admin),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let id = issued["id"].as_i64().expect("the key's id");
+    (issued["key"].as_str().unwrap().to_string(), id)
+}
+
+/// How many of `n` requests sent one after another with `key` were admitted.
+async fn admitted_of(app: &TestApp, key: &str, n: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let response = app
+            .client
+            .post(app.url(ROUTE))
+            .bearer_auth(key)
+            .json(&chat(None, "hi", false, json!({})))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_tokens_near_u64_max_cannot_slip_past_the_token_limit() {
+    let app = TestApp::spawn().await;
+    let key = key_with(&app, json!({"tpm": 1000, "rpm": 1000})).await;
+    let mut body = chat(None, "hi", false, json!({"completion_tokens": 900}));
+    body["max_tokens"] = json!(18446744073709551615u64);
+    let requests = (0..20).map(|_| {
+        app.client
+            .post(app.url(ROUTE))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    });
+    let statuses: Vec<u16> = join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(admitted, 1, "only a full bucket admits a request beyond it: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 19);
+    for bad in [json!(-1), json!(1.5), json!("many")] {
+        let mut body = chat(None, "hi", false, json!({}));
+        body["max_tokens"] = bad.clone();
+        let response = app.post(ROUTE, &body).await;
+        assert_eq!(response.status(), 400, "max_tokens {bad}");
+    }
+    let mut body = chat(None, "hi", false, json!({}));
+    body["n"] = json!(1000);
+    let response = app.post(ROUTE, &body).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "n");
+}
+
+#[tokio::test]
+async fn a_rotated_key_and_a_changed_limit_keep_what_was_used() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token(Role::Admin);
+    let (old, id) = key_and_id(&app, json!({"rpm": 5})).await;
+    assert_eq!(admitted_of(&app, &old, 5).await, 5);
+    let (status, rotated) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/keys/{id}/rotate"),
+            &admin,
+            Some(json!({"grace_secs": 600})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rotated}");
+    let new = rotated["key"].as_str().unwrap().to_string();
+    let new_id = rotated["id"].as_i64().unwrap();
+    assert_eq!(admitted_of(&app, &new, 3).await, 0, "the new secret shares the budget");
+    assert_eq!(admitted_of(&app, &old, 3).await, 0, "and so does the old one");
+    let (status, _) = app
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/keys/{new_id}"),
+            &admin,
+            Some(json!({"rpm": 6})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(admitted_of(&app, &new, 6).await, 1, "5 of the new 6 were used");
+}
+
+#[tokio::test]
+async fn a_grace_period_beyond_a_year_is_refused() {
+    let app = TestApp::spawn().await;
+    let (_, id) = key_and_id(&app, json!({})).await;
+    for grace in [json!(1_000_000_000_000_000i64), json!(-1), json!(i64::MAX)] {
+        let (status, body) = app
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/keys/{id}/rotate"),
+                &app.admin_token(Role::Admin),
+                Some(json!({"grace_secs": grace})),
+            )
+            .await;
+        assert_eq!((status, &body["error"]["param"]), (400, &json!("grace_secs")), "{grace}");
+    }
+    assert_eq!(admitted_of(&app, &app.key, 1).await, 1, "still serving");
+}
+
+#[tokio::test]
+async fn reading_usage_has_its_own_limit_and_shows_only_the_callers_usage() {
+    let app = TestApp::spawn_with(|c| c.limits.usage_rpm = 3).await;
+    tollgate::store::accounts::create(app.state.db(), "other")
+        .await
+        .unwrap();
+    let other = helpers::issue_key(&app.state, "other", None).await.secret;
+    let (same_account, _) = key_and_id(&app, json!({})).await;
+    for (key, n) in [(&app.key, 2), (&other, 3), (&same_account, 4)] {
+        assert_eq!(admitted_of(&app, key, n).await, n);
+    }
+    let usage = |key: String| {
+        let request = app.client.get(app.url("/v1/usage")).bearer_auth(key);
+        async move { request.send().await.unwrap() }
+    };
+    for _ in 0..3 {
+        let response = usage(app.key.clone()).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["period"]["requests"], 2, "only this key's requests: {body}");
+    }
+    let refused = usage(app.key.clone()).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = usage(other.clone()).await.json().await.unwrap();
+    assert_eq!(body["period"]["requests"], 3, "another key's usage is its own");
+}
