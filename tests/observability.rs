@@ -428,3 +428,67 @@ async fn metrics_can_require_a_bearer_token() {
         .unwrap();
     assert_eq!(right.status(), 200);
 }
+
+#[tokio::test]
+async fn a_fresh_gateway_exports_every_fixed_series_at_zero() {
+    let app = TestApp::spawn().await;
+    let samples = parse(&scrape(&app).await);
+    for reason in tollgate::metrics::REJECTION_REASONS {
+        let series = samples.iter().find(|(n, labels, _)| {
+            n == "tollgate_rejected_requests_total"
+                && labels.get("reason").map(String::as_str) == Some(reason)
+        });
+        assert_eq!(series.map(|s| s.2), Some(0.0), "rejected {reason}");
+    }
+    for name in [
+        "tollgate_refused_connections_total",
+        "tollgate_client_connections",
+    ] {
+        assert!(samples.iter().any(|(n, _, _)| n == name), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn usage_beyond_belief_is_billed_as_estimated_and_breaks_no_aggregate() {
+    let app = TestApp::spawn().await;
+    let route = "/maas/megrez-7b-instruct/nvidia/chat/completions";
+    let mut ids = Vec::new();
+    for completion in [i64::MAX as u64, u64::MAX] {
+        let knobs = json!({"prompt_tokens": 5, "completion_tokens": completion});
+        let response = app.post(route, &chat(None, "hi", false, knobs)).await;
+        assert_eq!(response.status(), 200);
+        let record = app.record_of(&response).await;
+        assert_eq!(record.usage_source, "suspect");
+        assert!(record.completion_tokens < 1000, "{record:?}");
+        assert!(record.error.unwrap().contains(&completion.to_string()));
+        ids.push(record.request_id);
+    }
+    let admin = app.admin_token(tollgate::admin::Role::Admin);
+    let month = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%Y-%m");
+    for path in [
+        "/admin/v1/accounts".to_string(),
+        "/admin/v1/accounts/1".to_string(),
+        "/admin/v1/reports/cost?group_by=account".to_string(),
+        format!("/admin/v1/invoices?account=acme&period={month}"),
+    ] {
+        let (status, body) = app.admin(reqwest::Method::GET, &path, &admin, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let usage = app
+        .client
+        .get(app.url("/v1/usage"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(usage.status(), 200);
+    let samples = parse(&scrape(&app).await);
+    let suspect = value(
+        &samples,
+        "tollgate_usage_adjusted_total",
+        &[("chip", "nvidia"), ("reason", "suspect")],
+    );
+    assert_eq!(suspect, 2.0);
+}

@@ -68,7 +68,7 @@ impl Answer {
 
     fn usage(&self, completion: u64) -> Value {
         let mut usage = json!({"prompt_tokens": self.prompt, "completion_tokens": completion,
-            "total_tokens": self.prompt + completion});
+            "total_tokens": self.prompt.saturating_add(completion)});
         if self.cached > 0 {
             usage["prompt_tokens_details"] = json!({"cached_tokens": self.cached});
         }
