@@ -1,6 +1,9 @@
-//! For any usage: the sum of the records = the invoice's exact total, to the last decimal,
-//! and the invoice total = the sum of its lines rounded half-up to the fen. Prices carry up
-//! to 8 decimals and change mid-period; records sit on both sides of local midnight.
+//! For any usage of several accounts and keys: each account's records = its invoice's exact
+//! total, to the last decimal (and nobody else's records count), the accounts' invoices add
+//! up to the all-accounts report, and an invoice total = the sum of its lines rounded
+//! half-up to the fen. Prices carry up to 8 decimals and change mid-period; records sit on
+//! both sides of local midnight. Money inputs near every bound give clean errors, never a
+//! panic.
 
 mod helpers;
 
@@ -19,6 +22,8 @@ const ZONE: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
 
 #[derive(Debug, Clone)]
 struct Usage {
+    /// Which (account, key): see `TENANTS`.
+    tenant: usize,
     version: usize,
     prompt: u64,
     cached: u64,
@@ -28,8 +33,12 @@ struct Usage {
     when: usize,
 }
 
+/// (account index, key index) of each tenant: account 0 has two keys.
+const TENANTS: [(usize, usize); 4] = [(0, 0), (0, 1), (1, 2), (2, 3)];
+
 fn usage() -> impl Strategy<Value = Usage> {
     (
+        0usize..TENANTS.len(),
         0usize..4,
         0u64..200_000,
         0u64..100_000,
@@ -37,14 +46,17 @@ fn usage() -> impl Strategy<Value = Usage> {
         any::<bool>(),
         0usize..6,
     )
-        .prop_map(|(version, prompt, cached, completion, ok, when)| Usage {
-            version,
-            prompt,
-            cached: cached.min(prompt),
-            completion,
-            ok,
-            when,
-        })
+        .prop_map(
+            |(tenant, version, prompt, cached, completion, ok, when)| Usage {
+                tenant,
+                version,
+                prompt,
+                cached: cached.min(prompt),
+                completion,
+                ok,
+                when,
+            },
+        )
 }
 
 /// A price with up to 8 decimals, from an integer count of 1e-8 CNY.
@@ -80,6 +92,16 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
         account,
         key_id,
     } = helpers::bare_ledger(&dir).await;
+    let mut accounts = vec![account];
+    for name in ["beta", "gamma"] {
+        accounts.push(store::accounts::create(&db, name).await.unwrap());
+    }
+    let keys = [
+        key_id,
+        helpers::insert_key(&db, accounts[0].id).await,
+        helpers::insert_key(&db, accounts[1].id).await,
+        helpers::insert_key(&db, accounts[2].id).await,
+    ];
     // Two chips, each with a price change in the middle of November.
     let mid = ZONE
         .with_ymd_and_hms(2026, 11, 15, 12, 0, 0)
@@ -107,7 +129,7 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
     let book = PriceBook::new(versions.clone());
     let instants = instants();
     let (start, end) = Month::parse("2026-11").unwrap().bounds(ZONE);
-    let mut expected = Decimal::ZERO;
+    let mut expected = [Decimal::ZERO; 3];
     let mut records = Vec::new();
     for (n, u) in usages.iter().enumerate() {
         let version = &versions[u.version];
@@ -118,13 +140,14 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
         };
         let cost = cost_of(version, tokens, u.ok).unwrap();
         let started_at = instants[u.when];
+        let (account, key) = TENANTS[u.tenant];
         if started_at >= start && started_at < end {
-            expected += cost;
+            expected[account] += cost;
         }
         records.push(UsageRecord {
             request_id: format!("req_{n}"),
-            account_id: account.id,
-            key_id,
+            account_id: accounts[account].id,
+            key_id: keys[key],
             model: "m".into(),
             chip: version.entry.chip.clone(),
             deployment: None,
@@ -155,28 +178,36 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
         zone: ZONE,
         finalize_grace: Duration::zero(),
     };
-    let invoice = ledger
-        .draft(
-            &account,
-            Month::parse("2026-11").unwrap(),
-            InvoiceStatus::Draft,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        invoice.total_exact,
-        expected.normalize(),
-        "records = invoice, exactly"
-    );
-    let rounded: Decimal = invoice.lines.iter().map(|l| to_fen(l.amount_exact)).sum();
-    assert_eq!(invoice.total, rounded, "total = sum of rounded lines");
-    assert!(
-        invoice
-            .lines
-            .iter()
-            .all(|l| l.amount == to_fen(l.amount_exact))
-    );
-    assert_eq!(invoice.total.scale().max(2), 2, "the total is in fen");
+    let mut invoices_total = Decimal::ZERO;
+    for (account, expected) in accounts.iter().zip(expected) {
+        let invoice = ledger
+            .draft(
+                account,
+                Month::parse("2026-11").unwrap(),
+                InvoiceStatus::Draft,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            invoice.total_exact,
+            expected.normalize(),
+            "{}'s records = its invoice, exactly, and nobody else's",
+            account.name
+        );
+        let rounded: Decimal = invoice.lines.iter().map(|l| to_fen(l.amount_exact)).sum();
+        assert_eq!(invoice.total, rounded, "total = sum of rounded lines");
+        assert!(
+            invoice
+                .lines
+                .iter()
+                .all(|l| l.amount == to_fen(l.amount_exact))
+        );
+        assert_eq!(invoice.total.scale().max(2), 2, "the total is in fen");
+        invoices_total += invoice.total_exact;
+    }
+    let per_account = expected;
+    let expected: Decimal = expected.iter().sum();
+    assert_eq!(invoices_total.normalize(), expected.normalize());
 
     // The cost report over the same month, grouped every way at once, agrees too.
     let totals = store::usage::totals(
@@ -207,9 +238,24 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
     );
     assert_eq!(
         report.total,
-        to_fen(invoice.total_exact),
-        "report and invoice agree to the fen"
+        to_fen(invoices_total),
+        "the report and the accounts' invoices agree to the fen"
     );
+    // Grouped by account, each row is that account's records only.
+    let dims = Dimension::parse_list("account").unwrap();
+    let names = Names {
+        accounts: accounts.iter().map(|a| (a.id, a.name.clone())).collect(),
+        ..Names::default()
+    };
+    let by_account = report::build(&totals, &book, &names, ZONE, (start, end), dims).unwrap();
+    for row in &by_account.rows {
+        let i = accounts
+            .iter()
+            .position(|a| a.name == row.group[0])
+            .unwrap();
+        let own = per_account[i].normalize();
+        assert_eq!(row.cost_exact, own, "report row of {}", row.group[0]);
+    }
 }
 
 proptest! {
@@ -222,5 +268,111 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(check(prices, usages));
+    }
+}
+
+/// Any decimal, with the extremes drawn often.
+fn any_decimal() -> impl Strategy<Value = Decimal> {
+    prop_oneof![
+        Just(Decimal::MAX),
+        Just(Decimal::MIN),
+        Just(Decimal::ZERO),
+        Just(tollgate::billing::money::MAX_AMOUNT),
+        Just(tollgate::billing::money::MAX_PRICE),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>(),
+            0u32..=28
+        )
+            .prop_map(|(lo, mid, hi, negative, scale)| Decimal::from_parts(
+                lo, mid, hi, negative, scale
+            )),
+        price(),
+    ]
+}
+
+/// Any token count, with the extremes drawn often.
+fn any_count() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(u64::MAX),
+        Just(i64::MAX as u64),
+        Just(tollgate::config::MAX_REPORTED_TOKENS),
+        any::<u64>(),
+        0u64..1_000_000,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn money_inputs_near_every_bound_give_a_clean_error_never_a_panic(
+        amount in any_decimal(),
+        price in any_decimal(),
+        counts in (any_count(), any_count(), any_count()),
+        sums in (any::<i64>(), any::<i64>(), any::<i64>()),
+    ) {
+        use tollgate::billing::cost::worst_cost_of;
+        use tollgate::billing::money::{MAX_AMOUNT, MAX_PRICE, MAX_SCALE, check_amount, check_price};
+        use tollgate::billing::{PriceVersion, invoice};
+        use tollgate::config::MAX_REPORTED_TOKENS;
+
+        let within = |max: Decimal, v: Decimal| {
+            let not_negative = !v.is_sign_negative() || v.is_zero();
+            not_negative && v <= max && v.normalize().scale() <= MAX_SCALE
+        };
+        prop_assert_eq!(check_amount(amount, "amount").is_ok(), within(MAX_AMOUNT, amount));
+        prop_assert_eq!(check_price(price, "input_per_1k").is_ok(), within(MAX_PRICE, price));
+
+        let version = PriceVersion {
+            id: 1,
+            entry: PriceEntry {
+                model: "m".into(),
+                chip: "a".into(),
+                effective_from: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+                input_per_1k: price,
+                cached_input_per_1k: Some(amount),
+                output_per_1k: price,
+                per_request: price,
+            },
+        };
+        let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2 };
+        let cost = cost_of(&version, tokens, true);
+        let bounded = within(MAX_PRICE, price)
+            && within(MAX_PRICE, amount)
+            && tokens.prompt <= MAX_REPORTED_TOKENS
+            && tokens.completion <= MAX_REPORTED_TOKENS;
+        if bounded {
+            prop_assert!(cost.is_ok(), "bounded inputs always have a cost");
+            prop_assert!(worst_cost_of(&version, tokens).unwrap() >= cost.unwrap());
+        }
+        let capped = tokens.capped(TokenCounts { prompt: 10, completion: 10, cached: 0 });
+        prop_assert!(capped.prompt <= 10 && capped.completion <= 10 && capped.cached <= capped.prompt);
+
+        // Sums near i64::MAX, as a broken aggregate could hand them over.
+        let book = PriceBook::new(vec![version]);
+        let totals = vec![
+            store::usage::Totals {
+                account_id: 1,
+                key_id: 1,
+                model: "m".into(),
+                chip: "a".into(),
+                price_version_id: 1,
+                slot_ms: Some(0),
+                requests: sums.0,
+                ok_requests: sums.0,
+                prompt_tokens: sums.1,
+                cached_tokens: sums.2,
+                completion_tokens: sums.1,
+            };
+            3
+        ];
+        let _ = invoice::cost_of_sums(&totals, &book);
+        let _ = invoice::lines(&totals, &book);
+        let dims = Dimension::parse_list("account,day").unwrap();
+        let now = Utc::now();
+        let _ = report::build(&totals, &book, &Names::default(), ZONE, (now, now), dims);
     }
 }

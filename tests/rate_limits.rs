@@ -328,7 +328,10 @@ async fn a_max_tokens_near_u64_max_cannot_slip_past_the_token_limit() {
         .map(|r| r.unwrap().status().as_u16())
         .collect();
     let admitted = statuses.iter().filter(|&&s| s == 200).count();
-    assert_eq!(admitted, 1, "only a full bucket admits a request beyond it: {statuses:?}");
+    assert_eq!(
+        admitted, 1,
+        "only a full bucket admits a request beyond it: {statuses:?}"
+    );
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 19);
     for bad in [json!(-1), json!(1.5), json!("many")] {
         let mut body = chat(None, "hi", false, json!({}));
@@ -361,8 +364,16 @@ async fn a_rotated_key_and_a_changed_limit_keep_what_was_used() {
     assert_eq!(status, 201, "{rotated}");
     let new = rotated["key"].as_str().unwrap().to_string();
     let new_id = rotated["id"].as_i64().unwrap();
-    assert_eq!(admitted_of(&app, &new, 3).await, 0, "the new secret shares the budget");
-    assert_eq!(admitted_of(&app, &old, 3).await, 0, "and so does the old one");
+    assert_eq!(
+        admitted_of(&app, &new, 3).await,
+        0,
+        "the new secret shares the budget"
+    );
+    assert_eq!(
+        admitted_of(&app, &old, 3).await,
+        0,
+        "and so does the old one"
+    );
     let (status, _) = app
         .admin(
             Method::PATCH,
@@ -372,7 +383,11 @@ async fn a_rotated_key_and_a_changed_limit_keep_what_was_used() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(admitted_of(&app, &new, 6).await, 1, "5 of the new 6 were used");
+    assert_eq!(
+        admitted_of(&app, &new, 6).await,
+        1,
+        "5 of the new 6 were used"
+    );
 }
 
 #[tokio::test]
@@ -388,7 +403,11 @@ async fn a_grace_period_beyond_a_year_is_refused() {
                 Some(json!({"grace_secs": grace})),
             )
             .await;
-        assert_eq!((status, &body["error"]["param"]), (400, &json!("grace_secs")), "{grace}");
+        assert_eq!(
+            (status, &body["error"]["param"]),
+            (400, &json!("grace_secs")),
+            "{grace}"
+        );
     }
     assert_eq!(admitted_of(&app, &app.key, 1).await, 1, "still serving");
 }
@@ -412,11 +431,17 @@ async fn reading_usage_has_its_own_limit_and_shows_only_the_callers_usage() {
         let response = usage(app.key.clone()).await;
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["period"]["requests"], 2, "only this key's requests: {body}");
+        assert_eq!(
+            body["period"]["requests"], 2,
+            "only this key's requests: {body}"
+        );
     }
     let refused = usage(app.key.clone()).await;
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = usage(other.clone()).await.json().await.unwrap();
-    assert_eq!(body["period"]["requests"], 3, "another key's usage is its own");
+    assert_eq!(
+        body["period"]["requests"], 3,
+        "another key's usage is its own"
+    );
 }

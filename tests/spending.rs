@@ -127,7 +127,10 @@ async fn two_hundred_parallel_requests_on_a_balance_for_ten_never_overspend() {
             break (r.status().as_u16(), r.json::<Value>().await.unwrap());
         }
         total += 1;
-        assert!(total <= 10, "the balance covers 10 requests: {total} admitted");
+        assert!(
+            total <= 10,
+            "the balance covers 10 requests: {total} admitted"
+        );
     };
     assert_eq!(status, 402);
     assert_eq!(body["error"]["type"], "insufficient_quota");
@@ -173,13 +176,22 @@ async fn unbounded_answers_on_a_small_balance(knobs: Value) -> (TestApp, Decimal
     for record in &admitted {
         assert_eq!(record.usage_source, "capped", "{record:?}");
         assert!(record.cost <= hold, "billed {} > hold {hold}", record.cost);
-        assert!(record.error.as_deref().unwrap_or("").contains("spending hold"));
+        assert!(
+            record
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("spending hold")
+        );
     }
     let view = account(&app).await;
     let balance = dec(view["balance"].as_str().unwrap());
     assert_eq!(balance, dec("0.1") - charges(&app).await);
     assert!(balance >= -hold, "below minus one hold: {balance}");
-    assert!(balance >= Decimal::ZERO, "never below zero at all: {balance}");
+    assert!(
+        balance >= Decimal::ZERO,
+        "never below zero at all: {balance}"
+    );
     assert_eq!(view["held"], "0");
     (app, hold)
 }
@@ -188,7 +200,10 @@ async fn unbounded_answers_on_a_small_balance(knobs: Value) -> (TestApp, Decimal
 async fn answers_far_beyond_their_hold_never_take_a_prepaid_account_below_one_hold() {
     let (app, _) = unbounded_answers_on_a_small_balance(json!({"completion_tokens": 20000})).await;
     let record = app.latest_record().await;
-    assert_eq!(record.completion_tokens, 4096, "billed what the hold covers");
+    assert_eq!(
+        record.completion_tokens, 4096,
+        "billed what the hold covers"
+    );
     assert_eq!(
         app.upstream_saw().await["body"]["max_tokens"],
         4096,
@@ -217,7 +232,10 @@ async fn absurd_amounts_are_refused_naming_their_field_and_never_poison_the_gate
             Some(json!({"credit_limit": max})),
         )
         .await;
-    assert_eq!((status, &body["error"]["param"]), (400, &json!("credit_limit")));
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &json!("credit_limit"))
+    );
     let (status, body) = app
         .admin(
             Method::POST,
@@ -226,10 +244,20 @@ async fn absurd_amounts_are_refused_naming_their_field_and_never_poison_the_gate
             Some(json!({"name": "big", "credit_limit": "1000000000000.01"})),
         )
         .await;
-    assert_eq!((status, &body["error"]["param"]), (400, &json!("credit_limit")));
-    for (i, amount) in [max, max, "1000000000001", "0.0000000000001"].iter().enumerate() {
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &json!("credit_limit"))
+    );
+    for (i, amount) in [max, max, "1000000000001", "0.0000000000001"]
+        .iter()
+        .enumerate()
+    {
         let (status, body) = top_up(&app, &format!("big-{i}"), json!(amount)).await;
-        assert_eq!((status, &body["error"]["param"]), (400, &json!("amount")), "{amount}");
+        assert_eq!(
+            (status, &body["error"]["param"]),
+            (400, &json!("amount")),
+            "{amount}"
+        );
     }
     let (status, _) = top_up(&app, "fine", json!("1000000000000")).await;
     assert_eq!(status, 201, "the largest top-up is accepted");
@@ -262,11 +290,16 @@ async fn amounts_beyond_range_from_older_data_fail_that_account_clearly_and_no_o
         assert_eq!(response.status(), 503);
         let body: Value = response.json().await.unwrap();
         assert!(
-            body["error"]["message"].as_str().unwrap().contains("out of range"),
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("out of range"),
             "{body}"
         );
     }
-    tollgate::store::accounts::create(db, "other").await.unwrap();
+    tollgate::store::accounts::create(db, "other")
+        .await
+        .unwrap();
     let other = helpers::issue_key(&app.state, "other", None).await;
     let response = app
         .client

@@ -255,11 +255,22 @@ pub async fn bare_ledger(dir: &tempfile::TempDir) -> BareLedger {
     };
     let db = store::connect(&database).await.unwrap();
     let account = store::accounts::create(&db, "acme").await.unwrap();
+    let key_id = insert_key(&db, account.id).await;
+    BareLedger {
+        database,
+        db,
+        account,
+        key_id,
+    }
+}
+
+/// A new key of `account_id`, straight into the ledger; returns its id.
+pub async fn insert_key(db: &store::Db, account_id: i64) -> i64 {
     let secret = tollgate::auth::ApiKey::generate();
     let key = store::keys::insert(
-        &db,
+        db,
         store::keys::NewKey {
-            account_id: account.id,
+            account_id,
             name: "k",
             prefix: secret.prefix(),
             secret_hash: &secret.hash(),
@@ -269,12 +280,7 @@ pub async fn bare_ledger(dir: &tempfile::TempDir) -> BareLedger {
     )
     .await
     .unwrap();
-    BareLedger {
-        database,
-        db,
-        account,
-        key_id: key.id,
-    }
+    key.id
 }
 
 /// The `x-request-id` tollgate answered with.
