@@ -191,9 +191,24 @@ async fn load_until_killed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_under_load_never_lose_a_completed_response() {
+    random_sigkills_under_load("full").await;
+}
+
+/// `normal` skips the fdatasync and takes another path through the journal; the benchmark's
+/// goals are judged with it, so it must keep the same promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sigkills_under_load_never_lose_a_completed_response_with_synchronous_normal() {
+    random_sigkills_under_load("normal").await;
+}
+
+async fn random_sigkills_under_load(synchronous: &str) {
     let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[database]\n", &format!("[database]\nsynchronous = \"{synchronous}\"\n"));
+    assert!(text.contains(&format!("synchronous = \"{synchronous}\"")));
+    std::fs::write(&config, text).unwrap();
     cli(&config, &["accounts", "create", "acme"]);
     let key = cli(&config, &["keys", "create", "--account", "acme"]);
     let seed: u64 = rand::random();
@@ -243,7 +258,7 @@ async fn random_sigkills_under_load_never_lose_a_completed_response() {
         let record = store::usage::by_request_id(&db, id).await.unwrap();
         assert!(
             record.is_some(),
-            "seed {seed}: response {id} was received in full but has no record"
+            "{synchronous}, seed {seed}: response {id} was received in full but has no record"
         );
     }
     let records = store::usage::count(&db).await.unwrap();

@@ -92,7 +92,7 @@ async fn missing_malformed_unknown_expired_and_revoked_keys_get_distinct_401s() 
         assert!(!message.contains(key), "an error never repeats the key");
         messages.push(message);
     }
-    messages.dedup();
+    let messages: std::collections::BTreeSet<String> = messages.into_iter().collect();
     assert_eq!(
         messages.len(),
         4,
