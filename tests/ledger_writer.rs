@@ -248,6 +248,14 @@ async fn a_record_the_database_refuses_is_set_aside_and_the_others_are_imported(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_commits_what_was_queued_and_refuses_the_rest() {
     let f = fixture().await;
+    // Acknowledged before the shutdown began: these must be stored.
+    let mut acknowledged = Vec::new();
+    for n in 0..50 {
+        let r = record(&f.template, format!("req_a{n:02}"));
+        f.ledger.commit(r).await.unwrap();
+        acknowledged.push(format!("req_a{n:02}"));
+    }
+    // Racing the shutdown: each is stored if and only if it was acknowledged.
     let tasks: Vec<_> = (0..200)
         .map(|n| {
             let ledger = f.ledger.clone();
@@ -256,7 +264,7 @@ async fn shutdown_commits_what_was_queued_and_refuses_the_rest() {
         })
         .collect();
     f.writer.shutdown().await.unwrap();
-    let mut committed = Vec::new();
+    let mut committed = acknowledged.clone();
     for task in tasks {
         match task.await.unwrap() {
             (id, Ok(())) => committed.push(id),
@@ -265,7 +273,9 @@ async fn shutdown_commits_what_was_queued_and_refuses_the_rest() {
     }
     committed.sort();
     // Every record acknowledged is stored, and nothing that was refused.
-    assert_eq!(stored_ids(&f.db).await, committed);
+    let stored = stored_ids(&f.db).await;
+    assert_eq!(stored, committed);
+    assert!(acknowledged.iter().all(|id| stored.contains(id)));
     let late = record(&f.template, "late".into());
     assert!(matches!(
         f.ledger.commit(late).await,
