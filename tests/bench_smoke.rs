@@ -89,7 +89,10 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
     let nginx_installed = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .iter()
         .any(|p| std::path::Path::new(p).exists());
-    assert_eq!(has_nginx, nginx_installed, "nginx is measured when installed");
+    assert_eq!(
+        has_nginx, nginx_installed,
+        "nginx is measured when installed"
+    );
     assert_eq!(
         rows(&markdown, "Goals").len(),
         (3 + usize::from(has_nginx)) * gateways.len()

@@ -206,7 +206,10 @@ async fn random_sigkills_under_load(synchronous: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), sim);
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("[database]\n", &format!("[database]\nsynchronous = \"{synchronous}\"\n"));
+    let text = text.replace(
+        "[database]\n",
+        &format!("[database]\nsynchronous = \"{synchronous}\"\n"),
+    );
     assert!(text.contains(&format!("synchronous = \"{synchronous}\"")));
     std::fs::write(&config, text).unwrap();
     cli(&config, &["accounts", "create", "acme"]);
