@@ -384,3 +384,30 @@ async fn a_postpaid_credit_limit_stops_spending_and_no_limit_never_does() {
     let response = send_modest(&app).await;
     assert_eq!(response.status(), 200, "limit removed");
 }
+
+#[tokio::test]
+async fn a_stream_whose_running_usage_passes_its_hold_is_ended_as_if_by_max_tokens() {
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    let (status, _) = top_up(&app, "t-1", json!("1")).await;
+    assert_eq!(status, 201);
+    // 20,000 completion tokens over 50 chunks, each chunk carrying the running total.
+    let knobs = json!({"chunks": 50, "completion_tokens": 20000, "running_usage": true});
+    let response = app.post(ROUTE, &chat(None, "hi", true, knobs)).await;
+    assert_eq!(response.status(), 200);
+    let id = helpers::request_id(&response);
+    let text = response.text().await.unwrap();
+    let events = helpers::sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let finish: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "length", "{finish}");
+    let delivered = events.len() - 2;
+    assert!(delivered < 50, "stopped early: {delivered} chunks");
+    let record = app.record(&id).await;
+    assert_eq!(
+        record.completion_tokens, 4096,
+        "billed what the hold covers"
+    );
+    assert_eq!(record.usage_source, "capped");
+    assert_eq!(record.status, "ok");
+}

@@ -53,6 +53,10 @@ enum End {
     Broken(Status, String),
     /// The client left and draining ended (limit reached or policy `abort`).
     StoppedDraining,
+    /// The backend's running usage passed what the spending hold covers: the client gets
+    /// the answer so far, ended as if by `max_tokens` (`finish_reason: "length"`). Carries
+    /// the chunk that passed it, as a template for the closing one.
+    OverHold(Map<String, Value>),
 }
 
 struct Relay {
@@ -61,6 +65,8 @@ struct Relay {
     observed: Observed,
     /// Hide the usage-only chunk: tollgate asked for it, the client did not.
     strip_usage_chunk: bool,
+    /// Completion tokens the spending hold covers, if the account has a limit.
+    completion_cap: Option<u64>,
     /// `created` for chunks that lack one (bare-JSON chips put it on the last chunk only).
     created: i64,
     started: Instant,
@@ -87,6 +93,7 @@ pub async fn relay(
         events: Vec::new(),
         observed: Observed::default(),
         strip_usage_chunk: ex.request.injects_usage(&upstream),
+        completion_cap: ex.hold.map(|h| h.tokens.completion),
         created: chrono::Utc::now().timestamp(),
         started: ex.started,
         ttft: None,
@@ -184,6 +191,15 @@ pub async fn relay(
             (status, Some(message), Some(event))
         }
         End::StoppedDraining => (Status::ClientDisconnected, None, None),
+        End::OverHold(last) => {
+            let message =
+                "stopped: the answer passed the completion tokens the spending hold covers";
+            (
+                Status::Ok,
+                Some(message.to_string()),
+                Some(length_finish(last, relay.created)),
+            )
+        }
     };
     let status = if client_left {
         Status::ClientDisconnected
@@ -299,6 +315,11 @@ impl Relay {
                 return Some(End::InBand(error));
             }
             self.observed.observe(&chunk);
+            if let (Some(cap), Some(usage)) = (self.completion_cap, self.observed.usage)
+                && usage.completion > cap
+            {
+                return Some(End::OverHold(chunk));
+            }
             if self.client.is_none() {
                 self.drained_events += 1;
                 if self.drained_events > self.metering.drain_max_events {
@@ -383,6 +404,19 @@ fn normalise(chunk: &mut Map<String, Value>, created: i64) -> bool {
         }
     }
     changed
+}
+
+/// The end of an answer stopped at its hold: a last chunk like `last` with no content and
+/// `finish_reason: "length"` (what the SDKs show for `max_tokens`), then `[DONE]`.
+fn length_finish(mut last: Map<String, Value>, created: i64) -> Bytes {
+    last.remove("usage");
+    normalise(&mut last, created);
+    last.insert(
+        "choices".into(),
+        serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "length"}]),
+    );
+    let json = serde_json::to_string(&last).expect("a JSON map always serializes");
+    Bytes::from(format!("data: {json}\n\ndata: [DONE]\n\n"))
 }
 
 fn error_event(message: &str, kind: &str) -> Bytes {
