@@ -271,7 +271,14 @@ async fn huge_prompts_are_refused_without_tokenizing_and_estimated_off_the_runti
         .await;
     assert_eq!(status, 200);
     let body = chat(None, &huge, false, json!({}));
-    let refused = futures_util::future::join_all((0..4).map(|_| app.post(ROUTE, &body))).await;
+    // Tokenizing these four on the async workers took 6.5 s each: a liveness bound far
+    // above what the byte bound takes, and far below what tokenizing would.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all((0..4).map(|_| app.post(ROUTE, &body))),
+    )
+    .await
+    .expect("refusing never waits for a tokenizer");
     for response in refused {
         assert_eq!(response.status(), 402);
     }
@@ -290,8 +297,16 @@ async fn huge_prompts_are_refused_without_tokenizing_and_estimated_off_the_runti
     let big = futures_util::future::join_all((0..4).map(|_| app.post(ROUTE, &body)));
     let health = async {
         for _ in 0..10 {
-            let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+            // Liveness, not speed: blocked workers held /healthz for 13.8 s.
+            let r = tokio::time::timeout(
+                Duration::from_secs(3),
+                app.client.get(app.url("/healthz")).send(),
+            )
+            .await
+            .expect("the runtime answers while prompts are estimated")
+            .unwrap();
             assert_eq!(r.status(), 200);
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     let (responses, ()) = tokio::join!(big, health);
