@@ -98,7 +98,7 @@ impl ClientRequest {
             .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
             .unwrap_or(false);
         for name in ["max_tokens", "max_completion_tokens"] {
-            if let Some(limit) = request.count(name, 0)? {
+            if let Some(limit) = request.count(name, 1)? {
                 request.max_tokens = Some(limit.min(MAX_COMPLETION_TOKENS));
             }
         }
@@ -552,6 +552,7 @@ mod tests {
         assert_eq!(parse(r#"{"n":3}"#).unwrap().choices, 3);
         for bad in [
             r#"{"max_tokens":-1}"#,
+            r#"{"max_tokens":0}"#,
             r#"{"max_tokens":1.5}"#,
             r#"{"max_tokens":"100"}"#,
             r#"{"n":0}"#,
