@@ -255,21 +255,25 @@ async fn an_invoice_id_cut_inside_a_character_is_a_404_not_a_dropped_connection(
     assert_eq!(response.status(), 200);
 }
 
+async fn set_billing_mode(app: &TestApp, mode: &str) {
+    let (status, _) = app
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/accounts/1",
+            &app.admin_token(Role::Admin),
+            Some(json!({ "billing_mode": mode })),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_prompts_are_refused_without_tokenizing_and_estimated_off_the_runtime() {
     let app = TestApp::spawn_with(|c| c.server.max_request_bytes = 8 << 20).await;
     let huge = "a".repeat(4_100_000);
     // A prepaid account with nothing on it: refused at admission (402), which bounds the
     // prompt by its bytes and tokenizes nothing.
-    let (status, _) = app
-        .admin(
-            reqwest::Method::PATCH,
-            "/admin/v1/accounts/1",
-            &app.admin_token(Role::Admin),
-            Some(json!({"billing_mode": "prepaid"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    set_billing_mode(&app, "prepaid").await;
     let body = chat(None, &huge, false, json!({}));
     // Tokenizing these four on the async workers took 6.5 s each: a liveness bound far
     // above what the byte bound takes, and far below what tokenizing would.
@@ -284,15 +288,7 @@ async fn huge_prompts_are_refused_without_tokenizing_and_estimated_off_the_runti
     }
     // Postpaid again, and a backend that reports no usage: the estimate of 4 MB of prompt
     // runs on a blocking thread while the gateway answers others.
-    let (status, _) = app
-        .admin(
-            reqwest::Method::PATCH,
-            "/admin/v1/accounts/1",
-            &app.admin_token(Role::Admin),
-            Some(json!({"billing_mode": "postpaid"})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    set_billing_mode(&app, "postpaid").await;
     let body = chat(None, &huge, false, json!({"usage": false}));
     let big = futures_util::future::join_all((0..4).map(|_| app.post(ROUTE, &body)));
     let health = async {

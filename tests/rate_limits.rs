@@ -12,20 +12,7 @@ use tollgate::admin::Role;
 const ROUTE: &str = "/maas/megrez-7b-instruct/nvidia/chat/completions";
 
 async fn key_with(app: &TestApp, limits: Value) -> String {
-    let mut body = json!({"account": "acme"});
-    body.as_object_mut()
-        .unwrap()
-        .extend(limits.as_object().unwrap().clone());
-    let (status, issued) = app
-        .admin(
-            Method::POST,
-            "/admin/v1/keys",
-            &app.admin_token(Role::Admin),
-            Some(body),
-        )
-        .await;
-    assert_eq!(status, 201, "{issued}");
-    issued["key"].as_str().unwrap().to_string()
+    key_and_id(app, limits).await.0
 }
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {

@@ -61,6 +61,22 @@ async fn charges(app: &TestApp) -> Decimal {
     records.iter().map(|r| r.cost).sum()
 }
 
+/// 200 requests of `body` sent at once with the app's key.
+async fn two_hundred_at_once(app: &TestApp, body: &Value) -> Vec<reqwest::Response> {
+    let requests = (0..200).map(|_| {
+        app.client
+            .post(app.url(ROUTE))
+            .bearer_auth(&app.key)
+            .json(body)
+            .send()
+    });
+    join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// A request whose reported usage (2 prompt + 100 completion tokens) stays within what
 /// admission holds for it (estimated prompt + max_tokens 100).
 fn modest_request() -> Value {
@@ -85,19 +101,7 @@ async fn two_hundred_parallel_requests_on_a_balance_for_ten_never_overspend() {
     // One request costs (2 x 0.0012 + 100 x 0.0024) / 1000 = 0.0002424 CNY.
     let (status, _) = top_up(&app, "t-1", json!("0.002424")).await;
     assert_eq!(status, 201);
-    let body = modest_request();
-    let requests = (0..200).map(|_| {
-        app.client
-            .post(app.url(ROUTE))
-            .bearer_auth(&app.key)
-            .json(&body)
-            .send()
-    });
-    let responses: Vec<reqwest::Response> = join_all(requests)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let responses = two_hundred_at_once(&app, &modest_request()).await;
     let admitted = responses.iter().filter(|r| r.status() == 200).count();
     let refused: Vec<&reqwest::Response> = responses.iter().filter(|r| r.status() == 402).collect();
     assert_eq!(admitted + refused.len(), 200);
@@ -151,18 +155,9 @@ async fn unbounded_answers_on_a_small_balance(knobs: Value) -> (TestApp, Decimal
     set_billing(&app, json!({"billing_mode": "prepaid"})).await;
     let (status, _) = top_up(&app, "t-1", json!("0.1")).await;
     assert_eq!(status, 201);
-    let body = chat(None, "hi", false, knobs);
-    let requests = (0..200).map(|_| {
-        app.client
-            .post(app.url(ROUTE))
-            .bearer_auth(&app.key)
-            .json(&body)
-            .send()
-    });
-    let responses = join_all(requests).await;
+    let responses = two_hundred_at_once(&app, &chat(None, "hi", false, knobs)).await;
     let mut admitted = Vec::new();
     for response in responses {
-        let response = response.unwrap();
         match response.status().as_u16() {
             200 => admitted.push(app.record_of(&response).await),
             402 => {}
