@@ -1,6 +1,7 @@
 //! The client routes of DESIGN.md. Each handler authenticates, reads the body within the
 //! limit, picks the backends, and hands the request to an exchange.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -171,7 +172,7 @@ async fn proxy(
     };
     caller.check_model(&candidates[0].model)?;
     let admission = state.limits().admit(&caller, &request)?;
-    let hold = match hold_worst_case(&state, &caller, &request, &candidates[0], started_at).await {
+    let hold = match hold_worst_case(&state, &caller, &request, &candidates, started_at).await {
         Ok(hold) => hold,
         Err(e) => {
             state.limits().settle(&caller, &admission, 0);
@@ -215,7 +216,7 @@ async fn hold_worst_case(
     state: &AppState,
     caller: &Caller,
     request: &ClientRequest,
-    upstream: &Upstream,
+    candidates: &[Arc<Upstream>],
     at: chrono::DateTime<Utc>,
 ) -> Result<Option<Hold>, ApiError> {
     let prices = state.prices();
@@ -226,11 +227,18 @@ async fn hold_worst_case(
     {
         return Ok(None);
     }
-    let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) else {
+    // Priced at the dearest chip it may fail over to: the hold covers whichever serves.
+    let tokens = state.limits().worst_case(request);
+    let mut worst = None;
+    for upstream in candidates {
+        if let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) {
+            let cost = worst_cost_of(&price, tokens)?;
+            worst = Some(worst.map_or(cost, |w: rust_decimal::Decimal| w.max(cost)));
+        }
+    }
+    let Some(worst) = worst else {
         return Ok(None); // not served anyway: the exchange answers 503
     };
-    let tokens = state.limits().worst_case(request);
-    let worst = worst_cost_of(&price, tokens)?;
     spending
         .hold(state.db(), &prices, caller.account_id, worst, tokens)
         .await
