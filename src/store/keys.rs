@@ -67,8 +67,12 @@ fn from_row(row: sqlx::sqlite::SqliteRow) -> KeyRow {
         expires_at: row.get::<Option<i64>, _>("expires_at").map(from_ms),
         revoked_at: row.get::<Option<i64>, _>("revoked_at").map(from_ms),
         rotated_to: row.get("rotated_to"),
+        // Read leniently: a ledger an older version made (the benchmark's compared build)
+        // has no such column.
         lineage_id: row
-            .get::<Option<i64>, _>("lineage_id")
+            .try_get::<Option<i64>, _>("lineage_id")
+            .ok()
+            .flatten()
             .unwrap_or_else(|| row.get("id")),
         limits: KeyLimits {
             rpm: row.get::<Option<i64>, _>("rpm").map(|v| v as u32),

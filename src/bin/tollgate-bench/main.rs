@@ -229,8 +229,30 @@ async fn gateway(
         ),
     )?;
     let config = tollgate::Config::load(&config_path)?;
-    let ledger = store::connect(&config.database).await?;
-    let account = store::accounts::create(&ledger, "bench").await?;
+    let (ledger, account) = match build.label {
+        None => {
+            let ledger = store::connect(&config.database).await?;
+            let account = store::accounts::create(&ledger, "bench").await?;
+            (ledger, account)
+        }
+        Some(_) => {
+            // The compared build makes its ledger with its own schema (this build's
+            // migrations would be unknown to it, and it would refuse to start); the keys
+            // then go in without migrating.
+            let created = std::process::Command::new(build.binary)
+                .arg("--config")
+                .arg(&config_path)
+                .args(["accounts", "create", "bench"])
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(created.success(), "the compared build cannot create its ledger");
+            let ledger = sqlx::SqlitePool::connect(&config.database.url).await?;
+            let account = store::accounts::find_by_name(&ledger, "bench")
+                .await?
+                .context("the compared build's account")?;
+            (ledger, account)
+        }
+    };
     let mut secrets = Vec::with_capacity(keys + 1);
     let mut tx = ledger.begin().await?;
     for n in 0..=keys {
