@@ -102,10 +102,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::ops::count_rejections,
         ))
-        .merge(admin::router())
+        // axum's own rejections of paths and queries (admin ids, filters) are plain text:
+        // given the OpenAI shape there, off the client routes' hot path.
+        .merge(admin::router().layer(axum::middleware::map_response(crate::ops::shape_errors)))
         .merge(crate::ops::router())
         .fallback(handlers::not_found)
-        .layer(axum::middleware::map_response(crate::ops::shape_errors))
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
 }
 

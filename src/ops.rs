@@ -81,7 +81,7 @@ pub async fn count_rejections(State(state): State<AppState>, response: Response)
     response
 }
 
-/// Gives every error response the OpenAI shape: those axum answers by itself (405, an
+/// Gives every error response the OpenAI shape: those axum answers by itself (an
 /// extractor's rejection in plain text) keep their status and get a JSON body with their
 /// text as the message.
 pub async fn shape_errors(response: Response) -> Response {

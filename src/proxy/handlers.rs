@@ -8,7 +8,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -257,6 +257,17 @@ async fn models(State(state): State<AppState>, caller: Caller) -> Json<Value> {
         })
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// A known route asked with a method it does not take: OpenAI-shaped too.
+pub async fn method_not_allowed() -> Response {
+    let body = crate::error::openai_error(
+        "this route does not take this method",
+        "invalid_request_error",
+        "method_not_allowed".into(),
+        None,
+    );
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 /// Unknown routes get an OpenAI-shaped 404 too.

@@ -83,8 +83,8 @@ impl Watched {
 
     /// hyper answers a request it cannot parse by itself, before any request reaches the
     /// router, with an error status and an empty body without a content type. Every error
-    /// the router answers has a JSON body (`ops::shape_errors`), so such a head, written
-    /// while no request is in flight, is hyper's. Returns ours for it.
+    /// the router answers has a JSON body (`ApiError`, its fallbacks, `ops::shape_errors`),
+    /// so such a head, written while no request is in flight, is hyper's. Returns ours.
     fn replacement(&self, head: &[u8]) -> Option<Vec<u8>> {
         if self.busy() {
             return None;

@@ -136,7 +136,7 @@ impl Connection {
             let mut router = router.clone();
             async move {
                 let response = router.call(request).await?;
-                Ok::<_, Infallible>(response.map(|b| Body::new(body::Tracked::new(b, in_flight))))
+                Ok::<_, Infallible>(response.map(|b| body::Tracked::new(b, in_flight)))
             }
         });
         let mut http = hyper::server::conn::http1::Builder::new();

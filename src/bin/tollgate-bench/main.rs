@@ -245,7 +245,10 @@ async fn gateway(
                 .args(["accounts", "create", "bench"])
                 .stdout(std::process::Stdio::null())
                 .status()?;
-            anyhow::ensure!(created.success(), "the compared build cannot create its ledger");
+            anyhow::ensure!(
+                created.success(),
+                "the compared build cannot create its ledger"
+            );
             let ledger = sqlx::SqlitePool::connect(&config.database.url).await?;
             let account = store::accounts::find_by_name(&ledger, "bench")
                 .await?

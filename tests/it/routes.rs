@@ -1,6 +1,6 @@
 //! Every client route reaches the right backend, and every call leaves one exact record.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::{TestApp, chat, dec, expected_cost, refusing_upstream};
 use serde_json::{Value, json};

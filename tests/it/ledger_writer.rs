@@ -4,7 +4,7 @@
 //! was committed and refuses the rest; records left in either journal file are imported
 //! by the next process, once, and a reused journal ends where its cycle does.
 
-mod helpers;
+use crate::helpers;
 
 use std::sync::Arc;
 

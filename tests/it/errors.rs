@@ -1,7 +1,7 @@
 //! Bad input and failing backends get clear OpenAI-shaped errors, and nothing is billed
 //! for a request that produced no tokens.
 
-mod helpers;
+use crate::helpers;
 
 use chrono::{Duration, Utc};
 use helpers::{TestApp, chat, issue_key, refusing_upstream, request_id};

@@ -1,7 +1,7 @@
 //! Streams in every wire format reach the client as standard SSE, and every stream leaves
 //! one record, committed before the client sees `[DONE]`.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::{TestApp, chat, expected_cost, fixture, request_id, sse_data};
 use serde_json::{Value, json};

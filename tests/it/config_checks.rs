@@ -1,6 +1,6 @@
 //! Start-up refuses a configuration it cannot bill with, and says why.
 
-mod helpers;
+use crate::helpers;
 
 use tollgate::Application;
 use tollgate::config::Config;

@@ -1,6 +1,6 @@
 //! Finance fetches exact monthly invoices, as JSON or CSV; a finalized invoice never changes.
 
-mod helpers;
+use crate::helpers;
 
 use chrono::{Duration, Utc};
 use helpers::{TestApp, chat, dec};

@@ -2,7 +2,7 @@
 //! what they should not, and hostile requests. Every request that reached a backend keeps
 //! exactly one record, error text is never billed, and the gateway stays healthy.
 
-mod helpers;
+use crate::helpers;
 
 use std::time::Duration;
 

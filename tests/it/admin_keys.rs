@@ -1,7 +1,7 @@
 //! An operator runs the whole key lifecycle over REST, and every change applies to the very
 //! next request.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::{TestApp, chat};
 use reqwest::Method;

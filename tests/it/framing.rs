@@ -1,7 +1,7 @@
 //! The stream framer gives the same events however the network splits the bytes, and
 //! never panics on garbage.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::fixture;
 use proptest::prelude::*;

@@ -1,6 +1,6 @@
 //! Prices and invoices from the command line, against a running gateway.
 
-mod helpers;
+use crate::helpers;
 
 use std::time::Duration;
 

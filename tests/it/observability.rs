@@ -2,7 +2,7 @@
 //! metrics say exactly what happened, promtool accepts them and every dashboard query, and
 //! every metric a dashboard uses exists.
 
-mod helpers;
+use crate::helpers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

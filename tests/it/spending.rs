@@ -2,7 +2,7 @@
 //! concurrency, top-ups credit once per idempotency key, and balances are always top-ups
 //! minus the charges of the records.
 
-mod helpers;
+use crate::helpers;
 
 use futures_util::future::join_all;
 use helpers::{TestApp, chat, dec};

@@ -1,7 +1,7 @@
 //! Price versions are append-only: records keep the version they were priced with, and a
 //! recorded version can be neither edited nor (once used) deleted.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::{TestApp, chat, dec};
 use serde_json::json;

@@ -2,7 +2,7 @@
 //! on a chip that streams bare JSON. The SDK runs from the virtual environment that
 //! `scripts/test` prepares (`.venv`), or the interpreter named by `TOLLGATE_PYTHON`.
 
-mod helpers;
+use crate::helpers;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The admin API accepts only tokens it should: signature, exp, nbf, iss, aud, algorithm,
 //! required claims and role are all checked.
 
-mod helpers;
+use crate::helpers;
 
 use chrono::Utc;
 use helpers::{ADMIN_SECRET, TestApp};

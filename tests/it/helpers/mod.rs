@@ -1,6 +1,5 @@
 //! Boots the real gateway on port 0 in front of the simulator, with a fresh SQLite ledger,
 //! an account and a key, so tests read as what a client does and what the ledger says.
-#![allow(dead_code)] // each test binary uses its own part of the helpers
 
 pub mod binary;
 
@@ -23,8 +22,8 @@ pub struct TestApp {
     pub key: String,
     pub state: AppState,
     pub client: reqwest::Client,
-    pub db_path: PathBuf,
-    pub dir: tempfile::TempDir,
+    /// Holds the ledger's directory for as long as the app lives.
+    _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -50,7 +49,6 @@ impl TestApp {
         let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(sim, &dir);
-        let db_path = dir.path().join("ledger.db");
         tweak(&mut config);
         let app = Application::build(config)
             .await
@@ -75,8 +73,7 @@ impl TestApp {
             key,
             state,
             client: client(),
-            db_path,
-            dir,
+            _dir: dir,
             stop: Some(stop),
             running: Some(running),
         }

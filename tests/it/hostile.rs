@@ -3,7 +3,7 @@
 //! are refused with a 503 and counted; malformed HTTP, odd URLs and huge prompts get clear
 //! OpenAI-shaped errors and never take the gateway down.
 
-mod helpers;
+use crate::helpers;
 
 use std::time::{Duration, Instant};
 
@@ -202,6 +202,17 @@ async fn errors_hyper_and_axum_answer_by_themselves_are_openai_shaped() {
     assert_eq!(response.status(), 405);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    // axum's rejection of a path parameter, on an admin route.
+    let (status, body) = app
+        .admin(
+            reqwest::Method::GET,
+            "/admin/v1/accounts/not-a-number",
+            &app.admin_token(Role::Admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].is_string(), "{body}");
     // An admin body that is not the JSON asked for.
     let response = app
         .client

@@ -2,7 +2,7 @@
 //! the logs (at debug level), nor any response. And the CLI, from another process, revokes a
 //! key in front of a running gateway from the very next request on.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::binary::{cli, serve, write_config};
 use helpers::{chat, client};

@@ -1,6 +1,6 @@
 //! Finance reads cost reports grouped any way, as JSON, CSV or one self-contained HTML file.
 
-mod helpers;
+use crate::helpers;
 
 use helpers::{TestApp, chat, dec};
 use rust_decimal::Decimal;

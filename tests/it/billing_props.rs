@@ -5,7 +5,7 @@
 //! both sides of local midnight. Money inputs near every bound give clean errors, never a
 //! panic.
 
-mod helpers;
+use crate::helpers;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;

@@ -1,6 +1,6 @@
 //! The real binary, killed: every response a client received in full has its record, once.
 
-mod helpers;
+use crate::helpers;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Per-key limits hold exactly under concurrency and are reported in standard headers.
 
-mod helpers;
+use crate::helpers;
 
 use futures_util::future::join_all;
 use helpers::{TestApp, chat};

@@ -1,0 +1,27 @@
+//! The integration suite, one binary: each module boots the real gateway (or the real
+//! `tollgate` binary) against simulated backends on loopback, through `helpers`.
+
+mod helpers;
+
+mod admin_jwt;
+mod admin_keys;
+mod bench_smoke;
+mod billing_props;
+mod config_checks;
+mod durability;
+mod errors;
+mod faults;
+mod framing;
+mod hostile;
+mod invoices;
+mod key_secrecy;
+mod ledger_writer;
+mod observability;
+mod openai_sdk;
+mod price_ledger;
+mod prices_cli;
+mod rate_limits;
+mod reports;
+mod routes;
+mod spending;
+mod streaming;
