@@ -1,5 +1,5 @@
-//! The application: shared state, the router, and the build/run life cycle that tests use
-//! to boot the real gateway on port 0.
+//! The application at the top of the house: the router (the middleware order written down
+//! once) and the build/run life cycle that tests use to boot the real gateway on port 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +15,6 @@ use crate::admin::{self, AdminAuth};
 use crate::auth::cache::KeyCache;
 use crate::billing::{PriceBook, prices};
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::limits::spending::Spending;
 use crate::metering::{Ledger, LedgerWriter};
@@ -23,77 +22,9 @@ use crate::metrics::Metrics;
 use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
 use crate::server::{self, ConnectionLimits};
+use crate::state::{App, AppState};
 use crate::store::signal::ChangeSignal;
 use crate::store::{self, Db};
-
-pub struct App {
-    config: Config,
-    db: Db,
-    ledger: Ledger,
-    /// Swapped whole when `tollgate prices sync` (here or elsewhere) appends versions.
-    prices: RwLock<Arc<PriceBook>>,
-    prices_signal: ChangeSignal,
-    /// Moved by account changes made in other processes (CLI top-ups, billing settings).
-    accounts_signal: ChangeSignal,
-    upstreams: Upstreams,
-    keys: KeyCache,
-    limits: Limits,
-    spending: Spending,
-    metrics: Arc<Metrics>,
-    /// `None` when no admin key is configured: the admin API answers 503.
-    admin_auth: Option<AdminAuth>,
-    /// Exchanges run outside the connection that started them (so a client leaving cannot
-    /// cancel metering); shutdown waits for them here.
-    tasks: TaskTracker,
-}
-
-/// Cheap to clone; handed to every handler.
-#[derive(Clone)]
-pub struct AppState(Arc<App>);
-
-impl AppState {
-    pub fn config(&self) -> &Config {
-        &self.0.config
-    }
-    pub fn db(&self) -> &Db {
-        &self.0.db
-    }
-    pub fn ledger(&self) -> &Ledger {
-        &self.0.ledger
-    }
-
-    /// The database once every usage record committed so far is in it (see `Ledger::flush`):
-    /// what readers of usage read from.
-    pub async fn usage_db(&self) -> Result<&Db, ApiError> {
-        self.0.ledger.flush().await?;
-        Ok(&self.0.db)
-    }
-    /// The price book now; cheap (an `Arc` clone).
-    pub fn prices(&self) -> Arc<PriceBook> {
-        self.0.prices.read().clone()
-    }
-    pub fn upstreams(&self) -> &Upstreams {
-        &self.0.upstreams
-    }
-    pub fn tasks(&self) -> &TaskTracker {
-        &self.0.tasks
-    }
-    pub fn keys(&self) -> &KeyCache {
-        &self.0.keys
-    }
-    pub fn limits(&self) -> &Limits {
-        &self.0.limits
-    }
-    pub fn spending(&self) -> &Spending {
-        &self.0.spending
-    }
-    pub fn metrics(&self) -> &Metrics {
-        &self.0.metrics
-    }
-    pub fn admin_auth(&self) -> Option<&AdminAuth> {
-        self.0.admin_auth.as_ref()
-    }
-}
 
 /// The router with its fallback; the one place the route table is assembled.
 pub fn router(state: AppState) -> Router {
@@ -170,7 +101,7 @@ impl Application {
             upstreams,
             tasks: TaskTracker::new(),
         }));
-        spawn_maintenance(&state);
+        crate::state::spawn_maintenance(&state);
         Ok(Application {
             listener,
             state,
@@ -225,60 +156,6 @@ pub async fn sync_prices(config: &Config, db: &Db) -> anyhow::Result<usize> {
         ChangeSignal::for_database(&config.database.url, "prices").announce();
     }
     Ok(added)
-}
-
-/// Once a second: reloads the price book if another process synced prices, and account
-/// balances if another process changed accounts. Every 30 s:
-/// drops limiter state that a fresh limiter would have anyway, so memory stays bounded with
-/// many keys. Holds the state weakly: it ends with the application.
-fn spawn_maintenance(state: &AppState) {
-    let app = Arc::downgrade(&state.0);
-    tokio::spawn(async move {
-        let mut seen = app.upgrade().and_then(|a| a.prices_signal.stamp());
-        let mut accounts_seen = app.upgrade().and_then(|a| a.accounts_signal.stamp());
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        for n in 0u64.. {
-            tick.tick().await;
-            let Some(app) = app.upgrade() else { break };
-            let stamp = app.prices_signal.stamp();
-            if stamp != seen {
-                match store::prices::all(&app.db).await {
-                    Ok(versions) => {
-                        *app.prices.write() = Arc::new(PriceBook::new(versions));
-                        seen = stamp;
-                        tracing::info!("price book reloaded");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reload prices; keeping the current ones")
-                    }
-                }
-            }
-            let stamp = app.accounts_signal.stamp();
-            if stamp != accounts_seen {
-                let prices = app.prices.read().clone();
-                match app.spending.refresh(&app.db, &prices).await {
-                    Ok(()) => accounts_seen = stamp,
-                    Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),
-                }
-            }
-            if n % 30 == 29 {
-                app.limits.sweep();
-            }
-        }
-    });
-}
-
-/// Sets `TCP_NODELAY` on every accepted connection: without it a stream's first chunk can
-/// wait behind the response head for the client's delayed ACK.
-pub fn nodelay(
-    listener: TcpListener,
-) -> axum::serve::TapIo<TcpListener, impl FnMut(&mut tokio::net::TcpStream) + Send + 'static> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    })
 }
 
 /// Chooses ring as the TLS crypto provider for outbound HTTPS; must run before any HTTP

@@ -56,7 +56,7 @@ impl Default for BillingConfig {
 
 impl BillingConfig {
     pub fn zone(&self) -> chrono_tz::Tz {
-        crate::billing::period::parse_zone(&self.timezone).expect("validated at start-up")
+        parse_zone(&self.timezone).expect("validated at start-up")
     }
 }
 
@@ -181,15 +181,36 @@ impl ServerConfig {
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (created on first run).
     pub url: String,
-    /// SQLite `synchronous`: `full` survives power loss, `normal` survives process crashes.
-    pub synchronous: String,
+    /// SQLite `synchronous` (and the usage journal's): whether each commit waits for the disk.
+    pub synchronous: Synchronous,
+}
+
+/// Whether a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// Each commit waits for an `fdatasync`: survives power loss.
+    #[default]
+    Full,
+    /// Commits reach the operating system only: survives process crashes.
+    Normal,
+}
+
+impl Synchronous {
+    /// The SQLite pragma value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "sqlite://tollgate.db".into(),
-            synchronous: "full".into(),
+            synchronous: Synchronous::Full,
         }
     }
 }
@@ -445,10 +466,7 @@ impl Config {
                 self.database.url
             );
         }
-        if !matches!(self.database.synchronous.as_str(), "full" | "normal") {
-            bail!("database.synchronous must be 'full' or 'normal'");
-        }
-        crate::billing::period::parse_zone(&self.billing.timezone)?;
+        parse_zone(&self.billing.timezone)?;
         if self.limits.default_rpm == 0
             || self.limits.default_tpm == Some(0)
             || self.limits.usage_rpm == 0
@@ -539,6 +557,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An IANA timezone name, e.g. `Asia/Shanghai`.
+fn parse_zone(name: &str) -> anyhow::Result<chrono_tz::Tz> {
+    name.parse().map_err(|_| {
+        anyhow::anyhow!("billing.timezone: '{name}' is not an IANA timezone like Asia/Shanghai")
+    })
 }
 
 /// Model, chip and deployment names appear in URLs, SQL rows and metric labels.

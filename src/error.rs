@@ -85,12 +85,6 @@ impl From<crate::billing::money::Overflow> for ApiError {
     }
 }
 
-impl From<crate::metering::LedgerError> for ApiError {
-    fn from(e: crate::metering::LedgerError) -> Self {
-        ApiError::Unavailable(format!("usage cannot be read now: {e}"))
-    }
-}
-
 impl ApiError {
     pub fn invalid(message: impl Into<String>, param: &'static str) -> Self {
         ApiError::InvalidRequest {

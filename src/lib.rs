@@ -31,7 +31,9 @@ pub mod ops;
 pub mod proxy;
 pub mod server;
 pub mod sim;
+pub mod state;
 pub mod store;
 
-pub use app::{AppState, Application};
+pub use app::Application;
 pub use config::Config;
+pub use state::AppState;

@@ -41,44 +41,25 @@ pub struct PairMetrics {
     pub upstream_latency: Histogram,
 }
 
+/// Every metric, each with its help text (written once, where it is created in `new`).
 pub struct Metrics {
     registry: Registry,
-    /// Proxied requests by route, model, chip and final status (the record's status).
     pub requests: IntCounterVec,
-    /// Tokens by model, chip, kind (prompt, completion, cached) and source (reported, estimated).
     pub tokens: IntCounterVec,
-    /// Cost in CNY by model and chip (a float for graphs; invoices use the exact ledger).
     pub cost: CounterVec,
-    /// Whole request duration through the backend, by model and chip.
     pub request_duration: HistogramVec,
-    /// From sending a request to the backend to its response head, by model and chip.
     pub upstream_latency: HistogramVec,
-    /// Time to the first streamed chunk, by model and chip.
     pub time_to_first_token: HistogramVec,
-    /// Requests refused before reaching a backend, by reason.
     pub rejected: IntCounterVec,
-    /// Records whose reported usage was not billed as reported, by model, chip and reason:
-    /// `suspect` (beyond `metering.max_reported_tokens`: the estimate is billed) or `capped`
-    /// (beyond what the spending hold covers: the hold's tokens are billed).
     pub usage_adjusted: IntCounterVec,
-    /// Client connections open now.
     pub client_connections: IntGauge,
-    /// Client connections closed at once because `server.max_connections` were open.
     pub refused_connections: IntCounter,
-    /// Streams being relayed now.
     pub active_streams: IntGauge,
-    /// Records waiting for the ledger writer (sampled at scrape).
     pub ledger_queue_depth: IntGauge,
-    /// Records per ledger commit: per `fdatasync` of the usage journal with
-    /// `synchronous = "full"`, else one (each request appends its own).
     pub ledger_batch_size: Histogram,
-    /// Time to commit one ledger batch: the `fdatasync`, or (`normal`) the append.
     pub ledger_commit_seconds: Histogram,
-    /// Records per import from the journal into SQLite (one transaction).
     pub ledger_import_size: Histogram,
-    /// Time to import one batch into SQLite.
     pub ledger_import_seconds: Histogram,
-    /// API key lookups by result: hits, misses.
     pub key_cache: [IntCounter; 2],
 }
 

@@ -10,8 +10,8 @@ use axum::routing::get;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Admin, JsonBody};
-use crate::app::AppState;
 use crate::billing::money;
 use crate::billing::prices::Money;
 use crate::config::check_name;
 use crate::error::ApiError;
 use crate::limits::spending;
+use crate::state::AppState;
 use crate::store::accounts::{Account, BillingMode, Topup};
 use crate::store::{self, Db};
 

@@ -12,11 +12,11 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::{Admin, QueryParams, Viewer, accounts};
-use crate::app::AppState;
 use crate::billing::PriceBook;
 use crate::billing::invoice::{self, Invoice, InvoiceStatus};
 use crate::billing::period::Month;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::{self, Db};
 

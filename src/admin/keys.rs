@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Admin, JsonBody, QueryParams, accounts};
-use crate::app::AppState;
 use crate::auth::lifecycle::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

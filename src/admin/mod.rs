@@ -15,8 +15,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 pub use jwt::{AdminAuth, Claims, Role};
 
 pub fn router() -> Router<AppState> {

@@ -7,9 +7,9 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::Viewer;
-use crate::app::AppState;
 use crate::billing::{PriceBook, PriceVersion};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/v1/prices", get(list))

@@ -11,12 +11,12 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::{QueryParams, Viewer};
-use crate::app::AppState;
 use crate::billing::PriceBook;
 use crate::billing::period::Month;
 use crate::billing::report::{self, Dimension, Names, Report};
 use crate::billing::report_html;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::{self, Db};
 
 pub fn router() -> Router<AppState> {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{QueryParams, Viewer, accounts};
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store::{self, usage::UsageFilter};
 
 pub fn router() -> Router<AppState> {

@@ -1,5 +1,6 @@
 //! Who is calling: API key secrets (`keys`), their life cycle (`lifecycle`), the in-memory
-//! cache (`cache`) and the extractor that authenticates a request.
+//! cache (`cache`), and the check of a presented key (the HTTP extractor that calls it is
+//! `proxy::authenticate`).
 
 pub mod cache;
 pub mod keys;
@@ -7,16 +8,13 @@ pub mod lifecycle;
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use chrono::Utc;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::error::ApiError;
-use crate::store;
 use crate::store::keys::KeyState;
+use crate::store::{self, Db};
+use cache::KeyCache;
 pub use keys::ApiKey;
 
 /// An authenticated caller: the key's row (hash and metadata), never the secret.
@@ -55,43 +53,28 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::MissingKey)?
-            .to_str()
-            .map_err(|_| ApiError::InvalidKey("malformed Authorization header"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(ApiError::InvalidKey(
-                "malformed Authorization header: expected 'Bearer tg-...'",
-            ))?;
-        let key = ApiKey::parse(token.trim())?;
-        authenticate(state, &key).await
-    }
-}
-
-/// Looks the key up by its hash (cache first) and checks that it is live.
-pub async fn authenticate(state: &AppState, key: &ApiKey) -> Result<Caller, ApiError> {
+/// Looks the key up by its hash (cache first) and checks that it is live. Also says whether
+/// the cache had it.
+pub async fn authenticate(
+    keys: &KeyCache,
+    db: &Db,
+    key: &ApiKey,
+) -> Result<(Caller, bool), ApiError> {
     let hash = key.hash();
-    let (row, hit) = state.keys().lookup(state.db(), &hash).await?;
-    let [hits, misses] = &state.metrics().key_cache;
-    if hit { hits } else { misses }.inc();
+    let (row, hit) = keys.lookup(db, &hash).await?;
     let row = row
         .filter(|row| bool::from(row.secret_hash.as_slice().ct_eq(&hash)))
         .ok_or(ApiError::InvalidKey("invalid API key"))?;
     match row.state(Utc::now()) {
         KeyState::Revoked => Err(ApiError::InvalidKey("this API key has been revoked")),
         KeyState::Expired => Err(ApiError::InvalidKey("this API key has expired")),
-        KeyState::Active | KeyState::Rotating => Ok(Caller {
-            key_id: row.id,
-            account_id: row.account_id,
-            key: row,
-        }),
+        KeyState::Active | KeyState::Rotating => {
+            let caller = Caller {
+                key_id: row.id,
+                account_id: row.account_id,
+                key: row,
+            };
+            Ok((caller, hit))
+        }
     }
 }

@@ -1,9 +1,45 @@
-//! Exact cost of one request: integer token counts times decimal prices.
+//! Exact cost: integer quantities (tokens, requests) times decimal prices, by unit. The one
+//! formula that records, invoices, reports and balances all use.
 
 use rust_decimal::Decimal;
 
 use super::PriceVersion;
+use serde::{Deserialize, Serialize};
+
 use super::money::{Overflow, add, mul};
+
+/// What a line counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Prompt tokens not served from cache, priced per 1,000.
+    InputTokens,
+    /// Cached prompt tokens, priced per 1,000.
+    CachedInputTokens,
+    /// Completion tokens, priced per 1,000.
+    OutputTokens,
+    /// Completed requests, priced each.
+    Requests,
+}
+
+impl Unit {
+    /// How many units the unit price is for.
+    pub fn per(self) -> u32 {
+        match self {
+            Unit::Requests => 1,
+            _ => 1000,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::InputTokens => "input_tokens",
+            Unit::CachedInputTokens => "cached_input_tokens",
+            Unit::OutputTokens => "output_tokens",
+            Unit::Requests => "requests",
+        }
+    }
+}
 
 /// Money in CNY. Never negative, never a float.
 pub type Cost = Decimal;
@@ -36,29 +72,46 @@ impl TokenCounts {
     }
 }
 
+/// The billable quantities of usage, by unit: `cached` is part of `prompt` (never more).
+pub fn quantities(tokens: TokenCounts, requests: u64) -> [(Unit, u64); 4] {
+    let cached = tokens.cached.min(tokens.prompt);
+    [
+        (Unit::InputTokens, tokens.prompt - cached),
+        (Unit::CachedInputTokens, cached),
+        (Unit::OutputTokens, tokens.completion),
+        (Unit::Requests, requests),
+    ]
+}
+
+/// What `price` asks for one `unit.per()` of `unit`.
+pub fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
+    match unit {
+        Unit::InputTokens => price.entry.input_per_1k,
+        Unit::CachedInputTokens => price.cached_input_per_1k(),
+        Unit::OutputTokens => price.entry.output_per_1k,
+        Unit::Requests => price.entry.per_request,
+    }
+}
+
+/// The exact amount of `quantity` units at `price` per `per`: the one cost formula, for a
+/// record and for an invoice line alike.
+pub fn amount(quantity: u64, price: Decimal, per: u32) -> Result<Decimal, Overflow> {
+    Ok((mul(Decimal::from(quantity), price)? / Decimal::from(per)).normalize())
+}
+
 /// `charge_request` adds the per-request price; it is false for requests that failed.
 /// Checked: only prices and counts beyond the bounds of `money` and
-/// `metering::MAX_TOKENS_PER_RECORD` could overflow, and then this is an error.
+/// `config::MAX_REPORTED_TOKENS` could overflow, and then this is an error.
 pub fn cost_of(
     price: &PriceVersion,
     tokens: TokenCounts,
     charge_request: bool,
 ) -> Result<Cost, Overflow> {
-    let cached = tokens.cached.min(tokens.prompt);
-    let uncached = tokens.prompt - cached;
-    let per_token = add(
-        add(
-            mul(Decimal::from(uncached), price.entry.input_per_1k)?,
-            mul(Decimal::from(cached), price.cached_input_per_1k())?,
-        )?,
-        mul(Decimal::from(tokens.completion), price.entry.output_per_1k)?,
-    )?;
-    let per_request = if charge_request {
-        price.entry.per_request
-    } else {
-        Decimal::ZERO
-    };
-    Ok(add(per_token / Decimal::ONE_THOUSAND, per_request)?.normalize())
+    let mut cost = Decimal::ZERO;
+    for (unit, quantity) in quantities(tokens, u64::from(charge_request)) {
+        cost = add(cost, amount(quantity, unit_price(price, unit), unit.per())?)?;
+    }
+    Ok(cost.normalize())
 }
 
 /// The most `tokens` can cost at `price`, whichever of their prompt tokens turn out cached:

@@ -8,42 +8,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use super::money::{Overflow, add, mul};
-use super::{PriceBook, PriceVersion};
-use crate::store::usage::Totals;
-
-/// What a line counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unit {
-    /// Prompt tokens not served from cache, priced per 1,000.
-    InputTokens,
-    /// Cached prompt tokens, priced per 1,000.
-    CachedInputTokens,
-    /// Completion tokens, priced per 1,000.
-    OutputTokens,
-    /// Completed requests, priced each.
-    Requests,
-}
-
-impl Unit {
-    /// How many units the unit price is for.
-    pub fn per(self) -> u32 {
-        match self {
-            Unit::Requests => 1,
-            _ => 1000,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Unit::InputTokens => "input_tokens",
-            Unit::CachedInputTokens => "cached_input_tokens",
-            Unit::OutputTokens => "output_tokens",
-            Unit::Requests => "requests",
-        }
-    }
-}
+use super::cost::{self, Unit, amount, unit_price};
+use super::money::{Overflow, add};
+use super::{PriceBook, PriceVersion, TokenCounts, Totals};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
@@ -94,30 +61,15 @@ pub fn to_fen(amount: Decimal) -> Decimal {
     fen
 }
 
-/// The quantities of one price version's usage, by unit.
+/// The quantities of one price version's summed usage, by unit.
 fn quantities(t: &Totals) -> [(Unit, u64); 4] {
     let count = |n: i64| n.max(0).unsigned_abs();
-    let prompt = count(t.prompt_tokens);
-    let cached = count(t.cached_tokens).min(prompt);
-    [
-        (Unit::InputTokens, prompt - cached),
-        (Unit::CachedInputTokens, cached),
-        (Unit::OutputTokens, count(t.completion_tokens)),
-        (Unit::Requests, count(t.ok_requests)),
-    ]
-}
-
-fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
-    match unit {
-        Unit::InputTokens => price.entry.input_per_1k,
-        Unit::CachedInputTokens => price.cached_input_per_1k(),
-        Unit::OutputTokens => price.entry.output_per_1k,
-        Unit::Requests => price.entry.per_request,
-    }
-}
-
-fn amount(quantity: u64, price: Decimal, per: u32) -> Result<Decimal, Overflow> {
-    Ok((mul(Decimal::from(quantity), price)? / Decimal::from(per)).normalize())
+    let tokens = TokenCounts {
+        prompt: count(t.prompt_tokens),
+        completion: count(t.completion_tokens),
+        cached: count(t.cached_tokens),
+    };
+    cost::quantities(tokens, count(t.ok_requests))
 }
 
 /// Exact cost of summed usage: the same as the sum of its records' costs.

@@ -1,6 +1,7 @@
-//! Pure billing logic: price tables, the price book, exact cost, billing periods,
-//! invoices and cost reports. No I/O beyond reading
-//! price files; the price ledger itself lives in `store::prices`.
+//! Pure billing logic: price tables, the price book, exact cost, money bounds, billing
+//! periods, summed usage, invoices and cost reports. No I/O beyond reading price files and
+//! no import of the store: the price ledger and the sums live in `store`, which returns
+//! these types.
 
 pub mod cost;
 pub mod invoice;
@@ -9,6 +10,8 @@ pub mod period;
 pub mod prices;
 pub mod report;
 pub mod report_html;
+pub mod totals;
 
 pub use cost::{Cost, TokenCounts, cost_of};
 pub use prices::{PriceBook, PriceEntry, PriceVersion};
+pub use totals::Totals;

@@ -80,12 +80,6 @@ fn local_midnight(m: Month, zone: Tz) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-pub fn parse_zone(name: &str) -> anyhow::Result<Tz> {
-    name.parse::<Tz>().map_err(|_| {
-        anyhow::anyhow!("billing.timezone: '{name}' is not an IANA timezone like Asia/Shanghai")
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,9 +10,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::PriceBook;
+use super::Totals;
 use super::invoice::{cost_of_sums, csv_field, to_fen};
 use super::money::add;
-use crate::store::usage::Totals;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -13,7 +13,6 @@ use crate::auth::Caller;
 use crate::billing::TokenCounts;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
-use crate::proxy::request::ClientRequest;
 pub use requests::{RequestLimits, RequestQuota};
 pub use tokens::{TokenLimits, TokenQuota};
 
@@ -52,7 +51,8 @@ impl Limits {
     }
 
     /// Counts the request against the key's limits; 429 (with the headers) when over.
-    pub fn admit(&self, caller: &Caller, request: &ClientRequest) -> Result<Admission, ApiError> {
+    /// `worst` is the most the request can use (`ClientRequest::worst_case`).
+    pub fn admit(&self, caller: &Caller, worst: TokenCounts) -> Result<Admission, ApiError> {
         let requests = self.requests.check(caller.limit_id(), self.rpm(caller));
         if let Some(wait) = requests.retry_after {
             let mut headers = HeaderMap::new();
@@ -70,7 +70,6 @@ impl Limits {
                 tokens: None,
             });
         };
-        let worst = self.worst_case(request);
         let reserve = worst.prompt.saturating_add(worst.completion);
         let tokens = self.tokens.reserve(caller.limit_id(), tpm, reserve);
         if let Some(wait) = tokens.retry_after {
@@ -126,24 +125,6 @@ impl Limits {
         self.requests.sweep();
         self.tokens.sweep();
         self.usage_reads.sweep();
-    }
-
-    /// The most a request can use: the prompt's byte bound plus `max_tokens` (or the
-    /// configured cap when absent) for each of its `n` answers; no completion for embeddings
-    /// and rerank. Cheap: nothing is tokenized before admission.
-    pub fn worst_case(&self, request: &ClientRequest) -> TokenCounts {
-        let completion = match request.endpoint {
-            crate::config::Endpoint::Chat => request
-                .max_tokens
-                .unwrap_or(self.config.reserve_max_tokens)
-                .saturating_mul(request.choices),
-            _ => 0,
-        };
-        TokenCounts {
-            prompt: request.prompt_bound(),
-            completion,
-            cached: 0,
-        }
     }
 }
 

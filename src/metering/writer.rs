@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::record::UsageRecord;
-use crate::config::{DatabaseConfig, LedgerConfig};
+use crate::config::{DatabaseConfig, LedgerConfig, Synchronous};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::store::journal::{self, Journal, Line};
@@ -36,6 +36,12 @@ pub enum LedgerError {
     Stopped,
     #[error("the ledger could not be written: {0}")]
     Write(String),
+}
+
+impl From<LedgerError> for crate::error::ApiError {
+    fn from(e: LedgerError) -> Self {
+        crate::error::ApiError::Unavailable(format!("usage cannot be read now: {e}"))
+    }
 }
 
 /// A handle to the ledger; cheap to clone.
@@ -154,7 +160,7 @@ impl Ledger {
             sync_wanted: Notify::new(),
             import_wanted: Notify::new(),
             resolved,
-            sync: database.synchronous == "full",
+            sync: database.synchronous == Synchronous::Full,
             import_max: config.import_max,
             metrics,
         });

@@ -20,7 +20,6 @@ use super::observe::{self, Observed};
 use super::request::ClientRequest;
 use super::stream;
 use super::upstreams::Upstream;
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::billing::{PriceVersion, TokenCounts, cost_of};
 use crate::error::{ApiError, openai_error};
@@ -29,6 +28,7 @@ use crate::limits::spending::Hold;
 use crate::metering::LedgerError;
 use crate::metering::estimate;
 use crate::metering::record::{Status, UsageRecord, UsageSource};
+use crate::state::AppState;
 
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 

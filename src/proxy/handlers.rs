@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use chrono::Utc;
 use serde_json::{Value, json};
 
@@ -17,41 +17,41 @@ use super::exchange::{self, Exchange};
 use super::own_usage;
 use super::request::ClientRequest;
 use super::upstreams::Upstream;
-use crate::app::AppState;
 use crate::auth::Caller;
+use crate::billing::TokenCounts;
 use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
 use crate::error::ApiError;
 use crate::limits;
 use crate::limits::spending::Hold;
+use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/maas/{model}/{chip}/chat/completions", post(chat_on_chip))
-        .route("/maas/{model}/{chip}/embeddings", post(embeddings_on_chip))
-        .route("/maas/{model}/{chip}/rerank", post(rerank_on_chip))
+        .route(
+            "/maas/{model}/{chip}/chat/completions",
+            on_chip(Endpoint::Chat),
+        )
+        .route(
+            "/maas/{model}/{chip}/embeddings",
+            on_chip(Endpoint::Embeddings),
+        )
+        .route("/maas/{model}/{chip}/rerank", on_chip(Endpoint::Rerank))
         .route("/maas/{model}/{chip}/models", get(models))
         .route(
             "/maas/deployment/{id}/chat/completions",
             post(chat_on_deployment),
         )
-        .route("/maas/v1/chat/completions", post(chat))
-        .route("/v1/chat/completions", post(chat))
-        .route("/maas/v1/embeddings", post(embeddings))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/maas/v1/rerank", post(rerank))
-        .route("/v1/rerank", post(rerank))
+        .route("/maas/v1/chat/completions", by_policy(Endpoint::Chat))
+        .route("/v1/chat/completions", by_policy(Endpoint::Chat))
+        .route("/maas/v1/embeddings", by_policy(Endpoint::Embeddings))
+        .route("/v1/embeddings", by_policy(Endpoint::Embeddings))
+        .route("/maas/v1/rerank", by_policy(Endpoint::Rerank))
+        .route("/v1/rerank", by_policy(Endpoint::Rerank))
         .route("/maas/v1/models", get(models))
         .route("/v1/models", get(models))
         .route("/maas/v1/usage", get(own_usage::usage))
         .route("/v1/usage", get(own_usage::usage))
-}
-
-/// A route's kind, without its names (for the metric label).
-enum RouteKind {
-    Pair,
-    Policy,
-    Deployment,
 }
 
 /// Which backends a route allows.
@@ -64,52 +64,38 @@ enum Target {
     Deployment(String),
 }
 
-async fn chat_on_chip(
-    state: State<AppState>,
-    caller: Caller,
-    Path((model, chip)): Path<(String, String)>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    proxy(
-        state,
-        caller,
-        Endpoint::Chat,
-        Target::Pair(model, chip),
-        body,
-    )
-    .await
+impl Target {
+    /// The route's kind, without its names (the metric label).
+    fn route_label(&self, endpoint: Endpoint) -> &'static str {
+        match (self, endpoint) {
+            (_, Endpoint::Embeddings) => "embeddings",
+            (_, Endpoint::Rerank) => "rerank",
+            (Target::Pair(..), Endpoint::Chat) => "chat_mxn",
+            (Target::Policy, Endpoint::Chat) => "chat_model",
+            (Target::Deployment(_), Endpoint::Chat) => "chat_deployment",
+        }
+    }
 }
 
-async fn embeddings_on_chip(
-    state: State<AppState>,
-    caller: Caller,
-    Path((model, chip)): Path<(String, String)>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    proxy(
-        state,
-        caller,
-        Endpoint::Embeddings,
-        Target::Pair(model, chip),
-        body,
+/// `endpoint` of the model and chip the path names.
+fn on_chip(endpoint: Endpoint) -> MethodRouter<AppState> {
+    post(
+        move |state: State<AppState>,
+              caller: Caller,
+              Path((model, chip)): Path<(String, String)>,
+              body: Body| async move {
+            proxy(state, caller, endpoint, Target::Pair(model, chip), body).await
+        },
     )
-    .await
 }
 
-async fn rerank_on_chip(
-    state: State<AppState>,
-    caller: Caller,
-    Path((model, chip)): Path<(String, String)>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    proxy(
-        state,
-        caller,
-        Endpoint::Rerank,
-        Target::Pair(model, chip),
-        body,
+/// `endpoint` of the model the body names, on a chip its routing policy picks.
+fn by_policy(endpoint: Endpoint) -> MethodRouter<AppState> {
+    post(
+        move |state: State<AppState>, caller: Caller, body: Body| async move {
+            proxy(state, caller, endpoint, Target::Policy, body).await
+        },
     )
-    .await
 }
 
 async fn chat_on_deployment(
@@ -119,22 +105,6 @@ async fn chat_on_deployment(
     body: Body,
 ) -> Result<Response, ApiError> {
     proxy(state, caller, Endpoint::Chat, Target::Deployment(id), body).await
-}
-
-async fn chat(state: State<AppState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
-    proxy(state, caller, Endpoint::Chat, Target::Policy, body).await
-}
-
-async fn embeddings(
-    state: State<AppState>,
-    caller: Caller,
-    body: Body,
-) -> Result<Response, ApiError> {
-    proxy(state, caller, Endpoint::Embeddings, Target::Policy, body).await
-}
-
-async fn rerank(state: State<AppState>, caller: Caller, body: Body) -> Result<Response, ApiError> {
-    proxy(state, caller, Endpoint::Rerank, Target::Policy, body).await
 }
 
 async fn proxy(
@@ -149,11 +119,7 @@ async fn proxy(
     let limit = state.config().server.max_request_bytes;
     let request = ClientRequest::read(endpoint, body, limit).await?;
     let upstreams = state.upstreams();
-    let target_kind = match &target {
-        Target::Pair(..) => RouteKind::Pair,
-        Target::Policy => RouteKind::Policy,
-        Target::Deployment(_) => RouteKind::Deployment,
-    };
+    let route = target.route_label(endpoint);
     let candidates = match target {
         Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
         Target::Policy => {
@@ -171,20 +137,14 @@ async fn proxy(
         }
     };
     caller.check_model(&candidates[0].model)?;
-    let admission = state.limits().admit(&caller, &request)?;
-    let hold = match hold_worst_case(&state, &caller, &request, &candidates, started_at).await {
+    let worst = request.worst_case(state.config().limits.reserve_max_tokens);
+    let admission = state.limits().admit(&caller, worst)?;
+    let hold = match hold_worst_case(&state, &caller, worst, &candidates, started_at).await {
         Ok(hold) => hold,
         Err(e) => {
             state.limits().settle(&caller, &admission, 0);
             return Err(e);
         }
-    };
-    let route = match (&target_kind, endpoint) {
-        (_, Endpoint::Embeddings) => "embeddings",
-        (_, Endpoint::Rerank) => "rerank",
-        (RouteKind::Pair, Endpoint::Chat) => "chat_mxn",
-        (RouteKind::Policy, Endpoint::Chat) => "chat_model",
-        (RouteKind::Deployment, Endpoint::Chat) => "chat_deployment",
     };
     let exchange = Exchange {
         request_id: new_request_id(started_at),
@@ -215,7 +175,7 @@ fn new_request_id(at: chrono::DateTime<Utc>) -> String {
 async fn hold_worst_case(
     state: &AppState,
     caller: &Caller,
-    request: &ClientRequest,
+    tokens: TokenCounts,
     candidates: &[Arc<Upstream>],
     at: chrono::DateTime<Utc>,
 ) -> Result<Option<Hold>, ApiError> {
@@ -228,7 +188,6 @@ async fn hold_worst_case(
         return Ok(None);
     }
     // Priced at the dearest chip it may fail over to: the hold covers whichever serves.
-    let tokens = state.limits().worst_case(request);
     let mut worst = None;
     for upstream in candidates {
         if let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) {

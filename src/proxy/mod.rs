@@ -1,7 +1,9 @@
-//! The client-facing proxy: routes (`handlers`), choosing a backend (`upstreams`), the
+//! The client-facing proxy: routes (`handlers`) with their `Caller` (`authenticate`),
+//! choosing a backend (`upstreams`), the
 //! exchange with it (`exchange`, `stream`) over `client`, framing its stream (`framing`) and reading its
 //! usage (`observe`).
 
+mod authenticate;
 pub mod client;
 mod detach;
 pub mod exchange;

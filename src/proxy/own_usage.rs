@@ -7,11 +7,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::Caller;
 use crate::billing::invoice;
 use crate::billing::period::Month;
 use crate::error::ApiError;
+use crate::state::AppState;
 use crate::store;
 
 /// Limited per key (`limits.usage_rpm`): each read makes the ledger import first.
@@ -29,8 +29,9 @@ pub async fn usage(State(state): State<AppState>, caller: Caller) -> Result<Resp
     )
     .await?;
     let cost = invoice::cost_of_sums(&totals, &state.prices())?;
-    let sum =
-        |f: fn(&store::usage::Totals) -> i64| totals.iter().map(f).fold(0i64, i64::saturating_add);
+    let sum = |f: fn(&crate::billing::Totals) -> i64| {
+        totals.iter().map(f).fold(0i64, i64::saturating_add)
+    };
     let (requests, prompt) = (sum(|t| t.requests), sum(|t| t.prompt_tokens));
     let (cached, completion) = (sum(|t| t.cached_tokens), sum(|t| t.completion_tokens));
     let (rq, tq) = state.limits().peek(&caller);

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::upstreams::Upstream;
+use crate::billing::TokenCounts;
 use crate::config::{Endpoint, MAX_COMPLETION_TOKENS};
 use crate::error::ApiError;
 use crate::metering::estimate;
@@ -181,6 +182,24 @@ impl ClientRequest {
     /// spending holds reserve. See `bound_prompt`.
     pub fn prompt_bound(&self) -> u64 {
         self.prompt_bound
+    }
+
+    /// The most the request can use: the prompt's byte bound plus `max_tokens` (or
+    /// `reserve_max_tokens` when absent) for each of its `n` answers; no completion for
+    /// embeddings and rerank. Cheap: nothing is tokenized before admission.
+    pub fn worst_case(&self, reserve_max_tokens: u64) -> TokenCounts {
+        let completion = match self.endpoint {
+            Endpoint::Chat => self
+                .max_tokens
+                .unwrap_or(reserve_max_tokens)
+                .saturating_mul(self.choices),
+            _ => 0,
+        };
+        TokenCounts {
+            prompt: self.prompt_bound,
+            completion,
+            cached: 0,
+        }
     }
 
     /// The prompt, owned, for a tokenizer to count off the async workers.

@@ -17,10 +17,10 @@ use super::client::{UpstreamResponse, next_chunk_within};
 use super::exchange::{Exchange, Outcome, Served, commit, event_stream, finish};
 use super::framing::{Event, Framer};
 use super::observe::{self, Observed};
-use crate::app::AppState;
 use crate::config::{DisconnectPolicy, MeteringConfig};
 use crate::error::{ApiError, openai_error};
 use crate::metering::record::Status;
+use crate::state::AppState;
 
 /// Counts a stream in `tollgate_active_streams` for as long as it lives.
 struct ActiveStream(AppState);

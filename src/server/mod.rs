@@ -197,6 +197,20 @@ impl Drop for InFlight {
     }
 }
 
+/// Sets `TCP_NODELAY` on every connection an `axum::serve` accepts (the simulator's, the
+/// benchmark's pass-through; tollgate's own connections get it in `Connection::run`): without it a stream's first chunk can
+/// wait behind the response head for the client's delayed ACK.
+pub fn nodelay(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, impl FnMut(&mut tokio::net::TcpStream) + Send + 'static> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
+}
+
 /// Raises the soft limit of open files to the hard limit (many connections need many
 /// descriptors; the usual soft limit of 1,024 runs out first) and returns the limit now.
 fn raise_open_file_limit() -> u64 {

@@ -100,7 +100,7 @@ pub async fn spawn(addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task:
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(crate::app::nodelay(listener), router()).await {
+        if let Err(e) = axum::serve(crate::server::nodelay(listener), router()).await {
             tracing::error!(error = %e, "simulator stopped");
         }
     });

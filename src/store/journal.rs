@@ -24,7 +24,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::usage;
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, Synchronous};
 use crate::metering::record::UsageRecord;
 
 /// One locked journal file, owned by the ledger.
@@ -96,7 +96,7 @@ fn try_open(config: &DatabaseConfig) -> anyhow::Result<Option<[Journal; 2]>> {
     let Some(second) = try_lock(second)? else {
         return Ok(None);
     };
-    if config.synchronous == "full" {
+    if config.synchronous == Synchronous::Full {
         // The journals' directory entries must survive power loss as their records do.
         let dir = database.parent().filter(|d| !d.as_os_str().is_empty());
         File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;

@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, Synchronous};
 
 pub type Db = SqlitePool;
 
@@ -39,9 +39,9 @@ fn options(config: &DatabaseConfig) -> anyhow::Result<SqliteConnectOptions> {
 /// Opens (creating if needed) the database in WAL mode, applies pending migrations, and
 /// imports the usage journal if no running gateway holds it.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
-    let synchronous = match config.synchronous.as_str() {
-        "normal" => SqliteSynchronous::Normal,
-        _ => SqliteSynchronous::Full,
+    let synchronous = match config.synchronous {
+        Synchronous::Normal => SqliteSynchronous::Normal,
+        Synchronous::Full => SqliteSynchronous::Full,
     };
     let options = options(config)?
         .create_if_missing(true)
@@ -73,7 +73,7 @@ pub fn open_for_ledger_writer(config: &DatabaseConfig) -> anyhow::Result<rusqlit
     let conn = rusqlite::Connection::open_with_flags(&path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "synchronous", &config.synchronous)?;
+    conn.pragma_update(None, "synchronous", config.synchronous.as_str())?;
     conn.pragma_update(None, "foreign_keys", true)?;
     let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
     anyhow::ensure!(

@@ -6,6 +6,7 @@ use rust_decimal::Decimal;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Db, to_ms};
+use crate::billing::Totals;
 use crate::metering::record::UsageRecord;
 
 /// Records per multi-row `INSERT`: one statement execution opens the table and its three
@@ -233,26 +234,6 @@ pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> anyhow::Result<V
     query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
     let rows = query.build().fetch_all(db).await?;
     rows.iter().map(from_row).collect()
-}
-
-/// Sums of the records of one (account, key, model, chip, price version[, slot]): enough
-/// to price them exactly, since cost is linear in the token counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Totals {
-    pub account_id: i64,
-    pub key_id: i64,
-    pub model: String,
-    pub chip: String,
-    pub price_version_id: i64,
-    /// Start (ms) of the 15-minute UTC slot, when grouped by slot; every timezone's hours
-    /// and days are unions of such slots.
-    pub slot_ms: Option<i64>,
-    pub requests: i64,
-    /// Requests that completed (they carry the per-request price).
-    pub ok_requests: i64,
-    pub prompt_tokens: i64,
-    pub cached_tokens: i64,
-    pub completion_tokens: i64,
 }
 
 /// Whose records to sum.

@@ -354,7 +354,7 @@ proptest! {
         // Sums near i64::MAX, as a broken aggregate could hand them over.
         let book = PriceBook::new(vec![version]);
         let totals = vec![
-            store::usage::Totals {
+            tollgate::billing::Totals {
                 account_id: 1,
                 key_id: 1,
                 model: "m".into(),

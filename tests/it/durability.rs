@@ -19,7 +19,7 @@ use tollgate::{sim, store};
 async fn count_records(dir: &Path) -> i64 {
     let db = store::connect(&DatabaseConfig {
         url: format!("sqlite://{}", dir.join("ledger.db").display()),
-        synchronous: "full".into(),
+        synchronous: tollgate::config::Synchronous::Full,
     })
     .await
     .expect("the ledger opens cleanly after a kill");
@@ -248,7 +248,7 @@ async fn random_sigkills_under_load(synchronous: &str) {
     }
     let db = store::connect(&DatabaseConfig {
         url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
-        synchronous: "full".into(),
+        synchronous: tollgate::config::Synchronous::Full,
     })
     .await
     .unwrap();

@@ -42,7 +42,10 @@ async fn fixture_with(synchronous: &str) -> Fixture {
         account,
         key_id,
     } = helpers::bare_ledger(&dir).await;
-    database.synchronous = synchronous.into();
+    database.synchronous = match synchronous {
+        "normal" => tollgate::config::Synchronous::Normal,
+        _ => tollgate::config::Synchronous::Full,
+    };
     let price = PriceEntry {
         model: "m".into(),
         chip: "c".into(),

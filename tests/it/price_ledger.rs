@@ -37,7 +37,7 @@ async fn a_new_price_version_prices_new_requests_and_old_records_keep_theirs() {
     let dir = prices.path().to_path_buf();
     let database = tollgate::config::DatabaseConfig {
         url: format!("sqlite://{}", prices.path().join("ledger.db").display()),
-        synchronous: "full".into(),
+        synchronous: tollgate::config::Synchronous::Full,
     };
     let app = TestApp::spawn_with(|c| {
         c.pricing.dir = dir.clone();

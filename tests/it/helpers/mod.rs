@@ -248,7 +248,7 @@ pub struct BareLedger {
 pub async fn bare_ledger(dir: &tempfile::TempDir) -> BareLedger {
     let database = DatabaseConfig {
         url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
-        synchronous: "normal".into(),
+        synchronous: tollgate::config::Synchronous::Normal,
     };
     let db = store::connect(&database).await.unwrap();
     let account = store::accounts::create(&db, "acme").await.unwrap();

@@ -1,0 +1,22 @@
+//! Summed usage: what invoices, reports and balances are priced from. The store sums
+//! records into these; billing prices them.
+
+/// Sums of the records of one (account, key, model, chip, price version[, slot]): enough
+/// to price them exactly, since cost is linear in the token counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub account_id: i64,
+    pub key_id: i64,
+    pub model: String,
+    pub chip: String,
+    pub price_version_id: i64,
+    /// Start (ms) of the 15-minute UTC slot, when grouped by slot; every timezone's hours
+    /// and days are unions of such slots.
+    pub slot_ms: Option<i64>,
+    pub requests: i64,
+    /// Requests that completed (they carry the per-request price).
+    pub ok_requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+}

@@ -1,0 +1,131 @@
+//! The parts every request shares (`AppState`): configuration, ledger, price book,
+//! key cache, limits, spending, metrics, upstreams. Below every handler; the router that
+//! hands it to them is assembled in `app`.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::AdminAuth;
+use crate::auth::cache::KeyCache;
+use crate::billing::PriceBook;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::limits::Limits;
+use crate::limits::spending::Spending;
+use crate::metering::Ledger;
+use crate::metrics::Metrics;
+use crate::proxy::upstreams::Upstreams;
+use crate::store::signal::ChangeSignal;
+use crate::store::{self, Db};
+
+pub struct App {
+    pub(crate) config: Config,
+    pub(crate) db: Db,
+    pub(crate) ledger: Ledger,
+    /// Swapped whole when `tollgate prices sync` (here or elsewhere) appends versions.
+    pub(crate) prices: RwLock<Arc<PriceBook>>,
+    pub(crate) prices_signal: ChangeSignal,
+    /// Moved by account changes made in other processes (CLI top-ups, billing settings).
+    pub(crate) accounts_signal: ChangeSignal,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) keys: KeyCache,
+    pub(crate) limits: Limits,
+    pub(crate) spending: Spending,
+    pub(crate) metrics: Arc<Metrics>,
+    /// `None` when no admin key is configured: the admin API answers 503.
+    pub(crate) admin_auth: Option<AdminAuth>,
+    /// Exchanges run outside the connection that started them (so a client leaving cannot
+    /// cancel metering); shutdown waits for them here.
+    pub(crate) tasks: TaskTracker,
+}
+
+/// Cheap to clone; handed to every handler.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<App>);
+
+impl AppState {
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    pub fn db(&self) -> &Db {
+        &self.0.db
+    }
+    pub fn ledger(&self) -> &Ledger {
+        &self.0.ledger
+    }
+
+    /// The database once every usage record committed so far is in it (see `Ledger::flush`):
+    /// what readers of usage read from.
+    pub async fn usage_db(&self) -> Result<&Db, ApiError> {
+        self.0.ledger.flush().await?;
+        Ok(&self.0.db)
+    }
+    /// The price book now; cheap (an `Arc` clone).
+    pub fn prices(&self) -> Arc<PriceBook> {
+        self.0.prices.read().clone()
+    }
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.0.upstreams
+    }
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.0.tasks
+    }
+    pub fn keys(&self) -> &KeyCache {
+        &self.0.keys
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+    pub fn spending(&self) -> &Spending {
+        &self.0.spending
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+    pub fn admin_auth(&self) -> Option<&AdminAuth> {
+        self.0.admin_auth.as_ref()
+    }
+}
+
+/// Once a second: reloads the price book if another process synced prices, and account
+/// balances if another process changed accounts. Every 30 s:
+/// drops limiter state that a fresh limiter would have anyway, so memory stays bounded with
+/// many keys. Holds the state weakly: it ends with the application.
+pub(crate) fn spawn_maintenance(state: &AppState) {
+    let app = Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        let mut seen = app.upgrade().and_then(|a| a.prices_signal.stamp());
+        let mut accounts_seen = app.upgrade().and_then(|a| a.accounts_signal.stamp());
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        for n in 0u64.. {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            let stamp = app.prices_signal.stamp();
+            if stamp != seen {
+                match store::prices::all(&app.db).await {
+                    Ok(versions) => {
+                        *app.prices.write() = Arc::new(PriceBook::new(versions));
+                        seen = stamp;
+                        tracing::info!("price book reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload prices; keeping the current ones")
+                    }
+                }
+            }
+            let stamp = app.accounts_signal.stamp();
+            if stamp != accounts_seen {
+                let prices = app.prices.read().clone();
+                match app.spending.refresh(&app.db, &prices).await {
+                    Ok(()) => accounts_seen = stamp,
+                    Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),
+                }
+            }
+            if n % 30 == 29 {
+                app.limits.sweep();
+            }
+        }
+    });
+}
