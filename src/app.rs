@@ -11,10 +11,12 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminAuth};
+use crate::admin;
 use crate::auth::cache::KeyCache;
-use crate::billing::{PriceBook, prices};
+use crate::auth::jwt::AdminAuth;
+use crate::billing::PriceBook;
 use crate::config::Config;
+use crate::domain::prices;
 use crate::limits::Limits;
 use crate::limits::spending::Spending;
 use crate::metering::{Ledger, LedgerWriter};
@@ -23,8 +25,8 @@ use crate::proxy::handlers;
 use crate::proxy::upstreams::Upstreams;
 use crate::server::{self, ConnectionLimits};
 use crate::state::{App, AppState};
+use crate::store;
 use crate::store::signal::ChangeSignal;
-use crate::store::{self, Db};
 
 /// The router with its fallback; the one place the route table is assembled.
 pub fn router(state: AppState) -> Router {
@@ -55,7 +57,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         install_tls_provider();
         let db = store::connect(&config.database).await?;
-        sync_prices(&config, &db).await?;
+        prices::sync(&config, &db).await?;
         let book = PriceBook::new(store::prices::all(&db).await?);
         for up in &config.upstreams {
             if !book.covers(&up.model, &up.chip) {
@@ -145,44 +147,8 @@ impl Application {
     }
 }
 
-/// Reads the price tables, checks them against the upstreams, and appends new versions to
-/// the price ledger. Returns how many versions were added.
-pub async fn sync_prices(config: &Config, db: &Db) -> anyhow::Result<usize> {
-    let entries = prices::load_dir(&config.pricing.dir)?;
-    check_price_tables(config, &entries)?;
-    let added = store::prices::sync(db, &entries).await?;
-    if added > 0 {
-        tracing::info!(added, "new price versions recorded");
-        ChangeSignal::for_database(&config.database.url, "prices").announce();
-    }
-    Ok(added)
-}
-
 /// Chooses ring as the TLS crypto provider for outbound HTTPS; must run before any HTTP
 /// client is built. Harmless to call again.
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Every price must name a served model, and a chip of it (or `*`).
-fn check_price_tables(config: &Config, entries: &[prices::PriceEntry]) -> anyhow::Result<()> {
-    for e in entries {
-        let chips: Vec<&str> = config
-            .upstreams
-            .iter()
-            .filter(|u| u.model == e.model)
-            .map(|u| u.chip.as_str())
-            .collect();
-        if chips.is_empty() {
-            tracing::warn!(model = %e.model, "price table names a model no upstream serves");
-        } else if e.chip != "*" && !chips.contains(&e.chip.as_str()) {
-            bail!(
-                "pricing: unknown chip '{}' for model '{}' (configured chips: {})",
-                e.chip,
-                e.model,
-                chips.join(", ")
-            );
-        }
-    }
-    Ok(())
 }

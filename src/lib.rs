@@ -23,6 +23,7 @@ pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod limits;
 pub mod metering;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::AdminAuth;
 use crate::auth::cache::KeyCache;
+use crate::auth::jwt::AdminAuth;
 use crate::billing::PriceBook;
 use crate::config::Config;
 use crate::error::ApiError;

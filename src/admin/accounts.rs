@@ -13,6 +13,7 @@ use super::{Admin, JsonBody};
 use crate::billing::money;
 use crate::billing::prices::Money;
 use crate::config::check_name;
+use crate::domain::accounts;
 use crate::error::ApiError;
 use crate::limits::spending;
 use crate::state::AppState;
@@ -49,9 +50,10 @@ struct AccountView {
 async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiError> {
     let balance = spending::balance(state.usage_db().await?, &state.prices(), account.id).await?;
     let held = state.spending().held(account.id).normalize();
-    let available = account
-        .allowance()
-        .map(|a| (balance + a - held).normalize());
+    let available = match account.allowance() {
+        Some(a) => Some(money::sub(money::add(balance, a)?, held)?.normalize()),
+        None => None,
+    };
     Ok(AccountView {
         account,
         balance,
@@ -77,36 +79,11 @@ async fn create(
     check_name(&new.name).map_err(|e| ApiError::invalid(format!("name: {e}"), "name"))?;
     let credit_limit = new.credit_limit.map(|m| m.0);
     check_credit(credit_limit)?;
-    let account = create_account(state.db(), &new.name).await?;
+    let account = accounts::create(state.db(), &new.name).await?;
     let mode = new.billing_mode.unwrap_or(BillingMode::Postpaid);
     store::accounts::set_billing(state.db(), account.id, mode, credit_limit).await?;
     let account = get_account(state.db(), account.id).await?;
     Ok((StatusCode::CREATED, Json(view(&state, account).await?)))
-}
-
-/// Creates an account; 409 if the name is taken.
-pub async fn create_account(db: &Db, name: &str) -> Result<Account, ApiError> {
-    if store::accounts::find_by_name(db, name).await?.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "an account named '{name}' already exists"
-        )));
-    }
-    Ok(store::accounts::create(db, name).await?)
-}
-
-/// The account named `name`, or 404.
-pub async fn named(db: &Db, name: &str) -> Result<Account, ApiError> {
-    store::accounts::find_by_name(db, name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))
-}
-
-/// The id of the account named `name`, if a name is given.
-pub async fn id_of(db: &Db, name: Option<&str>) -> Result<Option<i64>, ApiError> {
-    match name {
-        Some(name) => Ok(Some(named(db, name).await?.id)),
-        None => Ok(None),
-    }
 }
 
 async fn get_account(db: &Db, id: i64) -> Result<Account, ApiError> {

@@ -8,8 +8,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Admin, JsonBody, QueryParams, accounts};
-use crate::auth::lifecycle::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
+use super::{Admin, JsonBody, QueryParams};
+use crate::domain::accounts;
+use crate::domain::keys::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -26,7 +27,7 @@ async fn create(
     _: Admin,
     JsonBody(request): JsonBody<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
-    let issued = lifecycle::issue(state.db(), state.keys(), request).await?;
+    let issued = keys::issue(state.db(), state.keys(), request).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -42,7 +43,7 @@ async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let account_id = accounts::id_of(state.db(), query.account.as_deref()).await?;
-    let data = lifecycle::list(state.usage_db().await?, account_id).await?;
+    let data = keys::list(state.usage_db().await?, account_id).await?;
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -51,8 +52,8 @@ async fn show(
     _: Admin,
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = lifecycle::get(state.db(), id).await?;
-    Ok(Json(lifecycle::view(state.usage_db().await?, row).await?))
+    let row = keys::get(state.db(), id).await?;
+    Ok(Json(keys::view(state.usage_db().await?, row).await?))
 }
 
 async fn update(
@@ -62,7 +63,7 @@ async fn update(
     JsonBody(patch): JsonBody<KeyPatch>,
 ) -> Result<Json<KeyView>, ApiError> {
     Ok(Json(
-        lifecycle::update(state.usage_db().await?, state.keys(), id, patch).await?,
+        keys::update(state.usage_db().await?, state.keys(), id, patch).await?,
     ))
 }
 
@@ -72,7 +73,7 @@ async fn revoke(
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
     Ok(Json(
-        lifecycle::revoke(state.usage_db().await?, state.keys(), id).await?,
+        keys::revoke(state.usage_db().await?, state.keys(), id).await?,
     ))
 }
 
@@ -89,11 +90,11 @@ async fn rotate(
     Path(id): Path<i64>,
     JsonBody(request): JsonBody<RotateRequest>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
-    let grace = lifecycle::grace(
+    let grace = keys::grace(
         request
             .grace_secs
             .unwrap_or(state.config().admin.rotation_grace_secs),
     )?;
-    let issued = lifecycle::rotate(state.db(), state.keys(), id, grace).await?;
+    let issued = keys::rotate(state.db(), state.keys(), id, grace).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }

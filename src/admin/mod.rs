@@ -3,7 +3,6 @@
 
 pub mod accounts;
 pub mod invoices;
-pub mod jwt;
 pub mod keys;
 pub mod prices;
 pub mod reports;
@@ -15,9 +14,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+pub use crate::auth::jwt::{AdminAuth, Claims, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
-pub use jwt::{AdminAuth, Claims, Role};
 
 pub fn router() -> Router<AppState> {
     Router::new()

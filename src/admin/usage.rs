@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{QueryParams, Viewer, accounts};
+use super::{QueryParams, Viewer};
+use crate::domain::accounts;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{self, usage::UsageFilter};

@@ -1,10 +1,10 @@
-//! Who is calling: API key secrets (`keys`), their life cycle (`lifecycle`), the in-memory
-//! cache (`cache`), and the check of a presented key (the HTTP extractor that calls it is
+//! Who is calling: API key secrets (`keys`), the in-memory
+//! cache (`cache`), admin tokens (`jwt`), and the check of a presented key (the HTTP extractor that calls it is
 //! `proxy::authenticate`).
 
 pub mod cache;
+pub mod jwt;
 pub mod keys;
-pub mod lifecycle;
 
 use std::sync::Arc;
 

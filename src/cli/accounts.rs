@@ -4,9 +4,9 @@ use chrono::{Duration, Utc};
 use clap::Subcommand;
 
 use crate::auth::cache::KeyCache;
-use crate::auth::lifecycle::{self, KeyPatch, KeyView, NewKeyRequest};
 use crate::billing::money;
 use crate::config::Config;
+use crate::domain::keys::{self, KeyPatch, KeyView, NewKeyRequest};
 use crate::store;
 use crate::store::accounts::{Account, BillingMode};
 use crate::store::keys::KeyLimits;
@@ -140,14 +140,14 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             if let Some(limit) = credit_limit {
                 money::check_amount(limit, "--credit-limit").map_err(anyhow::Error::msg)?;
             }
-            let account = crate::admin::accounts::create_account(&db, &name).await?;
+            let account = crate::domain::accounts::create(&db, &name).await?;
             let mode = if prepaid {
                 BillingMode::Prepaid
             } else {
                 BillingMode::Postpaid
             };
             store::accounts::set_billing(&db, account.id, mode, credit_limit).await?;
-            let account = crate::admin::accounts::named(&db, &name).await?;
+            let account = crate::domain::accounts::named(&db, &name).await?;
             emit(json, &account, || {
                 format!("account '{}' created (id {})", account.name, account.id)
             })
@@ -161,7 +161,7 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
         } => {
             anyhow::ensure!(amount > Decimal::ZERO, "--amount must be positive");
             money::check_amount(amount, "--amount").map_err(anyhow::Error::msg)?;
-            let account = crate::admin::accounts::named(&db, &name).await?;
+            let account = crate::domain::accounts::named(&db, &name).await?;
             let (topup, created) =
                 store::accounts::top_up(&db, account.id, amount, &idempotency_key, &note).await?;
             anyhow::ensure!(
@@ -186,7 +186,7 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             })
         }
         AccountsCommand::Show { name, json } => {
-            let account = crate::admin::accounts::named(&db, &name).await?;
+            let account = crate::domain::accounts::named(&db, &name).await?;
             emit(json, &account, || line(&account))
         }
     }
@@ -254,7 +254,7 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
                     allowed_models: patch.allowed_models.flatten(),
                 },
             };
-            let issued = lifecycle::issue(&db, &cache, request).await?;
+            let issued = keys::issue(&db, &cache, request).await?;
             if !json {
                 eprintln!(
                     "key {} issued for account '{account}'; it is shown only this once",
@@ -264,14 +264,14 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             emit(json, &issued, || issued.key.clone())
         }
         KeysCommand::List { account, json } => {
-            let account_id = crate::admin::accounts::id_of(&db, account.as_deref()).await?;
-            let views = lifecycle::list(&db, account_id).await?;
+            let account_id = crate::domain::accounts::id_of(&db, account.as_deref()).await?;
+            let views = keys::list(&db, account_id).await?;
             emit(json, &views, || {
                 views.iter().map(key_line).collect::<Vec<_>>().join("\n")
             })
         }
         KeysCommand::Show { id, json } => {
-            let view = lifecycle::view(&db, lifecycle::get(&db, id).await?).await?;
+            let view = keys::view(&db, keys::get(&db, id).await?).await?;
             emit(json, &view, || key_line(&view))
         }
         KeysCommand::Update {
@@ -280,11 +280,11 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             limits,
             json,
         } => {
-            let view = lifecycle::update(&db, &cache, id, limits.patch(name)?).await?;
+            let view = keys::update(&db, &cache, id, limits.patch(name)?).await?;
             emit(json, &view, || key_line(&view))
         }
         KeysCommand::Revoke { id, json } => {
-            let view = lifecycle::revoke(&db, &cache, id).await?;
+            let view = keys::revoke(&db, &cache, id).await?;
             emit(json, &view, || key_line(&view))
         }
         KeysCommand::Rotate {
@@ -292,8 +292,8 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             grace_secs,
             json,
         } => {
-            let grace = lifecycle::grace(grace_secs.unwrap_or(config.admin.rotation_grace_secs))?;
-            let issued = lifecycle::rotate(&db, &cache, id, grace).await?;
+            let grace = keys::grace(grace_secs.unwrap_or(config.admin.rotation_grace_secs))?;
+            let issued = keys::rotate(&db, &cache, id, grace).await?;
             if !json {
                 eprintln!(
                     "key {} replaces key {id}; the old secret works until {}",

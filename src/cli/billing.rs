@@ -53,7 +53,7 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
     let db = store::connect(&config.database).await?;
     match command {
         PricesCommand::Sync => {
-            let added = crate::app::sync_prices(config, &db).await?;
+            let added = crate::domain::prices::sync(config, &db).await?;
             println!("{added} new price version(s) recorded");
         }
         PricesCommand::List { json } => {
@@ -61,7 +61,7 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
             let book = PriceBook::new(versions.clone());
             let list: Vec<_> = versions
                 .iter()
-                .map(|v| crate::admin::prices::describe(v, &book))
+                .map(|v| crate::domain::prices::describe(v, &book))
                 .collect();
             emit(json, &list, || {
                 let line = |v: &serde_json::Value| {
@@ -91,7 +91,7 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
 }
 
 pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyhow::Result<()> {
-    use crate::admin::invoices::{Document, Ledger};
+    use crate::domain::invoices::{Document, Ledger};
     let db = store::connect(&config.database).await?;
     let prices = PriceBook::new(store::prices::all(&db).await?);
     let ledger = Ledger {
@@ -106,7 +106,7 @@ pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyho
             period,
             format,
         } => {
-            let account = crate::admin::accounts::named(&db, &account).await?;
+            let account = crate::domain::accounts::named(&db, &account).await?;
             let document = ledger.get(&account, Month::parse(&period)?).await?;
             match format {
                 FormatArg::Json => println!("{}", document.to_json()?),
@@ -114,7 +114,7 @@ pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyho
             }
         }
         InvoicesCommand::Finalize { account, period } => {
-            let account = crate::admin::accounts::named(&db, &account).await?;
+            let account = crate::domain::accounts::named(&db, &account).await?;
             println!(
                 "{}",
                 Document::Final(ledger.finalize(&account, Month::parse(&period)?).await?)

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::admin::{AdminAuth, Role};
+use crate::auth::jwt::{AdminAuth, Role};
 use crate::billing::PriceBook;
 use crate::config::Config;
 use crate::sim;
@@ -155,14 +155,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&cli.config)?;
             let db = store::connect(&config.database).await?;
             let prices = PriceBook::new(store::prices::all(&db).await?);
-            let request = crate::admin::reports::ReportRequest {
+            let request = crate::domain::reports::ReportRequest {
                 from: from.as_deref(),
                 to: to.as_deref(),
                 group_by: &group_by,
             };
             let report =
-                crate::admin::reports::build(&db, &prices, config.billing.zone(), request).await?;
-            print!("{}", crate::admin::reports::render(&report, &format)?.1);
+                crate::domain::reports::build(&db, &prices, config.billing.zone(), request).await?;
+            print!("{}", crate::domain::reports::render(&report, &format)?.1);
             Ok(())
         }
         Command::AdminToken { role, ttl, subject } => {

@@ -2,9 +2,9 @@
 
 use std::net::SocketAddr;
 
-use crate::admin::Role;
-use crate::auth::lifecycle::{self, NewKeyRequest};
+use crate::auth::jwt::Role;
 use crate::config::Config;
+use crate::domain::keys::{self, NewKeyRequest};
 use crate::store;
 use crate::{Application, sim};
 
@@ -39,9 +39,7 @@ pub(super) async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<(
         name: "demo".into(),
         ..Default::default()
     };
-    let key = lifecycle::issue(state.db(), state.keys(), request)
-        .await?
-        .key;
+    let key = keys::issue(state.db(), state.keys(), request).await?.key;
     let admin = match state.admin_auth() {
         Some(auth) => format!(
             "admin token (1 h): {}",

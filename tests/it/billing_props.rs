@@ -10,11 +10,11 @@ use crate::helpers;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
-use tollgate::admin::invoices::Ledger;
 use tollgate::billing::invoice::{InvoiceStatus, to_fen};
 use tollgate::billing::period::Month;
 use tollgate::billing::report::{self, Dimension, Names};
 use tollgate::billing::{PriceBook, PriceEntry, TokenCounts, cost_of};
+use tollgate::domain::invoices::Ledger;
 use tollgate::metering::record::{Status, UsageRecord, UsageSource};
 use tollgate::store;
 

@@ -7,7 +7,7 @@ use chrono::{Duration, Utc};
 use helpers::{TestApp, chat, issue_key, refusing_upstream, request_id};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tollgate::auth::lifecycle;
+use tollgate::domain::keys;
 
 /// Checks the OpenAI error shape and returns the body.
 async fn error_body(response: reqwest::Response, status: u16) -> Value {
@@ -69,7 +69,7 @@ async fn missing_malformed_unknown_expired_and_revoked_keys_get_distinct_401s() 
     let mut messages = vec![];
     let expired = issue_key(&app.state, "acme", Some(Utc::now() - Duration::days(1))).await;
     let revoked = issue_key(&app.state, "acme", None).await;
-    lifecycle::revoke(app.state.db(), app.state.keys(), revoked.id)
+    keys::revoke(app.state.db(), app.state.keys(), revoked.id)
         .await
         .unwrap();
     let unknown = tollgate::auth::ApiKey::generate();

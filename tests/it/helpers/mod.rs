@@ -11,8 +11,8 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tollgate::admin::Role;
-use tollgate::auth::lifecycle::{self, NewKeyRequest};
 use tollgate::config::{Config, DatabaseConfig, UpstreamConfig};
+use tollgate::domain::keys::{self, NewKeyRequest};
 use tollgate::store::usage::StoredRecord;
 use tollgate::{AppState, Application, cli, sim, store};
 
@@ -228,7 +228,7 @@ pub async fn issue_key(
         expires_at,
         ..Default::default()
     };
-    let issued = lifecycle::issue(state.db(), state.keys(), request)
+    let issued = keys::issue(state.db(), state.keys(), request)
         .await
         .unwrap();
     IssuedKey {

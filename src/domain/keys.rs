@@ -4,8 +4,8 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::ApiKey;
-use super::cache::KeyCache;
+use crate::auth::ApiKey;
+use crate::auth::cache::KeyCache;
 use crate::config::MAX_ROTATION_GRACE_SECS;
 use crate::error::ApiError;
 use crate::store::keys::{KeyLimits, KeyRow, KeyState, NewKey};
@@ -115,7 +115,7 @@ fn check_limits(limits: &KeyLimits) -> Result<(), ApiError> {
 
 pub async fn issue(db: &Db, cache: &KeyCache, request: NewKeyRequest) -> Result<Issued, ApiError> {
     check_limits(&request.limits)?;
-    let account = crate::admin::accounts::named(db, &request.account).await?;
+    let account = super::accounts::named(db, &request.account).await?;
     let secret = ApiKey::generate();
     let row = store::keys::insert(
         db,

@@ -1,0 +1,30 @@
+//! Accounts: opening one, and finding one by name.
+
+use crate::error::ApiError;
+use crate::store::accounts::Account;
+use crate::store::{self, Db};
+
+/// Creates an account; 409 if the name is taken.
+pub async fn create(db: &Db, name: &str) -> Result<Account, ApiError> {
+    if store::accounts::find_by_name(db, name).await?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "an account named '{name}' already exists"
+        )));
+    }
+    Ok(store::accounts::create(db, name).await?)
+}
+
+/// The account named `name`, or 404.
+pub async fn named(db: &Db, name: &str) -> Result<Account, ApiError> {
+    store::accounts::find_by_name(db, name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))
+}
+
+/// The id of the account named `name`, if a name is given.
+pub async fn id_of(db: &Db, name: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match name {
+        Some(name) => Ok(Some(named(db, name).await?.id)),
+        None => Ok(None),
+    }
+}

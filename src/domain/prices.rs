@@ -1,0 +1,61 @@
+//! Prices: the tables in `pricing/` appended to the price ledger, and versions described
+//! for listing.
+
+use anyhow::bail;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::billing::{PriceBook, PriceVersion, prices};
+use crate::config::Config;
+use crate::store::signal::ChangeSignal;
+use crate::store::{self, Db};
+
+/// Reads the price tables, checks them against the upstreams, and appends new versions to
+/// the price ledger. Returns how many versions were added.
+pub async fn sync(config: &Config, db: &Db) -> anyhow::Result<usize> {
+    let entries = prices::load_dir(&config.pricing.dir)?;
+    check_price_tables(config, &entries)?;
+    let added = store::prices::sync(db, &entries).await?;
+    if added > 0 {
+        tracing::info!(added, "new price versions recorded");
+        ChangeSignal::for_database(&config.database.url, "prices").announce();
+    }
+    Ok(added)
+}
+
+/// A version as listed: its prices, and whether it is the one in force now.
+pub fn describe(version: &PriceVersion, book: &PriceBook) -> Value {
+    let e = &version.entry;
+    let in_force = book
+        .in_force(&e.model, &e.chip, Utc::now())
+        .is_some_and(|v| v.id == version.id);
+    json!({
+        "id": version.id, "model": e.model, "chip": e.chip, "effective_from": e.effective_from,
+        "input_per_1k": e.input_per_1k, "cached_input_per_1k": version.cached_input_per_1k(),
+        "output_per_1k": e.output_per_1k, "per_request": e.per_request, "currency": "CNY",
+        "in_force": in_force,
+    })
+}
+
+/// Every price must name a served model, and a chip of it (or `*`).
+fn check_price_tables(config: &Config, entries: &[prices::PriceEntry]) -> anyhow::Result<()> {
+    for e in entries {
+        let chips: Vec<&str> = config
+            .upstreams
+            .iter()
+            .filter(|u| u.model == e.model)
+            .map(|u| u.chip.as_str())
+            .collect();
+        if chips.is_empty() {
+            tracing::warn!(model = %e.model, "price table names a model no upstream serves");
+        } else if e.chip != "*" && !chips.contains(&e.chip.as_str()) {
+            bail!(
+                "pricing: unknown chip '{}' for model '{}' (configured chips: {})",
+                e.chip,
+                e.model,
+                chips.join(", ")
+            );
+        }
+    }
+    Ok(())
+}

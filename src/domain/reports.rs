@@ -1,0 +1,102 @@
+//! Cost reports: usage and exact cost over a time range, grouped any way, rendered as
+//! JSON, CSV or a self-contained HTML page.
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use crate::billing::PriceBook;
+use crate::billing::period::Month;
+use crate::billing::report::{self, Dimension, Names, Report};
+use crate::billing::report_html;
+use crate::error::ApiError;
+use crate::store::{self, Db};
+
+/// `2026-11-03` (local midnight in the billing timezone) or an RFC 3339 instant.
+pub fn parse_instant(text: &str, zone: Tz, param: &'static str) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| {
+            zone.from_local_datetime(&d.and_hms_opt(0, 0, 0)?)
+                .earliest()
+        })
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                format!("'{text}' is neither a date (2026-11-03) nor an RFC 3339 time"),
+                param,
+            )
+        })
+}
+
+/// What a report request says; absent bounds mean the current billing month.
+pub struct ReportRequest<'a> {
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub group_by: &'a str,
+}
+
+pub async fn build(
+    db: &Db,
+    prices: &PriceBook,
+    zone: Tz,
+    request: ReportRequest<'_>,
+) -> Result<Report, ApiError> {
+    let (month_start, month_end) = Month::containing(Utc::now(), zone).bounds(zone);
+    let from = request
+        .from
+        .map(|f| parse_instant(f, zone, "from"))
+        .transpose()?
+        .unwrap_or(month_start);
+    let to = request
+        .to
+        .map(|t| parse_instant(t, zone, "to"))
+        .transpose()?
+        .unwrap_or(month_end);
+    if to <= from {
+        return Err(ApiError::invalid("'to' must be after 'from'", "to"));
+    }
+    let group_by =
+        Dimension::parse_list(request.group_by).map_err(|e| ApiError::invalid(e, "group_by"))?;
+    let totals = store::usage::totals(
+        db,
+        store::usage::Scope::All,
+        store::to_ms(from),
+        store::to_ms(to),
+        true,
+    )
+    .await?;
+    let mut names = Names::default();
+    for account in store::accounts::list(db).await? {
+        names.accounts.insert(account.id, account.name);
+    }
+    for key in store::keys::list(db, None).await? {
+        names.keys.insert(key.id, key.prefix);
+    }
+    Ok(report::build(
+        &totals,
+        prices,
+        &names,
+        zone,
+        (from, to),
+        group_by,
+    )?)
+}
+
+/// The report as `json`, `csv` or `html`: content type and body.
+pub fn render(report: &Report, format: &str) -> Result<(&'static str, String), ApiError> {
+    match format {
+        "json" => Ok((
+            "application/json",
+            serde_json::to_string(report).map_err(anyhow::Error::from)?,
+        )),
+        "csv" => Ok(("text/csv; charset=utf-8", report.to_csv())),
+        "html" => Ok(("text/html; charset=utf-8", report_html::render(report))),
+        other => Err(ApiError::invalid(
+            format!("format '{other}' is not json, csv or html"),
+            "format",
+        )),
+    }
+}
