@@ -22,11 +22,11 @@ use crate::limits::spending::Spending;
 use crate::metering::{Ledger, LedgerWriter};
 use crate::metrics::Metrics;
 use crate::proxy::handlers;
-use crate::proxy::upstreams::Upstreams;
 use crate::server::{self, ConnectionLimits};
 use crate::state::{App, AppState};
 use crate::store;
 use crate::store::signal::ChangeSignal;
+use crate::upstream::Upstreams;
 
 /// The router with its fallback; the one place the route table is assembled.
 pub fn router(state: AppState) -> Router {

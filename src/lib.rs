@@ -3,9 +3,9 @@
 //! A request's path through the crate:
 //! 1. `proxy::handlers` matches the route; `auth` turns the bearer key into a `Caller`
 //!    (through an in-memory cache), and `limits` admits it under its rpm and tpm.
-//! 2. `proxy::request` reads the body within its limit; `proxy::upstreams` orders the
+//! 2. `proxy::request` reads the body within its limit; `upstream` orders the
 //!    backends that may serve it (the M×N pair, a deployment, or the model's routing policy).
-//! 3. `proxy::exchange` runs the call (over `proxy::client` and its `pool`) so that the
+//! 3. `proxy::exchange` runs the call (over `upstream::client` and its `pool`) so that the
 //!    client cannot cancel it (`proxy::detach`): `proxy::stream` relays streams through
 //!    `proxy::framing`, and `proxy::observe` reads usage on the way.
 //! 4. `billing` prices the tokens exactly with the price version in force; `metering`
@@ -34,6 +34,7 @@ pub mod server;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod upstream;
 
 pub use app::Application;
 pub use config::Config;

@@ -10,7 +10,7 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::metering::record::{UsageRecord, UsageSource};
+use crate::billing::record::{UsageRecord, UsageSource};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,

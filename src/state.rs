@@ -16,9 +16,9 @@ use crate::limits::Limits;
 use crate::limits::spending::Spending;
 use crate::metering::Ledger;
 use crate::metrics::Metrics;
-use crate::proxy::upstreams::Upstreams;
 use crate::store::signal::ChangeSignal;
 use crate::store::{self, Db};
+use crate::upstream::Upstreams;
 
 pub struct App {
     pub(crate) config: Config,

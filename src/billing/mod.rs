@@ -1,5 +1,5 @@
 //! Pure billing logic: price tables, the price book, exact cost, money bounds, billing
-//! periods, summed usage, invoices and cost reports. No I/O beyond reading price files and
+//! periods, usage records and their sums, invoices and cost reports. No I/O beyond reading price files and
 //! no import of the store: the price ledger and the sums live in `store`, which returns
 //! these types.
 
@@ -8,6 +8,7 @@ pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod prices;
+pub mod record;
 pub mod report;
 pub mod report_html;
 pub mod totals;

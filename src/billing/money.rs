@@ -35,11 +35,7 @@ fn check(value: Decimal, max: Decimal, field: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A sum or product left the range of exact money: only reachable with data that bypassed
-/// the bounds above (e.g. written by an older version); reported, never a panic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("an amount of money is out of range; check the account's top-ups, limits and prices")]
-pub struct Overflow;
+pub use crate::error::Overflow;
 
 /// `a + b`, or `Overflow`.
 pub fn add(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {

@@ -1,7 +1,7 @@
-//! Usage records, token estimates, and the batching durable writer that commits them.
+//! Metering: token estimates, and the batching durable writer that commits usage records
+//! (`billing::record`) to the journal and the ledger.
 
 pub mod estimate;
-pub mod record;
 pub mod writer;
 
 pub use writer::{Ledger, LedgerError, LedgerWriter};

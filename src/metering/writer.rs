@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use super::record::UsageRecord;
+use crate::billing::record::UsageRecord;
 use crate::config::{DatabaseConfig, LedgerConfig, Synchronous};
 use crate::metrics::Metrics;
 use crate::store;

@@ -1,86 +1,26 @@
 //! One request's trip through a backend, run so that a client who leaves cannot cancel
 //! the metering (`detach`): connect (with fail-over), relay, record, respond.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use chrono::{DateTime, Utc};
 use http_body_util::Full;
-use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::client::{UpstreamResponse, next_chunk_within};
 use super::detach::Detachable;
 use super::observe::{self, Observed};
-use super::request::ClientRequest;
+use super::settle::{Exchange, Outcome, Served, finish};
 use super::stream;
-use super::upstreams::Upstream;
-use crate::auth::Caller;
-use crate::billing::{PriceVersion, TokenCounts, cost_of};
+use crate::billing::record::Status;
 use crate::error::{ApiError, openai_error};
-use crate::limits::Admission;
-use crate::limits::spending::Hold;
-use crate::metering::LedgerError;
-use crate::metering::estimate;
-use crate::metering::record::{Status, UsageRecord, UsageSource};
 use crate::state::AppState;
+use crate::upstream::Upstream;
+use crate::upstream::client::{UpstreamResponse, next_chunk_within};
 
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-
-/// Everything known about a request before it goes upstream.
-pub struct Exchange {
-    pub request_id: String,
-    /// Which kind of client route it came by (a metric label).
-    pub route: &'static str,
-    pub caller: Caller,
-    pub request: ClientRequest,
-    /// Backends to try, in order; later ones only if earlier ones refuse the connection.
-    pub candidates: Vec<Arc<Upstream>>,
-    pub started: Instant,
-    pub started_at: DateTime<Utc>,
-    /// What the limits granted; settled against the real usage at the end.
-    pub admission: Admission,
-    /// What the account's spending limit holds for this request; released at the end.
-    pub hold: Option<Hold>,
-}
-
-/// How a request ended, before it is priced.
-pub struct Outcome {
-    pub status: Status,
-    pub http_status: u16,
-    pub error: Option<String>,
-    pub observed: Observed,
-    pub ttft: Option<Duration>,
-}
-
-impl Outcome {
-    /// Whether the request produced anything billable: it completed, or text reached the
-    /// client.
-    pub fn produced(&self) -> bool {
-        self.status == Status::Ok || !self.observed.delivered_text.is_empty()
-    }
-
-    pub fn failed(status: Status, error: &ApiError) -> Outcome {
-        Outcome {
-            status,
-            http_status: error.status().as_u16(),
-            error: Some(error.to_string()),
-            observed: Observed::default(),
-            ttft: None,
-        }
-    }
-}
-
-/// The backend chosen for a request and the price it is billed at.
-pub struct Served {
-    pub upstream: Arc<Upstream>,
-    pub price: Arc<PriceVersion>,
-}
 
 /// Runs `exchange` so that the client cannot cancel it (`Detachable`) and returns the
 /// response head as soon as it is known; a stream's relay goes on in a task of its own.
@@ -256,204 +196,6 @@ async fn complete(
     finish(state, ex, served, outcome, response).await
 }
 
-/// Prices the outcome, settles the key's token reservation, and commits the record.
-pub(super) async fn commit(
-    state: &AppState,
-    ex: &Exchange,
-    served: &Served,
-    outcome: Outcome,
-) -> Result<(), LedgerError> {
-    let ttft = outcome.ttft;
-    let max_reported = state.config().metering.max_reported_tokens;
-    let estimate = ex.estimate_if_needed(&outcome, max_reported).await;
-    let record = ex.record(served, outcome, estimate, max_reported);
-    let duration = ex.started.elapsed();
-    let pair = served.upstream.metrics(state.metrics());
-    state
-        .metrics()
-        .observe(pair, ex.route, &record, duration, ttft);
-    let used = record
-        .tokens
-        .prompt
-        .saturating_add(record.tokens.completion);
-    state.limits().settle(&ex.caller, &ex.admission, used);
-    state
-        .spending()
-        .settle(ex.caller.account_id, ex.hold, record.cost);
-    let committed = state.ledger().commit(record).await;
-    if let Err(e) = &committed {
-        tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
-    }
-    committed
-}
-
-/// Commits the outcome's record, and only then lets `response` go. If the record cannot be
-/// written the client gets a 503 instead: nothing is served unbilled.
-pub(super) async fn finish(
-    state: &AppState,
-    ex: &Exchange,
-    served: &Served,
-    outcome: Outcome,
-    response: Response,
-) -> Response {
-    match commit(state, ex, served, outcome).await {
-        Ok(()) => response,
-        Err(_) => ApiError::Unavailable(
-            "the usage of this request could not be recorded; it was not billed".into(),
-        )
-        .into_response(),
-    }
-}
-
-impl Exchange {
-    /// Returns the key's token reservation and the account's spending hold unused, for a
-    /// request that ends without a record.
-    pub fn release(&self, state: &AppState) {
-        state.limits().settle(&self.caller, &self.admission, 0);
-        state
-            .spending()
-            .settle(self.caller.account_id, self.hold, Decimal::ZERO);
-    }
-
-    /// The `max_tokens` a backend is sent when the client set none: what the spending
-    /// hold covers per answer. `None` without a hold (nothing to protect) or off chat.
-    pub fn completion_limit(&self) -> Option<u64> {
-        let hold = self.hold?;
-        (self.request.endpoint == crate::config::Endpoint::Chat)
-            .then(|| hold.tokens.completion / self.request.choices.max(1))
-    }
-
-    /// tollgate's own count of the request's tokens, when the record will need it (no usage
-    /// reported, or usage beyond belief), counted on a blocking thread: tokenizing a long
-    /// prompt takes far longer than an async worker may be held.
-    pub async fn estimate_if_needed(
-        &self,
-        outcome: &Outcome,
-        max_reported: u64,
-    ) -> Option<TokenCounts> {
-        let needed = match outcome.observed.usage {
-            Some(usage) => is_suspect(usage, max_reported),
-            None => outcome.produced(),
-        };
-        if !needed {
-            return None;
-        }
-        let prompt = self.request.prompt();
-        let delivered = outcome.observed.delivered_text.clone();
-        let count = move || TokenCounts {
-            prompt: prompt.estimate(),
-            completion: estimate::count_text(&delivered),
-            cached: 0,
-        };
-        match tokio::task::spawn_blocking(count).await {
-            Ok(tokens) => Some(tokens),
-            Err(e) => {
-                tracing::error!(request_id = %self.request_id, error = %e, "token estimate failed");
-                Some(TokenCounts {
-                    prompt: self.request.prompt_bound(),
-                    completion: outcome.observed.delivered_text.len() as u64,
-                    cached: 0,
-                })
-            }
-        }
-    }
-
-    /// Prices an outcome into the ledger record. `estimate` is `estimate_if_needed`'s.
-    /// What is billed: the reported usage; the estimate when none was reported or the
-    /// reported one is beyond `max_reported`; and never more than the spending hold covers.
-    pub fn record(
-        &self,
-        served: &Served,
-        outcome: Outcome,
-        estimate: Option<TokenCounts>,
-        max_reported: u64,
-    ) -> UsageRecord {
-        let produced = outcome.produced();
-        let Outcome {
-            status,
-            http_status,
-            mut error,
-            observed,
-            ttft,
-        } = outcome;
-        let estimate = estimate.unwrap_or_default();
-        let (mut tokens, mut usage_source) = match observed.usage {
-            Some(tokens) if is_suspect(tokens, max_reported) => {
-                error.get_or_insert_with(|| {
-                    usage_note(
-                        "the backend reported",
-                        tokens,
-                        "more than one request can have",
-                    )
-                });
-                (estimate, UsageSource::Suspect)
-            }
-            Some(tokens) => (tokens, UsageSource::Reported),
-            None if produced => (estimate, UsageSource::Estimated),
-            None => (TokenCounts::default(), UsageSource::None),
-        };
-        if let Some(hold) = self.hold {
-            let capped = tokens.capped(hold.tokens);
-            if capped != tokens {
-                let who = match usage_source {
-                    UsageSource::Reported => "the backend reported",
-                    _ => "tollgate estimated",
-                };
-                error.get_or_insert_with(|| {
-                    usage_note(who, tokens, "more than the spending hold covers")
-                });
-                if usage_source == UsageSource::Reported {
-                    usage_source = UsageSource::Capped;
-                }
-                tokens = capped;
-            }
-        }
-        let cost = cost_of(&served.price, tokens, status == Status::Ok).unwrap_or_else(|_| {
-            // Only prices beyond the bounds checked at start-up get here.
-            tracing::error!(request_id = %self.request_id, "cost out of range; billed nothing");
-            Decimal::ZERO
-        });
-        let ended_at = Utc::now();
-        let up = &served.upstream;
-        UsageRecord {
-            request_id: self.request_id.clone(),
-            account_id: self.caller.account_id,
-            key_id: self.caller.key_id,
-            model: up.model.clone(),
-            chip: up.chip.clone(),
-            deployment: up.deployment.clone(),
-            endpoint: self.request.endpoint,
-            stream: self.request.stream,
-            status,
-            http_status,
-            error,
-            tokens,
-            usage_source,
-            price_version_id: served.price.id,
-            cost,
-            blocked: observed.blocked,
-            moderation: observed.moderation,
-            started_at: self.started_at,
-            ended_at,
-            latency_ms: self.started.elapsed().as_millis() as i64,
-            ttft_ms: ttft.map(|t| t.as_millis() as i64),
-        }
-    }
-}
-
-/// Reported usage beyond what one request can have.
-fn is_suspect(tokens: TokenCounts, max_reported: u64) -> bool {
-    tokens.prompt > max_reported || tokens.completion > max_reported
-}
-
-/// The note a record keeps of counts it did not bill as they were.
-fn usage_note(who: &str, tokens: TokenCounts, why: &str) -> String {
-    format!(
-        "{who} {} prompt ({} cached) and {} completion tokens, {why}",
-        tokens.prompt, tokens.cached, tokens.completion
-    )
-}
-
 /// Reads a whole body within `limit` bytes, each read within `idle`. A body that comes in
 /// one piece (the usual small answer) is kept as it came, without a copy.
 async fn read_body(
@@ -531,16 +273,4 @@ pub async fn upstream_error(upstream: &Upstream, response: UpstreamResponse) -> 
         )
     });
     ApiError::Upstream { status, body }
-}
-
-/// A response whose body the caller streams from `body`.
-pub fn event_stream(body: Body) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }

@@ -13,10 +13,10 @@ use axum::routing::{MethodRouter, get, post};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::exchange::{self, Exchange};
+use super::exchange;
 use super::own_usage;
 use super::request::ClientRequest;
-use super::upstreams::Upstream;
+use super::settle::Exchange;
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
 use crate::billing::cost::worst_cost_of;
@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::limits;
 use crate::limits::spending::Hold;
 use crate::state::AppState;
+use crate::upstream::Upstream;
 
 pub fn router() -> Router<AppState> {
     Router::new()

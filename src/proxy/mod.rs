@@ -1,17 +1,15 @@
-//! The client-facing proxy: routes (`handlers`) with their `Caller` (`authenticate`),
-//! choosing a backend (`upstreams`), the
-//! exchange with it (`exchange`, `stream`) over `client`, framing its stream (`framing`) and reading its
-//! usage (`observe`).
+//! The client-facing proxy: routes (`handlers`) with their `Caller` (`authenticate`), the
+//! request (`request`), the exchange with a backend `upstream` chose (`exchange`, `stream`,
+//! run so the client cannot cancel it: `detach`), settling it (`settle`), framing its stream (`framing`) and
+//! reading its usage (`observe`).
 
 mod authenticate;
-pub mod client;
 mod detach;
 pub mod exchange;
 pub mod framing;
 pub mod handlers;
 pub mod observe;
 pub mod own_usage;
-mod pool;
 pub mod request;
+pub mod settle;
 pub mod stream;
-pub mod upstreams;

@@ -11,11 +11,11 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::upstreams::Upstream;
 use crate::billing::TokenCounts;
 use crate::config::{Endpoint, MAX_COMPLETION_TOKENS};
 use crate::error::ApiError;
 use crate::metering::estimate;
+use crate::upstream::Upstream;
 
 #[derive(Debug)]
 pub struct ClientRequest {

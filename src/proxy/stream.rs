@@ -13,14 +13,14 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::client::{UpstreamResponse, next_chunk_within};
-use super::exchange::{Exchange, Outcome, Served, commit, event_stream, finish};
 use super::framing::{Event, Framer};
 use super::observe::{self, Observed};
+use super::settle::{Exchange, Outcome, Served, commit, finish};
+use crate::billing::record::Status;
 use crate::config::{DisconnectPolicy, MeteringConfig};
 use crate::error::{ApiError, openai_error};
-use crate::metering::record::Status;
 use crate::state::AppState;
+use crate::upstream::client::{UpstreamResponse, next_chunk_within};
 
 /// Counts a stream in `tollgate_active_streams` for as long as it lives.
 struct ActiveStream(AppState);
@@ -431,4 +431,16 @@ fn error_text(body: &Value) -> String {
         .as_str()
         .unwrap_or("backend error")
         .to_string()
+}
+
+/// A response whose body the caller streams from `body`.
+fn event_stream(body: Body) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use super::usage;
+use crate::billing::record::UsageRecord;
 use crate::config::{DatabaseConfig, Synchronous};
-use crate::metering::record::UsageRecord;
 
 /// One locked journal file, owned by the ledger.
 pub struct Journal {

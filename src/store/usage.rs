@@ -7,7 +7,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Db, to_ms};
 use crate::billing::Totals;
-use crate::metering::record::UsageRecord;
+use crate::billing::record::UsageRecord;
 
 /// Records per multi-row `INSERT`: one statement execution opens the table and its three
 /// indexes once for all of them.

@@ -12,10 +12,10 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use tollgate::billing::invoice::{InvoiceStatus, to_fen};
 use tollgate::billing::period::Month;
+use tollgate::billing::record::{Status, UsageRecord, UsageSource};
 use tollgate::billing::report::{self, Dimension, Names};
 use tollgate::billing::{PriceBook, PriceEntry, TokenCounts, cost_of};
 use tollgate::domain::invoices::Ledger;
-use tollgate::metering::record::{Status, UsageRecord, UsageSource};
 use tollgate::store;
 
 const ZONE: chrono_tz::Tz = chrono_tz::Asia::Shanghai;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
+use tollgate::billing::record::{Status, UsageRecord, UsageSource};
 use tollgate::billing::{PriceEntry, TokenCounts};
 use tollgate::config::{DatabaseConfig, Endpoint, LedgerConfig};
-use tollgate::metering::record::{Status, UsageRecord, UsageSource};
 use tollgate::metering::{Ledger, LedgerError, LedgerWriter};
 use tollgate::metrics::Metrics;
 use tollgate::store::journal::{self, Journal, Line};

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::billing::{Cost, TokenCounts};
+use super::{Cost, TokenCounts};
 use crate::config::Endpoint;
 
 /// How a request ended.

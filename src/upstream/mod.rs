@@ -1,4 +1,9 @@
-//! The configured backends and the routing policy that orders them for a request.
+//! The backends: each configured upstream (URL, credential, timeouts, its connections:
+//! `client` over a `pool` of its own for plain HTTP) and the routing policy that orders
+//! them for a request.
+
+pub mod client;
+mod pool;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,11 +14,11 @@ use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use super::client::UpstreamClient;
 use crate::billing::PriceBook;
 use crate::config::{Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, PairMetrics};
+use client::UpstreamClient;
 
 /// One backend: a (model, chip) pair or a dedicated deployment.
 pub struct Upstream {
