@@ -40,7 +40,7 @@ pub fn describe(version: &PriceVersion, book: &PriceBook) -> Value {
 /// Every price must name a served model, and a chip of it (or `*`).
 fn check_price_tables(config: &Config, entries: &[prices::PriceEntry]) -> anyhow::Result<()> {
     for e in entries {
-        let chips: Vec<&str> = config
+        let chips: std::collections::BTreeSet<&str> = config
             .upstreams
             .iter()
             .filter(|u| u.model == e.model)
@@ -53,7 +53,7 @@ fn check_price_tables(config: &Config, entries: &[prices::PriceEntry]) -> anyhow
                 "pricing: unknown chip '{}' for model '{}' (configured chips: {})",
                 e.chip,
                 e.model,
-                chips.join(", ")
+                chips.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
     }

@@ -63,7 +63,15 @@ impl Upstream {
             .api_key_env
             .as_ref()
             .map(|var| {
-                let secret = std::env::var(var)?;
+                let secret = match std::env::var(var) {
+                    Ok(secret) if !secret.is_empty() => secret,
+                    _ => anyhow::bail!(
+                        "upstream {}/{}: environment variable {var} (api_key_env) is not set; \
+                         export it with the backend's credential",
+                        c.model,
+                        c.chip
+                    ),
+                };
                 let mut value =
                     HeaderValue::try_from(format!("Bearer {secret}")).map_err(|_| {
                         anyhow::anyhow!("{var} holds characters an HTTP header cannot carry")
@@ -319,6 +327,12 @@ mod tests {
         assert!(
             error.to_string().contains("TOLLGATE_UNIT_BAD_SECRET"),
             "{error}"
+        );
+        let missing = Upstream::build(&config("TOLLGATE_UNIT_SURELY_UNSET")).unwrap_err();
+        let message = missing.to_string();
+        assert!(
+            message.contains("TOLLGATE_UNIT_SURELY_UNSET") && message.contains("m/c"),
+            "{message}"
         );
         assert!(!error.to_string().contains("sk-abc"), "{error}");
     }

@@ -12,13 +12,35 @@ fn the_example_configuration_is_valid() {
         "/tollgate.example.toml"
     ))
     .unwrap();
-    // SAFETY: set before the configuration is read; no other thread reads these variables.
-    unsafe {
-        std::env::set_var("GENSTUDIO_API_KEY", "x");
-        std::env::set_var("INTERNLM_API_KEY", "x");
-    }
+    // Valid without the backends' credentials: only serving needs them.
     let config = Config::from_toml(&text, std::iter::empty()).unwrap();
     assert_eq!(config.upstreams.len(), 4);
+}
+
+#[test]
+fn commands_that_do_not_serve_need_no_backend_credential_and_serve_names_the_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = helpers::binary::write_config(dir.path(), "127.0.0.1:9".parse().unwrap());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "base_url = \"http://127.0.0.1:9/genstudio\"\n",
+        "base_url = \"http://127.0.0.1:9/genstudio\"\napi_key_env = \"TOLLGATE_IT_SURELY_UNSET\"\n",
+        1,
+    );
+    assert!(text.contains("TOLLGATE_IT_SURELY_UNSET"));
+    std::fs::write(&config, text).unwrap();
+    helpers::binary::cli(&config, &["accounts", "create", "acme"]);
+    let key = helpers::binary::cli(&config, &["keys", "create", "--account", "acme"]);
+    assert!(key.starts_with("tg-"));
+    let out = std::process::Command::new(helpers::binary::BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TOLLGATE_IT_SURELY_UNSET"), "{stderr}");
 }
 
 async fn build_error(pricing: &str) -> String {
