@@ -330,7 +330,10 @@ impl Relay {
             if self.strip_usage_chunk && is_usage_only(&chunk) {
                 continue;
             }
-            let frame = if normalise(&mut chunk, self.created) {
+            // Re-framed bare JSON gets one `created` for every chunk (the backend puts its
+            // own on the last chunk only), as an OpenAI stream has.
+            let one_created = self.framer.is_bare_json();
+            let frame = if normalise(&mut chunk, self.created, one_created) {
                 let json = serde_json::to_string(&chunk).expect("a JSON map always serializes");
                 format!("data: {json}\n\n")
             } else {
@@ -383,16 +386,18 @@ fn is_usage_only(chunk: &Map<String, Value>) -> bool {
         && chunk.get("usage").is_some_and(|u| !u.is_null())
 }
 
-/// Makes a chunk complete for OpenAI clients: `object` and `created` present, and
-/// LMDeploy's `finish_reason: ""` as `null`. Returns whether anything changed.
-fn normalise(chunk: &mut Map<String, Value>, created: i64) -> bool {
+/// Makes a chunk complete for OpenAI clients: `object` and `created` present (`created`
+/// replaced too when `one_created`), and LMDeploy's `finish_reason: ""` as `null`. Returns
+/// whether anything changed.
+fn normalise(chunk: &mut Map<String, Value>, created: i64, one_created: bool) -> bool {
     let mut changed = false;
     if !chunk.contains_key("object") {
         chunk.insert("object".into(), Value::from("chat.completion.chunk"));
         changed = true;
     }
-    if !chunk.contains_key("created") {
-        chunk.insert("created".into(), Value::from(created));
+    let created = Value::from(created);
+    if (one_created || !chunk.contains_key("created")) && chunk.get("created") != Some(&created) {
+        chunk.insert("created".into(), created);
         changed = true;
     }
     if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
@@ -410,7 +415,7 @@ fn normalise(chunk: &mut Map<String, Value>, created: i64) -> bool {
 /// `finish_reason: "length"` (what the SDKs show for `max_tokens`), then `[DONE]`.
 fn length_finish(mut last: Map<String, Value>, created: i64) -> Bytes {
     last.remove("usage");
-    normalise(&mut last, created);
+    normalise(&mut last, created, true);
     last.insert(
         "choices".into(),
         serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "length"}]),
