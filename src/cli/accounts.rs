@@ -182,7 +182,11 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
         AccountsCommand::List { json } => {
             let list = store::accounts::list(&db).await?;
             emit(json, &list, || {
-                list.iter().map(line).collect::<Vec<_>>().join("\n")
+                let rows = list.iter().map(line);
+                std::iter::once("id\tname\tcreated_at".to_string())
+                    .chain(rows)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
         }
         AccountsCommand::Show { name, json } => {
@@ -223,11 +227,14 @@ impl LimitArgs {
     }
 }
 
+/// The columns of `key_line`, for lists.
+const KEY_HEADER: &str = "id\tprefix\tstate\taccount\tname";
+
 fn key_line(k: &KeyView) -> String {
     let state = serde_json::to_value(k.state).unwrap_or_default();
     let state = state.as_str().unwrap_or_default();
     format!(
-        "{}\t{}\t{state}\taccount {}\t{}",
+        "{}\t{}\t{state}\t{}\t{}",
         k.id, k.prefix, k.account_id, k.name
     )
 }
@@ -267,7 +274,11 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             let account_id = crate::domain::accounts::id_of(&db, account.as_deref()).await?;
             let views = keys::list(&db, account_id).await?;
             emit(json, &views, || {
-                views.iter().map(key_line).collect::<Vec<_>>().join("\n")
+                let rows = views.iter().map(key_line);
+                std::iter::once(KEY_HEADER.to_string())
+                    .chain(rows)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })
         }
         KeysCommand::Show { id, json } => {

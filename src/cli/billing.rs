@@ -83,7 +83,12 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
                     ];
                     keys.map(field).join("\t")
                 };
-                list.iter().map(line).collect::<Vec<_>>().join("\n")
+                let header = "id\tmodel\tchip\teffective_from\tinput_per_1k\t\
+                              cached_input_per_1k\toutput_per_1k\tper_request\tin_force";
+                std::iter::once(header.to_string())
+                    .chain(list.iter().map(line))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             })?;
         }
     }

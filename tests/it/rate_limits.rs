@@ -209,7 +209,8 @@ async fn a_key_sees_its_own_limits_and_exact_month_to_date_usage() {
 #[tokio::test]
 async fn a_request_that_never_reaches_a_backend_gives_its_reservation_back() {
     let prices = tempfile::tempdir().unwrap();
-    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing/sample.toml");
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing/sample/sample.toml");
     std::fs::copy(sample, prices.path().join("sample.toml")).unwrap();
     let future = "[[prices]]\nmodel = \"future-model\"\nchip = \"nvidia\"\neffective_from = 2099-01-01T00:00:00Z\ninput_per_1k = \"1\"\n";
     std::fs::write(prices.path().join("future.toml"), future).unwrap();

@@ -53,7 +53,10 @@ async fn a_bare_json_chip_stream_reaches_the_client_as_standard_sse() {
     for chunk in &chunks {
         assert_eq!(chunk["object"], "chat.completion.chunk");
         assert!(chunk["created"].is_i64() && chunk["id"].is_string() && chunk["model"].is_string());
-        assert_eq!(chunk["created"], chunks[0]["created"], "one created for the stream");
+        assert_eq!(
+            chunk["created"], chunks[0]["created"],
+            "one created for the stream"
+        );
     }
     assert_eq!(content(&chunks), "我是无问天权。");
     // Committed before [DONE] reached us: no waiting needed.

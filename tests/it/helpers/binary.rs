@@ -15,7 +15,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 pub fn write_config(dir: &Path, sim: SocketAddr) -> PathBuf {
     let pricing = dir.join("pricing");
     std::fs::create_dir_all(&pricing).unwrap();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing/sample.toml");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing/sample/sample.toml");
     std::fs::copy(sample, pricing.join("sample.toml")).unwrap();
     let text = format!(
         r#"
