@@ -4,13 +4,9 @@ use crate::error::ApiError;
 use crate::store::accounts::Account;
 use crate::store::{self, Db};
 
-/// Creates an account; 409 if the name is taken.
+/// Creates an account; 409 if the name is taken (the database's unique name decides, so
+/// two at once cannot both pass).
 pub async fn create(db: &Db, name: &str) -> Result<Account, ApiError> {
-    if store::accounts::find_by_name(db, name).await?.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "an account named '{name}' already exists"
-        )));
-    }
     Ok(store::accounts::create(db, name).await?)
 }
 

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{Db, from_ms, to_ms};
+use super::{Db, Result, from_ms, to_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -61,7 +61,7 @@ pub async fn set_billing(
     id: i64,
     mode: BillingMode,
     credit_limit: Option<Decimal>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let mode = match mode {
         BillingMode::Prepaid => "prepaid",
         BillingMode::Postpaid => "postpaid",
@@ -85,7 +85,7 @@ pub struct Topup {
     pub created_at: DateTime<Utc>,
 }
 
-fn topup_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Topup> {
+fn topup_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Topup> {
     let amount: String = row.get("amount");
     Ok(Topup {
         id: row.get("id"),
@@ -104,7 +104,7 @@ pub async fn top_up(
     amount: Decimal,
     key: &str,
     note: &str,
-) -> anyhow::Result<(Topup, bool)> {
+) -> Result<(Topup, bool)> {
     let inserted = sqlx::query(
         "INSERT INTO topups (account_id, amount, idempotency_key, note, created_at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (account_id, idempotency_key) DO NOTHING",
@@ -127,7 +127,7 @@ pub async fn top_up(
 }
 
 /// The sum of an account's top-ups, exactly.
-pub async fn topped_up(db: &Db, account_id: i64) -> anyhow::Result<Decimal> {
+pub async fn topped_up(db: &Db, account_id: i64) -> Result<Decimal> {
     let rows = sqlx::query("SELECT amount FROM topups WHERE account_id = ?")
         .bind(account_id)
         .fetch_all(db)
@@ -141,23 +141,23 @@ pub async fn topped_up(db: &Db, account_id: i64) -> anyhow::Result<Decimal> {
 }
 
 /// Creates an account; fails if the name is taken.
-pub async fn create(db: &Db, name: &str) -> anyhow::Result<Account> {
+pub async fn create(db: &Db, name: &str) -> Result<Account> {
     let now = Utc::now();
     let row = sqlx::query("INSERT INTO accounts (name, created_at) VALUES (?, ?) RETURNING *")
         .bind(name)
         .bind(to_ms(now))
         .fetch_one(db)
         .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                anyhow::anyhow!("an account named '{name}' already exists")
+        .map_err(|e| match super::StoreError::from(e) {
+            super::StoreError::Conflict(_) => {
+                super::StoreError::Conflict(format!("an account named '{name}' already exists"))
             }
-            other => other.into(),
+            other => other,
         })?;
     Ok(from_row(row))
 }
 
-pub async fn find_by_name(db: &Db, name: &str) -> anyhow::Result<Option<Account>> {
+pub async fn find_by_name(db: &Db, name: &str) -> Result<Option<Account>> {
     let row = sqlx::query("SELECT * FROM accounts WHERE name = ?")
         .bind(name)
         .fetch_optional(db)
@@ -165,7 +165,7 @@ pub async fn find_by_name(db: &Db, name: &str) -> anyhow::Result<Option<Account>
     Ok(row.map(from_row))
 }
 
-pub async fn get(db: &Db, id: i64) -> anyhow::Result<Option<Account>> {
+pub async fn get(db: &Db, id: i64) -> Result<Option<Account>> {
     let row = sqlx::query("SELECT * FROM accounts WHERE id = ?")
         .bind(id)
         .fetch_optional(db)
@@ -173,7 +173,7 @@ pub async fn get(db: &Db, id: i64) -> anyhow::Result<Option<Account>> {
     Ok(row.map(from_row))
 }
 
-pub async fn list(db: &Db) -> anyhow::Result<Vec<Account>> {
+pub async fn list(db: &Db) -> Result<Vec<Account>> {
     let rows = sqlx::query("SELECT * FROM accounts ORDER BY id")
         .fetch_all(db)
         .await?;

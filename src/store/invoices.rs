@@ -3,10 +3,10 @@
 use chrono::Utc;
 use sqlx::Row;
 
-use super::{Db, to_ms};
+use super::{Db, Result, to_ms};
 
 /// The stored document of a finalized invoice.
-pub async fn document(db: &Db, id: &str) -> anyhow::Result<Option<String>> {
+pub async fn document(db: &Db, id: &str) -> Result<Option<String>> {
     let row = sqlx::query("SELECT document FROM invoices WHERE id = ?")
         .bind(id)
         .fetch_optional(db)
@@ -21,7 +21,7 @@ pub async fn insert(
     account_id: i64,
     period: &str,
     document: &str,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO invoices (id, account_id, period, document, finalized_at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (id) DO NOTHING",

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{Db, from_ms, to_ms};
+use super::{Db, Result, from_ms, to_ms};
 
 /// What a key may do. `None` means the configured default (limits) or everything (models).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,10 +99,7 @@ fn models_json(limits: &KeyLimits) -> Option<String> {
         .map(|m| serde_json::to_string(m).expect("strings serialize"))
 }
 
-pub async fn insert<'c>(
-    conn: impl sqlx::SqliteExecutor<'c>,
-    key: NewKey<'_>,
-) -> anyhow::Result<KeyRow> {
+pub async fn insert<'c>(conn: impl sqlx::SqliteExecutor<'c>, key: NewKey<'_>) -> Result<KeyRow> {
     let row = sqlx::query(
         "INSERT INTO api_keys (account_id, name, prefix, secret_hash, created_at, expires_at,
             allowed_models, rpm, tpm)
@@ -122,7 +119,7 @@ pub async fn insert<'c>(
     Ok(from_row(row))
 }
 
-pub async fn find_by_hash(db: &Db, secret_hash: &[u8]) -> anyhow::Result<Option<KeyRow>> {
+pub async fn find_by_hash(db: &Db, secret_hash: &[u8]) -> Result<Option<KeyRow>> {
     let row = sqlx::query("SELECT * FROM api_keys WHERE secret_hash = ?")
         .bind(secret_hash)
         .fetch_optional(db)
@@ -130,7 +127,7 @@ pub async fn find_by_hash(db: &Db, secret_hash: &[u8]) -> anyhow::Result<Option<
     Ok(row.map(from_row))
 }
 
-pub async fn get(db: &Db, id: i64) -> anyhow::Result<Option<KeyRow>> {
+pub async fn get(db: &Db, id: i64) -> Result<Option<KeyRow>> {
     let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
         .bind(id)
         .fetch_optional(db)
@@ -139,7 +136,7 @@ pub async fn get(db: &Db, id: i64) -> anyhow::Result<Option<KeyRow>> {
 }
 
 /// Keys of one account, or of all accounts, oldest first.
-pub async fn list(db: &Db, account_id: Option<i64>) -> anyhow::Result<Vec<KeyRow>> {
+pub async fn list(db: &Db, account_id: Option<i64>) -> Result<Vec<KeyRow>> {
     let rows =
         sqlx::query("SELECT * FROM api_keys WHERE ?1 IS NULL OR account_id = ?1 ORDER BY id")
             .bind(account_id)
@@ -155,7 +152,7 @@ pub async fn update(
     name: &str,
     expires_at: Option<DateTime<Utc>>,
     limits: &KeyLimits,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     sqlx::query(
         "UPDATE api_keys SET name = ?, expires_at = ?, allowed_models = ?, rpm = ?, tpm = ?
          WHERE id = ?",
@@ -177,7 +174,7 @@ pub async fn revoke<'c>(
     conn: impl sqlx::SqliteExecutor<'c>,
     id: i64,
     at: DateTime<Utc>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     sqlx::query("UPDATE api_keys SET revoked_at = MIN(COALESCE(revoked_at, ?1), ?1) WHERE id = ?2")
         .bind(to_ms(at))
         .bind(id)
@@ -192,7 +189,7 @@ pub async fn rotate(
     old_id: i64,
     new: NewKey<'_>,
     grace_until: DateTime<Utc>,
-) -> anyhow::Result<KeyRow> {
+) -> Result<KeyRow> {
     let mut tx = db.begin().await?;
     let mut row = insert(&mut *tx, new).await?;
     revoke(&mut *tx, old_id, grace_until).await?;
@@ -215,7 +212,7 @@ pub async fn rotate(
 }
 
 /// When the key last made a request, from the ledger (no write on the hot path).
-pub async fn last_used(db: &Db, id: i64) -> anyhow::Result<Option<DateTime<Utc>>> {
+pub async fn last_used(db: &Db, id: i64) -> Result<Option<DateTime<Utc>>> {
     let ms: Option<i64> = sqlx::query("SELECT MAX(started_at) FROM usage_records WHERE key_id = ?")
         .bind(id)
         .fetch_one(db)

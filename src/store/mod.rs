@@ -18,8 +18,67 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::config::{DatabaseConfig, Synchronous};
+use crate::error::ApiError;
 
 pub type Db = SqlitePool;
+
+/// What a store query can fail with, mapped to HTTP once (`From<StoreError> for ApiError`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint holds the value already (a name, an idempotency key): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database could not answer, or holds what this version cannot read: 503 (the
+    /// cause is logged, not shown).
+    #[error("the database is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict("this already exists".into())
+            }
+            _ => StoreError::Unavailable(e.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for StoreError {
+    fn from(e: anyhow::Error) -> Self {
+        StoreError::Unavailable(e)
+    }
+}
+
+impl From<rust_decimal::Error> for StoreError {
+    fn from(e: rust_decimal::Error) -> Self {
+        StoreError::Unavailable(e.into())
+    }
+}
+
+impl From<crate::error::Overflow> for StoreError {
+    fn from(e: crate::error::Overflow) -> Self {
+        StoreError::Unavailable(e.into())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Unavailable(cause) => match cause.downcast::<crate::error::Overflow>() {
+                Ok(overflow) => overflow.into(),
+                Err(cause) => {
+                    tracing::error!(error = %format!("{cause:#}"), "database error");
+                    ApiError::Unavailable("the database is unavailable; retry shortly".into())
+                }
+            },
+        }
+    }
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 

@@ -2,18 +2,18 @@
 
 use std::str::FromStr;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::Utc;
 use rust_decimal::Decimal;
 use sqlx::Row;
 
-use super::{Db, from_ms, to_ms};
+use super::{Db, Result, from_ms, to_ms};
 use crate::billing::{PriceEntry, PriceVersion};
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<PriceVersion> {
-    let money = |col: &str| -> anyhow::Result<Decimal> {
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PriceVersion> {
+    let money = |col: &str| -> Result<Decimal> {
         let text: String = row.get(col);
-        Decimal::from_str(&text).with_context(|| format!("price_versions.{col} = '{text}'"))
+        Ok(Decimal::from_str(&text).with_context(|| format!("price_versions.{col} = '{text}'"))?)
     };
     let cached: Option<String> = row.get("cached_input_per_1k");
     Ok(PriceVersion {
@@ -34,7 +34,7 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<PriceVersion> {
 }
 
 /// Every version ever recorded.
-pub async fn all(db: &Db) -> anyhow::Result<Vec<PriceVersion>> {
+pub async fn all(db: &Db) -> Result<Vec<PriceVersion>> {
     let rows = sqlx::query("SELECT * FROM price_versions ORDER BY id")
         .fetch_all(db)
         .await?;
@@ -44,7 +44,7 @@ pub async fn all(db: &Db) -> anyhow::Result<Vec<PriceVersion>> {
 /// Appends the entries not yet in the ledger, in one transaction, and returns how many
 /// were new. An entry whose (model, chip, effective_from) is recorded with other prices
 /// is refused: a version is never changed, a new `effective_from` makes a new one.
-pub async fn sync(db: &Db, entries: &[PriceEntry]) -> anyhow::Result<usize> {
+pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
     let mut tx = db.begin().await?;
     let mut added = 0;
     for entry in entries {
@@ -59,7 +59,7 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> anyhow::Result<usize> {
         if let Some(row) = existing {
             let recorded = from_row(&row)?;
             if !same_prices(&recorded.entry, entry) {
-                bail!(
+                return Err(super::StoreError::Conflict(format!(
                     "the price of {}/{} effective from {} is already recorded (version {}) with \
                      other values; price versions are immutable: add an entry with a later \
                      effective_from instead",
@@ -67,7 +67,7 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> anyhow::Result<usize> {
                     entry.chip,
                     entry.effective_from.to_rfc3339(),
                     recorded.id
-                );
+                )));
             }
             continue;
         }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{Db, to_ms};
+use super::{Db, Result, to_ms};
 use crate::billing::Totals;
 use crate::billing::record::UsageRecord;
 
@@ -132,7 +132,7 @@ pub struct StoredRecord {
     pub ttft_ms: Option<i64>,
 }
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<StoredRecord> {
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord> {
     let cost: String = row.get("cost");
     Ok(StoredRecord {
         id: row.get("id"),
@@ -162,7 +162,7 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<StoredRecord> {
     })
 }
 
-pub async fn by_request_id(db: &Db, request_id: &str) -> anyhow::Result<Option<StoredRecord>> {
+pub async fn by_request_id(db: &Db, request_id: &str) -> Result<Option<StoredRecord>> {
     let row = sqlx::query("SELECT * FROM usage_records WHERE request_id = ?")
         .bind(request_id)
         .fetch_optional(db)
@@ -171,7 +171,7 @@ pub async fn by_request_id(db: &Db, request_id: &str) -> anyhow::Result<Option<S
 }
 
 /// The most recent records of an account, newest first.
-pub async fn recent(db: &Db, account_id: i64, limit: i64) -> anyhow::Result<Vec<StoredRecord>> {
+pub async fn recent(db: &Db, account_id: i64, limit: i64) -> Result<Vec<StoredRecord>> {
     let rows = sqlx::query(
         "SELECT * FROM usage_records WHERE account_id = ? ORDER BY started_at DESC, id DESC LIMIT ?",
     )
@@ -182,7 +182,7 @@ pub async fn recent(db: &Db, account_id: i64, limit: i64) -> anyhow::Result<Vec<
     rows.iter().map(from_row).collect()
 }
 
-pub async fn count(db: &Db) -> anyhow::Result<i64> {
+pub async fn count(db: &Db) -> Result<i64> {
     Ok(sqlx::query("SELECT COUNT(*) FROM usage_records")
         .fetch_one(db)
         .await?
@@ -204,7 +204,7 @@ pub struct UsageFilter {
 }
 
 /// Newest first, at most `limit`.
-pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> anyhow::Result<Vec<StoredRecord>> {
+pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<StoredRecord>> {
     let mut query: QueryBuilder<Sqlite> =
         QueryBuilder::new("SELECT * FROM usage_records WHERE 1 = 1");
     if let Some(v) = filter.account_id {
@@ -254,7 +254,7 @@ pub async fn totals(
     from_ms: i64,
     to_ms: i64,
     by_slot: bool,
-) -> anyhow::Result<Vec<Totals>> {
+) -> Result<Vec<Totals>> {
     let slot = if by_slot {
         "started_at / 900000 * 900000"
     } else {

@@ -348,3 +348,29 @@ async fn the_usage_listing_filters_and_pages() {
         (400, Some("invalid_request_error"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_creations_of_one_name_at_once_make_one_account_and_nineteen_409s() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token(Role::Admin);
+    let attempts = (0..20).map(|_| {
+        app.admin(
+            Method::POST,
+            "/admin/v1/accounts",
+            &token,
+            Some(json!({"name": "same"})),
+        )
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results.iter().filter(|(status, _)| *status == 201).count();
+    let conflicts: Vec<&Value> = results
+        .iter()
+        .filter(|(status, _)| *status == 409)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!((created, conflicts.len()), (1, 19), "{results:?}");
+    for body in conflicts {
+        assert_eq!(body["error"]["code"], "conflict");
+        assert!(body["error"]["message"].as_str().unwrap().contains("'same'"));
+    }
+}
