@@ -13,9 +13,6 @@ use crate::billing::record::UsageRecord;
 /// indexes once for all of them.
 const ROWS_PER_INSERT: usize = 16;
 
-/// Columns bound per record.
-const COLUMNS: usize = 23;
-
 /// Inserts `records` on the ledger writer's connection, all or none: one statement for a
 /// single record, one transaction for more, in statements of `ROWS_PER_INSERT` rows. A
 /// request id already present is skipped, so a batch retried after an unclear failure
@@ -56,111 +53,83 @@ where
 fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; COLUMNS].join(", "));
     format!(
-        "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, deployment,
-            endpoint, stream, status, http_status, error, prompt_tokens, completion_tokens,
-            cached_tokens, usage_source, price_version_id, cost, blocked, moderation,
-            started_at, ended_at, latency_ms, ttft_ms)
-         VALUES {}
-         ON CONFLICT (request_id) DO NOTHING",
+        "INSERT INTO usage_records ({}) VALUES {} ON CONFLICT (request_id) DO NOTHING",
+        COLUMN_NAMES.join(", "),
         vec![row; rows].join(", ")
     )
 }
 
-/// Binds `r` to the `COLUMNS` parameters after the first `offset`.
-fn bind(
-    insert: &mut rusqlite::CachedStatement,
-    offset: usize,
-    r: &UsageRecord,
-) -> rusqlite::Result<()> {
-    let values: [&dyn rusqlite::ToSql; COLUMNS] = [
-        &r.request_id,
-        &r.account_id,
-        &r.key_id,
-        &r.model,
-        &r.chip,
-        &r.deployment,
-        &r.endpoint.as_str(),
-        &r.stream,
-        &r.status.as_str(),
-        &r.http_status,
-        &r.error,
-        &(r.tokens.prompt as i64),
-        &(r.tokens.completion as i64),
-        &(r.tokens.cached as i64),
-        &r.usage_source.as_str(),
-        &r.price_version_id,
-        &r.cost.to_string(),
-        &r.blocked,
-        &r.moderation,
-        &to_ms(r.started_at),
-        &to_ms(r.ended_at),
-        &r.latency_ms,
-        &r.ttft_ms,
-    ];
-    for (i, value) in values.into_iter().enumerate() {
-        insert.raw_bind_parameter(offset + i + 1, value)?;
-    }
-    Ok(())
+/// Every column of `usage_records` (but its row id), written once: its name and type as
+/// read back (`StoredRecord`), the value a `UsageRecord` binds to it (`bind`), and how it is
+/// read when the stored type is not what SQLite returns (`from_row`). The table itself is
+/// in `migrations/`.
+macro_rules! usage_columns {
+    ($r:ident, $row:ident => { $($column:ident: $stored:ty = $bind:expr $(; read $read:expr)?,)* }) => {
+        /// The columns, in the order they are bound.
+        const COLUMN_NAMES: &[&str] = &[$(stringify!($column)),*];
+        /// Columns bound per record.
+        const COLUMNS: usize = COLUMN_NAMES.len();
+
+        /// A stored record, flattened for reading (audits, tests, CLI).
+        #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+        pub struct StoredRecord {
+            pub id: i64,
+            $(pub $column: $stored,)*
+        }
+
+        /// Binds `r` to the `COLUMNS` parameters after the first `offset`.
+        fn bind(
+            insert: &mut rusqlite::CachedStatement,
+            offset: usize,
+            $r: &UsageRecord,
+        ) -> rusqlite::Result<()> {
+            let values: [&dyn rusqlite::ToSql; COLUMNS] = [$(&$bind),*];
+            for (i, value) in values.into_iter().enumerate() {
+                insert.raw_bind_parameter(offset + i + 1, value)?;
+            }
+            Ok(())
+        }
+
+        fn from_row($row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord> {
+            Ok(StoredRecord {
+                id: $row.get("id"),
+                $($column: usage_columns!(@read $row, $column, $stored $(, $read)?),)*
+            })
+        }
+    };
+    (@read $row:ident, $column:ident, $stored:ty) => {
+        $row.get::<$stored, _>(stringify!($column))
+    };
+    (@read $row:ident, $column:ident, $stored:ty, $read:expr) => {
+        $read
+    };
 }
 
-/// A stored record, flattened for reading (audits, tests, CLI).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StoredRecord {
-    pub id: i64,
-    pub request_id: String,
-    pub account_id: i64,
-    pub key_id: i64,
-    pub model: String,
-    pub chip: String,
-    pub deployment: Option<String>,
-    pub endpoint: String,
-    pub stream: bool,
-    pub status: String,
-    pub http_status: i64,
-    pub error: Option<String>,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub cached_tokens: i64,
-    pub usage_source: String,
-    pub price_version_id: i64,
-    pub cost: Decimal,
-    pub blocked: bool,
-    pub moderation: Option<String>,
-    pub started_at: i64,
-    pub ended_at: i64,
-    pub latency_ms: i64,
-    pub ttft_ms: Option<i64>,
-}
-
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord> {
-    let cost: String = row.get("cost");
-    Ok(StoredRecord {
-        id: row.get("id"),
-        request_id: row.get("request_id"),
-        account_id: row.get("account_id"),
-        key_id: row.get("key_id"),
-        model: row.get("model"),
-        chip: row.get("chip"),
-        deployment: row.get("deployment"),
-        endpoint: row.get("endpoint"),
-        stream: row.get("stream"),
-        status: row.get("status"),
-        http_status: row.get("http_status"),
-        error: row.get("error"),
-        prompt_tokens: row.get("prompt_tokens"),
-        completion_tokens: row.get("completion_tokens"),
-        cached_tokens: row.get("cached_tokens"),
-        usage_source: row.get("usage_source"),
-        price_version_id: row.get("price_version_id"),
-        cost: Decimal::from_str(&cost)?,
-        blocked: row.get("blocked"),
-        moderation: row.get("moderation"),
-        started_at: row.get("started_at"),
-        ended_at: row.get("ended_at"),
-        latency_ms: row.get("latency_ms"),
-        ttft_ms: row.get("ttft_ms"),
-    })
-}
+usage_columns!(r, row => {
+    request_id: String = r.request_id,
+    account_id: i64 = r.account_id,
+    key_id: i64 = r.key_id,
+    model: String = r.model,
+    chip: String = r.chip,
+    deployment: Option<String> = r.deployment,
+    endpoint: String = r.endpoint.as_str(),
+    stream: bool = r.stream,
+    status: String = r.status.as_str(),
+    http_status: i64 = r.http_status,
+    error: Option<String> = r.error,
+    prompt_tokens: i64 = (r.tokens.prompt as i64),
+    completion_tokens: i64 = (r.tokens.completion as i64),
+    cached_tokens: i64 = (r.tokens.cached as i64),
+    usage_source: String = r.usage_source.as_str(),
+    price_version_id: i64 = r.price_version_id,
+    cost: Decimal = r.cost.to_string(); read Decimal::from_str(&row.get::<String, _>("cost"))?,
+    blocked: bool = r.blocked,
+    moderation: Option<String> = r.moderation,
+    started_at: i64 = to_ms(r.started_at),
+    ended_at: i64 = to_ms(r.ended_at),
+    latency_ms: i64 = r.latency_ms,
+    ttft_ms: Option<i64> = r.ttft_ms,
+});
 
 pub async fn by_request_id(db: &Db, request_id: &str) -> Result<Option<StoredRecord>> {
     let row = sqlx::query("SELECT * FROM usage_records WHERE request_id = ?")

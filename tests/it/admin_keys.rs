@@ -371,6 +371,11 @@ async fn twenty_creations_of_one_name_at_once_make_one_account_and_nineteen_409s
     assert_eq!((created, conflicts.len()), (1, 19), "{results:?}");
     for body in conflicts {
         assert_eq!(body["error"]["code"], "conflict");
-        assert!(body["error"]["message"].as_str().unwrap().contains("'same'"));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("'same'")
+        );
     }
 }

@@ -178,6 +178,11 @@ async fn commits_go_on_while_imports_swap_the_journals() {
                     for n in 0..250 {
                         let r = record(&template, format!("req_{client}_{n:03}"));
                         ledger.commit(r).await.unwrap();
+                        // Spread over some 50 ms, so that imports happen while commits go
+                        // on even when other tests keep the writer thread waiting for a core.
+                        if n % 10 == 9 {
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        }
                     }
                 })
             })
