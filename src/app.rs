@@ -81,7 +81,7 @@ impl Application {
         let (ledger, ledger_writer) =
             Ledger::spawn(&config.database, &config.ledger, metrics.clone())?;
         let connection_limits = ConnectionLimits::from_config(&config.server);
-        let addr = config.listen_addr()?;
+        let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

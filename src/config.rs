@@ -40,7 +40,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct BillingConfig {
     /// IANA timezone whose calendar months are the invoice periods.
-    pub timezone: String,
+    #[serde(deserialize_with = "zone")]
+    pub timezone: chrono_tz::Tz,
     /// Finalizing an invoice waits this long after its period, for requests still running.
     pub finalize_grace_secs: i64,
 }
@@ -48,7 +49,7 @@ pub struct BillingConfig {
 impl Default for BillingConfig {
     fn default() -> Self {
         BillingConfig {
-            timezone: "UTC".into(),
+            timezone: chrono_tz::UTC,
             finalize_grace_secs: 3600,
         }
     }
@@ -56,7 +57,7 @@ impl Default for BillingConfig {
 
 impl BillingConfig {
     pub fn zone(&self) -> chrono_tz::Tz {
-        parse_zone(&self.timezone).expect("validated at start-up")
+        self.timezone
     }
 }
 
@@ -127,7 +128,7 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Request bodies above this get 413.
     pub max_request_bytes: usize,
     /// Non-streamed backend bodies above this are refused (502): they could not be metered.
@@ -149,7 +150,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_request_bytes: 4 << 20,
             max_response_bytes: 64 << 20,
             max_connections: 10_000,
@@ -382,7 +383,7 @@ pub struct UpstreamConfig {
     /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`.
     pub deployment: Option<String>,
     /// e.g. `https://host/maas/megrez-7b-instruct/nvidia`; the endpoint path is appended.
-    pub base_url: String,
+    pub base_url: BaseUrl,
     /// Environment variable holding the backend's credential (sent as a Bearer token); read
     /// when the gateway starts serving, so CLI commands do not need it.
     pub api_key_env: Option<String>,
@@ -437,15 +438,7 @@ impl Config {
         Ok(config)
     }
 
-    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server
-            .listen
-            .parse()
-            .with_context(|| format!("server.listen: '{}' is not HOST:PORT", self.server.listen))
-    }
-
     fn validate(&self) -> anyhow::Result<()> {
-        self.listen_addr()?;
         let server = &self.server;
         if server.max_connections == 0 {
             bail!("server.max_connections must be at least 1");
@@ -467,7 +460,6 @@ impl Config {
                 self.database.url
             );
         }
-        parse_zone(&self.billing.timezone)?;
         if self.limits.default_rpm == 0
             || self.limits.default_tpm == Some(0)
             || self.limits.usage_rpm == 0
@@ -502,15 +494,12 @@ impl Config {
             if up.chip == "*" {
                 bail!("{name}: '*' is only allowed as a chip in price tables");
             }
-            let url: axum::http::Uri = up
-                .base_url
-                .parse()
-                .with_context(|| format!("{name}: base_url '{}' is not a URL", up.base_url))?;
+            let text = up.base_url.as_str();
+            let Some(url) = &up.base_url.uri else {
+                bail!("{name}: base_url '{text}' is not a URL");
+            };
             if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-                bail!(
-                    "{name}: base_url '{}' must be an http(s) URL with a host",
-                    up.base_url
-                );
+                bail!("{name}: base_url '{text}' must be an http(s) URL with a host");
             }
             let identity = match &up.deployment {
                 Some(id) => {
@@ -552,10 +541,40 @@ impl Config {
 }
 
 /// An IANA timezone name, e.g. `Asia/Shanghai`.
-fn parse_zone(name: &str) -> anyhow::Result<chrono_tz::Tz> {
+fn zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<chrono_tz::Tz, D::Error> {
+    let name = String::deserialize(d)?;
     name.parse().map_err(|_| {
-        anyhow::anyhow!("billing.timezone: '{name}' is not an IANA timezone like Asia/Shanghai")
+        serde::de::Error::custom(format!(
+            "billing.timezone: '{name}' is not an IANA timezone like Asia/Shanghai"
+        ))
     })
+}
+
+/// An upstream's `base_url`, parsed once as the configuration is read; `validate` refuses
+/// one that is not an http(s) URL with a host, naming its upstream.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    text: String,
+    uri: Option<axum::http::Uri>,
+}
+
+impl<'de> Deserialize<'de> for BaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BaseUrl, D::Error> {
+        let text = String::deserialize(d)?;
+        let uri = text.parse().ok();
+        Ok(BaseUrl { text, uri })
+    }
+}
+
+impl BaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The URL of `path` under this one (`path` starts with `/`).
+    pub fn join(&self, path: &str) -> anyhow::Result<axum::http::Uri> {
+        Ok(format!("{}{path}", self.text.trim_end_matches('/')).parse()?)
+    }
 }
 
 /// Model, chip and deployment names appear in URLs, SQL rows and metric labels.
@@ -622,7 +641,7 @@ mod tests {
             ("TOLLGATE_CONFIG".into(), "ignored".into()),
         ];
         let config = Config::from_toml(MINIMAL, env).unwrap();
-        assert_eq!(config.server.listen, "0.0.0.0:9999");
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:9999");
         assert_eq!(config.ledger.import_max, 7);
     }
 

@@ -80,12 +80,7 @@ impl Upstream {
                 anyhow::Ok(value)
             })
             .transpose()?;
-        let url: axum::http::Uri = format!(
-            "{}{}",
-            c.base_url.trim_end_matches('/'),
-            c.endpoint.upstream_path()
-        )
-        .parse()?;
+        let url = c.base_url.join(c.endpoint.upstream_path())?;
         Ok(Upstream {
             model: c.model.clone(),
             chip: c.chip.clone(),

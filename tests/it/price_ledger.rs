@@ -54,7 +54,7 @@ async fn a_new_price_version_prices_new_requests_and_old_records_keep_theirs() {
     // Same effective_from, other price: refused at start-up.
     std::fs::write(prices.path().join("a.toml"), table("2")).unwrap();
     let mut config = app.state.config().clone();
-    config.server.listen = "127.0.0.1:0".into();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
     let error = Application::build(config.clone())
         .await
         .err()
