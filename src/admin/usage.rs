@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{QueryParams, Viewer};
-use crate::domain::accounts;
+use crate::domain::{accounts, usage};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::{self, usage::UsageFilter};
@@ -37,13 +37,6 @@ async fn list(
     _: Viewer,
     QueryParams(q): QueryParams<UsageQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid(
-            "limit must be between 1 and 1000",
-            "limit",
-        ));
-    }
     let account_id = accounts::id_of(state.db(), q.account.as_deref()).await?;
     let filter = UsageFilter {
         account_id,
@@ -55,10 +48,8 @@ async fn list(
         to_ms: q.to.map(store::to_ms),
         before_id: q.cursor,
     };
-    let data = store::usage::list(state.usage_db().await?, &filter, limit).await?;
-    let next_cursor = (data.len() as i64 == limit)
-        .then(|| data.last().map(|r| r.id))
-        .flatten();
+    let limit = q.limit.unwrap_or(100);
+    let (data, next_cursor) = usage::page(state.usage_db().await?, &filter, limit).await?;
     Ok(Json(
         json!({"object": "list", "data": data, "next_cursor": next_cursor}),
     ))

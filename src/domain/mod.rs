@@ -1,8 +1,9 @@
 //! Domain services: what the admin API and the CLI both do, over the store and billing:
-//! accounts, keys, invoices, reports and prices. They neither parse HTTP nor render it.
+//! accounts, keys, usage, invoices, reports and prices. They neither parse HTTP nor render it.
 
 pub mod accounts;
 pub mod invoices;
 pub mod keys;
 pub mod prices;
 pub mod reports;
+pub mod usage;

@@ -51,8 +51,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/rerank", by_policy(Endpoint::Rerank))
         .route("/maas/v1/models", get(models))
         .route("/v1/models", get(models))
-        .route("/maas/v1/usage", get(own_usage::usage))
-        .route("/v1/usage", get(own_usage::usage))
+        .route("/maas/v1/usage", get(own_usage::usage_of_key))
+        .route("/v1/usage", get(own_usage::usage_of_key))
 }
 
 /// Which backends a route allows.

@@ -1,0 +1,69 @@
+//! Usage: the records for audits, filtered and paged, and a key's usage this billing month,
+//! priced exactly.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+
+use crate::billing::period::Month;
+use crate::billing::{PriceBook, Totals, invoice};
+use crate::error::ApiError;
+use crate::store::usage::{StoredRecord, UsageFilter};
+use crate::store::{self, Db};
+
+/// The most records one page holds.
+pub const MAX_PAGE: i64 = 1000;
+
+/// One page of records, newest first, and the cursor of the next page if there may be one.
+pub async fn page(
+    db: &Db,
+    filter: &UsageFilter,
+    limit: i64,
+) -> Result<(Vec<StoredRecord>, Option<i64>), ApiError> {
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            format!("limit must be between 1 and {MAX_PAGE}"),
+            "limit",
+        ));
+    }
+    let records = store::usage::list(db, filter, limit).await?;
+    let next = (records.len() as i64 == limit)
+        .then(|| records.last().map(|r| r.id))
+        .flatten();
+    Ok((records, next))
+}
+
+/// A key's usage in the current billing month.
+pub struct MonthToDate {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+    /// Exact, in CNY.
+    pub cost: Decimal,
+}
+
+/// `key_id`'s usage this month in `zone`, priced with `prices`.
+pub async fn month_to_date(
+    db: &Db,
+    prices: &PriceBook,
+    zone: Tz,
+    key_id: i64,
+) -> Result<MonthToDate, ApiError> {
+    let (start, end) = Month::containing(Utc::now(), zone).bounds(zone);
+    let scope = store::usage::Scope::Key(key_id);
+    let totals =
+        store::usage::totals(db, scope, store::to_ms(start), store::to_ms(end), false).await?;
+    let sum = |f: fn(&Totals) -> i64| totals.iter().map(f).fold(0i64, i64::saturating_add);
+    Ok(MonthToDate {
+        start,
+        end,
+        requests: sum(|t| t.requests),
+        prompt_tokens: sum(|t| t.prompt_tokens),
+        cached_tokens: sum(|t| t.cached_tokens),
+        completion_tokens: sum(|t| t.completion_tokens),
+        cost: invoice::cost_of_sums(&totals, prices)?,
+    })
+}
