@@ -5,17 +5,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Admin, JsonBody};
-use crate::billing::money;
 use crate::billing::prices::Money;
 use crate::config::check_name;
-use crate::domain::accounts;
+use crate::domain::accounts::{self, AccountView};
 use crate::error::ApiError;
-use crate::limits::spending;
 use crate::state::AppState;
 use crate::store::accounts::{Account, BillingMode, Topup};
 use crate::store::{self, Db};
@@ -35,40 +32,9 @@ struct NewAccount {
     credit_limit: Option<Money>,
 }
 
-/// An account with its money: balance = top-ups - charges; available adds the credit and
-/// subtracts what requests in flight hold (`null`: no limit).
-#[derive(Serialize)]
-struct AccountView {
-    #[serde(flatten)]
-    account: Account,
-    balance: Decimal,
-    held: Decimal,
-    available: Option<Decimal>,
-    currency: &'static str,
-}
-
 async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiError> {
-    let balance = spending::balance(state.usage_db().await?, &state.prices(), account.id).await?;
-    let held = state.spending().held(account.id).normalize();
-    let available = match account.allowance() {
-        Some(a) => Some(money::sub(money::add(balance, a)?, held)?.normalize()),
-        None => None,
-    };
-    Ok(AccountView {
-        account,
-        balance,
-        held,
-        available,
-        currency: "CNY",
-    })
-}
-
-fn check_credit(credit_limit: Option<Decimal>) -> Result<(), ApiError> {
-    match credit_limit {
-        Some(limit) => money::check_amount(limit, "credit_limit")
-            .map_err(|e| ApiError::invalid(e, "credit_limit")),
-        None => Ok(()),
-    }
+    let db = state.usage_db().await?;
+    accounts::view(db, &state.prices(), state.spending(), account).await
 }
 
 async fn create(
@@ -78,7 +44,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     check_name(&new.name).map_err(|e| ApiError::invalid(format!("name: {e}"), "name"))?;
     let credit_limit = new.credit_limit.map(|m| m.0);
-    check_credit(credit_limit)?;
+    accounts::check_credit(credit_limit)?;
     let account = accounts::create(state.db(), &new.name).await?;
     let mode = new.billing_mode.unwrap_or(BillingMode::Postpaid);
     store::accounts::set_billing(state.db(), account.id, mode, credit_limit).await?;
@@ -134,7 +100,7 @@ async fn update(
         .credit_limit
         .map(|c| c.map(|m| m.0))
         .unwrap_or(account.credit_limit);
-    check_credit(credit)?;
+    accounts::check_credit(credit)?;
     store::accounts::set_billing(state.db(), id, mode, credit).await?;
     let account = get_account(state.db(), id).await?;
     state.spending().set_allowance(id, account.allowance());
@@ -168,23 +134,9 @@ async fn top_up(
                 "Idempotency-Key",
             )
         })?;
-    let amount = new.amount.0;
-    if amount <= Decimal::ZERO {
-        return Err(ApiError::invalid(
-            "amount must be a positive decimal string, e.g. \"100.00\"",
-            "amount",
-        ));
-    }
-    money::check_amount(amount, "amount").map_err(|e| ApiError::invalid(e, "amount"))?;
     get_account(state.db(), id).await?;
-    let (topup, created) = store::accounts::top_up(state.db(), id, amount, key, &new.note).await?;
+    let (topup, created) = accounts::top_up(state.db(), id, new.amount.0, key, &new.note).await?;
     if !created {
-        if topup.amount != amount {
-            return Err(ApiError::Conflict(format!(
-                "Idempotency-Key '{key}' was used for a top-up of {}",
-                topup.amount
-            )));
-        }
         return Ok((StatusCode::OK, Json(topup)));
     }
     state.spending().credit(id, topup.amount);

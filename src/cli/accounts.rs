@@ -4,7 +4,6 @@ use chrono::{Duration, Utc};
 use clap::Subcommand;
 
 use crate::auth::cache::KeyCache;
-use crate::billing::money;
 use crate::config::Config;
 use crate::domain::keys::{self, KeyPatch, KeyView, NewKeyRequest};
 use crate::store;
@@ -137,9 +136,7 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             json,
         } => {
             crate::config::check_name(&name)?;
-            if let Some(limit) = credit_limit {
-                money::check_amount(limit, "--credit-limit").map_err(anyhow::Error::msg)?;
-            }
+            crate::domain::accounts::check_credit(credit_limit)?;
             let account = crate::domain::accounts::create(&db, &name).await?;
             let mode = if prepaid {
                 BillingMode::Prepaid
@@ -159,16 +156,10 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             note,
             json,
         } => {
-            anyhow::ensure!(amount > Decimal::ZERO, "--amount must be positive");
-            money::check_amount(amount, "--amount").map_err(anyhow::Error::msg)?;
             let account = crate::domain::accounts::named(&db, &name).await?;
             let (topup, created) =
-                store::accounts::top_up(&db, account.id, amount, &idempotency_key, &note).await?;
-            anyhow::ensure!(
-                topup.amount == amount,
-                "idempotency key '{idempotency_key}' was used for a top-up of {}",
-                topup.amount
-            );
+                crate::domain::accounts::top_up(&db, account.id, amount, &idempotency_key, &note)
+                    .await?;
             ChangeSignal::for_database(&config.database.url, "accounts").announce();
             let what = if created {
                 "credited"

@@ -1,8 +1,84 @@
-//! Accounts: opening one, and finding one by name.
+//! Accounts: opening one, finding one by name, its money (balance, held, available), its
+//! credit limit and its top-ups.
 
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::billing::{PriceBook, money};
 use crate::error::ApiError;
-use crate::store::accounts::Account;
+use crate::limits::spending::{self, Spending};
+use crate::store::accounts::{Account, Topup};
 use crate::store::{self, Db};
+
+/// An account with its money: balance = top-ups - charges; available adds the credit and
+/// subtracts what requests in flight hold (`null`: no limit).
+#[derive(Serialize)]
+pub struct AccountView {
+    #[serde(flatten)]
+    pub account: Account,
+    pub balance: Decimal,
+    pub held: Decimal,
+    pub available: Option<Decimal>,
+    pub currency: &'static str,
+}
+
+/// `account` with its money, from the ledger in `db` (imported up to now) and what
+/// `spending` holds for requests in flight.
+pub async fn view(
+    db: &Db,
+    prices: &PriceBook,
+    spending: &Spending,
+    account: Account,
+) -> Result<AccountView, ApiError> {
+    let balance = spending::balance(db, prices, account.id).await?;
+    let held = spending.held(account.id).normalize();
+    let available = match account.allowance() {
+        Some(a) => Some(money::sub(money::add(balance, a)?, held)?.normalize()),
+        None => None,
+    };
+    Ok(AccountView {
+        account,
+        balance,
+        held,
+        available,
+        currency: "CNY",
+    })
+}
+
+/// A credit limit within `money`'s bounds (400 naming `credit_limit` otherwise).
+pub fn check_credit(credit_limit: Option<Decimal>) -> Result<(), ApiError> {
+    match credit_limit {
+        Some(limit) => money::check_amount(limit, "credit_limit")
+            .map_err(|e| ApiError::invalid(e, "credit_limit")),
+        None => Ok(()),
+    }
+}
+
+/// Credits `amount` once per idempotency `key`: the top-up and whether this call made it (a
+/// retry returns the first one); the same key with another amount is 409.
+pub async fn top_up(
+    db: &Db,
+    account_id: i64,
+    amount: Decimal,
+    key: &str,
+    note: &str,
+) -> Result<(Topup, bool), ApiError> {
+    if amount <= Decimal::ZERO {
+        return Err(ApiError::invalid(
+            "amount must be a positive decimal string, e.g. \"100.00\"",
+            "amount",
+        ));
+    }
+    money::check_amount(amount, "amount").map_err(|e| ApiError::invalid(e, "amount"))?;
+    let (topup, created) = store::accounts::top_up(db, account_id, amount, key, note).await?;
+    if !created && topup.amount != amount {
+        return Err(ApiError::Conflict(format!(
+            "Idempotency-Key '{key}' was used for a top-up of {}",
+            topup.amount
+        )));
+    }
+    Ok((topup, created))
+}
 
 /// Creates an account; 409 if the name is taken (the database's unique name decides, so
 /// two at once cannot both pass).
