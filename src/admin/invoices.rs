@@ -90,7 +90,7 @@ async fn find(
     QueryParams(q): QueryParams<FindQuery>,
 ) -> Result<Response, ApiError> {
     let account = accounts::named(state.db(), &q.account).await?;
-    let month = Month::parse(&q.period)?;
+    let month = Month::parse(&q.period).map_err(|e| ApiError::invalid(e, "period"))?;
     let document = ledger(&state, &state.prices())
         .await?
         .get(&account, month)

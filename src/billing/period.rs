@@ -4,8 +4,6 @@
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::error::ApiError;
-
 /// A calendar month, e.g. `2026-11`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Month {
@@ -14,13 +12,9 @@ pub struct Month {
 }
 
 impl Month {
-    pub fn parse(text: &str) -> Result<Month, ApiError> {
-        let bad = || {
-            ApiError::invalid(
-                format!("period '{text}' is not a month like 2026-11"),
-                "period",
-            )
-        };
+    /// `2026-11`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Month, String> {
+        let bad = || format!("period '{text}' is not a month like 2026-11");
         let (y, m) = text.split_once('-').ok_or_else(bad)?;
         let (year, month) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
         if y.len() != 4 || m.len() != 2 || !(1..=12).contains(&month) {

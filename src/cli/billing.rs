@@ -112,7 +112,9 @@ pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyho
             format,
         } => {
             let account = crate::domain::accounts::named(&db, &account).await?;
-            let document = ledger.get(&account, Month::parse(&period)?).await?;
+            let document = ledger
+                .get(&account, Month::parse(&period).map_err(anyhow::Error::msg)?)
+                .await?;
             match format {
                 FormatArg::Json => println!("{}", document.to_json()?),
                 FormatArg::Csv => print!("{}", document.to_csv()?),
@@ -122,8 +124,12 @@ pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyho
             let account = crate::domain::accounts::named(&db, &account).await?;
             println!(
                 "{}",
-                Document::Final(ledger.finalize(&account, Month::parse(&period)?).await?)
-                    .to_json()?
+                Document::Final(
+                    ledger
+                        .finalize(&account, Month::parse(&period).map_err(anyhow::Error::msg)?)
+                        .await?
+                )
+                .to_json()?
             );
         }
     }
