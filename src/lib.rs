@@ -1,20 +1,25 @@
 //! tollgate: a metering and billing gateway for LLM APIs.
 //!
 //! A request's path through the crate:
-//! 1. `proxy::handlers` matches the route; `auth` turns the bearer key into a `Caller`
-//!    (through an in-memory cache), and `limits` admits it under its rpm and tpm.
-//! 2. `proxy::request` reads the body within its limit; `upstream` orders the
-//!    backends that may serve it (the M×N pair, a deployment, or the model's routing policy).
+//! 0. `server` accepts the connection (within the cap and its timeouts) and hands each
+//!    request to the router `app` assembled.
+//! 1. `proxy::handlers` matches the route; `proxy::authenticate` turns the bearer key into
+//!    a `Caller` (`auth`, through an in-memory cache), and `limits` admits it under its rpm
+//!    and tpm and holds its worst case against the account's spending limit.
+//! 2. `proxy::request` reads the body within its limit and bounds its numbers; `upstream`
+//!    orders the backends that may serve it (the M×N pair, a deployment, or the model's
+//!    routing policy).
 //! 3. `proxy::exchange` runs the call (over `upstream::client` and its `pool`) so that the
 //!    client cannot cancel it (`proxy::detach`): `proxy::stream` relays streams through
 //!    `proxy::framing`, and `proxy::observe` reads usage on the way.
-//! 4. `billing` prices the tokens exactly with the price version in force; `metering`
-//!    commits the record through the group-committing `Ledger` writer thread (an append
-//!    to `store::journal`, imported into SQLite by `store::usage` soon after), and only
-//!    then is the end of the response released to the client.
+//! 4. `proxy::settle` prices the tokens exactly with the price version in force
+//!    (`billing`), settles the limits, and `metering` commits the record through the
+//!    group-committing `Ledger` writer thread (an append to `store::journal`, imported into
+//!    SQLite by `store::usage` soon after); only then is the end of the response released.
 //!
+//! `state` holds what every request shares. `admin` serves `/admin/v1` behind JWT and the
+//! CLI (`cli`) offers the same operations, both through the `domain` services.
 //! `metrics` holds every Prometheus metric; `ops` serves `/metrics`, `/healthz`, `/readyz`.
-//! `admin` serves `/admin/v1` (accounts, keys, usage) behind JWT.
 //! `sim` is a simulated backend speaking each documented wire format, for the demo and tests.
 
 pub mod admin;
