@@ -18,6 +18,7 @@ mod key_secrecy;
 mod ledger_writer;
 mod observability;
 mod openai_sdk;
+mod postgres_schema;
 mod price_ledger;
 mod prices_cli;
 mod rate_limits;

@@ -2,6 +2,7 @@
 //! an account and a key, so tests read as what a client does and what the ledger says.
 
 pub mod binary;
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,131 @@
+//! A real PostgreSQL server for a test, from Debian's packages (`scripts/test` installs
+//! them): its own cluster in a temporary directory, on a free loopback port, started as the
+//! `postgres` user when the tests run as root (PostgreSQL refuses root), and stopped when
+//! dropped. Never the system's service, never a fixed port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Postgres {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The newest installed server's `bin` folder.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (scripts/test installs Debian's postgresql)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL server with initdb")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `program args...`, as the `postgres` user when we are root.
+fn run(program: &Path, args: &[&str]) {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let out = command.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown to postgres");
+        }
+        let data = dir.path().join("data");
+        let data_arg = data.to_str().unwrap();
+        run(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data_arg,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let port = free_port();
+        let options = format!(
+            "-p {port} -h 127.0.0.1 -k {} -F -c fsync=off",
+            dir.path().display()
+        );
+        let log = dir.path().join("server.log");
+        run(
+            &bin.join("pg_ctl"),
+            &[
+                "-D",
+                data_arg,
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            data,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.data.to_str().unwrap().to_owned();
+        let stop = self.bin.join("pg_ctl");
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&stop);
+            c
+        } else {
+            Command::new(&stop)
+        };
+        let _ = command
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
