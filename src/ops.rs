@@ -1,6 +1,7 @@
 //! Operations endpoints: `/metrics` (Prometheus text, optionally behind a bearer token),
 //! `/healthz` (the process is up) and `/readyz` (the database answers, the ledger writer
-//! runs and admission's spending lock is free). Also counts client requests refused before they reached a backend.
+//! runs and admission's spending lock is free). Also counts client requests refused before
+//! they reached a backend, and gives axum's plain-text rejections the OpenAI shape.
 
 use axum::Router;
 use axum::extract::State;

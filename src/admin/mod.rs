@@ -1,4 +1,5 @@
-//! `/admin/v1`: operator endpoints behind JWT (`jwt`). Each module brings its own router;
+//! `/admin/v1`: operator endpoints behind JWT (`auth::jwt`). Each module brings its own
+//! router, parses, authorises, calls a `domain` service and renders;
 //! `Admin` and `Viewer` extractors state in each handler's signature who may call it.
 
 pub mod accounts;
