@@ -55,10 +55,12 @@ async fn gauge(app: &TestApp, name: &str) -> f64 {
 async fn a_thousand_slow_connections_are_closed_on_time_and_never_hold_up_a_normal_client() {
     let app = TestApp::spawn_with(|c| {
         c.server.max_connections = 5_000;
-        c.server.header_timeout_ms = 6_000;
-        c.server.keep_alive_timeout_ms = 4_000;
-        c.server.body_idle_timeout_ms = 6_000;
-        c.server.body_timeout_ms = 10_000;
+        // Long enough that a slow machine still serves the normal client (and scrapes
+        // the gauge) while every slow connection is held.
+        c.server.header_timeout_ms = 8_000;
+        c.server.keep_alive_timeout_ms = 6_000;
+        c.server.body_idle_timeout_ms = 8_000;
+        c.server.body_timeout_ms = 12_000;
     })
     .await;
     let mut held = Vec::new();
