@@ -10,12 +10,11 @@ use serde_json::{Value, json};
 
 use super::{Admin, JsonBody};
 use crate::billing::prices::Money;
-use crate::config::check_name;
 use crate::domain::accounts::{self, AccountView};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store;
 use crate::store::accounts::{Account, BillingMode, Topup};
-use crate::store::{self, Db};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,20 +41,10 @@ async fn create(
     _: Admin,
     JsonBody(new): JsonBody<NewAccount>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
-    check_name(&new.name).map_err(|e| ApiError::invalid(format!("name: {e}"), "name"))?;
-    let credit_limit = new.credit_limit.map(|m| m.0);
-    accounts::check_credit(credit_limit)?;
-    let account = accounts::create(state.db(), &new.name).await?;
     let mode = new.billing_mode.unwrap_or(BillingMode::Postpaid);
-    store::accounts::set_billing(state.db(), account.id, mode, credit_limit).await?;
-    let account = get_account(state.db(), account.id).await?;
+    let credit_limit = new.credit_limit.map(|m| m.0);
+    let account = accounts::open(state.db(), &new.name, mode, credit_limit).await?;
     Ok((StatusCode::CREATED, Json(view(&state, account).await?)))
-}
-
-async fn get_account(db: &Db, id: i64) -> Result<Account, ApiError> {
-    store::accounts::get(db, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("account {id} does not exist")))
 }
 
 async fn list(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
@@ -71,7 +60,7 @@ async fn show(
     _: Admin,
     Path(id): Path<i64>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let account = get_account(state.db(), id).await?;
+    let account = accounts::get(state.db(), id).await?;
     Ok(Json(view(&state, account).await?))
 }
 
@@ -94,15 +83,8 @@ async fn update(
     Path(id): Path<i64>,
     JsonBody(patch): JsonBody<BillingPatch>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let account = get_account(state.db(), id).await?;
-    let mode = patch.billing_mode.unwrap_or(account.billing_mode);
-    let credit = patch
-        .credit_limit
-        .map(|c| c.map(|m| m.0))
-        .unwrap_or(account.credit_limit);
-    accounts::check_credit(credit)?;
-    store::accounts::set_billing(state.db(), id, mode, credit).await?;
-    let account = get_account(state.db(), id).await?;
+    let credit = patch.credit_limit.map(|c| c.map(|m| m.0));
+    let account = accounts::set_billing(state.db(), id, patch.billing_mode, credit).await?;
     state.spending().set_allowance(id, account.allowance());
     Ok(Json(view(&state, account).await?))
 }
@@ -134,7 +116,7 @@ async fn top_up(
                 "Idempotency-Key",
             )
         })?;
-    get_account(state.db(), id).await?;
+    accounts::get(state.db(), id).await?;
     let (topup, created) = accounts::top_up(state.db(), id, new.amount.0, key, &new.note).await?;
     if !created {
         return Ok((StatusCode::OK, Json(topup)));

@@ -135,16 +135,12 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             credit_limit,
             json,
         } => {
-            crate::config::check_name(&name)?;
-            crate::domain::accounts::check_credit(credit_limit)?;
-            let account = crate::domain::accounts::create(&db, &name).await?;
             let mode = if prepaid {
                 BillingMode::Prepaid
             } else {
                 BillingMode::Postpaid
             };
-            store::accounts::set_billing(&db, account.id, mode, credit_limit).await?;
-            let account = crate::domain::accounts::named(&db, &name).await?;
+            let account = crate::domain::accounts::open(&db, &name, mode, credit_limit).await?;
             emit(json, &account, || {
                 format!("account '{}' created (id {})", account.name, account.id)
             })

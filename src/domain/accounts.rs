@@ -5,9 +5,10 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::billing::{PriceBook, money};
+use crate::config::check_name;
 use crate::error::ApiError;
 use crate::limits::spending::{self, Spending};
-use crate::store::accounts::{Account, Topup};
+use crate::store::accounts::{Account, BillingMode, Topup};
 use crate::store::{self, Db};
 
 /// An account with its money: balance = top-ups - charges; available adds the credit and
@@ -84,6 +85,43 @@ pub async fn top_up(
 /// two at once cannot both pass).
 pub async fn create(db: &Db, name: &str) -> Result<Account, ApiError> {
     Ok(store::accounts::create(db, name).await?)
+}
+
+/// Opens an account named `name`, billed as `mode` with `credit_limit`: the name and the
+/// limit checked (400 naming them), 409 if the name is taken.
+pub async fn open(
+    db: &Db,
+    name: &str,
+    mode: BillingMode,
+    credit_limit: Option<Decimal>,
+) -> Result<Account, ApiError> {
+    check_name(name).map_err(|e| ApiError::invalid(format!("name: {e}"), "name"))?;
+    check_credit(credit_limit)?;
+    let account = create(db, name).await?;
+    set_billing(db, account.id, Some(mode), Some(credit_limit)).await
+}
+
+/// Changes how account `id` is billed: `None` keeps a setting, `Some(None)` removes the
+/// credit limit. Returns the account as it is now.
+pub async fn set_billing(
+    db: &Db,
+    id: i64,
+    mode: Option<BillingMode>,
+    credit_limit: Option<Option<Decimal>>,
+) -> Result<Account, ApiError> {
+    let account = get(db, id).await?;
+    let mode = mode.unwrap_or(account.billing_mode);
+    let credit = credit_limit.unwrap_or(account.credit_limit);
+    check_credit(credit)?;
+    store::accounts::set_billing(db, id, mode, credit).await?;
+    get(db, id).await
+}
+
+/// Account `id`, or 404.
+pub async fn get(db: &Db, id: i64) -> Result<Account, ApiError> {
+    store::accounts::get(db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("account {id} does not exist")))
 }
 
 /// The account named `name`, or 404.
