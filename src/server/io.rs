@@ -81,30 +81,43 @@ impl Watched {
         Poll::Ready(Ok(()))
     }
 
-    /// hyper answers a request it cannot parse by itself, before any request reaches the
-    /// router, with an error status and an empty body without a content type. Every error
-    /// the router answers has a JSON body (`ApiError`, its fallbacks, `ops::shape_errors`),
-    /// so such a head, written while no request is in flight, is hyper's. Returns ours.
+    /// Ours for a response head of hyper's own (see `hyper_error`), written while no
+    /// request is in flight.
     fn replacement(&self, head: &[u8]) -> Option<Vec<u8>> {
         if self.busy() {
             return None;
         }
-        let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
-        if end + 4 != head.len() {
-            return None; // a body follows
-        }
-        let lower = head[..end].to_ascii_lowercase();
-        let has = |name: &[u8]| lower.windows(name.len()).any(|w| w == name);
-        if has(b"\r\ncontent-type:") || !has(b"\r\ncontent-length: 0") {
-            return None;
-        }
-        let code = head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
-        let status = StatusCode::from_bytes(code).ok()?;
-        if !(status.is_client_error() || status.is_server_error()) {
-            return None;
-        }
-        Some(error_response(status, hyper_message(status)))
+        hyper_error(head).map(|status| error_response(status, hyper_message(status)))
     }
+}
+
+/// hyper answers a request it cannot parse by itself, before any request reaches the
+/// router, with an error status and an empty body without a content type. Every error the
+/// router answers has a JSON body (`ApiError`, its fallbacks, `ops::shape_errors`), so
+/// such a whole response, written while no request is in flight, is hyper's: its status.
+fn hyper_error(head: &[u8]) -> Option<StatusCode> {
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if end + 4 != head.len() {
+        return None; // a body follows
+    }
+    let lower = head[..end].to_ascii_lowercase();
+    let lines: Vec<&[u8]> = lower
+        .split(|&b| b == b'\n')
+        .map(|l| l.trim_ascii())
+        .collect();
+    let header = |name: &[u8]| {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(b":"))
+            .map(|v| v.trim_ascii())
+            .next()
+    };
+    if header(b"content-type").is_some() || header(b"content-length") != Some(b"0") {
+        return None;
+    }
+    let code = head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    let status = StatusCode::from_bytes(code).ok()?;
+    (status.is_client_error() || status.is_server_error()).then_some(status)
 }
 
 fn hyper_message(status: StatusCode) -> &'static str {
@@ -226,5 +239,48 @@ impl AsyncWrite for Watched {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_replacing(cx))?;
         Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hypers_own_empty_error_answers_are_replaced() {
+        let head = |text: &str| text.replace('|', "\r\n").into_bytes();
+        let hypers =
+            head("HTTP/1.1 431 Request Header Fields Too Large|content-length: 0|date: x||");
+        assert_eq!(
+            hyper_error(&hypers),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        let last_header = head("HTTP/1.1 400 Bad Request|Content-Length: 0||");
+        assert_eq!(hyper_error(&last_header), Some(StatusCode::BAD_REQUEST));
+        for ours in [
+            // A JSON error of the router.
+            "HTTP/1.1 404 Not Found|content-type: application/json|content-length: 0||",
+            // A body follows.
+            "HTTP/1.1 400 Bad Request|content-length: 2||{}",
+            // Not an error.
+            "HTTP/1.1 200 OK|content-length: 0||",
+            "HTTP/1.1 100 Continue||",
+            // A length that only starts with 0.
+            "HTTP/1.1 400 Bad Request|content-length: 05||",
+            // A streamed body.
+            "HTTP/1.1 502 Bad Gateway|transfer-encoding: chunked||",
+        ] {
+            assert_eq!(hyper_error(&head(ours)), None, "{ours}");
+        }
+        let replaced = String::from_utf8(error_response(
+            StatusCode::URI_TOO_LONG,
+            hyper_message(StatusCode::URI_TOO_LONG),
+        ))
+        .unwrap();
+        let (head, body) = replaced.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["message"], "the request's URI is too long");
     }
 }
