@@ -51,8 +51,13 @@ impl Limits {
     }
 
     /// Counts the request against the key's limits; 429 (with the headers) when over.
-    /// `worst` is the most the request can use (`ClientRequest::worst_case`).
-    pub fn admit(&self, caller: &Caller, worst: TokenCounts) -> Result<Admission, ApiError> {
+    /// `worst` gives the most the request can use (`ClientRequest::worst_case`); it is
+    /// asked only when the key has a token limit.
+    pub fn admit(
+        &self,
+        caller: &Caller,
+        worst: impl FnOnce() -> TokenCounts,
+    ) -> Result<Admission, ApiError> {
         let requests = self.requests.check(caller.limit_id(), self.rpm(caller));
         if let Some(wait) = requests.retry_after {
             let mut headers = HeaderMap::new();
@@ -70,6 +75,7 @@ impl Limits {
                 tokens: None,
             });
         };
+        let worst = worst();
         let reserve = worst.prompt.saturating_add(worst.completion);
         let tokens = self.tokens.reserve(caller.limit_id(), tpm, reserve);
         if let Some(wait) = tokens.retry_after {

@@ -18,7 +18,6 @@ use super::own_usage;
 use super::request::ClientRequest;
 use super::settle::Exchange;
 use crate::auth::Caller;
-use crate::billing::TokenCounts;
 use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
 use crate::error::ApiError;
@@ -138,9 +137,11 @@ async fn proxy(
         }
     };
     caller.check_model(&candidates[0].model)?;
-    let worst = request.worst_case(state.config().limits.reserve_max_tokens);
-    let admission = state.limits().admit(&caller, worst)?;
-    let hold = match hold_worst_case(&state, &caller, worst, &candidates, started_at).await {
+    let reserve = state.config().limits.reserve_max_tokens;
+    let admission = state
+        .limits()
+        .admit(&caller, || request.worst_case(reserve))?;
+    let hold = match hold_worst_case(&state, &caller, &request, &candidates, started_at).await {
         Ok(hold) => hold,
         Err(e) => {
             state.limits().settle(&caller, &admission, 0);
@@ -176,7 +177,7 @@ fn new_request_id(at: chrono::DateTime<Utc>) -> String {
 async fn hold_worst_case(
     state: &AppState,
     caller: &Caller,
-    tokens: TokenCounts,
+    request: &ClientRequest,
     candidates: &[Arc<Upstream>],
     at: chrono::DateTime<Utc>,
 ) -> Result<Option<Hold>, ApiError> {
@@ -189,6 +190,7 @@ async fn hold_worst_case(
         return Ok(None);
     }
     // Priced at the dearest chip it may fail over to: the hold covers whichever serves.
+    let tokens = request.worst_case(state.config().limits.reserve_max_tokens);
     let mut worst = None;
     for upstream in candidates {
         if let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) {

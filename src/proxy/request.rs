@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -33,8 +34,10 @@ pub struct ClientRequest {
     pub max_tokens: Option<u64>,
     /// Answers asked for (`n`), 1 to `MAX_CHOICES`.
     pub choices: u64,
-    /// An upper bound on the prompt's tokens from byte counts alone (`prompt_bound`).
-    prompt_bound: u64,
+    /// An upper bound on the prompt's tokens from byte counts alone (`bound_prompt`),
+    /// counted when first asked: a request without a token limit or a spending limit
+    /// never needs it.
+    prompt_bound: OnceLock<u64>,
 }
 
 /// The most answers one request may ask for (`n`).
@@ -75,7 +78,7 @@ impl ClientRequest {
             wants_stream_usage: false,
             max_tokens: None,
             choices: 1,
-            prompt_bound: 0,
+            prompt_bound: OnceLock::new(),
         };
         request.model = request.value("model");
         request.stream = match request.member("stream") {
@@ -112,7 +115,6 @@ impl ClientRequest {
             }
             request.choices = n;
         }
-        request.prompt_bound = request.bound_prompt();
         Ok(request)
     }
 
@@ -181,7 +183,7 @@ impl ClientRequest {
     /// An upper bound on the prompt's tokens, cheap enough for admission: what limits and
     /// spending holds reserve. See `bound_prompt`.
     pub fn prompt_bound(&self) -> u64 {
-        self.prompt_bound
+        *self.prompt_bound.get_or_init(|| self.bound_prompt())
     }
 
     /// The most the request can use: the prompt's byte bound plus `max_tokens` (or
@@ -196,7 +198,7 @@ impl ClientRequest {
             _ => 0,
         };
         TokenCounts {
-            prompt: self.prompt_bound,
+            prompt: self.prompt_bound(),
             completion,
             cached: 0,
         }
