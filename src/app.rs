@@ -79,7 +79,7 @@ impl Application {
         }
         let metrics = Arc::new(Metrics::new());
         let (ledger, ledger_writer) =
-            Ledger::spawn(&config.database, &config.ledger, metrics.clone())?;
+            Ledger::spawn(&config.database, &config.ledger, metrics.clone()).await?;
         let connection_limits = ConnectionLimits::from_config(&config.server);
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)

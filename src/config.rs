@@ -180,10 +180,33 @@ impl ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `sqlite://PATH` (created on first run).
+    /// `sqlite://PATH` (created on first run), or `postgres://USER@HOST:PORT/DB` for one
+    /// ledger shared by many replicas.
     pub url: String,
     /// SQLite `synchronous` (and the usage journal's): whether each commit waits for the disk.
     pub synchronous: Synchronous,
+    /// With PostgreSQL: this replica's own directory for its usage journal, the spool that
+    /// records wait in until PostgreSQL has them. One replica per directory.
+    pub spool: PathBuf,
+    /// With PostgreSQL: connections in this replica's pool.
+    pub max_connections: u32,
+}
+
+/// Which database holds the ledger, from the scheme of `database.url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseConfig {
+    pub fn backend(&self) -> Backend {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
 }
 
 /// Whether a commit waits for the disk.
@@ -212,6 +235,8 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://tollgate.db".into(),
             synchronous: Synchronous::Full,
+            spool: PathBuf::from("tollgate-spool"),
+            max_connections: 16,
         }
     }
 }
@@ -454,11 +479,13 @@ impl Config {
                 bail!("server.{name} must be between 1 and 86400000 (a day)");
             }
         }
-        if !self.database.url.starts_with("sqlite:") {
-            bail!(
-                "database.url: '{}' is not supported; use sqlite://PATH",
-                self.database.url
-            );
+        let database = &self.database;
+        if database.backend() == Backend::Sqlite && !database.url.starts_with("sqlite:") {
+            // Not repeated: a URL of another kind may hold a password.
+            bail!("database.url is not supported; use sqlite://PATH or postgres://...");
+        }
+        if !(1..=1000).contains(&database.max_connections) {
+            bail!("database.max_connections must be between 1 and 1000");
         }
         if self.limits.default_rpm == 0
             || self.limits.default_tpm == Some(0)

@@ -50,7 +50,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    let database = sqlx::query("SELECT 1").execute(state.db()).await.is_ok();
+    let database = crate::store::ping(state.db()).await;
     let ledger = state.ledger().is_running();
     let spending = state.spending().responsive();
     let status = if database && ledger && spending {

@@ -1,16 +1,18 @@
 //! The ledger: how a usage record becomes durable before its client sees the end of its
-//! response, and how it reaches SQLite.
+//! response, and how it reaches the database (SQLite, or PostgreSQL shared by replicas).
 //!
 //! A request commits its own record: it encodes it, then appends it to the active usage
 //! journal (`store::journal`) under a short lock, with no hop to another thread. With
 //! `synchronous = "full"` it then waits for the writer thread's next `fdatasync`, which
 //! covers every record appended before it began (group commit).
 //!
-//! The writer thread imports the journal into SQLite, many records to a transaction:
+//! The writer thread imports the journal into the database, many records to a transaction:
 //! after `ledger.import_delay_ms`, once `ledger.import_max` records wait, when a reader
 //! of usage asks (`Ledger::flush`), and at shutdown. At an import the two journal files
-//! change roles, so appends go on while SQLite works. The writer has its own blocking
-//! SQLite connection; everything else in the store goes through sqlx.
+//! change roles, so appends go on while the database works. The writer has its own
+//! connection (`store::Sink`); everything else in the store goes through the pool. While
+//! the database is unreachable the journal is the spool: records wait there, and imports
+//! are retried until it returns.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use crate::billing::record::UsageRecord;
 use crate::config::{DatabaseConfig, LedgerConfig, Synchronous};
 use crate::metrics::Metrics;
-use crate::store;
+use crate::store::Sink;
 use crate::store::journal::{self, Journal, Line};
 
 /// First wait before a failed import is tried again; it doubles up to `RETRY_MAX`.
@@ -52,7 +54,7 @@ pub struct Ledger {
 }
 
 enum Control {
-    /// Import everything committed so far into SQLite, then answer.
+    /// Import everything committed so far into the database, then answer.
     Flush(oneshot::Sender<Result<(), LedgerError>>),
     /// Refuse new records, import those committed, then stop.
     Stop,
@@ -128,20 +130,22 @@ impl Shared {
 impl Ledger {
     /// Opens the writer's connection to the (already migrated) database, takes the usage
     /// journals, imports what a previous run left there, and starts the writer thread.
-    pub fn spawn(
+    pub async fn spawn(
         database: &DatabaseConfig,
         config: &LedgerConfig,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Ledger, LedgerWriter)> {
-        let conn = store::open_for_ledger_writer(database)?;
-        let [mut first, mut second] = journal::open(database)?;
+        let sink = Sink::open(database).await?;
+        let opening = database.clone();
+        let [mut first, mut second] =
+            tokio::task::spawn_blocking(move || journal::open(&opening)).await??;
         let left: Vec<UsageRecord> = first
             .records()
             .into_iter()
             .chain(second.records())
             .collect();
         if !left.is_empty() {
-            journal::import(&conn, &left, &first)?;
+            journal::import(&sink, &left, &first).await?;
             first.clear()?;
             second.clear()?;
             tracing::info!(
@@ -166,7 +170,7 @@ impl Ledger {
         });
         let writer = Writer {
             shared: shared.clone(),
-            conn,
+            sink,
             spare: Some(second),
             retired: None,
             publish,
@@ -230,7 +234,7 @@ impl Ledger {
         }
     }
 
-    /// Returns once every record committed before the call is in SQLite: call it before
+    /// Returns once every record committed before the call is in the database: call it before
     /// reading usage from the database.
     pub async fn flush(&self) -> Result<(), LedgerError> {
         let (done, answered) = oneshot::channel();
@@ -246,7 +250,7 @@ impl Ledger {
         !self.control.is_closed() && self.shared.lock().journal.is_some()
     }
 
-    /// Records committed to the journal and not yet imported into SQLite.
+    /// Records committed to the journal and not yet imported into the database.
     pub fn queue_depth(&self) -> usize {
         self.shared.lock().records.len()
     }
@@ -273,10 +277,10 @@ impl LedgerWriter {
 /// The writer thread's state.
 struct Writer {
     shared: Arc<Shared>,
-    conn: rusqlite::Connection,
+    sink: Sink,
     /// The emptied journal the next import makes active.
     spare: Option<Journal>,
-    /// A journal out of use and its records, until they are all in SQLite.
+    /// A journal out of use and its records, until they are all in the database.
     retired: Option<(Journal, Vec<UsageRecord>)>,
     publish: watch::Sender<Resolved>,
     import_delay: Duration,
@@ -298,13 +302,13 @@ impl Writer {
                 _ = shared.sync_wanted.notified(), if shared.sync => self.sync_active(),
                 message = control.recv() => match message {
                     Some(Control::Flush(done)) => {
-                        let _ = done.send(self.import_all());
+                        let _ = done.send(self.import_all().await);
                     }
                     Some(Control::Stop) | None => break,
                 },
-                _ = shared.import_wanted.notified() => self.schedule_import(),
+                _ = shared.import_wanted.notified() => self.schedule_import().await,
                 _ = sleep, if due.is_some() => {
-                    let _ = self.import();
+                    let _ = self.import().await;
                 }
             }
         }
@@ -314,13 +318,13 @@ impl Writer {
         // Every record answered is in a journal; the next start imports what fails here.
         let mut imported = Ok(());
         if self.retired.is_some() {
-            imported = self.import();
+            imported = self.import().await;
         }
         if imported.is_ok()
             && let Some(last) = last
         {
             self.retired = Some(last);
-            imported = self.import();
+            imported = self.import().await;
         }
         while let Ok(Control::Flush(done)) = control.try_recv() {
             let _ = done.send(imported.clone());
@@ -329,10 +333,10 @@ impl Writer {
     }
 
     /// Starts the import delay, or imports at once if `import_max` records wait.
-    fn schedule_import(&mut self) {
+    async fn schedule_import(&mut self) {
         let waiting = self.shared.lock().records.len();
         if waiting >= self.shared.import_max {
-            let _ = self.import();
+            let _ = self.import().await;
         } else if waiting > 0 {
             self.due.get_or_insert(Instant::now() + self.import_delay);
         }
@@ -404,17 +408,17 @@ impl Writer {
 
     /// Imports everything committed so far: a journal whose import failed, then the
     /// active one.
-    fn import_all(&mut self) -> Result<(), LedgerError> {
+    async fn import_all(&mut self) -> Result<(), LedgerError> {
         if self.retired.is_some() {
-            self.import()?;
+            self.import().await?;
         }
-        self.import()
+        self.import().await
     }
 
-    /// Imports the retired journal into SQLite in one transaction and empties it; if no
-    /// journal is retired, retires the active one first. On failure the records stay in
+    /// Imports the retired journal into the database in one transaction and empties it; if
+    /// no journal is retired, retires the active one first. On failure the records stay in
     /// the journal and in memory, and the import is tried again later.
-    fn import(&mut self) -> Result<(), LedgerError> {
+    async fn import(&mut self) -> Result<(), LedgerError> {
         if self.retired.is_none() {
             self.retire_active();
         }
@@ -423,7 +427,7 @@ impl Writer {
             return Ok(());
         };
         let started = Instant::now();
-        if let Err(e) = journal::import(&self.conn, records, journal) {
+        if let Err(e) = journal::import(&self.sink, records, journal).await {
             tracing::warn!(records = records.len(), error = %e, "ledger import failed; the records stay in the usage journal and are tried again");
             self.due = Some(Instant::now() + self.retry);
             self.retry = (self.retry * 2).min(RETRY_MAX);

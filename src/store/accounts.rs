@@ -1,13 +1,10 @@
 //! Accounts: who is billed.
 
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
-use super::{Db, Result, from_ms, to_ms};
+use super::{Db, Money, Read, Result, StoreError, from_ms, on, to_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,21 +35,19 @@ impl Account {
     }
 }
 
-fn from_row(row: sqlx::sqlite::SqliteRow) -> Account {
-    let mode: String = row.get("billing_mode");
-    let credit: Option<String> = row.get("credit_limit");
-    Account {
-        id: row.get("id"),
-        name: row.get("name"),
-        created_at: from_ms(row.get("created_at")),
+fn from_row(row: &impl Read) -> Result<Account> {
+    let mode: String = row.read("billing_mode")?;
+    Ok(Account {
+        id: row.read("id")?,
+        name: row.read("name")?,
+        created_at: from_ms(row.read("created_at")?),
         billing_mode: if mode == "prepaid" {
             BillingMode::Prepaid
         } else {
             BillingMode::Postpaid
         },
-        // Written only by `set_billing` from a Decimal.
-        credit_limit: credit.and_then(|c| Decimal::from_str(&c).ok()),
-    }
+        credit_limit: row.money_or_null("credit_limit")?,
+    })
 }
 
 /// Sets how an account is billed.
@@ -66,12 +61,14 @@ pub async fn set_billing(
         BillingMode::Prepaid => "prepaid",
         BillingMode::Postpaid => "postpaid",
     };
-    sqlx::query("UPDATE accounts SET billing_mode = ?, credit_limit = ? WHERE id = ?")
-        .bind(mode)
-        .bind(credit_limit.map(|c| c.to_string()))
-        .bind(id)
-        .execute(db)
-        .await?;
+    on!(db, |pool| {
+        sqlx::query("UPDATE accounts SET billing_mode = $1, credit_limit = $2 WHERE id = $3")
+            .bind(mode)
+            .bind(credit_limit.map(Money))
+            .bind(id)
+            .execute(pool)
+            .await?;
+    });
     Ok(())
 }
 
@@ -85,15 +82,14 @@ pub struct Topup {
     pub created_at: DateTime<Utc>,
 }
 
-fn topup_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Topup> {
-    let amount: String = row.get("amount");
+fn topup_from_row(row: &impl Read) -> Result<Topup> {
     Ok(Topup {
-        id: row.get("id"),
-        account_id: row.get("account_id"),
-        amount: Decimal::from_str(&amount)?,
-        idempotency_key: row.get("idempotency_key"),
-        note: row.get("note"),
-        created_at: from_ms(row.get("created_at")),
+        id: row.read("id")?,
+        account_id: row.read("account_id")?,
+        amount: row.money("amount")?,
+        idempotency_key: row.read("idempotency_key")?,
+        note: row.read("note")?,
+        created_at: from_ms(row.read("created_at")?),
     })
 }
 
@@ -105,77 +101,90 @@ pub async fn top_up(
     key: &str,
     note: &str,
 ) -> Result<(Topup, bool)> {
-    let inserted = sqlx::query(
-        "INSERT INTO topups (account_id, amount, idempotency_key, note, created_at) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (account_id, idempotency_key) DO NOTHING",
-    )
-    .bind(account_id)
-    .bind(amount.to_string())
-    .bind(key)
-    .bind(note)
-    .bind(to_ms(Utc::now()))
-    .execute(db)
-    .await?
-    .rows_affected()
-        == 1;
-    let row = sqlx::query("SELECT * FROM topups WHERE account_id = ? AND idempotency_key = ?")
+    on!(db, |pool| {
+        let inserted = sqlx::query(
+            "INSERT INTO topups (account_id, amount, idempotency_key, note, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (account_id, idempotency_key) DO NOTHING",
+        )
         .bind(account_id)
+        .bind(Money(amount))
         .bind(key)
-        .fetch_one(db)
-        .await?;
-    Ok((topup_from_row(&row)?, inserted))
+        .bind(note)
+        .bind(to_ms(Utc::now()))
+        .execute(pool)
+        .await?
+        .rows_affected()
+            == 1;
+        let row =
+            sqlx::query("SELECT * FROM topups WHERE account_id = $1 AND idempotency_key = $2")
+                .bind(account_id)
+                .bind(key)
+                .fetch_one(pool)
+                .await?;
+        Ok((topup_from_row(&row)?, inserted))
+    })
 }
 
 /// The sum of an account's top-ups, exactly.
 pub async fn topped_up(db: &Db, account_id: i64) -> Result<Decimal> {
-    let rows = sqlx::query("SELECT amount FROM topups WHERE account_id = ?")
-        .bind(account_id)
-        .fetch_all(db)
-        .await?;
+    let amounts: Vec<Money> = on!(db, |pool| {
+        sqlx::query_scalar("SELECT amount FROM topups WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_all(pool)
+            .await?
+    });
     let mut sum = Decimal::ZERO;
-    for row in rows {
-        let amount = Decimal::from_str(&row.get::<String, _>("amount"))?;
-        sum = crate::billing::money::add(sum, amount)?;
+    for amount in amounts {
+        sum = crate::billing::money::add(sum, amount.0)?;
     }
     Ok(sum)
 }
 
 /// Creates an account; fails if the name is taken.
 pub async fn create(db: &Db, name: &str) -> Result<Account> {
-    let now = Utc::now();
-    let row = sqlx::query("INSERT INTO accounts (name, created_at) VALUES (?, ?) RETURNING *")
-        .bind(name)
-        .bind(to_ms(now))
-        .fetch_one(db)
-        .await
-        .map_err(|e| match super::StoreError::from(e) {
-            super::StoreError::Conflict(_) => {
-                super::StoreError::Conflict(format!("an account named '{name}' already exists"))
-            }
-            other => other,
-        })?;
-    Ok(from_row(row))
+    let now = to_ms(Utc::now());
+    let row = on!(db, |pool| {
+        sqlx::query("INSERT INTO accounts (name, created_at) VALUES ($1, $2) RETURNING *")
+            .bind(name)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .map(|row| from_row(&row))
+    });
+    row.map_err(|e| match StoreError::from(e) {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("an account named '{name}' already exists"))
+        }
+        other => other,
+    })?
 }
 
 pub async fn find_by_name(db: &Db, name: &str) -> Result<Option<Account>> {
-    let row = sqlx::query("SELECT * FROM accounts WHERE name = ?")
-        .bind(name)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(from_row))
+    on!(db, |pool| {
+        let row = sqlx::query("SELECT * FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    })
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<Account>> {
-    let row = sqlx::query("SELECT * FROM accounts WHERE id = ?")
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(from_row))
+    on!(db, |pool| {
+        let row = sqlx::query("SELECT * FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    })
 }
 
 pub async fn list(db: &Db) -> Result<Vec<Account>> {
-    let rows = sqlx::query("SELECT * FROM accounts ORDER BY id")
-        .fetch_all(db)
-        .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+    on!(db, |pool| {
+        let rows = sqlx::query("SELECT * FROM accounts ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    })
 }

@@ -1,8 +1,9 @@
-//! The usage journal: two files beside the SQLite ledger. A request appends its record to
-//! the active one before it answers (one `write`; with `synchronous = "full"` the ledger
-//! writer also makes it durable with a group `fdatasync`). The writer imports the records
-//! into SQLite later, many to a transaction, from the other file: at an import the files
-//! change roles, so appends never wait for SQLite.
+//! The usage journal: two files beside the SQLite ledger, or in the replica's spool
+//! directory when the ledger is PostgreSQL. A request appends its record to the active one
+//! before it answers (one `write`; with `synchronous = "full"` the ledger writer also makes
+//! it durable with a group `fdatasync`). The writer imports the records into the ledger
+//! later, many to a transaction, from the other file: at an import the files change roles,
+//! so appends never wait for the database.
 //!
 //! Like SQLite's own WAL, a file is reused rather than truncated: after its import the
 //! next records overwrite it from the start, so an `fdatasync` has no file size to
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use super::usage;
+use super::{InsertError, Sink};
 use crate::billing::record::UsageRecord;
 use crate::config::{DatabaseConfig, Synchronous};
 
@@ -32,7 +33,7 @@ pub struct Journal {
     /// Shared with the writer, which `fdatasync`s it while requests go on appending.
     file: Arc<File>,
     path: PathBuf,
-    /// Where records SQLite refuses are kept (one file for both journals).
+    /// Where records the ledger refuses are kept (one file for both journals).
     refused: PathBuf,
     /// Where the current cycle's lines end: the next append goes here.
     len: u64,
@@ -52,26 +53,27 @@ const CYCLE_PREFIX: &[u8] = b"0000000000000000 ";
 /// Files above this size are given back to the file system when their journal empties.
 const KEEP_MAX: u64 = 64 << 20;
 
-/// The journal files' paths: beside the SQLite file, like its `-wal` and `-shm`.
-pub fn paths(database: &Path) -> [PathBuf; 2] {
+/// The journal files' paths: beside the SQLite file, like its `-wal` and `-shm` (`base` is
+/// `store::journal_base`).
+pub fn paths(base: &Path) -> [PathBuf; 2] {
     ["-usage-journal", "-usage-journal-2"].map(|suffix| {
-        let mut name = database.as_os_str().to_owned();
+        let mut name = base.as_os_str().to_owned();
         name.push(suffix);
         PathBuf::from(name)
     })
 }
 
-/// Where records SQLite refused at an import are kept, one JSON line each.
-pub fn refused_path(database: &Path) -> PathBuf {
-    let [first, _] = paths(database);
+/// Where records the ledger refused at an import are kept, one JSON line each.
+pub fn refused_path(base: &Path) -> PathBuf {
+    let [first, _] = paths(base);
     let mut name = first.into_os_string();
     name.push("-refused");
     PathBuf::from(name)
 }
 
-/// Opens (creating if needed) and locks both journal files of `config`'s SQLite file.
-/// Fails if another process holds them for a second: one gateway writes one SQLite
-/// ledger (a CLI command holds them only for a moment, to check for records left).
+/// Opens (creating if needed) and locks both journal files of `config`'s ledger. Fails if
+/// another process holds them for a second: one gateway writes one journal (a CLI command
+/// holds them only for a moment, to check for records left).
 pub fn open(config: &DatabaseConfig) -> anyhow::Result<[Journal; 2]> {
     for _ in 0..10 {
         if let Some(journals) = try_open(config)? {
@@ -80,15 +82,15 @@ pub fn open(config: &DatabaseConfig) -> anyhow::Result<[Journal; 2]> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     bail!(
-        "another tollgate is writing the ledger {} (its usage journal is locked)",
-        super::sqlite_path(config)?.display()
+        "another tollgate is writing the usage journal {} (it is locked)",
+        super::journal_base(config)?.display()
     )
 }
 
 /// `open`, or `None` if another process holds either file. Files are always locked in the
 /// same order, so two processes cannot each hold one.
 fn try_open(config: &DatabaseConfig) -> anyhow::Result<Option<[Journal; 2]>> {
-    let database = super::sqlite_path(config)?;
+    let database = super::journal_base(config)?;
     let [first, second] = paths(&database);
     let Some(first) = try_lock(first)? else {
         return Ok(None);
@@ -168,7 +170,7 @@ impl Journal {
         self.end_at(len)
     }
 
-    /// Empties the journal once its records are all in SQLite: the next cycle starts at
+    /// Empties the journal once its records are all in the ledger: the next cycle starts at
     /// the beginning. If this is lost (a crash, power loss), the records are imported
     /// again and skipped as duplicates.
     pub fn clear(&mut self) -> io::Result<()> {
@@ -185,7 +187,7 @@ impl Journal {
         self.file.write_all_at(b"\0", offset)
     }
 
-    /// Keeps a record SQLite refuses in a file of its own beside the journal, as one JSON
+    /// Keeps a record the ledger refuses in a file of its own beside the journal, as one JSON
     /// line, for an operator to look at.
     pub fn set_aside(&self, record: &UsageRecord) -> io::Result<()> {
         let mut line = serde_json::to_vec(record)?;
@@ -209,10 +211,10 @@ impl Line {
     }
 }
 
-/// Whether the journals of the SQLite file `database` hold no records (every committed
-/// record is in SQLite).
-pub fn is_empty(database: &Path) -> io::Result<bool> {
-    for path in paths(database) {
+/// Whether the journals at `base` hold no records (every committed record is in the
+/// ledger).
+pub fn is_empty(base: &Path) -> io::Result<bool> {
+    for path in paths(base) {
         let mut first = [0u8; 1];
         match File::open(path) {
             Ok(file) if file.read_at(&mut first, 0)? == 1 && first[0] != 0 => return Ok(false),
@@ -227,48 +229,44 @@ pub fn is_empty(database: &Path) -> io::Result<bool> {
 /// Imports the records of journals no gateway holds, then empties them. Returns how many
 /// records were new to the ledger, or `None` if a running gateway holds the journals (it
 /// imports its own records within `ledger.import_delay_ms`).
-pub fn recover(config: &DatabaseConfig) -> anyhow::Result<Option<usize>> {
-    let database = super::sqlite_path(config)?;
-    if !paths(&database).iter().any(|path| path.exists()) {
+pub async fn recover(config: &DatabaseConfig) -> anyhow::Result<Option<usize>> {
+    let base = super::journal_base(config)?;
+    if !paths(&base).iter().any(|path| path.exists()) {
         return Ok(Some(0));
     }
-    let Some(mut journals) = try_open(config)? else {
+    let opening = config.clone();
+    let Some(mut journals) = tokio::task::spawn_blocking(move || try_open(&opening)).await?? else {
         return Ok(None);
     };
     let records: Vec<UsageRecord> = journals.iter_mut().flat_map(Journal::records).collect();
     if records.is_empty() {
         return Ok(Some(0));
     }
-    let conn = super::open_for_ledger_writer(config)?;
-    let count = || -> rusqlite::Result<i64> {
-        conn.query_row("SELECT count(*) FROM usage_records", [], |row| row.get(0))
-    };
-    let before = count()?;
-    import(&conn, &records, &journals[0])
-        .with_context(|| format!("cannot import the usage journal of {}", database.display()))?;
-    let new = (count()? - before) as usize;
+    let sink = Sink::open(config).await?;
+    let before = sink.count().await?;
+    import(&sink, &records, &journals[0])
+        .await
+        .with_context(|| format!("cannot import the usage journal {}", base.display()))?;
+    let new = (sink.count().await? - before) as usize;
     for journal in &mut journals {
         journal.clear()?;
     }
-    tracing::info!(database = %database.display(), records = records.len(), new, "usage journal imported");
+    tracing::info!(journal = %base.display(), records = records.len(), new, "usage journal imported");
     Ok(Some(new))
 }
 
-/// Imports `records` into SQLite in one transaction; a request id already stored is
-/// skipped. If SQLite refuses a record (a constraint: it would fail every import), the
+/// Imports `records` into the ledger in one transaction; a request id already stored is
+/// skipped. If the ledger refuses a record (a constraint: it would fail every import), the
 /// records are imported one by one and those refused are set aside beside the journal.
-pub fn import(
-    conn: &rusqlite::Connection,
-    records: &[UsageRecord],
-    journal: &Journal,
-) -> anyhow::Result<()> {
-    match usage::insert(conn, records) {
-        Err(e) if is_refusal(&e) => {}
+pub async fn import(sink: &Sink, records: &[UsageRecord], journal: &Journal) -> anyhow::Result<()> {
+    let all: Vec<&UsageRecord> = records.iter().collect();
+    match sink.insert(&all).await {
+        Err(InsertError::Refused(_)) => {}
         other => return Ok(other?),
     }
     for record in records {
-        match usage::insert(conn, [record]) {
-            Err(e) if is_refusal(&e) => {
+        match sink.insert(&[record]).await {
+            Err(InsertError::Refused(e)) => {
                 tracing::error!(request_id = %record.request_id, error = %e, "the ledger refuses a usage record; it is kept in the refused-records file beside the journal");
                 journal.set_aside(record)?;
             }
@@ -276,10 +274,6 @@ pub fn import(
         }
     }
     Ok(())
-}
-
-fn is_refusal(error: &rusqlite::Error) -> bool {
-    error.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation)
 }
 
 /// Opens `path` (creating it) and takes its lock; `None` if it is held.

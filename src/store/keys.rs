@@ -2,9 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
-use super::{Db, Result, from_ms, to_ms};
+use super::{Db, Read, Result, from_ms, on, to_ms};
 
 /// What a key may do. `None` means the configured default (limits) or everything (models).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,32 +54,33 @@ impl KeyRow {
     }
 }
 
-fn from_row(row: sqlx::sqlite::SqliteRow) -> KeyRow {
-    let models: Option<String> = row.get("allowed_models");
-    KeyRow {
-        id: row.get("id"),
-        account_id: row.get("account_id"),
-        name: row.get("name"),
-        prefix: row.get("prefix"),
-        secret_hash: row.get("secret_hash"),
-        created_at: from_ms(row.get("created_at")),
-        expires_at: row.get::<Option<i64>, _>("expires_at").map(from_ms),
-        revoked_at: row.get::<Option<i64>, _>("revoked_at").map(from_ms),
-        rotated_to: row.get("rotated_to"),
+fn from_row(row: &impl Read) -> Result<KeyRow> {
+    let models: Option<String> = row.read("allowed_models")?;
+    let id = row.read("id")?;
+    Ok(KeyRow {
+        id,
+        account_id: row.read("account_id")?,
+        name: row.read("name")?,
+        prefix: row.read("prefix")?,
+        secret_hash: row.read("secret_hash")?,
+        created_at: from_ms(row.read("created_at")?),
+        expires_at: row.read::<Option<i64>>("expires_at")?.map(from_ms),
+        revoked_at: row.read::<Option<i64>>("revoked_at")?.map(from_ms),
+        rotated_to: row.read("rotated_to")?,
         // Read leniently: a ledger an older version made (the benchmark's compared build)
         // has no such column.
         lineage_id: row
-            .try_get::<Option<i64>, _>("lineage_id")
+            .read::<Option<i64>>("lineage_id")
             .ok()
             .flatten()
-            .unwrap_or_else(|| row.get("id")),
+            .unwrap_or(id),
         limits: KeyLimits {
-            rpm: row.get::<Option<i64>, _>("rpm").map(|v| v as u32),
-            tpm: row.get::<Option<i64>, _>("tpm").map(|v| v as u64),
+            rpm: row.read::<Option<i64>>("rpm")?.map(|v| v as u32),
+            tpm: row.read::<Option<i64>>("tpm")?.map(|v| v as u64),
             // Written only by this module, as a JSON array.
             allowed_models: models.and_then(|m| serde_json::from_str(&m).ok()),
         },
-    }
+    })
 }
 
 pub struct NewKey<'a> {
@@ -99,50 +99,78 @@ fn models_json(limits: &KeyLimits) -> Option<String> {
         .map(|m| serde_json::to_string(m).expect("strings serialize"))
 }
 
-pub async fn insert<'c>(conn: impl sqlx::SqliteExecutor<'c>, key: NewKey<'_>) -> Result<KeyRow> {
-    let row = sqlx::query(
-        "INSERT INTO api_keys (account_id, name, prefix, secret_hash, created_at, expires_at,
-            allowed_models, rpm, tpm)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-    )
-    .bind(key.account_id)
-    .bind(key.name)
-    .bind(key.prefix)
-    .bind(key.secret_hash)
-    .bind(to_ms(Utc::now()))
-    .bind(key.expires_at.map(to_ms))
-    .bind(models_json(&key.limits))
-    .bind(key.limits.rpm.map(i64::from))
-    .bind(key.limits.tpm.map(|t| t as i64))
-    .fetch_one(conn)
-    .await?;
-    Ok(from_row(row))
+/// `INSERT` of a `NewKey`, bound by `insert_key!`.
+const INSERT: &str = "INSERT INTO api_keys (account_id, name, prefix, secret_hash, created_at,
+        expires_at, allowed_models, rpm, tpm)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *";
+
+/// Inserts `$key` on `$conn` (a pool or a transaction of either backend): a `KeyRow`.
+macro_rules! insert_key {
+    ($conn:expr, $key:expr) => {{
+        let key: &NewKey = $key;
+        let row = sqlx::query(INSERT)
+            .bind(key.account_id)
+            .bind(key.name)
+            .bind(key.prefix)
+            .bind(key.secret_hash)
+            .bind(to_ms(Utc::now()))
+            .bind(key.expires_at.map(to_ms))
+            .bind(models_json(&key.limits))
+            .bind(key.limits.rpm.map(i64::from))
+            .bind(key.limits.tpm.map(|t| t as i64))
+            .fetch_one($conn)
+            .await?;
+        from_row(&row)
+    }};
+}
+
+pub async fn insert(db: &Db, key: NewKey<'_>) -> Result<KeyRow> {
+    on!(db, |pool| insert_key!(pool, &key))
+}
+
+/// Inserts `keys` in one transaction (many keys at once: the benchmark's).
+pub async fn insert_all(db: &Db, keys: &[NewKey<'_>]) -> Result<Vec<KeyRow>> {
+    on!(db, |pool| {
+        let mut tx = pool.begin().await?;
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            rows.push(insert_key!(&mut *tx, key)?);
+        }
+        tx.commit().await?;
+        Ok(rows)
+    })
 }
 
 pub async fn find_by_hash(db: &Db, secret_hash: &[u8]) -> Result<Option<KeyRow>> {
-    let row = sqlx::query("SELECT * FROM api_keys WHERE secret_hash = ?")
-        .bind(secret_hash)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(from_row))
+    on!(db, |pool| {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    })
 }
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<KeyRow>> {
-    let row = sqlx::query("SELECT * FROM api_keys WHERE id = ?")
-        .bind(id)
-        .fetch_optional(db)
-        .await?;
-    Ok(row.map(from_row))
+    on!(db, |pool| {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    })
 }
 
 /// Keys of one account, or of all accounts, oldest first.
 pub async fn list(db: &Db, account_id: Option<i64>) -> Result<Vec<KeyRow>> {
-    let rows =
-        sqlx::query("SELECT * FROM api_keys WHERE ?1 IS NULL OR account_id = ?1 ORDER BY id")
-            .bind(account_id)
-            .fetch_all(db)
-            .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+    on!(db, |pool| {
+        let rows =
+            sqlx::query("SELECT * FROM api_keys WHERE $1 IS NULL OR account_id = $1 ORDER BY id")
+                .bind(account_id)
+                .fetch_all(pool)
+                .await?;
+        rows.iter().map(from_row).collect()
+    })
 }
 
 /// Replaces a key's name, expiry and limits.
@@ -153,33 +181,38 @@ pub async fn update(
     expires_at: Option<DateTime<Utc>>,
     limits: &KeyLimits,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE api_keys SET name = ?, expires_at = ?, allowed_models = ?, rpm = ?, tpm = ?
-         WHERE id = ?",
-    )
-    .bind(name)
-    .bind(expires_at.map(to_ms))
-    .bind(models_json(limits))
-    .bind(limits.rpm.map(i64::from))
-    .bind(limits.tpm.map(|t| t as i64))
-    .bind(id)
-    .execute(db)
-    .await?;
+    on!(db, |pool| {
+        sqlx::query(
+            "UPDATE api_keys SET name = $1, expires_at = $2, allowed_models = $3, rpm = $4,
+                tpm = $5
+             WHERE id = $6",
+        )
+        .bind(name)
+        .bind(expires_at.map(to_ms))
+        .bind(models_json(limits))
+        .bind(limits.rpm.map(i64::from))
+        .bind(limits.tpm.map(|t| t as i64))
+        .bind(id)
+        .execute(pool)
+        .await?;
+    });
     Ok(())
 }
 
 /// Revokes a key at `at` (now, or the end of a rotation's grace period); an earlier
 /// revocation is kept.
-pub async fn revoke<'c>(
-    conn: impl sqlx::SqliteExecutor<'c>,
-    id: i64,
-    at: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query("UPDATE api_keys SET revoked_at = MIN(COALESCE(revoked_at, ?1), ?1) WHERE id = ?2")
-        .bind(to_ms(at))
-        .bind(id)
-        .execute(conn)
-        .await?;
+const REVOKE: &str = "UPDATE api_keys
+     SET revoked_at = CASE WHEN revoked_at IS NULL OR revoked_at > $1 THEN $1 ELSE revoked_at END
+     WHERE id = $2";
+
+pub async fn revoke(db: &Db, id: i64, at: DateTime<Utc>) -> Result<()> {
+    on!(db, |pool| {
+        sqlx::query(REVOKE)
+            .bind(to_ms(at))
+            .bind(id)
+            .execute(pool)
+            .await?;
+    });
     Ok(())
 }
 
@@ -190,33 +223,40 @@ pub async fn rotate(
     new: NewKey<'_>,
     grace_until: DateTime<Utc>,
 ) -> Result<KeyRow> {
-    let mut tx = db.begin().await?;
-    let mut row = insert(&mut *tx, new).await?;
-    revoke(&mut *tx, old_id, grace_until).await?;
-    sqlx::query("UPDATE api_keys SET rotated_to = ? WHERE id = ?")
-        .bind(row.id)
+    on!(db, |pool| {
+        let mut tx = pool.begin().await?;
+        let mut row = insert_key!(&mut *tx, &new)?;
+        sqlx::query(REVOKE)
+            .bind(to_ms(grace_until))
+            .bind(old_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE api_keys SET rotated_to = $1 WHERE id = $2")
+            .bind(row.id)
+            .bind(old_id)
+            .execute(&mut *tx)
+            .await?;
+        row.lineage_id = sqlx::query_scalar(
+            "UPDATE api_keys
+             SET lineage_id = (SELECT COALESCE(lineage_id, id) FROM api_keys WHERE id = $1)
+             WHERE id = $2 RETURNING lineage_id",
+        )
         .bind(old_id)
-        .execute(&mut *tx)
+        .bind(row.id)
+        .fetch_one(&mut *tx)
         .await?;
-    row.lineage_id = sqlx::query(
-        "UPDATE api_keys SET lineage_id = (SELECT COALESCE(lineage_id, id) FROM api_keys WHERE id = ?1)
-         WHERE id = ?2 RETURNING lineage_id",
-    )
-    .bind(old_id)
-    .bind(row.id)
-    .fetch_one(&mut *tx)
-    .await?
-    .get(0);
-    tx.commit().await?;
-    Ok(row)
+        tx.commit().await?;
+        Ok(row)
+    })
 }
 
 /// When the key last made a request, from the ledger (no write on the hot path).
 pub async fn last_used(db: &Db, id: i64) -> Result<Option<DateTime<Utc>>> {
-    let ms: Option<i64> = sqlx::query("SELECT MAX(started_at) FROM usage_records WHERE key_id = ?")
-        .bind(id)
-        .fetch_one(db)
-        .await?
-        .get(0);
+    let ms: Option<i64> = on!(db, |pool| {
+        sqlx::query_scalar("SELECT MAX(started_at) FROM usage_records WHERE key_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await?
+    });
     Ok(ms.map(from_ms))
 }

@@ -1,26 +1,143 @@
-//! SQLite access through sqlx: the pool, migrations, and one module per table group.
+//! The ledger's storage: one seam, two backends. `Db` is SQLite (one machine, the default)
+//! or PostgreSQL (many replicas); the modules per table group hold each query once, in SQL
+//! both accept, run on either pool through `on!`. What differs per backend (connecting,
+//! migrations, how money is stored, bulk inserts of usage) is in `sqlite` and `postgres`.
 
 pub mod accounts;
 pub mod invoices;
 pub mod journal;
 pub mod keys;
+pub mod postgres;
 pub mod prices;
 pub mod signal;
+pub mod sqlite;
 pub mod usage;
 
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use rust_decimal::Decimal;
 
-use crate::config::{DatabaseConfig, Synchronous};
+use crate::billing::record::UsageRecord;
+use crate::config::{Backend, DatabaseConfig};
 use crate::error::ApiError;
 
-pub type Db = SqlitePool;
+/// A pool of connections to the ledger; cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the pool of whichever backend `$db` is: the body is
+/// written once and compiled for each.
+macro_rules! on {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on;
+
+/// An exact amount of money as a column: text in SQLite (which has no exact decimal
+/// type), NUMERIC in PostgreSQL. Each backend module says how it is bound and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Money(pub Decimal);
+
+/// A type both backends read from a column.
+pub trait Column:
+    for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+    + sqlx::Type<sqlx::Sqlite>
+    + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+    + sqlx::Type<sqlx::Postgres>
+{
+}
+
+impl<T> Column for T where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+        + sqlx::Type<sqlx::Sqlite>
+        + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+{
+}
+
+/// A row of either backend, read by column name: what the table modules turn into their
+/// types, written once for both.
+pub trait Read {
+    fn read<T: Column>(&self, column: &str) -> Result<T>;
+
+    fn money(&self, column: &str) -> Result<Decimal> {
+        Ok(self.read::<Money>(column)?.0)
+    }
+
+    fn money_or_null(&self, column: &str) -> Result<Option<Decimal>> {
+        Ok(self.read::<Option<Money>>(column)?.map(|m| m.0))
+    }
+}
+
+/// The connection that ships usage records from the journal into the ledger, many to a
+/// statement: a blocking SQLite connection of its own, or a small PostgreSQL pool.
+pub enum Sink {
+    Sqlite(parking_lot::Mutex<rusqlite::Connection>),
+    Postgres(sqlx::PgPool),
+}
+
+/// Why `Sink::insert` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    /// The ledger refuses these records (a constraint): inserting them again fails again.
+    #[error("the ledger refuses the record: {0}")]
+    Refused(String),
+    /// The ledger could not be reached or written; trying again later may succeed.
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+impl Sink {
+    /// Opens the sink of the (already migrated) ledger `config` names.
+    pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Sink> {
+        Ok(match config.backend() {
+            Backend::Sqlite => Sink::Sqlite(sqlite::open_for_ledger_writer(config)?.into()),
+            Backend::Postgres => Sink::Postgres(postgres::sink(config)?),
+        })
+    }
+
+    /// Inserts `records`, all or none; a request id already stored is skipped, so a batch
+    /// retried after an unclear failure never writes a record twice.
+    pub async fn insert(&self, records: &[&UsageRecord]) -> std::result::Result<(), InsertError> {
+        match self {
+            Sink::Sqlite(conn) => {
+                usage::insert(&conn.lock(), records.iter().copied()).map_err(|e| {
+                    match e.sqlite_error_code() {
+                        Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                            InsertError::Refused(e.to_string())
+                        }
+                        _ => InsertError::Unavailable(e.into()),
+                    }
+                })
+            }
+            Sink::Postgres(pool) => postgres::insert_usage(pool, records).await,
+        }
+    }
+
+    /// How many usage records the ledger holds.
+    pub async fn count(&self) -> anyhow::Result<i64> {
+        Ok(match self {
+            Sink::Sqlite(conn) => {
+                conn.lock()
+                    .query_row("SELECT count(*) FROM usage_records", [], |row| row.get(0))?
+            }
+            Sink::Postgres(pool) => {
+                sqlx::query_scalar("SELECT count(*) FROM usage_records")
+                    .fetch_one(pool)
+                    .await?
+            }
+        })
+    }
+}
 
 /// What a store query can fail with, mapped to HTTP once (`From<StoreError> for ApiError`).
 #[derive(Debug, thiserror::Error)]
@@ -80,67 +197,41 @@ impl From<StoreError> for ApiError {
     }
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
-/// How long a statement waits for another connection's write lock before it fails.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The SQLite file of `config`.
-pub fn sqlite_path(config: &DatabaseConfig) -> anyhow::Result<PathBuf> {
-    Ok(options(config)?.get_filename().to_owned())
-}
-
-fn options(config: &DatabaseConfig) -> anyhow::Result<SqliteConnectOptions> {
-    SqliteConnectOptions::from_str(&config.url)
-        .with_context(|| format!("database.url '{}' is not a SQLite URL", config.url))
-}
-
-/// Opens (creating if needed) the database in WAL mode, applies pending migrations, and
-/// imports the usage journal if no running gateway holds it.
+/// Opens the ledger `config` names (creating and migrating it if needed) and imports the
+/// usage journal if no running gateway holds it.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
-    let synchronous = match config.synchronous {
-        Synchronous::Normal => SqliteSynchronous::Normal,
-        Synchronous::Full => SqliteSynchronous::Full,
+    let db = match config.backend() {
+        Backend::Sqlite => Db::Sqlite(sqlite::connect(config).await?),
+        Backend::Postgres => Db::Postgres(postgres::connect(config).await?),
     };
-    let options = options(config)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(synchronous)
-        .foreign_keys(true)
-        .busy_timeout(BUSY_TIMEOUT);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open database {}", config.url))?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .context("cannot migrate the database")?;
     // Records a stopped gateway left in its journal belong in what this process reads.
-    let database = config.clone();
-    tokio::task::spawn_blocking(move || journal::recover(&database)).await??;
-    Ok(pool)
+    journal::recover(config).await?;
+    Ok(db)
 }
 
-/// The ledger writer's own blocking connection to the database `connect` opened and
-/// migrated, with the same settings (WAL mode is the file's own).
-pub fn open_for_ledger_writer(config: &DatabaseConfig) -> anyhow::Result<rusqlite::Connection> {
-    use rusqlite::OpenFlags;
-    let path = sqlite_path(config)?;
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags(&path, flags)
-        .with_context(|| format!("cannot open database {}", path.display()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "synchronous", config.synchronous.as_str())?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
-    anyhow::ensure!(
-        mode.eq_ignore_ascii_case("wal"),
-        "database {} is not in WAL mode",
-        path.display()
-    );
-    Ok(conn)
+/// Whether the database answers.
+pub async fn ping(db: &Db) -> bool {
+    on!(db, |pool| sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .is_ok())
+}
+
+/// Where the usage journal lives: beside the SQLite file, or in the replica's own spool
+/// directory when the ledger is PostgreSQL.
+pub fn journal_base(config: &DatabaseConfig) -> anyhow::Result<PathBuf> {
+    match config.backend() {
+        Backend::Sqlite => sqlite::path(config),
+        Backend::Postgres => {
+            std::fs::create_dir_all(&config.spool).with_context(|| {
+                format!(
+                    "cannot create the spool directory {}",
+                    config.spool.display()
+                )
+            })?;
+            Ok(config.spool.join("ledger"))
+        }
+    }
 }
 
 pub fn to_ms(t: DateTime<Utc>) -> i64 {

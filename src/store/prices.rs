@@ -1,95 +1,92 @@
 //! The price ledger: price table entries become immutable, numbered versions.
 
-use std::str::FromStr;
-
-use anyhow::Context;
 use chrono::Utc;
-use rust_decimal::Decimal;
-use sqlx::Row;
 
-use super::{Db, Result, from_ms, to_ms};
+use super::{Db, Money, Read, Result, from_ms, on, to_ms};
 use crate::billing::{PriceEntry, PriceVersion};
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PriceVersion> {
-    let money = |col: &str| -> Result<Decimal> {
-        let text: String = row.get(col);
-        Ok(Decimal::from_str(&text).with_context(|| format!("price_versions.{col} = '{text}'"))?)
-    };
-    let cached: Option<String> = row.get("cached_input_per_1k");
+fn from_row(row: &impl Read) -> Result<PriceVersion> {
     Ok(PriceVersion {
-        id: row.get("id"),
+        id: row.read("id")?,
         entry: PriceEntry {
-            model: row.get("model"),
-            chip: row.get("chip"),
-            effective_from: from_ms(row.get("effective_from")),
-            input_per_1k: money("input_per_1k")?,
-            cached_input_per_1k: cached
-                .map(|c| Decimal::from_str(&c))
-                .transpose()
-                .context("price_versions.cached_input_per_1k")?,
-            output_per_1k: money("output_per_1k")?,
-            per_request: money("per_request")?,
+            model: row.read("model")?,
+            chip: row.read("chip")?,
+            effective_from: from_ms(row.read("effective_from")?),
+            input_per_1k: row.money("input_per_1k")?,
+            cached_input_per_1k: row.money_or_null("cached_input_per_1k")?,
+            output_per_1k: row.money("output_per_1k")?,
+            per_request: row.money("per_request")?,
         },
     })
 }
 
 /// Every version ever recorded.
 pub async fn all(db: &Db) -> Result<Vec<PriceVersion>> {
-    let rows = sqlx::query("SELECT * FROM price_versions ORDER BY id")
-        .fetch_all(db)
-        .await?;
-    rows.iter().map(from_row).collect()
+    on!(db, |pool| {
+        let rows = sqlx::query("SELECT * FROM price_versions ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    })
 }
 
 /// Appends the entries not yet in the ledger, in one transaction, and returns how many
 /// were new. An entry whose (model, chip, effective_from) is recorded with other prices
 /// is refused: a version is never changed, a new `effective_from` makes a new one.
 pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
-    let mut tx = db.begin().await?;
-    let mut added = 0;
-    for entry in entries {
-        let existing = sqlx::query(
-            "SELECT * FROM price_versions WHERE model = ? AND chip = ? AND effective_from = ?",
-        )
-        .bind(&entry.model)
-        .bind(&entry.chip)
-        .bind(to_ms(entry.effective_from))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            let recorded = from_row(&row)?;
-            if !same_prices(&recorded.entry, entry) {
-                return Err(super::StoreError::Conflict(format!(
-                    "the price of {}/{} effective from {} is already recorded (version {}) with \
-                     other values; price versions are immutable: add an entry with a later \
-                     effective_from instead",
-                    entry.model,
-                    entry.chip,
-                    entry.effective_from.to_rfc3339(),
-                    recorded.id
-                )));
+    on!(db, |pool| {
+        let mut tx = pool.begin().await?;
+        let mut added = 0;
+        for entry in entries {
+            let existing = sqlx::query(
+                "SELECT * FROM price_versions
+                 WHERE model = $1 AND chip = $2 AND effective_from = $3",
+            )
+            .bind(&entry.model)
+            .bind(&entry.chip)
+            .bind(to_ms(entry.effective_from))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                refuse_if_changed(&from_row(&row)?, entry)?;
+                continue;
             }
-            continue;
+            sqlx::query(
+                "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
+                    cached_input_per_1k, output_per_1k, per_request, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&entry.model)
+            .bind(&entry.chip)
+            .bind(to_ms(entry.effective_from))
+            .bind(Money(entry.input_per_1k))
+            .bind(entry.cached_input_per_1k.map(Money))
+            .bind(Money(entry.output_per_1k))
+            .bind(Money(entry.per_request))
+            .bind(to_ms(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+            added += 1;
         }
-        sqlx::query(
-            "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
-                cached_input_per_1k, output_per_1k, per_request, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&entry.model)
-        .bind(&entry.chip)
-        .bind(to_ms(entry.effective_from))
-        .bind(entry.input_per_1k.to_string())
-        .bind(entry.cached_input_per_1k.map(|d| d.to_string()))
-        .bind(entry.output_per_1k.to_string())
-        .bind(entry.per_request.to_string())
-        .bind(to_ms(Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        added += 1;
+        tx.commit().await?;
+        Ok(added)
+    })
+}
+
+/// A recorded version may be synced again only with the same prices.
+fn refuse_if_changed(recorded: &PriceVersion, entry: &PriceEntry) -> Result<()> {
+    if same_prices(&recorded.entry, entry) {
+        return Ok(());
     }
-    tx.commit().await?;
-    Ok(added)
+    Err(super::StoreError::Conflict(format!(
+        "the price of {}/{} effective from {} is already recorded (version {}) with other \
+         values; price versions are immutable: add an entry with a later effective_from \
+         instead",
+        entry.model,
+        entry.chip,
+        entry.effective_from.to_rfc3339(),
+        recorded.id
+    )))
 }
 
 /// Equal as numbers: "0.10" and "0.1" are the same price.

@@ -1,11 +1,9 @@
 //! Usage records: written in batches by the ledger writer, read by audits and tests.
 
-use std::str::FromStr;
-
 use rust_decimal::Decimal;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Type};
 
-use super::{Db, Result, to_ms};
+use super::{Db, Read, Result, on, to_ms};
 use crate::billing::Totals;
 use crate::billing::record::UsageRecord;
 
@@ -60,13 +58,13 @@ fn insert_sql(rows: usize) -> String {
 }
 
 /// Every column of `usage_records` (but its row id), written once: its name and type as
-/// read back (`StoredRecord`), the value a `UsageRecord` binds to it (`bind`), and how it is
-/// read when the stored type is not what SQLite returns (`from_row`). The table itself is
-/// in `migrations/`.
+/// read back (`StoredRecord`), the value a `UsageRecord` binds to it (`bind` for SQLite,
+/// `json_rows` for PostgreSQL), and how it is read when the stored type is not what both
+/// backends return (`from_row`). The tables themselves are in `migrations/`.
 macro_rules! usage_columns {
     ($r:ident, $row:ident => { $($column:ident: $stored:ty = $bind:expr $(; read $read:expr)?,)* }) => {
         /// The columns, in the order they are bound.
-        const COLUMN_NAMES: &[&str] = &[$(stringify!($column)),*];
+        pub const COLUMN_NAMES: &[&str] = &[$(stringify!($column)),*];
         /// Columns bound per record.
         const COLUMNS: usize = COLUMN_NAMES.len();
 
@@ -90,15 +88,29 @@ macro_rules! usage_columns {
             Ok(())
         }
 
-        fn from_row($row: &sqlx::sqlite::SqliteRow) -> Result<StoredRecord> {
+        /// `records` as a JSON array of objects named by column, for PostgreSQL's
+        /// `jsonb_populate_recordset`.
+        pub fn json_rows(records: &[&UsageRecord]) -> String {
+            let rows: Vec<serde_json::Value> = records
+                .iter()
+                .map(|$r| {
+                    let mut row = serde_json::Map::with_capacity(COLUMNS);
+                    $(row.insert(stringify!($column).into(), serde_json::json!($bind));)*
+                    serde_json::Value::Object(row)
+                })
+                .collect();
+            serde_json::Value::Array(rows).to_string()
+        }
+
+        fn from_row($row: &impl Read) -> Result<StoredRecord> {
             Ok(StoredRecord {
-                id: $row.get("id"),
+                id: $row.read("id")?,
                 $($column: usage_columns!(@read $row, $column, $stored $(, $read)?),)*
             })
         }
     };
     (@read $row:ident, $column:ident, $stored:ty) => {
-        $row.get::<$stored, _>(stringify!($column))
+        $row.read::<$stored>(stringify!($column))?
     };
     (@read $row:ident, $column:ident, $stored:ty, $read:expr) => {
         $read
@@ -122,7 +134,7 @@ usage_columns!(r, row => {
     cached_tokens: i64 = (r.tokens.cached as i64),
     usage_source: String = r.usage_source.as_str(),
     price_version_id: i64 = r.price_version_id,
-    cost: Decimal = r.cost.to_string(); read Decimal::from_str(&row.get::<String, _>("cost"))?,
+    cost: Decimal = r.cost.to_string(); read row.money("cost")?,
     blocked: bool = r.blocked,
     moderation: Option<String> = r.moderation,
     started_at: i64 = to_ms(r.started_at),
@@ -132,30 +144,36 @@ usage_columns!(r, row => {
 });
 
 pub async fn by_request_id(db: &Db, request_id: &str) -> Result<Option<StoredRecord>> {
-    let row = sqlx::query("SELECT * FROM usage_records WHERE request_id = ?")
-        .bind(request_id)
-        .fetch_optional(db)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    on!(db, |pool| {
+        let row = sqlx::query("SELECT * FROM usage_records WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    })
 }
 
 /// The most recent records of an account, newest first.
 pub async fn recent(db: &Db, account_id: i64, limit: i64) -> Result<Vec<StoredRecord>> {
-    let rows = sqlx::query(
-        "SELECT * FROM usage_records WHERE account_id = ? ORDER BY started_at DESC, id DESC LIMIT ?",
-    )
-    .bind(account_id)
-    .bind(limit)
-    .fetch_all(db)
-    .await?;
-    rows.iter().map(from_row).collect()
+    on!(db, |pool| {
+        let rows = sqlx::query(
+            "SELECT * FROM usage_records WHERE account_id = $1
+             ORDER BY started_at DESC, id DESC LIMIT $2",
+        )
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    })
 }
 
 pub async fn count(db: &Db) -> Result<i64> {
-    Ok(sqlx::query("SELECT COUNT(*) FROM usage_records")
-        .fetch_one(db)
-        .await?
-        .get(0))
+    Ok(on!(db, |pool| {
+        sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
+            .fetch_one(pool)
+            .await?
+    }))
 }
 
 /// Filters for listing records; all optional. Times are milliseconds, `[from, to)`.
@@ -174,35 +192,43 @@ pub struct UsageFilter {
 
 /// Newest first, at most `limit`.
 pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<StoredRecord>> {
-    let mut query: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT * FROM usage_records WHERE 1 = 1");
-    if let Some(v) = filter.account_id {
-        query.push(" AND account_id = ").push_bind(v);
+    on!(db, |pool| {
+        let mut query = QueryBuilder::new("SELECT * FROM usage_records WHERE 1 = 1");
+        push_filter(&mut query, filter);
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        let rows = query.build().fetch_all(pool).await?;
+        rows.iter().map(from_row).collect()
+    })
+}
+
+/// `filter`'s conditions, each ` AND ...`.
+fn push_filter<DB: Database>(query: &mut QueryBuilder<DB>, filter: &UsageFilter)
+where
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    let numbers = [
+        (" AND account_id = ", filter.account_id),
+        (" AND key_id = ", filter.key_id),
+        (" AND started_at >= ", filter.from_ms),
+        (" AND started_at < ", filter.to_ms),
+        (" AND id < ", filter.before_id),
+    ];
+    for (condition, value) in numbers {
+        if let Some(v) = value {
+            query.push(condition).push_bind(v);
+        }
     }
-    if let Some(v) = filter.key_id {
-        query.push(" AND key_id = ").push_bind(v);
+    let texts = [
+        (" AND model = ", &filter.model),
+        (" AND chip = ", &filter.chip),
+        (" AND status = ", &filter.status),
+    ];
+    for (condition, value) in texts {
+        if let Some(v) = value {
+            query.push(condition).push_bind(v.clone());
+        }
     }
-    if let Some(v) = &filter.model {
-        query.push(" AND model = ").push_bind(v.clone());
-    }
-    if let Some(v) = &filter.chip {
-        query.push(" AND chip = ").push_bind(v.clone());
-    }
-    if let Some(v) = &filter.status {
-        query.push(" AND status = ").push_bind(v.clone());
-    }
-    if let Some(v) = filter.from_ms {
-        query.push(" AND started_at >= ").push_bind(v);
-    }
-    if let Some(v) = filter.to_ms {
-        query.push(" AND started_at < ").push_bind(v);
-    }
-    if let Some(v) = filter.before_id {
-        query.push(" AND id < ").push_bind(v);
-    }
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-    let rows = query.build().fetch_all(db).await?;
-    rows.iter().map(from_row).collect()
 }
 
 /// Whose records to sum.
@@ -227,44 +253,51 @@ pub async fn totals(
     let slot = if by_slot {
         "started_at / 900000 * 900000"
     } else {
-        "NULL"
+        "CAST(NULL AS BIGINT)"
     };
-    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+    let sql = format!(
         "SELECT account_id, key_id, model, chip, price_version_id, {slot} AS slot,
-                COUNT(*) AS requests, SUM(status = 'ok') AS ok_requests,
-                SUM(prompt_tokens) AS prompt, SUM(cached_tokens) AS cached,
-                SUM(completion_tokens) AS completion
-         FROM usage_records WHERE started_at >= "
-    ));
-    query
-        .push_bind(from_ms)
-        .push(" AND started_at < ")
-        .push_bind(to_ms);
-    match scope {
-        Scope::All => {}
-        Scope::Account(id) => {
-            query.push(" AND account_id = ").push_bind(id);
-        }
-        Scope::Key(id) => {
-            query.push(" AND key_id = ").push_bind(id);
-        }
-    }
-    query.push(" GROUP BY account_id, key_id, model, chip, price_version_id, slot");
-    let rows = query.build().fetch_all(db).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Totals {
-            account_id: r.get("account_id"),
-            key_id: r.get("key_id"),
-            model: r.get("model"),
-            chip: r.get("chip"),
-            price_version_id: r.get("price_version_id"),
-            slot_ms: r.get("slot"),
-            requests: r.get("requests"),
-            ok_requests: r.get("ok_requests"),
-            prompt_tokens: r.get("prompt"),
-            cached_tokens: r.get("cached"),
-            completion_tokens: r.get("completion"),
-        })
-        .collect())
+                COUNT(*) AS requests,
+                CAST(SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS BIGINT) AS ok_requests,
+                CAST(SUM(prompt_tokens) AS BIGINT) AS prompt,
+                CAST(SUM(cached_tokens) AS BIGINT) AS cached,
+                CAST(SUM(completion_tokens) AS BIGINT) AS completion
+         FROM usage_records WHERE started_at >= $1 AND started_at < $2 AND {scope}
+         GROUP BY account_id, key_id, model, chip, price_version_id, slot",
+        scope = match scope {
+            Scope::All => "$3 = 0",
+            Scope::Account(_) => "account_id = $3",
+            Scope::Key(_) => "key_id = $3",
+        },
+    );
+    let id = match scope {
+        Scope::All => 0,
+        Scope::Account(id) | Scope::Key(id) => id,
+    };
+    on!(db, |pool| {
+        // Built from this function's own fragments; the values are bound.
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(from_ms)
+            .bind(to_ms)
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(totals_from_row).collect()
+    })
+}
+
+fn totals_from_row(r: &impl Read) -> Result<Totals> {
+    Ok(Totals {
+        account_id: r.read("account_id")?,
+        key_id: r.read("key_id")?,
+        model: r.read("model")?,
+        chip: r.read("chip")?,
+        price_version_id: r.read("price_version_id")?,
+        slot_ms: r.read("slot")?,
+        requests: r.read("requests")?,
+        ok_requests: r.read("ok_requests")?,
+        prompt_tokens: r.read("prompt")?,
+        cached_tokens: r.read("cached")?,
+        completion_tokens: r.read("completion")?,
+    })
 }

@@ -168,9 +168,9 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
             ttft_ms: None,
         });
     }
-    let writer = store::open_for_ledger_writer(&database).unwrap();
-    store::usage::insert(&writer, &records).unwrap();
-    drop(writer);
+    let sink = store::Sink::open(&database).await.unwrap();
+    let batch: Vec<&UsageRecord> = records.iter().collect();
+    sink.insert(&batch).await.unwrap();
 
     let ledger = Ledger {
         db: &db,

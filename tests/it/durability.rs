@@ -13,17 +13,21 @@ use helpers::{chat, sse_data};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::time::Duration;
-use tollgate::config::DatabaseConfig;
 use tollgate::{sim, store};
 
-async fn count_records(dir: &Path) -> i64 {
-    let db = store::connect(&DatabaseConfig {
-        url: format!("sqlite://{}", dir.join("ledger.db").display()),
-        synchronous: tollgate::config::Synchronous::Full,
-    })
-    .await
-    .expect("the ledger opens cleanly after a kill");
-    store::usage::count(&db).await.unwrap()
+/// The ledger of the config file at `config`, opened as a restarted gateway would (its
+/// journal imported first).
+async fn open_ledger(config: &Path) -> store::Db {
+    let config = tollgate::Config::load(config).unwrap();
+    store::connect(&config.database)
+        .await
+        .expect("the ledger opens cleanly after a kill")
+}
+
+async fn count_records(config: &Path) -> i64 {
+    store::usage::count(&open_ledger(config).await)
+        .await
+        .unwrap()
 }
 
 /// One request read to its end; returns whether it completed.
@@ -74,7 +78,7 @@ async fn a_sigkill_after_n_completed_requests_leaves_exactly_n_records() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert_eq!(count_records(dir.path()).await, n as i64);
+    assert_eq!(count_records(&config).await, n as i64);
 
     // Restarted on the same ledger, it goes on where it stopped.
     let gateway = serve(&config, "tollgate=info");
@@ -82,7 +86,7 @@ async fn a_sigkill_after_n_completed_requests_leaves_exactly_n_records() {
     assert!(complete_request(&client, addr, &key, 1).await);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(count_records(dir.path()).await, n as i64 + 1);
+    assert_eq!(count_records(&config).await, n as i64 + 1);
 }
 
 #[tokio::test]
@@ -145,7 +149,7 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
         child.wait().unwrap().success(),
         "tollgate exits cleanly after draining"
     );
-    assert_eq!(count_records(dir.path()).await, streams as i64);
+    assert_eq!(count_records(&config).await, streams as i64);
 }
 
 /// Sends requests until the gateway dies; returns the ids of the responses received in full
@@ -207,8 +211,8 @@ async fn random_sigkills_under_load(synchronous: &str) {
     let config = write_config(dir.path(), sim);
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace(
-        "[database]\n",
-        &format!("[database]\nsynchronous = \"{synchronous}\"\n"),
+        "synchronous = \"full\"",
+        &format!("synchronous = \"{synchronous}\""),
     );
     assert!(text.contains(&format!("synchronous = \"{synchronous}\"")));
     std::fs::write(&config, text).unwrap();
@@ -246,17 +250,14 @@ async fn random_sigkills_under_load(synchronous: &str) {
             "round {round} (seed {seed}): no request completed before the kill"
         );
     }
-    let db = store::connect(&DatabaseConfig {
-        url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
-        synchronous: tollgate::config::Synchronous::Full,
-    })
-    .await
-    .unwrap();
-    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&db)
-        .await
-        .unwrap();
-    assert_eq!(integrity, "ok");
+    let db = open_ledger(&config).await;
+    if let store::Db::Sqlite(pool) = &db {
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+    }
     for id in &completed {
         let record = store::usage::by_request_id(&db, id).await.unwrap();
         assert!(

@@ -21,16 +21,10 @@ async fn move_records_to(app: &TestApp, month: Month) {
     let (start, _) = month.bounds(zone);
     let at = (start + Duration::days(3)).timestamp_millis();
     // Records are immutable by design; the test lifts the guard to age its data.
-    sqlx::query("DROP TRIGGER IF EXISTS usage_records_are_immutable")
-        .execute(app.state.db())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE usage_records SET started_at = ?, ended_at = ?")
-        .bind(at)
-        .bind(at)
-        .execute(app.state.db())
-        .await
-        .unwrap();
+    let db = app.state.db();
+    helpers::ledger::allow_changing_records(db).await;
+    let sql = "UPDATE usage_records SET started_at = $1, ended_at = $1";
+    helpers::ledger::execute(db, sql, &[at]).await.unwrap();
 }
 
 #[tokio::test]
@@ -228,9 +222,8 @@ async fn a_finalized_invoice_is_the_same_bytes_forever() {
         .await;
     assert_eq!(status, 200, "finalizing again returns the same invoice");
 
-    let tamper = sqlx::query("UPDATE invoices SET document = '{}'")
-        .execute(app.state.db())
-        .await;
+    let sql = "UPDATE invoices SET document = '{}'";
+    let tamper = helpers::ledger::execute(app.state.db(), sql, &[]).await;
     assert!(
         tamper.is_err(),
         "the database refuses to change a final invoice"

@@ -63,7 +63,9 @@ async fn fixture_with(synchronous: &str) -> Fixture {
         import_max: 64,
         ..LedgerConfig::default()
     };
-    let (ledger, writer) = Ledger::spawn(&database, &config, metrics.clone()).unwrap();
+    let (ledger, writer) = Ledger::spawn(&database, &config, metrics.clone())
+        .await
+        .unwrap();
     let now = Utc::now();
     let template = UsageRecord {
         request_id: String::new(),
@@ -115,12 +117,7 @@ fn append(journal: &mut Journal, record: &UsageRecord) {
 }
 
 async fn stored_ids(db: &Db) -> Vec<String> {
-    let mut ids: Vec<String> = sqlx::query_scalar("SELECT request_id FROM usage_records")
-        .fetch_all(db)
-        .await
-        .unwrap();
-    ids.sort();
-    ids
+    helpers::ledger::request_ids(db).await
 }
 
 /// Commits every record at once, each from its own task, and returns the outcomes in order.
@@ -210,7 +207,7 @@ async fn commits_go_on_while_imports_swap_the_journals() {
         let imports = f.metrics.ledger_import_size.get_sample_count();
         assert_eq!(f.metrics.ledger_import_size.get_sample_sum(), 2000.0);
         assert!(imports > 2, "{synchronous}: {imports} imports");
-        let sqlite = store::sqlite_path(&f.database).unwrap();
+        let sqlite = store::journal_base(&f.database).unwrap();
         assert!(journal::is_empty(&sqlite).unwrap());
         f.writer.shutdown().await.unwrap();
     }
@@ -234,7 +231,7 @@ async fn a_record_the_database_refuses_is_set_aside_and_the_others_are_imported(
     assert_eq!(ids.len(), 38);
     assert!(!ids.contains(&"req_07".to_string()) && !ids.contains(&"req_37".to_string()));
     // The refused records are kept whole, beside the journal, and nowhere else.
-    let sqlite = store::sqlite_path(&f.database).unwrap();
+    let sqlite = store::journal_base(&f.database).unwrap();
     let text = std::fs::read_to_string(journal::refused_path(&sqlite)).unwrap();
     let mut kept: Vec<UsageRecord> = text
         .lines()
@@ -302,7 +299,7 @@ async fn records_left_in_the_journal_are_imported_once_at_the_next_start() {
         .await
         .unwrap();
     f.writer.shutdown().await.unwrap();
-    let sqlite = store::sqlite_path(&f.database).unwrap();
+    let sqlite = store::journal_base(&f.database).unwrap();
     // A crash left records in both files: the one being imported and the active one.
     let [mut first, mut second] = journal::open(&f.database).unwrap();
     for id in ["req_a", "req_b"] {
@@ -320,7 +317,9 @@ async fn records_left_in_the_journal_are_imported_once_at_the_next_start() {
     std::io::Write::write_all(&mut file, &torn).unwrap();
 
     let metrics = Arc::new(Metrics::new());
-    let (ledger, writer) = Ledger::spawn(&f.database, &LedgerConfig::default(), metrics).unwrap();
+    let (ledger, writer) = Ledger::spawn(&f.database, &LedgerConfig::default(), metrics)
+        .await
+        .unwrap();
     assert_eq!(stored_ids(&f.db).await, ["req_a", "req_b", "req_c"]);
     assert!(journal::is_empty(&sqlite).unwrap());
     // The journal is this writer's: a second one on the same ledger is refused.
@@ -328,7 +327,8 @@ async fn records_left_in_the_journal_are_imported_once_at_the_next_start() {
         &f.database,
         &LedgerConfig::default(),
         Arc::new(Metrics::new()),
-    );
+    )
+    .await;
     let error = second
         .err()
         .expect("a second writer is refused")
@@ -357,7 +357,7 @@ async fn opening_the_ledger_imports_a_journal_only_when_no_gateway_holds_it() {
 async fn the_journal_is_reused_and_ends_where_its_cycle_does() {
     let f = fixture().await;
     f.writer.shutdown().await.unwrap();
-    let sqlite = store::sqlite_path(&f.database).unwrap();
+    let sqlite = store::journal_base(&f.database).unwrap();
     let path = journal::paths(&sqlite)[0].clone();
     let [mut journal, second] = journal::open(&f.database).unwrap();
     // A cycle of two long records, imported (by hand here) and cleared...
@@ -386,6 +386,7 @@ async fn the_journal_is_reused_and_ends_where_its_cycle_does() {
         &LedgerConfig::default(),
         Arc::new(Metrics::new()),
     )
+    .await
     .unwrap();
     assert_eq!(stored_ids(&f.db).await, ["req_new"]);
     writer.shutdown().await.unwrap();

@@ -35,10 +35,7 @@ async fn a_new_price_version_prices_new_requests_and_old_records_keep_theirs() {
     let prices = tempfile::tempdir().unwrap();
     std::fs::write(prices.path().join("a.toml"), table("1")).unwrap();
     let dir = prices.path().to_path_buf();
-    let database = tollgate::config::DatabaseConfig {
-        url: format!("sqlite://{}", prices.path().join("ledger.db").display()),
-        synchronous: tollgate::config::Synchronous::Full,
-    };
+    let database = helpers::ledger::fresh(prices.path(), Default::default());
     let app = TestApp::spawn_with(|c| {
         c.pricing.dir = dir.clone();
         c.database = database.clone();
@@ -62,15 +59,12 @@ async fn a_new_price_version_prices_new_requests_and_old_records_keep_theirs() {
     assert!(format!("{error:#}").contains("immutable"), "{error:#}");
 
     // In the database too: no update, and no delete of a used version.
-    let update = sqlx::query("UPDATE price_versions SET input_per_1k = '0' WHERE id = ?")
-        .bind(first.price_version_id)
-        .execute(app.state.db())
-        .await;
+    let version = [first.price_version_id];
+    let sql = "UPDATE price_versions SET input_per_1k = '0' WHERE id = $1";
+    let update = helpers::ledger::execute(app.state.db(), sql, &version).await;
     assert!(update.unwrap_err().to_string().contains("immutable"));
-    let delete = sqlx::query("DELETE FROM price_versions WHERE id = ?")
-        .bind(first.price_version_id)
-        .execute(app.state.db())
-        .await;
+    let sql = "DELETE FROM price_versions WHERE id = $1";
+    let delete = helpers::ledger::execute(app.state.db(), sql, &version).await;
     assert!(delete.is_err(), "a used price version cannot be deleted");
 
     // A later version is appended; requests after it use it, the old record is unchanged.

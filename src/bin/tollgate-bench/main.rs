@@ -249,40 +249,35 @@ async fn gateway(
                 created.success(),
                 "the compared build cannot create its ledger"
             );
-            let ledger = sqlx::SqlitePool::connect(&config.database.url).await?;
+            let ledger = store::Db::Sqlite(sqlx::SqlitePool::connect(&config.database.url).await?);
             let account = store::accounts::find_by_name(&ledger, "bench")
                 .await?
                 .context("the compared build's account")?;
             (ledger, account)
         }
     };
-    let mut secrets = Vec::with_capacity(keys + 1);
-    let mut tx = ledger.begin().await?;
-    for n in 0..=keys {
-        let secret = ApiKey::generate();
-        let rpm = (n > 0 && n % 10 == 0).then_some(1);
-        store::keys::insert(
-            &mut *tx,
-            NewKey {
-                account_id: account.id,
-                name: &format!("bench-{n}"),
-                prefix: secret.prefix(),
-                secret_hash: &secret.hash(),
-                expires_at: None,
-                limits: KeyLimits {
-                    rpm,
-                    tpm: None,
-                    allowed_models: None,
-                },
+    let secrets: Vec<ApiKey> = (0..=keys).map(|_| ApiKey::generate()).collect();
+    let hashes: Vec<_> = secrets.iter().map(ApiKey::hash).collect();
+    let names: Vec<String> = (0..=keys).map(|n| format!("bench-{n}")).collect();
+    let new_keys: Vec<NewKey> = (0..=keys)
+        .map(|n| NewKey {
+            account_id: account.id,
+            name: &names[n],
+            prefix: secrets[n].prefix(),
+            secret_hash: &hashes[n],
+            expires_at: None,
+            limits: KeyLimits {
+                rpm: (n > 0 && n % 10 == 0).then_some(1),
+                tpm: None,
+                allowed_models: None,
             },
-        )
-        .await?;
-        secrets.push(HeaderValue::from_str(&format!(
-            "Bearer {}",
-            secret.expose_secret()
-        ))?);
-    }
-    tx.commit().await?;
+        })
+        .collect();
+    store::keys::insert_all(&ledger, &new_keys).await?;
+    let mut secrets = secrets
+        .iter()
+        .map(|s| HeaderValue::from_str(&format!("Bearer {}", s.expose_secret())))
+        .collect::<Result<Vec<_>, _>>()?;
     let log = dir.join("tollgate.log");
     let (addr, process) = procs::gateway(build.binary, &config_path, &log).await?;
     let auth = secrets.remove(0);
@@ -297,7 +292,7 @@ async fn gateway(
         gateway: Some(Gateway {
             synchronous: synchronous.to_string(),
             ledger,
-            database: store::sqlite_path(&config.database)?,
+            database: store::journal_base(&config.database)?,
             keys: secrets,
             rss_at_start_kb,
         }),

@@ -276,11 +276,7 @@ async fn ledger_rows(subject: &Subject) -> anyhow::Result<Option<i64>> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(Some(
-        sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
-            .fetch_one(&g.ledger)
-            .await?,
-    ))
+    Ok(Some(tollgate::store::usage::count(&g.ledger).await?))
 }
 
 /// One subject's throughput measurements, summed over the rounds.

@@ -21,8 +21,7 @@ pub fn write_config(dir: &Path, sim: SocketAddr) -> PathBuf {
         r#"
 [server]
 listen = "127.0.0.1:0"
-[database]
-url = "sqlite://{db}"
+{database}
 [pricing]
 dir = "{pricing}"
 [limits]
@@ -36,7 +35,7 @@ model = "megrez-7b-instruct"
 chip = "chip3"
 base_url = "http://{sim}/bare"
 "#,
-        db = dir.join("ledger.db").display(),
+        database = super::ledger::toml(&super::ledger::fresh(dir, Default::default())),
         pricing = pricing.display(),
     );
     let path = dir.join("tollgate.toml");

@@ -2,6 +2,7 @@
 //! an account and a key, so tests read as what a client does and what the ledger says.
 
 pub mod binary;
+pub mod ledger;
 pub mod postgres;
 
 use std::net::SocketAddr;
@@ -32,10 +33,13 @@ pub struct TestApp {
 /// The HS256 secret of admin tokens in tests.
 pub const ADMIN_SECRET: &str = "test-admin-secret-of-at-least-32-characters";
 
-/// The demo configuration pointed at `sim`, with its ledger in `dir`.
+/// The demo configuration pointed at `sim`, with a fresh ledger (its files in `dir`).
 pub fn test_config(sim: SocketAddr, dir: &tempfile::TempDir) -> Config {
     let db = dir.path().join("ledger.db");
-    cli::demo_config(sim, "127.0.0.1:0", &db).expect("the demo configuration is valid")
+    let mut config =
+        cli::demo_config(sim, "127.0.0.1:0", &db).expect("the demo configuration is valid");
+    config.database = ledger::fresh(dir.path(), config.database.synchronous);
+    config
 }
 
 impl TestApp {
@@ -247,10 +251,7 @@ pub struct BareLedger {
 }
 
 pub async fn bare_ledger(dir: &tempfile::TempDir) -> BareLedger {
-    let database = DatabaseConfig {
-        url: format!("sqlite://{}", dir.path().join("ledger.db").display()),
-        synchronous: tollgate::config::Synchronous::Normal,
-    };
+    let database = ledger::fresh(dir.path(), tollgate::config::Synchronous::Normal);
     let db = store::connect(&database).await.unwrap();
     let account = store::accounts::create(&db, "acme").await.unwrap();
     let key_id = insert_key(&db, account.id).await;

@@ -9,6 +9,7 @@ use std::process::Command;
 pub struct Postgres {
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub url: String,
+    port: u16,
     bin: PathBuf,
     data: PathBuf,
     _dir: tempfile::TempDir,
@@ -106,6 +107,7 @@ impl Postgres {
         );
         Postgres {
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
             bin,
             data,
             _dir: dir,
@@ -113,8 +115,31 @@ impl Postgres {
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
+impl Postgres {
+    /// Creates database `name` and returns its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        let port = self.port.to_string();
+        let args = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres", name];
+        let out = Command::new(self.bin.join("createdb"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "createdb {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://postgres@127.0.0.1:{port}/{name}")
+    }
+
+    /// Stops the server and removes its files (at the test process's exit).
+    pub fn remove(&self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self._dir.path());
+    }
+
+    /// Stops the server at once (as a crash would).
+    pub fn stop(&self) {
         let data = self.data.to_str().unwrap().to_owned();
         let stop = self.bin.join("pg_ctl");
         let mut command = if is_root() {
@@ -127,5 +152,11 @@ impl Drop for Postgres {
         let _ = command
             .args(["-D", &data, "-m", "immediate", "-w", "stop"])
             .output();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

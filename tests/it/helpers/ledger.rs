@@ -1,0 +1,104 @@
+//! Which ledger the suite runs against: a SQLite file (the default), or PostgreSQL when
+//! `TOLLGATE_TEST_LEDGER=postgres` (`scripts/test` runs the suite both ways). On
+//! PostgreSQL one server serves the whole test process, started on first use and stopped
+//! at its exit, and every ledger is a fresh database on it.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tollgate::config::{DatabaseConfig, Synchronous};
+use tollgate::store::Db;
+
+use super::postgres::Postgres;
+
+/// Whether this run's ledgers are PostgreSQL databases.
+pub fn is_postgres() -> bool {
+    std::env::var("TOLLGATE_TEST_LEDGER").is_ok_and(|v| v == "postgres")
+}
+
+/// The test process's PostgreSQL server.
+fn server() -> &'static Postgres {
+    static SERVER: OnceLock<Postgres> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        extern "C" fn stop() {
+            if let Some(server) = SERVER.get() {
+                server.remove();
+            }
+        }
+        let server = Postgres::start();
+        // SAFETY: registers a plain function, run once at process exit.
+        unsafe { libc::atexit(stop) };
+        server
+    })
+}
+
+/// A new, empty ledger whose files (the SQLite file, or the replica's spool) go in `dir`.
+pub fn fresh(dir: &Path, synchronous: Synchronous) -> DatabaseConfig {
+    let mut database = DatabaseConfig {
+        synchronous,
+        spool: dir.join("spool"),
+        ..DatabaseConfig::default()
+    };
+    database.url = if is_postgres() {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("ledger_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        server().create_database(&name)
+    } else {
+        format!("sqlite://{}", dir.join("ledger.db").display())
+    };
+    database
+}
+
+/// The `[database]` section of a config file for `database`.
+pub fn toml(database: &DatabaseConfig) -> String {
+    format!(
+        "[database]\nurl = \"{}\"\nsynchronous = \"{}\"\nspool = \"{}\"\n",
+        database.url,
+        database.synchronous.as_str(),
+        database.spool.display()
+    )
+}
+
+/// Runs `sql` (with `$1`.. bound to `values`) on either backend, as a test that tampers
+/// with the ledger does; returns the rows changed.
+pub async fn execute(db: &Db, sql: &str, values: &[i64]) -> Result<u64, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        Db::Sqlite(pool) => {
+            let mut query = sqlx::query(sql);
+            for v in values {
+                query = query.bind(*v);
+            }
+            Ok(query.execute(pool).await?.rows_affected())
+        }
+        Db::Postgres(pool) => {
+            let mut query = sqlx::query(sql);
+            for v in values {
+                query = query.bind(*v);
+            }
+            Ok(query.execute(pool).await?.rows_affected())
+        }
+    }
+}
+
+/// Lets a test change usage records (to age them): drops the trigger that keeps them
+/// immutable.
+pub async fn allow_changing_records(db: &Db) {
+    let sql = match db {
+        Db::Sqlite(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable",
+        Db::Postgres(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable ON usage_records",
+    };
+    execute(db, sql, &[]).await.unwrap();
+}
+
+/// The request ids of every stored record, sorted.
+pub async fn request_ids(db: &Db) -> Vec<String> {
+    let query = "SELECT request_id FROM usage_records";
+    let mut ids: Vec<String> = match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(query).fetch_all(pool).await.unwrap(),
+        Db::Postgres(pool) => sqlx::query_scalar(query).fetch_all(pool).await.unwrap(),
+    };
+    ids.sort();
+    ids
+}
