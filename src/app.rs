@@ -86,10 +86,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         tokio::task::spawn_blocking(crate::metering::estimate::warm_up);
-        let prices_signal = ChangeSignal::for_database(&config.database.url, "prices");
-        let accounts_signal = ChangeSignal::for_database(&config.database.url, "accounts");
+        let url = &config.database.url;
+        let prices_signal = ChangeSignal::new(&db, url, "prices");
+        let accounts_signal = ChangeSignal::new(&db, url, "accounts");
+        let keys = KeyCache::new(ChangeSignal::new(&db, url, "keys"));
         let state = AppState(Arc::new(App {
-            keys: KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys")),
+            keys,
             limits: Limits::new(config.limits.clone()),
             spending: Spending::new(ledger.clone()),
             metrics,

@@ -96,13 +96,13 @@ impl AppState {
 pub(crate) fn spawn_maintenance(state: &AppState) {
     let app = Arc::downgrade(&state.0);
     tokio::spawn(async move {
-        let mut seen = app.upgrade().and_then(|a| a.prices_signal.stamp());
-        let mut accounts_seen = app.upgrade().and_then(|a| a.accounts_signal.stamp());
+        let mut seen = app.upgrade().map(|a| a.prices_signal.stamp());
+        let mut accounts_seen = app.upgrade().map(|a| a.accounts_signal.stamp());
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         for n in 0u64.. {
             tick.tick().await;
             let Some(app) = app.upgrade() else { break };
-            let stamp = app.prices_signal.stamp();
+            let stamp = Some(app.prices_signal.stamp());
             if stamp != seen {
                 match store::prices::all(&app.db).await {
                     Ok(versions) => {
@@ -115,7 +115,7 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
                     }
                 }
             }
-            let stamp = app.accounts_signal.stamp();
+            let stamp = Some(app.accounts_signal.stamp());
             if stamp != accounts_seen {
                 let prices = app.prices.read().clone();
                 match app.spending.refresh(&app.db, &prices).await {

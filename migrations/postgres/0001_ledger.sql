@@ -22,7 +22,7 @@ CREATE TABLE api_keys (
     expires_at     BIGINT,
     revoked_at     BIGINT,                           -- in the future while a rotation's grace runs
     allowed_models TEXT,                             -- JSON array of model names; NULL: every model
-    rpm            INTEGER,                          -- NULL: the configured default
+    rpm            BIGINT,                           -- NULL: the configured default
     tpm            BIGINT,
     rotated_to     BIGINT REFERENCES api_keys(id),
     lineage_id     BIGINT REFERENCES api_keys(id)    -- the first key of its rotation chain
@@ -53,7 +53,7 @@ CREATE TABLE usage_records (
     endpoint          TEXT NOT NULL,                 -- chat | embeddings | rerank
     stream            BOOLEAN NOT NULL,
     status            TEXT NOT NULL,                 -- ok | partial | client_disconnected | upstream_error | timeout | unreachable
-    http_status       INTEGER NOT NULL,
+    http_status       BIGINT NOT NULL,
     error             TEXT,
     prompt_tokens     BIGINT NOT NULL,
     completion_tokens BIGINT NOT NULL,
@@ -88,6 +88,13 @@ CREATE TABLE topups (
     note            TEXT NOT NULL DEFAULT '',
     created_at      BIGINT NOT NULL,
     UNIQUE (account_id, idempotency_key)
+);
+
+-- Change signals between replicas: each topic (keys, prices, accounts) has a version,
+-- raised with every change and announced with NOTIFY on channel tollgate_<topic>.
+CREATE TABLE changes (
+    topic   TEXT PRIMARY KEY,
+    version BIGINT NOT NULL
 );
 
 -- One function refuses a change with the message its trigger names.

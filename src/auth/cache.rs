@@ -1,8 +1,9 @@
 //! Authenticated keys kept in memory, without a stale window: every key change (here, in
-//! another gateway, or by the CLI) replaces a signal file beside the SQLite ledger, and a
-//! lookup checks that file's identity (one `stat`) unless it was checked less than
-//! `RECHECK` ago, dropping the cache if it changed. A change returns only after twice that
-//! time, so once a revocation has returned, no process accepts the key.
+//! another gateway, or by the CLI) is announced on the ledger's change signal (a file beside
+//! SQLite, a version and `NOTIFY` in PostgreSQL), and a lookup checks the signal's stamp
+//! unless it was checked less than `RECHECK` ago, dropping the cache if it moved. A change
+//! returns only after the announcement has travelled and twice that time, so once a
+//! revocation has returned, no process accepts the key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,7 +75,7 @@ impl KeyCache {
     /// A key changed in this process: forget everything and tell the other processes. Returns
     /// once every other process's next lookup is sure to see the change.
     pub async fn changed(&self) {
-        self.signal.announce();
+        self.signal.announce().await;
         {
             let mut state = self.state.lock();
             state.seen = self.signal.stamp();

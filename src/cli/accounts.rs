@@ -156,7 +156,9 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             let (topup, created) =
                 crate::domain::accounts::top_up(&db, account.id, amount, &idempotency_key, &note)
                     .await?;
-            ChangeSignal::for_database(&config.database.url, "accounts").announce();
+            ChangeSignal::new(&db, &config.database.url, "accounts")
+                .announce()
+                .await;
             let what = if created {
                 "credited"
             } else {
@@ -229,7 +231,7 @@ fn key_line(k: &KeyView) -> String {
 pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let db = store::connect(&config.database).await?;
     // Used to announce changes: gateways on this ledger drop their cached keys at once.
-    let cache = KeyCache::new(ChangeSignal::for_database(&config.database.url, "keys"));
+    let cache = KeyCache::new(ChangeSignal::new(&db, &config.database.url, "keys"));
     match command {
         KeysCommand::Create {
             account,

@@ -18,7 +18,9 @@ pub async fn sync(config: &Config, db: &Db) -> anyhow::Result<usize> {
     let added = store::prices::sync(db, &entries).await?;
     if added > 0 {
         tracing::info!(added, "new price versions recorded");
-        ChangeSignal::for_database(&config.database.url, "prices").announce();
+        ChangeSignal::new(db, &config.database.url, "prices")
+            .announce()
+            .await;
     }
     Ok(added)
 }

@@ -178,8 +178,9 @@ impl Ledger {
             due: None,
             retry: RETRY_FIRST,
         };
+        // Time for the import delay; I/O for a PostgreSQL sink's connections.
         let clock = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()?;
         let (control, rx) = mpsc::channel(64);
         let (finished, stopped) = oneshot::channel();

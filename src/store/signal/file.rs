@@ -1,31 +1,29 @@
-//! Change signals between processes sharing one SQLite ledger: a small file beside it,
-//! replaced atomically (a new inode) on every change, that readers `stat` to notice.
+//! The SQLite ledger's change signal: a small file beside it, replaced atomically (a new
+//! inode) on every change, that readers `stat` to notice.
 
 use std::path::PathBuf;
 
-/// Announces a change (of keys, of prices) to every process sharing the ledger.
+use super::Stamp;
+
 #[derive(Debug, Clone)]
-pub struct ChangeSignal {
+pub struct FileSignal {
     /// `None` for an in-memory database: no other process can change its keys.
     path: Option<PathBuf>,
 }
 
-/// Identity of the signal file: a new file (new inode) on every change.
-pub type Stamp = Option<(u64, u64, i64, i64)>;
-
-impl ChangeSignal {
+impl FileSignal {
     /// The signal for `what` changes beside the SQLite file of `url`.
-    pub fn for_database(url: &str, what: &str) -> ChangeSignal {
+    pub fn for_database(url: &str, what: &str) -> FileSignal {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .map(|p| p.split('?').next().unwrap_or(p))
             .filter(|p| !p.is_empty() && !p.contains(":memory:"))
             .map(|p| PathBuf::from(format!("{p}-{what}-changed")));
-        ChangeSignal { path }
+        FileSignal { path }
     }
 
-    /// Replaces the signal file atomically. Call after the change is committed.
+    /// Replaces the signal file atomically.
     pub fn announce(&self) {
         let Some(path) = &self.path else { return };
         let temp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -39,7 +37,13 @@ impl ChangeSignal {
 
     pub fn stamp(&self) -> Stamp {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(self.path.as_ref()?).ok()?;
-        Some((meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec()))
+        let Some(path) = &self.path else {
+            return Stamp::Never;
+        };
+        match std::fs::metadata(path) {
+            Ok(meta) => Stamp::File(meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec()),
+            // Nothing was ever announced.
+            Err(_) => Stamp::File(0, 0, 0, 0),
+        }
     }
 }
