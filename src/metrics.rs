@@ -60,6 +60,9 @@ pub struct Metrics {
     pub ledger_commit_seconds: Histogram,
     pub ledger_import_size: Histogram,
     pub ledger_import_seconds: Histogram,
+    /// Imports that failed (the database unreachable or refusing): their records wait in
+    /// the journal and are tried again.
+    pub ledger_import_failures: IntCounter,
     pub key_cache: [IntCounter; 2],
 }
 
@@ -160,7 +163,7 @@ impl Metrics {
             active_streams: gauge("active_streams", "Streams being relayed now."),
             ledger_queue_depth: gauge(
                 "ledger_queue_depth",
-                "Usage records committed to the journal and not yet imported into SQLite.",
+                "Usage records committed to the journal and not yet imported into the database (the spool's backlog).",
             ),
             ledger_batch_size: histogram(
                 "ledger_batch_records",
@@ -176,14 +179,25 @@ impl Metrics {
             ),
             ledger_import_size: histogram(
                 "ledger_import_records",
-                "Usage records per import from the journal into SQLite (one transaction).",
+                "Usage records per import from the journal into the database (one transaction).",
                 vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0],
             ),
             ledger_import_seconds: histogram(
                 "ledger_import_seconds",
-                "Time to import one batch of usage records into SQLite.",
+                "Time to import one batch of usage records into the database.",
                 vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
+            ledger_import_failures: {
+                let c = IntCounter::new(
+                    "ledger_import_failures_total",
+                    "Imports of usage records from the journal that failed (database unreachable or refusing); the records wait in the journal and are tried again.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             key_cache: {
                 let lookups = counter(
                     "key_cache_lookups_total",

@@ -49,16 +49,27 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
         .into_response())
 }
 
+/// Ready when the ledger writer takes records and spending answers, and the database
+/// answers. A PostgreSQL ledger shared by replicas is the exception: while it is down a
+/// replica stays ready but `degraded`, its records spooled in its journal (`spooled`), so a
+/// database outage does not take every replica out of the load balancer at once.
 async fn ready(State(state): State<AppState>) -> Response {
     let database = crate::store::ping(state.db()).await;
     let ledger = state.ledger().is_running();
     let spending = state.spending().responsive();
-    let status = if database && ledger && spending {
+    let spools = matches!(state.db(), crate::store::Db::Postgres(_));
+    let status = if ledger && spending && (database || spools) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"database": database, "ledger_writer": ledger, "spending": spending});
+    let body = json!({
+        "database": database,
+        "ledger_writer": ledger,
+        "spending": spending,
+        "degraded": !database,
+        "spooled": state.ledger().queue_depth(),
+    });
     (status, axum::Json(body)).into_response()
 }
 

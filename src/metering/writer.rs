@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -73,6 +74,8 @@ struct Shared {
     /// `synchronous = "full"`: a commit waits for an `fdatasync`.
     sync: bool,
     import_max: usize,
+    /// Records of a journal out of use whose import has not succeeded yet.
+    retired: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -166,6 +169,7 @@ impl Ledger {
             resolved,
             sync: database.synchronous == Synchronous::Full,
             import_max: config.import_max,
+            retired: AtomicUsize::new(0),
             metrics,
         });
         let writer = Writer {
@@ -251,9 +255,10 @@ impl Ledger {
         !self.control.is_closed() && self.shared.lock().journal.is_some()
     }
 
-    /// Records committed to the journal and not yet imported into the database.
+    /// Records committed to the journal and not yet imported into the database: the
+    /// spool's backlog.
     pub fn queue_depth(&self) -> usize {
-        self.shared.lock().records.len()
+        self.shared.lock().records.len() + self.shared.retired.load(Ordering::Relaxed)
     }
 }
 
@@ -427,8 +432,10 @@ impl Writer {
             self.due = None;
             return Ok(());
         };
+        self.shared.retired.store(records.len(), Ordering::Relaxed);
         let started = Instant::now();
         if let Err(e) = journal::import(&self.sink, records, journal).await {
+            self.shared.metrics.ledger_import_failures.inc();
             tracing::warn!(records = records.len(), error = %e, "ledger import failed; the records stay in the usage journal and are tried again");
             self.due = Some(Instant::now() + self.retry);
             self.retry = (self.retry * 2).min(RETRY_MAX);
@@ -439,6 +446,7 @@ impl Writer {
         let elapsed = started.elapsed().as_secs_f64();
         metrics.ledger_import_seconds.observe(elapsed);
         let (mut journal, _) = self.retired.take().expect("checked above");
+        self.shared.retired.store(0, Ordering::Relaxed);
         if let Err(e) = journal.clear() {
             // Harmless but for growth: imported records are skipped when imported again.
             tracing::error!(error = %e, "cannot empty the usage journal");

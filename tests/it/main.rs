@@ -18,7 +18,7 @@ mod key_secrecy;
 mod ledger_writer;
 mod observability;
 mod openai_sdk;
-mod postgres_schema;
+mod postgres_ledger;
 mod price_ledger;
 mod prices_cli;
 mod rate_limits;

@@ -390,7 +390,13 @@ async fn health_and_readiness_answer() {
     assert_eq!(ready.status(), 200);
     assert_eq!(
         ready.json::<Value>().await.unwrap(),
-        json!({"database": true, "ledger_writer": true, "spending": true})
+        json!({
+            "database": true,
+            "ledger_writer": true,
+            "spending": true,
+            "degraded": false,
+            "spooled": 0
+        })
     );
 }
 

@@ -10,6 +10,8 @@ pub struct Postgres {
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub url: String,
     port: u16,
+    /// `pg_ctl start`'s arguments, for a restart.
+    start_args: Vec<String>,
     bin: PathBuf,
     data: PathBuf,
     _dir: tempfile::TempDir,
@@ -92,20 +94,22 @@ impl Postgres {
             dir.path().display()
         );
         let log = dir.path().join("server.log");
-        run(
-            &bin.join("pg_ctl"),
-            &[
-                "-D",
-                data_arg,
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
+        let start_args: Vec<String> = [
+            "-D",
+            data_arg,
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ]
+        .map(String::from)
+        .into();
+        let args: Vec<&str> = start_args.iter().map(String::as_str).collect();
+        run(&bin.join("pg_ctl"), &args);
         Postgres {
+            start_args,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
             port,
             bin,
@@ -130,6 +134,12 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         format!("postgres://postgres@127.0.0.1:{port}/{name}")
+    }
+
+    /// Starts the server again after `stop`, on the same port and data.
+    pub fn restart(&self) {
+        let args: Vec<&str> = self.start_args.iter().map(String::as_str).collect();
+        run(&self.bin.join("pg_ctl"), &args);
     }
 
     /// Stops the server and removes its files (at the test process's exit).

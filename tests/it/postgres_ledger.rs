@@ -1,11 +1,19 @@
-//! The PostgreSQL ledger's schema (`migrations/postgres`) on a real server: it is created
-//! from nothing (and applying it again changes nothing), money is exact, a replayed usage
-//! record changes nothing, and what must never change refuses to, as on SQLite.
+//! The PostgreSQL ledger on a real server of its own (the rest of the suite runs on
+//! PostgreSQL too, through `helpers::ledger`): its schema is created from nothing (and
+//! applying it again changes nothing), money is exact, a replayed usage record changes
+//! nothing, what must never change refuses to, as on SQLite; and an outage of the server
+//! is spooled by the gateway and shipped once, exactly, when it returns.
 
+use std::time::Duration;
+
+use serde_json::{Value, json};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::helpers::postgres::Postgres;
+use crate::helpers::{TestApp, chat, request_id};
+
+const ROUTE: &str = "/maas/megrez-7b-instruct/nvidia/chat/completions";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -105,4 +113,99 @@ async fn the_postgres_schema_is_created_and_keeps_what_must_never_change() {
         .unwrap();
     assert_eq!(deleted.rows_affected(), 1);
     pool.close().await;
+}
+
+/// Sends one chat request (streamed or not) and returns its request id once it is read in
+/// full.
+async fn complete(app: &TestApp, stream: bool) -> String {
+    let knobs = json!({"prompt_tokens": 12, "completion_tokens": 7});
+    let response = app.post(ROUTE, &chat(None, "hi", stream, knobs)).await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    response.bytes().await.unwrap();
+    id
+}
+
+async fn readiness(app: &TestApp) -> (u16, Value) {
+    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_outage_of_postgresql_is_spooled_and_every_record_shipped_once_when_it_returns() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = server.url.clone();
+    let app = TestApp::spawn_with(move |c| c.database.url = url).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(complete(&app, i % 2 == 0).await);
+    }
+    app.state.ledger().flush().await.unwrap();
+    assert_eq!(app.record_count().await, 6);
+
+    // The server goes away at once, as in a crash; the gateway goes on serving.
+    server.stop();
+    for i in 0..24 {
+        ids.push(complete(&app, i % 2 == 0).await);
+    }
+    let (status, ready) = readiness(&app).await;
+    assert_eq!(status, 200, "a replica stays in the load balancer: {ready}");
+    assert_eq!(ready["degraded"], true, "{ready}");
+    assert_eq!(
+        ready["spooled"], 24,
+        "every record since the outage waits: {ready}"
+    );
+    let usage = app
+        .client
+        .get(app.url("/v1/usage"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.status(),
+        503,
+        "usage cannot be read from a missing ledger"
+    );
+    let error: Value = usage.json().await.unwrap();
+    assert!(error["error"]["message"].is_string(), "{error}");
+
+    server.restart();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while app.state.ledger().flush().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the backlog is shipped within 30 s of the server's return");
+    let (status, ready) = readiness(&app).await;
+    assert_eq!(
+        (status, &ready["spooled"], &ready["degraded"]),
+        (200, &json!(0), &json!(false))
+    );
+
+    let tollgate::store::Db::Postgres(pool) = app.state.db() else {
+        panic!("the gateway runs on PostgreSQL");
+    };
+    let (records, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT request_id) FROM usage_records")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (records, distinct),
+        (30, 30),
+        "no record lost, none doubled"
+    );
+    for id in &ids {
+        let record = app.record(id).await;
+        assert_eq!(
+            (record.prompt_tokens, record.completion_tokens),
+            (12, 7),
+            "{id}"
+        );
+    }
+    let failures = app.state.metrics().ledger_import_failures.get();
+    assert!(failures >= 1, "the failed imports are counted: {failures}");
+    app.stop().await;
 }
