@@ -93,7 +93,7 @@ impl Application {
         let state = AppState(Arc::new(App {
             keys,
             limits: Limits::new(config.limits.clone()),
-            spending: Spending::new(ledger.clone()),
+            spending: Spending::new(&db, ledger.clone(), &config.limits),
             metrics,
             admin_auth,
             config,

@@ -80,6 +80,24 @@ pub struct LimitsConfig {
     pub reserve_max_tokens: u64,
     /// Reads of `GET /v1/usage` per minute per key (apart from its rpm).
     pub usage_rpm: u32,
+    /// With a PostgreSQL ledger: how long a spending hold stays pending before the
+    /// reconciler voids it (its replica died before the request's record arrived).
+    pub hold_expiry_secs: u64,
+    /// With a PostgreSQL ledger that does not answer: whether a postpaid account with a
+    /// credit limit is served unchecked (`admit`) or refused with 503 (`refuse`). Prepaid
+    /// accounts are always refused: their money cannot be checked.
+    pub postpaid_when_ledger_down: PostpaidFallback,
+}
+
+/// What a postpaid account with a credit limit gets while its limit cannot be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PostpaidFallback {
+    /// Served; billed afterwards as always (the record is spooled).
+    #[default]
+    Admit,
+    /// Refused with 503 until the ledger answers.
+    Refuse,
 }
 
 impl Default for LimitsConfig {
@@ -89,6 +107,8 @@ impl Default for LimitsConfig {
             default_tpm: None,
             reserve_max_tokens: 4096,
             usage_rpm: 60,
+            hold_expiry_secs: 600,
+            postpaid_when_ledger_down: PostpaidFallback::Admit,
         }
     }
 }
@@ -492,6 +512,9 @@ impl Config {
             || self.limits.usage_rpm == 0
         {
             bail!("limits.default_rpm, limits.default_tpm and limits.usage_rpm must be at least 1");
+        }
+        if !(10..=86_400).contains(&self.limits.hold_expiry_secs) {
+            bail!("limits.hold_expiry_secs must be between 10 and 86400 (a day)");
         }
         if !(1..=MAX_COMPLETION_TOKENS).contains(&self.limits.reserve_max_tokens) {
             bail!("limits.reserve_max_tokens must be between 1 and {MAX_COMPLETION_TOKENS}");

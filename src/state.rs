@@ -90,7 +90,8 @@ impl AppState {
 }
 
 /// Once a second: reloads the price book if another process synced prices, and account
-/// balances if another process changed accounts. Every 30 s:
+/// balances if another process changed accounts. Every 5 s: voids spending holds that
+/// expired without their record (PostgreSQL; one replica at a time). Every 30 s:
 /// drops limiter state that a fresh limiter would have anyway, so memory stays bounded with
 /// many keys. Holds the state weakly: it ends with the application.
 pub(crate) fn spawn_maintenance(state: &AppState) {
@@ -122,6 +123,11 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
                     Ok(()) => accounts_seen = stamp,
                     Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),
                 }
+            }
+            if n % 5 == 4
+                && let Err(e) = app.spending.reconcile().await
+            {
+                tracing::warn!(error = %e, "cannot void expired spending holds now");
             }
             if n % 30 == 29 {
                 app.limits.sweep();

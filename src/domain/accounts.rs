@@ -32,7 +32,7 @@ pub async fn view(
     account: Account,
 ) -> Result<AccountView, ApiError> {
     let balance = spending::balance(db, prices, account.id).await?;
-    let held = spending.held(account.id).normalize();
+    let held = spending.held(account.id).await?.normalize();
     let available = match account.allowance() {
         Some(a) => Some(money::sub(money::add(balance, a)?, held)?.normalize()),
         None => None,

@@ -141,7 +141,17 @@ async fn proxy(
     let admission = state
         .limits()
         .admit(&caller, || request.worst_case(reserve))?;
-    let hold = match hold_worst_case(&state, &caller, &request, &candidates, started_at).await {
+    let request_id = new_request_id(started_at);
+    let hold = match hold_worst_case(
+        &state,
+        &caller,
+        &request,
+        &candidates,
+        &request_id,
+        started_at,
+    )
+    .await
+    {
         Ok(hold) => hold,
         Err(e) => {
             state.limits().settle(&caller, &admission, 0);
@@ -149,7 +159,7 @@ async fn proxy(
         }
     };
     let exchange = Exchange {
-        request_id: new_request_id(started_at),
+        request_id,
         route,
         caller,
         request,
@@ -179,6 +189,7 @@ async fn hold_worst_case(
     caller: &Caller,
     request: &ClientRequest,
     candidates: &[Arc<Upstream>],
+    request_id: &str,
     at: chrono::DateTime<Utc>,
 ) -> Result<Option<Hold>, ApiError> {
     let prices = state.prices();
@@ -202,7 +213,14 @@ async fn hold_worst_case(
         return Ok(None); // not served anyway: the exchange answers 503
     };
     spending
-        .hold(state.db(), &prices, caller.account_id, worst, tokens)
+        .hold(
+            state.db(),
+            &prices,
+            request_id,
+            caller.account_id,
+            worst,
+            tokens,
+        )
         .await
 }
 

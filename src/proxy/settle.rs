@@ -129,7 +129,7 @@ impl Exchange {
         state.limits().settle(&self.caller, &self.admission, 0);
         state
             .spending()
-            .settle(self.caller.account_id, self.hold, Decimal::ZERO);
+            .release(&self.request_id, self.caller.account_id, self.hold);
     }
 
     /// The `max_tokens` a backend is sent when the client set none: what the spending

@@ -22,6 +22,7 @@ mod postgres_ledger;
 mod price_ledger;
 mod prices_cli;
 mod rate_limits;
+mod replicas;
 mod reports;
 mod routes;
 mod spending;

@@ -13,7 +13,7 @@ use tollgate::admin::Role;
 
 const ROUTE: &str = "/maas/megrez-7b-instruct/nvidia/chat/completions";
 
-async fn top_up(app: &TestApp, key: &str, amount: Value) -> (u16, Value) {
+pub(crate) async fn top_up(app: &TestApp, key: &str, amount: Value) -> (u16, Value) {
     let response = app
         .client
         .post(app.url("/admin/v1/accounts/1/topups"))
@@ -37,7 +37,7 @@ async fn account(app: &TestApp) -> Value {
     .1
 }
 
-async fn set_billing(app: &TestApp, patch: Value) {
+pub(crate) async fn set_billing(app: &TestApp, patch: Value) {
     let (status, body) = app
         .admin(
             Method::PATCH,
@@ -79,7 +79,7 @@ async fn two_hundred_at_once(app: &TestApp, body: &Value) -> Vec<reqwest::Respon
 
 /// A request whose reported usage (2 prompt + 100 completion tokens) stays within what
 /// admission holds for it (estimated prompt + max_tokens 100).
-fn modest_request() -> Value {
+pub(crate) fn modest_request() -> Value {
     let mut body = chat(None, "hi", false, json!({"completion_tokens": 100}));
     body["max_tokens"] = json!(100);
     body

@@ -82,6 +82,16 @@ pub async fn execute(db: &Db, sql: &str, values: &[i64]) -> Result<u64, sqlx::Er
     }
 }
 
+/// Runs `sql` with `$1` bound to `text` on either backend; panics if it fails.
+pub async fn execute_text(db: &Db, sql: &str, text: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        Db::Sqlite(pool) => sqlx::query(sql).bind(text).execute(pool).await.map(|_| ()),
+        Db::Postgres(pool) => sqlx::query(sql).bind(text).execute(pool).await.map(|_| ()),
+    }
+    .unwrap();
+}
+
 /// Lets a test change usage records (to age them): drops the trigger that keeps them
 /// immutable.
 pub async fn allow_changing_records(db: &Db) {

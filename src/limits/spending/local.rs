@@ -1,16 +1,15 @@
-//! Spending limits per account. Admission holds the request's worst-case cost against what
-//! the account has available (top-ups - charges + credit); settlement releases the hold and
-//! charges the real cost, which never exceeds the hold (the record bills at most the tokens
-//! the hold covers: `TokenCounts::capped`). Holds are taken under one lock, so however many
-//! requests run at once and however long their answers, an account never goes below its
-//! allowance. Arithmetic is checked: an out-of-range amount is an error for that account.
+//! Spending holds in this process's memory, for the SQLite ledger (one gateway per
+//! ledger): the account's figures are loaded from the ledger once and kept here. Holds are
+//! taken under one lock, so however many requests run at once and however long their
+//! answers, an account never goes below its allowance. Arithmetic is checked: an
+//! out-of-range amount is an error for that account.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
-use crate::billing::invoice::cost_of_sums;
+use super::{Hold, balance, out_of_range};
 use crate::billing::{PriceBook, TokenCounts, money};
 use crate::error::ApiError;
 use crate::metering::Ledger;
@@ -26,39 +25,16 @@ struct Funds {
     held: Decimal,
 }
 
-/// What admission held for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hold {
-    pub account_id: i64,
-    pub amount: Decimal,
-    /// The tokens `amount` pays for: the most the request's record may bill.
-    pub tokens: TokenCounts,
-}
-
-pub struct Spending {
+pub struct LocalSpending {
     /// Account id → funds, loaded from the ledger on first use. Held only for arithmetic.
     funds: Mutex<HashMap<i64, Funds>>,
     /// Flushed before a balance is read from the database.
     ledger: Ledger,
 }
 
-/// The account's balance from the ledger: top-ups minus the costs of all its records.
-pub async fn balance(db: &Db, prices: &PriceBook, account_id: i64) -> Result<Decimal, ApiError> {
-    let topped_up = store::accounts::topped_up(db, account_id).await?;
-    let totals = store::usage::totals(
-        db,
-        store::usage::Scope::Account(account_id),
-        0,
-        i64::MAX,
-        false,
-    )
-    .await?;
-    Ok(money::sub(topped_up, cost_of_sums(&totals, prices)?)?.normalize())
-}
-
-impl Spending {
-    pub fn new(ledger: Ledger) -> Spending {
-        Spending {
+impl LocalSpending {
+    pub fn new(ledger: Ledger) -> LocalSpending {
+        LocalSpending {
             funds: Mutex::default(),
             ledger,
         }
@@ -117,11 +93,7 @@ impl Spending {
             .and_then(|a| money::sub(a, f.held))
             .map_err(|_| out_of_range())?;
         if available < worst_case {
-            return Err(ApiError::InsufficientQuota(format!(
-                "this account cannot cover the request: {} CNY available, up to {} CNY needed; top up or lower max_tokens",
-                available.max(Decimal::ZERO).round_dp(6).normalize(),
-                worst_case.round_dp(6).normalize()
-            )));
+            return Err(super::refusal(available, worst_case));
         }
         f.held = money::add(f.held, worst_case).map_err(|_| out_of_range())?;
         Ok(Some(Hold {
@@ -206,10 +178,4 @@ impl Spending {
             .map(|f| f.held)
             .unwrap_or_default()
     }
-}
-
-fn out_of_range() -> ApiError {
-    ApiError::Unavailable(
-        "this account's balance is out of range and cannot be computed; ask the operator to check its top-ups and limits".into(),
-    )
 }

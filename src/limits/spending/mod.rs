@@ -1,0 +1,174 @@
+//! Spending limits per account. Admission holds the request's worst-case cost against what
+//! the account has available (top-ups - charges + credit); the request's record then
+//! charges the real cost, which never exceeds the hold (the record bills at most the tokens
+//! the hold covers: `TokenCounts::capped`), and the hold is released. One seam, one file
+//! per ledger backend: holds in this process's memory for SQLite (`local`), holds in
+//! PostgreSQL shared by every replica (`postgres`).
+
+mod local;
+mod postgres;
+
+use rust_decimal::Decimal;
+
+use crate::billing::invoice::cost_of_sums;
+use crate::billing::{PriceBook, TokenCounts, money};
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::metering::Ledger;
+use crate::store::{self, Db};
+
+/// What admission held for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub account_id: i64,
+    pub amount: Decimal,
+    /// The tokens `amount` pays for: the most the request's record may bill.
+    pub tokens: TokenCounts,
+}
+
+pub enum Spending {
+    Local(local::LocalSpending),
+    Postgres(postgres::PgSpending),
+}
+
+/// The account's balance from the ledger: top-ups minus the costs of all its records.
+pub async fn balance(db: &Db, prices: &PriceBook, account_id: i64) -> Result<Decimal, ApiError> {
+    let topped_up = store::accounts::topped_up(db, account_id).await?;
+    let totals = store::usage::totals(
+        db,
+        store::usage::Scope::Account(account_id),
+        0,
+        i64::MAX,
+        false,
+    )
+    .await?;
+    Ok(money::sub(topped_up, cost_of_sums(&totals, prices)?)?.normalize())
+}
+
+fn out_of_range() -> ApiError {
+    ApiError::Unavailable(
+        "this account's balance is out of range and cannot be computed; ask the operator to check its top-ups and limits".into(),
+    )
+}
+
+/// The 402 of a request its account cannot cover.
+fn refusal(available: Decimal, worst_case: Decimal) -> ApiError {
+    ApiError::InsufficientQuota(format!(
+        "this account cannot cover the request: {} CNY available, up to {} CNY needed; top up or lower max_tokens",
+        available.max(Decimal::ZERO).round_dp(6).normalize(),
+        worst_case.round_dp(6).normalize()
+    ))
+}
+
+impl Spending {
+    /// Holds for the ledger `db`: shared in PostgreSQL, or in memory beside SQLite.
+    pub fn new(db: &Db, ledger: Ledger, config: &LimitsConfig) -> Spending {
+        match db {
+            Db::Sqlite(_) => Spending::Local(local::LocalSpending::new(ledger)),
+            Db::Postgres(pool) => Spending::Postgres(postgres::PgSpending::new(pool, config)),
+        }
+    }
+
+    /// Whether the account has a limit at all (no need to estimate a cost otherwise).
+    pub async fn limited(
+        &self,
+        db: &Db,
+        prices: &PriceBook,
+        account_id: i64,
+    ) -> Result<bool, ApiError> {
+        match self {
+            Spending::Local(s) => s.limited(db, prices, account_id).await,
+            Spending::Postgres(s) => s.limited(db, account_id).await,
+        }
+    }
+
+    /// Holds `worst_case` (the cost of `tokens`) for request `request_id`, or refuses with
+    /// 402.
+    pub async fn hold(
+        &self,
+        db: &Db,
+        prices: &PriceBook,
+        request_id: &str,
+        account_id: i64,
+        worst_case: Decimal,
+        tokens: TokenCounts,
+    ) -> Result<Option<Hold>, ApiError> {
+        match self {
+            Spending::Local(s) => s.hold(db, prices, account_id, worst_case, tokens).await,
+            Spending::Postgres(s) => s.hold(request_id, account_id, worst_case, tokens).await,
+        }
+    }
+
+    /// The request's record, costing `cost`, is committed: its hold is released and the
+    /// cost charged. (In PostgreSQL that happens as the record is inserted.)
+    pub fn settle(&self, account_id: i64, hold: Option<Hold>, cost: Decimal) {
+        match self {
+            Spending::Local(s) => s.settle(account_id, hold, cost),
+            Spending::Postgres(_) => {}
+        }
+    }
+
+    /// The request ends without a record: its hold is given back unused.
+    pub fn release(&self, request_id: &str, account_id: i64, hold: Option<Hold>) {
+        match self {
+            Spending::Local(s) => s.settle(account_id, hold, Decimal::ZERO),
+            Spending::Postgres(s) => {
+                if hold.is_some() {
+                    s.void(request_id);
+                }
+            }
+        }
+    }
+
+    /// A top-up arrived through this process.
+    pub fn credit(&self, account_id: i64, amount: Decimal) {
+        match self {
+            Spending::Local(s) => s.credit(account_id, amount),
+            Spending::Postgres(_) => {} // in the ledger already
+        }
+    }
+
+    /// The account's billing settings changed through this process.
+    pub fn set_allowance(&self, account_id: i64, allowance: Option<Decimal>) {
+        match self {
+            Spending::Local(s) => s.set_allowance(account_id, allowance),
+            Spending::Postgres(s) => s.set_allowance(account_id),
+        }
+    }
+
+    /// Another process changed accounts (a top-up, billing settings).
+    pub async fn refresh(&self, db: &Db, prices: &PriceBook) -> Result<(), ApiError> {
+        match self {
+            Spending::Local(s) => s.refresh(db, prices).await,
+            Spending::Postgres(s) => {
+                s.forget_allowances();
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether admission can hold now (for `/readyz`).
+    pub fn responsive(&self) -> bool {
+        match self {
+            Spending::Local(s) => s.responsive(),
+            Spending::Postgres(_) => true,
+        }
+    }
+
+    /// What requests in flight hold now.
+    pub async fn held(&self, account_id: i64) -> Result<Decimal, ApiError> {
+        match self {
+            Spending::Local(s) => Ok(s.held(account_id)),
+            Spending::Postgres(s) => s.held(account_id).await,
+        }
+    }
+
+    /// Voids the holds whose requests' records never came (their replica died) once they
+    /// expire; one replica at a time. Nothing to do for holds in memory.
+    pub async fn reconcile(&self) -> Result<u64, ApiError> {
+        match self {
+            Spending::Local(_) => Ok(0),
+            Spending::Postgres(s) => s.reconcile().await,
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Spending holds in PostgreSQL, shared by every replica on the ledger (`store::holds`): a
+//! hold is one conditional update there, so however many replicas admit requests at once,
+//! an account never goes below its allowance. This process only caches which accounts
+//! have a limit (dropped when accounts change anywhere).
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+use super::{Hold, refusal};
+use crate::billing::TokenCounts;
+use crate::config::{LimitsConfig, PostpaidFallback};
+use crate::error::ApiError;
+use crate::store::accounts::BillingMode;
+use crate::store::holds::{self, NewHold};
+use crate::store::{self, Db};
+
+pub struct PgSpending {
+    pool: PgPool,
+    /// Names this process in the holds it takes (host and process id).
+    replica: String,
+    expiry: chrono::Duration,
+    fallback: PostpaidFallback,
+    /// Account id → how it is billed and its allowance (`None`: no limit).
+    accounts: Mutex<HashMap<i64, (BillingMode, Option<Decimal>)>>,
+}
+
+impl PgSpending {
+    pub fn new(pool: &PgPool, config: &LimitsConfig) -> PgSpending {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        PgSpending {
+            pool: pool.clone(),
+            replica: format!("{}/{}", host.trim(), std::process::id()),
+            expiry: chrono::Duration::seconds(config.hold_expiry_secs as i64),
+            fallback: config.postpaid_when_ledger_down,
+            accounts: Mutex::default(),
+        }
+    }
+
+    async fn account(
+        &self,
+        db: &Db,
+        account_id: i64,
+    ) -> Result<(BillingMode, Option<Decimal>), ApiError> {
+        if let Some(known) = self.accounts.lock().get(&account_id) {
+            return Ok(*known);
+        }
+        let account = store::accounts::get(db, account_id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
+        let known = (account.billing_mode, account.allowance());
+        self.accounts.lock().insert(account_id, known);
+        Ok(known)
+    }
+
+    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, ApiError> {
+        Ok(self.account(db, account_id).await?.1.is_some())
+    }
+
+    pub async fn hold(
+        &self,
+        request_id: &str,
+        account_id: i64,
+        worst_case: Decimal,
+        tokens: TokenCounts,
+    ) -> Result<Option<Hold>, ApiError> {
+        let hold = NewHold {
+            request_id,
+            account_id,
+            amount: worst_case,
+            replica: &self.replica,
+            expires_at: Utc::now() + self.expiry,
+        };
+        match holds::reserve(&self.pool, &hold).await {
+            Ok(true) => Ok(Some(Hold {
+                account_id,
+                amount: worst_case,
+                tokens,
+            })),
+            Ok(false) => {
+                let available = holds::available(&self.pool, account_id).await?;
+                Err(refusal(available.unwrap_or_default(), worst_case))
+            }
+            Err(e) => {
+                tracing::warn!(account_id, error = %e, "a spending hold cannot be taken");
+                let mode = self.accounts.lock().get(&account_id).map(|a| a.0);
+                match (mode, self.fallback) {
+                    (Some(BillingMode::Postpaid), PostpaidFallback::Admit) => Ok(None),
+                    _ => Err(ApiError::Unavailable(
+                        "this account's spending limit cannot be checked now; retry shortly".into(),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Voids the hold of `request_id`, in the background (the request is over).
+    pub fn void(&self, request_id: &str) {
+        let (pool, request_id) = (self.pool.clone(), request_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = holds::void(&pool, &request_id).await {
+                tracing::warn!(%request_id, error = %e, "cannot void a hold now; it expires");
+            }
+        });
+    }
+
+    /// The account's billing changed: it is read again on its next request.
+    pub fn set_allowance(&self, account_id: i64) {
+        self.accounts.lock().remove(&account_id);
+    }
+
+    pub fn forget_allowances(&self) {
+        self.accounts.lock().clear();
+    }
+
+    pub async fn held(&self, account_id: i64) -> Result<Decimal, ApiError> {
+        Ok(holds::held(&self.pool, account_id).await?)
+    }
+
+    pub async fn reconcile(&self) -> Result<u64, ApiError> {
+        let voided = holds::void_expired(&self.pool, Utc::now()).await?;
+        if let Some(n) = voided.filter(|n| *n > 0) {
+            tracing::warn!(
+                holds = n,
+                "expired spending holds voided (their records never came)"
+            );
+        }
+        Ok(voided.unwrap_or(0))
+    }
+}

@@ -1,0 +1,252 @@
+//! Several gateways on one PostgreSQL ledger, each with its own spool: what one replica
+//! does holds for all of them. Spending holds are taken in the database, so replicas
+//! admitting requests on one prepaid balance at once never overspend it; every record is
+//! stored once and every hold is settled; a key revoked through one replica is refused by
+//! the others on their next request.
+
+use futures_util::future::join_all;
+use rust_decimal::Decimal;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::postgres::Postgres;
+use crate::helpers::{self, TestApp, dec, request_id};
+use crate::spending::{modest_request, set_billing, top_up};
+
+const ROUTE: &str = "/maas/megrez-7b-instruct/nvidia/chat/completions";
+
+/// `n` gateways on the ledger at `url`, each with its own simulator and spool.
+async fn replicas(url: &str, n: usize) -> Vec<TestApp> {
+    let mut apps = Vec::with_capacity(n);
+    for _ in 0..n {
+        let url = url.to_owned();
+        apps.push(TestApp::spawn_with(move |c| c.database.url = url).await);
+    }
+    apps
+}
+
+fn pool(app: &TestApp) -> &PgPool {
+    match app.state.db() {
+        tollgate::store::Db::Postgres(pool) => pool,
+        tollgate::store::Db::Sqlite(_) => panic!("the replicas share PostgreSQL"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_spending_one_prepaid_balance_at_once_never_overspend_it() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let apps = replicas(&server.url, 3).await;
+    set_billing(&apps[0], json!({"billing_mode": "prepaid"})).await;
+    // One modest request costs 0.0002424 CNY: the balance covers 10.
+    let (status, _) = top_up(&apps[0], "t-1", json!("0.002424")).await;
+    assert_eq!(status, 201);
+
+    let body = modest_request();
+    let requests = apps.iter().flat_map(|app| {
+        (0..50).map(|_| {
+            let request = app.client.post(app.url(ROUTE)).bearer_auth(&app.key);
+            request.json(&body).send()
+        })
+    });
+    let statuses: Vec<u16> = join_all(requests)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 402).count();
+    assert_eq!(admitted + refused, 150, "only 200 or 402: {statuses:?}");
+    assert!(
+        (1..=10).contains(&admitted),
+        "the balance covers 10: {admitted}"
+    );
+
+    for app in &apps {
+        app.state.ledger().flush().await.unwrap();
+    }
+    let db = pool(&apps[0]);
+    let (topped_up, spent, held): (Decimal, Decimal, Decimal) =
+        sqlx::query_as("SELECT topped_up, spent, held FROM account_funds WHERE account_id = 1")
+            .fetch_one(db)
+            .await
+            .unwrap();
+    let (records, distinct, costs): (i64, i64, Option<Decimal>) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT request_id), sum(cost) FROM usage_records")
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!((records, distinct), (admitted as i64, admitted as i64));
+    assert_eq!(
+        spent,
+        costs.unwrap_or_default(),
+        "charges = the records' costs"
+    );
+    assert_eq!(
+        held,
+        Decimal::ZERO,
+        "every hold settled once its record arrived"
+    );
+    assert!(
+        topped_up - spent >= Decimal::ZERO,
+        "never overspent: {topped_up} - {spent}"
+    );
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM holds WHERE state = 'pending'")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+    // Every replica shows the same money.
+    for app in &apps {
+        let db = app.state.usage_db().await.unwrap();
+        let balance = tollgate::limits::spending::balance(db, &app.state.prices(), 1)
+            .await
+            .unwrap();
+        assert_eq!(balance, topped_up - spent);
+    }
+    assert_eq!(topped_up, dec("0.002424"));
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hold_whose_replica_died_is_voided_once_it_expires() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let apps = replicas(&server.url, 1).await;
+    let app = &apps[0];
+    set_billing(app, json!({"billing_mode": "prepaid"})).await;
+    top_up(app, "t-1", json!("1")).await;
+    let db = pool(app);
+    // A hold as a replica that then died leaves it: pending, its record never to come, and
+    // expired (long ago).
+    sqlx::query(
+        "WITH r AS (UPDATE account_funds SET held = held + 0.25 WHERE account_id = 1
+                    RETURNING account_id)
+         INSERT INTO holds (request_id, account_id, amount, replica, created_at, expires_at)
+         SELECT 'req_dead', account_id, 0.25, 'gone/1',
+                (extract(epoch FROM now()) * 1000)::bigint, 1
+         FROM r",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+    let held: Decimal = sqlx::query_scalar("SELECT held FROM account_funds WHERE account_id = 1")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(held, dec("0.25"));
+    // Twice, as two replicas' reconcilers might: voided once, given back once.
+    assert_eq!(app.state.spending().reconcile().await.unwrap(), 1);
+    assert_eq!(app.state.spending().reconcile().await.unwrap(), 0);
+    let held: Decimal = sqlx::query_scalar("SELECT held FROM account_funds WHERE account_id = 1")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(held, Decimal::ZERO);
+    // Its record arriving late (a spool shipped after a restart), twice, is charged once
+    // and gives nothing back twice: modelled on a real request's record.
+    let response = app
+        .client
+        .post(app.url(ROUTE))
+        .bearer_auth(&app.key)
+        .json(&modest_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let real = request_id(&response);
+    app.state.ledger().flush().await.unwrap();
+    let funds = || async {
+        sqlx::query_as::<_, (Decimal, Decimal)>(
+            "SELECT spent, held FROM account_funds WHERE account_id = 1",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    let (spent, held) = funds().await;
+    assert_eq!(held, Decimal::ZERO);
+    let columns = "account_id, key_id, model, chip, deployment, endpoint, stream, status,
+        http_status, error, prompt_tokens, completion_tokens, cached_tokens, usage_source,
+        price_version_id, cost, blocked, moderation, started_at, ended_at, latency_ms, ttft_ms";
+    let replay = format!(
+        "INSERT INTO usage_records (request_id, {columns})
+         SELECT 'req_dead', {columns} FROM usage_records WHERE request_id = $1
+         ON CONFLICT (request_id) DO NOTHING"
+    );
+    for _ in 0..2 {
+        helpers::ledger::execute_text(app.state.db(), &replay, &real).await;
+    }
+    let cost: Decimal = sqlx::query_scalar("SELECT cost FROM usage_records WHERE request_id = $1")
+        .bind(&real)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(funds().await, (spent + cost, Decimal::ZERO));
+    let state: String = sqlx::query_scalar("SELECT state FROM holds WHERE request_id = 'req_dead'")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    assert_eq!(state, "voided", "a voided hold stays voided");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+/// Sends a modest request with `key` through `app`; returns its status.
+async fn status_with(app: &TestApp, key: &str) -> u16 {
+    let request = app.client.post(app.url(ROUTE)).bearer_auth(key);
+    let response = request.json(&modest_request()).send().await.unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_one_replica_is_refused_by_the_others() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let apps = replicas(&server.url, 3).await;
+    let admin = apps[0].admin_token(tollgate::admin::Role::Admin);
+    let (mut latencies, mut late) = (Vec::new(), 0);
+    for _ in 0..20 {
+        let key = helpers::issue_key(&apps[0].state, "acme", None).await;
+        for app in &apps {
+            assert_eq!(
+                status_with(app, &key.secret).await,
+                200,
+                "cached everywhere"
+            );
+        }
+        let path = format!("/admin/v1/keys/{}/revoke", key.id);
+        let (status, body) = apps[0]
+            .admin(reqwest::Method::POST, &path, &admin, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let revoked = std::time::Instant::now();
+        for app in &apps[1..] {
+            // Refused by the next request, or within a second at the latest.
+            loop {
+                let status = status_with(app, &key.secret).await;
+                if status == 401 {
+                    break;
+                }
+                assert_eq!(status, 200);
+                late += 1;
+                assert!(revoked.elapsed() < std::time::Duration::from_secs(1));
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            latencies.push(revoked.elapsed());
+        }
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100 - 1];
+    println!(
+        "revocation reached the other replicas: {late} of {} next requests still served; \
+         refused after a median {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        p99,
+        latencies.last().unwrap()
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}
