@@ -87,13 +87,19 @@ impl Application {
             .with_context(|| format!("cannot listen on {addr}"))?;
         tokio::task::spawn_blocking(crate::metering::estimate::warm_up);
         let url = &config.database.url;
+        let replica = crate::store::replicas::new_name();
         let prices_signal = ChangeSignal::new(&db, url, "prices");
         let accounts_signal = ChangeSignal::new(&db, url, "accounts");
         let keys = KeyCache::new(ChangeSignal::new(&db, url, "keys"));
         let state = AppState(Arc::new(App {
             keys,
-            limits: Limits::new(config.limits.clone()),
-            spending: Spending::new(&db, ledger.clone(), &config.limits),
+            limits: Limits::new(
+                config.limits.clone(),
+                &config.redis,
+                metrics.redis_errors.clone(),
+            )?,
+            spending: Spending::new(&db, ledger.clone(), &config.limits, &replica),
+            replica,
             metrics,
             admin_auth,
             config,
@@ -145,6 +151,9 @@ impl Application {
             .shutdown()
             .await
             .context("the ledger writer thread died")?;
+        if let Err(e) = crate::store::replicas::leave(state.db(), &state.0.replica).await {
+            tracing::warn!(error = %e, "cannot remove this replica's heartbeat");
+        }
         Ok(())
     }
 }

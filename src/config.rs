@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -87,6 +89,52 @@ pub struct LimitsConfig {
     /// credit limit is served unchecked (`admit`) or refused with 503 (`refuse`). Prepaid
     /// accounts are always refused: their money cannot be checked.
     pub postpaid_when_ledger_down: PostpaidFallback,
+    /// Where rpm and tpm are counted: in this process (`local`), or in Redis (`redis`),
+    /// shared by every replica.
+    pub store: LimitStoreKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitStoreKind {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT[/DB]` (with `limits.store = "redis"`).
+    pub url: Option<String>,
+    /// The longest a request waits for Redis before its limits are counted by the fallback.
+    pub timeout_ms: u64,
+    /// Starts every key tollgate writes (`{PREFIX:LINEAGE}:rpm`), so deployments can share
+    /// one Redis.
+    pub prefix: String,
+    /// While Redis does not answer: `local` counts each key's limit divided by the live
+    /// replicas in this process, `open` admits every request, `closed` refuses with 503.
+    pub fallback: RedisFallback,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            timeout_ms: 50,
+            prefix: "tollgate".into(),
+            fallback: RedisFallback::Local,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFallback {
+    #[default]
+    Local,
+    Open,
+    Closed,
 }
 
 /// What a postpaid account with a credit limit gets while its limit cannot be checked.
@@ -109,6 +157,7 @@ impl Default for LimitsConfig {
             usage_rpm: 60,
             hold_expiry_secs: 600,
             postpaid_when_ledger_down: PostpaidFallback::Admit,
+            store: LimitStoreKind::Local,
         }
     }
 }
@@ -512,6 +561,21 @@ impl Config {
             || self.limits.usage_rpm == 0
         {
             bail!("limits.default_rpm, limits.default_tpm and limits.usage_rpm must be at least 1");
+        }
+        if self.limits.store == LimitStoreKind::Redis {
+            let Some(url) = &self.redis.url else {
+                bail!("limits.store = \"redis\" needs redis.url");
+            };
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                bail!("redis.url must be a redis:// URL");
+            }
+        }
+        let prefix = &self.redis.prefix;
+        if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}']) {
+            bail!("redis.prefix must be 1 to 64 characters without braces");
+        }
+        if !(1..=10_000).contains(&self.redis.timeout_ms) {
+            bail!("redis.timeout_ms must be between 1 and 10000");
         }
         if !(10..=86_400).contains(&self.limits.hold_expiry_secs) {
             bail!("limits.hold_expiry_secs must be between 10 and 86400 (a day)");

@@ -63,6 +63,12 @@ pub struct Metrics {
     /// Imports that failed (the database unreachable or refusing): their records wait in
     /// the journal and are tried again.
     pub ledger_import_failures: IntCounter,
+    /// Redis calls of the rate limits that failed or timed out.
+    pub redis_errors: IntCounter,
+    /// 1 while rate limits are counted by the fallback (Redis configured, not answering).
+    pub limits_fallback: IntGauge,
+    /// Replicas alive on the ledger (heartbeats), as this one last counted them.
+    pub live_replicas: IntGauge,
     pub key_cache: [IntCounter; 2],
 }
 
@@ -198,6 +204,25 @@ impl Metrics {
                     .expect("registered once");
                 c
             },
+            redis_errors: {
+                let c = IntCounter::new(
+                    "redis_errors_total",
+                    "Rate-limit calls to Redis that failed or timed out (the fallback counted them).",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
+            limits_fallback: gauge(
+                "limits_fallback",
+                "1 while rate limits are counted by the fallback because Redis does not answer.",
+            ),
+            live_replicas: gauge(
+                "live_replicas",
+                "Replicas alive on the ledger (heartbeats in PostgreSQL; 1 on SQLite).",
+            ),
             key_cache: {
                 let lookups = counter(
                     "key_cache_lookups_total",

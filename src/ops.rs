@@ -39,6 +39,9 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     metrics
         .ledger_queue_depth
         .set(state.ledger().queue_depth() as i64);
+    let limits = state.limits();
+    metrics.limits_fallback.set(i64::from(limits.in_fallback()));
+    metrics.live_replicas.set(i64::from(limits.live_replicas()));
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -34,6 +34,8 @@ pub struct App {
     pub(crate) limits: Limits,
     pub(crate) spending: Spending,
     pub(crate) metrics: Arc<Metrics>,
+    /// This gateway's name among the replicas on the ledger (heartbeats, holds).
+    pub(crate) replica: String,
     /// `None` when no admin key is configured: the admin API answers 503.
     pub(crate) admin_auth: Option<AdminAuth>,
     /// Exchanges run outside the connection that started them (so a client leaving cannot
@@ -90,8 +92,9 @@ impl AppState {
 }
 
 /// Once a second: reloads the price book if another process synced prices, and account
-/// balances if another process changed accounts. Every 5 s: voids spending holds that
-/// expired without their record (PostgreSQL; one replica at a time). Every 30 s:
+/// balances if another process changed accounts. Every 5 s: writes this replica's
+/// heartbeat (the live count divides rate limits while Redis is down) and voids spending
+/// holds that expired without their record (PostgreSQL; one replica at a time). Every 30 s:
 /// drops limiter state that a fresh limiter would have anyway, so memory stays bounded with
 /// many keys. Holds the state weakly: it ends with the application.
 pub(crate) fn spawn_maintenance(state: &AppState) {
@@ -100,6 +103,7 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
         let mut seen = app.upgrade().map(|a| a.prices_signal.stamp());
         let mut accounts_seen = app.upgrade().map(|a| a.accounts_signal.stamp());
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let replica = app.upgrade().map(|a| a.replica.clone()).unwrap_or_default();
         for n in 0u64.. {
             tick.tick().await;
             let Some(app) = app.upgrade() else { break };
@@ -122,6 +126,12 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
                 match app.spending.refresh(&app.db, &prices).await {
                     Ok(()) => accounts_seen = stamp,
                     Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),
+                }
+            }
+            if n % 5 == 0 {
+                match store::replicas::beat(&app.db, &replica).await {
+                    Ok(alive) => app.limits.set_live_replicas(alive),
+                    Err(e) => tracing::warn!(error = %e, "cannot write this replica's heartbeat"),
                 }
             }
             if n % 5 == 4

@@ -1,27 +1,50 @@
-//! Per-key limits: requests per minute (`requests`, GCRA via governor) and tokens per minute
-//! (`tokens`, reservation and settlement), and the `x-ratelimit-*` headers that report them.
+//! Per-key limits: requests per minute (GCRA) and tokens per minute (reservation and
+//! settlement), and the `x-ratelimit-*` headers that report them. One seam, one file per
+//! limit store: counted in this process (`local`, over `requests` and `tokens`), or in Redis
+//! for every replica (`redis`), with the local counts as its fallback while Redis is down.
 
+mod local;
+mod redis;
 pub mod requests;
 pub mod spending;
 pub mod tokens;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
-use crate::config::LimitsConfig;
+use crate::config::{LimitStoreKind, LimitsConfig, RedisConfig, RedisFallback};
 use crate::error::ApiError;
+use local::LocalCounts;
+use redis::RedisCounts;
 pub use requests::{RequestLimits, RequestQuota};
 pub use tokens::{TokenLimits, TokenQuota};
 
 pub struct Limits {
     config: LimitsConfig,
-    requests: RequestLimits,
-    tokens: TokenLimits,
-    /// Reads of a key's own usage, per key (`limits.usage_rpm`).
+    /// The counts of this process: the store, or Redis's fallback.
+    local: LocalCounts,
+    /// `Some` with `limits.store = "redis"`.
+    redis: Option<Arc<RedisCounts>>,
+    fallback: RedisFallback,
+    /// Replicas alive now (heartbeats in the ledger): the fallback gives each replica its
+    /// share of a key's limit.
+    replicas: AtomicU32,
+    /// Reads of a key's own usage, per key (`limits.usage_rpm`), in this process.
     usage_reads: RequestLimits,
+}
+
+/// One count of a request against a key's limits: refused if either quota has a
+/// `retry_after`.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted {
+    pub requests: RequestQuota,
+    /// `None` when the key has no token limit (or the request was refused before it).
+    pub tokens: Option<TokenQuota>,
 }
 
 /// What admission granted a request: reported in its headers, settled at its end.
@@ -30,15 +53,76 @@ pub struct Admission {
     pub requests: RequestQuota,
     /// The key's tpm and the tokens reserved, when the key has a token limit.
     pub tokens: Option<(TokenQuota, u64, u64)>,
+    /// Counted in Redis (settled there), not in this process.
+    in_redis: bool,
 }
 
 impl Limits {
-    pub fn new(config: LimitsConfig) -> Limits {
-        Limits {
+    /// Limits counted where `config.store` says; Redis's failures count in `errors`.
+    pub fn new(
+        config: LimitsConfig,
+        redis: &RedisConfig,
+        errors: prometheus::IntCounter,
+    ) -> anyhow::Result<Limits> {
+        let store = match config.store {
+            LimitStoreKind::Local => None,
+            LimitStoreKind::Redis => Some(Arc::new(RedisCounts::new(redis, errors)?)),
+        };
+        Ok(Limits {
             config,
-            requests: RequestLimits::new(),
-            tokens: TokenLimits::new(),
+            local: LocalCounts::default(),
+            redis: store,
+            fallback: redis.fallback,
+            replicas: AtomicU32::new(1),
             usage_reads: RequestLimits::new(),
+        })
+    }
+
+    /// How many replicas are alive (at least 1), for the fallback's shares.
+    pub fn set_live_replicas(&self, n: u32) {
+        self.replicas.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub fn live_replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
+    }
+
+    /// Whether limits are counted by the fallback now (Redis configured and not answering).
+    pub fn in_fallback(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| !r.is_up())
+    }
+
+    /// Counts a request of key lineage `id`: in Redis if it is the store and answers; else
+    /// in this process, with this replica's share of the limits while Redis is down.
+    async fn count(
+        &self,
+        id: i64,
+        rpm: u32,
+        tpm: Option<u64>,
+        reserve: u64,
+        look: bool,
+    ) -> Result<(Counted, bool), ApiError> {
+        let Some(redis) = &self.redis else {
+            let counted = if look {
+                self.local.peek(id, rpm, tpm)
+            } else {
+                self.local.admit(id, rpm, tpm, reserve)
+            };
+            return Ok((counted, false));
+        };
+        if let Ok(counted) = redis.admit(id, rpm, tpm, reserve, look).await {
+            return Ok((counted, true));
+        }
+        let share = self.live_replicas();
+        let rpm = (rpm / share).max(1);
+        let tpm = tpm.map(|t| (t / u64::from(share)).max(1));
+        match (self.fallback, look) {
+            (RedisFallback::Local, false) => Ok((self.local.admit(id, rpm, tpm, reserve), false)),
+            (_, true) => Ok((self.local.peek(id, rpm, tpm), false)),
+            (RedisFallback::Open, false) => Ok((self.local.peek(id, rpm, tpm), false)),
+            (RedisFallback::Closed, false) => Err(ApiError::Unavailable(
+                "rate limits cannot be checked now; retry shortly".into(),
+            )),
         }
     }
 
@@ -53,12 +137,23 @@ impl Limits {
     /// Counts the request against the key's limits; 429 (with the headers) when over.
     /// `worst` gives the most the request can use (`ClientRequest::worst_case`); it is
     /// asked only when the key has a token limit.
-    pub fn admit(
+    pub async fn admit(
         &self,
         caller: &Caller,
         worst: impl FnOnce() -> TokenCounts,
     ) -> Result<Admission, ApiError> {
-        let requests = self.requests.check(caller.limit_id(), self.rpm(caller));
+        let tpm = self.tpm(caller);
+        let reserve = match tpm {
+            Some(_) => {
+                let worst = worst();
+                worst.prompt.saturating_add(worst.completion)
+            }
+            None => 0,
+        };
+        let (counted, in_redis) = self
+            .count(caller.limit_id(), self.rpm(caller), tpm, reserve, false)
+            .await?;
+        let requests = counted.requests;
         if let Some(wait) = requests.retry_after {
             let mut headers = HeaderMap::new();
             put_headers(&mut headers, &requests, None);
@@ -69,23 +164,21 @@ impl Limits {
                 headers,
             ));
         }
-        let Some(tpm) = self.tpm(caller) else {
-            return Ok(Admission {
-                requests,
-                tokens: None,
-            });
+        let tokens = match (tpm, counted.tokens) {
+            (Some(tpm), Some(tokens)) => {
+                if let Some(wait) = tokens.retry_after {
+                    let mut headers = HeaderMap::new();
+                    put_headers(&mut headers, &requests, Some(&tokens));
+                    return Err(throttled("tokens per minute", tokens.limit, wait, headers));
+                }
+                Some((tokens, tpm, reserve))
+            }
+            _ => None,
         };
-        let worst = worst();
-        let reserve = worst.prompt.saturating_add(worst.completion);
-        let tokens = self.tokens.reserve(caller.limit_id(), tpm, reserve);
-        if let Some(wait) = tokens.retry_after {
-            let mut headers = HeaderMap::new();
-            put_headers(&mut headers, &requests, Some(&tokens));
-            return Err(throttled("tokens per minute", tpm, wait, headers));
-        }
         Ok(Admission {
             requests,
-            tokens: Some((tokens, tpm, reserve)),
+            tokens,
+            in_redis,
         })
     }
 
@@ -110,26 +203,37 @@ impl Limits {
         }
     }
 
-    /// Gives back (or takes) the difference between the reservation and the real usage.
+    /// Gives back (or takes) the difference between the reservation and the real usage,
+    /// where it was counted (in Redis, in the background: the response does not wait).
     pub fn settle(&self, caller: &Caller, admission: &Admission, used: u64) {
-        if let Some((_, tpm, reserved)) = admission.tokens {
-            self.tokens.settle(caller.limit_id(), tpm, reserved, used);
+        let Some((_, tpm, reserved)) = admission.tokens else {
+            return;
+        };
+        let id = caller.limit_id();
+        match (&self.redis, admission.in_redis) {
+            (Some(redis), true) => {
+                let redis = redis.clone();
+                // Lost if Redis went away meanwhile: the reservation then stands until the
+                // bucket refills, which errs on the side of the limit.
+                tokio::spawn(async move { redis.settle(id, tpm, reserved, used).await });
+            }
+            _ => self.local.settle(id, tpm, reserved, used),
         }
     }
 
     /// The key's quotas now, without consuming anything (for `GET /v1/usage`).
-    pub fn peek(&self, caller: &Caller) -> (RequestQuota, Option<TokenQuota>) {
-        let requests = self.requests.peek(caller.limit_id(), self.rpm(caller));
-        let tokens = self
-            .tpm(caller)
-            .map(|tpm| self.tokens.peek(caller.limit_id(), tpm));
-        (requests, tokens)
+    pub async fn peek(
+        &self,
+        caller: &Caller,
+    ) -> Result<(RequestQuota, Option<TokenQuota>), ApiError> {
+        let (rpm, tpm) = (self.rpm(caller), self.tpm(caller));
+        let (counted, _) = self.count(caller.limit_id(), rpm, tpm, 0, true).await?;
+        Ok((counted.requests, counted.tokens))
     }
 
     /// Forgets state that a fresh limiter would have anyway; run periodically.
     pub fn sweep(&self) {
-        self.requests.sweep();
-        self.tokens.sweep();
+        self.local.sweep();
         self.usage_reads.sweep();
     }
 }

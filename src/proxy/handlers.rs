@@ -140,7 +140,8 @@ async fn proxy(
     let reserve = state.config().limits.reserve_max_tokens;
     let admission = state
         .limits()
-        .admit(&caller, || request.worst_case(reserve))?;
+        .admit(&caller, || request.worst_case(reserve))
+        .await?;
     let request_id = new_request_id(started_at);
     let hold = match hold_worst_case(
         &state,

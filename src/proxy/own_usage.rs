@@ -25,7 +25,7 @@ pub async fn usage_of_key(
         caller.key_id,
     )
     .await?;
-    let (rq, tq) = state.limits().peek(&caller);
+    let (rq, tq) = state.limits().peek(&caller).await?;
     let key = &caller.key;
     let mut response = Json(json!({
         "object": "usage",

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod keys;
 pub mod postgres;
 pub mod prices;
+pub mod replicas;
 pub mod signal;
 pub mod sqlite;
 pub mod usage;

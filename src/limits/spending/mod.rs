@@ -62,10 +62,13 @@ fn refusal(available: Decimal, worst_case: Decimal) -> ApiError {
 
 impl Spending {
     /// Holds for the ledger `db`: shared in PostgreSQL, or in memory beside SQLite.
-    pub fn new(db: &Db, ledger: Ledger, config: &LimitsConfig) -> Spending {
+    /// `replica` names this gateway in the holds it takes.
+    pub fn new(db: &Db, ledger: Ledger, config: &LimitsConfig, replica: &str) -> Spending {
         match db {
             Db::Sqlite(_) => Spending::Local(local::LocalSpending::new(ledger)),
-            Db::Postgres(pool) => Spending::Postgres(postgres::PgSpending::new(pool, config)),
+            Db::Postgres(pool) => {
+                Spending::Postgres(postgres::PgSpending::new(pool, config, replica))
+            }
         }
     }
 

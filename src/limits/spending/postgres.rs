@@ -29,11 +29,10 @@ pub struct PgSpending {
 }
 
 impl PgSpending {
-    pub fn new(pool: &PgPool, config: &LimitsConfig) -> PgSpending {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    pub fn new(pool: &PgPool, config: &LimitsConfig, replica: &str) -> PgSpending {
         PgSpending {
             pool: pool.clone(),
-            replica: format!("{}/{}", host.trim(), std::process::id()),
+            replica: replica.to_owned(),
             expiry: chrono::Duration::seconds(config.hold_expiry_secs as i64),
             fallback: config.postpaid_when_ledger_down,
             accounts: Mutex::default(),

@@ -1,7 +1,8 @@
 //! Which ledger the suite runs against: a SQLite file (the default), or PostgreSQL when
 //! `TOLLGATE_TEST_LEDGER=postgres` (`scripts/test` runs the suite both ways). On
 //! PostgreSQL one server serves the whole test process, started on first use and stopped
-//! at its exit, and every ledger is a fresh database on it.
+//! at its exit, and every ledger is a fresh database on it; rate limits are then counted
+//! in one Redis server, likewise, under a fresh key prefix per gateway.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -11,6 +12,7 @@ use tollgate::config::{DatabaseConfig, Synchronous};
 use tollgate::store::Db;
 
 use super::postgres::Postgres;
+use super::redis::Redis;
 
 /// Whether this run's ledgers are PostgreSQL databases.
 pub fn is_postgres() -> bool {
@@ -31,6 +33,35 @@ fn server() -> &'static Postgres {
         unsafe { libc::atexit(stop) };
         server
     })
+}
+
+/// The test process's Redis server (with PostgreSQL ledgers).
+fn redis() -> &'static Redis {
+    static SERVER: OnceLock<Redis> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        extern "C" fn stop() {
+            if let Some(server) = SERVER.get() {
+                server.stop();
+            }
+        }
+        let server = Redis::start();
+        // SAFETY: registers a plain function, run once at process exit.
+        unsafe { libc::atexit(stop) };
+        server
+    })
+}
+
+/// Where `config` counts rate limits: in this process, or (with PostgreSQL ledgers) in the
+/// shared Redis under a prefix of its own.
+pub fn limits(config: &mut tollgate::Config) {
+    if is_postgres() {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        config.limits.store = tollgate::config::LimitStoreKind::Redis;
+        config.redis.url = Some(redis().url.clone());
+        config.redis.prefix = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        // A loaded machine must not push the tests into the fallback.
+        config.redis.timeout_ms = 2000;
+    }
 }
 
 /// A new, empty ledger whose files (the SQLite file, or the replica's spool) go in `dir`.

@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod ledger;
 pub mod postgres;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ pub fn test_config(sim: SocketAddr, dir: &tempfile::TempDir) -> Config {
     let mut config =
         cli::demo_config(sim, "127.0.0.1:0", &db).expect("the demo configuration is valid");
     config.database = ledger::fresh(dir.path(), config.database.synchronous);
+    ledger::limits(&mut config);
     config
 }
 

@@ -1,0 +1,260 @@
+//! Rate limits counted in Redis, shared by every replica: one script per request does the
+//! key's GCRA for rpm and its token reservation for tpm atomically, on Redis's clock; one
+//! more corrects the reservation at the request's end. A key's two entries share a hash
+//! tag (`{<redis.prefix>:<lineage>}`), so Redis Cluster keeps them in one slot. Every call is bounded
+//! by `redis.timeout_ms`; after a failure Redis is skipped (and the caller falls back) for
+//! `PROBE_EVERY`, then tried again. Redis holds nothing that cannot be rebuilt: losing it
+//! resets the counts, never money.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+use super::{Counted, RequestQuota, TokenQuota};
+use crate::config::RedisConfig;
+
+/// How long Redis is left alone after a failure before it is tried again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Admission: KEYS = the key's request state and token bucket; ARGV = rpm, tpm (0: none),
+/// tokens to reserve, and 1 to only look (nothing counted). Times in µs from Redis's
+/// clock, tokens in thousandths. Returns rpm (passed, remaining, reset, retry) and tpm
+/// (passed, remaining, reset, retry; all 0 without a tpm).
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rpm, tpm, reserve, look = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local period = 60000000 / rpm
+local state = redis.call('HMGET', KEYS[1], 'tat', 'rpm')
+local tat = tonumber(state[1]) or now
+local old = tonumber(state[2]) or rpm
+if tat < now then tat = now end
+if old ~= rpm then
+  tat = now + math.ceil((tat - now) / (60000000 / old) - 1e-9) * period
+end
+local r = {1, 0, 0, 0}
+local next_tat = tat + period
+if look then
+  r[2] = math.max(0, rpm - math.ceil((tat - now) / period - 1e-9))
+  r[3] = tat - now
+elseif next_tat - rpm * period > now then
+  r = {0, 0, tat - now, next_tat - rpm * period - now}
+else
+  redis.call('HSET', KEYS[1], 'tat', next_tat, 'rpm', rpm)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((next_tat - now) / 1000) + 1000)
+  r[2] = math.max(0, rpm - math.ceil((next_tat - now) / period - 1e-9))
+  r[3] = next_tat - now
+end
+local k = {0, 0, 0, 0}
+if tpm > 0 and (look or r[1] == 1) then
+  local full = tpm * 1000
+  local bucket = redis.call('HMGET', KEYS[2], 'level', 'at', 'tpm')
+  local level = tonumber(bucket[1]) or full
+  local at = tonumber(bucket[2]) or now
+  local was = tonumber(bucket[3]) or tpm
+  if was ~= tpm then level = full - (was * 1000 - level) end
+  level = math.min(full, level + (now - at) * tpm * 1000 / 60000000)
+  local need = reserve * 1000
+  k[1] = 1
+  if not look then
+    if level >= need or level >= full then
+      level = level - need
+      redis.call('HSET', KEYS[2], 'level', level, 'at', now, 'tpm', tpm)
+      redis.call('PEXPIRE', KEYS[2], 120000)
+    else
+      k[1] = 0
+      k[4] = math.max(1000, (math.min(need, full) - level) * 60000000 / (tpm * 1000))
+    end
+  end
+  k[2] = math.floor(math.max(level, 0) / 1000)
+  k[3] = (full - level) * 60000000 / (tpm * 1000)
+end
+return {r[1], r[2], math.floor(r[3]), math.floor(r[4]), k[1], k[2], math.floor(k[3]), math.floor(k[4])}
+"#;
+
+/// Settlement: KEYS = the token bucket; ARGV = tpm, tokens reserved, tokens used.
+const SETTLE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tpm, reserved, used = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local full = tpm * 1000
+local bucket = redis.call('HMGET', KEYS[1], 'level', 'at')
+local level = tonumber(bucket[1]) or full
+local at = tonumber(bucket[2]) or now
+level = math.min(full, level + (now - at) * tpm * 1000 / 60000000 + (reserved - used) * 1000)
+redis.call('HSET', KEYS[1], 'level', level, 'at', now, 'tpm', tpm)
+redis.call('PEXPIRE', KEYS[1], 120000)
+return {1}
+"#;
+
+pub struct RedisCounts {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    timeout: Duration,
+    admit: Script,
+    settle: Script,
+    /// When Redis last failed, in ms since `started` (0: never): it is skipped until
+    /// `PROBE_EVERY` later.
+    failed_at: AtomicU64,
+    started: Instant,
+    errors: prometheus::IntCounter,
+    prefix: String,
+}
+
+/// Redis did not answer (in time): the caller counts elsewhere.
+#[derive(Debug)]
+pub struct Unavailable;
+
+impl RedisCounts {
+    pub fn new(
+        config: &RedisConfig,
+        errors: prometheus::IntCounter,
+    ) -> anyhow::Result<RedisCounts> {
+        let url = config.url.as_deref().unwrap_or_default();
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("redis.url is not a Redis URL: {e}"))?;
+        Ok(RedisCounts {
+            client,
+            connection: OnceCell::new(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            admit: Script::new(ADMIT),
+            settle: Script::new(SETTLE),
+            failed_at: AtomicU64::new(0),
+            started: Instant::now(),
+            errors,
+            prefix: config.prefix.clone(),
+        })
+    }
+
+    /// Key lineage `id`'s request state and token bucket, in one hash slot.
+    fn keys(&self, id: i64) -> (String, String) {
+        let tag = format!("{{{}:{id}}}", self.prefix);
+        (format!("{tag}:rpm"), format!("{tag}:tpm"))
+    }
+
+    /// Whether Redis answered the last time it was asked.
+    pub fn is_up(&self) -> bool {
+        self.failed_at.load(Ordering::Relaxed) == 0
+    }
+
+    fn skipped(&self) -> bool {
+        let failed = self.failed_at.load(Ordering::Relaxed);
+        failed != 0 && self.now_ms().saturating_sub(failed) < PROBE_EVERY.as_millis() as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Runs `script` with `keys` and `args`, bounded by the timeout.
+    async fn run(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[u64],
+    ) -> Result<Vec<i64>, Unavailable> {
+        if self.skipped() {
+            return Err(Unavailable);
+        }
+        let call = async {
+            let connection = self
+                .connection
+                .get_or_try_init(|| {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1);
+                    ConnectionManager::new_with_config(self.client.clone(), config)
+                })
+                .await?;
+            let mut connection = connection.clone();
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(*key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation.invoke_async::<Vec<i64>>(&mut connection).await
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(values)) => {
+                self.failed_at.store(0, Ordering::Relaxed);
+                Ok(values)
+            }
+            Ok(Err(e)) => {
+                self.fail(&e.to_string());
+                Err(Unavailable)
+            }
+            Err(_) => {
+                self.fail("timed out");
+                Err(Unavailable)
+            }
+        }
+    }
+
+    fn fail(&self, error: &str) {
+        self.errors.inc();
+        if self.failed_at.swap(self.now_ms(), Ordering::Relaxed) == 0 {
+            tracing::warn!(
+                error,
+                "Redis does not answer; rate limits fall back until it does"
+            );
+        }
+    }
+
+    /// Counts one request of key `id` (its lineage) in Redis.
+    pub async fn admit(
+        &self,
+        id: i64,
+        rpm: u32,
+        tpm: Option<u64>,
+        reserve: u64,
+        look: bool,
+    ) -> Result<Counted, Unavailable> {
+        let (requests, tokens) = self.keys(id);
+        let args = [
+            u64::from(rpm.max(1)),
+            tpm.unwrap_or(0),
+            reserve,
+            u64::from(look),
+        ];
+        let v = self.run(&self.admit, &[&requests, &tokens], &args).await?;
+        if v.len() != 8 {
+            return Err(Unavailable);
+        }
+        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+        let requests = RequestQuota {
+            limit: rpm.max(1),
+            remaining: v[1].clamp(0, i64::from(u32::MAX)) as u32,
+            reset: micros(v[2]),
+            retry_after: (v[0] == 0).then(|| micros(v[3])),
+        };
+        let tokens = tpm
+            .filter(|_| v[4] != 0 || v[7] != 0)
+            .map(|tpm| TokenQuota {
+                limit: tpm,
+                remaining: v[5].max(0) as u64,
+                reset: micros(v[6]),
+                retry_after: (v[4] == 0).then(|| micros(v[7])),
+            });
+        Ok(Counted { requests, tokens })
+    }
+
+    /// Corrects key `id`'s reservation with the tokens used.
+    pub async fn settle(
+        &self,
+        id: i64,
+        tpm: u64,
+        reserved: u64,
+        used: u64,
+    ) -> Result<(), Unavailable> {
+        let (_, tokens) = self.keys(id);
+        self.run(&self.settle, &[&tokens], &[tpm, reserved, used])
+            .await
+            .map(|_| ())
+    }
+}
