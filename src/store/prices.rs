@@ -20,6 +20,9 @@ fn from_row(row: &impl Read) -> Result<PriceVersion> {
     })
 }
 
+/// PostgreSQL advisory lock held while price tables are synced.
+const PRICE_SYNC_LOCK: i64 = 0x746f_6c6c_6761_7402;
+
 /// Every version ever recorded.
 pub async fn all(db: &Db) -> Result<Vec<PriceVersion>> {
     on!(db, |pool| {
@@ -34,8 +37,20 @@ pub async fn all(db: &Db) -> Result<Vec<PriceVersion>> {
 /// were new. An entry whose (model, chip, effective_from) is recorded with other prices
 /// is refused: a version is never changed, a new `effective_from` makes a new one.
 pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
+    // On PostgreSQL, replicas starting together sync one after the other, each seeing what
+    // the others recorded (SQLite runs one writing transaction at a time anyway).
+    let serialize = match db {
+        Db::Postgres(_) => Some("SELECT pg_advisory_xact_lock($1)"),
+        Db::Sqlite(_) => None,
+    };
     on!(db, |pool| {
         let mut tx = pool.begin().await?;
+        if let Some(lock) = serialize {
+            sqlx::query(lock)
+                .bind(PRICE_SYNC_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut added = 0;
         for entry in entries {
             let existing = sqlx::query(

@@ -398,3 +398,27 @@ async fn rate_limits_in_redis_hold_across_replicas_and_fall_back_to_shares_witho
         app.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_and_record_prices_once() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let builds = dirs.iter().map(|dir| {
+        let mut config = helpers::test_config(sim, dir);
+        config.database.url = server.url.clone();
+        tollgate::Application::build(config)
+    });
+    let apps: Vec<tollgate::Application> = join_all(builds)
+        .await
+        .into_iter()
+        .map(|built| built.expect("every replica starts"))
+        .collect();
+    let db = apps[0].state().db().clone();
+    let versions = tollgate::store::prices::all(&db).await.unwrap();
+    let entries =
+        tollgate::billing::prices::load_dir(&apps[0].state().config().pricing.dir).unwrap();
+    assert_eq!(versions.len(), entries.len(), "each price recorded once");
+}
