@@ -154,7 +154,7 @@ async fn sigterm_lets_in_flight_streams_finish_and_records_them() {
 
 /// Sends requests until the gateway dies; returns the ids of the responses received in full
 /// (and counts them in `progress` as they come).
-async fn load_until_killed(
+pub(crate) async fn load_until_killed(
     addr: SocketAddr,
     key: String,
     worker: usize,

@@ -8,6 +8,7 @@ use futures_util::future::join_all;
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 use crate::helpers::postgres::Postgres;
 use crate::helpers::{self, TestApp, dec, request_id};
@@ -421,4 +422,132 @@ async fn replicas_starting_together_migrate_and_record_prices_once() {
     let entries =
         tollgate::billing::prices::load_dir(&apps[0].state().config().pricing.dir).unwrap();
     assert_eq!(versions.len(), entries.len(), "each price recorded once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_under_load_five_times_loses_nothing_and_doubles_nothing() {
+    use crate::durability::load_until_killed;
+    use crate::helpers::binary::{cli, serve, write_config_on};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let configs: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .map(|dir| {
+            let mut database = helpers::ledger::fresh(dir.path(), Default::default());
+            database.url = server.url.clone();
+            let config = write_config_on(dir.path(), sim, &database);
+            // Holds of a killed replica's requests in flight expire quickly here.
+            let text = std::fs::read_to_string(&config).unwrap();
+            let text = text.replace("[limits]\n", "[limits]\nhold_expiry_secs = 10\n");
+            std::fs::write(&config, text).unwrap();
+            config
+        })
+        .collect();
+    cli(&configs[0], &["accounts", "create", "acme", "--prepaid"]);
+    let topup = ["accounts", "topup", "acme", "--amount", "1000"];
+    cli(
+        &configs[0],
+        &[&topup[..], &["--idempotency-key", "t-1"]].concat(),
+    );
+    let key = cli(&configs[0], &["keys", "create", "--account", "acme"]);
+    let mut gateways: Vec<_> = configs.iter().map(|c| serve(c, "tollgate=info")).collect();
+
+    let mut completed = Vec::new();
+    for round in 0..5 {
+        let victim = round % 3;
+        let progress = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = gateways
+            .iter()
+            .flat_map(|g| (0..3).map(move |w| (g.addr, w)))
+            .map(|(addr, w)| {
+                tokio::spawn(load_until_killed(addr, key.clone(), w, progress.clone()))
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while progress.load(Ordering::Relaxed) < 10 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: no load"));
+        tokio::time::sleep(Duration::from_millis(100 + 70 * round as u64)).await;
+        gateways[victim].child.kill().unwrap(); // SIGKILL, mid-load
+        gateways[victim].child.wait().unwrap();
+        // The survivors' loads go on until they are stopped below; the victim's end now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for g in gateways.iter_mut() {
+            let _ = g.child.kill();
+            let _ = g.child.wait();
+        }
+        for worker in workers {
+            completed.extend(worker.await.unwrap());
+        }
+        // Every replica comes back on its own spool (the journal of the one killed ships).
+        gateways = configs.iter().map(|c| serve(c, "tollgate=info")).collect();
+    }
+    // Records of responses received in full: every one, once.
+    let db = PgPoolOptions::new().connect(&server.url).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM holds WHERE state = 'pending'")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await
+    .expect("no hold stays pending past its expiry");
+    let (records, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT request_id) FROM usage_records")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(records, distinct, "no record twice");
+    let stored: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT request_id FROM usage_records")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for id in &completed {
+        assert!(
+            stored.contains(id),
+            "response {id} was received in full but has no record"
+        );
+    }
+    assert!(
+        completed.len() >= 50,
+        "load ran: {} completed",
+        completed.len()
+    );
+    let (topped_up, spent, held, costs): (Decimal, Decimal, Decimal, Decimal) = sqlx::query_as(
+        "SELECT f.topped_up, f.spent, f.held, (SELECT sum(cost) FROM usage_records)
+         FROM account_funds f WHERE f.account_id = 1",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (spent, held),
+        (costs, Decimal::ZERO),
+        "charges = the records' costs"
+    );
+    assert_eq!(topped_up, dec("1000"));
+    for mut g in gateways {
+        let _ = g.child.kill();
+        let _ = g.child.wait();
+    }
 }

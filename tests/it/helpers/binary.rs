@@ -13,6 +13,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 /// A config for `dir` with megrez on two simulated chips and a high default rate limit;
 /// its price tables are a copy of the repository's, in `dir/pricing`.
 pub fn write_config(dir: &Path, sim: SocketAddr) -> PathBuf {
+    let database = super::ledger::fresh(dir, Default::default());
+    write_config_on(dir, sim, &database)
+}
+
+/// `write_config`, on the ledger `database`.
+pub fn write_config_on(
+    dir: &Path,
+    sim: SocketAddr,
+    database: &tollgate::config::DatabaseConfig,
+) -> PathBuf {
     let pricing = dir.join("pricing");
     std::fs::create_dir_all(&pricing).unwrap();
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("pricing/sample/sample.toml");
@@ -35,7 +45,7 @@ model = "megrez-7b-instruct"
 chip = "chip3"
 base_url = "http://{sim}/bare"
 "#,
-        database = super::ledger::toml(&super::ledger::fresh(dir, Default::default())),
+        database = super::ledger::toml(database),
         pricing = pricing.display(),
     );
     let path = dir.join("tollgate.toml");
