@@ -174,7 +174,8 @@ impl Ledger {
         });
         let writer = Writer {
             shared: shared.clone(),
-            sink,
+            sink: Arc::new(sink),
+            shipping: None,
             spare: Some(second),
             retired: None,
             publish,
@@ -283,7 +284,11 @@ impl LedgerWriter {
 /// The writer thread's state.
 struct Writer {
     shared: Arc<Shared>,
-    sink: Sink,
+    /// Shared with the shipment in flight.
+    sink: Arc<Sink>,
+    /// The retired journal being imported beside the loop (so a slow database never holds
+    /// up the `fdatasync`s that commits wait for).
+    shipping: Option<tokio::task::JoinHandle<Shipment>>,
     /// The emptied journal the next import makes active.
     spare: Option<Journal>,
     /// A journal out of use and its records, until they are all in the database.
@@ -302,6 +307,13 @@ impl Writer {
         loop {
             let due = self.due;
             let sleep = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into());
+            let shipping = self.shipping.is_some();
+            let shipped = async {
+                match self.shipping.as_mut() {
+                    Some(handle) => handle.await,
+                    None => std::future::pending().await,
+                }
+            };
             // Not biased: under load there is always an fdatasync wanted, and imports and
             // flushes must not starve.
             tokio::select! {
@@ -312,10 +324,12 @@ impl Writer {
                     }
                     Some(Control::Stop) | None => break,
                 },
-                _ = shared.import_wanted.notified() => self.schedule_import().await,
-                _ = sleep, if due.is_some() => {
-                    let _ = self.import().await;
+                shipment = shipped, if shipping => {
+                    self.shipping = None;
+                    let _ = self.landed(shipment);
                 }
+                _ = shared.import_wanted.notified() => self.schedule_import(),
+                _ = sleep, if due.is_some() => self.start_shipping(),
             }
         }
         control.close();
@@ -323,7 +337,7 @@ impl Writer {
         let last = self.take_active(None);
         // Every record answered is in a journal; the next start imports what fails here.
         let mut imported = Ok(());
-        if self.retired.is_some() {
+        if self.retired.is_some() || self.shipping.is_some() {
             imported = self.import().await;
         }
         if imported.is_ok()
@@ -339,10 +353,10 @@ impl Writer {
     }
 
     /// Starts the import delay, or imports at once if `import_max` records wait.
-    async fn schedule_import(&mut self) {
+    fn schedule_import(&mut self) {
         let waiting = self.shared.lock().records.len();
         if waiting >= self.shared.import_max {
-            let _ = self.import().await;
+            self.start_shipping();
         } else if waiting > 0 {
             self.due.get_or_insert(Instant::now() + self.import_delay);
         }
@@ -412,47 +426,83 @@ impl Writer {
         });
     }
 
-    /// Imports everything committed so far: a journal whose import failed, then the
-    /// active one.
+    /// Imports everything committed so far: a journal in flight or whose import failed,
+    /// then the active one.
     async fn import_all(&mut self) -> Result<(), LedgerError> {
-        if self.retired.is_some() {
+        if self.retired.is_some() || self.shipping.is_some() {
             self.import().await?;
         }
         self.import().await
     }
 
-    /// Imports the retired journal into the database in one transaction and empties it; if
-    /// no journal is retired, retires the active one first. On failure the records stay in
-    /// the journal and in memory, and the import is tried again later.
-    async fn import(&mut self) -> Result<(), LedgerError> {
+    /// Starts importing the retired journal beside the loop (retiring the active one first
+    /// if none is); nothing if a shipment is in flight already.
+    fn start_shipping(&mut self) {
+        if self.shipping.is_some() {
+            return;
+        }
         if self.retired.is_none() {
             self.retire_active();
         }
-        let Some((journal, records)) = &self.retired else {
+        let Some((journal, records)) = self.retired.take() else {
+            self.due = None;
+            return;
+        };
+        self.shared.retired.store(records.len(), Ordering::Relaxed);
+        self.due = None;
+        self.shipping = Some(tokio::spawn(ship(self.sink.clone(), journal, records)));
+    }
+
+    /// Imports the retired journal (after the shipment in flight, if any), or the active
+    /// one, and waits for the outcome.
+    async fn import(&mut self) -> Result<(), LedgerError> {
+        if let Some(handle) = self.shipping.take() {
+            let landed = self.landed(handle.await);
+            if self.retired.is_none() {
+                return landed;
+            }
+        }
+        if self.retired.is_none() {
+            self.retire_active();
+        }
+        let Some((journal, records)) = self.retired.take() else {
             self.due = None;
             return Ok(());
         };
         self.shared.retired.store(records.len(), Ordering::Relaxed);
-        let started = Instant::now();
-        if let Err(e) = journal::import(&self.sink, records, journal).await {
-            self.shared.metrics.ledger_import_failures.inc();
+        let shipment = ship(self.sink.clone(), journal, records).await;
+        self.landed(Ok(shipment))
+    }
+
+    /// Takes in a shipment's outcome: on success the journal is emptied and becomes the
+    /// spare; on failure its records stay in it and in memory, tried again later.
+    fn landed(
+        &mut self,
+        shipment: Result<Shipment, tokio::task::JoinError>,
+    ) -> Result<(), LedgerError> {
+        let Shipment {
+            mut journal,
+            records,
+            outcome,
+            elapsed,
+        } = shipment.map_err(|_| LedgerError::Stopped)?;
+        let metrics = &self.shared.metrics;
+        if let Err(e) = outcome {
+            metrics.ledger_import_failures.inc();
             tracing::warn!(records = records.len(), error = %e, "ledger import failed; the records stay in the usage journal and are tried again");
+            self.retired = Some((journal, records));
             self.due = Some(Instant::now() + self.retry);
             self.retry = (self.retry * 2).min(RETRY_MAX);
-            return Err(LedgerError::Write(e.to_string()));
+            return Err(LedgerError::Write(e));
         }
-        let metrics = &self.shared.metrics;
         metrics.ledger_import_size.observe(records.len() as f64);
-        let elapsed = started.elapsed().as_secs_f64();
-        metrics.ledger_import_seconds.observe(elapsed);
-        let (mut journal, _) = self.retired.take().expect("checked above");
+        metrics.ledger_import_seconds.observe(elapsed.as_secs_f64());
         self.shared.retired.store(0, Ordering::Relaxed);
         if let Err(e) = journal.clear() {
             // Harmless but for growth: imported records are skipped when imported again.
             tracing::error!(error = %e, "cannot empty the usage journal");
         }
         self.spare = Some(journal);
-        self.due = None;
         self.retry = RETRY_FIRST;
         Ok(())
     }
@@ -489,6 +539,33 @@ impl Writer {
             self.settle(upto, Some((durable.seq, upto)));
         }
         Some((journal, records))
+    }
+}
+
+/// A retired journal's import, run beside the writer's loop.
+struct Shipment {
+    journal: Journal,
+    records: Vec<UsageRecord>,
+    outcome: Result<(), String>,
+    elapsed: Duration,
+}
+
+/// The longest a shipment may take before it counts as failed (a database that neither
+/// answers nor refuses): tried again later, which skips whatever did arrive.
+const SHIP_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn ship(sink: Arc<Sink>, journal: Journal, records: Vec<UsageRecord>) -> Shipment {
+    let started = Instant::now();
+    let import = journal::import(&sink, &records, &journal);
+    let outcome = match tokio::time::timeout(SHIP_TIMEOUT, import).await {
+        Ok(imported) => imported.map_err(|e| format!("{e:#}")),
+        Err(_) => Err(format!("no answer from the database in {SHIP_TIMEOUT:?}")),
+    };
+    Shipment {
+        journal,
+        records,
+        outcome,
+        elapsed: started.elapsed(),
     }
 }
 

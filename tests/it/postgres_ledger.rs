@@ -209,3 +209,48 @@ async fn an_outage_of_postgresql_is_spooled_and_every_record_shipped_once_when_i
     assert!(failures >= 1, "the failed imports are counted: {failures}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_holds_up_no_commit() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = server.url.clone();
+    // `full`: every commit waits for the writer's fdatasync, which must not wait for
+    // PostgreSQL.
+    let app = TestApp::spawn_with(move |c| {
+        c.database.url = url;
+        c.database.synchronous = tollgate::config::Synchronous::Full;
+    })
+    .await;
+    complete(&app, false).await;
+    app.state.ledger().flush().await.unwrap();
+
+    server.pause();
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(complete(&app, i % 2 == 0).await);
+    }
+    let during = started.elapsed();
+    // The first shipment of the pause is still waiting for a connection (it gives up after
+    // 5 s): had the commits waited for it, they could not all have finished before it failed.
+    let failures = app.state.metrics().ledger_import_failures.get();
+    assert_eq!(
+        failures, 0,
+        "20 requests took {during:?} behind a hung shipment"
+    );
+    assert!(app.state.ledger().queue_depth() >= 1);
+
+    server.resume();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while app.state.ledger().flush().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the backlog is shipped once the database answers again");
+    for id in &ids {
+        app.record(id).await;
+    }
+    assert_eq!(app.record_count().await, 21);
+    app.stop().await;
+}

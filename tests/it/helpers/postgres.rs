@@ -142,6 +142,30 @@ impl Postgres {
         run(&self.bin.join("pg_ctl"), &args);
     }
 
+    /// Freezes every process of the server (SIGSTOP): it neither answers nor refuses, as
+    /// behind a network partition.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        // The server's processes are the postmaster's children.
+        let children = Command::new("pkill").args([signal, "-P", &pid]).status();
+        assert!(
+            children.is_ok_and(|s| s.success()),
+            "pkill {signal} -P {pid}"
+        );
+        let postmaster = Command::new("kill").args([signal, &pid]).status();
+        assert!(postmaster.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
     /// Stops the server and removes its files (at the test process's exit).
     pub fn remove(&self) {
         self.stop();
