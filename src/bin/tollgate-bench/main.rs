@@ -3,6 +3,7 @@
 //! one run on this machine. `cargo run --release --bin tollgate-bench` writes
 //! `bench/results.md`; `phases` says what is measured and how.
 
+mod cluster;
 mod load;
 mod passthrough;
 mod phases;
@@ -50,24 +51,36 @@ struct Args {
     /// a change helped is to compare both builds within one run.
     #[arg(long, value_name = "TOLLGATE_BINARY")]
     compare: Option<PathBuf>,
+    /// Also measure a cluster: 2 replicas on PostgreSQL and Redis behind nginx (Debian's
+    /// postgresql, redis-server and nginx must be installed; `scripts/bench` installs them).
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// What a request goes to and what stands in front of the simulator there.
 pub struct Subject {
     pub target: Target,
-    /// The proxy's processes (none for direct calls).
-    pub proxy: Option<Process>,
+    /// The processes standing in front of the simulator (none for direct calls): one
+    /// proxy, or a cluster's balancer, replicas and databases.
+    pub proxies: Vec<Process>,
     pub gateway: Option<Gateway>,
     pub auth: HeaderValue,
+}
+
+impl Subject {
+    /// The processes of `proxies` and their children.
+    pub fn pids(&self) -> Vec<u32> {
+        self.proxies.iter().flat_map(Process::pids).collect()
+    }
 }
 
 /// The parts of a tollgate under test that the phases need.
 pub struct Gateway {
     pub synchronous: String,
     pub ledger: Db,
-    /// The gateway's SQLite file: its usage journal is empty once every committed record
-    /// is in `ledger`.
-    pub database: PathBuf,
+    /// Where the gateway's usage journals are (one per replica): once they are empty,
+    /// every committed record is in `ledger`.
+    pub journals: Vec<PathBuf>,
     /// Keys for the many-keys workload, by rank; every tenth may send one request a minute.
     pub keys: Vec<HeaderValue>,
     pub rss_at_start_kb: u64,
@@ -131,20 +144,20 @@ async fn measure(
             addr: sim,
             path: sim_path.clone(),
         },
-        proxy: None,
+        proxies: Vec::new(),
         gateway: None,
         auth: no_key.clone(),
     }];
     match procs::nginx_binary().filter(|_| !args.no_nginx) {
         Some(binary) => {
-            let (addr, process) = procs::nginx(&binary, dir, sim).await?;
+            let (addr, process) = procs::nginx(&binary, &dir.join("nginx"), &[sim]).await?;
             subjects.push(Subject {
                 target: Target {
                     name: "nginx".into(),
                     addr,
                     path: sim_path.clone(),
                 },
-                proxy: Some(process),
+                proxies: vec![process],
                 gateway: None,
                 auth: no_key.clone(),
             });
@@ -158,7 +171,7 @@ async fn measure(
             addr,
             path: sim_path,
         },
-        proxy: Some(process),
+        proxies: vec![process],
         gateway: None,
         auth: no_key,
     });
@@ -176,7 +189,16 @@ async fn measure(
             subjects.push(gateway(dir, sim, synchronous, keys, build).await?);
         }
     }
-    phases::run_all(plan, &subjects, &simulator).await
+    let mut cluster = None;
+    if args.cluster {
+        let nginx = procs::nginx_binary().context("--cluster needs nginx")?;
+        let postgres = procs::postgres_bin().context("--cluster needs PostgreSQL's server")?;
+        eprintln!("preparing the cluster (2 replicas, {keys} keys)");
+        let (subject, started) = cluster::start(dir, sim, keys, &nginx, &postgres).await?;
+        subjects.push(subject);
+        cluster = Some(started);
+    }
+    phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await
 }
 
 /// The executable a gateway runs, and how its subjects are told apart from this build's.
@@ -204,30 +226,11 @@ async fn gateway(
             dir.join(format!("tollgate-{synchronous}-compared")),
         ),
     };
-    std::fs::create_dir_all(dir.join("pricing"))?;
-    std::fs::write(
-        dir.join("pricing/bench.toml"),
-        format!(
-            "# A sample price for the benchmark, not a real tariff.\n[[prices]]\n\
-             model = \"{model}\"\nchip = \"nvidia\"\neffective_from = 2026-01-01T00:00:00+08:00\n\
-             input_per_1k = \"0.0012\"\ncached_input_per_1k = \"0.0003\"\noutput_per_1k = \"0.0024\"\n",
-            model = phases::MODEL,
-        ),
-    )?;
-    let config_path = dir.join("tollgate.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\
-             [database]\nurl = \"sqlite://{db}\"\nsynchronous = \"{synchronous}\"\n\
-             [pricing]\ndir = \"{pricing}\"\n\
-             [limits]\ndefault_rpm = 1000000000\n\
-             [[upstreams]]\nmodel = \"{model}\"\nchip = \"nvidia\"\nbase_url = \"http://{sim}/openai\"\n",
-            db = dir.join("ledger.db").display(),
-            pricing = dir.join("pricing").display(),
-            model = phases::MODEL,
-        ),
-    )?;
+    let database = format!(
+        "url = \"sqlite://{}\"\nsynchronous = \"{synchronous}\"\n",
+        dir.join("ledger.db").display()
+    );
+    let config_path = write_config(&dir, sim, &database, "")?;
     let config = tollgate::Config::load(&config_path)?;
     let (ledger, account) = match build.label {
         None => {
@@ -256,28 +259,7 @@ async fn gateway(
             (ledger, account)
         }
     };
-    let secrets: Vec<ApiKey> = (0..=keys).map(|_| ApiKey::generate()).collect();
-    let hashes: Vec<_> = secrets.iter().map(ApiKey::hash).collect();
-    let names: Vec<String> = (0..=keys).map(|n| format!("bench-{n}")).collect();
-    let new_keys: Vec<NewKey> = (0..=keys)
-        .map(|n| NewKey {
-            account_id: account.id,
-            name: &names[n],
-            prefix: secrets[n].prefix(),
-            secret_hash: &hashes[n],
-            expires_at: None,
-            limits: KeyLimits {
-                rpm: (n > 0 && n % 10 == 0).then_some(1),
-                tpm: None,
-                allowed_models: None,
-            },
-        })
-        .collect();
-    store::keys::insert_all(&ledger, &new_keys).await?;
-    let mut secrets = secrets
-        .iter()
-        .map(|s| HeaderValue::from_str(&format!("Bearer {}", s.expose_secret())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut secrets = bench_keys(&ledger, account.id, keys).await?;
     let log = dir.join("tollgate.log");
     let (addr, process) = procs::gateway(build.binary, &config_path, &log).await?;
     let auth = secrets.remove(0);
@@ -288,11 +270,11 @@ async fn gateway(
             addr,
             path: "/v1/chat/completions".into(),
         },
-        proxy: Some(process),
+        proxies: vec![process],
         gateway: Some(Gateway {
             synchronous: synchronous.to_string(),
             ledger,
-            database: store::journal_base(&config.database)?,
+            journals: vec![store::journal_base(&config.database)?],
             keys: secrets,
             rss_at_start_kb,
         }),
@@ -314,4 +296,70 @@ pub fn chat_body(chunks: usize, stream: bool) -> Bytes {
         body["x_sim"]["chunk_delay_ms"] = json!(1);
     }
     Bytes::from(body.to_string())
+}
+
+/// Writes the benchmark's price table and a gateway config in `dir` on the simulator at
+/// `sim`: `database` is the body of its `[database]` section, `extra` more sections.
+pub fn write_config(
+    dir: &Path,
+    sim: SocketAddr,
+    database: &str,
+    extra: &str,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir.join("pricing"))?;
+    std::fs::write(
+        dir.join("pricing/bench.toml"),
+        format!(
+            "# A sample price for the benchmark, not a real tariff.\n[[prices]]\n\
+             model = \"{model}\"\nchip = \"nvidia\"\neffective_from = 2026-01-01T00:00:00+08:00\n\
+             input_per_1k = \"0.0012\"\ncached_input_per_1k = \"0.0003\"\noutput_per_1k = \"0.0024\"\n",
+            model = phases::MODEL,
+        ),
+    )?;
+    let config_path = dir.join("tollgate.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\
+             [database]\n{database}\
+             [pricing]\ndir = \"{pricing}\"\n\
+             [limits]\ndefault_rpm = 1000000000\n{extra}\n\
+             [[upstreams]]\nmodel = \"{model}\"\nchip = \"nvidia\"\nbase_url = \"http://{sim}/openai\"\n",
+            pricing = dir.join("pricing").display(),
+            model = phases::MODEL,
+        ),
+    )?;
+    Ok(config_path)
+}
+
+/// `keys` + 1 keys of `account_id` in `ledger`, as `Authorization` values: the first for
+/// the single-key phases, the rest ranked for the many-keys workload (every tenth rank may
+/// send one request a minute).
+pub async fn bench_keys(
+    ledger: &Db,
+    account_id: i64,
+    keys: usize,
+) -> anyhow::Result<Vec<HeaderValue>> {
+    let secrets: Vec<ApiKey> = (0..=keys).map(|_| ApiKey::generate()).collect();
+    let hashes: Vec<_> = secrets.iter().map(ApiKey::hash).collect();
+    let names: Vec<String> = (0..=keys).map(|n| format!("bench-{n}")).collect();
+    let new_keys: Vec<NewKey> = (0..=keys)
+        .map(|n| NewKey {
+            account_id,
+            name: &names[n],
+            prefix: secrets[n].prefix(),
+            secret_hash: &hashes[n],
+            expires_at: None,
+            limits: KeyLimits {
+                rpm: (n > 0 && n % 10 == 0).then_some(1),
+                tpm: None,
+                allowed_models: None,
+            },
+        })
+        .collect();
+    store::keys::insert_all(ledger, &new_keys).await?;
+    Ok(secrets
+        .iter()
+        .map(|s| HeaderValue::from_str(&format!("Bearer {}", s.expose_secret())))
+        .collect::<Result<Vec<_>, _>>()?)
 }

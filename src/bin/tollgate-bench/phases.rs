@@ -69,13 +69,17 @@ impl Plan {
 struct Findings {
     latency: Vec<Stats>,
     throughput_32: Vec<f64>,
+    p99_32: Vec<Duration>,
     peak_rss_kb: Vec<u64>,
+    /// With a cluster: PostgreSQL's ingest rate, records/s.
+    ingest: Option<f64>,
 }
 
 pub async fn run_all(
     plan: &Plan,
     subjects: &[Subject],
     simulator: &Process,
+    cluster: Option<&crate::cluster::Cluster>,
 ) -> anyhow::Result<String> {
     let mut findings = Findings::default();
     let names: Vec<&str> = subjects.iter().map(|s| s.target.name.as_str()).collect();
@@ -100,6 +104,10 @@ pub async fn run_all(
     eprintln!("many keys");
     out += &many_keys(plan, subjects).await?;
     out += &memory(subjects, simulator, &mut findings);
+    if let (Some(cluster), Some(subject)) = (cluster, subjects.last()) {
+        eprintln!("cluster");
+        out += &cluster_section(plan, cluster, subject, &mut findings).await?;
+    }
     out += &goals(subjects, &findings);
     Ok(out)
 }
@@ -271,7 +279,11 @@ async fn ledger_rows(subject: &Subject) -> anyhow::Result<Option<i64>> {
         return Ok(None);
     };
     for _ in 0..200 {
-        if tollgate::store::journal::is_empty(&g.database)? {
+        let mut empty = true;
+        for journal in &g.journals {
+            empty &= tollgate::store::journal::is_empty(journal)?;
+        }
+        if empty {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -312,11 +324,7 @@ async fn throughput_round(
     time: Duration,
     acc: &mut Throughput,
 ) -> anyhow::Result<()> {
-    let proxy_pids = subject
-        .proxy
-        .as_ref()
-        .map(Process::pids)
-        .unwrap_or_default();
+    let proxy_pids = subject.pids();
     let (proxy_cpu, sim_cpu) = (
         procs::cpu_time(&proxy_pids),
         procs::cpu_time(&simulator.pids()),
@@ -391,11 +399,7 @@ async fn throughput(
                 format!("{}{spread}", ratio(run.rate(), rates[n]))
             });
             let stats = Stats::of(run.latencies.clone());
-            let proxy_pids = subject
-                .proxy
-                .as_ref()
-                .map(Process::pids)
-                .unwrap_or_default();
+            let proxy_pids = subject.pids();
             table.row(&[
                 subject.target.name.clone(),
                 connections.to_string(),
@@ -404,7 +408,7 @@ async fn throughput(
                 vs_nginx,
                 ms(stats.p50),
                 ms(stats.p99),
-                if subject.proxy.is_some() {
+                if !subject.proxies.is_empty() {
                     run.per_request(run.proxy_cpu)
                 } else {
                     "-".into()
@@ -421,6 +425,10 @@ async fn throughput(
         }
         if connections == 32 {
             findings.throughput_32 = rates;
+            findings.p99_32 = runs
+                .iter()
+                .map(|r| Stats::of(r.latencies.clone()).p99)
+                .collect();
         }
     }
     Ok(format!(
@@ -521,14 +529,7 @@ async fn many_keys(plan: &Plan, subjects: &[Subject]) -> anyhow::Result<String> 
             let count = |status: u16| outcomes.iter().filter(|o| o.status == status).count();
             let (ok, limited) = (count(200), count(429));
             let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
-            let rss = procs::memory_kb(
-                &subject
-                    .proxy
-                    .as_ref()
-                    .map(Process::pids)
-                    .unwrap_or_default(),
-                "VmRSS",
-            );
+            let rss = procs::memory_kb(&subject.pids(), "VmRSS");
             table.row(&[
                 subject.target.name.clone(),
                 name.into(),
@@ -561,14 +562,10 @@ fn memory(subjects: &[Subject], simulator: &Process, findings: &mut Findings) ->
     let mut table = Table::new(&["process", "RSS at start MiB", "peak RSS (VmHWM) MiB"]);
     let mb = |kb: u64| format!("{:.1}", kb as f64 / 1024.0);
     for subject in subjects {
-        let pids = subject
-            .proxy
-            .as_ref()
-            .map(Process::pids)
-            .unwrap_or_default();
+        let pids = subject.pids();
         let peak = procs::memory_kb(&pids, "VmHWM");
         findings.peak_rss_kb.push(peak);
-        if subject.proxy.is_some() {
+        if !subject.proxies.is_empty() {
             let start = subject
                 .gateway
                 .as_ref()
@@ -584,13 +581,84 @@ fn memory(subjects: &[Subject], simulator: &Process, findings: &mut Findings) ->
     format!("## Memory\n\n{}\n", table.finish())
 }
 
+/// What only a cluster has: Redis round trips per request, and how fast one replica's
+/// writer can ship records into PostgreSQL.
+async fn cluster_section(
+    plan: &Plan,
+    cluster: &crate::cluster::Cluster,
+    subject: &Subject,
+    findings: &mut Findings,
+) -> anyhow::Result<String> {
+    let time = plan.throughput / plan.throughput_rounds as u32;
+    let trips =
+        crate::cluster::redis_round_trips(cluster, subject, fixed(subject, 3, false), time).await?;
+    let ledger = &subject
+        .gateway
+        .as_ref()
+        .expect("a cluster is a gateway")
+        .ledger;
+    let batches = if plan.name == "quick" { 10 } else { 100 };
+    let ingest = crate::cluster::ingest(cluster, ledger, batches).await?;
+    findings.ingest = Some(ingest);
+    Ok(format!(
+        "## Cluster
+
+         - Redis commands per request (32 connections, {:.1} s; admission's script and          settlement's, counted by Redis's commandstats): {trips:.2}
+         - PostgreSQL ingest: {:.0} records/s ({batches} statements of 1,000 usage records,          one after the other, as one replica's writer ships a backlog; the statement trigger          that charges accounts and posts holds included)
+
+",
+        time.as_secs_f64(),
+        ingest,
+    ))
+}
+
 fn goals(subjects: &[Subject], findings: &Findings) -> String {
     let mut table = Table::new(&["subject", "goal", "measured", "met"]);
     let nginx = subjects.iter().position(|s| s.target.name == "nginx");
     let direct = findings.latency[0];
     let yes = |met: bool| if met { "yes" } else { "no" }.to_string();
+    // The single node a cluster is compared with: this build on SQLite, `normal` if run.
+    let single = subjects
+        .iter()
+        .position(|s| s.target.name == "tollgate (normal)")
+        .or_else(|| {
+            subjects
+                .iter()
+                .position(|s| s.target.name.starts_with("tollgate ("))
+        });
     for (i, subject) in subjects.iter().enumerate() {
         if subject.gateway.is_none() {
+            continue;
+        }
+        let name = &subject.target.name;
+        if name.starts_with("tollgate cluster") {
+            if let Some(n) = single {
+                let share = findings.throughput_32[i] / findings.throughput_32[n];
+                table.row(&[
+                    name.clone(),
+                    format!(
+                        "throughput at 32 connections ≥ 50% of {}'s",
+                        subjects[n].target.name
+                    ),
+                    format!("{:.0}%", share * 100.0),
+                    yes(share >= 0.5),
+                ]);
+            }
+            let added = findings.p99_32[i].saturating_sub(findings.p99_32[0]);
+            table.row(&[
+                name.clone(),
+                "added p99 ≤ 5 ms at 32 connections".into(),
+                ms(added),
+                yes(added <= Duration::from_millis(5)),
+            ]);
+            if let Some(ingest) = findings.ingest {
+                table.row(&[
+                    name.clone(),
+                    "PostgreSQL ingest ≥ 20,000 records/s".into(),
+                    format!("{ingest:.0}/s"),
+                    yes(ingest >= 20_000.0),
+                ]);
+            }
             continue;
         }
         let name = &subject.target.name;

@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 /// code it was built from.
 pub const ROLE_ENV: &str = "TOLLGATE_BENCH_AS_TOLLGATE";
 
-/// A child process, stopped with SIGTERM (then SIGKILL) when dropped.
+/// A child process, stopped with SIGTERM (PostgreSQL: SIGINT, its fast shutdown; then
+/// SIGKILL) when dropped.
 pub struct Process {
     pub name: &'static str,
     child: Child,
@@ -34,8 +35,13 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        let signal = if self.name == "postgres" {
+            "-INT"
+        } else {
+            "-TERM"
+        };
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([signal, &self.pid().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -147,16 +153,16 @@ pub fn nginx_binary() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// nginx as a plain reverse proxy in front of `backend`: keep-alive upstream connections,
-/// no buffering (so streams flow), no access log.
+/// nginx as a plain reverse proxy in front of `backends` (round robin), its files in
+/// `root`: keep-alive upstream connections, no buffering (so streams flow), no access log.
 pub async fn nginx(
     binary: &Path,
-    dir: &Path,
-    backend: SocketAddr,
+    root: &Path,
+    backends: &[SocketAddr],
 ) -> anyhow::Result<(SocketAddr, Process)> {
     let addr = free_addr()?;
-    let root = dir.join("nginx");
-    std::fs::create_dir_all(&root)?;
+    std::fs::create_dir_all(root)?;
+    let servers: String = backends.iter().map(|b| format!("server {b}; ")).collect();
     let conf = root.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -167,7 +173,7 @@ pub async fn nginx(
              http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {root}/body;\n\
              proxy_temp_path {root}/proxy;\n  fastcgi_temp_path {root}/fastcgi;\n\
              uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
-             upstream backend {{ server {backend}; keepalive 512; }}\n\
+             upstream backend {{ {servers}keepalive 512; }}\n\
              server {{\n    listen {addr};\n    location / {{\n\
              proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
              proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
@@ -176,7 +182,7 @@ pub async fn nginx(
     )?;
     let child = Command::new(binary)
         .arg("-p")
-        .arg(&root)
+        .arg(root)
         .arg("-e")
         .arg(root.join("error.log"))
         .arg("-c")
@@ -191,6 +197,98 @@ pub async fn nginx(
     };
     wait_until_listening(addr, "nginx").await?;
     Ok((addr, process))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The newest installed PostgreSQL server's `bin` folder (Debian's layout), if any.
+pub fn postgres_bin() -> Option<PathBuf> {
+    let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    bins.sort();
+    bins.pop()
+}
+
+/// `program` as the `postgres` user when we are root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> anyhow::Result<Command> {
+    let mut command = Command::new(program);
+    if is_root() {
+        use std::os::unix::process::CommandExt;
+        let id = |flag: &str| -> anyhow::Result<u32> {
+            let out = Command::new("id").args([flag, "postgres"]).output()?;
+            Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+        };
+        command.uid(id("-u")?).gid(id("-g")?);
+    }
+    Ok(command)
+}
+
+/// A PostgreSQL server of its own in `dir` on a free loopback port, as the `postgres`
+/// user when we are root; stopped with the process. Returns its URL (database `postgres`).
+pub async fn postgres(bin: &Path, dir: &Path) -> anyhow::Result<(String, Process)> {
+    let data = dir.join("postgres");
+    std::fs::create_dir_all(&data)?;
+    if is_root() {
+        let owned = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&data)
+            .status()?;
+        anyhow::ensure!(
+            owned.success(),
+            "cannot give {} to postgres",
+            data.display()
+        );
+    }
+    let init = as_postgres(&bin.join("initdb"))?
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(init.success(), "initdb failed");
+    let addr = free_addr()?;
+    let child = as_postgres(&bin.join("postgres"))?
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &addr.port().to_string(), "-h", "127.0.0.1", "-k"])
+        .arg(&data)
+        .args(["-c", "max_connections=200"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("postgres.log"))?)
+        .spawn()
+        .context("cannot start postgres")?;
+    let process = Process {
+        name: "postgres",
+        child,
+    };
+    wait_until_listening(addr, "PostgreSQL").await?;
+    Ok((format!("postgres://postgres@{addr}/postgres"), process))
+}
+
+/// Debian's redis-server on a free loopback port, nothing saved to disk.
+pub async fn redis(dir: &Path) -> anyhow::Result<(String, Process)> {
+    let addr = free_addr()?;
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start redis-server")?;
+    let process = Process {
+        name: "redis",
+        child,
+    };
+    wait_until_listening(addr, "Redis").await?;
+    Ok((format!("redis://{addr}"), process))
 }
 
 fn children(pid: u32) -> Vec<u32> {
