@@ -98,3 +98,74 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
         (3 + usize::from(has_nginx)) * gateways.len()
     );
 }
+
+#[test]
+fn a_quick_cluster_run_measures_two_replicas_on_postgres_and_redis_and_loses_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.md");
+    let status = Command::new(env!("CARGO_BIN_EXE_tollgate-bench"))
+        .args([
+            "--quick",
+            "--keys",
+            "100",
+            "--synchronous",
+            "normal",
+            "--cluster",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the cluster run needs nginx, PostgreSQL and Redis (scripts/test installs them)"
+    );
+    let markdown = std::fs::read_to_string(&out).unwrap();
+    let cluster = "tollgate cluster (2 replicas, PostgreSQL + Redis, nginx)";
+    let latency = rows(&markdown, "Latency at concurrency 1");
+    assert_eq!(latency.last().unwrap()[0], cluster);
+    for section in ["Latency at concurrency 1", "Throughput", "Streams"] {
+        for row in rows(&markdown, section) {
+            assert_eq!(
+                *row.last().unwrap(),
+                "0",
+                "failed requests in {section}: {row:?}"
+            );
+        }
+    }
+    for row in rows(&markdown, "Throughput")
+        .iter()
+        .filter(|r| r[0] == cluster)
+    {
+        assert_eq!(
+            row[2], row[9],
+            "ledger rows/s equal answered requests/s: {row:?}"
+        );
+    }
+    let keys = rows(&markdown, "Many keys");
+    let each = keys
+        .iter()
+        .find(|r| r[0] == cluster && r[1] == "each key once")
+        .unwrap();
+    assert_eq!((each[3], each[4], each[8]), ("100", "0", "yes"));
+    let section = &markdown[markdown.find("## Cluster").expect("a cluster section")..];
+    let trips: f64 = section
+        .split("settlement's calls, counted by Redis's commandstats): ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .expect("Redis round trips per request");
+    // One admission script per request (no tpm here, so no settlement).
+    assert!(
+        (0.9..1.5).contains(&trips),
+        "one script per request: {trips}"
+    );
+    assert!(section.contains("PostgreSQL ingest: "), "{section}");
+    let goals = rows(&markdown, "Goals");
+    let cluster_goals = goals.iter().filter(|r| r[0] == cluster).count();
+    assert_eq!(
+        cluster_goals, 3,
+        "throughput, added p99 and ingest are judged"
+    );
+}

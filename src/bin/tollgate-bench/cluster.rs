@@ -150,8 +150,9 @@ pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::R
     Ok((batches * 1000) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Redis commands per request: `requests` non-streamed completions through the cluster,
-/// against the calls Redis counted meanwhile.
+/// Redis round trips per request: non-streamed completions through the cluster for `time`,
+/// against the script calls (`EVAL`, `EVALSHA`) Redis counted meanwhile; the commands a
+/// script runs inside Redis are no round trips.
 pub async fn redis_round_trips(
     cluster: &Cluster,
     subject: &Subject,
@@ -167,7 +168,7 @@ pub async fn redis_round_trips(
             .await?;
         Ok(info
             .lines()
-            .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info"))
+            .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
             .filter_map(|l| {
                 l.split("calls=")
                     .nth(1)?

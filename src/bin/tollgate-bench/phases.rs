@@ -601,12 +601,12 @@ async fn cluster_section(
     let ingest = crate::cluster::ingest(cluster, ledger, batches).await?;
     findings.ingest = Some(ingest);
     Ok(format!(
-        "## Cluster
-
-         - Redis commands per request (32 connections, {:.1} s; admission's script and          settlement's, counted by Redis's commandstats): {trips:.2}
-         - PostgreSQL ingest: {:.0} records/s ({batches} statements of 1,000 usage records,          one after the other, as one replica's writer ships a backlog; the statement trigger          that charges accounts and posts holds included)
-
-",
+        "## Cluster\n\n\
+         - Redis round trips per request (32 connections, {:.1} s; admission's script and \
+         settlement's calls, counted by Redis's commandstats): {trips:.2}\n\
+         - PostgreSQL ingest: {:.0} records/s ({batches} statements of 1,000 usage records, \
+         one after the other, as one replica's writer ships a backlog; the statement trigger \
+         that charges accounts and posts holds included)\n\n",
         time.as_secs_f64(),
         ingest,
     ))
