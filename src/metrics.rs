@@ -69,6 +69,8 @@ pub struct Metrics {
     pub limits_fallback: IntGauge,
     /// Replicas alive on the ledger (heartbeats), as this one last counted them.
     pub live_replicas: IntGauge,
+    /// Spending holds this gateway took that are not settled yet.
+    pub holds_pending: IntGauge,
     pub key_cache: [IntCounter; 2],
 }
 
@@ -222,6 +224,10 @@ impl Metrics {
             live_replicas: gauge(
                 "live_replicas",
                 "Replicas alive on the ledger (heartbeats in PostgreSQL; 1 on SQLite).",
+            ),
+            holds_pending: gauge(
+                "holds_pending",
+                "Spending holds this gateway took that are neither posted nor voided yet (PostgreSQL: its rows in holds).",
             ),
             key_cache: {
                 let lookups = counter(

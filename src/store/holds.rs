@@ -121,3 +121,13 @@ pub async fn void_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<Option<u6
     tx.commit().await?;
     Ok(Some(voided))
 }
+
+/// Pending holds that `replica` took.
+pub async fn pending_of(pool: &PgPool, replica: &str) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM holds WHERE state = 'pending' AND replica = $1")
+            .bind(replica)
+            .fetch_one(pool)
+            .await?,
+    )
+}

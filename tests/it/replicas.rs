@@ -561,3 +561,46 @@ async fn killing_a_replica_under_load_five_times_loses_nothing_and_doubles_nothi
         let _ = g.child.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_whose_notification_is_lost_arrives_within_the_poll() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let apps = replicas(&server.url, 3).await;
+    let key = helpers::issue_key(&apps[0].state, "acme", None).await;
+    for app in &apps {
+        assert_eq!(
+            status_with(app, &key.secret).await,
+            200,
+            "cached everywhere"
+        );
+    }
+    // The revocation and its version are committed, but no NOTIFY is sent: as when every
+    // notification connection was down at that moment.
+    let db = pool(&apps[0]);
+    sqlx::query("UPDATE api_keys SET revoked_at = 0 WHERE id = $1")
+        .bind(key.id)
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE changes SET version = version + 1 WHERE topic = 'keys'")
+        .execute(db)
+        .await
+        .unwrap();
+    let revoked = std::time::Instant::now();
+    for app in &apps {
+        while status_with(app, &key.secret).await != 401 {
+            assert!(
+                revoked.elapsed() < std::time::Duration::from_secs(5),
+                "the 2 s poll brings the revocation"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "revoked everywhere after {:?} without a notification",
+        revoked.elapsed()
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}

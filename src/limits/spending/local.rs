@@ -6,6 +6,7 @@
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rust_decimal::Decimal;
 
@@ -28,6 +29,8 @@ struct Funds {
 pub struct LocalSpending {
     /// Account id → funds, loaded from the ledger on first use. Held only for arithmetic.
     funds: Mutex<HashMap<i64, Funds>>,
+    /// Holds taken and not yet settled.
+    pending: AtomicU64,
     /// Flushed before a balance is read from the database.
     ledger: Ledger,
 }
@@ -36,6 +39,7 @@ impl LocalSpending {
     pub fn new(ledger: Ledger) -> LocalSpending {
         LocalSpending {
             funds: Mutex::default(),
+            pending: AtomicU64::new(0),
             ledger,
         }
     }
@@ -96,6 +100,7 @@ impl LocalSpending {
             return Err(super::refusal(available, worst_case));
         }
         f.held = money::add(f.held, worst_case).map_err(|_| out_of_range())?;
+        self.pending.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Hold {
             account_id,
             amount: worst_case,
@@ -107,6 +112,9 @@ impl LocalSpending {
     /// is kept for display). An account whose figures leave the range of exact money is
     /// dropped, to be read again from the ledger (which then reports the error).
     pub fn settle(&self, account_id: i64, hold: Option<Hold>, cost: Decimal) {
+        if hold.is_some() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
         let mut funds = self.funds.lock();
         if let Some(f) = funds.get_mut(&account_id) {
             let held = match hold {
@@ -177,5 +185,12 @@ impl LocalSpending {
             .get(&account_id)
             .map(|f| f.held)
             .unwrap_or_default()
+    }
+}
+
+impl LocalSpending {
+    /// Holds taken and not yet settled.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 }

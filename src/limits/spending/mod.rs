@@ -166,6 +166,14 @@ impl Spending {
         }
     }
 
+    /// Holds this gateway took that are neither posted nor voided yet.
+    pub async fn pending(&self) -> Result<u64, ApiError> {
+        match self {
+            Spending::Local(s) => Ok(s.pending()),
+            Spending::Postgres(s) => s.pending().await,
+        }
+    }
+
     /// Voids the holds whose requests' records never came (their replica died) once they
     /// expire; one replica at a time. Nothing to do for holds in memory.
     pub async fn reconcile(&self) -> Result<u64, ApiError> {

@@ -119,6 +119,10 @@ impl PgSpending {
         Ok(holds::held(&self.pool, account_id).await?)
     }
 
+    pub async fn pending(&self) -> Result<u64, ApiError> {
+        Ok(holds::pending_of(&self.pool, &self.replica).await?.max(0) as u64)
+    }
+
     pub async fn reconcile(&self) -> Result<u64, ApiError> {
         let voided = holds::void_expired(&self.pool, Utc::now()).await?;
         if let Some(n) = voided.filter(|n| *n > 0) {
