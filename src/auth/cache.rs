@@ -56,7 +56,7 @@ impl KeyCache {
         &self,
         db: &Db,
         hash: &[u8; 32],
-    ) -> anyhow::Result<(Option<Arc<KeyRow>>, bool)> {
+    ) -> store::Result<(Option<Arc<KeyRow>>, bool)> {
         let generation = self.refresh();
         if let Some(row) = self.entries.read().get(hash) {
             return Ok((Some(row.clone()), true));
