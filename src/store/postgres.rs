@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: one ledger shared by many replicas. Money is exact NUMERIC;
 //! usage records arrive from each replica's journal in batches, one statement per
-//! `ROWS_PER_STATEMENT` records, skipping request ids already stored.
+//! `ROWS_PER_STATEMENT` records (an array per column, `UNNEST`ed), skipping request ids
+//! already stored.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -66,17 +67,20 @@ pub async fn insert_usage(
     pool: &PgPool,
     records: &[&UsageRecord],
 ) -> std::result::Result<(), InsertError> {
+    let parameters: Vec<String> = (1..=usage::COLUMN_NAMES.len())
+        .map(|n| format!("${n}"))
+        .collect();
     let sql = format!(
-        "INSERT INTO usage_records ({columns})
-         SELECT {columns} FROM jsonb_populate_recordset(NULL::usage_records, $1::jsonb)
+        "INSERT INTO usage_records ({})
+         SELECT * FROM UNNEST({})
          ON CONFLICT (request_id) DO NOTHING",
-        columns = usage::COLUMN_NAMES.join(", ")
+        usage::COLUMN_NAMES.join(", "),
+        parameters.join(", ")
     );
     let mut tx = pool.begin().await.map_err(classify)?;
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
-        let rows = usage::json_rows(chunk);
-        sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(rows)
+        let query = sqlx::query(AssertSqlSafe(sql.as_str()));
+        usage::bind_columns(query, chunk)
             .execute(&mut *tx)
             .await
             .map_err(classify)?;

@@ -59,10 +59,10 @@ fn insert_sql(rows: usize) -> String {
 
 /// Every column of `usage_records` (but its row id), written once: its name and type as
 /// read back (`StoredRecord`), the value a `UsageRecord` binds to it (`bind` for SQLite,
-/// `json_rows` for PostgreSQL), and how it is read when the stored type is not what both
-/// backends return (`from_row`). The tables themselves are in `migrations/`.
+/// `bind_columns` for PostgreSQL, where `pg` says when it differs), and how it is read
+/// when the stored type is not what both backends return (`from_row`). The tables themselves are in `migrations/`.
 macro_rules! usage_columns {
-    ($r:ident, $row:ident => { $($column:ident: $stored:ty = $bind:expr $(; read $read:expr)?,)* }) => {
+    ($r:ident, $row:ident => { $($column:ident: $stored:ty = $bind:expr $(; read $read:expr)? $(; pg $pg:expr)?,)* }) => {
         /// The columns, in the order they are bound.
         pub const COLUMN_NAMES: &[&str] = &[$(stringify!($column)),*];
         /// Columns bound per record.
@@ -88,18 +88,20 @@ macro_rules! usage_columns {
             Ok(())
         }
 
-        /// `records` as a JSON array of objects named by column, for PostgreSQL's
-        /// `jsonb_populate_recordset`.
-        pub fn json_rows(records: &[&UsageRecord]) -> String {
-            let rows: Vec<serde_json::Value> = records
-                .iter()
-                .map(|$r| {
-                    let mut row = serde_json::Map::with_capacity(COLUMNS);
-                    $(row.insert(stringify!($column).into(), serde_json::json!($bind));)*
-                    serde_json::Value::Object(row)
-                })
-                .collect();
-            serde_json::Value::Array(rows).to_string()
+        /// Binds `records` to `query` column by column, one array each, for PostgreSQL's
+        /// `UNNEST($1, ...)`.
+        pub fn bind_columns<'q>(
+            query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+            records: &[&UsageRecord],
+        ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+            $(
+                let column: Vec<$stored> = records
+                    .iter()
+                    .map(|$r| usage_columns!(@pg $bind $(, $pg)?))
+                    .collect();
+                let query = query.bind(column);
+            )*
+            query
         }
 
         fn from_row($row: &impl Read) -> Result<StoredRecord> {
@@ -108,6 +110,12 @@ macro_rules! usage_columns {
                 $($column: usage_columns!(@read $row, $column, $stored $(, $read)?),)*
             })
         }
+    };
+    (@pg $bind:expr) => {
+        ($bind).to_owned()
+    };
+    (@pg $bind:expr, $pg:expr) => {
+        $pg
     };
     (@read $row:ident, $column:ident, $stored:ty) => {
         $row.read::<$stored>(stringify!($column))?
@@ -127,14 +135,14 @@ usage_columns!(r, row => {
     endpoint: String = r.endpoint.as_str(),
     stream: bool = r.stream,
     status: String = r.status.as_str(),
-    http_status: i64 = r.http_status,
+    http_status: i64 = r.http_status; pg i64::from(r.http_status),
     error: Option<String> = r.error,
     prompt_tokens: i64 = (r.tokens.prompt as i64),
     completion_tokens: i64 = (r.tokens.completion as i64),
     cached_tokens: i64 = (r.tokens.cached as i64),
     usage_source: String = r.usage_source.as_str(),
     price_version_id: i64 = r.price_version_id,
-    cost: Decimal = r.cost.to_string(); read row.money("cost")?,
+    cost: Decimal = r.cost.to_string(); read row.money("cost")?; pg r.cost,
     blocked: bool = r.blocked,
     moderation: Option<String> = r.moderation,
     started_at: i64 = to_ms(r.started_at),

@@ -150,15 +150,23 @@ pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::R
     Ok((batches * 1000) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Redis round trips per request: non-streamed completions through the cluster for `time`,
-/// against the script calls (`EVAL`, `EVALSHA`) Redis counted meanwhile; the commands a
-/// script runs inside Redis are no round trips.
-pub async fn redis_round_trips(
+/// What one closed-loop run through the cluster cost per request: Redis round trips, and
+/// CPU time of each kind of process.
+pub struct PerRequest {
+    pub redis_round_trips: f64,
+    /// (process name, CPU µs per request), in the order the processes were started.
+    pub cpu_us: Vec<(&'static str, f64)>,
+}
+
+/// Non-streamed completions through the cluster for `time` at 32 connections: the script
+/// calls (`EVAL`, `EVALSHA`) Redis counted meanwhile per request (the commands a script
+/// runs inside Redis are no round trips), and each process's CPU time per request.
+pub async fn per_request(
     cluster: &Cluster,
     subject: &Subject,
     body: crate::load::Workload,
     time: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<PerRequest> {
     let client = redis::Client::open(cluster.redis_url.as_str())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut calls = async || -> anyhow::Result<u64> {
@@ -179,10 +187,29 @@ pub async fn redis_round_trips(
             })
             .sum())
     };
-    let before = calls().await?;
+    let cpu = || -> Vec<Duration> {
+        subject
+            .proxies
+            .iter()
+            .map(|p| procs::cpu_time(&p.pids()))
+            .collect()
+    };
+    let (before, cpu_before) = (calls().await?, cpu());
     let (outcomes, _) = load::closed_loop(&subject.target, &body, 32, Stop::After(time)).await?;
     // Settlements go to Redis just after the answers.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = calls().await?;
-    Ok((after - before) as f64 / outcomes.len().max(1) as f64)
+    let (after, cpu_after) = (calls().await?, cpu());
+    let requests = outcomes.len().max(1) as f64;
+    let mut cpu_us: Vec<(&'static str, f64)> = Vec::new();
+    for ((process, a), b) in subject.proxies.iter().zip(cpu_after).zip(cpu_before) {
+        let us = a.saturating_sub(b).as_secs_f64() * 1e6 / requests;
+        match cpu_us.iter_mut().find(|(name, _)| *name == process.name) {
+            Some((_, total)) => *total += us,
+            None => cpu_us.push((process.name, us)),
+        }
+    }
+    Ok(PerRequest {
+        redis_round_trips: (after - before) as f64 / requests,
+        cpu_us,
+    })
 }

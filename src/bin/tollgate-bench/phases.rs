@@ -590,25 +590,36 @@ async fn cluster_section(
     findings: &mut Findings,
 ) -> anyhow::Result<String> {
     let time = plan.throughput / plan.throughput_rounds as u32;
-    let trips =
-        crate::cluster::redis_round_trips(cluster, subject, fixed(subject, 3, false), time).await?;
+    let per = crate::cluster::per_request(cluster, subject, fixed(subject, 3, false), time).await?;
+    let trips = per.redis_round_trips;
+    let cpu: Vec<String> = per
+        .cpu_us
+        .iter()
+        .map(|(name, us)| format!("{name} {us:.0}"))
+        .collect();
     let ledger = &subject
         .gateway
         .as_ref()
         .expect("a cluster is a gateway")
         .ledger;
-    let batches = if plan.name == "quick" { 10 } else { 100 };
+    let batches = if plan.name.starts_with("quick") {
+        10
+    } else {
+        100
+    };
     let ingest = crate::cluster::ingest(cluster, ledger, batches).await?;
     findings.ingest = Some(ingest);
     Ok(format!(
         "## Cluster\n\n\
          - Redis round trips per request (32 connections, {:.1} s; admission's script and \
          settlement's calls, counted by Redis's commandstats): {trips:.2}\n\
+         - CPU µs per request in that run, by process (the replicas summed): {cpu}\n\
          - PostgreSQL ingest: {:.0} records/s ({batches} statements of 1,000 usage records, \
          one after the other, as one replica's writer ships a backlog; the statement trigger \
          that charges accounts and posts holds included)\n\n",
         time.as_secs_f64(),
         ingest,
+        cpu = cpu.join(", "),
     ))
 }
 
