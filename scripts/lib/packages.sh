@@ -21,15 +21,27 @@ install_needed() {
     return 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  # Servers installed here must not start as system services (the scripts and tests start
+  # their own): Debian asks policy-rc.d, and 101 means "not now". Only if none is set.
+  local policy=/usr/sbin/policy-rc.d ours=false status=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=true
+  fi
+  apt_install_needed || status=$?
+  if $ours; then rm -f "$policy"; fi
+  needed=()
+  return $status
+}
+
+apt_install_needed() {
+  apt-get update -qq || return
   if [[ " ${needed[*]} " == *" postgresql "* ]]; then
     # As PostgreSQL's Docker images do: postgresql-common first, told to make no cluster.
-    apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null
+    apt-get install -y -qq --no-install-recommends postgresql-common >/dev/null || return
     sed -ri 's/^#?\s*(create_main_cluster)\s*=.*$/\1 = false/' \
-      /etc/postgresql-common/createcluster.conf
+      /etc/postgresql-common/createcluster.conf || return
   fi
   apt-get install -y -qq --no-install-recommends "${needed[@]}" >/dev/null
-  needed=()
 }
 
 has_postgres_server() { compgen -G '/usr/lib/postgresql/*/bin/initdb'; }
