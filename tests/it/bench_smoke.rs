@@ -19,27 +19,30 @@ fn rows<'a>(markdown: &'a str, section: &str) -> Vec<Vec<&'a str>> {
         .collect()
 }
 
-#[test]
-fn a_quick_run_measures_every_subject_and_loses_no_record() {
+/// A `--quick` run of the benchmark with `args` (and `--synchronous normal`): its Markdown.
+fn quick_run(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.md");
     let status = Command::new(env!("CARGO_BIN_EXE_tollgate-bench"))
-        .args([
-            "--quick",
-            "--keys",
-            "300",
-            "--synchronous",
-            "normal",
-            "--compare",
-            env!("CARGO_BIN_EXE_tollgate"),
-            "--out",
-        ])
+        .args(["--quick", "--synchronous", "normal"])
+        .args(args)
+        .arg("--out")
         .arg(&out)
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success());
-    let markdown = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        status.success(),
+        "tollgate-bench {args:?} failed (a cluster run needs nginx, PostgreSQL and Redis, \
+         which scripts/test installs)"
+    );
+    std::fs::read_to_string(&out).unwrap()
+}
+
+#[test]
+fn a_quick_run_measures_every_subject_and_loses_no_record() {
+    let compared = env!("CARGO_BIN_EXE_tollgate");
+    let markdown = quick_run(&["--keys", "300", "--compare", compared]);
 
     let latency = rows(&markdown, "Latency at concurrency 1");
     let subjects: Vec<&str> = latency.iter().map(|r| r[0]).collect();
@@ -101,27 +104,7 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
 
 #[test]
 fn a_quick_cluster_run_measures_two_replicas_on_postgres_and_redis_and_loses_no_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("results.md");
-    let status = Command::new(env!("CARGO_BIN_EXE_tollgate-bench"))
-        .args([
-            "--quick",
-            "--keys",
-            "100",
-            "--synchronous",
-            "normal",
-            "--cluster",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "the cluster run needs nginx, PostgreSQL and Redis (scripts/test installs them)"
-    );
-    let markdown = std::fs::read_to_string(&out).unwrap();
+    let markdown = quick_run(&["--keys", "100", "--cluster"]);
     let cluster = "tollgate cluster (2 replicas, PostgreSQL + Redis, nginx)";
     let latency = rows(&markdown, "Latency at concurrency 1");
     assert_eq!(latency.last().unwrap()[0], cluster);

@@ -171,32 +171,15 @@ async fn an_outage_of_postgresql_is_spooled_and_every_record_shipped_once_when_i
     assert!(error["error"]["message"].is_string(), "{error}");
 
     server.restart();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while app.state.ledger().flush().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the backlog is shipped within 30 s of the server's return");
+    app.wait_until_shipped(Duration::from_secs(30)).await;
     let (status, ready) = readiness(&app).await;
     assert_eq!(
         (status, &ready["spooled"], &ready["degraded"]),
         (200, &json!(0), &json!(false))
     );
 
-    let tollgate::store::Db::Postgres(pool) = app.state.db() else {
-        panic!("the gateway runs on PostgreSQL");
-    };
-    let (records, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT request_id) FROM usage_records")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        (records, distinct),
-        (30, 30),
-        "no record lost, none doubled"
-    );
+    let records = crate::helpers::ledger::assert_recorded_once(app.state.db(), &ids).await;
+    assert_eq!(records, 30, "no record lost, none doubled");
     for id in &ids {
         let record = app.record(id).await;
         assert_eq!(
@@ -241,13 +224,7 @@ async fn a_database_that_stops_answering_holds_up_no_commit() {
     assert!(app.state.ledger().queue_depth() >= 1);
 
     server.resume();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while app.state.ledger().flush().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the backlog is shipped once the database answers again");
+    app.wait_until_shipped(Duration::from_secs(60)).await;
     for id in &ids {
         app.record(id).await;
     }

@@ -519,25 +519,8 @@ async fn killing_a_replica_under_load_five_times_loses_nothing_and_doubles_nothi
     })
     .await
     .expect("no hold stays pending past its expiry");
-    let (records, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT request_id) FROM usage_records")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    assert_eq!(records, distinct, "no record twice");
-    let stored: std::collections::HashSet<String> =
-        sqlx::query_scalar("SELECT request_id FROM usage_records")
-            .fetch_all(&db)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    for id in &completed {
-        assert!(
-            stored.contains(id),
-            "response {id} was received in full but has no record"
-        );
-    }
+    let ledger = tollgate::store::Db::Postgres(db.clone());
+    helpers::ledger::assert_recorded_once(&ledger, &completed).await;
     assert!(
         completed.len() >= 50,
         "load ran: {} completed",
@@ -681,39 +664,10 @@ async fn thirty_seconds_without_postgresql_under_load_lose_and_double_nothing() 
         served.extend(ids);
     }
     for app in apps.iter() {
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while app.state.ledger().flush().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await
-        .expect("every spool is shipped once PostgreSQL is back");
+        app.wait_until_shipped(Duration::from_secs(60)).await;
     }
-    let (records, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT request_id) FROM usage_records")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    let stored: std::collections::HashSet<String> =
-        sqlx::query_scalar("SELECT request_id FROM usage_records")
-            .fetch_all(&db)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    assert_eq!(records, distinct, "no record twice");
-    let missing = served.iter().filter(|id| !stored.contains(*id)).count();
-    assert_eq!(
-        missing,
-        0,
-        "of {} answers, {missing} without a record",
-        served.len()
-    );
-    assert_eq!(
-        records as usize,
-        served.len(),
-        "a record for each answer, no more"
-    );
+    let records = helpers::ledger::assert_recorded_once(apps[0].state.db(), &served).await;
+    assert_eq!(records, served.len(), "a record for each answer, no more");
     println!(
         "{} answers during a 30 s outage and around it, one record each",
         served.len()

@@ -143,3 +143,23 @@ pub async fn request_ids(db: &Db) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Asserts that every one of `answers` (request ids a client received in full) has a record
+/// and that no request id is stored twice; returns how many records there are.
+pub async fn assert_recorded_once(db: &Db, answers: &[String]) -> usize {
+    let ids = request_ids(db).await;
+    let mut distinct = ids.clone();
+    distinct.dedup();
+    assert_eq!(ids.len(), distinct.len(), "no record twice");
+    let missing = answers
+        .iter()
+        .filter(|id| distinct.binary_search(id).is_err())
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "of {} answers, {missing} have no record",
+        answers.len()
+    );
+    ids.len()
+}

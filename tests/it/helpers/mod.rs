@@ -86,6 +86,18 @@ impl TestApp {
         }
     }
 
+    /// Waits (at most `within`) until every record this gateway committed is in its
+    /// database: the database may be coming back from an outage.
+    pub async fn wait_until_shipped(&self, within: std::time::Duration) {
+        tokio::time::timeout(within, async {
+            while self.state.ledger().flush().await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the journal is not shipped within {within:?}"));
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
