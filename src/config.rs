@@ -214,6 +214,10 @@ pub struct ServerConfig {
     pub body_idle_timeout_ms: u64,
     /// Longest time to receive a whole request body (408 beyond).
     pub body_timeout_ms: u64,
+    /// Threads of the runtime that serves requests; 0 (default) is one per core, or
+    /// `TOKIO_WORKER_THREADS` when set. Replicas sharing a small host with their database
+    /// and each other do better with fewer each (bench/README.md).
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -227,6 +231,7 @@ impl Default for ServerConfig {
             keep_alive_timeout_ms: 60_000,
             body_idle_timeout_ms: 30_000,
             body_timeout_ms: 120_000,
+            worker_threads: 0,
         }
     }
 }
@@ -752,9 +757,18 @@ mod tests {
         let env = [
             ("TOLLGATE_SERVER__LISTEN".into(), "0.0.0.0:9999".into()),
             ("TOLLGATE_LEDGER__IMPORT_MAX".into(), "7".into()),
+            ("TOLLGATE_SERVER__WORKER_THREADS".into(), "1".into()),
             ("TOLLGATE_CONFIG".into(), "ignored".into()),
         ];
+        assert_eq!(
+            Config::from_toml(MINIMAL, [])
+                .unwrap()
+                .server
+                .worker_threads,
+            0
+        );
         let config = Config::from_toml(MINIMAL, env).unwrap();
+        assert_eq!(config.server.worker_threads, 1);
         assert_eq!(config.server.listen.to_string(), "0.0.0.0:9999");
         assert_eq!(config.ledger.import_max, 7);
     }

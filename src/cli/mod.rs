@@ -112,11 +112,28 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // `serve` reads its config first: the runtime's size is one of its settings.
+    let config = match cli.command {
+        Command::Serve => match Config::load(&cli.config) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.as_ref().map(|c| c.server.worker_threads)
+        && threads > 0
+    {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -125,9 +142,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => serve::serve(Config::load(&cli.config)?).await,
+        Command::Serve => serve::serve(config.expect("serve's config is loaded first")).await,
         Command::Demo { listen, db } => serve::demo(&listen, &db).await,
         Command::Simulate { listen } => {
             let (addr, task) = sim::spawn(listen).await?;

@@ -38,6 +38,10 @@ pub async fn start(
     std::fs::create_dir_all(&dir)?;
     let (postgres_url, postgres) = procs::postgres(postgres_bin, &dir).await?;
     let (redis_url, redis) = procs::redis(&dir).await?;
+    // The replicas share the host's cores between them, as an operator running several on
+    // one small host would set them (bench/README.md measures the difference).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server = format!("worker_threads = {}\n", (cores / REPLICAS).max(1));
     let mut configs = Vec::new();
     for n in 0..REPLICAS {
         let replica = dir.join(format!("replica-{n}"));
@@ -46,7 +50,9 @@ pub async fn start(
             replica.join("spool").display()
         );
         let limits = format!("store = \"redis\"\n[redis]\nurl = \"{redis_url}\"\n");
-        configs.push(crate::write_config(&replica, sim, &database, &limits)?);
+        configs.push(crate::write_config(
+            &replica, sim, &server, &database, &limits,
+        )?);
     }
     let config = tollgate::Config::load(&configs[0])?;
     let ledger = store::connect(&config.database).await?;

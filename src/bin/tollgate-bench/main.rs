@@ -230,7 +230,7 @@ async fn gateway(
         "url = \"sqlite://{}\"\nsynchronous = \"{synchronous}\"\n",
         dir.join("ledger.db").display()
     );
-    let config_path = write_config(&dir, sim, &database, "")?;
+    let config_path = write_config(&dir, sim, "", &database, "")?;
     let config = tollgate::Config::load(&config_path)?;
     let (ledger, account) = match build.label {
         None => {
@@ -300,11 +300,14 @@ pub fn chat_body(chunks: usize, stream: bool) -> Bytes {
 
 /// Writes the benchmark's price table and a gateway config in `dir` on the simulator at
 /// `sim`: `database` is the body of its `[database]` section, `extra` more sections.
+/// A gateway's config in `dir`: `server`, `database` and `limits` are lines added to those
+/// sections.
 pub fn write_config(
     dir: &Path,
     sim: SocketAddr,
+    server: &str,
     database: &str,
-    extra: &str,
+    limits: &str,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("pricing"))?;
     std::fs::write(
@@ -320,10 +323,10 @@ pub fn write_config(
     std::fs::write(
         &config_path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\
              [database]\n{database}\
              [pricing]\ndir = \"{pricing}\"\n\
-             [limits]\ndefault_rpm = 1000000000\n{extra}\n\
+             [limits]\ndefault_rpm = 1000000000\n{limits}\n\
              [[upstreams]]\nmodel = \"{model}\"\nchip = \"nvidia\"\nbase_url = \"http://{sim}/openai\"\n",
             pricing = dir.join("pricing").display(),
             model = phases::MODEL,
