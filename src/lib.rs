@@ -28,6 +28,7 @@ pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod dialect;
 pub mod domain;
 pub mod error;
 pub mod limits;

@@ -60,23 +60,36 @@ fn count_within(text: &str, budget: &mut usize) -> u64 {
 pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> u64 {
     let mut budget = SAMPLE_BYTES;
     let mut count = |text: &str| count_within(text, &mut budget);
-    match endpoint {
-        Endpoint::Chat => {
-            let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-                return 0;
-            };
-            let mut tokens = 3u64;
-            for message in messages {
-                tokens = tokens.saturating_add(3);
-                let mut text = String::new();
-                collect_text(message.get("content"), &mut text);
-                if let Some(name) = message.get("name").and_then(Value::as_str) {
-                    text.push_str(name);
-                    tokens = tokens.saturating_add(1);
-                }
-                tokens = tokens.saturating_add(count(&text));
+    let chat = |messages: Option<&Value>, count: &mut dyn FnMut(&str) -> u64| {
+        let Some(messages) = messages.and_then(Value::as_array) else {
+            return 0;
+        };
+        let mut tokens = 3u64;
+        for message in messages {
+            tokens = tokens.saturating_add(3);
+            let mut text = String::new();
+            collect_text(message.get("content"), &mut text);
+            if let Some(name) = message.get("name").and_then(Value::as_str) {
+                text.push_str(name);
+                tokens = tokens.saturating_add(1);
             }
-            tokens
+            tokens = tokens.saturating_add(count(&text));
+        }
+        tokens
+    };
+    match endpoint {
+        Endpoint::Chat => chat(body.get("messages"), &mut count),
+        // DashScope: `input.messages`, or `input.prompt` (one user turn).
+        Endpoint::Generation => {
+            let input = body.get("input");
+            match input.and_then(|i| i.get("prompt")) {
+                Some(prompt) => {
+                    let mut text = String::new();
+                    collect_text(Some(prompt), &mut text);
+                    6u64.saturating_add(count(&text))
+                }
+                None => chat(input.and_then(|i| i.get("messages")), &mut count),
+            }
         }
         Endpoint::Embeddings => {
             let mut text = String::new();

@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::detach::Detachable;
-use super::observe::{self, Observed};
 use super::settle::{Exchange, Outcome, Served, finish};
 use super::stream;
 use crate::billing::record::Status;
+use crate::dialect::observe::{self, Observed};
 use crate::error::{ApiError, openai_error};
 use crate::state::AppState;
 use crate::upstream::Upstream;
@@ -103,6 +103,9 @@ async fn connect(
         if let Some(authorization) = upstream.authorization() {
             request = request.header(header::AUTHORIZATION, authorization.clone());
         }
+        for &(name, value) in upstream.wire.headers(ex.request.stream) {
+            request = request.header(name, value);
+        }
         let request = request
             .body(Full::new(
                 ex.request.upstream_body(upstream, ex.completion_limit()),
@@ -168,7 +171,8 @@ async fn complete(
         let outcome = Outcome::failed(Status::UpstreamError, &error);
         return finish(state, ex, served, outcome, error.into_response()).await;
     };
-    if let Some(error) = observe::as_error(&parsed) {
+    let wire = served.upstream.wire;
+    if let Some(error) = wire.error(&parsed) {
         // An error sent with HTTP 200: the client gets it as an error, and pays nothing.
         let error = ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
@@ -178,11 +182,11 @@ async fn complete(
         return finish(state, ex, served, outcome, error.into_response()).await;
     }
     let mut observed = Observed::default();
-    observed.observe(&parsed);
+    wire.observe(&mut observed, &parsed);
     if observed.usage.is_none() {
         // Only an estimate needs the answer's text, so only then is all of it parsed.
         if let Ok(whole) = serde_json::from_slice::<Map<String, Value>>(&body) {
-            observed.deliver(&whole);
+            wire.deliver(&mut observed, &whole);
         }
     }
     let outcome = Outcome {
@@ -250,7 +254,7 @@ pub async fn upstream_error(upstream: &Upstream, response: UpstreamResponse) -> 
         .await
         .unwrap_or_default();
     let parsed = serde_json::from_slice::<Map<String, Value>>(&body).ok();
-    let mapped = parsed.as_ref().and_then(observe::as_error);
+    let mapped = parsed.as_ref().and_then(|v| upstream.wire.error(v));
     let status = match backend_status.as_u16() {
         400 | 422 => StatusCode::BAD_REQUEST,
         413 => StatusCode::PAYLOAD_TOO_LARGE,

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use chrono::Utc;
@@ -20,6 +21,7 @@ use super::settle::Exchange;
 use crate::auth::Caller;
 use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
+use crate::dialect;
 use crate::error::ApiError;
 use crate::limits;
 use crate::limits::spending::Hold;
@@ -44,6 +46,11 @@ pub fn router() -> Router<AppState> {
         )
         .route("/maas/v1/chat/completions", by_policy(Endpoint::Chat))
         .route("/v1/chat/completions", by_policy(Endpoint::Chat))
+        // DashScope's OpenAI-compatible base URL.
+        .route(
+            "/compatible-mode/v1/chat/completions",
+            by_policy(Endpoint::Chat),
+        )
         .route("/maas/v1/embeddings", by_policy(Endpoint::Embeddings))
         .route("/v1/embeddings", by_policy(Endpoint::Embeddings))
         .route("/maas/v1/rerank", by_policy(Endpoint::Rerank))
@@ -52,6 +59,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models", get(models))
         .route("/maas/v1/usage", get(own_usage::usage_of_key))
         .route("/v1/usage", get(own_usage::usage_of_key))
+        .route(
+            "/api/v1/services/aigc/text-generation/generation",
+            post(dashscope_generation).layer(axum::middleware::map_response(dashscope_errors)),
+        )
 }
 
 /// Which backends a route allows.
@@ -70,6 +81,7 @@ impl Target {
         match (self, endpoint) {
             (_, Endpoint::Embeddings) => "embeddings",
             (_, Endpoint::Rerank) => "rerank",
+            (_, Endpoint::Generation) => "generation",
             (Target::Pair(..), Endpoint::Chat) => "chat_mxn",
             (Target::Policy, Endpoint::Chat) => "chat_model",
             (Target::Deployment(_), Endpoint::Chat) => "chat_deployment",
@@ -84,7 +96,7 @@ fn on_chip(endpoint: Endpoint) -> MethodRouter<AppState> {
               caller: Caller,
               Path((model, chip)): Path<(String, String)>,
               body: Body| async move {
-            proxy(state, caller, endpoint, Target::Pair(model, chip), body).await
+            proxy(state, caller, endpoint, Target::Pair(model, chip), None, body).await
         },
     )
 }
@@ -93,7 +105,7 @@ fn on_chip(endpoint: Endpoint) -> MethodRouter<AppState> {
 fn by_policy(endpoint: Endpoint) -> MethodRouter<AppState> {
     post(
         move |state: State<AppState>, caller: Caller, body: Body| async move {
-            proxy(state, caller, endpoint, Target::Policy, body).await
+            proxy(state, caller, endpoint, Target::Policy, None, body).await
         },
     )
 }
@@ -104,7 +116,54 @@ async fn chat_on_deployment(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    proxy(state, caller, Endpoint::Chat, Target::Deployment(id), body).await
+    proxy(state, caller, Endpoint::Chat, Target::Deployment(id), None, body).await
+}
+
+/// DashScope's native text generation, for the model the body names. The DashScope SDK
+/// asks for a stream with headers, not in the body.
+async fn dashscope_generation(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let has = |name: &str, value: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains(value))
+    };
+    let streamed = has("x-dashscope-sse", "enable") || has("accept", "text/event-stream");
+    let target = Target::Policy;
+    proxy(state, caller, Endpoint::Generation, target, Some(streamed), body).await
+}
+
+/// Errors on DashScope's routes carry its `code`, `message` and `request_id` beside
+/// OpenAI's `error`: the DashScope SDK shows only those.
+async fn dashscope_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if response.status().is_success() || !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return ApiError::Internal(anyhow::anyhow!("an error body could not be read"))
+            .into_response();
+    };
+    let Ok(error) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    let native = dialect::dashscope::native_error(&error, request_id);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(native.to_string()))
 }
 
 async fn proxy(
@@ -112,12 +171,16 @@ async fn proxy(
     caller: Caller,
     endpoint: Endpoint,
     target: Target,
+    streamed_by_header: Option<bool>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let started_at = Utc::now();
     let limit = state.config().server.max_request_bytes;
-    let request = ClientRequest::read(endpoint, body, limit).await?;
+    let mut request = ClientRequest::read(endpoint, body, limit).await?;
+    if let Some(streamed) = streamed_by_header {
+        request.stream = streamed;
+    }
     let upstreams = state.upstreams();
     let route = target.route_label(endpoint);
     let candidates = match target {

@@ -91,7 +91,7 @@ impl ClientRequest {
                 ));
             }
         };
-        if request.stream && endpoint != Endpoint::Chat {
+        if request.stream && endpoint != Endpoint::Chat && endpoint != Endpoint::Generation {
             return Err(ApiError::invalid(
                 "streaming is only supported for chat completions",
                 "stream",
@@ -101,12 +101,25 @@ impl ClientRequest {
             .value("stream_options")
             .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
             .unwrap_or(false);
+        // DashScope's native body keeps its limits in `parameters`.
+        let limits = match endpoint {
+            Endpoint::Generation => request.value("parameters").unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
         for name in ["max_tokens", "max_completion_tokens"] {
-            if let Some(limit) = request.count(name, 1)? {
+            let limit = match endpoint {
+                Endpoint::Generation => count_of(limits.get(name), name, 1)?,
+                _ => request.count(name, 1)?,
+            };
+            if let Some(limit) = limit {
                 request.max_tokens = Some(limit.min(MAX_COMPLETION_TOKENS));
             }
         }
-        if let Some(n) = request.count("n", 1)? {
+        let n = match endpoint {
+            Endpoint::Generation => count_of(limits.get("n"), "n", 1)?,
+            _ => request.count("n", 1)?,
+        };
+        if let Some(n) = n {
             if n > MAX_CHOICES {
                 return Err(ApiError::invalid(
                     format!("'n' must be at most {MAX_CHOICES}"),
@@ -120,22 +133,7 @@ impl ClientRequest {
 
     /// A member that must be a whole number of at least `min` (or absent, or `null`).
     fn count(&self, name: &'static str, min: u64) -> Result<Option<u64>, ApiError> {
-        match self.member(name) {
-            None | Some("null") => Ok(None),
-            Some(text) => match text.parse::<u64>() {
-                Ok(n) if n >= min => Ok(Some(n)),
-                Ok(_) => Err(ApiError::invalid(
-                    format!("'{name}' must be at least {min}"),
-                    name,
-                )),
-                // Digits beyond u64: a number, just a very large one.
-                Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(u64::MAX)),
-                Err(_) => Err(ApiError::invalid(
-                    format!("'{name}' must be a whole number"),
-                    name,
-                )),
-            },
-        }
+        whole_number(self.member(name), name, min)
     }
 
     /// Bytes are an upper bound on the tokens of a byte-level BPE tokenizer, and a JSON
@@ -190,12 +188,12 @@ impl ClientRequest {
     /// `reserve_max_tokens` when absent) for each of its `n` answers; no completion for
     /// embeddings and rerank. Cheap: nothing is tokenized before admission.
     pub fn worst_case(&self, reserve_max_tokens: u64) -> TokenCounts {
-        let completion = match self.endpoint {
-            Endpoint::Chat => self
-                .max_tokens
+        let completion = if self.endpoint.completes() {
+            self.max_tokens
                 .unwrap_or(reserve_max_tokens)
-                .saturating_mul(self.choices),
-            _ => 0,
+                .saturating_mul(self.choices)
+        } else {
+            0
         };
         TokenCounts {
             prompt: self.prompt_bound(),
@@ -251,9 +249,20 @@ impl ClientRequest {
         if let Some(options) = &options {
             patches.push(("stream_options", options));
         }
-        let max_tokens = max_tokens.map(|n| n.to_string().into_bytes());
-        if let Some(max_tokens) = &max_tokens {
-            patches.push(("max_tokens", max_tokens));
+        // DashScope's native body keeps `max_tokens` in `parameters`.
+        let max_tokens = max_tokens.map(|n| match self.endpoint {
+            Endpoint::Generation => {
+                let mut parameters = match self.value("parameters") {
+                    Some(Value::Object(parameters)) => parameters,
+                    _ => Map::new(),
+                };
+                parameters.insert("max_tokens".into(), Value::from(n));
+                ("parameters", json(&Value::Object(parameters)))
+            }
+            _ => ("max_tokens", n.to_string().into_bytes()),
+        });
+        if let Some((name, value)) = &max_tokens {
+            patches.push((name, value));
         }
         let mut out = Vec::with_capacity(self.raw.len() + 64);
         out.push(b'{');
@@ -279,6 +288,32 @@ impl ClientRequest {
         out.push(b'}');
         out.into()
     }
+}
+
+/// A value that must be a whole number of at least `min` (or absent, or `null`), given as
+/// its JSON text.
+fn whole_number(text: Option<&str>, name: &'static str, min: u64) -> Result<Option<u64>, ApiError> {
+    match text {
+        None | Some("null") => Ok(None),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if n >= min => Ok(Some(n)),
+            Ok(_) => Err(ApiError::invalid(
+                format!("'{name}' must be at least {min}"),
+                name,
+            )),
+            // Digits beyond u64: a number, just a very large one.
+            Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(u64::MAX)),
+            Err(_) => Err(ApiError::invalid(
+                format!("'{name}' must be a whole number"),
+                name,
+            )),
+        },
+    }
+}
+
+/// `whole_number` of a parsed value.
+fn count_of(value: Option<&Value>, name: &'static str, min: u64) -> Result<Option<u64>, ApiError> {
+    whole_number(value.map(Value::to_string).as_deref(), name, min)
 }
 
 /// A request's prompt members, owned (the body is shared, not copied).

@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::observe::Observed;
 use super::request::ClientRequest;
 use crate::auth::Caller;
 use crate::billing::record::{Status, UsageRecord, UsageSource};
 use crate::billing::{PriceVersion, TokenCounts, cost_of};
+use crate::dialect::observe::Observed;
 use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::limits::spending::Hold;
@@ -133,10 +133,12 @@ impl Exchange {
     }
 
     /// The `max_tokens` a backend is sent when the client set none: what the spending
-    /// hold covers per answer. `None` without a hold (nothing to protect) or off chat.
+    /// hold covers per answer. `None` without a hold (nothing to protect) or without completions.
     pub fn completion_limit(&self) -> Option<u64> {
         let hold = self.hold?;
-        (self.request.endpoint == crate::config::Endpoint::Chat)
+        self.request
+            .endpoint
+            .completes()
             .then(|| hold.tokens.completion / self.request.choices.max(1))
     }
 

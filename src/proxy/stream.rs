@@ -13,11 +13,12 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::framing::{Event, Framer};
-use super::observe::{self, Observed};
 use super::settle::{Exchange, Outcome, Served, commit, finish};
 use crate::billing::record::Status;
 use crate::config::{DisconnectPolicy, MeteringConfig};
+use crate::dialect::framing::{Event, Framer};
+use crate::dialect::observe::Observed;
+use crate::dialect::{RelayFacts, Wire};
 use crate::error::{ApiError, openai_error};
 use crate::state::AppState;
 use crate::upstream::client::{UpstreamResponse, next_chunk_within};
@@ -60,6 +61,8 @@ enum End {
 }
 
 struct Relay {
+    /// The backend's dialect: what its events mean and how the client gets them.
+    wire: &'static dyn Wire,
     framer: Framer,
     events: Vec<Event>,
     observed: Observed,
@@ -67,8 +70,9 @@ struct Relay {
     strip_usage_chunk: bool,
     /// Completion tokens the spending hold covers, if the account has a limit.
     completion_cap: Option<u64>,
-    /// `created` for chunks that lack one (bare-JSON chips put it on the last chunk only).
-    created: i64,
+    /// What frames need: `created` for chunks that lack one (bare-JSON chips put it on
+    /// the last chunk only), events sent so far.
+    facts: RelayFacts,
     started: Instant,
     ttft: Option<Duration>,
     /// Where the client's frames go; `None` once the client has gone.
@@ -89,12 +93,17 @@ pub async fn relay(
     let upstream = served.upstream.clone();
     let _active = ActiveStream::start(&state);
     let mut relay = Relay {
+        wire: upstream.wire,
         framer: Framer::new(upstream.stream_format),
         events: Vec::new(),
         observed: Observed::default(),
         strip_usage_chunk: ex.request.injects_usage(&upstream),
         completion_cap: ex.hold.map(|h| h.tokens.completion),
-        created: chrono::Utc::now().timestamp(),
+        facts: RelayFacts {
+            created: chrono::Utc::now().timestamp(),
+            bare_json: false,
+            sent: 0,
+        },
         started: ex.started,
         ttft: None,
         client: None,
@@ -165,29 +174,24 @@ pub async fn relay(
     drop(response);
 
     let client_left = relay.client.is_none();
+    let wire = relay.wire;
     let (status, error, tail) = match end {
-        End::Done => (
-            Status::Ok,
-            None,
-            Some(Bytes::from_static(b"data: [DONE]\n\n")),
-        ),
-        End::Eof if relay.observed.finished => (
-            Status::Ok,
-            None,
-            Some(Bytes::from_static(b"data: [DONE]\n\n")),
-        ),
+        End::Done => (Status::Ok, None, wire.done()),
+        End::Eof if relay.observed.finished || wire.closing_ends_answer() => {
+            (Status::Ok, None, wire.done())
+        }
         End::Eof => {
             let message = "the backend's stream ended before the answer was complete";
             (
                 Status::Partial,
                 Some(message.to_string()),
-                Some(error_event(message, "upstream_error")),
+                Some(error_event(wire, message, "upstream_error")),
             )
         }
         // The error event itself has already been forwarded in order.
         End::InBand(body) => (Status::UpstreamError, Some(error_text(&body)), None),
         End::Broken(status, message) => {
-            let event = error_event(&message, "upstream_error");
+            let event = error_event(wire, &message, "upstream_error");
             (status, Some(message), Some(event))
         }
         End::StoppedDraining => (Status::ClientDisconnected, None, None),
@@ -197,7 +201,7 @@ pub async fn relay(
             (
                 Status::Ok,
                 Some(message.to_string()),
-                Some(length_finish(last, relay.created)),
+                Some(wire.length_end(last, &relay.facts)),
             )
         }
     };
@@ -220,6 +224,7 @@ pub async fn relay(
     let tail = match committed {
         Ok(()) => tail,
         Err(_) => Some(error_event(
+            wire,
             "the usage of this request could not be recorded",
             "server_error",
         )),
@@ -293,7 +298,7 @@ impl Relay {
     fn leading_error(&mut self) -> Option<End> {
         let first = self.events.first()?;
         let parsed = serde_json::from_str::<Map<String, Value>>(&first.data).ok()?;
-        let error = observe::as_error(&parsed)?;
+        let error = self.wire.error(&parsed)?;
         self.events.clear();
         Some(End::InBand(error))
     }
@@ -302,19 +307,18 @@ impl Relay {
     async fn forward_events(&mut self) -> Option<End> {
         let events = std::mem::take(&mut self.events);
         for event in events {
-            if event.data.trim() == "[DONE]" {
+            if self.wire.is_done(&event) {
                 return Some(End::Done);
             }
             let Ok(mut chunk) = serde_json::from_str::<Map<String, Value>>(&event.data) else {
                 let message = "the backend sent an event that is not JSON".to_string();
                 return Some(End::Broken(Status::Partial, message));
             };
-            if let Some(error) = observe::as_error(&chunk) {
-                self.send(Bytes::from(format!("data: {error}\n\n")), None)
-                    .await;
+            if let Some(error) = self.wire.error(&chunk) {
+                self.send(self.wire.error_frame(&error), None).await;
                 return Some(End::InBand(error));
             }
-            self.observed.observe(&chunk);
+            self.wire.observe(&mut self.observed, &chunk);
             if let (Some(cap), Some(usage)) = (self.completion_cap, self.observed.usage)
                 && usage.completion > cap
             {
@@ -332,14 +336,10 @@ impl Relay {
             }
             // Re-framed bare JSON gets one `created` for every chunk (the backend puts its
             // own on the last chunk only), as an OpenAI stream has.
-            let one_created = self.framer.is_bare_json();
-            let frame = if normalise(&mut chunk, self.created, one_created) {
-                let json = serde_json::to_string(&chunk).expect("a JSON map always serializes");
-                format!("data: {json}\n\n")
-            } else {
-                format!("data: {}\n\n", event.data)
-            };
-            if self.send(Bytes::from(frame), Some(&chunk)).await {
+            self.facts.bare_json = self.framer.is_bare_json();
+            let frame = self.wire.frame(&event, &mut chunk, &self.facts);
+            self.facts.sent += 1;
+            if self.send(frame, Some(&chunk)).await {
                 self.ttft.get_or_insert_with(|| self.started.elapsed());
             } else if !self.client_gone() {
                 return Some(End::StoppedDraining);
@@ -357,7 +357,7 @@ impl Relay {
             return false;
         }
         if let Some(chunk) = chunk {
-            self.observed.deliver(chunk);
+            self.wire.deliver(&mut self.observed, chunk);
         }
         true
     }
@@ -386,49 +386,8 @@ fn is_usage_only(chunk: &Map<String, Value>) -> bool {
         && chunk.get("usage").is_some_and(|u| !u.is_null())
 }
 
-/// Makes a chunk complete for OpenAI clients: `object` and `created` present (`created`
-/// replaced too when `one_created`), and LMDeploy's `finish_reason: ""` as `null`. Returns
-/// whether anything changed.
-fn normalise(chunk: &mut Map<String, Value>, created: i64, one_created: bool) -> bool {
-    let mut changed = false;
-    if !chunk.contains_key("object") {
-        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
-        changed = true;
-    }
-    let created = Value::from(created);
-    if (one_created || !chunk.contains_key("created")) && chunk.get("created") != Some(&created) {
-        chunk.insert("created".into(), created);
-        changed = true;
-    }
-    if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
-        for choice in choices {
-            if choice.get("finish_reason").and_then(Value::as_str) == Some("") {
-                choice["finish_reason"] = Value::Null;
-                changed = true;
-            }
-        }
-    }
-    changed
-}
-
-/// The end of an answer stopped at its hold: a last chunk like `last` with no content and
-/// `finish_reason: "length"` (what the SDKs show for `max_tokens`), then `[DONE]`.
-fn length_finish(mut last: Map<String, Value>, created: i64) -> Bytes {
-    last.remove("usage");
-    normalise(&mut last, created, true);
-    last.insert(
-        "choices".into(),
-        serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "length"}]),
-    );
-    let json = serde_json::to_string(&last).expect("a JSON map always serializes");
-    Bytes::from(format!("data: {json}\n\ndata: [DONE]\n\n"))
-}
-
-fn error_event(message: &str, kind: &str) -> Bytes {
-    Bytes::from(format!(
-        "data: {}\n\n",
-        openai_error(message, kind, Value::Null, None)
-    ))
+fn error_event(wire: &dyn Wire, message: &str, kind: &str) -> Bytes {
+    wire.error_frame(&openai_error(message, kind, Value::Null, None))
 }
 
 fn error_text(body: &Value) -> String {

@@ -1,8 +1,10 @@
 //! A simulated LLM backend on loopback, speaking each documented wire format, for the demo,
 //! the tests and the benchmark. The profile is the first path segment
-//! (`/{openai|genstudio|bare|internlm}/chat/completions`, `/embeddings`, `/rerank`);
-//! a request can steer it with an `x_sim` object in its body (see [`Knobs`]).
+//! (`/{openai|genstudio|bare|internlm}/chat/completions`, `/embeddings`, `/rerank`;
+//! `/dashscope/services/aigc/text-generation/generation`); a request can steer it with an
+//! `x_sim` object in its body (see [`Knobs`]).
 
+mod dashscope;
 mod formats;
 
 use std::net::SocketAddr;
@@ -90,6 +92,10 @@ pub fn router() -> Router {
         .route("/{profile}/chat/completions", post(chat))
         .route("/{profile}/embeddings", post(embeddings))
         .route("/{profile}/rerank", post(rerank))
+        .route(
+            "/dashscope/services/aigc/text-generation/generation",
+            post(dashscope_generation),
+        )
         .route("/_sim/last", get(last))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20)) // long prompts, as real backends take
         .with_state(Arc::new(Seen::default()))
@@ -112,7 +118,8 @@ async fn last(State(seen): State<Arc<Seen>>) -> Json<Value> {
 }
 
 struct Call {
-    profile: Profile,
+    /// `None` for DashScope, which answers its faults in its own shape.
+    profile: Option<Profile>,
     body: Value,
     knobs: Knobs,
 }
@@ -123,8 +130,12 @@ async fn accept(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Call, Response> {
-    let profile = Profile::parse(profile)
-        .ok_or_else(|| (StatusCode::NOT_FOUND, "unknown simulator profile").into_response())?;
+    let profile = match profile {
+        "dashscope" => None,
+        name => Some(Profile::parse(name).ok_or_else(|| {
+            (StatusCode::NOT_FOUND, "unknown simulator profile").into_response()
+        })?),
+    };
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response())?;
     let knobs = match body.get("x_sim") {
@@ -135,11 +146,12 @@ async fn accept(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    *seen.last.lock() = json!({"authorization": authorization, "body": body});
+    let sse = headers.get("x-dashscope-sse").and_then(|v| v.to_str().ok());
+    *seen.last.lock() = json!({"authorization": authorization, "body": body, "x_dashscope_sse": sse});
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
-    if let Some(response) = formats::http_fault(profile, knobs.fault) {
+    if let Some(response) = profile.and_then(|p| formats::http_fault(p, knobs.fault)) {
         return Err(response);
     }
     Ok(Call {
@@ -159,6 +171,9 @@ async fn chat(
         Ok(call) => call,
         Err(response) => return response,
     };
+    let Some(profile) = call.profile else {
+        return (StatusCode::NOT_FOUND, "DashScope has no chat completions here").into_response();
+    };
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let answer = formats::Answer::new(&call.body, &call.knobs);
     if let Some(raw) = &call.knobs.raw {
@@ -171,15 +186,27 @@ async fn chat(
         return paced(frames, call.knobs.chunk_delay_ms, None, content_type);
     }
     if !stream {
-        return Json(formats::completion(call.profile, &answer, &call.knobs)).into_response();
+        return Json(formats::completion(profile, &answer, &call.knobs)).into_response();
     }
-    let (frames, ending) = formats::stream(call.profile, &answer, &call.knobs, &call.body);
+    let (frames, ending) = formats::stream(profile, &answer, &call.knobs, &call.body);
     paced(
         frames,
         call.knobs.chunk_delay_ms,
         ending,
         "text/event-stream",
     )
+}
+
+async fn dashscope_generation(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = match accept(&seen, "dashscope", &headers, body).await {
+        Ok(call) => call,
+        Err(response) => return response,
+    };
+    dashscope::generation(&headers, &call.body, &call.knobs)
 }
 
 async fn embeddings(

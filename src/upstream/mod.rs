@@ -10,12 +10,14 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::billing::PriceBook;
 use crate::config::{Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
+use crate::dialect::{self, Wire};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, PairMetrics};
 use client::UpstreamClient;
@@ -35,6 +37,9 @@ pub struct Upstream {
     /// `Bearer <credential>`, from the environment, built once and marked sensitive;
     /// never logged.
     authorization: Option<HeaderValue>,
+    /// What its wire format means (`crate::dialect`).
+    pub wire: &'static dyn Wire,
+    /// How its streams are framed: its config's, or its dialect's when that says `auto`.
     pub stream_format: StreamFormat,
     pub stream_options: bool,
     pub weight: u32,
@@ -80,18 +85,26 @@ impl Upstream {
                 anyhow::Ok(value)
             })
             .transpose()?;
-        let url = c.base_url.join(c.endpoint.upstream_path())?;
+        let wire = dialect::wire(c.dialect);
+        let path = wire
+            .path(c.endpoint())
+            .context("the dialect does not serve this endpoint")?;
+        let url = c.base_url.join(path)?;
         Ok(Upstream {
             model: c.model.clone(),
             chip: c.chip.clone(),
-            endpoint: c.endpoint,
+            endpoint: c.endpoint(),
             deployment: c.deployment.clone(),
             host: host_header(&url)?,
             client: UpstreamClient::new(&url, Duration::from_millis(c.connect_timeout_ms))?,
             url,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
-            stream_format: c.stream_format,
+            wire,
+            stream_format: match c.stream_format {
+                StreamFormat::Auto => wire.stream_format(),
+                format => format,
+            },
             stream_options: c.stream_options,
             weight: c.weight,
             first_byte_timeout: Duration::from_millis(c.first_byte_timeout_ms),
@@ -152,12 +165,12 @@ impl Upstreams {
                 table.deployments.insert(id.clone(), up);
                 continue;
             }
-            let key = (c.endpoint, c.model.clone(), c.chip.clone());
+            let key = (c.endpoint(), c.model.clone(), c.chip.clone());
             table.pairs.insert(key, up.clone());
             let routing = config.routing.models.get(&c.model);
             table
                 .models
-                .entry((c.endpoint, c.model.clone()))
+                .entry((c.endpoint(), c.model.clone()))
                 .or_insert_with(|| ModelRoute {
                     policy: routing
                         .and_then(|r| r.policy)

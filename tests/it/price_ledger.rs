@@ -22,6 +22,7 @@ fn table(input: &str) -> String {
         "qwen2.5-72b-instruct",
         "bge-m3",
         "bge-reranker-v2-m3",
+        "qwen-plus",
     ];
     let mut text = entry("megrez-7b-instruct", "2026-01-01T00:00:00Z", input);
     for model in others {

@@ -81,8 +81,8 @@ pub fn answer_head(body: &[u8]) -> Option<Map<String, Value>> {
         "message",
         "type",
     ];
-    /// Keys whose presence `as_error` reads.
-    const PRESENT: [&str; 2] = ["choices", "data"];
+    /// Keys whose presence `as_error` (and DashScope's `error`) reads.
+    const PRESENT: [&str; 3] = ["choices", "data", "output"];
 
     /// A key, borrowed from the body unless it has escapes.
     struct Key<'de>(Cow<'de, str>);

@@ -1,13 +1,18 @@
 //! Typed settings: the TOML file (`--config`, default `./tollgate.toml`) with environment
 //! overrides (`TOLLGATE_SECTION__KEY=value`), validated once at start-up.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+mod env;
+mod upstreams;
+
+pub use upstreams::{BaseUrl, Dialect, Endpoint, StreamFormat, UpstreamConfig, check_name};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -433,89 +438,6 @@ pub struct ModelRouting {
     pub default_chip: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Endpoint {
-    #[default]
-    Chat,
-    Embeddings,
-    Rerank,
-}
-
-impl Endpoint {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat",
-            Endpoint::Embeddings => "embeddings",
-            Endpoint::Rerank => "rerank",
-        }
-    }
-
-    /// Path appended to an upstream's `base_url`.
-    pub fn upstream_path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "/chat/completions",
-            Endpoint::Embeddings => "/embeddings",
-            Endpoint::Rerank => "/rerank",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum StreamFormat {
-    /// Decide from the first byte: `{` means bare JSON, anything else SSE.
-    #[default]
-    Auto,
-    Sse,
-    BareJson,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    pub model: String,
-    pub chip: String,
-    /// What this backend serves; decides which client routes reach it.
-    #[serde(default)]
-    pub endpoint: Endpoint,
-    /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`.
-    pub deployment: Option<String>,
-    /// e.g. `https://host/maas/megrez-7b-instruct/nvidia`; the endpoint path is appended.
-    pub base_url: BaseUrl,
-    /// Environment variable holding the backend's credential (sent as a Bearer token); read
-    /// when the gateway starts serving, so CLI commands do not need it.
-    pub api_key_env: Option<String>,
-    /// The model name the backend expects, if not `model`.
-    pub upstream_model: Option<String>,
-    #[serde(default)]
-    pub stream_format: StreamFormat,
-    /// The backend accepts `stream_options.include_usage`.
-    #[serde(default)]
-    pub stream_options: bool,
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    #[serde(default = "default_connect_ms")]
-    pub connect_timeout_ms: u64,
-    #[serde(default = "default_first_byte_ms")]
-    pub first_byte_timeout_ms: u64,
-    #[serde(default = "default_idle_ms")]
-    pub idle_timeout_ms: u64,
-}
-
-fn default_weight() -> u32 {
-    1
-}
-fn default_connect_ms() -> u64 {
-    3_000
-}
-fn default_first_byte_ms() -> u64 {
-    120_000
-}
-fn default_idle_ms() -> u64 {
-    60_000
-}
-
 impl Config {
     /// Reads `path`, applies `TOLLGATE_*__*` environment overrides and validates.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -531,7 +453,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text)?;
-        apply_env_overrides(&mut table, env)?;
+        env::apply_overrides(&mut table, env)?;
         let config: Config = table.try_into()?;
         config.validate()?;
         Ok(config)
@@ -605,37 +527,7 @@ impl Config {
         if self.ledger.import_max == 0 {
             bail!("ledger.import_max must be at least 1");
         }
-        let mut seen = HashSet::new();
-        for up in &self.upstreams {
-            let name = format!("upstream {}/{}", up.model, up.chip);
-            check_name(&up.model).with_context(|| format!("{name}: model"))?;
-            check_name(&up.chip).with_context(|| format!("{name}: chip"))?;
-            if up.chip == "*" {
-                bail!("{name}: '*' is only allowed as a chip in price tables");
-            }
-            let text = up.base_url.as_str();
-            let Some(url) = &up.base_url.uri else {
-                bail!("{name}: base_url '{text}' is not a URL");
-            };
-            if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-                bail!("{name}: base_url '{text}' must be an http(s) URL with a host");
-            }
-            let identity = match &up.deployment {
-                Some(id) => {
-                    if !id.starts_with("mif-") || check_name(id).is_err() {
-                        bail!("{name}: deployment id '{id}' must look like mif-xxxx");
-                    }
-                    format!("deployment {id}")
-                }
-                None => format!("{}/{}/{}", up.endpoint.as_str(), up.model, up.chip),
-            };
-            if !seen.insert(identity.clone()) {
-                bail!("{name}: {identity} is configured twice");
-            }
-            if up.weight == 0 {
-                bail!("{name}: weight must be at least 1");
-            }
-        }
+        upstreams::check(&self.upstreams)?;
         for (model, routing) in &self.routing.models {
             let chips: Vec<&str> = self
                 .upstreams
@@ -667,78 +559,6 @@ fn zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<chrono_tz::Tz, D::Erro
             "billing.timezone: '{name}' is not an IANA timezone like Asia/Shanghai"
         ))
     })
-}
-
-/// An upstream's `base_url`, parsed once as the configuration is read; `validate` refuses
-/// one that is not an http(s) URL with a host, naming its upstream.
-#[derive(Debug, Clone)]
-pub struct BaseUrl {
-    text: String,
-    uri: Option<axum::http::Uri>,
-}
-
-impl<'de> Deserialize<'de> for BaseUrl {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BaseUrl, D::Error> {
-        let text = String::deserialize(d)?;
-        let uri = text.parse().ok();
-        Ok(BaseUrl { text, uri })
-    }
-}
-
-impl BaseUrl {
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// The URL of `path` under this one (`path` starts with `/`).
-    pub fn join(&self, path: &str) -> anyhow::Result<axum::http::Uri> {
-        Ok(format!("{}{path}", self.text.trim_end_matches('/')).parse()?)
-    }
-}
-
-/// Model, chip and deployment names appear in URLs, SQL rows and metric labels.
-pub fn check_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'*'));
-    if !ok {
-        bail!("'{name}' must be 1-128 characters of A-Z a-z 0-9 - _ . :");
-    }
-    Ok(())
-}
-
-/// `TOLLGATE_SERVER__LISTEN=0.0.0.0:80` sets `server.listen`. Values are read as TOML
-/// (numbers, booleans) when they parse, else as strings.
-fn apply_env_overrides(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> anyhow::Result<()> {
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("TOLLGATE_") else {
-            continue;
-        };
-        if !rest.contains("__") {
-            continue;
-        }
-        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let (last, parents) = path.split_last().expect("split yields one part at least");
-        let mut node = &mut *table;
-        for part in parents {
-            node = node
-                .entry(part.clone())
-                .or_insert_with(|| toml::Value::Table(Default::default()))
-                .as_table_mut()
-                .with_context(|| format!("{name}: '{part}' is not a section"))?;
-        }
-        node.insert(last.clone(), value);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,222 @@
+//! The backends: what each upstream serves (`Endpoint`), the dialect it speaks
+//! (`Dialect`), where it is (`BaseUrl`) and how it is reached; checked once at start-up.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    #[default]
+    Chat,
+    Embeddings,
+    Rerank,
+    /// DashScope's native text generation (`input`, `parameters`, `output`).
+    Generation,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Rerank => "rerank",
+            Endpoint::Generation => "generation",
+        }
+    }
+
+    /// Whether answers have completion tokens (and so a `max_tokens` to reserve).
+    pub fn completes(self) -> bool {
+        matches!(self, Endpoint::Chat | Endpoint::Generation)
+    }
+}
+
+/// The wire format an upstream speaks; `crate::dialect` says what each one means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// OpenAI's API and the variants of it that GenStudio's chips and deployments,
+    /// LMDeploy, vLLM and InternLM speak (their error shapes, bare-JSON streams and
+    /// moderation verdicts are all understood), so those names are accepted for it.
+    #[default]
+    #[serde(
+        alias = "genstudio",
+        alias = "lmdeploy",
+        alias = "vllm",
+        alias = "internlm"
+    )]
+    Openai,
+    /// DashScope's native API (Qwen): `input` / `parameters` / `output`, SSE `event:result`.
+    Dashscope,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Openai => "openai",
+            Dialect::Dashscope => "dashscope",
+        }
+    }
+
+    /// What an upstream of this dialect serves when its config does not say.
+    pub fn default_endpoint(self) -> Endpoint {
+        match self {
+            Dialect::Dashscope => Endpoint::Generation,
+            _ => Endpoint::Chat,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFormat {
+    /// Decide from the first byte: `{` means bare JSON, anything else SSE.
+    #[default]
+    Auto,
+    Sse,
+    BareJson,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub model: String,
+    pub chip: String,
+    /// The wire format it speaks (`openai` by default).
+    #[serde(default)]
+    pub dialect: Dialect,
+    /// What this backend serves; decides which client routes reach it. By default what
+    /// its dialect serves (`chat`, or `generation` for `dashscope`).
+    endpoint: Option<Endpoint>,
+    /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`.
+    pub deployment: Option<String>,
+    /// e.g. `https://host/maas/megrez-7b-instruct/nvidia`; the endpoint path is appended.
+    pub base_url: BaseUrl,
+    /// Environment variable holding the backend's credential (sent as a Bearer token); read
+    /// when the gateway starts serving, so CLI commands do not need it.
+    pub api_key_env: Option<String>,
+    /// The model name the backend expects, if not `model`.
+    pub upstream_model: Option<String>,
+    /// How its streams are framed; `auto` leaves it to the dialect.
+    #[serde(default)]
+    pub stream_format: StreamFormat,
+    /// The backend accepts `stream_options.include_usage`.
+    #[serde(default)]
+    pub stream_options: bool,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+impl UpstreamConfig {
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+            .unwrap_or_else(|| self.dialect.default_endpoint())
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_connect_ms() -> u64 {
+    3_000
+}
+fn default_first_byte_ms() -> u64 {
+    120_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+
+/// An upstream's `base_url`, parsed once as the configuration is read; `validate` refuses
+/// one that is not an http(s) URL with a host, naming its upstream.
+#[derive(Debug, Clone)]
+pub struct BaseUrl {
+    text: String,
+    uri: Option<axum::http::Uri>,
+}
+
+impl<'de> Deserialize<'de> for BaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BaseUrl, D::Error> {
+        let text = String::deserialize(d)?;
+        let uri = text.parse().ok();
+        Ok(BaseUrl { text, uri })
+    }
+}
+
+impl BaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The URL of `path` under this one (`path` starts with `/`).
+    pub fn join(&self, path: &str) -> anyhow::Result<axum::http::Uri> {
+        Ok(format!("{}{path}", self.text.trim_end_matches('/')).parse()?)
+    }
+}
+
+/// Model, chip and deployment names appear in URLs, SQL rows and metric labels.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'*'));
+    if !ok {
+        bail!("'{name}' must be 1-128 characters of A-Z a-z 0-9 - _ . :");
+    }
+    Ok(())
+}
+
+/// Names, URLs, identities and weights of every upstream.
+pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
+    let mut seen = HashSet::new();
+    for up in upstreams {
+        let name = format!("upstream {}/{}", up.model, up.chip);
+        check_name(&up.model).with_context(|| format!("{name}: model"))?;
+        check_name(&up.chip).with_context(|| format!("{name}: chip"))?;
+        if up.chip == "*" {
+            bail!("{name}: '*' is only allowed as a chip in price tables");
+        }
+        let text = up.base_url.as_str();
+        let Some(url) = &up.base_url.uri else {
+            bail!("{name}: base_url '{text}' is not a URL");
+        };
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+            bail!("{name}: base_url '{text}' must be an http(s) URL with a host");
+        }
+        let identity = match &up.deployment {
+            Some(id) => {
+                if !id.starts_with("mif-") || check_name(id).is_err() {
+                    bail!("{name}: deployment id '{id}' must look like mif-xxxx");
+                }
+                format!("deployment {id}")
+            }
+            None => format!("{}/{}/{}", up.endpoint().as_str(), up.model, up.chip),
+        };
+        if !seen.insert(identity.clone()) {
+            bail!("{name}: {identity} is configured twice");
+        }
+        if up.weight == 0 {
+            bail!("{name}: weight must be at least 1");
+        }
+        if crate::dialect::wire(up.dialect)
+            .path(up.endpoint())
+            .is_none()
+        {
+            bail!(
+                "{name}: dialect {} does not serve {}",
+                up.dialect.as_str(),
+                up.endpoint().as_str()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! DashScope's native API (Qwen): `POST /services/aigc/text-generation/generation` under
+//! a base URL like `https://dashscope.aliyuncs.com/api/v1`, with `input.messages` or
+//! `input.prompt` and `parameters`; answers in `output.text` or `output.choices`; usage as
+//! `input_tokens` / `output_tokens` (running totals in streams: the last wins). Streams
+//! are asked for with `X-DashScope-SSE: enable` and come as SSE `event:result` events with
+//! no `[DONE]`: the stream's end is the answer's end. Errors are
+//! `{"code","message","request_id"}`, with a 4xx status or with 200, and never billed as ok.
+//! Its OpenAI-compatible mode (`/compatible-mode/v1`) is the `openai` dialect.
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::framing::Event;
+use super::observe::{self, Observed};
+use super::{RelayFacts, Wire};
+use crate::config::{Endpoint, StreamFormat};
+use crate::error::openai_error;
+use crate::metering::estimate::collect_text;
+
+pub struct DashScope;
+
+impl Wire for DashScope {
+    fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
+        (endpoint == Endpoint::Generation).then_some("/services/aigc/text-generation/generation")
+    }
+
+    fn headers(&self, streamed: bool) -> &'static [(&'static str, &'static str)] {
+        if streamed {
+            &[
+                ("x-dashscope-sse", "enable"),
+                ("accept", "text/event-stream"),
+            ]
+        } else {
+            &[]
+        }
+    }
+
+    fn stream_format(&self) -> StreamFormat {
+        StreamFormat::Sse
+    }
+
+    fn error(&self, v: &Map<String, Value>) -> Option<Value> {
+        let code = v
+            .get("code")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty());
+        match code {
+            Some(code) if !v.contains_key("output") => {
+                let message = v
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the backend reported an error");
+                Some(openai_error(
+                    message,
+                    "upstream_error",
+                    Value::from(code),
+                    None,
+                ))
+            }
+            _ => observe::as_error(v),
+        }
+    }
+
+    fn observe(&self, seen: &mut Observed, v: &Map<String, Value>) {
+        seen.observe(v);
+        let Some(output) = v.get("output") else {
+            return;
+        };
+        let finished = |reason: Option<&Value>| {
+            reason
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty() && r != "null")
+        };
+        let choices = output.get("choices").and_then(Value::as_array);
+        seen.finished |= finished(output.get("finish_reason"))
+            || choices
+                .into_iter()
+                .flatten()
+                .any(|c| finished(c.get("finish_reason")));
+    }
+
+    fn deliver(&self, seen: &mut Observed, v: &Map<String, Value>) {
+        let Some(output) = v.get("output") else {
+            return;
+        };
+        collect_text(output.get("text"), &mut seen.delivered_text);
+        for choice in output
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            collect_text(
+                choice.get("message").and_then(|m| m.get("content")),
+                &mut seen.delivered_text,
+            );
+        }
+    }
+
+    fn closing_ends_answer(&self) -> bool {
+        true
+    }
+
+    fn frame(&self, event: &Event, _chunk: &mut Map<String, Value>, relay: &RelayFacts) -> Bytes {
+        result_event(relay.sent + 1, &event.data)
+    }
+
+    fn done(&self) -> Option<Bytes> {
+        None
+    }
+
+    fn error_frame(&self, error: &Value) -> Bytes {
+        let native = native_error(error, None);
+        Bytes::from(format!("event:error\n:HTTP_STATUS/500\ndata:{native}\n\n"))
+    }
+
+    fn length_end(&self, mut last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
+        let output = last.entry("output").or_insert_with(|| json!({}));
+        if output.get("choices").is_some() {
+            output["choices"] = json!([{
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": ""}
+            }]);
+        } else {
+            output["text"] = json!("");
+            output["finish_reason"] = json!("length");
+        }
+        let data = serde_json::to_string(&last).expect("a JSON map always serializes");
+        result_event(relay.sent + 1, &data)
+    }
+}
+
+fn result_event(id: u64, data: &str) -> Bytes {
+    Bytes::from(format!(
+        "id:{id}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"
+    ))
+}
+
+/// An error in OpenAI's shape with DashScope's `code`, `message` and `request_id` beside
+/// it, so that the DashScope SDK shows the code and message (it reads only those).
+pub fn native_error(openai: &Value, request_id: Option<&str>) -> Value {
+    let inner = &openai["error"];
+    let code = match &inner["code"] {
+        Value::String(code) if !code.is_empty() => code.clone(),
+        _ => inner["type"].as_str().unwrap_or("InternalError").to_owned(),
+    };
+    let mut body = match openai {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    body.insert("code".into(), Value::from(code));
+    body.insert("message".into(), inner["message"].clone());
+    if let Some(id) = request_id {
+        body.insert("request_id".into(), Value::from(id));
+    }
+    Value::Object(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn errors_are_found_with_any_status_and_answers_are_not_errors() {
+        let error = obj(json!({"code": "InvalidParameter", "message": "bad input",
+            "request_id": "r1"}));
+        let mapped = DashScope.error(&error).unwrap();
+        assert_eq!(mapped["error"]["code"], "InvalidParameter");
+        assert_eq!(mapped["error"]["message"], "bad input");
+        let answer = obj(json!({"output": {"text": "hi", "finish_reason": "stop"},
+            "usage": {"input_tokens": 3, "output_tokens": 1}, "request_id": "r2"}));
+        assert!(DashScope.error(&answer).is_none());
+        assert!(
+            DashScope
+                .error(&obj(json!({"code": "", "output": {}})))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn running_usage_and_the_end_are_read_from_output() {
+        let mut seen = Observed::default();
+        for (n, reason) in [(1, "null"), (2, "null"), (3, "stop")] {
+            let event = obj(
+                json!({"output": {"choices": [{"message": {"role": "assistant",
+                "content": "x"}, "finish_reason": reason}]},
+                "usage": {"input_tokens": 7, "output_tokens": n, "total_tokens": 7 + n}}),
+            );
+            assert!(!seen.finished);
+            DashScope.observe(&mut seen, &event);
+            DashScope.deliver(&mut seen, &event);
+        }
+        assert!(seen.finished);
+        let usage = seen.usage.unwrap();
+        assert_eq!((usage.prompt, usage.completion), (7, 3));
+        assert_eq!(seen.delivered_text, "xxx");
+    }
+
+    #[test]
+    fn a_native_error_keeps_openais_shape_beside_dashscopes() {
+        let openai = openai_error("slow down", "rate_limit_exceeded", Value::Null, None);
+        let native = native_error(&openai, Some("req_1"));
+        assert_eq!(native["code"], "rate_limit_exceeded");
+        assert_eq!(native["message"], "slow down");
+        assert_eq!(native["request_id"], "req_1");
+        assert_eq!(native["error"]["message"], "slow down");
+    }
+}

@@ -1,0 +1,104 @@
+//! Backend dialects: what differs between the wire formats tollgate meters. Each upstream
+//! names its `dialect`; one file per dialect says what its backends expect and send (the
+//! path of each endpoint, headers, stream framing, where usage, the answer's end and
+//! errors are found) and how its streams reach the client. What most dialects share is
+//! the OpenAI shape: `framing` cuts streams into events, `observe` reads usage and errors
+//! in every shape OpenAI-like backends use, and `openai` relays chunks as OpenAI's SDKs
+//! expect. Adding a dialect is a file here, its `Dialect` name and a simulator profile.
+
+pub mod framing;
+pub mod observe;
+
+pub mod dashscope;
+mod openai;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::config::{Dialect, Endpoint, StreamFormat};
+use framing::Event;
+use observe::Observed;
+
+/// What one dialect says. Every method has the OpenAI shape as its default.
+pub trait Wire: Sync {
+    /// The path under an upstream's `base_url` for `endpoint`; `None` if the dialect has
+    /// no such endpoint.
+    fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
+        openai::path(endpoint)
+    }
+
+    /// Headers the backend needs besides the body's type and the credential.
+    fn headers(&self, _streamed: bool) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// How its streams are framed when the upstream's `stream_format` is `auto`.
+    fn stream_format(&self) -> StreamFormat {
+        StreamFormat::Auto
+    }
+
+    /// If a JSON answer or stream event is an error, that error in OpenAI's shape.
+    fn error(&self, v: &Map<String, Value>) -> Option<Value> {
+        observe::as_error(v)
+    }
+
+    /// Notes usage, the answer's end and moderation verdicts from an answer or event.
+    fn observe(&self, seen: &mut Observed, v: &Map<String, Value>) {
+        seen.observe(v);
+    }
+
+    /// Adds the text of an answer or event the client received (the basis of estimates).
+    fn deliver(&self, seen: &mut Observed, v: &Map<String, Value>) {
+        seen.deliver(v);
+    }
+
+    /// Whether the event ends the stream (OpenAI's `[DONE]`).
+    fn is_done(&self, event: &Event) -> bool {
+        event.data.trim() == "[DONE]"
+    }
+
+    /// Whether a stream that closes cleanly has ended its answer even without a finish
+    /// reason (dialects whose end of stream is the end of the answer).
+    fn closing_ends_answer(&self) -> bool {
+        false
+    }
+
+    /// The frame the client gets for an event the backend sent (`chunk` is its JSON).
+    fn frame(&self, event: &Event, chunk: &mut Map<String, Value>, relay: &RelayFacts) -> Bytes {
+        openai::frame(event, chunk, relay)
+    }
+
+    /// What follows the last event of an answer that ended well.
+    fn done(&self) -> Option<Bytes> {
+        Some(Bytes::from_static(b"data: [DONE]\n\n"))
+    }
+
+    /// An error that ends a stream, as its last frame.
+    fn error_frame(&self, error: &Value) -> Bytes {
+        openai::error_frame(error)
+    }
+
+    /// The end of an answer stopped because it passed what its spending hold covers, made
+    /// from the event that passed it: what the SDKs show for `max_tokens`.
+    fn length_end(&self, last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
+        openai::length_end(last, relay)
+    }
+}
+
+/// What a relay knows that a frame may need.
+pub struct RelayFacts {
+    /// `created` for chunks that lack one.
+    pub created: i64,
+    /// The stream arrived as bare JSON: every chunk gets the same `created`.
+    pub bare_json: bool,
+    /// Events framed so far (an SSE `id`).
+    pub sent: u64,
+}
+
+/// The rules of `dialect`.
+pub fn wire(dialect: Dialect) -> &'static dyn Wire {
+    match dialect {
+        Dialect::Openai => &openai::OpenAi,
+        Dialect::Dashscope => &dashscope::DashScope,
+    }
+}

@@ -1,0 +1,79 @@
+//! OpenAI's API, the shape most backends copy: `/chat/completions`, `/embeddings`,
+//! `/rerank`; SSE `data:` chunks ended by `data: [DONE]`; usage in the last chunk when
+//! `stream_options.include_usage` asks for it. Its variants are understood too: GenStudio's
+//! `{"code","msg"}` and vLLM's `{"object":"error"}` errors, LMDeploy's bare-JSON streams
+//! (`framing` decides by the first byte) and InternLM's moderation verdicts (`observe`).
+//! Relayed chunks are made complete for OpenAI's SDKs (`object`, `created`,
+//! `finish_reason: null` for LMDeploy's `""`).
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::framing::Event;
+use super::{RelayFacts, Wire};
+use crate::config::Endpoint;
+
+pub struct OpenAi;
+
+impl Wire for OpenAi {}
+
+pub fn path(endpoint: Endpoint) -> Option<&'static str> {
+    match endpoint {
+        Endpoint::Chat => Some("/chat/completions"),
+        Endpoint::Embeddings => Some("/embeddings"),
+        Endpoint::Rerank => Some("/rerank"),
+        Endpoint::Generation => None,
+    }
+}
+
+/// A chunk as OpenAI's SDKs expect it; the backend's own text when nothing changed.
+pub fn frame(event: &Event, chunk: &mut Map<String, Value>, relay: &RelayFacts) -> Bytes {
+    let frame = if normalise(chunk, relay.created, relay.bare_json) {
+        let json = serde_json::to_string(&chunk).expect("a JSON map always serializes");
+        format!("data: {json}\n\n")
+    } else {
+        format!("data: {}\n\n", event.data)
+    };
+    Bytes::from(frame)
+}
+
+pub fn error_frame(error: &Value) -> Bytes {
+    Bytes::from(format!("data: {error}\n\n"))
+}
+
+/// A last chunk like `last` with no content and `finish_reason: "length"`, then `[DONE]`.
+pub fn length_end(mut last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
+    last.remove("usage");
+    normalise(&mut last, relay.created, true);
+    last.insert(
+        "choices".into(),
+        serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "length"}]),
+    );
+    let json = serde_json::to_string(&last).expect("a JSON map always serializes");
+    Bytes::from(format!("data: {json}\n\ndata: [DONE]\n\n"))
+}
+
+/// Makes a chunk complete for OpenAI clients: `object` and `created` present (`created`
+/// replaced too when `one_created`), and LMDeploy's `finish_reason: ""` as `null`. Returns
+/// whether anything changed.
+fn normalise(chunk: &mut Map<String, Value>, created: i64, one_created: bool) -> bool {
+    let mut changed = false;
+    if !chunk.contains_key("object") {
+        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
+        changed = true;
+    }
+    let created = Value::from(created);
+    if (one_created || !chunk.contains_key("created")) && chunk.get("created") != Some(&created) {
+        chunk.insert("created".into(), created);
+        changed = true;
+    }
+    if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
+        for choice in choices {
+            if choice.get("finish_reason").and_then(Value::as_str) == Some("") {
+                choice["finish_reason"] = Value::Null;
+                changed = true;
+            }
+        }
+    }
+    changed
+}
