@@ -79,11 +79,14 @@ impl Wire for DashScope {
                 .any(|c| finished(c.get("finish_reason")));
     }
 
+    /// Without `incremental_output` each event repeats the answer so far: an event that
+    /// starts with everything delivered replaces it rather than adding to it.
     fn deliver(&self, seen: &mut Observed, v: &Map<String, Value>) {
         let Some(output) = v.get("output") else {
             return;
         };
-        collect_text(output.get("text"), &mut seen.delivered_text);
+        let mut text = String::new();
+        collect_text(output.get("text"), &mut text);
         for choice in output
             .get("choices")
             .and_then(Value::as_array)
@@ -92,8 +95,14 @@ impl Wire for DashScope {
         {
             collect_text(
                 choice.get("message").and_then(|m| m.get("content")),
-                &mut seen.delivered_text,
+                &mut text,
             );
+        }
+        let delivered = &mut seen.delivered_text;
+        if !delivered.is_empty() && text.starts_with(delivered.as_str()) {
+            *delivered = text;
+        } else {
+            delivered.push_str(&text);
         }
     }
 
@@ -198,6 +207,12 @@ mod tests {
         let usage = seen.usage.unwrap();
         assert_eq!((usage.prompt, usage.completion), (7, 3));
         assert_eq!(seen.delivered_text, "xxx");
+        // Without incremental output every event repeats the answer so far.
+        let mut seen = Observed::default();
+        for text in ["我", "我是", "我是千问"] {
+            DashScope.deliver(&mut seen, &obj(json!({"output": {"text": text}})));
+        }
+        assert_eq!(seen.delivered_text, "我是千问");
     }
 
     #[test]

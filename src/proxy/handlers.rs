@@ -96,7 +96,15 @@ fn on_chip(endpoint: Endpoint) -> MethodRouter<AppState> {
               caller: Caller,
               Path((model, chip)): Path<(String, String)>,
               body: Body| async move {
-            proxy(state, caller, endpoint, Target::Pair(model, chip), None, body).await
+            proxy(
+                state,
+                caller,
+                endpoint,
+                Target::Pair(model, chip),
+                None,
+                body,
+            )
+            .await
         },
     )
 }
@@ -116,7 +124,15 @@ async fn chat_on_deployment(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    proxy(state, caller, Endpoint::Chat, Target::Deployment(id), None, body).await
+    proxy(
+        state,
+        caller,
+        Endpoint::Chat,
+        Target::Deployment(id),
+        None,
+        body,
+    )
+    .await
 }
 
 /// DashScope's native text generation, for the model the body names. The DashScope SDK
@@ -136,7 +152,15 @@ async fn dashscope_generation(
     };
     let streamed = has("x-dashscope-sse", "enable") || has("accept", "text/event-stream");
     let target = Target::Policy;
-    proxy(state, caller, Endpoint::Generation, target, Some(streamed), body).await
+    proxy(
+        state,
+        caller,
+        Endpoint::Generation,
+        target,
+        Some(streamed),
+        body,
+    )
+    .await
 }
 
 /// Errors on DashScope's routes carry its `code`, `message` and `request_id` beside

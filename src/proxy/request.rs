@@ -694,4 +694,20 @@ mod tests {
             proptest::prop_assert_eq!(upstream, expected);
         }
     }
+
+    #[test]
+    fn dashscope_keeps_its_limits_in_parameters() {
+        let body = r#"{"model":"qwen-plus","input":{"prompt":"hi"},"parameters":{"n":2,"seed":7}}"#;
+        let request = ClientRequest::parse(Endpoint::Generation, Bytes::from(body)).unwrap();
+        assert_eq!((request.max_tokens, request.choices), (None, 2));
+        assert_eq!(request.worst_case(100).completion, 200);
+        let sent = request.patched("qwen-plus-2025", false, Some(40));
+        assert_eq!(
+            std::str::from_utf8(&sent).unwrap(),
+            r#"{"model":"qwen-plus-2025","input":{"prompt":"hi"},"parameters":{"n":2,"seed":7,"max_tokens":40}}"#
+        );
+        let body = r#"{"model":"m","input":{},"parameters":{"max_tokens":5}}"#;
+        let request = ClientRequest::parse(Endpoint::Generation, Bytes::from(body)).unwrap();
+        assert_eq!(request.max_tokens, Some(5));
+    }
 }

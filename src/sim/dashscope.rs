@@ -29,12 +29,13 @@ pub fn generation(headers: &HeaderMap, body: &Value, knobs: &Knobs) -> Response 
         return paced(frames, knobs.chunk_delay_ms, None, content_type);
     }
     let request_id = "3f8e0c1a-sim-dashscope";
-    let error = |code: &str, message: &str| {
-        json!({"code": code, "message": message, "request_id": request_id})
-    };
+    let error = |code: &str, message: &str| json!({"code": code, "message": message, "request_id": request_id});
     match knobs.fault {
         Some(Fault::Http400) => {
-            let body = error("InvalidParameter", "Range of input length should be [1, 30720]");
+            let body = error(
+                "InvalidParameter",
+                "Range of input length should be [1, 30720]",
+            );
             return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
         }
         Some(Fault::Http429) => {
@@ -47,7 +48,10 @@ pub fn generation(headers: &HeaderMap, body: &Value, knobs: &Knobs) -> Response 
         }
         _ => {}
     }
-    let inband = error("DataInspectionFailed", "Output data may contain inappropriate content.");
+    let inband = error(
+        "DataInspectionFailed",
+        "Output data may contain inappropriate content.",
+    );
     let parameters = &body["parameters"];
     let messages = parameters["result_format"].as_str() == Some("message");
     let incremental = parameters["incremental_output"].as_bool() == Some(true);
@@ -65,7 +69,10 @@ pub fn generation(headers: &HeaderMap, body: &Value, knobs: &Knobs) -> Response 
             "total_tokens": answer.prompt + completion})
     };
     if !streamed {
-        if matches!(knobs.fault, Some(Fault::InbandError | Fault::InbandErrorFirst)) {
+        if matches!(
+            knobs.fault,
+            Some(Fault::InbandError | Fault::InbandErrorFirst)
+        ) {
             return axum::Json(inband).into_response(); // HTTP 200, and an error
         }
         let mut reply = json!({"output": output(answer.pieces.concat(), "stop"),
@@ -87,7 +94,11 @@ pub fn generation(headers: &HeaderMap, body: &Value, knobs: &Knobs) -> Response 
     for (i, piece) in answer.pieces.iter().take(stop_at).enumerate() {
         so_far.push_str(piece);
         let last = i + 1 == n;
-        let text = if incremental { piece.clone() } else { so_far.clone() };
+        let text = if incremental {
+            piece.clone()
+        } else {
+            so_far.clone()
+        };
         let mut event = json!({"output": output(text, if last { "stop" } else { "null" }),
             "request_id": request_id});
         if knobs.usage != Some(false) {

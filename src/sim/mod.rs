@@ -130,15 +130,20 @@ async fn accept(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Call, Response> {
-    let profile = match profile {
-        "dashscope" => None,
-        name => Some(Profile::parse(name).ok_or_else(|| {
-            (StatusCode::NOT_FOUND, "unknown simulator profile").into_response()
-        })?),
-    };
+    let profile =
+        match profile {
+            "dashscope" => None,
+            name => Some(Profile::parse(name).ok_or_else(|| {
+                (StatusCode::NOT_FOUND, "unknown simulator profile").into_response()
+            })?),
+        };
     let body: Value = serde_json::from_slice(&body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response())?;
-    let knobs = match body.get("x_sim") {
+    // DashScope's SDK puts arguments it does not know in `parameters`.
+    let knobs = body
+        .get("x_sim")
+        .or_else(|| body["parameters"].get("x_sim"));
+    let knobs = match knobs {
         Some(k) => Knobs::deserialize(k)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad x_sim: {e}")).into_response())?,
         None => Knobs::default(),
@@ -147,7 +152,8 @@ async fn accept(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let sse = headers.get("x-dashscope-sse").and_then(|v| v.to_str().ok());
-    *seen.last.lock() = json!({"authorization": authorization, "body": body, "x_dashscope_sse": sse});
+    *seen.last.lock() =
+        json!({"authorization": authorization, "body": body, "x_dashscope_sse": sse});
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
@@ -172,7 +178,11 @@ async fn chat(
         Err(response) => return response,
     };
     let Some(profile) = call.profile else {
-        return (StatusCode::NOT_FOUND, "DashScope has no chat completions here").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "DashScope has no chat completions here",
+        )
+            .into_response();
     };
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let answer = formats::Answer::new(&call.body, &call.knobs);

@@ -8,6 +8,7 @@ mod admin_keys;
 mod bench_smoke;
 mod billing_props;
 mod config_checks;
+mod dashscope;
 mod durability;
 mod errors;
 mod faults;

@@ -1,48 +1,14 @@
 //! The official OpenAI Python SDK, pointed at tollgate, does not notice the difference, even
-//! on a chip that streams bare JSON. The SDK runs from the virtual environment that
-//! `scripts/test` prepares (`.venv`), or the interpreter named by `TOLLGATE_PYTHON`.
+//! on a chip that streams bare JSON (`helpers::python` runs it).
 
 use crate::helpers;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use helpers::{TestApp, expected_cost};
-use serde_json::Value;
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("TOLLGATE_PYTHON") {
-        return python.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "the OpenAI SDK tests need Python with the openai package: run scripts/test (it creates .venv) or set TOLLGATE_PYTHON"
-    );
-    venv
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_openai_sdk_works_on_every_base_url_and_each_call_is_recorded() {
     let app = TestApp::spawn().await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_client.py");
-    let (addr, key) = (app.addr.to_string(), app.key.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(addr)
-            .arg(key)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = helpers::python::run("sdk_client.py", &app).await;
 
     for case in [
         "v1_plain",

@@ -4,6 +4,7 @@
 pub mod binary;
 pub mod ledger;
 pub mod postgres;
+pub mod python;
 pub mod redis;
 
 use std::net::SocketAddr;
