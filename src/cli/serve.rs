@@ -57,7 +57,9 @@ pub(super) async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<(
          curl -s http://{addr}/v1/models -H 'Authorization: Bearer {key}'\n  \
          curl -s http://{addr}/maas/megrez-7b-instruct/chip3/chat/completions -H 'Authorization: Bearer {key}' \\\n    \
          -H 'Content-Type: application/json' -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"你是谁\"}}],\"stream\":true}}'\n  \
-         python: OpenAI(base_url=\"http://{addr}/v1/\", api_key=\"{key}\")\n\
+         python: OpenAI(base_url=\"http://{addr}/v1/\", api_key=\"{key}\")\n  \
+         python: dashscope.base_http_api_url = \"http://{addr}/api/v1\"; \
+         Generation.call(model=\"qwen-plus\", prompt=\"你好\", api_key=\"{key}\")\n\
          {admin}\n\
          Ctrl-C stops it.",
         db.display(),
