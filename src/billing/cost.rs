@@ -1,5 +1,6 @@
-//! Exact cost: integer quantities (tokens, requests) times decimal prices, by unit. The one
-//! formula that records, invoices, reports and balances all use.
+//! Exact cost: integer quantities (tokens, requests, images, tasks, compute time) times
+//! decimal prices, by unit. `Quantities::cost` is the one formula that records, invoices,
+//! reports and balances all use.
 
 use rust_decimal::Decimal;
 
@@ -20,14 +21,22 @@ pub enum Unit {
     OutputTokens,
     /// Completed requests, priced each.
     Requests,
+    /// Images a completed request or task produced, priced each.
+    Images,
+    /// Completed tasks, priced each.
+    Tasks,
+    /// Compute time a backend reported, in milliseconds, priced per second.
+    ComputeMs,
 }
 
 impl Unit {
     /// How many units the unit price is for.
     pub fn per(self) -> u32 {
         match self {
-            Unit::Requests => 1,
-            _ => 1000,
+            Unit::Requests | Unit::Images | Unit::Tasks => 1,
+            Unit::InputTokens | Unit::CachedInputTokens | Unit::OutputTokens | Unit::ComputeMs => {
+                1000
+            }
         }
     }
 
@@ -37,6 +46,9 @@ impl Unit {
             Unit::CachedInputTokens => "cached_input_tokens",
             Unit::OutputTokens => "output_tokens",
             Unit::Requests => "requests",
+            Unit::Images => "images",
+            Unit::Tasks => "tasks",
+            Unit::ComputeMs => "compute_ms",
         }
     }
 }
@@ -72,15 +84,56 @@ impl TokenCounts {
     }
 }
 
-/// The billable quantities of usage, by unit: `cached` is part of `prompt` (never more).
-pub fn quantities(tokens: TokenCounts, requests: u64) -> [(Unit, u64); 4] {
-    let cached = tokens.cached.min(tokens.prompt);
-    [
-        (Unit::InputTokens, tokens.prompt - cached),
-        (Unit::CachedInputTokens, cached),
-        (Unit::OutputTokens, tokens.completion),
-        (Unit::Requests, requests),
-    ]
+/// What a request produced besides tokens: counted only when it completed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Units {
+    pub images: u64,
+    pub tasks: u64,
+    pub compute_ms: u64,
+}
+
+impl Units {
+    pub fn is_zero(&self) -> bool {
+        *self == Units::default()
+    }
+}
+
+/// What a record, or a sum of records, bills: a count per unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quantities {
+    pub tokens: TokenCounts,
+    /// Completed requests (those carry the per-request price).
+    pub requests: u64,
+    pub units: Units,
+}
+
+impl Quantities {
+    /// The count of each unit: `cached` is part of `prompt` (never more).
+    pub fn by_unit(&self) -> [(Unit, u64); 7] {
+        let tokens = self.tokens;
+        let cached = tokens.cached.min(tokens.prompt);
+        [
+            (Unit::InputTokens, tokens.prompt - cached),
+            (Unit::CachedInputTokens, cached),
+            (Unit::OutputTokens, tokens.completion),
+            (Unit::Requests, self.requests),
+            (Unit::Images, self.units.images),
+            (Unit::Tasks, self.units.tasks),
+            (Unit::ComputeMs, self.units.compute_ms),
+        ]
+    }
+
+    /// The exact cost at `price`: the one formula. Checked: only prices and counts beyond
+    /// the bounds of `money` and `config::MAX_REPORTED_TOKENS` could overflow, and then
+    /// this is an error.
+    pub fn cost(&self, price: &PriceVersion) -> Result<Cost, Overflow> {
+        let mut cost = Decimal::ZERO;
+        for (unit, quantity) in self.by_unit() {
+            cost = add(cost, amount(quantity, unit_price(price, unit), unit.per())?)?;
+        }
+        Ok(cost.normalize())
+    }
 }
 
 /// What `price` asks for one `unit.per()` of `unit`.
@@ -90,6 +143,9 @@ pub fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
         Unit::CachedInputTokens => price.cached_input_per_1k(),
         Unit::OutputTokens => price.entry.output_per_1k,
         Unit::Requests => price.entry.per_request,
+        Unit::Images => price.entry.per_image,
+        Unit::Tasks => price.entry.per_task,
+        Unit::ComputeMs => price.entry.per_second,
     }
 }
 
@@ -99,19 +155,20 @@ pub fn amount(quantity: u64, price: Decimal, per: u32) -> Result<Decimal, Overfl
     Ok((mul(Decimal::from(quantity), price)? / Decimal::from(per)).normalize())
 }
 
-/// `charge_request` adds the per-request price; it is false for requests that failed.
-/// Checked: only prices and counts beyond the bounds of `money` and
-/// `config::MAX_REPORTED_TOKENS` could overflow, and then this is an error.
+/// The cost of a request's `tokens`, and of its `units` and its per-request price when it
+/// `completed` (a failed request pays only for the tokens it delivered).
 pub fn cost_of(
     price: &PriceVersion,
     tokens: TokenCounts,
-    charge_request: bool,
+    units: Units,
+    completed: bool,
 ) -> Result<Cost, Overflow> {
-    let mut cost = Decimal::ZERO;
-    for (unit, quantity) in quantities(tokens, u64::from(charge_request)) {
-        cost = add(cost, amount(quantity, unit_price(price, unit), unit.per())?)?;
-    }
-    Ok(cost.normalize())
+    let quantities = Quantities {
+        tokens,
+        requests: u64::from(completed),
+        units: if completed { units } else { Units::default() },
+    };
+    quantities.cost(price)
 }
 
 /// The most `tokens` can cost at `price`, whichever of their prompt tokens turn out cached:
@@ -122,7 +179,7 @@ pub fn worst_cost_of(price: &PriceVersion, tokens: TokenCounts) -> Result<Cost, 
         cached: if cached_dearer { tokens.prompt } else { 0 },
         ..tokens
     };
-    cost_of(price, tokens, true)
+    cost_of(price, tokens, Units::default(), true)
 }
 
 #[cfg(test)]
@@ -143,6 +200,9 @@ mod tests {
                 cached_input_per_1k: cached.map(d),
                 output_per_1k: d(output),
                 per_request: d(per_request),
+                per_image: Decimal::ZERO,
+                per_task: Decimal::ZERO,
+                per_second: Decimal::ZERO,
             },
         }
     }
@@ -157,7 +217,7 @@ mod tests {
         };
         // 176 * 0.004 + 1024 * 0.001 + 3 * 0.016 = 0.704 + 1.024 + 0.048 = 1.776 per 1k
         assert_eq!(
-            cost_of(&p, tokens, true).unwrap(),
+            cost_of(&p, tokens, Units::default(), true).unwrap(),
             Decimal::from_str("0.001776").unwrap()
         );
     }
@@ -171,7 +231,7 @@ mod tests {
             cached: 0,
         };
         assert_eq!(
-            cost_of(&p, tokens, true).unwrap(),
+            cost_of(&p, tokens, Units::default(), true).unwrap(),
             Decimal::from_str("0.0000000004").unwrap()
         );
     }
@@ -181,10 +241,13 @@ mod tests {
         let p = price("0", None, "0", "0.002");
         let none = TokenCounts::default();
         assert_eq!(
-            cost_of(&p, none, true).unwrap(),
+            cost_of(&p, none, Units::default(), true).unwrap(),
             Decimal::from_str("0.002").unwrap()
         );
-        assert_eq!(cost_of(&p, none, false).unwrap(), Decimal::ZERO);
+        assert_eq!(
+            cost_of(&p, none, Units::default(), false).unwrap(),
+            Decimal::ZERO
+        );
     }
 
     #[test]
@@ -196,8 +259,34 @@ mod tests {
             completion: u64::MAX,
             cached: u64::MAX,
         };
-        assert_eq!(cost_of(&p, tokens, true), Err(Overflow));
+        assert_eq!(cost_of(&p, tokens, Units::default(), true), Err(Overflow));
         let fine = price("1000000", None, "1000000", "1000000");
-        assert!(cost_of(&fine, tokens, true).is_ok());
+        assert!(cost_of(&fine, tokens, Units::default(), true).is_ok());
+    }
+
+    #[test]
+    fn images_tasks_and_compute_time_are_priced_when_the_request_completed() {
+        let mut p = price("0.001", None, "0", "0.01");
+        p.entry.per_image = Decimal::from_str("0.25").unwrap();
+        p.entry.per_task = Decimal::from_str("0.5").unwrap();
+        p.entry.per_second = Decimal::from_str("0.003").unwrap();
+        let tokens = TokenCounts {
+            prompt: 1000,
+            ..Default::default()
+        };
+        let units = Units {
+            images: 4,
+            tasks: 1,
+            compute_ms: 1500,
+        };
+        // 0.001 + 0.01 + 4 * 0.25 + 0.5 + 1.5 * 0.003
+        assert_eq!(
+            cost_of(&p, tokens, units, true).unwrap(),
+            Decimal::from_str("1.5155").unwrap()
+        );
+        assert_eq!(
+            cost_of(&p, tokens, units, false).unwrap(),
+            Decimal::from_str("0.001").unwrap()
+        );
     }
 }

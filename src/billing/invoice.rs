@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use super::cost::{self, Unit, amount, unit_price};
+use super::cost::{Unit, amount, unit_price};
 use super::money::{Overflow, add};
-use super::{PriceBook, PriceVersion, TokenCounts, Totals};
+use super::{PriceBook, PriceVersion, Totals};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
@@ -61,25 +61,12 @@ pub fn to_fen(amount: Decimal) -> Decimal {
     fen
 }
 
-/// The quantities of one price version's summed usage, by unit.
-fn quantities(t: &Totals) -> [(Unit, u64); 4] {
-    let count = |n: i64| n.max(0).unsigned_abs();
-    let tokens = TokenCounts {
-        prompt: count(t.prompt_tokens),
-        completion: count(t.completion_tokens),
-        cached: count(t.cached_tokens),
-    };
-    cost::quantities(tokens, count(t.ok_requests))
-}
-
 /// Exact cost of summed usage: the same as the sum of its records' costs.
 pub fn cost_of_sums(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Decimal> {
     let mut cost = Decimal::ZERO;
     for t in totals {
         let price = version(prices, t.price_version_id)?;
-        for (unit, quantity) in quantities(t) {
-            cost = add(cost, amount(quantity, unit_price(price, unit), unit.per())?)?;
-        }
+        cost = add(cost, t.quantities().cost(price)?)?;
     }
     Ok(cost.normalize())
 }
@@ -95,7 +82,7 @@ fn version(prices: &PriceBook, id: i64) -> anyhow::Result<&PriceVersion> {
 pub fn lines(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Vec<Line>> {
     let mut sums: BTreeMap<(String, String, Unit, i64), u64> = BTreeMap::new();
     for t in totals {
-        for (unit, quantity) in quantities(t) {
+        for (unit, quantity) in t.quantities().by_unit() {
             let sum = sums
                 .entry((t.model.clone(), t.chip.clone(), unit, t.price_version_id))
                 .or_default();

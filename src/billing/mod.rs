@@ -13,6 +13,6 @@ pub mod report;
 pub mod report_html;
 pub mod totals;
 
-pub use cost::{Cost, TokenCounts, cost_of};
+pub use cost::{Cost, Quantities, TokenCounts, Units, cost_of};
 pub use prices::{PriceBook, PriceEntry, PriceVersion};
 pub use totals::Totals;

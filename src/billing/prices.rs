@@ -36,6 +36,15 @@ pub struct PriceEntry {
     /// CNY charged once per successful request (rerank, image tasks).
     #[serde(default, deserialize_with = "money_or_zero")]
     pub per_request: Decimal,
+    /// CNY per image a successful request or task produced.
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub per_image: Decimal,
+    /// CNY per task that succeeded (asynchronous chat, workflows).
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub per_task: Decimal,
+    /// CNY per second of compute a backend reported.
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub per_second: Decimal,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +109,9 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
             ("cached_input_per_1k", e.cached_input_per_1k),
             ("output_per_1k", Some(e.output_per_1k)),
             ("per_request", Some(e.per_request)),
+            ("per_image", Some(e.per_image)),
+            ("per_task", Some(e.per_task)),
+            ("per_second", Some(e.per_second)),
         ];
         for (field, price) in prices {
             if let Some(price) = price {
@@ -281,6 +293,9 @@ mod tests {
             cached_input_per_1k: None,
             output_per_1k: Decimal::ZERO,
             per_request: Decimal::ZERO,
+            per_image: Decimal::ZERO,
+            per_task: Decimal::ZERO,
+            per_second: Decimal::ZERO,
         };
         let book = PriceBook::new(vec![
             PriceVersion {

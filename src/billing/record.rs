@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Cost, TokenCounts};
+use super::{Cost, TokenCounts, Units};
 use crate::config::Endpoint;
 
 /// How a request ended.
@@ -84,6 +84,10 @@ pub struct UsageRecord {
     pub http_status: u16,
     pub error: Option<String>,
     pub tokens: TokenCounts,
+    /// Images, tasks and compute time, for requests that completed (none in journals
+    /// written before they were counted).
+    #[serde(default, skip_serializing_if = "Units::is_zero")]
+    pub units: Units,
     pub usage_source: UsageSource,
     pub price_version_id: i64,
     pub cost: Cost,

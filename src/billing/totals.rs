@@ -1,6 +1,8 @@
 //! Summed usage: what invoices, reports and balances are priced from. The store sums
 //! records into these; billing prices them.
 
+use super::cost::{Quantities, TokenCounts, Units};
+
 /// Sums of the records of one (account, key, model, chip, price version[, slot]): enough
 /// to price them exactly, since cost is linear in the token counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,4 +21,27 @@ pub struct Totals {
     pub prompt_tokens: i64,
     pub cached_tokens: i64,
     pub completion_tokens: i64,
+    pub images: i64,
+    pub tasks: i64,
+    pub compute_ms: i64,
+}
+
+impl Totals {
+    /// What these records bill, by unit.
+    pub fn quantities(&self) -> Quantities {
+        let count = |n: i64| n.max(0).unsigned_abs();
+        Quantities {
+            tokens: TokenCounts {
+                prompt: count(self.prompt_tokens),
+                completion: count(self.completion_tokens),
+                cached: count(self.cached_tokens),
+            },
+            requests: count(self.ok_requests),
+            units: Units {
+                images: count(self.images),
+                tasks: count(self.tasks),
+                compute_ms: count(self.compute_ms),
+            },
+        }
+    }
 }

@@ -79,12 +79,16 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
                         "cached_input_per_1k",
                         "output_per_1k",
                         "per_request",
+                        "per_image",
+                        "per_task",
+                        "per_second",
                         "in_force",
                     ];
                     keys.map(field).join("\t")
                 };
                 let header = "id\tmodel\tchip\teffective_from\tinput_per_1k\t\
-                              cached_input_per_1k\toutput_per_1k\tper_request\tin_force";
+                              cached_input_per_1k\toutput_per_1k\tper_request\tper_image\tper_task\t\
+                              per_second\tin_force";
                 std::iter::once(header.to_string())
                     .chain(list.iter().map(line))
                     .collect::<Vec<_>>()

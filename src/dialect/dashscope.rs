@@ -79,8 +79,9 @@ impl Wire for DashScope {
                 .any(|c| finished(c.get("finish_reason")));
     }
 
-    /// Without `incremental_output` each event repeats the answer so far: an event that
-    /// starts with everything delivered replaces it rather than adding to it.
+    /// Without `incremental_output` each event repeats the answer so far: an event longer
+    /// than everything delivered that starts with it replaces it rather than adding to it.
+    /// (Only estimates read this text, when a backend sends no usage at all.)
     fn deliver(&self, seen: &mut Observed, v: &Map<String, Value>) {
         let Some(output) = v.get("output") else {
             return;
@@ -99,7 +100,10 @@ impl Wire for DashScope {
             );
         }
         let delivered = &mut seen.delivered_text;
-        if !delivered.is_empty() && text.starts_with(delivered.as_str()) {
+        if !delivered.is_empty()
+            && text.len() > delivered.len()
+            && text.starts_with(delivered.as_str())
+        {
             *delivered = text;
         } else {
             delivered.push_str(&text);

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::billing::TokenCounts;
+use crate::billing::{TokenCounts, Units};
 use crate::error::openai_error;
 use crate::metering::estimate::collect_text;
 
@@ -19,6 +19,8 @@ pub struct Observed {
     pub finished: bool,
     pub blocked: bool,
     pub moderation: Option<String>,
+    /// Images, tasks and compute time the answer reports (dialects that bill them).
+    pub units: Units,
 }
 
 impl Observed {

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use super::request::ClientRequest;
 use crate::auth::Caller;
 use crate::billing::record::{Status, UsageRecord, UsageSource};
-use crate::billing::{PriceVersion, TokenCounts, cost_of};
+use crate::billing::{PriceVersion, TokenCounts, Units, cost_of};
 use crate::dialect::observe::Observed;
 use crate::error::ApiError;
 use crate::limits::Admission;
@@ -227,7 +227,13 @@ impl Exchange {
                 tokens = capped;
             }
         }
-        let cost = cost_of(&served.price, tokens, status == Status::Ok).unwrap_or_else(|_| {
+        let completed = status == Status::Ok;
+        let units = if completed {
+            observed.units
+        } else {
+            Units::default()
+        };
+        let cost = cost_of(&served.price, tokens, units, completed).unwrap_or_else(|_| {
             // Only prices beyond the bounds checked at start-up get here.
             tracing::error!(request_id = %self.request_id, "cost out of range; billed nothing");
             Decimal::ZERO
@@ -247,6 +253,7 @@ impl Exchange {
             http_status,
             error,
             tokens,
+            units,
             usage_source,
             price_version_id: served.price.id,
             cost,

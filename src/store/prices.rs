@@ -16,6 +16,9 @@ fn from_row(row: &impl Read) -> Result<PriceVersion> {
             cached_input_per_1k: row.money_or_null("cached_input_per_1k")?,
             output_per_1k: row.money("output_per_1k")?,
             per_request: row.money("per_request")?,
+            per_image: row.money("per_image")?,
+            per_task: row.money("per_task")?,
+            per_second: row.money("per_second")?,
         },
     })
 }
@@ -68,8 +71,9 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
             }
             sqlx::query(
                 "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
-                    cached_input_per_1k, output_per_1k, per_request, recorded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    cached_input_per_1k, output_per_1k, per_request, per_image, per_task,
+                    per_second, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(&entry.model)
             .bind(&entry.chip)
@@ -78,6 +82,9 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
             .bind(entry.cached_input_per_1k.map(Money))
             .bind(Money(entry.output_per_1k))
             .bind(Money(entry.per_request))
+            .bind(Money(entry.per_image))
+            .bind(Money(entry.per_task))
+            .bind(Money(entry.per_second))
             .bind(to_ms(Utc::now()))
             .execute(&mut *tx)
             .await?;
@@ -110,4 +117,7 @@ fn same_prices(a: &PriceEntry, b: &PriceEntry) -> bool {
         && a.cached_input_per_1k == b.cached_input_per_1k
         && a.output_per_1k == b.output_per_1k
         && a.per_request == b.per_request
+        && a.per_image == b.per_image
+        && a.per_task == b.per_task
+        && a.per_second == b.per_second
 }

@@ -140,6 +140,9 @@ usage_columns!(r, row => {
     prompt_tokens: i64 = (r.tokens.prompt as i64),
     completion_tokens: i64 = (r.tokens.completion as i64),
     cached_tokens: i64 = (r.tokens.cached as i64),
+    images: i64 = (r.units.images as i64),
+    tasks: i64 = (r.units.tasks as i64),
+    compute_ms: i64 = (r.units.compute_ms as i64),
     usage_source: String = r.usage_source.as_str(),
     price_version_id: i64 = r.price_version_id,
     cost: Decimal = r.cost.to_string(); read row.money("cost")?; pg r.cost,
@@ -269,7 +272,10 @@ pub async fn totals(
                 CAST(SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS BIGINT) AS ok_requests,
                 CAST(SUM(prompt_tokens) AS BIGINT) AS prompt,
                 CAST(SUM(cached_tokens) AS BIGINT) AS cached,
-                CAST(SUM(completion_tokens) AS BIGINT) AS completion
+                CAST(SUM(completion_tokens) AS BIGINT) AS completion,
+                CAST(SUM(images) AS BIGINT) AS images,
+                CAST(SUM(tasks) AS BIGINT) AS tasks,
+                CAST(SUM(compute_ms) AS BIGINT) AS compute_ms
          FROM usage_records WHERE started_at >= $1 AND started_at < $2 AND {scope}
          GROUP BY account_id, key_id, model, chip, price_version_id, slot",
         scope = match scope {
@@ -307,5 +313,8 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
         prompt_tokens: r.read("prompt")?,
         cached_tokens: r.read("cached")?,
         completion_tokens: r.read("completion")?,
+        images: r.read("images")?,
+        tasks: r.read("tasks")?,
+        compute_ms: r.read("compute_ms")?,
     })
 }

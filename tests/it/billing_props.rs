@@ -2,8 +2,8 @@
 //! total, to the last decimal (and nobody else's records count), the accounts' invoices add
 //! up to the all-accounts report, and an invoice total = the sum of its lines rounded
 //! half-up to the fen. Prices carry up to 8 decimals and change mid-period; records sit on
-//! both sides of local midnight. Money inputs near every bound give clean errors, never a
-//! panic.
+//! both sides of local midnight; records bill images, tasks and compute time besides
+//! tokens. Money inputs near every bound give clean errors, never a panic.
 
 use crate::helpers;
 
@@ -14,7 +14,7 @@ use tollgate::billing::invoice::{InvoiceStatus, to_fen};
 use tollgate::billing::period::Month;
 use tollgate::billing::record::{Status, UsageRecord, UsageSource};
 use tollgate::billing::report::{self, Dimension, Names};
-use tollgate::billing::{PriceBook, PriceEntry, TokenCounts, cost_of};
+use tollgate::billing::{PriceBook, PriceEntry, TokenCounts, Units, cost_of};
 use tollgate::domain::invoices::Ledger;
 use tollgate::store;
 
@@ -28,6 +28,7 @@ struct Usage {
     prompt: u64,
     cached: u64,
     completion: u64,
+    units: Units,
     ok: bool,
     /// Index into the boundary instants.
     when: usize,
@@ -43,18 +44,35 @@ fn usage() -> impl Strategy<Value = Usage> {
         0u64..200_000,
         0u64..100_000,
         0u64..50_000,
+        (0u64..5, 0u64..2, 0u64..90_000),
         any::<bool>(),
         0usize..6,
     )
         .prop_map(
-            |(tenant, version, prompt, cached, completion, ok, when)| Usage {
+            |(
                 tenant,
                 version,
                 prompt,
-                cached: cached.min(prompt),
+                cached,
                 completion,
+                (images, tasks, compute_ms),
                 ok,
                 when,
+            )| {
+                Usage {
+                    tenant,
+                    version,
+                    prompt,
+                    cached: cached.min(prompt),
+                    completion,
+                    units: Units {
+                        images,
+                        tasks,
+                        compute_ms,
+                    },
+                    ok,
+                    when,
+                }
             },
         )
 }
@@ -84,7 +102,19 @@ fn instants() -> Vec<DateTime<Utc>> {
     ]
 }
 
-async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Usage>) {
+/// A price version's prices: input, cached input, output, per request, per image, per
+/// task, per second.
+type Prices = (
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+    Decimal,
+);
+
+async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
     let dir = tempfile::tempdir().unwrap();
     let helpers::BareLedger {
         database,
@@ -110,19 +140,26 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
     let entries: Vec<PriceEntry> = prices
         .iter()
         .enumerate()
-        .map(|(i, (input, cached, output, per_request))| PriceEntry {
-            model: "m".into(),
-            chip: if i % 2 == 0 { "a" } else { "b" }.into(),
-            effective_from: if i < 2 {
-                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
-            } else {
-                mid
+        .map(
+            |(i, (input, cached, output, per_request, per_image, per_task, per_second))| {
+                PriceEntry {
+                    model: "m".into(),
+                    chip: if i % 2 == 0 { "a" } else { "b" }.into(),
+                    effective_from: if i < 2 {
+                        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+                    } else {
+                        mid
+                    },
+                    input_per_1k: *input,
+                    cached_input_per_1k: Some(*cached),
+                    output_per_1k: *output,
+                    per_request: *per_request,
+                    per_image: *per_image,
+                    per_task: *per_task,
+                    per_second: *per_second,
+                }
             },
-            input_per_1k: *input,
-            cached_input_per_1k: Some(*cached),
-            output_per_1k: *output,
-            per_request: *per_request,
-        })
+        )
         .collect();
     store::prices::sync(&db, &entries).await.unwrap();
     let versions = store::prices::all(&db).await.unwrap();
@@ -138,7 +175,8 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
             completion: u.completion,
             cached: u.cached,
         };
-        let cost = cost_of(version, tokens, u.ok).unwrap();
+        let units = if u.ok { u.units } else { Units::default() };
+        let cost = cost_of(version, tokens, units, u.ok).unwrap();
         let started_at = instants[u.when];
         let (account, key) = TENANTS[u.tenant];
         if started_at >= start && started_at < end {
@@ -157,6 +195,7 @@ async fn check(prices: Vec<(Decimal, Decimal, Decimal, Decimal)>, usages: Vec<Us
             http_status: 200,
             error: None,
             tokens,
+            units,
             usage_source: UsageSource::Reported,
             price_version_id: version.id,
             cost,
@@ -263,7 +302,10 @@ proptest! {
 
     #[test]
     fn records_invoice_and_rounding_agree(
-        prices in proptest::collection::vec((price(), price(), price(), price()), 4),
+        prices in proptest::collection::vec(
+            (price(), price(), price(), price(), price(), price(), price()),
+            4,
+        ),
         usages in proptest::collection::vec(usage(), 0..60),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -336,10 +378,15 @@ proptest! {
                 cached_input_per_1k: Some(amount),
                 output_per_1k: price,
                 per_request: price,
+                per_image: price,
+                per_task: price,
+                per_second: price,
             },
         };
         let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2 };
-        let cost = cost_of(&version, tokens, true);
+        let units = Units { images: counts.0, tasks: counts.1, compute_ms: counts.2 };
+        let cost = cost_of(&version, tokens, Units::default(), true);
+        let _ = cost_of(&version, tokens, units, true);
         let bounded = within(MAX_PRICE, price)
             && within(MAX_PRICE, amount)
             && tokens.prompt <= MAX_REPORTED_TOKENS
@@ -366,6 +413,9 @@ proptest! {
                 prompt_tokens: sums.1,
                 cached_tokens: sums.2,
                 completion_tokens: sums.1,
+                images: sums.0,
+                tasks: sums.2,
+                compute_ms: sums.1,
             };
             3
         ];

@@ -194,6 +194,9 @@ async fn a_finalized_invoice_is_the_same_bytes_forever() {
         cached_input_per_1k: None,
         output_per_1k: dec("9"),
         per_request: dec("0"),
+        per_image: dec("0"),
+        per_task: dec("0"),
+        per_second: dec("0"),
     };
     assert_eq!(
         tollgate::store::prices::sync(app.state.db(), &[new_price])

@@ -54,6 +54,9 @@ async fn fixture_with(synchronous: &str) -> Fixture {
         cached_input_per_1k: None,
         output_per_1k: Decimal::new(2, 3),
         per_request: Decimal::ZERO,
+        per_image: Decimal::ZERO,
+        per_task: Decimal::ZERO,
+        per_second: Decimal::ZERO,
     };
     store::prices::sync(&db, &[price]).await.unwrap();
     let version = store::prices::all(&db).await.unwrap().remove(0);
@@ -84,6 +87,7 @@ async fn fixture_with(synchronous: &str) -> Fixture {
             completion: 20,
             cached: 0,
         },
+        units: Default::default(),
         usage_source: UsageSource::Reported,
         price_version_id: version.id,
         cost: Decimal::new(5, 5),

@@ -129,6 +129,7 @@ pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::R
             completion: 30,
             cached: 0,
         },
+        units: Default::default(),
         usage_source: UsageSource::Reported,
         price_version_id: version.id,
         cost: rust_decimal::Decimal::new(864, 7),
