@@ -112,6 +112,7 @@ impl Application {
             tasks: TaskTracker::new(),
         }));
         crate::state::spawn_maintenance(&state);
+        crate::proxy::tasks::spawn_expiry(&state);
         Ok(Application {
             listener,
             state,

@@ -7,6 +7,7 @@ pub mod invoices;
 pub mod keys;
 pub mod prices;
 pub mod reports;
+pub mod tasks;
 pub mod usage;
 
 use axum::Router;
@@ -27,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .merge(prices::router())
         .merge(reports::router())
         .merge(usage::router())
+        .merge(tasks::router())
 }
 
 /// A caller with the `admin` role.

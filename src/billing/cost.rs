@@ -171,15 +171,19 @@ pub fn cost_of(
     quantities.cost(price)
 }
 
-/// The most `tokens` can cost at `price`, whichever of their prompt tokens turn out cached:
-/// what a spending hold must cover.
-pub fn worst_cost_of(price: &PriceVersion, tokens: TokenCounts) -> Result<Cost, Overflow> {
+/// The most `tokens` and `units` can cost at `price`, whichever of their prompt tokens turn
+/// out cached: what a spending hold must cover.
+pub fn worst_cost_of(
+    price: &PriceVersion,
+    tokens: TokenCounts,
+    units: Units,
+) -> Result<Cost, Overflow> {
     let cached_dearer = price.cached_input_per_1k() > price.entry.input_per_1k;
     let tokens = TokenCounts {
         cached: if cached_dearer { tokens.prompt } else { 0 },
         ..tokens
     };
-    cost_of(price, tokens, Units::default(), true)
+    cost_of(price, tokens, units, true)
 }
 
 #[cfg(test)]

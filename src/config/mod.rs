@@ -87,6 +87,12 @@ pub struct LimitsConfig {
     pub reserve_max_tokens: u64,
     /// Reads of `GET /v1/usage` per minute per key (apart from its rpm).
     pub usage_rpm: u32,
+    /// Polls of asynchronous tasks per minute per key (apart from its rpm: the submission
+    /// counted there).
+    pub poll_rpm: u32,
+    /// A task not polled to its end within this is expired: recorded as a `timeout`,
+    /// at no cost (`GET /admin/v1/tasks` shows those still pending).
+    pub task_expiry_secs: u64,
     /// With a PostgreSQL ledger: how long a spending hold stays pending before the
     /// reconciler voids it (its replica died before the request's record arrived).
     pub hold_expiry_secs: u64,
@@ -160,6 +166,8 @@ impl Default for LimitsConfig {
             default_tpm: None,
             reserve_max_tokens: 4096,
             usage_rpm: 60,
+            poll_rpm: 120,
+            task_expiry_secs: 24 * 3600,
             hold_expiry_secs: 600,
             postpaid_when_ledger_down: PostpaidFallback::Admit,
             store: LimitStoreKind::Local,
@@ -486,8 +494,13 @@ impl Config {
         if self.limits.default_rpm == 0
             || self.limits.default_tpm == Some(0)
             || self.limits.usage_rpm == 0
+            || self.limits.poll_rpm == 0
+            || self.limits.task_expiry_secs == 0
         {
-            bail!("limits.default_rpm, limits.default_tpm and limits.usage_rpm must be at least 1");
+            bail!(
+                "limits.default_rpm, default_tpm, usage_rpm, poll_rpm and task_expiry_secs \
+                 must be at least 1"
+            );
         }
         if self.limits.store == LimitStoreKind::Redis {
             let Some(url) = &self.redis.url else {

@@ -15,6 +15,12 @@ pub enum Endpoint {
     Rerank,
     /// DashScope's native text generation (`input`, `parameters`, `output`).
     Generation,
+    /// Image generation (`/images/generations`), billed per image.
+    Images,
+    /// Chat as an asynchronous task (Zhipu's `/async/chat/completions`): submitted, then
+    /// polled to its end, billed once when it first reports success. Served by the `chat`
+    /// upstreams whose dialect has such tasks; no upstream is configured with it.
+    AsyncChat,
 }
 
 impl Endpoint {
@@ -24,12 +30,17 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Rerank => "rerank",
             Endpoint::Generation => "generation",
+            Endpoint::Images => "images",
+            Endpoint::AsyncChat => "async_chat",
         }
     }
 
     /// Whether answers have completion tokens (and so a `max_tokens` to reserve).
     pub fn completes(self) -> bool {
-        matches!(self, Endpoint::Chat | Endpoint::Generation)
+        matches!(
+            self,
+            Endpoint::Chat | Endpoint::Generation | Endpoint::AsyncChat
+        )
     }
 }
 
@@ -50,6 +61,9 @@ pub enum Dialect {
     Openai,
     /// DashScope's native API (Qwen): `input` / `parameters` / `output`, SSE `event:result`.
     Dashscope,
+    /// Zhipu's GLM API (`/api/paas/v4`): OpenAI-shaped chat, asynchronous chat tasks,
+    /// CogView images.
+    Zhipu,
 }
 
 impl Dialect {
@@ -57,6 +71,7 @@ impl Dialect {
         match self {
             Dialect::Openai => "openai",
             Dialect::Dashscope => "dashscope",
+            Dialect::Zhipu => "zhipu",
         }
     }
 
@@ -206,6 +221,9 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
         }
         if up.weight == 0 {
             bail!("{name}: weight must be at least 1");
+        }
+        if up.endpoint() == Endpoint::AsyncChat {
+            bail!("{name}: async_chat is served by chat upstreams whose dialect has tasks");
         }
         if crate::dialect::wire(up.dialect)
             .path(up.endpoint())

@@ -11,10 +11,12 @@ pub mod observe;
 
 pub mod dashscope;
 mod openai;
+mod zhipu;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::billing::Units;
 use crate::config::{Dialect, Endpoint, StreamFormat};
 use framing::Event;
 use observe::Observed;
@@ -83,6 +85,45 @@ pub trait Wire: Sync {
     fn length_end(&self, last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
         openai::length_end(last, relay)
     }
+
+    /// What a whole answer bills besides tokens: an image generation's `data` entries.
+    fn units(&self, endpoint: Endpoint, answer: &Map<String, Value>) -> Units {
+        let images = match endpoint {
+            Endpoint::Images => answer
+                .get("data")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
+            _ => 0,
+        };
+        Units {
+            images: images as u64,
+            ..Units::default()
+        }
+    }
+
+    /// Where a task submitted to this dialect is polled, under the upstream's `base_url`;
+    /// `None` if it has no tasks.
+    fn task_path(&self, _task_id: &str) -> Option<String> {
+        None
+    }
+
+    /// The task id a submission's answer gives.
+    fn task_id(&self, _submitted: &Map<String, Value>) -> Option<String> {
+        None
+    }
+
+    /// Where a task stands, from a poll's answer; `None` if the answer does not say.
+    fn task_state(&self, _result: &Map<String, Value>) -> Option<TaskState> {
+        None
+    }
+}
+
+/// Where an asynchronous task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Pending,
+    Succeeded,
+    Failed,
 }
 
 /// What a relay knows that a frame may need.
@@ -100,5 +141,6 @@ pub fn wire(dialect: Dialect) -> &'static dyn Wire {
     match dialect {
         Dialect::Openai => &openai::OpenAi,
         Dialect::Dashscope => &dashscope::DashScope,
+        Dialect::Zhipu => &zhipu::Zhipu,
     }
 }

@@ -22,7 +22,8 @@ pub fn path(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::Chat => Some("/chat/completions"),
         Endpoint::Embeddings => Some("/embeddings"),
         Endpoint::Rerank => Some("/rerank"),
-        Endpoint::Generation => None,
+        Endpoint::Images => Some("/images/generations"),
+        Endpoint::Generation | Endpoint::AsyncChat => None,
     }
 }
 

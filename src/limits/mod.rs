@@ -36,6 +36,8 @@ pub struct Limits {
     replicas: AtomicU32,
     /// Reads of a key's own usage, per key (`limits.usage_rpm`), in this process.
     usage_reads: RequestLimits,
+    /// Polls of asynchronous tasks, per key (`limits.poll_rpm`), in this process.
+    task_polls: RequestLimits,
 }
 
 /// One count of a request against a key's limits: refused if either quota has a
@@ -57,6 +59,23 @@ pub struct Admission {
     in_redis: bool,
 }
 
+impl Admission {
+    /// Nothing counted and nothing reserved: what settling a task's end needs (its
+    /// submission was the request the limits counted).
+    pub fn nothing() -> Admission {
+        Admission {
+            requests: RequestQuota {
+                limit: 0,
+                remaining: 0,
+                reset: Duration::ZERO,
+                retry_after: None,
+            },
+            tokens: None,
+            in_redis: false,
+        }
+    }
+}
+
 impl Limits {
     /// Limits counted where `config.store` says; Redis's failures count in `errors`.
     pub fn new(
@@ -75,6 +94,7 @@ impl Limits {
             fallback: redis.fallback,
             replicas: AtomicU32::new(1),
             usage_reads: RequestLimits::new(),
+            task_polls: RequestLimits::new(),
         })
     }
 
@@ -186,21 +206,15 @@ impl Limits {
     /// limit, `limits.usage_rpm` (each read makes the ledger import first, so it is not
     /// free); it spends nothing of the key's rpm. 429 (with the headers) when over.
     pub fn admit_usage_read(&self, caller: &Caller) -> Result<RequestQuota, ApiError> {
-        let requests = self
-            .usage_reads
-            .check(caller.limit_id(), self.config.usage_rpm);
-        match requests.retry_after {
-            None => Ok(requests),
-            Some(wait) => {
-                let limit = requests.limit.into();
-                Err(throttled(
-                    "usage reads per minute",
-                    limit,
-                    wait,
-                    HeaderMap::new(),
-                ))
-            }
-        }
+        let rpm = self.config.usage_rpm;
+        side_count(&self.usage_reads, caller, rpm, "usage reads per minute")
+    }
+
+    /// Counts a poll of an asynchronous task against the key's `limits.poll_rpm` (apart
+    /// from its rpm, which counted the submission). 429 when over.
+    pub fn admit_poll(&self, caller: &Caller) -> Result<RequestQuota, ApiError> {
+        let rpm = self.config.poll_rpm;
+        side_count(&self.task_polls, caller, rpm, "task polls per minute")
     }
 
     /// Gives back (or takes) the difference between the reservation and the real usage,
@@ -235,6 +249,26 @@ impl Limits {
     pub fn sweep(&self) {
         self.local.sweep();
         self.usage_reads.sweep();
+        self.task_polls.sweep();
+    }
+}
+
+/// One count against a per-key limit beside the key's rpm.
+fn side_count(
+    limiter: &RequestLimits,
+    caller: &Caller,
+    rpm: u32,
+    what: &str,
+) -> Result<RequestQuota, ApiError> {
+    let requests = limiter.check(caller.limit_id(), rpm);
+    match requests.retry_after {
+        None => Ok(requests),
+        Some(wait) => Err(throttled(
+            what,
+            requests.limit.into(),
+            wait,
+            HeaderMap::new(),
+        )),
     }
 }
 

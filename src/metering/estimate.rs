@@ -78,7 +78,12 @@ pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) 
         tokens
     };
     match endpoint {
-        Endpoint::Chat => chat(body.get("messages"), &mut count),
+        Endpoint::Chat | Endpoint::AsyncChat => chat(body.get("messages"), &mut count),
+        Endpoint::Images => {
+            let mut text = String::new();
+            collect_text(body.get("prompt"), &mut text);
+            count(&text)
+        }
         // DashScope: `input.messages`, or `input.prompt` (one user turn).
         Endpoint::Generation => {
             let input = body.get("input");

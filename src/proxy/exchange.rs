@@ -14,6 +14,7 @@ use super::detach::Detachable;
 use super::settle::{Exchange, Outcome, Served, finish};
 use super::stream;
 use crate::billing::record::Status;
+use crate::config::Endpoint;
 use crate::dialect::observe::{self, Observed};
 use crate::error::{ApiError, openai_error};
 use crate::state::AppState;
@@ -56,6 +57,11 @@ async fn run(state: AppState, ex: Exchange, respond: oneshot::Sender<Response>) 
             return;
         }
     };
+    if upstream_response.status().is_success() && ex.request.endpoint == Endpoint::AsyncChat {
+        let response = super::tasks::submitted(&state, &ex, &served, upstream_response).await;
+        let _ = respond.send(response);
+        return;
+    }
     if !upstream_response.status().is_success() {
         let error = upstream_error(&served.upstream, upstream_response).await;
         let outcome = Outcome::failed(Status::UpstreamError, &error);
@@ -96,7 +102,10 @@ async fn connect(
             upstream: upstream.clone(),
             price,
         };
-        let mut request = axum::http::Request::post(upstream.url.clone())
+        let url = upstream
+            .url_for(ex.request.endpoint)
+            .map_err(|e| (None, e))?;
+        let mut request = axum::http::Request::post(url)
             .header(header::HOST, upstream.host.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(REQUEST_ID, &ex.request_id);
@@ -183,10 +192,15 @@ async fn complete(
     }
     let mut observed = Observed::default();
     wire.observe(&mut observed, &parsed);
-    if observed.usage.is_none() {
-        // Only an estimate needs the answer's text, so only then is all of it parsed.
+    let endpoint = ex.request.endpoint;
+    // Only an estimate, or units counted in the answer's long part (an image generation's
+    // `data`), need all of it: only then is all of it parsed.
+    if observed.usage.is_none() || endpoint == Endpoint::Images {
         if let Ok(whole) = serde_json::from_slice::<Map<String, Value>>(&body) {
-            wire.deliver(&mut observed, &whole);
+            if observed.usage.is_none() {
+                wire.deliver(&mut observed, &whole);
+            }
+            observed.units = wire.units(endpoint, &whole);
         }
     }
     let outcome = Outcome {
@@ -202,7 +216,7 @@ async fn complete(
 
 /// Reads a whole body within `limit` bytes, each read within `idle`. A body that comes in
 /// one piece (the usual small answer) is kept as it came, without a copy.
-async fn read_body(
+pub(super) async fn read_body(
     mut response: UpstreamResponse,
     limit: usize,
     idle: Duration,

@@ -18,6 +18,7 @@ use super::exchange;
 use super::own_usage;
 use super::request::ClientRequest;
 use super::settle::Exchange;
+use super::tasks;
 use crate::auth::Caller;
 use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
@@ -46,6 +47,18 @@ pub fn router() -> Router<AppState> {
         )
         .route("/maas/v1/chat/completions", by_policy(Endpoint::Chat))
         .route("/v1/chat/completions", by_policy(Endpoint::Chat))
+        // Zhipu's base URL (`/api/paas/v4`): chat, images, asynchronous chat tasks.
+        .route("/api/paas/v4/chat/completions", by_policy(Endpoint::Chat))
+        .route(
+            "/api/paas/v4/images/generations",
+            by_policy(Endpoint::Images),
+        )
+        .route("/v1/images/generations", by_policy(Endpoint::Images))
+        .route(
+            "/api/paas/v4/async/chat/completions",
+            by_policy(Endpoint::AsyncChat),
+        )
+        .route("/api/paas/v4/async-result/{id}", get(tasks::poll))
         // DashScope's OpenAI-compatible base URL.
         .route(
             "/compatible-mode/v1/chat/completions",
@@ -82,6 +95,8 @@ impl Target {
             (_, Endpoint::Embeddings) => "embeddings",
             (_, Endpoint::Rerank) => "rerank",
             (_, Endpoint::Generation) => "generation",
+            (_, Endpoint::Images) => "images",
+            (_, Endpoint::AsyncChat) => "async_chat",
             (Target::Pair(..), Endpoint::Chat) => "chat_mxn",
             (Target::Policy, Endpoint::Chat) => "chat_model",
             (Target::Deployment(_), Endpoint::Chat) => "chat_deployment",
@@ -209,6 +224,19 @@ async fn proxy(
     let route = target.route_label(endpoint);
     let candidates = match target {
         Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
+        // A task runs on the chat upstreams whose dialect has tasks.
+        Target::Policy if endpoint == Endpoint::AsyncChat => {
+            let model = request.model()?;
+            let mut chat =
+                upstreams.candidates(Endpoint::Chat, model, &state.prices(), started_at)?;
+            chat.retain(|u| u.wire.path(Endpoint::AsyncChat).is_some());
+            if chat.is_empty() {
+                return Err(ApiError::NotFound(format!(
+                    "model '{model}' does not run as asynchronous tasks here"
+                )));
+            }
+            chat
+        }
         Target::Policy => {
             upstreams.candidates(endpoint, request.model()?, &state.prices(), started_at)?
         }
@@ -290,10 +318,11 @@ async fn hold_worst_case(
     }
     // Priced at the dearest chip it may fail over to: the hold covers whichever serves.
     let tokens = request.worst_case(state.config().limits.reserve_max_tokens);
+    let units = request.worst_units();
     let mut worst = None;
     for upstream in candidates {
         if let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) {
-            let cost = worst_cost_of(&price, tokens)?;
+            let cost = worst_cost_of(&price, tokens, units)?;
             worst = Some(worst.map_or(cost, |w: rust_decimal::Decimal| w.max(cost)));
         }
     }

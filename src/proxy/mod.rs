@@ -11,6 +11,7 @@ pub mod own_usage;
 pub mod request;
 pub mod settle;
 pub mod stream;
+pub mod tasks;
 
 /// Where they were before dialects had a home of their own.
 pub use crate::dialect::{framing, observe};

@@ -12,7 +12,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::billing::TokenCounts;
+use crate::billing::{TokenCounts, Units};
 use crate::config::{Endpoint, MAX_COMPLETION_TOKENS};
 use crate::error::ApiError;
 use crate::metering::estimate;
@@ -43,7 +43,7 @@ pub struct ClientRequest {
 /// The most answers one request may ask for (`n`).
 pub const MAX_CHOICES: u64 = 128;
 /// The members of a body that carry its prompt.
-const PROMPT_MEMBERS: [&str; 4] = ["messages", "input", "query", "documents"];
+const PROMPT_MEMBERS: [&str; 5] = ["messages", "input", "query", "documents", "prompt"];
 /// Tokens a chat template may add per message, beyond its text (OpenAI counts 3 or 4).
 const FRAMING_PER_MESSAGE: u64 = 8;
 
@@ -199,6 +199,20 @@ impl ClientRequest {
             prompt: self.prompt_bound(),
             completion,
             cached: 0,
+        }
+    }
+
+    /// The most the request can produce besides tokens: `n` images from an image
+    /// generation, one task from a task submission.
+    pub fn worst_units(&self) -> Units {
+        Units {
+            images: if self.endpoint == Endpoint::Images {
+                self.choices
+            } else {
+                0
+            },
+            tasks: u64::from(self.endpoint == Endpoint::AsyncChat),
+            compute_ms: 0,
         }
     }
 

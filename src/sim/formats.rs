@@ -19,6 +19,9 @@ pub enum Profile {
     Bare,
     /// LMDeploy/InternLM: SSE with `moderation`, `finish_reason: ""` until the end, flat errors.
     InternLm,
+    /// Zhipu GLM (`/api/paas/v4`): SSE, usage on the last chunk always, errors as
+    /// `{"error":{"code":"1301","message":...}}` with a numeric code in a string.
+    Zhipu,
 }
 
 impl Profile {
@@ -28,6 +31,7 @@ impl Profile {
             "genstudio" => Some(Profile::GenStudio),
             "bare" => Some(Profile::Bare),
             "internlm" => Some(Profile::InternLm),
+            "zhipu" => Some(Profile::Zhipu),
             _ => None,
         }
     }
@@ -114,6 +118,9 @@ fn inband_error(profile: Profile) -> Value {
         }
         Profile::OpenAi => {
             json!({"error": {"message": "the model crashed", "type": "server_error", "code": 500}})
+        }
+        Profile::Zhipu => {
+            json!({"error": {"code": "1301", "message": "系统检测到输入或生成内容可能包含不安全或敏感内容"}})
         }
     }
 }

@@ -1,11 +1,14 @@
 //! A simulated LLM backend on loopback, speaking each documented wire format, for the demo,
 //! the tests and the benchmark. The profile is the first path segment
 //! (`/{openai|genstudio|bare|internlm}/chat/completions`, `/embeddings`, `/rerank`;
-//! `/dashscope/services/aigc/text-generation/generation`); a request can steer it with an
-//! `x_sim` object in its body (see [`Knobs`]).
+//! `/dashscope/services/aigc/text-generation/generation`; Zhipu's
+//! `/zhipu/async/chat/completions`, `/zhipu/async-result/{id}` and
+//! `/zhipu/images/generations`); a request can steer it with an `x_sim` object in its body
+//! (see [`Knobs`]).
 
 mod dashscope;
 mod formats;
+mod zhipu;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +51,10 @@ pub struct Knobs {
     /// Send exactly these bytes as the body (a fixture), `split` bytes per network write.
     pub raw: Option<String>,
     pub split: Option<usize>,
+    /// Polls of an asynchronous task answered `PROCESSING` before it ends (default 1).
+    pub polls: Option<u32>,
+    /// Images an image generation makes (default: the request's `n`, or 1).
+    pub images: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -79,12 +86,18 @@ pub enum Fault {
     Garbage,
     /// Moderation stops the answer (`"blocked": true`).
     Blocked,
+    /// An asynchronous task ends `FAILED`.
+    TaskFailed,
+    /// The first poll of an asynchronous task answers HTTP 500; later ones as usual.
+    PollError,
 }
 
 /// What the last request looked like, for tests to check what tollgate forwarded.
 #[derive(Default)]
 struct Seen {
     last: Mutex<Value>,
+    /// Zhipu's asynchronous tasks.
+    tasks: zhipu::Tasks,
 }
 
 pub fn router() -> Router {
@@ -96,6 +109,9 @@ pub fn router() -> Router {
             "/dashscope/services/aigc/text-generation/generation",
             post(dashscope_generation),
         )
+        .route("/zhipu/async/chat/completions", post(zhipu_submit))
+        .route("/zhipu/async-result/{id}", get(zhipu_poll))
+        .route("/zhipu/images/generations", post(zhipu_images))
         .route("/_sim/last", get(last))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20)) // long prompts, as real backends take
         .with_state(Arc::new(Seen::default()))
@@ -217,6 +233,24 @@ async fn dashscope_generation(
         Err(response) => return response,
     };
     dashscope::generation(&headers, &call.body, &call.knobs)
+}
+
+async fn zhipu_submit(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
+    match accept(&seen, "zhipu", &headers, body).await {
+        Ok(call) => seen.tasks.submit(&call.body, call.knobs),
+        Err(response) => response,
+    }
+}
+
+async fn zhipu_poll(State(seen): State<Arc<Seen>>, Path(id): Path<String>) -> Response {
+    seen.tasks.poll(&id)
+}
+
+async fn zhipu_images(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
+    match accept(&seen, "zhipu", &headers, body).await {
+        Ok(call) => zhipu::images(&call.body, &call.knobs),
+        Err(response) => response,
+    }
 }
 
 async fn embeddings(

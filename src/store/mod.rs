@@ -13,6 +13,7 @@ pub mod prices;
 pub mod replicas;
 pub mod signal;
 pub mod sqlite;
+pub mod tasks;
 pub mod usage;
 
 use std::path::PathBuf;

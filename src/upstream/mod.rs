@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::billing::PriceBook;
-use crate::config::{Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
+use crate::config::{BaseUrl, Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
 use crate::dialect::{self, Wire};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, PairMetrics};
@@ -39,6 +39,8 @@ pub struct Upstream {
     authorization: Option<HeaderValue>,
     /// What its wire format means (`crate::dialect`).
     pub wire: &'static dyn Wire,
+    /// Where its other paths are (a task's submission and polls).
+    base_url: BaseUrl,
     /// How its streams are framed: its config's, or its dialect's when that says `auto`.
     pub stream_format: StreamFormat,
     pub stream_options: bool,
@@ -63,6 +65,32 @@ impl fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// The URL a request for `endpoint` goes to: its own, or another path its dialect
+    /// has (a task's submission to a chat upstream).
+    pub fn url_for(&self, endpoint: Endpoint) -> Result<axum::http::Uri, ApiError> {
+        if endpoint == self.endpoint {
+            return Ok(self.url.clone());
+        }
+        let path = self.wire.path(endpoint).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "{}/{} does not serve {}",
+                self.model,
+                self.chip,
+                endpoint.as_str()
+            ))
+        })?;
+        self.base_url.join(path).map_err(ApiError::Internal)
+    }
+
+    /// The URL that polls the task `task_id`.
+    pub fn task_url(&self, task_id: &str) -> Result<axum::http::Uri, ApiError> {
+        let path = self
+            .wire
+            .task_path(task_id)
+            .ok_or_else(|| ApiError::NotFound("this backend has no tasks".into()))?;
+        self.base_url.join(&path).map_err(ApiError::Internal)
+    }
+
     fn build(c: &UpstreamConfig) -> anyhow::Result<Upstream> {
         let authorization = c
             .api_key_env
@@ -101,6 +129,7 @@ impl Upstream {
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
             wire,
+            base_url: c.base_url.clone(),
             stream_format: match c.stream_format {
                 StreamFormat::Auto => wire.stream_format(),
                 format => format,

@@ -393,7 +393,7 @@ proptest! {
             && tokens.completion <= MAX_REPORTED_TOKENS;
         if bounded {
             prop_assert!(cost.is_ok(), "bounded inputs always have a cost");
-            prop_assert!(worst_cost_of(&version, tokens).unwrap() >= cost.unwrap());
+            prop_assert!(worst_cost_of(&version, tokens, Units::default()).unwrap() >= cost.unwrap());
         }
         let capped = tokens.capped(TokenCounts { prompt: 10, completion: 10, cached: 0 });
         prop_assert!(capped.prompt <= 10 && capped.completion <= 10 && capped.cached <= capped.prompt);

@@ -23,6 +23,8 @@ fn table(input: &str) -> String {
         "bge-m3",
         "bge-reranker-v2-m3",
         "qwen-plus",
+        "glm-4-plus",
+        "cogview-3",
     ];
     let mut text = entry("megrez-7b-instruct", "2026-01-01T00:00:00Z", input);
     for model in others {

@@ -1,0 +1,341 @@
+//! Asynchronous tasks (Zhipu's async chat): a submission is recorded as a task when the
+//! backend accepts it, and billed exactly once, by the poll that first sees it end: one
+//! usage record with the submission's request id, written before the task is marked
+//! ended, so that a crash in between leaves it pending and the next poll writes the same
+//! record again, which the ledger keeps once. Polls of the same task wait for each other
+//! in this process; across replicas the ledger's unique request id decides. Only the key
+//! that submitted a task may poll it. A task never polled to its end expires
+//! (`limits.task_expiry_secs`) with a `timeout` record at no cost.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::Full;
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+
+use super::exchange::{read_body, upstream_error};
+use super::request::ClientRequest;
+use super::settle::{Exchange, Outcome, Served, commit, finish};
+use crate::auth::Caller;
+use crate::billing::Units;
+use crate::billing::record::Status;
+use crate::config::Endpoint;
+use crate::dialect::TaskState;
+use crate::dialect::observe::Observed;
+use crate::error::ApiError;
+use crate::limits::Admission;
+use crate::state::AppState;
+use crate::store::{self, tasks::Task};
+use crate::upstream::Upstream;
+use crate::upstream::client::UpstreamResponse;
+
+/// The backend accepted a submission: the task is recorded and its answer goes to the
+/// client. The submission itself costs nothing; its record comes with the task's end.
+pub(super) async fn submitted(
+    state: &AppState,
+    ex: &Exchange,
+    served: &Served,
+    response: UpstreamResponse,
+) -> Response {
+    let upstream = &served.upstream;
+    let limit = state.config().server.max_response_bytes;
+    let body = match read_body(response, limit, upstream.idle_timeout).await {
+        Ok(body) => body,
+        Err((status, error)) => {
+            let outcome = Outcome::failed(status, &error);
+            return finish(state, ex, served, outcome, error.into_response()).await;
+        }
+    };
+    let parsed = serde_json::from_slice::<Map<String, Value>>(&body).ok();
+    let error = match &parsed {
+        None => Some(ApiError::BadGateway(
+            "the backend answered the submission with a body that is not JSON".into(),
+        )),
+        Some(v) => upstream.wire.error(v).map(|body| ApiError::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            body,
+        }),
+    };
+    let task_id = parsed.as_ref().and_then(|v| upstream.wire.task_id(v));
+    let task_id = match (error, task_id) {
+        (None, Some(id)) if is_task_id(&id) => id,
+        (error, _) => {
+            let error = error.unwrap_or_else(|| {
+                ApiError::BadGateway("the backend accepted the task without a usable id".into())
+            });
+            let outcome = Outcome::failed(Status::UpstreamError, &error);
+            return finish(state, ex, served, outcome, error.into_response()).await;
+        }
+    };
+    let task = Task {
+        request_id: ex.request_id.clone(),
+        task_id,
+        account_id: ex.caller.account_id,
+        key_id: ex.caller.key_id,
+        model: upstream.model.clone(),
+        chip: upstream.chip.clone(),
+        endpoint: ex.request.endpoint.as_str().to_owned(),
+        submitted_at: ex.started_at,
+        state: "pending".into(),
+        ended_at: None,
+    };
+    // Nothing is spent until the task ends: the reservation and the hold go back now.
+    ex.release(state);
+    if let Err(e) = store::tasks::insert(state.db(), &task).await {
+        tracing::error!(request_id = %ex.request_id, error = %e, "task not recorded");
+        return ApiError::Unavailable(
+            "the task could not be recorded, so it could not be billed; submit it again".into(),
+        )
+        .into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Backend task ids go into URLs: only plain ones are kept.
+fn is_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.')
+}
+
+/// `GET .../async-result/{id}`: the backend's answer, passed on; the task's record written
+/// when the answer is the task's end and nobody wrote it before.
+pub async fn poll(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> Result<Response, ApiError> {
+    state.limits().admit_poll(&caller)?;
+    let not_found = || ApiError::NotFound(format!("no task '{task_id}' of this key"));
+    let task = store::tasks::owned(state.db(), &task_id, caller.key_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let upstream = state
+        .upstreams()
+        .pair(Endpoint::Chat, &task.model, &task.chip)
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "{}/{} is no longer configured: its tasks cannot be polled",
+                task.model, task.chip
+            ))
+        })?;
+    let response = ask(&upstream, &task).await?;
+    if !response.status().is_success() {
+        // A failed poll: the task stays as it was, and is polled again.
+        return Err(upstream_error(&upstream, response).await);
+    }
+    let limit = state.config().server.max_response_bytes;
+    let body = read_body(response, limit, upstream.idle_timeout)
+        .await
+        .map_err(|(_, error)| error)?;
+    let parsed = serde_json::from_slice::<Map<String, Value>>(&body).map_err(|_| {
+        ApiError::BadGateway("the backend answered the poll with a body that is not JSON".into())
+    })?;
+    if let Some(body) = upstream.wire.error(&parsed) {
+        return Err(ApiError::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            body,
+        });
+    }
+    match upstream.wire.task_state(&parsed) {
+        Some(end @ (TaskState::Succeeded | TaskState::Failed)) if task.state == "pending" => {
+            end_task(&state, &caller, &upstream, &task, &parsed, end).await?;
+        }
+        _ => {}
+    }
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Ok(id) = HeaderValue::from_str(&task.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    Ok(response)
+}
+
+/// One poll of the backend.
+async fn ask(upstream: &Upstream, task: &Task) -> Result<UpstreamResponse, ApiError> {
+    let mut request = axum::http::Request::get(upstream.task_url(&task.task_id)?)
+        .header(header::HOST, upstream.host.clone())
+        .header("x-request-id", &task.request_id);
+    if let Some(authorization) = upstream.authorization() {
+        request = request.header(header::AUTHORIZATION, authorization.clone());
+    }
+    let request = request
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let what = || format!("{}/{}", upstream.model, upstream.chip);
+    match tokio::time::timeout(upstream.first_byte_timeout, upstream.client.send(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(_)) => Err(ApiError::BadGateway(format!(
+            "the backend for {} failed to answer the poll",
+            what()
+        ))),
+        Err(_) => Err(ApiError::GatewayTimeout(format!(
+            "the backend for {} did not answer the poll in time",
+            what()
+        ))),
+    }
+}
+
+/// Polls of one task wait for each other here (a stripe of locks: no map to clean).
+static STRIPES: [Mutex<()>; 64] = [const { Mutex::const_new(()) }; 64];
+
+fn stripe(request_id: &str) -> &'static Mutex<()> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    request_id.hash(&mut hasher);
+    &STRIPES[(hasher.finish() % STRIPES.len() as u64) as usize]
+}
+
+/// Writes the record of a task that ended, unless it is written already, then marks the
+/// task ended. A success is billed for its usage and one task; a failure costs nothing.
+async fn end_task(
+    state: &AppState,
+    caller: &Caller,
+    upstream: &Arc<Upstream>,
+    task: &Task,
+    result: &Map<String, Value>,
+    end: TaskState,
+) -> Result<(), ApiError> {
+    let _one_at_a_time = stripe(&task.request_id).lock().await;
+    let now = store::tasks::by_request_id(state.db(), &task.request_id).await?;
+    if now.is_none_or(|t| t.state != "pending") {
+        return Ok(()); // another poll ended it meanwhile
+    }
+    let mut observed = Observed::default();
+    let wire = upstream.wire;
+    let (status, error, word) = match end {
+        TaskState::Succeeded => {
+            wire.observe(&mut observed, result);
+            wire.deliver(&mut observed, result);
+            observed.units = Units {
+                tasks: 1,
+                ..wire.units(Endpoint::AsyncChat, result)
+            };
+            (Status::Ok, None, "succeeded")
+        }
+        _ => (
+            Status::UpstreamError,
+            Some("the task failed".to_string()),
+            "failed",
+        ),
+    };
+    let outcome = Outcome {
+        status,
+        http_status: 200,
+        error,
+        observed,
+        ttft: None,
+    };
+    settle(state, caller.clone(), upstream, task, outcome).await?;
+    store::tasks::end(state.db(), &task.request_id, word, Utc::now()).await?;
+    Ok(())
+}
+
+/// Commits a task's one record: priced at the price in force when it was submitted, its
+/// latency the task's whole life.
+async fn settle(
+    state: &AppState,
+    caller: Caller,
+    upstream: &Arc<Upstream>,
+    task: &Task,
+    outcome: Outcome,
+) -> Result<(), ApiError> {
+    let price = state
+        .prices()
+        .in_force(&task.model, &task.chip, task.submitted_at)
+        .ok_or_else(|| ApiError::Unavailable("the task's price is not in the ledger".into()))?;
+    let endpoint = match task.endpoint.as_str() {
+        "async_chat" => Endpoint::AsyncChat,
+        _ => Endpoint::Chat,
+    };
+    let ex = Exchange {
+        request_id: task.request_id.clone(),
+        route: "async_chat",
+        caller,
+        request: ClientRequest::parse(endpoint, Bytes::from_static(b"{}"))?,
+        candidates: vec![upstream.clone()],
+        started: since(task.submitted_at),
+        started_at: task.submitted_at,
+        admission: Admission::nothing(),
+        hold: None,
+    };
+    let served = Served {
+        upstream: upstream.clone(),
+        price,
+    };
+    commit(state, &ex, &served, outcome).await.map_err(|_| {
+        ApiError::Unavailable("the task's usage could not be recorded; poll it again".into())
+    })
+}
+
+/// The `Instant` of a past wall-clock time, as near as this process can tell.
+fn since(at: DateTime<Utc>) -> Instant {
+    let ago = (Utc::now() - at).to_std().unwrap_or(Duration::ZERO);
+    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
+}
+
+/// Expires tasks pending for longer than `limits.task_expiry_secs`: each gets its one
+/// record, a `timeout` at no cost. Run by the maintenance loop.
+pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
+    let expiry = Duration::from_secs(state.config().limits.task_expiry_secs);
+    let before = Utc::now() - chrono::Duration::from_std(expiry).unwrap_or_default();
+    let mut expired = 0;
+    for task in store::tasks::pending_before(state.db(), before, 500).await? {
+        let Ok(upstream) = state
+            .upstreams()
+            .pair(Endpoint::Chat, &task.model, &task.chip)
+        else {
+            continue; // no longer configured: kept pending, for an operator to see
+        };
+        // The key that submitted it, revoked or not: its account pays (nothing, here).
+        let Some(key) = store::keys::get(state.db(), task.key_id).await? else {
+            continue;
+        };
+        let caller = Caller {
+            key_id: key.id,
+            account_id: key.account_id,
+            key: Arc::new(key),
+        };
+        let _one_at_a_time = stripe(&task.request_id).lock().await;
+        let outcome = Outcome {
+            status: Status::Timeout,
+            http_status: 504,
+            error: Some(format!(
+                "the task was not polled to its end within {} s",
+                expiry.as_secs()
+            )),
+            observed: Observed::default(),
+            ttft: None,
+        };
+        settle(state, caller, &upstream, &task, outcome).await?;
+        if store::tasks::end(state.db(), &task.request_id, "expired", Utc::now()).await? {
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+/// Expires tasks once a minute for as long as the app lives.
+pub fn spawn_expiry(state: &AppState) {
+    let app = std::sync::Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            match expire(&AppState(app)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "tasks not polled to their end expired"),
+                Err(e) => tracing::warn!(error = %e, "cannot expire tasks now"),
+            }
+        }
+    });
+}

@@ -1,0 +1,130 @@
+//! Asynchronous tasks: recorded at submission, ended by the poll that first sees them end
+//! (or by expiry). The row only says where a task stands; its money is in its usage
+//! record, whose request id is the task's, so the ledger keeps one whatever races.
+
+use chrono::{DateTime, Utc};
+
+use super::{Db, Read, Result, from_ms, on, to_ms};
+
+/// A task the backend accepted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Task {
+    pub request_id: String,
+    pub task_id: String,
+    pub account_id: i64,
+    pub key_id: i64,
+    pub model: String,
+    pub chip: String,
+    pub endpoint: String,
+    pub submitted_at: DateTime<Utc>,
+    /// `pending`, `succeeded`, `failed` or `expired`.
+    pub state: String,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+fn from_row(row: &impl Read) -> Result<Task> {
+    Ok(Task {
+        request_id: row.read("request_id")?,
+        task_id: row.read("task_id")?,
+        account_id: row.read("account_id")?,
+        key_id: row.read("key_id")?,
+        model: row.read("model")?,
+        chip: row.read("chip")?,
+        endpoint: row.read("endpoint")?,
+        submitted_at: from_ms(row.read("submitted_at")?),
+        state: row.read("state")?,
+        ended_at: row.read::<Option<i64>>("ended_at")?.map(from_ms),
+    })
+}
+
+pub async fn insert(db: &Db, task: &Task) -> Result<()> {
+    on!(db, |pool| {
+        sqlx::query(
+            "INSERT INTO tasks (request_id, task_id, account_id, key_id, model, chip,
+                endpoint, submitted_at, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')",
+        )
+        .bind(&task.request_id)
+        .bind(&task.task_id)
+        .bind(task.account_id)
+        .bind(task.key_id)
+        .bind(&task.model)
+        .bind(&task.chip)
+        .bind(&task.endpoint)
+        .bind(to_ms(task.submitted_at))
+        .execute(pool)
+        .await?;
+        Ok(())
+    })
+}
+
+/// The task `task_id` submitted with `key_id`: another key's task is not found.
+pub async fn owned(db: &Db, task_id: &str, key_id: i64) -> Result<Option<Task>> {
+    on!(db, |pool| {
+        let row = sqlx::query(
+            "SELECT * FROM tasks WHERE task_id = $1 AND key_id = $2
+             ORDER BY submitted_at DESC LIMIT 1",
+        )
+        .bind(task_id)
+        .bind(key_id)
+        .fetch_optional(pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    })
+}
+
+pub async fn by_request_id(db: &Db, request_id: &str) -> Result<Option<Task>> {
+    on!(db, |pool| {
+        let row = sqlx::query("SELECT * FROM tasks WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    })
+}
+
+/// Ends a pending task as `state`; whether this call ended it (a task ends once).
+pub async fn end(db: &Db, request_id: &str, state: &str, at: DateTime<Utc>) -> Result<bool> {
+    on!(db, |pool| {
+        let done = sqlx::query(
+            "UPDATE tasks SET state = $2, ended_at = $3
+             WHERE request_id = $1 AND state = 'pending'",
+        )
+        .bind(request_id)
+        .bind(state)
+        .bind(to_ms(at))
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    })
+}
+
+/// Tasks in `state` (all when `None`), newest first, at most `limit`.
+pub async fn list(db: &Db, state: Option<&str>, limit: i64) -> Result<Vec<Task>> {
+    on!(db, |pool| {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE ($1 IS NULL OR state = $1)
+             ORDER BY submitted_at DESC LIMIT $2",
+        )
+        .bind(state)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    })
+}
+
+/// Pending tasks submitted before `before`, oldest first: those that expire.
+pub async fn pending_before(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<Vec<Task>> {
+    on!(db, |pool| {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE state = 'pending' AND submitted_at < $1
+             ORDER BY submitted_at LIMIT $2",
+        )
+        .bind(to_ms(before))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    })
+}
