@@ -195,13 +195,13 @@ async fn complete(
     let endpoint = ex.request.endpoint;
     // Only an estimate, or units counted in the answer's long part (an image generation's
     // `data`), need all of it: only then is all of it parsed.
-    if observed.usage.is_none() || endpoint == Endpoint::Images {
-        if let Ok(whole) = serde_json::from_slice::<Map<String, Value>>(&body) {
-            if observed.usage.is_none() {
-                wire.deliver(&mut observed, &whole);
-            }
-            observed.units = wire.units(endpoint, &whole);
+    if (observed.usage.is_none() || endpoint == Endpoint::Images)
+        && let Ok(whole) = serde_json::from_slice::<Map<String, Value>>(&body)
+    {
+        if observed.usage.is_none() {
+            wire.deliver(&mut observed, &whole);
         }
+        observed.units = wire.units(endpoint, &whole);
     }
     let outcome = Outcome {
         status: Status::Ok,
