@@ -28,3 +28,4 @@ mod reports;
 mod routes;
 mod spending;
 mod streaming;
+mod zhipu;
