@@ -677,3 +677,62 @@ async fn thirty_seconds_without_postgresql_under_load_lose_and_double_nothing() 
         app.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_polling_one_finished_task_at_once_bill_it_once() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let first = {
+        let url = server.url.clone();
+        TestApp::spawn_with(move |c| c.database.url = url).await
+    };
+    // The second replica reaches the same backend, where the task lives.
+    let zhipu: tollgate::config::BaseUrl =
+        serde_json::from_value(json!(format!("http://{}/zhipu", first.sim))).unwrap();
+    let second = {
+        let url = server.url.clone();
+        TestApp::spawn_with(move |c| {
+            c.database.url = url;
+            for up in c.upstreams.iter_mut().filter(|u| u.model == "glm-4-plus") {
+                up.base_url = zhipu.clone();
+            }
+        })
+        .await
+    };
+    let body = helpers::chat(
+        Some("glm-4-plus"),
+        "你好",
+        false,
+        json!({"polls": 0, "prompt_tokens": 40, "completion_tokens": 10}),
+    );
+    let submitted = first
+        .post("/api/paas/v4/async/chat/completions", &body)
+        .await;
+    let request_id = request_id(&submitted);
+    let task: serde_json::Value = submitted.json().await.unwrap();
+    let path = format!("/api/paas/v4/async-result/{}", task["id"].as_str().unwrap());
+    let polls = [&first, &second].into_iter().flat_map(|app| {
+        (0..10).map(|_| {
+            let request = app.client.get(app.url(&path)).bearer_auth(&first.key);
+            request.send()
+        })
+    });
+    for response in join_all(polls).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    for app in [&first, &second] {
+        app.state.ledger().flush().await.unwrap();
+    }
+    let (records, cost): (i64, Option<Decimal>) =
+        sqlx::query_as("SELECT count(*), sum(cost) FROM usage_records WHERE request_id = $1")
+            .bind(&request_id)
+            .fetch_one(pool(&first))
+            .await
+            .unwrap();
+    // 50 tokens at 0.005 per 1k, and the task fee of 0.0001.
+    assert_eq!((records, cost), (1, Some(dec("0.00035"))));
+    let spent: Decimal = sqlx::query_scalar("SELECT spent FROM account_funds WHERE account_id = 1")
+        .fetch_one(pool(&first))
+        .await
+        .unwrap();
+    assert_eq!(spent, dec("0.00035"), "charged once");
+}
