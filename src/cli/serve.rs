@@ -59,7 +59,8 @@ pub(super) async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<(
          -H 'Content-Type: application/json' -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"你是谁\"}}],\"stream\":true}}'\n  \
          python: OpenAI(base_url=\"http://{addr}/v1/\", api_key=\"{key}\")\n  \
          python: dashscope.base_http_api_url = \"http://{addr}/api/v1\"; \
-         Generation.call(model=\"qwen-plus\", prompt=\"你好\", api_key=\"{key}\")\n\
+         Generation.call(model=\"qwen-plus\", prompt=\"你好\", api_key=\"{key}\")\n  \
+         python: ZhipuAI(api_key=\"{key}\", base_url=\"http://{addr}/api/paas/v4\")\n\
          {admin}\n\
          Ctrl-C stops it.",
         db.display(),
