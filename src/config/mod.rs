@@ -237,7 +237,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_request_bytes: 4 << 20,
+            max_request_bytes: 20 << 20,
             max_response_bytes: 64 << 20,
             max_connections: 10_000,
             header_timeout_ms: 10_000,

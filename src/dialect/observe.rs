@@ -30,7 +30,9 @@ impl Observed {
             self.usage = Some(usage);
         }
         if v.get("blocked").and_then(Value::as_bool) == Some(true) {
+            // Moderation ended the answer: what came before it is the whole answer.
             self.blocked = true;
+            self.finished = true;
         }
         if let Some(moderation) = v.get("moderation")
             && moderation.get("sensitive").and_then(Value::as_bool) == Some(true)

@@ -54,8 +54,24 @@ fn count_within(text: &str, budget: &mut usize) -> u64 {
     u64::try_from(whole.div_ceil(end as u128)).unwrap_or(u64::MAX)
 }
 
+/// Tokens an image in a prompt is counted as (an `image_url` part, by URL or base64): a
+/// high-detail 1024 × 1024 image in OpenAI's accounting (765), rounded up. Reservations,
+/// holds and estimates all use it; the backend's reported usage is what is billed.
+pub const IMAGE_TOKENS: u64 = 1024;
+
+/// The `image_url` parts of a message's content.
+pub fn images_in(content: Option<&Value>) -> u64 {
+    content
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|part| part.get("type").and_then(Value::as_str) == Some("image_url"))
+        .count() as u64
+}
+
 /// Prompt tokens of a request body, following OpenAI's accounting for chat: each message
-/// costs its text plus 3 tokens of framing, and the reply is primed with 3 more. At most
+/// costs its text plus 3 tokens of framing (and `IMAGE_TOKENS` per image), the reply is
+/// primed with 3 more, and tool definitions count as their JSON text. At most
 /// `SAMPLE_BYTES` of the prompt are tokenized.
 pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> u64 {
     let mut budget = SAMPLE_BYTES;
@@ -73,12 +89,25 @@ pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) 
                 text.push_str(name);
                 tokens = tokens.saturating_add(1);
             }
-            tokens = tokens.saturating_add(count(&text));
+            if let Some(calls) = message.get("tool_calls") {
+                text.push_str(&calls.to_string());
+            }
+            let images = images_in(message.get("content"));
+            tokens = tokens
+                .saturating_add(count(&text))
+                .saturating_add(images.saturating_mul(IMAGE_TOKENS));
         }
         tokens
     };
     match endpoint {
-        Endpoint::Chat | Endpoint::AsyncChat => chat(body.get("messages"), &mut count),
+        Endpoint::Chat | Endpoint::AsyncChat => {
+            let tools = ["tools", "functions"]
+                .into_iter()
+                .filter_map(|name| body.get(name))
+                .map(|tools| count(&tools.to_string()))
+                .fold(0u64, u64::saturating_add);
+            chat(body.get("messages"), &mut count).saturating_add(tools)
+        }
         Endpoint::Images => {
             let mut text = String::new();
             collect_text(body.get("prompt"), &mut text);

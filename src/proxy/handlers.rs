@@ -47,6 +47,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/maas/v1/chat/completions", by_policy(Endpoint::Chat))
         .route("/v1/chat/completions", by_policy(Endpoint::Chat))
+        // InternLM-style base URLs (`https://host/api/v1`).
+        .route("/api/v1/chat/completions", by_policy(Endpoint::Chat))
         // Zhipu's base URL (`/api/paas/v4`): chat, images, asynchronous chat tasks.
         .route("/api/paas/v4/chat/completions", by_policy(Endpoint::Chat))
         .route(

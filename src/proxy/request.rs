@@ -43,7 +43,15 @@ pub struct ClientRequest {
 /// The most answers one request may ask for (`n`).
 pub const MAX_CHOICES: u64 = 128;
 /// The members of a body that carry its prompt.
-const PROMPT_MEMBERS: [&str; 5] = ["messages", "input", "query", "documents", "prompt"];
+const PROMPT_MEMBERS: [&str; 7] = [
+    "messages",
+    "input",
+    "query",
+    "documents",
+    "prompt",
+    "tools",
+    "functions",
+];
 /// Tokens a chat template may add per message, beyond its text (OpenAI counts 3 or 4).
 const FRAMING_PER_MESSAGE: u64 = 8;
 
@@ -139,15 +147,26 @@ impl ClientRequest {
     /// Bytes are an upper bound on the tokens of a byte-level BPE tokenizer, and a JSON
     /// string's text is never longer than its JSON form: so the prompt members' JSON length,
     /// plus framing for every object that could be a message, bounds the prompt's tokens
-    /// without tokenizing or even parsing it.
+    /// without tokenizing or even parsing it. Images are the exception: an `image_url` part
+    /// (a base64 image is megabytes) counts `estimate::IMAGE_TOKENS` instead of its bytes,
+    /// and only a member that has one is parsed.
     fn bound_prompt(&self) -> u64 {
         let mut bound = 3u64;
         for name in PROMPT_MEMBERS {
             if let Some(span) = self.members.get(name) {
                 let text = &self.raw[span.clone()];
                 let objects = text.iter().filter(|&&b| b == b'{').count() as u64;
+                let mut bytes = text.len() as u64;
+                if text.windows(9).any(|w| w == b"image_url")
+                    && let Ok(value) = serde_json::from_slice::<Value>(text)
+                {
+                    let (images, image_bytes) = image_parts(&value);
+                    bytes = bytes
+                        .saturating_sub(image_bytes)
+                        .saturating_add(images.saturating_mul(estimate::IMAGE_TOKENS));
+                }
                 bound = bound
-                    .saturating_add(text.len() as u64)
+                    .saturating_add(bytes)
                     .saturating_add(objects.saturating_mul(FRAMING_PER_MESSAGE));
             }
         }
@@ -323,6 +342,23 @@ fn whole_number(text: Option<&str>, name: &'static str, min: u64) -> Result<Opti
             )),
         },
     }
+}
+
+/// The `image_url` parts anywhere in `value`, and their length as compact JSON (never
+/// more than the bytes they took in the request).
+fn image_parts(value: &Value) -> (u64, u64) {
+    match value {
+        Value::Object(part) if part.get("type").and_then(Value::as_str) == Some("image_url") => {
+            (1, value.to_string().len() as u64)
+        }
+        Value::Object(map) => map.values().map(image_parts).fold((0, 0), add_pairs),
+        Value::Array(items) => items.iter().map(image_parts).fold((0, 0), add_pairs),
+        _ => (0, 0),
+    }
+}
+
+fn add_pairs(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+    (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
 }
 
 /// `whole_number` of a parsed value.

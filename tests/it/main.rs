@@ -17,6 +17,7 @@ mod hostile;
 mod invoices;
 mod key_secrecy;
 mod ledger_writer;
+mod multimodal;
 mod observability;
 mod openai_sdk;
 mod postgres_ledger;
