@@ -61,9 +61,13 @@ pub enum ApiError {
     #[error("{0}")]
     GatewayTimeout(String),
     /// An error the backend returned, already mapped to the OpenAI shape, with the status
-    /// tollgate chose for it.
+    /// tollgate chose for it, and the backend's `Retry-After` if it sent one.
     #[error("backend error: {}", body["error"]["message"].as_str().unwrap_or("unknown"))]
-    Upstream { status: StatusCode, body: Value },
+    Upstream {
+        status: StatusCode,
+        body: Value,
+        retry_after: Option<HeaderValue>,
+    },
     /// 500: a bug or an unexpected failure; the cause is logged, the client sees a generic message.
     #[error("internal error")]
     Internal(anyhow::Error),
@@ -160,8 +164,15 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let mut response = (status, axum::Json(self.body())).into_response();
-        if let ApiError::RateLimited { headers, .. } = self {
-            response.headers_mut().extend(*headers);
+        match self {
+            ApiError::RateLimited { headers, .. } => response.headers_mut().extend(*headers),
+            ApiError::Upstream {
+                retry_after: Some(wait),
+                ..
+            } => {
+                response.headers_mut().insert(header::RETRY_AFTER, wait);
+            }
+            _ => {}
         }
         if status == StatusCode::UNAUTHORIZED {
             response

@@ -122,6 +122,10 @@ pub struct UpstreamConfig {
     pub stream_options: bool,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Requests per minute the backend allows tollgate's credential (InternLM: 10): more
+    /// are routed to the model's next chip, or answered 429 with `Retry-After` by tollgate
+    /// itself. Counted by each gateway on its own.
+    pub rpm: Option<u32>,
     #[serde(default = "default_connect_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_first_byte_ms")]
@@ -221,6 +225,9 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
         }
         if up.weight == 0 {
             bail!("{name}: weight must be at least 1");
+        }
+        if up.rpm == Some(0) {
+            bail!("{name}: rpm must be at least 1");
         }
         if up.endpoint() == Endpoint::AsyncChat {
             bail!("{name}: async_chat is served by chat upstreams whose dialect has tasks");

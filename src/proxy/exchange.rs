@@ -85,7 +85,13 @@ async fn connect(
     ex: &Exchange,
 ) -> Result<(Served, UpstreamResponse), ConnectError> {
     let mut last = None;
+    // The soonest one of the backends over their own limit takes another request.
+    let mut soonest: Option<Duration> = None;
     for upstream in &ex.candidates {
+        if let Err(wait) = upstream.admit_outbound() {
+            soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            continue; // the next chip, if the model has one
+        }
         let price = state
             .prices()
             .in_force(&upstream.model, &upstream.chip, ex.started_at)
@@ -155,6 +161,9 @@ async fn connect(
         .first()
         .map(|u| u.model.as_str())
         .unwrap_or("?");
+    if let (None, Some(wait)) = (&last, soonest) {
+        return Err((None, over_backend_limit(model, wait)));
+    }
     let error = ApiError::BadGateway(format!("no backend for '{model}' accepted the connection"));
     Err((last.map(|s| (s, Status::Unreachable)), error))
 }
@@ -186,6 +195,7 @@ async fn complete(
         let error = ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body: error,
+            retry_after: None,
         };
         let outcome = Outcome::failed(Status::UpstreamError, &error);
         return finish(state, ex, served, outcome, error.into_response()).await;
@@ -259,11 +269,28 @@ pub(super) async fn read_body(
     }
 }
 
+/// Every backend of `model` is at its own limit (`upstreams[].rpm`): tollgate answers the
+/// 429 itself, with when to retry, and nothing reaches a backend.
+fn over_backend_limit(model: &str, wait: Duration) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    ApiError::RateLimited {
+        message: format!(
+            "the backends of '{model}' are at their own request limit; retry after {} s",
+            seconds.max(1)
+        ),
+        headers: Box::new(headers),
+    }
+}
+
 /// Maps a backend's HTTP error to what the client sees. Errors that are the client's own
 /// (400, 413, 429) keep their status; a backend rejecting tollgate's credentials or failing
 /// is the gateway's problem (502/504). The backend's message and code are kept.
 pub async fn upstream_error(upstream: &Upstream, response: UpstreamResponse) -> ApiError {
     let backend_status = response.status();
+    // When to come back, as the backend said: the client is told the same.
+    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
     let body = read_body(response, 64 << 10, upstream.idle_timeout)
         .await
         .unwrap_or_default();
@@ -290,5 +317,9 @@ pub async fn upstream_error(upstream: &Upstream, response: UpstreamResponse) -> 
             None,
         )
     });
-    ApiError::Upstream { status, body }
+    ApiError::Upstream {
+        status,
+        body,
+        retry_after,
+    }
 }

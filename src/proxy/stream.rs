@@ -124,6 +124,7 @@ pub async fn relay(
                 ApiError::Upstream {
                     status: axum::http::StatusCode::BAD_GATEWAY,
                     body,
+                    retry_after: None,
                 },
             ),
             End::Broken(status, message) if status == Status::Timeout => {

@@ -61,6 +61,7 @@ pub(super) async fn submitted(
         Some(v) => upstream.wire.error(v).map(|body| ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body,
+            retry_after: None,
         }),
     };
     let task_id = parsed.as_ref().and_then(|v| upstream.wire.task_id(v));
@@ -145,6 +146,7 @@ pub async fn poll(
         return Err(ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body,
+            retry_after: None,
         });
     }
     match upstream.wire.task_state(&parsed) {

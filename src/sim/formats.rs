@@ -105,7 +105,15 @@ pub fn http_fault(profile: Profile, fault: Option<Fault>) -> Option<Response> {
         }
         _ => return None,
     };
-    Some((status, axum::Json(body)).into_response())
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // As busy backends do: when to come back.
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("7"),
+        );
+    }
+    Some(response)
 }
 
 fn inband_error(profile: Profile) -> Value {

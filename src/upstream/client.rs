@@ -34,6 +34,10 @@ impl UpstreamResponse {
     pub fn status(&self) -> StatusCode {
         self.response.status()
     }
+
+    pub fn headers(&self) -> &axum::http::HeaderMap {
+        self.response.headers()
+    }
 }
 
 impl std::fmt::Debug for UpstreamResponse {

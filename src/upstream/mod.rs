@@ -41,6 +41,8 @@ pub struct Upstream {
     pub wire: &'static dyn Wire,
     /// Where its other paths are (a task's submission and polls).
     base_url: BaseUrl,
+    /// The backend's own limit on requests (`rpm`), counted here.
+    outbound: Option<governor::DefaultDirectRateLimiter>,
     /// How its streams are framed: its config's, or its dialect's when that says `auto`.
     pub stream_format: StreamFormat,
     pub stream_options: bool,
@@ -80,6 +82,19 @@ impl Upstream {
             ))
         })?;
         self.base_url.join(path).map_err(ApiError::Internal)
+    }
+
+    /// Counts one request against the backend's own limit, if it has one; `Err` with how
+    /// long until one would pass when it is reached.
+    pub fn admit_outbound(&self) -> Result<(), Duration> {
+        let Some(limiter) = &self.outbound else {
+            return Ok(());
+        };
+        limiter.check().map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))
+        })
     }
 
     /// The URL that polls the task `task_id`.
@@ -130,6 +145,10 @@ impl Upstream {
             authorization,
             wire,
             base_url: c.base_url.clone(),
+            outbound: c
+                .rpm
+                .and_then(std::num::NonZeroU32::new)
+                .map(|rpm| governor::RateLimiter::direct(governor::Quota::per_minute(rpm))),
             stream_format: match c.stream_format {
                 StreamFormat::Auto => wire.stream_format(),
                 format => format,
