@@ -21,6 +21,9 @@ pub enum Endpoint {
     /// polled to its end, billed once when it first reports success. Served by the `chat`
     /// upstreams whose dialect has such tasks; no upstream is configured with it.
     AsyncChat,
+    /// A hosted ComfyUI workflow (GenStudio's `comfy_task_api`): a task per run, billed
+    /// once when it first reports success, per image it produced and per task.
+    Workflow,
 }
 
 impl Endpoint {
@@ -32,6 +35,7 @@ impl Endpoint {
             Endpoint::Generation => "generation",
             Endpoint::Images => "images",
             Endpoint::AsyncChat => "async_chat",
+            Endpoint::Workflow => "workflow",
         }
     }
 
@@ -41,6 +45,19 @@ impl Endpoint {
             self,
             Endpoint::Chat | Endpoint::Generation | Endpoint::AsyncChat
         )
+    }
+
+    /// Whether a request runs as a task: submitted, then polled to its end.
+    pub fn is_task(self) -> bool {
+        matches!(self, Endpoint::AsyncChat | Endpoint::Workflow)
+    }
+
+    /// The upstreams that serve tasks of this kind are configured as this endpoint.
+    pub fn served_by(self) -> Endpoint {
+        match self {
+            Endpoint::AsyncChat => Endpoint::Chat,
+            other => other,
+        }
     }
 }
 
@@ -64,6 +81,8 @@ pub enum Dialect {
     /// Zhipu's GLM API (`/api/paas/v4`): OpenAI-shaped chat, asynchronous chat tasks,
     /// CogView images.
     Zhipu,
+    /// GenStudio's hosted ComfyUI workflows (`/api/maas/comfy_task_api`).
+    Comfyui,
 }
 
 impl Dialect {
@@ -72,6 +91,7 @@ impl Dialect {
             Dialect::Openai => "openai",
             Dialect::Dashscope => "dashscope",
             Dialect::Zhipu => "zhipu",
+            Dialect::Comfyui => "comfyui",
         }
     }
 
@@ -79,6 +99,7 @@ impl Dialect {
     pub fn default_endpoint(self) -> Endpoint {
         match self {
             Dialect::Dashscope => Endpoint::Generation,
+            Dialect::Comfyui => Endpoint::Workflow,
             _ => Endpoint::Chat,
         }
     }

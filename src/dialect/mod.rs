@@ -9,6 +9,7 @@
 pub mod framing;
 pub mod observe;
 
+pub mod comfyui;
 pub mod dashscope;
 mod openai;
 mod zhipu;
@@ -101,9 +102,10 @@ pub trait Wire: Sync {
         }
     }
 
-    /// Where a task submitted to this dialect is polled, under the upstream's `base_url`;
-    /// `None` if it has no tasks.
-    fn task_path(&self, _task_id: &str) -> Option<String> {
+    /// How a task submitted to this dialect is polled (its path under the upstream's
+    /// `base_url`); `None` if it has no tasks. `asked` is what the client's poll asked
+    /// besides the task (e.g. how long result URLs should last).
+    fn task_poll(&self, _task_id: &str, _asked: &Map<String, Value>) -> Option<TaskPoll> {
         None
     }
 
@@ -116,6 +118,12 @@ pub trait Wire: Sync {
     fn task_state(&self, _result: &Map<String, Value>) -> Option<TaskState> {
         None
     }
+}
+
+/// One poll of one task: a GET of `path`, or a POST of `body` to it.
+pub struct TaskPoll {
+    pub path: String,
+    pub body: Option<Value>,
 }
 
 /// Where an asynchronous task stands.
@@ -142,5 +150,6 @@ pub fn wire(dialect: Dialect) -> &'static dyn Wire {
         Dialect::Openai => &openai::OpenAi,
         Dialect::Dashscope => &dashscope::DashScope,
         Dialect::Zhipu => &zhipu::Zhipu,
+        Dialect::Comfyui => &comfyui::ComfyUi,
     }
 }

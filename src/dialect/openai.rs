@@ -23,7 +23,7 @@ pub fn path(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::Embeddings => Some("/embeddings"),
         Endpoint::Rerank => Some("/rerank"),
         Endpoint::Images => Some("/images/generations"),
-        Endpoint::Generation | Endpoint::AsyncChat => None,
+        Endpoint::Generation | Endpoint::AsyncChat | Endpoint::Workflow => None,
     }
 }
 

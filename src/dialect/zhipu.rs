@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{TaskState, Wire};
+use super::{TaskPoll, TaskState, Wire};
 use crate::config::Endpoint;
 
 pub struct Zhipu;
@@ -19,12 +19,15 @@ impl Wire for Zhipu {
             Endpoint::Embeddings => Some("/embeddings"),
             Endpoint::Images => Some("/images/generations"),
             Endpoint::AsyncChat => Some("/async/chat/completions"),
-            Endpoint::Rerank | Endpoint::Generation => None,
+            Endpoint::Rerank | Endpoint::Generation | Endpoint::Workflow => None,
         }
     }
 
-    fn task_path(&self, task_id: &str) -> Option<String> {
-        Some(format!("/async-result/{task_id}"))
+    fn task_poll(&self, task_id: &str, _asked: &Map<String, Value>) -> Option<TaskPoll> {
+        Some(TaskPoll {
+            path: format!("/async-result/{task_id}"),
+            body: None,
+        })
     }
 
     fn task_id(&self, submitted: &Map<String, Value>) -> Option<String> {

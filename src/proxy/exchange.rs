@@ -57,7 +57,7 @@ async fn run(state: AppState, ex: Exchange, respond: oneshot::Sender<Response>) 
             return;
         }
     };
-    if upstream_response.status().is_success() && ex.request.endpoint == Endpoint::AsyncChat {
+    if upstream_response.status().is_success() && ex.request.endpoint.is_task() {
         let response = super::tasks::submitted(&state, &ex, &served, upstream_response).await;
         let _ = respond.send(response);
         return;

@@ -14,6 +14,7 @@ use axum::routing::{MethodRouter, get, post};
 use chrono::Utc;
 use serde_json::{Value, json};
 
+use super::comfyui;
 use super::exchange;
 use super::own_usage;
 use super::request::ClientRequest;
@@ -61,6 +62,20 @@ pub fn router() -> Router<AppState> {
             by_policy(Endpoint::AsyncChat),
         )
         .route("/api/paas/v4/async-result/{id}", get(tasks::poll))
+        // GenStudio's hosted ComfyUI workflows.
+        .route(
+            "/api/maas/comfy_task_api/prompt",
+            by_policy(Endpoint::Workflow),
+        )
+        .route(
+            "/api/maas/comfy_task_api/get_task_info",
+            post(comfyui::get_task_info),
+        )
+        .route("/api/maas/comfy_task_api/cancel", post(comfyui::cancel))
+        .route(
+            "/api/maas/comfy_task_api/upload/image",
+            post(comfyui::upload_image),
+        )
         // DashScope's OpenAI-compatible base URL.
         .route(
             "/compatible-mode/v1/chat/completions",
@@ -99,6 +114,7 @@ impl Target {
             (_, Endpoint::Generation) => "generation",
             (_, Endpoint::Images) => "images",
             (_, Endpoint::AsyncChat) => "async_chat",
+            (_, Endpoint::Workflow) => "workflow",
             (Target::Pair(..), Endpoint::Chat) => "chat_mxn",
             (Target::Policy, Endpoint::Chat) => "chat_model",
             (Target::Deployment(_), Endpoint::Chat) => "chat_deployment",

@@ -4,6 +4,7 @@
 //! backend's wire format means is `crate::dialect`'s: its upstream's `wire()`.
 
 mod authenticate;
+pub mod comfyui;
 mod detach;
 pub mod exchange;
 pub mod handlers;

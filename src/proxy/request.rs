@@ -88,7 +88,7 @@ impl ClientRequest {
             choices: 1,
             prompt_bound: OnceLock::new(),
         };
-        request.model = request.value("model");
+        request.model = request.value(model_member(endpoint));
         request.stream = match request.member("stream") {
             None | Some("null") | Some("false") => false,
             Some("true") => true,
@@ -173,14 +173,16 @@ impl ClientRequest {
         bound
     }
 
-    /// The `model` field, required when the route does not name the model.
+    /// The `model` field (a workflow's `workflow_id`), required when the route does not
+    /// name the model.
     pub fn model(&self) -> Result<&str, ApiError> {
+        let name = model_member(self.endpoint);
         match &self.model {
             Some(Value::String(m)) if !m.is_empty() => Ok(m),
-            None => Err(ApiError::invalid("'model' is required", "model")),
+            None => Err(ApiError::invalid(format!("'{name}' is required"), name)),
             Some(_) => Err(ApiError::invalid(
-                "'model' must be a non-empty string",
-                "model",
+                format!("'{name}' must be a non-empty string"),
+                name,
             )),
         }
     }
@@ -230,7 +232,7 @@ impl ClientRequest {
             } else {
                 0
             },
-            tasks: u64::from(self.endpoint == Endpoint::AsyncChat),
+            tasks: u64::from(self.endpoint.is_task()),
             compute_ms: 0,
         }
     }
@@ -278,7 +280,7 @@ impl ClientRequest {
             options.insert("include_usage".into(), Value::Bool(true));
             json(&Value::Object(options))
         });
-        let mut patches = vec![("model", model.as_slice())];
+        let mut patches = vec![(model_member(self.endpoint), model.as_slice())];
         if let Some(options) = &options {
             patches.push(("stream_options", options));
         }
@@ -359,6 +361,14 @@ fn image_parts(value: &Value) -> (u64, u64) {
 
 fn add_pairs(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
     (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
+}
+
+/// The member that names the model: a ComfyUI workflow is named by its `workflow_id`.
+fn model_member(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::Workflow => "workflow_id",
+        _ => "model",
+    }
 }
 
 /// `whole_number` of a parsed value.

@@ -109,28 +109,43 @@ fn is_task_id(id: &str) -> bool {
         && !id.starts_with('.')
 }
 
-/// `GET .../async-result/{id}`: the backend's answer, passed on; the task's record written
-/// when the answer is the task's end and nobody wrote it before.
+/// `GET .../async-result/{id}` (Zhipu): the backend's answer, passed on.
 pub async fn poll(
     State(state): State<AppState>,
     caller: Caller,
     Path(task_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.limits().admit_poll(&caller)?;
+    let polled = poll_task(&state, &caller, &task_id, &Map::new()).await?;
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], polled.body).into_response();
+    if let Ok(id) = HeaderValue::from_str(&polled.task.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    Ok(response)
+}
+
+/// What one poll of one task brought back.
+pub struct Polled {
+    pub task: Task,
+    pub body: Bytes,
+    pub answer: Map<String, Value>,
+}
+
+/// Polls the task `task_id` of `caller`'s key (404 for anybody else's) once, and writes
+/// its record when the answer is its end and nobody wrote it before. `asked` is what the
+/// client's poll asked besides the task.
+pub async fn poll_task(
+    state: &AppState,
+    caller: &Caller,
+    task_id: &str,
+    asked: &Map<String, Value>,
+) -> Result<Polled, ApiError> {
+    state.limits().admit_poll(caller)?;
     let not_found = || ApiError::NotFound(format!("no task '{task_id}' of this key"));
-    let task = store::tasks::owned(state.db(), &task_id, caller.key_id)
+    let task = store::tasks::owned(state.db(), task_id, caller.key_id)
         .await?
         .ok_or_else(not_found)?;
-    let upstream = state
-        .upstreams()
-        .pair(Endpoint::Chat, &task.model, &task.chip)
-        .map_err(|_| {
-            ApiError::Unavailable(format!(
-                "{}/{} is no longer configured: its tasks cannot be polled",
-                task.model, task.chip
-            ))
-        })?;
-    let response = ask(&upstream, &task).await?;
+    let upstream = upstream_of(state, &task)?;
+    let response = ask(&upstream, &task, asked).await?;
     if !response.status().is_success() {
         // A failed poll: the task stays as it was, and is polled again.
         return Err(upstream_error(&upstream, response).await);
@@ -139,49 +154,95 @@ pub async fn poll(
     let body = read_body(response, limit, upstream.idle_timeout)
         .await
         .map_err(|(_, error)| error)?;
-    let parsed = serde_json::from_slice::<Map<String, Value>>(&body).map_err(|_| {
+    let answer = serde_json::from_slice::<Map<String, Value>>(&body).map_err(|_| {
         ApiError::BadGateway("the backend answered the poll with a body that is not JSON".into())
     })?;
-    if let Some(body) = upstream.wire.error(&parsed) {
+    if let Some(body) = upstream.wire.error(&answer) {
         return Err(ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body,
             retry_after: None,
         });
     }
-    match upstream.wire.task_state(&parsed) {
+    match upstream.wire.task_state(&answer) {
         Some(end @ (TaskState::Succeeded | TaskState::Failed)) if task.state == "pending" => {
-            end_task(&state, &caller, &upstream, &task, &parsed, end).await?;
+            end_task(state, caller, &upstream, &task, &answer, end).await?;
         }
         _ => {}
     }
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    if let Ok(id) = HeaderValue::from_str(&task.request_id) {
-        response.headers_mut().insert("x-request-id", id);
-    }
-    Ok(response)
+    Ok(Polled { task, body, answer })
 }
 
-/// One poll of the backend.
-async fn ask(upstream: &Upstream, task: &Task) -> Result<UpstreamResponse, ApiError> {
-    let mut request = axum::http::Request::get(upstream.task_url(&task.task_id)?)
+/// The upstream a task runs on, if it is still configured.
+pub fn upstream_of(state: &AppState, task: &Task) -> Result<Arc<Upstream>, ApiError> {
+    state
+        .upstreams()
+        .pair(task_endpoint(task).served_by(), &task.model, &task.chip)
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "{}/{} is no longer configured: its tasks cannot be polled",
+                task.model, task.chip
+            ))
+        })
+}
+
+fn task_endpoint(task: &Task) -> Endpoint {
+    match task.endpoint.as_str() {
+        "workflow" => Endpoint::Workflow,
+        _ => Endpoint::AsyncChat,
+    }
+}
+
+/// One poll of the backend: a GET, or a POST of what the dialect asks.
+async fn ask(
+    upstream: &Upstream,
+    task: &Task,
+    asked: &Map<String, Value>,
+) -> Result<UpstreamResponse, ApiError> {
+    let (url, body) = upstream.task_poll(&task.task_id, asked)?;
+    let method = if body.is_some() {
+        axum::http::Method::POST
+    } else {
+        axum::http::Method::GET
+    };
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(url)
         .header(header::HOST, upstream.host.clone())
         .header("x-request-id", &task.request_id);
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    send(
+        upstream,
+        request,
+        body.map(|b| Bytes::from(b.to_string())).unwrap_or_default(),
+    )
+    .await
+}
+
+/// Sends `request` with `body` and the backend's credential, within its first-byte
+/// timeout.
+pub async fn send(
+    upstream: &Upstream,
+    mut request: axum::http::request::Builder,
+    body: Bytes,
+) -> Result<UpstreamResponse, ApiError> {
     if let Some(authorization) = upstream.authorization() {
         request = request.header(header::AUTHORIZATION, authorization.clone());
     }
     let request = request
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(body))
         .map_err(|e| ApiError::Internal(e.into()))?;
     let what = || format!("{}/{}", upstream.model, upstream.chip);
     match tokio::time::timeout(upstream.first_byte_timeout, upstream.client.send(request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(_)) => Err(ApiError::BadGateway(format!(
-            "the backend for {} failed to answer the poll",
+            "the backend for {} failed to answer",
             what()
         ))),
         Err(_) => Err(ApiError::GatewayTimeout(format!(
-            "the backend for {} did not answer the poll in time",
+            "the backend for {} did not answer in time",
             what()
         ))),
     }
@@ -219,7 +280,7 @@ async fn end_task(
             wire.deliver(&mut observed, result);
             observed.units = Units {
                 tasks: 1,
-                ..wire.units(Endpoint::AsyncChat, result)
+                ..wire.units(task_endpoint(task), result)
             };
             (Status::Ok, None, "succeeded")
         }
@@ -254,13 +315,10 @@ async fn settle(
         .prices()
         .in_force(&task.model, &task.chip, task.submitted_at)
         .ok_or_else(|| ApiError::Unavailable("the task's price is not in the ledger".into()))?;
-    let endpoint = match task.endpoint.as_str() {
-        "async_chat" => Endpoint::AsyncChat,
-        _ => Endpoint::Chat,
-    };
+    let endpoint = task_endpoint(task);
     let ex = Exchange {
         request_id: task.request_id.clone(),
-        route: "async_chat",
+        route: endpoint.as_str(),
         caller,
         request: ClientRequest::parse(endpoint, Bytes::from_static(b"{}"))?,
         candidates: vec![upstream.clone()],
@@ -291,10 +349,7 @@ pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
     let before = Utc::now() - chrono::Duration::from_std(expiry).unwrap_or_default();
     let mut expired = 0;
     for task in store::tasks::pending_before(state.db(), before, 500).await? {
-        let Ok(upstream) = state
-            .upstreams()
-            .pair(Endpoint::Chat, &task.model, &task.chip)
-        else {
+        let Ok(upstream) = upstream_of(state, &task) else {
             continue; // no longer configured: kept pending, for an operator to see
         };
         // The key that submitted it, revoked or not: its account pays (nothing, here).

@@ -6,6 +6,7 @@
 //! `/zhipu/images/generations`); a request can steer it with an `x_sim` object in its body
 //! (see [`Knobs`]).
 
+mod comfyui;
 mod dashscope;
 mod formats;
 mod zhipu;
@@ -98,6 +99,8 @@ struct Seen {
     last: Mutex<Value>,
     /// Zhipu's asynchronous tasks.
     tasks: zhipu::Tasks,
+    /// GenStudio's ComfyUI workflow runs.
+    workflows: comfyui::Workflows,
 }
 
 pub fn router() -> Router {
@@ -112,6 +115,10 @@ pub fn router() -> Router {
         .route("/zhipu/async/chat/completions", post(zhipu_submit))
         .route("/zhipu/async-result/{id}", get(zhipu_poll))
         .route("/zhipu/images/generations", post(zhipu_images))
+        .route("/comfyui/prompt", post(comfy_prompt))
+        .route("/comfyui/get_task_info", post(comfy_task_info))
+        .route("/comfyui/cancel", post(comfy_cancel))
+        .route("/comfyui/upload/image", post(comfy_upload))
         .route("/_sim/last", get(last))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20)) // long prompts, as real backends take
         .with_state(Arc::new(Seen::default()))
@@ -148,7 +155,7 @@ async fn accept(
 ) -> Result<Call, Response> {
     let profile =
         match profile {
-            "dashscope" => None,
+            "dashscope" | "comfyui" => None,
             name => Some(Profile::parse(name).ok_or_else(|| {
                 (StatusCode::NOT_FOUND, "unknown simulator profile").into_response()
             })?),
@@ -251,6 +258,28 @@ async fn zhipu_images(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: B
         Ok(call) => zhipu::images(&call.body, &call.knobs),
         Err(response) => response,
     }
+}
+
+async fn comfy_prompt(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
+    match accept(&seen, "comfyui", &headers, body).await {
+        Ok(call) => seen.workflows.prompt(&call.body, call.knobs),
+        Err(response) => response,
+    }
+}
+
+async fn comfy_task_info(State(seen): State<Arc<Seen>>, body: Json<Value>) -> Response {
+    seen.workflows.task_info(&body)
+}
+
+async fn comfy_cancel(State(seen): State<Arc<Seen>>, body: Json<Value>) -> Response {
+    seen.workflows.cancel(&body)
+}
+
+async fn comfy_upload(headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    comfyui::upload(content_type, &body)
 }
 
 async fn embeddings(

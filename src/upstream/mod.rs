@@ -16,7 +16,9 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::billing::PriceBook;
-use crate::config::{BaseUrl, Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
+use crate::config::{
+    BaseUrl, Config, Dialect, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig,
+};
 use crate::dialect::{self, Wire};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, PairMetrics};
@@ -37,6 +39,7 @@ pub struct Upstream {
     /// `Bearer <credential>`, from the environment, built once and marked sensitive;
     /// never logged.
     authorization: Option<HeaderValue>,
+    pub dialect: Dialect,
     /// What its wire format means (`crate::dialect`).
     pub wire: &'static dyn Wire,
     /// Where its other paths are (a task's submission and polls).
@@ -97,13 +100,23 @@ impl Upstream {
         })
     }
 
-    /// The URL that polls the task `task_id`.
-    pub fn task_url(&self, task_id: &str) -> Result<axum::http::Uri, ApiError> {
-        let path = self
+    /// How to poll the task `task_id`: its URL and, for a POST, the body.
+    pub fn task_poll(
+        &self,
+        task_id: &str,
+        asked: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(axum::http::Uri, Option<serde_json::Value>), ApiError> {
+        let poll = self
             .wire
-            .task_path(task_id)
+            .task_poll(task_id, asked)
             .ok_or_else(|| ApiError::NotFound("this backend has no tasks".into()))?;
-        self.base_url.join(&path).map_err(ApiError::Internal)
+        let url = self.base_url.join(&poll.path).map_err(ApiError::Internal)?;
+        Ok((url, poll.body))
+    }
+
+    /// The URL of `path` under this upstream's `base_url` (a dialect's other endpoints).
+    pub fn url_of(&self, path: &str) -> Result<axum::http::Uri, ApiError> {
+        self.base_url.join(path).map_err(ApiError::Internal)
     }
 
     fn build(c: &UpstreamConfig) -> anyhow::Result<Upstream> {
@@ -143,6 +156,7 @@ impl Upstream {
             url,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
+            dialect: c.dialect,
             wire,
             base_url: c.base_url.clone(),
             outbound: c

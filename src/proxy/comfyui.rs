@@ -1,0 +1,149 @@
+//! GenStudio's ComfyUI task routes beside `/prompt` (which is an ordinary task submission):
+//! `get_task_info` polls each task the client names, as its owner (404 for another key's),
+//! billing each at its first success (`tasks::poll_task`) and answering one merged
+//! `comfy_task_info` list; `cancel` is passed on for the client's own tasks (a cancelled
+//! task costs nothing: its next poll says it failed, or it expires); `upload/image` is
+//! passed on as it came (uploads are not billed).
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use super::exchange::read_body;
+use super::tasks::{poll_task, send, upstream_of};
+use crate::auth::Caller;
+use crate::config::{Dialect, Endpoint};
+use crate::dialect::comfyui::info;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store;
+
+/// Tasks one `get_task_info` may name.
+const MAX_IDS: usize = 100;
+
+/// The task ids a body names: `comfy_task_ids` (a list), `comfy_task_id` or `prompt_id`.
+fn task_ids(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let ids: Vec<Value> = match (
+        body.get("comfy_task_ids"),
+        body.get("comfy_task_id").or_else(|| body.get("prompt_id")),
+    ) {
+        (Some(Value::Array(ids)), _) => ids.clone(),
+        (None, Some(id)) => vec![id.clone()],
+        _ => {
+            return Err(ApiError::invalid(
+                "'comfy_task_ids' must list the tasks",
+                "comfy_task_ids",
+            ));
+        }
+    };
+    if ids.is_empty() || ids.len() > MAX_IDS {
+        return Err(ApiError::invalid(
+            format!("'comfy_task_ids' must name 1 to {MAX_IDS} tasks"),
+            "comfy_task_ids",
+        ));
+    }
+    ids.into_iter()
+        .map(|id| match id {
+            Value::String(id) if !id.is_empty() => Ok(id),
+            _ => Err(ApiError::invalid(
+                "task ids must be non-empty strings",
+                "comfy_task_ids",
+            )),
+        })
+        .collect()
+}
+
+fn json_body(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    serde_json::from_slice(raw)
+        .map_err(|_| ApiError::InvalidJson("the body must be a JSON object".into()))
+}
+
+/// `POST .../get_task_info`.
+pub async fn get_task_info(
+    State(state): State<AppState>,
+    caller: Caller,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let asked = json_body(&raw)?;
+    let mut infos = Vec::new();
+    for id in task_ids(&asked)? {
+        let polled = poll_task(&state, &caller, &id, &asked).await?;
+        infos.push(
+            info(&polled.answer)
+                .cloned()
+                .map_or(Value::Null, Value::Object),
+        );
+    }
+    let merged = json!({"code": 0, "msg": "success", "data": {"comfy_task_info": infos}});
+    Ok(axum::Json(merged).into_response())
+}
+
+/// `POST .../cancel`: only the caller's own tasks, on the backend they run on.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    raw: Bytes,
+) -> Result<Response, ApiError> {
+    let asked = json_body(&raw)?;
+    let mut upstream = None;
+    for id in task_ids(&asked)? {
+        let task = store::tasks::owned(state.db(), &id, caller.key_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no task '{id}' of this key")))?;
+        upstream.get_or_insert(upstream_of(&state, &task)?);
+    }
+    let upstream = upstream.expect("task_ids names one at least");
+    let request = axum::http::Request::post(upstream.url_of("/cancel")?)
+        .header(header::HOST, upstream.host.clone())
+        .header(header::CONTENT_TYPE, "application/json");
+    relay(&state, &upstream, send(&upstream, request, raw).await?).await
+}
+
+/// `POST .../upload/image`: multipart, passed on to the first ComfyUI backend as it came.
+pub async fn upload_image(
+    State(state): State<AppState>,
+    _caller: Caller,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let upstream = state
+        .upstreams()
+        .all()
+        .find(|u| u.endpoint == Endpoint::Workflow && u.dialect == Dialect::Comfyui)
+        .ok_or_else(|| ApiError::NotFound("no ComfyUI backend is configured".into()))?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .ok_or_else(|| ApiError::invalid("a multipart body is expected", "source_file"))?;
+    let limit = state.config().server.max_request_bytes;
+    let body = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+    let forward = axum::http::Request::post(upstream.url_of("/upload/image")?)
+        .header(header::HOST, upstream.host.clone())
+        .header(header::CONTENT_TYPE, content_type);
+    relay(&state, &upstream, send(&upstream, forward, body).await?).await
+}
+
+/// The backend's answer as it came (its errors mapped as every backend error is).
+async fn relay(
+    state: &AppState,
+    upstream: &crate::upstream::Upstream,
+    response: crate::upstream::client::UpstreamResponse,
+) -> Result<Response, ApiError> {
+    if !response.status().is_success() {
+        return Err(super::exchange::upstream_error(upstream, response).await);
+    }
+    let limit = state.config().server.max_response_bytes;
+    let body = read_body(response, limit, upstream.idle_timeout)
+        .await
+        .map_err(|(_, error)| error)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response())
+}
