@@ -125,7 +125,7 @@ pub async fn upload_image(
     let forward = axum::http::Request::post(upstream.url_of("/upload/image")?)
         .header(header::HOST, upstream.host.clone())
         .header(header::CONTENT_TYPE, content_type);
-    relay(&state, &upstream, send(&upstream, forward, body).await?).await
+    relay(&state, upstream, send(upstream, forward, body).await?).await
 }
 
 /// The backend's answer as it came (its errors mapped as every backend error is).
