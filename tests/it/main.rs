@@ -8,6 +8,7 @@ mod admin_keys;
 mod backend_limits;
 mod bench_smoke;
 mod billing_props;
+mod comfyui;
 mod config_checks;
 mod dashscope;
 mod durability;

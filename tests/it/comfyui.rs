@@ -1,0 +1,239 @@
+//! GenStudio's hosted ComfyUI workflows through tollgate (`/api/maas/comfy_task_api`): a run
+//! is a task, billed once, per image and per run, when a `get_task_info` first sees it
+//! succeed, whatever polls race; a failed or cancelled run costs nothing; only the key that
+//! submitted a run may poll or cancel it; uploads pass through unbilled. The dialect reads
+//! the documented shapes in `tests/fixtures/`.
+
+use crate::helpers;
+
+use futures_util::future::join_all;
+use helpers::{TestApp, dec, issue_key, request_id};
+use serde_json::{Map, Value, json};
+use tollgate::config::{Dialect, Endpoint};
+use tollgate::dialect::TaskState;
+
+const BASE: &str = "/api/maas/comfy_task_api";
+
+fn fixture(name: &str) -> Map<String, Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn run(app: &TestApp, sim: Value) -> (String, String) {
+    let body = json!({"workflow_id": "wf-demo-txt2img",
+        "prompt": {"6": {"inputs": {"text": "一只猫"}}}, "x_sim": sim});
+    let response = app.post(&format!("{BASE}/prompt"), &body).await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let answer: Value = response.json().await.unwrap();
+    (
+        answer["data"]["prompt_id"].as_str().unwrap().to_string(),
+        id,
+    )
+}
+
+async fn task_info(app: &TestApp, key: &str, ids: &[&str]) -> (u16, Value) {
+    let response = app
+        .client
+        .post(app.url(&format!("{BASE}/get_task_info")))
+        .bearer_auth(key)
+        .json(&json!({"comfy_task_ids": ids, "url_expire_period": 600}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn records_of(app: &TestApp, request_id: &str) -> Vec<tollgate::store::usage::StoredRecord> {
+    app.state.ledger().flush().await.unwrap();
+    let all = tollgate::store::usage::list(app.state.db(), &Default::default(), 10_000)
+        .await
+        .unwrap();
+    all.into_iter()
+        .filter(|r| r.request_id == request_id)
+        .collect()
+}
+
+#[test]
+fn the_documented_shapes_are_read() {
+    let wire = tollgate::dialect::wire(Dialect::Comfyui);
+    assert_eq!(
+        wire.task_id(&fixture("comfyui-prompt.json")).as_deref(),
+        Some("3a9f1c2e8b7d4e6fa1c0d9e8f7a6b5c4")
+    );
+    assert_eq!(
+        wire.task_state(&fixture("comfyui-task-info-running.json")),
+        Some(TaskState::Pending)
+    );
+    let done = fixture("comfyui-task-info-success.json");
+    assert_eq!(wire.task_state(&done), Some(TaskState::Succeeded));
+    assert_eq!(wire.units(Endpoint::Workflow, &done).images, 2);
+    let zhipu = tollgate::dialect::wire(Dialect::Zhipu);
+    assert_eq!(
+        zhipu.task_state(&fixture("zhipu-async-result-success.json")),
+        Some(TaskState::Succeeded)
+    );
+}
+
+#[tokio::test]
+async fn a_run_is_billed_once_per_image_when_first_seen_to_succeed() {
+    let app = TestApp::spawn().await;
+    let (done_soon, first) = run(&app, json!({"polls": 1, "images": 3})).await;
+    let (later, second) = run(&app, json!({"polls": 3, "images": 1})).await;
+    // One poll names both; each entry comes back in order.
+    let (status, answer) = task_info(&app, &app.key, &[&done_soon, &later]).await;
+    assert_eq!(status, 200);
+    let infos = answer["data"]["comfy_task_info"].as_array().unwrap();
+    assert_eq!(infos.len(), 2);
+    assert_eq!(
+        (
+            infos[0]["comfy_task_id"].as_str(),
+            infos[1]["comfy_task_id"].as_str()
+        ),
+        (Some(done_soon.as_str()), Some(later.as_str()))
+    );
+    assert!(
+        records_of(&app, &first).await.is_empty(),
+        "queued: nothing billed"
+    );
+    let (_, answer) = task_info(&app, &app.key, &[&done_soon, &later]).await;
+    assert_eq!(answer["data"]["comfy_task_info"][0]["status"], 3);
+    assert_eq!(answer["data"]["comfy_task_info"][1]["status"], 2);
+    let records = records_of(&app, &first).await;
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(
+        (record.endpoint.as_str(), record.status.as_str()),
+        ("workflow", "ok")
+    );
+    assert_eq!((record.images, record.tasks), (3, 1));
+    assert_eq!(
+        record.cost,
+        dec("0.16"),
+        "3 images at 0.05 and the run at 0.01"
+    );
+    assert!(records_of(&app, &second).await.is_empty());
+    for _ in 0..3 {
+        let _ = task_info(&app, &app.key, &[&done_soon, &later]).await;
+    }
+    assert_eq!(
+        records_of(&app, &first).await.len(),
+        1,
+        "later polls bill nothing"
+    );
+    assert_eq!(records_of(&app, &second).await[0].cost, dec("0.06"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_polls_of_a_finished_run_bill_it_once() {
+    let app = TestApp::spawn().await;
+    let (task, id) = run(&app, json!({"polls": 0, "images": 2})).await;
+    let ids = [task.as_str()];
+    let polls = (0..20).map(|_| task_info(&app, &app.key, &ids));
+    for (status, answer) in join_all(polls).await {
+        assert_eq!(
+            (
+                status,
+                answer["data"]["comfy_task_info"][0]["status"].as_u64()
+            ),
+            (200, Some(3))
+        );
+    }
+    let records = records_of(&app, &id).await;
+    assert_eq!((records.len(), records[0].cost), (1, dec("0.11")));
+}
+
+#[tokio::test]
+async fn failed_and_cancelled_runs_cost_nothing_and_only_the_owner_may_touch_a_run() {
+    let app = TestApp::spawn().await;
+    let (failing, failed_id) = run(&app, json!({"polls": 0, "fault": "task_failed"})).await;
+    let (_, answer) = task_info(&app, &app.key, &[&failing]).await;
+    assert_eq!(answer["data"]["comfy_task_info"][0]["status"], 4);
+    let records = records_of(&app, &failed_id).await;
+    assert_eq!(
+        (records.len(), records[0].status.as_str(), records[0].cost),
+        (1, "upstream_error", dec("0"))
+    );
+
+    let (running, cancelled_id) = run(&app, json!({"polls": 5})).await;
+    let other = issue_key(&app.state, "acme", None).await.secret;
+    let (status, _) = task_info(&app, &other, &[&running]).await;
+    assert_eq!(status, 404, "another key's run is not found");
+    let cancel = |key: String| {
+        let request = app
+            .client
+            .post(app.url(&format!("{BASE}/cancel")))
+            .bearer_auth(key);
+        request
+            .json(&json!({"comfy_task_id": running.clone()}))
+            .send()
+    };
+    assert_eq!(cancel(other).await.unwrap().status(), 404);
+    let response = cancel(app.key.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, answer) = task_info(&app, &app.key, &[&running]).await;
+    assert_eq!(answer["data"]["comfy_task_info"][0]["status"], 4);
+    let records = records_of(&app, &cancelled_id).await;
+    assert_eq!((records.len(), records[0].cost), (1, dec("0")));
+
+    let (status, body) = {
+        let response = app
+            .client
+            .post(app.url(&format!("{BASE}/get_task_info")))
+            .bearer_auth(&app.key)
+            .json(&json!({"url_expire_period": 600}))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "comfy_task_ids");
+}
+
+#[tokio::test]
+async fn an_upload_passes_through_and_is_not_billed() {
+    let app = TestApp::spawn().await;
+    let boundary = "tollgate-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"source_file\"; \
+         filename=\"cat.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&[0x89, b'P', b'N', b'G', 0, 1, 2, 3]);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let response = app
+        .client
+        .post(app.url(&format!("{BASE}/upload/image")))
+        .bearer_auth(&app.key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        answer["data"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("upload/")
+    );
+    assert_eq!(app.record_count().await, 0);
+    let response = app
+        .client
+        .post(app.url(&format!("{BASE}/upload/image")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "uploads need a key too");
+}
