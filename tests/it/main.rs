@@ -18,6 +18,7 @@ mod framing;
 mod hostile;
 mod invoices;
 mod key_secrecy;
+mod langchain;
 mod ledger_writer;
 mod multimodal;
 mod observability;
