@@ -253,16 +253,6 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
         if up.endpoint() == Endpoint::AsyncChat {
             bail!("{name}: async_chat is served by chat upstreams whose dialect has tasks");
         }
-        if crate::dialect::wire(up.dialect)
-            .path(up.endpoint())
-            .is_none()
-        {
-            bail!(
-                "{name}: dialect {} does not serve {}",
-                up.dialect.as_str(),
-                up.endpoint().as_str()
-            );
-        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::exchange::read_body;
+use super::answer::{read_body, upstream_error};
 use super::tasks::{poll_task, send, upstream_of};
 use crate::auth::Caller;
 use crate::config::{Dialect, Endpoint};
@@ -135,7 +135,7 @@ async fn relay(
     response: crate::upstream::client::UpstreamResponse,
 ) -> Result<Response, ApiError> {
     if !response.status().is_success() {
-        return Err(super::exchange::upstream_error(upstream, response).await);
+        return Err(upstream_error(upstream, response).await);
     }
     let limit = state.config().server.max_response_bytes;
     let body = read_body(response, limit, upstream.idle_timeout)

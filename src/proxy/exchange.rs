@@ -5,21 +5,20 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
+use super::answer::{read_body, upstream_error};
 use super::detach::Detachable;
 use super::settle::{Exchange, Outcome, Served, finish};
 use super::stream;
 use crate::billing::record::Status;
 use crate::config::Endpoint;
 use crate::dialect::observe::{self, Observed};
-use crate::error::{ApiError, openai_error};
+use crate::error::ApiError;
 use crate::state::AppState;
-use crate::upstream::Upstream;
-use crate::upstream::client::{UpstreamResponse, next_chunk_within};
+use crate::upstream::client::UpstreamResponse;
 
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
@@ -224,51 +223,6 @@ async fn complete(
     finish(state, ex, served, outcome, response).await
 }
 
-/// Reads a whole body within `limit` bytes, each read within `idle`. A body that comes in
-/// one piece (the usual small answer) is kept as it came, without a copy.
-pub(super) async fn read_body(
-    mut response: UpstreamResponse,
-    limit: usize,
-    idle: Duration,
-) -> Result<Bytes, (Status, ApiError)> {
-    let mut first: Option<Bytes> = None;
-    let mut body = BytesMut::new();
-    loop {
-        match next_chunk_within(&mut response, idle).await {
-            Err(_) => {
-                return Err((
-                    Status::Timeout,
-                    ApiError::GatewayTimeout("the backend stopped sending its answer".into()),
-                ));
-            }
-            Ok(Err(_)) => {
-                return Err((
-                    Status::UpstreamError,
-                    ApiError::BadGateway("the backend's answer was cut off".into()),
-                ));
-            }
-            Ok(Ok(None)) if body.is_empty() => return Ok(first.unwrap_or_default()),
-            Ok(Ok(None)) => return Ok(body.freeze()),
-            Ok(Ok(Some(chunk))) => {
-                let had = first.as_ref().map_or(0, Bytes::len) + body.len();
-                if had + chunk.len() > limit {
-                    let error = ApiError::BadGateway(format!(
-                        "the backend's answer is larger than {limit} bytes"
-                    ));
-                    return Err((Status::UpstreamError, error));
-                }
-                match first.take() {
-                    None if body.is_empty() => first = Some(chunk),
-                    earlier => {
-                        body.extend_from_slice(&earlier.unwrap_or_default());
-                        body.extend_from_slice(&chunk);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Every backend of `model` is at its own limit (`upstreams[].rpm`): tollgate answers the
 /// 429 itself, with when to retry, and nothing reaches a backend.
 fn over_backend_limit(model: &str, wait: Duration) -> ApiError {
@@ -281,45 +235,5 @@ fn over_backend_limit(model: &str, wait: Duration) -> ApiError {
             seconds.max(1)
         ),
         headers: Box::new(headers),
-    }
-}
-
-/// Maps a backend's HTTP error to what the client sees. Errors that are the client's own
-/// (400, 413, 429) keep their status; a backend rejecting tollgate's credentials or failing
-/// is the gateway's problem (502/504). The backend's message and code are kept.
-pub async fn upstream_error(upstream: &Upstream, response: UpstreamResponse) -> ApiError {
-    let backend_status = response.status();
-    // When to come back, as the backend said: the client is told the same.
-    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-    let body = read_body(response, 64 << 10, upstream.idle_timeout)
-        .await
-        .unwrap_or_default();
-    let parsed = serde_json::from_slice::<Map<String, Value>>(&body).ok();
-    let mapped = parsed.as_ref().and_then(|v| upstream.wire.error(v));
-    let status = match backend_status.as_u16() {
-        400 | 422 => StatusCode::BAD_REQUEST,
-        413 => StatusCode::PAYLOAD_TOO_LARGE,
-        429 => StatusCode::TOO_MANY_REQUESTS,
-        408 | 504 => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    let body = mapped.unwrap_or_else(|| {
-        let message = format!(
-            "the backend for {}/{} answered HTTP {}",
-            upstream.model,
-            upstream.chip,
-            backend_status.as_u16()
-        );
-        openai_error(
-            &message,
-            "upstream_error",
-            Value::from(backend_status.as_u16()),
-            None,
-        )
-    });
-    ApiError::Upstream {
-        status,
-        body,
-        retry_after,
     }
 }

@@ -3,6 +3,7 @@
 //! run so the client cannot cancel it: `detach`) and settling it (`settle`). What the
 //! backend's wire format means is `crate::dialect`'s: its upstream's `wire()`.
 
+pub mod answer;
 mod authenticate;
 pub mod comfyui;
 mod detach;

@@ -20,7 +20,7 @@ use http_body_util::Full;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
-use super::exchange::{read_body, upstream_error};
+use super::answer::{read_body, upstream_error};
 use super::request::ClientRequest;
 use super::settle::{Exchange, Outcome, Served, commit, finish};
 use crate::auth::Caller;

@@ -142,9 +142,15 @@ impl Upstream {
             })
             .transpose()?;
         let wire = dialect::wire(c.dialect);
-        let path = wire
-            .path(c.endpoint())
-            .context("the dialect does not serve this endpoint")?;
+        let path = wire.path(c.endpoint()).with_context(|| {
+            format!(
+                "upstream {}/{}: dialect {} does not serve {}",
+                c.model,
+                c.chip,
+                c.dialect.as_str(),
+                c.endpoint().as_str()
+            )
+        })?;
         let url = c.base_url.join(path)?;
         Ok(Upstream {
             model: c.model.clone(),

@@ -82,3 +82,37 @@ async fn a_float_price_is_refused() {
     .await;
     assert!(error.contains("write it as a string"), "{error}");
 }
+
+#[tokio::test]
+async fn an_endpoint_its_dialect_does_not_have_is_refused_and_so_is_async_chat() {
+    let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = helpers::test_config(sim, &dir);
+    let qwen = config
+        .upstreams
+        .iter_mut()
+        .find(|u| u.dialect == tollgate::config::Dialect::Dashscope)
+        .unwrap();
+    *qwen = toml::from_str(&format!(
+        "model = \"qwen-plus\"\nchip = \"aliyun\"\ndialect = \"dashscope\"\n\
+         endpoint = \"embeddings\"\nbase_url = \"http://{sim}/dashscope\"\n"
+    ))
+    .unwrap();
+    let error = match Application::build(config).await {
+        Ok(_) => panic!("a DashScope upstream serving embeddings was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("qwen-plus/aliyun: dialect dashscope does not serve embeddings"),
+        "{error}"
+    );
+    let text = "[[upstreams]]\nmodel = \"glm\"\nchip = \"z\"\ndialect = \"zhipu\"\n\
+                endpoint = \"async_chat\"\nbase_url = \"http://127.0.0.1:9/zhipu\"\n";
+    let error = format!("{:#}", Config::from_toml(text, []).unwrap_err());
+    assert!(
+        error.contains("async_chat is served by chat upstreams"),
+        "{error}"
+    );
+}
