@@ -47,16 +47,6 @@ async fn task_info(app: &TestApp, key: &str, ids: &[&str]) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn records_of(app: &TestApp, request_id: &str) -> Vec<tollgate::store::usage::StoredRecord> {
-    app.state.ledger().flush().await.unwrap();
-    let all = tollgate::store::usage::list(app.state.db(), &Default::default(), 10_000)
-        .await
-        .unwrap();
-    all.into_iter()
-        .filter(|r| r.request_id == request_id)
-        .collect()
-}
-
 #[test]
 fn the_documented_shapes_are_read() {
     let wire = tollgate::dialect::wire(Dialect::Comfyui);
@@ -96,13 +86,13 @@ async fn a_run_is_billed_once_per_image_when_first_seen_to_succeed() {
         (Some(done_soon.as_str()), Some(later.as_str()))
     );
     assert!(
-        records_of(&app, &first).await.is_empty(),
+        app.records_with(&first).await.is_empty(),
         "queued: nothing billed"
     );
     let (_, answer) = task_info(&app, &app.key, &[&done_soon, &later]).await;
     assert_eq!(answer["data"]["comfy_task_info"][0]["status"], 3);
     assert_eq!(answer["data"]["comfy_task_info"][1]["status"], 2);
-    let records = records_of(&app, &first).await;
+    let records = app.records_with(&first).await;
     assert_eq!(records.len(), 1);
     let record = &records[0];
     assert_eq!(
@@ -115,16 +105,16 @@ async fn a_run_is_billed_once_per_image_when_first_seen_to_succeed() {
         dec("0.16"),
         "3 images at 0.05 and the run at 0.01"
     );
-    assert!(records_of(&app, &second).await.is_empty());
+    assert!(app.records_with(&second).await.is_empty());
     for _ in 0..3 {
         let _ = task_info(&app, &app.key, &[&done_soon, &later]).await;
     }
     assert_eq!(
-        records_of(&app, &first).await.len(),
+        app.records_with(&first).await.len(),
         1,
         "later polls bill nothing"
     );
-    assert_eq!(records_of(&app, &second).await[0].cost, dec("0.06"));
+    assert_eq!(app.records_with(&second).await[0].cost, dec("0.06"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,7 +132,7 @@ async fn twenty_concurrent_polls_of_a_finished_run_bill_it_once() {
             (200, Some(3))
         );
     }
-    let records = records_of(&app, &id).await;
+    let records = app.records_with(&id).await;
     assert_eq!((records.len(), records[0].cost), (1, dec("0.11")));
 }
 
@@ -152,7 +142,7 @@ async fn failed_and_cancelled_runs_cost_nothing_and_only_the_owner_may_touch_a_r
     let (failing, failed_id) = run(&app, json!({"polls": 0, "fault": "task_failed"})).await;
     let (_, answer) = task_info(&app, &app.key, &[&failing]).await;
     assert_eq!(answer["data"]["comfy_task_info"][0]["status"], 4);
-    let records = records_of(&app, &failed_id).await;
+    let records = app.records_with(&failed_id).await;
     assert_eq!(
         (records.len(), records[0].status.as_str(), records[0].cost),
         (1, "upstream_error", dec("0"))
@@ -176,7 +166,7 @@ async fn failed_and_cancelled_runs_cost_nothing_and_only_the_owner_may_touch_a_r
     assert_eq!(response.status(), 200);
     let (_, answer) = task_info(&app, &app.key, &[&running]).await;
     assert_eq!(answer["data"]["comfy_task_info"][0]["status"], 4);
-    let records = records_of(&app, &cancelled_id).await;
+    let records = app.records_with(&cancelled_id).await;
     assert_eq!((records.len(), records[0].cost), (1, dec("0")));
 
     let (status, body) = {

@@ -51,15 +51,11 @@ async fn poll(app: &TestApp, task: &str) -> (u16, Value) {
     poll_with(app, &app.key, task).await
 }
 
-/// Records of `request_id` once the ledger has every committed one.
-async fn records_of(app: &TestApp, request_id: &str) -> Vec<store::usage::StoredRecord> {
-    app.state.ledger().flush().await.unwrap();
-    let all = store::usage::list(app.state.db(), &Default::default(), 10_000)
-        .await
-        .unwrap();
-    all.into_iter()
-        .filter(|r| r.request_id == request_id)
-        .collect()
+/// The task's status, from a poll that must succeed.
+async fn status_of(app: &TestApp, task: &str) -> String {
+    let (status, body) = poll(app, task).await;
+    assert_eq!(status, 200, "{body}");
+    body["task_status"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
@@ -108,22 +104,14 @@ async fn a_task_is_billed_once_when_a_poll_first_sees_it_succeed() {
     )
     .await;
     for _ in 0..2 {
-        let (status, body) = poll(&app, &task).await;
-        assert_eq!(
-            (status, body["task_status"].as_str()),
-            (200, Some("PROCESSING"))
-        );
+        assert_eq!(status_of(&app, &task).await, "PROCESSING");
         assert!(
-            records_of(&app, &id).await.is_empty(),
+            app.records_with(&id).await.is_empty(),
             "nothing billed while processing"
         );
     }
-    let (status, body) = poll(&app, &task).await;
-    assert_eq!(
-        (status, body["task_status"].as_str()),
-        (200, Some("SUCCESS"))
-    );
-    let records = records_of(&app, &id).await;
+    assert_eq!(status_of(&app, &task).await, "SUCCESS");
+    let records = app.records_with(&id).await;
     assert_eq!(records.len(), 1);
     let record = &records[0];
     assert_eq!(
@@ -136,14 +124,10 @@ async fn a_task_is_billed_once_when_a_poll_first_sees_it_succeed() {
     );
     assert_eq!(record.cost, glm_cost(30, 12, 1));
     for _ in 0..3 {
-        let (status, body) = poll(&app, &task).await;
-        assert_eq!(
-            (status, body["task_status"].as_str()),
-            (200, Some("SUCCESS"))
-        );
+        assert_eq!(status_of(&app, &task).await, "SUCCESS");
     }
     assert_eq!(
-        records_of(&app, &id).await.len(),
+        app.records_with(&id).await.len(),
         1,
         "later polls bill nothing"
     );
@@ -169,7 +153,7 @@ async fn twenty_concurrent_polls_of_a_finished_task_bill_it_once() {
             (200, Some("SUCCESS"))
         );
     }
-    let records = records_of(&app, &id).await;
+    let records = app.records_with(&id).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].cost, glm_cost(8, 4, 1));
     assert_eq!(app.record_count().await, 1);
@@ -186,12 +170,12 @@ async fn only_the_submitting_key_may_poll_and_unknown_tasks_are_not_found() {
     let (status, _) = poll(&app, "no-such-task").await;
     assert_eq!(status, 404);
     assert!(
-        records_of(&app, &id).await.is_empty(),
+        app.records_with(&id).await.is_empty(),
         "another key's poll bills nothing"
     );
     let (status, _) = poll(&app, &task).await;
     assert_eq!(status, 200);
-    assert_eq!(records_of(&app, &id).await.len(), 1);
+    assert_eq!(app.records_with(&id).await.len(), 1);
 }
 
 #[tokio::test]
@@ -201,7 +185,7 @@ async fn a_failed_task_costs_nothing_and_a_failed_poll_changes_nothing() {
     let (_, body) = poll(&app, &task).await;
     assert_eq!(body["task_status"], "FAILED");
     let _ = poll(&app, &task).await;
-    let records = records_of(&app, &id).await;
+    let records = app.records_with(&id).await;
     assert_eq!(records.len(), 1, "one record, for the failure");
     assert_eq!(
         (records[0].status.as_str(), records[0].cost),
@@ -215,13 +199,9 @@ async fn a_failed_task_costs_nothing_and_a_failed_poll_changes_nothing() {
     .await;
     let (status, body) = poll(&app, &task).await;
     assert_eq!(status, 502, "the backend's failure to answer: {body}");
-    assert!(records_of(&app, &id).await.is_empty());
-    let (status, body) = poll(&app, &task).await;
-    assert_eq!(
-        (status, body["task_status"].as_str()),
-        (200, Some("SUCCESS"))
-    );
-    let records = records_of(&app, &id).await;
+    assert!(app.records_with(&id).await.is_empty());
+    assert_eq!(status_of(&app, &task).await, "SUCCESS");
+    let records = app.records_with(&id).await;
     assert_eq!((records.len(), records[0].cost), (1, glm_cost(5, 5, 1)));
 }
 
@@ -258,7 +238,7 @@ async fn a_poll_after_a_restart_bills_once_and_a_record_without_its_mark_is_not_
         (status, body["task_status"].as_str()),
         (200, Some("SUCCESS"))
     );
-    let records = records_of(&second, &id).await;
+    let records = second.records_with(&id).await;
     assert_eq!((records.len(), records[0].cost), (1, glm_cost(9, 3, 1)));
 
     // A crash after the record and before the mark: the next poll writes it again, and the
@@ -267,7 +247,7 @@ async fn a_poll_after_a_restart_bills_once_and_a_record_without_its_mark_is_not_
     helpers::ledger::execute_text(second.state.db(), reopen, &id).await;
     let (status, _) = poll_with(&second, &key, &task).await;
     assert_eq!(status, 200);
-    assert_eq!(records_of(&second, &id).await.len(), 1);
+    assert_eq!(second.records_with(&id).await.len(), 1);
     assert_eq!(second.record_count().await, 1);
 }
 
@@ -293,7 +273,7 @@ async fn a_task_never_polled_to_its_end_expires_at_no_cost_and_is_listed_until_t
         0,
         "once"
     );
-    let records = records_of(&app, &id).await;
+    let records = app.records_with(&id).await;
     assert_eq!(records.len(), 1);
     assert_eq!(
         (records[0].status.as_str(), records[0].cost),

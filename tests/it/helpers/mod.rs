@@ -214,6 +214,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Every record of `request_id` once the ledger has all committed ones: a task's
+    /// record is its submission's id, and must be there once.
+    pub async fn records_with(&self, request_id: &str) -> Vec<StoredRecord> {
+        self.state.ledger().flush().await.unwrap();
+        let filter = Default::default();
+        let all = store::usage::list(self.state.db(), &filter, 10_000)
+            .await
+            .unwrap();
+        all.into_iter()
+            .filter(|r| r.request_id == request_id)
+            .collect()
+    }
+
     /// Stops the gateway the way SIGTERM does, waiting for the drain.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
