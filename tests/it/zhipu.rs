@@ -251,19 +251,18 @@ async fn a_poll_after_a_restart_bills_once_and_a_record_without_its_mark_is_not_
     assert_eq!(second.record_count().await, 1);
 }
 
+/// `GET /admin/v1/tasks?state=...`: the status and the list.
+async fn tasks_in(app: &TestApp, token: &str, state: &str) -> (u16, Value) {
+    let path = format!("/admin/v1/tasks?state={state}");
+    app.admin(reqwest::Method::GET, &path, token, None).await
+}
+
 #[tokio::test]
 async fn a_task_never_polled_to_its_end_expires_at_no_cost_and_is_listed_until_then() {
     let app = TestApp::spawn_with(|c| c.limits.task_expiry_secs = 1).await;
     let (_, id) = submit(&app, json!({"polls": 5})).await;
     let token = app.admin_token(tollgate::auth::jwt::Role::Viewer);
-    let (status, listed) = app
-        .admin(
-            reqwest::Method::GET,
-            "/admin/v1/tasks?state=pending",
-            &token,
-            None,
-        )
-        .await;
+    let (status, listed) = tasks_in(&app, &token, "pending").await;
     assert_eq!(status, 200);
     assert_eq!(listed["data"][0]["request_id"], id.as_str());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -279,32 +278,11 @@ async fn a_task_never_polled_to_its_end_expires_at_no_cost_and_is_listed_until_t
         (records[0].status.as_str(), records[0].cost),
         ("timeout", dec("0"))
     );
-    let (_, listed) = app
-        .admin(
-            reqwest::Method::GET,
-            "/admin/v1/tasks?state=pending",
-            &token,
-            None,
-        )
-        .await;
+    let (_, listed) = tasks_in(&app, &token, "pending").await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 0);
-    let (_, listed) = app
-        .admin(
-            reqwest::Method::GET,
-            "/admin/v1/tasks?state=expired",
-            &token,
-            None,
-        )
-        .await;
+    let (_, listed) = tasks_in(&app, &token, "expired").await;
     assert_eq!(listed["data"][0]["request_id"], id.as_str());
-    let (status, _) = app
-        .admin(
-            reqwest::Method::GET,
-            "/admin/v1/tasks?state=lost",
-            &token,
-            None,
-        )
-        .await;
+    let (status, _) = tasks_in(&app, &token, "lost").await;
     assert_eq!(status, 400);
 }
 
