@@ -355,6 +355,11 @@ async fn hold_worst_case(
             caller.account_id,
             worst,
             tokens,
+            // A task's hold lasts until the task ends, or expires.
+            request
+                .endpoint
+                .is_task()
+                .then(|| std::time::Duration::from_secs(state.config().limits.task_expiry_secs)),
         )
         .await
 }

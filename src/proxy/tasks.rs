@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body_util::Full;
+use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
@@ -24,13 +25,14 @@ use super::answer::{read_body, upstream_error};
 use super::request::ClientRequest;
 use super::settle::{Exchange, Outcome, Served, commit, finish};
 use crate::auth::Caller;
-use crate::billing::Units;
 use crate::billing::record::Status;
+use crate::billing::{TokenCounts, Units};
 use crate::config::Endpoint;
 use crate::dialect::TaskState;
 use crate::dialect::observe::Observed;
 use crate::error::ApiError;
 use crate::limits::Admission;
+use crate::limits::spending::Hold;
 use crate::state::AppState;
 use crate::store::{self, tasks::Task};
 use crate::upstream::Upstream;
@@ -86,17 +88,34 @@ pub(super) async fn submitted(
         submitted_at: ex.started_at,
         state: "pending".into(),
         ended_at: None,
+        held: ex.hold.map_or(Decimal::ZERO, |h| h.amount),
     };
-    // Nothing is spent until the task ends: the reservation and the hold go back now.
-    ex.release(state);
     if let Err(e) = store::tasks::insert(state.db(), &task).await {
+        ex.release(state);
         tracing::error!(request_id = %ex.request_id, error = %e, "task not recorded");
         return ApiError::Unavailable(
             "the task could not be recorded, so it could not be billed; submit it again".into(),
         )
         .into_response();
     }
+    // No tokens are spent until the task ends: the key's reservation goes back now. The
+    // spending hold stays with the task until its record (or its expiry) settles it.
+    state.limits().settle(&ex.caller, &ex.admission, 0);
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The hold a task keeps until it ends. Its tokens do not cap the task's record: a task's
+/// usage is known only at its end, and is billed as reported.
+fn hold_of(task: &Task) -> Option<Hold> {
+    (!task.held.is_zero()).then_some(Hold {
+        account_id: task.account_id,
+        amount: task.held,
+        tokens: TokenCounts {
+            prompt: u64::MAX,
+            completion: u64::MAX,
+            cached: 0,
+        },
+    })
 }
 
 /// Backend task ids go into URLs: only plain ones are kept.
@@ -325,7 +344,7 @@ async fn settle(
         started: since(task.submitted_at),
         started_at: task.submitted_at,
         admission: Admission::nothing(),
-        hold: None,
+        hold: hold_of(task),
     };
     let served = Served {
         upstream: upstream.clone(),

@@ -3,8 +3,9 @@
 //! record, whose request id is the task's, so the ledger keeps one whatever races.
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 
-use super::{Db, Read, Result, from_ms, on, to_ms};
+use super::{Db, Money, Read, Result, from_ms, on, to_ms};
 
 /// A task the backend accepted.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -20,6 +21,8 @@ pub struct Task {
     /// `pending`, `succeeded`, `failed` or `expired`.
     pub state: String,
     pub ended_at: Option<DateTime<Utc>>,
+    /// The spending hold it keeps until it ends (0 for an account without a limit).
+    pub held: Decimal,
 }
 
 fn from_row(row: &impl Read) -> Result<Task> {
@@ -34,6 +37,7 @@ fn from_row(row: &impl Read) -> Result<Task> {
         submitted_at: from_ms(row.read("submitted_at")?),
         state: row.read("state")?,
         ended_at: row.read::<Option<i64>>("ended_at")?.map(from_ms),
+        held: row.money("held")?,
     })
 }
 
@@ -41,8 +45,8 @@ pub async fn insert(db: &Db, task: &Task) -> Result<()> {
     on!(db, |pool| {
         sqlx::query(
             "INSERT INTO tasks (request_id, task_id, account_id, key_id, model, chip,
-                endpoint, submitted_at, state)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')",
+                endpoint, submitted_at, state, held)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)",
         )
         .bind(&task.request_id)
         .bind(&task.task_id)
@@ -52,6 +56,7 @@ pub async fn insert(db: &Db, task: &Task) -> Result<()> {
         .bind(&task.chip)
         .bind(&task.endpoint)
         .bind(to_ms(task.submitted_at))
+        .bind(Money(task.held))
         .execute(pool)
         .await?;
         Ok(())
@@ -127,4 +132,25 @@ pub async fn pending_before(db: &Db, before: DateTime<Utc>, limit: i64) -> Resul
         .await?;
         rows.iter().map(from_row).collect()
     })
+}
+
+/// What an account's pending tasks hold, summed exactly here (SQLite would sum text as
+/// floating point).
+pub async fn held_by(db: &Db, account_id: i64) -> Result<Decimal> {
+    let rows = on!(db, |pool| {
+        sqlx::query("SELECT held FROM tasks WHERE account_id = $1 AND state = 'pending'")
+            .bind(account_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| row.money("held"))
+            .collect::<Result<Vec<Decimal>>>()?
+    });
+    rows.iter()
+        .try_fold(Decimal::ZERO, |sum, held| sum.checked_add(*held))
+        .ok_or_else(|| {
+            super::StoreError::Unavailable(anyhow::anyhow!(
+                "account {account_id}: its pending tasks hold more than can be summed"
+            ))
+        })
 }

@@ -355,3 +355,72 @@ async fn the_official_zhipuai_sdk_works_unchanged_and_each_task_is_billed_exactl
         (1, 2, dec("0.2"))
     );
 }
+
+#[tokio::test]
+async fn tasks_hold_a_prepaid_balance_until_they_end_even_across_a_restart() {
+    use crate::spending::{set_billing, top_up};
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let database = helpers::ledger::fresh(ledger_dir.path(), Default::default());
+    let first = {
+        let database = database.clone();
+        TestApp::spawn_with(move |c| c.database = database).await
+    };
+    set_billing(&first, json!({"billing_mode": "prepaid"})).await;
+    // A task with max_tokens 100 holds about 0.0009: the balance covers two at once.
+    assert_eq!(top_up(&first, "t-1", json!("0.002")).await.0, 201);
+    let mut body = task_body(json!({"polls": 0, "prompt_tokens": 22, "completion_tokens": 18}));
+    body["max_tokens"] = json!(100);
+    let submit_path = format!("{BASE}/async/chat/completions");
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let response = first.post(&submit_path, &body).await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        tasks.push(answer["id"].as_str().unwrap().to_string());
+    }
+    let refused = first.post(&submit_path, &body).await;
+    assert_eq!(refused.status(), 402, "two pending tasks hold the balance");
+
+    // A restart: the pending tasks hold it still.
+    let (sim, key) = (first.sim, first.key.clone());
+    first.stop().await;
+    let zhipu: tollgate::config::BaseUrl =
+        serde_json::from_value(json!(format!("http://{sim}/zhipu"))).unwrap();
+    let second = TestApp::spawn_with(move |c| {
+        c.database = database;
+        for up in c.upstreams.iter_mut().filter(|u| u.model == "glm-4-plus") {
+            up.base_url = zhipu.clone();
+        }
+    })
+    .await;
+    let again = second
+        .client
+        .post(second.url(&submit_path))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 402, "held across the restart");
+    // Both end: each pays its usage and its fee, and what they held is free again.
+    for task in &tasks {
+        let (status, answer) = poll_with(&second, &key, task).await;
+        assert_eq!(
+            (status, answer["task_status"].as_str()),
+            (200, Some("SUCCESS"))
+        );
+    }
+    // (On PostgreSQL a hold is posted when the record is shipped there.)
+    second
+        .wait_until_shipped(std::time::Duration::from_secs(10))
+        .await;
+    let after = second
+        .client
+        .post(second.url(&submit_path))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200, "0.002 - 2 × 0.0003 covers another");
+}

@@ -67,11 +67,13 @@ impl LocalSpending {
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
         self.ledger.flush().await?;
         let balance = balance(db, prices, account_id).await?;
+        // Pending tasks keep their holds across restarts: the ledger says what they are.
+        let held = store::tasks::held_by(db, account_id).await?;
         // Another request may have loaded it meanwhile; its state is as fresh and may hold.
         self.funds.lock().entry(account_id).or_insert(Funds {
             balance,
             allowance: account.allowance(),
-            held: Decimal::ZERO,
+            held,
         });
         Ok(())
     }
@@ -113,7 +115,10 @@ impl LocalSpending {
     /// dropped, to be read again from the ledger (which then reports the error).
     pub fn settle(&self, account_id: i64, hold: Option<Hold>, cost: Decimal) {
         if hold.is_some() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+            // A task's hold taken before a restart was not counted by this process.
+            let _ = self
+                .pending
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
         let mut funds = self.funds.lock();
         if let Some(f) = funds.get_mut(&account_id) {

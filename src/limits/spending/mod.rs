@@ -86,7 +86,9 @@ impl Spending {
     }
 
     /// Holds `worst_case` (the cost of `tokens`) for request `request_id`, or refuses with
-    /// 402.
+    /// 402. `lasts` is how long a hold whose gateway died may stay before it is voided
+    /// (`None`: `limits.hold_expiry_secs`; a task's lasts as long as the task may).
+    #[allow(clippy::too_many_arguments)]
     pub async fn hold(
         &self,
         db: &Db,
@@ -95,10 +97,14 @@ impl Spending {
         account_id: i64,
         worst_case: Decimal,
         tokens: TokenCounts,
+        lasts: Option<std::time::Duration>,
     ) -> Result<Option<Hold>, ApiError> {
         match self {
             Spending::Local(s) => s.hold(db, prices, account_id, worst_case, tokens).await,
-            Spending::Postgres(s) => s.hold(request_id, account_id, worst_case, tokens).await,
+            Spending::Postgres(s) => {
+                s.hold(request_id, account_id, worst_case, tokens, lasts)
+                    .await
+            }
         }
     }
 

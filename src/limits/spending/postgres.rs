@@ -65,13 +65,17 @@ impl PgSpending {
         account_id: i64,
         worst_case: Decimal,
         tokens: TokenCounts,
+        lasts: Option<std::time::Duration>,
     ) -> Result<Option<Hold>, ApiError> {
+        let lasts = lasts
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .unwrap_or(self.expiry);
         let hold = NewHold {
             request_id,
             account_id,
             amount: worst_case,
             replica: &self.replica,
-            expires_at: Utc::now() + self.expiry,
+            expires_at: Utc::now() + lasts,
         };
         match holds::reserve(&self.pool, &hold).await {
             Ok(true) => Ok(Some(Hold {
