@@ -71,6 +71,10 @@ pub struct Metrics {
     pub live_replicas: IntGauge,
     /// Spending holds this gateway took that are not settled yet.
     pub holds_pending: IntGauge,
+    /// Asynchronous tasks submitted and not yet polled to their end (in the ledger).
+    pub tasks_pending: IntGauge,
+    /// Tasks never polled to their end that expired (at no cost).
+    pub tasks_expired: IntCounter,
     pub key_cache: [IntCounter; 2],
 }
 
@@ -229,6 +233,21 @@ impl Metrics {
                 "holds_pending",
                 "Spending holds this gateway took that are neither posted nor voided yet (PostgreSQL: its rows in holds).",
             ),
+            tasks_pending: gauge(
+                "tasks_pending",
+                "Asynchronous tasks submitted and not yet polled to their end, in the ledger (all gateways').",
+            ),
+            tasks_expired: {
+                let c = IntCounter::new(
+                    "tasks_expired_total",
+                    "Tasks never polled to their end that this gateway expired, recorded as timeout at no cost.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             key_cache: {
                 let lookups = counter(
                     "key_cache_lookups_total",

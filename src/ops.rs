@@ -42,6 +42,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     let limits = state.limits();
     metrics.limits_fallback.set(i64::from(limits.in_fallback()));
     metrics.live_replicas.set(i64::from(limits.live_replicas()));
+    // Read from the ledger: a scrape while it is down keeps the last figures.
+    if let Ok(holds) = state.spending().pending().await {
+        metrics.holds_pending.set(holds as i64);
+    }
+    if let Ok(tasks) = crate::store::tasks::count_pending(state.db()).await {
+        metrics.tasks_pending.set(tasks);
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -394,6 +394,7 @@ pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
         settle(state, caller, &upstream, &task, outcome).await?;
         if store::tasks::end(state.db(), &task.request_id, "expired", Utc::now()).await? {
             expired += 1;
+            state.metrics().tasks_expired.inc();
         }
     }
     Ok(expired)

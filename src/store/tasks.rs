@@ -154,3 +154,12 @@ pub async fn held_by(db: &Db, account_id: i64) -> Result<Decimal> {
             ))
         })
 }
+
+/// Tasks not yet polled to their end.
+pub async fn count_pending(db: &Db) -> Result<i64> {
+    Ok(on!(db, |pool| {
+        sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE state = 'pending'")
+            .fetch_one(pool)
+            .await?
+    }))
+}

@@ -267,6 +267,7 @@ async fn a_task_never_polled_to_its_end_expires_at_no_cost_and_is_listed_until_t
     assert_eq!(listed["data"][0]["request_id"], id.as_str());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(tollgate::proxy::tasks::expire(&app.state).await.unwrap(), 1);
+    assert_eq!(app.state.metrics().tasks_expired.get(), 1);
     assert_eq!(
         tollgate::proxy::tasks::expire(&app.state).await.unwrap(),
         0,
@@ -423,4 +424,18 @@ async fn tasks_hold_a_prepaid_balance_until_they_end_even_across_a_restart() {
         .await
         .unwrap();
     assert_eq!(after.status(), 200, "0.002 - 2 × 0.0003 covers another");
+    // What is pending shows in the metrics: that task, and its hold.
+    let metrics = second
+        .client
+        .get(second.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
+    let gauge = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    assert_eq!(gauge("tollgate_tasks_pending "), 1.0, "{text}");
+    assert_eq!(gauge("tollgate_holds_pending "), 1.0);
 }
