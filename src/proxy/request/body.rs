@@ -1,0 +1,136 @@
+//! A request body taken apart at its top level only: its members and their spans, found
+//! by one checking pass that builds no values; its nesting depth; read within the size
+//! limit.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use axum::body::Body;
+use bytes::Bytes;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// The deepest nesting of arrays and objects accepted in a body: what serde_json (and so
+/// many backends) will parse. Checking it here gives the client a clear 400 rather than a
+/// backend's refusal.
+pub(super) const MAX_DEPTH: usize = 128;
+
+/// Whether the JSON text `raw` (already checked) nests arrays and objects deeper than
+/// `limit`. Values are skipped over, not parsed: one pass over the bytes.
+pub(super) fn nests_deeper(raw: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in raw {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The top-level members of a body, in order, each with its value's span. A name sent twice
+/// keeps its first place and its last value, as a JSON parser's map would. Found by a scan
+/// (a body has a handful of members), or through an index once there are more than
+/// `INDEXED_FROM`, so that a body of many members costs no quadratic time.
+#[derive(Debug, Default)]
+pub(super) struct Members {
+    pub(super) list: Vec<(String, Range<usize>)>,
+    index: Option<HashMap<String, usize>>,
+}
+
+const INDEXED_FROM: usize = 16;
+
+impl Members {
+    pub(super) fn position(&self, name: &str) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(name).copied(),
+            None => self.list.iter().position(|(n, _)| n == name),
+        }
+    }
+
+    pub(super) fn get(&self, name: &str) -> Option<&Range<usize>> {
+        self.position(name).map(|i| &self.list[i].1)
+    }
+
+    fn insert(&mut self, name: String, span: Range<usize>) {
+        if let Some(i) = self.position(&name) {
+            self.list[i].1 = span;
+            return;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(name.clone(), self.list.len());
+        }
+        self.list.push((name, span));
+        if self.index.is_none() && self.list.len() > INDEXED_FROM {
+            let index = self.list.iter().enumerate();
+            self.index = Some(index.map(|(i, (n, _))| (n.clone(), i)).collect());
+        }
+    }
+}
+
+/// The members of the JSON object `raw`, each with its value's span. The whole text is
+/// checked (syntax, UTF-8, nothing after the object), values without being built.
+pub(super) fn top_level(raw: &[u8]) -> Result<Members, serde_json::Error> {
+    struct Visit<'a>(&'a [u8]);
+    impl<'de> Visitor<'de> for Visit<'de> {
+        type Value = Members;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut members = Members::default();
+            while let Some(name) = map.next_key::<String>()? {
+                let value: &RawValue = map.next_value()?;
+                let start = value.get().as_ptr() as usize - self.0.as_ptr() as usize;
+                members.insert(name, start..start + value.get().len());
+            }
+            Ok(members)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let members = de.deserialize_map(Visit(raw))?;
+    de.end()?;
+    Ok(members)
+}
+
+/// Reads at most `limit` bytes of a request body: 413 beyond (even for chunked bodies
+/// without a length), 408 when it stops arriving.
+pub(super) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let cause = |is: fn(&(dyn std::error::Error + 'static)) -> bool| {
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if is(s) {
+                    return true;
+                }
+                source = s.source();
+            }
+            false
+        };
+        if cause(|s| s.is::<http_body_util::LengthLimitError>()) {
+            ApiError::PayloadTooLarge(limit)
+        } else if cause(|s| s.is::<crate::server::BodyTimeout>()) {
+            ApiError::RequestTimeout
+        } else {
+            ApiError::InvalidJson(format!("could not read the request body: {e}"))
+        }
+    })
+}
