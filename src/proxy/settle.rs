@@ -228,8 +228,16 @@ impl Exchange {
             }
         }
         let completed = status == Status::Ok;
+        // The images it made (an image generation's), or those it was sent (a vision
+        // model's input), and its tasks: billed only when it completed.
         let units = if completed {
-            observed.units
+            Units {
+                images: observed
+                    .units
+                    .images
+                    .saturating_add(self.request.input_images),
+                ..observed.units
+            }
         } else {
             Units::default()
         };

@@ -174,3 +174,37 @@ async fn internlm_style_base_urls_are_served() {
         ("internlm3-latest", "ascend")
     );
 }
+
+#[tokio::test]
+async fn a_vision_models_input_images_are_priced_per_image_when_it_answers() {
+    let app = TestApp::spawn().await;
+    let content = json!([
+        {"type": "text", "text": "比较这两张图"},
+        {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]);
+    let body = |sim: Value| {
+        json!({"model": "qwen-vl-plus", "messages": [{"role": "user", "content": content}],
+            "x_sim": sim})
+    };
+    let response = app
+        .post(
+            "/compatible-mode/v1/chat/completions",
+            &body(json!({"prompt_tokens": 2100, "completion_tokens": 30})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let record = app.record_of(&response).await;
+    assert_eq!(record.images, 2);
+    // 2100 × 0.0015 / 1000 + 30 × 0.0045 / 1000 + 2 × 0.002
+    assert_eq!(record.cost, helpers::dec("0.007285"));
+    // A failed request pays for no image.
+    let failed = app
+        .post(
+            "/compatible-mode/v1/chat/completions",
+            &body(json!({"fault": "http_500"})),
+        )
+        .await;
+    let record = app.record_of(&failed).await;
+    assert_eq!((record.images, record.cost), (0, helpers::dec("0")));
+}

@@ -26,6 +26,7 @@ fn table(input: &str) -> String {
         "glm-4-plus",
         "cogview-3",
         "wf-demo-txt2img",
+        "qwen-vl-plus",
     ];
     let mut text = entry("megrez-7b-instruct", "2026-01-01T00:00:00Z", input);
     for model in others {

@@ -35,6 +35,8 @@ pub struct ClientRequest {
     pub max_tokens: Option<u64>,
     /// Answers asked for (`n`), 1 to `MAX_CHOICES`.
     pub choices: u64,
+    /// `image_url` parts in the prompt (a vision model's input), priced `per_image`.
+    pub input_images: u64,
     /// An upper bound on the prompt's tokens from byte counts alone (`bound_prompt`),
     /// counted when first asked: a request without a token limit or a spending limit
     /// never needs it.
@@ -87,9 +89,11 @@ impl ClientRequest {
             wants_stream_usage: false,
             max_tokens: None,
             choices: 1,
+            input_images: 0,
             prompt_bound: OnceLock::new(),
         };
         request.model = request.value(model_member(endpoint));
+        request.input_images = request.count_images();
         request.stream = match request.member("stream") {
             None | Some("null") | Some("false") => false,
             Some("true") => true,
@@ -174,6 +178,19 @@ impl ClientRequest {
         bound
     }
 
+    /// The `image_url` parts of the prompt members; only a member that names one is
+    /// parsed.
+    fn count_images(&self) -> u64 {
+        PROMPT_MEMBERS
+            .iter()
+            .filter_map(|name| self.members.get(name))
+            .map(|span| &self.raw[span.clone()])
+            .filter(|text| text.windows(9).any(|w| w == b"image_url"))
+            .filter_map(|text| serde_json::from_slice::<Value>(text).ok())
+            .map(|value| image_parts(&value).0)
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// The `model` field (a workflow's `workflow_id`), required when the route does not
     /// name the model.
     pub fn model(&self) -> Result<&str, ApiError> {
@@ -231,7 +248,7 @@ impl ClientRequest {
             images: if self.endpoint == Endpoint::Images {
                 self.choices
             } else {
-                0
+                self.input_images
             },
             tasks: u64::from(self.endpoint.is_task()),
             compute_ms: 0,
