@@ -126,6 +126,28 @@ async fn a_native_stream_is_relayed_as_dashscope_events_and_the_last_running_tot
 }
 
 #[tokio::test]
+async fn accept_event_stream_asks_for_a_stream_too() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .post(app.url(ROUTE))
+        .bearer_auth(&app.key)
+        .header("Accept", "text/event-stream")
+        .json(&messages(
+            json!({"prompt_tokens": 5, "completion_tokens": 3}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let id = request_id(&response);
+    assert_eq!(events(&response.text().await.unwrap()).len(), 3);
+    assert_eq!(app.upstream_saw().await["x_dashscope_sse"], "enable");
+    let record = app.record(&id).await;
+    assert_eq!((record.stream, record.cost), (true, cost(5, 3)));
+}
+
+#[tokio::test]
 async fn dashscope_fixtures_split_anywhere_are_metered_from_their_usage() {
     let app = TestApp::spawn().await;
     let raw = std::fs::read_to_string(
