@@ -162,7 +162,7 @@ impl ClientRequest {
                 let text = &self.raw[span.clone()];
                 let objects = text.iter().filter(|&&b| b == b'{').count() as u64;
                 let mut bytes = text.len() as u64;
-                if text.windows(9).any(|w| w == b"image_url")
+                if names_an_image(text)
                     && let Ok(value) = serde_json::from_slice::<Value>(text)
                 {
                     let (images, image_bytes) = image_parts(&value);
@@ -185,7 +185,7 @@ impl ClientRequest {
             .iter()
             .filter_map(|name| self.members.get(name))
             .map(|span| &self.raw[span.clone()])
-            .filter(|text| text.windows(9).any(|w| w == b"image_url"))
+            .filter(|text| names_an_image(text))
             .filter_map(|text| serde_json::from_slice::<Value>(text).ok())
             .map(|value| image_parts(&value).0)
             .fold(0u64, u64::saturating_add)
@@ -362,6 +362,11 @@ fn whole_number(text: Option<&str>, name: &'static str, min: u64) -> Result<Opti
             )),
         },
     }
+}
+
+/// Whether a member's JSON text has an `image_url` part (a fast scan: most have none).
+fn names_an_image(text: &[u8]) -> bool {
+    memchr::memmem::find(text, b"image_url").is_some()
 }
 
 /// The `image_url` parts anywhere in `value`, and their length as compact JSON (never
