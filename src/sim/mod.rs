@@ -255,6 +255,18 @@ async fn zhipu_poll(State(seen): State<Arc<Seen>>, Path(id): Path<String>) -> Re
 
 async fn zhipu_images(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
     match accept(&seen, "zhipu", &headers, body).await {
+        Ok(Call {
+            knobs:
+                Knobs {
+                    raw: Some(raw),
+                    split,
+                    ..
+                },
+            ..
+        }) => {
+            let frames = self::split(raw.as_bytes(), split.unwrap_or(usize::MAX));
+            paced(frames, 0, None, "application/json")
+        }
         Ok(call) => zhipu::images(&call.body, &call.knobs),
         Err(response) => response,
     }

@@ -439,3 +439,40 @@ async fn tasks_hold_a_prepaid_balance_until_they_end_even_across_a_restart() {
     assert_eq!(gauge("tollgate_tasks_pending "), 1.0, "{text}");
     assert_eq!(gauge("tollgate_holds_pending "), 1.0);
 }
+
+#[tokio::test]
+async fn zhipus_fixtures_split_anywhere_are_metered_from_their_usage() {
+    let app = TestApp::spawn().await;
+    let read = |name: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read_to_string(path).unwrap()
+    };
+    let stream = read("zhipu-chat-stream.sse");
+    for split in [1, 9, 100_000] {
+        let body = chat(
+            Some("glm-4-plus"),
+            "q",
+            true,
+            json!({"raw": stream, "split": split}),
+        );
+        let response = app.post(&format!("{BASE}/chat/completions"), &body).await;
+        let id = request_id(&response);
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "split {split}: {text}");
+        let record = app.record(&id).await;
+        assert_eq!(
+            (record.prompt_tokens, record.completion_tokens),
+            (60, 5),
+            "split {split}"
+        );
+        assert_eq!(record.cost, glm_cost(60, 5, 0));
+    }
+    let images = read("cogview-images.json");
+    let body =
+        json!({"model": "cogview-3", "prompt": "土星", "x_sim": {"raw": images, "split": 7}});
+    let response = app.post(&format!("{BASE}/images/generations"), &body).await;
+    let record = app.record_of(&response).await;
+    assert_eq!((record.images, record.cost), (2, dec("0.2")));
+}
