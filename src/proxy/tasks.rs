@@ -1,5 +1,6 @@
-//! Asynchronous tasks (Zhipu's async chat): a submission is recorded as a task when the
-//! backend accepts it, and billed exactly once, by the poll that first sees it end: one
+//! Asynchronous tasks (Zhipu's async chat, ComfyUI runs): a submission is recorded as a
+//! task when the backend accepts it, keeping its spending hold, and billed exactly once,
+//! by the poll that first sees it end: one
 //! usage record with the submission's request id, written before the task is marked
 //! ended, so that a crash in between leaves it pending and the next poll writes the same
 //! record again, which the ledger keeps once. Polls of the same task wait for each other
