@@ -686,15 +686,12 @@ async fn two_replicas_polling_one_finished_task_at_once_bill_it_once() {
         TestApp::spawn_with(move |c| c.database.url = url).await
     };
     // The second replica reaches the same backend, where the task lives.
-    let zhipu: tollgate::config::BaseUrl =
-        serde_json::from_value(json!(format!("http://{}/zhipu", first.sim))).unwrap();
+    let zhipu = format!("http://{}/zhipu", first.sim);
     let second = {
         let url = server.url.clone();
         TestApp::spawn_with(move |c| {
             c.database.url = url;
-            for up in c.upstreams.iter_mut().filter(|u| u.model == "glm-4-plus") {
-                up.base_url = zhipu.clone();
-            }
+            helpers::point_model_at(c, "glm-4-plus", &zhipu);
         })
         .await
     };

@@ -224,13 +224,10 @@ async fn a_poll_after_a_restart_bills_once_and_a_record_without_its_mark_is_not_
     first.stop().await;
 
     // The same ledger and backend, a new process.
-    let zhipu: tollgate::config::BaseUrl =
-        serde_json::from_value(json!(format!("http://{sim}/zhipu"))).unwrap();
+    let zhipu = format!("http://{}/zhipu", sim);
     let second = TestApp::spawn_with(move |c| {
         c.database = database;
-        for up in c.upstreams.iter_mut().filter(|u| u.model == "glm-4-plus") {
-            up.base_url = zhipu.clone();
-        }
+        helpers::point_model_at(c, "glm-4-plus", &zhipu);
     })
     .await;
     let (status, body) = poll_with(&second, &key, &task).await;
@@ -385,23 +382,20 @@ async fn tasks_hold_a_prepaid_balance_until_they_end_even_across_a_restart() {
     // A restart: the pending tasks hold it still.
     let (sim, key) = (first.sim, first.key.clone());
     first.stop().await;
-    let zhipu: tollgate::config::BaseUrl =
-        serde_json::from_value(json!(format!("http://{sim}/zhipu"))).unwrap();
+    let zhipu = format!("http://{}/zhipu", sim);
     let second = TestApp::spawn_with(move |c| {
         c.database = database;
-        for up in c.upstreams.iter_mut().filter(|u| u.model == "glm-4-plus") {
-            up.base_url = zhipu.clone();
-        }
+        helpers::point_model_at(c, "glm-4-plus", &zhipu);
     })
     .await;
-    let again = second
-        .client
-        .post(second.url(&submit_path))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let submit_as_first = || {
+        let request = second
+            .client
+            .post(second.url(&submit_path))
+            .bearer_auth(&key);
+        request.json(&body).send()
+    };
+    let again = submit_as_first().await.unwrap();
     assert_eq!(again.status(), 402, "held across the restart");
     // Both end: each pays its usage and its fee, and what they held is free again.
     for task in &tasks {
@@ -415,14 +409,7 @@ async fn tasks_hold_a_prepaid_balance_until_they_end_even_across_a_restart() {
     second
         .wait_until_shipped(std::time::Duration::from_secs(10))
         .await;
-    let after = second
-        .client
-        .post(second.url(&submit_path))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let after = submit_as_first().await.unwrap();
     assert_eq!(after.status(), 200, "0.002 - 2 × 0.0003 covers another");
     // What is pending shows in the metrics: that task, and its hold.
     let metrics = second

@@ -352,6 +352,15 @@ pub fn expected_cost(
         .normalize()
 }
 
+/// Points `model`'s upstreams at `base_url`: another app's simulator, where the tasks that
+/// app submitted live (a restarted gateway, a second replica).
+pub fn point_model_at(config: &mut Config, model: &str, base_url: &str) {
+    let base: tollgate::config::BaseUrl = serde_json::from_value(json!(base_url)).unwrap();
+    for up in config.upstreams.iter_mut().filter(|u| u.model == model) {
+        up.base_url = base.clone();
+    }
+}
+
 /// An upstream on a port nothing listens on: connections are refused.
 pub fn refusing_upstream(model: &str, chip: &str) -> UpstreamConfig {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
