@@ -117,7 +117,7 @@ async fn connect(
         if let Some(authorization) = upstream.authorization() {
             request = request.header(header::AUTHORIZATION, authorization.clone());
         }
-        for &(name, value) in upstream.wire.headers(ex.request.stream) {
+        for &(name, value) in upstream.wire().headers(ex.request.stream) {
             request = request.header(name, value);
         }
         let request = request
@@ -188,7 +188,7 @@ async fn complete(
         let outcome = Outcome::failed(Status::UpstreamError, &error);
         return finish(state, ex, served, outcome, error.into_response()).await;
     };
-    let wire = served.upstream.wire;
+    let wire = served.upstream.wire();
     if let Some(error) = wire.error(&parsed) {
         // An error sent with HTTP 200: the client gets it as an error, and pays nothing.
         let error = ApiError::Upstream {

@@ -247,7 +247,7 @@ async fn proxy(
             let model = request.model()?;
             let mut chat =
                 upstreams.candidates(Endpoint::Chat, model, &state.prices(), started_at)?;
-            chat.retain(|u| u.wire.path(Endpoint::AsyncChat).is_some());
+            chat.retain(|u| u.wire().path(Endpoint::AsyncChat).is_some());
             if chat.is_empty() {
                 return Err(ApiError::NotFound(format!(
                     "model '{model}' does not run as asynchronous tasks here"

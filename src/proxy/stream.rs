@@ -93,7 +93,7 @@ pub async fn relay(
     let upstream = served.upstream.clone();
     let _active = ActiveStream::start(&state);
     let mut relay = Relay {
-        wire: upstream.wire,
+        wire: upstream.wire(),
         framer: Framer::new(upstream.stream_format),
         events: Vec::new(),
         observed: Observed::default(),

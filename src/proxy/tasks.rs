@@ -61,13 +61,13 @@ pub(super) async fn submitted(
         None => Some(ApiError::BadGateway(
             "the backend answered the submission with a body that is not JSON".into(),
         )),
-        Some(v) => upstream.wire.error(v).map(|body| ApiError::Upstream {
+        Some(v) => upstream.wire().error(v).map(|body| ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body,
             retry_after: None,
         }),
     };
-    let task_id = parsed.as_ref().and_then(|v| upstream.wire.task_id(v));
+    let task_id = parsed.as_ref().and_then(|v| upstream.wire().task_id(v));
     let task_id = match (error, task_id) {
         (None, Some(id)) if is_task_id(&id) => id,
         (error, _) => {
@@ -177,14 +177,14 @@ pub async fn poll_task(
     let answer = serde_json::from_slice::<Map<String, Value>>(&body).map_err(|_| {
         ApiError::BadGateway("the backend answered the poll with a body that is not JSON".into())
     })?;
-    if let Some(body) = upstream.wire.error(&answer) {
+    if let Some(body) = upstream.wire().error(&answer) {
         return Err(ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body,
             retry_after: None,
         });
     }
-    match upstream.wire.task_state(&answer) {
+    match upstream.wire().task_state(&answer) {
         Some(end @ (TaskState::Succeeded | TaskState::Failed)) if task.state == "pending" => {
             end_task(state, caller, &upstream, &task, &answer, end).await?;
         }
@@ -293,7 +293,7 @@ async fn end_task(
         return Ok(()); // another poll ended it meanwhile
     }
     let mut observed = Observed::default();
-    let wire = upstream.wire;
+    let wire = upstream.wire();
     let (status, error, word) = match end {
         TaskState::Succeeded => {
             wire.observe(&mut observed, result);

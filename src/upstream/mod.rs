@@ -39,9 +39,8 @@ pub struct Upstream {
     /// `Bearer <credential>`, from the environment, built once and marked sensitive;
     /// never logged.
     authorization: Option<HeaderValue>,
+    /// The wire format it speaks; `wire()` says what that means.
     pub dialect: Dialect,
-    /// What its wire format means (`crate::dialect`).
-    pub wire: &'static dyn Wire,
     /// Where its other paths are (a task's submission and polls).
     base_url: BaseUrl,
     /// The backend's own limit on requests (`rpm`), counted here.
@@ -70,13 +69,18 @@ impl fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// What its wire format means (`crate::dialect`).
+    pub fn wire(&self) -> &'static dyn Wire {
+        dialect::wire(self.dialect)
+    }
+
     /// The URL a request for `endpoint` goes to: its own, or another path its dialect
     /// has (a task's submission to a chat upstream).
     pub fn url_for(&self, endpoint: Endpoint) -> Result<axum::http::Uri, ApiError> {
         if endpoint == self.endpoint {
             return Ok(self.url.clone());
         }
-        let path = self.wire.path(endpoint).ok_or_else(|| {
+        let path = self.wire().path(endpoint).ok_or_else(|| {
             ApiError::NotFound(format!(
                 "{}/{} does not serve {}",
                 self.model,
@@ -107,7 +111,7 @@ impl Upstream {
         asked: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(axum::http::Uri, Option<serde_json::Value>), ApiError> {
         let poll = self
-            .wire
+            .wire()
             .task_poll(task_id, asked)
             .ok_or_else(|| ApiError::NotFound("this backend has no tasks".into()))?;
         let url = self.base_url.join(&poll.path).map_err(ApiError::Internal)?;
@@ -163,7 +167,6 @@ impl Upstream {
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
             dialect: c.dialect,
-            wire,
             base_url: c.base_url.clone(),
             outbound: c
                 .rpm
