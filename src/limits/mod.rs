@@ -272,14 +272,23 @@ fn side_count(
     }
 }
 
-fn throttled(what: &str, limit: u64, wait: Duration, mut headers: HeaderMap) -> ApiError {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    headers.insert("retry-after", HeaderValue::from(seconds.max(1)));
+fn throttled(what: &str, limit: u64, wait: Duration, headers: HeaderMap) -> ApiError {
+    retry_later(wait, headers, |seconds| {
+        format!("rate limit of {limit} {what} reached for this API key; retry after {seconds}s")
+    })
+}
+
+/// A 429 whose `Retry-After` is `wait` in whole seconds (rounded up, at least 1), with
+/// `headers` and the message `say` makes of those seconds.
+pub fn retry_later(
+    wait: Duration,
+    mut headers: HeaderMap,
+    say: impl FnOnce(u64) -> String,
+) -> ApiError {
+    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    headers.insert("retry-after", HeaderValue::from(seconds));
     ApiError::RateLimited {
-        message: format!(
-            "rate limit of {limit} {what} reached for this API key; retry after {}s",
-            seconds.max(1)
-        ),
+        message: say(seconds),
         headers: Box::new(headers),
     }
 }

@@ -226,14 +226,7 @@ async fn complete(
 /// Every backend of `model` is at its own limit (`upstreams[].rpm`): tollgate answers the
 /// 429 itself, with when to retry, and nothing reaches a backend.
 fn over_backend_limit(model: &str, wait: Duration) -> ApiError {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut headers = axum::http::HeaderMap::new();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    ApiError::RateLimited {
-        message: format!(
-            "the backends of '{model}' are at their own request limit; retry after {} s",
-            seconds.max(1)
-        ),
-        headers: Box::new(headers),
-    }
+    crate::limits::retry_later(wait, Default::default(), |seconds| {
+        format!("the backends of '{model}' are at their own request limit; retry after {seconds} s")
+    })
 }

@@ -206,11 +206,9 @@ pub fn upstream_of(state: &AppState, task: &Task) -> Result<Arc<Upstream>, ApiEr
         })
 }
 
+/// What kind of task it is (its endpoint, as recorded).
 fn task_endpoint(task: &Task) -> Endpoint {
-    match task.endpoint.as_str() {
-        "workflow" => Endpoint::Workflow,
-        _ => Endpoint::AsyncChat,
-    }
+    serde_json::from_value(Value::from(task.endpoint.as_str())).unwrap_or(Endpoint::AsyncChat)
 }
 
 /// One poll of the backend: a GET, or a POST of what the dialect asks.
