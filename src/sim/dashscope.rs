@@ -12,21 +12,15 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::formats::Answer;
-use super::{Ending, Fault, Knobs, paced, split};
+use super::{Ending, Fault, Knobs, paced, replay};
 
 /// Answers one call (already accepted: knobs read, latency waited).
 pub fn generation(headers: &HeaderMap, body: &Value, knobs: &Knobs) -> Response {
     let streamed = headers
         .get("x-dashscope-sse")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enable"));
-    if let Some(raw) = &knobs.raw {
-        let frames = split(raw.as_bytes(), knobs.split.unwrap_or(usize::MAX));
-        let content_type = if streamed {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        return paced(frames, knobs.chunk_delay_ms, None, content_type);
+    if let Some(replayed) = replay(knobs, streamed) {
+        return replayed;
     }
     let request_id = "3f8e0c1a-sim-dashscope";
     let error = |code: &str, message: &str| json!({"code": code, "message": message, "request_id": request_id});

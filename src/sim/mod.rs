@@ -209,14 +209,8 @@ async fn chat(
     };
     let stream = call.body.get("stream").and_then(Value::as_bool) == Some(true);
     let answer = formats::Answer::new(&call.body, &call.knobs);
-    if let Some(raw) = &call.knobs.raw {
-        let frames = split(raw.as_bytes(), call.knobs.split.unwrap_or(usize::MAX));
-        let content_type = if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        return paced(frames, call.knobs.chunk_delay_ms, None, content_type);
+    if let Some(replayed) = replay(&call.knobs, stream) {
+        return replayed;
     }
     if !stream {
         return Json(formats::completion(profile, &answer, &call.knobs)).into_response();
@@ -255,19 +249,9 @@ async fn zhipu_poll(State(seen): State<Arc<Seen>>, Path(id): Path<String>) -> Re
 
 async fn zhipu_images(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
     match accept(&seen, "zhipu", &headers, body).await {
-        Ok(Call {
-            knobs:
-                Knobs {
-                    raw: Some(raw),
-                    split,
-                    ..
-                },
-            ..
-        }) => {
-            let frames = self::split(raw.as_bytes(), split.unwrap_or(usize::MAX));
-            paced(frames, 0, None, "application/json")
+        Ok(call) => {
+            replay(&call.knobs, false).unwrap_or_else(|| zhipu::images(&call.body, &call.knobs))
         }
-        Ok(call) => zhipu::images(&call.body, &call.knobs),
         Err(response) => response,
     }
 }
@@ -330,6 +314,18 @@ async fn rerank(
         reply["usage"] = json!({"total_tokens": tokens});
     }
     Json(reply).into_response()
+}
+
+/// The `raw` body the knobs ask for (a fixture), `split` bytes per write, if they do.
+fn replay(knobs: &Knobs, stream: bool) -> Option<Response> {
+    let raw = knobs.raw.as_ref()?;
+    let frames = split(raw.as_bytes(), knobs.split.unwrap_or(usize::MAX));
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    Some(paced(frames, knobs.chunk_delay_ms, None, content_type))
 }
 
 fn split(bytes: &[u8], size: usize) -> Vec<Bytes> {
