@@ -51,6 +51,19 @@ async fn poll(app: &TestApp, task: &str) -> (u16, Value) {
     poll_with(app, &app.key, task).await
 }
 
+/// Stops `first` and starts a gateway on the same ledger and backend (where its tasks
+/// live); returns it and `first`'s key.
+async fn restart(first: TestApp, database: tollgate::config::DatabaseConfig) -> (TestApp, String) {
+    let (zhipu, key) = (format!("http://{}/zhipu", first.sim), first.key.clone());
+    first.stop().await;
+    let second = TestApp::spawn_with(move |c| {
+        c.database = database;
+        helpers::point_model_at(c, "glm-4-plus", &zhipu);
+    })
+    .await;
+    (second, key)
+}
+
 /// The task's status, from a poll that must succeed.
 async fn status_of(app: &TestApp, task: &str) -> String {
     let (status, body) = poll(app, task).await;
@@ -220,16 +233,8 @@ async fn a_poll_after_a_restart_bills_once_and_a_record_without_its_mark_is_not_
     .await;
     let (_, body) = poll(&first, &task).await;
     assert_eq!(body["task_status"], "PROCESSING");
-    let (sim, key) = (first.sim, first.key.clone());
-    first.stop().await;
-
     // The same ledger and backend, a new process.
-    let zhipu = format!("http://{}/zhipu", sim);
-    let second = TestApp::spawn_with(move |c| {
-        c.database = database;
-        helpers::point_model_at(c, "glm-4-plus", &zhipu);
-    })
-    .await;
+    let (second, key) = restart(first, database).await;
     let (status, body) = poll_with(&second, &key, &task).await;
     assert_eq!(
         (status, body["task_status"].as_str()),
@@ -380,14 +385,7 @@ async fn tasks_hold_a_prepaid_balance_until_they_end_even_across_a_restart() {
     assert_eq!(refused.status(), 402, "two pending tasks hold the balance");
 
     // A restart: the pending tasks hold it still.
-    let (sim, key) = (first.sim, first.key.clone());
-    first.stop().await;
-    let zhipu = format!("http://{}/zhipu", sim);
-    let second = TestApp::spawn_with(move |c| {
-        c.database = database;
-        helpers::point_model_at(c, "glm-4-plus", &zhipu);
-    })
-    .await;
+    let (second, key) = restart(first, database).await;
     let submit_as_first = || {
         let request = second
             .client
