@@ -126,6 +126,10 @@ pub struct RedisConfig {
     /// While Redis does not answer: `local` counts each key's limit divided by the live
     /// replicas in this process, `open` admits every request, `closed` refuses with 503.
     pub fallback: RedisFallback,
+    /// The most requests of a key's rpm a replica takes from Redis at once and admits from
+    /// memory (a key without a token limit). A slice is at most a second of the key's share
+    /// per replica, and 1 for small limits; 1 here makes every request ask Redis.
+    pub slice_max: u32,
 }
 
 impl Default for RedisConfig {
@@ -135,6 +139,7 @@ impl Default for RedisConfig {
             timeout_ms: 50,
             prefix: "tollgate".into(),
             fallback: RedisFallback::Local,
+            slice_max: 100,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod local;
 mod redis;
 pub mod requests;
+mod slices;
 pub mod spending;
 pub mod tokens;
 
@@ -22,6 +23,7 @@ use crate::error::ApiError;
 use local::LocalCounts;
 use redis::RedisCounts;
 pub use requests::{RequestLimits, RequestQuota};
+use slices::{Slices, slice_size};
 pub use tokens::{TokenLimits, TokenQuota};
 
 pub struct Limits {
@@ -30,6 +32,9 @@ pub struct Limits {
     local: LocalCounts,
     /// `Some` with `limits.store = "redis"`.
     redis: Option<Arc<RedisCounts>>,
+    /// This replica's slices of keys' allowances in Redis, and the most one may take.
+    slices: Slices,
+    slice_max: u32,
     fallback: RedisFallback,
     /// Replicas alive now (heartbeats in the ledger): the fallback gives each replica its
     /// share of a key's limit.
@@ -91,6 +96,8 @@ impl Limits {
             config,
             local: LocalCounts::default(),
             redis: store,
+            slices: Slices::default(),
+            slice_max: redis.slice_max,
             fallback: redis.fallback,
             replicas: AtomicU32::new(1),
             usage_reads: RequestLimits::new(),
@@ -130,10 +137,21 @@ impl Limits {
             };
             return Ok((counted, false));
         };
-        if let Ok(counted) = redis.admit(id, rpm, tpm, reserve, look).await {
+        let share = self.live_replicas();
+        let counted = match (tpm, look) {
+            (None, false) => {
+                let size = slice_size(rpm, share, self.slice_max);
+                let requests = self.slices.admit(redis, id, rpm, size).await;
+                requests.map(|requests| Counted {
+                    requests,
+                    tokens: None,
+                })
+            }
+            _ => redis.admit(id, rpm, tpm, reserve, look).await,
+        };
+        if let Ok(counted) = counted {
             return Ok((counted, true));
         }
-        let share = self.live_replicas();
         let rpm = (rpm / share).max(1);
         let tpm = tpm.map(|t| (t / u64::from(share)).max(1));
         match (self.fallback, look) {
@@ -248,6 +266,7 @@ impl Limits {
     /// Forgets state that a fresh limiter would have anyway; run periodically.
     pub fn sweep(&self) {
         self.local.sweep();
+        self.slices.sweep();
         self.usage_reads.sweep();
         self.task_polls.sweep();
     }

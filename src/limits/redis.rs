@@ -1,10 +1,11 @@
-//! Rate limits counted in Redis, shared by every replica: one script per request does the
-//! key's GCRA for rpm and its token reservation for tpm atomically, on Redis's clock; one
-//! more corrects the reservation at the request's end. A key's two entries share a hash
-//! tag (`{<redis.prefix>:<lineage>}`), so Redis Cluster keeps them in one slot. Every call is bounded
-//! by `redis.timeout_ms`; after a failure Redis is skipped (and the caller falls back) for
-//! `PROBE_EVERY`, then tried again. Redis holds nothing that cannot be rebuilt: losing it
-//! resets the counts, never money.
+//! Rate limits counted in Redis, shared by every replica: one script does the key's GCRA
+//! for rpm (one request, or a slice of several: `slices`) and its token reservation for
+//! tpm atomically, on Redis's clock; one more corrects the reservation at the request's
+//! end. A key's two entries share a hash tag (`{<redis.prefix>:<lineage>}`), so Redis
+//! Cluster keeps them in one slot. Every call is bounded by `redis.timeout_ms`; after a
+//! failure Redis is skipped (and the caller falls back) for `PROBE_EVERY`, then tried
+//! again. Redis holds nothing that cannot be rebuilt: losing it resets the counts, never
+//! money.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,13 +21,15 @@ use crate::config::RedisConfig;
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Admission: KEYS = the key's request state and token bucket; ARGV = rpm, tpm (0: none),
-/// tokens to reserve, and 1 to only look (nothing counted). Times in µs from Redis's
-/// clock, tokens in thousandths. Returns rpm (passed, remaining, reset, retry) and tpm
-/// (passed, remaining, reset, retry; all 0 without a tpm).
+/// tokens to reserve, 1 to only look (nothing counted), and how many requests to take at
+/// once (a slice: as many as the allowance holds, up to that). Times in µs from Redis's
+/// clock, tokens in thousandths. Returns rpm (requests taken: 0 when refused, remaining,
+/// reset, retry) and tpm (passed, remaining, reset, retry; all 0 without a tpm).
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local rpm, tpm, reserve, look = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local take = tonumber(ARGV[5]) or 1
 local period = 60000000 / rpm
 local state = redis.call('HMGET', KEYS[1], 'tat', 'rpm')
 local tat = tonumber(state[1]) or now
@@ -36,20 +39,23 @@ if old ~= rpm then
   tat = now + math.ceil((tat - now) / (60000000 / old) - 1e-9) * period
 end
 local r = {1, 0, 0, 0}
-local next_tat = tat + period
+-- Requests the allowance holds now: each moves tat on by one period, up to a minute ahead.
+local n = math.min(take, math.floor((now - tat) / period + rpm + 1e-9))
+local next_tat = tat + n * period
 if look then
   r[2] = math.max(0, rpm - math.ceil((tat - now) / period - 1e-9))
   r[3] = tat - now
-elseif next_tat - rpm * period > now then
-  r = {0, 0, tat - now, next_tat - rpm * period - now}
+elseif n < 1 then
+  r = {0, 0, tat - now, tat + period - rpm * period - now}
 else
+  r[1] = n
   redis.call('HSET', KEYS[1], 'tat', next_tat, 'rpm', rpm)
   redis.call('PEXPIRE', KEYS[1], math.ceil((next_tat - now) / 1000) + 1000)
   r[2] = math.max(0, rpm - math.ceil((next_tat - now) / period - 1e-9))
   r[3] = next_tat - now
 end
 local k = {0, 0, 0, 0}
-if tpm > 0 and (look or r[1] == 1) then
+if tpm > 0 and (look or r[1] >= 1) then
   local full = tpm * 1000
   local bucket = redis.call('HMGET', KEYS[2], 'level', 'at', 'tpm')
   local level = tonumber(bucket[1]) or full
@@ -215,12 +221,38 @@ impl RedisCounts {
         reserve: u64,
         look: bool,
     ) -> Result<Counted, Unavailable> {
+        let (_, counted) = self.count(id, rpm, tpm, reserve, look, 1).await?;
+        Ok(counted)
+    }
+
+    /// Takes up to `n` requests of key `id`'s allowance at once (a key without a token
+    /// limit): how many it held (0 when refused) and the quota after them.
+    pub async fn take(
+        &self,
+        id: i64,
+        rpm: u32,
+        n: u32,
+    ) -> Result<(u32, RequestQuota), Unavailable> {
+        let (taken, counted) = self.count(id, rpm, None, 0, false, n).await?;
+        Ok((taken, counted.requests))
+    }
+
+    async fn count(
+        &self,
+        id: i64,
+        rpm: u32,
+        tpm: Option<u64>,
+        reserve: u64,
+        look: bool,
+        take: u32,
+    ) -> Result<(u32, Counted), Unavailable> {
         let (requests, tokens) = self.keys(id);
         let args = [
             u64::from(rpm.max(1)),
             tpm.unwrap_or(0),
             reserve,
             u64::from(look),
+            u64::from(take.max(1)),
         ];
         let v = self.run(&self.admit, &[&requests, &tokens], &args).await?;
         if v.len() != 8 {
@@ -241,7 +273,8 @@ impl RedisCounts {
                 reset: micros(v[6]),
                 retry_after: (v[4] == 0).then(|| micros(v[7])),
             });
-        Ok(Counted { requests, tokens })
+        let taken = v[0].clamp(0, i64::from(u32::MAX)) as u32;
+        Ok((taken, Counted { requests, tokens }))
     }
 
     /// Corrects key `id`'s reservation with the tokens used.

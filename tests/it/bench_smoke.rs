@@ -139,10 +139,11 @@ fn a_quick_cluster_run_measures_two_replicas_on_postgres_and_redis_and_loses_no_
         .and_then(|t| t.split_whitespace().next())
         .and_then(|t| t.parse().ok())
         .expect("Redis round trips per request");
-    // One admission script per request (no tpm here, so no settlement).
+    // The bench's keys have no tpm, so each replica takes a key's allowance in slices
+    // (up to 100 requests a round trip): far fewer scripts than requests, but some.
     assert!(
-        (0.9..1.5).contains(&trips),
-        "one script per request: {trips}"
+        trips > 0.0 && trips < 0.5,
+        "slices of the allowance, not a script per request: {trips}"
     );
     assert!(section.contains("PostgreSQL ingest: "), "{section}");
     let goals = rows(&markdown, "Goals");

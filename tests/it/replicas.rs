@@ -341,6 +341,28 @@ async fn rate_limits_in_redis_hold_across_replicas_and_fall_back_to_shares_witho
         started.elapsed()
     );
 
+    // rpm = 600 (3 replicas: slices of 3) and rpm = 60,000 (slices of 100), hammered: never
+    // past the limit, at most one slice per replica left unused, and far fewer round trips
+    // to Redis than requests.
+    for (rpm, per_replica, most_unused) in [(600, 300, 3 * 2), (60_000, 200, 0)] {
+        let key = key_with(&apps[0], rpm, None).await;
+        let calls_before = redis.script_calls().await;
+        let started = std::time::Instant::now();
+        let admitted: usize = hammer(&apps, &key, per_replica).await.iter().sum();
+        let calls = redis.script_calls().await - calls_before;
+        let wanted = (3 * per_replica).min(rpm as usize);
+        assert!(
+            (wanted - most_unused..=allowed(rpm, started.elapsed())).contains(&admitted),
+            "rpm {rpm} across 3 replicas in slices: {admitted} admitted in {:?}",
+            started.elapsed()
+        );
+        assert!(
+            calls * 2 < (3 * per_replica) as u64,
+            "rpm {rpm}: {calls} round trips to Redis for {} requests",
+            3 * per_replica
+        );
+    }
+
     // tpm = 1000: each request reserves 143 tokens (its prompt's bound and max_tokens 100)
     // and uses 102; the correction reaches Redis from whichever replica served it.
     let key = key_with(&apps[0], 1000, Some(1000)).await;

@@ -53,6 +53,29 @@ impl Redis {
         }
     }
 
+    /// Scripts Redis has run since it started (`EVAL` and `EVALSHA` in `commandstats`):
+    /// the round trips tollgate's limits made.
+    pub async fn script_calls(&self) -> u64 {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Kills the server at once, as a crash would.
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
