@@ -76,6 +76,32 @@ async fn the_postgres_schema_is_created_and_keeps_what_must_never_change() {
     .await
     .unwrap();
     assert_eq!(replay.rows_affected(), 0);
+    // A record naming a key (or account, or price version) that does not exist is refused
+    // as a foreign key would refuse it, and nothing of its statement is kept.
+    let orphan = sqlx::query(
+        "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, endpoint,
+             stream, status, http_status, prompt_tokens, completion_tokens, cached_tokens,
+             usage_source, price_version_id, cost, blocked, started_at, ended_at, latency_ms)
+         VALUES ('req_2', 1, 1, 'm', 'c', 'chat', false, 'ok', 200, 1, 1, 0, 'reported', 1,
+                 1, false, 5, 6, 1),
+                ('req_3', 1, 99, 'm', 'c', 'chat', false, 'ok', 200, 1, 1, 0, 'reported', 1,
+                 1, false, 5, 6, 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    assert!(
+        orphan
+            .as_database_error()
+            .is_some_and(|d| d.is_foreign_key_violation()),
+        "{orphan}"
+    );
+    let records: i64 = sqlx::query("SELECT count(*) FROM usage_records")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(records, 1);
     // A name is unique: a conflict, as the store maps it.
     let err = sqlx::query("INSERT INTO accounts (name, created_at) VALUES ('acme', 2)")
         .execute(&pool)
@@ -101,6 +127,8 @@ async fn the_postgres_schema_is_created_and_keeps_what_must_never_change() {
         ("DELETE FROM invoices", "cannot be deleted"),
         ("UPDATE topups SET amount = 1000", "immutable"),
         ("DELETE FROM topups", "cannot be deleted"),
+        ("DELETE FROM api_keys", "revoke them"),
+        ("DELETE FROM accounts", "cannot be deleted"),
     ];
     for (sql, why) in refused {
         let message = refusal(&pool, sql).await;
