@@ -24,6 +24,10 @@ pub enum Endpoint {
     /// A hosted ComfyUI workflow (GenStudio's `comfy_task_api`): a task per run, billed
     /// once when it first reports success, per image it produced and per task.
     Workflow,
+    /// A Stable Diffusion image task (GenStudio's `sd_task_api`): created, then polled to
+    /// its end, billed once when it first reports success, per image and per task. The
+    /// model is the body's `override_settings.sd_model_checkpoint`.
+    ImageTask,
 }
 
 impl Endpoint {
@@ -36,6 +40,7 @@ impl Endpoint {
             Endpoint::Images => "images",
             Endpoint::AsyncChat => "async_chat",
             Endpoint::Workflow => "workflow",
+            Endpoint::ImageTask => "image_task",
         }
     }
 
@@ -49,7 +54,10 @@ impl Endpoint {
 
     /// Whether a request runs as a task: submitted, then polled to its end.
     pub fn is_task(self) -> bool {
-        matches!(self, Endpoint::AsyncChat | Endpoint::Workflow)
+        matches!(
+            self,
+            Endpoint::AsyncChat | Endpoint::Workflow | Endpoint::ImageTask
+        )
     }
 
     /// The upstreams that serve tasks of this kind are configured as this endpoint.
@@ -83,6 +91,9 @@ pub enum Dialect {
     Zhipu,
     /// GenStudio's hosted ComfyUI workflows (`/api/maas/comfy_task_api`).
     Comfyui,
+    /// GenStudio's Stable Diffusion image tasks (`/api/maas/sd_task_api`).
+    #[serde(alias = "stable_diffusion")]
+    Sd,
 }
 
 impl Dialect {
@@ -92,6 +103,7 @@ impl Dialect {
             Dialect::Dashscope => "dashscope",
             Dialect::Zhipu => "zhipu",
             Dialect::Comfyui => "comfyui",
+            Dialect::Sd => "sd",
         }
     }
 
@@ -100,6 +112,7 @@ impl Dialect {
         match self {
             Dialect::Dashscope => Endpoint::Generation,
             Dialect::Comfyui => Endpoint::Workflow,
+            Dialect::Sd => Endpoint::ImageTask,
             _ => Endpoint::Chat,
         }
     }

@@ -26,21 +26,7 @@ impl Wire for ComfyUi {
     }
 
     fn error(&self, v: &Map<String, Value>) -> Option<Value> {
-        match v.get("code") {
-            Some(Value::Number(code)) if code.as_i64() != Some(0) => {
-                let message = v
-                    .get("msg")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the backend reported an error");
-                Some(openai_error(
-                    message,
-                    "upstream_error",
-                    Value::Number(code.clone()),
-                    None,
-                ))
-            }
-            _ => None,
-        }
+        envelope_error(v)
     }
 
     fn task_id(&self, submitted: &Map<String, Value>) -> Option<String> {
@@ -76,6 +62,26 @@ impl Wire for ComfyUi {
             images: images as u64,
             ..Units::default()
         }
+    }
+}
+
+/// GenStudio's task APIs answer `{"code", "msg", "data"}`: a `code` other than 0 is an
+/// error, whatever the HTTP status.
+pub fn envelope_error(v: &Map<String, Value>) -> Option<Value> {
+    match v.get("code") {
+        Some(Value::Number(code)) if code.as_i64() != Some(0) => {
+            let message = v
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("the backend reported an error");
+            Some(openai_error(
+                message,
+                "upstream_error",
+                Value::Number(code.clone()),
+                None,
+            ))
+        }
+        _ => None,
     }
 }
 

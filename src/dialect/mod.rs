@@ -12,6 +12,7 @@ pub mod observe;
 pub mod comfyui;
 pub mod dashscope;
 mod openai;
+pub mod sd;
 mod zhipu;
 
 use bytes::Bytes;
@@ -151,5 +152,6 @@ pub fn wire(dialect: Dialect) -> &'static dyn Wire {
         Dialect::Dashscope => &dashscope::DashScope,
         Dialect::Zhipu => &zhipu::Zhipu,
         Dialect::Comfyui => &comfyui::ComfyUi,
+        Dialect::Sd => &sd::Sd,
     }
 }

@@ -19,7 +19,9 @@ impl Wire for Zhipu {
             Endpoint::Embeddings => Some("/embeddings"),
             Endpoint::Images => Some("/images/generations"),
             Endpoint::AsyncChat => Some("/async/chat/completions"),
-            Endpoint::Rerank | Endpoint::Generation | Endpoint::Workflow => None,
+            Endpoint::Rerank | Endpoint::Generation | Endpoint::Workflow | Endpoint::ImageTask => {
+                None
+            }
         }
     }
 

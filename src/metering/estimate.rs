@@ -113,8 +113,9 @@ pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) 
             collect_text(body.get("prompt"), &mut text);
             count(&text)
         }
-        // A workflow's inputs are nodes, not a prompt: billed per image and task.
-        Endpoint::Workflow => 0,
+        // A workflow's inputs are nodes, and an SD task's prompt is no LLM's: both are
+        // billed per image and task.
+        Endpoint::Workflow | Endpoint::ImageTask => 0,
         // DashScope: `input.messages`, or `input.prompt` (one user turn).
         Endpoint::Generation => {
             let input = body.get("input");

@@ -18,6 +18,7 @@ use super::comfyui;
 use super::exchange;
 use super::own_usage;
 use super::request::ClientRequest;
+use super::sd;
 use super::settle::Exchange;
 use super::tasks;
 use crate::auth::Caller;
@@ -76,6 +77,12 @@ pub fn router() -> Router<AppState> {
             "/api/maas/comfy_task_api/upload/image",
             post(comfyui::upload_image),
         )
+        // GenStudio's Stable Diffusion image tasks.
+        .route(
+            "/api/maas/sd_task_api/create",
+            by_policy(Endpoint::ImageTask),
+        )
+        .route("/api/maas/sd_task_api/get_result", post(sd::get_result))
         // DashScope's OpenAI-compatible base URL.
         .route(
             "/compatible-mode/v1/chat/completions",
@@ -115,6 +122,7 @@ impl Target {
             (_, Endpoint::Images) => "images",
             (_, Endpoint::AsyncChat) => "async_chat",
             (_, Endpoint::Workflow) => "workflow",
+            (_, Endpoint::ImageTask) => "image_task",
             (Target::Pair(..), Endpoint::Chat) => "chat_mxn",
             (Target::Policy, Endpoint::Chat) => "chat_model",
             (Target::Deployment(_), Endpoint::Chat) => "chat_deployment",
@@ -256,7 +264,8 @@ async fn proxy(
             chat
         }
         Target::Policy => {
-            upstreams.candidates(endpoint, request.model()?, &state.prices(), started_at)?
+            let model = upstreams.model_named(endpoint, request.model()?);
+            upstreams.candidates(endpoint, model, &state.prices(), started_at)?
         }
         Target::Deployment(id) => {
             let upstream = upstreams.deployment(&id)?;

@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod handlers;
 pub mod own_usage;
 pub mod request;
+mod sd;
 pub mod settle;
 pub mod stream;
 pub mod tasks;

@@ -136,11 +136,7 @@ pub async fn poll(
     Path(task_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let polled = poll_task(&state, &caller, &task_id, &Map::new()).await?;
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], polled.body).into_response();
-    if let Ok(id) = HeaderValue::from_str(&polled.task.request_id) {
-        response.headers_mut().insert("x-request-id", id);
-    }
-    Ok(response)
+    Ok(polled.passed_on())
 }
 
 /// What one poll of one task brought back.
@@ -148,6 +144,18 @@ pub struct Polled {
     pub task: Task,
     pub body: Bytes,
     pub answer: Map<String, Value>,
+}
+
+impl Polled {
+    /// The backend's answer as it came, with the submission's request id.
+    pub fn passed_on(self) -> Response {
+        let mut response =
+            ([(header::CONTENT_TYPE, "application/json")], self.body).into_response();
+        if let Ok(id) = HeaderValue::from_str(&self.task.request_id) {
+            response.headers_mut().insert("x-request-id", id);
+        }
+        response
+    }
 }
 
 /// Polls the task `task_id` of `caller`'s key (404 for anybody else's) once, and writes

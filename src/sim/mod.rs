@@ -3,12 +3,14 @@
 //! (`/{openai|genstudio|bare|internlm}/chat/completions`, `/embeddings`, `/rerank`;
 //! `/dashscope/services/aigc/text-generation/generation`; Zhipu's
 //! `/zhipu/async/chat/completions`, `/zhipu/async-result/{id}` and
-//! `/zhipu/images/generations`); a request can steer it with an `x_sim` object in its body
-//! (see [`Knobs`]).
+//! `/zhipu/images/generations`; GenStudio's `/comfyui/{prompt,get_task_info,cancel,
+//! upload/image}` and `/sd/{create,get_result}`); a request can steer it with an `x_sim`
+//! object in its body (see [`Knobs`]).
 
 mod comfyui;
 mod dashscope;
 mod formats;
+mod sd;
 mod zhipu;
 
 use std::net::SocketAddr;
@@ -101,6 +103,8 @@ struct Seen {
     tasks: zhipu::Tasks,
     /// GenStudio's ComfyUI workflow runs.
     workflows: comfyui::Workflows,
+    /// GenStudio's Stable Diffusion tasks.
+    images: sd::Images,
 }
 
 pub fn router() -> Router {
@@ -119,6 +123,8 @@ pub fn router() -> Router {
         .route("/comfyui/get_task_info", post(comfy_task_info))
         .route("/comfyui/cancel", post(comfy_cancel))
         .route("/comfyui/upload/image", post(comfy_upload))
+        .route("/sd/create", post(sd_create))
+        .route("/sd/get_result", post(sd_result))
         .route("/_sim/last", get(last))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20)) // long prompts, as real backends take
         .with_state(Arc::new(Seen::default()))
@@ -155,7 +161,7 @@ async fn accept(
 ) -> Result<Call, Response> {
     let profile =
         match profile {
-            "dashscope" | "comfyui" => None,
+            "dashscope" | "comfyui" | "sd" => None,
             name => Some(Profile::parse(name).ok_or_else(|| {
                 (StatusCode::NOT_FOUND, "unknown simulator profile").into_response()
             })?),
@@ -261,6 +267,17 @@ async fn comfy_prompt(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: B
         Ok(call) => seen.workflows.prompt(&call.body, call.knobs),
         Err(response) => response,
     }
+}
+
+async fn sd_create(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
+    match accept(&seen, "sd", &headers, body).await {
+        Ok(call) => seen.images.create(&call.body, call.knobs),
+        Err(response) => response,
+    }
+}
+
+async fn sd_result(State(seen): State<Arc<Seen>>, body: Json<Value>) -> Response {
+    seen.images.result(&body)
 }
 
 async fn comfy_task_info(State(seen): State<Arc<Seen>>, body: Json<Value>) -> Response {

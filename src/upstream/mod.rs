@@ -289,6 +289,18 @@ impl Upstreams {
             .ok_or_else(|| ApiError::NotFound(format!("deployment '{id}' does not exist")))
     }
 
+    /// The model a request names. An SD task names its checkpoint file as the backend
+    /// knows it (`override_settings.sd_model_checkpoint`), which is rarely a valid model
+    /// name here: it is the model whose backends have it as their `upstream_model`.
+    pub fn model_named<'a>(&'a self, endpoint: Endpoint, name: &'a str) -> &'a str {
+        if endpoint != Endpoint::ImageTask || self.models.contains_key(&(endpoint, name.into())) {
+            return name;
+        }
+        self.all()
+            .find(|u| u.endpoint == endpoint && u.upstream_model == name)
+            .map_or(name, |u| u.model.as_str())
+    }
+
     /// The chips serving `model`, ordered by its routing policy: the first is tried first,
     /// the others are fail-over. Chips without a price in force are left out.
     pub fn candidates(

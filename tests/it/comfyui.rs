@@ -7,19 +7,12 @@
 use crate::helpers;
 
 use futures_util::future::join_all;
-use helpers::{TestApp, dec, issue_key, request_id};
-use serde_json::{Map, Value, json};
+use helpers::{TestApp, dec, issue_key, own_json, request_id};
+use serde_json::{Value, json};
 use tollgate::config::{Dialect, Endpoint};
 use tollgate::dialect::TaskState;
 
 const BASE: &str = "/api/maas/comfy_task_api";
-
-fn fixture(name: &str) -> Map<String, Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 async fn run(app: &TestApp, sim: Value) -> (String, String) {
     let body = json!({"workflow_id": "wf-demo-txt2img",
@@ -51,19 +44,19 @@ async fn task_info(app: &TestApp, key: &str, ids: &[&str]) -> (u16, Value) {
 fn the_documented_shapes_are_read() {
     let wire = tollgate::dialect::wire(Dialect::Comfyui);
     assert_eq!(
-        wire.task_id(&fixture("comfyui-prompt.json")).as_deref(),
+        wire.task_id(&own_json("comfyui-prompt.json")).as_deref(),
         Some("3a9f1c2e8b7d4e6fa1c0d9e8f7a6b5c4")
     );
     assert_eq!(
-        wire.task_state(&fixture("comfyui-task-info-running.json")),
+        wire.task_state(&own_json("comfyui-task-info-running.json")),
         Some(TaskState::Pending)
     );
-    let done = fixture("comfyui-task-info-success.json");
+    let done = own_json("comfyui-task-info-success.json");
     assert_eq!(wire.task_state(&done), Some(TaskState::Succeeded));
     assert_eq!(wire.units(Endpoint::Workflow, &done).images, 2);
     let zhipu = tollgate::dialect::wire(Dialect::Zhipu);
     assert_eq!(
-        zhipu.task_state(&fixture("zhipu-async-result-success.json")),
+        zhipu.task_state(&own_json("zhipu-async-result-success.json")),
         Some(TaskState::Succeeded)
     );
 }

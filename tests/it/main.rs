@@ -30,6 +30,7 @@ mod rate_limits;
 mod replicas;
 mod reports;
 mod routes;
+mod sd;
 mod spending;
 mod streaming;
 mod zhipu;

@@ -92,7 +92,7 @@ impl ClientRequest {
             input_images: 0,
             prompt_bound: OnceLock::new(),
         };
-        request.model = request.value(model_member(endpoint));
+        request.model = request.model_value();
         request.input_images = request.count_images();
         request.stream = match request.member("stream") {
             None | Some("null") | Some("false") => false,
@@ -130,18 +130,37 @@ impl ClientRequest {
         }
         let n = match endpoint {
             Endpoint::Generation => count_of(limits.get("n"), "n", 1)?,
+            // An SD task makes `batch_size` images `n_iter` times.
+            Endpoint::ImageTask => {
+                let batch = request.count("batch_size", 1)?.unwrap_or(1);
+                let rounds = request.count("n_iter", 1)?.unwrap_or(1);
+                Some(batch.saturating_mul(rounds))
+            }
             _ => request.count("n", 1)?,
         };
         if let Some(n) = n {
             if n > MAX_CHOICES {
+                let name = match endpoint {
+                    Endpoint::ImageTask => "batch_size",
+                    _ => "n",
+                };
                 return Err(ApiError::invalid(
-                    format!("'n' must be at most {MAX_CHOICES}"),
-                    "n",
+                    format!("'{name}' asks for more than {MAX_CHOICES} results"),
+                    name,
                 ));
             }
             request.choices = n;
         }
         Ok(request)
+    }
+
+    /// The value that names the model: `model`, a ComfyUI workflow's `workflow_id`, an SD
+    /// task's `override_settings.sd_model_checkpoint`.
+    fn model_value(&self) -> Option<Value> {
+        match self.endpoint {
+            Endpoint::ImageTask => self.value(SETTINGS)?.get(CHECKPOINT).cloned(),
+            endpoint => self.value(model_member(endpoint)),
+        }
     }
 
     /// A member that must be a whole number of at least `min` (or absent, or `null`).
@@ -245,7 +264,7 @@ impl ClientRequest {
     /// generation, one task from a task submission.
     pub fn worst_units(&self) -> Units {
         Units {
-            images: if self.endpoint == Endpoint::Images {
+            images: if matches!(self.endpoint, Endpoint::Images | Endpoint::ImageTask) {
                 self.choices
             } else {
                 self.input_images
@@ -289,7 +308,6 @@ impl ClientRequest {
     /// other member is copied as sent. A member that was not there is added at the end.
     fn patched(&self, model: &str, include_usage: bool, max_tokens: Option<u64>) -> Bytes {
         let json = |value: &Value| serde_json::to_vec(value).expect("a JSON value serializes");
-        let model = json(&Value::String(model.to_owned()));
         let options = include_usage.then(|| {
             let mut options = match self.value("stream_options") {
                 Some(Value::Object(options)) => options,
@@ -298,7 +316,20 @@ impl ClientRequest {
             options.insert("include_usage".into(), Value::Bool(true));
             json(&Value::Object(options))
         });
-        let mut patches = vec![(model_member(self.endpoint), model.as_slice())];
+        let name = Value::String(model.to_owned());
+        // An SD task names its model inside `override_settings`.
+        let model = match self.endpoint {
+            Endpoint::ImageTask => {
+                let mut settings = match self.value(SETTINGS) {
+                    Some(Value::Object(settings)) => settings,
+                    _ => Map::new(),
+                };
+                settings.insert(CHECKPOINT.into(), name);
+                (SETTINGS, json(&Value::Object(settings)))
+            }
+            endpoint => (model_member(endpoint), json(&name)),
+        };
+        let mut patches = vec![(model.0, model.1.as_slice())];
         if let Some(options) = &options {
             patches.push(("stream_options", options));
         }
@@ -386,10 +417,16 @@ fn add_pairs(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
     (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
 }
 
-/// The member that names the model: a ComfyUI workflow is named by its `workflow_id`.
+/// Where an SD task names its model: `override_settings.sd_model_checkpoint`.
+const SETTINGS: &str = "override_settings";
+const CHECKPOINT: &str = "sd_model_checkpoint";
+
+/// The member that names the model: a ComfyUI workflow is named by its `workflow_id`, an
+/// SD task by its checkpoint.
 fn model_member(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Workflow => "workflow_id",
+        Endpoint::ImageTask => "override_settings.sd_model_checkpoint",
         _ => "model",
     }
 }

@@ -380,6 +380,19 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
+/// The project's own wire-format fixtures (`tests/fixtures/`: formats beyond the seed ones).
+pub fn own_fixture(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// A JSON object among the project's fixtures.
+pub fn own_json(name: &str) -> serde_json::Map<String, Value> {
+    serde_json::from_str(&own_fixture(name)).unwrap()
+}
+
 /// Reads an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
