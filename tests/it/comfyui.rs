@@ -28,32 +28,20 @@ async fn run(app: &TestApp, sim: Value) -> (String, String) {
 }
 
 async fn task_info(app: &TestApp, key: &str, ids: &[&str]) -> (u16, Value) {
-    let response = app
-        .client
-        .post(app.url(&format!("{BASE}/get_task_info")))
-        .bearer_auth(key)
-        .json(&json!({"comfy_task_ids": ids, "url_expire_period": 600}))
-        .send()
+    let body = json!({"comfy_task_ids": ids, "url_expire_period": 600});
+    app.post_as(&format!("{BASE}/get_task_info"), key, &body)
         .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 #[test]
 fn the_documented_shapes_are_read() {
-    let wire = tollgate::dialect::wire(Dialect::Comfyui);
-    assert_eq!(
-        wire.task_id(&own_json("comfyui-prompt.json")).as_deref(),
-        Some("3a9f1c2e8b7d4e6fa1c0d9e8f7a6b5c4")
-    );
-    assert_eq!(
-        wire.task_state(&own_json("comfyui-task-info-running.json")),
-        Some(TaskState::Pending)
-    );
-    let done = own_json("comfyui-task-info-success.json");
-    assert_eq!(wire.task_state(&done), Some(TaskState::Succeeded));
-    assert_eq!(wire.units(Endpoint::Workflow, &done).images, 2);
+    let files = [
+        "comfyui-prompt.json",
+        "comfyui-task-info-running.json",
+        "comfyui-task-info-success.json",
+    ];
+    let id = "3a9f1c2e8b7d4e6fa1c0d9e8f7a6b5c4";
+    helpers::reads_task_fixtures(Dialect::Comfyui, Endpoint::Workflow, files, id, 2);
     let zhipu = tollgate::dialect::wire(Dialect::Zhipu);
     assert_eq!(
         zhipu.task_state(&own_json("zhipu-async-result-success.json")),

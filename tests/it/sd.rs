@@ -8,10 +8,9 @@
 use crate::helpers;
 
 use futures_util::future::join_all;
-use helpers::{TestApp, dec, issue_key, own_json, request_id};
+use helpers::{TestApp, dec, issue_key, request_id};
 use serde_json::{Value, json};
 use tollgate::config::{Dialect, Endpoint};
-use tollgate::dialect::TaskState;
 
 const BASE: &str = "/api/maas/sd_task_api";
 const CHECKPOINT: &str = "majicMIX realistic 麦橘写实_v7.safetensors";
@@ -41,32 +40,19 @@ async fn create(app: &TestApp, body: &Value) -> (String, String) {
 }
 
 async fn result(app: &TestApp, key: &str, task: &str) -> (u16, Value) {
-    let response = app
-        .client
-        .post(app.url(&format!("{BASE}/get_result")))
-        .bearer_auth(key)
-        .json(&json!({ "task_id": task }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let body = json!({ "task_id": task });
+    app.post_as(&format!("{BASE}/get_result"), key, &body).await
 }
 
 #[test]
 fn the_fixtures_are_read() {
-    let wire = tollgate::dialect::wire(Dialect::Sd);
-    assert_eq!(
-        wire.task_id(&own_json("sd-create.json")).as_deref(),
-        Some("sd0193a1c2d4e5f60718293a4b5c6d7e8f")
-    );
-    assert_eq!(
-        wire.task_state(&own_json("sd-result-running.json")),
-        Some(TaskState::Pending)
-    );
-    let done = own_json("sd-result-success.json");
-    assert_eq!(wire.task_state(&done), Some(TaskState::Succeeded));
-    assert_eq!(wire.units(Endpoint::ImageTask, &done).images, 2);
+    let files = [
+        "sd-create.json",
+        "sd-result-running.json",
+        "sd-result-success.json",
+    ];
+    let id = "sd0193a1c2d4e5f60718293a4b5c6d7e8f";
+    helpers::reads_task_fixtures(Dialect::Sd, Endpoint::ImageTask, files, id, 2);
 }
 
 #[tokio::test]
@@ -166,17 +152,12 @@ async fn failed_tasks_cost_nothing_and_only_the_owner_may_poll() {
     let other = issue_key(&app.state, "acme", None).await.secret;
     let (status, _) = result(&app, &other, &running).await;
     assert_eq!(status, 404, "another key's task is not found");
-    let response = app
-        .client
-        .post(app.url(&format!("{BASE}/get_result")))
-        .bearer_auth(&app.key)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["param"], "task_id");
+    let path = format!("{BASE}/get_result");
+    let (status, body) = app.post_as(&path, &app.key, &json!({})).await;
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("task_id"))
+    );
 }
 
 #[tokio::test]

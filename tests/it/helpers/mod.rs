@@ -114,6 +114,14 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POSTs `body` to `path` with `key`: the status and the JSON answer (`null` if none).
+    pub async fn post_as(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        let request = self.client.post(self.url(path)).bearer_auth(key);
+        let response = request.json(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// A fresh admin token with `role`.
     pub fn admin_token(&self, role: Role) -> String {
         let auth = self
@@ -391,6 +399,27 @@ pub fn own_fixture(name: &str) -> String {
 /// A JSON object among the project's fixtures.
 pub fn own_json(name: &str) -> serde_json::Map<String, Value> {
     serde_json::from_str(&own_fixture(name)).unwrap()
+}
+
+/// Checks that `dialect` reads a task's fixtures: the id its submission gives, a running
+/// poll as pending, and a finished one as succeeded with `images` images.
+pub fn reads_task_fixtures(
+    dialect: tollgate::config::Dialect,
+    endpoint: tollgate::config::Endpoint,
+    [submitted, running, done]: [&str; 3],
+    task_id: &str,
+    images: u64,
+) {
+    use tollgate::dialect::TaskState;
+    let wire = tollgate::dialect::wire(dialect);
+    assert_eq!(wire.task_id(&own_json(submitted)).as_deref(), Some(task_id));
+    assert_eq!(
+        wire.task_state(&own_json(running)),
+        Some(TaskState::Pending)
+    );
+    let done = own_json(done);
+    assert_eq!(wire.task_state(&done), Some(TaskState::Succeeded));
+    assert_eq!(wire.units(endpoint, &done).images, images);
 }
 
 /// Reads an SSE body into its `data:` payloads.
