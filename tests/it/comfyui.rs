@@ -208,3 +208,38 @@ async fn an_upload_passes_through_and_is_not_billed() {
         .unwrap();
     assert_eq!(response.status(), 401, "uploads need a key too");
 }
+
+#[tokio::test]
+async fn a_run_holds_a_prepaid_balance_for_the_images_its_nodes_ask_for() {
+    use crate::spending::{set_billing, top_up};
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    assert_eq!(top_up(&app, "t-1", json!("0.25")).await.0, 201);
+    let batch = |size: Option<u64>| {
+        let mut inputs = json!({"width": 512, "height": 512});
+        if let Some(size) = size {
+            inputs["batch_size"] = json!(size);
+        }
+        json!({"workflow_id": "wf-demo-txt2img", "x_sim": {"polls": 0, "images": 3},
+            "prompt": {"5": {"inputs": inputs}, "6": {"inputs": {"text": "一只猫"}}}})
+    };
+    let path = format!("{BASE}/prompt");
+    // Three images at 0.05 and the run at 0.01 are held: 0.16 of 0.25.
+    let first = app.post(&path, &batch(Some(3))).await;
+    assert_eq!(first.status(), 200);
+    let first_id = request_id(&first);
+    let task: Value = first.json().await.unwrap();
+    let refused = app.post(&path, &batch(Some(3))).await;
+    assert_eq!(
+        refused.status(),
+        402,
+        "0.09 left does not cover another 0.16"
+    );
+    // A run that asks for no batch holds one image: 0.06.
+    assert_eq!(app.post(&path, &batch(None)).await.status(), 200);
+    let prompt_id = task["data"]["prompt_id"].as_str().unwrap();
+    let (status, _) = task_info(&app, &app.key, &[prompt_id]).await;
+    assert_eq!(status, 200);
+    let records = app.records_with(&first_id).await;
+    assert_eq!((records[0].images, records[0].cost), (3, dec("0.16")));
+}

@@ -136,12 +136,19 @@ impl ClientRequest {
                 let rounds = request.count("n_iter", 1)?.unwrap_or(1);
                 Some(batch.saturating_mul(rounds))
             }
+            // A ComfyUI run makes the batches its nodes ask for (`batch_size` inputs); a
+            // run that sets none makes the hosted workflow's own, at least one image.
+            Endpoint::Workflow => {
+                let prompt = request.value("prompt").unwrap_or(Value::Null);
+                Some(workflow_batches(&prompt).max(1))
+            }
             _ => request.count("n", 1)?,
         };
         if let Some(n) = n {
             if n > MAX_CHOICES {
                 let name = match endpoint {
                     Endpoint::ImageTask => "batch_size",
+                    Endpoint::Workflow => "prompt",
                     _ => "n",
                 };
                 return Err(ApiError::invalid(
@@ -261,10 +268,13 @@ impl ClientRequest {
     }
 
     /// The most the request can produce besides tokens: `n` images from an image
-    /// generation, one task from a task submission.
+    /// generation (an SD task's batches, a ComfyUI run's), one task from a task submission.
     pub fn worst_units(&self) -> Units {
         Units {
-            images: if matches!(self.endpoint, Endpoint::Images | Endpoint::ImageTask) {
+            images: if matches!(
+                self.endpoint,
+                Endpoint::Images | Endpoint::ImageTask | Endpoint::Workflow
+            ) {
                 self.choices
             } else {
                 self.input_images
@@ -415,6 +425,17 @@ fn image_parts(value: &Value) -> (u64, u64) {
 
 fn add_pairs(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
     (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
+}
+
+/// The images a ComfyUI run's nodes ask for: the sum of their `batch_size` inputs.
+fn workflow_batches(prompt: &Value) -> u64 {
+    let Some(nodes) = prompt.as_object() else {
+        return 0;
+    };
+    nodes
+        .values()
+        .filter_map(|node| node.get("inputs")?.get("batch_size")?.as_u64())
+        .fold(0u64, u64::saturating_add)
 }
 
 /// Where an SD task names its model: `override_settings.sd_model_checkpoint`.
