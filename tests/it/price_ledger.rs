@@ -17,20 +17,23 @@ fn entry(model: &str, effective_from: &str, input: &str) -> String {
 
 /// Every model of the test configuration priced, megrez at `input` from January.
 fn table(input: &str) -> String {
-    let others = [
-        "internlm3-latest",
-        "qwen2.5-72b-instruct",
-        "bge-m3",
-        "bge-reranker-v2-m3",
-        "qwen-plus",
-        "glm-4-plus",
-        "cogview-3",
-        "wf-demo-txt2img",
-        "qwen-vl-plus",
-    ];
-    let mut text = entry("megrez-7b-instruct", "2026-01-01T00:00:00Z", input);
-    for model in others {
-        text += &entry(model, "2026-01-01T00:00:00Z", "1");
+    let demo = tollgate::cli::demo_config(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:0",
+        std::path::Path::new("unused.db"),
+    )
+    .unwrap();
+    let mut models: Vec<String> = demo.upstreams.iter().map(|u| u.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    let mut text = String::new();
+    for model in models {
+        let price = if model == "megrez-7b-instruct" {
+            input
+        } else {
+            "1"
+        };
+        text += &entry(&model, "2026-01-01T00:00:00Z", price);
     }
     text
 }
