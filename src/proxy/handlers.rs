@@ -279,6 +279,9 @@ async fn proxy(
         }
     };
     caller.check_model(&candidates[0].model)?;
+    if endpoint.is_task() {
+        tasks::can_record(&state).await?;
+    }
     let reserve = state.config().limits.reserve_max_tokens;
     let admission = state
         .limits()

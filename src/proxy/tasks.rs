@@ -39,6 +39,31 @@ use crate::store::{self, tasks::Task};
 use crate::upstream::Upstream;
 use crate::upstream::client::UpstreamResponse;
 
+/// A task is submitted only while the ledger answers: one the ledger could not record
+/// would run on the backend unbilled, its id never given to the client.
+pub(super) async fn can_record(state: &AppState) -> Result<(), ApiError> {
+    if store::ping(state.db()).await {
+        return Ok(());
+    }
+    Err(ApiError::Unavailable(
+        "tasks cannot be recorded now, so none was submitted; retry shortly".into(),
+    ))
+}
+
+/// Writes `task`, trying again briefly if the ledger does not answer: the backend runs it
+/// already. A unique violation means an earlier try wrote it.
+async fn record_task(state: &AppState, task: &Task) -> store::Result<()> {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match store::tasks::insert(state.db(), task).await {
+            Ok(()) | Err(store::StoreError::Conflict(_)) => return Ok(()),
+            Err(e) if wait > Duration::from_secs(1) => return Err(e),
+            Err(_) => tokio::time::sleep(wait).await,
+        }
+        wait *= 4;
+    }
+}
+
 /// The backend accepted a submission: the task is recorded and its answer goes to the
 /// client. The submission itself costs nothing; its record comes with the task's end.
 pub(super) async fn submitted(
@@ -91,7 +116,7 @@ pub(super) async fn submitted(
         ended_at: None,
         held: ex.hold.map_or(Decimal::ZERO, |h| h.amount),
     };
-    if let Err(e) = store::tasks::insert(state.db(), &task).await {
+    if let Err(e) = record_task(state, &task).await {
         ex.release(state);
         tracing::error!(request_id = %ex.request_id, error = %e, "task not recorded");
         return ApiError::Unavailable(

@@ -259,3 +259,38 @@ async fn a_database_that_stops_answering_holds_up_no_commit() {
     assert_eq!(app.record_count().await, 21);
     app.stop().await;
 }
+
+/// A task the ledger could not record would run on the backend unbilled: while the ledger
+/// does not answer, none is submitted (503), and once it answers again tasks pass.
+#[tokio::test]
+async fn no_task_is_submitted_while_the_ledger_cannot_record_it() {
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = server.url.clone();
+    let app = TestApp::spawn_with(move |c| c.database.url = url).await;
+    complete(&app, false).await;
+    let submit = json!({"model": "glm-4-plus", "messages": [{"role": "user", "content": "hi"}],
+        "x_sim": {"polls": 0}});
+    let path = "/api/paas/v4/async/chat/completions";
+
+    server.stop();
+    let response = app.post(path, &submit).await;
+    assert_eq!(response.status(), 503);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("none was submitted"),
+        "{error}"
+    );
+    let seen = app.upstream_saw().await;
+    assert_ne!(
+        seen["body"]["model"], "glm-4-plus",
+        "the backend got no task"
+    );
+
+    server.restart();
+    let response = app.post(path, &submit).await;
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}
