@@ -25,6 +25,7 @@ use crate::proxy::handlers;
 use crate::server::{self, ConnectionLimits};
 use crate::state::{App, AppState};
 use crate::store;
+use crate::store::health::Health;
 use crate::store::signal::ChangeSignal;
 use crate::upstream::Upstreams;
 
@@ -91,6 +92,7 @@ impl Application {
         let prices_signal = ChangeSignal::new(&db, url, "prices");
         let accounts_signal = ChangeSignal::new(&db, url, "accounts");
         let keys = KeyCache::new(ChangeSignal::new(&db, url, "keys"));
+        let health = Health::default();
         let state = AppState(Arc::new(App {
             keys,
             limits: Limits::new(
@@ -98,7 +100,8 @@ impl Application {
                 &config.redis,
                 metrics.redis_errors.clone(),
             )?,
-            spending: Spending::new(&db, ledger.clone(), &config.limits, &replica),
+            spending: Spending::new(&db, ledger.clone(), &config.limits, &replica, &health),
+            health,
             replica,
             metrics,
             admin_auth,
@@ -112,6 +115,10 @@ impl Application {
             tasks: TaskTracker::new(),
         }));
         crate::state::spawn_maintenance(&state);
+        let app = Arc::downgrade(&state.0);
+        state
+            .health()
+            .watch(state.db().clone(), move || app.strong_count() > 0);
         crate::proxy::tasks::spawn_expiry(&state);
         Ok(Application {
             listener,

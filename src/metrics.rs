@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Counter, CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Counter, CounterVec, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
 };
 
@@ -56,6 +56,8 @@ pub struct Metrics {
     pub refused_connections: IntCounter,
     pub active_streams: IntGauge,
     pub ledger_queue_depth: IntGauge,
+    /// How long the oldest record not yet in the database has waited in the spool.
+    pub ledger_spool_age: Gauge,
     pub ledger_batch_size: Histogram,
     pub ledger_commit_seconds: Histogram,
     pub ledger_import_size: Histogram,
@@ -177,6 +179,17 @@ impl Metrics {
                 "ledger_queue_depth",
                 "Usage records committed to the journal and not yet imported into the database (the spool's backlog).",
             ),
+            ledger_spool_age: {
+                let g = Gauge::new(
+                    "ledger_spool_age_seconds",
+                    "Age of the oldest usage record committed to the journal and not yet imported into the database (0 when the spool is empty); growing while the database answers means shipping has stalled.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
             ledger_batch_size: histogram(
                 "ledger_batch_records",
                 "Usage records made durable per ledger commit (one fdatasync of the usage journal; one record with synchronous = normal).",

@@ -39,6 +39,9 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     metrics
         .ledger_queue_depth
         .set(state.ledger().queue_depth() as i64);
+    metrics
+        .ledger_spool_age
+        .set(state.ledger().spool_age().as_secs_f64());
     let limits = state.limits();
     metrics.limits_fallback.set(i64::from(limits.in_fallback()));
     metrics.live_replicas.set(i64::from(limits.live_replicas()));
@@ -61,10 +64,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
 
 /// Ready when the ledger writer takes records and spending answers, and the database
 /// answers. A PostgreSQL ledger shared by replicas is the exception: while it is down a
-/// replica stays ready but `degraded`, its records spooled in its journal (`spooled`), so a
-/// database outage does not take every replica out of the load balancer at once.
+/// replica stays ready but `degraded`, its records spooled in its journal (`spooled`, the
+/// oldest `spool_age_seconds` old), so a database outage does not take every replica out
+/// of the load balancer at once. Answered from state kept current in the background
+/// (`store::health`), never by waiting on the database: a balancer's short probe timeout
+/// sees the truth during an outage too.
 async fn ready(State(state): State<AppState>) -> Response {
-    let database = crate::store::ping(state.db()).await;
+    let database = state.health().is_up();
     let ledger = state.ledger().is_running();
     let spending = state.spending().responsive();
     let spools = matches!(state.db(), crate::store::Db::Postgres(_));
@@ -79,6 +85,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         "spending": spending,
         "degraded": !database,
         "spooled": state.ledger().queue_depth(),
+        "spool_age_seconds": state.ledger().spool_age().as_secs_f64(),
     });
     (status, axum::Json(body)).into_response()
 }

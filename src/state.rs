@@ -16,6 +16,7 @@ use crate::limits::Limits;
 use crate::limits::spending::Spending;
 use crate::metering::Ledger;
 use crate::metrics::Metrics;
+use crate::store::health::Health;
 use crate::store::signal::ChangeSignal;
 use crate::store::{self, Db};
 use crate::upstream::Upstreams;
@@ -23,6 +24,8 @@ use crate::upstream::Upstreams;
 pub struct App {
     pub(crate) config: Config,
     pub(crate) db: Db,
+    /// Whether `db` answers, kept current by a probe in the background.
+    pub(crate) health: Health,
     pub(crate) ledger: Ledger,
     /// Swapped whole when `tollgate prices sync` (here or elsewhere) appends versions.
     pub(crate) prices: RwLock<Arc<PriceBook>>,
@@ -56,6 +59,10 @@ impl AppState {
     }
     pub fn ledger(&self) -> &Ledger {
         &self.0.ledger
+    }
+    /// Whether the database answered the background probe last time.
+    pub fn health(&self) -> &Health {
+        &self.0.health
     }
 
     /// The database once every usage record committed so far is in it (see `Ledger::flush`):
@@ -104,6 +111,9 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
         let mut accounts_seen = app.upgrade().map(|a| a.accounts_signal.stamp());
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         let replica = app.upgrade().map(|a| a.replica.clone()).unwrap_or_default();
+        // Since when every heartbeat succeeded (`None` after a failed one).
+        let mut beating_since = None;
+        let steady_after = std::time::Duration::from_millis(2 * store::replicas::ALIVE_MS as u64);
         for n in 0u64.. {
             tick.tick().await;
             let Some(app) = app.upgrade() else { break };
@@ -130,12 +140,22 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
             }
             if n % 5 == 0 {
                 match store::replicas::beat(&app.db, &replica).await {
-                    Ok(alive) => app.limits.set_live_replicas(alive),
-                    Err(e) => tracing::warn!(error = %e, "cannot write this replica's heartbeat"),
+                    Ok(alive) => {
+                        app.limits.set_live_replicas(alive);
+                        beating_since.get_or_insert_with(std::time::Instant::now);
+                    }
+                    Err(e) => {
+                        beating_since = None;
+                        tracing::warn!(error = %e, "cannot write this replica's heartbeat");
+                    }
                 }
             }
+            let steady = beating_since.is_some_and(|t| t.elapsed() >= steady_after);
             if n % 5 == 4
-                && let Err(e) = app.spending.reconcile().await
+                && let Err(e) = app
+                    .spending
+                    .reconcile(app.ledger.spool_age(), steady)
+                    .await
             {
                 tracing::warn!(error = %e, "cannot void expired spending holds now");
             }

@@ -76,6 +76,8 @@ struct Shared {
     import_max: usize,
     /// Records of a journal out of use whose import has not succeeded yet.
     retired: AtomicUsize,
+    /// When the oldest of those records was appended.
+    retired_since: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
 }
 
@@ -87,6 +89,8 @@ struct Active {
     records: Vec<UsageRecord>,
     /// The number of the last record appended, counted over all cycles.
     appended: u64,
+    /// When the first record of this cycle was appended.
+    since: Option<Instant>,
     /// How much of this cycle an `fdatasync` has made durable (with `sync`).
     durable: Mark,
 }
@@ -162,6 +166,7 @@ impl Ledger {
                 journal: Some(first),
                 records: Vec::new(),
                 appended: 0,
+                since: None,
                 durable: Mark::default(),
             }),
             sync_wanted: Notify::new(),
@@ -170,6 +175,7 @@ impl Ledger {
             sync: database.synchronous == Synchronous::Full,
             import_max: config.import_max,
             retired: AtomicUsize::new(0),
+            retired_since: Mutex::new(None),
             metrics,
         });
         let writer = Writer {
@@ -220,6 +226,9 @@ impl Ledger {
             active.records.push(record);
             active.appended += 1;
             let waiting = active.records.len();
+            if waiting == 1 {
+                active.since = Some(started);
+            }
             if waiting == 1 || waiting == shared.import_max {
                 shared.import_wanted.notify_one();
             }
@@ -260,6 +269,19 @@ impl Ledger {
     /// spool's backlog.
     pub fn queue_depth(&self) -> usize {
         self.shared.lock().records.len() + self.shared.retired.load(Ordering::Relaxed)
+    }
+
+    /// How long the oldest record not yet imported into the database has waited (zero
+    /// when the spool is empty): what `/readyz` and `tollgate_ledger_spool_age_seconds`
+    /// report, so an operator sees shipping stall, not only the backlog grow.
+    pub fn spool_age(&self) -> Duration {
+        let active = self.shared.lock().since;
+        let retired = *self.shared.retired_since.lock();
+        [active, retired]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::ZERO, |since| since.elapsed())
     }
 }
 
@@ -329,8 +351,9 @@ impl Writer {
                     let _ = self.landed(shipment);
                 }
                 _ = shared.import_wanted.notified() => self.schedule_import(),
-                _ = sleep, if due.is_some() => self.start_shipping(),
+                _ = sleep, if due.is_some() && !shipping => self.start_shipping(),
             }
+            self.keep_shipping();
         }
         control.close();
         // No more appends; with `sync`, those not yet synced are settled.
@@ -362,6 +385,27 @@ impl Writer {
         }
     }
 
+    /// While the spool holds records, an import is always in flight or due: a journal whose
+    /// import failed is tried again after the backoff, and records appended meanwhile (which
+    /// asked for their import while another was due or in flight) after the import delay,
+    /// or at once if `import_max` wait. Without this a failed import stalled shipping until
+    /// the `import_max`th record of a new cycle or a reader's flush.
+    fn keep_shipping(&mut self) {
+        if self.shipping.is_some() || self.due.is_some() {
+            return;
+        }
+        if self.retired.is_some() {
+            self.due = Some(Instant::now() + self.retry);
+            return;
+        }
+        let waiting = self.shared.lock().records.len();
+        if waiting >= self.shared.import_max {
+            self.start_shipping();
+        } else if waiting > 0 {
+            self.due = Some(Instant::now() + self.import_delay);
+        }
+    }
+
     /// Makes every record appended so far to the active journal durable, and tells the
     /// requests waiting for it. If the `fdatasync` fails, the records since the last one
     /// that succeeded are dropped from the journal and their requests fail.
@@ -389,6 +433,9 @@ impl Writer {
         let durable = active.durable;
         let lost = (durable.seq, active.appended);
         active.records.truncate(durable.records);
+        if active.records.is_empty() {
+            active.since = None;
+        }
         if let Some(journal) = &mut active.journal {
             rewind(journal, durable.len);
         }
@@ -450,7 +497,7 @@ impl Writer {
         };
         self.shared.retired.store(records.len(), Ordering::Relaxed);
         self.due = None;
-        self.shipping = Some(tokio::spawn(ship(self.sink.clone(), journal, records)));
+        self.shipping = Some(launch(self.sink.clone(), journal, records));
     }
 
     /// Imports the retired journal (after the shipment in flight, if any), or the active
@@ -470,8 +517,8 @@ impl Writer {
             return Ok(());
         };
         self.shared.retired.store(records.len(), Ordering::Relaxed);
-        let shipment = ship(self.sink.clone(), journal, records).await;
-        self.landed(Ok(shipment))
+        let shipment = launch(self.sink.clone(), journal, records).await;
+        self.landed(shipment)
     }
 
     /// Takes in a shipment's outcome: on success the journal is emptied and becomes the
@@ -498,6 +545,7 @@ impl Writer {
         metrics.ledger_import_size.observe(records.len() as f64);
         metrics.ledger_import_seconds.observe(elapsed.as_secs_f64());
         self.shared.retired.store(0, Ordering::Relaxed);
+        *self.shared.retired_since.lock() = None;
         if let Err(e) = journal.clear() {
             // Harmless but for growth: imported records are skipped when imported again.
             tracing::error!(error = %e, "cannot empty the usage journal");
@@ -526,6 +574,7 @@ impl Writer {
         }
         let mut journal = std::mem::replace(&mut active.journal, replacement)?;
         let mut records = std::mem::take(&mut active.records);
+        let since = active.since.take();
         let upto = active.appended;
         let next = Mark {
             seq: upto,
@@ -533,12 +582,33 @@ impl Writer {
         };
         let durable = std::mem::replace(&mut active.durable, next);
         drop(active);
+        let mut retired_since = self.shared.retired_since.lock();
+        *retired_since = retired_since.or(since);
+        drop(retired_since);
         if self.shared.sync && durable.seq < upto && !self.fdatasync(&journal.file(), upto) {
             records.truncate(durable.records);
             rewind(&mut journal, durable.len);
             self.settle(upto, Some((durable.seq, upto)));
         }
         Some((journal, records))
+    }
+}
+
+/// Starts a retired journal's import beside the writer's loop. SQLite's inserts block (a
+/// write lock held by another process makes them wait up to the busy timeout), so they run
+/// on a blocking thread: the loop goes on syncing the active journal, and commits never
+/// wait for an import.
+fn launch(
+    sink: Arc<Sink>,
+    journal: Journal,
+    records: Vec<UsageRecord>,
+) -> tokio::task::JoinHandle<Shipment> {
+    match *sink {
+        Sink::Sqlite(_) => {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || runtime.block_on(ship(sink, journal, records)))
+        }
+        Sink::Postgres(_) => tokio::spawn(ship(sink, journal, records)),
     }
 }
 

@@ -42,7 +42,8 @@ use crate::upstream::client::UpstreamResponse;
 /// A task is submitted only while the ledger answers: one the ledger could not record
 /// would run on the backend unbilled, its id never given to the client.
 pub(super) async fn can_record(state: &AppState) -> Result<(), ApiError> {
-    if store::ping(state.db()).await {
+    // Known down: at once; otherwise asked now, briefly (the probe may be a second late).
+    if state.health().is_up() && state.health().probe(state.db()).await {
         return Ok(());
     }
     Err(ApiError::Unavailable(

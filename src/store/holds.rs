@@ -95,10 +95,29 @@ pub async fn held(pool: &PgPool, account_id: i64) -> Result<Decimal> {
     Ok(held.map_or(Decimal::ZERO, |m| m.0))
 }
 
-/// Voids the pending holds that expired before `now` and forgets settled ones after a
-/// day, unless another replica is doing it (`None` then): under an advisory lock, so
-/// running it twice or on every replica at once is safe. Returns how many were voided.
-pub async fn void_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<Option<u64>> {
+/// Which expired holds the reconciler may void: their records can no longer come.
+pub struct Abandoned<'a> {
+    /// Holds that expired before this.
+    pub now: DateTime<Utc>,
+    /// The reconciling replica: its own expired holds are void once every record it still
+    /// spools was appended after they expired (`spooled_since`, or `now` with none).
+    pub replica: &'a str,
+    pub spooled_since: DateTime<Utc>,
+    /// Whether other replicas' holds may be voided: only when the reconciler has been in
+    /// touch with the database long enough for every live replica to have written its
+    /// heartbeat since (after an outage, none has).
+    pub others: bool,
+}
+
+/// Voids the pending holds whose records can no longer come, and forgets settled ones
+/// after a day, unless another replica is doing it (`None` then): under an advisory lock,
+/// so running it twice or on every replica at once is safe. An expired hold is voided
+/// only if the replica that took it is dead (no heartbeat for `replicas::ALIVE_MS`), or is
+/// this one and no longer spools a record from before the hold expired: never while a
+/// live replica may still ship its record (voiding it then would let the account spend
+/// the amount twice). Returns how many were voided.
+pub async fn void_abandoned(pool: &PgPool, what: &Abandoned<'_>) -> Result<Option<u64>> {
+    let now = what.now;
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(RECONCILER_LOCK)
@@ -108,9 +127,18 @@ pub async fn void_expired(pool: &PgPool, now: DateTime<Utc>) -> Result<Option<u6
         return Ok(None);
     }
     let voided = sqlx::query(
-        "UPDATE holds SET state = 'voided' WHERE state = 'pending' AND expires_at < $1",
+        "UPDATE holds h SET state = 'voided'
+         WHERE h.state = 'pending' AND h.expires_at < $1
+           AND CASE WHEN h.replica = $2 THEN h.expires_at < $3
+               ELSE $4 AND NOT EXISTS (
+                   SELECT 1 FROM replicas r WHERE r.name = h.replica AND r.seen_at >= $5)
+               END",
     )
     .bind(to_ms(now))
+    .bind(what.replica)
+    .bind(to_ms(what.spooled_since))
+    .bind(what.others)
+    .bind(to_ms(now) - super::replicas::ALIVE_MS)
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -8,7 +8,7 @@ use chrono::Utc;
 use super::{Db, Result, to_ms};
 
 /// A replica not heard from for this long is gone.
-const ALIVE_MS: i64 = 15_000;
+pub const ALIVE_MS: i64 = 15_000;
 
 /// A new gateway's name among the replicas: host, process id, and its number in the
 /// process (tests run several in one).

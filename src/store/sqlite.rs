@@ -23,6 +23,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 /// How long a statement waits for another connection's write lock before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The same for the ledger writer's imports: shorter, since a failed import is only tried
+/// again later (its records wait in the journal), and a short wait sees the lock go sooner.
+const IMPORT_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The SQLite file of `config`.
 pub fn path(config: &DatabaseConfig) -> anyhow::Result<PathBuf> {
     Ok(options(config)?.get_filename().to_owned())
@@ -65,7 +69,7 @@ pub fn open_for_ledger_writer(config: &DatabaseConfig) -> anyhow::Result<rusqlit
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = rusqlite::Connection::open_with_flags(&path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_timeout(IMPORT_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", config.synchronous.as_str())?;
     conn.pragma_update(None, "foreign_keys", true)?;
     let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;

@@ -395,3 +395,94 @@ async fn the_journal_is_reused_and_ends_where_its_cycle_does() {
     assert_eq!(stored_ids(&f.db).await, ["req_new"]);
     writer.shutdown().await.unwrap();
 }
+
+/// Takes SQLite's write lock from another connection, as another process would, until
+/// the returned sender is dropped or sent to.
+fn lock_database(database: &DatabaseConfig) -> std::sync::mpsc::Sender<()> {
+    let path = store::sqlite::path(database).unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        let _ = released.recv();
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    is_locked.recv().unwrap();
+    release
+}
+
+/// Waits (without asking the writer to import) until the ledger holds `n` records.
+async fn until_stored(db: &Db, n: usize, within: std::time::Duration) -> Vec<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let ids = stored_ids(db).await;
+        if ids.len() >= n || started.elapsed() > within {
+            return ids;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_import_every_record_ships_without_a_reader_asking() {
+    let f = fixture().await;
+    let lock = lock_database(&f.database);
+    // The first record's import fails on the lock; others come while it is retried.
+    f.ledger
+        .commit(record(&f.template, "req_00".into()))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while f.metrics.ledger_import_failures.get() == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for n in 1..10 {
+        let r = record(&f.template, format!("req_{n:02}"));
+        f.ledger.commit(r).await.unwrap();
+    }
+    assert_eq!(f.ledger.queue_depth(), 10);
+    assert!(f.ledger.spool_age() > std::time::Duration::ZERO);
+    drop(lock);
+    // Nobody reads usage: the writer ships them all by itself.
+    let ids = until_stored(&f.db, 10, std::time::Duration::from_secs(15)).await;
+    assert_eq!(ids.len(), 10, "shipping stalled after a failed import: {ids:?}");
+    let started = std::time::Instant::now();
+    while f.ledger.queue_depth() > 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.ledger.spool_age(), std::time::Duration::ZERO);
+    f.writer.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_do_not_wait_for_an_import_blocked_by_another_process() {
+    let f = fixture_with("full").await;
+    let lock = lock_database(&f.database);
+    // For some 5 s each import waits on the lock for the writer's busy timeout (2 s);
+    // commits (each waiting for an fdatasync of the journal) go on meanwhile.
+    let mut slowest = std::time::Duration::ZERO;
+    for n in 0..50 {
+        let started = std::time::Instant::now();
+        let r = record(&f.template, format!("req_{n:02}"));
+        f.ledger.commit(r).await.unwrap();
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(lock);
+    assert!(f.metrics.ledger_import_failures.get() > 0);
+    assert!(
+        slowest < std::time::Duration::from_secs(1),
+        "a commit waited {slowest:?} behind an import"
+    );
+    assert_eq!(
+        until_stored(&f.db, 50, std::time::Duration::from_secs(15))
+            .await
+            .len(),
+        50
+    );
+    f.writer.shutdown().await.unwrap();
+}

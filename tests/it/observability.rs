@@ -395,7 +395,8 @@ async fn health_and_readiness_answer() {
             "ledger_writer": true,
             "spending": true,
             "degraded": false,
-            "spooled": 0
+            "spooled": 0,
+            "spool_age_seconds": 0.0
         })
     );
 }

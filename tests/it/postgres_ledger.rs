@@ -176,9 +176,19 @@ async fn an_outage_of_postgresql_is_spooled_and_every_record_shipped_once_when_i
     for i in 0..24 {
         ids.push(complete(&app, i % 2 == 0).await);
     }
-    let (status, ready) = readiness(&app).await;
+    // The probe in the background notices within a second or two.
+    let mut ready = readiness(&app).await;
+    for _ in 0..50 {
+        if ready.1["degraded"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = readiness(&app).await;
+    }
+    let (status, ready) = ready;
     assert_eq!(status, 200, "a replica stays in the load balancer: {ready}");
     assert_eq!(ready["degraded"], true, "{ready}");
+    assert!(ready["spool_age_seconds"].as_f64().unwrap() > 0.0, "{ready}");
     assert_eq!(
         ready["spooled"], 24,
         "every record since the outage waits: {ready}"
@@ -200,11 +210,13 @@ async fn an_outage_of_postgresql_is_spooled_and_every_record_shipped_once_when_i
 
     server.restart();
     app.wait_until_shipped(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the probe's next answer
     let (status, ready) = readiness(&app).await;
     assert_eq!(
         (status, &ready["spooled"], &ready["degraded"]),
         (200, &json!(0), &json!(false))
     );
+    assert_eq!(ready["spool_age_seconds"], 0.0, "{ready}");
 
     let records = crate::helpers::ledger::assert_recorded_once(app.state.db(), &ids).await;
     assert_eq!(records, 30, "no record lost, none doubled");

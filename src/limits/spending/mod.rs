@@ -15,6 +15,7 @@ use crate::billing::{PriceBook, TokenCounts, money};
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::metering::Ledger;
+use crate::store::health::Health;
 use crate::store::{self, Db};
 
 /// What admission held for one request.
@@ -63,12 +64,23 @@ fn refusal(available: Decimal, worst_case: Decimal) -> ApiError {
 impl Spending {
     /// Holds for the ledger `db`: shared in PostgreSQL, or in memory beside SQLite.
     /// `replica` names this gateway in the holds it takes.
-    pub fn new(db: &Db, ledger: Ledger, config: &LimitsConfig, replica: &str) -> Spending {
+    /// `health` says whether the database answers: while it does not, holds in PostgreSQL
+    /// are not tried (a 503 at once, or the postpaid fallback).
+    pub fn new(
+        db: &Db,
+        ledger: Ledger,
+        config: &LimitsConfig,
+        replica: &str,
+        health: &Health,
+    ) -> Spending {
         match db {
             Db::Sqlite(_) => Spending::Local(local::LocalSpending::new(ledger)),
-            Db::Postgres(pool) => {
-                Spending::Postgres(postgres::PgSpending::new(pool, config, replica))
-            }
+            Db::Postgres(pool) => Spending::Postgres(postgres::PgSpending::new(
+                pool,
+                config,
+                replica,
+                health.clone(),
+            )),
         }
     }
 
@@ -180,12 +192,19 @@ impl Spending {
         }
     }
 
-    /// Voids the holds whose requests' records never came (their replica died) once they
-    /// expire; one replica at a time. Nothing to do for holds in memory.
-    pub async fn reconcile(&self) -> Result<u64, ApiError> {
+    /// Voids the expired holds whose records can no longer come (`store::holds::
+    /// void_abandoned`): this replica's own once its spool (whose oldest record is
+    /// `spool_age` old) cannot hold them, and dead replicas' once this one has been
+    /// `steady`ly in touch with the database; one replica at a time. Nothing to do for
+    /// holds in memory.
+    pub async fn reconcile(
+        &self,
+        spool_age: std::time::Duration,
+        steady: bool,
+    ) -> Result<u64, ApiError> {
         match self {
             Spending::Local(_) => Ok(0),
-            Spending::Postgres(s) => s.reconcile().await,
+            Spending::Postgres(s) => s.reconcile(spool_age, steady).await,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! have a limit (dropped when accounts change anywhere).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::Utc;
 use parking_lot::Mutex;
@@ -15,6 +16,7 @@ use crate::billing::TokenCounts;
 use crate::config::{LimitsConfig, PostpaidFallback};
 use crate::error::ApiError;
 use crate::store::accounts::BillingMode;
+use crate::store::health::Health;
 use crate::store::holds::{self, NewHold};
 use crate::store::{self, Db};
 
@@ -26,11 +28,14 @@ pub struct PgSpending {
     fallback: PostpaidFallback,
     /// Account id → how it is billed and its allowance (`None`: no limit).
     accounts: Mutex<HashMap<i64, (BillingMode, Option<Decimal>)>>,
+    /// Whether the database answers: while it does not, no hold is tried.
+    health: Health,
 }
 
 impl PgSpending {
-    pub fn new(pool: &PgPool, config: &LimitsConfig, replica: &str) -> PgSpending {
+    pub fn new(pool: &PgPool, config: &LimitsConfig, replica: &str, health: Health) -> PgSpending {
         PgSpending {
+            health,
             pool: pool.clone(),
             replica: replica.to_owned(),
             expiry: chrono::Duration::seconds(config.hold_expiry_secs as i64),
@@ -77,7 +82,11 @@ impl PgSpending {
             replica: &self.replica,
             expires_at: Utc::now() + lasts,
         };
-        match holds::reserve(&self.pool, &hold).await {
+        let reserved = match self.health.is_up() {
+            true => holds::reserve(&self.pool, &hold).await,
+            false => Err(anyhow::anyhow!("the database does not answer").into()),
+        };
+        match reserved {
             Ok(true) => Ok(Some(Hold {
                 account_id,
                 amount: worst_case,
@@ -127,12 +136,19 @@ impl PgSpending {
         Ok(holds::pending_of(&self.pool, &self.replica).await?.max(0) as u64)
     }
 
-    pub async fn reconcile(&self) -> Result<u64, ApiError> {
-        let voided = holds::void_expired(&self.pool, Utc::now()).await?;
+    pub async fn reconcile(&self, spool_age: Duration, steady: bool) -> Result<u64, ApiError> {
+        let now = Utc::now();
+        let abandoned = holds::Abandoned {
+            now,
+            replica: &self.replica,
+            spooled_since: now - chrono::Duration::from_std(spool_age).unwrap_or_default(),
+            others: steady,
+        };
+        let voided = holds::void_abandoned(&self.pool, &abandoned).await?;
         if let Some(n) = voided.filter(|n| *n > 0) {
             tracing::warn!(
                 holds = n,
-                "expired spending holds voided (their records never came)"
+                "expired spending holds of dead replicas voided (their records never came)"
             );
         }
         Ok(voided.unwrap_or(0))
