@@ -44,6 +44,9 @@ pub enum ApiError {
     /// 404: no such model, chip, deployment or route.
     #[error("{0}")]
     NotFound(String),
+    /// 410: the task expired unbilled: its result is not handed out.
+    #[error("{0}")]
+    TaskExpired(String),
     /// 408: the request body stopped arriving (`server.body_idle_timeout_ms`,
     /// `server.body_timeout_ms`).
     #[error("the request body did not arrive in time")]
@@ -115,6 +118,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TaskExpired(_) => StatusCode::GONE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -141,6 +145,7 @@ impl ApiError {
             ApiError::Conflict(_) => ("invalid_request_error", "conflict", None),
             ApiError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded", None),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found", None),
+            ApiError::TaskExpired(_) => ("invalid_request_error", "task_expired", None),
             ApiError::RequestTimeout => ("invalid_request_error", "request_timeout", None),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", "payload_too_large", None),
             ApiError::BadGateway(_) => ("upstream_error", "bad_gateway", None),

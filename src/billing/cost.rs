@@ -136,6 +136,56 @@ impl Quantities {
     }
 }
 
+impl Quantities {
+    /// The most of these quantities that `budget` pays for at `price`: what a record may
+    /// bill when its spending hold is `budget`. Unchanged if they cost no more. Otherwise
+    /// the requests and tasks (every hold covers those) are kept, and the rest of the
+    /// budget pays for input, cached input and output tokens, images and compute time, in
+    /// that order, each as many as it still covers.
+    pub fn within(&self, price: &PriceVersion, budget: Cost) -> Result<Quantities, Overflow> {
+        if self.cost(price)? <= budget {
+            return Ok(*self);
+        }
+        let [input, cached, output, requests, images, tasks, compute] = self.by_unit();
+        let mut left = budget;
+        let mut take = |(unit, quantity): (Unit, u64), fixed: bool| -> Result<u64, Overflow> {
+            let unit_price = unit_price(price, unit);
+            let mut n = quantity;
+            if !fixed && !unit_price.is_zero() {
+                let most = (left.max(Decimal::ZERO) * Decimal::from(unit.per()) / unit_price)
+                    .floor();
+                n = n.min(u64::try_from(most).unwrap_or(u64::MAX));
+                // The quotient may round up in its last digit: step down to what fits.
+                while n > 0 && amount(n, unit_price, unit.per())? > left {
+                    n -= 1;
+                }
+            }
+            left -= amount(n, unit_price, unit.per())?;
+            Ok(n)
+        };
+        let requests = take(requests, true)?;
+        let tasks = take(tasks, true)?;
+        let input = take(input, false)?;
+        let cached = take(cached, false)?;
+        let completion = take(output, false)?;
+        let images = take(images, false)?;
+        let compute_ms = take(compute, false)?;
+        Ok(Quantities {
+            tokens: TokenCounts {
+                prompt: input + cached,
+                completion,
+                cached,
+            },
+            requests,
+            units: Units {
+                images,
+                tasks,
+                compute_ms,
+            },
+        })
+    }
+}
+
 /// What `price` asks for one `unit.per()` of `unit`.
 pub fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
     match unit {
@@ -292,5 +342,48 @@ mod tests {
             cost_of(&p, tokens, units, false).unwrap(),
             Decimal::from_str("0.001").unwrap()
         );
+    }
+
+    #[test]
+    fn a_record_bills_at_most_what_its_hold_pays_for() {
+        let mut p = price("0.001", None, "0.002", "0.01");
+        p.entry.per_image = Decimal::from_str("0.05").unwrap();
+        p.entry.per_task = Decimal::from_str("0.02").unwrap();
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        let asked = Quantities {
+            tokens: TokenCounts {
+                prompt: 1000,
+                completion: 1000,
+                cached: 0,
+            },
+            requests: 1,
+            units: Units {
+                images: 100,
+                tasks: 1,
+                compute_ms: 0,
+            },
+        };
+        // 0.01 + 0.02 + 0.001 + 0.002 + 100 * 0.05 = 5.033; a hold of 0.2 pays for the
+        // request, the task, the tokens and 3 images (0.183), not a 4th.
+        assert_eq!(asked.cost(&p).unwrap(), d("5.033"));
+        let billed = asked.within(&p, d("0.2")).unwrap();
+        assert_eq!(billed.units.images, 3);
+        assert_eq!((billed.requests, billed.units.tasks), (1, 1));
+        assert_eq!(billed.tokens, asked.tokens);
+        assert_eq!(billed.cost(&p).unwrap(), d("0.183"));
+        // Tokens beyond the hold: output is cut before input, to the token.
+        let billed = asked.within(&p, d("0.0325")).unwrap();
+        assert_eq!(
+            (billed.tokens.prompt, billed.tokens.completion, billed.units.images),
+            (1000, 750, 0)
+        );
+        assert_eq!(billed.cost(&p).unwrap(), d("0.0325"));
+        // What fits is unchanged.
+        assert_eq!(asked.within(&p, d("5.033")).unwrap(), asked);
+        // Prices with a repeating quotient (1/3) still stay within the budget.
+        p.entry.per_image = d("0.03");
+        let billed = asked.within(&p, d("0.1")).unwrap();
+        assert!(billed.cost(&p).unwrap() <= d("0.1"));
+        assert_eq!(billed.units.images, 2);
     }
 }

@@ -20,6 +20,10 @@ pub struct ComfyUi;
 /// in its examples).
 const URL_EXPIRE_SECS: u64 = 1800;
 
+/// The longest a client may ask result URLs to last (a day): a link to a result must not
+/// outlive the billing of it by years. Longer asks are cut to this.
+pub const URL_EXPIRE_MAX_SECS: u64 = 86_400;
+
 impl Wire for ComfyUi {
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
         (endpoint == Endpoint::Workflow).then_some("/prompt")
@@ -38,7 +42,9 @@ impl Wire for ComfyUi {
         let expire = asked
             .get("url_expire_period")
             .and_then(Value::as_u64)
-            .unwrap_or(URL_EXPIRE_SECS);
+            .filter(|secs| *secs > 0)
+            .unwrap_or(URL_EXPIRE_SECS)
+            .min(URL_EXPIRE_MAX_SECS);
         Some(TaskPoll {
             path: "/get_task_info".into(),
             body: Some(json!({"comfy_task_ids": [task_id], "url_expire_period": expire})),
@@ -127,5 +133,8 @@ mod tests {
             .task_poll("p9", &obj(json!({"url_expire_period": 60})))
             .unwrap();
         assert_eq!(poll.body.unwrap()["url_expire_period"], 60);
+        let ten_years = obj(json!({"url_expire_period": 315_360_000}));
+        let poll = ComfyUi.task_poll("p9", &ten_years).unwrap();
+        assert_eq!(poll.body.unwrap()["url_expire_period"], URL_EXPIRE_MAX_SECS);
     }
 }

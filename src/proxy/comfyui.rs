@@ -81,25 +81,32 @@ pub async fn get_task_info(
     Ok(axum::Json(merged).into_response())
 }
 
-/// `POST .../cancel`: only the caller's own tasks, on the backend they run on.
+/// `POST .../cancel`: only the caller's own tasks, each on the backend it runs on. Every
+/// id is checked first; then the backend is sent, per task, a body tollgate built from
+/// that checked id (never the client's body, whose other members could name anybody's
+/// task). Answers the last backend answer (all succeeded) or the first error.
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     let asked = json_body(&raw)?;
-    let mut upstream = None;
+    let mut owned = Vec::new();
     for id in task_ids(&asked)? {
-        let task = store::tasks::owned(state.db(), &id, caller.key_id)
+        let task = store::tasks::owned(state.db(), &id, caller.limit_id())
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no task '{id}' of this key")))?;
-        upstream.get_or_insert(upstream_of(&state, &task)?);
+        owned.push((upstream_of(&state, &task)?, task));
     }
-    let upstream = upstream.expect("task_ids names one at least");
-    let request = axum::http::Request::post(upstream.url_of("/cancel")?)
-        .header(header::HOST, upstream.host.clone())
-        .header(header::CONTENT_TYPE, "application/json");
-    relay(&state, &upstream, send(&upstream, request, raw).await?).await
+    let mut answer = None;
+    for (upstream, task) in owned {
+        let request = axum::http::Request::post(upstream.url_of("/cancel")?)
+            .header(header::HOST, upstream.host.clone())
+            .header(header::CONTENT_TYPE, "application/json");
+        let body = Bytes::from(json!({"comfy_task_id": task.task_id}).to_string());
+        answer = Some(relay(&state, &upstream, send(&upstream, request, body).await?).await?);
+    }
+    Ok(answer.expect("task_ids names one at least"))
 }
 
 /// `POST .../upload/image`: multipart, passed on to the first ComfyUI backend as it came.

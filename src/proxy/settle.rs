@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use super::request::ClientRequest;
 use crate::auth::Caller;
 use crate::billing::record::{Status, UsageRecord, UsageSource};
-use crate::billing::{PriceVersion, TokenCounts, Units, cost_of};
+use crate::billing::{PriceVersion, Quantities, TokenCounts, Units, cost_of};
 use crate::dialect::observe::Observed;
 use crate::error::ApiError;
 use crate::limits::Admission;
@@ -96,7 +96,7 @@ pub(super) async fn commit(
     state.limits().settle(&ex.caller, &ex.admission, used);
     state
         .spending()
-        .settle(ex.caller.account_id, ex.hold, record.cost);
+        .settle(&ex.request_id, ex.caller.account_id, ex.hold, record.cost);
     let committed = state.ledger().commit(record).await;
     if let Err(e) = &committed {
         tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
@@ -230,7 +230,7 @@ impl Exchange {
         let completed = status == Status::Ok;
         // The images it made (an image generation's), or those it was sent (a vision
         // model's input), and its tasks: billed only when it completed.
-        let units = if completed {
+        let mut units = if completed {
             Units {
                 images: observed
                     .units
@@ -241,11 +241,40 @@ impl Exchange {
         } else {
             Units::default()
         };
-        let cost = cost_of(&served.price, tokens, units, completed).unwrap_or_else(|_| {
+        let mut cost = cost_of(&served.price, tokens, units, completed).unwrap_or_else(|_| {
             // Only prices beyond the bounds checked at start-up get here.
             tracing::error!(request_id = %self.request_id, "cost out of range; billed nothing");
             Decimal::ZERO
         });
+        // Whatever it made (images, a task's usage), a record never costs more than its
+        // hold: the rest is not billed, and the note keeps what was reported.
+        if let Some(hold) = self.hold
+            && cost > hold.amount
+        {
+            let asked = Quantities {
+                tokens,
+                requests: u64::from(completed),
+                units,
+            };
+            let billed = asked.within(&served.price, hold.amount);
+            if let Ok((billed, billed_cost)) = billed.and_then(|b| Ok((b, b.cost(&served.price)?))) {
+                let note = format!(
+                    "{} prompt ({} cached) and {} completion tokens, {} images and {} ms of compute costing {} CNY were reported, more than the spending hold of {} CNY covers",
+                    tokens.prompt,
+                    tokens.cached,
+                    tokens.completion,
+                    units.images,
+                    units.compute_ms,
+                    cost,
+                    hold.amount
+                );
+                error.get_or_insert(note);
+                if matches!(usage_source, UsageSource::Reported | UsageSource::None) {
+                    usage_source = UsageSource::Capped;
+                }
+                (tokens, units, cost) = (billed.tokens, billed.units, billed_cost);
+            }
+        }
         let ended_at = Utc::now();
         let up = &served.upstream;
         UsageRecord {

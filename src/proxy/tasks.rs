@@ -51,14 +51,32 @@ pub(super) async fn can_record(state: &AppState) -> Result<(), ApiError> {
     ))
 }
 
+/// Why a task could not be recorded.
+enum NotRecorded {
+    /// The ledger did not answer (for about a second).
+    Ledger(store::StoreError),
+    /// The backend gave an id it had given another submission already: never merged
+    /// with that task (its owner would be billed for, and shown, this one's result).
+    Reused,
+}
+
 /// Writes `task`, trying again briefly if the ledger does not answer: the backend runs it
-/// already. A unique violation means an earlier try wrote it.
-async fn record_task(state: &AppState, task: &Task) -> store::Result<()> {
+/// already. A unique violation is an earlier try of this write if the row of this request
+/// names the same task, and a reused task id otherwise.
+async fn record_task(state: &AppState, task: &Task) -> Result<(), NotRecorded> {
     let mut wait = Duration::from_millis(50);
     loop {
         match store::tasks::insert(state.db(), task).await {
-            Ok(()) | Err(store::StoreError::Conflict(_)) => return Ok(()),
-            Err(e) if wait > Duration::from_secs(1) => return Err(e),
+            Ok(()) => return Ok(()),
+            Err(store::StoreError::Conflict(_)) => {
+                let mine = store::tasks::by_request_id(state.db(), &task.request_id).await;
+                return match mine {
+                    Ok(Some(row)) if row.task_id == task.task_id => Ok(()),
+                    Ok(_) => Err(NotRecorded::Reused),
+                    Err(e) => Err(NotRecorded::Ledger(e)),
+                };
+            }
+            Err(e) if wait > Duration::from_secs(1) => return Err(NotRecorded::Ledger(e)),
             Err(_) => tokio::time::sleep(wait).await,
         }
         wait *= 4;
@@ -117,13 +135,26 @@ pub(super) async fn submitted(
         ended_at: None,
         held: ex.hold.map_or(Decimal::ZERO, |h| h.amount),
     };
-    if let Err(e) = record_task(state, &task).await {
-        ex.release(state);
-        tracing::error!(request_id = %ex.request_id, error = %e, "task not recorded");
-        return ApiError::Unavailable(
-            "the task could not be recorded, so it could not be billed; submit it again".into(),
-        )
-        .into_response();
+    match record_task(state, &task).await {
+        Ok(()) => {}
+        Err(NotRecorded::Reused) => {
+            tracing::error!(request_id = %ex.request_id, task_id = %task.task_id, "the backend reused a task id");
+            let error = ApiError::BadGateway(format!(
+                "the backend answered with task id '{}', which it gave an earlier submission; this submission is not recorded as a task",
+                task.task_id
+            ));
+            let outcome = Outcome::failed(Status::UpstreamError, &error);
+            return finish(state, ex, served, outcome, error.into_response()).await;
+        }
+        Err(NotRecorded::Ledger(e)) => {
+            ex.release(state);
+            tracing::error!(request_id = %ex.request_id, error = %e, "task not recorded");
+            return ApiError::Unavailable(
+                "the task could not be recorded, so it could not be billed; submit it again"
+                    .into(),
+            )
+            .into_response();
+        }
     }
     // No tokens are spent until the task ends: the key's reservation goes back now. The
     // spending hold stays with the task until its record (or its expiry) settles it.
@@ -184,9 +215,11 @@ impl Polled {
     }
 }
 
-/// Polls the task `task_id` of `caller`'s key (404 for anybody else's) once, and writes
-/// its record when the answer is its end and nobody wrote it before. `asked` is what the
-/// client's poll asked besides the task.
+/// Polls the task `task_id` of `caller`'s key lineage (404 for anybody else's) once, and
+/// writes its record when the answer is its end and nobody wrote it before. `asked` is
+/// what the client's poll asked besides the task. A task's result is handed out only once
+/// it is billed: an expired task's poll is refused (410) without asking the backend, and
+/// so is an answer of success for a task that ended otherwise meanwhile.
 pub async fn poll_task(
     state: &AppState,
     caller: &Caller,
@@ -195,14 +228,52 @@ pub async fn poll_task(
 ) -> Result<Polled, ApiError> {
     state.limits().admit_poll(caller)?;
     let not_found = || ApiError::NotFound(format!("no task '{task_id}' of this key"));
-    let task = store::tasks::owned(state.db(), task_id, caller.key_id)
+    let task = store::tasks::owned(state.db(), task_id, caller.limit_id())
         .await?
         .ok_or_else(not_found)?;
+    if task.state == "expired" {
+        return Err(expired(&task));
+    }
     let upstream = upstream_of(state, &task)?;
-    let response = ask(&upstream, &task, asked).await?;
+    let (body, answer) = ask_once(state, &upstream, &task, asked).await?;
+    let end = upstream.wire().task_state(&answer);
+    let task = match end {
+        Some(end @ (TaskState::Succeeded | TaskState::Failed)) if task.state == "pending" => {
+            end_task(state, &upstream, &task, &answer, end).await?
+        }
+        _ => task,
+    };
+    if end == Some(TaskState::Succeeded) && task.state != "succeeded" {
+        return Err(match task.state.as_str() {
+            "expired" => expired(&task),
+            _ => ApiError::BadGateway(format!(
+                "the backend reports success for task '{task_id}', which it reported {} before",
+                task.state
+            )),
+        });
+    }
+    Ok(Polled { task, body, answer })
+}
+
+/// The refusal of a poll of an expired task.
+fn expired(task: &Task) -> ApiError {
+    ApiError::TaskExpired(format!(
+        "task '{}' was not polled to its end in time and expired unbilled: its result is not handed out; submit it again",
+        task.task_id
+    ))
+}
+
+/// Asks the backend once how `task` stands: its answer as it came and as JSON, or the
+/// error to answer (a failed poll leaves the task as it was, to be polled again).
+async fn ask_once(
+    state: &AppState,
+    upstream: &Upstream,
+    task: &Task,
+    asked: &Map<String, Value>,
+) -> Result<(Bytes, Map<String, Value>), ApiError> {
+    let response = ask(upstream, task, asked).await?;
     if !response.status().is_success() {
-        // A failed poll: the task stays as it was, and is polled again.
-        return Err(upstream_error(&upstream, response).await);
+        return Err(upstream_error(upstream, response).await);
     }
     let limit = state.config().server.max_response_bytes;
     let body = read_body(response, limit, upstream.idle_timeout)
@@ -218,13 +289,7 @@ pub async fn poll_task(
             retry_after: None,
         });
     }
-    match upstream.wire().task_state(&answer) {
-        Some(end @ (TaskState::Succeeded | TaskState::Failed)) if task.state == "pending" => {
-            end_task(state, caller, &upstream, &task, &answer, end).await?;
-        }
-        _ => {}
-    }
-    Ok(Polled { task, body, answer })
+    Ok((body, answer))
 }
 
 /// The upstream a task runs on, if it is still configured.
@@ -310,20 +375,15 @@ fn stripe(request_id: &str) -> &'static Mutex<()> {
 }
 
 /// Writes the record of a task that ended, unless it is written already, then marks the
-/// task ended. A success is billed for its usage and one task; a failure costs nothing.
+/// task ended; returns the task as it stands after. A success is billed for its usage and
+/// one task; a failure costs nothing.
 async fn end_task(
     state: &AppState,
-    caller: &Caller,
     upstream: &Arc<Upstream>,
     task: &Task,
     result: &Map<String, Value>,
     end: TaskState,
-) -> Result<(), ApiError> {
-    let _one_at_a_time = stripe(&task.request_id).lock().await;
-    let now = store::tasks::by_request_id(state.db(), &task.request_id).await?;
-    if now.is_none_or(|t| t.state != "pending") {
-        return Ok(()); // another poll ended it meanwhile
-    }
+) -> Result<Task, ApiError> {
     let mut observed = Observed::default();
     let wire = upstream.wire();
     let (status, error, word) = match end {
@@ -349,20 +409,56 @@ async fn end_task(
         observed,
         ttft: None,
     };
-    settle(state, caller.clone(), upstream, task, outcome).await?;
-    store::tasks::end(state.db(), &task.request_id, word, Utc::now()).await?;
-    Ok(())
+    Ok(end_once(state, upstream, task, outcome, word).await?.0)
+}
+
+/// Ends `task` with `outcome` (its one record, then its row marked `word`), unless it has
+/// ended already; returns the task as it stands after, and whether this call ended it.
+/// Whoever ends a task (a poll, the
+/// expiry, another poll racing them) does it here, one at a time, checking again under
+/// the lock that it is still pending: its hold is released and its record written once.
+async fn end_once(
+    state: &AppState,
+    upstream: &Arc<Upstream>,
+    task: &Task,
+    outcome: Outcome,
+    word: &str,
+) -> Result<(Task, bool), ApiError> {
+    let _one_at_a_time = stripe(&task.request_id).lock().await;
+    let now = store::tasks::by_request_id(state.db(), &task.request_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("task {} vanished", task.request_id)))?;
+    if now.state != "pending" {
+        return Ok((now, false)); // another poll, or the expiry, ended it meanwhile
+    }
+    settle(state, upstream, task, outcome).await?;
+    let ended_at = Utc::now();
+    let ended = store::tasks::end(state.db(), &task.request_id, word, ended_at).await?;
+    let task = Task {
+        state: word.to_owned(),
+        ended_at: Some(ended_at),
+        ..now
+    };
+    Ok((task, ended))
 }
 
 /// Commits a task's one record: priced at the price in force when it was submitted, its
 /// latency the task's whole life.
 async fn settle(
     state: &AppState,
-    caller: Caller,
     upstream: &Arc<Upstream>,
     task: &Task,
     outcome: Outcome,
 ) -> Result<(), ApiError> {
+    // The key that submitted it, revoked or rotated or not: its account pays.
+    let key = store::keys::get(state.db(), task.key_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("key {} vanished", task.key_id)))?;
+    let caller = Caller {
+        key_id: key.id,
+        account_id: key.account_id,
+        key: Arc::new(key),
+    };
     let price = state
         .prices()
         .in_force(&task.model, &task.chip, task.submitted_at)
@@ -394,8 +490,10 @@ fn since(at: DateTime<Utc>) -> Instant {
     Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
-/// Expires tasks pending for longer than `limits.task_expiry_secs`: each gets its one
-/// record, a `timeout` at no cost. Run by the maintenance loop.
+/// Ends tasks pending for longer than `limits.task_expiry_secs`. Each is polled once
+/// first, so that a task the backend ran is billed though nobody polled it; one that has
+/// not ended (or whose poll fails) expires with a `timeout` record at no cost, its result
+/// never handed out. Run by the maintenance loop.
 pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
     let expiry = Duration::from_secs(state.config().limits.task_expiry_secs);
     let before = Utc::now() - chrono::Duration::from_std(expiry).unwrap_or_default();
@@ -404,16 +502,14 @@ pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
         let Ok(upstream) = upstream_of(state, &task) else {
             continue; // no longer configured: kept pending, for an operator to see
         };
-        // The key that submitted it, revoked or not: its account pays (nothing, here).
-        let Some(key) = store::keys::get(state.db(), task.key_id).await? else {
+        let last_poll = ask_once(state, &upstream, &task, &Map::new()).await;
+        if let Ok((_, answer)) = &last_poll
+            && let Some(end @ (TaskState::Succeeded | TaskState::Failed)) =
+                upstream.wire().task_state(answer)
+        {
+            end_task(state, &upstream, &task, answer, end).await?;
             continue;
-        };
-        let caller = Caller {
-            key_id: key.id,
-            account_id: key.account_id,
-            key: Arc::new(key),
-        };
-        let _one_at_a_time = stripe(&task.request_id).lock().await;
+        }
         let outcome = Outcome {
             status: Status::Timeout,
             http_status: 504,
@@ -424,8 +520,7 @@ pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
             observed: Observed::default(),
             ttft: None,
         };
-        settle(state, caller, &upstream, &task, outcome).await?;
-        if store::tasks::end(state.db(), &task.request_id, "expired", Utc::now()).await? {
+        if end_once(state, &upstream, &task, outcome, "expired").await?.1 {
             expired += 1;
             state.metrics().tasks_expired.inc();
         }

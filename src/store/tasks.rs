@@ -63,15 +63,17 @@ pub async fn insert(db: &Db, task: &Task) -> Result<()> {
     })
 }
 
-/// The task `task_id` submitted with `key_id`: another key's task is not found.
-pub async fn owned(db: &Db, task_id: &str, key_id: i64) -> Result<Option<Task>> {
+/// The task `task_id` submitted with a key of lineage `lineage` (a key and the secrets it
+/// was rotated to): another key's task is not found.
+pub async fn owned(db: &Db, task_id: &str, lineage: i64) -> Result<Option<Task>> {
     on!(db, |pool| {
         let row = sqlx::query(
-            "SELECT * FROM tasks WHERE task_id = $1 AND key_id = $2
-             ORDER BY submitted_at DESC LIMIT 1",
+            "SELECT t.* FROM tasks t JOIN api_keys k ON k.id = t.key_id
+             WHERE t.task_id = $1 AND COALESCE(k.lineage_id, k.id) = $2
+             ORDER BY t.submitted_at DESC LIMIT 1",
         )
         .bind(task_id)
-        .bind(key_id)
+        .bind(lineage)
         .fetch_optional(pool)
         .await?;
         row.as_ref().map(from_row).transpose()
@@ -134,25 +136,19 @@ pub async fn pending_before(db: &Db, before: DateTime<Utc>, limit: i64) -> Resul
     })
 }
 
-/// What an account's pending tasks hold, summed exactly here (SQLite would sum text as
-/// floating point).
-pub async fn held_by(db: &Db, account_id: i64) -> Result<Decimal> {
-    let rows = on!(db, |pool| {
-        sqlx::query("SELECT held FROM tasks WHERE account_id = $1 AND state = 'pending'")
-            .bind(account_id)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|row| row.money("held"))
-            .collect::<Result<Vec<Decimal>>>()?
-    });
-    rows.iter()
-        .try_fold(Decimal::ZERO, |sum, held| sum.checked_add(*held))
-        .ok_or_else(|| {
-            super::StoreError::Unavailable(anyhow::anyhow!(
-                "account {account_id}: its pending tasks hold more than can be summed"
-            ))
-        })
+/// What each of an account's pending tasks holds, by request id.
+pub async fn holds_of(db: &Db, account_id: i64) -> Result<Vec<(String, Decimal)>> {
+    on!(db, |pool| {
+        sqlx::query(
+            "SELECT request_id, held FROM tasks WHERE account_id = $1 AND state = 'pending'",
+        )
+        .bind(account_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| Ok((row.read("request_id")?, row.money("held")?)))
+        .collect()
+    })
 }
 
 /// Tasks not yet polled to their end.

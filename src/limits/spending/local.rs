@@ -1,8 +1,10 @@
 //! Spending holds in this process's memory, for the SQLite ledger (one gateway per
 //! ledger): the account's figures are loaded from the ledger once and kept here. Holds are
 //! taken under one lock, so however many requests run at once and however long their
-//! answers, an account never goes below its allowance. Arithmetic is checked: an
-//! out-of-range amount is an error for that account.
+//! answers, an account never goes below its allowance. Each hold is kept by its request
+//! id and settled once, whoever settles it and however often (a task's poll and its
+//! expiry may both try). Arithmetic is checked: an out-of-range amount is an error for
+//! that account.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -26,9 +28,18 @@ struct Funds {
     held: Decimal,
 }
 
+/// What the lock guards: the accounts' funds and the holds that make up their `held`.
+#[derive(Default)]
+struct Book {
+    /// Account id → funds, loaded from the ledger on first use.
+    funds: HashMap<i64, Funds>,
+    /// Request id → (account id, amount) of each hold not yet settled.
+    holds: HashMap<String, (i64, Decimal)>,
+}
+
 pub struct LocalSpending {
-    /// Account id → funds, loaded from the ledger on first use. Held only for arithmetic.
-    funds: Mutex<HashMap<i64, Funds>>,
+    /// Held only for arithmetic.
+    book: Mutex<Book>,
     /// Holds taken and not yet settled.
     pending: AtomicU64,
     /// Flushed before a balance is read from the database.
@@ -38,7 +49,7 @@ pub struct LocalSpending {
 impl LocalSpending {
     pub fn new(ledger: Ledger) -> LocalSpending {
         LocalSpending {
-            funds: Mutex::default(),
+            book: Mutex::default(),
             pending: AtomicU64::new(0),
             ledger,
         }
@@ -52,14 +63,15 @@ impl LocalSpending {
         account_id: i64,
     ) -> Result<bool, ApiError> {
         self.load(db, prices, account_id).await?;
-        let funds = self.funds.lock();
-        Ok(funds
+        let book = self.book.lock();
+        Ok(book
+            .funds
             .get(&account_id)
             .is_some_and(|f| f.allowance.is_some()))
     }
 
     async fn load(&self, db: &Db, prices: &PriceBook, account_id: i64) -> Result<(), ApiError> {
-        if self.funds.lock().contains_key(&account_id) {
+        if self.book.lock().funds.contains_key(&account_id) {
             return Ok(());
         }
         let account = store::accounts::get(db, account_id)
@@ -68,13 +80,25 @@ impl LocalSpending {
         self.ledger.flush().await?;
         let balance = balance(db, prices, account_id).await?;
         // Pending tasks keep their holds across restarts: the ledger says what they are.
-        let held = store::tasks::held_by(db, account_id).await?;
+        let tasks = store::tasks::holds_of(db, account_id).await?;
+        let held = tasks
+            .iter()
+            .try_fold(Decimal::ZERO, |sum, (_, held)| money::add(sum, *held))
+            .map_err(|_| out_of_range())?;
         // Another request may have loaded it meanwhile; its state is as fresh and may hold.
-        self.funds.lock().entry(account_id).or_insert(Funds {
+        let mut book = self.book.lock();
+        if book.funds.contains_key(&account_id) {
+            return Ok(());
+        }
+        let funds = Funds {
             balance,
             allowance: account.allowance(),
             held,
-        });
+        };
+        book.funds.insert(account_id, funds);
+        for (request_id, amount) in tasks {
+            book.holds.insert(request_id, (account_id, amount));
+        }
         Ok(())
     }
 
@@ -83,13 +107,20 @@ impl LocalSpending {
         &self,
         db: &Db,
         prices: &PriceBook,
+        request_id: &str,
         account_id: i64,
         worst_case: Decimal,
         tokens: TokenCounts,
     ) -> Result<Option<Hold>, ApiError> {
         self.load(db, prices, account_id).await?;
-        let mut funds = self.funds.lock();
-        let Some(f) = funds.get_mut(&account_id) else {
+        let mut book = self.book.lock();
+        let book = &mut *book;
+        if book.holds.contains_key(request_id) {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "request {request_id} holds already"
+            )));
+        }
+        let Some(f) = book.funds.get_mut(&account_id) else {
             return Err(out_of_range()); // dropped by an overflow since it was loaded
         };
         let Some(allowance) = f.allowance else {
@@ -102,6 +133,8 @@ impl LocalSpending {
             return Err(super::refusal(available, worst_case));
         }
         f.held = money::add(f.held, worst_case).map_err(|_| out_of_range())?;
+        book.holds
+            .insert(request_id.to_owned(), (account_id, worst_case));
         self.pending.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Hold {
             account_id,
@@ -110,27 +143,35 @@ impl LocalSpending {
         }))
     }
 
-    /// Releases the hold and charges `cost` (also for accounts without a limit, whose balance
-    /// is kept for display). An account whose figures leave the range of exact money is
-    /// dropped, to be read again from the ledger (which then reports the error).
-    pub fn settle(&self, account_id: i64, hold: Option<Hold>, cost: Decimal) {
-        if hold.is_some() {
-            // A task's hold taken before a restart was not counted by this process.
-            let _ = self
-                .pending
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        }
-        let mut funds = self.funds.lock();
-        if let Some(f) = funds.get_mut(&account_id) {
-            let held = match hold {
-                Some(hold) => money::sub(f.held, hold.amount),
-                None => Ok(f.held),
-            };
-            match (held, money::sub(f.balance, cost)) {
+    /// Releases the hold of `request_id` and charges `cost` (also for accounts without a
+    /// limit, whose balance is kept for display), once: a request whose hold was settled
+    /// already (its record was charged then) changes nothing. An account whose figures
+    /// leave the range of exact money is dropped, to be read again from the ledger (which
+    /// then reports the error).
+    pub fn settle(&self, request_id: &str, account_id: i64, held: bool, cost: Decimal) {
+        let mut book = self.book.lock();
+        let book = &mut *book;
+        let released = match held {
+            true => match book.holds.remove(request_id) {
+                Some((_, amount)) => {
+                    // A task's hold taken before a restart was not counted by this process.
+                    let _ = self.pending.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    );
+                    amount
+                }
+                None => return, // settled before: released and charged then
+            },
+            false => Decimal::ZERO,
+        };
+        if let Some(f) = book.funds.get_mut(&account_id) {
+            match (money::sub(f.held, released), money::sub(f.balance, cost)) {
                 (Ok(held), Ok(balance)) => (f.held, f.balance) = (held, balance),
                 _ => {
                     tracing::error!(account_id, "account figures out of range; reloading");
-                    funds.remove(&account_id);
+                    book.funds.remove(&account_id);
                 }
             }
         }
@@ -138,13 +179,13 @@ impl LocalSpending {
 
     /// A top-up arrived.
     pub fn credit(&self, account_id: i64, amount: Decimal) {
-        let mut funds = self.funds.lock();
-        if let Some(f) = funds.get_mut(&account_id) {
+        let mut book = self.book.lock();
+        if let Some(f) = book.funds.get_mut(&account_id) {
             match money::add(f.balance, amount) {
                 Ok(balance) => f.balance = balance,
                 Err(_) => {
                     tracing::error!(account_id, "account balance out of range; reloading");
-                    funds.remove(&account_id);
+                    book.funds.remove(&account_id);
                 }
             }
         }
@@ -152,7 +193,7 @@ impl LocalSpending {
 
     /// The account's billing settings changed: reload them, keeping holds in flight.
     pub fn set_allowance(&self, account_id: i64, allowance: Option<Decimal>) {
-        if let Some(f) = self.funds.lock().get_mut(&account_id) {
+        if let Some(f) = self.book.lock().funds.get_mut(&account_id) {
             f.allowance = allowance;
         }
     }
@@ -160,14 +201,14 @@ impl LocalSpending {
     /// Another process changed accounts (a top-up, billing settings): recompute the loaded
     /// accounts from the ledger, keeping what requests in flight hold.
     pub async fn refresh(&self, db: &Db, prices: &PriceBook) -> Result<(), ApiError> {
-        let ids: Vec<i64> = self.funds.lock().keys().copied().collect();
+        let ids: Vec<i64> = self.book.lock().funds.keys().copied().collect();
         self.ledger.flush().await?;
         for id in ids {
             let Some(account) = store::accounts::get(db, id).await? else {
                 continue;
             };
             let balance = balance(db, prices, id).await?;
-            if let Some(f) = self.funds.lock().get_mut(&id) {
+            if let Some(f) = self.book.lock().funds.get_mut(&id) {
                 f.balance = balance;
                 f.allowance = account.allowance();
             }
@@ -178,15 +219,16 @@ impl LocalSpending {
     /// Whether admission can take the funds lock now (for `/readyz`): false if it is held
     /// far longer than its arithmetic ever takes.
     pub fn responsive(&self) -> bool {
-        self.funds
+        self.book
             .try_lock_for(std::time::Duration::from_millis(100))
             .is_some()
     }
 
     /// What requests in flight hold now.
     pub fn held(&self, account_id: i64) -> Decimal {
-        self.funds
+        self.book
             .lock()
+            .funds
             .get(&account_id)
             .map(|f| f.held)
             .unwrap_or_default()

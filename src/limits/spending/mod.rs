@@ -112,7 +112,10 @@ impl Spending {
         lasts: Option<std::time::Duration>,
     ) -> Result<Option<Hold>, ApiError> {
         match self {
-            Spending::Local(s) => s.hold(db, prices, account_id, worst_case, tokens).await,
+            Spending::Local(s) => {
+                s.hold(db, prices, request_id, account_id, worst_case, tokens)
+                    .await
+            }
             Spending::Postgres(s) => {
                 s.hold(request_id, account_id, worst_case, tokens, lasts)
                     .await
@@ -120,19 +123,20 @@ impl Spending {
         }
     }
 
-    /// The request's record, costing `cost`, is committed: its hold is released and the
-    /// cost charged. (In PostgreSQL that happens as the record is inserted.)
-    pub fn settle(&self, account_id: i64, hold: Option<Hold>, cost: Decimal) {
+    /// The record of `request_id`, costing `cost`, is committed: its hold is released and
+    /// the cost charged, once however often this is called. (In PostgreSQL that happens as
+    /// the record is inserted, once by its request id.)
+    pub fn settle(&self, request_id: &str, account_id: i64, hold: Option<Hold>, cost: Decimal) {
         match self {
-            Spending::Local(s) => s.settle(account_id, hold, cost),
+            Spending::Local(s) => s.settle(request_id, account_id, hold.is_some(), cost),
             Spending::Postgres(_) => {}
         }
     }
 
-    /// The request ends without a record: its hold is given back unused.
+    /// The request ends without a record: its hold is given back unused (once).
     pub fn release(&self, request_id: &str, account_id: i64, hold: Option<Hold>) {
         match self {
-            Spending::Local(s) => s.settle(account_id, hold, Decimal::ZERO),
+            Spending::Local(s) => s.settle(request_id, account_id, hold.is_some(), Decimal::ZERO),
             Spending::Postgres(s) => {
                 if hold.is_some() {
                     s.void(request_id);
