@@ -152,10 +152,7 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
             }
             let steady = beating_since.is_some_and(|t| t.elapsed() >= steady_after);
             if n % 5 == 4
-                && let Err(e) = app
-                    .spending
-                    .reconcile(app.ledger.spool_age(), steady)
-                    .await
+                && let Err(e) = app.spending.reconcile(app.ledger.spool_age(), steady).await
             {
                 tracing::warn!(error = %e, "cannot void expired spending holds now");
             }

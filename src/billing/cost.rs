@@ -152,8 +152,8 @@ impl Quantities {
             let unit_price = unit_price(price, unit);
             let mut n = quantity;
             if !fixed && !unit_price.is_zero() {
-                let most = (left.max(Decimal::ZERO) * Decimal::from(unit.per()) / unit_price)
-                    .floor();
+                let most =
+                    (left.max(Decimal::ZERO) * Decimal::from(unit.per()) / unit_price).floor();
                 n = n.min(u64::try_from(most).unwrap_or(u64::MAX));
                 // The quotient may round up in its last digit: step down to what fits.
                 while n > 0 && amount(n, unit_price, unit.per())? > left {
@@ -374,7 +374,11 @@ mod tests {
         // Tokens beyond the hold: output is cut before input, to the token.
         let billed = asked.within(&p, d("0.0325")).unwrap();
         assert_eq!(
-            (billed.tokens.prompt, billed.tokens.completion, billed.units.images),
+            (
+                billed.tokens.prompt,
+                billed.tokens.completion,
+                billed.units.images
+            ),
             (1000, 750, 0)
         );
         assert_eq!(billed.cost(&p).unwrap(), d("0.0325"));

@@ -257,7 +257,8 @@ impl Exchange {
                 units,
             };
             let billed = asked.within(&served.price, hold.amount);
-            if let Ok((billed, billed_cost)) = billed.and_then(|b| Ok((b, b.cost(&served.price)?))) {
+            if let Ok((billed, billed_cost)) = billed.and_then(|b| Ok((b, b.cost(&served.price)?)))
+            {
                 let note = format!(
                     "{} prompt ({} cached) and {} completion tokens, {} images and {} ms of compute costing {} CNY were reported, more than the spending hold of {} CNY covers",
                     tokens.prompt,

@@ -150,8 +150,7 @@ pub(super) async fn submitted(
             ex.release(state);
             tracing::error!(request_id = %ex.request_id, error = %e, "task not recorded");
             return ApiError::Unavailable(
-                "the task could not be recorded, so it could not be billed; submit it again"
-                    .into(),
+                "the task could not be recorded, so it could not be billed; submit it again".into(),
             )
             .into_response();
         }
@@ -520,7 +519,10 @@ pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
             observed: Observed::default(),
             ttft: None,
         };
-        if end_once(state, &upstream, &task, outcome, "expired").await?.1 {
+        if end_once(state, &upstream, &task, outcome, "expired")
+            .await?
+            .1
+        {
             expired += 1;
             state.metrics().tasks_expired.inc();
         }

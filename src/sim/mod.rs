@@ -58,6 +58,9 @@ pub struct Knobs {
     pub polls: Option<u32>,
     /// Images an image generation makes (default: the request's `n`, or 1).
     pub images: Option<u64>,
+    /// The id an SD task's creation answers (default: a new one): a backend that reuses
+    /// ids, as a misbehaving one would.
+    pub task_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -42,7 +42,8 @@ impl Images {
         let images = knobs
             .images
             .unwrap_or_else(|| count("batch_size") * count("n_iter"));
-        let id = format!("sd{}", uuid::Uuid::now_v7().simple());
+        let id = (knobs.task_id.clone())
+            .unwrap_or_else(|| format!("sd{}", uuid::Uuid::now_v7().simple()));
         let job = Job {
             knobs,
             images,

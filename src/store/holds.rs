@@ -85,6 +85,17 @@ pub async fn void(pool: &PgPool, request_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The account's running figures as admission counts with them: top-ups minus charges,
+/// and what pending holds reserve (`None`: no such account).
+pub async fn funds(pool: &PgPool, account_id: i64) -> Result<Option<(Decimal, Decimal)>> {
+    let row: Option<(Money, Money)> =
+        sqlx::query_as("SELECT topped_up - spent, held FROM account_funds WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(balance, held)| (balance.0, held.0)))
+}
+
 /// What pending holds of the account reserve.
 pub async fn held(pool: &PgPool, account_id: i64) -> Result<Decimal> {
     let held: Option<Money> =

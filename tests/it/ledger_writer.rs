@@ -448,7 +448,11 @@ async fn after_a_failed_import_every_record_ships_without_a_reader_asking() {
     drop(lock);
     // Nobody reads usage: the writer ships them all by itself.
     let ids = until_stored(&f.db, 10, std::time::Duration::from_secs(15)).await;
-    assert_eq!(ids.len(), 10, "shipping stalled after a failed import: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        10,
+        "shipping stalled after a failed import: {ids:?}"
+    );
     let started = std::time::Instant::now();
     while f.ledger.queue_depth() > 0 {
         assert!(started.elapsed() < std::time::Duration::from_secs(5));

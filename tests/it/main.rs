@@ -33,4 +33,5 @@ mod routes;
 mod sd;
 mod spending;
 mod streaming;
+mod task_money;
 mod zhipu;

@@ -188,7 +188,10 @@ async fn an_outage_of_postgresql_is_spooled_and_every_record_shipped_once_when_i
     let (status, ready) = ready;
     assert_eq!(status, 200, "a replica stays in the load balancer: {ready}");
     assert_eq!(ready["degraded"], true, "{ready}");
-    assert!(ready["spool_age_seconds"].as_f64().unwrap() > 0.0, "{ready}");
+    assert!(
+        ready["spool_age_seconds"].as_f64().unwrap() > 0.0,
+        "{ready}"
+    );
     assert_eq!(
         ready["spooled"], 24,
         "every record since the outage waits: {ready}"

@@ -155,11 +155,9 @@ impl LocalSpending {
             true => match book.holds.remove(request_id) {
                 Some((_, amount)) => {
                     // A task's hold taken before a restart was not counted by this process.
-                    let _ = self.pending.fetch_update(
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                        |n| n.checked_sub(1),
-                    );
+                    let _ = self
+                        .pending
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
                     amount
                 }
                 None => return, // settled before: released and charged then
@@ -222,6 +220,12 @@ impl LocalSpending {
         self.book
             .try_lock_for(std::time::Duration::from_millis(100))
             .is_some()
+    }
+
+    /// The account's balance and held amount, if loaded.
+    pub fn running(&self, account_id: i64) -> Option<(Decimal, Decimal)> {
+        let book = self.book.lock();
+        book.funds.get(&account_id).map(|f| (f.balance, f.held))
     }
 
     /// What requests in flight hold now.

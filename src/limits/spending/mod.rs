@@ -188,6 +188,16 @@ impl Spending {
         }
     }
 
+    /// The account's balance and held amount as admission counts with them (`None`: not
+    /// loaded in this process yet): kept as running figures, they must always equal what
+    /// the ledger's records say (an audit, and the tests, compare them).
+    pub async fn running(&self, account_id: i64) -> Result<Option<(Decimal, Decimal)>, ApiError> {
+        match self {
+            Spending::Local(s) => Ok(s.running(account_id)),
+            Spending::Postgres(s) => s.running(account_id).await,
+        }
+    }
+
     /// Holds this gateway took that are neither posted nor voided yet.
     pub async fn pending(&self) -> Result<u64, ApiError> {
         match self {

@@ -128,6 +128,10 @@ impl PgSpending {
         self.accounts.lock().clear();
     }
 
+    pub async fn running(&self, account_id: i64) -> Result<Option<(Decimal, Decimal)>, ApiError> {
+        Ok(holds::funds(&self.pool, account_id).await?)
+    }
+
     pub async fn held(&self, account_id: i64) -> Result<Decimal, ApiError> {
         Ok(holds::held(&self.pool, account_id).await?)
     }

@@ -140,7 +140,7 @@ impl ClientRequest {
             // run that sets none makes the hosted workflow's own, at least one image.
             Endpoint::Workflow => {
                 let prompt = request.value("prompt").unwrap_or(Value::Null);
-                Some(workflow_batches(&prompt).max(1))
+                Some(workflow_batches(&prompt)?.max(1))
             }
             _ => request.count("n", 1)?,
         };
@@ -427,15 +427,36 @@ fn add_pairs(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
     (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
 }
 
-/// The images a ComfyUI run's nodes ask for: the sum of their `batch_size` inputs.
-fn workflow_batches(prompt: &Value) -> u64 {
+/// The images a ComfyUI run's nodes ask for: the sum of their `batch_size` inputs, each a
+/// whole number of at least 1 or such a number as a string (ComfyUI takes both). An input
+/// linked to another node's output (`["5", 0]`) is known only when the run is: the run is
+/// then held for `MAX_CHOICES` images, the most one may ask for. Anything else (a float,
+/// zero, a negative, other text) is refused: it would reach the backend while the hold
+/// counted one image.
+fn workflow_batches(prompt: &Value) -> Result<u64, ApiError> {
     let Some(nodes) = prompt.as_object() else {
-        return 0;
+        return Ok(0);
     };
-    nodes
-        .values()
-        .filter_map(|node| node.get("inputs")?.get("batch_size")?.as_u64())
-        .fold(0u64, u64::saturating_add)
+    let refused = || {
+        ApiError::invalid(
+            "a node's 'batch_size' input must be a whole number of at least 1, as a number or a string, or a link to another node",
+            "prompt",
+        )
+    };
+    let mut images = 0u64;
+    for node in nodes.values() {
+        let Some(batch) = node.get("inputs").and_then(|i| i.get("batch_size")) else {
+            continue;
+        };
+        let batch = match batch {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            Value::Array(link) if link.len() == 2 => Some(MAX_CHOICES),
+            _ => None,
+        };
+        images = images.saturating_add(batch.filter(|n| *n >= 1).ok_or_else(refused)?);
+    }
+    Ok(images)
 }
 
 /// Where an SD task names its model: `override_settings.sd_model_checkpoint`.

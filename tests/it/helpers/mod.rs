@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub mod ledger;
+pub mod money;
 pub mod postgres;
 pub mod python;
 pub mod redis;
@@ -87,10 +88,9 @@ impl TestApp {
         }
     }
 
-    /// Waits (at most `within`) until every record this gateway committed is in its
-    /// database: the database may be coming back from an outage.
-    /// Waits until the ledger writer has shipped every record committed so far by itself:
-    /// nothing here asks it to (a reader's flush would).
+    /// Waits (at most `within`) until the ledger writer has shipped every record this
+    /// gateway committed into its database, by itself: nothing here asks it to (a reader's
+    /// flush would). The database may be coming back from an outage.
     pub async fn wait_until_shipped(&self, within: std::time::Duration) {
         tokio::time::timeout(within, async {
             while self.state.ledger().queue_depth() > 0 {

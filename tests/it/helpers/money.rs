@@ -1,0 +1,58 @@
+//! The money invariant, checked on the ledger itself: for an account, once every record is
+//! in the database, `balance = top-ups − Σ record costs`, `held ≥ 0`, and the running
+//! figures admission counts with (in memory beside SQLite, `account_funds` in PostgreSQL)
+//! equal the ledger's.
+
+use rust_decimal::Decimal;
+use tollgate::store::{self, usage::UsageFilter};
+
+use super::TestApp;
+
+/// An account's money, as the ledger and admission see it.
+#[derive(Debug)]
+pub struct Figures {
+    pub charged: Decimal,
+    pub balance: Decimal,
+    pub held: Decimal,
+    /// Records of the account.
+    pub records: usize,
+}
+
+/// Checks the invariant for `account_id` once `app` has shipped every record by itself,
+/// and returns the figures.
+pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
+    app.wait_until_shipped(std::time::Duration::from_secs(30))
+        .await;
+    let db = app.state.db();
+    let topped_up = store::accounts::topped_up(db, account_id).await.unwrap();
+    let filter = UsageFilter {
+        account_id: Some(account_id),
+        ..Default::default()
+    };
+    let records = store::usage::list(db, &filter, 1_000_000).await.unwrap();
+    let charged: Decimal = records.iter().map(|r| r.cost).sum();
+    let prices = app.state.prices();
+    let balance = tollgate::limits::spending::balance(db, &prices, account_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        balance,
+        (topped_up - charged).normalize(),
+        "balance = top-ups − Σ costs"
+    );
+    let held = app.state.spending().held(account_id).await.unwrap();
+    assert!(held >= Decimal::ZERO, "held is {held}");
+    if let Some((running, running_held)) = app.state.spending().running(account_id).await.unwrap() {
+        assert_eq!(
+            (running.normalize(), running_held.normalize()),
+            (balance, held.normalize()),
+            "admission's running figures are the ledger's"
+        );
+    }
+    Figures {
+        charged,
+        balance,
+        held,
+        records: records.len(),
+    }
+}
