@@ -218,6 +218,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Request bodies above this get 413.
     pub max_request_bytes: usize,
+    /// Uploaded files (ComfyUI's `upload/image`) above this get 413.
+    pub max_upload_bytes: usize,
     /// Non-streamed backend bodies above this are refused (502): they could not be metered.
     pub max_response_bytes: usize,
     /// Client connections open at once; more are closed at once with a 503. Lowered at
@@ -243,6 +245,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_request_bytes: 20 << 20,
+            max_upload_bytes: 10 << 20,
             max_response_bytes: 64 << 20,
             max_connections: 10_000,
             header_timeout_ms: 10_000,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::comfyui;
 use super::exchange;
 use super::own_usage;
+use super::path::ClientPath;
 use super::request::ClientRequest;
 use super::sd;
 use super::settle::Exchange;
@@ -135,7 +136,7 @@ fn on_chip(endpoint: Endpoint) -> MethodRouter<AppState> {
     post(
         move |state: State<AppState>,
               caller: Caller,
-              Path((model, chip)): Path<(String, String)>,
+              ClientPath((model, chip)): ClientPath<(String, String)>,
               body: Body| async move {
             proxy(
                 state,
@@ -162,7 +163,7 @@ fn by_policy(endpoint: Endpoint) -> MethodRouter<AppState> {
 async fn chat_on_deployment(
     state: State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ClientPath(id): ClientPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     proxy(

@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use super::answer::{read_body, upstream_error};
+use super::path::ClientPath;
 use super::request::ClientRequest;
 use super::settle::{Exchange, Outcome, Served, commit, finish};
 use crate::auth::Caller;
@@ -189,7 +190,7 @@ fn is_task_id(id: &str) -> bool {
 pub async fn poll(
     State(state): State<AppState>,
     caller: Caller,
-    Path(task_id): Path<String>,
+    ClientPath(task_id): ClientPath<String>,
 ) -> Result<Response, ApiError> {
     let polled = poll_task(&state, &caller, &task_id, &Map::new()).await?;
     Ok(polled.passed_on())

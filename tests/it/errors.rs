@@ -124,6 +124,28 @@ async fn unknown_models_chips_deployments_and_routes_get_404() {
 }
 
 #[tokio::test]
+async fn a_path_that_is_not_utf8_gets_an_openai_shaped_400_on_every_route() {
+    let app = TestApp::spawn().await;
+    let body = chat(None, "hi", false, json!({}));
+    let poll = app
+        .client
+        .get(app.url("/api/paas/v4/async-result/%FF"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    let error = error_body(poll, 400).await;
+    assert_eq!(error["error"]["param"], "path");
+    for path in [
+        "/maas/%FF/nvidia/chat/completions",
+        "/maas/megrez-7b-instruct/%FE%FF/chat/completions",
+        "/maas/deployment/%FF/chat/completions",
+    ] {
+        error_body(app.post(path, &body).await, 400).await;
+    }
+}
+
+#[tokio::test]
 async fn oversized_bodies_get_413_with_or_without_a_length() {
     let app = TestApp::spawn_with(|c| c.server.max_request_bytes = 1024).await;
     let big = chat(None, &"x".repeat(2000), false, json!({}));

@@ -445,3 +445,89 @@ async fn a_rotated_key_keeps_the_tasks_of_its_old_secret() {
         (1, "ok", key.id)
     );
 }
+
+/// A key of account "acme" with `rpm` and only `models` allowed.
+async fn limited_key(app: &TestApp, rpm: u32, models: &[&str]) -> String {
+    let request = tollgate::domain::keys::NewKeyRequest {
+        account: "acme".into(),
+        name: "limited".into(),
+        expires_at: None,
+        limits: tollgate::store::keys::KeyLimits {
+            rpm: Some(rpm),
+            allowed_models: Some(models.iter().map(|m| m.to_string()).collect()),
+            ..Default::default()
+        },
+    };
+    tollgate::domain::keys::issue(app.state.db(), app.state.keys(), request)
+        .await
+        .unwrap()
+        .key
+}
+
+/// An upload of one file named `name`, `size` bytes long, with `key`.
+async fn upload(app: &TestApp, key: &str, name: &str, size: usize) -> (u16, Value) {
+    let boundary = "tollgate-hardening";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.resize(body.len() + size, 7);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let response = app
+        .client
+        .post(app.url(&format!("{COMFY}/upload/image")))
+        .bearer_auth(key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn uploads_and_cancels_count_against_the_keys_limits() {
+    let app = TestApp::spawn_with(|c| c.server.max_upload_bytes = 64 << 10).await;
+    // A key allowed only a chat model may neither upload nor cancel.
+    let chat_only = limited_key(&app, 2, &["glm-4-plus"]).await;
+    let (status, answer) = upload(&app, &chat_only, "cat.png", 16).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // A key allowed the workflow: uploads are checked, and count against its rpm (2).
+    let lenient = limited_key(&app, 100, &["wf-demo-txt2img"]).await;
+    for name in ["../../etc/passwd", "a\\b.png", "x\u{1}.png", ".."] {
+        let (status, answer) = upload(&app, &lenient, name, 16).await;
+        assert_eq!(status, 400, "{name}: {answer}");
+    }
+    let key = limited_key(&app, 2, &["wf-demo-txt2img"]).await;
+    let (status, _) = upload(&app, &key, "big.png", 65 << 10).await;
+    assert_eq!(status, 413, "beyond server.max_upload_bytes");
+    assert_eq!(upload(&app, &key, "cat.png", 16).await.0, 200);
+    let (status, answer) = upload(&app, &key, "cat.png", 16).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded"))
+    );
+    // Cancels too: a run (1 of rpm 2), then cancels until refused.
+    let key = limited_key(&app, 2, &["wf-demo-txt2img"]).await;
+    let (status, _, answer) = post(
+        &app,
+        &format!("{COMFY}/prompt"),
+        &key,
+        &comfy_run(json!({"polls": 5})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let body = json!({"comfy_task_id": answer["data"]["prompt_id"]});
+    let cancel = format!("{COMFY}/cancel");
+    assert_eq!(post(&app, &cancel, &key, &body).await.0, 200);
+    assert_eq!(post(&app, &cancel, &key, &body).await.0, 429);
+    assert_eq!(app.record_count().await, 0);
+}
