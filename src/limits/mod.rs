@@ -26,6 +26,10 @@ pub use requests::{RequestLimits, RequestQuota};
 use slices::{Slices, slice_size};
 pub use tokens::{TokenLimits, TokenQuota};
 
+/// How long after Redis answers again this replica's own count must admit too: one window
+/// of the per-minute limits.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(60);
+
 pub struct Limits {
     config: LimitsConfig,
     /// The counts of this process: the store, or Redis's fallback.
@@ -138,6 +142,17 @@ impl Limits {
             return Ok((counted, false));
         };
         let share = self.live_replicas();
+        // Redis may have come back empty: for a window after it answers again, this
+        // replica's own count (which the fallback kept) must admit first, at its share
+        // rounded up, so the window across the outage stays near the limit instead of
+        // granting a second full one (the bound is in the README). Asked first, so that
+        // what it refuses takes nothing from the other replicas in Redis.
+        if !look && redis.recovering(RECOVERY_WINDOW) {
+            let local = self.local.admit(id, rpm.div_ceil(share).max(1), None, 0);
+            if local.requests.retry_after.is_some() {
+                return Ok((local, false));
+            }
+        }
         let counted = match (tpm, look) {
             (None, false) => {
                 let size = slice_size(rpm, share, self.slice_max);

@@ -105,6 +105,8 @@ pub struct RedisCounts {
     /// When Redis last failed, in ms since `started` (0: never): it is skipped until
     /// `PROBE_EVERY` later.
     failed_at: AtomicU64,
+    /// When Redis answered again after failing, in ms since `started` (0: never failed).
+    recovered_at: AtomicU64,
     started: Instant,
     errors: prometheus::IntCounter,
     prefix: String,
@@ -129,6 +131,7 @@ impl RedisCounts {
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
             failed_at: AtomicU64::new(0),
+            recovered_at: AtomicU64::new(0),
             started: Instant::now(),
             errors,
             prefix: config.prefix.clone(),
@@ -144,6 +147,13 @@ impl RedisCounts {
     /// Whether Redis answered the last time it was asked.
     pub fn is_up(&self) -> bool {
         self.failed_at.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether Redis answered again less than `window` ago after failing: it may have come
+    /// back empty, its counts of the requests admitted before (and by the fallback) lost.
+    pub fn recovering(&self, window: Duration) -> bool {
+        let recovered = self.recovered_at.load(Ordering::Relaxed);
+        recovered != 0 && self.now_ms().saturating_sub(recovered) < window.as_millis() as u64
     }
 
     fn skipped(&self) -> bool {
@@ -188,7 +198,9 @@ impl RedisCounts {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(values)) => {
-                self.failed_at.store(0, Ordering::Relaxed);
+                if self.failed_at.swap(0, Ordering::Relaxed) != 0 {
+                    self.recovered_at.store(self.now_ms(), Ordering::Relaxed);
+                }
                 Ok(values)
             }
             Ok(Err(e)) => {

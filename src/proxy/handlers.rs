@@ -315,6 +315,7 @@ async fn proxy(
         started_at,
         admission,
         hold,
+        prompt_estimate: None,
     };
     let mut response = exchange::serve(state, exchange).await;
     let tokens = admission.tokens.map(|(quota, _, _)| quota);

@@ -38,6 +38,9 @@ pub struct Exchange {
     pub admission: Admission,
     /// What the account's spending limit holds for this request; released at the end.
     pub hold: Option<Hold>,
+    /// tollgate's count of the prompt when it is known already (a task's, counted at its
+    /// submission; `request` is then not the submission).
+    pub prompt_estimate: Option<u64>,
 }
 
 /// How a request ended, before it is priced.
@@ -158,9 +161,10 @@ impl Exchange {
             return None;
         }
         let prompt = self.request.prompt();
+        let known = self.prompt_estimate;
         let delivered = outcome.observed.delivered_text.clone();
         let count = move || TokenCounts {
-            prompt: prompt.estimate(),
+            prompt: known.unwrap_or_else(|| prompt.estimate()),
             completion: estimate::count_text(&delivered),
             cached: 0,
         };

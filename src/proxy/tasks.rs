@@ -135,6 +135,7 @@ pub(super) async fn submitted(
         state: "pending".into(),
         ended_at: None,
         held: ex.hold.map_or(Decimal::ZERO, |h| h.amount),
+        prompt_estimate: prompt_estimate(ex).await,
     };
     match record_task(state, &task).await {
         Ok(()) => {}
@@ -160,6 +161,18 @@ pub(super) async fn submitted(
     // spending hold stays with the task until its record (or its expiry) settles it.
     state.limits().settle(&ex.caller, &ex.admission, 0);
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// tollgate's count of a text task's prompt (0 for other tasks: they are not billed by
+/// their prompt), off the async workers.
+async fn prompt_estimate(ex: &Exchange) -> u64 {
+    if !ex.request.endpoint.completes() {
+        return 0;
+    }
+    let prompt = ex.request.prompt();
+    tokio::task::spawn_blocking(move || prompt.estimate())
+        .await
+        .unwrap_or_else(|_| ex.request.prompt_bound())
 }
 
 /// The hold a task keeps until it ends. Its tokens do not cap the task's record: a task's
@@ -474,6 +487,7 @@ async fn settle(
         started_at: task.submitted_at,
         admission: Admission::nothing(),
         hold: hold_of(task),
+        prompt_estimate: Some(task.prompt_estimate),
     };
     let served = Served {
         upstream: upstream.clone(),

@@ -1,7 +1,8 @@
 //! Zhipu's asynchronous tasks and CogView images, as its API documentation and the
 //! `zhipuai` SDK show them: `POST /zhipu/async/chat/completions` answers a task id with
 //! `task_status: "PROCESSING"`; `GET /zhipu/async-result/{id}` answers `PROCESSING` for
-//! `polls` polls, then `SUCCESS` with `choices` and `usage` (or `FAILED`), and the same
+//! `polls` polls, then `SUCCESS` with `choices` and `usage` (without it if the `usage`
+//! knob is false; or `FAILED`), and the same
 //! result on every later poll; `POST /zhipu/images/generations` answers
 //! `{"created", "data": [{"url"}, ...]}`, one entry per image.
 
@@ -67,9 +68,11 @@ impl Tasks {
             reply["task_status"] = json!("SUCCESS");
             reply["choices"] = json!([{"index": 0, "finish_reason": "stop",
                 "message": {"role": "assistant", "content": answer.pieces.concat()}}]);
-            reply["usage"] = json!({"prompt_tokens": answer.prompt,
-                "completion_tokens": answer.completion,
-                "total_tokens": answer.prompt + answer.completion});
+            if task.knobs.usage != Some(false) {
+                reply["usage"] = json!({"prompt_tokens": answer.prompt,
+                    "completion_tokens": answer.completion,
+                    "total_tokens": answer.prompt + answer.completion});
+            }
         }
         axum::Json(reply).into_response()
     }

@@ -23,6 +23,8 @@ pub struct Task {
     pub ended_at: Option<DateTime<Utc>>,
     /// The spending hold it keeps until it ends (0 for an account without a limit).
     pub held: Decimal,
+    /// tollgate's count of its prompt at submission: billed if its end reports no usage.
+    pub prompt_estimate: u64,
 }
 
 fn from_row(row: &impl Read) -> Result<Task> {
@@ -38,6 +40,7 @@ fn from_row(row: &impl Read) -> Result<Task> {
         state: row.read("state")?,
         ended_at: row.read::<Option<i64>>("ended_at")?.map(from_ms),
         held: row.money("held")?,
+        prompt_estimate: row.read::<i64>("prompt_estimate")?.max(0).unsigned_abs(),
     })
 }
 
@@ -45,8 +48,8 @@ pub async fn insert(db: &Db, task: &Task) -> Result<()> {
     on!(db, |pool| {
         sqlx::query(
             "INSERT INTO tasks (request_id, task_id, account_id, key_id, model, chip,
-                endpoint, submitted_at, state, held)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)",
+                endpoint, submitted_at, state, held, prompt_estimate)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10)",
         )
         .bind(&task.request_id)
         .bind(&task.task_id)
@@ -57,6 +60,7 @@ pub async fn insert(db: &Db, task: &Task) -> Result<()> {
         .bind(&task.endpoint)
         .bind(to_ms(task.submitted_at))
         .bind(Money(task.held))
+        .bind(i64::try_from(task.prompt_estimate).unwrap_or(i64::MAX))
         .execute(pool)
         .await?;
         Ok(())

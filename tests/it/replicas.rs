@@ -439,6 +439,15 @@ async fn rate_limits_in_redis_hold_across_replicas_and_fall_back_to_shares_witho
         .await
         .expect("every replica finds Redis again");
     }
+    // The key the fallback counted gets no second window from an empty Redis: within a
+    // minute of its return, each replica's own count must admit too.
+    let again: usize = hammer(&apps, &key, 15).await.iter().sum();
+    let during: usize = shares.iter().sum();
+    assert!(
+        during + again <= allowed(30, started.elapsed()),
+        "rpm 30 across Redis's restart: {during} + {again} admitted in {:?}",
+        started.elapsed()
+    );
     let key = key_with(&apps[0], 10, None).await;
     let started = std::time::Instant::now();
     let admitted: usize = hammer(&apps, &key, 20).await.iter().sum();

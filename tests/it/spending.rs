@@ -243,6 +243,13 @@ async fn absurd_amounts_are_refused_naming_their_field_and_never_poison_the_gate
         (status, &body["error"]["param"]),
         (400, &json!("credit_limit"))
     );
+    // Not written plainly (an exponent, a separator): refused, never read as 1000.
+    for amount in ["1e3", "1_000", "1 000", "0x10"] {
+        let (status, body) = top_up(&app, amount, json!(amount)).await;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{amount}: {body}");
+        assert!(message.contains("plain decimal"), "{amount}: {body}");
+    }
     for (i, amount) in [max, max, "1000000000001", "0.0000000000001"]
         .iter()
         .enumerate()

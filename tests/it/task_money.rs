@@ -531,3 +531,38 @@ async fn uploads_and_cancels_count_against_the_keys_limits() {
     assert_eq!(post(&app, &cancel, &key, &body).await.0, 429);
     assert_eq!(app.record_count().await, 0);
 }
+
+#[tokio::test]
+async fn a_task_that_ends_without_usage_is_billed_on_its_prompt_counted_at_submission() {
+    let app = TestApp::spawn().await;
+    let long = "计费".repeat(200);
+    let mut body = chat(
+        Some("glm-4-plus"),
+        &long,
+        false,
+        json!({"polls": 0, "usage": false}),
+    );
+    body["max_tokens"] = json!(100);
+    let response = app
+        .post(&format!("{ZHIPU}/async/chat/completions"), &body)
+        .await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let task: Value = response.json().await.unwrap();
+    let (status, answer) = poll_zhipu(&app, task["id"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(answer.get("usage").is_none());
+    let record = app.records_with(&id).await.remove(0);
+    assert_eq!(
+        (record.status.as_str(), record.usage_source.as_str()),
+        ("ok", "estimated")
+    );
+    assert!(
+        record.prompt_tokens >= 200,
+        "the prompt counted: {record:?}"
+    );
+    assert!(
+        record.completion_tokens > 0,
+        "the answer counted: {record:?}"
+    );
+}
