@@ -113,7 +113,9 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
         let replica = app.upgrade().map(|a| a.replica.clone()).unwrap_or_default();
         // Since when every heartbeat succeeded (`None` after a failed one).
         let mut beating_since = None;
-        let steady_after = std::time::Duration::from_millis(2 * store::replicas::ALIVE_MS as u64);
+        // Two heartbeats: long enough for every live replica to have written one since.
+        let steady_after =
+            std::time::Duration::from_millis(2 * store::replicas::BEAT_EVERY_MS as u64);
         for n in 0u64.. {
             tick.tick().await;
             let Some(app) = app.upgrade() else { break };
@@ -138,7 +140,7 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
                     Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),
                 }
             }
-            if n % 5 == 0 {
+            if n % (store::replicas::BEAT_EVERY_MS / 1000) as u64 == 0 {
                 match store::replicas::beat(&app.db, &replica).await {
                     Ok(alive) => {
                         app.limits.set_live_replicas(alive);

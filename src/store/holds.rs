@@ -115,8 +115,8 @@ pub struct Abandoned<'a> {
     pub replica: &'a str,
     pub spooled_since: DateTime<Utc>,
     /// Whether other replicas' holds may be voided: only when the reconciler has been in
-    /// touch with the database long enough for every live replica to have written its
-    /// heartbeat since (after an outage, none has).
+    /// touch with the database long enough (two heartbeats) for every live replica to
+    /// have written its heartbeat since (after an outage, none has).
     pub others: bool,
 }
 

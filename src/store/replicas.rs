@@ -7,8 +7,11 @@ use chrono::Utc;
 
 use super::{Db, Result, to_ms};
 
+/// How often a replica writes its heartbeat (the maintenance loop's).
+pub const BEAT_EVERY_MS: i64 = 5_000;
+
 /// A replica not heard from for this long is gone.
-pub const ALIVE_MS: i64 = 15_000;
+pub const ALIVE_MS: i64 = 3 * BEAT_EVERY_MS;
 
 /// A new gateway's name among the replicas: host, process id, and its number in the
 /// process (tests run several in one).

@@ -33,5 +33,6 @@ mod routes;
 mod sd;
 mod spending;
 mod streaming;
+mod task_interleavings;
 mod task_money;
 mod zhipu;

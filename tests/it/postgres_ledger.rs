@@ -304,7 +304,15 @@ async fn no_task_is_submitted_while_the_ledger_cannot_record_it() {
         "the backend got no task"
     );
 
+    // Once the probe (every second) has seen the ledger answer again, tasks are taken.
     server.restart();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !app.state.health().is_up() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the probe sees the ledger again");
     let response = app.post(path, &submit).await;
     assert_eq!(response.status(), 200);
     app.stop().await;
