@@ -19,6 +19,7 @@ mod hostile;
 mod invoices;
 mod key_secrecy;
 mod langchain;
+mod ledger_outage;
 mod ledger_writer;
 mod multimodal;
 mod observability;
