@@ -52,6 +52,11 @@ impl PgSpending {
         if let Some(known) = self.accounts.lock().get(&account_id) {
             return Ok(*known);
         }
+        if !self.health.is_up() {
+            return Err(ApiError::Unavailable(
+                "this account's spending limit cannot be checked now; retry shortly".into(),
+            ));
+        }
         let account = store::accounts::get(db, account_id)
             .await?
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
