@@ -27,13 +27,15 @@ pub enum Unit {
     Tasks,
     /// Compute time a backend reported, in milliseconds, priced per second.
     ComputeMs,
+    /// Files uploaded to a backend (ComfyUI's input images), priced each.
+    Uploads,
 }
 
 impl Unit {
     /// How many units the unit price is for.
     pub fn per(self) -> u32 {
         match self {
-            Unit::Requests | Unit::Images | Unit::Tasks => 1,
+            Unit::Requests | Unit::Images | Unit::Tasks | Unit::Uploads => 1,
             Unit::InputTokens | Unit::CachedInputTokens | Unit::OutputTokens | Unit::ComputeMs => {
                 1000
             }
@@ -49,6 +51,7 @@ impl Unit {
             Unit::Images => "images",
             Unit::Tasks => "tasks",
             Unit::ComputeMs => "compute_ms",
+            Unit::Uploads => "uploads",
         }
     }
 }
@@ -91,6 +94,7 @@ pub struct Units {
     pub images: u64,
     pub tasks: u64,
     pub compute_ms: u64,
+    pub uploads: u64,
 }
 
 impl Units {
@@ -110,7 +114,7 @@ pub struct Quantities {
 
 impl Quantities {
     /// The count of each unit: `cached` is part of `prompt` (never more).
-    pub fn by_unit(&self) -> [(Unit, u64); 7] {
+    pub fn by_unit(&self) -> [(Unit, u64); 8] {
         let tokens = self.tokens;
         let cached = tokens.cached.min(tokens.prompt);
         [
@@ -121,6 +125,7 @@ impl Quantities {
             (Unit::Images, self.units.images),
             (Unit::Tasks, self.units.tasks),
             (Unit::ComputeMs, self.units.compute_ms),
+            (Unit::Uploads, self.units.uploads),
         ]
     }
 
@@ -139,14 +144,23 @@ impl Quantities {
 impl Quantities {
     /// The most of these quantities that `budget` pays for at `price`: what a record may
     /// bill when its spending hold is `budget`. Unchanged if they cost no more. Otherwise
-    /// the requests and tasks (every hold covers those) are kept, and the rest of the
-    /// budget pays for input, cached input and output tokens, images and compute time, in
-    /// that order, each as many as it still covers.
+    /// the requests, tasks and uploads (every hold covers those) are kept, and the rest of
+    /// the budget pays for input, cached input and output tokens, images and compute time,
+    /// in that order, each as many as it still covers.
     pub fn within(&self, price: &PriceVersion, budget: Cost) -> Result<Quantities, Overflow> {
         if self.cost(price)? <= budget {
             return Ok(*self);
         }
-        let [input, cached, output, requests, images, tasks, compute] = self.by_unit();
+        let [
+            input,
+            cached,
+            output,
+            requests,
+            images,
+            tasks,
+            compute,
+            uploads,
+        ] = self.by_unit();
         let mut left = budget;
         let mut take = |(unit, quantity): (Unit, u64), fixed: bool| -> Result<u64, Overflow> {
             let unit_price = unit_price(price, unit);
@@ -165,6 +179,7 @@ impl Quantities {
         };
         let requests = take(requests, true)?;
         let tasks = take(tasks, true)?;
+        let uploads = take(uploads, true)?;
         let input = take(input, false)?;
         let cached = take(cached, false)?;
         let completion = take(output, false)?;
@@ -181,6 +196,7 @@ impl Quantities {
                 images,
                 tasks,
                 compute_ms,
+                uploads,
             },
         })
     }
@@ -196,6 +212,7 @@ pub fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
         Unit::Images => price.entry.per_image,
         Unit::Tasks => price.entry.per_task,
         Unit::ComputeMs => price.entry.per_second,
+        Unit::Uploads => price.entry.per_upload,
     }
 }
 
@@ -257,6 +274,7 @@ mod tests {
                 per_image: Decimal::ZERO,
                 per_task: Decimal::ZERO,
                 per_second: Decimal::ZERO,
+                per_upload: Decimal::ZERO,
             },
         }
     }
@@ -332,6 +350,7 @@ mod tests {
             images: 4,
             tasks: 1,
             compute_ms: 1500,
+            uploads: 0,
         };
         // 0.001 + 0.01 + 4 * 0.25 + 0.5 + 1.5 * 0.003
         assert_eq!(
@@ -360,7 +379,7 @@ mod tests {
             units: Units {
                 images: 100,
                 tasks: 1,
-                compute_ms: 0,
+                ..Units::default()
             },
         };
         // 0.01 + 0.02 + 0.001 + 0.002 + 100 * 0.05 = 5.033; a hold of 0.2 pays for the

@@ -45,6 +45,9 @@ pub struct PriceEntry {
     /// CNY per second of compute a backend reported.
     #[serde(default, deserialize_with = "money_or_zero")]
     pub per_second: Decimal,
+    /// CNY per file uploaded to a backend (ComfyUI's input images).
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub per_upload: Decimal,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +115,7 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
             ("per_image", Some(e.per_image)),
             ("per_task", Some(e.per_task)),
             ("per_second", Some(e.per_second)),
+            ("per_upload", Some(e.per_upload)),
         ];
         for (field, price) in prices {
             if let Some(price) = price {
@@ -322,6 +326,7 @@ mod tests {
             per_image: Decimal::ZERO,
             per_task: Decimal::ZERO,
             per_second: Decimal::ZERO,
+            per_upload: Decimal::ZERO,
         };
         let book = PriceBook::new(vec![
             PriceVersion {

@@ -24,6 +24,7 @@ pub struct Totals {
     pub images: i64,
     pub tasks: i64,
     pub compute_ms: i64,
+    pub uploads: i64,
 }
 
 impl Totals {
@@ -41,6 +42,7 @@ impl Totals {
                 images: count(self.images),
                 tasks: count(self.tasks),
                 compute_ms: count(self.compute_ms),
+                uploads: count(self.uploads),
             },
         }
     }

@@ -2,23 +2,20 @@
 //! `get_task_info` polls each task the client names, as its owner (404 for another key's),
 //! billing each at its first success (`tasks::poll_task`) and answering one merged
 //! `comfy_task_info` list; `cancel` is passed on for the client's own tasks (a cancelled
-//! task costs nothing: its next poll says it failed, or it expires); `upload/image` is
-//! checked (`multipart`) and passed on as it came (uploads are not billed). Cancels and
-//! uploads count against the key's rpm, and need a key allowed the model they touch.
+//! task costs nothing: its next poll says it failed, or it expires), counted against the
+//! key's rpm, and needs a key allowed the run's workflow. `upload/image` is `upload`'s.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::answer::{read_body, upstream_error};
-use super::multipart;
 use super::tasks::{poll_task, send, upstream_of};
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
-use crate::config::{Dialect, Endpoint};
 use crate::dialect::comfyui::info;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -115,68 +112,15 @@ pub async fn cancel(
     Ok(answer.expect("task_ids names one at least"))
 }
 
-/// `POST .../upload/image`: a multipart body with one plainly named file, within
-/// `server.max_upload_bytes`, passed on as it came to the first ComfyUI backend whose
-/// workflow the key may run.
-pub async fn upload_image(
-    State(state): State<AppState>,
-    caller: Caller,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let comfyui = |u: &&std::sync::Arc<crate::upstream::Upstream>| {
-        u.endpoint == Endpoint::Workflow && u.dialect == Dialect::Comfyui
-    };
-    let upstream = match state
-        .upstreams()
-        .all()
-        .filter(comfyui)
-        .find(|u| caller.may_call(&u.model))
-    {
-        Some(upstream) => upstream,
-        None if state.upstreams().all().any(|u| comfyui(&u)) => {
-            return Err(ApiError::Forbidden(
-                "this API key is not allowed to run any ComfyUI workflow, so it may not upload"
-                    .into(),
-            ));
-        }
-        None => {
-            return Err(ApiError::NotFound(
-                "no ComfyUI backend is configured".into(),
-            ));
-        }
-    };
-    count_against_rpm(&state, &caller).await?;
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .cloned()
-        .ok_or_else(|| ApiError::invalid("a multipart body is expected", "source_file"))?;
-    let boundary = content_type
-        .to_str()
-        .map_err(|_| ApiError::invalid("the content type is not text", "source_file"))
-        .and_then(multipart::boundary)?
-        .to_owned();
-    let server = &state.config().server;
-    let limit = server.max_upload_bytes.min(server.max_request_bytes);
-    let body = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-    multipart::check(&body, &boundary)?;
-    let forward = axum::http::Request::post(upstream.url_of("/upload/image")?)
-        .header(header::HOST, upstream.host.clone())
-        .header(header::CONTENT_TYPE, content_type);
-    relay(&state, upstream, send(upstream, forward, body).await?).await
-}
-
 /// Counts a request that spends no tokens against the key's rpm (429 when over).
-async fn count_against_rpm(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+pub(super) async fn count_against_rpm(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let admission = state.limits().admit(caller, TokenCounts::default).await?;
     state.limits().settle(caller, &admission, 0);
     Ok(())
 }
 
 /// The backend's answer as it came (its errors mapped as every backend error is).
-async fn relay(
+pub(super) async fn relay(
     state: &AppState,
     upstream: &crate::upstream::Upstream,
     response: crate::upstream::client::UpstreamResponse,

@@ -22,6 +22,7 @@ use super::request::ClientRequest;
 use super::sd;
 use super::settle::Exchange;
 use super::tasks;
+use super::upload;
 use crate::auth::Caller;
 use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
@@ -76,7 +77,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/maas/comfy_task_api/cancel", post(comfyui::cancel))
         .route(
             "/api/maas/comfy_task_api/upload/image",
-            post(comfyui::upload_image),
+            post(upload::upload_image),
         )
         // GenStudio's Stable Diffusion image tasks.
         .route(
@@ -325,7 +326,7 @@ async fn proxy(
 
 /// `req_` and a UUIDv7: time-ordered to the millisecond, its 74 random bits from the
 /// thread's generator (uuid's own `now_v7` asks the kernel for them on every call).
-fn new_request_id(at: chrono::DateTime<Utc>) -> String {
+pub(super) fn new_request_id(at: chrono::DateTime<Utc>) -> String {
     let millis = u64::try_from(at.timestamp_millis()).unwrap_or_default();
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
     format!("req_{}", id.simple())

@@ -17,6 +17,7 @@ mod sd;
 pub mod settle;
 pub mod stream;
 pub mod tasks;
+mod upload;
 
 /// Where they were before dialects had a home of their own.
 pub use crate::dialect::{framing, observe};

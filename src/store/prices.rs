@@ -19,6 +19,7 @@ fn from_row(row: &impl Read) -> Result<PriceVersion> {
             per_image: row.money("per_image")?,
             per_task: row.money("per_task")?,
             per_second: row.money("per_second")?,
+            per_upload: row.money("per_upload")?,
         },
     })
 }
@@ -72,8 +73,8 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
             sqlx::query(
                 "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
                     cached_input_per_1k, output_per_1k, per_request, per_image, per_task,
-                    per_second, recorded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    per_second, per_upload, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&entry.model)
             .bind(&entry.chip)
@@ -85,6 +86,7 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
             .bind(Money(entry.per_image))
             .bind(Money(entry.per_task))
             .bind(Money(entry.per_second))
+            .bind(Money(entry.per_upload))
             .bind(to_ms(Utc::now()))
             .execute(&mut *tx)
             .await?;
@@ -120,4 +122,5 @@ fn same_prices(a: &PriceEntry, b: &PriceEntry) -> bool {
         && a.per_image == b.per_image
         && a.per_task == b.per_task
         && a.per_second == b.per_second
+        && a.per_upload == b.per_upload
 }

@@ -143,6 +143,7 @@ usage_columns!(r, row => {
     images: i64 = (r.units.images as i64),
     tasks: i64 = (r.units.tasks as i64),
     compute_ms: i64 = (r.units.compute_ms as i64),
+    uploads: i64 = (r.units.uploads as i64),
     usage_source: String = r.usage_source.as_str(),
     price_version_id: i64 = r.price_version_id,
     cost: Decimal = r.cost.to_string(); read row.money("cost")?; pg r.cost,
@@ -275,7 +276,8 @@ pub async fn totals(
                 CAST(SUM(completion_tokens) AS BIGINT) AS completion,
                 CAST(SUM(images) AS BIGINT) AS images,
                 CAST(SUM(tasks) AS BIGINT) AS tasks,
-                CAST(SUM(compute_ms) AS BIGINT) AS compute_ms
+                CAST(SUM(compute_ms) AS BIGINT) AS compute_ms,
+                CAST(SUM(uploads) AS BIGINT) AS uploads
          FROM usage_records WHERE started_at >= $1 AND started_at < $2 AND {scope}
          GROUP BY account_id, key_id, model, chip, price_version_id, slot",
         scope = match scope {
@@ -316,5 +318,6 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
         images: r.read("images")?,
         tasks: r.read("tasks")?,
         compute_ms: r.read("compute_ms")?,
+        uploads: r.read("uploads")?,
     })
 }

@@ -44,7 +44,7 @@ fn usage() -> impl Strategy<Value = Usage> {
         0u64..200_000,
         0u64..100_000,
         0u64..50_000,
-        (0u64..5, 0u64..2, 0u64..90_000),
+        (0u64..5, 0u64..2, 0u64..90_000, 0u64..3),
         any::<bool>(),
         0usize..6,
     )
@@ -55,7 +55,7 @@ fn usage() -> impl Strategy<Value = Usage> {
                 prompt,
                 cached,
                 completion,
-                (images, tasks, compute_ms),
+                (images, tasks, compute_ms, uploads),
                 ok,
                 when,
             )| {
@@ -69,6 +69,7 @@ fn usage() -> impl Strategy<Value = Usage> {
                         images,
                         tasks,
                         compute_ms,
+                        uploads,
                     },
                     ok,
                     when,
@@ -157,6 +158,8 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
                     per_image: *per_image,
                     per_task: *per_task,
                     per_second: *per_second,
+                    // Uploads at the per-request price: a price of its own, up to 8 decimals.
+                    per_upload: *per_request,
                 }
             },
         )
@@ -381,10 +384,11 @@ proptest! {
                 per_image: price,
                 per_task: price,
                 per_second: price,
+                per_upload: price,
             },
         };
         let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2 };
-        let units = Units { images: counts.0, tasks: counts.1, compute_ms: counts.2 };
+        let units = Units { images: counts.0, tasks: counts.1, compute_ms: counts.2, uploads: counts.0 };
         let cost = cost_of(&version, tokens, Units::default(), true);
         let _ = cost_of(&version, tokens, units, true);
         let bounded = within(MAX_PRICE, price)
@@ -416,6 +420,7 @@ proptest! {
                 images: sums.0,
                 tasks: sums.2,
                 compute_ms: sums.1,
+                uploads: sums.2,
             };
             3
         ];

@@ -1,7 +1,7 @@
 //! GenStudio's hosted ComfyUI workflows through tollgate (`/api/maas/comfy_task_api`): a run
 //! is a task, billed once, per image and per run, when a `get_task_info` first sees it
 //! succeed, whatever polls race; a failed or cancelled run costs nothing; only the key that
-//! submitted a run may poll or cancel it; uploads pass through unbilled. The dialect reads
+//! submitted a run may poll or cancel it; an upload passes through, billed per upload. The dialect reads
 //! the documented shapes in `tests/fixtures/`.
 
 use crate::helpers;
@@ -169,7 +169,7 @@ async fn failed_and_cancelled_runs_cost_nothing_and_only_the_owner_may_touch_a_r
 }
 
 #[tokio::test]
-async fn an_upload_passes_through_and_is_not_billed() {
+async fn an_upload_passes_through_and_is_billed_per_upload() {
     let app = TestApp::spawn().await;
     let boundary = "tollgate-test-boundary";
     let mut body = format!(
@@ -192,6 +192,7 @@ async fn an_upload_passes_through_and_is_not_billed() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    let id = request_id(&response);
     let answer: Value = response.json().await.unwrap();
     assert!(
         answer["data"]["key"]
@@ -199,7 +200,13 @@ async fn an_upload_passes_through_and_is_not_billed() {
             .unwrap()
             .starts_with("upload/")
     );
-    assert_eq!(app.record_count().await, 0);
+    // One record: one upload at the workflow's price in force (0.001 from December 2026).
+    let records = app.records_with(&id).await;
+    assert_eq!(
+        (records.len(), records[0].uploads, records[0].cost),
+        (1, 1, dec("0.001"))
+    );
+    assert_eq!(records[0].model, "wf-demo-txt2img");
     let response = app
         .client
         .post(app.url(&format!("{BASE}/upload/image")))

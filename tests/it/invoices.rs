@@ -197,6 +197,7 @@ async fn a_finalized_invoice_is_the_same_bytes_forever() {
         per_image: dec("0"),
         per_task: dec("0"),
         per_second: dec("0"),
+        per_upload: dec("0"),
     };
     assert_eq!(
         tollgate::store::prices::sync(app.state.db(), &[new_price])

@@ -57,6 +57,7 @@ async fn fixture_with(synchronous: &str) -> Fixture {
         per_image: Decimal::ZERO,
         per_task: Decimal::ZERO,
         per_second: Decimal::ZERO,
+        per_upload: Decimal::ZERO,
     };
     store::prices::sync(&db, &[price]).await.unwrap();
     let version = store::prices::all(&db).await.unwrap().remove(0);

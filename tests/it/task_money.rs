@@ -529,7 +529,8 @@ async fn uploads_and_cancels_count_against_the_keys_limits() {
     let cancel = format!("{COMFY}/cancel");
     assert_eq!(post(&app, &cancel, &key, &body).await.0, 200);
     assert_eq!(post(&app, &cancel, &key, &body).await.0, 429);
-    assert_eq!(app.record_count().await, 0);
+    // Only the one upload the backend took is billed; nothing refused is recorded.
+    assert_eq!(app.record_count().await, 1);
 }
 
 #[tokio::test]
@@ -565,4 +566,22 @@ async fn a_task_that_ends_without_usage_is_billed_on_its_prompt_counted_at_submi
         record.completion_tokens > 0,
         "the answer counted: {record:?}"
     );
+}
+
+#[tokio::test]
+async fn an_upload_is_held_and_billed_like_any_request() {
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    // One upload of the demo workflow costs 0.001: the balance covers one, not two.
+    assert_eq!(top_up(&app, "t-1", json!("0.0015")).await.0, 201);
+    let (status, answer) = upload(&app, &app.key, "cat.png", 16).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = upload(&app, &app.key, "cat.png", 16).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (402, Some("insufficient_quota"))
+    );
+    let figures = assert_invariant(&app, 1).await;
+    assert_eq!((figures.records, figures.charged), (1, dec("0.001")));
+    assert_eq!(figures.held, Decimal::ZERO);
 }

@@ -280,7 +280,7 @@ impl ClientRequest {
                 self.input_images
             },
             tasks: u64::from(self.endpoint.is_task()),
-            compute_ms: 0,
+            ..Units::default()
         }
     }
 

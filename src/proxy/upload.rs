@@ -1,0 +1,176 @@
+//! `POST .../comfy_task_api/upload/image`: a file for a ComfyUI workflow's input, sent to a
+//! backend with the operator's credential, so metered like any request. It counts against
+//! the key's rpm, needs a key allowed a ComfyUI workflow (the first such backend it may
+//! run takes the file), is checked as multipart (`multipart`) within
+//! `server.max_upload_bytes`, is held against a spending limit, and gets one usage record:
+//! one upload, priced `per_upload` (and `per_request`) by the workflow's price in force,
+//! when the backend took it; nothing when it did not.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::comfyui::{count_against_rpm, relay};
+use super::multipart;
+use super::request::ClientRequest;
+use super::settle::{Exchange, Outcome, Served, finish};
+use super::tasks::send;
+use crate::auth::Caller;
+use crate::billing::record::Status;
+use crate::billing::{TokenCounts, Units, cost::worst_cost_of};
+use crate::config::{Dialect, Endpoint};
+use crate::dialect::observe::Observed;
+use crate::error::ApiError;
+use crate::limits::Admission;
+use crate::state::AppState;
+use crate::upstream::Upstream;
+
+/// One upload: what it bills.
+const ONE: Units = Units {
+    images: 0,
+    tasks: 0,
+    compute_ms: 0,
+    uploads: 1,
+};
+
+pub async fn upload_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let upstream = takes_uploads(&state, &caller)?;
+    count_against_rpm(&state, &caller).await?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .ok_or_else(|| ApiError::invalid("a multipart body is expected", "source_file"))?;
+    let boundary = content_type
+        .to_str()
+        .map_err(|_| ApiError::invalid("the content type is not text", "source_file"))
+        .and_then(multipart::boundary)?
+        .to_owned();
+    let server = &state.config().server;
+    let limit = server.max_upload_bytes.min(server.max_request_bytes);
+    let body = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+    multipart::check(&body, &boundary)?;
+
+    let (started, started_at) = (Instant::now(), Utc::now());
+    let price = state
+        .prices()
+        .in_force(&upstream.model, &upstream.chip, started_at)
+        .ok_or_else(|| {
+            ApiError::Unavailable(format!("{} has no price in force", upstream.model))
+        })?;
+    let request_id = super::handlers::new_request_id(started_at);
+    let hold = hold(&state, &caller, &request_id, &price).await?;
+    let ex = Exchange {
+        request_id,
+        route: "upload",
+        caller,
+        request: ClientRequest::parse(Endpoint::Workflow, Bytes::from_static(b"{}"))?,
+        candidates: vec![upstream.clone()],
+        started,
+        started_at,
+        admission: Admission::nothing(),
+        hold,
+        prompt_estimate: Some(0),
+    };
+    let served = Served { upstream, price };
+    let forward = axum::http::Request::post(served.upstream.url_of("/upload/image")?)
+        .header(header::HOST, served.upstream.host.clone())
+        .header(header::CONTENT_TYPE, content_type);
+    let answered = match send(&served.upstream, forward, body).await {
+        Ok(response) => relay(&state, &served.upstream, response).await,
+        Err(e) => Err(e),
+    };
+    let (outcome, response) = match answered {
+        Ok(response) => {
+            let observed = Observed {
+                // An upload's answer has no tokens.
+                usage: Some(TokenCounts::default()),
+                units: ONE,
+                ..Observed::default()
+            };
+            let outcome = Outcome {
+                status: Status::Ok,
+                http_status: 200,
+                error: None,
+                observed,
+                ttft: None,
+            };
+            (outcome, response)
+        }
+        Err(error) => (
+            Outcome::failed(Status::UpstreamError, &error),
+            error.into_response(),
+        ),
+    };
+    let mut response = finish(&state, &ex, &served, outcome, response).await;
+    if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    Ok(response)
+}
+
+/// The first ComfyUI backend whose workflow the key may run: 403 if it may run none, 404
+/// if none is configured.
+fn takes_uploads(state: &AppState, caller: &Caller) -> Result<Arc<Upstream>, ApiError> {
+    let comfyui =
+        |u: &&Arc<Upstream>| u.endpoint == Endpoint::Workflow && u.dialect == Dialect::Comfyui;
+    if let Some(upstream) = state
+        .upstreams()
+        .all()
+        .filter(comfyui)
+        .find(|u| caller.may_call(&u.model))
+    {
+        return Ok(upstream.clone());
+    }
+    match state.upstreams().all().any(|u| comfyui(&u)) {
+        true => Err(ApiError::Forbidden(
+            "this API key is not allowed to run any ComfyUI workflow, so it may not upload".into(),
+        )),
+        false => Err(ApiError::NotFound(
+            "no ComfyUI backend is configured".into(),
+        )),
+    }
+}
+
+/// Holds what one upload costs against the account's spending limit, if it has one and
+/// uploads cost anything.
+async fn hold(
+    state: &AppState,
+    caller: &Caller,
+    request_id: &str,
+    price: &crate::billing::PriceVersion,
+) -> Result<Option<crate::limits::spending::Hold>, ApiError> {
+    let worst = worst_cost_of(price, TokenCounts::default(), ONE)?;
+    let prices = state.prices();
+    let spending = state.spending();
+    if worst.is_zero()
+        || !spending
+            .limited(state.db(), &prices, caller.account_id)
+            .await?
+    {
+        return Ok(None);
+    }
+    let none = TokenCounts::default();
+    spending
+        .hold(
+            state.db(),
+            &prices,
+            request_id,
+            caller.account_id,
+            worst,
+            none,
+            None,
+        )
+        .await
+}
