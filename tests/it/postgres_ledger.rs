@@ -317,3 +317,44 @@ async fn no_task_is_submitted_while_the_ledger_cannot_record_it() {
     assert_eq!(response.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn requests_that_need_the_ledger_fail_fast_once_it_is_known_down() {
+    use crate::spending::{set_billing, top_up};
+    let server = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = server.url.clone();
+    let app = TestApp::spawn_with(move |c| c.database.url = url).await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    assert_eq!(top_up(&app, "t-1", json!("1")).await.0, 201);
+    complete(&app, false).await;
+    server.stop();
+    // The probe notices within a second or two; /readyz says so without waiting on it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while app.state.health().is_up() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the probe sees the ledger go");
+    let started = std::time::Instant::now();
+    let (status, ready) = readiness(&app).await;
+    let readiness_took = started.elapsed();
+    assert_eq!((status, &ready["degraded"]), (200, &json!(true)), "{ready}");
+    // A prepaid request (its hold needs the ledger) and a task submission: 503 at once,
+    // not after the pool's 5 s acquire timeout.
+    let started = std::time::Instant::now();
+    let knobs = json!({"prompt_tokens": 12, "completion_tokens": 7});
+    let response = app.post(ROUTE, &chat(None, "hi", false, knobs)).await;
+    assert_eq!(response.status(), 503);
+    let prepaid_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let submit = json!({"model": "glm-4-plus", "messages": [{"role": "user", "content": "hi"}]});
+    let response = app.post("/api/paas/v4/async/chat/completions", &submit).await;
+    assert_eq!(response.status(), 503);
+    let task_took = started.elapsed();
+    println!("/readyz {readiness_took:?}, prepaid 503 {prepaid_took:?}, task 503 {task_took:?}");
+    for took in [readiness_took, prepaid_took, task_took] {
+        assert!(took < Duration::from_secs(1), "{took:?}: waited on the database");
+    }
+    app.stop().await;
+}
