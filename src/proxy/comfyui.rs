@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::answer::{read_body, upstream_error};
+use super::extract::ClientBody;
 use super::tasks::{poll_task, send, upstream_of};
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
@@ -65,7 +66,7 @@ fn json_body(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
 pub async fn get_task_info(
     State(state): State<AppState>,
     caller: Caller,
-    raw: Bytes,
+    ClientBody(raw): ClientBody,
 ) -> Result<Response, ApiError> {
     let asked = json_body(&raw)?;
     let mut infos = Vec::new();
@@ -88,7 +89,7 @@ pub async fn get_task_info(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    raw: Bytes,
+    ClientBody(raw): ClientBody,
 ) -> Result<Response, ApiError> {
     let asked = json_body(&raw)?;
     let ids = task_ids(&asked)?;

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use super::comfyui;
 use super::exchange;
+use super::extract::ClientPath;
 use super::own_usage;
-use super::path::ClientPath;
 use super::request::ClientRequest;
 use super::sd;
 use super::settle::Exchange;

@@ -5,9 +5,9 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::extract::ClientBody;
 use super::tasks::poll_task;
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -17,7 +17,7 @@ use crate::state::AppState;
 pub async fn get_result(
     State(state): State<AppState>,
     caller: Caller,
-    raw: Bytes,
+    ClientBody(raw): ClientBody,
 ) -> Result<Response, ApiError> {
     let asked: Map<String, Value> = serde_json::from_slice(&raw)
         .map_err(|_| ApiError::InvalidJson("the body must be a JSON object".into()))?;

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
 use super::answer::{read_body, upstream_error};
-use super::path::ClientPath;
+use super::extract::ClientPath;
 use super::request::ClientRequest;
 use super::settle::{Exchange, Outcome, Served, commit, finish};
 use crate::auth::Caller;

@@ -146,6 +146,20 @@ async fn a_path_that_is_not_utf8_gets_an_openai_shaped_400_on_every_route() {
 }
 
 #[tokio::test]
+async fn task_routes_answer_an_oversized_body_with_an_openai_shaped_413() {
+    let app = TestApp::spawn_with(|c| c.server.max_request_bytes = 1024).await;
+    let big = json!({"comfy_task_ids": ["x".repeat(2048)]});
+    for path in [
+        "/api/maas/comfy_task_api/get_task_info",
+        "/api/maas/comfy_task_api/cancel",
+        "/api/maas/sd_task_api/get_result",
+    ] {
+        let error = error_body(app.post(path, &big).await, 413).await;
+        assert_eq!(error["error"]["code"], "payload_too_large", "{path}");
+    }
+}
+
+#[tokio::test]
 async fn oversized_bodies_get_413_with_or_without_a_length() {
     let app = TestApp::spawn_with(|c| c.server.max_request_bytes = 1024).await;
     let big = chat(None, &"x".repeat(2000), false, json!({}));

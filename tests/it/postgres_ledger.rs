@@ -349,12 +349,17 @@ async fn requests_that_need_the_ledger_fail_fast_once_it_is_known_down() {
     let prepaid_took = started.elapsed();
     let started = std::time::Instant::now();
     let submit = json!({"model": "glm-4-plus", "messages": [{"role": "user", "content": "hi"}]});
-    let response = app.post("/api/paas/v4/async/chat/completions", &submit).await;
+    let response = app
+        .post("/api/paas/v4/async/chat/completions", &submit)
+        .await;
     assert_eq!(response.status(), 503);
     let task_took = started.elapsed();
     println!("/readyz {readiness_took:?}, prepaid 503 {prepaid_took:?}, task 503 {task_took:?}");
     for took in [readiness_took, prepaid_took, task_took] {
-        assert!(took < Duration::from_secs(1), "{took:?}: waited on the database");
+        assert!(
+            took < Duration::from_secs(1),
+            "{took:?}: waited on the database"
+        );
     }
     app.stop().await;
 }
