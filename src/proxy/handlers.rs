@@ -289,7 +289,7 @@ async fn proxy(
         .limits()
         .admit(&caller, || request.worst_case(reserve))
         .await?;
-    let request_id = new_request_id(started_at);
+    let request_id = Exchange::new_id(started_at);
     let hold = match hold_worst_case(
         &state,
         &caller,
@@ -322,14 +322,6 @@ async fn proxy(
     let tokens = admission.tokens.map(|(quota, _, _)| quota);
     limits::put_headers(response.headers_mut(), &admission.requests, tokens.as_ref());
     Ok(response)
-}
-
-/// `req_` and a UUIDv7: time-ordered to the millisecond, its 74 random bits from the
-/// thread's generator (uuid's own `now_v7` asks the kernel for them on every call).
-pub(super) fn new_request_id(at: chrono::DateTime<Utc>) -> String {
-    let millis = u64::try_from(at.timestamp_millis()).unwrap_or_default();
-    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
-    format!("req_{}", id.simple())
 }
 
 /// Holds the request's worst-case cost against the account's spending limit, if it has one.

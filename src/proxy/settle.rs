@@ -126,6 +126,15 @@ pub(super) async fn finish(
 }
 
 impl Exchange {
+    /// A new request id: `req_` and a UUIDv7, time-ordered to the millisecond, its 74
+    /// random bits from the thread's generator (uuid's own `now_v7` asks the kernel for
+    /// them on every call).
+    pub fn new_id(at: DateTime<Utc>) -> String {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or_default();
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+        format!("req_{}", id.simple())
+    }
+
     /// Returns the key's token reservation and the account's spending hold unused, for a
     /// request that ends without a record.
     pub fn release(&self, state: &AppState) {

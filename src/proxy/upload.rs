@@ -69,7 +69,7 @@ pub async fn upload_image(
         .ok_or_else(|| {
             ApiError::Unavailable(format!("{} has no price in force", upstream.model))
         })?;
-    let request_id = super::handlers::new_request_id(started_at);
+    let request_id = Exchange::new_id(started_at);
     let hold = hold(&state, &caller, &request_id, &price).await?;
     let ex = Exchange {
         request_id,

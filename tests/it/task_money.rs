@@ -118,7 +118,10 @@ async fn a_task_ending_while_it_expires_releases_its_hold_once() {
     for (_, id) in &tasks {
         let records = app.records_with(id).await;
         assert_eq!(records.len(), 1, "{id}");
-        assert!(matches!(records[0].status.as_str(), "ok" | "timeout"), "{id}");
+        assert!(
+            matches!(records[0].status.as_str(), "ok" | "timeout"),
+            "{id}"
+        );
         billed += usize::from(records[0].status == "ok");
     }
     let after = assert_invariant(&app, 1).await;
