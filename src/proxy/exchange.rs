@@ -212,13 +212,7 @@ async fn complete(
         }
         observed.units = wire.units(endpoint, &whole);
     }
-    let outcome = Outcome {
-        status: Status::Ok,
-        http_status: 200,
-        error: None,
-        observed,
-        ttft: None,
-    };
+    let outcome = Outcome::completed(observed);
     let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     finish(state, ex, served, outcome, response).await
 }

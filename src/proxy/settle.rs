@@ -59,6 +59,17 @@ impl Outcome {
         self.status == Status::Ok || !self.observed.delivered_text.is_empty()
     }
 
+    /// A whole answer (200), with what was seen of it.
+    pub fn completed(observed: Observed) -> Outcome {
+        Outcome {
+            status: Status::Ok,
+            http_status: 200,
+            error: None,
+            observed,
+            ttft: None,
+        }
+    }
+
     pub fn failed(status: Status, error: &ApiError) -> Outcome {
         Outcome {
             status,

@@ -99,14 +99,7 @@ pub async fn upload_image(
                 units: ONE,
                 ..Observed::default()
             };
-            let outcome = Outcome {
-                status: Status::Ok,
-                http_status: 200,
-                error: None,
-                observed,
-                ttft: None,
-            };
-            (outcome, response)
+            (Outcome::completed(observed), response)
         }
         Err(error) => (
             Outcome::failed(Status::UpstreamError, &error),

@@ -171,26 +171,8 @@ async fn failed_and_cancelled_runs_cost_nothing_and_only_the_owner_may_touch_a_r
 #[tokio::test]
 async fn an_upload_passes_through_and_is_billed_per_upload() {
     let app = TestApp::spawn().await;
-    let boundary = "tollgate-test-boundary";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"source_file\"; \
-         filename=\"cat.png\"\r\nContent-Type: image/png\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(&[0x89, b'P', b'N', b'G', 0, 1, 2, 3]);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let response = app
-        .client
-        .post(app.url(&format!("{BASE}/upload/image")))
-        .bearer_auth(&app.key)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let png = [0x89, b'P', b'N', b'G', 0, 1, 2, 3];
+    let response = helpers::upload_image(&app, &app.key, "cat.png", &png).await;
     assert_eq!(response.status(), 200);
     let id = request_id(&response);
     let answer: Value = response.json().await.unwrap();

@@ -474,28 +474,9 @@ async fn limited_key(app: &TestApp, rpm: u32, models: &[&str]) -> String {
         .key
 }
 
-/// An upload of one file named `name`, `size` bytes long, with `key`.
+/// An upload of one file named `name`, `size` bytes long, with `key`: status and answer.
 async fn upload(app: &TestApp, key: &str, name: &str, size: usize) -> (u16, Value) {
-    let boundary = "tollgate-hardening";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n\
-         Content-Type: image/png\r\n\r\n"
-    )
-    .into_bytes();
-    body.resize(body.len() + size, 7);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let response = app
-        .client
-        .post(app.url(&format!("{COMFY}/upload/image")))
-        .bearer_auth(key)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = helpers::upload_image(app, key, name, &vec![7; size]).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }

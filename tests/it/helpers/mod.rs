@@ -320,6 +320,28 @@ pub async fn insert_key(db: &store::Db, account_id: i64) -> i64 {
     key.id
 }
 
+/// Uploads one file named `name` holding `bytes` to ComfyUI's `upload/image` with `key`,
+/// as a multipart body.
+pub async fn upload_image(app: &TestApp, key: &str, name: &str, bytes: &[u8]) -> reqwest::Response {
+    let boundary = "tollgate-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let url = app.url("/api/maas/comfy_task_api/upload/image");
+    let request = app.client.post(url).bearer_auth(key);
+    request
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The `x-request-id` tollgate answered with.
 pub fn request_id(response: &reqwest::Response) -> String {
     response
