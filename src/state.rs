@@ -134,8 +134,7 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
             }
             let stamp = Some(app.accounts_signal.stamp());
             if stamp != accounts_seen {
-                let prices = app.prices.read().clone();
-                match app.spending.refresh(&app.db, &prices).await {
+                match app.spending.refresh(&app.db).await {
                     Ok(()) => accounts_seen = stamp,
                     Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),
                 }

@@ -33,7 +33,7 @@ struct NewAccount {
 
 async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiError> {
     let db = state.usage_db().await?;
-    accounts::view(db, &state.prices(), state.spending(), account).await
+    accounts::view(db, state.spending(), account).await
 }
 
 async fn create(

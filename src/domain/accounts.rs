@@ -4,7 +4,7 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::billing::{PriceBook, money};
+use crate::billing::money;
 use crate::config::check_name;
 use crate::error::ApiError;
 use crate::limits::spending::{self, Spending};
@@ -25,13 +25,8 @@ pub struct AccountView {
 
 /// `account` with its money, from the ledger in `db` (imported up to now) and what
 /// `spending` holds for requests in flight.
-pub async fn view(
-    db: &Db,
-    prices: &PriceBook,
-    spending: &Spending,
-    account: Account,
-) -> Result<AccountView, ApiError> {
-    let balance = spending::balance(db, prices, account.id).await?;
+pub async fn view(db: &Db, spending: &Spending, account: Account) -> Result<AccountView, ApiError> {
+    let balance = spending::balance(db, account.id).await?;
     let held = spending.held(account.id).await?.normalize();
     let available = match account.allowance() {
         Some(a) => Some(money::sub(money::add(balance, a)?, held)?.normalize()),

@@ -335,10 +335,7 @@ async fn hold_worst_case(
 ) -> Result<Option<Hold>, ApiError> {
     let prices = state.prices();
     let spending = state.spending();
-    if !spending
-        .limited(state.db(), &prices, caller.account_id)
-        .await?
-    {
+    if !spending.limited(state.db(), caller.account_id).await? {
         return Ok(None);
     }
     // Priced at the dearest chip it may fail over to: the hold covers whichever serves.
@@ -357,7 +354,6 @@ async fn hold_worst_case(
     spending
         .hold(
             state.db(),
-            &prices,
             request_id,
             caller.account_id,
             worst,

@@ -145,25 +145,12 @@ async fn hold(
     price: &crate::billing::PriceVersion,
 ) -> Result<Option<crate::limits::spending::Hold>, ApiError> {
     let worst = worst_cost_of(price, TokenCounts::default(), ONE)?;
-    let prices = state.prices();
     let spending = state.spending();
-    if worst.is_zero()
-        || !spending
-            .limited(state.db(), &prices, caller.account_id)
-            .await?
-    {
+    if worst.is_zero() || !spending.limited(state.db(), caller.account_id).await? {
         return Ok(None);
     }
     let none = TokenCounts::default();
     spending
-        .hold(
-            state.db(),
-            &prices,
-            request_id,
-            caller.account_id,
-            worst,
-            none,
-            None,
-        )
+        .hold(state.db(), request_id, caller.account_id, worst, none, None)
         .await
 }

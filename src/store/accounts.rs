@@ -93,7 +93,9 @@ fn topup_from_row(row: &impl Read) -> Result<Topup> {
     })
 }
 
-/// Records a top-up once per idempotency key. Returns the top-up and whether it is new.
+/// Records a top-up once per idempotency key, crediting the account's running total in
+/// the same transaction (on PostgreSQL, its trigger does). Returns the top-up and whether
+/// it is new.
 pub async fn top_up(
     db: &Db,
     account_id: i64,
@@ -101,21 +103,30 @@ pub async fn top_up(
     key: &str,
     note: &str,
 ) -> Result<(Topup, bool)> {
+    const INSERT: &str =
+        "INSERT INTO topups (account_id, amount, idempotency_key, note, created_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (account_id, idempotency_key) DO NOTHING";
+    let now = to_ms(Utc::now());
+    let inserted = match db {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let query = sqlx::query(INSERT).bind(account_id).bind(Money(amount));
+            let query = query.bind(key).bind(note).bind(now);
+            let inserted = query.execute(&mut *tx).await?.rows_affected() == 1;
+            if inserted {
+                super::funds::credit(&mut tx, account_id, amount).await?;
+            }
+            tx.commit().await?;
+            inserted
+        }
+        Db::Postgres(pool) => {
+            let query = sqlx::query(INSERT).bind(account_id).bind(Money(amount));
+            let query = query.bind(key).bind(note).bind(now);
+            query.execute(pool).await?.rows_affected() == 1
+        }
+    };
     on!(db, |pool| {
-        let inserted = sqlx::query(
-            "INSERT INTO topups (account_id, amount, idempotency_key, note, created_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (account_id, idempotency_key) DO NOTHING",
-        )
-        .bind(account_id)
-        .bind(Money(amount))
-        .bind(key)
-        .bind(note)
-        .bind(to_ms(Utc::now()))
-        .execute(pool)
-        .await?
-        .rows_affected()
-            == 1;
         let row =
             sqlx::query("SELECT * FROM topups WHERE account_id = $1 AND idempotency_key = $2")
                 .bind(account_id)

@@ -4,6 +4,7 @@
 //! migrations, how money is stored, bulk inserts of usage) is in `sqlite` and `postgres`.
 
 pub mod accounts;
+pub mod funds;
 pub mod health;
 pub mod holds;
 pub mod invoices;

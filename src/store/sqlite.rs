@@ -58,6 +58,9 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<SqlitePool> {
         .run(&pool)
         .await
         .context("cannot migrate the database")?;
+    super::funds::compute_missing(&pool)
+        .await
+        .context("cannot compute the accounts' running totals")?;
     Ok(pool)
 }
 

@@ -1,5 +1,7 @@
 //! Usage records: written in batches by the ledger writer, read by audits and tests.
 
+use std::collections::HashMap;
+
 use rust_decimal::Decimal;
 use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Type};
 
@@ -11,19 +13,33 @@ use crate::billing::record::UsageRecord;
 /// indexes once for all of them.
 const ROWS_PER_INSERT: usize = 16;
 
-/// Inserts `records` on the ledger writer's connection, all or none: one statement for a
-/// single record, one transaction for more, in statements of `ROWS_PER_INSERT` rows. A
-/// request id already present is skipped, so a batch retried after an unclear failure
-/// never writes a record twice.
+/// Inserts `records` on the ledger writer's connection, all or none, in one transaction
+/// with the charge of their accounts' running totals (`funds::charge`), in statements of
+/// `ROWS_PER_INSERT` rows. A request id already present is skipped and charges nothing, so
+/// a batch retried after an unclear failure never writes or charges a record twice.
 pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<()>
 where
     I: IntoIterator<Item = &'a UsageRecord>,
     I::IntoIter: ExactSizeIterator,
 {
     let records: Vec<&UsageRecord> = records.into_iter().collect();
-    let transaction = (records.len() > 1)
-        .then(|| conn.unchecked_transaction())
-        .transpose()?;
+    let transaction = conn.unchecked_transaction()?;
+    // Account → what the records really inserted (not skipped) cost.
+    let mut charged: HashMap<i64, Decimal> = HashMap::new();
+    let mut insert_rows = |insert: &mut rusqlite::CachedStatement| -> rusqlite::Result<()> {
+        let mut inserted = insert.raw_query();
+        while let Some(row) = inserted.next()? {
+            let cost: String = row.get(1)?;
+            let cost = cost.parse::<Decimal>().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+            })?;
+            let sum = charged.entry(row.get(0)?).or_default();
+            *sum = sum.checked_add(cost).ok_or_else(|| {
+                rusqlite::Error::ToSqlConversionFailure("the records' costs overflow".into())
+            })?;
+        }
+        Ok(())
+    };
     let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
         let mut insert = conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
@@ -31,27 +47,26 @@ where
             for (row, record) in chunk.iter().enumerate() {
                 bind(&mut insert, row * COLUMNS, record)?;
             }
-            insert.raw_execute()?;
+            insert_rows(&mut insert)?;
         }
     }
     if !chunks.remainder().is_empty() {
         let mut insert = conn.prepare_cached(&insert_sql(1))?;
         for record in chunks.remainder() {
             bind(&mut insert, 0, record)?;
-            insert.raw_execute()?;
+            insert_rows(&mut insert)?;
         }
     }
-    match transaction {
-        Some(t) => t.commit(),
-        None => Ok(()),
-    }
+    super::funds::charge(conn, &charged)?;
+    transaction.commit()
 }
 
 /// `INSERT ... VALUES (?, ...), ...` for `rows` records.
 fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; COLUMNS].join(", "));
     format!(
-        "INSERT INTO usage_records ({}) VALUES {} ON CONFLICT (request_id) DO NOTHING",
+        "INSERT INTO usage_records ({}) VALUES {} ON CONFLICT (request_id) DO NOTHING
+         RETURNING account_id, cost",
         COLUMN_NAMES.join(", "),
         vec![row; rows].join(", ")
     )

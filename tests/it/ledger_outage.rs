@@ -75,11 +75,7 @@ async fn twenty_seconds_without_postgresql_under_load_every_record_ships_by_itse
         .await
         .unwrap();
     for app in apps.iter() {
-        app.state
-            .spending()
-            .refresh(app.state.db(), &app.state.prices())
-            .await
-            .unwrap();
+        app.state.spending().refresh(app.state.db()).await.unwrap();
     }
     let postpaid = Arc::new(key_with(&apps[0], 1_000_000, None).await);
     let prepaid = Arc::new(prepaid);

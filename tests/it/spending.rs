@@ -282,11 +282,21 @@ async fn amounts_beyond_range_from_older_data_fail_that_account_clearly_and_no_o
     )
     .await
     .unwrap();
-    for key in ["a", "b"] {
-        tollgate::store::accounts::top_up(db, 1, Decimal::MAX, key, "")
-            .await
-            .unwrap();
-    }
+    tollgate::store::accounts::top_up(db, 1, Decimal::MAX, "a", "")
+        .await
+        .unwrap();
+    // A second one no version of today records (its running total would overflow).
+    let second = format!(
+        "INSERT INTO topups (account_id, amount, idempotency_key, note, created_at)
+         VALUES (1, '{}', 'b', '', 0)",
+        Decimal::MAX
+    );
+    helpers::ledger::execute(db, &second, &[]).await.unwrap();
+    let refused = tollgate::store::accounts::top_up(db, 1, Decimal::MAX, "c", "").await;
+    assert!(
+        refused.is_err() || helpers::ledger::is_postgres(),
+        "{refused:?}"
+    );
     for _ in 0..3 {
         let response = send_modest(&app).await;
         assert_eq!(response.status(), 503);

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rust_decimal::Decimal;
 
 use super::{Hold, balance, out_of_range};
-use crate::billing::{PriceBook, TokenCounts, money};
+use crate::billing::{TokenCounts, money};
 use crate::error::ApiError;
 use crate::metering::Ledger;
 use crate::store::{self, Db};
@@ -56,13 +56,8 @@ impl LocalSpending {
     }
 
     /// Whether the account has a limit at all (no need to estimate a cost otherwise).
-    pub async fn limited(
-        &self,
-        db: &Db,
-        prices: &PriceBook,
-        account_id: i64,
-    ) -> Result<bool, ApiError> {
-        self.load(db, prices, account_id).await?;
+    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, ApiError> {
+        self.load(db, account_id).await?;
         let book = self.book.lock();
         Ok(book
             .funds
@@ -70,7 +65,7 @@ impl LocalSpending {
             .is_some_and(|f| f.allowance.is_some()))
     }
 
-    async fn load(&self, db: &Db, prices: &PriceBook, account_id: i64) -> Result<(), ApiError> {
+    async fn load(&self, db: &Db, account_id: i64) -> Result<(), ApiError> {
         if self.book.lock().funds.contains_key(&account_id) {
             return Ok(());
         }
@@ -78,7 +73,7 @@ impl LocalSpending {
             .await?
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
         self.ledger.flush().await?;
-        let balance = balance(db, prices, account_id).await?;
+        let balance = balance(db, account_id).await?;
         // Pending tasks keep their holds across restarts: the ledger says what they are.
         let tasks = store::tasks::holds_of(db, account_id).await?;
         let held = tasks
@@ -106,13 +101,12 @@ impl LocalSpending {
     pub async fn hold(
         &self,
         db: &Db,
-        prices: &PriceBook,
         request_id: &str,
         account_id: i64,
         worst_case: Decimal,
         tokens: TokenCounts,
     ) -> Result<Option<Hold>, ApiError> {
-        self.load(db, prices, account_id).await?;
+        self.load(db, account_id).await?;
         let mut book = self.book.lock();
         let book = &mut *book;
         if book.holds.contains_key(request_id) {
@@ -198,14 +192,14 @@ impl LocalSpending {
 
     /// Another process changed accounts (a top-up, billing settings): recompute the loaded
     /// accounts from the ledger, keeping what requests in flight hold.
-    pub async fn refresh(&self, db: &Db, prices: &PriceBook) -> Result<(), ApiError> {
+    pub async fn refresh(&self, db: &Db) -> Result<(), ApiError> {
         let ids: Vec<i64> = self.book.lock().funds.keys().copied().collect();
         self.ledger.flush().await?;
         for id in ids {
             let Some(account) = store::accounts::get(db, id).await? else {
                 continue;
             };
-            let balance = balance(db, prices, id).await?;
+            let balance = balance(db, id).await?;
             if let Some(f) = self.book.lock().funds.get_mut(&id) {
                 f.balance = balance;
                 f.allowance = account.allowance();

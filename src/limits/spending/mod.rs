@@ -10,8 +10,7 @@ mod postgres;
 
 use rust_decimal::Decimal;
 
-use crate::billing::invoice::cost_of_sums;
-use crate::billing::{PriceBook, TokenCounts, money};
+use crate::billing::TokenCounts;
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use crate::metering::Ledger;
@@ -32,18 +31,10 @@ pub enum Spending {
     Postgres(postgres::PgSpending),
 }
 
-/// The account's balance from the ledger: top-ups minus the costs of all its records.
-pub async fn balance(db: &Db, prices: &PriceBook, account_id: i64) -> Result<Decimal, ApiError> {
-    let topped_up = store::accounts::topped_up(db, account_id).await?;
-    let totals = store::usage::totals(
-        db,
-        store::usage::Scope::Account(account_id),
-        0,
-        i64::MAX,
-        false,
-    )
-    .await?;
-    Ok(money::sub(topped_up, cost_of_sums(&totals, prices)?)?.normalize())
+/// The account's balance from the ledger: top-ups minus the costs of its records, read
+/// from their running totals (one row, whatever the account's history).
+pub async fn balance(db: &Db, account_id: i64) -> Result<Decimal, ApiError> {
+    Ok(store::funds::of(db, account_id).await?.balance()?)
 }
 
 fn out_of_range() -> ApiError {
@@ -85,14 +76,9 @@ impl Spending {
     }
 
     /// Whether the account has a limit at all (no need to estimate a cost otherwise).
-    pub async fn limited(
-        &self,
-        db: &Db,
-        prices: &PriceBook,
-        account_id: i64,
-    ) -> Result<bool, ApiError> {
+    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, ApiError> {
         match self {
-            Spending::Local(s) => s.limited(db, prices, account_id).await,
+            Spending::Local(s) => s.limited(db, account_id).await,
             Spending::Postgres(s) => s.limited(db, account_id).await,
         }
     }
@@ -104,7 +90,6 @@ impl Spending {
     pub async fn hold(
         &self,
         db: &Db,
-        prices: &PriceBook,
         request_id: &str,
         account_id: i64,
         worst_case: Decimal,
@@ -112,10 +97,7 @@ impl Spending {
         lasts: Option<std::time::Duration>,
     ) -> Result<Option<Hold>, ApiError> {
         match self {
-            Spending::Local(s) => {
-                s.hold(db, prices, request_id, account_id, worst_case, tokens)
-                    .await
-            }
+            Spending::Local(s) => s.hold(db, request_id, account_id, worst_case, tokens).await,
             Spending::Postgres(s) => {
                 s.hold(request_id, account_id, worst_case, tokens, lasts)
                     .await
@@ -162,9 +144,9 @@ impl Spending {
     }
 
     /// Another process changed accounts (a top-up, billing settings).
-    pub async fn refresh(&self, db: &Db, prices: &PriceBook) -> Result<(), ApiError> {
+    pub async fn refresh(&self, db: &Db) -> Result<(), ApiError> {
         match self {
-            Spending::Local(s) => s.refresh(db, prices).await,
+            Spending::Local(s) => s.refresh(db).await,
             Spending::Postgres(s) => {
                 s.forget_allowances();
                 Ok(())

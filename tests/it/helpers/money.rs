@@ -1,7 +1,8 @@
 //! The money invariant, checked on the ledger itself: for an account, once every record is
-//! in the database, `balance = top-ups − Σ record costs`, `held ≥ 0`, and the running
-//! figures admission counts with (in memory beside SQLite, `account_funds` in PostgreSQL)
-//! equal the ledger's.
+//! in the database, its running totals (`account_funds`) are the sums of its top-ups and of
+//! its records' costs, `balance = top-ups − Σ record costs`, `held ≥ 0`, and the figures
+//! admission counts with (in memory beside SQLite, `account_funds` in PostgreSQL) equal the
+//! ledger's.
 
 use rust_decimal::Decimal;
 use tollgate::store::{self, usage::UsageFilter};
@@ -31,8 +32,14 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
     };
     let records = store::usage::list(db, &filter, 1_000_000).await.unwrap();
     let charged: Decimal = records.iter().map(|r| r.cost).sum();
-    let prices = app.state.prices();
-    let balance = tollgate::limits::spending::balance(db, &prices, account_id)
+    // The running totals balances are read from are the sums of what they total.
+    let funds = store::funds::of(db, account_id).await.unwrap();
+    assert_eq!(
+        (funds.topped_up.normalize(), funds.spent.normalize()),
+        (topped_up.normalize(), charged.normalize()),
+        "running totals = Σ top-ups, Σ record costs"
+    );
+    let balance = tollgate::limits::spending::balance(db, account_id)
         .await
         .unwrap();
     assert_eq!(
