@@ -35,6 +35,18 @@ fn check(value: Decimal, max: Decimal, field: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A decimal written plainly: an optional sign, digits, and an optional point with digits
+/// after it. No exponent (`1e3`), no `_`, no spaces inside: an amount of money reads as
+/// what it is.
+pub fn parse_plain(s: &str) -> Option<Decimal> {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    (all_digits(whole) && all_digits(fraction))
+        .then(|| s.parse().ok())
+        .flatten()
+}
+
 pub use crate::error::Overflow;
 
 /// `a + b`, or `Overflow`.
@@ -82,5 +94,22 @@ mod tests {
         assert_eq!(add(Decimal::MAX, Decimal::ONE), Err(Overflow));
         assert_eq!(sub(Decimal::MIN, Decimal::ONE), Err(Overflow));
         assert_eq!(mul(Decimal::MAX, Decimal::TWO), Err(Overflow));
+    }
+}
+
+#[cfg(test)]
+mod plain_tests {
+    use super::parse_plain;
+
+    #[test]
+    fn amounts_are_plain_decimals() {
+        for plain in ["12", "0.5", "-3.25", "+1.0", "007"] {
+            assert!(parse_plain(plain).is_some(), "{plain}");
+        }
+        for odd in [
+            "1e3", "1E3", "1_000", "1.", ".5", "", "-", "1.2.3", "0x10", "1 000", "NaN",
+        ] {
+            assert_eq!(parse_plain(odd), None, "{odd}");
+        }
     }
 }

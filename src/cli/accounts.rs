@@ -23,7 +23,7 @@ pub enum AccountsCommand {
         #[arg(long, conflicts_with = "credit_limit")]
         prepaid: bool,
         /// Postpaid: the most it may owe, in CNY.
-        #[arg(long)]
+        #[arg(long, value_parser = plain_amount)]
         credit_limit: Option<Decimal>,
         #[arg(long)]
         json: bool,
@@ -32,7 +32,7 @@ pub enum AccountsCommand {
     Topup {
         name: String,
         /// CNY, e.g. 100.00.
-        #[arg(long)]
+        #[arg(long, value_parser = plain_amount)]
         amount: Decimal,
         #[arg(long)]
         idempotency_key: String,
@@ -52,6 +52,12 @@ pub enum AccountsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// An amount of money as a plain decimal (`100.00`; no exponent or separators).
+fn plain_amount(text: &str) -> Result<Decimal, String> {
+    crate::billing::money::parse_plain(text.trim())
+        .ok_or_else(|| format!("'{text}' is not a plain decimal amount, e.g. 100.00"))
 }
 
 /// Limits given on the command line; "default" ("all" for models, "never" for expiry)

@@ -84,6 +84,9 @@ pub enum Command {
         #[arg(long, default_value = "csv", value_parser = ["csv", "json", "html"])]
         format: String,
     },
+    /// The ledger itself.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Mint an admin JWT with the configured HS256 secret (for bootstrap and scripts).
     AdminToken {
         #[arg(long, value_enum, default_value = "admin")]
@@ -93,6 +96,16 @@ pub enum Command {
         ttl: String,
         #[arg(long, default_value = "cli")]
         subject: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute every running total (each account's top-ups, spent and, on PostgreSQL,
+    /// held) from the rows it totals; print each difference and exit non-zero if any.
+    Verify {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -181,6 +194,26 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
                 crate::domain::reports::build(&db, &prices, config.billing.zone(), request).await?;
             print!("{}", crate::domain::reports::render(&report, &format)?.1);
             Ok(())
+        }
+        Command::Ledger(LedgerCommand::Verify { json }) => {
+            let config = Config::load(&cli.config)?;
+            let db = store::connect(&config.database).await?;
+            let verified = crate::domain::audit::verify(&db).await?;
+            emit(json, &verified, || {
+                let mut text = format!("{} accounts verified", verified.accounts);
+                for d in &verified.differences {
+                    let running = d.running.map_or("missing".into(), |r| r.to_string());
+                    text += &format!(
+                        "\naccount {} ({}): {} is {running}, its rows sum to {}",
+                        d.account_id, d.account, d.figure, d.summed
+                    );
+                }
+                text
+            })?;
+            match verified.differences.len() {
+                0 => Ok(()),
+                n => anyhow::bail!("{n} running totals differ from the rows they total"),
+            }
         }
         Command::AdminToken { role, ttl, subject } => {
             let config = Config::load(&cli.config)?;

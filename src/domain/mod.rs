@@ -1,7 +1,9 @@
 //! Domain services: what the admin API and the CLI both do, over the store and billing:
-//! accounts, keys, usage, invoices, reports and prices. They neither parse HTTP nor render it.
+//! accounts, keys, usage, invoices, reports, prices and the ledger's audit. They neither
+//! parse HTTP nor render it.
 
 pub mod accounts;
+pub mod audit;
 pub mod invoices;
 pub mod keys;
 pub mod prices;

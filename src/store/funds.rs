@@ -164,3 +164,84 @@ async fn sum_missing(conn: &mut sqlx::SqliteConnection) -> Result<usize> {
 fn text_error(e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(e.to_string().into())
 }
+
+/// An account's running figures beside the sums of what they total, read in one snapshot
+/// of the ledger: what `tollgate ledger verify` compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// `None`: not computed (or out of range).
+    pub running: Option<Funds>,
+    pub summed: Funds,
+    /// PostgreSQL: the running `held` and the sum of the pending holds.
+    pub held: Option<(Decimal, Decimal)>,
+}
+
+/// Reads `account_id`'s running figures and sums its top-ups, record costs (streamed, so
+/// any history fits in memory) and pending holds, in one snapshot.
+pub async fn audit(db: &Db, account_id: i64) -> Result<Audit> {
+    use futures_util::TryStreamExt;
+    let postgres = matches!(db, Db::Postgres(_));
+    let (running_sql, pending_sql) = match postgres {
+        true => (
+            "SELECT topped_up, spent, held FROM account_funds WHERE account_id = $1",
+            "SELECT sum(amount) FROM holds WHERE account_id = $1 AND state = 'pending'",
+        ),
+        // Holds live in the gateway's memory beside SQLite.
+        false => (
+            "SELECT topped_up, spent, NULL AS held FROM account_funds WHERE account_id = $1",
+            "SELECT NULL WHERE $1 IS NOT NULL",
+        ),
+    };
+    type Row = (Option<Money>, Option<Money>, Option<Money>);
+    let (running, summed, pending) = super::on!(db, |pool| {
+        let mut tx = pool.begin().await?;
+        if postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let running: Option<Row> = sqlx::query_as(running_sql)
+            .bind(account_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut summed = Funds::default();
+        for (sum, sql) in [
+            (
+                &mut summed.topped_up,
+                "SELECT amount FROM topups WHERE account_id = $1",
+            ),
+            (
+                &mut summed.spent,
+                "SELECT cost FROM usage_records WHERE account_id = $1",
+            ),
+        ] {
+            let mut amounts = sqlx::query_scalar::<_, Money>(sql)
+                .bind(account_id)
+                .fetch(&mut *tx);
+            while let Some(amount) = amounts.try_next().await? {
+                *sum = money::add(*sum, amount.0)?;
+            }
+        }
+        let pending: Option<Option<Money>> = sqlx::query_scalar(pending_sql)
+            .bind(account_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        (running, summed, pending.flatten())
+    });
+    let (running, held) = match running {
+        Some((Some(topped_up), Some(spent), held)) => {
+            let funds = Funds {
+                topped_up: topped_up.0,
+                spent: spent.0,
+            };
+            (Some(funds), held.map(|h| h.0))
+        }
+        _ => (None, None),
+    };
+    Ok(Audit {
+        running,
+        summed,
+        held: held.map(|h| (h, pending.map_or(Decimal::ZERO, |p| p.0))),
+    })
+}

@@ -20,6 +20,7 @@ mod invoices;
 mod key_secrecy;
 mod langchain;
 mod ledger_outage;
+mod ledger_verify;
 mod ledger_writer;
 mod multimodal;
 mod observability;

@@ -1,0 +1,99 @@
+//! `tollgate ledger verify`, the audit an operator runs before trusting a month: on a
+//! ledger that served traffic and top-ups it finds nothing and exits 0; after a running
+//! total is tampered with it names the account and the figure and exits non-zero.
+
+use crate::helpers;
+
+use std::process::Command;
+
+use helpers::binary::{BIN, cli, serve, write_config};
+use helpers::{chat, client};
+use serde_json::{Value, json};
+
+/// Runs `tollgate ledger verify --json`: whether it succeeded, and what it printed.
+fn verify(config: &std::path::Path) -> (bool, Value) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["ledger", "verify", "--json"])
+        .output()
+        .unwrap();
+    let printed = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), printed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_verify_finds_a_tampered_running_total_and_nothing_else() {
+    let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim);
+    cli(&config, &["accounts", "create", "acme"]);
+    cli(&config, &["accounts", "create", "beta"]);
+    let top_up = [
+        "accounts",
+        "topup",
+        "acme",
+        "--amount",
+        "12.50",
+        "--idempotency-key",
+        "t-1",
+    ];
+    cli(&config, &top_up);
+    let key = cli(&config, &["keys", "create", "--account", "acme"]);
+    let mut gateway = serve(&config, "tollgate=info");
+    let url = format!(
+        "http://{}/maas/megrez-7b-instruct/chip3/chat/completions",
+        gateway.addr
+    );
+    let http = client();
+    for _ in 0..20 {
+        let body = chat(
+            None,
+            "hi",
+            false,
+            json!({"prompt_tokens": 321, "completion_tokens": 17}),
+        );
+        let response = http
+            .post(&url)
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // SIGTERM: the gateway drains and imports every record before it exits.
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(gateway.child.id() as i32, libc::SIGTERM) };
+    assert!(gateway.child.wait().unwrap().success());
+
+    let (ok, verified) = verify(&config);
+    assert!(ok, "{verified}");
+    assert_eq!(verified["accounts"], 2);
+    assert_eq!(verified["differences"], json!([]));
+
+    // Someone edits a running total by hand.
+    let database = tollgate::config::Config::load(&config).unwrap().database;
+    let db = tollgate::store::connect(&database).await.unwrap();
+    helpers::ledger::execute(
+        &db,
+        "UPDATE account_funds SET spent = '0.5' WHERE account_id = (SELECT id FROM accounts WHERE name = 'acme')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (ok, verified) = verify(&config);
+    assert!(!ok, "a difference exits non-zero");
+    let differences = verified["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 1, "{verified}");
+    assert_eq!(
+        (
+            differences[0]["account"].as_str(),
+            differences[0]["figure"].as_str()
+        ),
+        (Some("acme"), Some("spent"))
+    );
+    assert_eq!(differences[0]["running"], "0.5");
+}
