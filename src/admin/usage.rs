@@ -29,7 +29,8 @@ struct UsageQuery {
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     limit: Option<i64>,
-    cursor: Option<i64>,
+    /// A `next_cursor` of a previous page.
+    cursor: Option<String>,
 }
 
 async fn list(
@@ -46,7 +47,7 @@ async fn list(
         status: q.status,
         from_ms: q.from.map(store::to_ms),
         to_ms: q.to.map(store::to_ms),
-        before_id: q.cursor,
+        before: q.cursor.as_deref().map(usage::parse_cursor).transpose()?,
     };
     let limit = q.limit.unwrap_or(100);
     let (data, next_cursor) = usage::page(state.usage_db().await?, &filter, limit).await?;

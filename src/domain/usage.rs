@@ -19,7 +19,7 @@ pub async fn page(
     db: &Db,
     filter: &UsageFilter,
     limit: i64,
-) -> Result<(Vec<StoredRecord>, Option<i64>), ApiError> {
+) -> Result<(Vec<StoredRecord>, Option<String>), ApiError> {
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(
             format!("limit must be between 1 and {MAX_PAGE}"),
@@ -28,9 +28,22 @@ pub async fn page(
     }
     let records = store::usage::list(db, filter, limit).await?;
     let next = (records.len() as i64 == limit)
-        .then(|| records.last().map(|r| r.id))
+        .then(|| records.last().map(|r| format!("{}_{}", r.started_at, r.id)))
         .flatten();
     Ok((records, next))
+}
+
+/// The position a page's `next_cursor` names: (started at, id) of its last record.
+pub fn parse_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
+    cursor
+        .split_once('_')
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "cursor must be a next_cursor this listing returned",
+                "cursor",
+            )
+        })
 }
 
 /// A key's usage in the current billing month.

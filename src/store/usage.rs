@@ -213,19 +213,53 @@ pub struct UsageFilter {
     pub status: Option<String>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
-    /// Records with an id below this (the previous page's `next_cursor`).
-    pub before_id: Option<i64>,
+    /// Records before this (started at, id) in the listing's order: the previous page's
+    /// last, for keyset paging.
+    pub before: Option<(i64, i64)>,
 }
 
-/// Newest first, at most `limit`.
+/// Newest first (by start time, then id), at most `limit`: an index walk on either
+/// ledger, whatever the history (by account or key: their (·, started_at) indexes, which
+/// SQLite ends with the id; otherwise `usage_records_time`), never a sort of all of it.
 pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<StoredRecord>> {
     on!(db, |pool| {
         let mut query = QueryBuilder::new("SELECT * FROM usage_records WHERE 1 = 1");
-        push_filter(&mut query, filter);
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        push_listing(&mut query, filter, limit);
         let rows = query.build().fetch_all(pool).await?;
         rows.iter().map(from_row).collect()
     })
+}
+
+/// How SQLite would run `list` (its `EXPLAIN QUERY PLAN` lines; empty on PostgreSQL, whose
+/// plans depend on statistics): what a test checks for full scans and sorts.
+pub async fn plan_of_list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<String>> {
+    let Db::Sqlite(pool) = db else {
+        return Ok(Vec::new());
+    };
+    let mut query = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT * FROM usage_records WHERE 1 = 1");
+    push_listing(&mut query, filter, limit);
+    let rows = query.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|row| row.read::<String>("detail"))
+        .collect()
+}
+
+/// The listing's conditions, keyset and order.
+fn push_listing<DB: Database>(query: &mut QueryBuilder<DB>, filter: &UsageFilter, limit: i64)
+where
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+{
+    push_filter(query, filter);
+    // A range the index seeks to (`started_at <=`), then the ties of that millisecond.
+    if let Some((started_at, id)) = filter.before {
+        query.push(" AND started_at <= ").push_bind(started_at);
+        query.push(" AND (started_at < ").push_bind(started_at);
+        query.push(" OR id < ").push_bind(id).push(")");
+    }
+    query
+        .push(" ORDER BY started_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
 }
 
 /// `filter`'s conditions, each ` AND ...`.
@@ -239,7 +273,6 @@ where
         (" AND key_id = ", filter.key_id),
         (" AND started_at >= ", filter.from_ms),
         (" AND started_at < ", filter.to_ms),
-        (" AND id < ", filter.before_id),
     ];
     for (condition, value) in numbers {
         if let Some(v) = value {

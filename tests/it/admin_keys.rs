@@ -327,7 +327,7 @@ async fn the_usage_listing_filters_and_pages() {
     assert_eq!(page["data"][0]["chip"], "chip3", "newest first");
     let next = format!(
         "/admin/v1/usage?account=acme&limit=2&cursor={}",
-        page["next_cursor"]
+        page["next_cursor"].as_str().unwrap()
     );
     let (_, rest) = app.admin(Method::GET, &next, &viewer, None).await;
     assert_eq!(rest["data"].as_array().unwrap().len(), 1);
@@ -340,6 +340,11 @@ async fn the_usage_listing_filters_and_pages() {
         .admin(Method::GET, "/admin/v1/usage?limit=0", &viewer, None)
         .await;
     assert_eq!(status, 400);
+    for odd in ["12", "x_1", "1_y", "%FF"] {
+        let path = format!("/admin/v1/usage?cursor={odd}");
+        let (status, error) = app.admin(Method::GET, &path, &viewer, None).await;
+        assert_eq!(status, 400, "{odd}: {error}");
+    }
     let (status, bad) = app
         .admin(Method::GET, "/admin/v1/usage?colour=red", &viewer, None)
         .await;

@@ -29,6 +29,7 @@ mod postgres_ledger;
 mod price_ledger;
 mod prices_cli;
 mod rate_limits;
+mod read_plans;
 mod replicas;
 mod reports;
 mod routes;

@@ -301,6 +301,67 @@ pub async fn bare_ledger(dir: &tempfile::TempDir) -> BareLedger {
     }
 }
 
+/// `n` records of `ledger`'s account and key (the `n`th started at `at(n)`), priced by a
+/// price of model `m` on chip `c`, inserted through the ledger writer's own sink.
+pub async fn synthetic_records(
+    ledger: &BareLedger,
+    n: usize,
+    at: impl Fn(usize) -> chrono::DateTime<chrono::Utc>,
+) -> Vec<tollgate::billing::record::UsageRecord> {
+    use rust_decimal::Decimal;
+    use tollgate::billing::record::{Status, UsageRecord, UsageSource};
+    let price = tollgate::billing::PriceEntry {
+        model: "m".into(),
+        chip: "c".into(),
+        effective_from: chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 1, 1, 0, 0, 0)
+            .unwrap(),
+        input_per_1k: Decimal::new(1, 3),
+        cached_input_per_1k: None,
+        output_per_1k: Decimal::new(2, 3),
+        per_request: Decimal::ZERO,
+        per_image: Decimal::ZERO,
+        per_task: Decimal::ZERO,
+        per_second: Decimal::ZERO,
+        per_upload: Decimal::ZERO,
+    };
+    store::prices::sync(&ledger.db, &[price]).await.unwrap();
+    let version = store::prices::all(&ledger.db).await.unwrap().remove(0);
+    let records: Vec<UsageRecord> = (0..n)
+        .map(|i| UsageRecord {
+            request_id: format!("req_synthetic_{i:06}"),
+            account_id: ledger.account.id,
+            key_id: ledger.key_id,
+            model: "m".into(),
+            chip: "c".into(),
+            deployment: None,
+            endpoint: tollgate::config::Endpoint::Chat,
+            stream: false,
+            status: Status::Ok,
+            http_status: 200,
+            error: None,
+            tokens: tollgate::billing::TokenCounts {
+                prompt: 10,
+                completion: 20,
+                cached: 0,
+            },
+            units: Default::default(),
+            usage_source: UsageSource::Reported,
+            price_version_id: version.id,
+            cost: Decimal::new(5, 5),
+            blocked: false,
+            moderation: None,
+            started_at: at(i),
+            ended_at: at(i),
+            latency_ms: 1,
+            ttft_ms: None,
+        })
+        .collect();
+    let sink = store::Sink::open(&ledger.database).await.unwrap();
+    let refs: Vec<&UsageRecord> = records.iter().collect();
+    sink.insert(&refs).await.unwrap();
+    records
+}
+
 /// A new key of `account_id`, straight into the ledger; returns its id.
 pub async fn insert_key(db: &store::Db, account_id: i64) -> i64 {
     let secret = tollgate::auth::ApiKey::generate();
