@@ -58,7 +58,7 @@ impl Ledger<'_> {
             scope,
             store::to_ms(start),
             store::to_ms(end),
-            false,
+            store::usage::By::default(),
         )
         .await?;
         let empty = Invoice {

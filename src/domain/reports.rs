@@ -60,14 +60,13 @@ pub async fn build(
     }
     let group_by =
         Dimension::parse_list(request.group_by).map_err(|e| ApiError::invalid(e, "group_by"))?;
-    let totals = store::usage::totals(
-        db,
-        store::usage::Scope::All,
-        store::to_ms(from),
-        store::to_ms(to),
-        true,
-    )
-    .await?;
+    let by = store::usage::By {
+        account: group_by.contains(&Dimension::Account),
+        key: group_by.contains(&Dimension::Key),
+        slot: true, // the chart's days or hours, and the day or hour groups
+    };
+    let (from_ms, to_ms) = (store::to_ms(from), store::to_ms(to));
+    let totals = store::usage::totals(db, store::usage::Scope::All, from_ms, to_ms, by).await?;
     let mut names = Names::default();
     for account in store::accounts::list(db).await? {
         names.accounts.insert(account.id, account.name);

@@ -67,8 +67,14 @@ pub async fn month_to_date(
 ) -> Result<MonthToDate, ApiError> {
     let (start, end) = Month::containing(Utc::now(), zone).bounds(zone);
     let scope = store::usage::Scope::Key(key_id);
-    let totals =
-        store::usage::totals(db, scope, store::to_ms(start), store::to_ms(end), false).await?;
+    let totals = store::usage::totals(
+        db,
+        scope,
+        store::to_ms(start),
+        store::to_ms(end),
+        Default::default(),
+    )
+    .await?;
     let sum = |f: fn(&Totals) -> i64| totals.iter().map(f).fold(0i64, i64::saturating_add);
     Ok(MonthToDate {
         start,

@@ -257,7 +257,11 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
         store::usage::Scope::All,
         start.timestamp_millis(),
         end.timestamp_millis(),
-        true,
+        store::usage::By {
+            account: true,
+            key: true,
+            slot: true,
+        },
     )
     .await
     .unwrap();
@@ -283,6 +287,24 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
         to_fen(invoices_total),
         "the report and the accounts' invoices agree to the fen"
     );
+    // Summed only by what a model × chip report needs (no group per account or key): the
+    // same total, from fewer groups.
+    let lean = store::usage::totals(
+        &db,
+        store::usage::Scope::All,
+        start.timestamp_millis(),
+        end.timestamp_millis(),
+        store::usage::By {
+            slot: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dims = Dimension::parse_list("model,chip").unwrap();
+    let by_model = report::build(&lean, &book, &Names::default(), ZONE, (start, end), dims);
+    assert_eq!(by_model.unwrap().total_exact, report.total_exact);
+    assert!(lean.len() <= totals.len());
     // Grouped by account, each row is that account's records only.
     let dims = Dimension::parse_list("account").unwrap();
     let names = Names {

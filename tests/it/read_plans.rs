@@ -1,6 +1,6 @@
 //! Reads that must not grow with history: the query plans SQLite chooses for them use an
 //! index to find and order their rows, never a full scan of `usage_records` or a sort of
-//! an account's whole history (`EXPLAIN QUERY PLAN`). And keyset pages of records that
+//! an account's whole history (`EXPLAIN QUERY PLAN`); sums read only their period's rows. And keyset pages of records that
 //! started in the same millisecond neither skip nor repeat one.
 
 use crate::helpers;
@@ -107,4 +107,47 @@ async fn keyset_pages_of_records_in_the_same_millisecond_skip_and_repeat_nothing
     sorted.sort();
     expected.sort();
     assert_eq!(sorted, expected, "every record once");
+}
+
+#[tokio::test]
+async fn sums_for_reports_invoices_and_a_keys_month_read_only_their_period() {
+    if helpers::ledger::is_postgres() {
+        println!("SQLite's plans; PostgreSQL's depend on its statistics");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = helpers::bare_ledger(&dir).await;
+    use store::usage::{By, Scope};
+    let reports = By {
+        slot: true,
+        ..Default::default()
+    };
+    for (scope, by) in [
+        (Scope::All, reports),
+        (
+            Scope::All,
+            By {
+                account: true,
+                key: true,
+                slot: true,
+            },
+        ),
+        (Scope::Account(b.account.id), By::default()),
+        (Scope::Key(b.key_id), By::default()),
+    ] {
+        let plan = store::usage::plan_of_totals(&b.db, scope, by)
+            .await
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|l| l.starts_with("SEARCH usage_records USING") && l.contains("started_at>?")),
+            "{scope:?}: {plan:?}"
+        );
+        // Grouping the period's rows needs a B-tree of its groups; scanning the table does
+        // not happen.
+        assert!(
+            !plan.iter().any(|l| l.starts_with("SCAN usage_records")),
+            "{plan:?}"
+        );
+    }
 }
