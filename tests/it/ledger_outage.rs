@@ -54,18 +54,11 @@ async fn twenty_seconds_without_postgresql_under_load_every_record_ships_by_itse
     let prepaid_account = tollgate::store::accounts::create(state.db(), "prepaid")
         .await
         .unwrap();
-    let request = tollgate::domain::keys::NewKeyRequest {
-        account: "prepaid".into(),
-        limits: tollgate::store::keys::KeyLimits {
-            rpm: Some(1_000_000),
-            ..Default::default()
-        },
+    let limits = tollgate::store::keys::KeyLimits {
+        rpm: Some(1_000_000),
         ..Default::default()
     };
-    let prepaid = tollgate::domain::keys::issue(state.db(), state.keys(), request)
-        .await
-        .unwrap()
-        .key;
+    let prepaid = helpers::key_with_limits(state, "prepaid", limits).await;
     sqlx::query("UPDATE accounts SET billing_mode = 'prepaid' WHERE name = 'prepaid'")
         .execute(&db)
         .await

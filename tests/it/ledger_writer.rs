@@ -8,11 +8,10 @@ use crate::helpers;
 
 use std::sync::Arc;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use rust_decimal::Decimal;
-use tollgate::billing::record::{Status, UsageRecord, UsageSource};
-use tollgate::billing::{PriceEntry, TokenCounts};
-use tollgate::config::{DatabaseConfig, Endpoint, LedgerConfig};
+use tollgate::billing::record::UsageRecord;
+use tollgate::config::{DatabaseConfig, LedgerConfig};
 use tollgate::metering::{Ledger, LedgerError, LedgerWriter};
 use tollgate::metrics::Metrics;
 use tollgate::store::journal::{self, Journal, Line};
@@ -46,21 +45,7 @@ async fn fixture_with(synchronous: &str) -> Fixture {
         "normal" => tollgate::config::Synchronous::Normal,
         _ => tollgate::config::Synchronous::Full,
     };
-    let price = PriceEntry {
-        model: "m".into(),
-        chip: "c".into(),
-        effective_from: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-        input_per_1k: Decimal::new(1, 3),
-        cached_input_per_1k: None,
-        output_per_1k: Decimal::new(2, 3),
-        per_request: Decimal::ZERO,
-        per_image: Decimal::ZERO,
-        per_task: Decimal::ZERO,
-        per_second: Decimal::ZERO,
-        per_upload: Decimal::ZERO,
-    };
-    store::prices::sync(&db, &[price]).await.unwrap();
-    let version = store::prices::all(&db).await.unwrap().remove(0);
+    let version = helpers::simple_price(&db).await;
     let metrics = Arc::new(Metrics::new());
     let config = LedgerConfig {
         // Small, so that the tests below import many times while commits go on.
@@ -70,35 +55,8 @@ async fn fixture_with(synchronous: &str) -> Fixture {
     let (ledger, writer) = Ledger::spawn(&database, &config, metrics.clone())
         .await
         .unwrap();
-    let now = Utc::now();
-    let template = UsageRecord {
-        request_id: String::new(),
-        account_id: account.id,
-        key_id,
-        model: "m".into(),
-        chip: "c".into(),
-        deployment: None,
-        endpoint: Endpoint::Chat,
-        stream: false,
-        status: Status::Ok,
-        http_status: 200,
-        error: None,
-        tokens: TokenCounts {
-            prompt: 10,
-            completion: 20,
-            cached: 0,
-        },
-        units: Default::default(),
-        usage_source: UsageSource::Reported,
-        price_version_id: version.id,
-        cost: Decimal::new(5, 5),
-        blocked: false,
-        moderation: None,
-        started_at: now,
-        ended_at: now,
-        latency_ms: 1,
-        ttft_ms: None,
-    };
+    let template =
+        helpers::simple_record(String::new(), (account.id, key_id), version.id, Utc::now());
     Fixture {
         _dir: dir,
         database,

@@ -291,20 +291,12 @@ async fn replicas_on_redis(postgres: &str, redis: &str, n: usize) -> Vec<TestApp
 
 /// A key of account acme with its own rpm and tpm, issued through `app`.
 pub(crate) async fn key_with(app: &TestApp, rpm: u32, tpm: Option<u64>) -> String {
-    let request = tollgate::domain::keys::NewKeyRequest {
-        account: "acme".into(),
-        name: "limited".into(),
-        expires_at: None,
-        limits: tollgate::store::keys::KeyLimits {
-            rpm: Some(rpm),
-            tpm,
-            allowed_models: None,
-        },
+    let limits = tollgate::store::keys::KeyLimits {
+        rpm: Some(rpm),
+        tpm,
+        allowed_models: None,
     };
-    let issued = tollgate::domain::keys::issue(app.state.db(), app.state.keys(), request)
-        .await
-        .unwrap();
-    issued.key
+    helpers::key_with_limits(&app.state, "acme", limits).await
 }
 
 /// `per_replica` requests at once through each replica with `key`: how many each admitted

@@ -458,20 +458,12 @@ async fn a_rotated_key_keeps_the_tasks_of_its_old_secret() {
 
 /// A key of account "acme" with `rpm` and only `models` allowed.
 async fn limited_key(app: &TestApp, rpm: u32, models: &[&str]) -> String {
-    let request = tollgate::domain::keys::NewKeyRequest {
-        account: "acme".into(),
-        name: "limited".into(),
-        expires_at: None,
-        limits: tollgate::store::keys::KeyLimits {
-            rpm: Some(rpm),
-            allowed_models: Some(models.iter().map(|m| m.to_string()).collect()),
-            ..Default::default()
-        },
+    let limits = tollgate::store::keys::KeyLimits {
+        rpm: Some(rpm),
+        allowed_models: Some(models.iter().map(|m| m.to_string()).collect()),
+        ..Default::default()
     };
-    tollgate::domain::keys::issue(app.state.db(), app.state.keys(), request)
-        .await
-        .unwrap()
-        .key
+    helpers::key_with_limits(&app.state, "acme", limits).await
 }
 
 /// An upload of one file named `name`, `size` bytes long, with `key`: status and answer.

@@ -301,15 +301,10 @@ pub async fn bare_ledger(dir: &tempfile::TempDir) -> BareLedger {
     }
 }
 
-/// `n` records of `ledger`'s account and key (the `n`th started at `at(n)`), priced by a
-/// price of model `m` on chip `c`, inserted through the ledger writer's own sink.
-pub async fn synthetic_records(
-    ledger: &BareLedger,
-    n: usize,
-    at: impl Fn(usize) -> chrono::DateTime<chrono::Utc>,
-) -> Vec<tollgate::billing::record::UsageRecord> {
+/// Records `m` on chip `c` at 0.001 / 0.002 CNY per 1,000 tokens (in and out) are priced
+/// by this version, recorded in `db` (once).
+pub async fn simple_price(db: &store::Db) -> tollgate::billing::PriceVersion {
     use rust_decimal::Decimal;
-    use tollgate::billing::record::{Status, UsageRecord, UsageSource};
     let price = tollgate::billing::PriceEntry {
         model: "m".into(),
         chip: "c".into(),
@@ -324,42 +319,84 @@ pub async fn synthetic_records(
         per_second: Decimal::ZERO,
         per_upload: Decimal::ZERO,
     };
-    store::prices::sync(&ledger.db, &[price]).await.unwrap();
-    let version = store::prices::all(&ledger.db).await.unwrap().remove(0);
-    let records: Vec<UsageRecord> = (0..n)
-        .map(|i| UsageRecord {
-            request_id: format!("req_synthetic_{i:06}"),
-            account_id: ledger.account.id,
-            key_id: ledger.key_id,
-            model: "m".into(),
-            chip: "c".into(),
-            deployment: None,
-            endpoint: tollgate::config::Endpoint::Chat,
-            stream: false,
-            status: Status::Ok,
-            http_status: 200,
-            error: None,
-            tokens: tollgate::billing::TokenCounts {
-                prompt: 10,
-                completion: 20,
-                cached: 0,
-            },
-            units: Default::default(),
-            usage_source: UsageSource::Reported,
-            price_version_id: version.id,
-            cost: Decimal::new(5, 5),
-            blocked: false,
-            moderation: None,
-            started_at: at(i),
-            ended_at: at(i),
-            latency_ms: 1,
-            ttft_ms: None,
-        })
+    store::prices::sync(db, &[price]).await.unwrap();
+    store::prices::all(db).await.unwrap().remove(0)
+}
+
+/// A record of `account_id` and `key_id` for model `m` on chip `c` (`simple_price`'s
+/// version `version_id`): 10 prompt and 20 completion tokens, 0.00005 CNY, at `at`.
+pub fn simple_record(
+    request_id: String,
+    (account_id, key_id): (i64, i64),
+    version_id: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> tollgate::billing::record::UsageRecord {
+    use tollgate::billing::record::{Status, UsageRecord, UsageSource};
+    UsageRecord {
+        request_id,
+        account_id,
+        key_id,
+        model: "m".into(),
+        chip: "c".into(),
+        deployment: None,
+        endpoint: tollgate::config::Endpoint::Chat,
+        stream: false,
+        status: Status::Ok,
+        http_status: 200,
+        error: None,
+        tokens: tollgate::billing::TokenCounts {
+            prompt: 10,
+            completion: 20,
+            cached: 0,
+        },
+        units: Default::default(),
+        usage_source: UsageSource::Reported,
+        price_version_id: version_id,
+        cost: rust_decimal::Decimal::new(5, 5),
+        blocked: false,
+        moderation: None,
+        started_at: at,
+        ended_at: at,
+        latency_ms: 1,
+        ttft_ms: None,
+    }
+}
+
+/// `n` `simple_record`s of `ledger`'s account and key (the `n`th started at `at(n)`),
+/// inserted through the ledger writer's own sink.
+pub async fn synthetic_records(
+    ledger: &BareLedger,
+    n: usize,
+    at: impl Fn(usize) -> chrono::DateTime<chrono::Utc>,
+) -> Vec<tollgate::billing::record::UsageRecord> {
+    let version = simple_price(&ledger.db).await;
+    let owner = (ledger.account.id, ledger.key_id);
+    let records: Vec<_> = (0..n)
+        .map(|i| simple_record(format!("req_synthetic_{i:06}"), owner, version.id, at(i)))
         .collect();
     let sink = store::Sink::open(&ledger.database).await.unwrap();
-    let refs: Vec<&UsageRecord> = records.iter().collect();
+    let refs: Vec<_> = records.iter().collect();
     sink.insert(&refs).await.unwrap();
     records
+}
+
+/// A key of `account` with `limits`, issued as the admin API and the CLI issue keys: its
+/// secret.
+pub async fn key_with_limits(
+    state: &AppState,
+    account: &str,
+    limits: store::keys::KeyLimits,
+) -> String {
+    let request = NewKeyRequest {
+        account: account.into(),
+        name: "limited".into(),
+        limits,
+        ..Default::default()
+    };
+    keys::issue(state.db(), state.keys(), request)
+        .await
+        .unwrap()
+        .key
 }
 
 /// A new key of `account_id`, straight into the ledger; returns its id.
