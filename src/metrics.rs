@@ -320,7 +320,8 @@ impl Metrics {
                 pair.adjusted[0].inc();
                 Some(&pair.estimated)
             }
-            UsageSource::None => None,
+            // Imports are not traffic through this gateway.
+            UsageSource::None | UsageSource::Imported => None,
         };
         if let Some([prompt, completion, cached]) = tokens {
             let t = record.tokens;

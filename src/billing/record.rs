@@ -55,6 +55,9 @@ pub enum UsageSource {
     Suspect,
     /// Nothing to count: the request produced no tokens.
     None,
+    /// Brought in by `tollgate usage import` (another gateway's history, a backend's own
+    /// logs): the counts the file gave, priced by tollgate.
+    Imported,
 }
 
 impl UsageSource {
@@ -65,6 +68,7 @@ impl UsageSource {
             UsageSource::Capped => "capped",
             UsageSource::Suspect => "suspect",
             UsageSource::None => "none",
+            UsageSource::Imported => "imported",
         }
     }
 }

@@ -87,6 +87,9 @@ pub enum Command {
     /// The ledger itself.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Usage records.
+    #[command(subcommand)]
+    Usage(UsageCommand),
     /// Mint an admin JWT with the configured HS256 secret (for bootstrap and scripts).
     AdminToken {
         #[arg(long, value_enum, default_value = "admin")]
@@ -104,6 +107,18 @@ pub enum LedgerCommand {
     /// Recompute every running total (each account's top-ups, spent and, on PostgreSQL,
     /// held) from the rows it totals; print each difference and exit non-zero if any.
     Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UsageCommand {
+    /// Import usage records from FILE (JSON lines; `-`: standard input): each checked,
+    /// priced at the price in force at its time, and skipped if its request id is already
+    /// in the ledger. Records of a month whose invoice is final are refused.
+    Import {
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -214,6 +229,35 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
                 0 => Ok(()),
                 n => anyhow::bail!("{n} running totals differ from the rows they total"),
             }
+        }
+        Command::Usage(UsageCommand::Import { file, json }) => {
+            let config = Config::load(&cli.config)?;
+            let db = store::connect(&config.database).await?;
+            let sink = store::Sink::open(&config.database).await?;
+            let started = std::time::Instant::now();
+            let input: Box<dyn std::io::BufRead> = match file.to_str() {
+                Some("-") => Box::new(std::io::stdin().lock()),
+                _ => Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("cannot open {}", file.display()))?,
+                )),
+            };
+            let zone = config.billing.zone();
+            let imported = crate::domain::usage_import::import(&db, &sink, zone, input).await;
+            // Balances moved (if any batch went in): running gateways read them again.
+            store::signal::ChangeSignal::new(&db, &config.database.url, "accounts")
+                .announce()
+                .await;
+            let imported = imported?;
+            let seconds = started.elapsed().as_secs_f64();
+            emit(json, &imported, || {
+                format!(
+                    "{} lines read, {} new records, in {seconds:.1} s ({:.0} lines/s)",
+                    imported.lines,
+                    imported.new_records,
+                    imported.lines as f64 / seconds.max(1e-9)
+                )
+            })
         }
         Command::AdminToken { role, ttl, subject } => {
             let config = Config::load(&cli.config)?;

@@ -9,3 +9,4 @@ pub mod keys;
 pub mod prices;
 pub mod reports;
 pub mod usage;
+pub mod usage_import;

@@ -38,4 +38,5 @@ mod spending;
 mod streaming;
 mod task_interleavings;
 mod task_money;
+mod usage_import;
 mod zhipu;

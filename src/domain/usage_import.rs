@@ -1,0 +1,267 @@
+//! `tollgate usage import`: usage records from elsewhere (another gateway's history, a
+//! backend's own logs), one JSON object a line, written into the ledger as if served here:
+//! each line checked (a known account, one of its keys, a model × chip with a price in
+//! force at the record's time, plain counts), priced by that price version, and inserted
+//! through the ledger writer's sink in batches, so that a request id already present is
+//! skipped (an import run again adds nothing) and the accounts' running totals move with
+//! the records. A record of a month whose invoice is final is refused: a final invoice
+//! never changes. The first invalid line stops the import, naming its number; the batches
+//! before it are in the ledger, and running the corrected file again skips them.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::billing::period::Month;
+use crate::billing::record::{Status, UsageRecord, UsageSource};
+use crate::billing::{PriceBook, TokenCounts, Units, cost_of};
+use crate::config::{Endpoint, MAX_REPORTED_TOKENS};
+use crate::store::{self, Db, Sink};
+
+/// Records written per insert.
+const BATCH: usize = 10_000;
+
+/// One line of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    request_id: String,
+    /// Account name.
+    account: String,
+    /// One of the account's keys (its id).
+    key_id: i64,
+    model: String,
+    chip: String,
+    started_at: DateTime<Utc>,
+    #[serde(default)]
+    ended_at: Option<DateTime<Utc>>,
+    /// `ok` (the default) or another record status: only `ok` bills units and requests.
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    endpoint: Option<Endpoint>,
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    cached_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    images: u64,
+    #[serde(default)]
+    tasks: u64,
+    #[serde(default)]
+    compute_ms: u64,
+    #[serde(default)]
+    uploads: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Serialize)]
+pub struct Imported {
+    /// Lines read and valid.
+    pub lines: u64,
+    /// Records the ledger did not hold before.
+    pub new_records: i64,
+}
+
+/// Why an import stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("line {line}: {why}")]
+    Invalid { line: u64, why: String },
+    #[error(transparent)]
+    Ledger(#[from] anyhow::Error),
+}
+
+/// What is known of the ledger while importing: accounts by name, each key's account.
+struct Ledger {
+    accounts: HashMap<String, i64>,
+    keys: HashMap<i64, i64>,
+    prices: PriceBook,
+    zone: Tz,
+    /// (account, month) → whether its invoice is final.
+    final_months: HashMap<(i64, Month), bool>,
+}
+
+/// Imports the lines of `input` into the ledger `db` (whose sink is `sink`), months in
+/// `zone`.
+pub async fn import(
+    db: &Db,
+    sink: &Sink,
+    zone: Tz,
+    input: impl BufRead,
+) -> Result<Imported, ImportError> {
+    let mut ledger = Ledger {
+        accounts: store::accounts::list(db)
+            .await
+            .map_err(anyhow::Error::from)?
+            .into_iter()
+            .map(|a| (a.name, a.id))
+            .collect(),
+        keys: store::keys::list(db, None)
+            .await
+            .map_err(anyhow::Error::from)?
+            .into_iter()
+            .map(|k| (k.id, k.account_id))
+            .collect(),
+        prices: PriceBook::new(store::prices::all(db).await.map_err(anyhow::Error::from)?),
+        zone,
+        final_months: HashMap::new(),
+    };
+    let before = sink.count().await?;
+    let mut imported = Imported::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    for (n, text) in input.lines().enumerate() {
+        let number = n as u64 + 1;
+        let invalid = |why: String| ImportError::Invalid { line: number, why };
+        let text = text.map_err(|e| anyhow::anyhow!("cannot read line {number}: {e}"))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line: Line = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let record = ledger.record(db, line).await.map_err(|e| match e {
+            Refusal::Invalid(why) => invalid(why),
+            Refusal::Ledger(e) => ImportError::Ledger(e),
+        })?;
+        batch.push(record);
+        imported.lines += 1;
+        if batch.len() == BATCH {
+            write(sink, &mut batch).await?;
+        }
+    }
+    write(sink, &mut batch).await?;
+    imported.new_records = sink.count().await? - before;
+    Ok(imported)
+}
+
+async fn write(sink: &Sink, batch: &mut Vec<UsageRecord>) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<&UsageRecord> = batch.iter().collect();
+    sink.insert(&records)
+        .await
+        .map_err(|e| anyhow::anyhow!("the ledger refused a batch: {e}"))?;
+    batch.clear();
+    Ok(())
+}
+
+enum Refusal {
+    Invalid(String),
+    Ledger(anyhow::Error),
+}
+
+impl Ledger {
+    /// The record a valid line stands for, priced.
+    async fn record(&mut self, db: &Db, line: Line) -> Result<UsageRecord, Refusal> {
+        let invalid = |why: String| Err(Refusal::Invalid(why));
+        if line.request_id.is_empty() || line.request_id.len() > 128 {
+            return invalid("request_id must be 1 to 128 characters".into());
+        }
+        let Some(&account_id) = self.accounts.get(&line.account) else {
+            return invalid(format!("no account named '{}'", line.account));
+        };
+        if self.keys.get(&line.key_id) != Some(&account_id) {
+            return invalid(format!(
+                "key {} is not a key of '{}'",
+                line.key_id, line.account
+            ));
+        }
+        let ended_at = line.ended_at.unwrap_or(line.started_at);
+        if ended_at < line.started_at || ended_at > Utc::now() {
+            return invalid("ended_at must be after started_at, and not in the future".into());
+        }
+        let counts = [
+            line.prompt_tokens,
+            line.completion_tokens,
+            line.images,
+            line.tasks,
+            line.compute_ms,
+            line.uploads,
+        ];
+        if counts.iter().any(|&c| c > MAX_REPORTED_TOKENS)
+            || line.cached_tokens > line.prompt_tokens
+        {
+            return invalid(format!(
+                "counts must be at most {MAX_REPORTED_TOKENS}, cached_tokens at most prompt_tokens"
+            ));
+        }
+        let Some(price) = self
+            .prices
+            .in_force(&line.model, &line.chip, line.started_at)
+        else {
+            return invalid(format!(
+                "no price of {}/{} is in force at {}",
+                line.model, line.chip, line.started_at
+            ));
+        };
+        let month = Month::containing(line.started_at, self.zone);
+        if self.is_final(db, account_id, month).await? {
+            return invalid(format!(
+                "the invoice of '{}' for {month} is final: its usage cannot change",
+                line.account
+            ));
+        }
+        let status = line.status.unwrap_or(Status::Ok);
+        let completed = status == Status::Ok;
+        let tokens = TokenCounts {
+            prompt: line.prompt_tokens,
+            completion: line.completion_tokens,
+            cached: line.cached_tokens,
+        };
+        let units = match completed {
+            true => Units {
+                images: line.images,
+                tasks: line.tasks,
+                compute_ms: line.compute_ms,
+                uploads: line.uploads,
+            },
+            false => Units::default(),
+        };
+        let cost = cost_of(&price, tokens, units, completed)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let latency = (ended_at - line.started_at).num_milliseconds();
+        Ok(UsageRecord {
+            request_id: line.request_id,
+            account_id,
+            key_id: line.key_id,
+            model: line.model,
+            chip: line.chip,
+            deployment: None,
+            endpoint: line.endpoint.unwrap_or(Endpoint::Chat),
+            stream: false,
+            status,
+            http_status: if completed { 200 } else { 502 },
+            error: None,
+            tokens,
+            units,
+            usage_source: UsageSource::Imported,
+            price_version_id: price.id,
+            cost,
+            blocked: false,
+            moderation: None,
+            started_at: line.started_at,
+            ended_at,
+            latency_ms: latency,
+            ttft_ms: None,
+        })
+    }
+
+    /// Whether `account_id`'s invoice of `month` is final (asked once per month).
+    async fn is_final(&mut self, db: &Db, account_id: i64, month: Month) -> Result<bool, Refusal> {
+        if let Some(&known) = self.final_months.get(&(account_id, month)) {
+            return Ok(known);
+        }
+        let id = super::invoices::invoice_id(account_id, month);
+        let document = store::invoices::document(db, &id)
+            .await
+            .map_err(|e| Refusal::Ledger(e.into()))?;
+        self.final_months
+            .insert((account_id, month), document.is_some());
+        Ok(document.is_some())
+    }
+}

@@ -1,0 +1,139 @@
+//! `tollgate usage import`: another gateway's history brought into the ledger. Every line
+//! is priced at the price in force at its time; running it again adds nothing; the
+//! running totals move with it (`ledger verify` finds nothing); a bad line stops it,
+//! naming its number; a month whose invoice is final is refused.
+
+use crate::helpers;
+
+use std::io::Write;
+use std::process::Command;
+
+use helpers::binary::{BIN, cli, write_config};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+/// Runs `tollgate usage import FILE --json`: success, and what it printed (or its error).
+fn import(config: &std::path::Path, file: &std::path::Path) -> (bool, Value, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["usage", "import", "--json"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let printed = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let error = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.success(), printed, error)
+}
+
+fn write_lines(path: &std::path::Path, lines: &[Value]) {
+    let mut file = std::fs::File::create(path).unwrap();
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_history_is_priced_once_and_final_months_are_refused() {
+    let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), sim);
+    cli(&config, &["prices", "sync"]);
+    cli(&config, &["accounts", "create", "acme"]);
+    let key: Value = serde_json::from_str(&cli(
+        &config,
+        &["keys", "create", "--account", "acme", "--json"],
+    ))
+    .unwrap();
+    let key_id = key["id"].as_i64().unwrap();
+    // October 2026 on megrez/chip3: 0.0006 in and 0.0012 out per 1,000 (the sample prices).
+    let lines: Vec<Value> = (0..1000)
+        .map(|n| {
+            json!({"request_id": format!("other-{n:04}"), "account": "acme", "key_id": key_id,
+                "model": "megrez-7b-instruct", "chip": "chip3",
+                "started_at": format!("2026-10-{:02}T0{}:00:00Z", 1 + n % 28, n % 10),
+                "prompt_tokens": 1000, "completion_tokens": 500})
+        })
+        .collect();
+    let file = dir.path().join("history.jsonl");
+    write_lines(&file, &lines);
+    let (ok, imported, error) = import(&config, &file);
+    assert!(ok, "{error}");
+    assert_eq!(
+        (imported["lines"].as_u64(), imported["new_records"].as_i64()),
+        (Some(1000), Some(1000))
+    );
+    let (ok, again, error) = import(&config, &file);
+    assert!(ok, "{error}");
+    assert_eq!(again["new_records"], 0, "imported once, whatever the runs");
+
+    // Each record at its price: 1000 × 0.0006 / 1000 + 500 × 0.0012 / 1000 = 0.0012.
+    let invoice: Value = serde_json::from_str(&cli(
+        &config,
+        &[
+            "invoices",
+            "show",
+            "--account",
+            "acme",
+            "--period",
+            "2026-10",
+        ],
+    ))
+    .unwrap();
+    let exact: Decimal = invoice["total_exact"].as_str().unwrap().parse().unwrap();
+    assert_eq!(exact, Decimal::new(12, 1), "1,000 records at 0.0012");
+    let verified: Value =
+        serde_json::from_str(&cli(&config, &["ledger", "verify", "--json"])).unwrap();
+    assert_eq!(verified["differences"], json!([]));
+
+    // A bad line stops the import and names it; what came before it is in.
+    let mut bad = vec![
+        json!({"request_id": "late-1", "account": "acme", "key_id": key_id, "model": "megrez-7b-instruct",
+            "chip": "chip3", "started_at": "2026-11-02T00:00:00Z", "prompt_tokens": 10}),
+        json!({"request_id": "late-2", "account": "nobody", "key_id": key_id, "model": "megrez-7b-instruct",
+            "chip": "chip3", "started_at": "2026-11-02T00:00:00Z"}),
+    ];
+    write_lines(&file, &bad);
+    let (ok, _, error) = import(&config, &file);
+    assert!(!ok);
+    assert!(
+        error.contains("line 2") && error.contains("no account named 'nobody'"),
+        "{error}"
+    );
+    for (field, value) in [
+        ("model", json!("no-such-model")),
+        ("started_at", json!("2099-01-01T00:00:00Z")),
+        ("prompt_tokens", json!(-1)),
+        ("prompt_tokens", json!("12")),
+        ("key_id", json!(9999)),
+    ] {
+        let mut line = bad[0].clone();
+        line[field] = value.clone();
+        write_lines(&file, &[line]);
+        let (ok, _, error) = import(&config, &file);
+        assert!(
+            !ok && error.contains("line 1"),
+            "{field} = {value}: {error}"
+        );
+    }
+
+    // October's invoice is made final: its usage can no longer change.
+    cli(
+        &config,
+        &[
+            "invoices",
+            "finalize",
+            "--account",
+            "acme",
+            "--period",
+            "2026-10",
+        ],
+    );
+    bad[1] = json!({"request_id": "late-october", "account": "acme", "key_id": key_id,
+        "model": "megrez-7b-instruct", "chip": "chip3", "started_at": "2026-10-15T00:00:00Z"});
+    write_lines(&file, &bad[1..]);
+    let (ok, _, error) = import(&config, &file);
+    assert!(!ok && error.contains("is final"), "{error}");
+}
