@@ -233,7 +233,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
         Command::Usage(UsageCommand::Import { file, json }) => {
             let config = Config::load(&cli.config)?;
             let db = store::connect(&config.database).await?;
-            let sink = store::Sink::open(&config.database).await?;
+            let sink = store::Sink::open(&config.database).await?.for_bulk()?;
             let started = std::time::Instant::now();
             let input: Box<dyn std::io::BufRead> = match file.to_str() {
                 Some("-") => Box::new(std::io::stdin().lock()),
