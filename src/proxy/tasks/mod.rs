@@ -1,40 +1,36 @@
-//! Asynchronous tasks (Zhipu's async chat, ComfyUI runs): a submission is recorded as a
-//! task when the backend accepts it, keeping its spending hold, and billed exactly once,
-//! by the poll that first sees it end: one
-//! usage record with the submission's request id, written before the task is marked
-//! ended, so that a crash in between leaves it pending and the next poll writes the same
-//! record again, which the ledger keeps once. Polls of the same task wait for each other
-//! in this process; across replicas the ledger's unique request id decides. Only the key
-//! that submitted a task may poll it. A task never polled to its end expires
-//! (`limits.task_expiry_secs`) with a `timeout` record at no cost.
+//! Asynchronous tasks (Zhipu's async chat, ComfyUI runs, SD tasks): a submission is
+//! recorded as a task when the backend accepts it, keeping its spending hold, and billed
+//! exactly once, by whoever first sees it end (`end`): one usage record with the
+//! submission's request id, written before the task is marked ended, so that a crash in
+//! between leaves it pending and the next poll writes the same record again, which the
+//! ledger keeps once. Only keys of the submitting key's lineage may poll it. A task
+//! nobody polls to its end is polled once more, then expires (`expiry`).
 
-use std::hash::{Hash, Hasher};
+mod end;
+mod expiry;
+
+use end::end_task;
+pub use expiry::{expire, spawn_expiry};
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use http_body_util::Full;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
-use tokio::sync::Mutex;
 
 use super::answer::{read_body, upstream_error};
 use super::extract::ClientPath;
-use super::request::ClientRequest;
-use super::settle::{Exchange, Outcome, Served, commit, finish};
+use super::settle::{Exchange, Outcome, Served, finish};
 use crate::auth::Caller;
 use crate::billing::record::Status;
-use crate::billing::{TokenCounts, Units};
 use crate::config::Endpoint;
 use crate::dialect::TaskState;
-use crate::dialect::observe::Observed;
 use crate::error::ApiError;
-use crate::limits::Admission;
-use crate::limits::spending::Hold;
 use crate::state::AppState;
 use crate::store::{self, tasks::Task};
 use crate::upstream::Upstream;
@@ -175,20 +171,6 @@ async fn prompt_estimate(ex: &Exchange) -> u64 {
         .unwrap_or_else(|_| ex.request.prompt_bound())
 }
 
-/// The hold a task keeps until it ends. Its tokens do not cap the task's record: a task's
-/// usage is known only at its end, and is billed as reported.
-fn hold_of(task: &Task) -> Option<Hold> {
-    (!task.held.is_zero()).then_some(Hold {
-        account_id: task.account_id,
-        amount: task.held,
-        tokens: TokenCounts {
-            prompt: u64::MAX,
-            completion: u64::MAX,
-            cached: 0,
-        },
-    })
-}
-
 /// Backend task ids go into URLs: only plain ones are kept.
 fn is_task_id(id: &str) -> bool {
     !id.is_empty()
@@ -278,7 +260,7 @@ fn expired(task: &Task) -> ApiError {
 
 /// Asks the backend once how `task` stands: its answer as it came and as JSON, or the
 /// error to answer (a failed poll leaves the task as it was, to be polled again).
-async fn ask_once(
+pub(super) async fn ask_once(
     state: &AppState,
     upstream: &Upstream,
     task: &Task,
@@ -319,7 +301,7 @@ pub fn upstream_of(state: &AppState, task: &Task) -> Result<Arc<Upstream>, ApiEr
 }
 
 /// What kind of task it is (its endpoint, as recorded).
-fn task_endpoint(task: &Task) -> Endpoint {
+pub(super) fn task_endpoint(task: &Task) -> Endpoint {
     serde_json::from_value(Value::from(task.endpoint.as_str())).unwrap_or(Endpoint::AsyncChat)
 }
 
@@ -376,188 +358,4 @@ pub async fn send(
             what()
         ))),
     }
-}
-
-/// Polls of one task wait for each other here (a stripe of locks: no map to clean).
-static STRIPES: [Mutex<()>; 64] = [const { Mutex::const_new(()) }; 64];
-
-fn stripe(request_id: &str) -> &'static Mutex<()> {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    request_id.hash(&mut hasher);
-    &STRIPES[(hasher.finish() % STRIPES.len() as u64) as usize]
-}
-
-/// Writes the record of a task that ended, unless it is written already, then marks the
-/// task ended; returns the task as it stands after. A success is billed for its usage and
-/// one task; a failure costs nothing.
-async fn end_task(
-    state: &AppState,
-    upstream: &Arc<Upstream>,
-    task: &Task,
-    result: &Map<String, Value>,
-    end: TaskState,
-) -> Result<Task, ApiError> {
-    let mut observed = Observed::default();
-    let wire = upstream.wire();
-    let (status, error, word) = match end {
-        TaskState::Succeeded => {
-            wire.observe(&mut observed, result);
-            wire.deliver(&mut observed, result);
-            observed.units = Units {
-                tasks: 1,
-                ..wire.units(task_endpoint(task), result)
-            };
-            (Status::Ok, None, "succeeded")
-        }
-        _ => (
-            Status::UpstreamError,
-            Some("the task failed".to_string()),
-            "failed",
-        ),
-    };
-    let outcome = Outcome {
-        status,
-        http_status: 200,
-        error,
-        observed,
-        ttft: None,
-    };
-    Ok(end_once(state, upstream, task, outcome, word).await?.0)
-}
-
-/// Ends `task` with `outcome` (its one record, then its row marked `word`), unless it has
-/// ended already; returns the task as it stands after, and whether this call ended it.
-/// Whoever ends a task (a poll, the
-/// expiry, another poll racing them) does it here, one at a time, checking again under
-/// the lock that it is still pending: its hold is released and its record written once.
-async fn end_once(
-    state: &AppState,
-    upstream: &Arc<Upstream>,
-    task: &Task,
-    outcome: Outcome,
-    word: &str,
-) -> Result<(Task, bool), ApiError> {
-    let _one_at_a_time = stripe(&task.request_id).lock().await;
-    let now = store::tasks::by_request_id(state.db(), &task.request_id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("task {} vanished", task.request_id)))?;
-    if now.state != "pending" {
-        return Ok((now, false)); // another poll, or the expiry, ended it meanwhile
-    }
-    settle(state, upstream, task, outcome).await?;
-    let ended_at = Utc::now();
-    let ended = store::tasks::end(state.db(), &task.request_id, word, ended_at).await?;
-    let task = Task {
-        state: word.to_owned(),
-        ended_at: Some(ended_at),
-        ..now
-    };
-    Ok((task, ended))
-}
-
-/// Commits a task's one record: priced at the price in force when it was submitted, its
-/// latency the task's whole life.
-async fn settle(
-    state: &AppState,
-    upstream: &Arc<Upstream>,
-    task: &Task,
-    outcome: Outcome,
-) -> Result<(), ApiError> {
-    // The key that submitted it, revoked or rotated or not: its account pays.
-    let key = store::keys::get(state.db(), task.key_id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("key {} vanished", task.key_id)))?;
-    let caller = Caller {
-        key_id: key.id,
-        account_id: key.account_id,
-        key: Arc::new(key),
-    };
-    let price = state
-        .prices()
-        .in_force(&task.model, &task.chip, task.submitted_at)
-        .ok_or_else(|| ApiError::Unavailable("the task's price is not in the ledger".into()))?;
-    let endpoint = task_endpoint(task);
-    let ex = Exchange {
-        request_id: task.request_id.clone(),
-        route: endpoint.as_str(),
-        caller,
-        request: ClientRequest::parse(endpoint, Bytes::from_static(b"{}"))?,
-        candidates: vec![upstream.clone()],
-        started: since(task.submitted_at),
-        started_at: task.submitted_at,
-        admission: Admission::nothing(),
-        hold: hold_of(task),
-        prompt_estimate: Some(task.prompt_estimate),
-    };
-    let served = Served {
-        upstream: upstream.clone(),
-        price,
-    };
-    commit(state, &ex, &served, outcome).await.map_err(|_| {
-        ApiError::Unavailable("the task's usage could not be recorded; poll it again".into())
-    })
-}
-
-/// The `Instant` of a past wall-clock time, as near as this process can tell.
-fn since(at: DateTime<Utc>) -> Instant {
-    let ago = (Utc::now() - at).to_std().unwrap_or(Duration::ZERO);
-    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
-}
-
-/// Ends tasks pending for longer than `limits.task_expiry_secs`. Each is polled once
-/// first, so that a task the backend ran is billed though nobody polled it; one that has
-/// not ended (or whose poll fails) expires with a `timeout` record at no cost, its result
-/// never handed out. Run by the maintenance loop.
-pub async fn expire(state: &AppState) -> Result<usize, ApiError> {
-    let expiry = Duration::from_secs(state.config().limits.task_expiry_secs);
-    let before = Utc::now() - chrono::Duration::from_std(expiry).unwrap_or_default();
-    let mut expired = 0;
-    for task in store::tasks::pending_before(state.db(), before, 500).await? {
-        let Ok(upstream) = upstream_of(state, &task) else {
-            continue; // no longer configured: kept pending, for an operator to see
-        };
-        let last_poll = ask_once(state, &upstream, &task, &Map::new()).await;
-        if let Ok((_, answer)) = &last_poll
-            && let Some(end @ (TaskState::Succeeded | TaskState::Failed)) =
-                upstream.wire().task_state(answer)
-        {
-            end_task(state, &upstream, &task, answer, end).await?;
-            continue;
-        }
-        let outcome = Outcome {
-            status: Status::Timeout,
-            http_status: 504,
-            error: Some(format!(
-                "the task was not polled to its end within {} s",
-                expiry.as_secs()
-            )),
-            observed: Observed::default(),
-            ttft: None,
-        };
-        if end_once(state, &upstream, &task, outcome, "expired")
-            .await?
-            .1
-        {
-            expired += 1;
-            state.metrics().tasks_expired.inc();
-        }
-    }
-    Ok(expired)
-}
-
-/// Expires tasks once a minute for as long as the app lives.
-pub fn spawn_expiry(state: &AppState) {
-    let app = std::sync::Arc::downgrade(&state.0);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            let Some(app) = app.upgrade() else { break };
-            match expire(&AppState(app)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "tasks not polled to their end expired"),
-                Err(e) => tracing::warn!(error = %e, "cannot expire tasks now"),
-            }
-        }
-    });
 }
