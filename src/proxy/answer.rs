@@ -12,6 +12,21 @@ use crate::error::{ApiError, openai_error};
 use crate::upstream::Upstream;
 use crate::upstream::client::{UpstreamResponse, next_chunk_within};
 
+/// A side request's answer (a task's poll, a cancel, an upload): its whole body within
+/// `limit` bytes if the backend succeeded, else the backend's error as the client sees it.
+pub async fn successful_body(
+    upstream: &Upstream,
+    response: UpstreamResponse,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    if !response.status().is_success() {
+        return Err(upstream_error(upstream, response).await);
+    }
+    read_body(response, limit, upstream.idle_timeout)
+        .await
+        .map_err(|(_, error)| error)
+}
+
 /// Reads a whole body within `limit` bytes, each read within `idle`. A body that comes in
 /// one piece (the usual small answer) is kept as it came, without a copy.
 pub async fn read_body(

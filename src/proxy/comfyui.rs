@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::answer::{read_body, upstream_error};
+use super::answer::successful_body;
 use super::extract::ClientBody;
 use super::tasks::{poll_task, send, upstream_of};
 use crate::auth::Caller;
@@ -126,13 +126,8 @@ pub(super) async fn relay(
     upstream: &crate::upstream::Upstream,
     response: crate::upstream::client::UpstreamResponse,
 ) -> Result<Response, ApiError> {
-    if !response.status().is_success() {
-        return Err(upstream_error(upstream, response).await);
-    }
     let limit = state.config().server.max_response_bytes;
-    let body = read_body(response, limit, upstream.idle_timeout)
-        .await
-        .map_err(|(_, error)| error)?;
+    let body = successful_body(upstream, response, limit).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from(body),

@@ -23,7 +23,7 @@ use http_body_util::Full;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
-use super::answer::{read_body, upstream_error};
+use super::answer::{read_body, successful_body};
 use super::extract::ClientPath;
 use super::settle::{Exchange, Outcome, Served, finish};
 use crate::auth::Caller;
@@ -267,13 +267,8 @@ pub(super) async fn ask_once(
     asked: &Map<String, Value>,
 ) -> Result<(Bytes, Map<String, Value>), ApiError> {
     let response = ask(upstream, task, asked).await?;
-    if !response.status().is_success() {
-        return Err(upstream_error(upstream, response).await);
-    }
     let limit = state.config().server.max_response_bytes;
-    let body = read_body(response, limit, upstream.idle_timeout)
-        .await
-        .map_err(|(_, error)| error)?;
+    let body = successful_body(upstream, response, limit).await?;
     let answer = serde_json::from_slice::<Map<String, Value>>(&body).map_err(|_| {
         ApiError::BadGateway("the backend answered the poll with a body that is not JSON".into())
     })?;
