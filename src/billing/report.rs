@@ -1,10 +1,11 @@
 //! Cost reports: usage and exact cost grouped by any of account, key, model, chip, and day
-//! or hour in the billing timezone. Built from 15-minute sums, so every timezone's days and
-//! hours are exact unions of them.
+//! or hour in the billing timezone. Built from sums per time slot (hours, and 15 minutes
+//! where a zone's day or hour begins inside a UTC hour), so every bucket is an exact union
+//! of slots.
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -112,7 +113,40 @@ fn bucket(slot_ms: i64, zone: Tz, hourly: bool) -> String {
     }
 }
 
-/// `totals` must be grouped by slot.
+/// The instants inside `range` where a bucket (local day, or hour when `hourly`) begins
+/// within a UTC hour: none in a zone whose offset is a whole number of hours, the local
+/// midnights (or hours) of a zone like Asia/Kolkata. Sums are read in slots that no such
+/// instant crosses (`store::rollups::By::slots`), so each falls in one bucket.
+pub fn slot_edges(zone: Tz, range: (DateTime<Utc>, DateTime<Utc>), hourly: bool) -> Vec<i64> {
+    const DAY_MS: i64 = 24 * 3_600_000;
+    const SLOT_MS: i64 = 15 * 60_000;
+    let (from, to) = (range.0.timestamp_millis(), range.1.timestamp_millis());
+    let offset = |ms: i64| {
+        let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+        zone.offset_from_utc_datetime(&t.naive_utc())
+            .fix()
+            .local_minus_utc()
+    };
+    // Offsets change at most a few times a year: a look each day finds any part hour.
+    let samples = (from..to).step_by(DAY_MS as usize).chain([to]);
+    if samples.map(offset).all(|seconds| seconds % 3600 == 0) {
+        return Vec::new();
+    }
+    let mut edges = Vec::new();
+    let mut at = from.div_euclid(SLOT_MS) * SLOT_MS + SLOT_MS;
+    let mut previous = bucket(from, zone, hourly);
+    while at < to {
+        let current = bucket(at, zone, hourly);
+        if current != previous {
+            edges.push(at);
+            previous = current;
+        }
+        at += SLOT_MS;
+    }
+    edges
+}
+
+/// `totals` must be grouped by slot, no slot crossing `slot_edges`.
 pub fn build(
     totals: &[Totals],
     prices: &PriceBook,
@@ -138,9 +172,9 @@ pub fn build(
                     .unwrap_or_else(|| t.account_id.to_string()),
                 Dimension::Key => names
                     .keys
-                    .get(&t.key_id)
+                    .get(&t.lineage_id)
                     .cloned()
-                    .unwrap_or_else(|| t.key_id.to_string()),
+                    .unwrap_or_else(|| t.lineage_id.to_string()),
                 Dimension::Model => t.model.clone(),
                 Dimension::Chip => t.chip.clone(),
                 Dimension::Day | Dimension::Hour => when.clone(),

@@ -3,17 +3,18 @@
 
 use super::cost::{Quantities, TokenCounts, Units};
 
-/// Sums of the records of one (account, key, model, chip, price version[, slot]): enough
-/// to price them exactly, since cost is linear in the token counts.
+/// Sums of the records of one (account, key lineage, model, chip, price version[, slot]):
+/// enough to price them exactly, since cost is linear in the counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Totals {
     pub account_id: i64,
-    pub key_id: i64,
+    /// The key lineage (the id of its first key).
+    pub lineage_id: i64,
     pub model: String,
     pub chip: String,
     pub price_version_id: i64,
-    /// Start (ms) of the 15-minute UTC slot, when grouped by slot; every timezone's hours
-    /// and days are unions of such slots.
+    /// Start (ms) of the time slot, when grouped by slot: a UTC hour, or a 15-minute slot
+    /// where an hour crosses a bucket's edge (`store::rollups::By::slots`).
     pub slot_ms: Option<i64>,
     pub requests: i64,
     /// Requests that completed (they carry the per-request price).

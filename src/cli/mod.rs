@@ -223,11 +223,33 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
                         d.account_id, d.account, d.figure, d.summed
                     );
                 }
+                for d in &verified.rollups {
+                    let m = &d.mismatch;
+                    let g = &m.group;
+                    let counts = |c: Option<store::rollups::Counts>| {
+                        c.map_or("nothing".into(), |c| format!("{c:?}"))
+                    };
+                    text += &format!(
+                        "\naccount {} ({}): the rollup of {} (key lineage {}, {} × {}, deployment '{}', {}, {}, price version {}) holds {}, its records sum to {}",
+                        d.account_id,
+                        d.account,
+                        store::from_ms(g.hour).to_rfc3339(),
+                        g.lineage_id,
+                        g.model,
+                        g.chip,
+                        g.deployment,
+                        g.endpoint,
+                        g.status,
+                        g.price_version_id,
+                        counts(m.stored),
+                        counts(m.summed),
+                    );
+                }
                 text
             })?;
-            match verified.differences.len() {
+            match verified.found() {
                 0 => Ok(()),
-                n => anyhow::bail!("{n} running totals differ from the rows they total"),
+                n => anyhow::bail!("{n} running totals or rollups differ from the rows they total"),
             }
         }
         Command::Usage(UsageCommand::Import { file, json }) => {

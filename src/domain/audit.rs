@@ -1,5 +1,6 @@
-//! The ledger's audit (`tollgate ledger verify`): every figure kept as a running total is
-//! recomputed from the rows it totals and compared, account by account. What an operator
+//! The ledger's audit (`tollgate ledger verify`): every figure kept as a running total (an
+//! account's money, the hourly rollups of usage) is recomputed from the rows it totals and
+//! compared, account by account. What an operator
 //! runs before trusting a month; a difference is a bug (or tampering) to look into.
 
 use rust_decimal::Decimal;
@@ -21,15 +22,34 @@ pub struct Difference {
     pub summed: Decimal,
 }
 
+/// An hourly rollup that is not what its records sum to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RollupDifference {
+    pub account_id: i64,
+    pub account: String,
+    #[serde(flatten)]
+    pub mismatch: store::rollups::Mismatch,
+}
+
 /// What the audit found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Verified {
     pub accounts: usize,
+    /// Running totals that differ.
     pub differences: Vec<Difference>,
+    /// Rollups that differ.
+    pub rollups: Vec<RollupDifference>,
 }
 
-/// Recomputes every account's running totals from the ledger in `db` (each account in one
-/// snapshot) and returns the differences.
+impl Verified {
+    /// How many figures differ from what they total.
+    pub fn found(&self) -> usize {
+        self.differences.len() + self.rollups.len()
+    }
+}
+
+/// Recomputes every account's running totals and hourly rollups from the ledger in `db`
+/// (each in one snapshot) and returns the differences.
 pub async fn verify(db: &Db) -> Result<Verified, ApiError> {
     let accounts = store::accounts::list(db).await?;
     let mut verified = Verified {
@@ -63,6 +83,13 @@ pub async fn verify(db: &Db) -> Result<Verified, ApiError> {
             && running != summed
         {
             found.push(difference("held", Some(running), summed));
+        }
+        for mismatch in store::rollups::audit(db, account.id).await? {
+            verified.rollups.push(RollupDifference {
+                account_id: account.id,
+                account: account.name.clone(),
+                mismatch,
+            });
         }
     }
     Ok(verified)

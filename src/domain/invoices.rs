@@ -52,13 +52,13 @@ impl Ledger<'_> {
         status: InvoiceStatus,
     ) -> Result<Invoice, ApiError> {
         let (start, end) = month.bounds(self.zone);
-        let scope = store::usage::Scope::Account(account.id);
-        let totals = store::usage::totals(
+        let scope = store::rollups::Scope::Account(account.id);
+        let totals = store::rollups::totals(
             self.db,
             scope,
             store::to_ms(start),
             store::to_ms(end),
-            store::usage::By::default(),
+            store::rollups::By::default(),
         )
         .await?;
         let empty = Invoice {

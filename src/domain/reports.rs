@@ -60,19 +60,23 @@ pub async fn build(
     }
     let group_by =
         Dimension::parse_list(request.group_by).map_err(|e| ApiError::invalid(e, "group_by"))?;
-    let by = store::usage::By {
+    let edges = report::slot_edges(zone, (from, to), group_by.contains(&Dimension::Hour));
+    let by = store::rollups::By {
         account: group_by.contains(&Dimension::Account),
         key: group_by.contains(&Dimension::Key),
-        slot: true, // the chart's days or hours, and the day or hour groups
+        slots: Some(&edges), // the chart's days or hours, and the day or hour groups
     };
     let (from_ms, to_ms) = (store::to_ms(from), store::to_ms(to));
-    let totals = store::usage::totals(db, store::usage::Scope::All, from_ms, to_ms, by).await?;
+    let totals = store::rollups::totals(db, store::rollups::Scope::All, from_ms, to_ms, by).await?;
     let mut names = Names::default();
     for account in store::accounts::list(db).await? {
         names.accounts.insert(account.id, account.name);
     }
-    for key in store::keys::list(db, None).await? {
-        names.keys.insert(key.id, key.prefix);
+    // A lineage is shown as its newest key.
+    let mut keys = store::keys::list(db, None).await?;
+    keys.sort_by_key(|k| k.id);
+    for key in keys {
+        names.keys.insert(key.lineage_id, key.prefix);
     }
     Ok(report::build(
         &totals,

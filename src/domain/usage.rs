@@ -46,7 +46,7 @@ pub fn parse_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
         })
 }
 
-/// A key's usage in the current billing month.
+/// A key's usage (its lineage's) in the current billing month.
 pub struct MonthToDate {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -58,16 +58,17 @@ pub struct MonthToDate {
     pub cost: Decimal,
 }
 
-/// `key_id`'s usage this month in `zone`, priced with `prices`.
+/// The usage this month in `zone` of the key lineage `lineage_id` (a key and the keys it
+/// was rotated from or to), priced with `prices`.
 pub async fn month_to_date(
     db: &Db,
     prices: &PriceBook,
     zone: Tz,
-    key_id: i64,
+    lineage_id: i64,
 ) -> Result<MonthToDate, ApiError> {
     let (start, end) = Month::containing(Utc::now(), zone).bounds(zone);
-    let scope = store::usage::Scope::Key(key_id);
-    let totals = store::usage::totals(
+    let scope = store::rollups::Scope::Lineage(lineage_id);
+    let totals = store::rollups::totals(
         db,
         scope,
         store::to_ms(start),

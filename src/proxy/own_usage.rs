@@ -22,7 +22,7 @@ pub async fn usage_of_key(
         state.usage_db().await?,
         &state.prices(),
         zone,
-        caller.key_id,
+        caller.key.lineage_id,
     )
     .await?;
     let (rq, tq) = state.limits().peek(&caller).await?;

@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
-use sqlx::{AssertSqlSafe, Database, Encode, QueryBuilder, Type};
+use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{Db, Read, Result, on, to_ms};
-use crate::billing::Totals;
 use crate::billing::record::UsageRecord;
 
 /// Records per multi-row `INSERT`: one statement execution opens the table and its three
@@ -289,129 +288,4 @@ where
             query.push(condition).push_bind(v.clone());
         }
     }
-}
-
-/// Whose records to sum.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope {
-    All,
-    Account(i64),
-    Key(i64),
-}
-
-impl Scope {
-    /// The id its condition binds (0 for all).
-    fn id(self) -> i64 {
-        match self {
-            Scope::All => 0,
-            Scope::Account(id) | Scope::Key(id) => id,
-        }
-    }
-}
-
-pub const SLOT_MS: i64 = 15 * 60 * 1000;
-
-/// What sums are grouped by besides model, chip and price version (which pricing needs):
-/// only what the reader asks for, so that a report over all keys does not make a group per
-/// key.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct By {
-    pub account: bool,
-    pub key: bool,
-    /// 15-minute UTC slots: every timezone's hours and days are unions of them.
-    pub slot: bool,
-}
-
-/// Sums over `[from_ms, to_ms)` (read through the time index: the period's rows only),
-/// grouped by model, chip and price version and by what `by` asks; the ids not grouped by
-/// are 0 in the sums.
-pub async fn totals(
-    db: &Db,
-    scope: Scope,
-    from_ms: i64,
-    to_ms: i64,
-    by: By,
-) -> Result<Vec<Totals>> {
-    let sql = totals_sql(scope, by);
-    on!(db, |pool| {
-        // Built from this module's own fragments; the values are bound.
-        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(from_ms)
-            .bind(to_ms)
-            .bind(scope.id())
-            .fetch_all(pool)
-            .await?;
-        rows.iter().map(totals_from_row).collect()
-    })
-}
-
-/// How SQLite would run `totals` (see `plan_of_list`).
-pub async fn plan_of_totals(db: &Db, scope: Scope, by: By) -> Result<Vec<String>> {
-    let Db::Sqlite(pool) = db else {
-        return Ok(Vec::new());
-    };
-    let sql = format!("EXPLAIN QUERY PLAN {}", totals_sql(scope, by));
-    let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(0i64)
-        .bind(1i64)
-        .bind(scope.id())
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|row| row.read::<String>("detail"))
-        .collect()
-}
-
-fn totals_sql(scope: Scope, by: By) -> String {
-    let column = |asked: bool, name: &'static str, otherwise: &'static str| match asked {
-        true => name,
-        false => otherwise,
-    };
-    let account = column(by.account, "account_id", "CAST(0 AS BIGINT)");
-    let key = column(by.key, "key_id", "CAST(0 AS BIGINT)");
-    let slot = column(
-        by.slot,
-        "started_at / 900000 * 900000",
-        "CAST(NULL AS BIGINT)",
-    );
-    format!(
-        "SELECT {account} AS account_id, {key} AS key_id, model, chip, price_version_id,
-                {slot} AS slot,
-                COUNT(*) AS requests,
-                CAST(SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS BIGINT) AS ok_requests,
-                CAST(SUM(prompt_tokens) AS BIGINT) AS prompt,
-                CAST(SUM(cached_tokens) AS BIGINT) AS cached,
-                CAST(SUM(completion_tokens) AS BIGINT) AS completion,
-                CAST(SUM(images) AS BIGINT) AS images,
-                CAST(SUM(tasks) AS BIGINT) AS tasks,
-                CAST(SUM(compute_ms) AS BIGINT) AS compute_ms,
-                CAST(SUM(uploads) AS BIGINT) AS uploads
-         FROM usage_records WHERE started_at >= $1 AND started_at < $2 AND {scope}
-         GROUP BY 1, 2, model, chip, price_version_id, slot",
-        scope = match scope {
-            Scope::All => "$3 = 0",
-            Scope::Account(_) => "account_id = $3",
-            Scope::Key(_) => "key_id = $3",
-        },
-    )
-}
-
-fn totals_from_row(r: &impl Read) -> Result<Totals> {
-    Ok(Totals {
-        account_id: r.read("account_id")?,
-        key_id: r.read("key_id")?,
-        model: r.read("model")?,
-        chip: r.read("chip")?,
-        price_version_id: r.read("price_version_id")?,
-        slot_ms: r.read("slot")?,
-        requests: r.read("requests")?,
-        ok_requests: r.read("ok_requests")?,
-        prompt_tokens: r.read("prompt")?,
-        cached_tokens: r.read("cached")?,
-        completion_tokens: r.read("completion")?,
-        images: r.read("images")?,
-        tasks: r.read("tasks")?,
-        compute_ms: r.read("compute_ms")?,
-        uploads: r.read("uploads")?,
-    })
 }

@@ -252,15 +252,16 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
     assert_eq!(invoices_total.normalize(), expected.normalize());
 
     // The cost report over the same month, grouped every way at once, agrees too.
-    let totals = store::usage::totals(
+    let edges = report::slot_edges(ZONE, (start, end), false);
+    let totals = store::rollups::totals(
         &db,
-        store::usage::Scope::All,
+        store::rollups::Scope::All,
         start.timestamp_millis(),
         end.timestamp_millis(),
-        store::usage::By {
+        store::rollups::By {
             account: true,
             key: true,
-            slot: true,
+            slots: Some(&edges),
         },
     )
     .await
@@ -289,13 +290,13 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
     );
     // Summed only by what a model × chip report needs (no group per account or key): the
     // same total, from fewer groups.
-    let lean = store::usage::totals(
+    let lean = store::rollups::totals(
         &db,
-        store::usage::Scope::All,
+        store::rollups::Scope::All,
         start.timestamp_millis(),
         end.timestamp_millis(),
-        store::usage::By {
-            slot: true,
+        store::rollups::By {
+            slots: Some(&edges),
             ..Default::default()
         },
     )
@@ -429,7 +430,7 @@ proptest! {
         let totals = vec![
             tollgate::billing::Totals {
                 account_id: 1,
-                key_id: 1,
+                lineage_id: 1,
                 model: "m".into(),
                 chip: "a".into(),
                 price_version_id: 1,

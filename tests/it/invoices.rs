@@ -21,10 +21,7 @@ async fn move_records_to(app: &TestApp, month: Month) {
     let (start, _) = month.bounds(zone);
     let at = (start + Duration::days(3)).timestamp_millis();
     // Records are immutable by design; the test lifts the guard to age its data.
-    let db = app.state.db();
-    helpers::ledger::allow_changing_records(db).await;
-    let sql = "UPDATE usage_records SET started_at = $1, ended_at = $1";
-    helpers::ledger::execute(db, sql, &[at]).await.unwrap();
+    helpers::ledger::move_all_records(app.state.db(), at).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! `tollgate ledger verify`, the audit an operator runs before trusting a month: on a
 //! ledger that served traffic and top-ups it finds nothing and exits 0; after a running
-//! total is tampered with it names the account and the figure and exits non-zero.
+//! total or an hourly rollup is tampered with it names the account and the figure (or the
+//! rollup's group) and exits non-zero.
 
 use crate::helpers;
 
@@ -23,7 +24,7 @@ fn verify(config: &std::path::Path) -> (bool, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ledger_verify_finds_a_tampered_running_total_and_nothing_else() {
+async fn ledger_verify_finds_a_tampered_running_total_or_rollup_and_nothing_else() {
     let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -73,6 +74,7 @@ async fn ledger_verify_finds_a_tampered_running_total_and_nothing_else() {
     assert!(ok, "{verified}");
     assert_eq!(verified["accounts"], 2);
     assert_eq!(verified["differences"], json!([]));
+    assert_eq!(verified["rollups"], json!([]));
 
     // Someone edits a running total by hand.
     let database = tollgate::config::Config::load(&config).unwrap().database;
@@ -96,4 +98,35 @@ async fn ledger_verify_finds_a_tampered_running_total_and_nothing_else() {
         (Some("acme"), Some("spent"))
     );
     assert_eq!(differences[0]["running"], "0.5");
+    assert_eq!(
+        verified["rollups"],
+        json!([]),
+        "the rollups are still right"
+    );
+
+    // Someone adds a token to each hourly rollup (the 20 requests fall in one hour, or
+    // two): each is named, with what it holds and what its records sum to.
+    helpers::ledger::execute(
+        &db,
+        "UPDATE usage_hourly SET completion_tokens = completion_tokens + 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (ok, verified) = verify(&config);
+    assert!(!ok);
+    let rollups = verified["rollups"].as_array().unwrap();
+    assert!((1..=2).contains(&rollups.len()), "{verified}");
+    let mut requests = 0;
+    for rollup in rollups {
+        assert_eq!(rollup["account"], "acme");
+        assert_eq!(rollup["model"], "megrez-7b-instruct");
+        let (stored, summed) = (&rollup["stored"], &rollup["summed"]);
+        assert_eq!(stored["requests"], summed["requests"]);
+        let completion = summed["completion_tokens"].as_i64().unwrap();
+        assert_eq!(stored["completion_tokens"].as_i64(), Some(completion + 1));
+        assert_eq!(completion, summed["requests"].as_i64().unwrap() * 17);
+        requests += summed["requests"].as_i64().unwrap();
+    }
+    assert_eq!(requests, 20);
 }

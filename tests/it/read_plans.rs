@@ -110,16 +110,17 @@ async fn keyset_pages_of_records_in_the_same_millisecond_skip_and_repeat_nothing
 }
 
 #[tokio::test]
-async fn sums_for_reports_invoices_and_a_keys_month_read_only_their_period() {
+async fn sums_for_reports_invoices_and_a_keys_month_read_rollups_and_only_their_period() {
     if helpers::ledger::is_postgres() {
         println!("SQLite's plans; PostgreSQL's depend on its statistics");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let b = helpers::bare_ledger(&dir).await;
-    use store::usage::{By, Scope};
+    use store::rollups::{By, Scope};
+    let edges = [];
     let reports = By {
-        slot: true,
+        slots: Some(&edges),
         ..Default::default()
     };
     for (scope, by) in [
@@ -129,25 +130,29 @@ async fn sums_for_reports_invoices_and_a_keys_month_read_only_their_period() {
             By {
                 account: true,
                 key: true,
-                slot: true,
+                slots: Some(&edges),
             },
         ),
         (Scope::Account(b.account.id), By::default()),
-        (Scope::Key(b.key_id), By::default()),
+        (Scope::Lineage(b.key_id), By::default()),
     ] {
-        let plan = store::usage::plan_of_totals(&b.db, scope, by)
+        let plan = store::rollups::plan_of_totals(&b.db, scope, by)
             .await
             .unwrap();
+        // Whole hours: the rollups, through an index on the period.
         assert!(
             plan.iter()
-                .any(|l| l.starts_with("SEARCH usage_records USING") && l.contains("started_at>?")),
+                .any(|l| l.starts_with("SEARCH r USING") && l.contains("hour>?")),
             "{scope:?}: {plan:?}"
         );
-        // Grouping the period's rows needs a B-tree of its groups; scanning the table does
-        // not happen.
+        // Part hours: the records, through an index on the period.
         assert!(
-            !plan.iter().any(|l| l.starts_with("SCAN usage_records")),
-            "{plan:?}"
+            plan.iter()
+                .any(|l| l.starts_with("SEARCH r USING") && l.contains("started_at>?")),
+            "{scope:?}: {plan:?}"
         );
+        // Grouping the period's rows needs a B-tree of its groups; scanning a table does
+        // not happen.
+        assert!(!plan.iter().any(|l| l.starts_with("SCAN")), "{plan:?}");
     }
 }

@@ -123,13 +123,25 @@ pub async fn execute_text(db: &Db, sql: &str, text: &str) {
     .unwrap();
 }
 
-/// Lets a test change usage records (to age them): drops the trigger that keeps them
-/// immutable.
-pub async fn allow_changing_records(db: &Db) {
+/// Ages every usage record to have started (and ended) at `at_ms`, and sums the hourly
+/// rollups again as the records now say: drops the trigger that keeps records immutable.
+pub async fn move_all_records(db: &Db, at_ms: i64) {
     let sql = match db {
         Db::Sqlite(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable",
         Db::Postgres(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable ON usage_records",
     };
+    execute(db, sql, &[]).await.unwrap();
+    let sql = "UPDATE usage_records SET started_at = $1, ended_at = $1";
+    execute(db, sql, &[at_ms]).await.unwrap();
+    execute(db, "DELETE FROM usage_hourly", &[]).await.unwrap();
+    let sql = "INSERT INTO usage_hourly
+        SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
+               r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status,
+               r.price_version_id, count(*), sum(r.prompt_tokens), sum(r.cached_tokens),
+               sum(r.completion_tokens), sum(r.images), sum(r.tasks), sum(r.compute_ms),
+               sum(r.uploads)
+        FROM usage_records r JOIN api_keys k ON k.id = r.key_id
+        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9";
     execute(db, sql, &[]).await.unwrap();
 }
 

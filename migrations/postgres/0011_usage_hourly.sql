@@ -1,0 +1,91 @@
+-- Hourly rollups of usage: what reports, invoices and `/v1/usage` read instead of the
+-- records, so that their cost does not grow with history. One row per (account, UTC hour,
+-- key lineage, model, chip, deployment, endpoint, status, price version) holding the sums
+-- of its records' counts; cost follows from them and the price version (cost is linear in
+-- the counts). The statement trigger that charges a batch of records adds them here in the
+-- same transaction, from the rows really inserted (a request id already stored adds
+-- nothing), in key order so that concurrent batches lock shared rows in one order.
+-- Deployment is '' when the record has none.
+CREATE TABLE usage_hourly (
+    account_id        BIGINT NOT NULL,
+    hour              BIGINT NOT NULL,   -- ms since the epoch, start of the UTC hour
+    lineage_id        BIGINT NOT NULL,   -- the key's lineage: its first key's id
+    model             TEXT NOT NULL,
+    chip              TEXT NOT NULL,
+    deployment        TEXT NOT NULL,
+    endpoint          TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    price_version_id  BIGINT NOT NULL,
+    requests          BIGINT NOT NULL,
+    prompt_tokens     BIGINT NOT NULL,
+    cached_tokens     BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    images            BIGINT NOT NULL,
+    tasks             BIGINT NOT NULL,
+    compute_ms        BIGINT NOT NULL,
+    uploads           BIGINT NOT NULL,
+    PRIMARY KEY (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+);
+CREATE INDEX usage_hourly_time ON usage_hourly(hour);
+CREATE INDEX usage_hourly_lineage ON usage_hourly(lineage_id, hour);
+
+INSERT INTO usage_hourly
+SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
+       r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status, r.price_version_id,
+       count(*), sum(r.prompt_tokens), sum(r.cached_tokens), sum(r.completion_tokens),
+       sum(r.images), sum(r.tasks), sum(r.compute_ms), sum(r.uploads)
+FROM usage_records r JOIN api_keys k ON k.id = r.key_id
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+
+CREATE OR REPLACE FUNCTION post_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM price_versions
+    WHERE id IN (SELECT DISTINCT price_version_id FROM inserted)
+    FOR KEY SHARE;
+    IF EXISTS (
+        SELECT 1 FROM inserted i
+        WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = i.account_id)
+           OR NOT EXISTS (SELECT 1 FROM api_keys k WHERE k.id = i.key_id)
+           OR NOT EXISTS (SELECT 1 FROM price_versions p WHERE p.id = i.price_version_id)
+    ) THEN
+        RAISE foreign_key_violation USING
+            MESSAGE = 'a usage record names an account, key or price version that does not exist';
+    END IF;
+    WITH posted AS (
+        UPDATE holds h SET state = 'posted'
+        FROM inserted i
+        WHERE h.request_id = i.request_id AND h.state = 'pending'
+        RETURNING h.account_id, h.amount
+    ), released AS (
+        SELECT account_id, SUM(amount) AS amount FROM posted GROUP BY account_id
+    ), charged AS (
+        SELECT account_id, SUM(cost) AS cost FROM inserted GROUP BY account_id
+    )
+    UPDATE account_funds f
+    SET spent = f.spent + c.cost, held = f.held - COALESCE(r.amount, 0)
+    FROM charged c LEFT JOIN released r USING (account_id)
+    WHERE f.account_id = c.account_id;
+    INSERT INTO usage_hourly AS h
+    SELECT i.account_id, i.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
+           i.model, i.chip, coalesce(i.deployment, ''), i.endpoint, i.status,
+           i.price_version_id, count(*), sum(i.prompt_tokens), sum(i.cached_tokens),
+           sum(i.completion_tokens), sum(i.images), sum(i.tasks), sum(i.compute_ms),
+           sum(i.uploads)
+    FROM inserted i JOIN api_keys k ON k.id = i.key_id
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ON CONFLICT (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+    DO UPDATE SET
+        requests = h.requests + EXCLUDED.requests,
+        prompt_tokens = h.prompt_tokens + EXCLUDED.prompt_tokens,
+        cached_tokens = h.cached_tokens + EXCLUDED.cached_tokens,
+        completion_tokens = h.completion_tokens + EXCLUDED.completion_tokens,
+        images = h.images + EXCLUDED.images,
+        tasks = h.tasks + EXCLUDED.tasks,
+        compute_ms = h.compute_ms + EXCLUDED.compute_ms,
+        uploads = h.uploads + EXCLUDED.uploads;
+    RETURN NULL;
+END;
+$$;

@@ -1,0 +1,60 @@
+-- Hourly rollups of usage: what reports, invoices and `/v1/usage` read instead of the
+-- records, so that their cost does not grow with history. One row per (account, UTC hour,
+-- key lineage, model, chip, deployment, endpoint, status, price version) holding the sums
+-- of its records' counts; cost follows from them and the price version (cost is linear in
+-- the counts), so every column is an exact integer. A trigger keeps them in the same
+-- transaction as the record it sums; a request id already stored inserts nothing and so
+-- adds nothing. Deployment is '' when the record has none.
+CREATE TABLE usage_hourly (
+    account_id        INTEGER NOT NULL,
+    hour              INTEGER NOT NULL,   -- ms since the epoch, start of the UTC hour
+    lineage_id        INTEGER NOT NULL,   -- the key's lineage: its first key's id
+    model             TEXT NOT NULL,
+    chip              TEXT NOT NULL,
+    deployment        TEXT NOT NULL,
+    endpoint          TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    price_version_id  INTEGER NOT NULL,
+    requests          INTEGER NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    cached_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    images            INTEGER NOT NULL,
+    tasks             INTEGER NOT NULL,
+    compute_ms        INTEGER NOT NULL,
+    uploads           INTEGER NOT NULL,
+    PRIMARY KEY (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+) WITHOUT ROWID;
+CREATE INDEX usage_hourly_time ON usage_hourly(hour);
+CREATE INDEX usage_hourly_lineage ON usage_hourly(lineage_id, hour);
+
+INSERT INTO usage_hourly
+SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
+       r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status, r.price_version_id,
+       count(*), sum(r.prompt_tokens), sum(r.cached_tokens), sum(r.completion_tokens),
+       sum(r.images), sum(r.tasks), sum(r.compute_ms), sum(r.uploads)
+FROM usage_records r JOIN api_keys k ON k.id = r.key_id
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
+
+CREATE TRIGGER usage_records_roll_up
+AFTER INSERT ON usage_records
+BEGIN
+    INSERT INTO usage_hourly VALUES (
+        NEW.account_id, NEW.started_at / 3600000 * 3600000,
+        (SELECT coalesce(lineage_id, id) FROM api_keys WHERE id = NEW.key_id),
+        NEW.model, NEW.chip, coalesce(NEW.deployment, ''), NEW.endpoint, NEW.status,
+        NEW.price_version_id, 1, NEW.prompt_tokens, NEW.cached_tokens,
+        NEW.completion_tokens, NEW.images, NEW.tasks, NEW.compute_ms, NEW.uploads)
+    ON CONFLICT (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+    DO UPDATE SET
+        requests = requests + 1,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        cached_tokens = cached_tokens + excluded.cached_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens,
+        images = images + excluded.images,
+        tasks = tasks + excluded.tasks,
+        compute_ms = compute_ms + excluded.compute_ms,
+        uploads = uploads + excluded.uploads;
+END;
