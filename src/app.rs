@@ -57,7 +57,7 @@ impl Application {
     /// listener (`server.listen`; port 0 picks a free port).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         install_tls_provider();
-        let db = store::connect(&config.database).await?;
+        let db = store::open(&config).await?;
         prices::sync(&config, &db).await?;
         let book = PriceBook::new(store::prices::all(&db).await?);
         for up in &config.upstreams {

@@ -61,9 +61,16 @@ impl std::fmt::Display for Month {
 }
 
 fn local_midnight(m: Month, zone: Tz) -> DateTime<Utc> {
-    let date = NaiveDate::from_ymd_opt(m.year, m.month, 1).expect("a valid month");
+    day_start(
+        NaiveDate::from_ymd_opt(m.year, m.month, 1).expect("a valid month"),
+        zone,
+    )
+}
+
+/// The first instant of `date` in `zone`: its midnight, or where a zone skips midnight (DST
+/// at 00:00) the first instant of the day then.
+pub fn day_start(date: NaiveDate, zone: Tz) -> DateTime<Utc> {
     let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists");
-    // A zone may skip midnight (DST at 00:00): take the first instant of the day then.
     zone.from_local_datetime(&midnight)
         .earliest()
         .or_else(|| {
@@ -72,6 +79,18 @@ fn local_midnight(m: Month, zone: Tz) -> DateTime<Utc> {
         })
         .expect("one of two consecutive hours exists")
         .with_timezone(&Utc)
+}
+
+/// The starts (ms) of every day in `zone` from 1970-01-01 to 2100-01-01 (whose start ends
+/// the last day): the days the ledger's daily rollups sum.
+pub fn rollup_days(zone: Tz) -> Vec<i64> {
+    let first = NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+    let last = NaiveDate::from_ymd_opt(2100, 1, 1).expect("a date");
+    first
+        .iter_days()
+        .take_while(|d| *d <= last)
+        .map(|d| day_start(d, zone).timestamp_millis())
+        .collect()
 }
 
 #[cfg(test)]
@@ -87,6 +106,21 @@ mod tests {
         assert_eq!(end.to_rfc3339(), "2026-11-30T16:00:00+00:00");
         let december = Month::parse("2026-12").unwrap().bounds(chrono_tz::UTC);
         assert_eq!(december.1.to_rfc3339(), "2027-01-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn rollup_days_are_each_local_day_in_order() {
+        let days = rollup_days(chrono_tz::Asia::Kolkata);
+        assert_eq!(days.len(), 47_483);
+        assert!(days.windows(2).all(|w| w[0] < w[1]));
+        let nov_3 = NaiveDate::from_ymd_opt(2026, 11, 3).unwrap();
+        let start = day_start(nov_3, chrono_tz::Asia::Kolkata);
+        assert_eq!(start.to_rfc3339(), "2026-11-02T18:30:00+00:00");
+        assert!(days.binary_search(&start.timestamp_millis()).is_ok());
+        // New York's days are 23 or 25 hours at the changes of clock.
+        let ny = rollup_days(chrono_tz::America::New_York);
+        assert!(ny.windows(2).any(|w| w[1] - w[0] == 23 * 3_600_000));
+        assert!(ny.windows(2).any(|w| w[1] - w[0] == 25 * 3_600_000));
     }
 
     #[test]

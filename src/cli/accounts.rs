@@ -132,7 +132,7 @@ pub enum KeysCommand {
 }
 
 pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyhow::Result<()> {
-    let db = store::connect(&config.database).await?;
+    let db = store::open(config).await?;
     let line = |a: &Account| format!("{}\t{}\t{}", a.id, a.name, a.created_at);
     match command {
         AccountsCommand::Create {
@@ -235,7 +235,7 @@ fn key_line(k: &KeyView) -> String {
 }
 
 pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let db = store::connect(&config.database).await?;
+    let db = store::open(config).await?;
     // Used to announce changes: gateways on this ledger drop their cached keys at once.
     let cache = KeyCache::new(ChangeSignal::new(&db, &config.database.url, "keys"));
     match command {

@@ -50,7 +50,7 @@ pub enum FormatArg {
 }
 
 pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::Result<()> {
-    let db = store::connect(&config.database).await?;
+    let db = store::open(config).await?;
     match command {
         PricesCommand::Sync => {
             let added = crate::domain::prices::sync(config, &db).await?;
@@ -101,7 +101,7 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
 
 pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyhow::Result<()> {
     use crate::domain::invoices::{Document, Ledger};
-    let db = store::connect(&config.database).await?;
+    let db = store::open(config).await?;
     let prices = PriceBook::new(store::prices::all(&db).await?);
     let ledger = Ledger {
         db: &db,

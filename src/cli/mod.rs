@@ -198,7 +198,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
             format,
         } => {
             let config = Config::load(&cli.config)?;
-            let db = store::connect(&config.database).await?;
+            let db = store::open(&config).await?;
             let prices = PriceBook::new(store::prices::all(&db).await?);
             let request = crate::domain::reports::ReportRequest {
                 from: from.as_deref(),
@@ -212,7 +212,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
         }
         Command::Ledger(LedgerCommand::Verify { json }) => {
             let config = Config::load(&cli.config)?;
-            let db = store::connect(&config.database).await?;
+            let db = store::open(&config).await?;
             let verified = crate::domain::audit::verify(&db).await?;
             emit(json, &verified, || {
                 let mut text = format!("{} accounts verified", verified.accounts);
@@ -230,10 +230,11 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
                         c.map_or("nothing".into(), |c| format!("{c:?}"))
                     };
                     text += &format!(
-                        "\naccount {} ({}): the rollup of {} (key lineage {}, {} × {}, deployment '{}', {}, {}, price version {}) holds {}, its records sum to {}",
+                        "\naccount {} ({}): the {} rollup of {} (key lineage {}, {} × {}, deployment '{}', {}, {}, price version {}) holds {}, its records sum to {}",
                         d.account_id,
                         d.account,
-                        store::from_ms(g.hour).to_rfc3339(),
+                        g.rollup,
+                        store::from_ms(g.start).to_rfc3339(),
                         g.lineage_id,
                         g.model,
                         g.chip,
@@ -254,7 +255,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
         }
         Command::Usage(UsageCommand::Import { file, json }) => {
             let config = Config::load(&cli.config)?;
-            let db = store::connect(&config.database).await?;
+            let db = store::open(&config).await?;
             let sink = store::Sink::open(&config.database).await?.for_bulk()?;
             let started = std::time::Instant::now();
             let input: Box<dyn std::io::BufRead> = match file.to_str() {

@@ -58,7 +58,10 @@ impl Ledger<'_> {
             scope,
             store::to_ms(start),
             store::to_ms(end),
-            store::rollups::By::default(),
+            store::rollups::By {
+                zone: Some(self.zone),
+                ..Default::default()
+            },
         )
         .await?;
         let empty = Invoice {

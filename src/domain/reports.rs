@@ -65,6 +65,7 @@ pub async fn build(
         account: group_by.contains(&Dimension::Account),
         key: group_by.contains(&Dimension::Key),
         slots: Some(&edges), // the chart's days or hours, and the day or hour groups
+        zone: Some(zone),
     };
     let (from_ms, to_ms) = (store::to_ms(from), store::to_ms(to));
     let totals = store::rollups::totals(db, store::rollups::Scope::All, from_ms, to_ms, by).await?;

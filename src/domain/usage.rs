@@ -73,7 +73,10 @@ pub async fn month_to_date(
         scope,
         store::to_ms(start),
         store::to_ms(end),
-        Default::default(),
+        store::rollups::By {
+            zone: Some(zone),
+            ..Default::default()
+        },
     )
     .await?;
     let sum = |f: fn(&Totals) -> i64| totals.iter().map(f).fold(0i64, i64::saturating_add);

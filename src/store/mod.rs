@@ -225,6 +225,16 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// Opens the ledger of `config` as `connect` does, its daily rollups kept in the billing
+/// time zone (`rollups::keep_days_in`): what `tollgate serve` and every CLI command use.
+pub async fn open(config: &crate::Config) -> anyhow::Result<Db> {
+    let db = connect(&config.database).await?;
+    rollups::keep_days_in(&db, config.billing.zone())
+        .await
+        .context("cannot sum the daily usage rollups")?;
+    Ok(db)
+}
+
 /// Whether the database answers.
 pub async fn ping(db: &Db) -> bool {
     on!(db, |pool| sqlx::query("SELECT 1")

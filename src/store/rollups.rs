@@ -1,17 +1,20 @@
-//! Usage summed for reading: invoices, reports and a key's month read the hourly rollups
-//! (`usage_hourly`, kept by the ledger's triggers in the same transaction as the records,
-//! `migrations/*/..._usage_hourly.sql`), so their cost grows with the hours and groups of
-//! the period asked, never with its records. Only the parts of a period that are not whole
-//! UTC hours (its ends, a bucket edge inside an hour in a zone with a half-hour offset) are
-//! summed from the records themselves, through their time index. `audit` recomputes the
-//! rollups from the records for `tollgate ledger verify`.
+//! Usage summed for reading: invoices, reports and a key's month read the rollups, kept by
+//! the ledger's triggers in the same transaction as the records
+//! (`migrations/*/..._usage_rollups.sql`), so their cost grows with the days, hours and
+//! groups of the period asked, never with its records: whole days of the billing zone from
+//! `usage_daily`, other whole UTC hours from `usage_hourly`, and only the rest (a period's
+//! ragged ends, a bucket edge inside an hour in a zone with a half-hour offset) from the
+//! records themselves, through their time index. `keep_days_in` sets the zone of the daily
+//! sums; `audit` recomputes every rollup from the records for `tollgate ledger verify`.
 
 use std::collections::BTreeMap;
 
-use sqlx::AssertSqlSafe;
+use chrono_tz::Tz;
+use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::{Db, Read, Result, on};
 use crate::billing::Totals;
+use crate::billing::period;
 
 pub const HOUR_MS: i64 = 3_600_000;
 /// The slot records read directly are grouped by: every timezone's offset is a multiple
@@ -46,21 +49,60 @@ pub struct By<'a> {
     pub account: bool,
     /// By key lineage.
     pub key: bool,
-    /// By time slot (an hour from the rollups, 15 minutes from records), no slot crossing
-    /// any of these instants (ms): the edges of a report's local days or hours.
+    /// By time slot (a day or an hour from the rollups, 15 minutes from records), no slot
+    /// crossing any of these instants (ms): the edges of a report's local days or hours.
     pub slots: Option<&'a [i64]>,
+    /// The billing zone: whole days of it may be read from the daily rollups, if the ledger
+    /// keeps them in that zone.
+    pub zone: Option<Tz>,
 }
 
 /// Where a part of a period is summed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
+    Days,
     Rollups,
     Records,
 }
 
-/// `[from, to)` cut into the parts summed from the rollups (whole UTC hours crossed by no
-/// edge) and from the records (the rest), in time order.
-fn spans(from: i64, to: i64, edges: &[i64]) -> Vec<(Source, i64, i64)> {
+/// `[from, to)` cut into the parts summed from the daily rollups (whole days, starting at
+/// `days`, crossed by no edge), the hourly rollups (other whole UTC hours crossed by no
+/// edge) and the records (the rest), in time order.
+fn spans(from: i64, to: i64, edges: &[i64], days: &[i64]) -> Vec<(Source, i64, i64)> {
+    let mut spans: Vec<(Source, i64, i64)> = Vec::new();
+    let mut at = from;
+    for day in days.windows(2) {
+        let (start, end) = (day[0], day[1]);
+        let crossed = edges.iter().any(|&e| start < e && e < end);
+        if start < at || end > to || crossed {
+            continue;
+        }
+        hour_spans(&mut spans, at, start, edges);
+        push(&mut spans, Source::Days, start, end);
+        at = end;
+    }
+    hour_spans(&mut spans, at, to, edges);
+    spans
+}
+
+/// Appends `[source, a, b)`, joined to the last span if it is of the same source and ends
+/// at `a`.
+fn push(spans: &mut Vec<(Source, i64, i64)>, source: Source, a: i64, b: i64) {
+    if a >= b {
+        return;
+    }
+    match spans.last_mut() {
+        Some((last, _, end)) if *last == source && *end == a => *end = b,
+        _ => spans.push((source, a, b)),
+    }
+}
+
+/// Appends `[from, to)` cut into whole UTC hours crossed by no edge (hourly rollups) and the
+/// rest (records).
+fn hour_spans(spans: &mut Vec<(Source, i64, i64)>, from: i64, to: i64, edges: &[i64]) {
+    if from >= to {
+        return;
+    }
     let floor = |t: i64| t.div_euclid(HOUR_MS) * HOUR_MS;
     let mut partial: Vec<i64> = [from, to]
         .iter()
@@ -70,28 +112,38 @@ fn spans(from: i64, to: i64, edges: &[i64]) -> Vec<(Source, i64, i64)> {
         .collect();
     partial.sort_unstable();
     partial.dedup();
-    let mut spans: Vec<(Source, i64, i64)> = Vec::new();
-    let mut push = |source, a: i64, b: i64| {
-        if a >= b {
-            return;
-        }
-        match spans.last_mut() {
-            Some((last, _, end)) if *last == source && *end == a => *end = b,
-            _ => spans.push((source, a, b)),
-        }
-    };
     let mut at = from;
     for hour in partial {
         let (start, end) = (hour.max(from), hour.saturating_add(HOUR_MS).min(to));
         if end <= at {
             continue;
         }
-        push(Source::Rollups, at, start);
-        push(Source::Records, start.max(at), end);
+        push(spans, Source::Rollups, at, start);
+        push(spans, Source::Records, start.max(at), end);
         at = end;
     }
-    push(Source::Rollups, at, to);
-    spans
+    push(spans, Source::Rollups, at, to);
+}
+
+/// The starts of the days of the daily rollups from `from_ms` to `to_ms` (both included),
+/// if the ledger keeps them in `zone`.
+async fn days_of(db: &Db, zone: Option<Tz>, from_ms: i64, to_ms: i64) -> Result<Vec<i64>> {
+    let Some(zone) = zone else {
+        return Ok(Vec::new());
+    };
+    Ok(on!(db, |pool| {
+        sqlx::query_scalar(
+            "SELECT start FROM rollup_days
+             WHERE start >= $1 AND start <= $2
+               AND EXISTS (SELECT 1 FROM rollup_zone WHERE zone = $3)
+             ORDER BY start",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(zone.name())
+        .fetch_all(pool)
+        .await?
+    }))
 }
 
 /// Sums over `[from_ms, to_ms)` grouped by model, chip and price version and by what `by`
@@ -105,7 +157,8 @@ pub async fn totals(
     by: By<'_>,
 ) -> Result<Vec<Totals>> {
     let mut totals = Vec::new();
-    for (source, from, to) in spans(from_ms, to_ms, by.slots.unwrap_or_default()) {
+    let days = days_of(db, by.zone, from_ms, to_ms).await?;
+    for (source, from, to) in spans(from_ms, to_ms, by.slots.unwrap_or_default(), &days) {
         let sql = totals_sql(source, scope, by);
         on!(db, |pool| {
             // Built from this module's own fragments; the values are bound.
@@ -131,7 +184,7 @@ pub async fn plan_of_totals(db: &Db, scope: Scope, by: By<'_>) -> Result<Vec<Str
         return Ok(Vec::new());
     };
     let mut plan = Vec::new();
-    for source in [Source::Rollups, Source::Records] {
+    for source in [Source::Days, Source::Rollups, Source::Records] {
         let sql = format!("EXPLAIN QUERY PLAN {}", totals_sql(source, scope, by));
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(0i64)
@@ -148,6 +201,13 @@ pub async fn plan_of_totals(db: &Db, scope: Scope, by: By<'_>) -> Result<Vec<Str
 
 fn totals_sql(source: Source, scope: Scope, by: By) -> String {
     let (table, time, requests, lineage, slot) = match source {
+        Source::Days => (
+            "usage_daily r",
+            "r.day",
+            "r.requests",
+            "r.lineage_id",
+            "r.day",
+        ),
         Source::Rollups => (
             "usage_hourly r",
             "r.hour",
@@ -227,10 +287,104 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
     })
 }
 
+/// Makes the daily rollups sum the days of `zone`: if the ledger keeps them in another
+/// zone (or none yet), writes `zone`'s days and sums them again, in one transaction that
+/// holds off new records meanwhile: from the hourly rollups when every day of `zone` starts
+/// on a UTC hour, else from the records. A ledger already in `zone` is left as it is.
+pub async fn keep_days_in(db: &Db, zone: Tz) -> Result<()> {
+    let kept: Option<String> = on!(db, |pool| {
+        sqlx::query_scalar("SELECT zone FROM rollup_zone")
+            .fetch_optional(pool)
+            .await?
+    });
+    if kept.as_deref() == Some(zone.name()) {
+        return Ok(());
+    }
+    let days = period::rollup_days(zone);
+    let on_the_hour = days.iter().all(|d| d % HOUR_MS == 0);
+    let sums: String = SUMMED
+        .iter()
+        .map(|c| match (*c, on_the_hour) {
+            ("requests", false) => ", count(*)".to_string(),
+            (c, _) => format!(", sum(r.{c})"),
+        })
+        .collect();
+    let day_of = |time: &str| format!("(SELECT max(start) FROM rollup_days WHERE start <= {time})");
+    let rebuild = match on_the_hour {
+        true => format!(
+            "INSERT INTO usage_daily
+             SELECT r.account_id, r.day, r.lineage_id, r.model, r.chip, r.deployment,
+                    r.endpoint, r.status, r.price_version_id{sums}
+             FROM (SELECT r.*, {day} AS day FROM usage_hourly r WHERE r.hour >= $1) r
+             GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
+            day = day_of("r.hour"),
+        ),
+        false => format!(
+            "INSERT INTO usage_daily
+             SELECT r.account_id, r.day, coalesce(k.lineage_id, k.id), r.model, r.chip,
+                    coalesce(r.deployment, ''), r.endpoint, r.status, r.price_version_id{sums}
+             FROM (SELECT r.*, {day} AS day FROM usage_records r WHERE r.started_at >= $1) r
+             JOIN api_keys k ON k.id = r.key_id
+             GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
+            day = day_of("r.started_at"),
+        ),
+    };
+    let started = std::time::Instant::now();
+    let (begin, hold_off) = match db {
+        Db::Sqlite(_) => ("BEGIN IMMEDIATE", None),
+        Db::Postgres(_) => ("BEGIN", Some("LOCK TABLE usage_records IN SHARE MODE")),
+    };
+    on!(db, |pool| {
+        let mut conn = pool.acquire().await?;
+        sqlx::query(begin).execute(&mut *conn).await?;
+        let done = async {
+            if let Some(lock) = hold_off {
+                sqlx::query(lock).execute(&mut *conn).await?;
+            }
+            for sql in [
+                "DELETE FROM rollup_days",
+                "DELETE FROM usage_daily",
+                "DELETE FROM rollup_zone",
+            ] {
+                sqlx::query(sql).execute(&mut *conn).await?;
+            }
+            for chunk in days.chunks(1000) {
+                let mut insert = QueryBuilder::new("INSERT INTO rollup_days (start) ");
+                insert.push_values(chunk, |mut row, day| {
+                    row.push_bind(*day);
+                });
+                insert.build().execute(&mut *conn).await?;
+            }
+            sqlx::query(AssertSqlSafe(rebuild.as_str()))
+                .bind(days[0])
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("INSERT INTO rollup_zone (id, zone) VALUES (1, $1)")
+                .bind(zone.name())
+                .execute(&mut *conn)
+                .await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut *conn).await?;
+        done?;
+    });
+    tracing::info!(
+        zone = zone.name(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "daily usage rollups summed for the billing time zone"
+    );
+    Ok(())
+}
+
 /// What identifies a rollup row (its account aside).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Group {
-    pub hour: i64,
+    /// `hourly` or `daily`.
+    pub rollup: &'static str,
+    /// The start (ms) of its hour or day.
+    pub start: i64,
     pub lineage_id: i64,
     pub model: String,
     pub chip: String,
@@ -267,16 +421,10 @@ pub struct Mismatch {
 /// Days of rollups compared at a time: bounds what an audit holds in memory.
 const AUDIT_WINDOW_MS: i64 = 7 * 24 * HOUR_MS;
 
-/// Recomputes `account_id`'s rollups from its records, a week at a time, in one snapshot of
-/// the ledger, and returns the rows that differ.
+/// Recomputes `account_id`'s hourly and daily rollups from its records, a week at a time,
+/// in one snapshot of the ledger, and returns the rows that differ.
 pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
-    let group_columns = "hour, lineage_id, model, chip, deployment, endpoint, status, \
-                         price_version_id";
-    let stored_sql = format!(
-        "SELECT {group_columns}, {} FROM usage_hourly
-         WHERE account_id = $1 AND hour >= $2 AND hour < $3",
-        SUMMED.join(", ")
-    );
+    let groups = "lineage_id, model, chip, deployment, endpoint, status, price_version_id";
     let sums: String = SUMMED
         .iter()
         .map(|c| match *c {
@@ -284,19 +432,30 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
             c => format!(", CAST(sum(r.{c}) AS BIGINT) AS {c}"),
         })
         .collect();
-    let summed_sql = format!(
-        "SELECT r.started_at / 3600000 * 3600000 AS hour,
-                coalesce(k.lineage_id, k.id) AS lineage_id, r.model, r.chip,
-                coalesce(r.deployment, '') AS deployment, r.endpoint, r.status,
-                r.price_version_id{sums}
-         FROM usage_records r JOIN api_keys k ON k.id = r.key_id
-         WHERE r.account_id = $1 AND r.started_at >= $2 AND r.started_at < $3
-         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
-    );
-    let bounds_sql = "SELECT (SELECT min(hour) FROM usage_hourly WHERE account_id = $1),
+    // A record's day is looked up as the triggers do; records up to a day either side of
+    // the window are read, and kept if their day is in it.
+    let audits = [
+        (
+            "hourly",
+            "usage_hourly",
+            "hour",
+            "r.started_at / 3600000 * 3600000",
+            0,
+        ),
+        (
+            "daily",
+            "usage_daily",
+            "day",
+            "(SELECT max(start) FROM rollup_days WHERE start <= r.started_at)",
+            2 * 24 * HOUR_MS,
+        ),
+    ];
+    let bounds_sql = "SELECT (SELECT min(started_at) FROM usage_records WHERE account_id = $1),
+                             (SELECT max(started_at) FROM usage_records WHERE account_id = $1),
+                             (SELECT min(hour) FROM usage_hourly WHERE account_id = $1),
                              (SELECT max(hour) FROM usage_hourly WHERE account_id = $1),
-                             (SELECT min(started_at) FROM usage_records WHERE account_id = $1),
-                             (SELECT max(started_at) FROM usage_records WHERE account_id = $1)";
+                             (SELECT min(day) FROM usage_daily WHERE account_id = $1),
+                             (SELECT max(day) FROM usage_daily WHERE account_id = $1)";
     let postgres = matches!(db, Db::Postgres(_));
     on!(db, |pool| {
         let mut tx = pool.begin().await?;
@@ -305,16 +464,43 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
                 .execute(&mut *tx)
                 .await?;
         }
-        type Bounds = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-        let bounds: Bounds = sqlx::query_as(bounds_sql)
+        type Bounds = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let b: Bounds = sqlx::query_as(bounds_sql)
             .bind(account_id)
             .fetch_one(&mut *tx)
             .await?;
-        let first = [bounds.0, bounds.2].into_iter().flatten().min();
-        let last = [bounds.1, bounds.3].into_iter().flatten().max();
+        let first = [b.0, b.2, b.4].into_iter().flatten().min();
+        let last = [b.1, b.3, b.5].into_iter().flatten().max();
         let mut mismatches = Vec::new();
-        if let (Some(first), Some(last)) = (first, last) {
-            let mut from = first.div_euclid(HOUR_MS) * HOUR_MS;
+        let (Some(first), Some(last)) = (first, last) else {
+            tx.commit().await?;
+            return Ok(mismatches);
+        };
+        for (rollup, table, column, start_of, margin) in audits {
+            let stored_sql = format!(
+                "SELECT {column} AS start, {groups}, {} FROM {table}
+                 WHERE account_id = $1 AND {column} >= $2 AND {column} < $3",
+                SUMMED.join(", ")
+            );
+            let summed_sql = format!(
+                "SELECT r.start, coalesce(k.lineage_id, k.id) AS lineage_id, r.model, r.chip,
+                        coalesce(r.deployment, '') AS deployment, r.endpoint, r.status,
+                        r.price_version_id{sums}
+                 FROM (SELECT r.*, {start_of} AS start FROM usage_records r
+                       WHERE r.account_id = $1 AND r.started_at >= $2 - {margin}
+                         AND r.started_at < $3 + {margin}) r
+                 JOIN api_keys k ON k.id = r.key_id
+                 WHERE r.start >= $2 AND r.start < $3
+                 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
+            );
+            let mut from = first.div_euclid(HOUR_MS) * HOUR_MS - margin;
             while from <= last {
                 let to = from.saturating_add(AUDIT_WINDOW_MS);
                 let mut rows: BTreeMap<Group, (Option<Counts>, Option<Counts>)> = BTreeMap::new();
@@ -326,7 +512,7 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
                         .fetch_all(&mut *tx)
                         .await?;
                     for row in &found {
-                        let (group, counts) = group_from_row(row)?;
+                        let (group, counts) = group_from_row(rollup, row)?;
                         let entry = rows.entry(group).or_default();
                         match stored {
                             true => entry.0 = Some(counts),
@@ -351,9 +537,10 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
     })
 }
 
-fn group_from_row(r: &impl Read) -> Result<(Group, Counts)> {
+fn group_from_row(rollup: &'static str, r: &impl Read) -> Result<(Group, Counts)> {
     let group = Group {
-        hour: r.read("hour")?,
+        rollup,
+        start: r.read("start")?,
         lineage_id: r.read("lineage_id")?,
         model: r.read("model")?,
         chip: r.read("chip")?,
@@ -378,17 +565,17 @@ fn group_from_row(r: &impl Read) -> Result<(Group, Counts)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Source::{Records, Rollups};
+    use Source::{Days, Records, Rollups};
 
     const H: i64 = HOUR_MS;
 
     #[test]
     fn whole_hours_come_from_rollups_and_the_rest_from_records() {
         // A period on the hour: rollups alone.
-        assert_eq!(spans(0, 24 * H, &[]), [(Rollups, 0, 24 * H)]);
+        assert_eq!(spans(0, 24 * H, &[], &[]), [(Rollups, 0, 24 * H)]);
         // Ragged ends: records for the part hours.
         assert_eq!(
-            spans(H / 2, 3 * H + 60_000, &[]),
+            spans(H / 2, 3 * H + 60_000, &[], &[]),
             [
                 (Records, H / 2, H),
                 (Rollups, H, 3 * H),
@@ -396,12 +583,12 @@ mod tests {
             ]
         );
         // Within one hour: records alone.
-        assert_eq!(spans(10, 20, &[]), [(Records, 10, 20)]);
+        assert_eq!(spans(10, 20, &[], &[]), [(Records, 10, 20)]);
         // Edges on the hour change nothing; an edge inside an hour (a +05:30 zone's
         // midnight) makes that hour come from records, so that no slot crosses it.
-        assert_eq!(spans(0, 4 * H, &[H, 2 * H]), [(Rollups, 0, 4 * H)]);
+        assert_eq!(spans(0, 4 * H, &[H, 2 * H], &[]), [(Rollups, 0, 4 * H)]);
         assert_eq!(
-            spans(0, 4 * H, &[H + H / 2, 99 * H + 1]),
+            spans(0, 4 * H, &[H + H / 2, 99 * H + 1], &[]),
             [
                 (Rollups, 0, H),
                 (Records, H, 2 * H),
@@ -409,7 +596,39 @@ mod tests {
             ]
         );
         // Part hours side by side are one span.
-        assert_eq!(spans(H / 2, 2 * H, &[H + 1]), [(Records, H / 2, 2 * H)]);
-        assert!(spans(5, 5, &[]).is_empty());
+        assert_eq!(
+            spans(H / 2, 2 * H, &[H + 1], &[]),
+            [(Records, H / 2, 2 * H)]
+        );
+        assert!(spans(5, 5, &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn whole_days_come_from_the_daily_rollups() {
+        const D: i64 = 24 * H;
+        // Days starting at 16:00 UTC (Asia/Shanghai).
+        let days: Vec<i64> = (0..5).map(|d| d * D + 16 * H).collect();
+        // A month's invoice: its days.
+        assert_eq!(
+            spans(16 * H, 3 * D + 16 * H, &[], &days),
+            [(Days, 16 * H, 3 * D + 16 * H)]
+        );
+        // A period starting and ending within days: hours, then days, then hours and a
+        // part hour.
+        assert_eq!(
+            spans(10 * H, 2 * D + 20 * H + 5, &[], &days),
+            [
+                (Rollups, 10 * H, 16 * H),
+                (Days, 16 * H, D + 16 * H),
+                (Rollups, D + 16 * H, 2 * D + 20 * H),
+                (Records, 2 * D + 20 * H, 2 * D + 20 * H + 5)
+            ]
+        );
+        // Hour buckets cut every day: hours alone.
+        let hours: Vec<i64> = (16..40).map(|h| h * H).collect();
+        assert_eq!(
+            spans(16 * H, D + 16 * H, &hours, &days),
+            [(Rollups, 16 * H, D + 16 * H)]
+        );
     }
 }

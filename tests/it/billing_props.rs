@@ -210,6 +210,8 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
             ttft_ms: None,
         });
     }
+    // The ledger keeps daily sums in the billing zone, as `tollgate serve` has it do.
+    store::rollups::keep_days_in(&db, ZONE).await.unwrap();
     let sink = store::Sink::open(&database).await.unwrap();
     let batch: Vec<&UsageRecord> = records.iter().collect();
     sink.insert(&batch).await.unwrap();
@@ -262,6 +264,7 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
             account: true,
             key: true,
             slots: Some(&edges),
+            zone: Some(ZONE),
         },
     )
     .await
@@ -297,6 +300,7 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
         end.timestamp_millis(),
         store::rollups::By {
             slots: Some(&edges),
+            zone: Some(ZONE),
             ..Default::default()
         },
     )

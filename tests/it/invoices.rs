@@ -21,7 +21,7 @@ async fn move_records_to(app: &TestApp, month: Month) {
     let (start, _) = month.bounds(zone);
     let at = (start + Duration::days(3)).timestamp_millis();
     // Records are immutable by design; the test lifts the guard to age its data.
-    helpers::ledger::move_all_records(app.state.db(), at).await;
+    helpers::ledger::move_all_records(app.state.db(), at, zone).await;
 }
 
 #[tokio::test]

@@ -131,6 +131,7 @@ async fn sums_for_reports_invoices_and_a_keys_month_read_rollups_and_only_their_
                 account: true,
                 key: true,
                 slots: Some(&edges),
+                zone: None,
             },
         ),
         (Scope::Account(b.account.id), By::default()),
@@ -139,7 +140,12 @@ async fn sums_for_reports_invoices_and_a_keys_month_read_rollups_and_only_their_
         let plan = store::rollups::plan_of_totals(&b.db, scope, by)
             .await
             .unwrap();
-        // Whole hours: the rollups, through an index on the period.
+        // Whole days and hours: the rollups, through an index on the period.
+        assert!(
+            plan.iter()
+                .any(|l| l.starts_with("SEARCH r USING") && l.contains("day>?")),
+            "{scope:?}: {plan:?}"
+        );
         assert!(
             plan.iter()
                 .any(|l| l.starts_with("SEARCH r USING") && l.contains("hour>?")),

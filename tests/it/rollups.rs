@@ -1,7 +1,8 @@
-//! The hourly rollups are exact: after random batches of records (replays among them)
-//! shipped through the ledger writer's own sink, on the ledger under test, every rollup is
-//! what its records sum to (`ledger verify` finds nothing), and the sums read for any
-//! period, cut at any bucket edges, by any scope, are what the records in it sum to.
+//! The rollups are exact: after random batches of records (replays among them) shipped
+//! through the ledger writer's own sink, on the ledger under test, with the billing time
+//! zone of the daily rollups changed midway, every hourly and daily rollup is what its
+//! records sum to (`ledger verify` finds nothing), and the sums read for any period, cut
+//! at any bucket edges, by any scope, are what the records in it sum to.
 
 use crate::helpers;
 
@@ -15,9 +16,17 @@ use tollgate::store::{self, rollups};
 
 const HOUR: i64 = 3_600_000;
 const QUARTER: i64 = 900_000;
-/// The records' hours: 2026-11-30T20:00Z and the five after.
+/// Zones whose days start on the hour (UTC, Shanghai, New York) or on the half hour.
+const ZONES: [chrono_tz::Tz; 4] = [
+    chrono_tz::UTC,
+    chrono_tz::Asia::Shanghai,
+    chrono_tz::America::New_York,
+    chrono_tz::Asia::Kolkata,
+];
+
+/// The records span 2026-11-29T20:00Z and the 54 hours after: a few days of any zone.
 fn base() -> i64 {
-    Utc.with_ymd_and_hms(2026, 11, 30, 20, 0, 0)
+    Utc.with_ymd_and_hms(2026, 11, 29, 20, 0, 0)
         .unwrap()
         .timestamp_millis()
 }
@@ -44,7 +53,7 @@ fn shape() -> impl Strategy<Value = Shape> {
         0..3usize,
         0..5000u64,
         0..500u64,
-        0..6 * HOUR,
+        0..54 * HOUR,
     )
         .prop_map(
             |(owner, model, deployment, embeddings, status, prompt, completion, offset_ms)| Shape {
@@ -64,15 +73,23 @@ fn shape() -> impl Strategy<Value = Shape> {
 /// every zone's are).
 fn period() -> impl Strategy<Value = (i64, i64, Vec<i64>)> {
     (
-        0..7 * HOUR,
-        0..7 * HOUR,
-        prop::collection::vec(0..28i64, 0..4),
+        0..56 * HOUR,
+        0..56 * HOUR,
+        any::<bool>(),
+        prop::collection::vec(0..216i64, 0..4),
     )
-        .prop_map(|(a, b, quarters)| {
-            let (from, to) = (
-                base() - HOUR / 2 + a.min(b),
-                base() - HOUR / 2 + a.max(b) + 1,
-            );
+        .prop_map(|(a, b, on_the_hour, quarters)| {
+            // Half the periods start and end on the hour, as months and days mostly do.
+            let at = |x: i64| {
+                let t = base() - HOUR / 2 + x;
+                if on_the_hour {
+                    t - t.rem_euclid(HOUR)
+                } else {
+                    t
+                }
+            };
+            let end = if on_the_hour { HOUR } else { 1 };
+            let (from, to) = (at(a.min(b)), at(a.max(b)) + end);
             let edges = quarters.iter().map(|q| base() + q * QUARTER).collect();
             (from, to, edges)
         })
@@ -86,7 +103,12 @@ fn bucket_of(at: i64, edges: &[i64]) -> usize {
     edges.iter().filter(|&&e| e <= at).count()
 }
 
-async fn check(shapes: Vec<Shape>, batches: Vec<Vec<usize>>, periods: Vec<(i64, i64, Vec<i64>)>) {
+async fn check(
+    shapes: Vec<Shape>,
+    batches: Vec<Vec<usize>>,
+    periods: Vec<(i64, i64, Vec<i64>)>,
+    zones: (usize, usize),
+) {
     let dir = tempfile::tempdir().unwrap();
     let b = helpers::bare_ledger(&dir).await;
     let version = helpers::simple_price(&b.db).await;
@@ -139,7 +161,13 @@ async fn check(shapes: Vec<Shape>, batches: Vec<Vec<usize>>, periods: Vec<(i64, 
     // Each batch is shipped as the writer ships, some records again (a replay).
     let sink = store::Sink::open(&b.database).await.unwrap();
     let mut stored = vec![false; records.len()];
-    for batch in &batches {
+    let (zone, later) = (ZONES[zones.0], ZONES[zones.1]);
+    rollups::keep_days_in(&b.db, zone).await.unwrap();
+    for (n, batch) in batches.iter().enumerate() {
+        if n == batches.len() / 2 {
+            // The operator changes the billing zone: the daily sums are made again.
+            rollups::keep_days_in(&b.db, later).await.unwrap();
+        }
         let mut picked: Vec<usize> = batch.iter().map(|i| i % records.len()).collect();
         picked.sort_unstable();
         picked.dedup();
@@ -198,37 +226,53 @@ async fn check(shapes: Vec<Shape>, batches: Vec<Vec<usize>>, periods: Vec<(i64, 
                 sums[2] += r.tokens.prompt as i64;
                 sums[3] += r.tokens.completion as i64;
             }
-            let by = rollups::By {
-                account: true,
-                key: true,
-                slots: Some(&edges),
-            };
-            let totals = rollups::totals(&b.db, scope, from, to, by).await.unwrap();
+            // Read with the days of the zone the ledger keeps, and of another (whose days
+            // it does not keep: hours then).
             let mut read = Sums::new();
-            for t in &totals {
-                let slot = t.slot_ms.expect("grouped by slot");
-                let group = (
-                    t.account_id,
-                    t.lineage_id,
-                    t.model.clone(),
-                    bucket_of(slot, &edges),
-                );
-                let sums = read.entry(group).or_default();
-                sums[0] += t.requests;
-                sums[1] += t.ok_requests;
-                sums[2] += t.prompt_tokens;
-                sums[3] += t.completion_tokens;
+            let mut reads = 0;
+            for zone in [later, zone] {
+                let by = rollups::By {
+                    account: true,
+                    key: true,
+                    slots: Some(&edges),
+                    zone: Some(zone),
+                };
+                let totals = rollups::totals(&b.db, scope, from, to, by).await.unwrap();
+                reads += 1;
+                for t in &totals {
+                    let slot = t.slot_ms.expect("grouped by slot");
+                    let group = (
+                        t.account_id,
+                        t.lineage_id,
+                        t.model.clone(),
+                        bucket_of(slot, &edges),
+                    );
+                    let sums = read.entry(group).or_default();
+                    sums[0] += t.requests;
+                    sums[1] += t.ok_requests;
+                    sums[2] += t.prompt_tokens;
+                    sums[3] += t.completion_tokens;
+                }
             }
+            let expected: Sums = expected
+                .into_iter()
+                .map(|(group, sums)| (group, sums.map(|s| s * reads)))
+                .collect();
             assert_eq!(
                 read, expected,
                 "{scope:?} over [{from}, {to}) cut at {edges:?}"
             );
             // Without slots or ids: the same sums in fewer rows.
-            let flat = rollups::totals(&b.db, scope, from, to, rollups::By::default())
-                .await
-                .unwrap();
+            let by = rollups::By {
+                zone: Some(later),
+                ..Default::default()
+            };
+            let flat = rollups::totals(&b.db, scope, from, to, by).await.unwrap();
             let requests: i64 = flat.iter().map(|t| t.requests).sum();
-            assert_eq!(requests, expected.values().map(|s| s[0]).sum::<i64>());
+            assert_eq!(
+                requests * reads,
+                expected.values().map(|s| s[0]).sum::<i64>()
+            );
             assert!(
                 flat.iter()
                     .all(|t| t.slot_ms.is_none() && t.lineage_id == 0)
@@ -249,12 +293,13 @@ proptest! {
         shapes in prop::collection::vec(shape(), 1..60),
         batches in prop::collection::vec(prop::collection::vec(0..60usize, 1..25), 1..6),
         periods in prop::collection::vec(period(), 1..4),
+        zones in (0..ZONES.len(), 0..ZONES.len()),
     ) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(check(shapes, batches, periods));
+        runtime.block_on(check(shapes, batches, periods, zones));
     }
 }

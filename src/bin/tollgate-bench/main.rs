@@ -1,9 +1,11 @@
 //! `tollgate-bench`: tollgate's added latency, throughput, CPU and memory, as ratios against
 //! calling the simulated backend directly and against nginx proxying to it, all measured in
 //! one run on this machine. `cargo run --release --bin tollgate-bench` writes
-//! `bench/results.md`; `phases` says what is measured and how.
+//! `bench/results.md`; `phases` says what is measured and how. With `--ledger-scale` it
+//! measures the read side at ledger sizes instead (`ledger_scale`).
 
 mod cluster;
+mod ledger_scale;
 mod load;
 mod passthrough;
 mod phases;
@@ -31,9 +33,10 @@ use procs::Process;
     about = "Benchmark tollgate against direct calls and nginx"
 )]
 struct Args {
-    /// Where the Markdown results go.
-    #[arg(long, default_value = "bench/results.md")]
-    out: PathBuf,
+    /// Where the Markdown results go (default `bench/results.md`, or
+    /// `bench/ledger-scale.md` with `--ledger-scale`).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// A run of seconds, not minutes: checks that the benchmark works, measures little.
     #[arg(long)]
     quick: bool,
@@ -55,6 +58,14 @@ struct Args {
     /// postgresql, redis-server and nginx must be installed; `scripts/bench` installs them).
     #[arg(long)]
     cluster: bool,
+    /// Measure the read side instead (balances, reports, invoices, listings, an account's
+    /// first request after a restart) on ledgers filled to each `--records` size, on
+    /// SQLite and, with `--cluster`, on PostgreSQL.
+    #[arg(long)]
+    ledger_scale: bool,
+    /// Ledger sizes for `--ledger-scale`.
+    #[arg(long, default_value = "1000000,10000000", value_delimiter = ',')]
+    records: Vec<u64>,
 }
 
 /// What a request goes to and what stands in front of the simulator there.
@@ -94,6 +105,12 @@ fn main() -> ExitCode {
         return passthrough::main(&backend);
     }
     let args = Args::parse();
+    if args.ledger_scale {
+        // The gateways it starts serve the admin API with this secret, and it mints its
+        // tokens with it. SAFETY: no other thread runs yet.
+        let secret: String = (0..48).map(|_| rand::random_range('a'..='z')).collect();
+        unsafe { std::env::set_var("TOLLGATE_ADMIN_SECRET", secret) };
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -116,16 +133,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let keys = args.keys.unwrap_or(if args.quick { 1_000 } else { 10_000 });
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = measure(&args, &plan, keys, &dir).await;
+    let (result, out) = match args.ledger_scale {
+        true => (
+            ledger_scale::run(&dir, &args.records, args.cluster).await,
+            "bench/ledger-scale.md",
+        ),
+        false => (measure(&args, &plan, keys, &dir).await, "bench/results.md"),
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let markdown = result?;
-    if let Some(parent) = args.out.parent() {
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(out));
+    if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&args.out, &markdown)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    std::fs::write(&out, &markdown).with_context(|| format!("cannot write {}", out.display()))?;
     println!("{markdown}");
-    eprintln!("written to {}", args.out.display());
+    eprintln!("written to {}", out.display());
     Ok(())
 }
 

@@ -124,8 +124,9 @@ pub async fn execute_text(db: &Db, sql: &str, text: &str) {
 }
 
 /// Ages every usage record to have started (and ended) at `at_ms`, and sums the hourly
-/// rollups again as the records now say: drops the trigger that keeps records immutable.
-pub async fn move_all_records(db: &Db, at_ms: i64) {
+/// and daily (in `zone`) rollups again as the records now say: drops the trigger that keeps
+/// records immutable.
+pub async fn move_all_records(db: &Db, at_ms: i64, zone: chrono_tz::Tz) {
     let sql = match db {
         Db::Sqlite(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable",
         Db::Postgres(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable ON usage_records",
@@ -143,6 +144,10 @@ pub async fn move_all_records(db: &Db, at_ms: i64) {
         FROM usage_records r JOIN api_keys k ON k.id = r.key_id
         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9";
     execute(db, sql, &[]).await.unwrap();
+    execute(db, "DELETE FROM rollup_zone", &[]).await.unwrap();
+    tollgate::store::rollups::keep_days_in(db, zone)
+        .await
+        .unwrap();
 }
 
 /// The request ids of every stored record, sorted.

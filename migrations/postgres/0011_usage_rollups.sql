@@ -1,4 +1,4 @@
--- Hourly rollups of usage: what reports, invoices and `/v1/usage` read instead of the
+-- Rollups of usage, hourly and daily: what reports, invoices and `/v1/usage` read instead of the
 -- records, so that their cost does not grow with history. One row per (account, UTC hour,
 -- key lineage, model, chip, deployment, endpoint, status, price version) holding the sums
 -- of its records' counts; cost follows from them and the price version (cost is linear in
@@ -29,6 +29,42 @@ CREATE TABLE usage_hourly (
 );
 CREATE INDEX usage_hourly_time ON usage_hourly(hour);
 CREATE INDEX usage_hourly_lineage ON usage_hourly(lineage_id, hour);
+
+-- The same sums per day of the billing time zone, so that a month's report or invoice
+-- reads about 30 rows per group instead of 720. The days are those of `rollup_days` (the
+-- start of each local day from 1970 to 2100 in the zone `rollup_zone` names), written by
+-- `tollgate` for its configured `billing.timezone` and rebuilt from the records when that
+-- changes; until then (empty) no daily sums are kept and readers use the hourly ones.
+CREATE TABLE rollup_zone (
+    id   BIGINT PRIMARY KEY CHECK (id = 1),
+    zone TEXT NOT NULL
+);
+CREATE TABLE rollup_days (
+    start BIGINT PRIMARY KEY
+);
+CREATE TABLE usage_daily (
+    account_id        BIGINT NOT NULL,
+    day               BIGINT NOT NULL,   -- ms since the epoch, start of the day in rollup_zone
+    lineage_id        BIGINT NOT NULL,   -- the key's lineage: its first key's id
+    model             TEXT NOT NULL,
+    chip              TEXT NOT NULL,
+    deployment        TEXT NOT NULL,
+    endpoint          TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    price_version_id  BIGINT NOT NULL,
+    requests          BIGINT NOT NULL,
+    prompt_tokens     BIGINT NOT NULL,
+    cached_tokens     BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    images            BIGINT NOT NULL,
+    tasks             BIGINT NOT NULL,
+    compute_ms        BIGINT NOT NULL,
+    uploads           BIGINT NOT NULL,
+    PRIMARY KEY (account_id, day, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+);
+CREATE INDEX usage_daily_time ON usage_daily(day);
+CREATE INDEX usage_daily_lineage ON usage_daily(lineage_id, day);
 
 INSERT INTO usage_hourly
 SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
@@ -76,6 +112,30 @@ BEGIN
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
     ON CONFLICT (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+    DO UPDATE SET
+        requests = h.requests + EXCLUDED.requests,
+        prompt_tokens = h.prompt_tokens + EXCLUDED.prompt_tokens,
+        cached_tokens = h.cached_tokens + EXCLUDED.cached_tokens,
+        completion_tokens = h.completion_tokens + EXCLUDED.completion_tokens,
+        images = h.images + EXCLUDED.images,
+        tasks = h.tasks + EXCLUDED.tasks,
+        compute_ms = h.compute_ms + EXCLUDED.compute_ms,
+        uploads = h.uploads + EXCLUDED.uploads;
+    INSERT INTO usage_daily AS h
+    SELECT i.account_id, d.start, coalesce(k.lineage_id, k.id),
+           i.model, i.chip, coalesce(i.deployment, ''), i.endpoint, i.status,
+           i.price_version_id, count(*), sum(i.prompt_tokens), sum(i.cached_tokens),
+           sum(i.completion_tokens), sum(i.images), sum(i.tasks), sum(i.compute_ms),
+           sum(i.uploads)
+    FROM inserted i JOIN api_keys k ON k.id = i.key_id
+    CROSS JOIN LATERAL (
+        SELECT max(start) AS start FROM rollup_days WHERE start <= i.started_at
+    ) d
+    WHERE d.start IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+    ON CONFLICT (account_id, day, lineage_id, model, chip, deployment, endpoint, status,
                  price_version_id)
     DO UPDATE SET
         requests = h.requests + EXCLUDED.requests,

@@ -1,4 +1,4 @@
--- Hourly rollups of usage: what reports, invoices and `/v1/usage` read instead of the
+-- Rollups of usage, hourly and daily: what reports, invoices and `/v1/usage` read instead of the
 -- records, so that their cost does not grow with history. One row per (account, UTC hour,
 -- key lineage, model, chip, deployment, endpoint, status, price version) holding the sums
 -- of its records' counts; cost follows from them and the price version (cost is linear in
@@ -29,6 +29,42 @@ CREATE TABLE usage_hourly (
 CREATE INDEX usage_hourly_time ON usage_hourly(hour);
 CREATE INDEX usage_hourly_lineage ON usage_hourly(lineage_id, hour);
 
+-- The same sums per day of the billing time zone, so that a month's report or invoice
+-- reads about 30 rows per group instead of 720. The days are those of `rollup_days` (the
+-- start of each local day from 1970 to 2100 in the zone `rollup_zone` names), written by
+-- `tollgate` for its configured `billing.timezone` and rebuilt from the records when that
+-- changes; until then (empty) no daily sums are kept and readers use the hourly ones.
+CREATE TABLE rollup_zone (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    zone TEXT NOT NULL
+);
+CREATE TABLE rollup_days (
+    start INTEGER PRIMARY KEY
+);
+CREATE TABLE usage_daily (
+    account_id        INTEGER NOT NULL,
+    day               INTEGER NOT NULL,   -- ms since the epoch, start of the day in rollup_zone
+    lineage_id        INTEGER NOT NULL,   -- the key's lineage: its first key's id
+    model             TEXT NOT NULL,
+    chip              TEXT NOT NULL,
+    deployment        TEXT NOT NULL,
+    endpoint          TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    price_version_id  INTEGER NOT NULL,
+    requests          INTEGER NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    cached_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    images            INTEGER NOT NULL,
+    tasks             INTEGER NOT NULL,
+    compute_ms        INTEGER NOT NULL,
+    uploads           INTEGER NOT NULL,
+    PRIMARY KEY (account_id, day, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+) WITHOUT ROWID;
+CREATE INDEX usage_daily_time ON usage_daily(day);
+CREATE INDEX usage_daily_lineage ON usage_daily(lineage_id, day);
+
 INSERT INTO usage_hourly
 SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
        r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status, r.price_version_id,
@@ -47,6 +83,25 @@ BEGIN
         NEW.price_version_id, 1, NEW.prompt_tokens, NEW.cached_tokens,
         NEW.completion_tokens, NEW.images, NEW.tasks, NEW.compute_ms, NEW.uploads)
     ON CONFLICT (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
+                 price_version_id)
+    DO UPDATE SET
+        requests = requests + 1,
+        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        cached_tokens = cached_tokens + excluded.cached_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens,
+        images = images + excluded.images,
+        tasks = tasks + excluded.tasks,
+        compute_ms = compute_ms + excluded.compute_ms,
+        uploads = uploads + excluded.uploads;
+    INSERT INTO usage_daily
+    SELECT NEW.account_id, d.start,
+           (SELECT coalesce(lineage_id, id) FROM api_keys WHERE id = NEW.key_id),
+           NEW.model, NEW.chip, coalesce(NEW.deployment, ''), NEW.endpoint, NEW.status,
+           NEW.price_version_id, 1, NEW.prompt_tokens, NEW.cached_tokens,
+           NEW.completion_tokens, NEW.images, NEW.tasks, NEW.compute_ms, NEW.uploads
+    FROM (SELECT max(start) AS start FROM rollup_days WHERE start <= NEW.started_at) d
+    WHERE d.start IS NOT NULL
+    ON CONFLICT (account_id, day, lineage_id, model, chip, deployment, endpoint, status,
                  price_version_id)
     DO UPDATE SET
         requests = requests + 1,

@@ -1,0 +1,427 @@
+//! `tollgate-bench --ledger-scale`: the read side as history grows. For each size asked
+//! (1M and 10M records by default) and each ledger backend, a fresh ledger is filled
+//! through `tollgate usage import` with synthetic history (5 accounts of uneven size, 50
+//! keys, 3 models × 2 chips, 91 days, a few errors), a gateway is started on it, and every
+//! read an operator or the console makes is timed over HTTP, 5 times: balances, an
+//! account, a month's reports, the biggest account's invoice, usage listings filtered each
+//! way, and an account's first proxied request after a restart.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{TimeZone, Utc};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use tollgate::store::{self, Db};
+
+use crate::procs::{self, Process};
+
+const ACCOUNTS: usize = 5;
+/// Each account's share of the records, in percent.
+const SHARES: [u32; ACCOUNTS] = [40, 25, 15, 12, 8];
+const KEYS_PER_ACCOUNT: usize = 10;
+const MODELS: [&str; 3] = [crate::phases::MODEL, "qwen-plus", "deepseek-v3"];
+const CHIPS: [&str; 2] = ["nvidia", "ascend"];
+const ROUNDS: usize = 5;
+const TIME_ZONE: &str = "Asia/Shanghai";
+
+/// One ledger backend's figures at one size.
+struct Measured {
+    backend: &'static str,
+    records: u64,
+    import_per_s: f64,
+    bytes_per_million: Option<f64>,
+    /// (read, median ms, p95 ms) in `READS` order, then the first request after a restart.
+    reads: Vec<(String, f64, f64)>,
+}
+
+pub async fn run(dir: &Path, sizes: &[u64], postgres: bool) -> anyhow::Result<String> {
+    let (sim, _simulator) = procs::simulator(dir).await?;
+    let mut server = None;
+    if postgres {
+        let bin = procs::postgres_bin().context("--ledger-scale on PostgreSQL needs its server")?;
+        server = Some(procs::postgres(&bin, &dir.join("pg")).await?);
+    }
+    let mut measured = Vec::new();
+    for &records in sizes {
+        let sqlite = dir.join(format!("sqlite-{records}"));
+        std::fs::create_dir_all(&sqlite)?;
+        let url = format!("sqlite://{}", sqlite.join("ledger.db").display());
+        measured.push(measure(&sqlite, sim, "SQLite", &url, records).await?);
+        std::fs::remove_dir_all(&sqlite)?;
+        if let Some((url, _)) = &server {
+            let database = format!("scale_{records}");
+            let admin = sqlx::PgPool::connect(url).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+                .execute(&admin)
+                .await?;
+            let url = url.replace("/postgres", &format!("/{database}"));
+            let pg = dir.join(format!("pg-{records}"));
+            measured.push(measure(&pg, sim, "PostgreSQL", &url, records).await?);
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
+                .execute(&admin)
+                .await?;
+        }
+    }
+    Ok(render(&measured))
+}
+
+/// Fills a ledger at `url` with `records` records, serves it, and times its reads.
+async fn measure(
+    dir: &Path,
+    sim: SocketAddr,
+    backend: &'static str,
+    url: &str,
+    records: u64,
+) -> anyhow::Result<Measured> {
+    eprintln!("{backend}: filling a ledger with {records} records");
+    let database = format!("url = \"{url}\"\nsynchronous = \"normal\"\n");
+    let config_path = crate::write_config(dir, sim, "", &database, "")?;
+    add_prices(dir, sim, &config_path)?;
+    let config = tollgate::Config::load(&config_path)?;
+    let db = store::connect(&config.database).await?;
+    tollgate::domain::prices::sync(&config, &db).await?;
+    let owners = prepare(&db).await?;
+    let started = Instant::now();
+    import(&config_path, &owners, records)?;
+    let import_per_s = records as f64 / started.elapsed().as_secs_f64();
+    let bytes_per_million = match &db {
+        Db::Sqlite(pool) => {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(pool)
+                .await?;
+            let bytes = std::fs::metadata(dir.join("ledger.db"))?.len();
+            Some(bytes as f64 / (records as f64 / 1e6))
+        }
+        Db::Postgres(pool) => {
+            let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+                .fetch_one(pool)
+                .await?;
+            Some(bytes as f64 / (records as f64 / 1e6))
+        }
+    };
+    if let Db::Postgres(pool) = &db {
+        sqlx::query("ANALYZE").execute(pool).await?;
+    }
+    let auth = tollgate::auth::jwt::AdminAuth::from_config(&config.admin)?
+        .context("the admin API is on")?;
+    let token = auth.mint(
+        "bench",
+        tollgate::auth::jwt::Role::Admin,
+        Duration::from_secs(3600),
+    )?;
+    let admin = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    let biggest = owners[0].0;
+    let reads = [
+        ("balances: GET /admin/v1/accounts".to_string(), "/admin/v1/accounts".to_string()),
+        (
+            "an account: GET /admin/v1/accounts/{id}".into(),
+            format!("/admin/v1/accounts/{biggest}"),
+        ),
+        (
+            "October's cost report by model × chip (JSON)".into(),
+            "/admin/v1/reports/cost?from=2026-10-01&to=2026-11-01&group_by=model,chip&format=json"
+                .into(),
+        ),
+        (
+            "October's cost report by account × key × model × chip × day (CSV)".into(),
+            "/admin/v1/reports/cost?from=2026-10-01&to=2026-11-01&group_by=account,key,model,chip,day&format=csv"
+                .into(),
+        ),
+        (
+            "the biggest account's October invoice".into(),
+            format!("/admin/v1/invoices/inv_{biggest}_202610"),
+        ),
+        (
+            "usage listing of an account, 100 newest".into(),
+            "/admin/v1/usage?account=acct-0&limit=100".into(),
+        ),
+        (
+            "usage listing by model".into(),
+            format!("/admin/v1/usage?model={}&limit=100", MODELS[2]),
+        ),
+        (
+            "usage listing by chip".into(),
+            "/admin/v1/usage?chip=ascend&limit=100".into(),
+        ),
+        (
+            "usage listing by status".into(),
+            "/admin/v1/usage?status=upstream_error&limit=100".into(),
+        ),
+    ];
+    let client: Client<HttpConnector, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let log = dir.join("tollgate.log");
+    let binary = std::env::current_exe()?;
+    let mut timed = Vec::new();
+    {
+        let (addr, _gateway) = procs::gateway(&binary, &config_path, &log).await?;
+        for (name, path) in &reads {
+            let mut times = Vec::new();
+            for _ in 0..ROUNDS {
+                let started = Instant::now();
+                get(&client, addr, path, &admin).await?;
+                times.push(started.elapsed());
+            }
+            let (median, p95) = spread(&mut times);
+            eprintln!("{backend} {records}: {name}: {median:.1} ms (p95 {p95:.1})");
+            timed.push((name.clone(), median, p95));
+        }
+    }
+    // An account's first proxied request after a restart: a new gateway each round.
+    let mut times = Vec::new();
+    let key = HeaderValue::from_str(&format!("Bearer {}", owners[0].2))?;
+    for _ in 0..ROUNDS {
+        let (addr, gateway) = procs::gateway(&binary, &config_path, &log).await?;
+        let started = Instant::now();
+        chat(&client, addr, &key).await?;
+        times.push(started.elapsed());
+        drop::<Process>(gateway);
+    }
+    let (median, p95) = spread(&mut times);
+    let name = "the biggest account's first proxied request after a restart";
+    eprintln!("{backend} {records}: {name}: {median:.1} ms (p95 {p95:.1})");
+    timed.push((name.into(), median, p95));
+    match db {
+        Db::Sqlite(pool) => pool.close().await,
+        Db::Postgres(pool) => pool.close().await,
+    }
+    Ok(Measured {
+        backend,
+        records,
+        import_per_s,
+        bytes_per_million,
+        reads: timed,
+    })
+}
+
+/// Median and 95th percentile in milliseconds.
+fn spread(times: &mut [Duration]) -> (f64, f64) {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p95 = times[((times.len() * 95).div_ceil(100)).saturating_sub(1)];
+    (ms(times[times.len() / 2]), ms(p95))
+}
+
+async fn get(
+    client: &Client<HttpConnector, Full<bytes::Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    auth: &HeaderValue,
+) -> anyhow::Result<()> {
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://{addr}{path}"))
+        .header(AUTHORIZATION, auth)
+        .body(Full::default())?;
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
+}
+
+async fn chat(
+    client: &Client<HttpConnector, Full<bytes::Bytes>>,
+    addr: SocketAddr,
+    auth: &HeaderValue,
+) -> anyhow::Result<()> {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}/v1/chat/completions"))
+        .header(AUTHORIZATION, auth)
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(crate::chat_body(4, false)))?;
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!(
+            "a chat request: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(())
+}
+
+/// Prices (and upstreams, all on the simulator) for every model × chip, and the billing
+/// time zone.
+fn add_prices(dir: &Path, sim: SocketAddr, config: &Path) -> anyhow::Result<()> {
+    let mut prices = String::from("# Sample prices for the benchmark, not real tariffs.\n");
+    let mut upstreams = String::new();
+    for (m, model) in MODELS.iter().enumerate() {
+        for (c, chip) in CHIPS.iter().enumerate() {
+            if (m, c) != (0, 0) {
+                upstreams += &format!(
+                    "\n[[upstreams]]\nmodel = \"{model}\"\nchip = \"{chip}\"\nbase_url = \"http://{sim}/openai\"\n"
+                );
+            }
+            prices += &format!(
+                "[[prices]]\nmodel = \"{model}\"\nchip = \"{chip}\"\neffective_from = 2026-01-01T00:00:00+08:00\n\
+                 input_per_1k = \"0.00{}\"\ncached_input_per_1k = \"0.0003\"\noutput_per_1k = \"0.00{}\"\n",
+                12 + 3 * m + c,
+                24 + 5 * m + c
+            );
+        }
+    }
+    std::fs::write(dir.join("pricing/bench.toml"), prices)?;
+    let text = std::fs::read_to_string(config)?;
+    let text = text.replacen(
+        "[pricing]",
+        &format!("[billing]\ntimezone = \"{TIME_ZONE}\"\n[pricing]"),
+        1,
+    );
+    std::fs::write(config, text + &upstreams)?;
+    Ok(())
+}
+
+/// The accounts and keys: (account id, its key ids, the secret of its first key). The
+/// biggest account is prepaid with a large balance, so that its requests take holds.
+async fn prepare(db: &Db) -> anyhow::Result<Vec<(i64, Vec<i64>, String)>> {
+    let mut owners = Vec::new();
+    for a in 0..ACCOUNTS {
+        let account = store::accounts::create(db, &format!("acct-{a}")).await?;
+        let amount = Decimal::from(1_000_000_000u64);
+        store::accounts::top_up(db, account.id, amount, "opening", "bench").await?;
+        if a == 0 {
+            let prepaid = tollgate::store::accounts::BillingMode::Prepaid;
+            store::accounts::set_billing(db, account.id, prepaid, None).await?;
+        }
+        let secrets = crate::bench_keys(db, account.id, KEYS_PER_ACCOUNT - 1).await?;
+        let keys: Vec<i64> = store::keys::list(db, Some(account.id))
+            .await?
+            .iter()
+            .map(|k| k.id)
+            .collect();
+        let first = secrets[0]
+            .to_str()?
+            .trim_start_matches("Bearer ")
+            .to_string();
+        owners.push((account.id, keys, first));
+    }
+    Ok(owners)
+}
+
+/// Writes `records` lines of synthetic history into `tollgate usage import -`, in time
+/// order over 91 days (2026-09-01 to 2026-12-01, UTC).
+fn import(config: &Path, owners: &[(i64, Vec<i64>, String)], records: u64) -> anyhow::Result<()> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--config")
+        .arg(config)
+        .args(["usage", "import", "-", "--json"])
+        .env(procs::ROLE_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let start = Utc
+        .with_ymd_and_hms(2026, 9, 1, 0, 0, 0)
+        .unwrap()
+        .timestamp_millis();
+    let span = 91 * 86_400_000i64;
+    let mut rng = SmallRng::seed_from_u64(25);
+    {
+        let mut input = std::io::BufWriter::with_capacity(1 << 20, child.stdin.take().unwrap());
+        for i in 0..records {
+            let at = start + (i as i128 * span as i128 / records as i128) as i64;
+            let pick: u32 = rng.random_range(0..100);
+            let mut a = 0;
+            let mut sum = SHARES[0];
+            while pick >= sum {
+                a += 1;
+                sum += SHARES[a];
+            }
+            let (_, keys, _) = &owners[a];
+            let key = keys[rng.random_range(0..keys.len())];
+            // Models by popularity: 60%, 30%, 10%; chips 70% / 30%.
+            let m = match rng.random_range(0..10) {
+                0..6 => 0,
+                6..9 => 1,
+                _ => 2,
+            };
+            let c = usize::from(rng.random_range(0..10) >= 7);
+            let status = match rng.random_range(0..100) {
+                0..97 => "ok",
+                97..99 => "upstream_error",
+                _ => "client_disconnected",
+            };
+            let embeddings = rng.random_range(0..10) == 0;
+            let prompt: u64 = rng.random_range(20..4000);
+            let (completion, cached) = match (status, embeddings) {
+                ("upstream_error", _) => (0, 0),
+                (_, true) => (0, 0),
+                _ => (
+                    rng.random_range(1..1000),
+                    prompt / 4 * rng.random_range(0..2),
+                ),
+            };
+            let when = store::from_ms(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            writeln!(
+                input,
+                r#"{{"request_id":"bench-{i:010}","account":"acct-{a}","key_id":{key},"model":"{}","chip":"{}","started_at":"{when}","status":"{status}","endpoint":"{}","prompt_tokens":{prompt},"cached_tokens":{cached},"completion_tokens":{completion}}}"#,
+                MODELS[m],
+                CHIPS[c],
+                if embeddings { "embeddings" } else { "chat" },
+            )?;
+        }
+        input.flush()?;
+    }
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "tollgate usage import failed: {status}");
+    Ok(())
+}
+
+fn render(measured: &[Measured]) -> String {
+    let mut out = String::from(
+        "# The read side by ledger size\n\n`scripts/bench --ledger-scale`: each ledger filled \
+         through `tollgate usage import`, each read timed over HTTP 5 times on a running \
+         gateway (median, and p95 in brackets), in ms.\n\n",
+    );
+    let columns: Vec<String> = measured
+        .iter()
+        .map(|m| format!("{} {}M", m.backend, m.records as f64 / 1e6))
+        .collect();
+    out += &format!(
+        "| read | {} |\n|---|{}\n",
+        columns.join(" | "),
+        "---|".repeat(columns.len())
+    );
+    if let Some(first) = measured.first() {
+        for (i, (name, _, _)) in first.reads.iter().enumerate() {
+            let cells: Vec<String> = measured
+                .iter()
+                .map(|m| format!("{:.1} ({:.1})", m.reads[i].1, m.reads[i].2))
+                .collect();
+            out += &format!("| {name} | {} |\n", cells.join(" | "));
+        }
+    }
+    let imports: Vec<String> = measured
+        .iter()
+        .map(|m| format!("{:.0}", m.import_per_s))
+        .collect();
+    out += &format!("| import, records/s | {} |\n", imports.join(" | "));
+    let sizes: Vec<String> = measured
+        .iter()
+        .map(|m| {
+            m.bytes_per_million
+                .map_or("-".into(), |b| format!("{:.0}", b / 1e6))
+        })
+        .collect();
+    out += &format!(
+        "| ledger size, MB per million records | {} |\n",
+        sizes.join(" | ")
+    );
+    out
+}
