@@ -130,7 +130,8 @@ BEGIN
            sum(i.uploads)
     FROM inserted i JOIN api_keys k ON k.id = i.key_id
     CROSS JOIN LATERAL (
-        SELECT max(start) AS start FROM rollup_days WHERE start <= i.started_at
+        SELECT start FROM rollup_days WHERE start <= i.started_at
+        ORDER BY start DESC LIMIT 1
     ) d
     WHERE d.start IS NOT NULL
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9

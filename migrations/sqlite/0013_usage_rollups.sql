@@ -99,7 +99,8 @@ BEGIN
            NEW.model, NEW.chip, coalesce(NEW.deployment, ''), NEW.endpoint, NEW.status,
            NEW.price_version_id, 1, NEW.prompt_tokens, NEW.cached_tokens,
            NEW.completion_tokens, NEW.images, NEW.tasks, NEW.compute_ms, NEW.uploads
-    FROM (SELECT max(start) AS start FROM rollup_days WHERE start <= NEW.started_at) d
+    FROM (SELECT start FROM rollup_days WHERE start <= NEW.started_at
+          ORDER BY start DESC LIMIT 1) d
     WHERE d.start IS NOT NULL
     ON CONFLICT (account_id, day, lineage_id, model, chip, deployment, endpoint, status,
                  price_version_id)

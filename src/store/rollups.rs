@@ -309,7 +309,9 @@ pub async fn keep_days_in(db: &Db, zone: Tz) -> Result<()> {
             (c, _) => format!(", sum(r.{c})"),
         })
         .collect();
-    let day_of = |time: &str| format!("(SELECT max(start) FROM rollup_days WHERE start <= {time})");
+    let day_of = |time: &str| {
+        format!("(SELECT start FROM rollup_days WHERE start <= {time} ORDER BY start DESC LIMIT 1)")
+    };
     let rebuild = match on_the_hour {
         true => format!(
             "INSERT INTO usage_daily
@@ -332,7 +334,10 @@ pub async fn keep_days_in(db: &Db, zone: Tz) -> Result<()> {
     let started = std::time::Instant::now();
     let (begin, hold_off) = match db {
         Db::Sqlite(_) => ("BEGIN IMMEDIATE", None),
-        Db::Postgres(_) => ("BEGIN", Some("LOCK TABLE usage_records IN SHARE MODE")),
+        Db::Postgres(_) => (
+            "BEGIN",
+            Some("LOCK TABLE rollup_zone, usage_records IN SHARE ROW EXCLUSIVE MODE"),
+        ),
     };
     on!(db, |pool| {
         let mut conn = pool.acquire().await?;
@@ -340,6 +345,13 @@ pub async fn keep_days_in(db: &Db, zone: Tz) -> Result<()> {
         let done = async {
             if let Some(lock) = hold_off {
                 sqlx::query(lock).execute(&mut *conn).await?;
+            }
+            // Another process may have done it meanwhile (replicas starting together).
+            let now: Option<String> = sqlx::query_scalar("SELECT zone FROM rollup_zone")
+                .fetch_optional(&mut *conn)
+                .await?;
+            if now.as_deref() == Some(zone.name()) {
+                return Ok(false);
             }
             for sql in [
                 "DELETE FROM rollup_days",
@@ -363,12 +375,14 @@ pub async fn keep_days_in(db: &Db, zone: Tz) -> Result<()> {
                 .bind(zone.name())
                 .execute(&mut *conn)
                 .await?;
-            Ok::<_, sqlx::Error>(())
+            Ok::<_, sqlx::Error>(true)
         }
         .await;
         let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
         sqlx::query(end).execute(&mut *conn).await?;
-        done?;
+        if !done? {
+            return Ok(());
+        }
     });
     tracing::info!(
         zone = zone.name(),
@@ -446,7 +460,7 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
             "daily",
             "usage_daily",
             "day",
-            "(SELECT max(start) FROM rollup_days WHERE start <= r.started_at)",
+            "(SELECT start FROM rollup_days WHERE start <= r.started_at ORDER BY start DESC LIMIT 1)",
             2 * 24 * HOUR_MS,
         ),
     ];
@@ -619,8 +633,8 @@ mod tests {
             spans(10 * H, 2 * D + 20 * H + 5, &[], &days),
             [
                 (Rollups, 10 * H, 16 * H),
-                (Days, 16 * H, D + 16 * H),
-                (Rollups, D + 16 * H, 2 * D + 20 * H),
+                (Days, 16 * H, 2 * D + 16 * H),
+                (Rollups, 2 * D + 16 * H, 2 * D + 20 * H),
                 (Records, 2 * D + 20 * H, 2 * D + 20 * H + 5)
             ]
         );

@@ -66,7 +66,7 @@ pub async fn run(dir: &Path, sizes: &[u64], postgres: bool) -> anyhow::Result<St
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
                 .execute(&admin)
                 .await?;
-            let url = url.replace("/postgres", &format!("/{database}"));
+            let url = format!("{}/{database}", url.trim_end_matches("/postgres"));
             let pg = dir.join(format!("pg-{records}"));
             measured.push(measure(&pg, sim, "PostgreSQL", &url, records).await?);
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
