@@ -27,8 +27,8 @@ CREATE TABLE usage_hourly (
     PRIMARY KEY (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
                  price_version_id)
 );
-CREATE INDEX usage_hourly_time ON usage_hourly(hour);
-CREATE INDEX usage_hourly_lineage ON usage_hourly(lineage_id, hour);
+-- No other index: every read names its accounts (all of them, one, or a key's), so the
+-- primary key finds each account's hours; an index more would repeat the whole key.
 
 -- The same sums per day of the billing time zone, so that a month's report or invoice
 -- reads about 30 rows per group instead of 720. The days are those of `rollup_days` (the
@@ -63,8 +63,6 @@ CREATE TABLE usage_daily (
     PRIMARY KEY (account_id, day, lineage_id, model, chip, deployment, endpoint, status,
                  price_version_id)
 );
-CREATE INDEX usage_daily_time ON usage_daily(day);
-CREATE INDEX usage_daily_lineage ON usage_daily(lineage_id, day);
 
 INSERT INTO usage_hourly
 SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),

@@ -256,7 +256,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
         Command::Usage(UsageCommand::Import { file, json }) => {
             let config = Config::load(&cli.config)?;
             let db = store::open(&config).await?;
-            let sink = store::Sink::open(&config.database).await?.for_bulk()?;
+            let sink = std::sync::Arc::new(store::Sink::open(&config.database).await?.for_bulk()?);
             let started = std::time::Instant::now();
             let input: Box<dyn std::io::BufRead> = match file.to_str() {
                 Some("-") => Box::new(std::io::stdin().lock()),
@@ -266,7 +266,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
                 )),
             };
             let zone = config.billing.zone();
-            let imported = crate::domain::usage_import::import(&db, &sink, zone, input).await;
+            let imported = crate::domain::usage_import::import(&db, sink, zone, input).await;
             // Balances moved (if any batch went in): running gateways read them again.
             store::signal::ChangeSignal::new(&db, &config.database.url, "accounts")
                 .announce()

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -88,10 +89,10 @@ struct Ledger {
 }
 
 /// Imports the lines of `input` into the ledger `db` (whose sink is `sink`), months in
-/// `zone`.
+/// `zone`. A batch is written while the next is read and checked.
 pub async fn import(
     db: &Db,
-    sink: &Sink,
+    sink: Arc<Sink>,
     zone: Tz,
     input: impl BufRead,
 ) -> Result<Imported, ImportError> {
@@ -115,41 +116,88 @@ pub async fn import(
     let before = sink.count().await?;
     let mut imported = Imported::default();
     let mut batch = Vec::with_capacity(BATCH);
-    for (n, text) in input.lines().enumerate() {
-        let number = n as u64 + 1;
-        let invalid = |why: String| ImportError::Invalid { line: number, why };
-        let text = text.map_err(|e| anyhow::anyhow!("cannot read line {number}: {e}"))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let line: Line = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        let record = ledger.record(db, line).await.map_err(|e| match e {
-            Refusal::Invalid(why) => invalid(why),
-            Refusal::Ledger(e) => ImportError::Ledger(e),
-        })?;
-        batch.push(record);
-        imported.lines += 1;
-        if batch.len() == BATCH {
-            write(sink, &mut batch).await?;
-        }
-    }
-    write(sink, &mut batch).await?;
+    let mut writing: Option<Writing> = None;
+    let mut lines = Lines {
+        imported: &mut imported,
+        batch: &mut batch,
+        writing: &mut writing,
+        sink: &sink,
+    };
+    let read = lines.read(db, &mut ledger, input).await;
+    // The batch in flight is in the ledger (or failed) before anything is said.
+    finish(writing.take()).await?;
+    read?;
+    finish(Some(write(sink.clone(), batch))).await?;
     imported.new_records = sink.count().await? - before;
     Ok(imported)
 }
 
-async fn write(sink: &Sink, batch: &mut Vec<UsageRecord>) -> anyhow::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
+/// Where the lines go: counted, into the batch, and each full batch to the sink.
+struct Lines<'a> {
+    imported: &'a mut Imported,
+    batch: &'a mut Vec<UsageRecord>,
+    writing: &'a mut Option<Writing>,
+    sink: &'a Arc<Sink>,
+}
+
+impl Lines<'_> {
+    /// Reads and checks the lines of `input`; a full batch is written once the one before
+    /// it is in.
+    async fn read(
+        &mut self,
+        db: &Db,
+        ledger: &mut Ledger,
+        input: impl BufRead,
+    ) -> Result<(), ImportError> {
+        for (n, text) in input.lines().enumerate() {
+            let number = n as u64 + 1;
+            let invalid = |why: String| ImportError::Invalid { line: number, why };
+            let text = text.map_err(|e| anyhow::anyhow!("cannot read line {number}: {e}"))?;
+            if text.trim().is_empty() {
+                continue;
+            }
+            let line: Line = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+            let record = ledger.record(db, line).await.map_err(|e| match e {
+                Refusal::Invalid(why) => invalid(why),
+                Refusal::Ledger(e) => ImportError::Ledger(e),
+            })?;
+            self.batch.push(record);
+            self.imported.lines += 1;
+            if self.batch.len() == BATCH {
+                finish(self.writing.take()).await?;
+                let full = std::mem::replace(self.batch, Vec::with_capacity(BATCH));
+                *self.writing = Some(write(self.sink.clone(), full));
+            }
+        }
+        Ok(())
     }
-    // In time order, each batch's inserts touch the time indexes' pages one after another.
-    let mut records: Vec<&UsageRecord> = batch.iter().collect();
-    records.sort_by_key(|r| (r.started_at, r.account_id));
-    sink.insert(&records)
-        .await
-        .map_err(|e| anyhow::anyhow!("the ledger refused a batch: {e}"))?;
-    batch.clear();
-    Ok(())
+}
+
+/// A batch being written.
+type Writing = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Writes `batch` on a thread of its own (SQLite's sink blocks), in time order so that its
+/// inserts touch the time indexes' pages one after another.
+fn write(sink: Arc<Sink>, mut batch: Vec<UsageRecord>) -> Writing {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.sort_by_key(|r| (r.started_at, r.account_id));
+        let records: Vec<&UsageRecord> = batch.iter().collect();
+        runtime
+            .block_on(sink.insert(&records))
+            .map_err(|e| anyhow::anyhow!("the ledger refused a batch: {e}"))
+    })
+}
+
+/// Waits for the batch being written, if any.
+async fn finish(writing: Option<Writing>) -> anyhow::Result<()> {
+    match writing {
+        Some(writing) => writing.await?,
+        None => Ok(()),
+    }
 }
 
 enum Refusal {

@@ -230,10 +230,15 @@ fn totals_sql(source: Source, scope: Scope, by: By) -> String {
     let account = column(by.account, "r.account_id", "CAST(0 AS BIGINT)");
     let grouped_lineage = column(by.key, lineage, "CAST(0 AS BIGINT)");
     let slot = column(by.slots.is_some(), slot, "CAST(NULL AS BIGINT)");
-    let scope = match scope {
-        Scope::All => "$3 = 0".to_string(),
-        Scope::Account(_) => "r.account_id = $3".to_string(),
-        Scope::Lineage(_) => format!("{lineage} = $3"),
+    // The rollups' primary key starts with the account: each read names its accounts.
+    let scope = match (scope, source) {
+        (Scope::All, Source::Records) => "$3 = 0".to_string(),
+        (Scope::All, _) => "$3 = 0 AND r.account_id IN (SELECT id FROM accounts)".to_string(),
+        (Scope::Account(_), _) => "r.account_id = $3".to_string(),
+        (Scope::Lineage(_), Source::Records) => format!("{lineage} = $3"),
+        (Scope::Lineage(_), _) => format!(
+            "r.account_id = (SELECT account_id FROM api_keys WHERE id = $3) AND {lineage} = $3"
+        ),
     };
     let sums: String = SUMMED
         .iter()
