@@ -148,3 +148,42 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+
+-- A price version that priced records is kept while anything sums them: the hourly
+-- rollups name every record's version, and outlive records retired from the ledger.
+CREATE OR REPLACE FUNCTION keep_used_price_versions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM usage_hourly WHERE price_version_id = OLD.id) THEN
+        RAISE EXCEPTION 'this price version priced usage records and cannot be deleted';
+    END IF;
+    RETURN OLD;
+END;
+$$;
+
+-- Retiring old records (`tollgate usage retire`): the records that started before
+-- `usage_retired.before` may be gone from the ledger (archived by the operator), while
+-- the rollups, balances and invoices that sum them stay. What the retired records cost
+-- is kept per account, so that an audit still finds every charge. No record may come in
+-- for a retired period: it would be summed twice.
+CREATE TABLE usage_retired (
+    id     BIGINT PRIMARY KEY CHECK (id = 1),
+    before BIGINT NOT NULL
+);
+CREATE TABLE retired_funds (
+    account_id BIGINT PRIMARY KEY REFERENCES accounts(id),
+    spent      NUMERIC NOT NULL
+);
+CREATE FUNCTION refuse_retired_records() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM inserted i, usage_retired r WHERE i.started_at < r.before
+    ) THEN
+        RAISE EXCEPTION 'the records of this period are retired: it takes no new ones'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER retired_periods_take_no_records AFTER INSERT ON usage_records
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_retired_records();

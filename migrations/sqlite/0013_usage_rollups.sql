@@ -112,3 +112,33 @@ BEGIN
         compute_ms = compute_ms + excluded.compute_ms,
         uploads = uploads + excluded.uploads;
 END;
+
+-- A price version that priced records is kept while anything sums them: the hourly
+-- rollups name every record's version, and outlive records retired from the ledger.
+DROP TRIGGER used_price_versions_are_kept;
+CREATE TRIGGER used_price_versions_are_kept
+BEFORE DELETE ON price_versions
+WHEN EXISTS (SELECT 1 FROM usage_hourly WHERE price_version_id = OLD.id)
+BEGIN
+    SELECT RAISE(ABORT, 'this price version priced usage records and cannot be deleted');
+END;
+
+-- Retiring old records (`tollgate usage retire`): the records that started before
+-- `usage_retired.before` may be gone from the ledger (archived by the operator), while
+-- the rollups, balances and invoices that sum them stay. What the retired records cost
+-- is kept per account (exact decimal text), so that an audit still finds every charge.
+-- No record may come in for a retired period: it would be summed twice.
+CREATE TABLE usage_retired (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    before INTEGER NOT NULL
+);
+CREATE TABLE retired_funds (
+    account_id INTEGER PRIMARY KEY REFERENCES accounts(id),
+    spent      TEXT NOT NULL
+);
+CREATE TRIGGER retired_periods_take_no_records
+BEFORE INSERT ON usage_records
+WHEN NEW.started_at < (SELECT before FROM usage_retired)
+BEGIN
+    SELECT RAISE(ABORT, 'the records of this period are retired: it takes no new ones');
+END;

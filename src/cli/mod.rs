@@ -4,6 +4,7 @@
 mod accounts;
 mod billing;
 mod serve;
+mod usage;
 
 pub use accounts::{AccountsCommand, KeysCommand, LimitArgs};
 pub use billing::{FormatArg, InvoicesCommand, PricesCommand};
@@ -21,6 +22,7 @@ use crate::billing::PriceBook;
 use crate::config::Config;
 use crate::sim;
 use crate::store;
+use usage::UsageCommand;
 
 #[derive(Parser)]
 #[command(
@@ -107,18 +109,6 @@ pub enum LedgerCommand {
     /// Recompute every running total (each account's top-ups, spent and, on PostgreSQL,
     /// held) from the rows it totals; print each difference and exit non-zero if any.
     Verify {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum UsageCommand {
-    /// Import usage records from FILE (JSON lines; `-`: standard input): each checked,
-    /// priced at the price in force at its time, and skipped if its request id is already
-    /// in the ledger. Records of a month whose invoice is final are refused.
-    Import {
-        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -253,35 +243,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
                 n => anyhow::bail!("{n} running totals or rollups differ from the rows they total"),
             }
         }
-        Command::Usage(UsageCommand::Import { file, json }) => {
-            let config = Config::load(&cli.config)?;
-            let db = store::open(&config).await?;
-            let sink = std::sync::Arc::new(store::Sink::open(&config.database).await?.for_bulk()?);
-            let started = std::time::Instant::now();
-            let input: Box<dyn std::io::BufRead> = match file.to_str() {
-                Some("-") => Box::new(std::io::stdin().lock()),
-                _ => Box::new(std::io::BufReader::new(
-                    std::fs::File::open(&file)
-                        .with_context(|| format!("cannot open {}", file.display()))?,
-                )),
-            };
-            let zone = config.billing.zone();
-            let imported = crate::domain::usage_import::import(&db, sink, zone, input).await;
-            // Balances moved (if any batch went in): running gateways read them again.
-            store::signal::ChangeSignal::new(&db, &config.database.url, "accounts")
-                .announce()
-                .await;
-            let imported = imported?;
-            let seconds = started.elapsed().as_secs_f64();
-            emit(json, &imported, || {
-                format!(
-                    "{} lines read, {} new records, in {seconds:.1} s ({:.0} lines/s)",
-                    imported.lines,
-                    imported.new_records,
-                    imported.lines as f64 / seconds.max(1e-9)
-                )
-            })
-        }
+        Command::Usage(command) => usage::run(&cli.config, command).await,
         Command::AdminToken { role, ttl, subject } => {
             let config = Config::load(&cli.config)?;
             let auth = AdminAuth::from_config(&config.admin)?.with_context(|| {

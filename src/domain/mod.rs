@@ -8,5 +8,7 @@ pub mod invoices;
 pub mod keys;
 pub mod prices;
 pub mod reports;
+pub mod retention;
 pub mod usage;
+pub mod usage_export;
 pub mod usage_import;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::billing::period::Month;
@@ -58,6 +59,32 @@ struct Line {
     compute_ms: u64,
     #[serde(default)]
     uploads: u64,
+    /// The private deployment the record was served by, if any.
+    #[serde(default)]
+    deployment: Option<String>,
+    // What `tollgate usage export` writes besides: the record as the other ledger stored
+    // it. Accepted, so that an export imports as it is, and not used (this ledger prices
+    // and times the record itself).
+    #[serde(default, rename = "stream")]
+    _stream: Option<IgnoredAny>,
+    #[serde(default, rename = "http_status")]
+    _http_status: Option<IgnoredAny>,
+    #[serde(default, rename = "error")]
+    _error: Option<IgnoredAny>,
+    #[serde(default, rename = "usage_source")]
+    _usage_source: Option<IgnoredAny>,
+    #[serde(default, rename = "price_version_id")]
+    _price_version_id: Option<IgnoredAny>,
+    #[serde(default, rename = "cost")]
+    _cost: Option<IgnoredAny>,
+    #[serde(default, rename = "blocked")]
+    _blocked: Option<IgnoredAny>,
+    #[serde(default, rename = "moderation")]
+    _moderation: Option<IgnoredAny>,
+    #[serde(default, rename = "latency_ms")]
+    _latency_ms: Option<IgnoredAny>,
+    #[serde(default, rename = "ttft_ms")]
+    _ttft_ms: Option<IgnoredAny>,
 }
 
 /// What an import did.
@@ -86,6 +113,8 @@ struct Ledger {
     zone: Tz,
     /// (account, month) → whether its invoice is final.
     final_months: HashMap<(i64, Month), bool>,
+    /// Records that started before this are retired: no more come in.
+    retired_before: Option<DateTime<Utc>>,
 }
 
 /// Imports the lines of `input` into the ledger `db` (whose sink is `sink`), months in
@@ -112,6 +141,10 @@ pub async fn import(
         prices: PriceBook::new(store::prices::all(db).await.map_err(anyhow::Error::from)?),
         zone,
         final_months: HashMap::new(),
+        retired_before: store::retire::retired_before(db)
+            .await
+            .map_err(anyhow::Error::from)?
+            .map(store::from_ms),
     };
     let before = sink.count().await?;
     let mut imported = Imported::default();
@@ -221,6 +254,13 @@ impl Ledger {
                 line.key_id, line.account
             ));
         }
+        if line
+            .deployment
+            .as_ref()
+            .is_some_and(|d| d.is_empty() || d.len() > 128)
+        {
+            return invalid("deployment must be 1 to 128 characters".into());
+        }
         let ended_at = line.ended_at.unwrap_or(line.started_at);
         if ended_at < line.started_at || ended_at > Utc::now() {
             return invalid("ended_at must be after started_at, and not in the future".into());
@@ -249,6 +289,14 @@ impl Ledger {
                 line.model, line.chip, line.started_at
             ));
         };
+        if let Some(retired) = self.retired_before
+            && line.started_at < retired
+        {
+            return invalid(format!(
+                "records before {} are retired: the period takes no new ones",
+                retired.to_rfc3339()
+            ));
+        }
         let month = Month::containing(line.started_at, self.zone);
         if self.is_final(db, account_id, month).await? {
             return invalid(format!(
@@ -281,7 +329,7 @@ impl Ledger {
             key_id: line.key_id,
             model: line.model,
             chip: line.chip,
-            deployment: None,
+            deployment: line.deployment,
             endpoint: line.endpoint.unwrap_or(Endpoint::Chat),
             stream: false,
             status,

@@ -177,7 +177,8 @@ pub struct Audit {
 }
 
 /// Reads `account_id`'s running figures and sums its top-ups, record costs (streamed, so
-/// any history fits in memory) and pending holds, in one snapshot.
+/// any history fits in memory; with what its retired records cost) and pending holds, in
+/// one snapshot.
 pub async fn audit(db: &Db, account_id: i64) -> Result<Audit> {
     use futures_util::TryStreamExt;
     let postgres = matches!(db, Db::Postgres(_));
@@ -204,7 +205,16 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Audit> {
             .bind(account_id)
             .fetch_optional(&mut *tx)
             .await?;
-        let mut summed = Funds::default();
+        // What retired records cost (`retire`), then the records still in the ledger.
+        let retired: Option<Money> =
+            sqlx::query_scalar("SELECT spent FROM retired_funds WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mut summed = Funds {
+            spent: retired.map_or(Decimal::ZERO, |m| m.0),
+            ..Funds::default()
+        };
         for (sum, sql) in [
             (
                 &mut summed.topped_up,

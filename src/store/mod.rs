@@ -13,6 +13,7 @@ pub mod keys;
 pub mod postgres;
 pub mod prices;
 pub mod replicas;
+pub mod retire;
 pub mod rollups;
 pub mod signal;
 pub mod sqlite;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use chrono_tz::Tz;
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
-use super::{Db, Read, Result, on};
+use super::{Db, Read, Result, StoreError, on};
 use crate::billing::Totals;
 use crate::billing::period;
 
@@ -158,7 +158,19 @@ pub async fn totals(
 ) -> Result<Vec<Totals>> {
     let mut totals = Vec::new();
     let days = days_of(db, by.zone, from_ms, to_ms).await?;
-    for (source, from, to) in spans(from_ms, to_ms, by.slots.unwrap_or_default(), &days) {
+    let spans = spans(from_ms, to_ms, by.slots.unwrap_or_default(), &days);
+    if let Some(retired) = super::retire::retired_before(db).await?
+        && let Some((_, from, _)) = spans
+            .iter()
+            .find(|(source, from, _)| *source == Source::Records && *from < retired)
+    {
+        return Err(StoreError::Conflict(format!(
+            "the records of {} are retired: ask for whole days (or hours) before {}",
+            super::from_ms(*from).to_rfc3339(),
+            super::from_ms(retired).to_rfc3339()
+        )));
+    }
+    for (source, from, to) in spans {
         let sql = totals_sql(source, scope, by);
         on!(db, |pool| {
             // Built from this module's own fragments; the values are bound.
@@ -495,6 +507,10 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
             .bind(account_id)
             .fetch_one(&mut *tx)
             .await?;
+        // Records before the retired day are gone; what sums them is checked no more.
+        let retired: Option<i64> = sqlx::query_scalar("SELECT before FROM usage_retired")
+            .fetch_optional(&mut *tx)
+            .await?;
         let first = [b.0, b.2, b.4].into_iter().flatten().min();
         let last = [b.1, b.3, b.5].into_iter().flatten().max();
         let mut mismatches = Vec::new();
@@ -520,6 +536,17 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
                  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
             );
             let mut from = first.div_euclid(HOUR_MS) * HOUR_MS - margin;
+            if let Some(retired) = retired {
+                // The first whole hour, or day (the retired day starts one), kept whole.
+                let kept = match margin {
+                    0 => {
+                        retired.div_euclid(HOUR_MS) * HOUR_MS
+                            + HOUR_MS * i64::from(retired.rem_euclid(HOUR_MS) != 0)
+                    }
+                    _ => retired,
+                };
+                from = from.max(kept);
+            }
             while from <= last {
                 let to = from.saturating_add(AUDIT_WINDOW_MS);
                 let mut rows: BTreeMap<Group, (Option<Counts>, Option<Counts>)> = BTreeMap::new();

@@ -289,3 +289,29 @@ where
         }
     }
 }
+
+/// The records that started in `[from_ms, to_ms)` after `after` (started at, id), oldest
+/// first, at most `limit`: a walk of the time index (on SQLite it ends with the id), for
+/// exports of any size one page at a time.
+pub async fn oldest_first(
+    db: &Db,
+    (from_ms, to_ms): (i64, i64),
+    after: Option<(i64, i64)>,
+    limit: i64,
+) -> Result<Vec<StoredRecord>> {
+    let (at, id) = after.unwrap_or((from_ms, i64::MIN));
+    on!(db, |pool| {
+        let rows = sqlx::query(
+            "SELECT * FROM usage_records
+             WHERE started_at >= $1 AND started_at < $2 AND (started_at > $1 OR id > $3)
+             ORDER BY started_at, id LIMIT $4",
+        )
+        .bind(at.max(from_ms))
+        .bind(to_ms)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    })
+}

@@ -32,6 +32,7 @@ mod rate_limits;
 mod read_plans;
 mod replicas;
 mod reports;
+mod retention;
 mod rollups;
 mod routes;
 mod sd;

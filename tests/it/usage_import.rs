@@ -136,4 +136,77 @@ async fn imported_history_is_priced_once_and_final_months_are_refused() {
     write_lines(&file, &bad[1..]);
     let (ok, _, error) = import(&config, &file);
     assert!(!ok && error.contains("is final"), "{error}");
+
+    // October exported, gzip-compressed: every record, as JSON lines.
+    let gz = dir.path().join("october.jsonl.gz");
+    let gz_text = gz.to_str().unwrap();
+    let args = [
+        "usage",
+        "export",
+        "--from",
+        "2026-10-01",
+        "--to",
+        "2026-11-01",
+    ];
+    cli(
+        &config,
+        &[&args[..], &["--gzip", "--out", gz_text]].concat(),
+    );
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    assert_eq!(text.lines().count(), 1000);
+    assert!(text.lines().all(|l| l.contains("\"account\":\"acme\"")));
+
+    // Its first half retired: archived, gone from the ledger, October's figures as they were.
+    let retire = |extra: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["usage", "retire", "--before", "2026-10-15"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = retire(&[]);
+    assert!(
+        !refused.status.success(),
+        "retiring without an archive is asked for"
+    );
+    let archive = dir.path().join("early.jsonl");
+    let done = retire(&["--archive", archive.to_str().unwrap()]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let archived = std::fs::read_to_string(&archive).unwrap();
+    let early = (0..1000).filter(|n| 1 + n % 28 < 15).count();
+    assert_eq!(archived.lines().count(), early, "October 1 to 14");
+    let verified: Value =
+        serde_json::from_str(&cli(&config, &["ledger", "verify", "--json"])).unwrap();
+    assert_eq!(
+        (verified["differences"].clone(), verified["rollups"].clone()),
+        (json!([]), json!([]))
+    );
+    let report: Value = serde_json::from_str(&cli(
+        &config,
+        &[
+            "report",
+            "--from",
+            "2026-10-01",
+            "--to",
+            "2026-11-01",
+            "--format",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        report["total_exact"], "1.2",
+        "the whole month, from its rollups"
+    );
 }

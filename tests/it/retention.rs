@@ -1,0 +1,215 @@
+//! History that can be retired: records exported (JSON lines that `usage import` takes
+//! back, CSV), then the records before a day archived and deleted, on the ledger under
+//! test, while invoices, reports, balances and the audit stay exactly as they were; the
+//! retired period takes no new record and refuses sums that would need its records.
+
+use crate::helpers;
+
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use rust_decimal::Decimal;
+use tollgate::billing::PriceBook;
+use tollgate::billing::invoice::InvoiceStatus;
+use tollgate::billing::period::Month;
+use tollgate::domain::invoices::Ledger;
+use tollgate::domain::usage_export::{self, Format};
+use tollgate::store::{self, rollups};
+
+const ZONE: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
+
+/// Every figure that must not move: the accounts' November invoices and balances, and a
+/// day-by-day report of the month.
+async fn figures(db: &store::Db, accounts: &[i64]) -> Vec<String> {
+    let book = PriceBook::new(store::prices::all(db).await.unwrap());
+    let ledger = Ledger {
+        db,
+        prices: &book,
+        zone: ZONE,
+        finalize_grace: Duration::zero(),
+    };
+    let november = Month::parse("2026-11").unwrap();
+    let mut figures = Vec::new();
+    for &id in accounts {
+        let account = store::accounts::get(db, id).await.unwrap().unwrap();
+        let invoice = ledger
+            .draft(&account, november, InvoiceStatus::Draft)
+            .await
+            .unwrap();
+        figures.push(format!("{}: {}", account.name, invoice.total_exact));
+        let funds = store::funds::of(db, id).await.unwrap();
+        figures.push(format!(
+            "{}: balance {}",
+            account.name,
+            funds.balance().unwrap()
+        ));
+    }
+    let (start, end) = november.bounds(ZONE);
+    let edges = tollgate::billing::report::slot_edges(ZONE, (start, end), false);
+    let by = rollups::By {
+        account: true,
+        key: true,
+        slots: Some(&edges),
+        zone: Some(ZONE),
+    };
+    let (from, to) = (start.timestamp_millis(), end.timestamp_millis());
+    let mut totals = rollups::totals(db, rollups::Scope::All, from, to, by)
+        .await
+        .unwrap();
+    totals.sort_by_key(|t| (t.account_id, t.lineage_id, t.slot_ms));
+    figures.extend(totals.iter().map(|t| format!("{t:?}")));
+    figures
+}
+
+#[tokio::test]
+async fn retired_records_are_archived_and_every_figure_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = helpers::bare_ledger(&dir).await;
+    rollups::keep_days_in(&b.db, ZONE).await.unwrap();
+    let beta = store::accounts::create(&b.db, "beta").await.unwrap();
+    let beta_key = helpers::insert_key(&b.db, beta.id).await;
+    let version = helpers::simple_price(&b.db).await;
+    // Three days of November in Shanghai, a record every 20 minutes, two accounts.
+    let first_day = ZONE.with_ymd_and_hms(2026, 11, 10, 0, 0, 0).unwrap();
+    let records: Vec<_> = (0..216)
+        .map(|i| {
+            let owner = match i % 3 {
+                0 => (beta.id, beta_key),
+                _ => (b.account.id, b.key_id),
+            };
+            let at = (first_day + Duration::minutes(20 * i as i64 + 7)).with_timezone(&Utc);
+            let mut r = helpers::simple_record(format!("req_ret_{i:03}"), owner, version.id, at);
+            r.tokens.prompt = 100 + i as u64;
+            r.cost =
+                tollgate::billing::cost_of(&version, r.tokens, Default::default(), true).unwrap();
+            r
+        })
+        .collect();
+    let sink = store::Sink::open(&b.database).await.unwrap();
+    sink.insert(&records.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let accounts = [b.account.id, beta.id];
+    let before = figures(&b.db, &accounts).await;
+
+    // Export: every record once, oldest first, as JSON lines or CSV.
+    let period = (i64::MIN, i64::MAX);
+    let mut jsonl = Vec::new();
+    let n = usage_export::export(&b.db, period, Format::Jsonl, &mut jsonl)
+        .await
+        .unwrap();
+    assert_eq!(n, 216);
+    let lines: Vec<serde_json::Value> = String::from_utf8(jsonl.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = records.iter().map(|r| r.request_id.clone()).collect();
+    assert_eq!(ids, expected, "every record, oldest first");
+    assert_eq!(lines[0]["account"], "beta");
+    assert_eq!(lines[0]["cost"], records[0].cost.normalize().to_string());
+    let mut csv = Vec::new();
+    usage_export::export(&b.db, period, Format::Csv, &mut csv)
+        .await
+        .unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    assert_eq!(csv.lines().count(), 217, "a header and a line a record");
+    assert!(csv.starts_with("request_id,account,key_id,model,chip"));
+
+    // Retire the first day.
+    let second_day = first_day + Duration::days(1);
+    let mut archive = Vec::new();
+    let retired =
+        tollgate::domain::retention::retire(&b.db, second_day.with_timezone(&Utc), async |p| {
+            usage_export::export(&b.db, p, Format::Jsonl, &mut archive).await
+        })
+        .await
+        .unwrap();
+    let cut = second_day.timestamp_millis();
+    let old: Vec<&str> = records
+        .iter()
+        .filter(|r| r.started_at.timestamp_millis() < cut)
+        .map(|r| r.request_id.as_str())
+        .collect();
+    assert_eq!(old.len(), 72);
+    assert_eq!((retired.archived, retired.deleted), (72, 72));
+    let archived: Vec<String> = String::from_utf8(archive.clone())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(archived, old, "the archive holds the retired records");
+    let kept = helpers::ledger::request_ids(&b.db).await;
+    assert_eq!(kept.len(), 144);
+    assert!(kept.iter().all(|id| !old.contains(&id.as_str())));
+
+    // Every figure is as it was, and the audit finds nothing.
+    assert_eq!(figures(&b.db, &accounts).await, before);
+    let verified = tollgate::domain::audit::verify(&b.db).await.unwrap();
+    assert_eq!(verified.found(), 0, "{verified:?}");
+
+    // A sum that needs a retired record is refused, not short.
+    let ragged = rollups::totals(
+        &b.db,
+        rollups::Scope::All,
+        first_day.timestamp_millis() + 60_000,
+        cut + 86_400_000,
+        rollups::By::default(),
+    )
+    .await;
+    assert!(
+        matches!(ragged, Err(store::StoreError::Conflict(_))),
+        "{ragged:?}"
+    );
+
+    // The retired period takes no record: neither through the writer's sink ...
+    let mut late = records[0].clone();
+    late.request_id = "req_ret_late".into();
+    assert!(matches!(
+        sink.insert(&[&late]).await,
+        Err(store::InsertError::Refused(_))
+    ));
+    // ... nor by import (the archive itself, say), which names the line.
+    let sink = Arc::new(store::Sink::open(&b.database).await.unwrap());
+    let again = tollgate::domain::usage_import::import(&b.db, sink, ZONE, &archive[..]).await;
+    assert!(
+        matches!(&again, Err(tollgate::domain::usage_import::ImportError::Invalid { line: 1, why }) if why.contains("retired")),
+        "{again:?}"
+    );
+    assert_eq!(figures(&b.db, &accounts).await, before);
+
+    // The archive imports into another ledger as it is: the same records, priced alike.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = helpers::bare_ledger(&other_dir).await;
+    let other_beta = store::accounts::create(&other.db, "beta").await.unwrap();
+    assert_eq!(
+        (
+            other.key_id,
+            helpers::insert_key(&other.db, other_beta.id).await
+        ),
+        (b.key_id, beta_key),
+        "the same key ids"
+    );
+    helpers::simple_price(&other.db).await;
+    let sink = Arc::new(store::Sink::open(&other.database).await.unwrap());
+    let imported = tollgate::domain::usage_import::import(&other.db, sink, ZONE, &archive[..])
+        .await
+        .unwrap();
+    assert_eq!(imported.new_records, 72);
+    let spent: Decimal = records
+        .iter()
+        .filter(|r| r.started_at.timestamp_millis() < cut && r.account_id == b.account.id)
+        .map(|r| r.cost)
+        .sum();
+    let funds = store::funds::of(&other.db, other.account.id).await.unwrap();
+    assert_eq!(funds.spent, spent);
+}
