@@ -86,7 +86,10 @@ async fn measure(
     records: u64,
 ) -> anyhow::Result<Measured> {
     eprintln!("{backend}: filling a ledger with {records} records");
-    let database = format!("url = \"{url}\"\nsynchronous = \"normal\"\n");
+    let database = format!(
+        "url = \"{url}\"\nsynchronous = \"normal\"\nspool = \"{}\"\n",
+        dir.join("spool").display()
+    );
     let config_path = crate::write_config(dir, sim, "", &database, "")?;
     add_prices(dir, sim, &config_path)?;
     let config = tollgate::Config::load(&config_path)?;
