@@ -11,7 +11,7 @@ use super::{QueryParams, Viewer};
 use crate::domain::{accounts, usage};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{self, usage::UsageFilter};
+use crate::store::{self, listing::UsageFilter};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/admin/v1/usage", get(list))
@@ -26,6 +26,8 @@ struct UsageQuery {
     model: Option<String>,
     chip: Option<String>,
     status: Option<String>,
+    /// A private deployment's id.
+    deployment: Option<String>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     limit: Option<i64>,
@@ -45,6 +47,7 @@ async fn list(
         model: q.model,
         chip: q.chip,
         status: q.status,
+        deployment: q.deployment,
         from_ms: q.from.map(store::to_ms),
         to_ms: q.to.map(store::to_ms),
         before: q.cursor.as_deref().map(usage::parse_cursor).transpose()?,

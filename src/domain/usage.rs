@@ -8,7 +8,8 @@ use rust_decimal::Decimal;
 use crate::billing::period::Month;
 use crate::billing::{PriceBook, Totals, invoice};
 use crate::error::ApiError;
-use crate::store::usage::{StoredRecord, UsageFilter};
+use crate::store::listing::UsageFilter;
+use crate::store::usage::StoredRecord;
 use crate::store::{self, Db};
 
 /// The most records one page holds.
@@ -26,7 +27,7 @@ pub async fn page(
             "limit",
         ));
     }
-    let records = store::usage::list(db, filter, limit).await?;
+    let records = store::listing::list(db, filter, limit).await?;
     let next = (records.len() as i64 == limit)
         .then(|| records.last().map(|r| format!("{}_{}", r.started_at, r.id)))
         .flatten();

@@ -10,6 +10,7 @@ pub mod holds;
 pub mod invoices;
 pub mod journal;
 pub mod keys;
+pub mod listing;
 pub mod postgres;
 pub mod prices;
 pub mod replicas;
@@ -234,6 +235,14 @@ pub async fn open(config: &crate::Config) -> anyhow::Result<Db> {
         .await
         .context("cannot sum the daily usage rollups")?;
     Ok(db)
+}
+
+/// How to ask `db` for a query's plan, and the column its lines come in.
+pub(crate) fn explain(db: &Db) -> (&'static str, &'static str) {
+    match db {
+        Db::Sqlite(_) => ("EXPLAIN QUERY PLAN", "detail"),
+        Db::Postgres(_) => ("EXPLAIN", "QUERY PLAN"),
+    }
 }
 
 /// Whether the database answers.

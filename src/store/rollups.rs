@@ -188,25 +188,30 @@ pub async fn totals(
     Ok(totals)
 }
 
-/// How SQLite would run `totals`' queries, on rollups and on records (their `EXPLAIN QUERY
-/// PLAN` lines; empty on PostgreSQL, whose plans depend on statistics): what a test checks
-/// for full scans.
-pub async fn plan_of_totals(db: &Db, scope: Scope, by: By<'_>) -> Result<Vec<String>> {
-    let Db::Sqlite(pool) = db else {
-        return Ok(Vec::new());
-    };
+/// How the ledger would run `totals`' queries over `[from_ms, to_ms)`, on the daily and
+/// hourly rollups and on records (SQLite's `EXPLAIN QUERY PLAN` lines, or PostgreSQL's
+/// `EXPLAIN`): what a test checks for full scans.
+pub async fn plan_of_totals(
+    db: &Db,
+    scope: Scope,
+    by: By<'_>,
+    (from_ms, to_ms): (i64, i64),
+) -> Result<Vec<String>> {
+    let (explain, column) = super::explain(db);
     let mut plan = Vec::new();
     for source in [Source::Days, Source::Rollups, Source::Records] {
-        let sql = format!("EXPLAIN QUERY PLAN {}", totals_sql(source, scope, by));
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(0i64)
-            .bind(1i64)
-            .bind(scope.id())
-            .fetch_all(pool)
-            .await?;
-        for row in &rows {
-            plan.push(row.read::<String>("detail")?);
-        }
+        let sql = format!("{explain} {}", totals_sql(source, scope, by));
+        on!(db, |pool| {
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(from_ms)
+                .bind(to_ms)
+                .bind(scope.id())
+                .fetch_all(pool)
+                .await?;
+            for row in &rows {
+                plan.push(row.read::<String>(column)?);
+            }
+        })
     }
     Ok(plan)
 }

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
-use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{Db, Read, Result, on, to_ms};
 use crate::billing::record::UsageRecord;
@@ -118,7 +117,7 @@ macro_rules! usage_columns {
             query
         }
 
-        fn from_row($row: &impl Read) -> Result<StoredRecord> {
+        pub(super) fn from_row($row: &impl Read) -> Result<StoredRecord> {
             Ok(StoredRecord {
                 id: $row.read("id")?,
                 $($column: usage_columns!(@read $row, $column, $stored $(, $read)?),)*
@@ -200,94 +199,6 @@ pub async fn count(db: &Db) -> Result<i64> {
             .fetch_one(pool)
             .await?
     }))
-}
-
-/// Filters for listing records; all optional. Times are milliseconds, `[from, to)`.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-pub struct UsageFilter {
-    pub account_id: Option<i64>,
-    pub key_id: Option<i64>,
-    pub model: Option<String>,
-    pub chip: Option<String>,
-    pub status: Option<String>,
-    pub from_ms: Option<i64>,
-    pub to_ms: Option<i64>,
-    /// Records before this (started at, id) in the listing's order: the previous page's
-    /// last, for keyset paging.
-    pub before: Option<(i64, i64)>,
-}
-
-/// Newest first (by start time, then id), at most `limit`: an index walk on either
-/// ledger, whatever the history (by account or key: their (·, started_at) indexes, which
-/// SQLite ends with the id; otherwise `usage_records_time`), never a sort of all of it.
-pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<StoredRecord>> {
-    on!(db, |pool| {
-        let mut query = QueryBuilder::new("SELECT * FROM usage_records WHERE 1 = 1");
-        push_listing(&mut query, filter, limit);
-        let rows = query.build().fetch_all(pool).await?;
-        rows.iter().map(from_row).collect()
-    })
-}
-
-/// How SQLite would run `list` (its `EXPLAIN QUERY PLAN` lines; empty on PostgreSQL, whose
-/// plans depend on statistics): what a test checks for full scans and sorts.
-pub async fn plan_of_list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<String>> {
-    let Db::Sqlite(pool) = db else {
-        return Ok(Vec::new());
-    };
-    let mut query = QueryBuilder::new("EXPLAIN QUERY PLAN SELECT * FROM usage_records WHERE 1 = 1");
-    push_listing(&mut query, filter, limit);
-    let rows = query.build().fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| row.read::<String>("detail"))
-        .collect()
-}
-
-/// The listing's conditions, keyset and order.
-fn push_listing<DB: Database>(query: &mut QueryBuilder<DB>, filter: &UsageFilter, limit: i64)
-where
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    push_filter(query, filter);
-    // A range the index seeks to (`started_at <=`), then the ties of that millisecond.
-    if let Some((started_at, id)) = filter.before {
-        query.push(" AND started_at <= ").push_bind(started_at);
-        query.push(" AND (started_at < ").push_bind(started_at);
-        query.push(" OR id < ").push_bind(id).push(")");
-    }
-    query
-        .push(" ORDER BY started_at DESC, id DESC LIMIT ")
-        .push_bind(limit);
-}
-
-/// `filter`'s conditions, each ` AND ...`.
-fn push_filter<DB: Database>(query: &mut QueryBuilder<DB>, filter: &UsageFilter)
-where
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    let numbers = [
-        (" AND account_id = ", filter.account_id),
-        (" AND key_id = ", filter.key_id),
-        (" AND started_at >= ", filter.from_ms),
-        (" AND started_at < ", filter.to_ms),
-    ];
-    for (condition, value) in numbers {
-        if let Some(v) = value {
-            query.push(condition).push_bind(v);
-        }
-    }
-    let texts = [
-        (" AND model = ", &filter.model),
-        (" AND chip = ", &filter.chip),
-        (" AND status = ", &filter.status),
-    ];
-    for (condition, value) in texts {
-        if let Some(v) = value {
-            query.push(condition).push_bind(v.clone());
-        }
-    }
 }
 
 /// The records that started in `[from_ms, to_ms)` after `after` (started at, id), oldest

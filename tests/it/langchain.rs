@@ -24,7 +24,7 @@ async fn langchain_works_on_every_base_url_and_each_call_is_billed_exactly() {
         }
     }
     app.state.ledger().flush().await.unwrap();
-    let records = tollgate::store::usage::list(app.state.db(), &Default::default(), 100)
+    let records = tollgate::store::listing::list(app.state.db(), &Default::default(), 100)
         .await
         .unwrap();
     assert_eq!(records.len(), 6, "one record per call");

@@ -463,11 +463,11 @@ async fn commits_do_not_wait_for_an_import_blocked_by_another_process() {
 /// The account's running totals and the sums they stand for.
 async fn totals_and_sums(db: &Db, account: i64) -> (store::funds::Funds, store::funds::Funds) {
     let funds = store::funds::of(db, account).await.unwrap();
-    let filter = store::usage::UsageFilter {
+    let filter = store::listing::UsageFilter {
         account_id: Some(account),
         ..Default::default()
     };
-    let records = store::usage::list(db, &filter, 1_000_000).await.unwrap();
+    let records = store::listing::list(db, &filter, 1_000_000).await.unwrap();
     let sums = store::funds::Funds {
         topped_up: store::accounts::topped_up(db, account).await.unwrap(),
         spent: records.iter().map(|r| r.cost).sum(),

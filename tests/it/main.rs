@@ -22,6 +22,7 @@ mod langchain;
 mod ledger_outage;
 mod ledger_verify;
 mod ledger_writer;
+mod listings;
 mod multimodal;
 mod observability;
 mod openai_sdk;

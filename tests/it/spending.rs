@@ -51,13 +51,14 @@ pub(crate) async fn set_billing(app: &TestApp, patch: Value) {
 
 /// The sum of the costs of every record of account 1.
 async fn charges(app: &TestApp) -> Decimal {
-    let filter = tollgate::store::usage::UsageFilter {
+    let filter = tollgate::store::listing::UsageFilter {
         account_id: Some(1),
         ..Default::default()
     };
-    let records = tollgate::store::usage::list(app.state.usage_db().await.unwrap(), &filter, 1000)
-        .await
-        .unwrap();
+    let records =
+        tollgate::store::listing::list(app.state.usage_db().await.unwrap(), &filter, 1000)
+            .await
+            .unwrap();
     records.iter().map(|r| r.cost).sum()
 }
 

@@ -325,7 +325,7 @@ async fn the_official_zhipuai_sdk_works_unchanged_and_each_task_is_billed_exactl
     assert_eq!(results["images"]["urls"].as_array().unwrap().len(), 2);
     assert_eq!(results["unknown_model"]["status"], 404);
     app.state.ledger().flush().await.unwrap();
-    let records = store::usage::list(app.state.db(), &Default::default(), 100)
+    let records = store::listing::list(app.state.db(), &Default::default(), 100)
         .await
         .unwrap();
     let of = |endpoint: &str| {

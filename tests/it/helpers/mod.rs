@@ -198,8 +198,8 @@ impl TestApp {
 
     /// The newest record in the ledger.
     pub async fn latest_record(&self) -> StoredRecord {
-        let filter = store::usage::UsageFilter::default();
-        store::usage::list(self.state.usage_db().await.unwrap(), &filter, 1)
+        let filter = store::listing::UsageFilter::default();
+        store::listing::list(self.state.usage_db().await.unwrap(), &filter, 1)
             .await
             .unwrap()
             .pop()
@@ -229,7 +229,7 @@ impl TestApp {
     pub async fn records_with(&self, request_id: &str) -> Vec<StoredRecord> {
         self.state.ledger().flush().await.unwrap();
         let filter = Default::default();
-        let all = store::usage::list(self.state.db(), &filter, 10_000)
+        let all = store::listing::list(self.state.db(), &filter, 10_000)
             .await
             .unwrap();
         all.into_iter()

@@ -5,7 +5,7 @@
 //! ledger's.
 
 use rust_decimal::Decimal;
-use tollgate::store::{self, usage::UsageFilter};
+use tollgate::store::{self, listing::UsageFilter};
 
 use super::TestApp;
 
@@ -30,7 +30,7 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
         account_id: Some(account_id),
         ..Default::default()
     };
-    let records = store::usage::list(db, &filter, 1_000_000).await.unwrap();
+    let records = store::listing::list(db, &filter, 1_000_000).await.unwrap();
     let charged: Decimal = records.iter().map(|r| r.cost).sum();
     // The running totals balances are read from are the sums of what they total.
     let funds = store::funds::of(db, account_id).await.unwrap();
