@@ -229,7 +229,7 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Db> {
 
 /// Opens the ledger of `config` as `connect` does, its daily rollups kept in the billing
 /// time zone (`rollups::keep_days_in`): what `tollgate serve` and every CLI command use.
-pub async fn open(config: &crate::Config) -> anyhow::Result<Db> {
+pub async fn open(config: &crate::config::Config) -> anyhow::Result<Db> {
     let db = connect(&config.database).await?;
     rollups::keep_days_in(&db, config.billing.zone())
         .await
