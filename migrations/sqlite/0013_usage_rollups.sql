@@ -2,9 +2,10 @@
 -- records, so that their cost does not grow with history. One row per (account, UTC hour,
 -- key lineage, model, chip, deployment, endpoint, status, price version) holding the sums
 -- of its records' counts; cost follows from them and the price version (cost is linear in
--- the counts), so every column is an exact integer. A trigger keeps them in the same
--- transaction as the record it sums; a request id already stored inserts nothing and so
--- adds nothing. Deployment is '' when the record has none.
+-- the counts), so every column is an exact integer. The ledger writer keeps them in the
+-- transaction that inserts the records they sum (`store::sqlite::roll_up`, summing each
+-- batch per group first); a request id already stored inserts nothing and so adds
+-- nothing. Deployment is '' when the record has none.
 CREATE TABLE usage_hourly (
     account_id        INTEGER NOT NULL,
     hour              INTEGER NOT NULL,   -- ms since the epoch, start of the UTC hour
@@ -71,47 +72,6 @@ SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.
 FROM usage_records r JOIN api_keys k ON k.id = r.key_id
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9;
 
-CREATE TRIGGER usage_records_roll_up
-AFTER INSERT ON usage_records
-BEGIN
-    INSERT INTO usage_hourly VALUES (
-        NEW.account_id, NEW.started_at / 3600000 * 3600000,
-        (SELECT coalesce(lineage_id, id) FROM api_keys WHERE id = NEW.key_id),
-        NEW.model, NEW.chip, coalesce(NEW.deployment, ''), NEW.endpoint, NEW.status,
-        NEW.price_version_id, 1, NEW.prompt_tokens, NEW.cached_tokens,
-        NEW.completion_tokens, NEW.images, NEW.tasks, NEW.compute_ms, NEW.uploads)
-    ON CONFLICT (account_id, hour, lineage_id, model, chip, deployment, endpoint, status,
-                 price_version_id)
-    DO UPDATE SET
-        requests = requests + 1,
-        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-        cached_tokens = cached_tokens + excluded.cached_tokens,
-        completion_tokens = completion_tokens + excluded.completion_tokens,
-        images = images + excluded.images,
-        tasks = tasks + excluded.tasks,
-        compute_ms = compute_ms + excluded.compute_ms,
-        uploads = uploads + excluded.uploads;
-    INSERT INTO usage_daily
-    SELECT NEW.account_id, d.start,
-           (SELECT coalesce(lineage_id, id) FROM api_keys WHERE id = NEW.key_id),
-           NEW.model, NEW.chip, coalesce(NEW.deployment, ''), NEW.endpoint, NEW.status,
-           NEW.price_version_id, 1, NEW.prompt_tokens, NEW.cached_tokens,
-           NEW.completion_tokens, NEW.images, NEW.tasks, NEW.compute_ms, NEW.uploads
-    FROM (SELECT start FROM rollup_days WHERE start <= NEW.started_at
-          ORDER BY start DESC LIMIT 1) d
-    WHERE d.start IS NOT NULL
-    ON CONFLICT (account_id, day, lineage_id, model, chip, deployment, endpoint, status,
-                 price_version_id)
-    DO UPDATE SET
-        requests = requests + 1,
-        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-        cached_tokens = cached_tokens + excluded.cached_tokens,
-        completion_tokens = completion_tokens + excluded.completion_tokens,
-        images = images + excluded.images,
-        tasks = tasks + excluded.tasks,
-        compute_ms = compute_ms + excluded.compute_ms,
-        uploads = uploads + excluded.uploads;
-END;
 
 -- A price version that priced records is kept while anything sums them: the hourly
 -- rollups name every record's version, and outlive records retired from the ledger.

@@ -15,7 +15,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Encode, Sqlite, SqlitePool, Type};
 
-use super::{Column, Money, Read, Result};
+use std::collections::HashMap;
+
+use super::rollups::HOUR_MS;
+use super::{Column, Money, Read, Result, to_ms};
+use crate::billing::record::UsageRecord;
 use crate::config::{DatabaseConfig, Synchronous};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -112,4 +116,125 @@ impl<'r> Decode<'r, Sqlite> for Money {
             format!("'{text}' is not an exact amount: {e}")
         })?))
     }
+}
+
+/// A rollup row's group: account, hour or day, key (its lineage once looked up), model,
+/// chip, deployment ('' for none), endpoint, status, price version.
+type Group<'r> = (
+    i64,
+    i64,
+    i64,
+    &'r str,
+    &'r str,
+    &'r str,
+    &'static str,
+    &'static str,
+    i64,
+);
+
+/// Adds the records just inserted to the hourly and daily rollups, on the ledger writer's
+/// connection inside the transaction that inserted them: summed per group in memory
+/// first, so that a batch upserts each group once (PostgreSQL's statement trigger does
+/// the same in SQL, `migrations/postgres/0011_usage_rollups.sql`). Days are those of
+/// `rollup_days`, read in the same transaction.
+pub fn roll_up<'r>(
+    conn: &rusqlite::Connection,
+    inserted: &[&'r UsageRecord],
+) -> rusqlite::Result<()> {
+    let Some(first) = inserted.iter().map(|r| to_ms(r.started_at)).min() else {
+        return Ok(());
+    };
+    let last = inserted
+        .iter()
+        .map(|r| to_ms(r.started_at))
+        .max()
+        .unwrap_or(first);
+    let mut days_in = conn.prepare_cached(
+        "SELECT start FROM rollup_days
+         WHERE start >= coalesce((SELECT start FROM rollup_days WHERE start <= ?1
+                                  ORDER BY start DESC LIMIT 1), ?1)
+           AND start <= ?2 ORDER BY start",
+    )?;
+    let days: Vec<i64> = days_in
+        .query_map([first, last], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut hourly: HashMap<Group<'r>, [i64; 8]> = HashMap::new();
+    let mut daily: HashMap<Group<'r>, [i64; 8]> = HashMap::new();
+    for r in inserted {
+        let at = to_ms(r.started_at);
+        let counts = [
+            1,
+            r.tokens.prompt as i64,
+            r.tokens.cached as i64,
+            r.tokens.completion as i64,
+            r.units.images as i64,
+            r.units.tasks as i64,
+            r.units.compute_ms as i64,
+            r.units.uploads as i64,
+        ];
+        let group = |bucket| -> Group<'r> {
+            (
+                r.account_id,
+                bucket,
+                r.key_id,
+                r.model.as_str(),
+                r.chip.as_str(),
+                r.deployment.as_deref().unwrap_or(""),
+                r.endpoint.as_str(),
+                r.status.as_str(),
+                r.price_version_id,
+            )
+        };
+        let add = |sums: &mut HashMap<Group<'r>, [i64; 8]>, bucket| {
+            let sum = sums.entry(group(bucket)).or_default();
+            for (s, c) in sum.iter_mut().zip(counts) {
+                *s += c;
+            }
+        };
+        add(&mut hourly, at.div_euclid(HOUR_MS) * HOUR_MS);
+        // The last day that starts at or before the record (none before the first day).
+        let day = days.partition_point(|&d| d <= at);
+        if day > 0 {
+            add(&mut daily, days[day - 1]);
+        }
+    }
+    let mut lineage_of =
+        conn.prepare_cached("SELECT coalesce(lineage_id, id) FROM api_keys WHERE id = ?1")?;
+    let mut lineages: HashMap<i64, i64> = HashMap::new();
+    for (table, column, sums) in [
+        ("usage_hourly", "hour", hourly),
+        ("usage_daily", "day", daily),
+    ] {
+        let mut upsert = conn.prepare_cached(&format!(
+            "INSERT INTO {table} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                                         ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             ON CONFLICT (account_id, {column}, lineage_id, model, chip, deployment,
+                          endpoint, status, price_version_id)
+             DO UPDATE SET
+                 requests = requests + excluded.requests,
+                 prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                 cached_tokens = cached_tokens + excluded.cached_tokens,
+                 completion_tokens = completion_tokens + excluded.completion_tokens,
+                 images = images + excluded.images,
+                 tasks = tasks + excluded.tasks,
+                 compute_ms = compute_ms + excluded.compute_ms,
+                 uploads = uploads + excluded.uploads"
+        ))?;
+        for (group, counts) in sums {
+            let (account, bucket, key, model, chip, deployment, endpoint, status, price) = group;
+            let lineage = match lineages.get(&key) {
+                Some(&lineage) => lineage,
+                None => {
+                    let lineage: i64 = lineage_of.query_row([key], |row| row.get(0))?;
+                    *lineages.entry(key).or_insert(lineage)
+                }
+            };
+            upsert.execute(rusqlite::params![
+                account, bucket, lineage, model, chip, deployment, endpoint, status, price,
+                counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6],
+                counts[7]
+            ])?;
+        }
+    }
+    Ok(())
 }

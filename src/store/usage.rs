@@ -12,7 +12,8 @@ use crate::billing::record::UsageRecord;
 const ROWS_PER_INSERT: usize = 16;
 
 /// Inserts `records` on the ledger writer's connection, all or none, in one transaction
-/// with the charge of their accounts' running totals (`funds::charge`), in statements of
+/// with the charge of their accounts' running totals (`funds::charge`) and their rollups
+/// (`sqlite::roll_up`), in statements of
 /// `ROWS_PER_INSERT` rows. A request id already present is skipped and charges nothing, so
 /// a batch retried after an unclear failure never writes or charges a record twice.
 pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<()>
@@ -21,12 +22,20 @@ where
     I::IntoIter: ExactSizeIterator,
 {
     let records: Vec<&UsageRecord> = records.into_iter().collect();
+    let by_id: HashMap<&str, &UsageRecord> = records
+        .iter()
+        .map(|r| (r.request_id.as_str(), *r))
+        .collect();
     let transaction = conn.unchecked_transaction()?;
     // Account → what the records really inserted (not skipped) cost.
     let mut charged: HashMap<i64, Decimal> = HashMap::new();
+    // The records really inserted, for the rollups.
+    let mut inserted_records: Vec<&UsageRecord> = Vec::with_capacity(records.len());
     let mut insert_rows = |insert: &mut rusqlite::CachedStatement| -> rusqlite::Result<()> {
         let mut inserted = insert.raw_query();
         while let Some(row) = inserted.next()? {
+            let request_id: String = row.get(2)?;
+            inserted_records.extend(by_id.get(request_id.as_str()).copied());
             let cost: String = row.get(1)?;
             let cost = cost.parse::<Decimal>().map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
@@ -56,6 +65,7 @@ where
         }
     }
     super::funds::charge(conn, &charged)?;
+    super::sqlite::roll_up(conn, &inserted_records)?;
     transaction.commit()
 }
 
@@ -64,7 +74,7 @@ fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; COLUMNS].join(", "));
     format!(
         "INSERT INTO usage_records ({}) VALUES {} ON CONFLICT (request_id) DO NOTHING
-         RETURNING account_id, cost",
+         RETURNING account_id, cost, request_id",
         COLUMN_NAMES.join(", "),
         vec![row; rows].join(", ")
     )
