@@ -120,6 +120,7 @@ impl Application {
             .health()
             .watch(state.db().clone(), move || app.strong_count() > 0);
         crate::proxy::tasks::spawn_expiry(&state);
+        spawn_retention(&state);
         Ok(Application {
             listener,
             state,
@@ -170,4 +171,36 @@ impl Application {
 /// client is built. Harmless to call again.
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// With `retention.keep_days`, retires the records older than it each hour (the first
+/// time a minute after start), one replica at a time (`domain::retention::keep_days`).
+fn spawn_retention(state: &AppState) {
+    let config = state.config().clone();
+    let (Some(days), Some(dir)) = (config.retention.keep_days, config.retention.archive_dir) else {
+        return;
+    };
+    let db = state.db().clone();
+    let zone = config.billing.zone();
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut tick = tokio::time::interval_at(start, std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let run = store::retire::one_at_a_time(&db, async || {
+                crate::domain::retention::keep_days(&db, zone, days, &dir, chrono::Utc::now()).await
+            });
+            match run.await {
+                Ok(Some(Some(retired))) => tracing::info!(
+                    archived = retired.archived,
+                    retired = retired.deleted,
+                    "usage records older than retention.keep_days retired"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot retire old usage records")
+                }
+            }
+        }
+    });
 }

@@ -157,7 +157,7 @@ pub async fn run(config: &Path, command: UsageCommand) -> anyhow::Result<()> {
 async fn write_to<T>(
     out: Option<&Path>,
     gzip: bool,
-    write: impl AsyncFnOnce(&mut dyn Write) -> anyhow::Result<T>,
+    write: impl AsyncFnOnce(&mut (dyn Write + Send)) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let file = match out {
         Some(path) => Some(
@@ -166,9 +166,9 @@ async fn write_to<T>(
         ),
         None => None,
     };
-    let sink: Box<dyn Write> = match &file {
+    let sink: Box<dyn Write + Send> = match &file {
         Some(file) => Box::new(file),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::stdout()),
     };
     let mut buffered = std::io::BufWriter::with_capacity(1 << 20, sink);
     let result = match gzip {

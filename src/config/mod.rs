@@ -40,7 +40,22 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// How long raw usage records stay in the ledger (`tollgate serve` retires older ones
+/// each hour, as `tollgate usage retire` does; rollups, balances and invoices stay).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Keep the records of this many whole days (in `billing.timezone`) before today;
+    /// unset: keep every record.
+    pub keep_days: Option<u32>,
+    /// Where the retired records are archived first, one gzip-compressed JSON-lines file
+    /// per retirement (what `tollgate usage import` reads).
+    pub archive_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -547,6 +562,16 @@ impl Config {
         }
         if self.ledger.import_max == 0 {
             bail!("ledger.import_max must be at least 1");
+        }
+        if let Some(days) = self.retention.keep_days {
+            if days == 0 {
+                bail!("retention.keep_days must be at least 1");
+            }
+            if self.retention.archive_dir.is_none() {
+                bail!(
+                    "retention.keep_days needs retention.archive_dir: records are archived before they are retired"
+                );
+            }
         }
         upstreams::check(&self.upstreams)?;
         for (model, routing) in &self.routing.models {

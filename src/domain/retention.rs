@@ -4,9 +4,14 @@
 //! them stay. The day is recorded first, so no record of the period comes in between the
 //! archive and the deletion.
 
-use chrono::{DateTime, Utc};
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
 
+use crate::billing::period::day_start;
+use crate::domain::usage_export::{self, Format};
 use crate::store::{self, Db};
 
 /// Records deleted per transaction.
@@ -45,4 +50,56 @@ pub async fn retire(
             return Ok(retired);
         }
     }
+}
+
+/// Retires, as `retention.keep_days` asks, the records that started before the day
+/// `keep_days` whole days before `now`'s (in `zone`), archived first to a new
+/// gzip-compressed JSON-lines file in `archive_dir` (written aside, synced, then renamed
+/// `usage-before-DAY.jsonl.gz`). Nothing to do (no such record, and the day already
+/// retired): `None`.
+pub async fn keep_days(
+    db: &Db,
+    zone: Tz,
+    keep_days: u32,
+    archive_dir: &Path,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<Retired>> {
+    let today = now.with_timezone(&zone).date_naive();
+    let first_kept = today - Duration::days(i64::from(keep_days));
+    let before = day_start(first_kept, zone);
+    let retired = store::retire::retired_before(db).await?;
+    let older = store::usage::oldest_first(db, (i64::MIN, store::to_ms(before)), None, 1).await?;
+    if older.is_empty() {
+        if retired.is_some_and(|r| r >= store::to_ms(before)) {
+            return Ok(None);
+        }
+        // Nothing to archive: the day is recorded, so that the period takes no record.
+        store::retire::mark(db, store::to_ms(before)).await?;
+        return Ok(Some(Retired::default()));
+    }
+    std::fs::create_dir_all(archive_dir)?;
+    let name = format!("usage-before-{first_kept}.jsonl.gz");
+    let partial = archive_dir.join(format!("{name}.partial"));
+    let retired = retire(db, before, async |period| {
+        let file = std::fs::File::create(&partial)?;
+        let mut zipped = flate2::write::GzEncoder::new(
+            std::io::BufWriter::new(&file),
+            flate2::Compression::default(),
+        );
+        let written = usage_export::export(db, period, Format::Jsonl, &mut zipped).await?;
+        zipped.finish()?.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        // A second retirement of the same day keeps the first archive beside it.
+        let mut target = archive_dir.join(&name);
+        if target.exists() {
+            target = archive_dir.join(format!(
+                "usage-before-{first_kept}-{}.jsonl.gz",
+                now.timestamp_millis()
+            ));
+        }
+        std::fs::rename(&partial, &target)?;
+        Ok(written)
+    })
+    .await?;
+    Ok(Some(retired))
 }

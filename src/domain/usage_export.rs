@@ -138,7 +138,7 @@ pub async fn export(
     db: &Db,
     (from_ms, to_ms): (i64, i64),
     format: Format,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> anyhow::Result<u64> {
     let accounts: HashMap<i64, String> = store::accounts::list(db)
         .await?

@@ -101,3 +101,30 @@ pub async fn batch(db: &Db, limit: i64) -> Result<u64> {
     };
     Ok(gone.len() as u64)
 }
+
+/// Runs `work` unless another process of the ledger is running it (PostgreSQL replicas:
+/// an advisory lock held on a connection of its own meanwhile); `None` if another is.
+pub async fn one_at_a_time<T>(
+    db: &Db,
+    work: impl AsyncFnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    /// The advisory lock's key: "tollgate retire".
+    const LOCK: i64 = 0x746f_6c6c_7265_7469;
+    let Db::Postgres(pool) = db else {
+        return work().await.map(Some);
+    };
+    let mut conn = pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let done = work().await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK)
+        .execute(&mut *conn)
+        .await?;
+    done.map(Some)
+}

@@ -116,3 +116,28 @@ async fn an_endpoint_its_dialect_does_not_have_is_refused_and_so_is_async_chat()
         "{error}"
     );
 }
+
+#[test]
+fn retention_needs_an_archive_and_at_least_a_day() {
+    let base = "[[upstreams]]\nmodel = \"m\"\nchip = \"c\"\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+    for (retention, refused) in [
+        (
+            "[retention]\nkeep_days = 30\n",
+            Some("needs retention.archive_dir"),
+        ),
+        (
+            "[retention]\nkeep_days = 0\narchive_dir = \"a\"\n",
+            Some("at least 1"),
+        ),
+        ("[retention]\nkeep_days = 30\narchive_dir = \"a\"\n", None),
+    ] {
+        let parsed = Config::from_toml(&format!("{retention}{base}"), std::iter::empty());
+        match refused {
+            Some(why) => {
+                let error = format!("{:#}", parsed.unwrap_err());
+                assert!(error.contains(why), "{retention}: {error}");
+            }
+            None => assert_eq!(parsed.unwrap().retention.keep_days, Some(30)),
+        }
+    }
+}

@@ -213,3 +213,66 @@ async fn retired_records_are_archived_and_every_figure_stays() {
     let funds = store::funds::of(&other.db, other.account.id).await.unwrap();
     assert_eq!(funds.spent, spent);
 }
+
+/// `retention.keep_days`: what `tollgate serve` runs each hour. The records before the day
+/// that many days before today go to a new archive file, once; a later run with nothing
+/// older finds nothing to do.
+#[tokio::test]
+async fn keep_days_archives_to_a_file_and_retires_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = helpers::bare_ledger(&dir).await;
+    rollups::keep_days_in(&b.db, ZONE).await.unwrap();
+    let version = helpers::simple_price(&b.db).await;
+    let first_day = ZONE.with_ymd_and_hms(2026, 11, 10, 0, 0, 0).unwrap();
+    let records: Vec<_> = (0..50)
+        .map(|i| {
+            let at = (first_day + Duration::hours(2 * i + 1)).with_timezone(&Utc);
+            helpers::simple_record(
+                format!("req_keep_{i:02}"),
+                (b.account.id, b.key_id),
+                version.id,
+                at,
+            )
+        })
+        .collect();
+    let sink = store::Sink::open(&b.database).await.unwrap();
+    sink.insert(&records.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let before = figures(&b.db, &[b.account.id]).await;
+    // Noon of November 14: keep two whole days, the 12th and 13th (and today).
+    let now = ZONE
+        .with_ymd_and_hms(2026, 11, 14, 12, 0, 0)
+        .unwrap()
+        .with_timezone(&Utc);
+    let archives = dir.path().join("archive");
+    let run = || {
+        store::retire::one_at_a_time(&b.db, async || {
+            tollgate::domain::retention::keep_days(&b.db, ZONE, 2, &archives, now).await
+        })
+    };
+    let retired = run().await.unwrap().expect("no other process").unwrap();
+    let cut = ZONE.with_ymd_and_hms(2026, 11, 12, 0, 0, 0).unwrap();
+    let old = records.iter().filter(|r| r.started_at < cut).count() as u64;
+    assert_eq!((retired.archived, retired.deleted), (old, old));
+    let file = archives.join("usage-before-2026-11-12.jsonl.gz");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    assert_eq!(text.lines().count() as u64, old);
+    assert_eq!(
+        std::fs::read_dir(&archives).unwrap().count(),
+        1,
+        "no partial file left"
+    );
+    assert_eq!(figures(&b.db, &[b.account.id]).await, before);
+    assert!(
+        run().await.unwrap().unwrap().is_none(),
+        "nothing more to do"
+    );
+    let verified = tollgate::domain::audit::verify(&b.db).await.unwrap();
+    assert_eq!(verified.found(), 0, "{verified:?}");
+}
