@@ -290,6 +290,7 @@ const SUMMED: [&str; 8] = [
 ];
 
 fn totals_from_row(r: &impl Read) -> Result<Totals> {
+    let c = Counts::read(r)?;
     Ok(Totals {
         account_id: r.read("account_id")?,
         lineage_id: r.read("lineage_id")?,
@@ -297,15 +298,15 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
         chip: r.read("chip")?,
         price_version_id: r.read("price_version_id")?,
         slot_ms: r.read("slot")?,
-        requests: r.read("requests")?,
+        requests: c.requests,
         ok_requests: r.read("ok_requests")?,
-        prompt_tokens: r.read("prompt_tokens")?,
-        cached_tokens: r.read("cached_tokens")?,
-        completion_tokens: r.read("completion_tokens")?,
-        images: r.read("images")?,
-        tasks: r.read("tasks")?,
-        compute_ms: r.read("compute_ms")?,
-        uploads: r.read("uploads")?,
+        prompt_tokens: c.prompt_tokens,
+        cached_tokens: c.cached_tokens,
+        completion_tokens: c.completion_tokens,
+        images: c.images,
+        tasks: c.tasks,
+        compute_ms: c.compute_ms,
+        uploads: c.uploads,
     })
 }
 
@@ -441,6 +442,22 @@ pub struct Counts {
     pub tasks: i64,
     pub compute_ms: i64,
     pub uploads: i64,
+}
+
+impl Counts {
+    /// The `SUMMED` columns of a row.
+    fn read(r: &impl Read) -> Result<Counts> {
+        Ok(Counts {
+            requests: r.read("requests")?,
+            prompt_tokens: r.read("prompt_tokens")?,
+            cached_tokens: r.read("cached_tokens")?,
+            completion_tokens: r.read("completion_tokens")?,
+            images: r.read("images")?,
+            tasks: r.read("tasks")?,
+            compute_ms: r.read("compute_ms")?,
+            uploads: r.read("uploads")?,
+        })
+    }
 }
 
 /// A rollup row that is not what its records sum to.
@@ -600,17 +617,7 @@ fn group_from_row(rollup: &'static str, r: &impl Read) -> Result<(Group, Counts)
         status: r.read("status")?,
         price_version_id: r.read("price_version_id")?,
     };
-    let counts = Counts {
-        requests: r.read("requests")?,
-        prompt_tokens: r.read("prompt_tokens")?,
-        cached_tokens: r.read("cached_tokens")?,
-        completion_tokens: r.read("completion_tokens")?,
-        images: r.read("images")?,
-        tasks: r.read("tasks")?,
-        compute_ms: r.read("compute_ms")?,
-        uploads: r.read("uploads")?,
-    };
-    Ok((group, counts))
+    Ok((group, Counts::read(r)?))
 }
 
 #[cfg(test)]

@@ -228,13 +228,7 @@ async fn get(
         .uri(format!("http://{addr}{path}"))
         .header(AUTHORIZATION, auth)
         .body(Full::default())?;
-    let response = client.request(request).await?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
-    }
-    Ok(())
+    send(client, request).await
 }
 
 async fn chat(
@@ -248,14 +242,20 @@ async fn chat(
         .header(AUTHORIZATION, auth)
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(crate::chat_body(4, false)))?;
+    send(client, request).await
+}
+
+/// Sends `request` and reads its whole answer, which must be a success.
+async fn send(
+    client: &Client<HttpConnector, Full<bytes::Bytes>>,
+    request: Request<Full<bytes::Bytes>>,
+) -> anyhow::Result<()> {
+    let what = format!("{} {}", request.method(), request.uri().path());
     let response = client.request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {
-        bail!(
-            "a chat request: {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        bail!("{what}: {status}: {}", String::from_utf8_lossy(&body));
     }
     Ok(())
 }
