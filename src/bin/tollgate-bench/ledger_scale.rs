@@ -44,6 +44,8 @@ struct Measured {
     bytes_per_million: Option<f64>,
     /// (read, median ms, p95 ms) in `READS` order, then the first request after a restart.
     reads: Vec<(String, f64, f64)>,
+    /// Proxied requests per second at 32 connections, each round, lowest first.
+    throughput: Vec<f64>,
 }
 
 pub async fn run(dir: &Path, sizes: &[u64], postgres: bool) -> anyhow::Result<String> {
@@ -99,19 +101,20 @@ async fn measure(
     let started = Instant::now();
     import(&config_path, &owners, records)?;
     let import_per_s = records as f64 / started.elapsed().as_secs_f64();
+    // An empty ledger's reads and requests are the baseline the others are held to.
     let bytes_per_million = match &db {
         Db::Sqlite(pool) => {
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(pool)
                 .await?;
             let bytes = std::fs::metadata(dir.join("ledger.db"))?.len();
-            Some(bytes as f64 / (records as f64 / 1e6))
+            (records > 0).then(|| bytes as f64 / (records as f64 / 1e6))
         }
         Db::Postgres(pool) => {
             let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
                 .fetch_one(pool)
                 .await?;
-            Some(bytes as f64 / (records as f64 / 1e6))
+            (records > 0).then(|| bytes as f64 / (records as f64 / 1e6))
         }
     };
     if let Db::Postgres(pool) = &db {
@@ -168,6 +171,7 @@ async fn measure(
     let log = dir.join("tollgate.log");
     let binary = std::env::current_exe()?;
     let mut timed = Vec::new();
+    let throughput;
     {
         let (addr, _gateway) = procs::gateway(&binary, &config_path, &log).await?;
         for (name, path) in &reads {
@@ -181,6 +185,32 @@ async fn measure(
             eprintln!("{backend} {records}: {name}: {median:.1} ms (p95 {p95:.1})");
             timed.push((name.clone(), median, p95));
         }
+        // The request path on this ledger: closed loop, 32 connections, 3 rounds of 4 s.
+        let target = crate::load::Target {
+            name: "tollgate".into(),
+            addr,
+            path: "/v1/chat/completions".into(),
+        };
+        let workload = crate::load::Workload::Fixed {
+            auth: HeaderValue::from_str(&format!("Bearer {}", owners[1].2))?,
+            body: crate::chat_body(3, false),
+        };
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let stop = crate::load::Stop::After(Duration::from_secs(4));
+            let (outcomes, elapsed) =
+                crate::load::closed_loop(&target, &workload, 32, stop).await?;
+            let ok = outcomes.iter().filter(|o| o.status == 200).count();
+            anyhow::ensure!(
+                ok == outcomes.len(),
+                "{} requests failed",
+                outcomes.len() - ok
+            );
+            rates.push(ok as f64 / elapsed.as_secs_f64());
+        }
+        rates.sort_by(f64::total_cmp);
+        eprintln!("{backend} {records}: requests/s at 32 connections: {rates:?}");
+        throughput = rates;
     }
     // An account's first proxied request after a restart: a new gateway each round.
     let mut times = Vec::new();
@@ -206,6 +236,7 @@ async fn measure(
         import_per_s,
         bytes_per_million,
         reads: timed,
+        throughput,
     })
 }
 
@@ -415,6 +446,22 @@ fn render(measured: &[Measured]) -> String {
         .map(|m| format!("{:.0}", m.import_per_s))
         .collect();
     out += &format!("| import, records/s | {} |\n", imports.join(" | "));
+    let rates: Vec<String> = measured
+        .iter()
+        .map(|m| {
+            let r = &m.throughput;
+            format!(
+                "{:.0} ({:.0} to {:.0})",
+                r[r.len() / 2],
+                r[0],
+                r[r.len() - 1]
+            )
+        })
+        .collect();
+    out += &format!(
+        "| proxied requests/s at 32 connections, a second account's key (rounds: median, lowest to highest) | {} |\n",
+        rates.join(" | ")
+    );
     let sizes: Vec<String> = measured
         .iter()
         .map(|m| {
