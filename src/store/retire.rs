@@ -128,3 +128,14 @@ pub async fn one_at_a_time<T>(
         .await?;
     done.map(Some)
 }
+
+/// What the retired records of `account_id` cost, all told.
+pub async fn spent(db: &Db, account_id: i64) -> Result<Decimal> {
+    let spent: Option<Money> = on!(db, |pool| {
+        sqlx::query_scalar("SELECT spent FROM retired_funds WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(spent.map_or(Decimal::ZERO, |m| m.0))
+}

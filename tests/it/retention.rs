@@ -276,3 +276,64 @@ async fn keep_days_archives_to_a_file_and_retires_once() {
     let verified = tollgate::domain::audit::verify(&b.db).await.unwrap();
     assert_eq!(verified.found(), 0, "{verified:?}");
 }
+
+/// Retiring while a prepaid account's requests are admitted, held and charged at the
+/// same time keeps the money invariant (retired costs included) on the ledger under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_under_prepaid_traffic_keeps_the_money_invariant() {
+    use crate::spending::{modest_request, set_billing, top_up};
+    let app = helpers::TestApp::spawn().await;
+    set_billing(&app, serde_json::json!({"billing_mode": "prepaid"})).await;
+    let (status, _) = top_up(&app, "t-1", serde_json::json!("5")).await;
+    assert_eq!(status, 201);
+    let send = || {
+        app.client
+            .post(app.url("/maas/megrez-7b-instruct/nvidia/chat/completions"))
+            .bearer_auth(&app.key)
+            .json(&modest_request())
+            .send()
+    };
+    // October's history: 30 requests, aged into October once shipped.
+    for _ in 0..30 {
+        assert_eq!(send().await.unwrap().status(), 200);
+    }
+    app.wait_until_shipped(std::time::Duration::from_secs(30))
+        .await;
+    let zone = app.state.config().billing.zone();
+    let october = ZONE.with_ymd_and_hms(2026, 10, 10, 12, 0, 0).unwrap();
+    helpers::ledger::move_all_records(app.state.db(), october.timestamp_millis(), zone).await;
+    let before = helpers::money::assert_invariant(&app, 1).await;
+
+    // November begins the kept history; 60 requests come in meanwhile.
+    let november = tollgate::billing::period::day_start(
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+        zone,
+    );
+    let db = app.state.db().clone();
+    let retiring = tokio::spawn(async move {
+        let mut archive = Vec::new();
+        tollgate::domain::retention::retire(&db, november, async |p| {
+            usage_export::export(&db, p, Format::Jsonl, &mut archive).await
+        })
+        .await
+        .unwrap()
+    });
+    let traffic = futures_util::future::join_all((0..60).map(|_| send())).await;
+    let admitted = traffic
+        .iter()
+        .filter(|r| r.as_ref().unwrap().status() == 200)
+        .count();
+    let retired = retiring.await.unwrap();
+    assert_eq!((retired.archived, retired.deleted), (30, 30));
+    let after = helpers::money::assert_invariant(&app, 1).await;
+    assert_eq!(
+        after.records, admitted,
+        "only the new records are in the ledger"
+    );
+    assert!(after.charged > before.charged);
+    assert_eq!(after.held, Decimal::ZERO);
+    let verified = tollgate::domain::audit::verify(app.state.db())
+        .await
+        .unwrap();
+    assert_eq!(verified.found(), 0, "{verified:?}");
+}
