@@ -34,8 +34,8 @@ where
     let mut insert_rows = |insert: &mut rusqlite::CachedStatement| -> rusqlite::Result<()> {
         let mut inserted = insert.raw_query();
         while let Some(row) = inserted.next()? {
-            let request_id: String = row.get(2)?;
-            inserted_records.extend(by_id.get(request_id.as_str()).copied());
+            let request_id = row.get_ref(2)?.as_str()?;
+            inserted_records.extend(by_id.get(request_id).copied());
             let cost: String = row.get(1)?;
             let cost = cost.parse::<Decimal>().map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
