@@ -120,7 +120,7 @@ impl Application {
             .health()
             .watch(state.db().clone(), move || app.strong_count() > 0);
         crate::proxy::tasks::spawn_expiry(&state);
-        spawn_retention(&state);
+        spawn_upkeep(&state);
         Ok(Application {
             listener,
             state,
@@ -173,13 +173,12 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// With `retention.keep_days`, retires the records older than it each hour (the first
-/// time a minute after start), one replica at a time (`domain::retention::keep_days`).
-fn spawn_retention(state: &AppState) {
+/// The ledger's hourly upkeep (the first a minute after start): the months ahead of the
+/// usage records' partitions are created (PostgreSQL, `store::partitions`), and with
+/// `retention.keep_days` the records older than it are retired, one replica at a time
+/// (`domain::retention::keep_days`).
+fn spawn_upkeep(state: &AppState) {
     let config = state.config().clone();
-    let (Some(days), Some(dir)) = (config.retention.keep_days, config.retention.archive_dir) else {
-        return;
-    };
     let db = state.db().clone();
     let zone = config.billing.zone();
     tokio::spawn(async move {
@@ -187,8 +186,20 @@ fn spawn_retention(state: &AppState) {
         let mut tick = tokio::time::interval_at(start, std::time::Duration::from_secs(3600));
         loop {
             tick.tick().await;
+            match store::partitions::keep_ahead(&db, chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(created) => tracing::info!(created, "usage records' monthly partitions created"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the usage records' monthly partitions")
+                }
+            }
+            let (Some(days), Some(dir)) =
+                (config.retention.keep_days, &config.retention.archive_dir)
+            else {
+                continue;
+            };
             let run = store::retire::one_at_a_time(&db, async || {
-                crate::domain::retention::keep_days(&db, zone, days, &dir, chrono::Utc::now()).await
+                crate::domain::retention::keep_days(&db, zone, days, dir, chrono::Utc::now()).await
             });
             match run.await {
                 Ok(Some(Some(retired))) => tracing::info!(

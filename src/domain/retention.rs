@@ -1,6 +1,7 @@
 //! Retention: the records that started before a day are archived (by the caller's
 //! `archive`, e.g. `tollgate usage export`'s JSON lines) and then retired from the ledger
-//! in bounded batches (`store::retire`), while the rollups, balances and invoices that sum
+//! (`store::retire`: in bounded batches, and on PostgreSQL whole months at once by
+//! `store::partitions`), while the rollups, balances and invoices that sum
 //! them stay. The day is recorded first, so no record of the period comes in between the
 //! archive and the deletion.
 
@@ -41,7 +42,8 @@ pub async fn retire(
         .unwrap_or(store::to_ms(before));
     let mut retired = Retired {
         archived: archive((i64::MIN, before)).await?,
-        ..Retired::default()
+        // PostgreSQL drops the months that ended before the day whole.
+        deleted: store::partitions::drop_retired_months(db).await?,
     };
     loop {
         let deleted = store::retire::batch(db, BATCH).await?;

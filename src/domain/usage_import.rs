@@ -154,13 +154,14 @@ pub async fn import(
         imported: &mut imported,
         batch: &mut batch,
         writing: &mut writing,
+        db,
         sink: &sink,
     };
     let read = lines.read(db, &mut ledger, input).await;
     // The batch in flight is in the ledger (or failed) before anything is said.
     finish(writing.take()).await?;
     read?;
-    finish(Some(write(sink.clone(), batch))).await?;
+    finish(Some(write(db.clone(), sink.clone(), batch))).await?;
     imported.new_records = sink.count().await? - before;
     Ok(imported)
 }
@@ -170,6 +171,7 @@ struct Lines<'a> {
     imported: &'a mut Imported,
     batch: &'a mut Vec<UsageRecord>,
     writing: &'a mut Option<Writing>,
+    db: &'a Db,
     sink: &'a Arc<Sink>,
 }
 
@@ -199,7 +201,7 @@ impl Lines<'_> {
             if self.batch.len() == BATCH {
                 finish(self.writing.take()).await?;
                 let full = std::mem::replace(self.batch, Vec::with_capacity(BATCH));
-                *self.writing = Some(write(self.sink.clone(), full));
+                *self.writing = Some(write(self.db.clone(), self.sink.clone(), full));
             }
         }
         Ok(())
@@ -210,18 +212,38 @@ impl Lines<'_> {
 type Writing = tokio::task::JoinHandle<anyhow::Result<()>>;
 
 /// Writes `batch` on a thread of its own (SQLite's sink blocks), in time order so that its
-/// inserts touch the time indexes' pages one after another.
-fn write(sink: Arc<Sink>, mut batch: Vec<UsageRecord>) -> Writing {
+/// inserts touch the time indexes' pages one after another, into the months' partitions
+/// (PostgreSQL, `store::partitions`). A request id stored already with another start
+/// refuses the batch: that record is no replay of the stored one.
+fn write(db: Db, sink: Arc<Sink>, mut batch: Vec<UsageRecord>) -> Writing {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        if batch.is_empty() {
+        let (Some(first), Some(last)) = (
+            batch.iter().map(|r| r.started_at).min(),
+            batch.iter().map(|r| r.started_at).max(),
+        ) else {
             return Ok(());
-        }
+        };
         batch.sort_by_key(|r| (r.started_at, r.account_id));
         let records: Vec<&UsageRecord> = batch.iter().collect();
-        runtime
-            .block_on(sink.insert(&records))
-            .map_err(|e| anyhow::anyhow!("the ledger refused a batch: {e}"))
+        runtime.block_on(async {
+            store::partitions::keep(&db, (store::to_ms(first), store::to_ms(last))).await?;
+            let starts: Vec<(&str, i64)> = records
+                .iter()
+                .map(|r| (r.request_id.as_str(), store::to_ms(r.started_at)))
+                .collect();
+            if let Some(id) = store::partitions::stored_at_other_times(&db, &starts)
+                .await?
+                .first()
+            {
+                anyhow::bail!(
+                    "the ledger refused a batch: request id {id} is recorded already, with another start"
+                );
+            }
+            sink.insert(&records)
+                .await
+                .map_err(|e| anyhow::anyhow!("the ledger refused a batch: {e}"))
+        })
     })
 }
 

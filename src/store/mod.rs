@@ -11,6 +11,7 @@ pub mod invoices;
 pub mod journal;
 pub mod keys;
 pub mod listing;
+pub mod partitions;
 pub mod postgres;
 pub mod prices;
 pub mod replicas;
@@ -234,6 +235,9 @@ pub async fn open(config: &crate::config::Config) -> anyhow::Result<Db> {
     rollups::keep_days_in(&db, config.billing.zone())
         .await
         .context("cannot sum the daily usage rollups")?;
+    partitions::keep_ahead(&db, Utc::now())
+        .await
+        .context("cannot create the usage records' monthly partitions")?;
     Ok(db)
 }
 

@@ -62,7 +62,9 @@ pub fn sink(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .connect_lazy_with(options(config)?))
 }
 
-/// Inserts `records` in one transaction, skipping request ids already stored.
+/// Inserts `records` in one transaction, skipping request ids already stored with the same
+/// start (the unique key of a table partitioned by month; a request id names one request,
+/// which started once).
 pub async fn insert_usage(
     pool: &PgPool,
     records: &[&UsageRecord],
@@ -73,7 +75,7 @@ pub async fn insert_usage(
     let sql = format!(
         "INSERT INTO usage_records ({})
          SELECT * FROM UNNEST({})
-         ON CONFLICT (request_id) DO NOTHING",
+         ON CONFLICT (request_id, started_at) DO NOTHING",
         usage::COLUMN_NAMES.join(", "),
         parameters.join(", ")
     );

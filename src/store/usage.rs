@@ -64,9 +64,42 @@ where
             insert_rows(&mut insert)?;
         }
     }
+    if inserted_records.len() < records.len() {
+        refuse_other_starts(conn, &records, &inserted_records)?;
+    }
     super::funds::charge(conn, &charged)?;
     super::sqlite::roll_up(conn, &inserted_records)?;
     transaction.commit()
+}
+
+/// Refuses the batch if a record it skipped (its request id stored already) is no replay:
+/// the stored record with its id started at another time. A request id names one
+/// request, which started once.
+fn refuse_other_starts(
+    conn: &rusqlite::Connection,
+    records: &[&UsageRecord],
+    inserted: &[&UsageRecord],
+) -> rusqlite::Result<()> {
+    let inserted: std::collections::HashSet<&str> =
+        inserted.iter().map(|r| r.request_id.as_str()).collect();
+    let mut stored =
+        conn.prepare_cached("SELECT started_at FROM usage_records WHERE request_id = ?")?;
+    for record in records
+        .iter()
+        .filter(|r| !inserted.contains(r.request_id.as_str()))
+    {
+        let started_at: i64 = stored.query_row([&record.request_id], |row| row.get(0))?;
+        if started_at != to_ms(record.started_at) {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                Some(format!(
+                    "request id {} is recorded already, with another start",
+                    record.request_id
+                )),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `INSERT ... VALUES (?, ...), ...` for `rows` records.

@@ -26,6 +26,7 @@ mod listings;
 mod multimodal;
 mod observability;
 mod openai_sdk;
+mod partitions;
 mod postgres_ledger;
 mod price_ledger;
 mod prices_cli;

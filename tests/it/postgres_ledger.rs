@@ -63,14 +63,14 @@ async fn the_postgres_schema_is_created_and_keeps_what_must_never_change() {
         .unwrap()
         .get(0);
     assert_eq!(cost, "0.0000000004");
-    // A replayed record changes nothing.
+    // A replayed record (its request id, with its start) changes nothing.
     let replay = sqlx::query(
         "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, endpoint,
              stream, status, http_status, prompt_tokens, completion_tokens, cached_tokens,
              usage_source, price_version_id, cost, blocked, started_at, ended_at, latency_ms)
          VALUES ('req_1', 1, 1, 'm', 'c', 'chat', false, 'ok', 200, 999, 999, 0, 'reported',
              1, 9, false, 5, 6, 1)
-         ON CONFLICT (request_id) DO NOTHING",
+         ON CONFLICT (request_id, started_at) DO NOTHING",
     )
     .execute(&pool)
     .await

@@ -196,6 +196,11 @@ async fn every_read_walks_an_index_with_realistic_statistics() {
             .await
             .unwrap();
     }
+    // PostgreSQL: the records went to the default partition (their month had none yet),
+    // and move to their month's partition as the hourly upkeep creates it.
+    store::partitions::keep_ahead(&b.db, Utc::now())
+        .await
+        .unwrap();
     helpers::ledger::execute(&b.db, "ANALYZE", &[])
         .await
         .unwrap();
@@ -208,7 +213,8 @@ async fn every_read_walks_an_index_with_realistic_statistics() {
     };
     let sorts = |plan: &[String]| {
         plan.iter().any(|line| match postgres {
-            true => line.contains("Sort"),
+            // A sort node, not the order a Merge Append of the months keeps ("Sort Key").
+            true => line.contains("Sort") && !line.trim_start().starts_with("Sort Key"),
             false => line.contains("TEMP B-TREE"),
         })
     };

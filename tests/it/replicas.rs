@@ -190,7 +190,7 @@ async fn a_hold_is_voided_once_it_expires_only_if_its_replica_died() {
     let replay = format!(
         "INSERT INTO usage_records (request_id, {columns})
          SELECT 'req_dead', {columns} FROM usage_records WHERE request_id = $1
-         ON CONFLICT (request_id) DO NOTHING"
+         ON CONFLICT (request_id, started_at) DO NOTHING"
     );
     for _ in 0..2 {
         helpers::ledger::execute_text(app.state.db(), &replay, &real).await;
