@@ -35,17 +35,36 @@ pub async fn keep(db: &Db, (from, to): (i64, i64)) -> Result<i32> {
 /// per month), so an import asks before writing; SQLite's is the id alone, and its writer
 /// refuses such a record itself (`usage::insert`).
 pub async fn stored_at_other_times(db: &Db, records: &[(&str, i64)]) -> Result<Vec<String>> {
+    clashes(db, "", records).await
+}
+
+/// Each id looked up in each month's index of request ids (a lateral probe: a batch never
+/// makes the planner scan the records instead).
+const CLASHES: &str = "SELECT b.id FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS b(id, start)
+     CROSS JOIN LATERAL (
+         SELECT 1 FROM usage_records r
+         WHERE r.request_id = b.id AND r.started_at <> b.start LIMIT 1) r";
+
+/// `stored_at_other_times`, or with `explain` its plan, a line a row.
+async fn clashes(db: &Db, explain: &str, records: &[(&str, i64)]) -> Result<Vec<String>> {
     let Db::Postgres(pool) = db else {
         return Ok(Vec::new());
     };
-    Ok(sqlx::query_scalar(
-        "SELECT r.request_id FROM UNNEST($1::TEXT[], $2::BIGINT[]) AS b(id, start)
-         JOIN usage_records r ON r.request_id = b.id AND r.started_at <> b.start",
+    Ok(
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("{explain} {CLASHES}")))
+            .bind(records.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| r.1).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?,
     )
-    .bind(records.iter().map(|r| r.0).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.1).collect::<Vec<_>>())
-    .fetch_all(pool)
-    .await?)
+}
+
+/// The plan of `stored_at_other_times` for `records` (PostgreSQL; SQLite: none).
+pub async fn plan_of_stored_at_other_times(
+    db: &Db,
+    records: &[(&str, i64)],
+) -> Result<Vec<String>> {
+    clashes(db, "EXPLAIN", records).await
 }
 
 /// The first millisecond after the month a partition named `usage_records_yYYYYmMM` holds.
