@@ -72,9 +72,10 @@ impl Application {
         }
         let upstreams = Upstreams::build(&config)?;
         let admin_auth = AdminAuth::from_config(&config.admin)?;
+        let metrics_token = config.metrics.bearer_token()?;
         if admin_auth.is_none() {
             tracing::warn!(
-                "admin API off: set {} (or admin.jwt_public_key_file) to enable it",
+                "admin API off: set {} (or admin.jwt_secret_file, admin.jwt_public_key_file) to enable it",
                 config.admin.jwt_secret_env
             );
         }
@@ -105,6 +106,7 @@ impl Application {
             replica,
             metrics,
             admin_auth,
+            metrics_token,
             config,
             db,
             ledger,

@@ -22,8 +22,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Some(var) = &state.config().metrics.bearer_token_env {
-        let expected = std::env::var(var).unwrap_or_default();
+    if let Some(expected) = state.metrics_token() {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

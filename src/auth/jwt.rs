@@ -52,14 +52,13 @@ pub struct AdminAuth {
 impl AdminAuth {
     /// From the configuration; `None` when no key is configured (admin API off).
     pub fn from_config(config: &AdminConfig) -> anyhow::Result<Option<AdminAuth>> {
-        let hs256 = std::env::var(&config.jwt_secret_env)
-            .ok()
-            .filter(|s| !s.is_empty())
+        let hs256 = config
+            .jwt_secret()?
             .map(|secret| {
                 anyhow::ensure!(
                     secret.len() >= 32,
                     "{} must hold at least 32 characters for HS256",
-                    config.jwt_secret_env
+                    config.secret_source()
                 );
                 Ok((
                     EncodingKey::from_secret(secret.as_bytes()),
@@ -128,7 +127,7 @@ impl AdminAuth {
         let (key, _) = self.hs256.as_ref().with_context(|| {
             format!(
                 "minting needs the HS256 secret in {}",
-                self.config.jwt_secret_env
+                self.config.secret_source()
             )
         })?;
         let now = Utc::now().timestamp();

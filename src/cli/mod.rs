@@ -249,7 +249,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
             let auth = AdminAuth::from_config(&config.admin)?.with_context(|| {
                 format!(
                     "set {} to the admin secret (at least 32 characters)",
-                    config.admin.jwt_secret_env
+                    config.admin.secret_source()
                 )
             })?;
             let role = match role {

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 mod env;
+pub mod secrets;
 mod upstreams;
 
 pub use upstreams::{BaseUrl, Dialect, Endpoint, StreamFormat, UpstreamConfig, check_name};
@@ -86,8 +87,29 @@ impl BillingConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Environment variable holding a bearer token `/metrics` requires; open when unset.
+    /// Environment variable holding a bearer token `/metrics` requires; open when neither
+    /// it nor `bearer_token_file` is set.
     pub bearer_token_env: Option<String>,
+    /// A file holding that token instead (a mounted secret), read when the gateway starts.
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+impl MetricsConfig {
+    /// The token `/metrics` requires, if one is configured; an error when one is named but
+    /// cannot be read (the endpoint is never left open by a missing secret).
+    pub fn bearer_token(&self) -> anyhow::Result<Option<String>> {
+        let token = secrets::read(
+            "metrics.bearer_token_file",
+            self.bearer_token_env.as_deref(),
+            self.bearer_token_file.as_deref(),
+        )?;
+        if token.is_none()
+            && let Some(var) = &self.bearer_token_env
+        {
+            anyhow::bail!("metrics.bearer_token_env names {var}, which is not set");
+        }
+        Ok(token)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,9 +223,12 @@ pub const MAX_ROTATION_GRACE_SECS: i64 = 366 * 24 * 3600;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Environment variable holding the HS256 secret for admin tokens. When neither it nor
-    /// `jwt_public_key_file` is set, the admin API is off.
+    /// Environment variable holding the HS256 secret for admin tokens. When neither it,
+    /// `jwt_secret_file` nor `jwt_public_key_file` is set, the admin API is off.
     pub jwt_secret_env: String,
+    /// A file holding the HS256 secret instead (a mounted secret): read in place of
+    /// `jwt_secret_env` when set.
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM public key accepting RS256 tokens from an existing identity provider.
     pub jwt_public_key_file: Option<PathBuf>,
     pub issuer: String,
@@ -214,10 +239,30 @@ pub struct AdminConfig {
     pub rotation_grace_secs: i64,
 }
 
+impl AdminConfig {
+    /// Where the HS256 secret is read from, as the operator sets it.
+    pub fn secret_source(&self) -> String {
+        match &self.jwt_secret_file {
+            Some(path) => format!("admin.jwt_secret_file ({})", path.display()),
+            None => self.jwt_secret_env.clone(),
+        }
+    }
+
+    /// The HS256 secret, if one is configured (`config::secrets`).
+    pub fn jwt_secret(&self) -> anyhow::Result<Option<String>> {
+        secrets::read(
+            "admin.jwt_secret_file",
+            Some(&self.jwt_secret_env),
+            self.jwt_secret_file.as_deref(),
+        )
+    }
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             jwt_secret_env: "TOLLGATE_ADMIN_SECRET".into(),
+            jwt_secret_file: None,
             jwt_public_key_file: None,
             issuer: "tollgate".into(),
             audience: "tollgate-admin".into(),

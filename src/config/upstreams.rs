@@ -146,6 +146,9 @@ pub struct UpstreamConfig {
     /// Environment variable holding the backend's credential (sent as a Bearer token); read
     /// when the gateway starts serving, so CLI commands do not need it.
     pub api_key_env: Option<String>,
+    /// A file holding the credential instead (a mounted secret): read in place of
+    /// `api_key_env` when set.
+    pub api_key_file: Option<std::path::PathBuf>,
     /// The model name the backend expects, if not `model`.
     pub upstream_model: Option<String>,
     /// How its streams are framed; `auto` leaves it to the dialect.

@@ -1,4 +1,4 @@
-//! The wire formats the simulator speaks, modelled on `shared/fixtures/`.
+//! The wire formats the simulator speaks, modelled on `tests/fixtures/`.
 
 use axum::body::Bytes;
 use axum::http::StatusCode;

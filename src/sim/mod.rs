@@ -54,6 +54,8 @@ pub struct Knobs {
     /// Send exactly these bytes as the body (a fixture), `split` bytes per network write.
     pub raw: Option<String>,
     pub split: Option<usize>,
+    /// The HTTP status the `raw` body is sent with (default 200).
+    pub raw_status: Option<u16>,
     /// Polls of an asynchronous task answered `PROCESSING` before it ends (default 1).
     pub polls: Option<u32>,
     /// Images an image generation makes (default: the request's `n`, or 1).
@@ -308,6 +310,9 @@ async fn embeddings(
         Ok(call) => call,
         Err(response) => return response,
     };
+    if let Some(replayed) = replay(&call.knobs, false) {
+        return replayed;
+    }
     let tokens = call.knobs.prompt_tokens.unwrap_or(9);
     let mut reply = json!({"object": "list", "model": call.body["model"],
         "data": [{"object": "embedding", "index": 0, "embedding": [0.0123, -0.0456, 0.0789]}]});
@@ -327,6 +332,9 @@ async fn rerank(
         Ok(call) => call,
         Err(response) => return response,
     };
+    if let Some(replayed) = replay(&call.knobs, false) {
+        return replayed;
+    }
     let tokens = call.knobs.prompt_tokens.unwrap_or(57);
     let mut reply = json!({"id": "rerank-sim", "model": call.body["model"],
         "results": [{"index": 1, "relevance_score": 0.93}, {"index": 0, "relevance_score": 0.12}]});
@@ -345,7 +353,11 @@ fn replay(knobs: &Knobs, stream: bool) -> Option<Response> {
     } else {
         "application/json"
     };
-    Some(paced(frames, knobs.chunk_delay_ms, None, content_type))
+    let mut response = paced(frames, knobs.chunk_delay_ms, None, content_type);
+    if let Some(status) = knobs.raw_status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        *response.status_mut() = status;
+    }
+    Some(response)
 }
 
 fn split(bytes: &[u8], size: usize) -> Vec<Bytes> {

@@ -124,22 +124,32 @@ impl Upstream {
     }
 
     fn build(c: &UpstreamConfig) -> anyhow::Result<Upstream> {
-        let authorization = c
-            .api_key_env
-            .as_ref()
-            .map(|var| {
-                let secret = match std::env::var(var) {
-                    Ok(secret) if !secret.is_empty() => secret,
-                    _ => anyhow::bail!(
-                        "upstream {}/{}: environment variable {var} (api_key_env) is not set; \
-                         export it with the backend's credential",
-                        c.model,
-                        c.chip
-                    ),
-                };
+        let what = format!("upstream {}/{}: api_key_file", c.model, c.chip);
+        let secret = crate::config::secrets::read(
+            &what,
+            c.api_key_env.as_deref(),
+            c.api_key_file.as_deref(),
+        )?;
+        let source = match (&c.api_key_file, &c.api_key_env) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(var)) => var.clone(),
+            (None, None) => String::new(),
+        };
+        if secret.is_none()
+            && let Some(var) = &c.api_key_env
+        {
+            anyhow::bail!(
+                "upstream {}/{}: environment variable {var} (api_key_env) is not set; \
+                 export it with the backend's credential",
+                c.model,
+                c.chip
+            );
+        }
+        let authorization = secret
+            .map(|secret| {
                 let mut value =
                     HeaderValue::try_from(format!("Bearer {secret}")).map_err(|_| {
-                        anyhow::anyhow!("{var} holds characters an HTTP header cannot carry")
+                        anyhow::anyhow!("{source} holds characters an HTTP header cannot carry")
                     })?;
                 value.set_sensitive(true);
                 anyhow::Ok(value)

@@ -150,7 +150,7 @@ async fn accept_event_stream_asks_for_a_stream_too() {
 #[tokio::test]
 async fn dashscope_fixtures_split_anywhere_are_metered_from_their_usage() {
     let app = TestApp::spawn().await;
-    let raw = helpers::own_fixture("dashscope-stream.sse");
+    let raw = helpers::fixture("dashscope-stream.sse");
     for split in [1, 7, 64, 100_000] {
         let response = stream(&app, &messages(json!({"raw": raw, "split": split}))).await;
         assert_eq!(response.status(), 200);
@@ -183,7 +183,7 @@ async fn dashscope_fixtures_split_anywhere_are_metered_from_their_usage() {
         ("dashscope-generation.json", (22, 16)),
         ("dashscope-generation-text.json", (9, 8)),
     ] {
-        let raw = helpers::own_fixture(file);
+        let raw = helpers::fixture(file);
         let response = app
             .post(ROUTE, &messages(json!({"raw": raw, "split": 5})))
             .await;
@@ -201,7 +201,7 @@ async fn dashscope_fixtures_split_anywhere_are_metered_from_their_usage() {
 async fn a_dashscope_error_is_an_error_with_any_status_and_costs_nothing() {
     let app = TestApp::spawn().await;
     // HTTP 200 with an error body: the bug, once billed as ok.
-    let raw = helpers::own_fixture("dashscope-error-200.json");
+    let raw = helpers::fixture("dashscope-error-200.json");
     for knobs in [json!({"fault": "inband_error"}), json!({"raw": raw})] {
         let response = app.post(ROUTE, &messages(knobs)).await;
         assert_eq!(response.status(), 502);

@@ -14,6 +14,7 @@ mod dashscope;
 mod durability;
 mod errors;
 mod faults;
+mod fixtures;
 mod framing;
 mod hostile;
 mod invoices;

@@ -403,12 +403,10 @@ async fn health_and_readiness_answer() {
 
 #[tokio::test]
 async fn metrics_can_require_a_bearer_token() {
-    // SAFETY: set before the gateway reads it; no other thread reads this variable.
-    unsafe { std::env::set_var("TOLLGATE_TEST_METRICS_TOKEN", "scrape-secret") };
-    let app = TestApp::spawn_with(|c| {
-        c.metrics.bearer_token_env = Some("TOLLGATE_TEST_METRICS_TOKEN".into())
-    })
-    .await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("metrics-token");
+    std::fs::write(&token, "scrape-secret\n").unwrap();
+    let app = TestApp::spawn_with(|c| c.metrics.bearer_token_file = Some(token)).await;
     assert_eq!(
         app.client
             .get(app.url("/metrics"))

@@ -188,11 +188,13 @@ async fn the_model_list_shows_models_with_their_chips() {
 
 #[tokio::test]
 async fn the_backend_gets_its_own_credential_and_model_never_the_clients_key() {
-    // SAFETY: set before the gateway reads it; no other thread reads this variable.
-    unsafe { std::env::set_var("TOLLGATE_TEST_BACKEND_SECRET", "backend-secret") };
+    // The credential in a file, as a mounted secret holds it.
+    let secrets = tempfile::tempdir().unwrap();
+    let credential = secrets.path().join("internlm-key");
+    std::fs::write(&credential, "backend-secret\n").unwrap();
     let app = TestApp::spawn_with(|c| {
         let up = c.upstreams.iter_mut().find(|u| u.chip == "ascend").unwrap();
-        up.api_key_env = Some("TOLLGATE_TEST_BACKEND_SECRET".into());
+        up.api_key_file = Some(credential);
         up.upstream_model = Some("internlm3-8b-instruct".into());
     })
     .await;

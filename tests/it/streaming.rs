@@ -75,7 +75,7 @@ async fn a_bare_json_chip_stream_reaches_the_client_as_standard_sse() {
 }
 
 #[tokio::test]
-async fn shared_fixtures_split_anywhere_are_relayed_and_metered_from_their_usage() {
+async fn stream_fixtures_split_anywhere_are_relayed_and_metered_from_their_usage() {
     let app = TestApp::spawn().await;
     let cases = [
         (

@@ -428,7 +428,7 @@ async fn tasks_hold_a_prepaid_balance_until_they_end_even_across_a_restart() {
 #[tokio::test]
 async fn zhipus_fixtures_split_anywhere_are_metered_from_their_usage() {
     let app = TestApp::spawn().await;
-    let read = helpers::own_fixture;
+    let read = helpers::fixture;
     let stream = read("zhipu-chat-stream.sse");
     for split in [1, 9, 100_000] {
         let body = chat(

@@ -43,6 +43,9 @@ pub fn test_config(sim: SocketAddr, dir: &tempfile::TempDir) -> Config {
         cli::demo_config(sim, "127.0.0.1:0", &db).expect("the demo configuration is valid");
     config.database = ledger::fresh(dir.path(), config.database.synchronous);
     ledger::limits(&mut config);
+    let secret = dir.path().join("admin-secret");
+    std::fs::write(&secret, ADMIN_SECRET).unwrap();
+    config.admin.jwt_secret_file = Some(secret);
     config
 }
 
@@ -53,8 +56,6 @@ impl TestApp {
 
     /// Like `spawn`, with the configuration changed by `tweak` first.
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        // SAFETY: every test sets the same value before building; nothing else writes it.
-        unsafe { std::env::set_var("TOLLGATE_ADMIN_SECRET", ADMIN_SECRET) };
         let (sim, _) = sim::spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(sim, &dir);
@@ -502,16 +503,8 @@ pub fn refusing_upstream(model: &str, chip: &str) -> UpstreamConfig {
     toml::from_str(&text).unwrap()
 }
 
-/// The shared wire-format fixtures beside the repository.
+/// A wire-format fixture (`tests/fixtures/`, whose README says what each shows).
 pub fn fixture(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-}
-
-/// The project's own wire-format fixtures (`tests/fixtures/`: formats beyond the seed ones).
-pub fn own_fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
@@ -520,7 +513,7 @@ pub fn own_fixture(name: &str) -> String {
 
 /// A JSON object among the project's fixtures.
 pub fn own_json(name: &str) -> serde_json::Map<String, Value> {
-    serde_json::from_str(&own_fixture(name)).unwrap()
+    serde_json::from_str(&fixture(name)).unwrap()
 }
 
 /// Checks that `dialect` reads a task's fixtures: the id its submission gives, a running
