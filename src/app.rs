@@ -58,10 +58,15 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         install_tls_provider();
         let db = store::open(&config).await?;
-        prices::sync(&config, &db).await?;
-        let book = PriceBook::new(store::prices::all(&db).await?);
+        // Everything is checked before the price tables are recorded: a recorded version
+        // is kept forever, so a configuration that cannot serve records none.
+        let entries = prices::read(&config)?;
+        let recorded = PriceBook::new(store::prices::all(&db).await?);
         for up in &config.upstreams {
-            if !book.covers(&up.model, &up.chip) {
+            let in_tables = entries
+                .iter()
+                .any(|e| e.model == up.model && (e.chip == up.chip || e.chip == "*"));
+            if !in_tables && !recorded.covers(&up.model, &up.chip) {
                 bail!(
                     "upstream {}/{} has no price: add it (or a '*' chip entry) to {}",
                     up.model,
@@ -73,6 +78,8 @@ impl Application {
         let upstreams = Upstreams::build(&config)?;
         let admin_auth = AdminAuth::from_config(&config.admin)?;
         let metrics_token = config.metrics.bearer_token()?;
+        prices::record(&config, &db, &entries).await?;
+        let book = PriceBook::new(store::prices::all(&db).await?);
         if admin_auth.is_none() {
             tracing::warn!(
                 "admin API off: set {} (or admin.jwt_secret_file, admin.jwt_public_key_file) to enable it",

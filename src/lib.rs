@@ -11,14 +11,17 @@
 //!    routing policy).
 //! 3. `proxy::exchange` runs the call (over `upstream::client` and its `pool`) so that the
 //!    client cannot cancel it (`proxy::detach`): `proxy::stream` relays streams through
-//!    `proxy::framing`, and `proxy::observe` reads usage on the way.
+//!    `dialect::framing`, and `dialect::observe` reads usage on the way, as the backend's
+//!    `dialect` speaks it.
 //! 4. `proxy::settle` prices the tokens exactly with the price version in force
 //!    (`billing`), settles the limits, and `metering` commits the record through the
 //!    group-committing `Ledger` writer thread (an append to `store::journal`, imported into
 //!    SQLite by `store::usage` soon after); only then is the end of the response released.
 //!
 //! `state` holds what every request shares. `admin` serves `/admin/v1` behind JWT and the
-//! CLI (`cli`) offers the same operations, both through the `domain` services.
+//! CLI (`cli`) offers the same operations, both through the `domain` services, which know
+//! nothing of HTTP: what they refuse is an `error::Error`, rendered once, OpenAI-shaped,
+//! by `server::ApiError`.
 //! `metrics` holds every Prometheus metric; `ops` serves `/metrics`, `/healthz`, `/readyz`.
 //! `sim` is a simulated backend speaking each documented wire format, for the demo and tests.
 

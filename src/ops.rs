@@ -11,7 +11,7 @@ use axum::routing::get;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{Admin, JsonBody};
 use crate::billing::prices::Money;
 use crate::domain::accounts::{self, AccountView};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store;
 use crate::store::accounts::{Account, BillingMode, Topup};
@@ -33,7 +33,7 @@ struct NewAccount {
 
 async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiError> {
     let db = state.usage_db().await?;
-    accounts::view(db, state.spending(), account).await
+    Ok(accounts::view(db, state.spending(), account).await?)
 }
 
 async fn create(

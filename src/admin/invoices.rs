@@ -15,7 +15,7 @@ use crate::billing::PriceBook;
 use crate::billing::period::Month;
 use crate::domain::accounts;
 use crate::domain::invoices::{Document, Ledger, parse_id};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::{self, Db};

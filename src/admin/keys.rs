@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{Admin, JsonBody, QueryParams};
 use crate::domain::accounts;
 use crate::domain::keys::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -17,7 +17,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 pub use crate::auth::jwt::{AdminAuth, Claims, Role};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -54,7 +54,7 @@ fn claims(parts: &Parts, state: &AppState) -> Result<Claims, ApiError> {
                 "missing admin token: send 'Authorization: Bearer <JWT>'".into(),
             )
         })?;
-    auth.verify(token.trim())
+    Ok(auth.verify(token.trim())?)
 }
 
 impl FromRequestParts<AppState> for Admin {

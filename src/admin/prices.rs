@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::Viewer;
 use crate::domain::prices;
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{QueryParams, Viewer};
 use crate::domain::reports;
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

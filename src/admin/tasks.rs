@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{QueryParams, Viewer};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store;
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{QueryParams, Viewer};
 use crate::domain::{accounts, usage};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store::{self, listing::UsageFilter};
 

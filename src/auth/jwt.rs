@@ -12,7 +12,7 @@ use jsonwebtoken::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::AdminConfig;
-use crate::error::ApiError;
+use crate::error::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,9 +87,8 @@ impl AdminAuth {
     }
 
     /// Checks a bearer token and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let invalid =
-            |why: &str| ApiError::AdminUnauthorized(format!("invalid admin token: {why}"));
+    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        let invalid = |why: &str| Error::AdminUnauthorized(format!("invalid admin token: {why}"));
         let header = decode_header(token).map_err(|_| invalid("malformed"))?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref().map(|(_, d)| d),

@@ -7,7 +7,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::Error;
 
 const PREFIX: &str = "tg-";
 const RANDOM_CHARS: usize = 43;
@@ -29,14 +29,14 @@ impl ApiKey {
     }
 
     /// Accepts only well-formed keys, so garbage never reaches the database.
-    pub fn parse(text: &str) -> Result<ApiKey, ApiError> {
+    pub fn parse(text: &str) -> Result<ApiKey, Error> {
         let well_formed = text.strip_prefix(PREFIX).is_some_and(|r| {
             r.len() == RANDOM_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric())
         });
         if well_formed {
             Ok(ApiKey(text.to_string()))
         } else {
-            Err(ApiError::InvalidKey(
+            Err(Error::InvalidKey(
                 "malformed API key: tollgate keys look like tg- followed by 43 letters and digits",
             ))
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::keys::KeyState;
 use crate::store::{self, Db};
 use cache::KeyCache;
@@ -42,11 +42,11 @@ impl Caller {
     }
 
     /// 403 unless the key may call `model`.
-    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+    pub fn check_model(&self, model: &str) -> Result<(), Error> {
         if self.may_call(model) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
+            Err(Error::Forbidden(format!(
                 "this API key is not allowed to call model '{model}'"
             )))
         }
@@ -55,19 +55,15 @@ impl Caller {
 
 /// Looks the key up by its hash (cache first) and checks that it is live. Also says whether
 /// the cache had it.
-pub async fn authenticate(
-    keys: &KeyCache,
-    db: &Db,
-    key: &ApiKey,
-) -> Result<(Caller, bool), ApiError> {
+pub async fn authenticate(keys: &KeyCache, db: &Db, key: &ApiKey) -> Result<(Caller, bool), Error> {
     let hash = key.hash();
     let (row, hit) = keys.lookup(db, &hash).await?;
     let row = row
         .filter(|row| bool::from(row.secret_hash.as_slice().ct_eq(&hash)))
-        .ok_or(ApiError::InvalidKey("invalid API key"))?;
+        .ok_or(Error::InvalidKey("invalid API key"))?;
     match row.state(Utc::now()) {
-        KeyState::Revoked => Err(ApiError::InvalidKey("this API key has been revoked")),
-        KeyState::Expired => Err(ApiError::InvalidKey("this API key has expired")),
+        KeyState::Revoked => Err(Error::InvalidKey("this API key has been revoked")),
+        KeyState::Expired => Err(Error::InvalidKey("this API key has expired")),
         KeyState::Active | KeyState::Rotating => {
             let caller = Caller {
                 key_id: row.id,

@@ -24,8 +24,9 @@ pub struct PriceEntry {
     pub chip: String,
     #[serde(deserialize_with = "timestamp")]
     pub effective_from: DateTime<Utc>,
-    /// CNY per 1,000 prompt tokens not served from cache.
-    #[serde(deserialize_with = "money")]
+    /// CNY per 1,000 prompt tokens not served from cache (0 when absent: an entry names
+    /// only the rates it charges, and at least one).
+    #[serde(default, deserialize_with = "money_or_zero")]
     pub input_per_1k: Decimal,
     /// CNY per 1,000 cached prompt tokens; the input price when absent.
     #[serde(default, deserialize_with = "money_opt")]
@@ -96,8 +97,34 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
     Ok(entries)
 }
 
+/// The rates a price entry may name; it names at least one (a free model says
+/// `input_per_1k = "0"`), so that an entry whose rates were all misspelt is refused, not
+/// free.
+const RATES: [&str; 8] = [
+    "input_per_1k",
+    "cached_input_per_1k",
+    "output_per_1k",
+    "per_request",
+    "per_image",
+    "per_task",
+    "per_second",
+    "per_upload",
+];
+
 pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
     let file: PriceFile = toml::from_str(text)?;
+    let raw: toml::Table = toml::from_str(text)?;
+    let raw_entries = raw.get("prices").and_then(toml::Value::as_array);
+    for (e, raw) in file.prices.iter().zip(raw_entries.into_iter().flatten()) {
+        if !RATES.iter().any(|rate| raw.get(rate).is_some()) {
+            bail!(
+                "price for {}/{} names no rate: give at least one of {}",
+                e.model,
+                e.chip,
+                RATES.join(", ")
+            );
+        }
+    }
     if file.currency != "CNY" {
         bail!(
             "currency '{}' is not supported: prices are in CNY",
@@ -277,6 +304,20 @@ mod tests {
         assert_eq!(
             entries[0].effective_from,
             DateTime::parse_from_rfc3339("2025-12-31T16:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn an_entry_names_only_the_rates_it_charges_and_at_least_one() {
+        let entries = parse_table(&table("per_image = \"0.1\"\n")).unwrap();
+        assert_eq!(entries[0].input_per_1k, Decimal::ZERO);
+        assert_eq!(entries[0].per_image, Decimal::from_str("0.1").unwrap());
+        let free = parse_table(&table("input_per_1k = \"0\"\n")).unwrap();
+        assert_eq!(free[0].input_per_1k, Decimal::ZERO);
+        let err = parse_table(&table("")).unwrap_err().to_string();
+        assert!(
+            err.contains("m/*") && err.contains("names no rate"),
+            "{err}"
         );
     }
 

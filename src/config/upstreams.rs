@@ -196,7 +196,7 @@ fn default_idle_ms() -> u64 {
 #[derive(Debug, Clone)]
 pub struct BaseUrl {
     text: String,
-    uri: Option<axum::http::Uri>,
+    uri: Option<http::Uri>,
 }
 
 impl<'de> Deserialize<'de> for BaseUrl {
@@ -213,7 +213,7 @@ impl BaseUrl {
     }
 
     /// The URL of `path` under this one (`path` starts with `/`).
-    pub fn join(&self, path: &str) -> anyhow::Result<axum::http::Uri> {
+    pub fn join(&self, path: &str) -> anyhow::Result<http::Uri> {
         Ok(format!("{}{path}", self.text.trim_end_matches('/')).parse()?)
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::billing::money;
 use crate::config::check_name;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::limits::spending::{self, Spending};
 use crate::store::accounts::{Account, BillingMode, Topup};
 use crate::store::{self, Db};
@@ -25,7 +25,7 @@ pub struct AccountView {
 
 /// `account` with its money, from the ledger in `db` (imported up to now) and what
 /// `spending` holds for requests in flight.
-pub async fn view(db: &Db, spending: &Spending, account: Account) -> Result<AccountView, ApiError> {
+pub async fn view(db: &Db, spending: &Spending, account: Account) -> Result<AccountView, Error> {
     let balance = spending::balance(db, account.id).await?;
     let held = spending.held(account.id).await?.normalize();
     let available = match account.allowance() {
@@ -42,10 +42,10 @@ pub async fn view(db: &Db, spending: &Spending, account: Account) -> Result<Acco
 }
 
 /// A credit limit within `money`'s bounds (400 naming `credit_limit` otherwise).
-pub fn check_credit(credit_limit: Option<Decimal>) -> Result<(), ApiError> {
+pub fn check_credit(credit_limit: Option<Decimal>) -> Result<(), Error> {
     match credit_limit {
         Some(limit) => money::check_amount(limit, "credit_limit")
-            .map_err(|e| ApiError::invalid(e, "credit_limit")),
+            .map_err(|e| Error::invalid(e, "credit_limit")),
         None => Ok(()),
     }
 }
@@ -58,17 +58,17 @@ pub async fn top_up(
     amount: Decimal,
     key: &str,
     note: &str,
-) -> Result<(Topup, bool), ApiError> {
+) -> Result<(Topup, bool), Error> {
     if amount <= Decimal::ZERO {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "amount must be a positive decimal string, e.g. \"100.00\"",
             "amount",
         ));
     }
-    money::check_amount(amount, "amount").map_err(|e| ApiError::invalid(e, "amount"))?;
+    money::check_amount(amount, "amount").map_err(|e| Error::invalid(e, "amount"))?;
     let (topup, created) = store::accounts::top_up(db, account_id, amount, key, note).await?;
     if !created && topup.amount != amount {
-        return Err(ApiError::Conflict(format!(
+        return Err(Error::Conflict(format!(
             "Idempotency-Key '{key}' was used for a top-up of {}",
             topup.amount
         )));
@@ -78,7 +78,7 @@ pub async fn top_up(
 
 /// Creates an account; 409 if the name is taken (the database's unique name decides, so
 /// two at once cannot both pass).
-pub async fn create(db: &Db, name: &str) -> Result<Account, ApiError> {
+pub async fn create(db: &Db, name: &str) -> Result<Account, Error> {
     Ok(store::accounts::create(db, name).await?)
 }
 
@@ -89,8 +89,8 @@ pub async fn open(
     name: &str,
     mode: BillingMode,
     credit_limit: Option<Decimal>,
-) -> Result<Account, ApiError> {
-    check_name(name).map_err(|e| ApiError::invalid(format!("name: {e}"), "name"))?;
+) -> Result<Account, Error> {
+    check_name(name).map_err(|e| Error::invalid(format!("name: {e}"), "name"))?;
     check_credit(credit_limit)?;
     let account = create(db, name).await?;
     set_billing(db, account.id, Some(mode), Some(credit_limit)).await
@@ -103,7 +103,7 @@ pub async fn set_billing(
     id: i64,
     mode: Option<BillingMode>,
     credit_limit: Option<Option<Decimal>>,
-) -> Result<Account, ApiError> {
+) -> Result<Account, Error> {
     let account = get(db, id).await?;
     let mode = mode.unwrap_or(account.billing_mode);
     let credit = credit_limit.unwrap_or(account.credit_limit);
@@ -113,21 +113,21 @@ pub async fn set_billing(
 }
 
 /// Account `id`, or 404.
-pub async fn get(db: &Db, id: i64) -> Result<Account, ApiError> {
+pub async fn get(db: &Db, id: i64) -> Result<Account, Error> {
     store::accounts::get(db, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("account {id} does not exist")))
+        .ok_or_else(|| Error::NotFound(format!("account {id} does not exist")))
 }
 
 /// The account named `name`, or 404.
-pub async fn named(db: &Db, name: &str) -> Result<Account, ApiError> {
+pub async fn named(db: &Db, name: &str) -> Result<Account, Error> {
     store::accounts::find_by_name(db, name)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("account '{name}' does not exist")))
+        .ok_or_else(|| Error::NotFound(format!("account '{name}' does not exist")))
 }
 
 /// The id of the account named `name`, if a name is given.
-pub async fn id_of(db: &Db, name: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub async fn id_of(db: &Db, name: Option<&str>) -> Result<Option<i64>, Error> {
     match name {
         Some(name) => Ok(Some(named(db, name).await?.id)),
         None => Ok(None),

@@ -6,7 +6,7 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::{self, Db};
 
 /// One figure whose running total is not the sum of what it totals.
@@ -50,7 +50,7 @@ impl Verified {
 
 /// Recomputes every account's running totals and hourly rollups from the ledger in `db`
 /// (each in one snapshot) and returns the differences.
-pub async fn verify(db: &Db) -> Result<Verified, ApiError> {
+pub async fn verify(db: &Db) -> Result<Verified, Error> {
     let accounts = store::accounts::list(db).await?;
     let mut verified = Verified {
         accounts: accounts.len(),

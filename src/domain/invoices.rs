@@ -7,7 +7,7 @@ use chrono_tz::Tz;
 use crate::billing::PriceBook;
 use crate::billing::invoice::{self, Invoice, InvoiceStatus};
 use crate::billing::period::Month;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::accounts::Account;
 use crate::store::{self, Db};
 
@@ -30,8 +30,8 @@ pub fn invoice_id(account_id: i64, month: Month) -> String {
     format!("inv_{account_id}_{:04}{:02}", month.year, month.month)
 }
 
-pub fn parse_id(id: &str) -> Result<(i64, Month), ApiError> {
-    let not_found = || ApiError::NotFound(format!("invoice '{id}' does not exist"));
+pub fn parse_id(id: &str) -> Result<(i64, Month), Error> {
+    let not_found = || Error::NotFound(format!("invoice '{id}' does not exist"));
     let rest = id.strip_prefix("inv_").ok_or_else(not_found)?;
     let (account, yyyymm) = rest.split_once('_').ok_or_else(not_found)?;
     // Digits only, so that the slices below fall on character boundaries.
@@ -50,7 +50,7 @@ impl Ledger<'_> {
         account: &Account,
         month: Month,
         status: InvoiceStatus,
-    ) -> Result<Invoice, ApiError> {
+    ) -> Result<Invoice, Error> {
         let (start, end) = month.bounds(self.zone);
         let scope = store::rollups::Scope::Account(account.id);
         let totals = store::rollups::totals(
@@ -83,7 +83,7 @@ impl Ledger<'_> {
     }
 
     /// The finalized invoice if there is one, else the draft.
-    pub async fn get(&self, account: &Account, month: Month) -> Result<Document, ApiError> {
+    pub async fn get(&self, account: &Account, month: Month) -> Result<Document, Error> {
         match store::invoices::document(self.db, &invoice_id(account.id, month)).await? {
             Some(text) => Ok(Document::Final(text)),
             None => Ok(Document::Draft(
@@ -93,7 +93,7 @@ impl Ledger<'_> {
     }
 
     /// Freezes the invoice (once the period and its grace are over) and returns its text.
-    pub async fn finalize(&self, account: &Account, month: Month) -> Result<String, ApiError> {
+    pub async fn finalize(&self, account: &Account, month: Month) -> Result<String, Error> {
         let id = invoice_id(account.id, month);
         if let Some(text) = store::invoices::document(self.db, &id).await? {
             return Ok(text);
@@ -101,7 +101,7 @@ impl Ledger<'_> {
         let (_, end) = month.bounds(self.zone);
         let ready_at = end + self.finalize_grace;
         if Utc::now() < ready_at {
-            return Err(ApiError::Conflict(format!(
+            return Err(Error::Conflict(format!(
                 "invoice {id} can be finalized from {} (period end plus billing.finalize_grace_secs)",
                 ready_at.to_rfc3339()
             )));
@@ -115,7 +115,7 @@ impl Ledger<'_> {
 }
 
 impl Document {
-    pub fn to_csv(&self) -> Result<String, ApiError> {
+    pub fn to_csv(&self) -> Result<String, Error> {
         match self {
             Document::Draft(invoice) => Ok(invoice.to_csv()),
             Document::Final(text) => {
@@ -125,7 +125,7 @@ impl Document {
         }
     }
 
-    pub fn to_json(&self) -> Result<String, ApiError> {
+    pub fn to_json(&self) -> Result<String, Error> {
         match self {
             Document::Draft(invoice) => {
                 Ok(serde_json::to_string(invoice).map_err(anyhow::Error::from)?)
@@ -151,7 +151,7 @@ mod tests {
             "inv_1_2026111",
             "inv_1",
         ] {
-            assert!(matches!(parse_id(odd), Err(ApiError::NotFound(_))), "{odd}");
+            assert!(matches!(parse_id(odd), Err(Error::NotFound(_))), "{odd}");
         }
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::auth::ApiKey;
 use crate::auth::cache::KeyCache;
 use crate::config::MAX_ROTATION_GRACE_SECS;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::keys::{KeyLimits, KeyRow, KeyState, NewKey};
 use crate::store::{self, Db};
 
@@ -71,7 +71,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
-pub async fn view(db: &Db, row: KeyRow) -> Result<KeyView, ApiError> {
+pub async fn view(db: &Db, row: KeyRow) -> Result<KeyView, Error> {
     let last_used_at = store::keys::last_used(db, row.id).await?;
     Ok(KeyView {
         id: row.id,
@@ -89,7 +89,7 @@ pub async fn view(db: &Db, row: KeyRow) -> Result<KeyView, ApiError> {
 }
 
 /// Every key (of one account), oldest first.
-pub async fn list(db: &Db, account_id: Option<i64>) -> Result<Vec<KeyView>, ApiError> {
+pub async fn list(db: &Db, account_id: Option<i64>) -> Result<Vec<KeyView>, Error> {
     let mut views = Vec::new();
     for row in store::keys::list(db, account_id).await? {
         views.push(view(db, row).await?);
@@ -97,15 +97,15 @@ pub async fn list(db: &Db, account_id: Option<i64>) -> Result<Vec<KeyView>, ApiE
     Ok(views)
 }
 
-pub async fn get(db: &Db, id: i64) -> Result<KeyRow, ApiError> {
+pub async fn get(db: &Db, id: i64) -> Result<KeyRow, Error> {
     store::keys::get(db, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("key {id} does not exist")))
+        .ok_or_else(|| Error::NotFound(format!("key {id} does not exist")))
 }
 
-fn check_limits(limits: &KeyLimits) -> Result<(), ApiError> {
+fn check_limits(limits: &KeyLimits) -> Result<(), Error> {
     if limits.rpm == Some(0) || limits.tpm == Some(0) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "rpm and tpm must be at least 1 (null means the default)",
             "rpm",
         ));
@@ -113,7 +113,7 @@ fn check_limits(limits: &KeyLimits) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn issue(db: &Db, cache: &KeyCache, request: NewKeyRequest) -> Result<Issued, ApiError> {
+pub async fn issue(db: &Db, cache: &KeyCache, request: NewKeyRequest) -> Result<Issued, Error> {
     check_limits(&request.limits)?;
     let account = super::accounts::named(db, &request.account).await?;
     let secret = ApiKey::generate();
@@ -136,12 +136,7 @@ pub async fn issue(db: &Db, cache: &KeyCache, request: NewKeyRequest) -> Result<
     })
 }
 
-pub async fn update(
-    db: &Db,
-    cache: &KeyCache,
-    id: i64,
-    patch: KeyPatch,
-) -> Result<KeyView, ApiError> {
+pub async fn update(db: &Db, cache: &KeyCache, id: i64, patch: KeyPatch) -> Result<KeyView, Error> {
     let row = get(db, id).await?;
     let mut limits = row.limits.clone();
     if let Some(rpm) = patch.rpm {
@@ -161,7 +156,7 @@ pub async fn update(
     view(db, get(db, id).await?).await
 }
 
-pub async fn revoke(db: &Db, cache: &KeyCache, id: i64) -> Result<KeyView, ApiError> {
+pub async fn revoke(db: &Db, cache: &KeyCache, id: i64) -> Result<KeyView, Error> {
     get(db, id).await?;
     store::keys::revoke(db, id, Utc::now()).await?;
     cache.changed().await;
@@ -170,9 +165,9 @@ pub async fn revoke(db: &Db, cache: &KeyCache, id: i64) -> Result<KeyView, ApiEr
 
 /// A rotation's grace period from seconds: 0 to `MAX_ROTATION_GRACE_SECS`, else 400 naming
 /// `grace_secs`.
-pub fn grace(secs: i64) -> Result<Duration, ApiError> {
+pub fn grace(secs: i64) -> Result<Duration, Error> {
     if !(0..=MAX_ROTATION_GRACE_SECS).contains(&secs) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             format!("grace_secs must be between 0 and {MAX_ROTATION_GRACE_SECS} (a year)"),
             "grace_secs",
         ));
@@ -182,15 +177,10 @@ pub fn grace(secs: i64) -> Result<Duration, ApiError> {
 
 /// A new secret with the same account, name, expiry and limits; the old one keeps working
 /// for `grace`, then is revoked.
-pub async fn rotate(
-    db: &Db,
-    cache: &KeyCache,
-    id: i64,
-    grace: Duration,
-) -> Result<Issued, ApiError> {
+pub async fn rotate(db: &Db, cache: &KeyCache, id: i64, grace: Duration) -> Result<Issued, Error> {
     let old = get(db, id).await?;
     if matches!(old.state(Utc::now()), KeyState::Revoked | KeyState::Expired) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             format!("key {id} is no longer valid and cannot be rotated"),
             "id",
         ));

@@ -13,9 +13,25 @@ use crate::store::{self, Db};
 /// Reads the price tables, checks them against the upstreams, and appends new versions to
 /// the price ledger. Returns how many versions were added.
 pub async fn sync(config: &Config, db: &Db) -> anyhow::Result<usize> {
+    let entries = read(config)?;
+    record(config, db, &entries).await
+}
+
+/// The price tables, read and checked against the upstreams; nothing recorded yet.
+pub fn read(config: &Config) -> anyhow::Result<Vec<prices::PriceEntry>> {
     let entries = prices::load_dir(&config.pricing.dir)?;
     check_price_tables(config, &entries)?;
-    let added = store::prices::sync(db, &entries).await?;
+    Ok(entries)
+}
+
+/// Appends the versions of `entries` not yet in the price ledger (recorded versions never
+/// change); returns how many were added.
+pub async fn record(
+    config: &Config,
+    db: &Db,
+    entries: &[prices::PriceEntry],
+) -> anyhow::Result<usize> {
+    let added = store::prices::sync(db, entries).await?;
     if added > 0 {
         tracing::info!(added, "new price versions recorded");
         ChangeSignal::new(db, &config.database.url, "prices")

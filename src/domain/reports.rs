@@ -8,11 +8,11 @@ use crate::billing::PriceBook;
 use crate::billing::period::Month;
 use crate::billing::report::{self, Dimension, Names, Report};
 use crate::billing::report_html;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::{self, Db};
 
 /// `2026-11-03` (local midnight in the billing timezone) or an RFC 3339 instant.
-pub fn parse_instant(text: &str, zone: Tz, param: &'static str) -> Result<DateTime<Utc>, ApiError> {
+pub fn parse_instant(text: &str, zone: Tz, param: &'static str) -> Result<DateTime<Utc>, Error> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -24,7 +24,7 @@ pub fn parse_instant(text: &str, zone: Tz, param: &'static str) -> Result<DateTi
         })
         .map(|t| t.with_timezone(&Utc))
         .ok_or_else(|| {
-            ApiError::invalid(
+            Error::invalid(
                 format!("'{text}' is neither a date (2026-11-03) nor an RFC 3339 time"),
                 param,
             )
@@ -43,7 +43,7 @@ pub async fn build(
     prices: &PriceBook,
     zone: Tz,
     request: ReportRequest<'_>,
-) -> Result<Report, ApiError> {
+) -> Result<Report, Error> {
     let (month_start, month_end) = Month::containing(Utc::now(), zone).bounds(zone);
     let from = request
         .from
@@ -56,10 +56,10 @@ pub async fn build(
         .transpose()?
         .unwrap_or(month_end);
     if to <= from {
-        return Err(ApiError::invalid("'to' must be after 'from'", "to"));
+        return Err(Error::invalid("'to' must be after 'from'", "to"));
     }
     let group_by =
-        Dimension::parse_list(request.group_by).map_err(|e| ApiError::invalid(e, "group_by"))?;
+        Dimension::parse_list(request.group_by).map_err(|e| Error::invalid(e, "group_by"))?;
     let edges = report::slot_edges(zone, (from, to), group_by.contains(&Dimension::Hour));
     let by = store::rollups::By {
         account: group_by.contains(&Dimension::Account),
@@ -90,7 +90,7 @@ pub async fn build(
 }
 
 /// The report as `json`, `csv` or `html`: content type and body.
-pub fn render(report: &Report, format: &str) -> Result<(&'static str, String), ApiError> {
+pub fn render(report: &Report, format: &str) -> Result<(&'static str, String), Error> {
     match format {
         "json" => Ok((
             "application/json",
@@ -98,7 +98,7 @@ pub fn render(report: &Report, format: &str) -> Result<(&'static str, String), A
         )),
         "csv" => Ok(("text/csv; charset=utf-8", report.to_csv())),
         "html" => Ok(("text/html; charset=utf-8", report_html::render(report))),
-        other => Err(ApiError::invalid(
+        other => Err(Error::invalid(
             format!("format '{other}' is not json, csv or html"),
             "format",
         )),

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 
 use crate::billing::period::Month;
 use crate::billing::{PriceBook, Totals, invoice};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::listing::UsageFilter;
 use crate::store::usage::StoredRecord;
 use crate::store::{self, Db};
@@ -20,9 +20,9 @@ pub async fn page(
     db: &Db,
     filter: &UsageFilter,
     limit: i64,
-) -> Result<(Vec<StoredRecord>, Option<String>), ApiError> {
+) -> Result<(Vec<StoredRecord>, Option<String>), Error> {
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             format!("limit must be between 1 and {MAX_PAGE}"),
             "limit",
         ));
@@ -35,12 +35,12 @@ pub async fn page(
 }
 
 /// The position a page's `next_cursor` names: (started at, id) of its last record.
-pub fn parse_cursor(cursor: &str) -> Result<(i64, i64), ApiError> {
+pub fn parse_cursor(cursor: &str) -> Result<(i64, i64), Error> {
     cursor
         .split_once('_')
         .and_then(|(at, id)| Some((at.parse().ok()?, id.parse().ok()?)))
         .ok_or_else(|| {
-            ApiError::invalid(
+            Error::invalid(
                 "cursor must be a next_cursor this listing returned",
                 "cursor",
             )
@@ -66,7 +66,7 @@ pub async fn month_to_date(
     prices: &PriceBook,
     zone: Tz,
     lineage_id: i64,
-) -> Result<MonthToDate, ApiError> {
+) -> Result<MonthToDate, Error> {
     let (start, end) = Month::containing(Utc::now(), zone).bounds(zone);
     let scope = store::rollups::Scope::Lineage(lineage_id);
     let totals = store::rollups::totals(

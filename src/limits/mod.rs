@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
 use crate::config::{LimitStoreKind, LimitsConfig, RedisConfig, RedisFallback};
-use crate::error::ApiError;
+use crate::error::Error;
 use local::LocalCounts;
 use redis::RedisCounts;
 pub use requests::{RequestLimits, RequestQuota};
@@ -132,7 +132,7 @@ impl Limits {
         tpm: Option<u64>,
         reserve: u64,
         look: bool,
-    ) -> Result<(Counted, bool), ApiError> {
+    ) -> Result<(Counted, bool), Error> {
         let Some(redis) = &self.redis else {
             let counted = if look {
                 self.local.peek(id, rpm, tpm)
@@ -173,7 +173,7 @@ impl Limits {
             (RedisFallback::Local, false) => Ok((self.local.admit(id, rpm, tpm, reserve), false)),
             (_, true) => Ok((self.local.peek(id, rpm, tpm), false)),
             (RedisFallback::Open, false) => Ok((self.local.peek(id, rpm, tpm), false)),
-            (RedisFallback::Closed, false) => Err(ApiError::Unavailable(
+            (RedisFallback::Closed, false) => Err(Error::Unavailable(
                 "rate limits cannot be checked now; retry shortly".into(),
             )),
         }
@@ -194,7 +194,7 @@ impl Limits {
         &self,
         caller: &Caller,
         worst: impl FnOnce() -> TokenCounts,
-    ) -> Result<Admission, ApiError> {
+    ) -> Result<Admission, Error> {
         let tpm = self.tpm(caller);
         let reserve = match tpm {
             Some(_) => {
@@ -238,14 +238,14 @@ impl Limits {
     /// Counts a read of the key's own usage (`GET /v1/usage`) against its own per-key
     /// limit, `limits.usage_rpm` (each read makes the ledger import first, so it is not
     /// free); it spends nothing of the key's rpm. 429 (with the headers) when over.
-    pub fn admit_usage_read(&self, caller: &Caller) -> Result<RequestQuota, ApiError> {
+    pub fn admit_usage_read(&self, caller: &Caller) -> Result<RequestQuota, Error> {
         let rpm = self.config.usage_rpm;
         side_count(&self.usage_reads, caller, rpm, "usage reads per minute")
     }
 
     /// Counts a poll of an asynchronous task against the key's `limits.poll_rpm` (apart
     /// from its rpm, which counted the submission). 429 when over.
-    pub fn admit_poll(&self, caller: &Caller) -> Result<RequestQuota, ApiError> {
+    pub fn admit_poll(&self, caller: &Caller) -> Result<RequestQuota, Error> {
         let rpm = self.config.poll_rpm;
         side_count(&self.task_polls, caller, rpm, "task polls per minute")
     }
@@ -269,10 +269,7 @@ impl Limits {
     }
 
     /// The key's quotas now, without consuming anything (for `GET /v1/usage`).
-    pub async fn peek(
-        &self,
-        caller: &Caller,
-    ) -> Result<(RequestQuota, Option<TokenQuota>), ApiError> {
+    pub async fn peek(&self, caller: &Caller) -> Result<(RequestQuota, Option<TokenQuota>), Error> {
         let (rpm, tpm) = (self.rpm(caller), self.tpm(caller));
         let (counted, _) = self.count(caller.limit_id(), rpm, tpm, 0, true).await?;
         Ok((counted.requests, counted.tokens))
@@ -293,7 +290,7 @@ fn side_count(
     caller: &Caller,
     rpm: u32,
     what: &str,
-) -> Result<RequestQuota, ApiError> {
+) -> Result<RequestQuota, Error> {
     let requests = limiter.check(caller.limit_id(), rpm);
     match requests.retry_after {
         None => Ok(requests),
@@ -306,7 +303,7 @@ fn side_count(
     }
 }
 
-fn throttled(what: &str, limit: u64, wait: Duration, headers: HeaderMap) -> ApiError {
+fn throttled(what: &str, limit: u64, wait: Duration, headers: HeaderMap) -> Error {
     retry_later(wait, headers, |seconds| {
         format!("rate limit of {limit} {what} reached for this API key; retry after {seconds}s")
     })
@@ -318,10 +315,10 @@ pub fn retry_later(
     wait: Duration,
     mut headers: HeaderMap,
     say: impl FnOnce(u64) -> String,
-) -> ApiError {
+) -> Error {
     let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     headers.insert("retry-after", HeaderValue::from(seconds));
-    ApiError::RateLimited {
+    Error::RateLimited {
         message: say(seconds),
         headers: Box::new(headers),
     }

@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
 use crate::billing::record::Status;
-use crate::error::{ApiError, openai_error};
+use crate::error::openai_error;
+use crate::server::ApiError;
 use crate::upstream::Upstream;
 use crate::upstream::client::{UpstreamResponse, next_chunk_within};
 

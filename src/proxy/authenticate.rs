@@ -6,7 +6,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use crate::auth::{ApiKey, Caller, authenticate};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 impl FromRequestParts<AppState> for Caller {

@@ -18,7 +18,7 @@ use super::tasks::{poll_task, send, upstream_of};
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
 use crate::dialect::comfyui::info;
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store;
 

@@ -16,7 +16,7 @@ use super::stream;
 use crate::billing::record::Status;
 use crate::config::Endpoint;
 use crate::dialect::observe::{self, Observed};
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::upstream::client::UpstreamResponse;
 
@@ -223,4 +223,5 @@ fn over_backend_limit(model: &str, wait: Duration) -> ApiError {
     crate::limits::retry_later(wait, Default::default(), |seconds| {
         format!("the backends of '{model}' are at their own request limit; retry after {seconds} s")
     })
+    .into()
 }

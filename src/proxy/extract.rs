@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 pub struct ClientPath<T>(pub T);

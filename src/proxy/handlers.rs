@@ -27,9 +27,9 @@ use crate::auth::Caller;
 use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
 use crate::dialect;
-use crate::error::ApiError;
 use crate::limits;
 use crate::limits::spending::Hold;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::upstream::Upstream;
 
@@ -351,7 +351,7 @@ async fn hold_worst_case(
     let Some(worst) = worst else {
         return Ok(None); // not served anyway: the exchange answers 503
     };
-    spending
+    Ok(spending
         .hold(
             state.db(),
             request_id,
@@ -364,7 +364,7 @@ async fn hold_worst_case(
                 .is_task()
                 .then(|| std::time::Duration::from_secs(state.config().limits.task_expiry_secs)),
         )
-        .await
+        .await?)
 }
 
 /// `GET /v1/models`: the models this key may call, with the chips that serve them.

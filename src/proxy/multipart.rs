@@ -3,7 +3,7 @@
 //! and file names that are plain names (no path separators, no control characters, not
 //! `.` or `..`). Nothing is rewritten: a body that passes goes as it came.
 
-use crate::error::ApiError;
+use crate::server::ApiError;
 
 const PARAM: &str = "source_file";
 

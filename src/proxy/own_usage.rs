@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::domain::usage;
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 /// Limited per key (`limits.usage_rpm`): each read makes the ledger import first.

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::extract::ClientBody;
 use super::tasks::poll_task;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 
 /// `POST .../get_result`.

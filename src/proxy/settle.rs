@@ -16,11 +16,11 @@ use crate::auth::Caller;
 use crate::billing::record::{Status, UsageRecord, UsageSource};
 use crate::billing::{PriceVersion, Quantities, TokenCounts, Units, cost_of};
 use crate::dialect::observe::Observed;
-use crate::error::ApiError;
 use crate::limits::Admission;
 use crate::limits::spending::Hold;
 use crate::metering::LedgerError;
 use crate::metering::estimate;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::upstream::Upstream;
 /// Everything known about a request before it goes upstream.

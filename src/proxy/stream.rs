@@ -19,7 +19,8 @@ use crate::config::{DisconnectPolicy, MeteringConfig};
 use crate::dialect::framing::{Event, Framer};
 use crate::dialect::observe::Observed;
 use crate::dialect::{RelayFacts, Wire};
-use crate::error::{ApiError, openai_error};
+use crate::error::openai_error;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::upstream::client::{UpstreamResponse, next_chunk_within};
 

@@ -25,8 +25,8 @@ use crate::billing::record::Status;
 use crate::billing::{TokenCounts, Units, cost::worst_cost_of};
 use crate::config::{Dialect, Endpoint};
 use crate::dialect::observe::Observed;
-use crate::error::ApiError;
 use crate::limits::Admission;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::upstream::Upstream;
 
@@ -150,7 +150,7 @@ async fn hold(
         return Ok(None);
     }
     let none = TokenCounts::default();
-    spending
+    Ok(spending
         .hold(state.db(), request_id, caller.account_id, worst, none, None)
-        .await
+        .await?)
 }

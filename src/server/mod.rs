@@ -4,6 +4,7 @@
 //! an idle and a total timeout (`body`), so that slow or silent clients cannot hold the
 //! gateway's sockets or delay anyone else. Errors hyper answers itself are OpenAI-shaped.
 
+mod api_error;
 mod body;
 mod io;
 
@@ -23,6 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+pub use api_error::ApiError;
 pub use body::BodyTimeout;
 
 use crate::config::ServerConfig;

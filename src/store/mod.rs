@@ -30,7 +30,7 @@ use rust_decimal::Decimal;
 
 use crate::billing::record::UsageRecord;
 use crate::config::{Backend, DatabaseConfig};
-use crate::error::ApiError;
+use crate::error::Error;
 
 /// A pool of connections to the ledger; cheap to clone.
 #[derive(Debug, Clone)]
@@ -158,7 +158,7 @@ impl Sink {
     }
 }
 
-/// What a store query can fail with, mapped to HTTP once (`From<StoreError> for ApiError`).
+/// What a store query can fail with, mapped once to the domain's `Error` (and so to HTTP).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique constraint holds the value already (a name, an idempotency key): 409.
@@ -201,15 +201,15 @@ impl From<crate::error::Overflow> for StoreError {
     }
 }
 
-impl From<StoreError> for ApiError {
+impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Conflict(message) => Error::Conflict(message),
             StoreError::Unavailable(cause) => match cause.downcast::<crate::error::Overflow>() {
                 Ok(overflow) => overflow.into(),
                 Err(cause) => {
                     tracing::error!(error = %format!("{cause:#}"), "database error");
-                    ApiError::Unavailable("the database is unavailable; retry shortly".into())
+                    Error::Unavailable("the database is unavailable; retry shortly".into())
                 }
             },
         }

@@ -20,8 +20,8 @@ use crate::config::{
     BaseUrl, Config, Dialect, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig,
 };
 use crate::dialect::{self, Wire};
-use crate::error::ApiError;
 use crate::metrics::{Metrics, PairMetrics};
+use crate::server::ApiError;
 use client::UpstreamClient;
 
 /// One backend: a (model, chip) pair or a dedicated deployment.

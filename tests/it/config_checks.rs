@@ -41,6 +41,10 @@ fn commands_that_do_not_serve_need_no_backend_credential_and_serve_names_the_mis
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TOLLGATE_IT_SURELY_UNSET"), "{stderr}");
+    // Everything is checked before the price tables are recorded (a version is kept
+    // forever): the refused start recorded none.
+    let listed = helpers::binary::cli(&config, &["prices", "list", "--json"]);
+    assert_eq!(listed.trim(), "[]", "{listed}");
 }
 
 async fn build_error(pricing: &str) -> String {

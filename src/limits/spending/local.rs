@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 
 use super::{Hold, balance, out_of_range};
 use crate::billing::{TokenCounts, money};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::metering::Ledger;
 use crate::store::{self, Db};
 
@@ -56,7 +56,7 @@ impl LocalSpending {
     }
 
     /// Whether the account has a limit at all (no need to estimate a cost otherwise).
-    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, ApiError> {
+    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, Error> {
         self.load(db, account_id).await?;
         let book = self.book.lock();
         Ok(book
@@ -65,13 +65,13 @@ impl LocalSpending {
             .is_some_and(|f| f.allowance.is_some()))
     }
 
-    async fn load(&self, db: &Db, account_id: i64) -> Result<(), ApiError> {
+    async fn load(&self, db: &Db, account_id: i64) -> Result<(), Error> {
         if self.book.lock().funds.contains_key(&account_id) {
             return Ok(());
         }
         let account = store::accounts::get(db, account_id)
             .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
         self.ledger.flush().await?;
         let balance = balance(db, account_id).await?;
         // Pending tasks keep their holds across restarts: the ledger says what they are.
@@ -105,12 +105,12 @@ impl LocalSpending {
         account_id: i64,
         worst_case: Decimal,
         tokens: TokenCounts,
-    ) -> Result<Option<Hold>, ApiError> {
+    ) -> Result<Option<Hold>, Error> {
         self.load(db, account_id).await?;
         let mut book = self.book.lock();
         let book = &mut *book;
         if book.holds.contains_key(request_id) {
-            return Err(ApiError::Internal(anyhow::anyhow!(
+            return Err(Error::Internal(anyhow::anyhow!(
                 "request {request_id} holds already"
             )));
         }
@@ -192,7 +192,7 @@ impl LocalSpending {
 
     /// Another process changed accounts (a top-up, billing settings): recompute the loaded
     /// accounts from the ledger, keeping what requests in flight hold.
-    pub async fn refresh(&self, db: &Db) -> Result<(), ApiError> {
+    pub async fn refresh(&self, db: &Db) -> Result<(), Error> {
         let ids: Vec<i64> = self.book.lock().funds.keys().copied().collect();
         self.ledger.flush().await?;
         for id in ids {

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 
 use crate::billing::TokenCounts;
 use crate::config::LimitsConfig;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::metering::Ledger;
 use crate::store::health::Health;
 use crate::store::{self, Db};
@@ -33,19 +33,19 @@ pub enum Spending {
 
 /// The account's balance from the ledger: top-ups minus the costs of its records, read
 /// from their running totals (one row, whatever the account's history).
-pub async fn balance(db: &Db, account_id: i64) -> Result<Decimal, ApiError> {
+pub async fn balance(db: &Db, account_id: i64) -> Result<Decimal, Error> {
     Ok(store::funds::of(db, account_id).await?.balance()?)
 }
 
-fn out_of_range() -> ApiError {
-    ApiError::Unavailable(
+fn out_of_range() -> Error {
+    Error::Unavailable(
         "this account's balance is out of range and cannot be computed; ask the operator to check its top-ups and limits".into(),
     )
 }
 
 /// The 402 of a request its account cannot cover.
-fn refusal(available: Decimal, worst_case: Decimal) -> ApiError {
-    ApiError::InsufficientQuota(format!(
+fn refusal(available: Decimal, worst_case: Decimal) -> Error {
+    Error::InsufficientQuota(format!(
         "this account cannot cover the request: {} CNY available, up to {} CNY needed; top up or lower max_tokens",
         available.max(Decimal::ZERO).round_dp(6).normalize(),
         worst_case.round_dp(6).normalize()
@@ -76,7 +76,7 @@ impl Spending {
     }
 
     /// Whether the account has a limit at all (no need to estimate a cost otherwise).
-    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, ApiError> {
+    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, Error> {
         match self {
             Spending::Local(s) => s.limited(db, account_id).await,
             Spending::Postgres(s) => s.limited(db, account_id).await,
@@ -95,7 +95,7 @@ impl Spending {
         worst_case: Decimal,
         tokens: TokenCounts,
         lasts: Option<std::time::Duration>,
-    ) -> Result<Option<Hold>, ApiError> {
+    ) -> Result<Option<Hold>, Error> {
         match self {
             Spending::Local(s) => s.hold(db, request_id, account_id, worst_case, tokens).await,
             Spending::Postgres(s) => {
@@ -144,7 +144,7 @@ impl Spending {
     }
 
     /// Another process changed accounts (a top-up, billing settings).
-    pub async fn refresh(&self, db: &Db) -> Result<(), ApiError> {
+    pub async fn refresh(&self, db: &Db) -> Result<(), Error> {
         match self {
             Spending::Local(s) => s.refresh(db).await,
             Spending::Postgres(s) => {
@@ -163,7 +163,7 @@ impl Spending {
     }
 
     /// What requests in flight hold now.
-    pub async fn held(&self, account_id: i64) -> Result<Decimal, ApiError> {
+    pub async fn held(&self, account_id: i64) -> Result<Decimal, Error> {
         match self {
             Spending::Local(s) => Ok(s.held(account_id)),
             Spending::Postgres(s) => s.held(account_id).await,
@@ -173,7 +173,7 @@ impl Spending {
     /// The account's balance and held amount as admission counts with them (`None`: not
     /// loaded in this process yet): kept as running figures, they must always equal what
     /// the ledger's records say (an audit, and the tests, compare them).
-    pub async fn running(&self, account_id: i64) -> Result<Option<(Decimal, Decimal)>, ApiError> {
+    pub async fn running(&self, account_id: i64) -> Result<Option<(Decimal, Decimal)>, Error> {
         match self {
             Spending::Local(s) => Ok(s.running(account_id)),
             Spending::Postgres(s) => s.running(account_id).await,
@@ -181,7 +181,7 @@ impl Spending {
     }
 
     /// Holds this gateway took that are neither posted nor voided yet.
-    pub async fn pending(&self) -> Result<u64, ApiError> {
+    pub async fn pending(&self) -> Result<u64, Error> {
         match self {
             Spending::Local(s) => Ok(s.pending()),
             Spending::Postgres(s) => s.pending().await,
@@ -197,7 +197,7 @@ impl Spending {
         &self,
         spool_age: std::time::Duration,
         steady: bool,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         match self {
             Spending::Local(_) => Ok(0),
             Spending::Postgres(s) => s.reconcile(spool_age, steady).await,

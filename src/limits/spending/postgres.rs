@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use super::{Hold, refusal};
 use crate::billing::TokenCounts;
 use crate::config::{LimitsConfig, PostpaidFallback};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::accounts::BillingMode;
 use crate::store::health::Health;
 use crate::store::holds::{self, NewHold};
@@ -48,24 +48,24 @@ impl PgSpending {
         &self,
         db: &Db,
         account_id: i64,
-    ) -> Result<(BillingMode, Option<Decimal>), ApiError> {
+    ) -> Result<(BillingMode, Option<Decimal>), Error> {
         if let Some(known) = self.accounts.lock().get(&account_id) {
             return Ok(*known);
         }
         if !self.health.is_up() {
-            return Err(ApiError::Unavailable(
+            return Err(Error::Unavailable(
                 "this account's spending limit cannot be checked now; retry shortly".into(),
             ));
         }
         let account = store::accounts::get(db, account_id)
             .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
         let known = (account.billing_mode, account.allowance());
         self.accounts.lock().insert(account_id, known);
         Ok(known)
     }
 
-    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, ApiError> {
+    pub async fn limited(&self, db: &Db, account_id: i64) -> Result<bool, Error> {
         Ok(self.account(db, account_id).await?.1.is_some())
     }
 
@@ -76,7 +76,7 @@ impl PgSpending {
         worst_case: Decimal,
         tokens: TokenCounts,
         lasts: Option<std::time::Duration>,
-    ) -> Result<Option<Hold>, ApiError> {
+    ) -> Result<Option<Hold>, Error> {
         let lasts = lasts
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .unwrap_or(self.expiry);
@@ -106,7 +106,7 @@ impl PgSpending {
                 let mode = self.accounts.lock().get(&account_id).map(|a| a.0);
                 match (mode, self.fallback) {
                     (Some(BillingMode::Postpaid), PostpaidFallback::Admit) => Ok(None),
-                    _ => Err(ApiError::Unavailable(
+                    _ => Err(Error::Unavailable(
                         "this account's spending limit cannot be checked now; retry shortly".into(),
                     )),
                 }
@@ -133,19 +133,19 @@ impl PgSpending {
         self.accounts.lock().clear();
     }
 
-    pub async fn running(&self, account_id: i64) -> Result<Option<(Decimal, Decimal)>, ApiError> {
+    pub async fn running(&self, account_id: i64) -> Result<Option<(Decimal, Decimal)>, Error> {
         Ok(holds::funds(&self.pool, account_id).await?)
     }
 
-    pub async fn held(&self, account_id: i64) -> Result<Decimal, ApiError> {
+    pub async fn held(&self, account_id: i64) -> Result<Decimal, Error> {
         Ok(holds::held(&self.pool, account_id).await?)
     }
 
-    pub async fn pending(&self) -> Result<u64, ApiError> {
+    pub async fn pending(&self) -> Result<u64, Error> {
         Ok(holds::pending_of(&self.pool, &self.replica).await?.max(0) as u64)
     }
 
-    pub async fn reconcile(&self, spool_age: Duration, steady: bool) -> Result<u64, ApiError> {
+    pub async fn reconcile(&self, spool_age: Duration, steady: bool) -> Result<u64, Error> {
         let now = Utc::now();
         let abandoned = holds::Abandoned {
             now,

@@ -40,9 +40,9 @@ pub enum LedgerError {
     Write(String),
 }
 
-impl From<LedgerError> for crate::error::ApiError {
+impl From<LedgerError> for crate::error::Error {
     fn from(e: LedgerError) -> Self {
-        crate::error::ApiError::Unavailable(format!("usage cannot be read now: {e}"))
+        crate::error::Error::Unavailable(format!("usage cannot be read now: {e}"))
     }
 }
 

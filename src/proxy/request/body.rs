@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::error::ApiError;
+use crate::server::ApiError;
 
 /// The deepest nesting of arrays and objects accepted in a body: what serde_json (and so
 /// many backends) will parse. Checking it here gives the client a clear 400 rather than a

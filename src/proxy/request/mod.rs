@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::billing::{TokenCounts, Units};
 use crate::config::{Endpoint, MAX_COMPLETION_TOKENS};
-use crate::error::ApiError;
 use crate::metering::estimate;
+use crate::server::ApiError;
 use crate::upstream::Upstream;
 
 mod body;

@@ -12,8 +12,8 @@ use super::{ask_once, upstream_of};
 use crate::billing::record::Status;
 use crate::dialect::TaskState;
 use crate::dialect::observe::Observed;
-use crate::error::ApiError;
 use crate::proxy::settle::Outcome;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store;
 

@@ -30,7 +30,7 @@ use crate::auth::Caller;
 use crate::billing::record::Status;
 use crate::config::Endpoint;
 use crate::dialect::TaskState;
-use crate::error::ApiError;
+use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store::{self, tasks::Task};
 use crate::upstream::Upstream;
