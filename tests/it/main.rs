@@ -27,6 +27,7 @@ mod listings;
 mod multimodal;
 mod observability;
 mod openai_sdk;
+mod parity;
 mod partitions;
 mod postgres_ledger;
 mod price_ledger;
