@@ -16,6 +16,7 @@ mod errors;
 mod faults;
 mod fixtures;
 mod framing;
+mod holds_parity;
 mod hostile;
 mod invoices;
 mod key_secrecy;
