@@ -41,6 +41,12 @@ pub fn frame(event: &Event, chunk: &mut Map<String, Value>, relay: &RelayFacts) 
 }
 
 pub fn error_frame(error: &Value) -> Bytes {
+    // Clients that read `object` on every chunk (InternLM's samples do) find one here too;
+    // OpenAI's SDKs raise the `error` as the backend's.
+    let mut error = error.clone();
+    if let Some(fields) = error.as_object_mut() {
+        fields.entry("object").or_insert_with(|| "error".into());
+    }
     Bytes::from(format!("data: {error}\n\n"))
 }
 

@@ -14,7 +14,7 @@ fn the_example_configuration_is_valid() {
     .unwrap();
     // Valid without the backends' credentials: only serving needs them.
     let config = Config::from_toml(&text, std::iter::empty()).unwrap();
-    assert_eq!(config.upstreams.len(), 6);
+    assert_eq!(config.upstreams.len(), 8);
 }
 
 #[test]

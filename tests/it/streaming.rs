@@ -90,6 +90,19 @@ async fn stream_fixtures_split_anywhere_are_relayed_and_metered_from_their_usage
             "我是无问天权。",
             (22, 18, 0),
         ),
+        // chip4 and chip5 stream as chip3 does.
+        (
+            "genstudio-chip3-stream.txt",
+            "megrez-7b-instruct/chip4",
+            "我是无问天权。",
+            (22, 18, 0),
+        ),
+        (
+            "genstudio-chip3-stream.txt",
+            "megrez-7b-instruct/chip5",
+            "我是无问天权。",
+            (22, 18, 0),
+        ),
         (
             "internlm-stream.sse",
             "internlm3-latest/ascend",
@@ -258,6 +271,9 @@ async fn an_in_band_error_mid_stream_is_passed_on_and_only_delivered_text_is_bil
     let error = chunks.last().unwrap();
     assert_eq!(error["error"]["code"], 60001);
     assert_eq!(error["error"]["message"], "model overloaded, please retry");
+    // A client that reads `object` on every chunk, as InternLM's samples do, finds one.
+    assert_eq!(error["object"], "error");
+    assert!(chunks.iter().all(|c| c["object"].is_string()), "{chunks:?}");
     let record = app.record(&id).await;
     assert_eq!(record.status, "upstream_error");
     assert_eq!(record.usage_source, "estimated");
