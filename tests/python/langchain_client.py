@@ -1,6 +1,6 @@
 """Drives tollgate with LangChain's OpenAI chat model (langchain-openai), as an application
-built on LangChain would: three base URLs (OpenAI-style, Zhipu's, DashScope's compatible
-mode), each invoked and streamed.
+built on LangChain would: four base URLs (OpenAI-style, GenStudio's model × chip, Zhipu's,
+DashScope's compatible mode), each invoked and streamed.
 
 Usage: langchain_client.py HOST KEY. Prints one JSON object: for each case, the text and
 the usage LangChain assembled.
@@ -15,6 +15,7 @@ host, key = sys.argv[1], sys.argv[2]
 KNOBS = {"x_sim": {"prompt_tokens": 22, "completion_tokens": 18}}
 CASES = {
     "v1": (f"http://{host}/v1", "megrez-7b-instruct"),
+    "mxn": (f"http://{host}/maas/megrez-7b-instruct/nvidia", "megrez-7b-instruct"),
     "zhipu": (f"http://{host}/api/paas/v4", "glm-4-plus"),
     "dashscope_compatible": (f"http://{host}/compatible-mode/v1", "qwen-plus"),
 }
