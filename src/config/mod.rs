@@ -9,10 +9,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+mod database;
 mod env;
+mod limits;
 pub mod secrets;
 mod upstreams;
 
+pub use database::{Backend, DatabaseConfig, LedgerConfig, Synchronous};
+pub use limits::{LimitStoreKind, LimitsConfig, PostpaidFallback, RedisConfig, RedisFallback};
 pub use upstreams::{BaseUrl, Dialect, Endpoint, StreamFormat, UpstreamConfig, check_name};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,111 +113,6 @@ impl MetricsConfig {
             anyhow::bail!("metrics.bearer_token_env names {var}, which is not set");
         }
         Ok(token)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Requests per minute for keys without their own `rpm`.
-    pub default_rpm: u32,
-    /// Tokens per minute for keys without their own `tpm`; unlimited when absent.
-    pub default_tpm: Option<u64>,
-    /// Completion tokens reserved for a chat request that sets no `max_tokens`. For an
-    /// account with a spending limit it is also the `max_tokens` its backend is sent.
-    pub reserve_max_tokens: u64,
-    /// Reads of `GET /v1/usage` per minute per key (apart from its rpm).
-    pub usage_rpm: u32,
-    /// Polls of asynchronous tasks per minute per key (apart from its rpm: the submission
-    /// counted there).
-    pub poll_rpm: u32,
-    /// A task not polled to its end within this is expired: recorded as a `timeout`,
-    /// at no cost (`GET /admin/v1/tasks` shows those still pending).
-    pub task_expiry_secs: u64,
-    /// With a PostgreSQL ledger: how long a spending hold stays pending before the
-    /// reconciler voids it (its replica died before the request's record arrived).
-    pub hold_expiry_secs: u64,
-    /// With a PostgreSQL ledger that does not answer: whether a postpaid account with a
-    /// credit limit is served unchecked (`admit`) or refused with 503 (`refuse`). Prepaid
-    /// accounts are always refused: their money cannot be checked.
-    pub postpaid_when_ledger_down: PostpaidFallback,
-    /// Where rpm and tpm are counted: in this process (`local`), or in Redis (`redis`),
-    /// shared by every replica.
-    pub store: LimitStoreKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitStoreKind {
-    #[default]
-    Local,
-    Redis,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// `redis://HOST:PORT[/DB]` (with `limits.store = "redis"`).
-    pub url: Option<String>,
-    /// The longest a request waits for Redis before its limits are counted by the fallback.
-    pub timeout_ms: u64,
-    /// Starts every key tollgate writes (`{PREFIX:LINEAGE}:rpm`), so deployments can share
-    /// one Redis.
-    pub prefix: String,
-    /// While Redis does not answer: `local` counts each key's limit divided by the live
-    /// replicas in this process, `open` admits every request, `closed` refuses with 503.
-    pub fallback: RedisFallback,
-    /// The most requests of a key's rpm a replica takes from Redis at once and admits from
-    /// memory (a key without a token limit). A slice is at most a second of the key's share
-    /// per replica, and 1 for small limits; 1 here makes every request ask Redis.
-    pub slice_max: u32,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: None,
-            timeout_ms: 50,
-            prefix: "tollgate".into(),
-            fallback: RedisFallback::Local,
-            slice_max: 100,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RedisFallback {
-    #[default]
-    Local,
-    Open,
-    Closed,
-}
-
-/// What a postpaid account with a credit limit gets while its limit cannot be checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum PostpaidFallback {
-    /// Served; billed afterwards as always (the record is spooled).
-    #[default]
-    Admit,
-    /// Refused with 503 until the ledger answers.
-    Refuse,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            default_rpm: 10,
-            default_tpm: None,
-            reserve_max_tokens: 4096,
-            usage_rpm: 60,
-            poll_rpm: 120,
-            task_expiry_secs: 24 * 3600,
-            hold_expiry_secs: 600,
-            postpaid_when_ledger_down: PostpaidFallback::Admit,
-            store: LimitStoreKind::Local,
-        }
     }
 }
 
@@ -329,89 +228,6 @@ impl ServerConfig {
     }
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DatabaseConfig {
-    /// `sqlite://PATH` (created on first run), or `postgres://USER@HOST:PORT/DB` for one
-    /// ledger shared by many replicas.
-    pub url: String,
-    /// SQLite `synchronous` (and the usage journal's): whether each commit waits for the disk.
-    pub synchronous: Synchronous,
-    /// With PostgreSQL: this replica's own directory for its usage journal, the spool that
-    /// records wait in until PostgreSQL has them. One replica per directory.
-    pub spool: PathBuf,
-    /// With PostgreSQL: connections in this replica's pool.
-    pub max_connections: u32,
-}
-
-/// Which database holds the ledger, from the scheme of `database.url`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl DatabaseConfig {
-    pub fn backend(&self) -> Backend {
-        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
-            Backend::Postgres
-        } else {
-            Backend::Sqlite
-        }
-    }
-}
-
-/// Whether a commit waits for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Synchronous {
-    /// Each commit waits for an `fdatasync`: survives power loss.
-    #[default]
-    Full,
-    /// Commits reach the operating system only: survives process crashes.
-    Normal,
-}
-
-impl Synchronous {
-    /// The SQLite pragma value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Synchronous::Full => "full",
-            Synchronous::Normal => "normal",
-        }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig {
-            url: "sqlite://tollgate.db".into(),
-            synchronous: Synchronous::Full,
-            spool: PathBuf::from("tollgate-spool"),
-            max_connections: 16,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LedgerConfig {
-    /// How long committed records may wait in the journal before they are imported into
-    /// SQLite. Readers of usage in the gateway (usage API, invoices, balances) import first.
-    pub import_delay_ms: u64,
-    /// Records in the journal that start an import before the delay is up.
-    pub import_max: usize,
-}
-
-impl Default for LedgerConfig {
-    fn default() -> Self {
-        LedgerConfig {
-            import_delay_ms: 20,
-            import_max: 2048,
-        }
     }
 }
 

@@ -16,7 +16,8 @@ use serde_json::json;
 
 use crate::helpers::postgres::Postgres;
 use crate::helpers::{self, TestApp};
-use crate::replicas::{ROUTE, key_with, pool, replicas};
+use crate::replica_limits::key_with;
+use crate::replicas::{ROUTE, pool, replicas};
 use crate::spending::modest_request;
 
 /// Sends modest requests through `app` with `key` until `stop`: the answered ones' request

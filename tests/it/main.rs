@@ -35,6 +35,7 @@ mod price_ledger;
 mod prices_cli;
 mod rate_limits;
 mod read_plans;
+mod replica_limits;
 mod replicas;
 mod reports;
 mod retention;
