@@ -3,8 +3,10 @@
 //! limit store: counted in this process (`local`, over `requests` and `tokens`), or in Redis
 //! for every replica (`redis`), with the local counts as its fallback while Redis is down.
 
+pub mod bucket;
+pub mod gcra;
 mod local;
-mod redis;
+pub mod redis;
 pub mod requests;
 mod slices;
 pub mod spending;

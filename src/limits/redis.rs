@@ -14,7 +14,7 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use super::{Counted, RequestQuota, TokenQuota};
+use super::{Counted, RequestQuota, TokenQuota, bucket, gcra};
 use crate::config::RedisConfig;
 
 /// How long Redis is left alone after a failure before it is tried again.
@@ -23,11 +23,13 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Admission: KEYS = the key's request state and token bucket; ARGV = rpm, tpm (0: none),
 /// tokens to reserve, 1 to only look (nothing counted), and how many requests to take at
 /// once (a slice: as many as the allowance holds, up to that). Times in µs from Redis's
-/// clock, tokens in thousandths. Returns rpm (requests taken: 0 when refused, remaining,
-/// reset, retry) and tpm (passed, remaining, reset, retry; all 0 without a tpm).
-const ADMIT: &str = r#"
+/// clock (or ARGV[6], which only the differential test passes), tokens in thousandths.
+/// Returns rpm (requests taken: 0 when refused, remaining, reset, retry) and tpm (passed,
+/// remaining, reset, retry; all 0 without a tpm). The arithmetic is `gcra::admit`'s and
+/// `bucket::reserve`'s, step for step.
+pub const ADMIT: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(ARGV[6]) or (tonumber(t[1]) * 1000000 + tonumber(t[2]))
 local rpm, tpm, reserve, look = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
 local take = tonumber(ARGV[5]) or 1
 local period = 60000000 / rpm
@@ -36,7 +38,7 @@ local tat = tonumber(state[1]) or now
 local old = tonumber(state[2]) or rpm
 if tat < now then tat = now end
 if old ~= rpm then
-  tat = now + math.ceil((tat - now) / (60000000 / old) - 1e-9) * period
+  tat = now + math.min(math.ceil((tat - now) / (60000000 / old) - 1e-9), rpm) * period
 end
 local r = {1, 0, 0, 0}
 -- Requests the allowance holds now: each moves tat on by one period, up to a minute ahead.
@@ -81,10 +83,11 @@ end
 return {r[1], r[2], math.floor(r[3]), math.floor(r[4]), k[1], k[2], math.floor(k[3]), math.floor(k[4])}
 "#;
 
-/// Settlement: KEYS = the token bucket; ARGV = tpm, tokens reserved, tokens used.
-const SETTLE: &str = r#"
+/// Settlement: KEYS = the token bucket; ARGV = tpm, tokens reserved, tokens used (and the
+/// time, as ADMIT's ARGV[6]). The arithmetic is `bucket::settle`'s.
+pub const SETTLE: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(ARGV[4]) or (tonumber(t[1]) * 1000000 + tonumber(t[2]))
 local tpm, reserved, used = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local full = tpm * 1000
 local bucket = redis.call('HMGET', KEYS[1], 'level', 'at')
@@ -270,23 +273,23 @@ impl RedisCounts {
         if v.len() != 8 {
             return Err(Unavailable);
         }
-        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
-        let requests = RequestQuota {
-            limit: rpm.max(1),
+        let taken = gcra::Taken {
+            taken: v[0].clamp(0, i64::from(u32::MAX)) as u32,
             remaining: v[1].clamp(0, i64::from(u32::MAX)) as u32,
-            reset: micros(v[2]),
-            retry_after: (v[0] == 0).then(|| micros(v[3])),
+            reset_us: v[2],
+            retry_us: v[3],
         };
-        let tokens = tpm
-            .filter(|_| v[4] != 0 || v[7] != 0)
-            .map(|tpm| TokenQuota {
-                limit: tpm,
-                remaining: v[5].max(0) as u64,
-                reset: micros(v[6]),
-                retry_after: (v[4] == 0).then(|| micros(v[7])),
-            });
-        let taken = v[0].clamp(0, i64::from(u32::MAX)) as u32;
-        Ok((taken, Counted { requests, tokens }))
+        let requests = RequestQuota::of(rpm, taken);
+        let tokens = tpm.filter(|_| v[4] != 0 || v[7] != 0).map(|tpm| {
+            let reserved = bucket::Reserved {
+                passed: v[4] != 0,
+                remaining: v[5],
+                reset_us: v[6],
+                retry_us: v[7],
+            };
+            TokenQuota::of(tpm, reserved)
+        });
+        Ok((taken.taken, Counted { requests, tokens }))
     }
 
     /// Corrects key `id`'s reservation with the tokens used.

@@ -1,30 +1,15 @@
-//! Requests per minute per key: one GCRA limiter (`governor`) per key, built with the key's
-//! own quota and rebuilt when the quota changes. Idle limiters are swept so memory stays
-//! bounded however many keys there are.
+//! Requests per minute per key, counted in this process: the state of each key's GCRA
+//! (`gcra`) kept in memory, on the clock of this process. Keys whose allowance is full
+//! again are swept, so memory stays bounded however many keys there are.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use governor::clock::{Clock, DefaultClock, Reference};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 
-type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
-
-const MINUTE: Duration = Duration::from_secs(60);
-
-struct Entry<C: Clock> {
-    rpm: u32,
-    limiter: Arc<Limiter<C>>,
-    /// Last admission result, to answer "how many are left" without consuming one.
-    remaining: u32,
-    at: C::Instant,
-}
+use super::gcra::{self, Gcra};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,10 +22,24 @@ pub struct RequestQuota {
     pub retry_after: Option<Duration>,
 }
 
+impl RequestQuota {
+    /// The quota `taken` (a verdict of `gcra::admit`) says for `rpm`.
+    pub fn of(rpm: u32, taken: gcra::Taken) -> RequestQuota {
+        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+        RequestQuota {
+            limit: rpm.max(1),
+            remaining: taken.remaining,
+            reset: micros(taken.reset_us),
+            retry_after: (taken.taken == 0).then(|| micros(taken.retry_us)),
+        }
+    }
+}
+
 pub struct RequestLimits<C: Clock = DefaultClock> {
     clock: C,
-    /// Key id → its limiter. A plain mutex: held only for a map lookup, never across I/O.
-    limiters: Mutex<HashMap<i64, Entry<C>>>,
+    start: C::Instant,
+    /// Key id → its state. A plain mutex: held only for arithmetic, never across I/O.
+    states: Mutex<HashMap<i64, Gcra>>,
 }
 
 impl RequestLimits<DefaultClock> {
@@ -55,111 +54,50 @@ impl Default for RequestLimits<DefaultClock> {
     }
 }
 
-impl<C: Clock + Clone> RequestLimits<C> {
+impl<C: Clock> RequestLimits<C> {
     pub fn with_clock(clock: C) -> Self {
+        let start = clock.now();
         RequestLimits {
             clock,
-            limiters: Mutex::new(HashMap::new()),
+            start,
+            states: Mutex::new(HashMap::new()),
         }
     }
 
-    fn period(rpm: u32) -> Duration {
-        MINUTE / rpm
+    /// µs since this store began, on its clock.
+    fn now(&self) -> i64 {
+        let elapsed = Duration::from(self.clock.now().duration_since(self.start));
+        i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
     }
 
     /// Counts one request of `key_id` against `rpm` per minute.
     pub fn check(&self, key_id: i64, rpm: u32) -> RequestQuota {
-        let rpm = rpm.max(1);
-        let limiter = {
-            let mut limiters = self.limiters.lock();
-            let entry = limiters.entry(key_id).or_insert_with(|| self.entry(rpm));
-            if entry.rpm != rpm {
-                // The limit changed: the new one applies from this request on, and what was
-                // used in the window so far stays used.
-                let used = entry.rpm - self.remaining_now(entry);
-                *entry = self.entry(rpm);
-                if let Some(used) = NonZeroU32::new(used.min(rpm)) {
-                    let _ = entry.limiter.check_n(used);
-                    entry.remaining = rpm - used.get();
-                }
-            }
-            entry.limiter.clone()
-        };
-        let now = self.clock.now();
-        let quota = match limiter.check() {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                RequestQuota {
-                    limit: rpm,
-                    remaining,
-                    reset: Self::period(rpm) * (rpm - remaining),
-                    retry_after: None,
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(now);
-                RequestQuota {
-                    limit: rpm,
-                    remaining: 0,
-                    reset: wait + Self::period(rpm) * (rpm - 1),
-                    retry_after: Some(wait),
-                }
-            }
-        };
-        if let Some(entry) = self.limiters.lock().get_mut(&key_id) {
-            entry.remaining = quota.remaining;
-            entry.at = now;
-        }
-        quota
+        self.count(key_id, rpm, false)
     }
 
-    /// What `check` would report, without consuming a request.
+    /// What `check` would report, without counting a request.
     pub fn peek(&self, key_id: i64, rpm: u32) -> RequestQuota {
-        let rpm = rpm.max(1);
-        let limiters = self.limiters.lock();
-        let remaining = match limiters.get(&key_id) {
-            Some(entry) if entry.rpm == rpm => self.remaining_now(entry),
-            _ => rpm,
-        };
-        RequestQuota {
-            limit: rpm,
-            remaining,
-            reset: Self::period(rpm) * (rpm - remaining),
-            retry_after: None,
-        }
+        self.count(key_id, rpm, true)
     }
 
-    /// Forgets limiters idle for a minute: by then they are full again, so nothing is lost.
+    fn count(&self, key_id: i64, rpm: u32, look: bool) -> RequestQuota {
+        let now = self.now();
+        let mut states = self.states.lock();
+        let (taken, kept) = gcra::admit(states.get(&key_id).copied(), now, rpm, 1, look);
+        if let Some(kept) = kept {
+            states.insert(key_id, kept);
+        }
+        RequestQuota::of(rpm, taken)
+    }
+
+    /// Forgets keys whose allowance is full again: a key without state is the same.
     pub fn sweep(&self) {
-        let now = self.clock.now();
-        self.limiters
-            .lock()
-            .retain(|_, e| Duration::from(now.duration_since(e.at)) < MINUTE);
+        let now = self.now() as f64;
+        self.states.lock().retain(|_, state| state.tat > now);
     }
 
     pub fn tracked_keys(&self) -> usize {
-        self.limiters.lock().len()
-    }
-
-    /// Requests left in the window now: what the last check left, plus what came back since.
-    fn remaining_now(&self, entry: &Entry<C>) -> u32 {
-        let elapsed = Duration::from(self.clock.now().duration_since(entry.at));
-        let regained = elapsed.as_nanos() / Self::period(entry.rpm).as_nanos();
-        let regained = u32::try_from(regained).unwrap_or(u32::MAX);
-        entry.remaining.saturating_add(regained).min(entry.rpm)
-    }
-
-    fn entry(&self, rpm: u32) -> Entry<C> {
-        let per_minute = NonZeroU32::new(rpm).expect("rpm is at least 1");
-        let limiter =
-            RateLimiter::direct_with_clock(Quota::per_minute(per_minute), self.clock.clone())
-                .with_middleware::<StateInformationMiddleware>();
-        Entry {
-            rpm,
-            limiter: Arc::new(limiter),
-            remaining: rpm,
-            at: self.clock.now(),
-        }
+        self.states.lock().len()
     }
 }
 
@@ -168,23 +106,7 @@ mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
 
-    #[test]
-    fn a_changed_limit_keeps_what_was_used() {
-        let clock = FakeRelativeClock::default();
-        let limits = RequestLimits::with_clock(clock.clone());
-        let passed = |rpm: u32, tries: usize| {
-            (0..tries)
-                .filter(|_| limits.check(1, rpm).retry_after.is_none())
-                .count()
-        };
-        assert_eq!(passed(5, 5), 5);
-        // 5 used of a new 6: one more, not six.
-        assert_eq!(passed(6, 10), 1);
-        // Lowered below what was used: nothing until the window moves on.
-        assert_eq!(passed(3, 5), 0);
-        clock.advance(MINUTE);
-        assert_eq!(passed(3, 5), 3);
-    }
+    const MINUTE: Duration = Duration::from_secs(60);
 
     #[test]
     fn exactly_the_quota_passes_per_window_and_retry_after_is_exact() {
@@ -228,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_limiters_are_swept() {
+    fn keys_whose_allowance_is_full_again_are_swept() {
         let clock = FakeRelativeClock::default();
         let limits = RequestLimits::with_clock(clock.clone());
         for key in 0..10_000 {

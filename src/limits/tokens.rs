@@ -1,50 +1,16 @@
-//! Tokens per minute per key, by reservation and settlement: admission takes the worst case
-//! (estimated prompt + `max_tokens`) from the key's bucket, and the end of the request gives
-//! back what was not used (or takes what was used beyond it). The bucket refills
-//! continuously at `tpm` per minute, in integer nano-tokens.
+//! Tokens per minute per key, counted in this process: each key's bucket (`bucket`) kept
+//! in memory, on the clock of this process. Admission reserves the worst case (estimated
+//! prompt + `max_tokens`); the end of the request gives back what was not used (or takes
+//! what was used beyond it). Full buckets are swept: a key without one is the same.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use governor::clock::{Clock, DefaultClock, Reference};
 
-const NANO: i128 = 1_000_000_000;
-
-struct Bucket<I> {
-    tpm: u64,
-    /// Available nano-tokens; negative after a request used more than it reserved.
-    level: i128,
-    at: I,
-}
-
-impl<I: Reference> Bucket<I> {
-    fn full(&self) -> i128 {
-        i128::from(self.tpm) * NANO
-    }
-
-    fn refill(&mut self, now: I) {
-        let elapsed = Duration::from(now.duration_since(self.at)).as_nanos() as i128;
-        self.level = (self.level + elapsed * i128::from(self.tpm) / 60).min(self.full());
-        self.at = now;
-    }
-
-    /// Nanoseconds until the level reaches `target` nano-tokens.
-    fn time_to(&self, target: i128) -> Duration {
-        let missing = (target - self.level).max(0);
-        let nanos = missing * 60 / i128::from(self.tpm.max(1));
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-    }
-
-    fn quota(&self, retry_after: Option<Duration>) -> TokenQuota {
-        TokenQuota {
-            limit: self.tpm,
-            remaining: (self.level.max(0) / NANO) as u64,
-            reset: self.time_to(self.full()),
-            retry_after,
-        }
-    }
-}
+use super::bucket::{self, Bucket};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenQuota {
@@ -54,10 +20,24 @@ pub struct TokenQuota {
     pub retry_after: Option<Duration>,
 }
 
+impl TokenQuota {
+    /// The quota `reserved` (a verdict of `bucket::reserve`) says for `tpm`.
+    pub fn of(tpm: u64, reserved: bucket::Reserved) -> TokenQuota {
+        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+        TokenQuota {
+            limit: tpm,
+            remaining: reserved.remaining.max(0) as u64,
+            reset: micros(reserved.reset_us),
+            retry_after: (!reserved.passed).then(|| micros(reserved.retry_us)),
+        }
+    }
+}
+
 pub struct TokenLimits<C: Clock = DefaultClock> {
     clock: C,
+    start: C::Instant,
     /// Key id → bucket. Held only for arithmetic, never across I/O.
-    buckets: Mutex<HashMap<i64, Bucket<C::Instant>>>,
+    buckets: Mutex<HashMap<i64, Bucket>>,
 }
 
 impl TokenLimits<DefaultClock> {
@@ -74,67 +54,55 @@ impl Default for TokenLimits<DefaultClock> {
 
 impl<C: Clock> TokenLimits<C> {
     pub fn with_clock(clock: C) -> Self {
+        let start = clock.now();
         TokenLimits {
             clock,
+            start,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    fn with_bucket<T>(
-        &self,
-        key_id: i64,
-        tpm: u64,
-        f: impl FnOnce(&mut Bucket<C::Instant>) -> T,
-    ) -> T {
-        let now = self.clock.now();
-        let mut buckets = self.buckets.lock();
-        let bucket = buckets.entry(key_id).or_insert_with(|| Bucket {
-            tpm,
-            level: i128::from(tpm) * NANO,
-            at: now,
-        });
-        if bucket.tpm != tpm {
-            // New limit: keep what was used, against the new capacity.
-            let used = bucket.full() - bucket.level;
-            bucket.tpm = tpm;
-            bucket.level = bucket.full() - used;
-        }
-        bucket.refill(now);
-        f(bucket)
+    /// µs since this store began, on its clock.
+    fn now(&self) -> i64 {
+        let elapsed = Duration::from(self.clock.now().duration_since(self.start));
+        i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
     }
 
     /// Reserves `tokens`; refused (with the wait) if the bucket does not hold them. A request
     /// larger than the whole minute's allowance passes only when the bucket is full.
     pub fn reserve(&self, key_id: i64, tpm: u64, tokens: u64) -> TokenQuota {
-        self.with_bucket(key_id, tpm, |b| {
-            let need = i128::from(tokens) * NANO;
-            if b.level >= need || b.level == b.full() {
-                b.level -= need;
-                b.quota(None)
-            } else {
-                let wait = b.time_to(need.min(b.full()));
-                b.quota(Some(wait.max(Duration::from_millis(1))))
-            }
-        })
+        self.count(key_id, tpm, tokens, false)
     }
 
     /// Settles a reservation with the tokens actually used.
     pub fn settle(&self, key_id: i64, tpm: u64, reserved: u64, used: u64) {
-        self.with_bucket(key_id, tpm, |b| {
-            b.level = (b.level + (i128::from(reserved) - i128::from(used)) * NANO).min(b.full());
-        });
+        let now = self.now();
+        let mut buckets = self.buckets.lock();
+        let kept = bucket::settle(buckets.get(&key_id).copied(), now, tpm, reserved, used);
+        buckets.insert(key_id, kept);
     }
 
     pub fn peek(&self, key_id: i64, tpm: u64) -> TokenQuota {
-        self.with_bucket(key_id, tpm, |b| b.quota(None))
+        self.count(key_id, tpm, 0, true)
+    }
+
+    fn count(&self, key_id: i64, tpm: u64, tokens: u64, look: bool) -> TokenQuota {
+        let now = self.now();
+        let mut buckets = self.buckets.lock();
+        let (reserved, kept) =
+            bucket::reserve(buckets.get(&key_id).copied(), now, tpm, tokens, look);
+        if let Some(kept) = kept {
+            buckets.insert(key_id, kept);
+        }
+        TokenQuota::of(tpm, reserved)
     }
 
     /// Drops full buckets: a fresh one is the same.
     pub fn sweep(&self) {
-        let now = self.clock.now();
+        let now = self.now();
         self.buckets.lock().retain(|_, b| {
-            b.refill(now);
-            b.level < b.full()
+            let (quota, _) = bucket::reserve(Some(*b), now, b.tpm as u64, 0, true);
+            quota.reset_us > 0
         });
     }
 }
@@ -157,6 +125,8 @@ mod tests {
         assert!(limits.reserve(1, 1000, 600).retry_after.is_none());
         clock.advance(Duration::from_secs(60));
         assert_eq!(limits.peek(1, 1000).remaining, 1000);
+        limits.sweep();
+        assert!(limits.buckets.lock().is_empty(), "a full bucket is swept");
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod langchain;
 mod ledger_outage;
 mod ledger_verify;
 mod ledger_writer;
+mod limits_differential;
 mod listings;
 mod multimodal;
 mod observability;
