@@ -1,18 +1,21 @@
-//! Per-key limits: requests per minute (GCRA) and tokens per minute (reservation and
-//! settlement), and the `x-ratelimit-*` headers that report them. One seam, one file per
-//! limit store: counted in this process (`local`, over `requests` and `tokens`), or in Redis
-//! for every replica (`redis`), with the local counts as its fallback while Redis is down.
+//! Per-key limits: requests per minute and tokens per minute, each one pure function
+//! (`gcra`, `bucket`: state, time and quota in; verdict and state out), and the
+//! `x-ratelimit-*` headers that report them. Where the state is kept is the store: this
+//! process (`local`, over `requests` and `tokens`), or Redis for every replica (`redis`,
+//! whose Lua does the same arithmetic), wrapped with the local counts as its fallback while
+//! Redis is down (`shared`). A refusal is a verdict (`Error::RateLimited` with its
+//! headers); the HTTP edge writes the 429.
 
 pub mod bucket;
 pub mod gcra;
 mod local;
 pub mod redis;
 pub mod requests;
+mod shared;
 mod slices;
 pub mod spending;
 pub mod tokens;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -20,28 +23,19 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
-use crate::config::{LimitStoreKind, LimitsConfig, RedisConfig, RedisFallback};
+use crate::config::{LimitStoreKind, LimitsConfig, RedisConfig};
 use crate::error::Error;
 use local::LocalCounts;
-use redis::RedisCounts;
 pub use requests::{RequestLimits, RequestQuota};
-use slices::{Slices, slice_size};
+use shared::Shared;
 pub use tokens::{TokenLimits, TokenQuota};
-
-/// How long after Redis answers again this replica's own count must admit too: one window
-/// of the per-minute limits.
-const RECOVERY_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct Limits {
     config: LimitsConfig,
-    /// The counts of this process: the store, or Redis's fallback.
+    /// The counts of this process: the store, or the shared store's fallback.
     local: LocalCounts,
-    /// `Some` with `limits.store = "redis"`.
-    redis: Option<Arc<RedisCounts>>,
-    /// This replica's slices of keys' allowances in Redis, and the most one may take.
-    slices: Slices,
-    slice_max: u32,
-    fallback: RedisFallback,
+    /// `Some` with `limits.store = "redis"`: counted in Redis for every replica.
+    shared: Option<Shared>,
     /// Replicas alive now (heartbeats in the ledger): the fallback gives each replica its
     /// share of a key's limit.
     replicas: AtomicU32,
@@ -94,17 +88,14 @@ impl Limits {
         redis: &RedisConfig,
         errors: prometheus::IntCounter,
     ) -> anyhow::Result<Limits> {
-        let store = match config.store {
+        let shared = match config.store {
             LimitStoreKind::Local => None,
-            LimitStoreKind::Redis => Some(Arc::new(RedisCounts::new(redis, errors)?)),
+            LimitStoreKind::Redis => Some(Shared::new(redis, errors)?),
         };
         Ok(Limits {
             config,
             local: LocalCounts::default(),
-            redis: store,
-            slices: Slices::default(),
-            slice_max: redis.slice_max,
-            fallback: redis.fallback,
+            shared,
             replicas: AtomicU32::new(1),
             usage_reads: RequestLimits::new(),
             task_polls: RequestLimits::new(),
@@ -122,11 +113,11 @@ impl Limits {
 
     /// Whether limits are counted by the fallback now (Redis configured and not answering).
     pub fn in_fallback(&self) -> bool {
-        self.redis.as_ref().is_some_and(|r| !r.is_up())
+        self.shared.as_ref().is_some_and(Shared::in_fallback)
     }
 
-    /// Counts a request of key lineage `id`: in Redis if it is the store and answers; else
-    /// in this process, with this replica's share of the limits while Redis is down.
+    /// Counts a request of key lineage `id` where the limits are kept: in this process, or
+    /// shared in Redis (with its fallback); whether it was counted in Redis comes with it.
     async fn count(
         &self,
         id: i64,
@@ -135,49 +126,15 @@ impl Limits {
         reserve: u64,
         look: bool,
     ) -> Result<(Counted, bool), Error> {
-        let Some(redis) = &self.redis else {
-            let counted = if look {
-                self.local.peek(id, rpm, tpm)
-            } else {
-                self.local.admit(id, rpm, tpm, reserve)
-            };
-            return Ok((counted, false));
-        };
-        let share = self.live_replicas();
-        // Redis may have come back empty: for a window after it answers again, this
-        // replica's own count (which the fallback kept) must admit first, at its share
-        // rounded up, so the window across the outage stays near the limit instead of
-        // granting a second full one (the bound is in the README). Asked first, so that
-        // what it refuses takes nothing from the other replicas in Redis.
-        if !look && redis.recovering(RECOVERY_WINDOW) {
-            let local = self.local.admit(id, rpm.div_ceil(share).max(1), None, 0);
-            if local.requests.retry_after.is_some() {
-                return Ok((local, false));
+        match &self.shared {
+            Some(shared) => {
+                let share = self.live_replicas();
+                shared
+                    .count(&self.local, share, id, rpm, tpm, reserve, look)
+                    .await
             }
-        }
-        let counted = match (tpm, look) {
-            (None, false) => {
-                let size = slice_size(rpm, share, self.slice_max);
-                let requests = self.slices.admit(redis, id, rpm, size).await;
-                requests.map(|requests| Counted {
-                    requests,
-                    tokens: None,
-                })
-            }
-            _ => redis.admit(id, rpm, tpm, reserve, look).await,
-        };
-        if let Ok(counted) = counted {
-            return Ok((counted, true));
-        }
-        let rpm = (rpm / share).max(1);
-        let tpm = tpm.map(|t| (t / u64::from(share)).max(1));
-        match (self.fallback, look) {
-            (RedisFallback::Local, false) => Ok((self.local.admit(id, rpm, tpm, reserve), false)),
-            (_, true) => Ok((self.local.peek(id, rpm, tpm), false)),
-            (RedisFallback::Open, false) => Ok((self.local.peek(id, rpm, tpm), false)),
-            (RedisFallback::Closed, false) => Err(Error::Unavailable(
-                "rate limits cannot be checked now; retry shortly".into(),
-            )),
+            None if look => Ok((self.local.peek(id, rpm, tpm), false)),
+            None => Ok((self.local.admit(id, rpm, tpm, reserve), false)),
         }
     }
 
@@ -259,13 +216,8 @@ impl Limits {
             return;
         };
         let id = caller.limit_id();
-        match (&self.redis, admission.in_redis) {
-            (Some(redis), true) => {
-                let redis = redis.clone();
-                // Lost if Redis went away meanwhile: the reservation then stands until the
-                // bucket refills, which errs on the side of the limit.
-                tokio::spawn(async move { redis.settle(id, tpm, reserved, used).await });
-            }
+        match (&self.shared, admission.in_redis) {
+            (Some(shared), true) => shared.settle(id, tpm, reserved, used),
             _ => self.local.settle(id, tpm, reserved, used),
         }
     }
@@ -280,7 +232,9 @@ impl Limits {
     /// Forgets state that a fresh limiter would have anyway; run periodically.
     pub fn sweep(&self) {
         self.local.sweep();
-        self.slices.sweep();
+        if let Some(shared) = &self.shared {
+            shared.sweep();
+        }
         self.usage_reads.sweep();
         self.task_polls.sweep();
     }

@@ -137,6 +137,9 @@ async fn the_lua_scripts_and_the_rust_functions_give_the_same_verdicts() {
         }
     }
     assert!(compared > 2000, "{compared} verdicts compared");
-    assert!(kinds.iter().all(|&n| n > 50), "every kind of verdict: {kinds:?}");
+    assert!(
+        kinds.iter().all(|&n| n > 50),
+        "every kind of verdict: {kinds:?}"
+    );
     server.stop();
 }
