@@ -117,16 +117,8 @@ pub async fn drop_retired_months(db: &Db) -> Result<u64> {
         )))
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO retired_funds (account_id, spent)
-             SELECT a, c FROM UNNEST($1::BIGINT[], $2::NUMERIC[]) AS g(a, c)
-             ON CONFLICT (account_id)
-             DO UPDATE SET spent = retired_funds.spent + excluded.spent",
-        )
-        .bind(spent.iter().map(|s| s.0).collect::<Vec<_>>())
-        .bind(spent.iter().map(|s| s.1.0).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+        let costs: Vec<(i64, Money)> = spent.iter().map(|s| (s.0, s.1)).collect();
+        super::retire::add_spent(&mut tx, &costs).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {month}")))
             .execute(&mut *tx)
             .await?;

@@ -84,22 +84,29 @@ pub async fn batch(db: &Db, limit: i64) -> Result<u64> {
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO retired_funds (account_id, spent)
-                 SELECT a, sum(c) FROM UNNEST($1::BIGINT[], $2::NUMERIC[]) AS g(a, c)
-                 GROUP BY a
-                 ON CONFLICT (account_id)
-                 DO UPDATE SET spent = retired_funds.spent + excluded.spent",
-            )
-            .bind(gone.iter().map(|g| g.0).collect::<Vec<_>>())
-            .bind(gone.iter().map(|g| g.1.0).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
+            add_spent(&mut tx, &gone).await?;
             tx.commit().await?;
             gone
         }
     };
     Ok(gone.len() as u64)
+}
+
+/// PostgreSQL: adds what retired records cost (account, cost; an account may repeat) to
+/// their accounts' `retired_funds`, in the transaction that retires them.
+pub(super) async fn add_spent(tx: &mut sqlx::PgConnection, costs: &[(i64, Money)]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO retired_funds (account_id, spent)
+         SELECT a, sum(c) FROM UNNEST($1::BIGINT[], $2::NUMERIC[]) AS g(a, c)
+         GROUP BY a
+         ON CONFLICT (account_id)
+         DO UPDATE SET spent = retired_funds.spent + excluded.spent",
+    )
+    .bind(costs.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(costs.iter().map(|c| c.1.0).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Runs `work` unless another process of the ledger is running it (PostgreSQL replicas:
