@@ -89,7 +89,7 @@ async fn candidates(db: &Db, filter: &UsageFilter, lower: i64, upper: i64) -> Re
         };
         let hours: Vec<i64> = on!(db, |pool| {
             let mut query = QueryBuilder::new("SELECT DISTINCT hour FROM usage_hourly r WHERE ");
-            push_rollup_filter(&mut query, filter, "hour", from, to);
+            push_rollup_filter(&mut query, filter, EVERY_ACCOUNT, "hour", from, to);
             query.push(" ORDER BY hour DESC LIMIT 24");
             query.build_query_scalar().fetch_all(pool).await?
         });
@@ -101,6 +101,9 @@ async fn candidates(db: &Db, filter: &UsageFilter, lower: i64, upper: i64) -> Re
     }
     Ok(Vec::new())
 }
+
+/// The rollups' condition for a listing over every account.
+const EVERY_ACCOUNT: &str = "r.account_id IN (SELECT id FROM accounts)";
 
 /// What the daily rollups say of the newest day before `upper` with records `filter`
 /// would list.
@@ -123,9 +126,26 @@ async fn newest_day(db: &Db, filter: &UsageFilter, floor: i64, upper: i64) -> Re
     }
     // The day that holds `floor` begins before it.
     let from = floor.saturating_sub(2 * 24 * rollups::HOUR_MS);
+    // Over every account, each account's newest day is sought on its own (the rollups'
+    // key leads with the account, then the day): one short walk back per account, where
+    // one query over all of them would read every account's days.
+    let every = filter.key_id.is_none() && filter.account_id.is_none();
     let day: Option<i64> = on!(db, |pool| {
-        let mut query = QueryBuilder::new("SELECT max(day) FROM usage_daily r WHERE ");
-        push_rollup_filter(&mut query, filter, "day", from, upper);
+        let mut query = QueryBuilder::new(match every {
+            true => "SELECT max((SELECT max(day) FROM usage_daily r WHERE ",
+            false => "SELECT max(day) FROM usage_daily r WHERE ",
+        });
+        push_rollup_filter(
+            &mut query,
+            filter,
+            "r.account_id = a.id",
+            "day",
+            from,
+            upper,
+        );
+        if every {
+            query.push(")) FROM accounts a");
+        }
         query.build_query_scalar().fetch_one(pool).await?
     });
     let Some(day) = day else {
@@ -146,6 +166,7 @@ async fn newest_day(db: &Db, filter: &UsageFilter, floor: i64, upper: i64) -> Re
 fn push_rollup_filter<DB: Database>(
     query: &mut QueryBuilder<DB>,
     filter: &UsageFilter,
+    every_account: &str,
     time: &str,
     from: i64,
     to: i64,
@@ -166,7 +187,7 @@ fn push_rollup_filter<DB: Database>(
             query.push("r.account_id = ").push_bind(account);
         }
         (None, None) => {
-            query.push("r.account_id IN (SELECT id FROM accounts)");
+            query.push(every_account);
         }
     }
     query.push(format!(" AND r.{time} >= ")).push_bind(from);
