@@ -310,3 +310,71 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
     let funds = store::funds::of(&db, account.id).await.unwrap();
     assert_eq!(funds.spent, helpers::dec("0.01505"));
 }
+
+/// The hourly upkeep moves a month out of the default partition (detaching it a moment)
+/// while the writer keeps inserting: every record is stored once, in its month, and
+/// charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn making_a_month_while_records_arrive_loses_and_doubles_nothing() {
+    if !helpers::ledger::is_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = helpers::bare_ledger(&dir).await;
+    let version = helpers::simple_price(&b.db).await;
+    let owner = (b.account.id, b.key_id);
+    let sink = std::sync::Arc::new(store::Sink::open(&b.database).await.unwrap());
+    // A month that has no partition yet: its records wait in the default one.
+    let july = Utc.with_ymd_and_hms(2026, 7, 3, 0, 0, 0).unwrap();
+    let waiting_records: Vec<_> = (0..500)
+        .map(|i| {
+            let at = july + Duration::minutes(i);
+            helpers::simple_record(format!("req_july_{i:03}"), owner, version.id, at)
+        })
+        .collect();
+    sink.insert(&waiting_records.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(waiting(&b.db).await, 500);
+    // Records of now keep arriving while the month is made.
+    let writer = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let mut written = 0;
+            for batch in 0..40 {
+                let records: Vec<_> = (0..50)
+                    .map(|i| {
+                        let id = format!("req_now_{batch:02}_{i:02}");
+                        helpers::simple_record(id, owner, version.id, Utc::now())
+                    })
+                    .collect();
+                sink.insert(&records.iter().collect::<Vec<_>>())
+                    .await
+                    .unwrap();
+                written += records.len();
+            }
+            written
+        })
+    };
+    let created = store::partitions::keep_ahead(&b.db, Utc::now())
+        .await
+        .unwrap();
+    let written = writer.await.unwrap();
+    assert!(created >= 1, "{created}");
+    assert_eq!(waiting(&b.db).await, 0);
+    assert!(
+        partitions(&b.db)
+            .await
+            .contains(&"usage_records_y2026m07".to_string())
+    );
+    let total = 500 + written;
+    assert_eq!(
+        helpers::ledger::assert_recorded_once(&b.db, &[]).await,
+        total,
+        "every record once"
+    );
+    let funds = store::funds::of(&b.db, b.account.id).await.unwrap();
+    assert_eq!(funds.spent, helpers::dec("0.00005") * Decimal::from(total));
+    let verified = tollgate::domain::audit::verify(&b.db).await.unwrap();
+    assert_eq!(verified.found(), 0, "{verified:?}");
+}
