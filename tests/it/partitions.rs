@@ -341,7 +341,7 @@ async fn making_a_month_while_records_arrive_loses_and_doubles_nothing() {
         let sink = sink.clone();
         tokio::spawn(async move {
             let mut written = 0;
-            for batch in 0..40 {
+            for batch in 0..80 {
                 let records: Vec<_> = (0..50)
                     .map(|i| {
                         let id = format!("req_now_{batch:02}_{i:02}");
