@@ -100,7 +100,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
 /// The rates a price entry may name; it names at least one (a free model says
 /// `input_per_1k = "0"`), so that an entry whose rates were all misspelt is refused, not
 /// free.
-const RATES: [&str; 8] = [
+pub const RATES: [&str; 8] = [
     "input_per_1k",
     "cached_input_per_1k",
     "output_per_1k",

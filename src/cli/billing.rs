@@ -64,31 +64,22 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
                 .map(|v| crate::domain::prices::describe(v, &book))
                 .collect();
             emit(json, &list, || {
+                // The version, its rates (every one a price entry may name), in force.
+                let columns = || {
+                    ["id", "model", "chip", "effective_from"]
+                        .into_iter()
+                        .chain(crate::billing::prices::RATES)
+                        .chain(["in_force"])
+                };
                 let line = |v: &serde_json::Value| {
                     let field = |k: &str| {
                         v[k].as_str()
                             .map(String::from)
                             .unwrap_or_else(|| v[k].to_string())
                     };
-                    let keys = [
-                        "id",
-                        "model",
-                        "chip",
-                        "effective_from",
-                        "input_per_1k",
-                        "cached_input_per_1k",
-                        "output_per_1k",
-                        "per_request",
-                        "per_image",
-                        "per_task",
-                        "per_second",
-                        "in_force",
-                    ];
-                    keys.map(field).join("\t")
+                    columns().map(field).collect::<Vec<_>>().join("\t")
                 };
-                let header = "id\tmodel\tchip\teffective_from\tinput_per_1k\t\
-                              cached_input_per_1k\toutput_per_1k\tper_request\tper_image\tper_task\t\
-                              per_second\tin_force";
+                let header = columns().collect::<Vec<_>>().join("\t");
                 std::iter::once(header.to_string())
                     .chain(list.iter().map(line))
                     .collect::<Vec<_>>()

@@ -52,7 +52,7 @@ pub fn describe(version: &PriceVersion, book: &PriceBook) -> Value {
         "input_per_1k": e.input_per_1k, "cached_input_per_1k": version.cached_input_per_1k(),
         "output_per_1k": e.output_per_1k, "per_request": e.per_request,
         "per_image": e.per_image, "per_task": e.per_task, "per_second": e.per_second,
-        "currency": "CNY",
+        "per_upload": e.per_upload, "currency": "CNY",
         "in_force": in_force,
     })
 }

@@ -101,6 +101,19 @@ output_per_1k = "0.0200"
         .collect();
     assert_eq!(in_force.len(), 1);
     assert_eq!(in_force[0]["input_per_1k"], "0.0100");
+    // Every rate a price may name is listed: a workflow's price per upload too.
+    assert!(
+        listed
+            .iter()
+            .any(|p| p["model"] == "wf-demo-txt2img" && p["per_upload"] == "0.001"),
+        "{listed:?}"
+    );
+    let table = cli(&config, &["prices", "list"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.ends_with("per_second\tper_upload\tin_force"),
+        "{header}"
+    );
 
     let period = chrono::Utc::now().format("%Y-%m").to_string();
     let csv = cli(
