@@ -252,11 +252,16 @@ pub async fn rotate(
 
 /// When the key last made a request, from the ledger (no write on the hot path).
 pub async fn last_used(db: &Db, id: i64) -> Result<Option<DateTime<Utc>>> {
+    // The newest step of the key's time index (SQLite's `max()` through the records'
+    // view would read them all).
     let ms: Option<i64> = on!(db, |pool| {
-        sqlx::query_scalar("SELECT MAX(started_at) FROM usage_records WHERE key_id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await?
+        sqlx::query_scalar(
+            "SELECT started_at FROM usage_records WHERE key_id = $1
+             ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
     });
     Ok(ms.map(from_ms))
 }

@@ -4,6 +4,7 @@
 //! migrations, how money is stored, bulk inserts of usage) is in `sqlite` and `postgres`.
 
 pub mod accounts;
+pub mod compact;
 pub mod funds;
 pub mod health;
 pub mod holds;
@@ -147,7 +148,7 @@ impl Sink {
         Ok(match self {
             Sink::Sqlite(conn) => {
                 conn.lock()
-                    .query_row("SELECT count(*) FROM usage_records", [], |row| row.get(0))?
+                    .query_row("SELECT count(*) FROM usage_rows", [], |row| row.get(0))?
             }
             Sink::Postgres(pool) => {
                 sqlx::query_scalar("SELECT count(*) FROM usage_records")

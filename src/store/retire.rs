@@ -42,15 +42,20 @@ pub async fn mark(db: &Db, before_ms: i64) -> Result<()> {
 /// Deletes up to `limit` of the oldest records that started before the retired day, in
 /// one transaction with their costs added to `retired_funds`; returns how many.
 pub async fn batch(db: &Db, limit: i64) -> Result<u64> {
-    const DELETE: &str = "DELETE FROM usage_records WHERE id IN (
-             SELECT id FROM usage_records
-             WHERE started_at < (SELECT before FROM usage_retired)
-             ORDER BY started_at LIMIT $1)
-         RETURNING account_id, cost";
+    // SQLite's records are the rows behind its `usage_records` view (`compact`).
+    let delete = |records: &str| {
+        format!(
+            "DELETE FROM {records} WHERE id IN (
+                 SELECT id FROM {records}
+                 WHERE started_at < (SELECT before FROM usage_retired)
+                 ORDER BY started_at LIMIT $1)
+             RETURNING account_id, cost"
+        )
+    };
     let gone: Vec<(i64, Money)> = match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
-            let gone: Vec<(i64, Money)> = sqlx::query_as(DELETE)
+            let gone: Vec<(i64, Money)> = sqlx::query_as(sqlx::AssertSqlSafe(delete("usage_rows")))
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -80,10 +85,11 @@ pub async fn batch(db: &Db, limit: i64) -> Result<u64> {
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            let gone: Vec<(i64, Money)> = sqlx::query_as(DELETE)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+            let gone: Vec<(i64, Money)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(delete("usage_records")))
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
             add_spent(&mut tx, &gone).await?;
             tx.commit().await?;
             gone

@@ -4,18 +4,19 @@ use std::collections::HashMap;
 
 use rust_decimal::Decimal;
 
+use super::compact::{self, RequestKey};
 use super::{Db, Read, Result, on, to_ms};
 use crate::billing::record::UsageRecord;
 
-/// Records per multi-row `INSERT`: one statement execution opens the table and its three
+/// Records per multi-row `INSERT`: one statement execution opens the table and its four
 /// indexes once for all of them.
 const ROWS_PER_INSERT: usize = 16;
 
 /// Inserts `records` on the ledger writer's connection, all or none, in one transaction
 /// with the charge of their accounts' running totals (`funds::charge`) and their rollups
-/// (`sqlite::roll_up`), in statements of
-/// `ROWS_PER_INSERT` rows. A request id already present is skipped and charges nothing, so
-/// a batch retried after an unclear failure never writes or charges a record twice.
+/// (`sqlite::roll_up`), in statements of `ROWS_PER_INSERT` rows of `usage_rows`
+/// (`compact`). A request id already present is skipped and charges nothing, so a batch
+/// retried after an unclear failure never writes or charges a record twice.
 pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<()>
 where
     I: IntoIterator<Item = &'a UsageRecord>,
@@ -27,6 +28,7 @@ where
         .map(|r| (r.request_id.as_str(), *r))
         .collect();
     let transaction = conn.unchecked_transaction()?;
+    let shapes = compact::shape_ids(conn, &records)?;
     // Account → what the records really inserted (not skipped) cost.
     let mut charged: HashMap<i64, Decimal> = HashMap::new();
     // The records really inserted, for the rollups.
@@ -34,8 +36,8 @@ where
     let mut insert_rows = |insert: &mut rusqlite::CachedStatement| -> rusqlite::Result<()> {
         let mut inserted = insert.raw_query();
         while let Some(row) = inserted.next()? {
-            let request_id = row.get_ref(2)?.as_str()?;
-            inserted_records.extend(by_id.get(request_id).copied());
+            let request_id = RequestKey::id_of(row.get_ref(2)?)?;
+            inserted_records.extend(by_id.get(request_id.as_str()).copied());
             let cost: String = row.get(1)?;
             let cost = cost.parse::<Decimal>().map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
@@ -47,20 +49,22 @@ where
         }
         Ok(())
     };
-    let mut chunks = records.chunks_exact(ROWS_PER_INSERT);
+    let columns = compact::COLUMNS.len();
+    let rows: Vec<(&UsageRecord, i64)> = records.iter().copied().zip(shapes).collect();
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
         let mut insert = conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
         for chunk in &mut chunks {
-            for (row, record) in chunk.iter().enumerate() {
-                bind(&mut insert, row * COLUMNS, record)?;
+            for (row, (record, shape)) in chunk.iter().enumerate() {
+                compact::bind(&mut insert, row * columns, record, *shape)?;
             }
             insert_rows(&mut insert)?;
         }
     }
     if !chunks.remainder().is_empty() {
         let mut insert = conn.prepare_cached(&insert_sql(1))?;
-        for record in chunks.remainder() {
-            bind(&mut insert, 0, record)?;
+        for (record, shape) in chunks.remainder() {
+            compact::bind(&mut insert, 0, record, *shape)?;
             insert_rows(&mut insert)?;
         }
     }
@@ -83,12 +87,13 @@ fn refuse_other_starts(
     let inserted: std::collections::HashSet<&str> =
         inserted.iter().map(|r| r.request_id.as_str()).collect();
     let mut stored =
-        conn.prepare_cached("SELECT started_at FROM usage_records WHERE request_id = ?")?;
+        conn.prepare_cached("SELECT started_at FROM usage_rows WHERE request_key = ?")?;
     for record in records
         .iter()
         .filter(|r| !inserted.contains(r.request_id.as_str()))
     {
-        let started_at: i64 = stored.query_row([&record.request_id], |row| row.get(0))?;
+        let key = RequestKey::of(&record.request_id);
+        let started_at: i64 = stored.query_row([key], |row| row.get(0))?;
         if started_at != to_ms(record.started_at) {
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
@@ -102,46 +107,33 @@ fn refuse_other_starts(
     Ok(())
 }
 
-/// `INSERT ... VALUES (?, ...), ...` for `rows` records.
+/// `INSERT INTO usage_rows ... VALUES (?, ...), ...` for `rows` records.
 fn insert_sql(rows: usize) -> String {
-    let row = format!("({})", vec!["?"; COLUMNS].join(", "));
+    let row = format!("({})", vec!["?"; compact::COLUMNS.len()].join(", "));
     format!(
-        "INSERT INTO usage_records ({}) VALUES {} ON CONFLICT (request_id) DO NOTHING
-         RETURNING account_id, cost, request_id",
-        COLUMN_NAMES.join(", "),
+        "INSERT INTO usage_rows ({}) VALUES {} ON CONFLICT (request_key) DO NOTHING
+         RETURNING account_id, cost, request_key",
+        compact::COLUMNS.join(", "),
         vec![row; rows].join(", ")
     )
 }
 
 /// Every column of `usage_records` (but its row id), written once: its name and type as
-/// read back (`StoredRecord`), the value a `UsageRecord` binds to it (`bind` for SQLite,
-/// `bind_columns` for PostgreSQL, where `pg` says when it differs), and how it is read
-/// when the stored type is not what both backends return (`from_row`). The tables themselves are in `migrations/`.
+/// read back (`StoredRecord`), the value a `UsageRecord` binds to it on PostgreSQL
+/// (`bind_columns`, where `pg` says when it differs), and how it is read when the stored
+/// type is not what both backends return (`from_row`). SQLite stores records compactly
+/// (`compact`) and reads them through its `usage_records` view, column for column. The
+/// tables themselves are in `migrations/`.
 macro_rules! usage_columns {
     ($r:ident, $row:ident => { $($column:ident: $stored:ty = $bind:expr $(; read $read:expr)? $(; pg $pg:expr)?,)* }) => {
         /// The columns, in the order they are bound.
         pub const COLUMN_NAMES: &[&str] = &[$(stringify!($column)),*];
-        /// Columns bound per record.
-        const COLUMNS: usize = COLUMN_NAMES.len();
 
         /// A stored record, flattened for reading (audits, tests, CLI).
         #[derive(Debug, Clone, PartialEq, serde::Serialize)]
         pub struct StoredRecord {
             pub id: i64,
             $(pub $column: $stored,)*
-        }
-
-        /// Binds `r` to the `COLUMNS` parameters after the first `offset`.
-        fn bind(
-            insert: &mut rusqlite::CachedStatement,
-            offset: usize,
-            $r: &UsageRecord,
-        ) -> rusqlite::Result<()> {
-            let values: [&dyn rusqlite::ToSql; COLUMNS] = [$(&$bind),*];
-            for (i, value) in values.into_iter().enumerate() {
-                insert.raw_bind_parameter(offset + i + 1, value)?;
-            }
-            Ok(())
         }
 
         /// Binds `records` to `query` column by column, one array each, for PostgreSQL's
@@ -212,13 +204,23 @@ usage_columns!(r, row => {
 });
 
 pub async fn by_request_id(db: &Db, request_id: &str) -> Result<Option<StoredRecord>> {
-    on!(db, |pool| {
-        let row = sqlx::query("SELECT * FROM usage_records WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_optional(pool)
-            .await?;
-        row.as_ref().map(from_row).transpose()
-    })
+    let row = match db {
+        // The view's request id is computed: the lookup is by the stored key.
+        Db::Sqlite(pool) => {
+            let query = sqlx::query(
+                "SELECT * FROM usage_records
+                 WHERE id = (SELECT id FROM usage_rows WHERE request_key = $1)",
+            );
+            let row = RequestKey::of(request_id).bind(query).fetch_optional(pool);
+            row.await?.as_ref().map(from_row).transpose()?
+        }
+        Db::Postgres(pool) => {
+            let query = sqlx::query("SELECT * FROM usage_records WHERE request_id = $1");
+            let row = query.bind(request_id).fetch_optional(pool).await?;
+            row.as_ref().map(from_row).transpose()?
+        }
+    };
+    Ok(row)
 }
 
 /// The most recent records of an account, newest first.

@@ -9,6 +9,7 @@ mod backend_limits;
 mod bench_smoke;
 mod billing_props;
 mod comfyui;
+mod compact_records;
 mod config_checks;
 mod dashscope;
 mod durability;

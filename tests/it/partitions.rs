@@ -229,15 +229,7 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
     }
     let dir = tempfile::tempdir().unwrap();
     let database = helpers::ledger::fresh(dir.path(), tollgate::config::Synchronous::Normal);
-    let before_months = dir.path().join("migrations");
-    std::fs::create_dir(&before_months).unwrap();
-    for file in std::fs::read_dir("migrations/postgres").unwrap() {
-        let path = file.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.as_str() < "0012" {
-            std::fs::copy(&path, before_months.join(name)).unwrap();
-        }
-    }
+    let before_months = helpers::ledger::migrations_before(dir.path(), "0012");
     let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
     sqlx::migrate::Migrator::new(before_months.as_path())
         .await

@@ -401,10 +401,15 @@ fn import(config: &Path, owners: &[(i64, Vec<i64>, String)], records: u64) -> an
                     prompt / 4 * rng.random_range(0..2),
                 ),
             };
-            let when = store::from_ms(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let time = |ms| store::from_ms(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let (when, ended) = (time(at), time(at + rng.random_range(200..30_000)));
+            // Request ids as the gateway makes them: `req_` and a UUIDv7 of the start.
+            let id =
+                uuid::Builder::from_unix_timestamp_millis(at as u64, &rng.random()).into_uuid();
             writeln!(
                 input,
-                r#"{{"request_id":"bench-{i:010}","account":"acct-{a}","key_id":{key},"model":"{}","chip":"{}","started_at":"{when}","status":"{status}","endpoint":"{}","prompt_tokens":{prompt},"cached_tokens":{cached},"completion_tokens":{completion}}}"#,
+                r#"{{"request_id":"req_{}","account":"acct-{a}","key_id":{key},"model":"{}","chip":"{}","started_at":"{when}","ended_at":"{ended}","status":"{status}","endpoint":"{}","prompt_tokens":{prompt},"cached_tokens":{cached},"completion_tokens":{completion}}}"#,
+                id.simple(),
                 MODELS[m],
                 CHIPS[c],
                 if embeddings { "embeddings" } else { "chat" },

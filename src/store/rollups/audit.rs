@@ -96,8 +96,10 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Vec<Mismatch>> {
             2 * 24 * HOUR_MS,
         ),
     ];
-    let bounds_sql = "SELECT (SELECT min(started_at) FROM usage_records WHERE account_id = $1),
-                             (SELECT max(started_at) FROM usage_records WHERE account_id = $1),
+    let bounds_sql = "SELECT (SELECT started_at FROM usage_records WHERE account_id = $1
+                              ORDER BY started_at LIMIT 1),
+                             (SELECT started_at FROM usage_records WHERE account_id = $1
+                              ORDER BY started_at DESC LIMIT 1),
                              (SELECT min(hour) FROM usage_hourly WHERE account_id = $1),
                              (SELECT max(hour) FROM usage_hourly WHERE account_id = $1),
                              (SELECT min(day) FROM usage_daily WHERE account_id = $1),

@@ -123,27 +123,52 @@ pub async fn execute_text(db: &Db, sql: &str, text: &str) {
     .unwrap();
 }
 
+/// Sums every record into the (empty) hourly rollups.
+pub const HOURLY_FROM_RECORDS: &str = "INSERT INTO usage_hourly
+    SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
+           r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status,
+           r.price_version_id, count(*), sum(r.prompt_tokens), sum(r.cached_tokens),
+           sum(r.completion_tokens), sum(r.images), sum(r.tasks), sum(r.compute_ms),
+           sum(r.uploads)
+    FROM usage_records r JOIN api_keys k ON k.id = r.key_id
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9";
+
+/// A directory in `dir` with this backend's migrations (`migrations/sqlite` or
+/// `migrations/postgres`) numbered below `first_left_out`: a ledger as an older tollgate
+/// wrote it.
+pub fn migrations_before(dir: &Path, first_left_out: &str) -> std::path::PathBuf {
+    let backend = if is_postgres() { "postgres" } else { "sqlite" };
+    let before = dir.join(format!("migrations-before-{first_left_out}"));
+    std::fs::create_dir(&before).unwrap();
+    for file in std::fs::read_dir(format!("migrations/{backend}")).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() < first_left_out {
+            std::fs::copy(&path, before.join(name)).unwrap();
+        }
+    }
+    before
+}
+
 /// Ages every usage record to have started (and ended) at `at_ms`, and sums the hourly
 /// and daily (in `zone`) rollups again as the records now say: drops the trigger that keeps
 /// records immutable.
 pub async fn move_all_records(db: &Db, at_ms: i64, zone: chrono_tz::Tz) {
-    let sql = match db {
-        Db::Sqlite(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable",
-        Db::Postgres(_) => "DROP TRIGGER IF EXISTS usage_records_are_immutable ON usage_records",
+    // SQLite's records are the rows behind its `usage_records` view.
+    let (drop, update) = match db {
+        Db::Sqlite(_) => (
+            "DROP TRIGGER IF EXISTS usage_rows_are_immutable",
+            "UPDATE usage_rows SET started_at = $1, ended_after_ms = 0",
+        ),
+        Db::Postgres(_) => (
+            "DROP TRIGGER IF EXISTS usage_records_are_immutable ON usage_records",
+            "UPDATE usage_records SET started_at = $1, ended_at = $1",
+        ),
     };
-    execute(db, sql, &[]).await.unwrap();
-    let sql = "UPDATE usage_records SET started_at = $1, ended_at = $1";
-    execute(db, sql, &[at_ms]).await.unwrap();
+    execute(db, drop, &[]).await.unwrap();
+    execute(db, update, &[at_ms]).await.unwrap();
     execute(db, "DELETE FROM usage_hourly", &[]).await.unwrap();
-    let sql = "INSERT INTO usage_hourly
-        SELECT r.account_id, r.started_at / 3600000 * 3600000, coalesce(k.lineage_id, k.id),
-               r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status,
-               r.price_version_id, count(*), sum(r.prompt_tokens), sum(r.cached_tokens),
-               sum(r.completion_tokens), sum(r.images), sum(r.tasks), sum(r.compute_ms),
-               sum(r.uploads)
-        FROM usage_records r JOIN api_keys k ON k.id = r.key_id
-        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9";
-    execute(db, sql, &[]).await.unwrap();
+    execute(db, HOURLY_FROM_RECORDS, &[]).await.unwrap();
     execute(db, "DELETE FROM rollup_zone", &[]).await.unwrap();
     tollgate::store::rollups::keep_days_in(db, zone)
         .await

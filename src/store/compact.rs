@@ -1,0 +1,230 @@
+//! How SQLite stores a usage record (`migrations/sqlite/0014_compact_usage_records.sql`):
+//! a row of `usage_rows` naming its shape (model, chip, deployment, endpoint, stream,
+//! status, HTTP status, usage source, blocked: a few dozen combinations, each stored once
+//! in `usage_shapes`), with the gateway's request ids as their 16 bytes. Every read goes
+//! through the `usage_records` view, which gives the columns back as they were.
+
+use std::collections::HashMap;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+
+use super::to_ms;
+use crate::billing::record::UsageRecord;
+
+/// A request id as `usage_rows.request_key` holds it: `req_` and 32 lowercase hex digits
+/// (the gateway's own ids, a UUIDv7) as those 16 bytes, any other id as its text. Either
+/// way the view turns it back into the same text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKey<'a> {
+    Uuid([u8; 16]),
+    Text(&'a str),
+}
+
+impl<'a> RequestKey<'a> {
+    pub fn of(request_id: &'a str) -> RequestKey<'a> {
+        let hex = request_id.strip_prefix("req_").unwrap_or_default();
+        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if hex.len() != 32 || !hex.as_bytes().iter().all(lower_hex) {
+            return RequestKey::Text(request_id);
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("two hex digits");
+        }
+        RequestKey::Uuid(bytes)
+    }
+
+    /// The request id a stored key stands for (the view's `request_id`).
+    pub fn id_of(stored: ValueRef<'_>) -> rusqlite::Result<String> {
+        match stored {
+            ValueRef::Blob(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                Ok(format!("req_{hex}"))
+            }
+            other => Ok(other.as_str()?.to_owned()),
+        }
+    }
+
+    /// Binds it to `query`, for reads through sqlx.
+    pub fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>
+    where
+        'a: 'q,
+    {
+        match self {
+            RequestKey::Uuid(bytes) => query.bind(bytes.to_vec()),
+            RequestKey::Text(text) => query.bind(text),
+        }
+    }
+}
+
+impl rusqlite::ToSql for RequestKey<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            RequestKey::Uuid(bytes) => ValueRef::Blob(bytes),
+            RequestKey::Text(text) => ValueRef::Text(text.as_bytes()),
+        }))
+    }
+}
+
+/// A record's shape: the columns of `usage_shapes` but its id.
+type Shape<'r> = (
+    &'r str,
+    &'r str,
+    &'r str,
+    &'static str,
+    bool,
+    &'static str,
+    u16,
+    &'static str,
+    bool,
+);
+
+fn shape_of(r: &UsageRecord) -> Shape<'_> {
+    (
+        &r.model,
+        &r.chip,
+        r.deployment.as_deref().unwrap_or_default(),
+        r.endpoint.as_str(),
+        r.stream,
+        r.status.as_str(),
+        r.http_status,
+        r.usage_source.as_str(),
+        r.blocked,
+    )
+}
+
+/// The shape id of each of `records`, in order: found in `usage_shapes`, or added to it
+/// (in the writer's transaction, so a batch that fails adds none).
+pub fn shape_ids(
+    conn: &rusqlite::Connection,
+    records: &[&UsageRecord],
+) -> rusqlite::Result<Vec<i64>> {
+    let mut find = conn.prepare_cached(
+        "SELECT id FROM usage_shapes WHERE model = ?1 AND chip = ?2 AND deployment = ?3
+         AND endpoint = ?4 AND stream = ?5 AND status = ?6 AND http_status = ?7
+         AND usage_source = ?8 AND blocked = ?9",
+    )?;
+    let mut add = conn.prepare_cached(
+        "INSERT INTO usage_shapes (model, chip, deployment, endpoint, stream, status,
+                                   http_status, usage_source, blocked)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+    )?;
+    let mut known: HashMap<Shape<'_>, i64> = HashMap::new();
+    records
+        .iter()
+        .map(|record| {
+            let shape = shape_of(record);
+            if let Some(&id) = known.get(&shape) {
+                return Ok(id);
+            }
+            let params = rusqlite::params![
+                shape.0, shape.1, shape.2, shape.3, shape.4, shape.5, shape.6, shape.7, shape.8
+            ];
+            let id = match find.query_row(params, |row| row.get(0)) {
+                Err(rusqlite::Error::QueryReturnedNoRows) => {
+                    add.query_row(params, |row| row.get(0))?
+                }
+                found => found?,
+            };
+            known.insert(shape, id);
+            Ok(id)
+        })
+        .collect()
+}
+
+/// The columns of `usage_rows` a record fills, in the order `bind` binds them.
+pub const COLUMNS: &[&str] = &[
+    "request_key",
+    "account_id",
+    "key_id",
+    "shape_id",
+    "price_version_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "images",
+    "tasks",
+    "compute_ms",
+    "uploads",
+    "cost",
+    "started_at",
+    "ended_after_ms",
+    "latency_ms",
+    "ttft_ms",
+    "error",
+    "moderation",
+];
+
+/// Binds `r`, of shape `shape_id`, to the `COLUMNS.len()` parameters after the first
+/// `offset`.
+pub fn bind(
+    insert: &mut rusqlite::CachedStatement,
+    offset: usize,
+    r: &UsageRecord,
+    shape_id: i64,
+) -> rusqlite::Result<()> {
+    let started_at = to_ms(r.started_at);
+    let values: [&dyn rusqlite::ToSql; 19] = [
+        &RequestKey::of(&r.request_id),
+        &r.account_id,
+        &r.key_id,
+        &shape_id,
+        &r.price_version_id,
+        &(r.tokens.prompt as i64),
+        &(r.tokens.completion as i64),
+        &(r.tokens.cached as i64),
+        &(r.units.images as i64),
+        &(r.units.tasks as i64),
+        &(r.units.compute_ms as i64),
+        &(r.units.uploads as i64),
+        &r.cost.to_string(),
+        &started_at,
+        &(to_ms(r.ended_at) - started_at),
+        &r.latency_ms,
+        &r.ttft_ms,
+        &r.error,
+        &r.moderation,
+    ];
+    for (i, value) in values.into_iter().enumerate() {
+        insert.raw_bind_parameter(offset + i + 1, value)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_ids_are_their_bytes_and_come_back_the_same() {
+        let id = "req_0192f1a2b3c47d8e9fa0b1c2d3e4f506";
+        let RequestKey::Uuid(bytes) = RequestKey::of(id) else {
+            panic!("a gateway id is stored as bytes")
+        };
+        assert_eq!(bytes[0], 0x01);
+        assert_eq!(bytes[15], 0x06);
+        assert_eq!(RequestKey::id_of(ValueRef::Blob(&bytes)).unwrap(), id);
+    }
+
+    #[test]
+    fn any_other_id_is_its_text() {
+        for id in [
+            "bench-0000000001",
+            "req_0192F1A2B3C47D8E9FA0B1C2D3E4F506",
+            "req_0192f1a2b3c47d8e9fa0b1c2d3e4f50",
+            "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5067",
+            "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5g6",
+            "0192f1a2b3c47d8e9fa0b1c2d3e4f50600ab",
+            "",
+        ] {
+            assert_eq!(RequestKey::of(id), RequestKey::Text(id), "{id}");
+            assert_eq!(
+                RequestKey::id_of(ValueRef::Text(id.as_bytes())).unwrap(),
+                id
+            );
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! SQLite stores usage records compactly (`store::compact`, migration 0014): each shape
+//! once, the gateway's request ids as 16 bytes. A ledger written before comes through
+//! the migration with every record reading back exactly as it was, and the writer goes on
+//! with it: a replay still adds nothing, every id is found again.
+
+use crate::helpers;
+
+use chrono::{Duration, TimeZone, Utc};
+use tollgate::store::{self, Db, listing::UsageFilter};
+
+const GATEWAY_ID: &str = "req_0192f1a2b3c47d8e9fa0b1c2d3e4f506";
+
+/// The records of `db`, oldest first.
+async fn all(db: &Db) -> Vec<store::usage::StoredRecord> {
+    store::usage::oldest_first(db, (i64::MIN, i64::MAX), None, 1000)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
+    if helpers::ledger::is_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = helpers::ledger::fresh(dir.path(), tollgate::config::Synchronous::Normal);
+    let before = helpers::ledger::migrations_before(dir.path(), "0014");
+    let options = format!("{}?mode=rwc", database.url);
+    let pool = sqlx::SqlitePool::connect(&options).await.unwrap();
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let old = Db::Sqlite(pool.clone());
+    let account = store::accounts::create(&old, "acme").await.unwrap();
+    let key_id = helpers::insert_key(&old, account.id).await;
+    let version = helpers::simple_price(&old).await;
+    let at = Utc.with_ymd_and_hms(2026, 10, 20, 0, 0, 0).unwrap();
+    // The gateway's own id, ids that only look like one (upper case, too short), an
+    // imported id, an id that is all digits; with and without a deployment, streamed,
+    // failed, flagged, with units.
+    let rows = [
+        (GATEWAY_ID, None, 1, "ok", 200, None, None, Some(120), 0),
+        (
+            "req_0192F1A2B3C47D8E9FA0B1C2D3E4F506",
+            None,
+            1,
+            "ok",
+            200,
+            None,
+            None,
+            None,
+            0,
+        ),
+        (
+            "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5",
+            Some("mif-1"),
+            0,
+            "ok",
+            200,
+            None,
+            None,
+            None,
+            2,
+        ),
+        (
+            "other-7",
+            None,
+            1,
+            "upstream_error",
+            502,
+            Some("bad gateway"),
+            None,
+            Some(9),
+            0,
+        ),
+        (
+            "12345",
+            Some("mif-1"),
+            0,
+            "ok",
+            200,
+            None,
+            Some("flagged"),
+            None,
+            0,
+        ),
+    ];
+    for (i, (id, deployment, stream, status, http, error, moderation, ttft, images)) in
+        rows.into_iter().enumerate()
+    {
+        let started = at.timestamp_millis() + i as i64 * 61_000;
+        sqlx::query(
+            "INSERT INTO usage_records (request_id, account_id, key_id, model, chip,
+                 deployment, endpoint, stream, status, http_status, error, prompt_tokens,
+                 completion_tokens, cached_tokens, usage_source, price_version_id, cost,
+                 blocked, moderation, started_at, ended_at, latency_ms, ttft_ms, images)
+             VALUES ($1, $2, $3, 'm', 'c', $4, 'chat', $5, $6, $7, $8, 10, 20, 4, 'reported',
+                     $9, '0.0000500', $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(id)
+        .bind(account.id)
+        .bind(key_id)
+        .bind(deployment)
+        .bind(stream)
+        .bind(status)
+        .bind(http)
+        .bind(error)
+        .bind(version.id)
+        .bind(moderation.is_some())
+        .bind(moderation)
+        .bind(started)
+        .bind(started + 1_500 + i as i64)
+        .bind(1_499)
+        .bind(ttft)
+        .bind(images)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // Their rollups, as the writer of then kept them.
+    sqlx::query(helpers::ledger::HOURLY_FROM_RECORDS)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let written = all(&old).await;
+    assert_eq!(written.len(), 5);
+    pool.close().await;
+
+    let db = store::connect(&database).await.unwrap();
+    let Db::Sqlite(sqlite) = &db else {
+        unreachable!()
+    };
+    assert_eq!(all(&db).await, written, "every record reads back as it was");
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT typeof(request_key), shape_id FROM usage_rows ORDER BY id")
+            .fetch_all(sqlite)
+            .await
+            .unwrap();
+    let kinds: Vec<&str> = stored.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["blob", "text", "text", "text", "text"]);
+    let shapes: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_shapes")
+        .fetch_one(sqlite)
+        .await
+        .unwrap();
+    assert_eq!(shapes, 4, "the first two records have one shape");
+    for record in &written {
+        let found = store::usage::by_request_id(&db, &record.request_id)
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref(), Some(record));
+    }
+    assert_eq!(
+        store::usage::by_request_id(&db, "req_0192f1a2b3c47d8e9fa0b1c2d3e4f507")
+            .await
+            .unwrap(),
+        None
+    );
+    // Filters on the shape's columns and on none.
+    let flagged = store::listing::list(
+        &db,
+        &UsageFilter {
+            deployment: Some("mif-1".into()),
+            ..Default::default()
+        },
+        10,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<&str> = flagged.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids, ["12345", "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5"]);
+    let immutable = sqlx::query("UPDATE usage_rows SET cost = '0'")
+        .execute(sqlite)
+        .await;
+    assert!(immutable.is_err(), "records stay immutable");
+
+    // The writer goes on: replays of both kinds of id add nothing, a new record is
+    // stored compactly and read back as written.
+    let funds = store::funds::of(&db, account.id).await.unwrap();
+    let sink = store::Sink::open(&database).await.unwrap();
+    let record = |id: &str, started| {
+        helpers::simple_record(id.into(), (account.id, key_id), version.id, started)
+    };
+    let replays = [
+        record(GATEWAY_ID, store::from_ms(written[0].started_at)),
+        record("12345", store::from_ms(written[4].started_at)),
+    ];
+    let new_id = "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5ff";
+    let new = record(new_id, at + Duration::hours(2));
+    sink.insert(&[&replays[0], &replays[1], &new])
+        .await
+        .unwrap();
+    assert_eq!(
+        store::funds::of(&db, account.id).await.unwrap().spent,
+        funds.spent + new.cost,
+        "only the new record is charged"
+    );
+    let stored = store::usage::by_request_id(&db, new_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.request_id, new_id);
+    assert_eq!(stored.started_at, store::to_ms(new.started_at));
+    assert_eq!(stored.ended_at, store::to_ms(new.ended_at));
+    assert_eq!(stored.cost, new.cost);
+    assert_eq!(all(&db).await.len(), 6);
+    // A replay that started at another time is no replay: the batch is refused.
+    let other = record(GATEWAY_ID, at + Duration::hours(3));
+    assert!(sink.insert(&[&other]).await.is_err());
+}
