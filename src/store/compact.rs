@@ -1,8 +1,10 @@
 //! How SQLite stores a usage record (`migrations/sqlite/0014_compact_usage_records.sql`):
 //! a row of `usage_rows` naming its shape (model, chip, deployment, endpoint, stream,
-//! status, HTTP status, usage source, blocked: a few dozen combinations, each stored once
-//! in `usage_shapes`), with the gateway's request ids as their 16 bytes. Every read goes
-//! through the `usage_records` view, which gives the columns back as they were.
+//! status, HTTP status, usage source, blocked, price version: a few dozen combinations,
+//! each stored once in `usage_shapes`), with the gateway's request ids as their 16 bytes
+//! and the cost as an integer where it fits; units, error and moderation, which most
+//! records lack, in `usage_details`. Every read goes through the `usage_records` view,
+//! which gives the columns back as they were.
 
 use std::collections::HashMap;
 
@@ -80,6 +82,7 @@ type Shape<'r> = (
     u16,
     &'static str,
     bool,
+    i64,
 );
 
 fn shape_of(r: &UsageRecord) -> Shape<'_> {
@@ -93,6 +96,7 @@ fn shape_of(r: &UsageRecord) -> Shape<'_> {
         r.http_status,
         r.usage_source.as_str(),
         r.blocked,
+        r.price_version_id,
     )
 }
 
@@ -105,12 +109,12 @@ pub fn shape_ids(
     let mut find = conn.prepare_cached(
         "SELECT id FROM usage_shapes WHERE model = ?1 AND chip = ?2 AND deployment = ?3
          AND endpoint = ?4 AND stream = ?5 AND status = ?6 AND http_status = ?7
-         AND usage_source = ?8 AND blocked = ?9",
+         AND usage_source = ?8 AND blocked = ?9 AND price_version_id = ?10",
     )?;
     let mut add = conn.prepare_cached(
         "INSERT INTO usage_shapes (model, chip, deployment, endpoint, stream, status,
-                                   http_status, usage_source, blocked)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+                                   http_status, usage_source, blocked, price_version_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
     )?;
     let mut known: HashMap<Shape<'_>, i64> = HashMap::new();
     records
@@ -121,7 +125,8 @@ pub fn shape_ids(
                 return Ok(id);
             }
             let params = rusqlite::params![
-                shape.0, shape.1, shape.2, shape.3, shape.4, shape.5, shape.6, shape.7, shape.8
+                shape.0, shape.1, shape.2, shape.3, shape.4, shape.5, shape.6, shape.7, shape.8,
+                shape.9
             ];
             let id = match find.query_row(params, |row| row.get(0)) {
                 Err(rusqlite::Error::QueryReturnedNoRows) => {
@@ -141,21 +146,14 @@ pub const COLUMNS: &[&str] = &[
     "account_id",
     "key_id",
     "shape_id",
-    "price_version_id",
     "prompt_tokens",
     "completion_tokens",
     "cached_tokens",
-    "images",
-    "tasks",
-    "compute_ms",
-    "uploads",
     "cost",
     "started_at",
     "ended_after_ms",
     "latency_ms",
     "ttft_ms",
-    "error",
-    "moderation",
 ];
 
 /// Binds `r`, of shape `shape_id`, to the `COLUMNS.len()` parameters after the first
@@ -167,31 +165,63 @@ pub fn bind(
     shape_id: i64,
 ) -> rusqlite::Result<()> {
     let started_at = to_ms(r.started_at);
-    let values: [&dyn rusqlite::ToSql; 19] = [
+    let values: [&dyn rusqlite::ToSql; 12] = [
         &RequestKey::of(&r.request_id),
         &r.account_id,
         &r.key_id,
         &shape_id,
-        &r.price_version_id,
         &(r.tokens.prompt as i64),
         &(r.tokens.completion as i64),
         &(r.tokens.cached as i64),
-        &(r.units.images as i64),
-        &(r.units.tasks as i64),
-        &(r.units.compute_ms as i64),
-        &(r.units.uploads as i64),
-        &r.cost.to_string(),
+        &StoredCost(r.cost),
         &started_at,
         &(to_ms(r.ended_at) - started_at),
         &r.latency_ms,
         &r.ttft_ms,
-        &r.error,
-        &r.moderation,
     ];
     for (i, value) in values.into_iter().enumerate() {
         insert.raw_bind_parameter(offset + i + 1, value)?;
     }
     Ok(())
+}
+
+/// Stores what `r` has beyond most records (units, error, moderation) in
+/// `usage_details`, under its row's `id`; nothing when it has none.
+pub fn add_details(conn: &rusqlite::Connection, id: i64, r: &UsageRecord) -> rusqlite::Result<()> {
+    if r.units.is_zero() && r.error.is_none() && r.moderation.is_none() {
+        return Ok(());
+    }
+    let mut add = conn.prepare_cached(
+        "INSERT INTO usage_details (id, images, tasks, compute_ms, uploads, error, moderation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    add.execute(rusqlite::params![
+        id,
+        r.units.images as i64,
+        r.units.tasks as i64,
+        r.units.compute_ms as i64,
+        r.units.uploads as i64,
+        r.error,
+        r.moderation,
+    ])?;
+    Ok(())
+}
+
+/// A cost as `usage_rows.cost` holds it: its digits times 32 plus its scale, as an
+/// integer, when the digits are not negative and fit; otherwise its exact decimal text.
+/// The view turns either back into the decimal's text, scale and all.
+struct StoredCost(rust_decimal::Decimal);
+
+impl rusqlite::ToSql for StoredCost {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let digits = self.0.mantissa();
+        Ok(match i64::try_from(digits) {
+            Ok(digits) if (0..1 << 58).contains(&digits) => {
+                ToSqlOutput::from(digits << 5 | i64::from(self.0.scale()))
+            }
+            _ => ToSqlOutput::from(self.0.to_string()),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -42,23 +42,28 @@ pub async fn mark(db: &Db, before_ms: i64) -> Result<()> {
 /// Deletes up to `limit` of the oldest records that started before the retired day, in
 /// one transaction with their costs added to `retired_funds`; returns how many.
 pub async fn batch(db: &Db, limit: i64) -> Result<u64> {
-    // SQLite's records are the rows behind its `usage_records` view (`compact`).
-    let delete = |records: &str| {
-        format!(
-            "DELETE FROM {records} WHERE id IN (
-                 SELECT id FROM {records}
-                 WHERE started_at < (SELECT before FROM usage_retired)
-                 ORDER BY started_at LIMIT $1)
-             RETURNING account_id, cost"
-        )
-    };
+    const OLDEST: &str = "SELECT id FROM usage_records
+         WHERE started_at < (SELECT before FROM usage_retired)
+         ORDER BY started_at LIMIT $1";
     let gone: Vec<(i64, Money)> = match db {
         Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            let gone: Vec<(i64, Money)> = sqlx::query_as(sqlx::AssertSqlSafe(delete("usage_rows")))
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?;
+            // SQLite's records are the rows behind its `usage_records` view (`compact`):
+            // their costs are read through it, under the write lock, then the rows go
+            // (their details with them).
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let gone: Vec<(i64, Money)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT account_id, cost FROM usage_records WHERE id IN ({OLDEST})"
+            )))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM usage_rows WHERE id IN ({OLDEST})"
+            )))
+            .bind(limit)
+            .execute(&mut *tx)
+            .await?;
+            debug_assert_eq!(deleted.rows_affected(), gone.len() as u64);
             let mut spent: HashMap<i64, Decimal> = HashMap::new();
             for (account_id, cost) in &gone {
                 let sum = spent.entry(*account_id).or_default();
@@ -85,11 +90,12 @@ pub async fn batch(db: &Db, limit: i64) -> Result<u64> {
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            let gone: Vec<(i64, Money)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(delete("usage_records")))
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let gone: Vec<(i64, Money)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM usage_records WHERE id IN ({OLDEST}) RETURNING account_id, cost"
+            )))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
             add_spent(&mut tx, &gone).await?;
             tx.commit().await?;
             gone

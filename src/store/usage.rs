@@ -31,19 +31,18 @@ where
     let shapes = compact::shape_ids(conn, &records)?;
     // Account → what the records really inserted (not skipped) cost.
     let mut charged: HashMap<i64, Decimal> = HashMap::new();
-    // The records really inserted, for the rollups.
-    let mut inserted_records: Vec<&UsageRecord> = Vec::with_capacity(records.len());
+    // The records really inserted (their row ids), for their details and the rollups.
+    let mut inserted_records: Vec<(i64, &UsageRecord)> = Vec::with_capacity(records.len());
     let mut insert_rows = |insert: &mut rusqlite::CachedStatement| -> rusqlite::Result<()> {
         let mut inserted = insert.raw_query();
         while let Some(row) = inserted.next()? {
-            let request_id = RequestKey::id_of(row.get_ref(2)?)?;
-            inserted_records.extend(by_id.get(request_id.as_str()).copied());
-            let cost: String = row.get(1)?;
-            let cost = cost.parse::<Decimal>().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
-            })?;
-            let sum = charged.entry(row.get(0)?).or_default();
-            *sum = sum.checked_add(cost).ok_or_else(|| {
+            let request_id = RequestKey::id_of(row.get_ref(1)?)?;
+            let Some(&record) = by_id.get(request_id.as_str()) else {
+                continue;
+            };
+            inserted_records.push((row.get(0)?, record));
+            let sum = charged.entry(record.account_id).or_default();
+            *sum = sum.checked_add(record.cost).ok_or_else(|| {
                 rusqlite::Error::ToSqlConversionFailure("the records' costs overflow".into())
             })?;
         }
@@ -68,6 +67,10 @@ where
             insert_rows(&mut insert)?;
         }
     }
+    let inserted_records: Vec<&UsageRecord> = inserted_records
+        .into_iter()
+        .map(|(id, record)| compact::add_details(conn, id, record).map(|()| record))
+        .collect::<rusqlite::Result<_>>()?;
     if inserted_records.len() < records.len() {
         refuse_other_starts(conn, &records, &inserted_records)?;
     }
@@ -112,7 +115,7 @@ fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; compact::COLUMNS.len()].join(", "));
     format!(
         "INSERT INTO usage_rows ({}) VALUES {} ON CONFLICT (request_key) DO NOTHING
-         RETURNING account_id, cost, request_key",
+         RETURNING id, request_key",
         compact::COLUMNS.join(", "),
         vec![row; rows].join(", ")
     )

@@ -210,3 +210,88 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
     let other = record(GATEWAY_ID, at + Duration::hours(3));
     assert!(sink.insert(&[&other]).await.is_err());
 }
+
+/// Costs stored as digits and scale come back through the view as the same decimal,
+/// scale and all; those that do not fit are stored as text and come back too. Units,
+/// errors and moderation verdicts (kept apart) come back with their records.
+#[tokio::test]
+async fn every_cost_and_detail_reads_back_as_written() {
+    use rand::{Rng, SeedableRng};
+    use rust_decimal::Decimal;
+    if helpers::ledger::is_postgres() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = helpers::bare_ledger(&dir).await;
+    let version = helpers::simple_price(&b.db).await;
+    let sink = store::Sink::open(&b.database).await.unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 10, 20, 0, 0, 0).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(14);
+    let mut costs = vec![
+        Decimal::ZERO,
+        Decimal::new(0, 7),
+        Decimal::new(50712, 7),
+        Decimal::new(125, 1),
+        Decimal::new(7, 0),
+        Decimal::new(1, 28),
+        Decimal::new((1 << 58) - 1, 9),
+        Decimal::new(1 << 58, 9),
+        Decimal::new(i64::MAX, 0),
+        Decimal::new(-5, 3),
+    ];
+    for _ in 0..200 {
+        let shift = rng.random_range(0..63);
+        let digits = rng.random_range(0..i64::MAX >> shift);
+        costs.push(Decimal::new(digits, rng.random_range(0..=28)));
+    }
+    let records: Vec<_> = costs
+        .iter()
+        .enumerate()
+        .map(|(i, &cost)| {
+            let mut r = helpers::simple_record(
+                format!("req_{:032x}", i),
+                (b.account.id, b.key_id),
+                version.id,
+                at + Duration::milliseconds(i as i64),
+            );
+            r.cost = cost;
+            if i % 3 == 0 {
+                r.units.images = i as u64;
+                r.error = Some(format!("error {i}"));
+            }
+            if i % 5 == 0 {
+                r.moderation = Some("flagged".into());
+            }
+            r
+        })
+        .collect();
+    sink.insert(&records.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let stored = all(&b.db).await;
+    assert_eq!(stored.len(), records.len());
+    for (record, stored) in records.iter().zip(&stored) {
+        assert_eq!(stored.request_id, record.request_id);
+        assert_eq!(stored.cost.to_string(), record.cost.to_string());
+        assert_eq!(stored.images, record.units.images as i64);
+        assert_eq!(stored.error, record.error);
+        assert_eq!(stored.moderation, record.moderation);
+    }
+    let Db::Sqlite(sqlite) = &b.db else {
+        unreachable!()
+    };
+    let details: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_details")
+        .fetch_one(sqlite)
+        .await
+        .unwrap();
+    let with_details = records
+        .iter()
+        .filter(|r| r.error.is_some() || r.moderation.is_some())
+        .count();
+    assert_eq!(
+        details as usize, with_details,
+        "only records with details have a row"
+    );
+    let verified = tollgate::domain::audit::verify(&b.db).await.unwrap();
+    assert_eq!(verified.found(), 0, "{verified:?}");
+}
