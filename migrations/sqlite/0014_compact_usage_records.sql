@@ -11,7 +11,8 @@
 -- - The cost as an integer when it fits: its decimal digits times 32 plus its scale
 --   (0.0050712 is 50712 * 32 + 7), else as exact decimal text (as every cost written
 --   before). Either way the view gives back the same text, scale and all.
--- - When a record ended: milliseconds after it started.
+-- - When a record ended: milliseconds after it started, or nothing when that is its
+--   latency (as it mostly is).
 -- - Units (images, tasks, compute time, uploads), the error and the moderation verdict,
 --   which most records do not have, in `usage_details`, only for the records that do.
 -- The rows are `usage_rows`; `usage_records` is a view with every column as before, which
@@ -43,7 +44,7 @@ CREATE TABLE usage_rows (
     cached_tokens     INTEGER NOT NULL,
     cost              BLOB NOT NULL,         -- digits * 32 + scale, or exact decimal text
     started_at        INTEGER NOT NULL,
-    ended_after_ms    INTEGER NOT NULL,
+    ended_after_ms    INTEGER,               -- NULL: latency_ms after it started
     latency_ms        INTEGER NOT NULL,
     ttft_ms           INTEGER
 );
@@ -70,7 +71,8 @@ SELECT r.id,
                  AND 'req_' || lower(hex(unhex(substr(r.request_id, 5)))) = r.request_id
             THEN unhex(substr(r.request_id, 5)) ELSE r.request_id END,
        r.account_id, r.key_id, s.id, r.prompt_tokens, r.completion_tokens, r.cached_tokens,
-       r.cost, r.started_at, r.ended_at - r.started_at, r.latency_ms, r.ttft_ms
+       r.cost, r.started_at, nullif(r.ended_at - r.started_at, r.latency_ms), r.latency_ms,
+       r.ttft_ms
 FROM usage_records r
 JOIN usage_shapes s ON s.model = r.model AND s.chip = r.chip
      AND s.deployment = coalesce(r.deployment, '') AND s.endpoint = r.endpoint
@@ -139,7 +141,7 @@ SELECT usage_rows.id,
                   FROM (SELECT cost & 31 AS scale,
                                printf('%0*d', (cost & 31) + 1, cost >> 5) AS digits))
        END AS cost,
-       blocked, moderation, started_at, started_at + ended_after_ms AS ended_at, latency_ms,
+       blocked, moderation, started_at, started_at + coalesce(ended_after_ms, latency_ms) AS ended_at, latency_ms,
        ttft_ms, coalesce(images, 0) AS images, coalesce(tasks, 0) AS tasks,
        coalesce(compute_ms, 0) AS compute_ms, coalesce(uploads, 0) AS uploads
 FROM usage_rows

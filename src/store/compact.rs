@@ -165,6 +165,8 @@ pub fn bind(
     shape_id: i64,
 ) -> rusqlite::Result<()> {
     let started_at = to_ms(r.started_at);
+    // How long after its start it ended, unless that is its latency (mostly).
+    let ended_after = Some(to_ms(r.ended_at) - started_at).filter(|&ms| ms != r.latency_ms);
     let values: [&dyn rusqlite::ToSql; 12] = [
         &RequestKey::of(&r.request_id),
         &r.account_id,
@@ -175,7 +177,7 @@ pub fn bind(
         &(r.tokens.cached as i64),
         &StoredCost(r.cost),
         &started_at,
-        &(to_ms(r.ended_at) - started_at),
+        &ended_after,
         &r.latency_ms,
         &r.ttft_ms,
     ];

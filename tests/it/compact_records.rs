@@ -213,7 +213,8 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
 
 /// Costs stored as digits and scale come back through the view as the same decimal,
 /// scale and all; those that do not fit are stored as text and come back too. Units,
-/// errors and moderation verdicts (kept apart) come back with their records.
+/// errors and moderation verdicts (kept apart) and ends (kept as nothing when they are
+/// the latency) come back with their records.
 #[tokio::test]
 async fn every_cost_and_detail_reads_back_as_written() {
     use rand::{Rng, SeedableRng};
@@ -255,6 +256,9 @@ async fn every_cost_and_detail_reads_back_as_written() {
                 at + Duration::milliseconds(i as i64),
             );
             r.cost = cost;
+            // Ends stored as nothing (at its latency) and as an offset.
+            r.latency_ms = 250;
+            r.ended_at = r.started_at + Duration::milliseconds(250 + (i % 2) as i64);
             if i % 3 == 0 {
                 r.units.images = i as u64;
                 r.error = Some(format!("error {i}"));
@@ -274,6 +278,8 @@ async fn every_cost_and_detail_reads_back_as_written() {
         assert_eq!(stored.request_id, record.request_id);
         assert_eq!(stored.cost.to_string(), record.cost.to_string());
         assert_eq!(stored.images, record.units.images as i64);
+        assert_eq!(stored.ended_at, store::to_ms(record.ended_at));
+        assert_eq!(stored.latency_ms, record.latency_ms);
         assert_eq!(stored.error, record.error);
         assert_eq!(stored.moderation, record.moderation);
     }
