@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use rusqlite::types::ValueRef;
 use rust_decimal::Decimal;
 
 use super::compact::{self, RequestKey};
@@ -23,10 +24,15 @@ where
     I::IntoIter: ExactSizeIterator,
 {
     let records: Vec<&UsageRecord> = records.into_iter().collect();
-    let by_id: HashMap<&str, &UsageRecord> = records
-        .iter()
-        .map(|r| (r.request_id.as_str(), *r))
-        .collect();
+    // The batch by stored request key, to tell which records the insert took.
+    let mut by_uuid: HashMap<[u8; 16], &UsageRecord> = HashMap::new();
+    let mut by_text: HashMap<&str, &UsageRecord> = HashMap::new();
+    for &r in &records {
+        match RequestKey::of(&r.request_id) {
+            RequestKey::Uuid(bytes) => by_uuid.insert(bytes, r),
+            RequestKey::Text(text) => by_text.insert(text, r),
+        };
+    }
     let transaction = conn.unchecked_transaction()?;
     let shapes = compact::shape_ids(conn, &records)?;
     // Account → what the records really inserted (not skipped) cost.
@@ -36,8 +42,13 @@ where
     let mut insert_rows = |insert: &mut rusqlite::CachedStatement| -> rusqlite::Result<()> {
         let mut inserted = insert.raw_query();
         while let Some(row) = inserted.next()? {
-            let request_id = RequestKey::id_of(row.get_ref(1)?)?;
-            let Some(&record) = by_id.get(request_id.as_str()) else {
+            let record = match row.get_ref(1)? {
+                ValueRef::Blob(bytes) => <[u8; 16]>::try_from(bytes)
+                    .ok()
+                    .and_then(|bytes| by_uuid.get(&bytes)),
+                other => by_text.get(other.as_str()?),
+            };
+            let Some(&record) = record else {
                 continue;
             };
             inserted_records.push((row.get(0)?, record));
