@@ -94,6 +94,17 @@ async fn measure(
     );
     let config_path = crate::write_config(dir, sim, "", &database, "")?;
     add_prices(dir, sim, &config_path)?;
+    // The gateways serve the admin API with a secret of their own (from a file, as an
+    // operator's would be), and the reads are made with tokens minted with it.
+    let secret: String = (0..48).map(|_| rand::random_range('a'..='z')).collect();
+    let secret_file = dir.join("admin-secret");
+    std::fs::write(&secret_file, secret)?;
+    let text = std::fs::read_to_string(&config_path)?;
+    let admin = format!(
+        "\n[admin]\njwt_secret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    std::fs::write(&config_path, text + &admin)?;
     let config = tollgate::Config::load(&config_path)?;
     let db = store::connect(&config.database).await?;
     tollgate::domain::prices::sync(&config, &db).await?;

@@ -105,12 +105,6 @@ fn main() -> ExitCode {
         return passthrough::main(&backend);
     }
     let args = Args::parse();
-    if args.ledger_scale {
-        // The gateways it starts serve the admin API with this secret, and it mints its
-        // tokens with it. SAFETY: no other thread runs yet.
-        let secret: String = (0..48).map(|_| rand::random_range('a'..='z')).collect();
-        unsafe { std::env::set_var("TOLLGATE_ADMIN_SECRET", secret) };
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
