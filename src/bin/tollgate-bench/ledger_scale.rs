@@ -42,6 +42,8 @@ struct Measured {
     records: u64,
     import_per_s: f64,
     bytes_per_million: Option<f64>,
+    /// Rows of the hourly and the daily rollups: what reports and invoices read.
+    rollup_rows: (i64, i64),
     /// (read, median ms, p95 ms) in `READS` order, then the first request after a restart.
     reads: Vec<(String, f64, f64)>,
     /// Proxied requests per second at 32 connections, each round, lowest first.
@@ -131,6 +133,11 @@ async fn measure(
     if let Db::Postgres(pool) = &db {
         sqlx::query("ANALYZE").execute(pool).await?;
     }
+    let count = "SELECT (SELECT count(*) FROM usage_hourly), (SELECT count(*) FROM usage_daily)";
+    let rollup_rows = match &db {
+        Db::Sqlite(pool) => sqlx::query_as(count).fetch_one(pool).await?,
+        Db::Postgres(pool) => sqlx::query_as(count).fetch_one(pool).await?,
+    };
     let auth = tollgate::auth::jwt::AdminAuth::from_config(&config.admin)?
         .context("the admin API is on")?;
     let token = auth.mint(
@@ -246,6 +253,7 @@ async fn measure(
         records,
         import_per_s,
         bytes_per_million,
+        rollup_rows,
         reads: timed,
         throughput,
     })
@@ -488,6 +496,14 @@ fn render(measured: &[Measured]) -> String {
     out += &format!(
         "| ledger size, MB per million records | {} |\n",
         sizes.join(" | ")
+    );
+    let rollups: Vec<String> = measured
+        .iter()
+        .map(|m| format!("{} / {}", m.rollup_rows.0, m.rollup_rows.1))
+        .collect();
+    out += &format!(
+        "| rollup rows, hourly / daily | {} |\n",
+        rollups.join(" | ")
     );
     out
 }
