@@ -48,8 +48,12 @@ where
                     .and_then(|bytes| by_uuid.get(&bytes)),
                 other => by_text.get(other.as_str()?),
             };
+            // Every row the insert took is one of the batch's; were it not, it would go
+            // uncharged: the whole batch fails instead.
             let Some(&record) = record else {
-                continue;
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "the ledger inserted a record the batch does not hold".into(),
+                ));
             };
             inserted_records.push((row.get(0)?, record));
             let sum = charged.entry(record.account_id).or_default();
