@@ -1,5 +1,6 @@
-//! The backends: what each upstream serves (`Endpoint`), the dialect it speaks
-//! (`Dialect`), where it is (`BaseUrl`) and how it is reached; checked once at start-up.
+//! The backends: what each upstream serves (`Endpoint`), the dialect it speaks (a name
+//! `crate::dialect` checks), where it is (`BaseUrl`) and how it is reached; checked once
+//! at start-up.
 
 use std::collections::HashSet;
 
@@ -69,55 +70,6 @@ impl Endpoint {
     }
 }
 
-/// The wire format an upstream speaks; `crate::dialect` says what each one means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Dialect {
-    /// OpenAI's API and the variants of it that GenStudio's chips and deployments,
-    /// LMDeploy, vLLM and InternLM speak (their error shapes, bare-JSON streams and
-    /// moderation verdicts are all understood), so those names are accepted for it.
-    #[default]
-    #[serde(
-        alias = "genstudio",
-        alias = "lmdeploy",
-        alias = "vllm",
-        alias = "internlm"
-    )]
-    Openai,
-    /// DashScope's native API (Qwen): `input` / `parameters` / `output`, SSE `event:result`.
-    Dashscope,
-    /// Zhipu's GLM API (`/api/paas/v4`): OpenAI-shaped chat, asynchronous chat tasks,
-    /// CogView images.
-    Zhipu,
-    /// GenStudio's hosted ComfyUI workflows (`/api/maas/comfy_task_api`).
-    Comfyui,
-    /// GenStudio's Stable Diffusion image tasks (`/api/maas/sd_task_api`).
-    #[serde(alias = "stable_diffusion")]
-    Sd,
-}
-
-impl Dialect {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dialect::Openai => "openai",
-            Dialect::Dashscope => "dashscope",
-            Dialect::Zhipu => "zhipu",
-            Dialect::Comfyui => "comfyui",
-            Dialect::Sd => "sd",
-        }
-    }
-
-    /// What an upstream of this dialect serves when its config does not say.
-    pub fn default_endpoint(self) -> Endpoint {
-        match self {
-            Dialect::Dashscope => Endpoint::Generation,
-            Dialect::Comfyui => Endpoint::Workflow,
-            Dialect::Sd => Endpoint::ImageTask,
-            _ => Endpoint::Chat,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamFormat {
@@ -133,12 +85,13 @@ pub enum StreamFormat {
 pub struct UpstreamConfig {
     pub model: String,
     pub chip: String,
-    /// The wire format it speaks (`openai` by default).
-    #[serde(default)]
-    pub dialect: Dialect,
+    /// The wire format it speaks (`openai` by default): a name `crate::dialect` knows,
+    /// checked when the upstreams are built.
+    #[serde(default = "default_dialect")]
+    pub dialect: String,
     /// What this backend serves; decides which client routes reach it. By default what
     /// its dialect serves (`chat`, or `generation` for `dashscope`).
-    endpoint: Option<Endpoint>,
+    pub endpoint: Option<Endpoint>,
     /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`.
     pub deployment: Option<String>,
     /// e.g. `https://host/maas/megrez-7b-instruct/nvidia`; the endpoint path is appended.
@@ -171,13 +124,9 @@ pub struct UpstreamConfig {
     pub idle_timeout_ms: u64,
 }
 
-impl UpstreamConfig {
-    pub fn endpoint(&self) -> Endpoint {
-        self.endpoint
-            .unwrap_or_else(|| self.dialect.default_endpoint())
-    }
+fn default_dialect() -> String {
+    "openai".into()
 }
-
 fn default_weight() -> u32 {
     1
 }
@@ -231,7 +180,7 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Names, URLs, identities and weights of every upstream.
+/// Names, URLs, deployment ids and weights of every upstream.
 pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
     let mut seen = HashSet::new();
     for up in upstreams {
@@ -248,17 +197,15 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
         if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
             bail!("{name}: base_url '{text}' must be an http(s) URL with a host");
         }
-        let identity = match &up.deployment {
-            Some(id) => {
-                if !id.starts_with("mif-") || check_name(id).is_err() {
-                    bail!("{name}: deployment id '{id}' must look like mif-xxxx");
-                }
-                format!("deployment {id}")
+        // A pair configured twice is found where its endpoint is known: its dialect's
+        // default when it names none (`Upstreams::build`).
+        if let Some(id) = &up.deployment {
+            if !id.starts_with("mif-") || check_name(id).is_err() {
+                bail!("{name}: deployment id '{id}' must look like mif-xxxx");
             }
-            None => format!("{}/{}/{}", up.endpoint().as_str(), up.model, up.chip),
-        };
-        if !seen.insert(identity.clone()) {
-            bail!("{name}: {identity} is configured twice");
+            if !seen.insert(id) {
+                bail!("{name}: deployment {id} is configured twice");
+            }
         }
         if up.weight == 0 {
             bail!("{name}: weight must be at least 1");
@@ -266,7 +213,7 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
         if up.rpm == Some(0) {
             bail!("{name}: rpm must be at least 1");
         }
-        if up.endpoint() == Endpoint::AsyncChat {
+        if up.endpoint == Some(Endpoint::AsyncChat) {
             bail!("{name}: async_chat is served by chat upstreams whose dialect has tasks");
         }
     }

@@ -25,6 +25,14 @@ const URL_EXPIRE_SECS: u64 = 1800;
 pub const URL_EXPIRE_MAX_SECS: u64 = 86_400;
 
 impl Wire for ComfyUi {
+    fn name(&self) -> &'static str {
+        "comfyui"
+    }
+
+    fn serves(&self) -> Endpoint {
+        Endpoint::Workflow
+    }
+
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
         (endpoint == Endpoint::Workflow).then_some("/prompt")
     }

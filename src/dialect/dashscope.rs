@@ -20,6 +20,14 @@ use crate::metering::estimate::collect_text;
 pub struct DashScope;
 
 impl Wire for DashScope {
+    fn name(&self) -> &'static str {
+        "dashscope"
+    }
+
+    fn serves(&self) -> Endpoint {
+        Endpoint::Generation
+    }
+
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
         (endpoint == Endpoint::Generation).then_some("/services/aigc/text-generation/generation")
     }

@@ -4,7 +4,8 @@
 //! errors are found) and how its streams reach the client. What most dialects share is
 //! the OpenAI shape: `framing` cuts streams into events, `observe` reads usage and errors
 //! in every shape OpenAI-like backends use, and `openai` relays chunks as OpenAI's SDKs
-//! expect. Adding a dialect is a file here, its `Dialect` name and a simulator profile.
+//! expect. Adding a dialect is a file here, its line in `DIALECTS` and a simulator
+//! profile.
 
 pub mod framing;
 pub mod observe;
@@ -19,12 +20,25 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::billing::Units;
-use crate::config::{Dialect, Endpoint, StreamFormat};
+use crate::config::{Endpoint, StreamFormat};
 use framing::Event;
 use observe::Observed;
 
 /// What one dialect says. Every method has the OpenAI shape as its default.
 pub trait Wire: Sync {
+    /// The name an upstream's `dialect` gives it.
+    fn name(&self) -> &'static str;
+
+    /// Other names accepted for it.
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// What an upstream of this dialect serves when its configuration does not say.
+    fn serves(&self) -> Endpoint {
+        Endpoint::Chat
+    }
+
     /// The path under an upstream's `base_url` for `endpoint`; `None` if the dialect has
     /// no such endpoint.
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
@@ -145,13 +159,30 @@ pub struct RelayFacts {
     pub sent: u64,
 }
 
-/// The rules of `dialect`.
-pub fn wire(dialect: Dialect) -> &'static dyn Wire {
-    match dialect {
-        Dialect::Openai => &openai::OpenAi,
-        Dialect::Dashscope => &dashscope::DashScope,
-        Dialect::Zhipu => &zhipu::Zhipu,
-        Dialect::Comfyui => &comfyui::ComfyUi,
-        Dialect::Sd => &sd::Sd,
-    }
+/// Every dialect tollgate speaks: the one list an upstream's `dialect` is looked up in.
+static DIALECTS: [&dyn Wire; 5] = [
+    &openai::OpenAi,
+    &dashscope::DashScope,
+    &zhipu::Zhipu,
+    &comfyui::ComfyUi,
+    &sd::Sd,
+];
+
+/// Every dialect, in `DIALECTS` order.
+pub fn all() -> &'static [&'static dyn Wire] {
+    &DIALECTS
+}
+
+/// The dialect called `name` (or one of its aliases).
+pub fn named(name: &str) -> Option<&'static dyn Wire> {
+    DIALECTS
+        .iter()
+        .copied()
+        .find(|w| w.name() == name || w.aliases().contains(&name))
+}
+
+/// The names `named` knows, for an error that lists them.
+pub fn names() -> String {
+    let names: Vec<&str> = DIALECTS.iter().map(|w| w.name()).collect();
+    names.join(", ")
 }

@@ -15,7 +15,17 @@ use crate::config::Endpoint;
 
 pub struct OpenAi;
 
-impl Wire for OpenAi {}
+/// OpenAI's API and the variants of it that GenStudio's chips and deployments, LMDeploy,
+/// vLLM and InternLM speak, so those names are accepted for it.
+impl Wire for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["genstudio", "lmdeploy", "vllm", "internlm"]
+    }
+}
 
 pub fn path(endpoint: Endpoint) -> Option<&'static str> {
     match endpoint {

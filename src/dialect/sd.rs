@@ -21,6 +21,18 @@ use crate::config::Endpoint;
 pub struct Sd;
 
 impl Wire for Sd {
+    fn name(&self) -> &'static str {
+        "sd"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["stable_diffusion"]
+    }
+
+    fn serves(&self) -> Endpoint {
+        Endpoint::ImageTask
+    }
+
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
         (endpoint == Endpoint::ImageTask).then_some("/create")
     }

@@ -13,6 +13,10 @@ use crate::config::Endpoint;
 pub struct Zhipu;
 
 impl Wire for Zhipu {
+    fn name(&self) -> &'static str {
+        "zhipu"
+    }
+
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
         match endpoint {
             Endpoint::Chat => Some("/chat/completions"),

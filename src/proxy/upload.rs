@@ -23,7 +23,7 @@ use super::tasks::send;
 use crate::auth::Caller;
 use crate::billing::record::Status;
 use crate::billing::{TokenCounts, Units, cost::worst_cost_of};
-use crate::config::{Dialect, Endpoint};
+use crate::config::Endpoint;
 use crate::dialect::observe::Observed;
 use crate::limits::Admission;
 use crate::server::ApiError;
@@ -117,7 +117,7 @@ pub async fn upload_image(
 /// if none is configured.
 fn takes_uploads(state: &AppState, caller: &Caller) -> Result<Arc<Upstream>, ApiError> {
     let comfyui =
-        |u: &&Arc<Upstream>| u.endpoint == Endpoint::Workflow && u.dialect == Dialect::Comfyui;
+        |u: &&Arc<Upstream>| u.endpoint == Endpoint::Workflow && u.wire().name() == "comfyui";
     if let Some(upstream) = state
         .upstreams()
         .all()

@@ -16,9 +16,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::billing::PriceBook;
-use crate::config::{
-    BaseUrl, Config, Dialect, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig,
-};
+use crate::config::{BaseUrl, Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
 use crate::dialect::{self, Wire};
 use crate::metrics::{Metrics, PairMetrics};
 use crate::server::ApiError;
@@ -39,8 +37,8 @@ pub struct Upstream {
     /// `Bearer <credential>`, from the environment, built once and marked sensitive;
     /// never logged.
     authorization: Option<HeaderValue>,
-    /// The wire format it speaks; `wire()` says what that means.
-    pub dialect: Dialect,
+    /// The wire format it speaks (`crate::dialect`).
+    wire: &'static dyn Wire,
     /// Where its other paths are (a task's submission and polls).
     base_url: BaseUrl,
     /// The backend's own limit on requests (`rpm`), counted here.
@@ -71,7 +69,7 @@ impl fmt::Debug for Upstream {
 impl Upstream {
     /// What its wire format means (`crate::dialect`).
     pub fn wire(&self) -> &'static dyn Wire {
-        dialect::wire(self.dialect)
+        self.wire
     }
 
     /// The URL a request for `endpoint` goes to: its own, or another path its dialect
@@ -155,28 +153,37 @@ impl Upstream {
                 anyhow::Ok(value)
             })
             .transpose()?;
-        let wire = dialect::wire(c.dialect);
-        let path = wire.path(c.endpoint()).with_context(|| {
+        let wire = dialect::named(&c.dialect).with_context(|| {
+            format!(
+                "upstream {}/{}: no dialect is called '{}' (known: {})",
+                c.model,
+                c.chip,
+                c.dialect,
+                dialect::names()
+            )
+        })?;
+        let endpoint = c.endpoint.unwrap_or_else(|| wire.serves());
+        let path = wire.path(endpoint).with_context(|| {
             format!(
                 "upstream {}/{}: dialect {} does not serve {}",
                 c.model,
                 c.chip,
-                c.dialect.as_str(),
-                c.endpoint().as_str()
+                wire.name(),
+                endpoint.as_str()
             )
         })?;
         let url = c.base_url.join(path)?;
         Ok(Upstream {
             model: c.model.clone(),
             chip: c.chip.clone(),
-            endpoint: c.endpoint(),
+            endpoint,
             deployment: c.deployment.clone(),
             host: host_header(&url)?,
             client: UpstreamClient::new(&url, Duration::from_millis(c.connect_timeout_ms))?,
             url,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
             authorization,
-            dialect: c.dialect,
+            wire,
             base_url: c.base_url.clone(),
             outbound: c
                 .rpm
@@ -246,12 +253,21 @@ impl Upstreams {
                 table.deployments.insert(id.clone(), up);
                 continue;
             }
-            let key = (c.endpoint(), c.model.clone(), c.chip.clone());
-            table.pairs.insert(key, up.clone());
+            let key = (up.endpoint, c.model.clone(), c.chip.clone());
+            if table.pairs.insert(key, up.clone()).is_some() {
+                anyhow::bail!(
+                    "upstream {}/{}: {}/{}/{} is configured twice",
+                    c.model,
+                    c.chip,
+                    up.endpoint.as_str(),
+                    c.model,
+                    c.chip
+                );
+            }
             let routing = config.routing.models.get(&c.model);
             table
                 .models
-                .entry((c.endpoint(), c.model.clone()))
+                .entry((up.endpoint, c.model.clone()))
                 .or_insert_with(|| ModelRoute {
                     policy: routing
                         .and_then(|r| r.policy)

@@ -97,7 +97,7 @@ async fn an_endpoint_its_dialect_does_not_have_is_refused_and_so_is_async_chat()
     let qwen = config
         .upstreams
         .iter_mut()
-        .find(|u| u.dialect == tollgate::config::Dialect::Dashscope)
+        .find(|u| u.dialect == "dashscope")
         .unwrap();
     *qwen = toml::from_str(&format!(
         "model = \"qwen-plus\"\nchip = \"aliyun\"\ndialect = \"dashscope\"\n\
@@ -119,6 +119,32 @@ async fn an_endpoint_its_dialect_does_not_have_is_refused_and_so_is_async_chat()
         error.contains("async_chat is served by chat upstreams"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn an_unknown_dialect_or_a_pair_configured_twice_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut config = helpers::test_config(sim, &dir);
+    config.upstreams[0].dialect = "klingon".into();
+    let error = match Application::build(config).await {
+        Ok(_) => panic!("an unknown dialect was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("no dialect is called 'klingon'"), "{error}");
+    assert!(error.contains("openai, dashscope, zhipu"), "{error}");
+
+    // The same pair twice, once with its dialect's endpoint named and once without.
+    let mut config = helpers::test_config(sim, &dir);
+    let mut twice = config.upstreams[0].clone();
+    twice.endpoint = Some(tollgate::config::Endpoint::Chat);
+    assert_eq!(config.upstreams[0].endpoint, None);
+    config.upstreams.push(twice);
+    let error = match Application::build(config).await {
+        Ok(_) => panic!("a pair configured twice was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("is configured twice"), "{error}");
 }
 
 #[test]

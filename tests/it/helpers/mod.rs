@@ -519,14 +519,14 @@ pub fn own_json(name: &str) -> serde_json::Map<String, Value> {
 /// Checks that `dialect` reads a task's fixtures: the id its submission gives, a running
 /// poll as pending, and a finished one as succeeded with `images` images.
 pub fn reads_task_fixtures(
-    dialect: tollgate::config::Dialect,
+    dialect: &str,
     endpoint: tollgate::config::Endpoint,
     [submitted, running, done]: [&str; 3],
     task_id: &str,
     images: u64,
 ) {
     use tollgate::dialect::TaskState;
-    let wire = tollgate::dialect::wire(dialect);
+    let wire = tollgate::dialect::named(dialect).unwrap();
     assert_eq!(wire.task_id(&own_json(submitted)).as_deref(), Some(task_id));
     assert_eq!(
         wire.task_state(&own_json(running)),
