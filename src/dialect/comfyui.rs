@@ -9,12 +9,16 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{TaskPoll, TaskState, Wire};
+use super::request::{MAX_RESULTS, Members, ModelAt};
+use super::{Does, Route, TaskPoll, TaskState, Wire};
 use crate::billing::Units;
 use crate::config::Endpoint;
-use crate::error::openai_error;
+use crate::error::{Error, openai_error};
 
 pub struct ComfyUi;
+
+/// Tasks one `get_task_info` may name.
+const MAX_IDS: usize = 100;
 
 /// How long result URLs last when the client's poll does not say (GenStudio's own default
 /// in its examples).
@@ -31,6 +35,99 @@ impl Wire for ComfyUi {
 
     fn serves(&self) -> Endpoint {
         Endpoint::Workflow
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        const ROUTES: &[Route] = &[
+            Route::named("/api/maas/comfy_task_api/prompt", Endpoint::Workflow),
+            Route {
+                path: "/api/maas/comfy_task_api/get_task_info",
+                does: Does::Poll,
+            },
+            Route {
+                path: "/api/maas/comfy_task_api/cancel",
+                does: Does::Cancel,
+            },
+            Route {
+                path: "/api/maas/comfy_task_api/upload/image",
+                does: Does::Upload,
+            },
+        ];
+        ROUTES
+    }
+
+    fn takes(&self) -> &'static str {
+        "comfyui"
+    }
+
+    /// A workflow is named by its `workflow_id`.
+    fn model_at(&self) -> ModelAt {
+        ModelAt::member("workflow_id")
+    }
+
+    /// A run makes the batches its nodes ask for (`batch_size` inputs); a run that sets
+    /// none makes the hosted workflow's own, at least one image.
+    fn results(&self, body: &dyn Members) -> Result<Option<u64>, Error> {
+        let prompt = body.value("prompt").unwrap_or(Value::Null);
+        Ok(Some(workflow_batches(&prompt)?.max(1)))
+    }
+
+    fn results_member(&self) -> &'static str {
+        "prompt"
+    }
+
+    /// `comfy_task_ids` (a list of 1 to `MAX_IDS`), `comfy_task_id` or `prompt_id`.
+    fn task_ids(&self, asked: &Map<String, Value>) -> Result<Vec<String>, Error> {
+        let ids: Vec<Value> = match (
+            asked.get("comfy_task_ids"),
+            asked
+                .get("comfy_task_id")
+                .or_else(|| asked.get("prompt_id")),
+        ) {
+            (Some(Value::Array(ids)), _) => ids.clone(),
+            (None, Some(id)) => vec![id.clone()],
+            _ => {
+                return Err(Error::invalid(
+                    "'comfy_task_ids' must list the tasks",
+                    "comfy_task_ids",
+                ));
+            }
+        };
+        if ids.is_empty() || ids.len() > MAX_IDS {
+            return Err(Error::invalid(
+                format!("'comfy_task_ids' must name 1 to {MAX_IDS} tasks"),
+                "comfy_task_ids",
+            ));
+        }
+        ids.into_iter()
+            .map(|id| match id {
+                Value::String(id) if !id.is_empty() => Ok(id),
+                _ => Err(Error::invalid(
+                    "task ids must be non-empty strings",
+                    "comfy_task_ids",
+                )),
+            })
+            .collect()
+    }
+
+    /// One `comfy_task_info` list of every task's entry.
+    fn merge_polls(&self, answers: &[&Map<String, Value>]) -> Option<Value> {
+        let infos: Vec<Value> = answers
+            .iter()
+            .map(|answer| info(answer).cloned().map_or(Value::Null, Value::Object))
+            .collect();
+        Some(json!({"code": 0, "msg": "success", "data": {"comfy_task_info": infos}}))
+    }
+
+    fn task_cancel(&self, task_id: &str) -> Option<TaskPoll> {
+        Some(TaskPoll {
+            path: "/cancel".into(),
+            body: Some(json!({ "comfy_task_id": task_id })),
+        })
+    }
+
+    fn upload_path(&self) -> Option<&'static str> {
+        Some("/upload/image")
     }
 
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
@@ -97,6 +194,38 @@ pub fn envelope_error(v: &Map<String, Value>) -> Option<Value> {
         }
         _ => None,
     }
+}
+
+/// The images a run's nodes ask for: the sum of their `batch_size` inputs, each a whole
+/// number of at least 1 or such a number as a string (ComfyUI takes both). An input linked
+/// to another node's output (`["5", 0]`) is known only when the run is: the run is then
+/// held for `MAX_RESULTS` images, the most one may ask for. Anything else (a float, zero,
+/// a negative, other text) is refused: it would reach the backend while the hold counted
+/// one image.
+fn workflow_batches(prompt: &Value) -> Result<u64, Error> {
+    let Some(nodes) = prompt.as_object() else {
+        return Ok(0);
+    };
+    let refused = || {
+        Error::invalid(
+            "a node's 'batch_size' input must be a whole number of at least 1, as a number or a string, or a link to another node",
+            "prompt",
+        )
+    };
+    let mut images = 0u64;
+    for node in nodes.values() {
+        let Some(batch) = node.get("inputs").and_then(|i| i.get("batch_size")) else {
+            continue;
+        };
+        let batch = match batch {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            Value::Array(link) if link.len() == 2 => Some(MAX_RESULTS),
+            _ => None,
+        };
+        images = images.saturating_add(batch.filter(|n| *n >= 1).ok_or_else(refused)?);
+    }
+    Ok(images)
 }
 
 /// The one task's entry of a `get_task_info` answer.

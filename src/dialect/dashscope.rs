@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::framing::Event;
 use super::observe::{self, Observed};
-use super::{RelayFacts, Wire};
+use super::{RelayFacts, Route, Wire};
 use crate::config::{Endpoint, StreamFormat};
 use crate::error::openai_error;
 use crate::metering::estimate::collect_text;
@@ -26,6 +26,41 @@ impl Wire for DashScope {
 
     fn serves(&self) -> Endpoint {
         Endpoint::Generation
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        const ROUTES: &[Route] = &[Route::named(
+            "/api/v1/services/aigc/text-generation/generation",
+            Endpoint::Generation,
+        )];
+        ROUTES
+    }
+
+    fn takes(&self) -> &'static str {
+        "dashscope"
+    }
+
+    /// The native body keeps its limits in `parameters`.
+    fn limits_in(&self) -> Option<&'static str> {
+        Some("parameters")
+    }
+
+    /// The DashScope SDK asks for a stream with headers, not in the body.
+    fn stream_asked(&self, headers: &http::HeaderMap) -> Option<bool> {
+        let has = |name: &str, value: &str| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.to_ascii_lowercase().contains(value))
+        };
+        Some(has("x-dashscope-sse", "enable") || has("accept", "text/event-stream"))
+    }
+
+    /// Errors carry DashScope's `code`, `message` and `request_id` beside OpenAI's
+    /// `error`: the DashScope SDK shows only those.
+    fn client_error(&self) -> Option<fn(&Value, Option<&str>) -> Value> {
+        Some(native_error)
     }
 
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {

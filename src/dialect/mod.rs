@@ -9,6 +9,7 @@
 
 pub mod framing;
 pub mod observe;
+pub mod request;
 
 pub mod comfyui;
 pub mod dashscope;
@@ -21,8 +22,10 @@ use serde_json::{Map, Value};
 
 use crate::billing::Units;
 use crate::config::{Endpoint, StreamFormat};
+use crate::error::Error;
 use framing::Event;
 use observe::Observed;
+use request::{Members, ModelAt, PROMPT_MEMBERS};
 
 /// What one dialect says. Every method has the OpenAI shape as its default.
 pub trait Wire: Sync {
@@ -37,6 +40,84 @@ pub trait Wire: Sync {
     /// What an upstream of this dialect serves when its configuration does not say.
     fn serves(&self) -> Endpoint {
         Endpoint::Chat
+    }
+
+    /// The client routes it serves (paths in axum's syntax). Every dialect's routes are
+    /// served by one router; a path belongs to one dialect.
+    fn routes(&self) -> &'static [Route] {
+        &[]
+    }
+
+    /// The shape of the request bodies its routes take: a request reaches only the
+    /// upstreams whose dialect takes the same shape (OpenAI's, by default).
+    fn takes(&self) -> &'static str {
+        "openai"
+    }
+
+    /// Where a request body names the model.
+    fn model_at(&self) -> ModelAt {
+        ModelAt::member("model")
+    }
+
+    /// The member holding `max_tokens`, `max_completion_tokens` and `n`, when they are not
+    /// at the top level (DashScope's `parameters`).
+    fn limits_in(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The results a request asks for (`n`), at least 1 when given.
+    fn results(&self, body: &dyn Members) -> Result<Option<u64>, Error> {
+        request::limit(body, self.limits_in(), "n")
+    }
+
+    /// The member an error about too many results names.
+    fn results_member(&self) -> &'static str {
+        "n"
+    }
+
+    /// The members that carry the prompt: what bounds a request's tokens before it is
+    /// sent, and what estimates count.
+    fn prompt_members(&self) -> &'static [&'static str] {
+        PROMPT_MEMBERS
+    }
+
+    /// Estimated prompt tokens of a request's prompt members (`metering::estimate`).
+    fn prompt_tokens(&self, endpoint: Endpoint, prompt: &Map<String, Value>) -> u64 {
+        crate::metering::estimate::prompt_tokens(endpoint, prompt)
+    }
+
+    /// Whether the client asked for a stream in its headers rather than in the body
+    /// (`None`: the headers do not say).
+    fn stream_asked(&self, _headers: &http::HeaderMap) -> Option<bool> {
+        None
+    }
+
+    /// How errors on its routes are shaped for its SDKs, from tollgate's OpenAI-shaped
+    /// error and the request id; `None` keeps OpenAI's shape.
+    fn client_error(&self) -> Option<fn(&Value, Option<&str>) -> Value> {
+        None
+    }
+
+    /// The tasks a poll or a cancellation names in its body.
+    fn task_ids(&self, _asked: &Map<String, Value>) -> Result<Vec<String>, Error> {
+        Err(Error::invalid("this route names no tasks", "task_id"))
+    }
+
+    /// The answer to a poll of several tasks, from the backend's answer for each; `None`
+    /// if polls are answered one by one, with the backend's answer as it came.
+    fn merge_polls(&self, _answers: &[&Map<String, Value>]) -> Option<Value> {
+        None
+    }
+
+    /// How a task is cancelled (its path under the upstream's `base_url`, a POST of
+    /// `body`); `None` if it cannot be.
+    fn task_cancel(&self, _task_id: &str) -> Option<TaskPoll> {
+        None
+    }
+
+    /// Where files for its tasks' inputs are uploaded, under the upstream's `base_url`.
+    fn upload_path(&self) -> Option<&'static str> {
+        None
     }
 
     /// The path under an upstream's `base_url` for `endpoint`; `None` if the dialect has
@@ -132,6 +213,50 @@ pub trait Wire: Sync {
     /// Where a task stands, from a poll's answer; `None` if the answer does not say.
     fn task_state(&self, _result: &Map<String, Value>) -> Option<TaskState> {
         None
+    }
+}
+
+/// A client route: its path and what it does.
+pub struct Route {
+    pub path: &'static str,
+    pub does: Does,
+}
+
+/// What a client route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Does {
+    /// Sends a request of `endpoint` to the backends `To` says.
+    Send(Endpoint, To),
+    /// Polls the caller's tasks: the one the path's `{id}` names (a GET), or those the
+    /// body names (a POST; `Wire::task_ids`).
+    Poll,
+    /// Cancels the caller's tasks the body names (`Wire::task_cancel`).
+    Cancel,
+    /// Passes a file on to the dialect's `upload_path`, billed per upload.
+    Upload,
+}
+
+/// Which backends a request may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// The model the body names, on the chips its routing policy orders.
+    Named,
+    /// Exactly the model and chip the path names (`{model}`, `{chip}`).
+    Pair,
+    /// The dedicated deployment the path names (`{id}`).
+    Deployment,
+}
+
+impl Route {
+    pub const fn send(path: &'static str, endpoint: Endpoint, to: To) -> Route {
+        Route {
+            path,
+            does: Does::Send(endpoint, to),
+        }
+    }
+
+    pub const fn named(path: &'static str, endpoint: Endpoint) -> Route {
+        Route::send(path, endpoint, To::Named)
     }
 }
 

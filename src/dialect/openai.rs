@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::framing::Event;
-use super::{RelayFacts, Wire};
+use super::{RelayFacts, Route, To, Wire};
 use crate::config::Endpoint;
 
 pub struct OpenAi;
@@ -25,7 +25,41 @@ impl Wire for OpenAi {
     fn aliases(&self) -> &'static [&'static str] {
         &["genstudio", "lmdeploy", "vllm", "internlm"]
     }
+
+    fn routes(&self) -> &'static [Route] {
+        &ROUTES
+    }
 }
+
+/// OpenAI's base URLs (`/v1`), GenStudio's (`/maas`: M×N pairs, deployments and the
+/// model-named routes), InternLM's (`/api/v1`) and DashScope's compatible mode.
+static ROUTES: [Route; 13] = [
+    Route::send(
+        "/maas/{model}/{chip}/chat/completions",
+        Endpoint::Chat,
+        To::Pair,
+    ),
+    Route::send(
+        "/maas/{model}/{chip}/embeddings",
+        Endpoint::Embeddings,
+        To::Pair,
+    ),
+    Route::send("/maas/{model}/{chip}/rerank", Endpoint::Rerank, To::Pair),
+    Route::send(
+        "/maas/deployment/{id}/chat/completions",
+        Endpoint::Chat,
+        To::Deployment,
+    ),
+    Route::named("/maas/v1/chat/completions", Endpoint::Chat),
+    Route::named("/v1/chat/completions", Endpoint::Chat),
+    Route::named("/api/v1/chat/completions", Endpoint::Chat),
+    Route::named("/compatible-mode/v1/chat/completions", Endpoint::Chat),
+    Route::named("/v1/images/generations", Endpoint::Images),
+    Route::named("/maas/v1/embeddings", Endpoint::Embeddings),
+    Route::named("/v1/embeddings", Endpoint::Embeddings),
+    Route::named("/maas/v1/rerank", Endpoint::Rerank),
+    Route::named("/v1/rerank", Endpoint::Rerank),
+];
 
 pub fn path(endpoint: Endpoint) -> Option<&'static str> {
     match endpoint {

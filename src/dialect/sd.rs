@@ -14,9 +14,11 @@
 use serde_json::{Map, Value, json};
 
 use super::comfyui::envelope_error;
-use super::{TaskPoll, TaskState, Wire};
+use super::request::{Members, ModelAt, whole_number};
+use super::{Does, Route, TaskPoll, TaskState, Wire};
 use crate::billing::Units;
 use crate::config::Endpoint;
+use crate::error::Error;
 
 pub struct Sd;
 
@@ -31,6 +33,48 @@ impl Wire for Sd {
 
     fn serves(&self) -> Endpoint {
         Endpoint::ImageTask
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        const ROUTES: &[Route] = &[
+            Route::named("/api/maas/sd_task_api/create", Endpoint::ImageTask),
+            Route {
+                path: "/api/maas/sd_task_api/get_result",
+                does: Does::Poll,
+            },
+        ];
+        ROUTES
+    }
+
+    fn takes(&self) -> &'static str {
+        "sd"
+    }
+
+    /// The checkpoint names the model.
+    fn model_at(&self) -> ModelAt {
+        ModelAt {
+            member: "override_settings",
+            inside: Some("sd_model_checkpoint"),
+            shown: "override_settings.sd_model_checkpoint",
+        }
+    }
+
+    /// A task makes `batch_size` images `n_iter` times.
+    fn results(&self, body: &dyn Members) -> Result<Option<u64>, Error> {
+        let batch = whole_number(body.member("batch_size"), "batch_size", 1)?.unwrap_or(1);
+        let rounds = whole_number(body.member("n_iter"), "n_iter", 1)?.unwrap_or(1);
+        Ok(Some(batch.saturating_mul(rounds)))
+    }
+
+    fn results_member(&self) -> &'static str {
+        "batch_size"
+    }
+
+    fn task_ids(&self, asked: &Map<String, Value>) -> Result<Vec<String>, Error> {
+        match asked.get("task_id").or_else(|| asked.get("taskId")) {
+            Some(Value::String(id)) if !id.is_empty() => Ok(vec![id.clone()]),
+            _ => Err(Error::invalid("'task_id' must name the task", "task_id")),
+        }
     }
 
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {

@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{TaskPoll, TaskState, Wire};
+use super::{Does, Route, TaskPoll, TaskState, Wire};
 use crate::config::Endpoint;
 
 pub struct Zhipu;
@@ -15,6 +15,19 @@ pub struct Zhipu;
 impl Wire for Zhipu {
     fn name(&self) -> &'static str {
         "zhipu"
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        const ROUTES: &[Route] = &[
+            Route::named("/api/paas/v4/chat/completions", Endpoint::Chat),
+            Route::named("/api/paas/v4/images/generations", Endpoint::Images),
+            Route::named("/api/paas/v4/async/chat/completions", Endpoint::AsyncChat),
+            Route {
+                path: "/api/paas/v4/async-result/{id}",
+                does: Does::Poll,
+            },
+        ];
+        ROUTES
     }
 
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {

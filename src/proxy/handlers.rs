@@ -7,26 +7,25 @@ use std::time::Instant;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::comfyui;
 use super::exchange;
-use super::extract::ClientPath;
+use super::extract::{ClientBody, ClientPath};
 use super::own_usage;
 use super::request::ClientRequest;
-use super::sd;
 use super::settle::Exchange;
 use super::tasks;
+use super::tasks::routes as task_routes;
 use super::upload;
 use crate::auth::Caller;
 use crate::billing::cost::worst_cost_of;
 use crate::config::Endpoint;
-use crate::dialect;
+use crate::dialect::{self, Does, To, Wire};
 use crate::limits;
 use crate::limits::spending::Hold;
 use crate::server::ApiError;
@@ -34,74 +33,46 @@ use crate::state::AppState;
 use crate::upstream::Upstream;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/maas/{model}/{chip}/chat/completions",
-            on_chip(Endpoint::Chat),
-        )
-        .route(
-            "/maas/{model}/{chip}/embeddings",
-            on_chip(Endpoint::Embeddings),
-        )
-        .route("/maas/{model}/{chip}/rerank", on_chip(Endpoint::Rerank))
+    let mut router = Router::new()
         .route("/maas/{model}/{chip}/models", get(models))
-        .route(
-            "/maas/deployment/{id}/chat/completions",
-            post(chat_on_deployment),
-        )
-        .route("/maas/v1/chat/completions", by_policy(Endpoint::Chat))
-        .route("/v1/chat/completions", by_policy(Endpoint::Chat))
-        // InternLM-style base URLs (`https://host/api/v1`).
-        .route("/api/v1/chat/completions", by_policy(Endpoint::Chat))
-        // Zhipu's base URL (`/api/paas/v4`): chat, images, asynchronous chat tasks.
-        .route("/api/paas/v4/chat/completions", by_policy(Endpoint::Chat))
-        .route(
-            "/api/paas/v4/images/generations",
-            by_policy(Endpoint::Images),
-        )
-        .route("/v1/images/generations", by_policy(Endpoint::Images))
-        .route(
-            "/api/paas/v4/async/chat/completions",
-            by_policy(Endpoint::AsyncChat),
-        )
-        .route("/api/paas/v4/async-result/{id}", get(tasks::poll))
-        // GenStudio's hosted ComfyUI workflows.
-        .route(
-            "/api/maas/comfy_task_api/prompt",
-            by_policy(Endpoint::Workflow),
-        )
-        .route(
-            "/api/maas/comfy_task_api/get_task_info",
-            post(comfyui::get_task_info),
-        )
-        .route("/api/maas/comfy_task_api/cancel", post(comfyui::cancel))
-        .route(
-            "/api/maas/comfy_task_api/upload/image",
-            post(upload::upload_image),
-        )
-        // GenStudio's Stable Diffusion image tasks.
-        .route(
-            "/api/maas/sd_task_api/create",
-            by_policy(Endpoint::ImageTask),
-        )
-        .route("/api/maas/sd_task_api/get_result", post(sd::get_result))
-        // DashScope's OpenAI-compatible base URL.
-        .route(
-            "/compatible-mode/v1/chat/completions",
-            by_policy(Endpoint::Chat),
-        )
-        .route("/maas/v1/embeddings", by_policy(Endpoint::Embeddings))
-        .route("/v1/embeddings", by_policy(Endpoint::Embeddings))
-        .route("/maas/v1/rerank", by_policy(Endpoint::Rerank))
-        .route("/v1/rerank", by_policy(Endpoint::Rerank))
         .route("/maas/v1/models", get(models))
         .route("/v1/models", get(models))
         .route("/maas/v1/usage", get(own_usage::usage_of_key))
-        .route("/v1/usage", get(own_usage::usage_of_key))
-        .route(
-            "/api/v1/services/aigc/text-generation/generation",
-            post(dashscope_generation).layer(axum::middleware::map_response(dashscope_errors)),
-        )
+        .route("/v1/usage", get(own_usage::usage_of_key));
+    for &wire in dialect::all() {
+        for route in wire.routes() {
+            let mut method = match route.does {
+                Does::Send(endpoint, to) => send(wire, endpoint, to),
+                Does::Poll if route.path.ends_with("{id}") => get(
+                    |state: State<AppState>, caller: Caller, ClientPath(id): ClientPath<String>| async move {
+                        task_routes::poll_one(&state, &caller, &id).await
+                    },
+                ),
+                Does::Poll => post(
+                    move |state: State<AppState>, caller: Caller, ClientBody(raw): ClientBody| async move {
+                        task_routes::poll_named(wire, &state, &caller, &raw).await
+                    },
+                ),
+                Does::Cancel => post(
+                    move |state: State<AppState>, caller: Caller, ClientBody(raw): ClientBody| async move {
+                        task_routes::cancel(wire, &state, &caller, &raw).await
+                    },
+                ),
+                Does::Upload => post(
+                    move |State(state): State<AppState>, caller: Caller, request: Request| async move {
+                        upload::upload(wire, state, caller, request).await
+                    },
+                ),
+            };
+            if let Some(shape) = wire.client_error() {
+                method = method.layer(axum::middleware::map_response(move |r: Response| {
+                    errors_shaped(r, shape)
+                }));
+            }
+            router = router.route(route.path, method);
+        }
+    }
+    router
 }
 
 /// Which backends a route allows.
@@ -132,83 +103,57 @@ impl Target {
     }
 }
 
-/// `endpoint` of the model and chip the path names.
-fn on_chip(endpoint: Endpoint) -> MethodRouter<AppState> {
-    post(
-        move |state: State<AppState>,
-              caller: Caller,
-              ClientPath((model, chip)): ClientPath<(String, String)>,
-              body: Body| async move {
-            proxy(
-                state,
-                caller,
-                endpoint,
-                Target::Pair(model, chip),
-                None,
-                body,
-            )
-            .await
-        },
-    )
-}
-
-/// `endpoint` of the model the body names, on a chip its routing policy picks.
-fn by_policy(endpoint: Endpoint) -> MethodRouter<AppState> {
-    post(
-        move |state: State<AppState>, caller: Caller, body: Body| async move {
-            proxy(state, caller, endpoint, Target::Policy, None, body).await
-        },
-    )
-}
-
-async fn chat_on_deployment(
-    state: State<AppState>,
-    caller: Caller,
-    ClientPath(id): ClientPath<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    proxy(
-        state,
-        caller,
-        Endpoint::Chat,
-        Target::Deployment(id),
-        None,
-        body,
-    )
-    .await
-}
-
-/// DashScope's native text generation, for the model the body names. The DashScope SDK
-/// asks for a stream with headers, not in the body.
-async fn dashscope_generation(
-    state: State<AppState>,
-    caller: Caller,
+/// A route's request as it arrived: its dialect, what it asks for, and the headers.
+struct Asked {
+    wire: &'static dyn Wire,
+    endpoint: Endpoint,
+    target: Target,
     headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let has = |name: &str, value: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.to_ascii_lowercase().contains(value))
-    };
-    let streamed = has("x-dashscope-sse", "enable") || has("accept", "text/event-stream");
-    let target = Target::Policy;
-    proxy(
-        state,
-        caller,
-        Endpoint::Generation,
-        target,
-        Some(streamed),
-        body,
-    )
-    .await
 }
 
-/// Errors on DashScope's routes carry its `code`, `message` and `request_id` beside
-/// OpenAI's `error`: the DashScope SDK shows only those.
-async fn dashscope_errors(response: Response) -> Response {
+/// A `Does::Send` route: `endpoint` of the backends `to` names.
+fn send(wire: &'static dyn Wire, endpoint: Endpoint, to: To) -> MethodRouter<AppState> {
+    let asked = move |target, headers| Asked {
+        wire,
+        endpoint,
+        target,
+        headers,
+    };
+    match to {
+        To::Named => post(
+            move |state: State<AppState>, caller: Caller, headers: HeaderMap, body: Body| async move {
+                proxy(state, caller, asked(Target::Policy, headers), body).await
+            },
+        ),
+        To::Pair => post(
+            move |state: State<AppState>,
+                  caller: Caller,
+                  ClientPath((model, chip)): ClientPath<(String, String)>,
+                  headers: HeaderMap,
+                  body: Body| async move {
+                proxy(
+                    state,
+                    caller,
+                    asked(Target::Pair(model, chip), headers),
+                    body,
+                )
+                .await
+            },
+        ),
+        To::Deployment => post(
+            move |state: State<AppState>,
+                  caller: Caller,
+                  ClientPath(id): ClientPath<String>,
+                  headers: HeaderMap,
+                  body: Body| async move {
+                proxy(state, caller, asked(Target::Deployment(id), headers), body).await
+            },
+        ),
+    }
+}
+
+/// Errors on a dialect's routes in the shape its SDKs read (`Wire::client_error`).
+async fn errors_shaped(response: Response, shape: fn(&Value, Option<&str>) -> Value) -> Response {
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -228,29 +173,33 @@ async fn dashscope_errors(response: Response) -> Response {
         .headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok());
-    let native = dialect::dashscope::native_error(&error, request_id);
+    let shaped = shape(&error, request_id);
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(native.to_string()))
+    Response::from_parts(parts, Body::from(shaped.to_string()))
 }
 
 async fn proxy(
     State(state): State<AppState>,
     caller: Caller,
-    endpoint: Endpoint,
-    target: Target,
-    streamed_by_header: Option<bool>,
+    asked: Asked,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let started_at = Utc::now();
     let limit = state.config().server.max_request_bytes;
-    let mut request = ClientRequest::read(endpoint, body, limit).await?;
-    if let Some(streamed) = streamed_by_header {
+    let Asked {
+        wire,
+        endpoint,
+        target,
+        headers,
+    } = asked;
+    let mut request = ClientRequest::read(wire, endpoint, body, limit).await?;
+    if let Some(streamed) = wire.stream_asked(&headers) {
         request.stream = streamed;
     }
     let upstreams = state.upstreams();
     let route = target.route_label(endpoint);
-    let candidates = match target {
+    let mut candidates = match target {
         Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
         // A task runs on the chat upstreams whose dialect has tasks.
         Target::Policy if endpoint == Endpoint::AsyncChat => {
@@ -280,6 +229,15 @@ async fn proxy(
             vec![upstream]
         }
     };
+    // A body reaches only backends whose dialect takes its shape.
+    let model = candidates[0].model.clone();
+    candidates.retain(|u| u.wire().takes() == wire.takes());
+    if candidates.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "'{model}' has no backend that takes {} requests here",
+            wire.takes()
+        )));
+    }
     caller.check_model(&candidates[0].model)?;
     if endpoint.is_task() {
         tasks::can_record(&state).await?;

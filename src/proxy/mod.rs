@@ -5,7 +5,6 @@
 
 pub mod answer;
 mod authenticate;
-pub mod comfyui;
 mod detach;
 pub mod exchange;
 mod extract;
@@ -13,7 +12,6 @@ pub mod handlers;
 mod multipart;
 pub mod own_usage;
 pub mod request;
-mod sd;
 pub mod settle;
 pub mod stream;
 pub mod tasks;

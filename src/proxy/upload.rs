@@ -1,7 +1,8 @@
-//! `POST .../comfy_task_api/upload/image`: a file for a ComfyUI workflow's input, sent to a
-//! backend with the operator's credential, so metered like any request. It counts against
-//! the key's rpm, needs a key allowed a ComfyUI workflow (the first such backend it may
-//! run takes the file), is checked as multipart (`multipart`) within
+//! An upload route (`Does::Upload`; ComfyUI's `upload/image`): a file for a task's input,
+//! sent to the dialect's `upload_path` with the operator's credential, so metered like any
+//! request. It counts against the key's rpm, needs a key allowed a model of that dialect
+//! (the first such backend it may run takes the file), is checked as multipart
+//! (`multipart`) within
 //! `server.max_upload_bytes`, is held against a spending limit, and gets one usage record:
 //! one upload, priced `per_upload` (and `per_request`) by the workflow's price in force,
 //! when the backend took it; nothing when it did not.
@@ -9,21 +10,21 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::comfyui::{count_against_rpm, relay};
 use super::multipart;
 use super::request::ClientRequest;
 use super::settle::{Exchange, Outcome, Served, finish};
+use super::tasks::routes::{count_against_rpm, relay};
 use super::tasks::send;
 use crate::auth::Caller;
 use crate::billing::record::Status;
 use crate::billing::{TokenCounts, Units, cost::worst_cost_of};
-use crate::config::Endpoint;
+use crate::dialect::Wire;
 use crate::dialect::observe::Observed;
 use crate::limits::Admission;
 use crate::server::ApiError;
@@ -38,12 +39,13 @@ const ONE: Units = Units {
     uploads: 1,
 };
 
-pub async fn upload_image(
-    State(state): State<AppState>,
+pub async fn upload(
+    wire: &'static dyn Wire,
+    state: AppState,
     caller: Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let upstream = takes_uploads(&state, &caller)?;
+    let (upstream, path) = takes_uploads(wire, &state, &caller)?;
     count_against_rpm(&state, &caller).await?;
     let content_type = request
         .headers()
@@ -75,7 +77,7 @@ pub async fn upload_image(
         request_id,
         route: "upload",
         caller,
-        request: ClientRequest::parse(Endpoint::Workflow, Bytes::from_static(b"{}"))?,
+        request: ClientRequest::parse(wire, upstream.endpoint, Bytes::from_static(b"{}"))?,
         candidates: vec![upstream.clone()],
         started,
         started_at,
@@ -84,7 +86,7 @@ pub async fn upload_image(
         prompt_estimate: Some(0),
     };
     let served = Served { upstream, price };
-    let forward = axum::http::Request::post(served.upstream.url_of("/upload/image")?)
+    let forward = axum::http::Request::post(served.upstream.url_of(path)?)
         .header(header::HOST, served.upstream.host.clone())
         .header(header::CONTENT_TYPE, content_type);
     let answered = match send(&served.upstream, forward, body).await {
@@ -113,26 +115,30 @@ pub async fn upload_image(
     Ok(response)
 }
 
-/// The first ComfyUI backend whose workflow the key may run: 403 if it may run none, 404
-/// if none is configured.
-fn takes_uploads(state: &AppState, caller: &Caller) -> Result<Arc<Upstream>, ApiError> {
-    let comfyui =
-        |u: &&Arc<Upstream>| u.endpoint == Endpoint::Workflow && u.wire().name() == "comfyui";
-    if let Some(upstream) = state
-        .upstreams()
+/// The first backend of `wire`'s dialect (serving what it serves by default: ComfyUI's
+/// workflows) whose model the key may call, and its upload path: 403 if it may call none,
+/// 404 if none is configured.
+fn takes_uploads(
+    wire: &'static dyn Wire,
+    state: &AppState,
+    caller: &Caller,
+) -> Result<(Arc<Upstream>, &'static str), ApiError> {
+    let takes = |u: &&Arc<Upstream>| u.endpoint == wire.serves() && u.wire().name() == wire.name();
+    let upstreams = state.upstreams();
+    let first = upstreams
         .all()
-        .filter(comfyui)
-        .find(|u| caller.may_call(&u.model))
-    {
-        return Ok(upstream.clone());
-    }
-    match state.upstreams().all().any(|u| comfyui(&u)) {
-        true => Err(ApiError::Forbidden(
-            "this API key is not allowed to run any ComfyUI workflow, so it may not upload".into(),
-        )),
-        false => Err(ApiError::NotFound(
-            "no ComfyUI backend is configured".into(),
-        )),
+        .filter(takes)
+        .find(|u| caller.may_call(&u.model));
+    match (first, wire.upload_path()) {
+        (Some(upstream), Some(path)) => Ok((upstream.clone(), path)),
+        (None, Some(_)) if upstreams.all().any(|u| takes(&u)) => Err(ApiError::Forbidden(format!(
+            "this API key is not allowed to call any {} model, so it may not upload",
+            wire.name()
+        ))),
+        _ => Err(ApiError::NotFound(format!(
+            "no {} backend that takes uploads is configured",
+            wire.name()
+        ))),
     }
 }
 

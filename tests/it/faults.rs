@@ -275,6 +275,7 @@ proptest! {
                 let response = app.client.post(app.url("/v1/chat/completions")).bearer_auth(&app.key).body(payload.clone()).send().await.unwrap();
                 // A well-formed body can only fail on the model it names (none is served).
                 let well_formed = tollgate::proxy::request::ClientRequest::parse(
+                    tollgate::dialect::named("openai").unwrap(),
                     tollgate::config::Endpoint::Chat,
                     payload.into(),
                 )

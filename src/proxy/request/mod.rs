@@ -1,6 +1,7 @@
 //! A client's request body, read within the size limit and checked once. Only its top
 //! level is taken apart: the values pass to the backend as the client wrote them, and are
-//! parsed only where tollgate reads them (`model`, `stream`, limits, estimates).
+//! parsed only where tollgate reads them (`model`, `stream`, limits, estimates), at the
+//! places the route's dialect says (`dialect::Wire::model_at` and the rest).
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -11,6 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::billing::{TokenCounts, Units};
 use crate::config::{Endpoint, MAX_COMPLETION_TOKENS};
+use crate::dialect::Wire;
+use crate::dialect::request::{MAX_RESULTS, Members as _};
 use crate::metering::estimate;
 use crate::server::ApiError;
 use crate::upstream::Upstream;
@@ -19,8 +22,9 @@ mod body;
 
 use body::{MAX_DEPTH, Members, nests_deeper, read_limited, top_level};
 
-#[derive(Debug)]
 pub struct ClientRequest {
+    /// The dialect of the route it came by: where its body says what.
+    pub wire: &'static dyn Wire,
     pub endpoint: Endpoint,
     /// The body as the client sent it.
     raw: Bytes,
@@ -33,7 +37,7 @@ pub struct ClientRequest {
     pub wants_stream_usage: bool,
     /// `max_completion_tokens` or `max_tokens`, at most `MAX_COMPLETION_TOKENS`.
     pub max_tokens: Option<u64>,
-    /// Answers asked for (`n`), 1 to `MAX_CHOICES`.
+    /// Results asked for (`n`, images), 1 to `MAX_RESULTS`.
     pub choices: u64,
     /// `image_url` parts in the prompt (a vision model's input), priced `per_image`.
     pub input_images: u64,
@@ -43,31 +47,41 @@ pub struct ClientRequest {
     prompt_bound: OnceLock<u64>,
 }
 
-/// The most answers one request may ask for (`n`).
-pub const MAX_CHOICES: u64 = 128;
-/// The members of a body that carry its prompt.
-const PROMPT_MEMBERS: [&str; 7] = [
-    "messages",
-    "input",
-    "query",
-    "documents",
-    "prompt",
-    "tools",
-    "functions",
-];
 /// Tokens a chat template may add per message, beyond its text (OpenAI counts 3 or 4).
 const FRAMING_PER_MESSAGE: u64 = 8;
+
+impl std::fmt::Debug for ClientRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRequest")
+            .field("dialect", &self.wire.name())
+            .field("endpoint", &self.endpoint)
+            .field("model", &self.model)
+            .field("stream", &self.stream)
+            .field("max_tokens", &self.max_tokens)
+            .field("choices", &self.choices)
+            .finish_non_exhaustive()
+    }
+}
 
 impl ClientRequest {
     /// Reads at most `limit` bytes (413 beyond, even for chunked bodies without a length)
     /// and checks that they are one JSON object (400 otherwise).
-    pub async fn read(endpoint: Endpoint, body: Body, limit: usize) -> Result<Self, ApiError> {
+    pub async fn read(
+        wire: &'static dyn Wire,
+        endpoint: Endpoint,
+        body: Body,
+        limit: usize,
+    ) -> Result<Self, ApiError> {
         let raw = read_limited(body, limit).await?;
-        ClientRequest::parse(endpoint, raw)
+        ClientRequest::parse(wire, endpoint, raw)
     }
 
     /// Checks `raw` in full (syntax, UTF-8, nesting depth) and takes its top level apart.
-    pub fn parse(endpoint: Endpoint, raw: Bytes) -> Result<Self, ApiError> {
+    pub fn parse(
+        wire: &'static dyn Wire,
+        endpoint: Endpoint,
+        raw: Bytes,
+    ) -> Result<Self, ApiError> {
         let members = top_level(&raw).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
                 ApiError::InvalidJson("the body must be a JSON object".into())
@@ -81,6 +95,7 @@ impl ClientRequest {
             )));
         }
         let mut request = ClientRequest {
+            wire,
             endpoint,
             raw,
             members,
@@ -114,45 +129,17 @@ impl ClientRequest {
             .value("stream_options")
             .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
             .unwrap_or(false);
-        // DashScope's native body keeps its limits in `parameters`.
-        let limits = match endpoint {
-            Endpoint::Generation => request.value("parameters").unwrap_or(Value::Null),
-            _ => Value::Null,
-        };
         for name in ["max_tokens", "max_completion_tokens"] {
-            let limit = match endpoint {
-                Endpoint::Generation => count_of(limits.get(name), name, 1)?,
-                _ => request.count(name, 1)?,
-            };
+            let limit = crate::dialect::request::limit(&request, wire.limits_in(), name)?;
             if let Some(limit) = limit {
                 request.max_tokens = Some(limit.min(MAX_COMPLETION_TOKENS));
             }
         }
-        let n = match endpoint {
-            Endpoint::Generation => count_of(limits.get("n"), "n", 1)?,
-            // An SD task makes `batch_size` images `n_iter` times.
-            Endpoint::ImageTask => {
-                let batch = request.count("batch_size", 1)?.unwrap_or(1);
-                let rounds = request.count("n_iter", 1)?.unwrap_or(1);
-                Some(batch.saturating_mul(rounds))
-            }
-            // A ComfyUI run makes the batches its nodes ask for (`batch_size` inputs); a
-            // run that sets none makes the hosted workflow's own, at least one image.
-            Endpoint::Workflow => {
-                let prompt = request.value("prompt").unwrap_or(Value::Null);
-                Some(workflow_batches(&prompt)?.max(1))
-            }
-            _ => request.count("n", 1)?,
-        };
-        if let Some(n) = n {
-            if n > MAX_CHOICES {
-                let name = match endpoint {
-                    Endpoint::ImageTask => "batch_size",
-                    Endpoint::Workflow => "prompt",
-                    _ => "n",
-                };
+        if let Some(n) = wire.results(&request)? {
+            if n > MAX_RESULTS {
+                let name = wire.results_member();
                 return Err(ApiError::invalid(
-                    format!("'{name}' asks for more than {MAX_CHOICES} results"),
+                    format!("'{name}' asks for more than {MAX_RESULTS} results"),
                     name,
                 ));
             }
@@ -161,18 +148,15 @@ impl ClientRequest {
         Ok(request)
     }
 
-    /// The value that names the model: `model`, a ComfyUI workflow's `workflow_id`, an SD
-    /// task's `override_settings.sd_model_checkpoint`.
+    /// The value that names the model, where the dialect says: `model`, a ComfyUI
+    /// workflow's `workflow_id`, an SD task's `override_settings.sd_model_checkpoint`.
     fn model_value(&self) -> Option<Value> {
-        match self.endpoint {
-            Endpoint::ImageTask => self.value(SETTINGS)?.get(CHECKPOINT).cloned(),
-            endpoint => self.value(model_member(endpoint)),
+        let at = self.wire.model_at();
+        let value = self.value(at.member)?;
+        match at.inside {
+            Some(inside) => value.get(inside).cloned(),
+            None => Some(value),
         }
-    }
-
-    /// A member that must be a whole number of at least `min` (or absent, or `null`).
-    fn count(&self, name: &'static str, min: u64) -> Result<Option<u64>, ApiError> {
-        whole_number(self.member(name), name, min)
     }
 
     /// Bytes are an upper bound on the tokens of a byte-level BPE tokenizer, and a JSON
@@ -183,7 +167,7 @@ impl ClientRequest {
     /// and only a member that has one is parsed.
     fn bound_prompt(&self) -> u64 {
         let mut bound = 3u64;
-        for name in PROMPT_MEMBERS {
+        for name in self.wire.prompt_members() {
             if let Some(span) = self.members.get(name) {
                 let text = &self.raw[span.clone()];
                 let objects = text.iter().filter(|&&b| b == b'{').count() as u64;
@@ -207,7 +191,8 @@ impl ClientRequest {
     /// The `image_url` parts of the prompt members; only a member that names one is
     /// parsed.
     fn count_images(&self) -> u64 {
-        PROMPT_MEMBERS
+        self.wire
+            .prompt_members()
             .iter()
             .filter_map(|name| self.members.get(name))
             .map(|span| &self.raw[span.clone()])
@@ -220,7 +205,7 @@ impl ClientRequest {
     /// The `model` field (a workflow's `workflow_id`), required when the route does not
     /// name the model.
     pub fn model(&self) -> Result<&str, ApiError> {
-        let name = model_member(self.endpoint);
+        let name = self.wire.model_at().shown;
         match &self.model {
             Some(Value::String(m)) if !m.is_empty() => Ok(m),
             None => Err(ApiError::invalid(format!("'{name}' is required"), name)),
@@ -231,16 +216,9 @@ impl ClientRequest {
         }
     }
 
-    /// A top-level member's JSON text, as sent.
-    fn member(&self, name: &str) -> Option<&str> {
-        let span = self.members.get(name)?.clone();
-        // `raw` was checked to be UTF-8 and spans fall on value boundaries.
-        std::str::from_utf8(&self.raw[span]).ok()
-    }
-
     /// A top-level member, parsed.
     pub fn value(&self, name: &str) -> Option<Value> {
-        serde_json::from_str(self.member(name)?).ok()
+        crate::dialect::request::Members::value(self, name)
     }
 
     /// An upper bound on the prompt's tokens, cheap enough for admission: what limits and
@@ -287,11 +265,11 @@ impl ClientRequest {
     /// The prompt, owned, for a tokenizer to count off the async workers.
     pub fn prompt(&self) -> Prompt {
         Prompt {
+            wire: self.wire,
             endpoint: self.endpoint,
             raw: self.raw.clone(),
-            members: PROMPT_MEMBERS
-                .into_iter()
-                .filter_map(|name| Some((name, self.members.get(name)?.clone())))
+            members: (self.wire.prompt_members().iter())
+                .filter_map(|&name| Some((name, self.members.get(name)?.clone())))
                 .collect(),
         }
     }
@@ -327,33 +305,34 @@ impl ClientRequest {
             json(&Value::Object(options))
         });
         let name = Value::String(model.to_owned());
-        // An SD task names its model inside `override_settings`.
-        let model = match self.endpoint {
-            Endpoint::ImageTask => {
-                let mut settings = match self.value(SETTINGS) {
-                    Some(Value::Object(settings)) => settings,
+        // Where the dialect names it: an SD task inside `override_settings`.
+        let at = self.wire.model_at();
+        let model = match at.inside {
+            Some(inside) => {
+                let mut outer = match self.value(at.member) {
+                    Some(Value::Object(outer)) => outer,
                     _ => Map::new(),
                 };
-                settings.insert(CHECKPOINT.into(), name);
-                (SETTINGS, json(&Value::Object(settings)))
+                outer.insert(inside.into(), name);
+                (at.member, json(&Value::Object(outer)))
             }
-            endpoint => (model_member(endpoint), json(&name)),
+            None => (at.member, json(&name)),
         };
         let mut patches = vec![(model.0, model.1.as_slice())];
         if let Some(options) = &options {
             patches.push(("stream_options", options));
         }
-        // DashScope's native body keeps `max_tokens` in `parameters`.
-        let max_tokens = max_tokens.map(|n| match self.endpoint {
-            Endpoint::Generation => {
-                let mut parameters = match self.value("parameters") {
-                    Some(Value::Object(parameters)) => parameters,
+        // Where the dialect keeps its limits: DashScope's native body in `parameters`.
+        let max_tokens = max_tokens.map(|n| match self.wire.limits_in() {
+            Some(outer) => {
+                let mut limits = match self.value(outer) {
+                    Some(Value::Object(limits)) => limits,
                     _ => Map::new(),
                 };
-                parameters.insert("max_tokens".into(), Value::from(n));
-                ("parameters", json(&Value::Object(parameters)))
+                limits.insert("max_tokens".into(), Value::from(n));
+                (outer, json(&Value::Object(limits)))
             }
-            _ => ("max_tokens", n.to_string().into_bytes()),
+            None => ("max_tokens", n.to_string().into_bytes()),
         });
         if let Some((name, value)) = &max_tokens {
             patches.push((name, value));
@@ -384,27 +363,6 @@ impl ClientRequest {
     }
 }
 
-/// A value that must be a whole number of at least `min` (or absent, or `null`), given as
-/// its JSON text.
-fn whole_number(text: Option<&str>, name: &'static str, min: u64) -> Result<Option<u64>, ApiError> {
-    match text {
-        None | Some("null") => Ok(None),
-        Some(text) => match text.parse::<u64>() {
-            Ok(n) if n >= min => Ok(Some(n)),
-            Ok(_) => Err(ApiError::invalid(
-                format!("'{name}' must be at least {min}"),
-                name,
-            )),
-            // Digits beyond u64: a number, just a very large one.
-            Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(u64::MAX)),
-            Err(_) => Err(ApiError::invalid(
-                format!("'{name}' must be a whole number"),
-                name,
-            )),
-        },
-    }
-}
-
 /// Whether a member's JSON text has an `image_url` part (a fast scan: most have none).
 fn names_an_image(text: &[u8]) -> bool {
     memchr::memmem::find(text, b"image_url").is_some()
@@ -427,59 +385,9 @@ fn add_pairs(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
     (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
 }
 
-/// The images a ComfyUI run's nodes ask for: the sum of their `batch_size` inputs, each a
-/// whole number of at least 1 or such a number as a string (ComfyUI takes both). An input
-/// linked to another node's output (`["5", 0]`) is known only when the run is: the run is
-/// then held for `MAX_CHOICES` images, the most one may ask for. Anything else (a float,
-/// zero, a negative, other text) is refused: it would reach the backend while the hold
-/// counted one image.
-fn workflow_batches(prompt: &Value) -> Result<u64, ApiError> {
-    let Some(nodes) = prompt.as_object() else {
-        return Ok(0);
-    };
-    let refused = || {
-        ApiError::invalid(
-            "a node's 'batch_size' input must be a whole number of at least 1, as a number or a string, or a link to another node",
-            "prompt",
-        )
-    };
-    let mut images = 0u64;
-    for node in nodes.values() {
-        let Some(batch) = node.get("inputs").and_then(|i| i.get("batch_size")) else {
-            continue;
-        };
-        let batch = match batch {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.trim().parse::<u64>().ok(),
-            Value::Array(link) if link.len() == 2 => Some(MAX_CHOICES),
-            _ => None,
-        };
-        images = images.saturating_add(batch.filter(|n| *n >= 1).ok_or_else(refused)?);
-    }
-    Ok(images)
-}
-
-/// Where an SD task names its model: `override_settings.sd_model_checkpoint`.
-const SETTINGS: &str = "override_settings";
-const CHECKPOINT: &str = "sd_model_checkpoint";
-
-/// The member that names the model: a ComfyUI workflow is named by its `workflow_id`, an
-/// SD task by its checkpoint.
-fn model_member(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::Workflow => "workflow_id",
-        Endpoint::ImageTask => "override_settings.sd_model_checkpoint",
-        _ => "model",
-    }
-}
-
-/// `whole_number` of a parsed value.
-fn count_of(value: Option<&Value>, name: &'static str, min: u64) -> Result<Option<u64>, ApiError> {
-    whole_number(value.map(Value::to_string).as_deref(), name, min)
-}
-
 /// A request's prompt members, owned (the body is shared, not copied).
 pub struct Prompt {
+    wire: &'static dyn Wire,
     endpoint: Endpoint,
     raw: Bytes,
     members: Vec<(&'static str, Range<usize>)>,
@@ -497,7 +405,15 @@ impl Prompt {
                 Some(((*name).to_owned(), value))
             })
             .collect();
-        estimate::prompt_tokens(self.endpoint, &prompt)
+        self.wire.prompt_tokens(self.endpoint, &prompt)
+    }
+}
+
+impl crate::dialect::request::Members for ClientRequest {
+    fn member(&self, name: &str) -> Option<&str> {
+        let span = self.members.get(name)?.clone();
+        // `raw` was checked to be UTF-8 and spans fall on value boundaries.
+        std::str::from_utf8(&self.raw[span]).ok()
     }
 }
 

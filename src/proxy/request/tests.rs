@@ -2,8 +2,19 @@
 
 use super::*;
 
+/// A body parsed as the route of `endpoint` that each dialect serves would parse it.
+fn parse(endpoint: Endpoint, raw: Bytes) -> Result<ClientRequest, ApiError> {
+    let dialect = match endpoint {
+        Endpoint::Generation => "dashscope",
+        Endpoint::Workflow => "comfyui",
+        Endpoint::ImageTask => "sd",
+        _ => "openai",
+    };
+    ClientRequest::parse(crate::dialect::named(dialect).unwrap(), endpoint, raw)
+}
+
 fn patched(body: &str, include_usage: bool) -> String {
-    let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(body.to_owned())).unwrap();
+    let request = parse(Endpoint::Chat, Bytes::from(body.to_owned())).unwrap();
     String::from_utf8(request.patched("up-model", include_usage, None).to_vec()).unwrap()
 }
 
@@ -53,9 +64,9 @@ fn nesting_is_counted_outside_strings_only() {
     };
     assert!(!nests_deeper(deep(127).as_bytes(), MAX_DEPTH));
     assert!(nests_deeper(deep(128).as_bytes(), MAX_DEPTH));
-    let refused = ClientRequest::parse(Endpoint::Chat, Bytes::from(deep(500)));
+    let refused = parse(Endpoint::Chat, Bytes::from(deep(500)));
     assert!(matches!(refused, Err(ApiError::InvalidJson(m)) if m.contains("deeper than 128")));
-    assert!(ClientRequest::parse(Endpoint::Chat, Bytes::from(deep(100))).is_ok());
+    assert!(parse(Endpoint::Chat, Bytes::from(deep(100))).is_ok());
 }
 
 #[test]
@@ -65,7 +76,7 @@ fn many_members_keep_their_order_and_repeats_keep_the_last_value() {
     body.push(r#""k3":2"#.into());
     body.push(r#""k39":3"#.into());
     let sent = format!("{{{}}}", body.join(","));
-    let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(sent)).unwrap();
+    let request = parse(Endpoint::Chat, Bytes::from(sent)).unwrap();
     assert_eq!(request.value("k3"), Some(Value::from(2)));
     assert_eq!(request.value("k39"), Some(Value::from(3)));
     assert_eq!(request.value("k40"), None);
@@ -102,11 +113,10 @@ fn include_usage_is_added_to_what_the_client_sent() {
 
 #[test]
 fn bodies_that_are_not_one_object_are_refused_with_the_reason() {
-    let refused =
-        |body: &[u8]| match ClientRequest::parse(Endpoint::Chat, Bytes::copy_from_slice(body)) {
-            Err(ApiError::InvalidJson(message)) => message,
-            other => panic!("{other:?}"),
-        };
+    let refused = |body: &[u8]| match parse(Endpoint::Chat, Bytes::copy_from_slice(body)) {
+        Err(ApiError::InvalidJson(message)) => message,
+        other => panic!("{other:?}"),
+    };
     assert_eq!(refused(b"[1]"), "the body must be a JSON object");
     assert_eq!(refused(b"\"x\""), "the body must be a JSON object");
     assert!(refused(b"{\"a\":1} {}").contains("trailing"));
@@ -117,7 +127,7 @@ fn bodies_that_are_not_one_object_are_refused_with_the_reason() {
 
 #[test]
 fn the_fields_tollgate_reads_are_parsed() {
-    let request = ClientRequest::parse(
+    let request = parse(
         Endpoint::Chat,
         Bytes::from_static(
             br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
@@ -130,13 +140,13 @@ fn the_fields_tollgate_reads_are_parsed() {
     assert_eq!(request.max_tokens, Some(7));
     assert_eq!(request.prompt().estimate(), 3 + 3 + 2);
     assert!(request.prompt_bound() >= request.prompt().estimate());
-    let bad = ClientRequest::parse(Endpoint::Chat, Bytes::from_static(br#"{"stream":1}"#));
+    let bad = parse(Endpoint::Chat, Bytes::from_static(br#"{"stream":1}"#));
     assert!(matches!(bad, Err(ApiError::InvalidRequest { .. })));
 }
 
 #[test]
 fn client_numbers_are_bounded_at_parse_time() {
-    let parse = |body: &str| ClientRequest::parse(Endpoint::Chat, Bytes::from(body.to_owned()));
+    let parse = |body: &str| super::tests::parse(Endpoint::Chat, Bytes::from(body.to_owned()));
     let huge = parse(r#"{"max_tokens":18446744073709551615}"#).unwrap();
     assert_eq!(huge.max_tokens, Some(MAX_COMPLETION_TOKENS));
     let beyond = parse(r#"{"max_completion_tokens":99999999999999999999999}"#).unwrap();
@@ -172,7 +182,7 @@ fn the_prompt_bound_is_never_below_the_tokenizer() {
         } else {
             Endpoint::Chat
         };
-        let request = ClientRequest::parse(endpoint, Bytes::from(body.to_owned())).unwrap();
+        let request = parse(endpoint, Bytes::from(body.to_owned())).unwrap();
         assert!(
             request.prompt_bound() >= request.prompt().estimate(),
             "{body}"
@@ -220,7 +230,7 @@ proptest::proptest! {
         } else {
             serde_json::to_string(&sent).unwrap()
         };
-        let request = ClientRequest::parse(Endpoint::Chat, Bytes::from(text.clone())).unwrap();
+        let request = parse(Endpoint::Chat, Bytes::from(text.clone())).unwrap();
         let upstream: Map<String, Value> =
             serde_json::from_slice(&request.patched("up-model", false, None)).unwrap();
         // Read back the way the backend would read what the client sent (serde_json's
@@ -234,7 +244,7 @@ proptest::proptest! {
 #[test]
 fn dashscope_keeps_its_limits_in_parameters() {
     let body = r#"{"model":"qwen-plus","input":{"prompt":"hi"},"parameters":{"n":2,"seed":7}}"#;
-    let request = ClientRequest::parse(Endpoint::Generation, Bytes::from(body)).unwrap();
+    let request = parse(Endpoint::Generation, Bytes::from(body)).unwrap();
     assert_eq!((request.max_tokens, request.choices), (None, 2));
     assert_eq!(request.worst_case(100).completion, 200);
     let sent = request.patched("qwen-plus-2025", false, Some(40));
@@ -243,6 +253,6 @@ fn dashscope_keeps_its_limits_in_parameters() {
         r#"{"model":"qwen-plus-2025","input":{"prompt":"hi"},"parameters":{"n":2,"seed":7,"max_tokens":40}}"#
     );
     let body = r#"{"model":"m","input":{},"parameters":{"max_tokens":5}}"#;
-    let request = ClientRequest::parse(Endpoint::Generation, Bytes::from(body)).unwrap();
+    let request = parse(Endpoint::Generation, Bytes::from(body)).unwrap();
     assert_eq!(request.max_tokens, Some(5));
 }

@@ -144,7 +144,7 @@ async fn settle(
         request_id: task.request_id.clone(),
         route: endpoint.as_str(),
         caller,
-        request: ClientRequest::parse(endpoint, Bytes::from_static(b"{}"))?,
+        request: ClientRequest::parse(upstream.wire(), endpoint, Bytes::from_static(b"{}"))?,
         candidates: vec![upstream.clone()],
         started: since(task.submitted_at),
         started_at: task.submitted_at,

@@ -8,6 +8,7 @@
 
 mod end;
 mod expiry;
+pub mod routes;
 
 use end::end_task;
 pub use expiry::{expire, spawn_expiry};
@@ -15,7 +16,6 @@ pub use expiry::{expire, spawn_expiry};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -24,7 +24,6 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::answer::{read_body, successful_body};
-use super::extract::ClientPath;
 use super::settle::{Exchange, Outcome, Served, finish};
 use crate::auth::Caller;
 use crate::billing::record::Status;
@@ -179,16 +178,6 @@ fn is_task_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && !id.starts_with('.')
-}
-
-/// `GET .../async-result/{id}` (Zhipu): the backend's answer, passed on.
-pub async fn poll(
-    State(state): State<AppState>,
-    caller: Caller,
-    ClientPath(task_id): ClientPath<String>,
-) -> Result<Response, ApiError> {
-    let polled = poll_task(&state, &caller, &task_id, &Map::new()).await?;
-    Ok(polled.passed_on())
 }
 
 /// What one poll of one task brought back.
