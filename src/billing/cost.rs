@@ -17,6 +17,8 @@ pub enum Unit {
     InputTokens,
     /// Cached prompt tokens, priced per 1,000.
     CachedInputTokens,
+    /// Prompt tokens written to the backend's prompt cache, priced per 1,000.
+    CacheWriteTokens,
     /// Completion tokens, priced per 1,000.
     OutputTokens,
     /// Completed requests, priced each.
@@ -36,9 +38,11 @@ impl Unit {
     pub fn per(self) -> u32 {
         match self {
             Unit::Requests | Unit::Images | Unit::Tasks | Unit::Uploads => 1,
-            Unit::InputTokens | Unit::CachedInputTokens | Unit::OutputTokens | Unit::ComputeMs => {
-                1000
-            }
+            Unit::InputTokens
+            | Unit::CachedInputTokens
+            | Unit::CacheWriteTokens
+            | Unit::OutputTokens
+            | Unit::ComputeMs => 1000,
         }
     }
 
@@ -46,6 +50,7 @@ impl Unit {
         match self {
             Unit::InputTokens => "input_tokens",
             Unit::CachedInputTokens => "cached_input_tokens",
+            Unit::CacheWriteTokens => "cache_write_tokens",
             Unit::OutputTokens => "output_tokens",
             Unit::Requests => "requests",
             Unit::Images => "images",
@@ -59,13 +64,16 @@ impl Unit {
 /// Money in CNY. Never negative, never a float.
 pub type Cost = Decimal;
 
-/// Tokens as the ledger counts them: `cached` is part of `prompt`, reasoning tokens are
-/// part of `completion`, so each token is counted once.
+/// Tokens as the ledger counts them: `cached` (read from the backend's prompt cache) and
+/// `cache_write` (written to it) are parts of `prompt`, reasoning tokens are part of
+/// `completion`, so each token is counted once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenCounts {
     pub prompt: u64,
     pub completion: u64,
     pub cached: u64,
+    #[serde(default)]
+    pub cache_write: u64,
 }
 
 impl TokenCounts {
@@ -75,14 +83,16 @@ impl TokenCounts {
 }
 
 impl TokenCounts {
-    /// Each count at most `cap`'s (and cached never above prompt): what a spending hold
-    /// covers is all that is billed.
+    /// Each count at most `cap`'s (and cached and cache writes never above prompt): what
+    /// a spending hold covers is all that is billed.
     pub fn capped(self, cap: TokenCounts) -> TokenCounts {
         let prompt = self.prompt.min(cap.prompt);
+        let cached = self.cached.min(prompt);
         TokenCounts {
             prompt,
             completion: self.completion.min(cap.completion),
-            cached: self.cached.min(prompt),
+            cached,
+            cache_write: self.cache_write.min(prompt - cached),
         }
     }
 }
@@ -113,13 +123,16 @@ pub struct Quantities {
 }
 
 impl Quantities {
-    /// The count of each unit: `cached` is part of `prompt` (never more).
-    pub fn by_unit(&self) -> [(Unit, u64); 8] {
+    /// The count of each unit: `cached` and `cache_write` are parts of `prompt` (never
+    /// more, cached first).
+    pub fn by_unit(&self) -> [(Unit, u64); 9] {
         let tokens = self.tokens;
         let cached = tokens.cached.min(tokens.prompt);
+        let cache_write = tokens.cache_write.min(tokens.prompt - cached);
         [
-            (Unit::InputTokens, tokens.prompt - cached),
+            (Unit::InputTokens, tokens.prompt - cached - cache_write),
             (Unit::CachedInputTokens, cached),
+            (Unit::CacheWriteTokens, cache_write),
             (Unit::OutputTokens, tokens.completion),
             (Unit::Requests, self.requests),
             (Unit::Images, self.units.images),
@@ -145,8 +158,8 @@ impl Quantities {
     /// The most of these quantities that `budget` pays for at `price`: what a record may
     /// bill when its spending hold is `budget`. Unchanged if they cost no more. Otherwise
     /// the requests, tasks and uploads (every hold covers those) are kept, and the rest of
-    /// the budget pays for input, cached input and output tokens, images and compute time,
-    /// in that order, each as many as it still covers.
+    /// the budget pays for input, cached input, cache write and output tokens, images and
+    /// compute time, in that order, each as many as it still covers.
     pub fn within(&self, price: &PriceVersion, budget: Cost) -> Result<Quantities, Overflow> {
         if self.cost(price)? <= budget {
             return Ok(*self);
@@ -154,6 +167,7 @@ impl Quantities {
         let [
             input,
             cached,
+            cache_write,
             output,
             requests,
             images,
@@ -182,14 +196,16 @@ impl Quantities {
         let uploads = take(uploads, true)?;
         let input = take(input, false)?;
         let cached = take(cached, false)?;
+        let cache_write = take(cache_write, false)?;
         let completion = take(output, false)?;
         let images = take(images, false)?;
         let compute_ms = take(compute, false)?;
         Ok(Quantities {
             tokens: TokenCounts {
-                prompt: input + cached,
+                prompt: input + cached + cache_write,
                 completion,
                 cached,
+                cache_write,
             },
             requests,
             units: Units {
@@ -207,6 +223,7 @@ pub fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
     match unit {
         Unit::InputTokens => price.entry.input_per_1k,
         Unit::CachedInputTokens => price.cached_input_per_1k(),
+        Unit::CacheWriteTokens => price.cache_write_per_1k(),
         Unit::OutputTokens => price.entry.output_per_1k,
         Unit::Requests => price.entry.per_request,
         Unit::Images => price.entry.per_image,
@@ -239,15 +256,29 @@ pub fn cost_of(
 }
 
 /// The most `tokens` and `units` can cost at `price`, whichever of their prompt tokens turn
-/// out cached: what a spending hold must cover.
+/// out read from or written to a cache: what a spending hold must cover. The whole prompt
+/// is priced at the dearest of the three prompt rates.
 pub fn worst_cost_of(
     price: &PriceVersion,
     tokens: TokenCounts,
     units: Units,
 ) -> Result<Cost, Overflow> {
-    let cached_dearer = price.cached_input_per_1k() > price.entry.input_per_1k;
+    let (input, cached, write) = (
+        price.entry.input_per_1k,
+        price.cached_input_per_1k(),
+        price.cache_write_per_1k(),
+    );
     let tokens = TokenCounts {
-        cached: if cached_dearer { tokens.prompt } else { 0 },
+        cached: if cached > input && cached >= write {
+            tokens.prompt
+        } else {
+            0
+        },
+        cache_write: if write > input && write > cached {
+            tokens.prompt
+        } else {
+            0
+        },
         ..tokens
     };
     cost_of(price, tokens, units, true)
@@ -269,6 +300,7 @@ mod tests {
                 effective_from: Default::default(),
                 input_per_1k: d(input),
                 cached_input_per_1k: cached.map(d),
+                cache_write_per_1k: None,
                 output_per_1k: d(output),
                 per_request: d(per_request),
                 per_image: Decimal::ZERO,
@@ -286,6 +318,7 @@ mod tests {
             prompt: 1200,
             completion: 3,
             cached: 1024,
+            cache_write: 0,
         };
         // 176 * 0.004 + 1024 * 0.001 + 3 * 0.016 = 0.704 + 1.024 + 0.048 = 1.776 per 1k
         assert_eq!(
@@ -295,12 +328,52 @@ mod tests {
     }
 
     #[test]
+    fn cache_writes_are_priced_at_their_rate_and_held_at_the_dearest() {
+        let mut p = price("0.003", Some("0.0003"), "0.015", "0");
+        p.entry.cache_write_per_1k = Some(Decimal::from_str("0.00375").unwrap());
+        // Anthropic's usage: 100 input, 2000 written to the cache, 3000 read from it.
+        let tokens = TokenCounts {
+            prompt: 5100,
+            completion: 10,
+            cached: 3000,
+            cache_write: 2000,
+        };
+        // 100 * 0.003 + 3000 * 0.0003 + 2000 * 0.00375 + 10 * 0.015 = 0.3 + 0.9 + 7.5 + 0.15
+        assert_eq!(
+            cost_of(&p, tokens, Units::default(), true).unwrap(),
+            Decimal::from_str("0.00885").unwrap()
+        );
+        // A hold prices the whole prompt as cache writes, the dearest prompt rate.
+        let worst = worst_cost_of(&p, tokens, Units::default()).unwrap();
+        assert_eq!(worst, Decimal::from_str("0.0192750").unwrap());
+        // No rate of its own: the input price.
+        p.entry.cache_write_per_1k = None;
+        assert_eq!(
+            cost_of(&p, tokens, Units::default(), true).unwrap(),
+            Decimal::from_str("0.00735").unwrap()
+        );
+        // More cache writes than prompt tokens left: capped, never billed twice.
+        let over = TokenCounts {
+            cache_write: 9999,
+            ..tokens
+        };
+        let q = Quantities {
+            tokens: over,
+            requests: 1,
+            units: Units::default(),
+        };
+        let counted: u64 = q.by_unit()[..3].iter().map(|(_, n)| n).sum();
+        assert_eq!(counted, 5100);
+    }
+
+    #[test]
     fn tiny_prices_stay_exact() {
         let p = price("0.00000001", None, "0.00000003", "0");
         let tokens = TokenCounts {
             prompt: 7,
             completion: 11,
             cached: 0,
+            cache_write: 0,
         };
         assert_eq!(
             cost_of(&p, tokens, Units::default(), true).unwrap(),
@@ -330,6 +403,7 @@ mod tests {
             prompt: u64::MAX,
             completion: u64::MAX,
             cached: u64::MAX,
+            cache_write: 0,
         };
         assert_eq!(cost_of(&p, tokens, Units::default(), true), Err(Overflow));
         let fine = price("1000000", None, "1000000", "1000000");
@@ -374,6 +448,7 @@ mod tests {
                 prompt: 1000,
                 completion: 1000,
                 cached: 0,
+                cache_write: 0,
             },
             requests: 1,
             units: Units {

@@ -31,6 +31,10 @@ pub struct PriceEntry {
     /// CNY per 1,000 cached prompt tokens; the input price when absent.
     #[serde(default, deserialize_with = "money_opt")]
     pub cached_input_per_1k: Option<Decimal>,
+    /// CNY per 1,000 prompt tokens written to the backend's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`); the input price when absent.
+    #[serde(default, deserialize_with = "money_opt")]
+    pub cache_write_per_1k: Option<Decimal>,
     /// CNY per 1,000 completion tokens.
     #[serde(default, deserialize_with = "money_or_zero")]
     pub output_per_1k: Decimal,
@@ -77,6 +81,12 @@ impl PriceVersion {
             .cached_input_per_1k
             .unwrap_or(self.entry.input_per_1k)
     }
+
+    pub fn cache_write_per_1k(&self) -> Decimal {
+        self.entry
+            .cache_write_per_1k
+            .unwrap_or(self.entry.input_per_1k)
+    }
 }
 
 /// Reads every `*.toml` file of `dir`, sorted by name, and checks each entry.
@@ -100,9 +110,10 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
 /// The rates a price entry may name; it names at least one (a free model says
 /// `input_per_1k = "0"`), so that an entry whose rates were all misspelt is refused, not
 /// free.
-pub const RATES: [&str; 8] = [
+pub const RATES: [&str; 9] = [
     "input_per_1k",
     "cached_input_per_1k",
+    "cache_write_per_1k",
     "output_per_1k",
     "per_request",
     "per_image",
@@ -137,6 +148,7 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
         let prices = [
             ("input_per_1k", Some(e.input_per_1k)),
             ("cached_input_per_1k", e.cached_input_per_1k),
+            ("cache_write_per_1k", e.cache_write_per_1k),
             ("output_per_1k", Some(e.output_per_1k)),
             ("per_request", Some(e.per_request)),
             ("per_image", Some(e.per_image)),
@@ -338,6 +350,7 @@ mod tests {
             effective_from: DateTime::parse_from_rfc3339(from).unwrap().into(),
             input_per_1k: Decimal::from(input),
             cached_input_per_1k: None,
+            cache_write_per_1k: None,
             output_per_1k: Decimal::ZERO,
             per_request: Decimal::ZERO,
             per_image: Decimal::ZERO,

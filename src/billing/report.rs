@@ -72,6 +72,7 @@ pub struct Row {
     pub requests: i64,
     pub prompt_tokens: i64,
     pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
     pub completion_tokens: i64,
     pub cost_exact: Decimal,
     pub cost: Decimal,
@@ -187,6 +188,7 @@ pub fn build(
         row.requests = row.requests.saturating_add(t.requests);
         row.prompt_tokens = row.prompt_tokens.saturating_add(t.prompt_tokens);
         row.cached_tokens = row.cached_tokens.saturating_add(t.cached_tokens);
+        row.cache_write_tokens = row.cache_write_tokens.saturating_add(t.cache_write_tokens);
         row.completion_tokens = row.completion_tokens.saturating_add(t.completion_tokens);
         row.cost_exact = add(row.cost_exact, cost)?;
         let point = series
@@ -225,25 +227,28 @@ impl Report {
             .iter()
             .map(|d| format!("{},", d.as_str()))
             .collect();
-        out.push_str("requests,prompt_tokens,cached_tokens,completion_tokens,cost_exact,cost\n");
+        out.push_str(
+            "requests,prompt_tokens,cached_tokens,cache_write_tokens,completion_tokens,cost_exact,cost\n",
+        );
         for r in &self.rows {
             for g in &r.group {
                 out.push_str(&csv_field(g));
                 out.push(',');
             }
             out.push_str(&format!(
-                "{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{}\n",
                 r.requests,
                 r.prompt_tokens,
                 r.cached_tokens,
+                r.cache_write_tokens,
                 r.completion_tokens,
                 r.cost_exact,
                 r.cost
             ));
         }
-        // TOTAL, blanks under the other group columns and the four counts, then the costs.
+        // TOTAL, blanks under the other group columns and the five counts, then the costs.
         let mut total = vec!["TOTAL".to_string()];
-        total.extend(std::iter::repeat_n(String::new(), self.group_by.len() + 3));
+        total.extend(std::iter::repeat_n(String::new(), self.group_by.len() + 4));
         total.extend([self.total_exact.to_string(), self.total.to_string()]);
         out.push_str(&total.join(","));
         out.push('\n');

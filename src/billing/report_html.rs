@@ -144,20 +144,26 @@ pub fn render(report: &Report) -> String {
     for d in &report.group_by {
         html.push_str(&format!("<th>{}</th>", d.as_str()));
     }
-    html.push_str("<th>requests</th><th>prompt tokens</th><th>cached tokens</th><th>completion tokens</th><th>cost (exact)</th><th>cost</th></tr></thead><tbody>");
+    html.push_str("<th>requests</th><th>prompt tokens</th><th>cached tokens</th><th>cache write tokens</th><th>completion tokens</th><th>cost (exact)</th><th>cost</th></tr></thead><tbody>");
     for r in &report.rows {
         html.push_str("<tr>");
         for g in &r.group {
             html.push_str(&format!("<td class=\"g\">{}</td>", escape(g)));
         }
         html.push_str(&format!(
-            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r.requests, r.prompt_tokens, r.cached_tokens, r.completion_tokens, r.cost_exact, r.cost
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.requests,
+            r.prompt_tokens,
+            r.cached_tokens,
+            r.cache_write_tokens,
+            r.completion_tokens,
+            r.cost_exact,
+            r.cost
         ));
     }
     let span = report.group_by.len().max(1);
     html.push_str(&format!(
-        "</tbody><tfoot><tr><td class=\"g\" colspan=\"{}\">Total</td><td colspan=\"4\"></td><td>{}</td><td>{}</td></tr></tfoot></table></body></html>",
+        "</tbody><tfoot><tr><td class=\"g\" colspan=\"{}\">Total</td><td colspan=\"5\"></td><td>{}</td><td>{}</td></tr></tfoot></table></body></html>",
         span, report.total_exact, report.total
     ));
     html

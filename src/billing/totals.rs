@@ -21,6 +21,7 @@ pub struct Totals {
     pub ok_requests: i64,
     pub prompt_tokens: i64,
     pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
     pub completion_tokens: i64,
     pub images: i64,
     pub tasks: i64,
@@ -37,6 +38,7 @@ impl Totals {
                 prompt: count(self.prompt_tokens),
                 completion: count(self.completion_tokens),
                 cached: count(self.cached_tokens),
+                cache_write: count(self.cache_write_tokens),
             },
             requests: count(self.ok_requests),
             units: Units {

@@ -174,6 +174,7 @@ pub fn parse_usage(usage: &Value) -> Option<TokenCounts> {
         prompt,
         completion,
         cached,
+        cache_write: 0,
     })
 }
 
@@ -279,7 +280,8 @@ mod tests {
             Some(TokenCounts {
                 prompt: 5,
                 completion: 3,
-                cached: 0
+                cached: 0,
+                cache_write: 0,
             })
         );
     }
@@ -293,7 +295,8 @@ mod tests {
             Some(TokenCounts {
                 prompt: 1200,
                 completion: 3,
-                cached: 1024
+                cached: 1024,
+                cache_write: 0,
             })
         );
     }

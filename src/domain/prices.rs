@@ -50,6 +50,7 @@ pub fn describe(version: &PriceVersion, book: &PriceBook) -> Value {
     json!({
         "id": version.id, "model": e.model, "chip": e.chip, "effective_from": e.effective_from,
         "input_per_1k": e.input_per_1k, "cached_input_per_1k": version.cached_input_per_1k(),
+        "cache_write_per_1k": version.cache_write_per_1k(),
         "output_per_1k": e.output_per_1k, "per_request": e.per_request,
         "per_image": e.per_image, "per_task": e.per_task, "per_second": e.per_second,
         "per_upload": e.per_upload, "currency": "CNY",

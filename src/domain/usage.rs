@@ -54,6 +54,7 @@ pub struct MonthToDate {
     pub requests: i64,
     pub prompt_tokens: i64,
     pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
     pub completion_tokens: i64,
     /// Exact, in CNY.
     pub cost: Decimal,
@@ -87,6 +88,7 @@ pub async fn month_to_date(
         requests: sum(|t| t.requests),
         prompt_tokens: sum(|t| t.prompt_tokens),
         cached_tokens: sum(|t| t.cached_tokens),
+        cache_write_tokens: sum(|t| t.cache_write_tokens),
         completion_tokens: sum(|t| t.completion_tokens),
         cost: invoice::cost_of_sums(&totals, prices)?,
     })

@@ -42,6 +42,7 @@ struct Exported<'a> {
     error: Option<&'a str>,
     prompt_tokens: i64,
     cached_tokens: i64,
+    cache_write_tokens: i64,
     completion_tokens: i64,
     images: i64,
     tasks: i64,
@@ -60,7 +61,7 @@ struct Exported<'a> {
 
 /// The CSV header: `Exported`'s fields.
 const CSV_HEADER: &str = "request_id,account,key_id,model,chip,deployment,endpoint,stream,\
-status,http_status,error,prompt_tokens,cached_tokens,completion_tokens,images,tasks,\
+status,http_status,error,prompt_tokens,cached_tokens,cache_write_tokens,completion_tokens,images,tasks,\
 compute_ms,uploads,usage_source,price_version_id,cost,blocked,moderation,started_at,\
 ended_at,latency_ms,ttft_ms";
 
@@ -80,6 +81,7 @@ fn exported<'a>(r: &'a StoredRecord, account: &'a str) -> Exported<'a> {
         error: r.error.as_deref(),
         prompt_tokens: r.prompt_tokens,
         cached_tokens: r.cached_tokens,
+        cache_write_tokens: r.cache_write_tokens,
         completion_tokens: r.completion_tokens,
         images: r.images,
         tasks: r.tasks,
@@ -114,6 +116,7 @@ fn csv_line(e: &Exported) -> String {
         text(e.error),
         e.prompt_tokens.to_string(),
         e.cached_tokens.to_string(),
+        e.cache_write_tokens.to_string(),
         e.completion_tokens.to_string(),
         e.images.to_string(),
         e.tasks.to_string(),

@@ -49,6 +49,9 @@ struct Line {
     prompt_tokens: u64,
     #[serde(default)]
     cached_tokens: u64,
+    /// Prompt tokens written to the backend's prompt cache.
+    #[serde(default)]
+    cache_write_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
     #[serde(default)]
@@ -296,10 +299,10 @@ impl Ledger {
             line.uploads,
         ];
         if counts.iter().any(|&c| c > MAX_REPORTED_TOKENS)
-            || line.cached_tokens > line.prompt_tokens
+            || line.cached_tokens.saturating_add(line.cache_write_tokens) > line.prompt_tokens
         {
             return invalid(format!(
-                "counts must be at most {MAX_REPORTED_TOKENS}, cached_tokens at most prompt_tokens"
+                "counts must be at most {MAX_REPORTED_TOKENS}, cached_tokens and cache_write_tokens together at most prompt_tokens"
             ));
         }
         let Some(price) = self
@@ -332,6 +335,7 @@ impl Ledger {
             prompt: line.prompt_tokens,
             completion: line.completion_tokens,
             cached: line.cached_tokens,
+            cache_write: line.cache_write_tokens,
         };
         let units = match completed {
             true => Units {

@@ -39,6 +39,7 @@ pub async fn usage_of_key(
         },
         "period": {"start": month.start, "end": month.end, "requests": month.requests,
                    "prompt_tokens": month.prompt_tokens, "cached_tokens": month.cached_tokens,
+                   "cache_write_tokens": month.cache_write_tokens,
                    "completion_tokens": month.completion_tokens,
                    "cost": month.cost.to_string(), "currency": "CNY", "timezone": zone.name()},
     }))

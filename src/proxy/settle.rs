@@ -186,7 +186,7 @@ impl Exchange {
         let count = move || TokenCounts {
             prompt: known.unwrap_or_else(|| prompt.estimate()),
             completion: estimate::count_text(&delivered),
-            cached: 0,
+            ..TokenCounts::default()
         };
         match tokio::task::spawn_blocking(count).await {
             Ok(tokens) => Some(tokens),
@@ -195,7 +195,7 @@ impl Exchange {
                 Some(TokenCounts {
                     prompt: self.request.prompt_bound(),
                     completion: outcome.observed.delivered_text.len() as u64,
-                    cached: 0,
+                    ..TokenCounts::default()
                 })
             }
         }

@@ -143,6 +143,7 @@ pub const COLUMNS: &[&str] = &[
     "ended_after_ms",
     "latency_ms",
     "ttft_ms",
+    "cache_write_tokens",
 ];
 
 /// Binds `r`, of shape `shape_id`, to the `COLUMNS.len()` parameters after the first
@@ -156,7 +157,7 @@ pub fn bind(
     let started_at = to_ms(r.started_at);
     // How long after its start it ended, unless that is its latency (mostly).
     let ended_after = Some(to_ms(r.ended_at) - started_at).filter(|&ms| ms != r.latency_ms);
-    let values: [&dyn rusqlite::ToSql; 12] = [
+    let values: [&dyn rusqlite::ToSql; 13] = [
         &RequestKey::of(&r.request_id),
         &r.account_id,
         &r.key_id,
@@ -169,6 +170,7 @@ pub fn bind(
         &ended_after,
         &r.latency_ms,
         &r.ttft_ms,
+        &(r.tokens.cache_write as i64),
     ];
     for (i, value) in values.into_iter().enumerate() {
         insert.raw_bind_parameter(offset + i + 1, value)?;

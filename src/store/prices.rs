@@ -14,6 +14,7 @@ fn from_row(row: &impl Read) -> Result<PriceVersion> {
             effective_from: from_ms(row.read("effective_from")?),
             input_per_1k: row.money("input_per_1k")?,
             cached_input_per_1k: row.money_or_null("cached_input_per_1k")?,
+            cache_write_per_1k: row.money_or_null("cache_write_per_1k")?,
             output_per_1k: row.money("output_per_1k")?,
             per_request: row.money("per_request")?,
             per_image: row.money("per_image")?,
@@ -73,8 +74,8 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
             sqlx::query(
                 "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
                     cached_input_per_1k, output_per_1k, per_request, per_image, per_task,
-                    per_second, per_upload, recorded_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    per_second, per_upload, recorded_at, cache_write_per_1k)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(&entry.model)
             .bind(&entry.chip)
@@ -88,6 +89,7 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
             .bind(Money(entry.per_second))
             .bind(Money(entry.per_upload))
             .bind(to_ms(Utc::now()))
+            .bind(entry.cache_write_per_1k.map(Money))
             .execute(&mut *tx)
             .await?;
             added += 1;
@@ -117,6 +119,7 @@ fn refuse_if_changed(recorded: &PriceVersion, entry: &PriceEntry) -> Result<()> 
 fn same_prices(a: &PriceEntry, b: &PriceEntry) -> bool {
     a.input_per_1k == b.input_per_1k
         && a.cached_input_per_1k == b.cached_input_per_1k
+        && a.cache_write_per_1k == b.cache_write_per_1k
         && a.output_per_1k == b.output_per_1k
         && a.per_request == b.per_request
         && a.per_image == b.per_image

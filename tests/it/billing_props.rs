@@ -153,6 +153,8 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
                     },
                     input_per_1k: *input,
                     cached_input_per_1k: Some(*cached),
+                    // Cache writes at the output price: a rate of its own.
+                    cache_write_per_1k: Some(*output),
                     output_per_1k: *output,
                     per_request: *per_request,
                     per_image: *per_image,
@@ -177,6 +179,8 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
             prompt: u.prompt,
             completion: u.completion,
             cached: u.cached,
+            // Half the prompt tokens not read from a cache were written to it.
+            cache_write: (u.prompt - u.cached) / 2,
         };
         let units = if u.ok { u.units } else { Units::default() };
         let cost = cost_of(version, tokens, units, u.ok).unwrap();
@@ -406,6 +410,7 @@ proptest! {
                 effective_from: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
                 input_per_1k: price,
                 cached_input_per_1k: Some(amount),
+                cache_write_per_1k: Some(amount),
                 output_per_1k: price,
                 per_request: price,
                 per_image: price,
@@ -414,7 +419,7 @@ proptest! {
                 per_upload: price,
             },
         };
-        let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2 };
+        let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2, cache_write: counts.1 };
         let units = Units { images: counts.0, tasks: counts.1, compute_ms: counts.2, uploads: counts.0 };
         let cost = cost_of(&version, tokens, Units::default(), true);
         let _ = cost_of(&version, tokens, units, true);
@@ -426,8 +431,8 @@ proptest! {
             prop_assert!(cost.is_ok(), "bounded inputs always have a cost");
             prop_assert!(worst_cost_of(&version, tokens, Units::default()).unwrap() >= cost.unwrap());
         }
-        let capped = tokens.capped(TokenCounts { prompt: 10, completion: 10, cached: 0 });
-        prop_assert!(capped.prompt <= 10 && capped.completion <= 10 && capped.cached <= capped.prompt);
+        let capped = tokens.capped(TokenCounts { prompt: 10, completion: 10, cached: 0, cache_write: 0 });
+        prop_assert!(capped.prompt <= 10 && capped.completion <= 10 && capped.cached + capped.cache_write <= capped.prompt);
 
         // Sums near i64::MAX, as a broken aggregate could hand them over.
         let book = PriceBook::new(vec![version]);
@@ -443,6 +448,7 @@ proptest! {
                 ok_requests: sums.0,
                 prompt_tokens: sums.1,
                 cached_tokens: sums.2,
+                cache_write_tokens: sums.2,
                 completion_tokens: sums.1,
                 images: sums.0,
                 tasks: sums.2,

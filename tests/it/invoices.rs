@@ -189,6 +189,7 @@ async fn a_finalized_invoice_is_the_same_bytes_forever() {
             .into(),
         input_per_1k: dec("9"),
         cached_input_per_1k: None,
+        cache_write_per_1k: None,
         output_per_1k: dec("9"),
         per_request: dec("0"),
         per_image: dec("0"),

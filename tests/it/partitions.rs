@@ -240,7 +240,7 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
     let old = Db::Postgres(pool.clone());
     let account = store::accounts::create(&old, "acme").await.unwrap();
     let key_id = helpers::insert_key(&old, account.id).await;
-    let version = helpers::simple_price(&old).await;
+    let version = helpers::ledger::old_simple_price(&old).await;
     let first = Utc.with_ymd_and_hms(2026, 7, 20, 0, 0, 0).unwrap();
     sqlx::query(
         "INSERT INTO usage_records (request_id, account_id, key_id, model, chip, endpoint,
@@ -252,7 +252,7 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
     )
     .bind(account.id)
     .bind(key_id)
-    .bind(version.id)
+    .bind(version)
     .bind(first.timestamp_millis())
     .execute(&pool)
     .await
@@ -281,13 +281,13 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
     // The writer goes on: a replayed old record adds nothing, a new one takes the next id.
     let sink = store::Sink::open(&database).await.unwrap();
     let mut replay =
-        helpers::simple_record("req_old_7".into(), (account.id, key_id), version.id, first);
+        helpers::simple_record("req_old_7".into(), (account.id, key_id), version, first);
     replay.started_at = first + Duration::hours(49);
     replay.ended_at = replay.started_at;
     let new = helpers::simple_record(
         "req_new".into(),
         (account.id, key_id),
-        version.id,
+        version,
         first + Duration::days(40),
     );
     sink.insert(&[&replay, &new]).await.unwrap();

@@ -127,7 +127,7 @@ pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::R
         tokens: TokenCounts {
             prompt: 12,
             completion: 30,
-            cached: 0,
+            ..TokenCounts::default()
         },
         units: Default::default(),
         usage_source: UsageSource::Reported,

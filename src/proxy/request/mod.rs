@@ -241,7 +241,7 @@ impl ClientRequest {
         TokenCounts {
             prompt: self.prompt_bound(),
             completion,
-            cached: 0,
+            ..TokenCounts::default()
         }
     }
 

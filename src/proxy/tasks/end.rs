@@ -36,7 +36,7 @@ pub(super) fn hold_of(task: &Task) -> Option<Hold> {
         tokens: TokenCounts {
             prompt: u64::MAX,
             completion: u64::MAX,
-            cached: 0,
+            ..TokenCounts::default()
         },
     })
 }

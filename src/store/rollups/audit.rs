@@ -35,6 +35,7 @@ pub struct Counts {
     pub tasks: i64,
     pub compute_ms: i64,
     pub uploads: i64,
+    pub cache_write_tokens: i64,
 }
 
 impl Counts {
@@ -49,6 +50,7 @@ impl Counts {
             tasks: r.read("tasks")?,
             compute_ms: r.read("compute_ms")?,
             uploads: r.read("uploads")?,
+            cache_write_tokens: r.read("cache_write_tokens")?,
         })
     }
 }

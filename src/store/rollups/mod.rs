@@ -280,8 +280,9 @@ fn totals_sql(source: Source, scope: Scope, by: By) -> String {
     )
 }
 
-/// The counts a rollup sums, as its columns and `Totals`' fields are named.
-pub(super) const SUMMED: [&str; 8] = [
+/// The counts a rollup sums, as its columns and `Totals`' fields are named, in the order
+/// of the rollup tables' columns.
+pub(super) const SUMMED: [&str; 9] = [
     "requests",
     "prompt_tokens",
     "cached_tokens",
@@ -290,6 +291,7 @@ pub(super) const SUMMED: [&str; 8] = [
     "tasks",
     "compute_ms",
     "uploads",
+    "cache_write_tokens",
 ];
 
 fn totals_from_row(r: &impl Read) -> Result<Totals> {
@@ -305,6 +307,7 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
         ok_requests: r.read("ok_requests")?,
         prompt_tokens: c.prompt_tokens,
         cached_tokens: c.cached_tokens,
+        cache_write_tokens: c.cache_write_tokens,
         completion_tokens: c.completion_tokens,
         images: c.images,
         tasks: c.tasks,

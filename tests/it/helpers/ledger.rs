@@ -129,9 +129,23 @@ pub const HOURLY_FROM_RECORDS: &str = "INSERT INTO usage_hourly
            r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status,
            r.price_version_id, count(*), sum(r.prompt_tokens), sum(r.cached_tokens),
            sum(r.completion_tokens), sum(r.images), sum(r.tasks), sum(r.compute_ms),
-           sum(r.uploads)
+           sum(r.uploads), sum(r.cache_write_tokens)
     FROM usage_records r JOIN api_keys k ON k.id = r.key_id
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9";
+
+/// Records `simple_price`'s price (model `m`, chip `c`) in a ledger an older tollgate
+/// wrote, whose price table has fewer rates than today's; returns its version id.
+pub async fn old_simple_price(db: &Db) -> i64 {
+    let sql = "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
+                   output_per_1k, per_request, per_image, per_task, per_second, per_upload,
+                   recorded_at)
+               VALUES ('m', 'c', 1767225600000, '0.001', '0.002', '0', '0', '0', '0', '0', 0)
+               RETURNING id";
+    match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+    }
+}
 
 /// A directory in `dir` with this backend's migrations (`migrations/sqlite` or
 /// `migrations/postgres`) numbered below `first_left_out`: a ledger as an older tollgate
