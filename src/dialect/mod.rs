@@ -126,6 +126,12 @@ pub trait Wire: Sync {
         openai::path(endpoint)
     }
 
+    /// The header the backend's credential goes in, and what precedes the credential
+    /// there (`Authorization: Bearer ...` by default).
+    fn credential(&self) -> (&'static str, &'static str) {
+        ("authorization", "Bearer ")
+    }
+
     /// Headers the backend needs besides the body's type and the credential.
     fn headers(&self, _streamed: bool) -> &'static [(&'static str, &'static str)] {
         &[]

@@ -1,5 +1,6 @@
-//! The `Caller` extractor of the client routes: the bearer key, checked (`auth`) and
-//! counted in the key cache's metrics.
+//! The `Caller` extractor of the client routes: the key, as a bearer token or in
+//! `x-api-key` (as Anthropic's SDK sends it), checked (`auth`) and counted in the key
+//! cache's metrics.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -9,22 +10,33 @@ use crate::auth::{ApiKey, Caller, authenticate};
 use crate::server::ApiError;
 use crate::state::AppState;
 
+/// Where Anthropic's SDK sends the key.
+const X_API_KEY: &str = "x-api-key";
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::MissingKey)?
-            .to_str()
-            .map_err(|_| ApiError::InvalidKey("malformed Authorization header"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(ApiError::InvalidKey(
-                "malformed Authorization header: expected 'Bearer tg-...'",
-            ))?;
+        let token = match (
+            parts.headers.get(AUTHORIZATION),
+            parts.headers.get(X_API_KEY),
+        ) {
+            (Some(header), _) => {
+                let header = header
+                    .to_str()
+                    .map_err(|_| ApiError::InvalidKey("malformed Authorization header"))?;
+                header
+                    .strip_prefix("Bearer ")
+                    .or_else(|| header.strip_prefix("bearer "))
+                    .ok_or(ApiError::InvalidKey(
+                        "malformed Authorization header: expected 'Bearer tg-...'",
+                    ))?
+            }
+            (None, Some(header)) => header
+                .to_str()
+                .map_err(|_| ApiError::InvalidKey("malformed x-api-key header"))?,
+            (None, None) => return Err(ApiError::MissingKey),
+        };
         let key = ApiKey::parse(token.trim())?;
         let (caller, hit) = authenticate(state.keys(), state.db(), &key).await?;
         let [hits, misses] = &state.metrics().key_cache;

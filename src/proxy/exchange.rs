@@ -114,8 +114,8 @@ async fn connect(
             .header(header::HOST, upstream.host.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(REQUEST_ID, &ex.request_id);
-        if let Some(authorization) = upstream.authorization() {
-            request = request.header(header::AUTHORIZATION, authorization.clone());
+        if let Some((name, value)) = upstream.credential() {
+            request = request.header(name, value.clone());
         }
         for &(name, value) in upstream.wire().headers(ex.request.stream) {
             request = request.header(name, value);

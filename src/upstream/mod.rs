@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
@@ -34,9 +34,9 @@ pub struct Upstream {
     pub host: HeaderValue,
     /// The model name sent to the backend.
     pub upstream_model: String,
-    /// `Bearer <credential>`, from the environment, built once and marked sensitive;
-    /// never logged.
-    authorization: Option<HeaderValue>,
+    /// The credential's header (`Authorization: Bearer ...`, or where the dialect puts
+    /// it), from the environment or a file, built once and marked sensitive; never logged.
+    credential: Option<(HeaderName, HeaderValue)>,
     /// The wire format it speaks (`crate::dialect`).
     wire: &'static dyn Wire,
     /// Where its other paths are (a task's submission and polls).
@@ -143,16 +143,6 @@ impl Upstream {
                 c.chip
             );
         }
-        let authorization = secret
-            .map(|secret| {
-                let mut value =
-                    HeaderValue::try_from(format!("Bearer {secret}")).map_err(|_| {
-                        anyhow::anyhow!("{source} holds characters an HTTP header cannot carry")
-                    })?;
-                value.set_sensitive(true);
-                anyhow::Ok(value)
-            })
-            .transpose()?;
         let wire = dialect::named(&c.dialect).with_context(|| {
             format!(
                 "upstream {}/{}: no dialect is called '{}' (known: {})",
@@ -162,6 +152,17 @@ impl Upstream {
                 dialect::names()
             )
         })?;
+        let (header, prefix) = wire.credential();
+        let credential = secret
+            .map(|secret| {
+                let mut value =
+                    HeaderValue::try_from(format!("{prefix}{secret}")).map_err(|_| {
+                        anyhow::anyhow!("{source} holds characters an HTTP header cannot carry")
+                    })?;
+                value.set_sensitive(true);
+                anyhow::Ok((HeaderName::from_static(header), value))
+            })
+            .transpose()?;
         let endpoint = c.endpoint.unwrap_or_else(|| wire.serves());
         let path = wire.path(endpoint).with_context(|| {
             format!(
@@ -182,7 +183,7 @@ impl Upstream {
             client: UpstreamClient::new(&url, Duration::from_millis(c.connect_timeout_ms))?,
             url,
             upstream_model: c.upstream_model.clone().unwrap_or_else(|| c.model.clone()),
-            authorization,
+            credential,
             wire,
             base_url: c.base_url.clone(),
             outbound: c
@@ -201,8 +202,9 @@ impl Upstream {
         })
     }
 
-    pub fn authorization(&self) -> Option<&HeaderValue> {
-        self.authorization.as_ref()
+    /// The credential's header and value, if the backend has a credential.
+    pub fn credential(&self) -> Option<(&HeaderName, &HeaderValue)> {
+        self.credential.as_ref().map(|(name, value)| (name, value))
     }
 
     /// This pair's metric series in `metrics` (the one registry of the application).
@@ -437,7 +439,8 @@ mod tests {
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let upstream = Upstream::build(&config("TOLLGATE_UNIT_GOOD_SECRET")).unwrap();
-        let authorization = upstream.authorization().unwrap();
+        let (header, authorization) = upstream.credential().unwrap();
+        assert_eq!(header, "authorization");
         assert_eq!(authorization, "Bearer sk-abc");
         assert!(authorization.is_sensitive());
         let error = Upstream::build(&config("TOLLGATE_UNIT_BAD_SECRET")).unwrap_err();

@@ -43,7 +43,12 @@ async fn a_client_leaving_at_any_point_leaves_one_record_with_the_backends_usage
     // The first event comes after 30 ms: the client is gone before the response head.
     let left = tokio::time::timeout(Duration::from_millis(15), request).await;
     assert!(left.is_err(), "the client left before any answer");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Drained and written in the background: waited for (a busy machine takes longer).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.record_count().await <= before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         app.record_count().await,
         before + 1,

@@ -324,8 +324,8 @@ pub async fn send(
     mut request: axum::http::request::Builder,
     body: Bytes,
 ) -> Result<UpstreamResponse, ApiError> {
-    if let Some(authorization) = upstream.authorization() {
-        request = request.header(header::AUTHORIZATION, authorization.clone());
+    if let Some((name, value)) = upstream.credential() {
+        request = request.header(name, value.clone());
     }
     let request = request
         .body(Full::new(body))
