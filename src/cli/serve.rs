@@ -61,6 +61,8 @@ pub(super) async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<(
          python: dashscope.base_http_api_url = \"http://{addr}/api/v1\"; \
          Generation.call(model=\"qwen-plus\", prompt=\"你好\", api_key=\"{key}\")\n  \
          python: ZhipuAI(api_key=\"{key}\", base_url=\"http://{addr}/api/paas/v4\")\n\
+         python: anthropic.Anthropic(api_key=\"{key}\", base_url=\"http://{addr}\"); \
+         messages.create(model=\"glm-4.6\", max_tokens=256, messages=[...])\n\
          {admin}\n\
          Ctrl-C stops it.",
         db.display(),

@@ -11,6 +11,7 @@ pub mod framing;
 pub mod observe;
 pub mod request;
 
+mod anthropic;
 pub mod comfyui;
 pub mod dashscope;
 mod openai;
@@ -291,12 +292,13 @@ pub struct RelayFacts {
 }
 
 /// Every dialect tollgate speaks: the one list an upstream's `dialect` is looked up in.
-static DIALECTS: [&dyn Wire; 5] = [
+static DIALECTS: [&dyn Wire; 6] = [
     &openai::OpenAi,
     &dashscope::DashScope,
     &zhipu::Zhipu,
     &comfyui::ComfyUi,
     &sd::Sd,
+    &anthropic::Anthropic,
 ];
 
 /// Every dialect, in `DIALECTS` order.

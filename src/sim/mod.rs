@@ -4,9 +4,10 @@
 //! `/dashscope/services/aigc/text-generation/generation`; Zhipu's
 //! `/zhipu/async/chat/completions`, `/zhipu/async-result/{id}` and
 //! `/zhipu/images/generations`; GenStudio's `/comfyui/{prompt,get_task_info,cancel,
-//! upload/image}` and `/sd/{create,get_result}`); a request can steer it with an `x_sim`
-//! object in its body (see [`Knobs`]).
+//! upload/image}` and `/sd/{create,get_result}`; Anthropic's `/anthropic/v1/messages`); a
+//! request can steer it with an `x_sim` object in its body (see [`Knobs`]).
 
+mod anthropic;
 mod comfyui;
 mod dashscope;
 mod formats;
@@ -50,6 +51,8 @@ pub struct Knobs {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the prompt cache (Anthropic's answers).
+    pub cache_write_tokens: Option<u64>,
     pub fault: Option<Fault>,
     /// Send exactly these bytes as the body (a fixture), `split` bytes per network write.
     pub raw: Option<String>,
@@ -130,6 +133,7 @@ pub fn router() -> Router {
         .route("/comfyui/upload/image", post(comfy_upload))
         .route("/sd/create", post(sd_create))
         .route("/sd/get_result", post(sd_result))
+        .route("/anthropic/v1/messages", post(anthropic_messages))
         .route("/_sim/last", get(last))
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20)) // long prompts, as real backends take
         .with_state(Arc::new(Seen::default()))
@@ -166,7 +170,7 @@ async fn accept(
 ) -> Result<Call, Response> {
     let profile =
         match profile {
-            "dashscope" | "comfyui" | "sd" => None,
+            "dashscope" | "comfyui" | "sd" | "anthropic" => None,
             name => Some(Profile::parse(name).ok_or_else(|| {
                 (StatusCode::NOT_FOUND, "unknown simulator profile").into_response()
             })?),
@@ -185,9 +189,10 @@ async fn accept(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let sse = headers.get("x-dashscope-sse").and_then(|v| v.to_str().ok());
-    *seen.last.lock() =
-        json!({"authorization": authorization, "body": body, "x_dashscope_sse": sse});
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    *seen.last.lock() = json!({"authorization": authorization, "body": body,
+        "x_dashscope_sse": header("x-dashscope-sse"), "x_api_key": header("x-api-key"),
+        "anthropic_version": header("anthropic-version")});
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
@@ -245,6 +250,17 @@ async fn dashscope_generation(
         Err(response) => return response,
     };
     dashscope::generation(&headers, &call.body, &call.knobs)
+}
+
+async fn anthropic_messages(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match accept(&seen, "anthropic", &headers, body).await {
+        Ok(call) => anthropic::messages(&call.body, &call.knobs),
+        Err(response) => response,
+    }
 }
 
 async fn zhipu_submit(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {

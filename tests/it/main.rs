@@ -5,6 +5,7 @@ mod helpers;
 
 mod admin_jwt;
 mod admin_keys;
+mod anthropic;
 mod backend_limits;
 mod bench_smoke;
 mod billing_props;
