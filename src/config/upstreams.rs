@@ -53,6 +53,19 @@ impl Endpoint {
         )
     }
 
+    /// Whether answers may be streamed.
+    pub fn streams(self) -> bool {
+        matches!(self, Endpoint::Chat | Endpoint::Generation)
+    }
+
+    /// Whether a request makes images (as many as it asks for, billed each).
+    pub fn makes_images(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Images | Endpoint::ImageTask | Endpoint::Workflow
+        )
+    }
+
     /// Whether a request runs as a task: submitted, then polled to its end.
     pub fn is_task(self) -> bool {
         matches!(

@@ -76,6 +76,11 @@ impl Wire for ComfyUi {
         "prompt"
     }
 
+    /// A workflow's inputs are nodes, billed per image and run: no prompt to count.
+    fn prompt_tokens(&self, _endpoint: Endpoint, _prompt: &Map<String, Value>) -> u64 {
+        0
+    }
+
     /// `comfy_task_ids` (a list of 1 to `MAX_IDS`), `comfy_task_id` or `prompt_id`.
     fn task_ids(&self, asked: &Map<String, Value>) -> Result<Vec<String>, Error> {
         let ids: Vec<Value> = match (

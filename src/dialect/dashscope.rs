@@ -15,7 +15,7 @@ use super::observe::{self, Observed};
 use super::{RelayFacts, Route, Wire};
 use crate::config::{Endpoint, StreamFormat};
 use crate::error::openai_error;
-use crate::metering::estimate::collect_text;
+use crate::metering::estimate::{Counter, collect_text};
 
 pub struct DashScope;
 
@@ -43,6 +43,16 @@ impl Wire for DashScope {
     /// The native body keeps its limits in `parameters`.
     fn limits_in(&self) -> Option<&'static str> {
         Some("parameters")
+    }
+
+    /// `input.messages` in OpenAI's accounting, or `input.prompt` (one user turn).
+    fn prompt_tokens(&self, _endpoint: Endpoint, prompt: &Map<String, Value>) -> u64 {
+        let mut count = Counter::default();
+        let input = prompt.get("input");
+        match input.and_then(|i| i.get("prompt")) {
+            Some(text) => 6u64.saturating_add(count.content(Some(text))),
+            None => count.messages(input.and_then(|i| i.get("messages"))),
+        }
     }
 
     /// The DashScope SDK asks for a stream with headers, not in the body.

@@ -60,6 +60,12 @@ pub trait Wire: Sync {
         ModelAt::member("model")
     }
 
+    /// Whether bodies name the model as its backends know it (an upstream's
+    /// `upstream_model`) rather than as tollgate does.
+    fn names_backend_model(&self) -> bool {
+        false
+    }
+
     /// The member holding `max_tokens`, `max_completion_tokens` and `n`, when they are not
     /// at the top level (DashScope's `parameters`).
     fn limits_in(&self) -> Option<&'static str> {

@@ -59,6 +59,11 @@ impl Wire for Sd {
         }
     }
 
+    /// Clients name the checkpoint file as GenStudio knows it.
+    fn names_backend_model(&self) -> bool {
+        true
+    }
+
     /// A task makes `batch_size` images `n_iter` times.
     fn results(&self, body: &dyn Members) -> Result<Option<u64>, Error> {
         let batch = whole_number(body.member("batch_size"), "batch_size", 1)?.unwrap_or(1);
@@ -68,6 +73,11 @@ impl Wire for Sd {
 
     fn results_member(&self) -> &'static str {
         "batch_size"
+    }
+
+    /// An SD prompt is no LLM's: tasks are billed per image and task.
+    fn prompt_tokens(&self, _endpoint: Endpoint, _prompt: &Map<String, Value>) -> u64 {
+        0
     }
 
     fn task_ids(&self, asked: &Map<String, Value>) -> Result<Vec<String>, Error> {

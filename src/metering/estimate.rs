@@ -69,14 +69,35 @@ pub fn images_in(content: Option<&Value>) -> u64 {
         .count() as u64
 }
 
-/// Prompt tokens of a request body, following OpenAI's accounting for chat: each message
-/// costs its text plus 3 tokens of framing (and `IMAGE_TOKENS` per image), the reply is
-/// primed with 3 more, and tool definitions count as their JSON text. At most
-/// `SAMPLE_BYTES` of the prompt are tokenized.
-pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> u64 {
-    let mut budget = SAMPLE_BYTES;
-    let mut count = |text: &str| count_within(text, &mut budget);
-    let chat = |messages: Option<&Value>, count: &mut dyn FnMut(&str) -> u64| {
+/// Counts tokens of a prompt's parts within one `SAMPLE_BYTES` budget.
+pub struct Counter {
+    budget: usize,
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter {
+            budget: SAMPLE_BYTES,
+        }
+    }
+}
+
+impl Counter {
+    /// Tokens of `text`.
+    pub fn text(&mut self, text: &str) -> u64 {
+        count_within(text, &mut self.budget)
+    }
+
+    /// Tokens of the text in a content value (`collect_text`).
+    pub fn content(&mut self, value: Option<&Value>) -> u64 {
+        let mut text = String::new();
+        collect_text(value, &mut text);
+        self.text(&text)
+    }
+
+    /// Chat messages in OpenAI's accounting: each costs its text plus 3 tokens of framing
+    /// (and `IMAGE_TOKENS` per image), and the reply is primed with 3 more.
+    pub fn messages(&mut self, messages: Option<&Value>) -> u64 {
         let Some(messages) = messages.and_then(Value::as_array) else {
             return 0;
         };
@@ -94,52 +115,38 @@ pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) 
             }
             let images = images_in(message.get("content"));
             tokens = tokens
-                .saturating_add(count(&text))
+                .saturating_add(self.text(&text))
                 .saturating_add(images.saturating_mul(IMAGE_TOKENS));
         }
         tokens
-    };
+    }
+}
+
+/// Prompt tokens of an OpenAI-shaped request body, following OpenAI's accounting for chat
+/// (`Counter::messages`; tool definitions count as their JSON text). At most
+/// `SAMPLE_BYTES` of the prompt are tokenized. Endpoints whose bodies are a dialect's own
+/// are counted by that dialect (`dialect::Wire::prompt_tokens`); here they count 0.
+pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> u64 {
+    let mut count = Counter::default();
     match endpoint {
         Endpoint::Chat | Endpoint::AsyncChat => {
             let tools = ["tools", "functions"]
                 .into_iter()
                 .filter_map(|name| body.get(name))
-                .map(|tools| count(&tools.to_string()))
+                .map(|tools| count.text(&tools.to_string()))
                 .fold(0u64, u64::saturating_add);
-            chat(body.get("messages"), &mut count).saturating_add(tools)
+            count.messages(body.get("messages")).saturating_add(tools)
         }
-        Endpoint::Images => {
-            let mut text = String::new();
-            collect_text(body.get("prompt"), &mut text);
-            count(&text)
-        }
-        // A workflow's inputs are nodes, and an SD task's prompt is no LLM's: both are
-        // billed per image and task.
-        Endpoint::Workflow | Endpoint::ImageTask => 0,
-        // DashScope: `input.messages`, or `input.prompt` (one user turn).
-        Endpoint::Generation => {
-            let input = body.get("input");
-            match input.and_then(|i| i.get("prompt")) {
-                Some(prompt) => {
-                    let mut text = String::new();
-                    collect_text(Some(prompt), &mut text);
-                    6u64.saturating_add(count(&text))
-                }
-                None => chat(input.and_then(|i| i.get("messages")), &mut count),
-            }
-        }
-        Endpoint::Embeddings => {
-            let mut text = String::new();
-            collect_text(body.get("input"), &mut text);
-            count(&text)
-        }
+        Endpoint::Images => count.content(body.get("prompt")),
+        Endpoint::Embeddings => count.content(body.get("input")),
         Endpoint::Rerank => {
             let mut text = String::new();
             collect_text(body.get("query"), &mut text);
             text.push('\n');
             collect_text(body.get("documents"), &mut text);
-            count(&text)
+            count.text(&text)
         }
+        _ => 0,
     }
 }
 

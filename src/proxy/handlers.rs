@@ -89,16 +89,10 @@ impl Target {
     /// The route's kind, without its names (the metric label).
     fn route_label(&self, endpoint: Endpoint) -> &'static str {
         match (self, endpoint) {
-            (_, Endpoint::Embeddings) => "embeddings",
-            (_, Endpoint::Rerank) => "rerank",
-            (_, Endpoint::Generation) => "generation",
-            (_, Endpoint::Images) => "images",
-            (_, Endpoint::AsyncChat) => "async_chat",
-            (_, Endpoint::Workflow) => "workflow",
-            (_, Endpoint::ImageTask) => "image_task",
             (Target::Pair(..), Endpoint::Chat) => "chat_mxn",
             (Target::Policy, Endpoint::Chat) => "chat_model",
             (Target::Deployment(_), Endpoint::Chat) => "chat_deployment",
+            (_, other) => other.as_str(),
         }
     }
 }
@@ -201,21 +195,26 @@ async fn proxy(
     let route = target.route_label(endpoint);
     let mut candidates = match target {
         Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
-        // A task runs on the chat upstreams whose dialect has tasks.
-        Target::Policy if endpoint == Endpoint::AsyncChat => {
+        // A task of chat runs on the chat upstreams whose dialect has such tasks.
+        Target::Policy if endpoint.served_by() != endpoint => {
             let model = request.model()?;
-            let mut chat =
-                upstreams.candidates(Endpoint::Chat, model, &state.prices(), started_at)?;
-            chat.retain(|u| u.wire().path(Endpoint::AsyncChat).is_some());
-            if chat.is_empty() {
+            let served_by = endpoint.served_by();
+            let mut served = upstreams.candidates(served_by, model, &state.prices(), started_at)?;
+            served.retain(|u| u.wire().path(endpoint).is_some());
+            if served.is_empty() {
                 return Err(ApiError::NotFound(format!(
-                    "model '{model}' does not run as asynchronous tasks here"
+                    "model '{model}' does not run as {} tasks here",
+                    endpoint.as_str()
                 )));
             }
-            chat
+            served
         }
         Target::Policy => {
-            let model = upstreams.model_named(endpoint, request.model()?);
+            let named = request.model()?;
+            let model = match wire.names_backend_model() {
+                true => upstreams.model_by_backend_name(endpoint, named),
+                false => named,
+            };
             upstreams.candidates(endpoint, model, &state.prices(), started_at)?
         }
         Target::Deployment(id) => {

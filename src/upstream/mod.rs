@@ -317,11 +317,11 @@ impl Upstreams {
             .ok_or_else(|| ApiError::NotFound(format!("deployment '{id}' does not exist")))
     }
 
-    /// The model a request names. An SD task names its checkpoint file as the backend
-    /// knows it (`override_settings.sd_model_checkpoint`), which is rarely a valid model
-    /// name here: it is the model whose backends have it as their `upstream_model`.
-    pub fn model_named<'a>(&'a self, endpoint: Endpoint, name: &'a str) -> &'a str {
-        if endpoint != Endpoint::ImageTask || self.models.contains_key(&(endpoint, name.into())) {
+    /// The model of a body that names it as its backends know it (an SD task's checkpoint
+    /// file, `dialect::Wire::names_backend_model`), which is rarely a valid model name
+    /// here: the model whose backends have it as their `upstream_model`, or `name` itself.
+    pub fn model_by_backend_name<'a>(&'a self, endpoint: Endpoint, name: &'a str) -> &'a str {
+        if self.models.contains_key(&(endpoint, name.into())) {
             return name;
         }
         self.all()

@@ -119,7 +119,7 @@ impl ClientRequest {
                 ));
             }
         };
-        if request.stream && endpoint != Endpoint::Chat && endpoint != Endpoint::Generation {
+        if request.stream && !endpoint.streams() {
             return Err(ApiError::invalid(
                 "streaming is only supported for chat completions",
                 "stream",
@@ -249,10 +249,7 @@ impl ClientRequest {
     /// generation (an SD task's batches, a ComfyUI run's), one task from a task submission.
     pub fn worst_units(&self) -> Units {
         Units {
-            images: if matches!(
-                self.endpoint,
-                Endpoint::Images | Endpoint::ImageTask | Endpoint::Workflow
-            ) {
+            images: if self.endpoint.makes_images() {
                 self.choices
             } else {
                 self.input_images
