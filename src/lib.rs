@@ -3,12 +3,14 @@
 //! A request's path through the crate:
 //! 0. `server` accepts the connection (within the cap and its timeouts) and hands each
 //!    request to the router `app` assembled.
-//! 1. `proxy::handlers` matches the route; `proxy::authenticate` turns the bearer key into
-//!    a `Caller` (`auth`, through an in-memory cache), and `limits` admits it under its rpm
-//!    and tpm and holds its worst case against the account's spending limit.
-//! 2. `proxy::request` reads the body within its limit and bounds its numbers; `upstream`
-//!    orders the backends that may serve it (the M×N pair, a deployment, or the model's
-//!    routing policy).
+//! 1. `proxy::handlers` matches the route (every dialect's route table, `dialect`);
+//!    `proxy::authenticate` turns the key (bearer or `x-api-key`) into a `Caller` (`auth`,
+//!    through an in-memory cache), and `limits` admits it under its rpm and tpm and holds
+//!    its worst case against the account's spending limit.
+//! 2. `proxy::request` reads the body within its limit and bounds its numbers, where the
+//!    route's dialect says they are; `upstream` orders the backends that may serve it (the
+//!    M×N pair, a deployment, or the model's routing policy) among those whose dialect
+//!    takes the body's shape.
 //! 3. `proxy::exchange` runs the call (over `upstream::client` and its `pool`) so that the
 //!    client cannot cancel it (`proxy::detach`): `proxy::stream` relays streams through
 //!    `dialect::framing`, and `dialect::observe` reads usage on the way, as the backend's
