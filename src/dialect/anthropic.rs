@@ -117,7 +117,12 @@ impl Wire for Anthropic {
     }
 
     fn is_done(&self, event: &Event) -> bool {
-        event.name.as_deref() == Some("message_stop")
+        match event.name.as_deref() {
+            Some(name) => name == "message_stop",
+            // A relay in between that dropped the `event:` lines: the data says.
+            None => serde_json::from_str::<Value>(&event.data)
+                .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("message_stop")),
+        }
     }
 
     fn frame(&self, event: &Event, chunk: &mut Map<String, Value>, _relay: &RelayFacts) -> Bytes {
@@ -281,5 +286,18 @@ mod tests {
             name: Some("message_stop".into()),
             data: r#"{"type":"message_stop"}"#.into(),
         }));
+        // Without its event line, and text that only mentions it.
+        assert!(Anthropic.is_done(&Event {
+            name: None,
+            data: r#"{"type":"message_stop"}"#.into(),
+        }));
+        assert!(
+            !Anthropic.is_done(&Event {
+                name: None,
+                data:
+                    r#"{"type":"content_block_delta","delta":{"text":"\"type\":\"message_stop\""}}"#
+                        .into(),
+            })
+        );
     }
 }

@@ -23,7 +23,7 @@ pub enum ApiError {
         param: Option<&'static str>,
     },
     /// 401: no API key in the request.
-    #[error("missing API key: send it as 'Authorization: Bearer tg-...'")]
+    #[error("missing API key: send it as 'Authorization: Bearer tg-...' (or 'x-api-key: tg-...')")]
     MissingKey,
     /// 401: the key is malformed, unknown, revoked or expired. The message says which,
     /// but never repeats the key.

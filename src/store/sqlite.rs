@@ -79,6 +79,9 @@ pub fn open_for_ledger_writer(config: &DatabaseConfig) -> anyhow::Result<rusqlit
     conn.busy_timeout(IMPORT_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", config.synchronous.as_str())?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // A batch's statement journal (its inserts may abort one by one) kept in memory, not
+    // written to a temporary file.
+    conn.pragma_update(None, "temp_store", "memory")?;
     let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
     anyhow::ensure!(
         mode.eq_ignore_ascii_case("wal"),

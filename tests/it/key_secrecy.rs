@@ -85,6 +85,22 @@ async fn a_canary_key_leaves_no_trace_beyond_its_prefix_and_cli_revocation_is_im
         let headers = format!("{:?}", response.headers());
         seen.push_str(&format!("{headers}\n{}\n", response.text().await.unwrap()));
     }
+    // Anthropic's SDK sends the key as `x-api-key`: the same secrecy, right key or not.
+    for (key, stream) in [(&canary, false), (&canary, true), (&near_miss, false)] {
+        let body = json!({"model": "glm-4.6", "max_tokens": 16, "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let response = http
+            .post(format!("{base}/v1/messages"))
+            .header("x-api-key", key.as_str())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert_eq!(status == 200, key == &canary, "{status}");
+        let headers = format!("{:?}", response.headers());
+        seen.push_str(&format!("{headers}\n{}\n", response.text().await.unwrap()));
+    }
     for path in ["/v1/models", "/v1/usage"] {
         let response = http
             .get(format!("{base}{path}"))

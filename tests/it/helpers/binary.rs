@@ -44,6 +44,11 @@ base_url = "http://{sim}/genstudio"
 model = "megrez-7b-instruct"
 chip = "chip3"
 base_url = "http://{sim}/bare"
+[[upstreams]]
+model = "glm-4.6"
+chip = "zhipu"
+dialect = "anthropic"
+base_url = "http://{sim}/anthropic"
 "#,
         database = super::ledger::toml(database),
         pricing = pricing.display(),
