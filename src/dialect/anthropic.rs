@@ -148,13 +148,16 @@ impl Wire for Anthropic {
     }
 
     /// The answer ends as one that reached `max_tokens`: a `message_delta` saying so, with
-    /// the output counted so far, then `message_stop`.
-    fn length_end(&self, last: Map<String, Value>, _relay: &RelayFacts) -> Bytes {
-        let output = last
+    /// the output tokens billed (what the hold covers), then `message_stop`.
+    fn length_end(&self, last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
+        let reported = last
             .get("usage")
             .and_then(|u| u.get("output_tokens"))
-            .cloned()
-            .unwrap_or(Value::from(0));
+            .and_then(Value::as_u64);
+        let output = match (relay.completion_cap, reported) {
+            (Some(cap), Some(reported)) => cap.min(reported),
+            (cap, reported) => cap.or(reported).unwrap_or(0),
+        };
         let delta = json!({"type": "message_delta",
             "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
             "usage": {"output_tokens": output}});
@@ -270,6 +273,7 @@ mod tests {
             created: 0,
             bare_json: false,
             sent: 0,
+            completion_cap: None,
         };
         let frame = Anthropic.frame(&event, &mut chunk, &facts);
         assert!(frame.starts_with(b"event: content_block_delta\ndata: {"));

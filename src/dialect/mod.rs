@@ -295,6 +295,9 @@ pub struct RelayFacts {
     pub bare_json: bool,
     /// Events framed so far (an SSE `id`).
     pub sent: u64,
+    /// The completion tokens the spending hold covers, if there is one: what an answer
+    /// stopped by its hold is billed.
+    pub completion_cap: Option<u64>,
 }
 
 /// Every dialect tollgate speaks: the one list an upstream's `dialect` is looked up in.

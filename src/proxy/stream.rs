@@ -104,6 +104,7 @@ pub async fn relay(
             created: chrono::Utc::now().timestamp(),
             bare_json: false,
             sent: 0,
+            completion_cap: ex.hold.map(|h| h.tokens.completion),
         },
         started: ex.started,
         ttft: None,

@@ -317,6 +317,29 @@ async fn a_prepaid_balance_is_the_top_up_less_the_costs_with_cache_writes() {
     assert_eq!(view["held"], "0", "nothing held once all requests ended");
 }
 
+/// A stream whose answer passes what its spending hold covers (the client's `max_tokens`)
+/// ends there, as one that reached `max_tokens`, and is billed what the hold covers.
+#[tokio::test]
+async fn a_stream_past_its_hold_ends_at_max_tokens_and_is_billed_the_hold() {
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    assert_eq!(top_up(&app, "a-1", json!("5")).await.0, 201);
+    let mut request = body(true, json!({"prompt_tokens": 10, "completion_tokens": 50}));
+    request["max_tokens"] = json!(8);
+    let response = send(&app, &request).await;
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+    let events = events(&response.text().await.unwrap());
+    let (name, delta) = &events[events.len() - 2];
+    assert_eq!(name, "message_delta");
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+    assert_eq!(delta["usage"]["output_tokens"], 8);
+    assert_eq!(events.last().unwrap().0, "message_stop");
+    let record = app.record(&id).await;
+    assert_eq!((record.prompt_tokens, record.completion_tokens), (10, 8));
+    assert_eq!(record.cost, cost(10, 0, 0, 8));
+}
+
 #[tokio::test]
 async fn the_official_anthropic_sdk_works_unchanged_and_each_call_is_billed_exactly() {
     let app = TestApp::spawn().await;
