@@ -43,7 +43,7 @@ pub trait Wire: Sync {
         Endpoint::Chat
     }
 
-    /// The client routes it serves (paths in axum's syntax). Every dialect's routes are
+    /// The client routes it serves (paths with `{name}` segments). Every dialect's routes are
     /// served by one router; a path belongs to one dialect.
     fn routes(&self) -> &'static [Route] {
         &[]
