@@ -70,6 +70,11 @@ impl Wire for Anthropic {
         ("x-api-key", "")
     }
 
+    /// The beta features a client opts into (coding tools send several).
+    fn passed_headers(&self) -> &'static [&'static str] {
+        &["anthropic-beta"]
+    }
+
     fn headers(&self, _streamed: bool) -> &'static [(&'static str, &'static str)] {
         &[("anthropic-version", VERSION)]
     }

@@ -139,6 +139,12 @@ pub trait Wire: Sync {
         ("authorization", "Bearer ")
     }
 
+    /// Headers of the client's request passed on to the backend as they came (the
+    /// features a client opts into); every other header of the client's stays here.
+    fn passed_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Headers the backend needs besides the body's type and the credential.
     fn headers(&self, _streamed: bool) -> &'static [(&'static str, &'static str)] {
         &[]

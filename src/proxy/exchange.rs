@@ -120,6 +120,9 @@ async fn connect(
         for &(name, value) in upstream.wire().headers(ex.request.stream) {
             request = request.header(name, value);
         }
+        for (name, value) in &ex.request.passed_headers {
+            request = request.header(name, value);
+        }
         let request = request
             .body(Full::new(
                 ex.request.upstream_body(upstream, ex.completion_limit()),

@@ -191,6 +191,12 @@ async fn proxy(
     if let Some(streamed) = wire.stream_asked(&headers) {
         request.stream = streamed;
     }
+    for &name in wire.passed_headers() {
+        for value in headers.get_all(name) {
+            let name = header::HeaderName::from_static(name);
+            request.passed_headers.push((name, value.clone()));
+        }
+    }
     let upstreams = state.upstreams();
     let route = target.route_label(endpoint);
     let mut candidates = match target {

@@ -192,7 +192,8 @@ async fn accept(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     *seen.last.lock() = json!({"authorization": authorization, "body": body,
         "x_dashscope_sse": header("x-dashscope-sse"), "x_api_key": header("x-api-key"),
-        "anthropic_version": header("anthropic-version")});
+        "anthropic_version": header("anthropic-version"),
+        "anthropic_beta": header("anthropic-beta")});
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }

@@ -84,7 +84,17 @@ async fn cache_reads_and_writes_are_priced_at_their_rates_whole_and_streamed() {
     let expected = cost(100, 3000, 2000, 18);
     assert_eq!(expected, dec("0.011888"));
 
-    let whole = send(&app, &body(false, knobs.clone())).await;
+    // A beta feature the client opts into reaches the backend; its other headers do not.
+    let whole = app
+        .client
+        .post(app.url(ROUTE))
+        .header("x-api-key", &app.key)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "extended-cache-ttl-2025-04-11")
+        .json(&body(false, knobs.clone()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(whole.status(), 200);
     let id = request_id(&whole);
     let answer: Value = whole.json().await.unwrap();
@@ -96,6 +106,7 @@ async fn cache_reads_and_writes_are_priced_at_their_rates_whole_and_streamed() {
     assert_eq!(saw["x_api_key"], "sk-ant-backend");
     assert_eq!(saw["authorization"], Value::Null);
     assert_eq!(saw["anthropic_version"], "2023-06-01");
+    assert_eq!(saw["anthropic_beta"], "extended-cache-ttl-2025-04-11");
     assert_eq!(saw["body"]["model"], "glm-4.6");
     let record = app.record(&id).await;
     assert_eq!(
@@ -141,6 +152,8 @@ async fn cache_reads_and_writes_are_priced_at_their_rates_whole_and_streamed() {
         assert_eq!(record.cached_tokens, 3000);
         assert_eq!(record.cost, expected, "running usage {running_usage}");
     }
+    // Nothing opted into, nothing passed on.
+    assert_eq!(app.upstream_saw().await["anthropic_beta"], Value::Null);
 }
 
 /// Streamed equals unstreamed: the simulator's answers for random counts, whole and

@@ -41,6 +41,8 @@ pub struct ClientRequest {
     pub choices: u64,
     /// `image_url` parts in the prompt (a vision model's input), priced `per_image`.
     pub input_images: u64,
+    /// The client's headers its dialect passes on to the backend (`Wire::passed_headers`).
+    pub passed_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// An upper bound on the prompt's tokens from byte counts alone (`bound_prompt`),
     /// counted when first asked: a request without a token limit or a spending limit
     /// never needs it.
@@ -106,6 +108,7 @@ impl ClientRequest {
             choices: 1,
             input_images: 0,
             prompt_bound: OnceLock::new(),
+            passed_headers: Vec::new(),
         };
         request.model = request.model_value();
         request.input_images = request.count_images();
