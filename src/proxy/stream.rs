@@ -69,10 +69,9 @@ struct Relay {
     observed: Observed,
     /// Hide the usage-only chunk: tollgate asked for it, the client did not.
     strip_usage_chunk: bool,
-    /// Completion tokens the spending hold covers, if the account has a limit.
-    completion_cap: Option<u64>,
     /// What frames need: `created` for chunks that lack one (bare-JSON chips put it on
-    /// the last chunk only), events sent so far.
+    /// the last chunk only), events sent so far, the completion tokens the spending hold
+    /// covers (if the account has a limit).
     facts: RelayFacts,
     started: Instant,
     ttft: Option<Duration>,
@@ -99,7 +98,6 @@ pub async fn relay(
         events: Vec::new(),
         observed: Observed::default(),
         strip_usage_chunk: ex.request.injects_usage(&upstream),
-        completion_cap: ex.hold.map(|h| h.tokens.completion),
         facts: RelayFacts {
             created: chrono::Utc::now().timestamp(),
             bare_json: false,
@@ -322,7 +320,7 @@ impl Relay {
                 return Some(End::InBand(error));
             }
             self.wire.observe(&mut self.observed, &chunk);
-            if let (Some(cap), Some(usage)) = (self.completion_cap, self.observed.usage)
+            if let (Some(cap), Some(usage)) = (self.facts.completion_cap, self.observed.usage)
                 && usage.completion > cap
             {
                 return Some(End::OverHold(chunk));
