@@ -50,7 +50,15 @@ struct Measured {
     throughput: Vec<f64>,
 }
 
-pub async fn run(dir: &Path, sizes: &[u64], postgres: bool) -> anyhow::Result<String> {
+pub async fn run(
+    dir: &Path,
+    sizes: &[u64],
+    postgres: bool,
+    sqlite: bool,
+) -> anyhow::Result<String> {
+    if !sqlite && !postgres {
+        bail!("--no-sqlite leaves nothing to measure without --cluster");
+    }
     let (sim, _simulator) = procs::simulator(dir).await?;
     let mut server = None;
     if postgres {
@@ -59,11 +67,13 @@ pub async fn run(dir: &Path, sizes: &[u64], postgres: bool) -> anyhow::Result<St
     }
     let mut measured = Vec::new();
     for &records in sizes {
-        let sqlite = dir.join(format!("sqlite-{records}"));
-        std::fs::create_dir_all(&sqlite)?;
-        let url = format!("sqlite://{}", sqlite.join("ledger.db").display());
-        measured.push(measure(&sqlite, sim, "SQLite", &url, records).await?);
-        std::fs::remove_dir_all(&sqlite)?;
+        if sqlite {
+            let file = dir.join(format!("sqlite-{records}"));
+            std::fs::create_dir_all(&file)?;
+            let url = format!("sqlite://{}", file.join("ledger.db").display());
+            measured.push(measure(&file, sim, "SQLite", &url, records).await?);
+            std::fs::remove_dir_all(&file)?;
+        }
         if let Some((url, _)) = &server {
             let database = format!("scale_{records}");
             let admin = sqlx::PgPool::connect(url).await?;
