@@ -1,10 +1,11 @@
 //! What the ledger keeps about one request.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Cost, TokenCounts, Units};
-use crate::config::Endpoint;
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,7 +83,9 @@ pub struct UsageRecord {
     pub model: String,
     pub chip: String,
     pub deployment: Option<String>,
-    pub endpoint: Endpoint,
+    /// The endpoint as records name it: a kind (`chat`, `images`, ...) or a route's own
+    /// name (`dialect::Call::records`).
+    pub endpoint: Cow<'static, str>,
     pub stream: bool,
     pub status: Status,
     pub http_status: u16,

@@ -7,79 +7,56 @@ use std::collections::HashSet;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+/// The kinds of request tollgate meters, whatever the dialect: what decides whether an
+/// answer has completion tokens, may stream or makes images. Where a request runs as a
+/// task and what name its records give it is its route's (`dialect::Call`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Endpoint {
+    /// Text generation: OpenAI's chat completions, DashScope's native `generation`
+    /// (configured as such before, so still accepted), Anthropic's messages, Zhipu's
+    /// asynchronous chat.
     #[default]
+    #[serde(alias = "generation")]
     Chat,
     Embeddings,
     Rerank,
-    /// DashScope's native text generation (`input`, `parameters`, `output`).
-    Generation,
-    /// Image generation (`/images/generations`), billed per image.
+    /// Image generation, billed per image: OpenAI's `/images/generations`, hosted ComfyUI
+    /// workflows and Stable Diffusion tasks (`workflow` and `image_task` before).
+    #[serde(alias = "workflow", alias = "image_task")]
     Images,
-    /// Chat as an asynchronous task (Zhipu's `/async/chat/completions`): submitted, then
-    /// polled to its end, billed once when it first reports success. Served by the `chat`
-    /// upstreams whose dialect has such tasks; no upstream is configured with it.
-    AsyncChat,
-    /// A hosted ComfyUI workflow (GenStudio's `comfy_task_api`): a task per run, billed
-    /// once when it first reports success, per image it produced and per task.
-    Workflow,
-    /// A Stable Diffusion image task (GenStudio's `sd_task_api`): created, then polled to
-    /// its end, billed once when it first reports success, per image and per task. The
-    /// model is the body's `override_settings.sd_model_checkpoint`.
-    ImageTask,
 }
 
 impl Endpoint {
-    pub fn as_str(self) -> &'static str {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Chat,
+        Endpoint::Embeddings,
+        Endpoint::Rerank,
+        Endpoint::Images,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Rerank => "rerank",
-            Endpoint::Generation => "generation",
             Endpoint::Images => "images",
-            Endpoint::AsyncChat => "async_chat",
-            Endpoint::Workflow => "workflow",
-            Endpoint::ImageTask => "image_task",
         }
     }
 
     /// Whether answers have completion tokens (and so a `max_tokens` to reserve).
     pub fn completes(self) -> bool {
-        matches!(
-            self,
-            Endpoint::Chat | Endpoint::Generation | Endpoint::AsyncChat
-        )
+        self == Endpoint::Chat
     }
 
-    /// Whether answers may be streamed.
+    /// Whether answers may be streamed (a task's never are: `dialect::Call::streams`).
     pub fn streams(self) -> bool {
-        matches!(self, Endpoint::Chat | Endpoint::Generation)
+        self == Endpoint::Chat
     }
 
     /// Whether a request makes images (as many as it asks for, billed each).
     pub fn makes_images(self) -> bool {
-        matches!(
-            self,
-            Endpoint::Images | Endpoint::ImageTask | Endpoint::Workflow
-        )
-    }
-
-    /// Whether a request runs as a task: submitted, then polled to its end.
-    pub fn is_task(self) -> bool {
-        matches!(
-            self,
-            Endpoint::AsyncChat | Endpoint::Workflow | Endpoint::ImageTask
-        )
-    }
-
-    /// The upstreams that serve tasks of this kind are configured as this endpoint.
-    pub fn served_by(self) -> Endpoint {
-        match self {
-            Endpoint::AsyncChat => Endpoint::Chat,
-            other => other,
-        }
+        self == Endpoint::Images
     }
 }
 
@@ -103,7 +80,7 @@ pub struct UpstreamConfig {
     #[serde(default = "default_dialect")]
     pub dialect: String,
     /// What this backend serves; decides which client routes reach it. By default what
-    /// its dialect serves (`chat`, or `generation` for `dashscope`).
+    /// its dialect serves (`chat`, or `images` for `comfyui` and `sd`).
     pub endpoint: Option<Endpoint>,
     /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`.
     pub deployment: Option<String>,
@@ -225,9 +202,6 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
         }
         if up.rpm == Some(0) {
             bail!("{name}: rpm must be at least 1");
-        }
-        if up.endpoint == Some(Endpoint::AsyncChat) {
-            bail!("{name}: async_chat is served by chat upstreams whose dialect has tasks");
         }
     }
     Ok(())

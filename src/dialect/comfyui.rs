@@ -34,12 +34,16 @@ impl Wire for ComfyUi {
     }
 
     fn serves(&self) -> Endpoint {
-        Endpoint::Workflow
+        Endpoint::Images
     }
 
     fn routes(&self) -> &'static [Route] {
         const ROUTES: &[Route] = &[
-            Route::named("/api/maas/comfy_task_api/prompt", Endpoint::Workflow),
+            Route::submit(
+                "/api/maas/comfy_task_api/prompt",
+                Endpoint::Images,
+                "workflow",
+            ),
             Route {
                 path: "/api/maas/comfy_task_api/get_task_info",
                 does: Does::Poll,
@@ -136,7 +140,11 @@ impl Wire for ComfyUi {
     }
 
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
-        (endpoint == Endpoint::Workflow).then_some("/prompt")
+        (endpoint == Endpoint::Images).then_some("/prompt")
+    }
+
+    fn task_path(&self, endpoint: Endpoint) -> Option<&'static str> {
+        self.path(endpoint)
     }
 
     fn error(&self, v: &Map<String, Value>) -> Option<Value> {
@@ -265,7 +273,7 @@ mod tests {
         assert_eq!(ComfyUi.task_state(&answer(3)), Some(TaskState::Succeeded));
         assert_eq!(ComfyUi.task_state(&answer(4)), Some(TaskState::Failed));
         assert_eq!(ComfyUi.task_state(&answer(5)), Some(TaskState::Failed));
-        assert_eq!(ComfyUi.units(Endpoint::Workflow, &answer(3)).images, 2);
+        assert_eq!(ComfyUi.units(Endpoint::Images, &answer(3)).images, 2);
         assert!(ComfyUi.error(&answer(3)).is_none());
         let error = ComfyUi.error(&obj(json!({"code": 60000, "msg": "no such workflow"})));
         assert_eq!(error.unwrap()["error"]["code"], 60000);

@@ -24,14 +24,11 @@ impl Wire for DashScope {
         "dashscope"
     }
 
-    fn serves(&self) -> Endpoint {
-        Endpoint::Generation
-    }
-
     fn routes(&self) -> &'static [Route] {
-        const ROUTES: &[Route] = &[Route::named(
+        const ROUTES: &[Route] = &[Route::recorded_as(
             "/api/v1/services/aigc/text-generation/generation",
-            Endpoint::Generation,
+            Endpoint::Chat,
+            "generation",
         )];
         ROUTES
     }
@@ -74,7 +71,7 @@ impl Wire for DashScope {
     }
 
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
-        (endpoint == Endpoint::Generation).then_some("/services/aigc/text-generation/generation")
+        (endpoint == Endpoint::Chat).then_some("/services/aigc/text-generation/generation")
     }
 
     fn headers(&self, streamed: bool) -> &'static [(&'static str, &'static str)] {

@@ -133,6 +133,12 @@ pub trait Wire: Sync {
         openai::path(endpoint)
     }
 
+    /// Where a task of `endpoint` is submitted, under an upstream's `base_url`; `None` if
+    /// the dialect runs no such tasks.
+    fn task_path(&self, _endpoint: Endpoint) -> Option<&'static str> {
+        None
+    }
+
     /// The header the backend's credential goes in, and what precedes the credential
     /// there (`Authorization: Bearer ...` by default).
     fn credential(&self) -> (&'static str, &'static str) {
@@ -241,11 +247,43 @@ pub struct Route {
     pub does: Does,
 }
 
+/// What a request of a route is: its kind, whether it runs as a task, and the name its
+/// records give the endpoint (the kind's, or the dialect's own name kept from before:
+/// `generation`, `async_chat`, `workflow`, `image_task`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub endpoint: Endpoint,
+    /// Submitted as a task (`Wire::task_path`), then polled to its end and billed once.
+    pub task: bool,
+    pub records: &'static str,
+}
+
+impl Call {
+    pub const fn of(endpoint: Endpoint) -> Call {
+        Call {
+            endpoint,
+            task: false,
+            records: endpoint.as_str(),
+        }
+    }
+
+    /// Whether answers may be streamed: a task's never are.
+    pub fn streams(self) -> bool {
+        self.endpoint.streams() && !self.task
+    }
+}
+
+impl From<Endpoint> for Call {
+    fn from(endpoint: Endpoint) -> Call {
+        Call::of(endpoint)
+    }
+}
+
 /// What a client route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Does {
-    /// Sends a request of `endpoint` to the backends `To` says.
-    Send(Endpoint, To),
+    /// Sends a request of `Call` to the backends `To` says.
+    Send(Call, To),
     /// Polls the caller's tasks: the one the path's `{id}` names (a GET), or those the
     /// body names (a POST; `Wire::task_ids`).
     Poll,
@@ -270,12 +308,48 @@ impl Route {
     pub const fn send(path: &'static str, endpoint: Endpoint, to: To) -> Route {
         Route {
             path,
-            does: Does::Send(endpoint, to),
+            does: Does::Send(Call::of(endpoint), to),
         }
     }
 
+    /// A route to the model the body names.
     pub const fn named(path: &'static str, endpoint: Endpoint) -> Route {
         Route::send(path, endpoint, To::Named)
+    }
+
+    /// A route to the model the body names whose records name the endpoint `records`.
+    pub const fn recorded_as(
+        path: &'static str,
+        endpoint: Endpoint,
+        records: &'static str,
+    ) -> Route {
+        Route {
+            path,
+            does: Does::Send(
+                Call {
+                    endpoint,
+                    task: false,
+                    records,
+                },
+                To::Named,
+            ),
+        }
+    }
+
+    /// A route submitting tasks of `endpoint` to the model the body names, recorded as
+    /// `records`.
+    pub const fn submit(path: &'static str, endpoint: Endpoint, records: &'static str) -> Route {
+        Route {
+            path,
+            does: Does::Send(
+                Call {
+                    endpoint,
+                    task: true,
+                    records,
+                },
+                To::Named,
+            ),
+        }
     }
 }
 
@@ -327,6 +401,40 @@ pub fn named(name: &str) -> Option<&'static dyn Wire> {
         .iter()
         .copied()
         .find(|w| w.name() == name || w.aliases().contains(&name))
+}
+
+/// Every call a route of a dialect sends, with its dialect.
+fn calls() -> impl Iterator<Item = (&'static dyn Wire, Call)> {
+    DIALECTS.iter().flat_map(|&wire| {
+        wire.routes()
+            .iter()
+            .filter_map(move |route| match route.does {
+                Does::Send(call, _) => Some((wire, call)),
+                _ => None,
+            })
+    })
+}
+
+/// The task call whose records name the endpoint `records` (what a task row keeps), and
+/// the dialect that submits it.
+pub fn task_call(records: &str) -> Option<(&'static dyn Wire, Call)> {
+    calls().find(|(_, call)| call.task && call.records == records)
+}
+
+/// Every name records give endpoints: each kind's, then the routes' own.
+pub fn recorded_names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = Endpoint::ALL.iter().map(|e| e.as_str()).collect();
+    for (_, call) in calls() {
+        if !names.contains(&call.records) {
+            names.push(call.records);
+        }
+    }
+    names
+}
+
+/// The endpoint name of records that `name` is, if records give it.
+pub fn recorded_name(name: &str) -> Option<&'static str> {
+    recorded_names().into_iter().find(|&known| known == name)
 }
 
 /// The names `named` knows, for an error that lists them.

@@ -67,9 +67,6 @@ pub fn path(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::Embeddings => Some("/embeddings"),
         Endpoint::Rerank => Some("/rerank"),
         Endpoint::Images => Some("/images/generations"),
-        Endpoint::Generation | Endpoint::AsyncChat | Endpoint::Workflow | Endpoint::ImageTask => {
-            None
-        }
     }
 }
 

@@ -32,12 +32,16 @@ impl Wire for Sd {
     }
 
     fn serves(&self) -> Endpoint {
-        Endpoint::ImageTask
+        Endpoint::Images
     }
 
     fn routes(&self) -> &'static [Route] {
         const ROUTES: &[Route] = &[
-            Route::named("/api/maas/sd_task_api/create", Endpoint::ImageTask),
+            Route::submit(
+                "/api/maas/sd_task_api/create",
+                Endpoint::Images,
+                "image_task",
+            ),
             Route {
                 path: "/api/maas/sd_task_api/get_result",
                 does: Does::Poll,
@@ -88,7 +92,11 @@ impl Wire for Sd {
     }
 
     fn path(&self, endpoint: Endpoint) -> Option<&'static str> {
-        (endpoint == Endpoint::ImageTask).then_some("/create")
+        (endpoint == Endpoint::Images).then_some("/create")
+    }
+
+    fn task_path(&self, endpoint: Endpoint) -> Option<&'static str> {
+        self.path(endpoint)
     }
 
     fn error(&self, v: &Map<String, Value>) -> Option<Value> {
@@ -187,14 +195,14 @@ mod tests {
         assert_eq!(Sd.task_id(&created).as_deref(), Some("t9"));
         let created = obj(json!({"code": 0, "data": {"taskId": "t8"}}));
         assert_eq!(Sd.task_id(&created).as_deref(), Some("t8"));
-        assert_eq!(Sd.units(Endpoint::ImageTask, &result(json!(3))).images, 2);
+        assert_eq!(Sd.units(Endpoint::Images, &result(json!(3))).images, 2);
         let poll = Sd.task_poll("t9", &Map::new()).unwrap();
         assert_eq!(poll.path, "/get_result");
         assert_eq!(poll.body.unwrap(), json!({"task_id": "t9"}));
         assert!(Sd.error(&result(json!(3))).is_none());
         let error = Sd.error(&obj(json!({"code": 10001, "msg": "prompt is required"})));
         assert_eq!(error.unwrap()["error"]["code"], 10001);
-        assert_eq!(Sd.path(Endpoint::ImageTask), Some("/create"));
+        assert_eq!(Sd.path(Endpoint::Images), Some("/create"));
         assert_eq!(Sd.path(Endpoint::Chat), None);
     }
 }

@@ -21,7 +21,11 @@ impl Wire for Zhipu {
         const ROUTES: &[Route] = &[
             Route::named("/api/paas/v4/chat/completions", Endpoint::Chat),
             Route::named("/api/paas/v4/images/generations", Endpoint::Images),
-            Route::named("/api/paas/v4/async/chat/completions", Endpoint::AsyncChat),
+            Route::submit(
+                "/api/paas/v4/async/chat/completions",
+                Endpoint::Chat,
+                "async_chat",
+            ),
             Route {
                 path: "/api/paas/v4/async-result/{id}",
                 does: Does::Poll,
@@ -35,11 +39,12 @@ impl Wire for Zhipu {
             Endpoint::Chat => Some("/chat/completions"),
             Endpoint::Embeddings => Some("/embeddings"),
             Endpoint::Images => Some("/images/generations"),
-            Endpoint::AsyncChat => Some("/async/chat/completions"),
-            Endpoint::Rerank | Endpoint::Generation | Endpoint::Workflow | Endpoint::ImageTask => {
-                None
-            }
+            Endpoint::Rerank => None,
         }
+    }
+
+    fn task_path(&self, endpoint: Endpoint) -> Option<&'static str> {
+        (endpoint == Endpoint::Chat).then_some("/async/chat/completions")
     }
 
     fn task_poll(&self, task_id: &str, _asked: &Map<String, Value>) -> Option<TaskPoll> {

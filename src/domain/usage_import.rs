@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::billing::period::Month;
 use crate::billing::record::{Status, UsageRecord, UsageSource};
 use crate::billing::{PriceBook, TokenCounts, Units, cost_of};
-use crate::config::{Endpoint, MAX_REPORTED_TOKENS};
+use crate::config::MAX_REPORTED_TOKENS;
+use crate::dialect;
 use crate::store::{self, Db, Sink};
 
 /// Records written per insert.
@@ -44,7 +45,7 @@ struct Line {
     #[serde(default)]
     status: Option<Status>,
     #[serde(default)]
-    endpoint: Option<Endpoint>,
+    endpoint: Option<String>,
     #[serde(default)]
     prompt_tokens: u64,
     #[serde(default)]
@@ -286,6 +287,18 @@ impl Ledger {
         {
             return invalid("deployment must be 1 to 128 characters".into());
         }
+        let endpoint = match line.endpoint.as_deref() {
+            None => "chat",
+            Some(name) => match dialect::recorded_name(name) {
+                Some(known) => known,
+                None => {
+                    return invalid(format!(
+                        "no endpoint is called '{name}' (known: {})",
+                        dialect::recorded_names().join(", ")
+                    ));
+                }
+            },
+        };
         let ended_at = line.ended_at.unwrap_or(line.started_at);
         if ended_at < line.started_at || ended_at > Utc::now() {
             return invalid("ended_at must be after started_at, and not in the future".into());
@@ -356,7 +369,7 @@ impl Ledger {
             model: line.model,
             chip: line.chip,
             deployment: line.deployment,
-            endpoint: line.endpoint.unwrap_or(Endpoint::Chat),
+            endpoint: std::borrow::Cow::Borrowed(endpoint),
             stream: false,
             status,
             http_status: if completed { 200 } else { 502 },

@@ -124,12 +124,12 @@ impl Counter {
 
 /// Prompt tokens of an OpenAI-shaped request body, following OpenAI's accounting for chat
 /// (`Counter::messages`; tool definitions count as their JSON text). At most
-/// `SAMPLE_BYTES` of the prompt are tokenized. Endpoints whose bodies are a dialect's own
-/// are counted by that dialect (`dialect::Wire::prompt_tokens`); here they count 0.
+/// `SAMPLE_BYTES` of the prompt are tokenized. Bodies of a dialect's own shape are counted
+/// by that dialect (`dialect::Wire::prompt_tokens`).
 pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> u64 {
     let mut count = Counter::default();
     match endpoint {
-        Endpoint::Chat | Endpoint::AsyncChat => {
+        Endpoint::Chat => {
             let tools = ["tools", "functions"]
                 .into_iter()
                 .filter_map(|name| body.get(name))
@@ -146,7 +146,6 @@ pub fn prompt_tokens(endpoint: Endpoint, body: &serde_json::Map<String, Value>) 
             collect_text(body.get("documents"), &mut text);
             count.text(&text)
         }
-        _ => 0,
     }
 }
 

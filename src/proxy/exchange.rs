@@ -56,7 +56,7 @@ async fn run(state: AppState, ex: Exchange, respond: oneshot::Sender<Response>) 
             return;
         }
     };
-    if upstream_response.status().is_success() && ex.request.endpoint.is_task() {
+    if upstream_response.status().is_success() && ex.request.call.task {
         let response = super::tasks::submitted(&state, &ex, &served, upstream_response).await;
         let _ = respond.send(response);
         return;
@@ -107,9 +107,7 @@ async fn connect(
             upstream: upstream.clone(),
             price,
         };
-        let url = upstream
-            .url_for(ex.request.endpoint)
-            .map_err(|e| (None, e))?;
+        let url = upstream.url_for(ex.request.call).map_err(|e| (None, e))?;
         let mut request = axum::http::Request::post(url)
             .header(header::HOST, upstream.host.clone())
             .header(header::CONTENT_TYPE, "application/json")
@@ -204,7 +202,7 @@ async fn complete(
     }
     let mut observed = Observed::default();
     wire.observe(&mut observed, &parsed);
-    let endpoint = ex.request.endpoint;
+    let endpoint = ex.request.call.endpoint;
     // Only an estimate, or units counted in the answer's long part (an image generation's
     // `data`), need all of it: only then is all of it parsed.
     if (observed.usage.is_none() || endpoint == Endpoint::Images)

@@ -24,13 +24,12 @@ use super::tasks::routes as task_routes;
 use super::upload;
 use crate::auth::Caller;
 use crate::billing::cost::worst_cost_of;
-use crate::config::Endpoint;
-use crate::dialect::{self, Does, To, Wire};
+use crate::dialect::{self, Call, Does, To, Wire};
 use crate::limits;
 use crate::limits::spending::Hold;
 use crate::server::ApiError;
 use crate::state::AppState;
-use crate::upstream::Upstream;
+use crate::upstream::{Serves, Upstream};
 
 pub fn router() -> Router<AppState> {
     let mut router = Router::new()
@@ -42,7 +41,7 @@ pub fn router() -> Router<AppState> {
     for &wire in dialect::all() {
         for route in wire.routes() {
             let mut method = match route.does {
-                Does::Send(endpoint, to) => send(wire, endpoint, to),
+                Does::Send(call, to) => send(wire, call, to),
                 Does::Poll if route.path.ends_with("{id}") => get(
                     |state: State<AppState>, caller: Caller, ClientPath(id): ClientPath<String>| async move {
                         task_routes::poll_one(&state, &caller, &id).await
@@ -87,12 +86,12 @@ enum Target {
 
 impl Target {
     /// The route's kind, without its names (the metric label).
-    fn route_label(&self, endpoint: Endpoint) -> &'static str {
-        match (self, endpoint) {
-            (Target::Pair(..), Endpoint::Chat) => "chat_mxn",
-            (Target::Policy, Endpoint::Chat) => "chat_model",
-            (Target::Deployment(_), Endpoint::Chat) => "chat_deployment",
-            (_, other) => other.as_str(),
+    fn route_label(&self, call: Call) -> &'static str {
+        match (self, call.records) {
+            (Target::Pair(..), "chat") => "chat_mxn",
+            (Target::Policy, "chat") => "chat_model",
+            (Target::Deployment(_), "chat") => "chat_deployment",
+            (_, records) => records,
         }
     }
 }
@@ -100,16 +99,16 @@ impl Target {
 /// A route's request as it arrived: its dialect, what it asks for, and the headers.
 struct Asked {
     wire: &'static dyn Wire,
-    endpoint: Endpoint,
+    call: Call,
     target: Target,
     headers: HeaderMap,
 }
 
-/// A `Does::Send` route: `endpoint` of the backends `to` names.
-fn send(wire: &'static dyn Wire, endpoint: Endpoint, to: To) -> MethodRouter<AppState> {
+/// A `Does::Send` route: `call` to the backends `to` names.
+fn send(wire: &'static dyn Wire, call: Call, to: To) -> MethodRouter<AppState> {
     let asked = move |target, headers| Asked {
         wire,
-        endpoint,
+        call,
         target,
         headers,
     };
@@ -183,11 +182,11 @@ async fn proxy(
     let limit = state.config().server.max_request_bytes;
     let Asked {
         wire,
-        endpoint,
+        call,
         target,
         headers,
     } = asked;
-    let mut request = ClientRequest::read(wire, endpoint, body, limit).await?;
+    let mut request = ClientRequest::read(wire, call, body, limit).await?;
     if let Some(streamed) = wire.stream_asked(&headers) {
         request.stream = streamed;
     }
@@ -198,53 +197,42 @@ async fn proxy(
         }
     }
     let upstreams = state.upstreams();
-    let route = target.route_label(endpoint);
-    let mut candidates = match target {
-        Target::Pair(model, chip) => vec![upstreams.pair(endpoint, &model, &chip)?],
-        // A task of chat runs on the chat upstreams whose dialect has such tasks.
-        Target::Policy if endpoint.served_by() != endpoint => {
-            let model = request.model()?;
-            let served_by = endpoint.served_by();
-            let mut served = upstreams.candidates(served_by, model, &state.prices(), started_at)?;
-            served.retain(|u| u.wire().path(endpoint).is_some());
+    let route = target.route_label(call);
+    // A body reaches only backends whose dialect takes its shape.
+    let serves = Serves::of(wire, call.endpoint);
+    let candidates = match target {
+        Target::Pair(model, chip) => vec![upstreams.pair(serves, &model, &chip)?],
+        Target::Policy => {
+            let named = request.model()?;
+            let model = match wire.names_backend_model() {
+                true => upstreams.model_by_backend_name(serves, named),
+                false => named,
+            };
+            let mut served = upstreams.candidates(serves, model, &state.prices(), started_at)?;
+            // A task runs on the upstreams whose dialect has such tasks.
+            served.retain(|u| !call.task || u.wire().task_path(call.endpoint).is_some());
             if served.is_empty() {
                 return Err(ApiError::NotFound(format!(
                     "model '{model}' does not run as {} tasks here",
-                    endpoint.as_str()
+                    call.records
                 )));
             }
             served
         }
-        Target::Policy => {
-            let named = request.model()?;
-            let model = match wire.names_backend_model() {
-                true => upstreams.model_by_backend_name(endpoint, named),
-                false => named,
-            };
-            upstreams.candidates(endpoint, model, &state.prices(), started_at)?
-        }
         Target::Deployment(id) => {
             let upstream = upstreams.deployment(&id)?;
-            if upstream.endpoint != endpoint {
+            if upstream.serves() != serves {
                 return Err(ApiError::NotFound(format!(
-                    "deployment '{id}' does not serve {}",
-                    endpoint.as_str()
+                    "deployment '{id}' does not serve {} {} requests",
+                    serves.shape,
+                    call.endpoint.as_str()
                 )));
             }
             vec![upstream]
         }
     };
-    // A body reaches only backends whose dialect takes its shape.
-    let model = candidates[0].model.clone();
-    candidates.retain(|u| u.wire().takes() == wire.takes());
-    if candidates.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "'{model}' has no backend that takes {} requests here",
-            wire.takes()
-        )));
-    }
     caller.check_model(&candidates[0].model)?;
-    if endpoint.is_task() {
+    if call.task {
         tasks::can_record(&state).await?;
     }
     let reserve = state.config().limits.reserve_max_tokens;
@@ -323,8 +311,8 @@ async fn hold_worst_case(
             tokens,
             // A task's hold lasts until the task ends, or expires.
             request
-                .endpoint
-                .is_task()
+                .call
+                .task
                 .then(|| std::time::Duration::from_secs(state.config().limits.task_expiry_secs)),
         )
         .await?)

@@ -4,6 +4,7 @@
 //! reservation and the account's hold settled, and the record committed before the
 //! response is let go.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,6 +161,7 @@ impl Exchange {
     pub fn completion_limit(&self) -> Option<u64> {
         let hold = self.hold?;
         self.request
+            .call
             .endpoint
             .completes()
             .then(|| hold.tokens.completion / self.request.choices.max(1))
@@ -309,7 +311,7 @@ impl Exchange {
             model: up.model.clone(),
             chip: up.chip.clone(),
             deployment: up.deployment.clone(),
-            endpoint: self.request.endpoint,
+            endpoint: Cow::Borrowed(self.request.call.records),
             stream: self.request.stream,
             status,
             http_status,

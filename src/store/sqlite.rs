@@ -130,7 +130,7 @@ type Group<'r> = (
     &'r str,
     &'r str,
     &'r str,
-    &'static str,
+    &'r str,
     &'static str,
     i64,
 );
@@ -184,7 +184,7 @@ pub fn roll_up<'r>(
                 r.model.as_str(),
                 r.chip.as_str(),
                 r.deployment.as_deref().unwrap_or(""),
-                r.endpoint.as_str(),
+                &*r.endpoint,
                 r.status.as_str(),
                 r.price_version_id,
             )

@@ -17,7 +17,7 @@ use rand::Rng;
 
 use crate::billing::PriceBook;
 use crate::config::{BaseUrl, Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
-use crate::dialect::{self, Wire};
+use crate::dialect::{self, Call, Wire};
 use crate::metrics::{Metrics, PairMetrics};
 use crate::server::ApiError;
 use client::UpstreamClient;
@@ -72,18 +72,22 @@ impl Upstream {
         self.wire
     }
 
-    /// The URL a request for `endpoint` goes to: its own, or another path its dialect
-    /// has (a task's submission to a chat upstream).
-    pub fn url_for(&self, endpoint: Endpoint) -> Result<axum::http::Uri, ApiError> {
-        if endpoint == self.endpoint {
+    /// What requests reach it.
+    pub fn serves(&self) -> Serves {
+        Serves::of(self.wire, self.endpoint)
+    }
+
+    /// The URL a request of `call` goes to: its own, or where its dialect submits tasks.
+    pub fn url_for(&self, call: Call) -> Result<axum::http::Uri, ApiError> {
+        if !call.task {
             return Ok(self.url.clone());
         }
-        let path = self.wire().path(endpoint).ok_or_else(|| {
+        let path = self.wire().task_path(call.endpoint).ok_or_else(|| {
             ApiError::NotFound(format!(
-                "{}/{} does not serve {}",
+                "{}/{} does not run {} as tasks",
                 self.model,
                 self.chip,
-                endpoint.as_str()
+                call.endpoint.as_str()
             ))
         })?;
         self.base_url.join(path).map_err(ApiError::Internal)
@@ -235,10 +239,28 @@ struct ModelRoute {
     upstreams: Vec<Arc<Upstream>>,
 }
 
+/// What requests reach an upstream: the body shape its dialect takes (`Wire::takes`) and
+/// the kind of endpoint. One model × chip may be served once for each: Zhipu's GLM both
+/// OpenAI's way and Anthropic's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Serves {
+    pub shape: &'static str,
+    pub endpoint: Endpoint,
+}
+
+impl Serves {
+    pub fn of(wire: &dyn Wire, endpoint: Endpoint) -> Serves {
+        Serves {
+            shape: wire.takes(),
+            endpoint,
+        }
+    }
+}
+
 /// Every upstream, indexed the ways requests name them.
 pub struct Upstreams {
-    pairs: HashMap<(Endpoint, String, String), Arc<Upstream>>,
-    models: HashMap<(Endpoint, String), ModelRoute>,
+    pairs: HashMap<(Serves, String, String), Arc<Upstream>>,
+    models: HashMap<(Serves, String), ModelRoute>,
     deployments: HashMap<String, Arc<Upstream>>,
 }
 
@@ -255,21 +277,22 @@ impl Upstreams {
                 table.deployments.insert(id.clone(), up);
                 continue;
             }
-            let key = (up.endpoint, c.model.clone(), c.chip.clone());
+            let key = (up.serves(), c.model.clone(), c.chip.clone());
             if table.pairs.insert(key, up.clone()).is_some() {
                 anyhow::bail!(
-                    "upstream {}/{}: {}/{}/{} is configured twice",
+                    "upstream {}/{}: {}/{}/{} is configured twice for {} requests",
                     c.model,
                     c.chip,
                     up.endpoint.as_str(),
                     c.model,
-                    c.chip
+                    c.chip,
+                    up.serves().shape
                 );
             }
             let routing = config.routing.models.get(&c.model);
             table
                 .models
-                .entry((up.endpoint, c.model.clone()))
+                .entry((up.serves(), c.model.clone()))
                 .or_insert_with(|| ModelRoute {
                     policy: routing
                         .and_then(|r| r.policy)
@@ -289,24 +312,19 @@ impl Upstreams {
     }
 
     /// The M×N route: exactly this model on this chip.
-    pub fn pair(
-        &self,
-        endpoint: Endpoint,
-        model: &str,
-        chip: &str,
-    ) -> Result<Arc<Upstream>, ApiError> {
+    pub fn pair(&self, serves: Serves, model: &str, chip: &str) -> Result<Arc<Upstream>, ApiError> {
         if let Some(up) = self
             .pairs
-            .get(&(endpoint, model.to_string(), chip.to_string()))
+            .get(&(serves, model.to_string(), chip.to_string()))
         {
             return Ok(up.clone());
         }
-        if self.models.contains_key(&(endpoint, model.to_string())) {
+        if self.models.contains_key(&(serves, model.to_string())) {
             Err(ApiError::NotFound(format!(
                 "model '{model}' is not served on chip '{chip}'; GET /v1/models lists its chips"
             )))
         } else {
-            Err(unknown_model(model))
+            Err(self.unknown_model(serves, model))
         }
     }
 
@@ -320,12 +338,12 @@ impl Upstreams {
     /// The model of a body that names it as its backends know it (an SD task's checkpoint
     /// file, `dialect::Wire::names_backend_model`), which is rarely a valid model name
     /// here: the model whose backends have it as their `upstream_model`, or `name` itself.
-    pub fn model_by_backend_name<'a>(&'a self, endpoint: Endpoint, name: &'a str) -> &'a str {
-        if self.models.contains_key(&(endpoint, name.into())) {
+    pub fn model_by_backend_name<'a>(&'a self, serves: Serves, name: &'a str) -> &'a str {
+        if self.models.contains_key(&(serves, name.into())) {
             return name;
         }
         self.all()
-            .find(|u| u.endpoint == endpoint && u.upstream_model == name)
+            .find(|u| u.serves() == serves && u.upstream_model == name)
             .map_or(name, |u| u.model.as_str())
     }
 
@@ -333,15 +351,15 @@ impl Upstreams {
     /// the others are fail-over. Chips without a price in force are left out.
     pub fn candidates(
         &self,
-        endpoint: Endpoint,
+        serves: Serves,
         model: &str,
         prices: &PriceBook,
         now: DateTime<Utc>,
     ) -> Result<Vec<Arc<Upstream>>, ApiError> {
         let route = self
             .models
-            .get(&(endpoint, model.to_string()))
-            .ok_or_else(|| unknown_model(model))?;
+            .get(&(serves, model.to_string()))
+            .ok_or_else(|| self.unknown_model(serves, model))?;
         let mut ordered: Vec<Arc<Upstream>> = route
             .upstreams
             .iter()
@@ -385,25 +403,41 @@ impl Upstreams {
         Ok(ordered)
     }
 
-    /// Model → chips, for `GET /v1/models`.
+    /// Model → chips, for `GET /v1/models`: one entry per model and kind, whichever
+    /// APIs serve it.
     pub fn catalog(&self) -> Vec<(String, Endpoint, Vec<String>)> {
-        let mut list: Vec<_> = self
-            .models
-            .iter()
-            .map(|((endpoint, model), route)| {
-                let chips = route.upstreams.iter().map(|u| u.chip.clone()).collect();
-                (model.clone(), *endpoint, chips)
-            })
+        let mut entries: HashMap<(&str, Endpoint), Vec<String>> = HashMap::new();
+        for ((serves, model), route) in &self.models {
+            let chips = entries.entry((model, serves.endpoint)).or_default();
+            for up in &route.upstreams {
+                if !chips.contains(&up.chip) {
+                    chips.push(up.chip.clone());
+                }
+            }
+        }
+        let mut list: Vec<_> = entries
+            .into_iter()
+            .map(|((model, endpoint), chips)| (model.to_owned(), endpoint, chips))
             .collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
         list
     }
-}
 
-fn unknown_model(model: &str) -> ApiError {
-    ApiError::NotFound(format!(
-        "model '{model}' does not exist; GET /v1/models lists the models you can call"
-    ))
+    /// A model no upstream serves for `serves`: unknown, or served only another way.
+    fn unknown_model(&self, serves: Serves, model: &str) -> ApiError {
+        let elsewhere = self.models.keys().any(|(_, m)| m == model);
+        ApiError::NotFound(match elsewhere {
+            true => format!(
+                "model '{model}' is not served for {} {} requests here; GET /v1/models lists \
+                 the models you can call",
+                serves.shape,
+                serves.endpoint.as_str()
+            ),
+            false => format!(
+                "model '{model}' does not exist; GET /v1/models lists the models you can call"
+            ),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -404,3 +404,74 @@ async fn the_official_anthropic_sdk_works_unchanged_and_each_call_is_billed_exac
         1
     );
 }
+
+/// GLM 4.6 on Zhipu is served both OpenAI's way and Anthropic's (two backends of one
+/// pair): each request reaches the backend of its own shape, both are billed at the pair's
+/// one price, `/v1/models` lists the model once; a model served only OpenAI's way is not
+/// reached through `/v1/messages`, and says so.
+#[tokio::test]
+async fn one_pair_is_served_both_ways_at_one_price() {
+    let app = TestApp::spawn().await;
+    let knobs = json!({"prompt_tokens": 1200, "completion_tokens": 30});
+    let messages = send(&app, &body(false, knobs.clone())).await;
+    assert_eq!(messages.status(), 200);
+    let by_messages = request_id(&messages);
+    assert_eq!(messages.json::<Value>().await.unwrap()["type"], "message");
+    let chat = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.key)
+        .json(
+            &json!({"model": "glm-4.6", "max_tokens": 256, "x_sim": knobs,
+                      "messages": [{"role": "user", "content": "你是谁？"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 200);
+    let by_chat = request_id(&chat);
+    assert_eq!(
+        chat.json::<Value>().await.unwrap()["object"],
+        "chat.completion"
+    );
+    for id in [by_messages, by_chat] {
+        let record = app.record(&id).await;
+        assert_eq!(
+            (
+                record.model.as_str(),
+                record.chip.as_str(),
+                record.endpoint.as_str()
+            ),
+            ("glm-4.6", "zhipu", "chat")
+        );
+        assert_eq!((record.prompt_tokens, record.completion_tokens), (1200, 30));
+        assert_eq!(record.cost, cost(1200, 0, 0, 30), "{id}");
+    }
+    let models: Value = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let glm: Vec<&Value> = (models["data"].as_array().unwrap().iter())
+        .filter(|m| m["id"] == "glm-4.6")
+        .collect();
+    assert_eq!(glm.len(), 1, "{models}");
+    assert_eq!(glm[0]["chips"], json!(["zhipu"]));
+
+    let mut other = body(false, json!({}));
+    other["model"] = json!("glm-4-plus");
+    let refused = send(&app, &other).await;
+    assert_eq!(refused.status(), 404);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["type"], "error");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("'glm-4-plus' is not served for anthropic chat requests"),
+        "{message}"
+    );
+}

@@ -196,7 +196,7 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
             model: "m".into(),
             chip: version.entry.chip.clone(),
             deployment: None,
-            endpoint: tollgate::config::Endpoint::Chat,
+            endpoint: "chat".into(),
             stream: false,
             status: if u.ok { Status::Ok } else { Status::Partial },
             http_status: 200,

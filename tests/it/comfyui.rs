@@ -9,7 +9,6 @@ use crate::helpers;
 use futures_util::future::join_all;
 use helpers::{TestApp, dec, issue_key, own_json, request_id};
 use serde_json::{Value, json};
-use tollgate::config::Endpoint;
 use tollgate::dialect::TaskState;
 
 const BASE: &str = "/api/maas/comfy_task_api";
@@ -41,7 +40,7 @@ fn the_documented_shapes_are_read() {
         "comfyui-task-info-success.json",
     ];
     let id = "3a9f1c2e8b7d4e6fa1c0d9e8f7a6b5c4";
-    helpers::reads_task_fixtures("comfyui", Endpoint::Workflow, files, id, 2);
+    helpers::reads_task_fixtures("comfyui", files, id, 2);
     let zhipu = tollgate::dialect::named("zhipu").unwrap();
     assert_eq!(
         zhipu.task_state(&own_json("zhipu-async-result-success.json")),

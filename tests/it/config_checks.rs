@@ -3,7 +3,7 @@
 use crate::helpers;
 
 use tollgate::Application;
-use tollgate::config::Config;
+use tollgate::config::{Config, Endpoint};
 
 #[test]
 fn the_example_configuration_is_valid() {
@@ -88,7 +88,7 @@ async fn a_float_price_is_refused() {
 }
 
 #[tokio::test]
-async fn an_endpoint_its_dialect_does_not_have_is_refused_and_so_is_async_chat() {
+async fn an_endpoint_its_dialect_does_not_have_is_refused_and_old_endpoint_names_still_read() {
     let (sim, _) = tollgate::sim::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -112,13 +112,32 @@ async fn an_endpoint_its_dialect_does_not_have_is_refused_and_so_is_async_chat()
         error.contains("qwen-plus/aliyun: dialect dashscope does not serve embeddings"),
         "{error}"
     );
-    let text = "[[upstreams]]\nmodel = \"glm\"\nchip = \"z\"\ndialect = \"zhipu\"\n\
-                endpoint = \"async_chat\"\nbase_url = \"http://127.0.0.1:9/zhipu\"\n";
-    let error = format!("{:#}", Config::from_toml(text, []).unwrap_err());
+    // Endpoints are the generic kinds; tasks are a dialect's routes, not an endpoint.
+    let upstream = |dialect: &str, endpoint: &str| {
+        format!(
+            "[[upstreams]]\nmodel = \"m\"\nchip = \"c\"\ndialect = \"{dialect}\"\n\
+             endpoint = \"{endpoint}\"\nbase_url = \"http://127.0.0.1:9/x\"\n"
+        )
+    };
+    let error = format!(
+        "{:#}",
+        Config::from_toml(&upstream("zhipu", "async_chat"), []).unwrap_err()
+    );
     assert!(
-        error.contains("async_chat is served by chat upstreams"),
+        error.contains("unknown variant `async_chat`")
+            && error.contains("chat")
+            && error.contains("images"),
         "{error}"
     );
+    // The names configurations used before the kinds are read as the kinds they were.
+    for (dialect, old, kind) in [
+        ("dashscope", "generation", Endpoint::Chat),
+        ("comfyui", "workflow", Endpoint::Images),
+        ("sd", "image_task", Endpoint::Images),
+    ] {
+        let config = Config::from_toml(&upstream(dialect, old), []).unwrap();
+        assert_eq!(config.upstreams[0].endpoint, Some(kind), "{old}");
+    }
 }
 
 #[tokio::test]

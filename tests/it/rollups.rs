@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use tollgate::billing::record::{Status, UsageRecord};
-use tollgate::config::Endpoint;
 use tollgate::store::{self, rollups};
 
 const HOUR: i64 = 3_600_000;
@@ -147,11 +146,7 @@ async fn check(
                 helpers::simple_record(format!("req_roll_{i}"), (account, key), version.id, at);
             r.model = ["m", "n"][s.model].into();
             r.deployment = s.deployment.then(|| "mif-a".to_string());
-            r.endpoint = if s.embeddings {
-                Endpoint::Embeddings
-            } else {
-                Endpoint::Chat
-            };
+            r.endpoint = if s.embeddings { "embeddings" } else { "chat" }.into();
             r.status = [Status::Ok, Status::Partial, Status::UpstreamError][s.status];
             r.tokens.prompt = s.prompt;
             r.tokens.completion = s.completion;

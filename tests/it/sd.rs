@@ -10,7 +10,6 @@ use crate::helpers;
 use futures_util::future::join_all;
 use helpers::{TestApp, dec, issue_key, request_id};
 use serde_json::{Value, json};
-use tollgate::config::Endpoint;
 
 const BASE: &str = "/api/maas/sd_task_api";
 const CHECKPOINT: &str = "majicMIX realistic 麦橘写实_v7.safetensors";
@@ -52,7 +51,7 @@ fn the_fixtures_are_read() {
         "sd-result-success.json",
     ];
     let id = "sd0193a1c2d4e5f60718293a4b5c6d7e8f";
-    helpers::reads_task_fixtures("sd", Endpoint::ImageTask, files, id, 2);
+    helpers::reads_task_fixtures("sd", files, id, 2);
 }
 
 #[tokio::test]

@@ -118,6 +118,37 @@ async fn imported_history_is_priced_once_and_final_months_are_refused() {
             "{field} = {value}: {error}"
         );
     }
+    // An endpoint is one records give: a kind, or a dialect's own name (Zhipu's
+    // asynchronous chat is `async_chat`); any other is refused by name.
+    let mut line = bad[0].clone();
+    line["endpoint"] = json!("teleport");
+    write_lines(&file, &[line.clone()]);
+    let (ok, _, error) = import(&config, &file);
+    assert!(
+        !ok && error.contains("no endpoint is called 'teleport'") && error.contains("async_chat"),
+        "{error}"
+    );
+    line["endpoint"] = json!("async_chat");
+    line["request_id"] = json!("late-async");
+    write_lines(&file, &[line]);
+    let (ok, imported, error) = import(&config, &file);
+    assert!(ok && imported["new_records"] == 1, "{error}");
+    let november = cli(
+        &config,
+        &[
+            "usage",
+            "export",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01",
+        ],
+    );
+    let exported: Value = (november.lines())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["request_id"] == "late-async")
+        .expect("the line is in the ledger");
+    assert_eq!(exported["endpoint"], "async_chat");
 
     // October's invoice is made final: its usage can no longer change.
     cli(

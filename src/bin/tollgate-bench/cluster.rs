@@ -119,7 +119,7 @@ pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::R
         model: version.entry.model.clone(),
         chip: version.entry.chip.clone(),
         deployment: None,
-        endpoint: tollgate::config::Endpoint::Chat,
+        endpoint: "chat".into(),
         stream: false,
         status: Status::Ok,
         http_status: 200,

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use crate::billing::{TokenCounts, Units};
 use crate::config::{Endpoint, MAX_COMPLETION_TOKENS};
-use crate::dialect::Wire;
 use crate::dialect::request::{MAX_RESULTS, Members as _};
+use crate::dialect::{Call, Wire};
 use crate::metering::estimate;
 use crate::server::ApiError;
 use crate::upstream::Upstream;
@@ -25,7 +25,8 @@ use body::{MAX_DEPTH, Members, nests_deeper, read_limited, top_level};
 pub struct ClientRequest {
     /// The dialect of the route it came by: where its body says what.
     pub wire: &'static dyn Wire,
-    pub endpoint: Endpoint,
+    /// What the route's requests are.
+    pub call: Call,
     /// The body as the client sent it.
     raw: Bytes,
     /// Its top-level members: each value's span in `raw`.
@@ -56,7 +57,7 @@ impl std::fmt::Debug for ClientRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientRequest")
             .field("dialect", &self.wire.name())
-            .field("endpoint", &self.endpoint)
+            .field("call", &self.call)
             .field("model", &self.model)
             .field("stream", &self.stream)
             .field("max_tokens", &self.max_tokens)
@@ -70,20 +71,21 @@ impl ClientRequest {
     /// and checks that they are one JSON object (400 otherwise).
     pub async fn read(
         wire: &'static dyn Wire,
-        endpoint: Endpoint,
+        call: Call,
         body: Body,
         limit: usize,
     ) -> Result<Self, ApiError> {
         let raw = read_limited(body, limit).await?;
-        ClientRequest::parse(wire, endpoint, raw)
+        ClientRequest::parse(wire, call, raw)
     }
 
     /// Checks `raw` in full (syntax, UTF-8, nesting depth) and takes its top level apart.
     pub fn parse(
         wire: &'static dyn Wire,
-        endpoint: Endpoint,
+        call: impl Into<Call>,
         raw: Bytes,
     ) -> Result<Self, ApiError> {
+        let call = call.into();
         let members = top_level(&raw).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
                 ApiError::InvalidJson("the body must be a JSON object".into())
@@ -98,7 +100,7 @@ impl ClientRequest {
         }
         let mut request = ClientRequest {
             wire,
-            endpoint,
+            call,
             raw,
             members,
             model: None,
@@ -122,7 +124,7 @@ impl ClientRequest {
                 ));
             }
         };
-        if request.stream && !endpoint.streams() {
+        if request.stream && !call.streams() {
             return Err(ApiError::invalid(
                 "streaming is only supported for chat completions",
                 "stream",
@@ -234,7 +236,7 @@ impl ClientRequest {
     /// `reserve_max_tokens` when absent) for each of its `n` answers; no completion for
     /// embeddings and rerank. Cheap: nothing is tokenized before admission.
     pub fn worst_case(&self, reserve_max_tokens: u64) -> TokenCounts {
-        let completion = if self.endpoint.completes() {
+        let completion = if self.call.endpoint.completes() {
             self.max_tokens
                 .unwrap_or(reserve_max_tokens)
                 .saturating_mul(self.choices)
@@ -252,12 +254,12 @@ impl ClientRequest {
     /// generation (an SD task's batches, a ComfyUI run's), one task from a task submission.
     pub fn worst_units(&self) -> Units {
         Units {
-            images: if self.endpoint.makes_images() {
+            images: if self.call.endpoint.makes_images() {
                 self.choices
             } else {
                 self.input_images
             },
-            tasks: u64::from(self.endpoint.is_task()),
+            tasks: u64::from(self.call.task),
             ..Units::default()
         }
     }
@@ -266,7 +268,7 @@ impl ClientRequest {
     pub fn prompt(&self) -> Prompt {
         Prompt {
             wire: self.wire,
-            endpoint: self.endpoint,
+            endpoint: self.call.endpoint,
             raw: self.raw.clone(),
             members: (self.wire.prompt_members().iter())
                 .filter_map(|&name| Some((name, self.members.get(name)?.clone())))

@@ -2,15 +2,19 @@
 
 use super::*;
 
-/// A body parsed as the route of `endpoint` that each dialect serves would parse it.
+/// A body parsed as an OpenAI route of `endpoint` would parse it.
 fn parse(endpoint: Endpoint, raw: Bytes) -> Result<ClientRequest, ApiError> {
-    let dialect = match endpoint {
-        Endpoint::Generation => "dashscope",
-        Endpoint::Workflow => "comfyui",
-        Endpoint::ImageTask => "sd",
-        _ => "openai",
-    };
-    ClientRequest::parse(crate::dialect::named(dialect).unwrap(), endpoint, raw)
+    ClientRequest::parse(crate::dialect::named("openai").unwrap(), endpoint, raw)
+}
+
+/// A body parsed as the first route of `dialect` that sends requests would parse it.
+fn parse_as(dialect: &str, raw: Bytes) -> Result<ClientRequest, ApiError> {
+    let wire = crate::dialect::named(dialect).unwrap();
+    let call = wire.routes().iter().find_map(|route| match route.does {
+        crate::dialect::Does::Send(call, _) => Some(call),
+        _ => None,
+    });
+    ClientRequest::parse(wire, call.unwrap(), raw)
 }
 
 fn patched(body: &str, include_usage: bool) -> String {
@@ -244,7 +248,7 @@ proptest::proptest! {
 #[test]
 fn dashscope_keeps_its_limits_in_parameters() {
     let body = r#"{"model":"qwen-plus","input":{"prompt":"hi"},"parameters":{"n":2,"seed":7}}"#;
-    let request = parse(Endpoint::Generation, Bytes::from(body)).unwrap();
+    let request = parse_as("dashscope", Bytes::from(body)).unwrap();
     assert_eq!((request.max_tokens, request.choices), (None, 2));
     assert_eq!(request.worst_case(100).completion, 200);
     let sent = request.patched("qwen-plus-2025", false, Some(40));
@@ -253,6 +257,6 @@ fn dashscope_keeps_its_limits_in_parameters() {
         r#"{"model":"qwen-plus-2025","input":{"prompt":"hi"},"parameters":{"n":2,"seed":7,"max_tokens":40}}"#
     );
     let body = r#"{"model":"m","input":{},"parameters":{"max_tokens":5}}"#;
-    let request = parse(Endpoint::Generation, Bytes::from(body)).unwrap();
+    let request = parse_as("dashscope", Bytes::from(body)).unwrap();
     assert_eq!(request.max_tokens, Some(5));
 }

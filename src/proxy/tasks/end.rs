@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
-use super::task_endpoint;
+use super::task_call;
 use crate::auth::Caller;
 use crate::billing::record::Status;
 use crate::billing::{TokenCounts, Units};
@@ -62,13 +62,14 @@ pub(super) async fn end_task(
 ) -> Result<Task, ApiError> {
     let mut observed = Observed::default();
     let wire = upstream.wire();
+    let (_, call) = task_call(task)?;
     let (status, error, word) = match end {
         TaskState::Succeeded => {
             wire.observe(&mut observed, result);
             wire.deliver(&mut observed, result);
             observed.units = Units {
                 tasks: 1,
-                ..wire.units(task_endpoint(task), result)
+                ..wire.units(call.endpoint, result)
             };
             (Status::Ok, None, "succeeded")
         }
@@ -139,12 +140,12 @@ async fn settle(
         .prices()
         .in_force(&task.model, &task.chip, task.submitted_at)
         .ok_or_else(|| ApiError::Unavailable("the task's price is not in the ledger".into()))?;
-    let endpoint = task_endpoint(task);
+    let (_, call) = task_call(task)?;
     let ex = Exchange {
         request_id: task.request_id.clone(),
-        route: endpoint.as_str(),
+        route: call.records,
         caller,
-        request: ClientRequest::parse(upstream.wire(), endpoint, Bytes::from_static(b"{}"))?,
+        request: ClientRequest::parse(upstream.wire(), call, Bytes::from_static(b"{}"))?,
         candidates: vec![upstream.clone()],
         started: since(task.submitted_at),
         started_at: task.submitted_at,

@@ -27,13 +27,12 @@ use super::answer::{read_body, successful_body};
 use super::settle::{Exchange, Outcome, Served, finish};
 use crate::auth::Caller;
 use crate::billing::record::Status;
-use crate::config::Endpoint;
-use crate::dialect::TaskState;
+use crate::dialect::{self, Call, TaskState, Wire};
 use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store::{self, tasks::Task};
-use crate::upstream::Upstream;
 use crate::upstream::client::UpstreamResponse;
+use crate::upstream::{Serves, Upstream};
 
 /// A task is submitted only while the ledger answers: one the ledger could not record
 /// would run on the backend unbilled, its id never given to the client.
@@ -125,7 +124,7 @@ pub(super) async fn submitted(
         key_id: ex.caller.key_id,
         model: upstream.model.clone(),
         chip: upstream.chip.clone(),
-        endpoint: ex.request.endpoint.as_str().to_owned(),
+        endpoint: ex.request.call.records.to_owned(),
         submitted_at: ex.started_at,
         state: "pending".into(),
         ended_at: None,
@@ -161,7 +160,7 @@ pub(super) async fn submitted(
 /// tollgate's count of a text task's prompt (0 for other tasks: they are not billed by
 /// their prompt), off the async workers.
 async fn prompt_estimate(ex: &Exchange) -> u64 {
-    if !ex.request.endpoint.completes() {
+    if !ex.request.call.endpoint.completes() {
         return 0;
     }
     let prompt = ex.request.prompt();
@@ -273,9 +272,10 @@ pub(super) async fn ask_once(
 
 /// The upstream a task runs on, if it is still configured.
 pub fn upstream_of(state: &AppState, task: &Task) -> Result<Arc<Upstream>, ApiError> {
+    let (wire, call) = task_call(task)?;
     state
         .upstreams()
-        .pair(task_endpoint(task).served_by(), &task.model, &task.chip)
+        .pair(Serves::of(wire, call.endpoint), &task.model, &task.chip)
         .map_err(|_| {
             ApiError::Unavailable(format!(
                 "{}/{} is no longer configured: its tasks cannot be polled",
@@ -284,9 +284,16 @@ pub fn upstream_of(state: &AppState, task: &Task) -> Result<Arc<Upstream>, ApiEr
         })
 }
 
-/// What kind of task it is (its endpoint, as recorded).
-pub(super) fn task_endpoint(task: &Task) -> Endpoint {
-    serde_json::from_value(Value::from(task.endpoint.as_str())).unwrap_or(Endpoint::AsyncChat)
+/// What kind of task it is: the task route whose records name its endpoint, and that
+/// route's dialect.
+pub(super) fn task_call(task: &Task) -> Result<(&'static dyn Wire, Call), ApiError> {
+    dialect::task_call(&task.endpoint).ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "task {} is of an endpoint no dialect submits: '{}'",
+            task.task_id,
+            task.endpoint
+        ))
+    })
 }
 
 /// One poll of the backend: a GET, or a POST of what the dialect asks.

@@ -341,7 +341,7 @@ pub fn simple_record(
         model: "m".into(),
         chip: "c".into(),
         deployment: None,
-        endpoint: tollgate::config::Endpoint::Chat,
+        endpoint: "chat".into(),
         stream: false,
         status: Status::Ok,
         http_status: 200,
@@ -522,11 +522,11 @@ pub fn own_json(name: &str) -> serde_json::Map<String, Value> {
 /// poll as pending, and a finished one as succeeded with `images` images.
 pub fn reads_task_fixtures(
     dialect: &str,
-    endpoint: tollgate::config::Endpoint,
     [submitted, running, done]: [&str; 3],
     task_id: &str,
     images: u64,
 ) {
+    use tollgate::config::Endpoint;
     use tollgate::dialect::TaskState;
     let wire = tollgate::dialect::named(dialect).unwrap();
     assert_eq!(wire.task_id(&own_json(submitted)).as_deref(), Some(task_id));
@@ -536,7 +536,7 @@ pub fn reads_task_fixtures(
     );
     let done = own_json(done);
     assert_eq!(wire.task_state(&done), Some(TaskState::Succeeded));
-    assert_eq!(wire.units(endpoint, &done).images, images);
+    assert_eq!(wire.units(Endpoint::Images, &done).images, images);
 }
 
 /// Reads an SSE body into its `data:` payloads.
