@@ -241,16 +241,7 @@ async fn a_key_outside_its_allow_list_gets_403_and_sees_only_its_models() {
         .await,
         200
     );
-    let models: Value = app
-        .client
-        .get(app.url("/v1/models"))
-        .bearer_auth(secret)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = app.get_json("/v1/models", secret).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()

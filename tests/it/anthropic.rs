@@ -447,16 +447,7 @@ async fn one_pair_is_served_both_ways_at_one_price() {
         assert_eq!((record.prompt_tokens, record.completion_tokens), (1200, 30));
         assert_eq!(record.cost, cost(1200, 0, 0, 30), "{id}");
     }
-    let models: Value = app
-        .client
-        .get(app.url("/v1/models"))
-        .bearer_auth(&app.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = app.get_json("/v1/models", &app.key).await;
     let glm: Vec<&Value> = (models["data"].as_array().unwrap().iter())
         .filter(|m| m["id"] == "glm-4.6")
         .collect();

@@ -182,16 +182,7 @@ async fn a_key_sees_its_own_limits_and_exact_month_to_date_usage() {
         expected_cost += app.record_of(&response).await.cost;
     }
     for path in ["/v1/usage", "/maas/v1/usage"] {
-        let usage: Value = app
-            .client
-            .get(app.url(path))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let usage = app.get_json(path, &key).await;
         assert_eq!(usage["limits"]["requests_per_minute"], 20);
         assert_eq!(
             usage["limits"]["remaining_requests"], 17,

@@ -155,6 +155,12 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// GETs `path` with `token`; returns the body as JSON.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        let (_, _, text) = self.get_text(path, token).await;
+        serde_json::from_str(&text).unwrap()
+    }
+
     /// GETs `path` with `token`; returns the status, content type and body text.
     pub async fn get_text(&self, path: &str, token: &str) -> (u16, String, String) {
         let response = self
