@@ -432,9 +432,13 @@ pub fn recorded_names() -> Vec<&'static str> {
     names
 }
 
-/// The endpoint name of records that `name` is, if records give it.
+/// The endpoint name of records that `name` is, if records give it (per imported line:
+/// nothing allocated).
 pub fn recorded_name(name: &str) -> Option<&'static str> {
-    recorded_names().into_iter().find(|&known| known == name)
+    let kinds = Endpoint::ALL.iter().map(|e| e.as_str());
+    kinds
+        .chain(calls().map(|(_, call)| call.records))
+        .find(|&known| known == name)
 }
 
 /// The names `named` knows, for an error that lists them.

@@ -6,7 +6,7 @@
 //! records lack, in `usage_details`. Every read goes through the `usage_records` view,
 //! which gives the columns back as they were.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
@@ -146,19 +146,20 @@ pub const COLUMNS: &[&str] = &[
     "cache_write_tokens",
 ];
 
-/// Binds `r`, of shape `shape_id`, to the `COLUMNS.len()` parameters after the first
-/// `offset`.
+/// Binds `r`, stored as `key` (`RequestKey::of` its id) with shape `shape_id`, to the
+/// `COLUMNS.len()` parameters after the first `offset`.
 pub fn bind(
     insert: &mut rusqlite::CachedStatement,
     offset: usize,
     r: &UsageRecord,
+    key: &RequestKey,
     shape_id: i64,
 ) -> rusqlite::Result<()> {
     let started_at = to_ms(r.started_at);
     // How long after its start it ended, unless that is its latency (mostly).
     let ended_after = Some(to_ms(r.ended_at) - started_at).filter(|&ms| ms != r.latency_ms);
     let values: [&dyn rusqlite::ToSql; 13] = [
-        &RequestKey::of(&r.request_id),
+        key,
         &r.account_id,
         &r.key_id,
         &shape_id,

@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Decode, Encode, Sqlite, SqlitePool, Type};
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use super::rollups::HOUR_MS;
 use super::{Column, Money, Read, Result, to_ms};

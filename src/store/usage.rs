@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use foldhash::HashMapExt;
 use rusqlite::types::ValueRef;
 use rust_decimal::Decimal;
 
@@ -24,11 +25,15 @@ where
     I::IntoIter: ExactSizeIterator,
 {
     let records: Vec<&UsageRecord> = records.into_iter().collect();
+    let keys: Vec<RequestKey> = records
+        .iter()
+        .map(|r| RequestKey::of(&r.request_id))
+        .collect();
     // The batch by stored request key, to tell which records the insert took.
-    let mut by_uuid: HashMap<[u8; 16], &UsageRecord> = HashMap::new();
-    let mut by_text: HashMap<&str, &UsageRecord> = HashMap::new();
-    for &r in &records {
-        match RequestKey::of(&r.request_id) {
+    let mut by_uuid: foldhash::HashMap<[u8; 16], &UsageRecord> = HashMapExt::new();
+    let mut by_text: foldhash::HashMap<&str, &UsageRecord> = HashMapExt::new();
+    for (&r, key) in records.iter().zip(&keys) {
+        match *key {
             RequestKey::Uuid(bytes) => by_uuid.insert(bytes, r),
             RequestKey::Text(text) => by_text.insert(text, r),
         };
@@ -64,21 +69,25 @@ where
         Ok(())
     };
     let columns = compact::COLUMNS.len();
-    let rows: Vec<(&UsageRecord, i64)> = records.iter().copied().zip(shapes).collect();
+    let rows: Vec<(&UsageRecord, RequestKey, i64)> = (records.iter().copied())
+        .zip(keys.iter().copied())
+        .zip(shapes)
+        .map(|((record, key), shape)| (record, key, shape))
+        .collect();
     let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
         let mut insert = conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
         for chunk in &mut chunks {
-            for (row, (record, shape)) in chunk.iter().enumerate() {
-                compact::bind(&mut insert, row * columns, record, *shape)?;
+            for (row, (record, key, shape)) in chunk.iter().enumerate() {
+                compact::bind(&mut insert, row * columns, record, key, *shape)?;
             }
             insert_rows(&mut insert)?;
         }
     }
     if !chunks.remainder().is_empty() {
         let mut insert = conn.prepare_cached(&insert_sql(1))?;
-        for (record, shape) in chunks.remainder() {
-            compact::bind(&mut insert, 0, record, *shape)?;
+        for (record, key, shape) in chunks.remainder() {
+            compact::bind(&mut insert, 0, record, key, *shape)?;
             insert_rows(&mut insert)?;
         }
     }
