@@ -121,6 +121,7 @@ pub enum RoleArg {
 }
 
 pub fn main() -> ExitCode {
+    crate::store::sqlite::skip_memory_count();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
