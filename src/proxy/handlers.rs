@@ -324,10 +324,11 @@ async fn models(State(state): State<AppState>, caller: Caller) -> Json<Value> {
         .upstreams()
         .catalog()
         .into_iter()
-        .filter(|(model, _, _)| caller.may_call(model))
-        .map(|(model, endpoint, chips)| {
-            json!({"id": model, "object": "model", "created": 0, "owned_by": "tollgate",
-                   "endpoint": endpoint.as_str(), "chips": chips})
+        .filter(|entry| caller.may_call(&entry.model))
+        .map(|entry| {
+            json!({"id": entry.model, "object": "model", "created": 0, "owned_by": "tollgate",
+                   "endpoint": entry.endpoint.as_str(), "chips": entry.chips,
+                   "apis": entry.shapes})
         })
         .collect();
     Json(json!({"object": "list", "data": data}))

@@ -257,6 +257,16 @@ impl Serves {
     }
 }
 
+/// A model as `GET /v1/models` lists it.
+pub struct CatalogEntry {
+    pub model: String,
+    pub endpoint: Endpoint,
+    /// Each API's chips in configuration order.
+    pub chips: Vec<String>,
+    /// The request shapes that reach it, sorted.
+    pub shapes: Vec<&'static str>,
+}
+
 /// Every upstream, indexed the ways requests name them.
 pub struct Upstreams {
     pairs: HashMap<(Serves, String, String), Arc<Upstream>>,
@@ -403,23 +413,31 @@ impl Upstreams {
         Ok(ordered)
     }
 
-    /// Model → chips, for `GET /v1/models`: one entry per model and kind, whichever
-    /// APIs serve it.
-    pub fn catalog(&self) -> Vec<(String, Endpoint, Vec<String>)> {
-        let mut entries: HashMap<(&str, Endpoint), Vec<String>> = HashMap::new();
+    /// Model → chips, for `GET /v1/models`: one entry per model and kind, with the chips
+    /// and the request shapes (`Wire::takes`: `openai`, `anthropic`, ...) that reach it.
+    pub fn catalog(&self) -> Vec<CatalogEntry> {
+        let mut entries: HashMap<(&str, Endpoint), CatalogEntry> = HashMap::new();
         for ((serves, model), route) in &self.models {
-            let chips = entries.entry((model, serves.endpoint)).or_default();
+            let entry = entries
+                .entry((model, serves.endpoint))
+                .or_insert_with(|| CatalogEntry {
+                    model: model.clone(),
+                    endpoint: serves.endpoint,
+                    chips: Vec::new(),
+                    shapes: Vec::new(),
+                });
             for up in &route.upstreams {
-                if !chips.contains(&up.chip) {
-                    chips.push(up.chip.clone());
+                if !entry.chips.contains(&up.chip) {
+                    entry.chips.push(up.chip.clone());
                 }
             }
+            if !entry.shapes.contains(&serves.shape) {
+                entry.shapes.push(serves.shape);
+                entry.shapes.sort_unstable();
+            }
         }
-        let mut list: Vec<_> = entries
-            .into_iter()
-            .map(|((model, endpoint), chips)| (model.to_owned(), endpoint, chips))
-            .collect();
-        list.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+        let mut list: Vec<CatalogEntry> = entries.into_values().collect();
+        list.sort_by(|a, b| (&a.model, a.endpoint.as_str()).cmp(&(&b.model, b.endpoint.as_str())));
         list
     }
 

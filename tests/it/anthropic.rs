@@ -453,6 +453,7 @@ async fn one_pair_is_served_both_ways_at_one_price() {
         .collect();
     assert_eq!(glm.len(), 1, "{models}");
     assert_eq!(glm[0]["chips"], json!(["zhipu"]));
+    assert_eq!(glm[0]["apis"], json!(["anthropic", "openai"]));
 
     let mut other = body(false, json!({}));
     other["model"] = json!("glm-4-plus");
