@@ -1,8 +1,10 @@
 //! The command line: parsing and dispatch. The commands live by concern: `accounts`
-//! (accounts and keys), `billing` (prices, invoices, reports), `serve` (serve, demo).
+//! (accounts and keys), `billing` (prices, invoices, reports), `people` (console users),
+//! `serve` (serve, demo), `usage`.
 
 mod accounts;
 mod billing;
+mod people;
 mod serve;
 mod usage;
 
@@ -22,6 +24,7 @@ use crate::billing::PriceBook;
 use crate::config::Config;
 use crate::sim;
 use crate::store;
+use people::UsersCommand;
 use usage::UsageCommand;
 
 #[derive(Parser)]
@@ -92,6 +95,9 @@ pub enum Command {
     /// Usage records.
     #[command(subcommand)]
     Usage(UsageCommand),
+    /// The console's users (`/console/`).
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Mint an admin JWT with the configured HS256 secret (for bootstrap and scripts).
     AdminToken {
         #[arg(long, value_enum, default_value = "admin")]
@@ -245,6 +251,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
             }
         }
         Command::Usage(command) => usage::run(&cli.config, command).await,
+        Command::Users(command) => people::run(&Config::load(&cli.config)?, command).await,
         Command::AdminToken { role, ttl, subject } => {
             let config = Config::load(&cli.config)?;
             let auth = AdminAuth::from_config(&config.admin)?.with_context(|| {

@@ -47,7 +47,41 @@ pub struct Config {
     #[serde(default)]
     pub retention: RetentionConfig,
     #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// The console (`/console/`): where it is served and how long a sign-in lasts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console at all (on `server.listen`, or on `listen` when set).
+    pub enabled: bool,
+    /// A separate address for the console only (e.g. kept off the public port); unset:
+    /// `/console/` on `server.listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// A session unused this long ends.
+    pub idle_minutes: u32,
+    /// A session ends this long after sign-in, however used.
+    pub session_hours: u32,
+    /// Wrong passwords for one email (or from one address) within `throttle_minutes`
+    /// before sign-in is refused for the rest of that window.
+    pub throttle_failures: u32,
+    pub throttle_minutes: u32,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            listen: None,
+            idle_minutes: 30,
+            session_hours: 12,
+            throttle_failures: 10,
+            throttle_minutes: 15,
+        }
+    }
 }
 
 /// How long raw usage records stay in the ledger (`tollgate serve` retires older ones

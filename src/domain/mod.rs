@@ -4,8 +4,10 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod audit_log;
 pub mod invoices;
 pub mod keys;
+pub mod people;
 pub mod prices;
 pub mod reports;
 pub mod retention;

@@ -23,6 +23,10 @@ pub struct Account {
     pub billing_mode: BillingMode,
     /// Postpaid: how much may be owed (`None`: no limit). Not used for prepaid accounts.
     pub credit_limit: Option<Decimal>,
+    /// The name people read, in any script (e.g. 无问芯穹 beside `infini`); may be empty.
+    pub display_name: String,
+    /// The account's own time zone (an IANA name); `None`: the billing time zone.
+    pub time_zone: Option<String>,
 }
 
 impl Account {
@@ -47,6 +51,8 @@ fn from_row(row: &impl Read) -> Result<Account> {
             BillingMode::Postpaid
         },
         credit_limit: row.money_or_null("credit_limit")?,
+        display_name: row.read("display_name")?,
+        time_zone: row.read("time_zone")?,
     })
 }
 

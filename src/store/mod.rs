@@ -4,6 +4,7 @@
 //! migrations, how money is stored, bulk inserts of usage) is in `sqlite` and `postgres`.
 
 pub mod accounts;
+pub mod audit_log;
 pub mod compact;
 pub mod funds;
 pub mod health;
@@ -13,6 +14,7 @@ pub mod journal;
 pub mod keys;
 pub mod listing;
 pub mod partitions;
+pub mod people;
 pub mod postgres;
 pub mod prices;
 pub mod replicas;
