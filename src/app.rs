@@ -29,8 +29,15 @@ use crate::store::health::Health;
 use crate::store::signal::ChangeSignal;
 use crate::upstream::Upstreams;
 
-/// The router with its fallback; the one place the route table is assembled.
+/// The router with its fallback; the one place the route table is assembled. The console
+/// is on it unless it is off or has its own address (`console_router`).
 pub fn router(state: AppState) -> Router {
+    let console = &state.config().console;
+    let console = if console.enabled && console.listen.is_none() {
+        crate::console::router()
+    } else {
+        Router::new()
+    };
     handlers::router()
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
@@ -40,13 +47,23 @@ pub fn router(state: AppState) -> Router {
         // given the OpenAI shape there, off the client routes' hot path.
         .merge(admin::router().layer(axum::middleware::map_response(crate::ops::shape_errors)))
         .merge(crate::ops::router())
+        .merge(console)
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
 }
 
+/// The console alone, for its own address (`console.listen`).
+pub fn console_router(state: AppState) -> Router {
+    crate::console::router()
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
 pub struct Application {
     listener: TcpListener,
+    /// The console's own listener, when `console.listen` is set.
+    console_listener: Option<TcpListener>,
     state: AppState,
     ledger_writer: LedgerWriter,
     connection_limits: ConnectionLimits,
@@ -94,6 +111,14 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        let console_listener = match config.console.listen {
+            Some(addr) if config.console.enabled => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (console.listen)"))?,
+            ),
+            _ => None,
+        };
         tokio::task::spawn_blocking(crate::metering::estimate::warm_up);
         let url = &config.database.url;
         let replica = crate::store::replicas::new_name();
@@ -114,6 +139,10 @@ impl Application {
             metrics,
             admin_auth,
             metrics_token,
+            sign_in_throttle: crate::domain::people::throttle::Throttle::new(
+                config.console.throttle_failures,
+                std::time::Duration::from_secs(u64::from(config.console.throttle_minutes) * 60),
+            ),
             config,
             db,
             ledger,
@@ -132,6 +161,7 @@ impl Application {
         spawn_upkeep(&state);
         Ok(Application {
             listener,
+            console_listener,
             state,
             ledger_writer,
             connection_limits,
@@ -142,6 +172,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The console's own address, when it has one (`console.listen`).
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> AppState {
@@ -156,13 +193,34 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application {
             listener,
+            console_listener,
             state,
             ledger_writer,
             connection_limits,
         } = self;
         let metrics = state.0.metrics.clone();
         let router = router(state.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let console = console_listener.map(|listener| {
+            let router = console_router(state.clone());
+            let stopped = stop.clone().cancelled_owned();
+            tokio::spawn(server::serve(
+                listener,
+                router,
+                connection_limits,
+                metrics.clone(),
+                stopped,
+            ))
+        });
+        let stopper = stop.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopper.cancel();
+        };
         server::serve(listener, router, connection_limits, metrics, shutdown).await;
+        if let Some(console) = console {
+            let _ = console.await;
+        }
         state.tasks().close();
         state.tasks().wait().await;
         ledger_writer

@@ -33,6 +33,7 @@ pub mod auth;
 pub mod billing;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dialect;
 pub mod domain;
 pub mod error;

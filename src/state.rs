@@ -41,6 +41,8 @@ pub struct App {
     pub(crate) replica: String,
     /// `None` when no admin key is configured: the admin API answers 503.
     pub(crate) admin_auth: Option<AdminAuth>,
+    /// Wrong console passwords counted per email and per address.
+    pub(crate) sign_in_throttle: crate::domain::people::throttle::Throttle,
     /// The bearer token `/metrics` requires (`metrics.bearer_token_*`), if any.
     pub(crate) metrics_token: Option<String>,
     /// Exchanges run outside the connection that started them (so a client leaving cannot
@@ -97,6 +99,9 @@ impl AppState {
     }
     pub fn admin_auth(&self) -> Option<&AdminAuth> {
         self.0.admin_auth.as_ref()
+    }
+    pub fn sign_in_throttle(&self) -> &crate::domain::people::throttle::Throttle {
+        &self.0.sign_in_throttle
     }
     pub fn metrics_token(&self) -> Option<&str> {
         self.0.metrics_token.as_deref()

@@ -35,6 +35,7 @@ async fn cost(
         from: q.from.as_deref(),
         to: q.to.as_deref(),
         group_by: q.group_by.as_deref().unwrap_or("model,chip"),
+        scope: crate::store::rollups::Scope::All,
     };
     let report = reports::build(
         state.usage_db().await?,

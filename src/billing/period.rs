@@ -45,6 +45,20 @@ impl Month {
         }
     }
 
+    pub fn previous(self) -> Month {
+        if self.month == 1 {
+            Month {
+                year: self.year - 1,
+                month: 12,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+
     /// `[start, end)` in UTC: local midnight of the 1st to local midnight of the next 1st.
     pub fn bounds(self, zone: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
         (

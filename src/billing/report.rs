@@ -70,6 +70,9 @@ pub struct Row {
     /// One value per grouping dimension, in the order asked.
     pub group: Vec<String>,
     pub requests: i64,
+    /// Requests that completed (the rest failed); not in the report's own formats.
+    #[serde(skip)]
+    pub ok_requests: i64,
     pub prompt_tokens: i64,
     pub cached_tokens: i64,
     pub cache_write_tokens: i64,
@@ -186,6 +189,7 @@ pub fn build(
             ..Row::default()
         });
         row.requests = row.requests.saturating_add(t.requests);
+        row.ok_requests = row.ok_requests.saturating_add(t.ok_requests);
         row.prompt_tokens = row.prompt_tokens.saturating_add(t.prompt_tokens);
         row.cached_tokens = row.cached_tokens.saturating_add(t.cached_tokens);
         row.cache_write_tokens = row.cache_write_tokens.saturating_add(t.cache_write_tokens);

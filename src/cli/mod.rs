@@ -201,6 +201,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
                 from: from.as_deref(),
                 to: to.as_deref(),
                 group_by: &group_by,
+                scope: store::rollups::Scope::All,
             };
             let report =
                 crate::domain::reports::build(&db, &prices, config.billing.zone(), request).await?;

@@ -8,9 +8,9 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use crate::config::Config;
+use crate::domain::accounts;
 use crate::domain::audit_log::{self, Actor, Change};
 use crate::domain::people::{self, Person, Role};
-use crate::domain::accounts;
 use crate::store;
 
 use super::emit;
@@ -64,7 +64,12 @@ fn read_password(file: Option<&PathBuf>) -> anyhow::Result<String> {
 fn line(p: &Person) -> String {
     let account = p.account_id.map_or("-".into(), |a| a.to_string());
     let state = if p.disabled { "disabled" } else { "active" };
-    format!("{}\t{}\t{}\taccount {account}\t{state}", p.id, p.email, p.role.as_str())
+    format!(
+        "{}\t{}\t{}\taccount {account}\t{state}",
+        p.id,
+        p.email,
+        p.role.as_str()
+    )
 }
 
 pub(super) async fn run(config: &Config, command: UsersCommand) -> anyhow::Result<()> {
@@ -114,7 +119,11 @@ async fn set_disabled(db: &store::Db, email: &str, disabled: bool) -> anyhow::Re
         .with_context(|| format!("no console user '{email}'"))?;
     let before = people::get(db, row.id).await?;
     let after = people::set_disabled(db, row.id, disabled).await?;
-    let action = if disabled { "user.disable" } else { "user.enable" };
+    let action = if disabled {
+        "user.disable"
+    } else {
+        "user.enable"
+    };
     audit_log::record(
         db,
         &Actor::cli(),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use crate::auth::jwt::Role;
 use crate::config::Config;
 use crate::domain::keys::{self, NewKeyRequest};
+use crate::domain::people::{self, Role as PersonRole};
 use crate::store;
 use crate::{Application, sim};
 
@@ -28,12 +29,10 @@ pub(super) async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<(
     let config = demo_config(sim_addr, listen, db)?;
     let app = Application::build(config).await?;
     let state = app.state();
-    if store::accounts::find_by_name(state.db(), "demo")
-        .await?
-        .is_none()
-    {
-        store::accounts::create(state.db(), "demo").await?;
-    }
+    let account_id = match store::accounts::find_by_name(state.db(), "demo").await? {
+        Some(account) => account.id,
+        None => store::accounts::create(state.db(), "demo").await?.id,
+    };
     let request = NewKeyRequest {
         account: "demo".into(),
         name: "demo".into(),
@@ -50,6 +49,31 @@ pub(super) async fn demo(listen: &str, db: &std::path::Path) -> anyhow::Result<(
         }
     };
     let addr = app.local_addr();
+    // Fresh passwords each run: the demo ledger outlives the process.
+    let password = || crate::auth::ApiKey::generate().expose_secret()[3..19].to_owned();
+    let (operator_pw, customer_pw) = (password(), password());
+    people::set_up(
+        state.db(),
+        "operator@demo.local",
+        &operator_pw,
+        PersonRole::Operator,
+        None,
+    )
+    .await?;
+    people::set_up(
+        state.db(),
+        "owner@demo.local",
+        &customer_pw,
+        PersonRole::Owner,
+        Some(account_id),
+    )
+    .await?;
+    let console = app.console_addr().unwrap_or(addr);
+    println!(
+        "console on http://{console}/console/\n  \
+         operator: operator@demo.local / {operator_pw}\n  \
+         customer (owner of the demo account): owner@demo.local / {customer_pw}\n"
+    );
     println!(
         "tollgate demo on http://{addr}  (simulated backends on http://{sim_addr}, ledger {})\n\
          demo API key (shown once): {key}\n\n\

@@ -112,6 +112,54 @@ pub async fn set_billing(
     get(db, id).await
 }
 
+/// The time zone `account`'s figures are shown in: its own, else `default` (the billing
+/// time zone).
+pub fn zone_of(account: &Account, default: chrono_tz::Tz) -> chrono_tz::Tz {
+    account
+        .time_zone
+        .as_deref()
+        .and_then(|z| z.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Sets account `id`'s display name (any script, up to 100 characters) and time zone (an
+/// IANA name; empty: the billing time zone). Returns the account as it is now.
+pub async fn set_profile(
+    db: &Db,
+    id: i64,
+    display_name: &str,
+    time_zone: &str,
+) -> Result<Account, Error> {
+    let display_name = display_name.trim();
+    if display_name.chars().count() > 100 || display_name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "display_name has at most 100 characters and no control characters",
+            "display_name",
+        ));
+    }
+    let time_zone = time_zone.trim();
+    let zone = match time_zone {
+        "" => None,
+        name => match name.parse::<chrono_tz::Tz>() {
+            Ok(_) => Some(name),
+            Err(_) => {
+                return Err(Error::invalid(
+                    format!("time_zone '{name}' is not an IANA time zone, e.g. Asia/Shanghai"),
+                    "time_zone",
+                ));
+            }
+        },
+    };
+    get(db, id).await?;
+    store::accounts::set_profile(db, id, display_name, zone).await?;
+    get(db, id).await
+}
+
+/// Every account, oldest first.
+pub async fn list(db: &Db) -> Result<Vec<Account>, Error> {
+    Ok(store::accounts::list(db).await?)
+}
+
 /// Account `id`, or 404.
 pub async fn get(db: &Db, id: i64) -> Result<Account, Error> {
     store::accounts::get(db, id)

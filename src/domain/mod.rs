@@ -7,6 +7,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod invoices;
 pub mod keys;
+pub mod overview;
 pub mod people;
 pub mod prices;
 pub mod reports;

@@ -36,6 +36,8 @@ pub struct ReportRequest<'a> {
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
     pub group_by: &'a str,
+    /// Whose usage: every account's, or one account's.
+    pub scope: store::rollups::Scope,
 }
 
 pub async fn build(
@@ -60,6 +62,18 @@ pub async fn build(
     }
     let group_by =
         Dimension::parse_list(request.group_by).map_err(|e| Error::invalid(e, "group_by"))?;
+    build_between(db, prices, zone, request.scope, (from, to), group_by).await
+}
+
+/// The report of `scope`'s usage over `[from, to)`, grouped by `group_by`, from the rollups.
+pub async fn build_between(
+    db: &Db,
+    prices: &PriceBook,
+    zone: Tz,
+    scope: store::rollups::Scope,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    group_by: Vec<Dimension>,
+) -> Result<Report, Error> {
     let edges = report::slot_edges(zone, (from, to), group_by.contains(&Dimension::Hour));
     let by = store::rollups::By {
         account: group_by.contains(&Dimension::Account),
@@ -68,13 +82,17 @@ pub async fn build(
         zone: Some(zone),
     };
     let (from_ms, to_ms) = (store::to_ms(from), store::to_ms(to));
-    let totals = store::rollups::totals(db, store::rollups::Scope::All, from_ms, to_ms, by).await?;
+    let totals = store::rollups::totals(db, scope, from_ms, to_ms, by).await?;
     let mut names = Names::default();
     for account in store::accounts::list(db).await? {
         names.accounts.insert(account.id, account.name);
     }
+    let account = match scope {
+        store::rollups::Scope::Account(id) => Some(id),
+        _ => None,
+    };
     // A lineage is shown as its newest key.
-    let mut keys = store::keys::list(db, None).await?;
+    let mut keys = store::keys::list(db, account).await?;
     keys.sort_by_key(|k| k.id);
     for key in keys {
         names.keys.insert(key.lineage_id, key.prefix);

@@ -30,6 +30,10 @@ pub use body::BodyTimeout;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 
+/// The address a request's connection came from (console and admin requests only).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// What every connection is held to.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -81,7 +85,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -99,6 +103,7 @@ pub async fn serve(
             continue;
         };
         let connection = Connection {
+            peer,
             router: router.clone(),
             limits,
             metrics: metrics.clone(),
@@ -116,6 +121,7 @@ pub async fn serve(
 }
 
 struct Connection {
+    peer: std::net::SocketAddr,
     router: Router,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
@@ -129,12 +135,18 @@ impl Connection {
         self.metrics.client_connections.inc();
         let requests = Arc::new(Requests::default());
         let io = TokioIo::new(io::Watched::new(tcp, requests.clone(), &self.limits));
-        let (router, limits) = (self.router, self.limits);
+        let (router, limits, peer) = (self.router, self.limits, self.peer);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             // Counted from the moment hyper has the head until the response body is done:
             // while a request is in flight the connection is not idle.
             let in_flight = InFlight::start(&requests);
-            let request = request.map(|b| Body::new(body::Timed::new(b, &limits)));
+            let mut request = request.map(|b| Body::new(body::Timed::new(b, &limits)));
+            // Who is asking matters to the console and the admin API (sign-in throttling,
+            // the audit log), not to the gateway's own routes.
+            let path = request.uri().path();
+            if path.starts_with("/console") || path.starts_with("/admin") {
+                request.extensions_mut().insert(ClientAddr(peer));
+            }
             let mut router = router.clone();
             async move {
                 let response = router.call(request).await?;

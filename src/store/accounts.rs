@@ -78,6 +78,24 @@ pub async fn set_billing(
     Ok(())
 }
 
+/// Sets an account's display name and time zone (`None`: the billing time zone).
+pub async fn set_profile(
+    db: &Db,
+    id: i64,
+    display_name: &str,
+    time_zone: Option<&str>,
+) -> Result<()> {
+    on!(db, |pool| {
+        sqlx::query("UPDATE accounts SET display_name = $1, time_zone = $2 WHERE id = $3")
+            .bind(display_name)
+            .bind(time_zone)
+            .bind(id)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Topup {
     pub id: i64,

@@ -103,9 +103,9 @@ pub fn check_email(email: &str) -> Result<String, Error> {
     let email = email.trim().to_lowercase();
     let well_formed = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-        && email
-            .split_once('@')
-            .is_some_and(|(user, host)| !user.is_empty() && !host.is_empty() && !host.contains('@'));
+        && email.split_once('@').is_some_and(|(user, host)| {
+            !user.is_empty() && !host.is_empty() && !host.contains('@')
+        });
     if well_formed {
         Ok(email)
     } else {
@@ -180,4 +180,25 @@ pub async fn set_disabled(db: &Db, id: i64, disabled: bool) -> Result<Person, Er
         store::people::end_sessions_of(db, id, None).await?;
     }
     get(db, id).await
+}
+
+/// Sets person `email`'s password (an operator's reset, or the demo's fresh logins),
+/// creating the person with `role` and `account_id` if there is none; their sessions end.
+pub async fn set_up(
+    db: &Db,
+    email: &str,
+    password: &str,
+    role: Role,
+    account_id: Option<i64>,
+) -> Result<Person, Error> {
+    let email = check_email(email)?;
+    match store::people::by_email(db, &email).await? {
+        None => create(db, &email, password, role, account_id).await,
+        Some(row) => {
+            let hash = hash_password(password).await?;
+            store::people::set_password(db, row.id, &hash).await?;
+            store::people::end_sessions_of(db, row.id, None).await?;
+            Person::from_row(&row)
+        }
+    }
 }

@@ -1,0 +1,221 @@
+//! Accounts (operators only): every account with its billing and money, opening one
+//! (prepaid, or postpaid with an optional credit limit; a display name in any script; a
+//! time zone), and crediting a prepaid account's top-up, once per form shown.
+
+use askama::Template;
+use axum::extract::State;
+use axum::response::{IntoResponse, Redirect, Response};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::{operators_only, render};
+use crate::console::frame::{Frame, money};
+use crate::console::web::{Failure, Posted, Signed};
+use crate::domain::accounts;
+use crate::domain::audit_log::{self, Change};
+use crate::error::Error;
+use crate::state::AppState;
+use crate::store::accounts::BillingMode;
+
+struct AccountLine {
+    id: i64,
+    name: String,
+    display_name: String,
+    mode: &'static str,
+    credit_limit: String,
+    zone: String,
+    balance: String,
+    prepaid: bool,
+    /// A fresh idempotency key for this account's top-up form.
+    topup_key: String,
+}
+
+#[derive(Template)]
+#[template(path = "accounts.html")]
+struct AccountsPage {
+    frame: Frame,
+    accounts: Vec<AccountLine>,
+    error: Option<String>,
+}
+
+fn fresh_key() -> String {
+    format!("console-{}", uuid::Uuid::now_v7())
+}
+
+async fn page(
+    state: &AppState,
+    signed: &Signed,
+    error: Option<String>,
+) -> Result<Response, Failure> {
+    operators_only(signed)?;
+    let t = signed.prefs.t();
+    let db = state.usage_db().await?;
+    let mut lines = Vec::new();
+    for account in crate::domain::accounts::list(db).await? {
+        let view = accounts::view(db, state.spending(), account).await?;
+        let a = &view.account;
+        lines.push(AccountLine {
+            id: a.id,
+            name: a.name.clone(),
+            display_name: a.display_name.clone(),
+            mode: match a.billing_mode {
+                BillingMode::Prepaid => "account.prepaid",
+                BillingMode::Postpaid => "account.postpaid",
+            },
+            credit_limit: match (a.billing_mode, a.credit_limit) {
+                (BillingMode::Postpaid, Some(limit)) => money(limit),
+                (BillingMode::Postpaid, None) => t.get("account.no_limit").to_owned(),
+                (BillingMode::Prepaid, _) => "—".into(),
+            },
+            zone: a
+                .time_zone
+                .clone()
+                .unwrap_or_else(|| state.config().billing.zone().name().to_owned()),
+            balance: money(view.balance),
+            prepaid: a.billing_mode == BillingMode::Prepaid,
+            topup_key: fresh_key(),
+        });
+    }
+    render(&AccountsPage {
+        frame: Frame::signed(signed, "nav.accounts"),
+        accounts: lines,
+        error,
+    })
+}
+
+pub async fn list(State(state): State<AppState>, signed: Signed) -> Result<Response, Failure> {
+    page(&state, &signed, None).await
+}
+
+#[derive(Deserialize)]
+pub struct OpenForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    credit_limit: String,
+    #[serde(default)]
+    time_zone: String,
+}
+
+fn amount(text: &str, field: &'static str) -> Result<Option<Decimal>, Error> {
+    match text.trim() {
+        "" => Ok(None),
+        text => crate::billing::money::parse_plain(text)
+            .map(Some)
+            .ok_or_else(|| Error::invalid(format!("{field} must be an amount like 100.00"), field)),
+    }
+}
+
+pub async fn open(
+    State(state): State<AppState>,
+    Posted { signed, form }: Posted<OpenForm>,
+) -> Result<Response, Failure> {
+    operators_only(&signed)?;
+    let db = state.db();
+    let opened = async {
+        let mode = if form.mode == "prepaid" {
+            BillingMode::Prepaid
+        } else {
+            BillingMode::Postpaid
+        };
+        let limit = amount(&form.credit_limit, "credit_limit")?;
+        // Checked before the account exists, so a bad zone opens nothing.
+        if !form.time_zone.trim().is_empty()
+            && form.time_zone.trim().parse::<chrono_tz::Tz>().is_err()
+        {
+            return Err(Error::invalid(
+                format!(
+                    "time_zone '{}' is not an IANA time zone, e.g. Asia/Shanghai",
+                    form.time_zone.trim()
+                ),
+                "time_zone",
+            ));
+        }
+        let account = accounts::open(db, form.name.trim(), mode, limit).await?;
+        accounts::set_profile(db, account.id, &form.display_name, &form.time_zone).await
+    }
+    .await;
+    match opened {
+        Ok(account) => {
+            audit_log::record(
+                db,
+                &signed.actor(),
+                Change::<(), _> {
+                    action: "account.create",
+                    target: format!("account:{}", account.id),
+                    account_id: Some(account.id),
+                    before: None,
+                    after: Some(&account),
+                },
+            )
+            .await?;
+            Ok(Redirect::to("/console/accounts").into_response())
+        }
+        Err(e @ (Error::InvalidRequest { .. } | Error::Conflict(_))) => {
+            page(&state, &signed, Some(e.to_string())).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct TopUpForm {
+    #[serde(default)]
+    account_id: i64,
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    idempotency_key: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn top_up(
+    State(state): State<AppState>,
+    Posted { signed, form }: Posted<TopUpForm>,
+) -> Result<Response, Failure> {
+    operators_only(&signed)?;
+    let db = state.db();
+    let account = accounts::get(db, form.account_id).await?;
+    let credited = async {
+        let amount = amount(&form.amount, "amount")?
+            .ok_or_else(|| Error::invalid("amount is required", "amount"))?;
+        let key = form.idempotency_key.trim();
+        if key.is_empty() || key.len() > 200 {
+            return Err(Error::invalid(
+                "the form's idempotency key is missing",
+                "idempotency_key",
+            ));
+        }
+        accounts::top_up(db, account.id, amount, key, form.note.trim()).await
+    }
+    .await;
+    match credited {
+        Ok((topup, created)) => {
+            if created {
+                state.spending().credit(account.id, topup.amount);
+                audit_log::record(
+                    db,
+                    &signed.actor(),
+                    Change::<(), _> {
+                        action: "account.top_up",
+                        target: format!("account:{}", account.id),
+                        account_id: Some(account.id),
+                        before: None,
+                        after: Some(&topup),
+                    },
+                )
+                .await?;
+            }
+            Ok(Redirect::to("/console/accounts").into_response())
+        }
+        Err(e @ (Error::InvalidRequest { .. } | Error::Conflict(_))) => {
+            page(&state, &signed, Some(e.to_string())).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
