@@ -97,18 +97,28 @@ impl Frame {
     }
 }
 
-/// An amount rounded half-up to the fen, with its currency sign and thousands separators:
-/// `¥1,234.57`.
+/// An amount with its currency sign and thousands separators: to the fen (rounded
+/// half-up) from ¥1, and below that to six significant digits, so that a month of small
+/// requests does not read as nothing: `¥1,234.57`, `¥0.0000348`.
 pub fn money(amount: Decimal) -> String {
-    let fen = amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
-    let text = format!("{:.2}", fen.abs());
-    let (whole, cents) = text.split_once('.').unwrap_or((&text, "00"));
-    let sign = if fen.is_sign_negative() && !fen.is_zero() {
+    let shown = if amount.abs() >= Decimal::ONE || amount.is_zero() {
+        amount.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+    } else {
+        let digits = amount.abs().scale() as i64 - amount.abs().mantissa().to_string().len() as i64;
+        let places = (digits + 6).clamp(2, 28) as u32;
+        amount
+            .round_dp_with_strategy(places, RoundingStrategy::MidpointAwayFromZero)
+            .normalize()
+    };
+    let text = shown.abs().to_string();
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let fraction = format!("{fraction:0<2}");
+    let sign = if shown.is_sign_negative() && !shown.is_zero() {
         "-"
     } else {
         ""
     };
-    format!("{sign}¥{}.{cents}", group_digits(whole))
+    format!("{sign}¥{}.{fraction}", group_digits(whole))
 }
 
 /// An exact amount, as many decimals as it has: `0.0001234`.
@@ -125,7 +135,7 @@ pub fn count(n: i64) -> String {
 fn group_digits(digits: &str) -> String {
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -158,7 +168,11 @@ mod tests {
     fn figures_are_written_for_people() {
         let d = |s: &str| s.parse::<Decimal>().unwrap();
         assert_eq!(money(d("1234567.125")), "¥1,234,567.13");
-        assert_eq!(money(d("0.004")), "¥0.00");
+        assert_eq!(money(d("0.004")), "¥0.004");
+        assert_eq!(money(d("0.0000348")), "¥0.0000348");
+        assert_eq!(money(d("0.123456789")), "¥0.123457");
+        assert_eq!(money(d("0")), "¥0.00");
+        assert_eq!(money(d("0.5")), "¥0.50");
         assert_eq!(money(d("-12.5")), "-¥12.50");
         assert_eq!(money(d("999")), "¥999.00");
         assert_eq!(exact(d("0.00012300")), "0.000123");

@@ -159,20 +159,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Posted<T> {
         let bytes = axum::body::to_bytes(body, 1 << 16).await.map_err(|_| {
             Failure::status(StatusCode::PAYLOAD_TOO_LARGE, "form too large").into_response()
         })?;
-        let csrf: CsrfField = serde_urlencoded_from(&bytes)?;
+        let csrf: CsrfField = read_form(&bytes).map_err(IntoResponse::into_response)?;
         if !signed.session.csrf_matches(&csrf.csrf) {
             return Err(Failure::status(StatusCode::FORBIDDEN, "csrf").into_response());
         }
-        let form = serde_urlencoded_from(&bytes)?;
+        let form = read_form(&bytes).map_err(IntoResponse::into_response)?;
         Ok(Posted { signed, form })
     }
 }
 
 /// A form's fields (an unreadable form is a 400 page).
-pub fn serde_urlencoded_from<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
-    serde_urlencoded::from_bytes(bytes).map_err(|e| {
-        Failure::status(StatusCode::BAD_REQUEST, &format!("invalid form: {e}")).into_response()
-    })
+pub fn read_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    serde_urlencoded::from_bytes(bytes)
+        .map_err(|e| Failure::status(StatusCode::BAD_REQUEST, &format!("invalid form: {e}")))
 }
 
 /// Percent-encodes `text` for a query value.

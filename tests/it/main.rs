@@ -12,6 +12,7 @@ mod billing_props;
 mod comfyui;
 mod compact_records;
 mod config_checks;
+mod console;
 mod dashscope;
 mod durability;
 mod errors;

@@ -203,7 +203,7 @@ fn limits_of(rpm: &str, tpm: &str, models_text: &str) -> Result<KeyLimits, Error
 }
 
 fn expiry(days: &str) -> Result<Option<chrono::DateTime<Utc>>, Error> {
-    Ok(number::<i64>(days, "expires_in_days")?
+    number::<i64>(days, "expires_in_days")?
         .map(|d| {
             if (1..=3650).contains(&d) {
                 Ok(Utc::now() + Duration::days(d))
@@ -214,7 +214,7 @@ fn expiry(days: &str) -> Result<Option<chrono::DateTime<Utc>>, Error> {
                 ))
             }
         })
-        .transpose()?)
+        .transpose()
 }
 
 pub async fn issue(

@@ -66,13 +66,15 @@ pub async fn show(
             "overview.available",
             money(funds.view.available.unwrap_or_default()),
         ));
-        let runway = funds.runway_days.map_or("—".to_owned(), |d| {
-            t.get("overview.days").replace("{n}", &d.to_string())
-        });
+        let runway = match funds.runway_days {
+            None => "—".to_owned(),
+            Some(d) if d > Decimal::from(365) => t.get("overview.over_a_year").to_owned(),
+            Some(d) => t.get("overview.days").replace("{n}", &d.to_string()),
+        };
         cards.push(("overview.runway", runway));
     }
     let first = NaiveDate::from_ymd_opt(view.month.year, view.month.month, 1)
-        .ok_or_else(|| Failure::not_found())?;
+        .ok_or_else(Failure::not_found)?;
     let mut days = Vec::new();
     let mut day = first;
     while day.month() == first.month() {

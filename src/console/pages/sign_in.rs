@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use crate::console::frame::Frame;
@@ -84,9 +84,9 @@ pub async fn submit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let form: SignInForm = match crate::console::web::serde_urlencoded_from(&body) {
+    let form: SignInForm = match crate::console::web::read_form(&body) {
         Ok(form) => form,
-        Err(response) => return response,
+        Err(failure) => return failure.into_response(),
     };
     let expected = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
     let fresh = !form.csrf.is_empty()
@@ -125,7 +125,7 @@ pub async fn submit(
             let session = set_cookie(&headers, SESSION_COOKIE, &signed.token, None);
             let used = set_cookie(&headers, SIGN_IN_COOKIE, "", Some(0));
             (
-                [(header::SET_COOKIE, session), (header::SET_COOKIE, used)],
+                AppendHeaders([(header::SET_COOKIE, session), (header::SET_COOKIE, used)]),
                 Redirect::to(&next),
             )
                 .into_response()
@@ -166,4 +166,41 @@ pub async fn sign_out(State(state): State<AppState>, posted: Posted<Nothing>) ->
         Redirect::to("/console/sign-in"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::i18n::Lang;
+
+    #[test]
+    fn the_template_escapes_text_and_attributes() {
+        let prefs = Prefs {
+            lang: Lang::En,
+            theme: "auto",
+            address: String::new(),
+            here: "/console/sign-in?next=\"><script>x</script>".into(),
+        };
+        let html = SignInPage {
+            frame: Frame::public(&prefs),
+            csrf: "token".into(),
+            next: "/console/".into(),
+            email: "\"><img src=x onerror=alert(1)>".into(),
+            error: Some("<script>alert(1)</script>".into()),
+        }
+        .render()
+        .unwrap();
+        assert!(!html.contains("<script>alert(1)"), "{html}");
+        assert!(!html.contains("<img src=x"), "{html}");
+        assert!(
+            html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("value=\"&#34;&#62;&#60;img src=x onerror=alert(1)&#62;\""),
+            "{html}"
+        );
+        // The switches' return path is escaped into the query, never markup.
+        assert!(!html.contains("<script>x"), "{html}");
+    }
 }

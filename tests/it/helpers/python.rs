@@ -23,15 +23,18 @@ fn python() -> PathBuf {
 
 /// Runs `tests/python/{script}` against `app` and parses the JSON it prints.
 pub async fn run(script: &str, app: &TestApp) -> Value {
+    run_with(script, vec![app.addr.to_string(), app.key.clone()]).await
+}
+
+/// Runs `tests/python/{script}` with `args` and parses the JSON it prints.
+pub async fn run_with(script: &str, args: Vec<String>) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
-    let (addr, key) = (app.addr.to_string(), app.key.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(&script)
-            .arg(addr)
-            .arg(key)
+            .args(args)
             .output()
             .unwrap()
     })
@@ -39,7 +42,7 @@ pub async fn run(script: &str, app: &TestApp) -> Value {
     .unwrap();
     assert!(
         out.status.success(),
-        "SDK script failed:\n{}",
+        "Python script failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()

@@ -1,0 +1,461 @@
+//! The console (`/console/`): in a real browser (Debian's Chromium over WebDriver, driven
+//! by `tests/python/console_browser.py`), an operator opens an account, adds its owner and
+//! issues a key; the owner, in a second browser, calls the gateway through the OpenAI SDK
+//! and sees the request; markup in names stays text; another account's ids are 404; a form
+//! without its CSRF token is refused; ten wrong passwords throttle sign-in. Over plain HTTP:
+//! the headers that make it safe to expose, sessions' ends, and what each role may reach.
+//! Screenshots go to `TOLLGATE_SCREENSHOTS` (default `target/console-screenshots`).
+
+use reqwest::StatusCode;
+use reqwest::header::{LOCATION, SET_COOKIE};
+use tollgate::console::frame::money;
+use tollgate::domain::people::{self, Role};
+use tollgate::store;
+
+use crate::helpers::{self, TestApp};
+
+const OPERATOR: (&str, &str) = ("ops@tollgate.test", "the operator's password");
+
+async fn operator(app: &TestApp) {
+    people::create(app.state.db(), OPERATOR.0, OPERATOR.1, Role::Operator, None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_and_a_customer_use_the_console_in_a_real_browser() {
+    let app = TestApp::spawn().await;
+    operator(&app).await;
+    let db = app.state.db().clone();
+    let acme = store::accounts::find_by_name(&db, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    let acme_key = store::keys::list(&db, Some(acme.id)).await.unwrap()[0].id;
+    let shots = std::env::var("TOLLGATE_SCREENSHOTS").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/console-screenshots").into()
+    });
+    let seen = helpers::python::run_with(
+        "console_browser.py",
+        vec![
+            app.url(""),
+            OPERATOR.0.into(),
+            OPERATOR.1.into(),
+            acme_key.to_string(),
+            acme.id.to_string(),
+            shots.clone(),
+        ],
+    )
+    .await;
+    let s = |k: &str| seen[k].as_str().unwrap_or_default().to_owned();
+
+    assert!(s("operator_landed").starts_with("Overview"), "{seen}");
+    // Markup in an account's display name and a key's name is shown as text.
+    assert_eq!(seen["account_alert"], false);
+    assert_eq!(seen["key_alert"], false);
+    assert!(s("accounts_table").contains("<img src=x onerror=alert(1)>"));
+    assert!(s("keys_table").contains("<img src=x onerror=alert(1)>"));
+    assert!(s("accounts_after_topup").contains("¥100.00"), "{seen}");
+    assert!(s("people_table").contains("owner@infini.test"));
+    // The secret was shown once, with a copy button, and never again.
+    assert!(s("secret_prefix").starts_with("tg-"));
+    assert_eq!(seen["secret_shown_again"], false);
+    assert_eq!(s("copy_button"), "Copy");
+    assert_eq!(s("csrf_missing"), "Refused");
+
+    // The customer's request is in the ledger, on the account the operator opened, and
+    // its overview shows it.
+    let infini = seen["infini_id"].as_i64().unwrap();
+    let record = app.record(&s("request_id")).await;
+    assert_eq!(record.account_id, infini);
+    let cards = &seen["customer_cards"];
+    assert_eq!(cards["Requests"], "1", "{seen}");
+    assert_eq!(cards["Spent this month"], money(record.cost), "{seen}");
+    assert_eq!(cards["Failed"], "0.0%");
+    assert_eq!(cards["Balance"], money(helpers::dec("100") - record.cost));
+    assert!(s("customer_by_pair").contains("megrez-7b-instruct"));
+    assert!(s("customer_landed").contains("infini"));
+    assert!(!s("customer_keys").contains(&format!("{}…", acme.name)));
+    // Another account's key and overview, and the operators' pages, are not there.
+    assert_eq!(s("other_key"), "Not found");
+    assert_eq!(s("other_account"), "Not found");
+    assert_eq!(s("customer_audit"), "Not found");
+
+    // 中文 and dark.
+    assert!(
+        s("zh_nav").contains("概览") && s("zh_nav").contains("密钥"),
+        "{seen}"
+    );
+    assert_eq!(s("zh_lang"), "zh-CN");
+    assert_eq!(s("zh_keys_heading"), "密钥");
+    assert_eq!(s("theme"), "dark");
+    let backgrounds = &seen["backgrounds"];
+    assert_ne!(backgrounds[0], backgrounds[1], "{seen}");
+    assert_eq!(backgrounds[1], "rgb(17, 20, 24)");
+
+    // The audit log names each change, who made it and from where.
+    let audit = s("audit");
+    for action in [
+        "account.create",
+        "account.top_up",
+        "user.create",
+        "key.create",
+        "session.sign_in",
+    ] {
+        assert!(audit.contains(action), "{action} missing from {audit}");
+    }
+    assert!(audit.contains("console:ops@tollgate.test"));
+    assert!(!audit.contains(&s("secret_prefix")[3..]) || audit.contains("prefix"));
+
+    // Ten wrong passwords, then the right one is refused for a while.
+    assert_eq!(s("tenth_wrong"), "Wrong email or password.");
+    assert!(
+        s("throttled").starts_with("Too many wrong passwords"),
+        "{seen}"
+    );
+
+    for name in [
+        "overview-en-light",
+        "overview-zh-dark",
+        "keys-en-light",
+        "audit-en-light",
+    ] {
+        let path = std::path::Path::new(&shots).join(format!("{name}.png"));
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{}", path.display());
+    }
+}
+
+/// Signs in over HTTP; returns the session cookie's value.
+async fn sign_in(app: &TestApp, email: &str, password: &str) -> Result<String, StatusCode> {
+    let client = no_redirects();
+    let page = client
+        .get(app.url("/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&page, "tollgate_signin").unwrap();
+    let html = page.text().await.unwrap();
+    let csrf = field(&html, "csrf");
+    let response = client
+        .post(app.url("/console/sign-in"))
+        .header("cookie", format!("tollgate_signin={cookie}"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("email", email),
+            ("password", password),
+            ("next", "/console/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    if response.status() != StatusCode::SEE_OTHER {
+        return Err(response.status());
+    }
+    Ok(cookie_of(&response, "tollgate_session").unwrap())
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn cookie_of(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap().to_owned())
+}
+
+/// The value of the hidden field `name` in `html`.
+fn field(html: &str, name: &str) -> String {
+    let at = html.find(&format!("name=\"{name}\" value=\"")).unwrap();
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+async fn get(app: &TestApp, path: &str, session: &str) -> (StatusCode, String) {
+    let response = no_redirects()
+        .get(app.url(path))
+        .header("cookie", format!("tollgate_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_is_safe_to_expose() {
+    let app = TestApp::spawn().await;
+    operator(&app).await;
+    // Signed out: every page sends the browser to sign in, and back after.
+    let response = no_redirects()
+        .get(app.url("/console/keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/console/sign-in?next=/console/keys"
+    );
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    for rule in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(rule), "{csp}");
+    }
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+
+    // The session cookie is HttpOnly and SameSite=Strict, Secure behind TLS.
+    let page = no_redirects()
+        .get(app.url("/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let signin = cookie_of(&page, "tollgate_signin").unwrap();
+    let csrf = field(&page.text().await.unwrap(), "csrf");
+    let signed = no_redirects()
+        .post(app.url("/console/sign-in"))
+        .header("cookie", format!("tollgate_signin={signin}"))
+        .header("x-forwarded-proto", "https")
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("email", OPERATOR.0),
+            ("password", OPERATOR.1),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), StatusCode::SEE_OTHER);
+    let set = signed
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with("tollgate_session="))
+        .unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/console"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    // The sign-in form's own token must come back with it.
+    let forged = no_redirects()
+        .post(app.url("/console/sign-in"))
+        .form(&[
+            ("csrf", "made-up"),
+            ("email", OPERATOR.0),
+            ("password", OPERATOR.1),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    // A signed-in form without its CSRF token, or with another's, is refused and changes
+    // nothing.
+    let session = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    let keys_before = store::keys::list(app.state.db(), None).await.unwrap().len();
+    for token in ["", "not-the-token"] {
+        let response = no_redirects()
+            .post(app.url("/console/keys"))
+            .header("cookie", format!("tollgate_session={session}"))
+            .form(&[("csrf", token), ("account", "acme"), ("name", "forged")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        store::keys::list(app.state.db(), None).await.unwrap().len(),
+        keys_before
+    );
+    // No secret in any page: the key list shows prefixes only.
+    let (status, keys_page) = get(&app, "/console/keys", &session).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!keys_page.contains(&app.key));
+    assert!(keys_page.contains(&app.key[..11]));
+    // A wrong password is 401 with one message for any wrong part; an unknown email too.
+    assert_eq!(
+        sign_in(&app, OPERATOR.0, "wrong password!").await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        sign_in(&app, "nobody@tollgate.test", OPERATOR.1).await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    // Unknown console paths are 404 pages, not the API's JSON.
+    let (status, body) = get(&app, "/console/nothing-here", &session).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("<h1>Not found</h1>"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_role_reaches_only_its_own_account_and_pages() {
+    let app = TestApp::spawn().await;
+    let db = app.state.db().clone();
+    let acme = store::accounts::find_by_name(&db, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    let other = store::accounts::create(&db, "other").await.unwrap();
+    let other_key = helpers::issue_key(&app.state, "other", None).await;
+    let password = "a member's password";
+    for (email, role) in [
+        ("owner@acme.test", Role::Owner),
+        ("member@acme.test", Role::Member),
+        ("viewer@acme.test", Role::Viewer),
+    ] {
+        people::create(&db, email, password, role, Some(acme.id))
+            .await
+            .unwrap();
+    }
+    for email in ["owner@acme.test", "member@acme.test", "viewer@acme.test"] {
+        let session = sign_in(&app, email, password).await.unwrap();
+        for path in [
+            format!("/console/keys/{}", other_key.id),
+            format!("/console/?account={}", other.id),
+            format!("/console/keys?account={}", other.id),
+            "/console/accounts".into(),
+            "/console/audit".into(),
+        ] {
+            let (status, _) = get(&app, &path, &session).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{email} {path}");
+        }
+        let (status, page) = get(&app, "/console/keys", &session).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!page.contains(&other_key.secret[..11]), "{email}");
+        assert!(page.contains(&app.key[..11]), "{email}");
+        let (status, _) = get(&app, "/console/people", &session).await;
+        let expected = if email.starts_with("owner") {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(status, expected, "{email} /console/people");
+    }
+    // A viewer cannot issue keys; a member can, for its own account only.
+    let issue = async |email: &str| {
+        let session = sign_in(&app, email, password).await.unwrap();
+        let (_, page) = get(&app, "/console/keys", &session).await;
+        no_redirects()
+            .post(app.url("/console/keys"))
+            .header("cookie", format!("tollgate_session={session}"))
+            .form(&[
+                ("csrf", field(&page, "csrf").as_str()),
+                ("account", "other"),
+                ("name", "mine"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(issue("viewer@acme.test").await, StatusCode::NOT_FOUND);
+    assert_eq!(issue("member@acme.test").await, StatusCode::OK);
+    let mine = store::keys::list(&db, None).await.unwrap();
+    let mine = mine.iter().find(|k| k.name == "mine").unwrap();
+    assert_eq!(
+        mine.account_id, acme.id,
+        "a member's key is its own account's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_end_at_sign_out_everywhere_password_change_and_disabling() {
+    let app = TestApp::spawn().await;
+    operator(&app).await;
+    let db = app.state.db().clone();
+    let first = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    let second = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    assert_ne!(first, second);
+    // A password change keeps this session and ends the other.
+    let (_, me) = get(&app, "/console/me", &first).await;
+    let changed = no_redirects()
+        .post(app.url("/console/me/password"))
+        .header("cookie", format!("tollgate_session={first}"))
+        .form(&[
+            ("csrf", field(&me, "csrf").as_str()),
+            ("current", OPERATOR.1),
+            ("new", "a brand new password"),
+            ("again", "a brand new password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_eq!(get(&app, "/console/", &first).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&app, "/console/", &second).await.0,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        sign_in(&app, OPERATOR.0, OPERATOR.1).await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    let third = sign_in(&app, OPERATOR.0, "a brand new password")
+        .await
+        .unwrap();
+    // Sign-out everywhere ends both.
+    let (_, me) = get(&app, "/console/me", &first).await;
+    let out = no_redirects()
+        .post(app.url("/console/me/sign-out-everywhere"))
+        .header("cookie", format!("tollgate_session={first}"))
+        .form(&[("csrf", field(&me, "csrf").as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    for session in [&first, &third] {
+        assert_eq!(
+            get(&app, "/console/", session).await.0,
+            StatusCode::SEE_OTHER
+        );
+    }
+    // A disabled person's sessions end and sign-in is refused.
+    let fourth = sign_in(&app, OPERATOR.0, "a brand new password")
+        .await
+        .unwrap();
+    let row = store::people::by_email(&db, OPERATOR.0)
+        .await
+        .unwrap()
+        .unwrap();
+    people::set_disabled(&db, row.id, true).await.unwrap();
+    assert_eq!(
+        get(&app, "/console/", &fourth).await.0,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        sign_in(&app, OPERATOR.0, "a brand new password").await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    // An idle session ends after console.idle_minutes.
+    people::set_disabled(&db, row.id, false).await.unwrap();
+    let idle = sign_in(&app, OPERATOR.0, "a brand new password")
+        .await
+        .unwrap();
+    let lifetimes = people::sessions::Lifetimes::from_config(&app.state.config().console);
+    assert_eq!(
+        people::sessions::sweep(&db, lifetimes).await.unwrap(),
+        0,
+        "a fresh session is alive"
+    );
+    let long_ago = chrono::Utc::now() - chrono::TimeDelta::minutes(31);
+    let hash: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        sha2::Sha256::default(),
+        idle.as_bytes(),
+    ))
+    .into();
+    store::people::touch_session(&db, &hash, long_ago)
+        .await
+        .unwrap();
+    assert_eq!(get(&app, "/console/", &idle).await.0, StatusCode::SEE_OTHER);
+}
