@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::{Admin, JsonBody};
 use crate::billing::prices::Money;
 use crate::domain::accounts::{self, AccountView};
+use crate::domain::audit_log::Change;
 use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store;
@@ -38,12 +39,20 @@ async fn view(state: &AppState, account: Account) -> Result<AccountView, ApiErro
 
 async fn create(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     JsonBody(new): JsonBody<NewAccount>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let mode = new.billing_mode.unwrap_or(BillingMode::Postpaid);
     let credit_limit = new.credit_limit.map(|m| m.0);
     let account = accounts::open(state.db(), &new.name, mode, credit_limit).await?;
+    let change = Change::<(), _> {
+        action: "account.create",
+        target: format!("account:{}", account.id),
+        account_id: Some(account.id),
+        before: None,
+        after: Some(&account),
+    };
+    admin.record(&state, change).await?;
     Ok((StatusCode::CREATED, Json(view(&state, account).await?)))
 }
 
@@ -79,12 +88,21 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Money
 
 async fn update(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<i64>,
     JsonBody(patch): JsonBody<BillingPatch>,
 ) -> Result<Json<AccountView>, ApiError> {
     let credit = patch.credit_limit.map(|c| c.map(|m| m.0));
+    let before = accounts::get(state.db(), id).await?;
     let account = accounts::set_billing(state.db(), id, patch.billing_mode, credit).await?;
+    let change = Change {
+        action: "account.billing",
+        target: format!("account:{id}"),
+        account_id: Some(id),
+        before: Some(&before),
+        after: Some(&account),
+    };
+    admin.record(&state, change).await?;
     state.spending().set_allowance(id, account.allowance());
     Ok(Json(view(&state, account).await?))
 }
@@ -101,7 +119,7 @@ struct NewTopup {
 /// instead of crediting again; the same key with another amount is refused (409).
 async fn top_up(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<i64>,
     headers: HeaderMap,
     JsonBody(new): JsonBody<NewTopup>,
@@ -122,5 +140,13 @@ async fn top_up(
         return Ok((StatusCode::OK, Json(topup)));
     }
     state.spending().credit(id, topup.amount);
+    let change = Change::<(), _> {
+        action: "account.top_up",
+        target: format!("account:{id}"),
+        account_id: Some(id),
+        before: None,
+        after: Some(&topup),
+    };
+    admin.record(&state, change).await?;
     Ok((StatusCode::CREATED, Json(topup)))
 }

@@ -14,6 +14,7 @@ use super::{Admin, QueryParams, Viewer};
 use crate::billing::PriceBook;
 use crate::billing::period::Month;
 use crate::domain::accounts;
+use crate::domain::audit_log::Change;
 use crate::domain::invoices::{Document, Ledger, parse_id};
 use crate::server::ApiError;
 use crate::state::AppState;
@@ -123,7 +124,7 @@ async fn show(
 
 async fn finalize(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (account, month) = account_and_month(state.db(), &id).await?;
@@ -131,5 +132,13 @@ async fn finalize(
         .await?
         .finalize(&account, month)
         .await?;
+    let change = Change::<(), ()> {
+        action: "invoice.finalize",
+        target: format!("invoice:{id}"),
+        account_id: Some(account.id),
+        before: None,
+        after: None,
+    };
+    admin.record(&state, change).await?;
     respond(&Document::Final(text), false)
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::{Admin, JsonBody, QueryParams};
 use crate::domain::accounts;
+use crate::domain::audit_log::Change;
 use crate::domain::keys::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
 use crate::server::ApiError;
 use crate::state::AppState;
@@ -24,10 +25,18 @@ pub fn router() -> Router<AppState> {
 
 async fn create(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     JsonBody(request): JsonBody<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
     let issued = keys::issue(state.db(), state.keys(), request).await?;
+    let change = Change::<(), _> {
+        action: "key.create",
+        target: format!("key:{}", issued.view.id),
+        account_id: Some(issued.view.account_id),
+        before: None,
+        after: Some(&issued.view),
+    };
+    admin.record(&state, change).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -58,23 +67,46 @@ async fn show(
 
 async fn update(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<i64>,
     JsonBody(patch): JsonBody<KeyPatch>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(
-        keys::update(state.usage_db().await?, state.keys(), id, patch).await?,
-    ))
+    let db = state.usage_db().await?;
+    let before = keys::view(db, keys::get(db, id).await?).await?;
+    let after = keys::update(db, state.keys(), id, patch).await?;
+    admin
+        .record(&state, changed("key.update", &before, &after))
+        .await?;
+    Ok(Json(after))
+}
+
+/// A change of key `before` into `after`.
+fn changed<'a>(
+    action: &'a str,
+    before: &'a KeyView,
+    after: &'a KeyView,
+) -> Change<'a, KeyView, KeyView> {
+    Change {
+        action,
+        target: format!("key:{}", before.id),
+        account_id: Some(before.account_id),
+        before: Some(before),
+        after: Some(after),
+    }
 }
 
 async fn revoke(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(
-        keys::revoke(state.usage_db().await?, state.keys(), id).await?,
-    ))
+    let db = state.usage_db().await?;
+    let before = keys::view(db, keys::get(db, id).await?).await?;
+    let after = keys::revoke(db, state.keys(), id).await?;
+    admin
+        .record(&state, changed("key.revoke", &before, &after))
+        .await?;
+    Ok(Json(after))
 }
 
 #[derive(Deserialize, Default)]
@@ -86,7 +118,7 @@ struct RotateRequest {
 
 async fn rotate(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<i64>,
     JsonBody(request): JsonBody<RotateRequest>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
@@ -95,6 +127,11 @@ async fn rotate(
             .grace_secs
             .unwrap_or(state.config().admin.rotation_grace_secs),
     )?;
-    let issued = keys::rotate(state.db(), state.keys(), id, grace).await?;
+    let db = state.usage_db().await?;
+    let before = keys::view(db, keys::get(db, id).await?).await?;
+    let issued = keys::rotate(db, state.keys(), id, grace).await?;
+    admin
+        .record(&state, changed("key.rotate", &before, &issued.view))
+        .await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }

@@ -1,8 +1,10 @@
 //! `/admin/v1`: operator endpoints behind JWT (`auth::jwt`). Each module brings its own
-//! router, parses, authorises, calls a `domain` service and renders;
+//! router, parses, authorises, calls a `domain` service, writes each change to the audit
+//! log (`Admin::record`) and renders;
 //! `Admin` and `Viewer` extractors state in each handler's signature who may call it.
 
 pub mod accounts;
+pub mod audit;
 pub mod invoices;
 pub mod keys;
 pub mod prices;
@@ -17,12 +19,14 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 pub use crate::auth::jwt::{AdminAuth, Claims, Role};
-use crate::server::ApiError;
+use crate::domain::audit_log::{self, Actor, Change};
+use crate::server::{ApiError, ClientAddr};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(accounts::router())
+        .merge(audit::router())
         .merge(keys::router())
         .merge(invoices::router())
         .merge(prices::router())
@@ -31,8 +35,27 @@ pub fn router() -> Router<AppState> {
         .merge(tasks::router())
 }
 
-/// A caller with the `admin` role.
-pub struct Admin(pub Claims);
+/// A caller with the `admin` role, and where the call came from (for the audit log).
+pub struct Admin {
+    pub claims: Claims,
+    address: String,
+}
+
+impl Admin {
+    /// Who the audit log names for a change this caller makes.
+    pub fn actor(&self) -> Actor {
+        Actor::admin(&self.claims.sub, &self.address)
+    }
+
+    /// Writes `change` to the audit log as this caller's.
+    pub async fn record<B: serde::Serialize, A: serde::Serialize>(
+        &self,
+        state: &AppState,
+        change: Change<'_, B, A>,
+    ) -> Result<(), ApiError> {
+        Ok(audit_log::record(state.db(), &self.actor(), change).await?)
+    }
+}
 
 /// A caller with any role (`viewer` or `admin`): read-only endpoints.
 pub struct Viewer(pub Claims);
@@ -65,7 +88,12 @@ impl FromRequestParts<AppState> for Admin {
         if claims.role != Role::Admin {
             return Err(ApiError::Forbidden("this needs the admin role".into()));
         }
-        Ok(Admin(claims))
+        let address = parts
+            .extensions
+            .get::<ClientAddr>()
+            .map(|a| a.0.ip().to_string())
+            .unwrap_or_default();
+        Ok(Admin { claims, address })
     }
 }
 

@@ -12,7 +12,8 @@ use crate::store::keys::KeyLimits;
 use crate::store::signal::ChangeSignal;
 use rust_decimal::Decimal;
 
-use super::emit;
+use super::{audited, emit};
+use crate::domain::audit_log::Change;
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
@@ -147,6 +148,17 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
                 BillingMode::Postpaid
             };
             let account = crate::domain::accounts::open(&db, &name, mode, credit_limit).await?;
+            audited(
+                &db,
+                Change::<(), _> {
+                    action: "account.create",
+                    target: format!("account:{}", account.id),
+                    account_id: Some(account.id),
+                    before: None,
+                    after: Some(&account),
+                },
+            )
+            .await?;
             emit(json, &account, || {
                 format!("account '{}' created (id {})", account.name, account.id)
             })
@@ -162,6 +174,19 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             let (topup, created) =
                 crate::domain::accounts::top_up(&db, account.id, amount, &idempotency_key, &note)
                     .await?;
+            if created {
+                audited(
+                    &db,
+                    Change::<(), _> {
+                        action: "account.top_up",
+                        target: format!("account:{}", account.id),
+                        account_id: Some(account.id),
+                        before: None,
+                        after: Some(&topup),
+                    },
+                )
+                .await?;
+            }
             ChangeSignal::new(&db, &config.database.url, "accounts")
                 .announce()
                 .await;
@@ -257,6 +282,7 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
                 },
             };
             let issued = keys::issue(&db, &cache, request).await?;
+            audited(&db, key_change("key.create", None, &issued.view)).await?;
             if !json {
                 eprintln!(
                     "key {} issued for account '{account}'; it is shown only this once",
@@ -286,11 +312,15 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             limits,
             json,
         } => {
+            let before = keys::view(&db, keys::get(&db, id).await?).await?;
             let view = keys::update(&db, &cache, id, limits.patch(name)?).await?;
+            audited(&db, key_change("key.update", Some(&before), &view)).await?;
             emit(json, &view, || key_line(&view))
         }
         KeysCommand::Revoke { id, json } => {
+            let before = keys::view(&db, keys::get(&db, id).await?).await?;
             let view = keys::revoke(&db, &cache, id).await?;
+            audited(&db, key_change("key.revoke", Some(&before), &view)).await?;
             emit(json, &view, || key_line(&view))
         }
         KeysCommand::Rotate {
@@ -299,7 +329,9 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             json,
         } => {
             let grace = keys::grace(grace_secs.unwrap_or(config.admin.rotation_grace_secs))?;
+            let before = keys::view(&db, keys::get(&db, id).await?).await?;
             let issued = keys::rotate(&db, &cache, id, grace).await?;
+            audited(&db, key_change("key.rotate", Some(&before), &issued.view)).await?;
             if !json {
                 eprintln!(
                     "key {} replaces key {id}; the old secret works until {}",
@@ -309,5 +341,20 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             }
             emit(json, &issued, || issued.key.clone())
         }
+    }
+}
+
+/// The audit log's entry for a change of a key (its view: never the secret).
+fn key_change<'a>(
+    action: &'a str,
+    before: Option<&'a KeyView>,
+    after: &'a KeyView,
+) -> Change<'a, KeyView, KeyView> {
+    Change {
+        action,
+        target: format!("key:{}", after.id),
+        account_id: Some(after.account_id),
+        before,
+        after: Some(after),
     }
 }

@@ -117,15 +117,20 @@ pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyho
         }
         InvoicesCommand::Finalize { account, period } => {
             let account = crate::domain::accounts::named(&db, &account).await?;
-            println!(
-                "{}",
-                Document::Final(
-                    ledger
-                        .finalize(&account, Month::parse(&period).map_err(anyhow::Error::msg)?)
-                        .await?
-                )
-                .to_json()?
-            );
+            let month = Month::parse(&period).map_err(anyhow::Error::msg)?;
+            let text = ledger.finalize(&account, month).await?;
+            let change = crate::domain::audit_log::Change::<(), ()> {
+                action: "invoice.finalize",
+                target: format!(
+                    "invoice:{}",
+                    crate::domain::invoices::invoice_id(account.id, month)
+                ),
+                account_id: Some(account.id),
+                before: None,
+                after: None,
+            };
+            super::audited(&db, change).await?;
+            println!("{}", Document::Final(text).to_json()?);
         }
     }
     Ok(())

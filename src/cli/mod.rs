@@ -286,6 +286,15 @@ fn parse_ttl(text: &str) -> anyhow::Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// Writes a change made from the command line to the audit log.
+async fn audited<B: serde::Serialize, A: serde::Serialize>(
+    db: &store::Db,
+    change: crate::domain::audit_log::Change<'_, B, A>,
+) -> anyhow::Result<()> {
+    let actor = crate::domain::audit_log::Actor::cli();
+    Ok(crate::domain::audit_log::record(db, &actor, change).await?)
+}
+
 /// Prints `value` as JSON for scripts, or `text` for people.
 fn emit(
     json: bool,

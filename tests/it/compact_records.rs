@@ -34,8 +34,14 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
         .await
         .unwrap();
     let old = Db::Sqlite(pool.clone());
-    let account = store::accounts::create(&old, "acme").await.unwrap();
-    let key_id = helpers::insert_key(&old, account.id).await;
+    // The schema of 0013 (accounts had no display name then): inserted as it was.
+    let account_id: i64 = sqlx::query_scalar(
+        "INSERT INTO accounts (name, created_at) VALUES ('acme', 0) RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let key_id = helpers::insert_key(&old, account_id).await;
     let version = helpers::ledger::old_simple_price(&old).await;
     let at = Utc.with_ymd_and_hms(2026, 10, 20, 0, 0, 0).unwrap();
     // The gateway's own id, ids that only look like one (upper case, too short), an
@@ -101,7 +107,7 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
                      $9, '0.0000500', $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(id)
-        .bind(account.id)
+        .bind(account_id)
         .bind(key_id)
         .bind(deployment)
         .bind(stream)
@@ -192,10 +198,10 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
 
     // The writer goes on: replays of both kinds of id add nothing, a new record is
     // stored compactly and read back as written.
-    let funds = store::funds::of(&db, account.id).await.unwrap();
+    let funds = store::funds::of(&db, account_id).await.unwrap();
     let sink = store::Sink::open(&database).await.unwrap();
     let record = |id: &str, started| {
-        helpers::simple_record(id.into(), (account.id, key_id), version, started)
+        helpers::simple_record(id.into(), (account_id, key_id), version, started)
     };
     let replays = [
         record(GATEWAY_ID, store::from_ms(written[0].started_at)),
@@ -207,7 +213,7 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
         .await
         .unwrap();
     assert_eq!(
-        store::funds::of(&db, account.id).await.unwrap().spent,
+        store::funds::of(&db, account_id).await.unwrap().spent,
         funds.spent + new.cost,
         "only the new record is charged"
     );

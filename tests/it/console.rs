@@ -459,3 +459,114 @@ async fn sessions_end_at_sign_out_everywhere_password_change_and_disabling() {
         .unwrap();
     assert_eq!(get(&app, "/console/", &idle).await.0, StatusCode::SEE_OTHER);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_through_the_admin_api_is_in_the_audit_log_without_secrets() {
+    use reqwest::Method;
+    use tollgate::admin::Role as AdminRole;
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token(AdminRole::Admin);
+    let (status, account) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/accounts",
+            &admin,
+            Some(serde_json::json!({"name": "audited", "billing_mode": "prepaid"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{account}");
+    let id = account["id"].as_i64().unwrap();
+    let topup = app
+        .client
+        .post(app.url(&format!("/admin/v1/accounts/{id}/topups")))
+        .bearer_auth(&admin)
+        .header("idempotency-key", "t-1")
+        .json(&serde_json::json!({"amount": "10.00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(topup.status(), 201);
+    let (_, issued) = app
+        .admin(
+            Method::POST,
+            "/admin/v1/keys",
+            &admin,
+            Some(serde_json::json!({"account": "audited", "name": "k"})),
+        )
+        .await;
+    let key = issued["id"].as_i64().unwrap();
+    let secret = issued["key"].as_str().unwrap().to_owned();
+    app.admin(
+        Method::PATCH,
+        &format!("/admin/v1/keys/{key}"),
+        &admin,
+        Some(serde_json::json!({"rpm": 5})),
+    )
+    .await;
+    let (_, rotated) = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/keys/{key}/rotate"),
+            &admin,
+            None,
+        )
+        .await;
+    let new_secret = rotated["key"].as_str().unwrap().to_owned();
+    app.admin(
+        Method::POST,
+        &format!("/admin/v1/keys/{key}/revoke"),
+        &admin,
+        None,
+    )
+    .await;
+
+    let viewer = app.admin_token(AdminRole::Viewer);
+    let log = app
+        .get_json(&format!("/admin/v1/audit?account_id={id}"), &viewer)
+        .await;
+    let entries = log["data"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "key.revoke",
+            "key.rotate",
+            "key.update",
+            "key.create",
+            "account.top_up",
+            "account.create"
+        ]
+    );
+    for entry in entries {
+        assert_eq!(entry["actor"], "admin:test");
+        assert_eq!(entry["address"], "127.0.0.1");
+    }
+    let update = &entries[2];
+    let before: serde_json::Value =
+        serde_json::from_str(update["before"].as_str().unwrap()).unwrap();
+    let after: serde_json::Value = serde_json::from_str(update["after"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (before["rpm"].clone(), after["rpm"].clone()),
+        (serde_json::Value::Null, 5.into())
+    );
+    let text = log.to_string();
+    assert!(
+        !text.contains(&secret) && !text.contains(&new_secret[11..]),
+        "no secret in the log"
+    );
+    // The log cannot be edited, even by the ledger's own connection.
+    let edit = match app.state.db() {
+        store::Db::Sqlite(pool) => sqlx::query("DELETE FROM audit_log")
+            .execute(pool)
+            .await
+            .is_err(),
+        store::Db::Postgres(pool) => sqlx::query("UPDATE audit_log SET actor = 'x'")
+            .execute(pool)
+            .await
+            .is_err(),
+    };
+    assert!(edit, "the audit log is append-only");
+}

@@ -14,10 +14,9 @@ import time
 
 from openai import OpenAI
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 base, op_email, op_password, other_key, other_account, shots = sys.argv[1:7]
@@ -55,7 +54,15 @@ def click(driver, element):
     """Clicks `element` (a submit button or a link) and waits for the next page."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+
+    def replaced(_):
+        try:
+            page.is_enabled()
+            return False
+        except WebDriverException:  # stale, or "does not belong to the document"
+            return True
+
+    WebDriverWait(driver, 10).until(replaced)
 
 
 def alert_opened(driver):
