@@ -34,7 +34,11 @@ impl Frame {
     /// The frame of a page for someone signed in; `section` is the current nav entry.
     pub fn signed(signed: &Signed, section: &str) -> Frame {
         let role = signed.session.person.role;
-        let mut nav = vec![("/console/", "nav.overview"), ("/console/keys", "nav.keys")];
+        let mut nav = vec![
+            ("/console/", "nav.overview"),
+            ("/console/usage", "nav.usage"),
+            ("/console/keys", "nav.keys"),
+        ];
         if role.manages_account() {
             nav.push(("/console/people", "nav.people"));
         }

@@ -71,8 +71,22 @@ pub async fn build_between(
     prices: &PriceBook,
     zone: Tz,
     scope: store::rollups::Scope,
+    range: (DateTime<Utc>, DateTime<Utc>),
+    group_by: Vec<Dimension>,
+) -> Result<Report, Error> {
+    build_filtered(db, prices, zone, scope, range, group_by, &|_| true).await
+}
+
+/// Like `build_between`, of the sums `keep` keeps (by model, chip or key lineage: what the
+/// sums are grouped by).
+pub async fn build_filtered(
+    db: &Db,
+    prices: &PriceBook,
+    zone: Tz,
+    scope: store::rollups::Scope,
     (from, to): (DateTime<Utc>, DateTime<Utc>),
     group_by: Vec<Dimension>,
+    keep: &(dyn Fn(&crate::billing::Totals) -> bool + Sync),
 ) -> Result<Report, Error> {
     let edges = report::slot_edges(zone, (from, to), group_by.contains(&Dimension::Hour));
     let by = store::rollups::By {
@@ -82,7 +96,8 @@ pub async fn build_between(
         zone: Some(zone),
     };
     let (from_ms, to_ms) = (store::to_ms(from), store::to_ms(to));
-    let totals = store::rollups::totals(db, scope, from_ms, to_ms, by).await?;
+    let mut totals = store::rollups::totals(db, scope, from_ms, to_ms, by).await?;
+    totals.retain(|t| keep(t));
     let mut names = Names::default();
     for account in store::accounts::list(db).await? {
         names.accounts.insert(account.id, account.name);

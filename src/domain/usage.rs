@@ -93,3 +93,58 @@ pub async fn month_to_date(
         cost: invoice::cost_of_sums(&totals, prices)?,
     })
 }
+
+/// One line of a record's cost: `quantity` of `unit` at `price` per `per` is `amount`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostLine {
+    pub unit: crate::billing::cost::Unit,
+    pub quantity: u64,
+    pub price: Decimal,
+    pub per: u32,
+    pub amount: Decimal,
+}
+
+/// How `record`'s cost comes from its counts and `price` (the version it names): a line
+/// per billed unit and their exact sum, which is the record's cost (the same formula).
+pub fn arithmetic(
+    record: &StoredRecord,
+    price: &crate::billing::PriceVersion,
+) -> Result<(Vec<CostLine>, Decimal), Error> {
+    use crate::billing::cost::{Quantities, amount, unit_price};
+    let count = |n: i64| n.max(0).unsigned_abs();
+    let completed = record.status == "ok";
+    let units = crate::billing::Units {
+        images: count(record.images),
+        tasks: count(record.tasks),
+        compute_ms: count(record.compute_ms),
+        uploads: count(record.uploads),
+    };
+    let quantities = Quantities {
+        tokens: crate::billing::TokenCounts {
+            prompt: count(record.prompt_tokens),
+            completion: count(record.completion_tokens),
+            cached: count(record.cached_tokens),
+            cache_write: count(record.cache_write_tokens),
+        },
+        requests: u64::from(completed),
+        units: if completed { units } else { Default::default() },
+    };
+    let mut lines = Vec::new();
+    let mut total = Decimal::ZERO;
+    for (unit, quantity) in quantities.by_unit() {
+        let price = unit_price(price, unit);
+        if quantity == 0 || price.is_zero() {
+            continue;
+        }
+        let amount = amount(quantity, price, unit.per())?;
+        total = crate::billing::money::add(total, amount)?;
+        lines.push(CostLine {
+            unit,
+            quantity,
+            price,
+            per: unit.per(),
+            amount,
+        });
+    }
+    Ok((lines, total.normalize()))
+}

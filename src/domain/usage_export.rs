@@ -60,7 +60,7 @@ struct Exported<'a> {
 }
 
 /// The CSV header: `Exported`'s fields.
-const CSV_HEADER: &str = "request_id,account,key_id,model,chip,deployment,endpoint,stream,\
+pub const CSV_HEADER: &str = "request_id,account,key_id,model,chip,deployment,endpoint,stream,\
 status,http_status,error,prompt_tokens,cached_tokens,cache_write_tokens,completion_tokens,images,tasks,\
 compute_ms,uploads,usage_source,price_version_id,cost,blocked,moderation,started_at,\
 ended_at,latency_ms,ttft_ms";
@@ -133,6 +133,11 @@ fn csv_line(e: &Exported) -> String {
         number(e.ttft_ms),
     ]
     .join(",")
+}
+
+/// `record` of `account` as one CSV line (no line end), as `export` writes it.
+pub fn csv_record(record: &StoredRecord, account: &str) -> String {
+    csv_line(&exported(record, account))
 }
 
 /// Writes the records of `db` that started in `[from_ms, to_ms)` to `out` in `format`;

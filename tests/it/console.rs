@@ -76,6 +76,24 @@ async fn an_operator_and_a_customer_use_the_console_in_a_real_browser() {
     assert!(s("customer_by_pair").contains("megrez-7b-instruct"));
     assert!(s("customer_landed").contains("infini"));
     assert!(!s("customer_keys").contains(&format!("{}…", acme.name)));
+    // The explorer lists the request, its page adds its cost up, and the CSV export is
+    // exactly the ledger's rows of the account.
+    assert!(s("usage_records").contains(&s("request_id")), "{seen}");
+    assert_eq!(s("usage_total"), money(record.cost));
+    assert_eq!(s("arithmetic_sum"), record.cost.normalize().to_string());
+    assert_eq!(s("arithmetic_recorded"), s("arithmetic_sum"));
+    assert!(s("arithmetic").contains("input_tokens"), "{seen}");
+    let mut expected = format!("{}\n", tollgate::domain::usage_export::CSV_HEADER);
+    let filter = store::listing::UsageFilter {
+        account_id: Some(infini),
+        ..Default::default()
+    };
+    for r in store::listing::list(&db, &filter, 100).await.unwrap() {
+        expected += &tollgate::domain::usage_export::csv_record(&r, "infini");
+        expected.push('\n');
+    }
+    assert_eq!(s("csv"), expected);
+    assert_eq!(seen["csv_signed_out"], 303, "the export needs a session");
     // Another account's key and overview, and the operators' pages, are not there.
     assert_eq!(s("other_key"), "Not found");
     assert_eq!(s("other_account"), "Not found");

@@ -238,8 +238,8 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
         .await
         .unwrap();
     let old = Db::Postgres(pool.clone());
-    let account = store::accounts::create(&old, "acme").await.unwrap();
-    let key_id = helpers::insert_key(&old, account.id).await;
+    let account_id = helpers::ledger::old_account(&old, "acme").await;
+    let key_id = helpers::insert_key(&old, account_id).await;
     let version = helpers::ledger::old_simple_price(&old).await;
     let first = Utc.with_ymd_and_hms(2026, 7, 20, 0, 0, 0).unwrap();
     sqlx::query(
@@ -250,7 +250,7 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
                 'reported', $3, 0.00005, false, $4 + g * 25200000::BIGINT, $4 + g * 25200000::BIGINT, 1
          FROM generate_series(0, 299) g",
     )
-    .bind(account.id)
+    .bind(account_id)
     .bind(key_id)
     .bind(version)
     .bind(first.timestamp_millis())
@@ -269,7 +269,7 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
             "{months:?}"
         );
     }
-    let funds = store::funds::of(&db, account.id).await.unwrap();
+    let funds = store::funds::of(&db, account_id).await.unwrap();
     assert_eq!(
         funds.spent,
         helpers::dec("0.015"),
@@ -281,12 +281,12 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
     // The writer goes on: a replayed old record adds nothing, a new one takes the next id.
     let sink = store::Sink::open(&database).await.unwrap();
     let mut replay =
-        helpers::simple_record("req_old_7".into(), (account.id, key_id), version, first);
+        helpers::simple_record("req_old_7".into(), (account_id, key_id), version, first);
     replay.started_at = first + Duration::hours(49);
     replay.ended_at = replay.started_at;
     let new = helpers::simple_record(
         "req_new".into(),
-        (account.id, key_id),
+        (account_id, key_id),
         version,
         first + Duration::days(40),
     );
@@ -299,7 +299,7 @@ async fn a_postgres_ledger_of_records_moves_into_months() {
         .unwrap();
     // (A skipped replay may take an id of the sequence too.)
     assert!(stored.id > 300, "{}", stored.id);
-    let funds = store::funds::of(&db, account.id).await.unwrap();
+    let funds = store::funds::of(&db, account_id).await.unwrap();
     assert_eq!(funds.spent, helpers::dec("0.01505"));
 }
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 
+import httpx
 from openai import OpenAI
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, WebDriverException
@@ -193,6 +194,22 @@ out["customer_by_pair"] = text(cu, "table")
 shot(cu, "overview-en-light-360")
 cu.get(base + "/console/keys")
 out["customer_keys"] = text(cu, "#keys")
+
+# The usage explorer lists the request; its page shows how the cost is computed; the CSV
+# export is exactly the records shown (fetched with the browser's session cookie).
+cu.get(base + "/console/usage")
+out["usage_records"] = text(cu, "#records")
+out["usage_total"] = text(cu, "#total")
+shot(cu, "usage-en-light-360")
+click(cu, cu.find_element(By.LINK_TEXT, out["request_id"]))
+out["arithmetic_sum"] = text(cu, "#sum")
+out["arithmetic_recorded"] = text(cu, "#recorded")
+out["arithmetic"] = text(cu, "#arithmetic")
+cu.get(base + "/console/usage")
+export = cu.find_element(By.ID, "export").get_attribute("href")
+cookies = {c["name"]: c["value"] for c in cu.get_cookies()}
+out["csv"] = httpx.get(export, cookies=cookies).text
+out["csv_signed_out"] = httpx.get(export).status_code
 
 # Another account's key, and its overview, are not there for the customer.
 cu.get(base + f"/console/keys/{other_key}")

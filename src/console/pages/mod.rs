@@ -9,6 +9,7 @@ pub mod me;
 pub mod overview;
 pub mod people;
 pub mod sign_in;
+pub mod usage;
 
 use askama::Template;
 use axum::http::header;

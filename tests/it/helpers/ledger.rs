@@ -219,3 +219,18 @@ pub async fn assert_recorded_once(db: &Db, answers: &[String]) -> usize {
     );
     ids.len()
 }
+
+/// An account inserted as an older schema has it (before display names, 0016/0014): the
+/// id of account `name`.
+pub async fn old_account(db: &tollgate::store::Db, name: &str) -> i64 {
+    const INSERT: &str = "INSERT INTO accounts (name, created_at) VALUES ($1, 0) RETURNING id";
+    match db {
+        tollgate::store::Db::Sqlite(pool) => {
+            sqlx::query_scalar(INSERT).bind(name).fetch_one(pool).await
+        }
+        tollgate::store::Db::Postgres(pool) => {
+            sqlx::query_scalar(INSERT).bind(name).fetch_one(pool).await
+        }
+    }
+    .unwrap()
+}
