@@ -38,6 +38,7 @@ impl Frame {
             ("/console/", "nav.overview"),
             ("/console/usage", "nav.usage"),
             ("/console/keys", "nav.keys"),
+            ("/console/invoices", "nav.invoices"),
         ];
         if role.manages_account() {
             nav.push(("/console/people", "nav.people"));

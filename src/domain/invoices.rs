@@ -115,6 +115,14 @@ impl Ledger<'_> {
 }
 
 impl Document {
+    /// The invoice itself (a final one read back from its stored text).
+    pub fn invoice(&self) -> Result<Invoice, Error> {
+        match self {
+            Document::Draft(invoice) => Ok(invoice.clone()),
+            Document::Final(text) => Ok(serde_json::from_str(text).map_err(anyhow::Error::from)?),
+        }
+    }
+
     pub fn to_csv(&self) -> Result<String, Error> {
         match self {
             Document::Draft(invoice) => Ok(invoice.to_csv()),

@@ -94,6 +94,24 @@ async fn an_operator_and_a_customer_use_the_console_in_a_real_browser() {
     }
     assert_eq!(s("csv"), expected);
     assert_eq!(seen["csv_signed_out"], 303, "the export needs a session");
+    // The invoice page's total is the invoice API's, and its download the API's document.
+    let admin = app.admin_token(tollgate::admin::Role::Viewer);
+    let month = chrono::Utc::now().with_timezone(&app.state.config().billing.zone());
+    let api = app
+        .get_json(
+            &format!(
+                "/admin/v1/invoices?account=infini&period={}",
+                month.format("%Y-%m")
+            ),
+            &admin,
+        )
+        .await;
+    let total: rust_decimal::Decimal = api["total"].as_str().unwrap().parse().unwrap();
+    assert_eq!(s("invoice_total"), money(total), "{seen}");
+    assert_eq!(s("invoice_status"), "draft");
+    assert!(s("invoice_lines").contains("megrez-7b-instruct"));
+    assert_eq!(seen["invoice_json"]["lines"], api["lines"]);
+    assert_eq!(seen["invoice_json"]["total_exact"], api["total_exact"]);
     // Another account's key and overview, and the operators' pages, are not there.
     assert_eq!(s("other_key"), "Not found");
     assert_eq!(s("other_account"), "Not found");
@@ -342,6 +360,12 @@ async fn each_role_reaches_only_its_own_account_and_pages() {
             format!("/console/keys/{}", other_key.id),
             format!("/console/?account={}", other.id),
             format!("/console/keys?account={}", other.id),
+            format!("/console/invoices?account={}", other.id),
+            format!("/console/invoices/inv_{}_202612.json", other.id),
+            format!("/console/invoices/inv_{}_202612.csv", other.id),
+            format!("/console/usage?account={}", other.id),
+            format!("/console/usage.csv?account={}", other.id),
+            format!("/console/usage?key={}", other_key.id),
             "/console/accounts".into(),
             "/console/audit".into(),
         ] {

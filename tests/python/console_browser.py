@@ -210,6 +210,12 @@ export = cu.find_element(By.ID, "export").get_attribute("href")
 cookies = {c["name"]: c["value"] for c in cu.get_cookies()}
 out["csv"] = httpx.get(export, cookies=cookies).text
 out["csv_signed_out"] = httpx.get(export).status_code
+cu.get(base + "/console/invoices")
+out["invoice_total"] = text(cu, "#invoice-total")
+out["invoice_status"] = text(cu, "#invoice-status")
+out["invoice_lines"] = text(cu, "#invoice-lines")
+invoice_json = cu.find_element(By.ID, "download-json").get_attribute("href")
+out["invoice_json"] = httpx.get(invoice_json, cookies=cookies).json()
 
 # Another account's key, and its overview, are not there for the customer.
 cu.get(base + f"/console/keys/{other_key}")

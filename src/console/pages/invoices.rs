@@ -1,0 +1,236 @@
+//! Invoices: an account's invoice per month, draft (from the rollups so far) or final (as
+//! stored), its lines per model × chip and unit, downloads as JSON and CSV (the admin API's
+//! bytes), and finalizing (operators, once the period and its grace are over).
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::{Duration, Utc};
+use serde::Deserialize;
+
+use super::{operators_only, render, visible_account};
+use crate::billing::invoice::InvoiceStatus;
+use crate::billing::period::Month;
+use crate::console::frame::{Frame, count, exact, money, time};
+use crate::console::web::{Failure, Posted, Signed};
+use crate::domain::accounts;
+use crate::domain::audit_log::{self, Change};
+use crate::domain::invoices::{Ledger, invoice_id, parse_id};
+use crate::error::Error;
+use crate::state::AppState;
+use crate::store::accounts::Account;
+
+#[derive(Template)]
+#[template(path = "invoices.html")]
+struct InvoicesPage {
+    frame: Frame,
+    /// Accounts to choose from (an operator who has not chosen one).
+    accounts: Vec<(i64, String)>,
+    account: Option<String>,
+    months: Vec<(String, String, bool)>,
+    invoice: Option<InvoiceView>,
+    may_finalize: bool,
+    error: Option<String>,
+}
+
+struct InvoiceView {
+    id: String,
+    period: String,
+    final_: bool,
+    lines: Vec<[String; 7]>,
+    total: String,
+    total_exact: String,
+    generated: String,
+}
+
+#[derive(Deserialize)]
+pub struct InvoicesQuery {
+    account: Option<i64>,
+    period: Option<String>,
+}
+
+fn ledger<'a>(
+    state: &'a AppState,
+    db: &'a crate::store::Db,
+    prices: &'a crate::billing::PriceBook,
+) -> Ledger<'a> {
+    Ledger {
+        db,
+        prices,
+        zone: state.config().billing.zone(),
+        finalize_grace: Duration::seconds(state.config().billing.finalize_grace_secs),
+    }
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    signed: Signed,
+    Query(q): Query<InvoicesQuery>,
+) -> Result<Response, Failure> {
+    let account = visible_account(&state, &signed, q.account).await?;
+    page(&state, &signed, account, q.period.as_deref(), None).await
+}
+
+async fn page(
+    state: &AppState,
+    signed: &Signed,
+    account: Option<Account>,
+    period: Option<&str>,
+    error: Option<String>,
+) -> Result<Response, Failure> {
+    let zone = state.config().billing.zone();
+    let now = Month::containing(Utc::now(), zone);
+    let month = match period {
+        Some(p) => Month::parse(p).map_err(|e| Failure::from(Error::invalid(e, "period")))?,
+        None => now,
+    };
+    let mut months = Vec::new();
+    let mut m = now;
+    for _ in 0..12 {
+        let label = format!("{:04}-{:02}", m.year, m.month);
+        let query = match &account {
+            Some(a) => format!("account={}&period={label}", a.id),
+            None => format!("period={label}"),
+        };
+        months.push((label, query, m == month));
+        m = m.previous();
+    }
+    let db = state.usage_db().await?;
+    let prices = state.prices();
+    let invoice = match &account {
+        None => None,
+        Some(account) => {
+            let document = ledger(state, db, &prices).get(account, month).await?;
+            let invoice = document.invoice()?;
+            Some(InvoiceView {
+                id: invoice.id.clone(),
+                period: invoice.period.clone(),
+                final_: invoice.status == InvoiceStatus::Final,
+                lines: invoice
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        [
+                            l.model.clone(),
+                            l.chip.clone(),
+                            l.unit.as_str().to_owned(),
+                            count(l.quantity as i64),
+                            format!("{} / {}", exact(l.unit_price), count(i64::from(l.per))),
+                            exact(l.amount_exact),
+                            money(l.amount),
+                        ]
+                    })
+                    .collect(),
+                total: money(invoice.total),
+                total_exact: exact(invoice.total_exact),
+                generated: time(invoice.generated_at, zone),
+            })
+        }
+    };
+    let accounts = if account.is_none() {
+        accounts::list(db)
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a.name))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    render(&InvoicesPage {
+        frame: Frame::signed(signed, "nav.invoices"),
+        accounts,
+        account: account.map(|a| a.name),
+        months,
+        invoice,
+        may_finalize: signed.session.person.role.is_operator(),
+        error,
+    })
+}
+
+/// The invoice `id` (`inv_<account>_<yyyymm>`), if the person may see its account.
+async fn visible_invoice(
+    state: &AppState,
+    signed: &Signed,
+    id: &str,
+) -> Result<(Account, Month), Failure> {
+    let (account_id, month) = parse_id(id)?;
+    if !signed.session.person.sees(account_id) {
+        return Err(Failure::not_found());
+    }
+    Ok((accounts::get(state.db(), account_id).await?, month))
+}
+
+/// `inv_…​.json` or `inv_…​.csv`: the invoice as the admin API serves it.
+pub async fn download(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(file): Path<String>,
+) -> Result<Response, Failure> {
+    let (id, csv) = match (file.strip_suffix(".json"), file.strip_suffix(".csv")) {
+        (Some(id), _) => (id, false),
+        (_, Some(id)) => (id, true),
+        _ => return Err(Failure::not_found()),
+    };
+    let (account, month) = visible_invoice(&state, &signed, id).await?;
+    let db = state.usage_db().await?;
+    let prices = state.prices();
+    let document = ledger(&state, db, &prices).get(&account, month).await?;
+    let (content_type, body) = if csv {
+        ("text/csv; charset=utf-8", document.to_csv()?)
+    } else {
+        ("application/json", document.to_json()?)
+    };
+    let disposition = format!("attachment; filename=\"{file}\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct NoFields {}
+
+pub async fn finalize(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Posted { signed, .. }: Posted<NoFields>,
+) -> Result<Response, Failure> {
+    operators_only(&signed)?;
+    let (account, month) = visible_invoice(&state, &signed, &id).await?;
+    let db = state.usage_db().await?;
+    let prices = state.prices();
+    let period = format!("{:04}-{:02}", month.year, month.month);
+    match ledger(&state, db, &prices).finalize(&account, month).await {
+        Ok(_) => {
+            let change = Change::<(), ()> {
+                action: "invoice.finalize",
+                target: format!("invoice:{}", invoice_id(account.id, month)),
+                account_id: Some(account.id),
+                before: None,
+                after: None,
+            };
+            audit_log::record(db, &signed.actor(), change).await?;
+            Ok(Redirect::to(&format!(
+                "/console/invoices?account={}&period={period}",
+                account.id
+            ))
+            .into_response())
+        }
+        Err(e @ Error::Conflict(_)) => {
+            page(
+                &state,
+                &signed,
+                Some(account),
+                Some(&period),
+                Some(e.to_string()),
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
