@@ -44,3 +44,5 @@ BEGIN
 END $$;
 CREATE TRIGGER audit_log_kept BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_kept();
+
+CREATE INDEX tasks_account ON tasks(account_id, submitted_at);

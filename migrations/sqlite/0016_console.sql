@@ -49,3 +49,6 @@ CREATE TRIGGER audit_log_kept_delete BEFORE DELETE ON audit_log
 BEGIN
     SELECT RAISE(ABORT, 'the audit log is append-only');
 END;
+
+-- The console's task list of one account, newest first.
+CREATE INDEX tasks_account ON tasks(account_id, submitted_at);

@@ -216,6 +216,19 @@ impl PriceBook {
         })
     }
 
+    /// Every version, by model, then chip, then effective time.
+    pub fn all(&self) -> Vec<&Arc<PriceVersion>> {
+        let mut all: Vec<_> = self.by_id.values().collect();
+        all.sort_by(|a, b| {
+            (&a.entry.model, &a.entry.chip, a.entry.effective_from).cmp(&(
+                &b.entry.model,
+                &b.entry.chip,
+                b.entry.effective_from,
+            ))
+        });
+        all
+    }
+
     /// Whether any price, current or future, exists for this pair.
     pub fn covers(&self, model: &str, chip: &str) -> bool {
         self.by_pair

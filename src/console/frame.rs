@@ -39,6 +39,8 @@ impl Frame {
             ("/console/usage", "nav.usage"),
             ("/console/keys", "nav.keys"),
             ("/console/invoices", "nav.invoices"),
+            ("/console/tasks", "nav.tasks"),
+            ("/console/prices", "nav.prices"),
         ];
         if role.manages_account() {
             nav.push(("/console/people", "nav.people"));
@@ -46,6 +48,7 @@ impl Frame {
         if role == Role::Operator {
             nav.push(("/console/accounts", "nav.accounts"));
             nav.push(("/console/audit", "nav.audit"));
+            nav.push(("/console/health", "nav.health"));
         }
         nav.push(("/console/me", "nav.me"));
         let mut frame = Frame::public(&signed.prefs);

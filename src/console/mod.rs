@@ -56,6 +56,9 @@ pub fn router() -> Router<AppState> {
         )
         .route("/console/accounts/top-up", post(accounts::top_up))
         .route("/console/audit", get(audit::show))
+        .route("/console/prices", get(catalog::prices))
+        .route("/console/tasks", get(catalog::tasks))
+        .route("/console/health", get(catalog::health))
         .route("/console/me", get(me::show))
         .route("/console/me/password", post(me::change_password))
         .route(

@@ -12,6 +12,7 @@ pub mod people;
 pub mod prices;
 pub mod reports;
 pub mod retention;
+pub mod tasks;
 pub mod usage;
 pub mod usage_export;
 pub mod usage_import;

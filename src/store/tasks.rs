@@ -125,6 +125,28 @@ pub async fn list(db: &Db, state: Option<&str>, limit: i64) -> Result<Vec<Task>>
     })
 }
 
+/// Account `account_id`'s tasks in `state` (all when `None`), newest first, at most
+/// `limit`: a walk of the account's (account, submitted) index.
+pub async fn of_account(
+    db: &Db,
+    account_id: i64,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Task>> {
+    on!(db, |pool| {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE account_id = $1 AND ($2 IS NULL OR state = $2)
+             ORDER BY submitted_at DESC LIMIT $3",
+        )
+        .bind(account_id)
+        .bind(state)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    })
+}
+
 /// Pending tasks submitted before `before`, oldest first: those that expire.
 pub async fn pending_before(db: &Db, before: DateTime<Utc>, limit: i64) -> Result<Vec<Task>> {
     on!(db, |pool| {

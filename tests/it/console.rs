@@ -612,3 +612,110 @@ async fn every_change_through_the_admin_api_is_in_the_audit_log_without_secrets(
     };
     assert!(edit, "the audit log is append-only");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_page_renders_for_each_role_in_both_languages_and_holds_no_secret() {
+    let app = TestApp::spawn().await;
+    operator(&app).await;
+    let db = app.state.db().clone();
+    let acme = store::accounts::find_by_name(&db, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    people::create(
+        &db,
+        "viewer@acme.test",
+        "a viewer's password",
+        Role::Viewer,
+        Some(acme.id),
+    )
+    .await
+    .unwrap();
+    // Some usage to show.
+    let response = app
+        .post(
+            "/v1/chat/completions",
+            &helpers::chat(
+                Some("megrez-7b-instruct"),
+                "hi",
+                false,
+                serde_json::json!({}),
+            ),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let request_id = helpers::request_id(&response);
+    let key_id = store::keys::list(&db, Some(acme.id)).await.unwrap()[0].id;
+    let pages = [
+        "/console/".to_owned(),
+        format!("/console/?account={}", acme.id),
+        "/console/usage".into(),
+        "/console/usage?every=hour&by=key".into(),
+        format!("/console/usage/{request_id}"),
+        "/console/keys".into(),
+        format!("/console/keys/{key_id}"),
+        "/console/invoices".into(),
+        format!("/console/invoices?account={}", acme.id),
+        "/console/tasks".into(),
+        "/console/prices".into(),
+        "/console/me".into(),
+    ];
+    let operator_only = [
+        "/console/accounts",
+        "/console/audit",
+        "/console/health",
+        "/console/people",
+    ];
+    for (email, password, operator) in [
+        (OPERATOR.0, OPERATOR.1, true),
+        ("viewer@acme.test", "a viewer's password", false),
+    ] {
+        let session = sign_in(&app, email, password).await.unwrap();
+        for lang in ["en", "zh"] {
+            let all = pages.iter().map(String::as_str).chain(operator_only);
+            for path in all {
+                let response = no_redirects()
+                    .get(app.url(path))
+                    .header("cookie", format!("tollgate_session={session}; lang={lang}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body = response.text().await.unwrap();
+                let expected = if operator || !operator_only.contains(&path) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NOT_FOUND
+                };
+                assert_eq!(status, expected, "{email} {lang} {path}");
+                assert!(!body.contains(&app.key), "{path} shows a key's secret");
+                let tag = if lang == "zh" {
+                    "lang=\"zh-CN\""
+                } else {
+                    "lang=\"en\""
+                };
+                assert!(body.contains(tag), "{email} {lang} {path}");
+            }
+        }
+    }
+    // The request's page adds its cost up to the recorded cost.
+    let session = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    let (_, page) = get(&app, &format!("/console/usage/{request_id}"), &session).await;
+    let record = app.record(&request_id).await;
+    assert!(
+        page.contains(&format!(
+            "<td class=\"num\" id=\"sum\">{}</td>",
+            record.cost.normalize()
+        )),
+        "{page}"
+    );
+    assert!(
+        !page.contains("class=\"error\""),
+        "the sum is the recorded cost"
+    );
+    // An unreadable period is a 400 page, not a crash.
+    let (status, _) = get(&app, "/console/usage?from=yesterday", &session).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = get(&app, "/console/invoices?period=2026-13", &session).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod catalog;
 pub mod invoices;
 pub mod keys;
 pub mod me;
