@@ -240,8 +240,9 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The ledger's hourly upkeep (the first a minute after start): the months ahead of the
-/// usage records' partitions are created (PostgreSQL, `store::partitions`), and with
+/// The ledger's hourly upkeep (the first a minute after start): expired console sessions
+/// are removed, the months ahead of the usage records' partitions are created
+/// (PostgreSQL, `store::partitions`), and with
 /// `retention.keep_days` the records older than it are retired, one replica at a time
 /// (`domain::retention::keep_days`).
 fn spawn_upkeep(state: &AppState) {
@@ -253,6 +254,11 @@ fn spawn_upkeep(state: &AppState) {
         let mut tick = tokio::time::interval_at(start, std::time::Duration::from_secs(3600));
         loop {
             tick.tick().await;
+            let lifetimes =
+                crate::domain::people::sessions::Lifetimes::from_config(&config.console);
+            if let Err(e) = crate::domain::people::sessions::sweep(&db, lifetimes).await {
+                tracing::warn!(error = %e, "cannot remove expired console sessions");
+            }
             match store::partitions::keep_ahead(&db, chrono::Utc::now()).await {
                 Ok(0) => {}
                 Ok(created) => tracing::info!(created, "usage records' monthly partitions created"),

@@ -4,7 +4,8 @@
 //! keys, 3 models × 2 chips, 91 days, a few errors), a gateway is started on it, and every
 //! read an operator or the console makes is timed over HTTP, 5 times: balances, an
 //! account, a month's reports, the biggest account's invoice, usage listings filtered each
-//! way, and an account's first proxied request after a restart.
+//! way, the console's pages (as an operator and as the biggest account's owner, signed in
+//! over HTTP as a browser is), and an account's first proxied request after a restart.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{TimeZone, Utc};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HeaderName, HeaderValue};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -121,6 +122,17 @@ async fn measure(
     let db = store::connect(&config.database).await?;
     tollgate::domain::prices::sync(&config, &db).await?;
     let owners = prepare(&db).await?;
+    let password: String = (0..24).map(|_| rand::random_range('a'..='z')).collect();
+    use tollgate::domain::people::{self, Role as Person};
+    people::create(&db, "ops@bench.test", &password, Person::Operator, None).await?;
+    people::create(
+        &db,
+        "owner@bench.test",
+        &password,
+        Person::Owner,
+        Some(owners[0].0),
+    )
+    .await?;
     let started = Instant::now();
     import(&config_path, &owners, records)?;
     let import_per_s = records as f64 / started.elapsed().as_secs_f64();
@@ -194,6 +206,49 @@ async fn measure(
             "/admin/v1/usage?status=upstream_error&limit=100".into(),
         ),
     ];
+    // The console's pages, as the operator (every account) and as the owner of the
+    // biggest account.
+    let console = [
+        (
+            "operator",
+            "overview of every account",
+            "/console/".to_string(),
+        ),
+        (
+            "operator",
+            "accounts with balances",
+            "/console/accounts".into(),
+        ),
+        ("operator", "audit log", "/console/audit".into()),
+        ("operator", "health", "/console/health".into()),
+        ("owner", "overview", "/console/".into()),
+        (
+            "owner",
+            "usage explorer, October by day",
+            "/console/usage?from=2026-10-01&to=2026-10-31".into(),
+        ),
+        (
+            "owner",
+            "usage explorer, October by hour and key",
+            "/console/usage?from=2026-10-01&to=2026-10-31&every=hour&by=key".into(),
+        ),
+        (
+            "owner",
+            "usage explorer, a model's requests",
+            format!(
+                "/console/usage?from=2026-10-01&to=2026-10-31&model={}",
+                MODELS[2]
+            ),
+        ),
+        ("owner", "keys", "/console/keys".into()),
+        (
+            "owner",
+            "October's invoice",
+            "/console/invoices?period=2026-10".into(),
+        ),
+        ("owner", "tasks", "/console/tasks".into()),
+        ("owner", "prices", "/console/prices".into()),
+    ];
     let client: Client<HttpConnector, Full<bytes::Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let log = dir.join("tollgate.log");
@@ -202,16 +257,33 @@ async fn measure(
     let throughput;
     {
         let (addr, _gateway) = procs::gateway(&binary, &config_path, &log).await?;
-        for (name, path) in &reads {
+        let operator = sign_in(&client, addr, "ops@bench.test", &password).await?;
+        let owner = sign_in(&client, addr, "owner@bench.test", &password).await?;
+        let admin_reads = reads
+            .iter()
+            .map(|(name, path)| (name.clone(), path.as_str(), (AUTHORIZATION, &admin)));
+        let console_reads = console.iter().map(|(who, name, path)| {
+            let cookie = if *who == "operator" {
+                &operator
+            } else {
+                &owner
+            };
+            (
+                format!("console, {who}: {name}"),
+                path.as_str(),
+                (COOKIE, cookie),
+            )
+        });
+        for (name, path, (header, value)) in admin_reads.chain(console_reads) {
             let mut times = Vec::new();
             for _ in 0..ROUNDS {
                 let started = Instant::now();
-                get(&client, addr, path, &admin).await?;
+                get(&client, addr, path, (&header, value)).await?;
                 times.push(started.elapsed());
             }
             let (median, p95) = spread(&mut times);
             eprintln!("{backend} {records}: {name}: {median:.1} ms (p95 {p95:.1})");
-            timed.push((name.clone(), median, p95));
+            timed.push((name, median, p95));
         }
         // The request path on this ledger: closed loop, 32 connections, 3 rounds of 4 s.
         let target = crate::load::Target {
@@ -281,14 +353,58 @@ async fn get(
     client: &Client<HttpConnector, Full<bytes::Bytes>>,
     addr: SocketAddr,
     path: &str,
-    auth: &HeaderValue,
+    (header, value): (&HeaderName, &HeaderValue),
 ) -> anyhow::Result<()> {
     let request = Request::builder()
         .method(Method::GET)
         .uri(format!("http://{addr}{path}"))
-        .header(AUTHORIZATION, auth)
+        .header(header, value)
         .body(Full::default())?;
     send(client, request).await
+}
+
+/// Signs in to the console as a browser does (the form's token from its cookie and page);
+/// returns the `Cookie` header of the session.
+async fn sign_in(
+    client: &Client<HttpConnector, Full<bytes::Bytes>>,
+    addr: SocketAddr,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<HeaderValue> {
+    let url = format!("http://{addr}/console/sign-in");
+    let form = client
+        .request(Request::get(&url).body(Full::default())?)
+        .await?;
+    let token = cookie(form.headers(), "tollgate_signin").context("no sign-in cookie")?;
+    let body = form.into_body().collect().await?.to_bytes();
+    let page = String::from_utf8_lossy(&body);
+    let marker = "name=\"csrf\" value=\"";
+    let at = page.find(marker).context("no CSRF field")? + marker.len();
+    let csrf = &page[at..at + page[at..].find('"').context("no CSRF value")?];
+    let fields = format!(
+        "csrf={csrf}&email={}&password={password}",
+        email.replace('@', "%40")
+    );
+    let request = Request::post(&url)
+        .header(COOKIE, format!("tollgate_signin={token}"))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Full::new(fields.into()))?;
+    let signed = client.request(request).await?;
+    let session = cookie(signed.headers(), "tollgate_session")
+        .with_context(|| format!("{email} could not sign in: {}", signed.status()))?;
+    Ok(HeaderValue::from_str(&format!(
+        "tollgate_session={session}"
+    ))?)
+}
+
+/// The value `headers` set for cookie `name`.
+fn cookie(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(hyper::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
 }
 
 async fn chat(
