@@ -50,11 +50,16 @@ pub fn router() -> Router<AppState> {
         .route("/console/keys/{id}/revoke", post(keys::revoke))
         .route("/console/keys/{id}/rotate", post(keys::rotate))
         .route("/console/people", get(people::list).post(people::create))
+        .route("/console/people/{id}/{action}", post(people::set_disabled))
         .route(
             "/console/accounts",
             get(accounts::list).post(accounts::open),
         )
         .route("/console/accounts/top-up", post(accounts::top_up))
+        .route(
+            "/console/accounts/{id}",
+            get(accounts::show).post(accounts::edit),
+        )
         .route("/console/audit", get(audit::show))
         .route("/console/prices", get(catalog::prices))
         .route("/console/tasks", get(catalog::tasks))

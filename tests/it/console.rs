@@ -719,3 +719,110 @@ async fn every_page_renders_for_each_role_in_both_languages_and_holds_no_secret(
     let (status, _) = get(&app, "/console/invoices?period=2026-13", &session).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn owners_disable_their_people_and_operators_edit_accounts() {
+    let app = TestApp::spawn().await;
+    operator(&app).await;
+    let db = app.state.db().clone();
+    let acme = store::accounts::find_by_name(&db, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    let other = store::accounts::create(&db, "other").await.unwrap();
+    let password = "a long enough password";
+    let owner = people::create(&db, "owner@acme.test", password, Role::Owner, Some(acme.id))
+        .await
+        .unwrap();
+    let member = people::create(
+        &db,
+        "member@acme.test",
+        password,
+        Role::Member,
+        Some(acme.id),
+    )
+    .await
+    .unwrap();
+    let stranger = people::create(&db, "x@other.test", password, Role::Viewer, Some(other.id))
+        .await
+        .unwrap();
+    let post = async |session: &str, path: &str, fields: &[(&str, &str)]| {
+        let (_, page) = get(&app, "/console/me", session).await;
+        let csrf = field(&page, "csrf");
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend_from_slice(fields);
+        no_redirects()
+            .post(app.url(path))
+            .header("cookie", format!("tollgate_session={session}"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    };
+    let member_session = sign_in(&app, "member@acme.test", password).await.unwrap();
+    let owner_session = sign_in(&app, "owner@acme.test", password).await.unwrap();
+    // A member may not; an owner may not touch another account's person or oneself.
+    let path = |id: i64, what: &str| format!("/console/people/{id}/{what}");
+    let refused = post(&member_session, &path(owner.id, "disable"), &[]).await;
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    for id in [stranger.id, owner.id] {
+        let refused = post(&owner_session, &path(id, "disable"), &[]).await;
+        assert_eq!(refused.status(), StatusCode::NOT_FOUND, "user {id}");
+    }
+    let done = post(&owner_session, &path(member.id, "disable"), &[]).await;
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        get(&app, "/console/", &member_session).await.0,
+        StatusCode::SEE_OTHER,
+        "a disabled member's session ends"
+    );
+    assert!(people::get(&db, member.id).await.unwrap().disabled);
+    post(&owner_session, &path(member.id, "enable"), &[]).await;
+    assert!(sign_in(&app, "member@acme.test", password).await.is_ok());
+
+    // An operator edits an account; a bad time zone changes nothing.
+    let ops = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    let account_path = format!("/console/accounts/{}", acme.id);
+    let bad = post(
+        &ops,
+        &account_path,
+        &[("display_name", "无问芯穹"), ("time_zone", "Mars/Base")],
+    )
+    .await;
+    assert!(bad.text().await.unwrap().contains("Mars/Base"));
+    assert_eq!(
+        store::accounts::get(&db, acme.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .display_name,
+        ""
+    );
+    let saved = post(
+        &ops,
+        &account_path,
+        &[
+            ("display_name", "无问芯穹"),
+            ("time_zone", "Asia/Shanghai"),
+            ("mode", "prepaid"),
+        ],
+    )
+    .await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    let edited = store::accounts::get(&db, acme.id).await.unwrap().unwrap();
+    assert_eq!(edited.display_name, "无问芯穹");
+    assert_eq!(edited.time_zone.as_deref(), Some("Asia/Shanghai"));
+    assert_eq!(edited.billing_mode, store::accounts::BillingMode::Prepaid);
+    // An owner cannot reach the account's settings.
+    assert_eq!(
+        get(&app, &account_path, &owner_session).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let log = tollgate::domain::audit_log::page(&db, Some(acme.id), None)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    for action in ["account.update", "user.disable", "user.enable"] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+}

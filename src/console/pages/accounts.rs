@@ -219,3 +219,113 @@ pub async fn top_up(
         Err(e) => Err(e.into()),
     }
 }
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    frame: Frame,
+    id: i64,
+    name: String,
+    display_name: String,
+    prepaid: bool,
+    credit_limit: String,
+    time_zone: String,
+    error: Option<String>,
+}
+
+fn account_page(
+    signed: &Signed,
+    account: &crate::store::accounts::Account,
+    error: Option<String>,
+) -> Result<Response, Failure> {
+    render(&AccountPage {
+        frame: Frame::signed(signed, "nav.accounts"),
+        id: account.id,
+        name: account.name.clone(),
+        display_name: account.display_name.clone(),
+        prepaid: account.billing_mode == BillingMode::Prepaid,
+        credit_limit: account
+            .credit_limit
+            .map(|l| l.normalize().to_string())
+            .unwrap_or_default(),
+        time_zone: account.time_zone.clone().unwrap_or_default(),
+        error,
+    })
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    signed: Signed,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+) -> Result<Response, Failure> {
+    operators_only(&signed)?;
+    let account = accounts::get(state.db(), id).await?;
+    account_page(&signed, &account, None)
+}
+
+#[derive(Deserialize)]
+pub struct EditForm {
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    credit_limit: String,
+    #[serde(default)]
+    time_zone: String,
+}
+
+pub async fn edit(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    Posted { signed, form }: Posted<EditForm>,
+) -> Result<Response, Failure> {
+    operators_only(&signed)?;
+    let db = state.db();
+    let before = accounts::get(db, id).await?;
+    let edited = async {
+        let mode = if form.mode == "prepaid" {
+            BillingMode::Prepaid
+        } else {
+            BillingMode::Postpaid
+        };
+        let limit = amount(&form.credit_limit, "credit_limit")?;
+        accounts::check_credit(limit)?;
+        if !form.time_zone.trim().is_empty()
+            && form.time_zone.trim().parse::<chrono_tz::Tz>().is_err()
+        {
+            return Err(Error::invalid(
+                format!(
+                    "time_zone '{}' is not an IANA time zone, e.g. Asia/Shanghai",
+                    form.time_zone.trim()
+                ),
+                "time_zone",
+            ));
+        }
+        accounts::set_profile(db, id, &form.display_name, &form.time_zone).await?;
+        accounts::set_billing(db, id, Some(mode), Some(limit)).await
+    }
+    .await;
+    match edited {
+        Ok(after) => {
+            state.spending().set_allowance(id, after.allowance());
+            audit_log::record(
+                db,
+                &signed.actor(),
+                Change {
+                    action: "account.update",
+                    target: format!("account:{id}"),
+                    account_id: Some(id),
+                    before: Some(&before),
+                    after: Some(&after),
+                },
+            )
+            .await?;
+            Ok(Redirect::to("/console/accounts").into_response())
+        }
+        Err(e @ Error::InvalidRequest { .. }) => {
+            account_page(&signed, &before, Some(e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

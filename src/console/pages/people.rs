@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::render;
@@ -16,6 +16,9 @@ use crate::error::Error;
 use crate::state::AppState;
 
 struct PersonLine {
+    id: i64,
+    /// Whether the viewer may disable or enable this person (not oneself).
+    may_change: bool,
     email: String,
     role: &'static str,
     account: String,
@@ -67,6 +70,9 @@ async fn page(
         people: list
             .iter()
             .map(|p| PersonLine {
+                id: p.id,
+                may_change: p.id != person.id
+                    && (person.role.is_operator() || p.role != Role::Operator),
                 email: p.email.clone(),
                 role: p.role.as_str(),
                 account: name_of(p.account_id),
@@ -144,4 +150,48 @@ pub async fn create(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+#[derive(Deserialize)]
+pub struct NoFields {}
+
+/// Disables (`disable`) or enables (`enable`) person `id`: operators anyone but themselves,
+/// owners their account's people.
+pub async fn set_disabled(
+    State(state): State<AppState>,
+    axum::extract::Path((id, action)): axum::extract::Path<(i64, String)>,
+    Posted { signed, .. }: Posted<NoFields>,
+) -> Result<Response, Failure> {
+    let me = &signed.session.person;
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return Err(Failure::not_found()),
+    };
+    let db = state.db();
+    let before = people::get(db, id).await?;
+    let allowed = me.role.manages_account()
+        && before.id != me.id
+        && (me.role.is_operator() || before.account_id == me.account_id);
+    if !allowed {
+        return Err(Failure::not_found());
+    }
+    let after = people::set_disabled(db, id, disabled).await?;
+    audit_log::record(
+        db,
+        &signed.actor(),
+        Change {
+            action: if disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            },
+            target: format!("user:{id}"),
+            account_id: after.account_id,
+            before: Some(&before),
+            after: Some(&after),
+        },
+    )
+    .await?;
+    Ok(axum::response::Redirect::to("/console/people").into_response())
 }
