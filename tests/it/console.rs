@@ -344,6 +344,22 @@ async fn each_role_reaches_only_its_own_account_and_pages() {
         .unwrap();
     let other = store::accounts::create(&db, "other").await.unwrap();
     let other_key = helpers::issue_key(&app.state, "other", None).await;
+    let (status, answer) = app
+        .post_as(
+            "/v1/chat/completions",
+            &other_key.secret,
+            &helpers::chat(
+                Some("megrez-7b-instruct"),
+                "hi",
+                false,
+                serde_json::json!({}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    app.wait_until_shipped(std::time::Duration::from_secs(10))
+        .await;
+    let other_request = app.latest_record().await.request_id;
     let password = "a member's password";
     for (email, role) in [
         ("owner@acme.test", Role::Owner),
@@ -366,6 +382,8 @@ async fn each_role_reaches_only_its_own_account_and_pages() {
             format!("/console/usage?account={}", other.id),
             format!("/console/usage.csv?account={}", other.id),
             format!("/console/usage?key={}", other_key.id),
+            format!("/console/usage/{other_request}"),
+            format!("/console/tasks?account={}", other.id),
             "/console/accounts".into(),
             "/console/audit".into(),
         ] {
