@@ -45,13 +45,12 @@ async fn create(
     let mode = new.billing_mode.unwrap_or(BillingMode::Postpaid);
     let credit_limit = new.credit_limit.map(|m| m.0);
     let account = accounts::open(state.db(), &new.name, mode, credit_limit).await?;
-    let change = Change::<(), _> {
-        action: "account.create",
-        target: format!("account:{}", account.id),
-        account_id: Some(account.id),
-        before: None,
-        after: Some(&account),
-    };
+    let change = Change::created(
+        "account.create",
+        format!("account:{}", account.id),
+        Some(account.id),
+        &account,
+    );
     admin.record(&state, change).await?;
     Ok((StatusCode::CREATED, Json(view(&state, account).await?)))
 }
@@ -95,13 +94,13 @@ async fn update(
     let credit = patch.credit_limit.map(|c| c.map(|m| m.0));
     let before = accounts::get(state.db(), id).await?;
     let account = accounts::set_billing(state.db(), id, patch.billing_mode, credit).await?;
-    let change = Change {
-        action: "account.billing",
-        target: format!("account:{id}"),
-        account_id: Some(id),
-        before: Some(&before),
-        after: Some(&account),
-    };
+    let change = Change::updated(
+        "account.billing",
+        format!("account:{id}"),
+        Some(id),
+        &before,
+        &account,
+    );
     admin.record(&state, change).await?;
     state.spending().set_allowance(id, account.allowance());
     Ok(Json(view(&state, account).await?))
@@ -140,13 +139,7 @@ async fn top_up(
         return Ok((StatusCode::OK, Json(topup)));
     }
     state.spending().credit(id, topup.amount);
-    let change = Change::<(), _> {
-        action: "account.top_up",
-        target: format!("account:{id}"),
-        account_id: Some(id),
-        before: None,
-        after: Some(&topup),
-    };
+    let change = Change::created("account.top_up", format!("account:{id}"), Some(id), &topup);
     admin.record(&state, change).await?;
     Ok((StatusCode::CREATED, Json(topup)))
 }

@@ -132,13 +132,11 @@ async fn finalize(
         .await?
         .finalize(&account, month)
         .await?;
-    let change = Change::<(), ()> {
-        action: "invoice.finalize",
-        target: format!("invoice:{id}"),
-        account_id: Some(account.id),
-        before: None,
-        after: None,
-    };
+    let change = Change::event(
+        "invoice.finalize",
+        format!("invoice:{id}"),
+        Some(account.id),
+    );
     admin.record(&state, change).await?;
     respond(&Document::Final(text), false)
 }

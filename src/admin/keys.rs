@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use super::{Admin, JsonBody, QueryParams};
 use crate::domain::accounts;
-use crate::domain::audit_log::Change;
 use crate::domain::keys::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
 use crate::server::ApiError;
 use crate::state::AppState;
@@ -29,13 +28,7 @@ async fn create(
     JsonBody(request): JsonBody<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
     let issued = keys::issue(state.db(), state.keys(), request).await?;
-    let change = Change::<(), _> {
-        action: "key.create",
-        target: format!("key:{}", issued.view.id),
-        account_id: Some(issued.view.account_id),
-        before: None,
-        after: Some(&issued.view),
-    };
+    let change = keys::change("key.create", None, &issued.view);
     admin.record(&state, change).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
@@ -75,24 +68,9 @@ async fn update(
     let before = keys::view(db, keys::get(db, id).await?).await?;
     let after = keys::update(db, state.keys(), id, patch).await?;
     admin
-        .record(&state, changed("key.update", &before, &after))
+        .record(&state, keys::change("key.update", Some(&before), &after))
         .await?;
     Ok(Json(after))
-}
-
-/// A change of key `before` into `after`.
-fn changed<'a>(
-    action: &'a str,
-    before: &'a KeyView,
-    after: &'a KeyView,
-) -> Change<'a, KeyView, KeyView> {
-    Change {
-        action,
-        target: format!("key:{}", before.id),
-        account_id: Some(before.account_id),
-        before: Some(before),
-        after: Some(after),
-    }
 }
 
 async fn revoke(
@@ -104,7 +82,7 @@ async fn revoke(
     let before = keys::view(db, keys::get(db, id).await?).await?;
     let after = keys::revoke(db, state.keys(), id).await?;
     admin
-        .record(&state, changed("key.revoke", &before, &after))
+        .record(&state, keys::change("key.revoke", Some(&before), &after))
         .await?;
     Ok(Json(after))
 }
@@ -131,7 +109,10 @@ async fn rotate(
     let before = keys::view(db, keys::get(db, id).await?).await?;
     let issued = keys::rotate(db, state.keys(), id, grace).await?;
     admin
-        .record(&state, changed("key.rotate", &before, &issued.view))
+        .record(
+            &state,
+            keys::change("key.rotate", Some(&before), &issued.view),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }

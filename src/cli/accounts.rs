@@ -150,13 +150,12 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             let account = crate::domain::accounts::open(&db, &name, mode, credit_limit).await?;
             audited(
                 &db,
-                Change::<(), _> {
-                    action: "account.create",
-                    target: format!("account:{}", account.id),
-                    account_id: Some(account.id),
-                    before: None,
-                    after: Some(&account),
-                },
+                Change::created(
+                    "account.create",
+                    format!("account:{}", account.id),
+                    Some(account.id),
+                    &account,
+                ),
             )
             .await?;
             emit(json, &account, || {
@@ -177,13 +176,12 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             if created {
                 audited(
                     &db,
-                    Change::<(), _> {
-                        action: "account.top_up",
-                        target: format!("account:{}", account.id),
-                        account_id: Some(account.id),
-                        before: None,
-                        after: Some(&topup),
-                    },
+                    Change::created(
+                        "account.top_up",
+                        format!("account:{}", account.id),
+                        Some(account.id),
+                        &topup,
+                    ),
                 )
                 .await?;
             }
@@ -282,7 +280,7 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
                 },
             };
             let issued = keys::issue(&db, &cache, request).await?;
-            audited(&db, key_change("key.create", None, &issued.view)).await?;
+            audited(&db, keys::change("key.create", None, &issued.view)).await?;
             if !json {
                 eprintln!(
                     "key {} issued for account '{account}'; it is shown only this once",
@@ -314,13 +312,13 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
         } => {
             let before = keys::view(&db, keys::get(&db, id).await?).await?;
             let view = keys::update(&db, &cache, id, limits.patch(name)?).await?;
-            audited(&db, key_change("key.update", Some(&before), &view)).await?;
+            audited(&db, keys::change("key.update", Some(&before), &view)).await?;
             emit(json, &view, || key_line(&view))
         }
         KeysCommand::Revoke { id, json } => {
             let before = keys::view(&db, keys::get(&db, id).await?).await?;
             let view = keys::revoke(&db, &cache, id).await?;
-            audited(&db, key_change("key.revoke", Some(&before), &view)).await?;
+            audited(&db, keys::change("key.revoke", Some(&before), &view)).await?;
             emit(json, &view, || key_line(&view))
         }
         KeysCommand::Rotate {
@@ -331,7 +329,7 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             let grace = keys::grace(grace_secs.unwrap_or(config.admin.rotation_grace_secs))?;
             let before = keys::view(&db, keys::get(&db, id).await?).await?;
             let issued = keys::rotate(&db, &cache, id, grace).await?;
-            audited(&db, key_change("key.rotate", Some(&before), &issued.view)).await?;
+            audited(&db, keys::change("key.rotate", Some(&before), &issued.view)).await?;
             if !json {
                 eprintln!(
                     "key {} replaces key {id}; the old secret works until {}",
@@ -341,20 +339,5 @@ pub(super) async fn keys(config: &Config, command: KeysCommand) -> anyhow::Resul
             }
             emit(json, &issued, || issued.key.clone())
         }
-    }
-}
-
-/// The audit log's entry for a change of a key (its view: never the secret).
-fn key_change<'a>(
-    action: &'a str,
-    before: Option<&'a KeyView>,
-    after: &'a KeyView,
-) -> Change<'a, KeyView, KeyView> {
-    Change {
-        action,
-        target: format!("key:{}", after.id),
-        account_id: Some(after.account_id),
-        before,
-        after: Some(after),
     }
 }

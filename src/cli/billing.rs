@@ -119,16 +119,14 @@ pub(super) async fn invoices(config: &Config, command: InvoicesCommand) -> anyho
             let account = crate::domain::accounts::named(&db, &account).await?;
             let month = Month::parse(&period).map_err(anyhow::Error::msg)?;
             let text = ledger.finalize(&account, month).await?;
-            let change = crate::domain::audit_log::Change::<(), ()> {
-                action: "invoice.finalize",
-                target: format!(
+            let change = crate::domain::audit_log::Change::event(
+                "invoice.finalize",
+                format!(
                     "invoice:{}",
                     crate::domain::invoices::invoice_id(account.id, month)
                 ),
-                account_id: Some(account.id),
-                before: None,
-                after: None,
-            };
+                Some(account.id),
+            );
             super::audited(&db, change).await?;
             println!("{}", Document::Final(text).to_json()?);
         }

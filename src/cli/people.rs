@@ -89,13 +89,12 @@ pub(super) async fn run(config: &Config, command: UsersCommand) -> anyhow::Resul
             audit_log::record(
                 &db,
                 &Actor::cli(),
-                Change::<(), _> {
-                    action: "user.create",
-                    target: format!("user:{}", person.id),
-                    account_id: person.account_id,
-                    before: None,
-                    after: Some(&person),
-                },
+                Change::created(
+                    "user.create",
+                    format!("user:{}", person.id),
+                    person.account_id,
+                    &person,
+                ),
             )
             .await?;
             emit(json, &person, || format!("created {}", line(&person)))
@@ -127,13 +126,13 @@ async fn set_disabled(db: &store::Db, email: &str, disabled: bool) -> anyhow::Re
     audit_log::record(
         db,
         &Actor::cli(),
-        Change {
+        Change::updated(
             action,
-            target: format!("user:{}", after.id),
-            account_id: after.account_id,
-            before: Some(&before),
-            after: Some(&after),
-        },
+            format!("user:{}", after.id),
+            after.account_id,
+            &before,
+            &after,
+        ),
     )
     .await?;
     println!("{}", line(&after));

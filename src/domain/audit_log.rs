@@ -50,6 +50,51 @@ pub struct Change<'a, B: Serialize, A: Serialize> {
     pub after: Option<&'a A>,
 }
 
+impl<'a, A: Serialize> Change<'a, (), A> {
+    /// Something made: `after` is what it is.
+    pub fn created(action: &'a str, target: String, account_id: Option<i64>, after: &'a A) -> Self {
+        Change {
+            action,
+            target,
+            account_id,
+            before: None,
+            after: Some(after),
+        }
+    }
+}
+
+impl<'a> Change<'a, (), ()> {
+    /// Something done that changes no thing's fields (a sign-in, a finalized invoice).
+    pub fn event(action: &'a str, target: String, account_id: Option<i64>) -> Self {
+        Change {
+            action,
+            target,
+            account_id,
+            before: None,
+            after: None,
+        }
+    }
+}
+
+impl<'a, T: Serialize> Change<'a, T, T> {
+    /// A thing changed from `before` to `after`.
+    pub fn updated(
+        action: &'a str,
+        target: String,
+        account_id: Option<i64>,
+        before: &'a T,
+        after: &'a T,
+    ) -> Self {
+        Change {
+            action,
+            target,
+            account_id,
+            before: Some(before),
+            after: Some(after),
+        }
+    }
+}
+
 /// Writes `change` by `actor` to the log.
 pub async fn record<B: Serialize, A: Serialize>(
     db: &Db,

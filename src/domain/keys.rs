@@ -201,3 +201,18 @@ pub async fn rotate(db: &Db, cache: &KeyCache, id: i64, grace: Duration) -> Resu
         view: view(db, row).await?,
     })
 }
+
+/// The audit log's entry for `action` on a key, as its views (never the secret).
+pub fn change<'a>(
+    action: &'a str,
+    before: Option<&'a KeyView>,
+    after: &'a KeyView,
+) -> crate::domain::audit_log::Change<'a, KeyView, KeyView> {
+    crate::domain::audit_log::Change {
+        action,
+        target: format!("key:{}", before.unwrap_or(after).id),
+        account_id: Some(after.account_id),
+        before,
+        after: Some(after),
+    }
+}

@@ -144,13 +144,12 @@ pub async fn open(
             audit_log::record(
                 db,
                 &signed.actor(),
-                Change::<(), _> {
-                    action: "account.create",
-                    target: format!("account:{}", account.id),
-                    account_id: Some(account.id),
-                    before: None,
-                    after: Some(&account),
-                },
+                Change::created(
+                    "account.create",
+                    format!("account:{}", account.id),
+                    Some(account.id),
+                    &account,
+                ),
             )
             .await?;
             Ok(Redirect::to("/console/accounts").into_response())
@@ -201,13 +200,12 @@ pub async fn top_up(
                 audit_log::record(
                     db,
                     &signed.actor(),
-                    Change::<(), _> {
-                        action: "account.top_up",
-                        target: format!("account:{}", account.id),
-                        account_id: Some(account.id),
-                        before: None,
-                        after: Some(&topup),
-                    },
+                    Change::created(
+                        "account.top_up",
+                        format!("account:{}", account.id),
+                        Some(account.id),
+                        &topup,
+                    ),
                 )
                 .await?;
             }
@@ -312,13 +310,13 @@ pub async fn edit(
             audit_log::record(
                 db,
                 &signed.actor(),
-                Change {
-                    action: "account.update",
-                    target: format!("account:{id}"),
-                    account_id: Some(id),
-                    before: Some(&before),
-                    after: Some(&after),
-                },
+                Change::updated(
+                    "account.update",
+                    format!("account:{id}"),
+                    Some(id),
+                    &before,
+                    &after,
+                ),
             )
             .await?;
             Ok(Redirect::to("/console/accounts").into_response())

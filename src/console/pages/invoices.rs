@@ -207,13 +207,11 @@ pub async fn finalize(
     let period = format!("{:04}-{:02}", month.year, month.month);
     match ledger(&state, db, &prices).finalize(&account, month).await {
         Ok(_) => {
-            let change = Change::<(), ()> {
-                action: "invoice.finalize",
-                target: format!("invoice:{}", invoice_id(account.id, month)),
-                account_id: Some(account.id),
-                before: None,
-                after: None,
-            };
+            let change = Change::event(
+                "invoice.finalize",
+                format!("invoice:{}", invoice_id(account.id, month)),
+                Some(account.id),
+            );
             audit_log::record(db, &signed.actor(), change).await?;
             Ok(Redirect::to(&format!(
                 "/console/invoices?account={}&period={period}",

@@ -13,7 +13,7 @@ use super::{render, visible_account};
 use crate::console::frame::{Frame, time};
 use crate::console::web::{Failure, Posted, Signed};
 use crate::domain::accounts;
-use crate::domain::audit_log::{self, Change};
+use crate::domain::audit_log;
 use crate::domain::keys::{self, Issued, KeyPatch, KeyView, NewKeyRequest};
 use crate::error::Error;
 use crate::state::AppState;
@@ -247,13 +247,7 @@ pub async fn issue(
             audit_log::record(
                 db,
                 &signed.actor(),
-                Change::<(), _> {
-                    action: "key.create",
-                    target: format!("key:{}", issued.view.id),
-                    account_id: Some(account.id),
-                    before: None,
-                    after: Some(&issued.view),
-                },
+                keys::change("key.create", None, &issued.view),
             )
             .await?;
             let asked = person.account_id.or(Some(account.id));
@@ -357,13 +351,7 @@ pub async fn edit(
             audit_log::record(
                 db,
                 &signed.actor(),
-                Change {
-                    action: "key.update",
-                    target: format!("key:{id}"),
-                    account_id: Some(after.account_id),
-                    before: Some(&before),
-                    after: Some(&after),
-                },
+                keys::change("key.update", Some(&before), &after),
             )
             .await?;
             Ok(Redirect::to(&format!("/console/keys/{id}")).into_response())
@@ -392,13 +380,7 @@ pub async fn revoke(
     audit_log::record(
         db,
         &signed.actor(),
-        Change {
-            action: "key.revoke",
-            target: format!("key:{id}"),
-            account_id: Some(after.account_id),
-            before: Some(&before),
-            after: Some(&after),
-        },
+        keys::change("key.revoke", Some(&before), &after),
     )
     .await?;
     Ok(Redirect::to("/console/keys").into_response())
@@ -418,13 +400,7 @@ pub async fn rotate(
     audit_log::record(
         state.db(),
         &signed.actor(),
-        Change {
-            action: "key.rotate",
-            target: format!("key:{id}"),
-            account_id: Some(before.account_id),
-            before: Some(&before),
-            after: Some(&issued.view),
-        },
+        keys::change("key.rotate", Some(&before), &issued.view),
     )
     .await?;
     let asked = signed.session.person.account_id.or(Some(before.account_id));

@@ -64,13 +64,11 @@ pub async fn change_password(
             audit_log::record(
                 db,
                 &signed.actor(),
-                Change::<(), ()> {
-                    action: "user.password",
-                    target: format!("user:{}", person.id),
-                    account_id: person.account_id,
-                    before: None,
-                    after: None,
-                },
+                Change::event(
+                    "user.password",
+                    format!("user:{}", person.id),
+                    person.account_id,
+                ),
             )
             .await?;
             page(&signed, true, None)
@@ -93,13 +91,11 @@ pub async fn sign_out_everywhere(
     audit_log::record(
         db,
         &signed.actor(),
-        Change::<(), ()> {
-            action: "session.sign_out_everywhere",
-            target: format!("user:{}", person.id),
-            account_id: person.account_id,
-            before: None,
-            after: None,
-        },
+        Change::event(
+            "session.sign_out_everywhere",
+            format!("user:{}", person.id),
+            person.account_id,
+        ),
     )
     .await?;
     let gone = set_cookie(&HeaderMap::new(), SESSION_COOKIE, "", Some(0));

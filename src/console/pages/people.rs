@@ -134,13 +134,12 @@ pub async fn create(
             audit_log::record(
                 db,
                 &signed.actor(),
-                Change::<(), _> {
-                    action: "user.create",
-                    target: format!("user:{}", person.id),
-                    account_id: person.account_id,
-                    before: None,
-                    after: Some(&person),
-                },
+                Change::created(
+                    "user.create",
+                    format!("user:{}", person.id),
+                    person.account_id,
+                    &person,
+                ),
             )
             .await?;
             page(&state, &signed, Some(person.email), None).await
@@ -180,17 +179,17 @@ pub async fn set_disabled(
     audit_log::record(
         db,
         &signed.actor(),
-        Change {
-            action: if disabled {
+        Change::updated(
+            if disabled {
                 "user.disable"
             } else {
                 "user.enable"
             },
-            target: format!("user:{id}"),
-            account_id: after.account_id,
-            before: Some(&before),
-            after: Some(&after),
-        },
+            format!("user:{id}"),
+            after.account_id,
+            &before,
+            &after,
+        ),
     )
     .await?;
     Ok(axum::response::Redirect::to("/console/people").into_response())

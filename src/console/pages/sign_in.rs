@@ -112,13 +112,11 @@ pub async fn submit(
         Ok(signed) => {
             let person = &signed.session.person;
             let actor = Actor::console(&person.email, &prefs.address);
-            let change = Change::<(), ()> {
-                action: "session.sign_in",
-                target: format!("user:{}", person.id),
-                account_id: person.account_id,
-                before: None,
-                after: None,
-            };
+            let change = Change::event(
+                "session.sign_in",
+                format!("user:{}", person.id),
+                person.account_id,
+            );
             if let Err(e) = audit_log::record(db, &actor, change).await {
                 return Failure::from(e).into_response();
             }
