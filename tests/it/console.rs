@@ -669,6 +669,7 @@ async fn every_page_renders_for_each_role_in_both_languages_and_holds_no_secret(
         format!("/console/?account={}", acme.id),
         "/console/usage".into(),
         "/console/usage?every=hour&by=key".into(),
+        "/console/usage?by=account".into(),
         format!("/console/usage/{request_id}"),
         "/console/keys".into(),
         format!("/console/keys/{key_id}"),

@@ -185,6 +185,8 @@ struct UsagePage {
     records: Vec<RecordLine>,
     next: Option<String>,
     totals_note: bool,
+    /// An operator looking at every account (who may group by account).
+    every_account: bool,
 }
 
 pub async fn explorer(
@@ -199,6 +201,7 @@ pub async fn explorer(
         "model" => vec![Dimension::Model],
         "chip" => vec![Dimension::Chip],
         "key" => vec![Dimension::Key],
+        "account" if asked.account_id.is_none() => vec![Dimension::Account],
         _ => vec![Dimension::Model, Dimension::Chip],
     };
     let scope = match (&asked.key, asked.account_id) {
@@ -285,8 +288,10 @@ pub async fn explorer(
             "model" => "model",
             "chip" => "chip",
             "key" => "key.prefix",
+            "account" if asked.account_id.is_none() => "account",
             _ => "usage.pair",
         },
+        every_account: asked.account_id.is_none(),
         groups: groups
             .into_iter()
             .map(|(name, (n, cost))| (name, count(n), money(cost)))
