@@ -28,6 +28,7 @@ struct UsageQuery {
     status: Option<String>,
     /// A private deployment's id.
     deployment: Option<String>,
+    endpoint: Option<String>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     limit: Option<i64>,
@@ -48,6 +49,7 @@ async fn list(
         chip: q.chip,
         status: q.status,
         deployment: q.deployment,
+        endpoint: q.endpoint,
         from_ms: q.from.map(store::to_ms),
         to_ms: q.to.map(store::to_ms),
         before: q.cursor.as_deref().map(usage::parse_cursor).transpose()?,

@@ -1,7 +1,7 @@
 //! Listings of usage records, newest first, a keyset page at a time (`before`: the last
 //! record of the previous page), on indexes whatever the history: never an offset, never
-//! a sort of an account's records. A listing narrowed by model, chip, status or
-//! deployment (values no index of the records holds) asks the rollups which days, then
+//! a sort of an account's records. A listing narrowed by model, chip, status,
+//! deployment or endpoint (values no index of the records holds) asks the rollups which days, then
 //! which hours, hold such records, and walks only those hours.
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
@@ -18,6 +18,8 @@ pub struct UsageFilter {
     pub chip: Option<String>,
     pub status: Option<String>,
     pub deployment: Option<String>,
+    /// The endpoint a record names (`chat`, `generation`, `image_task`, ...).
+    pub endpoint: Option<String>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
     /// Records before this (started at, id) in the listing's order: the previous page's
@@ -26,13 +28,14 @@ pub struct UsageFilter {
 }
 
 impl UsageFilter {
-    /// Whether it names a model, chip, status or deployment: values no index of the
-    /// records holds, found through the rollups.
+    /// Whether it names a model, chip, status, deployment or endpoint: values no index of
+    /// the records holds, found through the rollups.
     fn narrows(&self) -> bool {
         self.model.is_some()
             || self.chip.is_some()
             || self.status.is_some()
             || self.deployment.is_some()
+            || self.endpoint.is_some()
     }
 }
 
@@ -198,6 +201,7 @@ fn push_rollup_filter<DB: Database>(
         (" AND r.chip = ", &filter.chip),
         (" AND r.status = ", &filter.status),
         (" AND r.deployment = ", &deployment),
+        (" AND r.endpoint = ", &filter.endpoint),
     ] {
         if let Some(v) = value {
             query.push(condition).push_bind(v.clone());
@@ -281,6 +285,7 @@ where
         (" AND chip = ", &filter.chip),
         (" AND status = ", &filter.status),
         (" AND deployment = ", &filter.deployment),
+        (" AND endpoint = ", &filter.endpoint),
     ];
     for (condition, value) in texts {
         if let Some(v) = value {

@@ -52,6 +52,9 @@ async fn narrowed_listings_page_through_exactly_the_matching_records() {
                 r.model = ["m", "n", "o"][(i % 3) as usize].into();
                 r.chip = if i % 5 == 0 { "d".into() } else { "c".into() };
                 r.deployment = (i % 11 == 0).then(|| "mif-a".to_string());
+                if i % 13 == 0 {
+                    r.endpoint = "embeddings".into();
+                }
                 if i % 97 == 0 {
                     r.status = tollgate::billing::record::Status::UpstreamError;
                 }
@@ -99,6 +102,11 @@ async fn narrowed_listings_page_through_exactly_the_matching_records() {
                 model: Some("no-such-model".into()),
                 ..Default::default()
             },
+            UsageFilter {
+                account_id: Some(b.account.id),
+                endpoint: Some("embeddings".into()),
+                ..Default::default()
+            },
         ];
         for filter in &narrowed {
             let expected: Vec<&str> = all
@@ -113,6 +121,7 @@ async fn narrowed_listings_page_through_exactly_the_matching_records() {
                             .deployment
                             .as_ref()
                             .is_none_or(|d| r.deployment.as_ref() == Some(d))
+                        && filter.endpoint.as_ref().is_none_or(|e| &r.endpoint == e)
                         && filter.from_ms.is_none_or(|f| r.started_at >= f)
                         && filter.to_ms.is_none_or(|t| r.started_at < t)
                 })

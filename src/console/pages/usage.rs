@@ -1,4 +1,5 @@
-//! The usage explorer: filters (period, key, model, chip, status, deployment) kept in the
+//! The usage explorer: filters (period, key, model, chip, status, deployment, endpoint)
+//! kept in the
 //! URL; totals and a chart by day or hour, grouped by model, chip, model × chip or key,
 //! from the rollups; the records themselves a keyset page at a time; exactly these
 //! records as CSV, streamed; a request's page with its timings, usage source and how its
@@ -52,6 +53,8 @@ pub struct Filters {
     status: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     deployment: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    endpoint: String,
     /// `day` or `hour`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     every: String,
@@ -141,6 +144,7 @@ async fn asked(state: &AppState, signed: &Signed, f: &Filters) -> Result<Asked, 
         chip: some(&f.chip),
         status: some(&f.status),
         deployment: some(&f.deployment),
+        endpoint: some(&f.endpoint),
         from_ms: Some(crate::store::to_ms(range.0)),
         to_ms: Some(crate::store::to_ms(range.1)),
         before,
@@ -298,7 +302,9 @@ pub async fn explorer(
             .collect(),
         records,
         next: next.map(|cursor| f.with(|n| n.cursor = cursor)),
-        totals_note: some(&f.status).is_some() || some(&f.deployment).is_some(),
+        totals_note: [&f.status, &f.deployment, &f.endpoint]
+            .iter()
+            .any(|v| some(v).is_some()),
         f,
     };
     render(&page)
