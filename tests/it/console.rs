@@ -845,3 +845,46 @@ async fn owners_disable_their_people_and_operators_edit_accounts() {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_can_have_an_address_of_its_own_off_the_public_port() {
+    let app =
+        TestApp::spawn_with(|c| c.console.listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let console = app
+        .console
+        .expect("console.listen gives the console its own address");
+    assert_ne!(console, app.addr);
+    let on_public = no_redirects()
+        .get(app.url("/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        on_public.status(),
+        StatusCode::NOT_FOUND,
+        "not on the public port"
+    );
+    let own = no_redirects()
+        .get(format!("http://{console}/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    assert!(own.text().await.unwrap().contains("<h1>Sign in</h1>"));
+    // The gateway's routes stay on the public port only.
+    let api = no_redirects()
+        .get(format!("http://{console}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), StatusCode::NOT_FOUND);
+    let models = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), StatusCode::OK);
+    app.stop().await;
+}

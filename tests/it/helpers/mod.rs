@@ -23,6 +23,8 @@ use tollgate::{AppState, Application, cli, sim, store};
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The console's own address, when `console.listen` is set.
+    pub console: Option<SocketAddr>,
     pub sim: SocketAddr,
     pub key: String,
     pub state: AppState,
@@ -64,6 +66,7 @@ impl TestApp {
             .await
             .expect("the gateway builds");
         let addr = app.local_addr();
+        let console = app.console_addr();
         let state = app.state();
         if store::accounts::find_by_name(state.db(), "acme")
             .await
@@ -79,6 +82,7 @@ impl TestApp {
         }));
         TestApp {
             addr,
+            console,
             sim,
             key,
             state,
