@@ -664,6 +664,8 @@ async fn every_page_renders_for_each_role_in_both_languages_and_holds_no_secret(
     assert_eq!(response.status(), 200);
     let request_id = helpers::request_id(&response);
     let key_id = store::keys::list(&db, Some(acme.id)).await.unwrap()[0].id;
+    let zone = app.state.config().billing.zone();
+    let this_month = chrono::Utc::now().with_timezone(&zone).format("%Y%m");
     let pages = [
         "/console/".to_owned(),
         format!("/console/?account={}", acme.id),
@@ -675,6 +677,7 @@ async fn every_page_renders_for_each_role_in_both_languages_and_holds_no_secret(
         format!("/console/keys/{key_id}"),
         "/console/invoices".into(),
         format!("/console/invoices?account={}", acme.id),
+        format!("/console/invoices/inv_{}_{this_month}.html", acme.id),
         "/console/tasks".into(),
         "/console/prices".into(),
         "/console/me".into(),

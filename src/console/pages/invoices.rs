@@ -10,7 +10,7 @@ use chrono::{Duration, Utc};
 use serde::Deserialize;
 
 use super::{operators_only, render, visible_account};
-use crate::billing::invoice::InvoiceStatus;
+use crate::billing::invoice::{Invoice, InvoiceStatus};
 use crate::billing::period::Month;
 use crate::console::frame::{Frame, count, exact, money, time};
 use crate::console::web::{Failure, Posted, Signed};
@@ -107,21 +107,7 @@ async fn page(
                 id: invoice.id.clone(),
                 period: invoice.period.clone(),
                 final_: invoice.status == InvoiceStatus::Final,
-                lines: invoice
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        [
-                            l.model.clone(),
-                            l.chip.clone(),
-                            l.unit.as_str().to_owned(),
-                            count(l.quantity as i64),
-                            format!("{} / {}", exact(l.unit_price), count(i64::from(l.per))),
-                            exact(l.amount_exact),
-                            money(l.amount),
-                        ]
-                    })
-                    .collect(),
+                lines: lines(&invoice),
                 total: money(invoice.total),
                 total_exact: exact(invoice.total_exact),
                 generated: time(invoice.generated_at, zone),
@@ -148,6 +134,42 @@ async fn page(
     })
 }
 
+/// An invoice's lines as the page and the document show them.
+fn lines(invoice: &Invoice) -> Vec<[String; 7]> {
+    invoice
+        .lines
+        .iter()
+        .map(|l| {
+            [
+                l.model.clone(),
+                l.chip.clone(),
+                l.unit.as_str().to_owned(),
+                count(l.quantity as i64),
+                format!("{} / {}", exact(l.unit_price), count(i64::from(l.per))),
+                exact(l.amount_exact),
+                money(l.amount),
+            ]
+        })
+        .collect()
+}
+
+/// The invoice as a document of its own (the `.html` download): no script, its style in
+/// it, so that it prints and reads from a disk as it does here.
+#[derive(Template)]
+#[template(path = "invoice_document.html")]
+struct InvoiceDocument<'a> {
+    t: &'static crate::console::i18n::Words,
+    lang_tag: &'static str,
+    invoice: &'a Invoice,
+    account: String,
+    display_name: String,
+    final_: bool,
+    lines: Vec<[String; 7]>,
+    total: String,
+    total_exact: String,
+    generated: String,
+}
+
 /// The invoice `id` (`inv_<account>_<yyyymm>`), if the person may see its account.
 async fn visible_invoice(
     state: &AppState,
@@ -161,27 +183,56 @@ async fn visible_invoice(
     Ok((accounts::get(state.db(), account_id).await?, month))
 }
 
-/// `inv_…​.json` or `inv_…​.csv`: the invoice as the admin API serves it.
+/// `inv_….json` or `inv_….csv`: the invoice as the admin API serves it; `inv_….html`: a
+/// document of its own.
 pub async fn download(
     State(state): State<AppState>,
     signed: Signed,
     Path(file): Path<String>,
 ) -> Result<Response, Failure> {
-    let (id, csv) = match (file.strip_suffix(".json"), file.strip_suffix(".csv")) {
-        (Some(id), _) => (id, false),
-        (_, Some(id)) => (id, true),
-        _ => return Err(Failure::not_found()),
+    let Some((id, kind)) = file.rsplit_once('.') else {
+        return Err(Failure::not_found());
     };
+    if !["json", "csv", "html"].contains(&kind) {
+        return Err(Failure::not_found());
+    }
     let (account, month) = visible_invoice(&state, &signed, id).await?;
     let db = state.usage_db().await?;
     let prices = state.prices();
     let document = ledger(&state, db, &prices).get(&account, month).await?;
-    let (content_type, body) = if csv {
-        ("text/csv; charset=utf-8", document.to_csv()?)
-    } else {
-        ("application/json", document.to_json()?)
-    };
     let disposition = format!("attachment; filename=\"{file}\"");
+    let (content_type, body) = match kind {
+        "csv" => ("text/csv; charset=utf-8", document.to_csv()?),
+        "json" => ("application/json", document.to_json()?),
+        _ => {
+            let invoice = document.invoice()?;
+            let html = InvoiceDocument {
+                t: signed.prefs.t(),
+                lang_tag: signed.prefs.lang.tag(),
+                invoice: &invoice,
+                account: account.name.clone(),
+                display_name: account.display_name.clone(),
+                final_: invoice.status == InvoiceStatus::Final,
+                lines: lines(&invoice),
+                total: money(invoice.total),
+                total_exact: exact(invoice.total_exact),
+                generated: time(invoice.generated_at, state.config().billing.zone()),
+            }
+            .render()
+            .map_err(|e| Failure::from(Error::Internal(e.into())))?;
+            // Its own style sheet, inline; still no script and no framing.
+            let policy = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'";
+            return Ok((
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8".to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                    (header::CONTENT_SECURITY_POLICY, policy.to_owned()),
+                ],
+                html,
+            )
+                .into_response());
+        }
+    };
     Ok((
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
