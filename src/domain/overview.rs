@@ -31,6 +31,8 @@ pub struct Overview {
 
 pub struct Funds {
     pub view: AccountView,
+    /// The newest top-ups.
+    pub topups: Vec<crate::store::accounts::Topup>,
     /// Days the available money lasts at this month's average daily spend (`None`: no
     /// spend yet).
     pub runway_days: Option<Decimal>,
@@ -80,7 +82,12 @@ pub async fn build(
             let runway_days = (per_day > Decimal::ZERO)
                 .then(|| view.available.unwrap_or_default().max(Decimal::ZERO) / per_day)
                 .map(|d| d.round_dp(1));
-            Some(Funds { view, runway_days })
+            let topups = crate::store::accounts::recent_topups(db, view.account.id, 10).await?;
+            Some(Funds {
+                view,
+                topups,
+                runway_days,
+            })
         }
         _ => None,
     };

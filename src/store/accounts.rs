@@ -176,6 +176,19 @@ pub async fn topped_up(db: &Db, account_id: i64) -> Result<Decimal> {
     Ok(sum)
 }
 
+/// Account `account_id`'s newest top-ups, at most `limit` (an account has few).
+pub async fn recent_topups(db: &Db, account_id: i64, limit: i64) -> Result<Vec<Topup>> {
+    on!(db, |pool| {
+        let rows =
+            sqlx::query("SELECT * FROM topups WHERE account_id = $1 ORDER BY id DESC LIMIT $2")
+                .bind(account_id)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+        rows.iter().map(topup_from_row).collect()
+    })
+}
+
 /// Creates an account; fails if the name is taken.
 pub async fn create(db: &Db, name: &str) -> Result<Account> {
     let now = to_ms(Utc::now());

@@ -74,6 +74,7 @@ async fn an_operator_and_a_customer_use_the_console_in_a_real_browser() {
     assert_eq!(cards["Failed"], "0.0%");
     assert_eq!(cards["Balance"], money(helpers::dec("100") - record.cost));
     assert!(s("customer_by_pair").contains("megrez-7b-instruct"));
+    assert!(s("customer_topups").contains("¥100.00"), "{seen}");
     assert!(s("customer_landed").contains("infini"));
     assert!(!s("customer_keys").contains(&format!("{}…", acme.name)));
     // The explorer lists the request, its page adds its cost up, and the CSV export is

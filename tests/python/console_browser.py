@@ -191,6 +191,7 @@ while True:
     time.sleep(0.5)
 out["customer_cards"] = cards
 out["customer_by_pair"] = text(cu, "table")
+out["customer_topups"] = text(cu, "#topups")
 shot(cu, "overview-en-light-360")
 cu.get(base + "/console/keys")
 out["customer_keys"] = text(cu, "#keys")

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{render, visible_account};
 use crate::console::chart;
-use crate::console::frame::{Frame, count, money, percent};
+use crate::console::frame::{Frame, count, money, percent, time};
 use crate::console::web::{Failure, Signed};
 use crate::domain::{accounts, overview};
 use crate::state::AppState;
@@ -26,6 +26,8 @@ struct OverviewPage {
     cards: Vec<(&'static str, String)>,
     chart: String,
     pairs: Vec<[String; 4]>,
+    /// A prepaid account's newest top-ups: when, amount, note.
+    topups: Vec<[String; 3]>,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +97,14 @@ pub async fn show(
         entry.0 += row.requests;
         entry.1 += row.cost_exact;
     }
+    let topups = view.funds.as_ref().map_or(Vec::new(), |f| {
+        f.topups
+            .iter()
+            .map(|t| [time(t.created_at, zone), money(t.amount), t.note.clone()])
+            .collect()
+    });
     let page = OverviewPage {
+        topups,
         chart: chart::bars(&days, t.get("overview.chart")),
         frame: Frame::signed(&signed, "nav.overview"),
         heading,
