@@ -23,8 +23,8 @@ pub struct Overview {
     pub month: Month,
     /// This month so far, by model × chip; its series holds the spend per day.
     pub this_month: Report,
-    /// All of last month, one row.
-    pub last_month: Report,
+    /// What all of last month cost.
+    pub last_month: Decimal,
     /// A prepaid account's money, and how many days it lasts at this month's pace.
     pub funds: Option<Funds>,
 }
@@ -52,7 +52,7 @@ impl Overview {
     }
 
     pub fn last_month_total(&self) -> Decimal {
-        self.last_month.total_exact
+        self.last_month
     }
 }
 
@@ -73,7 +73,7 @@ pub async fn build(
     let by_pair = vec![Dimension::Model, Dimension::Chip];
     let this_month = reports::build_between(db, prices, zone, scope, (start, end), by_pair).await?;
     let last = month.previous().bounds(zone);
-    let last_month = reports::build_between(db, prices, zone, scope, last, Vec::new()).await?;
+    let (_, last_month) = reports::total_between(db, prices, zone, scope, last).await?;
     let funds = match account {
         Some(account) if account.billing_mode == BillingMode::Prepaid => {
             let view = accounts::view(db, spending, account).await?;

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
+use rust_decimal::Decimal;
 
 use crate::billing::PriceBook;
 use crate::billing::period::Month;
@@ -75,6 +76,29 @@ pub async fn build_between(
     group_by: Vec<Dimension>,
 ) -> Result<Report, Error> {
     build_filtered(db, prices, zone, scope, range, group_by, &|_| true).await
+}
+
+/// What `scope` spent over `[from, to)` and how many requests it made, from the rollups
+/// summed by model × chip × price version only (no day or key groups to price one by one).
+pub async fn total_between(
+    db: &Db,
+    prices: &PriceBook,
+    zone: Tz,
+    scope: store::rollups::Scope,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<(i64, Decimal), Error> {
+    let by = store::rollups::By {
+        zone: Some(zone),
+        ..Default::default()
+    };
+    let totals =
+        store::rollups::totals(db, scope, store::to_ms(from), store::to_ms(to), by).await?;
+    let requests = totals
+        .iter()
+        .map(|t| t.requests)
+        .fold(0i64, i64::saturating_add);
+    let cost = crate::billing::invoice::cost_of_sums(&totals, prices)?;
+    Ok((requests, cost.normalize()))
 }
 
 /// Like `build_between`, of the sums `keep` keeps (by model, chip or key lineage: what the

@@ -106,3 +106,85 @@ async fn report_requests_are_checked() {
         "0.00"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_sums_this_month_and_last_as_reports_do() {
+    use chrono::Utc;
+    use tollgate::billing::period::Month;
+    use tollgate::billing::report::Dimension;
+    use tollgate::store::{self, rollups::Scope};
+    let app = TestApp::spawn().await;
+    let db = app.state.db().clone();
+    let zone = app.state.config().billing.zone();
+    let account = store::accounts::find_by_name(&db, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    let key = store::keys::list(&db, Some(account.id)).await.unwrap()[0].id;
+    let version = helpers::simple_price(&db).await;
+    let now = Utc::now();
+    let this = Month::containing(now, zone);
+    let (last_start, this_start) = this.previous().bounds(zone);
+    // Every 7 hours from the middle of last month to now, and one each side of the edge.
+    let from = last_start + chrono::TimeDelta::days(10);
+    let n = (now - from).num_hours().max(1) / 7;
+    let mut at: Vec<_> = (0..n)
+        .map(|i| from + chrono::TimeDelta::hours(7 * i))
+        .collect();
+    at.extend([this_start - chrono::TimeDelta::milliseconds(1), this_start]);
+    let records: Vec<_> = at
+        .iter()
+        .filter(|t| **t < now)
+        .enumerate()
+        .map(|(i, t)| {
+            helpers::simple_record(
+                format!("req_overview_{i:05}"),
+                (account.id, key),
+                version.id,
+                *t,
+            )
+        })
+        .collect();
+    let sink = store::Sink::open(&app.state.config().database)
+        .await
+        .unwrap();
+    sink.insert(&records.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let prices = tollgate::billing::PriceBook::new(store::prices::all(&db).await.unwrap());
+    let view = tollgate::domain::overview::build(
+        &db,
+        app.state.spending(),
+        &prices,
+        zone,
+        Some(account.clone()),
+        now,
+    )
+    .await
+    .unwrap();
+    let sum = |(from, to): (chrono::DateTime<Utc>, chrono::DateTime<Utc>)| {
+        records
+            .iter()
+            .filter(|r| r.started_at >= from && r.started_at < to)
+            .map(|r| r.cost)
+            .sum::<Decimal>()
+            .normalize()
+    };
+    assert_eq!(view.last_month_total(), sum((last_start, this_start)));
+    assert_eq!(
+        view.this_month.total_exact,
+        sum((this_start, this.next().bounds(zone).0))
+    );
+    let report = tollgate::domain::reports::build_between(
+        &db,
+        &prices,
+        zone,
+        Scope::Account(account.id),
+        (last_start, this_start),
+        vec![Dimension::Model],
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.last_month_total(), report.total_exact);
+    assert!(view.last_month_total() > Decimal::ZERO);
+}
