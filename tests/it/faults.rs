@@ -31,8 +31,12 @@ async fn a_client_leaving_at_any_point_leaves_one_record_with_the_backends_usage
         json!({"chunks": 12, "chunk_delay_ms": 30, "prompt_tokens": 21, "completion_tokens": 12});
     let genstudio = "/maas/megrez-7b-instruct/nvidia/chat/completions";
 
-    // At 0 bytes: gone before the response head.
-    let body = chat(None, "hi", true, knobs.clone());
+    // At 0 bytes: gone before the response head. The first event comes after 600 ms, and
+    // the client leaves after 250: time enough for the request to reach the gateway on a
+    // busy machine (at 30 and 15 ms, a loaded CI run once sent nothing before leaving).
+    let slow =
+        json!({"chunks": 3, "chunk_delay_ms": 600, "prompt_tokens": 21, "completion_tokens": 12});
+    let body = chat(None, "hi", true, slow);
     let before = app.record_count().await;
     let request = app
         .client
@@ -40,8 +44,7 @@ async fn a_client_leaving_at_any_point_leaves_one_record_with_the_backends_usage
         .bearer_auth(&app.key)
         .json(&body)
         .send();
-    // The first event comes after 30 ms: the client is gone before the response head.
-    let left = tokio::time::timeout(Duration::from_millis(15), request).await;
+    let left = tokio::time::timeout(Duration::from_millis(250), request).await;
     assert!(left.is_err(), "the client left before any answer");
     // Drained and written in the background: waited for (a busy machine takes longer).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
