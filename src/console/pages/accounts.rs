@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::{operators_only, render};
+use super::{operators_only, render_form};
 use crate::console::frame::{Frame, money};
 use crate::console::web::{Failure, Posted, Signed};
 use crate::domain::accounts;
@@ -76,11 +76,12 @@ async fn page(
             topup_key: fresh_key(),
         });
     }
-    render(&AccountsPage {
+    let page = AccountsPage {
         frame: Frame::signed(signed, "nav.accounts"),
         accounts: lines,
         error,
-    })
+    };
+    render_form(&page, &page.error)
 }
 
 pub async fn list(State(state): State<AppState>, signed: Signed) -> Result<Response, Failure> {
@@ -236,7 +237,7 @@ fn account_page(
     account: &crate::store::accounts::Account,
     error: Option<String>,
 ) -> Result<Response, Failure> {
-    render(&AccountPage {
+    let page = AccountPage {
         frame: Frame::signed(signed, "nav.accounts"),
         id: account.id,
         name: account.name.clone(),
@@ -248,7 +249,8 @@ fn account_page(
             .unwrap_or_default(),
         time_zone: account.time_zone.clone().unwrap_or_default(),
         error,
-    })
+    };
+    render_form(&page, &page.error)
 }
 
 pub async fn show(

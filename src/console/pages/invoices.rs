@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 
-use super::{operators_only, render, visible_account};
+use super::{operators_only, render_form, visible_account};
 use crate::billing::invoice::{Invoice, InvoiceStatus};
 use crate::billing::period::Month;
 use crate::console::frame::{Frame, count, exact, money, time};
@@ -123,7 +123,7 @@ async fn page(
     } else {
         Vec::new()
     };
-    render(&InvoicesPage {
+    let page = InvoicesPage {
         frame: Frame::signed(signed, "nav.invoices"),
         accounts,
         account: account.map(|a| a.name),
@@ -131,7 +131,8 @@ async fn page(
         invoice,
         may_finalize: signed.session.person.role.is_operator(),
         error,
-    })
+    };
+    render_form(&page, &page.error)
 }
 
 /// An invoice's lines as the page and the document show them.

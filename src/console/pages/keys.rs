@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 
-use super::{render, visible_account};
+use super::{render_form, visible_account};
 use crate::console::frame::{Frame, time};
 use crate::console::web::{Failure, Posted, Signed};
 use crate::domain::accounts;
@@ -146,7 +146,7 @@ async fn keys_page(
         issued: issued.map(|i| (i.key, i.view.prefix)),
         error,
     };
-    render(&page)
+    render_form(&page, &page.error)
 }
 
 pub async fn list(
@@ -296,7 +296,7 @@ async fn key_page(
         key: line(&view, &account.name, zone, t),
         error,
     };
-    render(&page)
+    render_form(&page, &page.error)
 }
 
 pub async fn show(

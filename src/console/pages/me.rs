@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::render;
+use super::render_form;
 use crate::console::frame::Frame;
 use crate::console::web::{Failure, Posted, SESSION_COOKIE, Signed, set_cookie};
 use crate::domain::audit_log::{self, Change};
@@ -26,13 +26,14 @@ struct MePage {
 }
 
 fn page(signed: &Signed, changed: bool, error: Option<String>) -> Result<Response, Failure> {
-    render(&MePage {
+    let page = MePage {
         frame: Frame::signed(signed, "nav.me"),
         email: signed.session.person.email.clone(),
         role: signed.session.person.role.as_str(),
         changed,
         error,
-    })
+    };
+    render_form(&page, &page.error)
 }
 
 pub async fn show(signed: Signed) -> Result<Response, Failure> {

@@ -18,6 +18,7 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::web::{Failure, Signed};
+
 use crate::domain;
 use crate::error::Error;
 use crate::state::AppState;
@@ -29,6 +30,16 @@ pub fn render(template: &impl Template) -> Result<Response, Failure> {
         .render()
         .map_err(|e| Failure::from(Error::Internal(e.into())))?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response())
+}
+
+/// A form's page shown again with why it was refused (`error`): answered 400 then, so
+/// that the refusal is not a success to whatever reads the status.
+pub fn render_form(template: &impl Template, error: &Option<String>) -> Result<Response, Failure> {
+    let mut response = render(template)?;
+    if error.is_some() {
+        *response.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+    }
+    Ok(response)
 }
 
 /// The account a page shows: a person's own (asking for another is 404); for an operator,

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::render;
+use super::render_form;
 use crate::console::frame::{Frame, time};
 use crate::console::web::{Failure, Posted, Signed};
 use crate::domain::accounts;
@@ -65,7 +65,7 @@ async fn page(
     } else {
         vec![Role::Owner, Role::Member, Role::Viewer]
     };
-    render(&PeoplePage {
+    let page = PeoplePage {
         frame: Frame::signed(signed, "nav.people"),
         people: list
             .iter()
@@ -88,7 +88,8 @@ async fn page(
         },
         created,
         error,
-    })
+    };
+    render_form(&page, &page.error)
 }
 
 pub async fn list(State(state): State<AppState>, signed: Signed) -> Result<Response, Failure> {
