@@ -812,7 +812,11 @@ async fn owners_disable_their_people_and_operators_edit_accounts() {
         &[("display_name", "无问芯穹"), ("time_zone", "Mars/Base")],
     )
     .await;
-    assert_eq!(bad.status(), StatusCode::BAD_REQUEST, "a refused form is 400");
+    assert_eq!(
+        bad.status(),
+        StatusCode::BAD_REQUEST,
+        "a refused form is 400"
+    );
     assert!(bad.text().await.unwrap().contains("Mars/Base"));
     assert_eq!(
         store::accounts::get(&db, acme.id)
