@@ -45,13 +45,7 @@ async fn create(
     let mode = new.billing_mode.unwrap_or(BillingMode::Postpaid);
     let credit_limit = new.credit_limit.map(|m| m.0);
     let account = accounts::open(state.db(), &new.name, mode, credit_limit).await?;
-    let change = Change::created(
-        "account.create",
-        format!("account:{}", account.id),
-        Some(account.id),
-        &account,
-    );
-    admin.record(&state, change).await?;
+    admin.record(&state, accounts::opened(&account)).await?;
     Ok((StatusCode::CREATED, Json(view(&state, account).await?)))
 }
 
@@ -139,7 +133,6 @@ async fn top_up(
         return Ok((StatusCode::OK, Json(topup)));
     }
     state.spending().credit(id, topup.amount);
-    let change = Change::created("account.top_up", format!("account:{id}"), Some(id), &topup);
-    admin.record(&state, change).await?;
+    admin.record(&state, accounts::credited(&topup)).await?;
     Ok((StatusCode::CREATED, Json(topup)))
 }

@@ -13,7 +13,6 @@ use crate::store::signal::ChangeSignal;
 use rust_decimal::Decimal;
 
 use super::{audited, emit};
-use crate::domain::audit_log::Change;
 
 #[derive(Subcommand)]
 pub enum AccountsCommand {
@@ -148,16 +147,7 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
                 BillingMode::Postpaid
             };
             let account = crate::domain::accounts::open(&db, &name, mode, credit_limit).await?;
-            audited(
-                &db,
-                Change::created(
-                    "account.create",
-                    format!("account:{}", account.id),
-                    Some(account.id),
-                    &account,
-                ),
-            )
-            .await?;
+            audited(&db, crate::domain::accounts::opened(&account)).await?;
             emit(json, &account, || {
                 format!("account '{}' created (id {})", account.name, account.id)
             })
@@ -174,16 +164,7 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
                 crate::domain::accounts::top_up(&db, account.id, amount, &idempotency_key, &note)
                     .await?;
             if created {
-                audited(
-                    &db,
-                    Change::created(
-                        "account.top_up",
-                        format!("account:{}", account.id),
-                        Some(account.id),
-                        &topup,
-                    ),
-                )
-                .await?;
+                audited(&db, crate::domain::accounts::credited(&topup)).await?;
             }
             ChangeSignal::new(&db, &config.database.url, "accounts")
                 .announce()

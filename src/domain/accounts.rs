@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::billing::money;
 use crate::config::check_name;
+use crate::domain::audit_log::Change;
 use crate::error::Error;
 use crate::limits::spending::{self, Spending};
 use crate::store::accounts::{Account, BillingMode, Topup};
@@ -66,6 +67,12 @@ pub async fn top_up(
         ));
     }
     money::check_amount(amount, "amount").map_err(|e| Error::invalid(e, "amount"))?;
+    if key.is_empty() || key.len() > 200 {
+        return Err(Error::invalid(
+            "an idempotency key of 1-200 characters is required",
+            "idempotency_key",
+        ));
+    }
     let (topup, created) = store::accounts::top_up(db, account_id, amount, key, note).await?;
     if !created && topup.amount != amount {
         return Err(Error::Conflict(format!(
@@ -122,6 +129,48 @@ pub fn zone_of(account: &Account, default: chrono_tz::Tz) -> chrono_tz::Tz {
         .unwrap_or(default)
 }
 
+/// A display name (any script, up to 100 characters) and a time zone (an IANA name, or
+/// empty for the billing time zone) as stored, or 400 naming the wrong one.
+pub fn check_profile<'a>(
+    display_name: &'a str,
+    time_zone: &'a str,
+) -> Result<(&'a str, Option<&'a str>), Error> {
+    let display_name = display_name.trim();
+    if display_name.chars().count() > 100 || display_name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "display_name has at most 100 characters and no control characters",
+            "display_name",
+        ));
+    }
+    let zone = match time_zone.trim() {
+        "" => None,
+        name if name.parse::<chrono_tz::Tz>().is_ok() => Some(name),
+        name => {
+            return Err(Error::invalid(
+                format!("time_zone '{name}' is not an IANA time zone, e.g. Asia/Shanghai"),
+                "time_zone",
+            ));
+        }
+    };
+    Ok((display_name, zone))
+}
+
+/// The audit log's entry for an account opened.
+pub fn opened(account: &Account) -> Change<'_, (), Account> {
+    Change::created(
+        "account.create",
+        format!("account:{}", account.id),
+        Some(account.id),
+        account,
+    )
+}
+
+/// The audit log's entry for a top-up credited.
+pub fn credited(topup: &Topup) -> Change<'_, (), Topup> {
+    let id = topup.account_id;
+    Change::created("account.top_up", format!("account:{id}"), Some(id), topup)
+}
+
 /// Sets account `id`'s display name (any script, up to 100 characters) and time zone (an
 /// IANA name; empty: the billing time zone). Returns the account as it is now.
 pub async fn set_profile(
@@ -130,26 +179,7 @@ pub async fn set_profile(
     display_name: &str,
     time_zone: &str,
 ) -> Result<Account, Error> {
-    let display_name = display_name.trim();
-    if display_name.chars().count() > 100 || display_name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "display_name has at most 100 characters and no control characters",
-            "display_name",
-        ));
-    }
-    let time_zone = time_zone.trim();
-    let zone = match time_zone {
-        "" => None,
-        name => match name.parse::<chrono_tz::Tz>() {
-            Ok(_) => Some(name),
-            Err(_) => {
-                return Err(Error::invalid(
-                    format!("time_zone '{name}' is not an IANA time zone, e.g. Asia/Shanghai"),
-                    "time_zone",
-                ));
-            }
-        },
-    };
+    let (display_name, zone) = check_profile(display_name, time_zone)?;
     get(db, id).await?;
     store::accounts::set_profile(db, id, display_name, zone).await?;
     get(db, id).await

@@ -897,3 +897,113 @@ async fn the_console_can_have_an_address_of_its_own_off_the_public_port() {
     assert_eq!(models.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_top_ups_credit_once_per_form_while_requests_spend_and_the_money_adds_up() {
+    let app = TestApp::spawn().await;
+    operator(&app).await;
+    let db = app.state.db().clone();
+    let acme = store::accounts::find_by_name(&db, "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    tollgate::domain::accounts::set_billing(
+        &db,
+        acme.id,
+        Some(store::accounts::BillingMode::Prepaid),
+        None,
+    )
+    .await
+    .unwrap();
+    app.state
+        .spending()
+        .set_allowance(acme.id, Some(rust_decimal::Decimal::ZERO));
+    let session = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    let (_, page) = get(&app, "/console/accounts", &session).await;
+    let csrf = field(&page, "csrf");
+    // Eight forms, each posted three times at once (a double click, a retry), while the
+    // account's key spends.
+    let top_up = |key: String| {
+        let (csrf, session, url) = (
+            csrf.clone(),
+            session.clone(),
+            app.url("/console/accounts/top-up"),
+        );
+        let id = acme.id.to_string();
+        async move {
+            no_redirects()
+                .post(url)
+                .header("cookie", format!("tollgate_session={session}"))
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("account_id", id.as_str()),
+                    ("amount", "1.25"),
+                    ("idempotency_key", key.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let mut posts = Vec::new();
+    for form in 0..8 {
+        for _ in 0..3 {
+            posts.push(tokio::spawn(top_up(format!("console-form-{form}"))));
+        }
+    }
+    let spend = (0..12).map(|_| {
+        let (client, url, key) = (
+            app.client.clone(),
+            app.url("/v1/chat/completions"),
+            app.key.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(key)
+                .json(&helpers::chat(
+                    Some("megrez-7b-instruct"),
+                    "hi",
+                    false,
+                    serde_json::json!({}),
+                ))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let spent: Vec<u16> = futures_util::future::join_all(spend)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    for post in posts {
+        assert_eq!(post.await.unwrap(), StatusCode::SEE_OTHER);
+    }
+    // Requests before the first credit are refused (402); none fails otherwise.
+    assert!(spent.iter().all(|s| *s == 200 || *s == 402), "{spent:?}");
+    let topped_up = store::accounts::topped_up(&db, acme.id).await.unwrap();
+    assert_eq!(
+        topped_up,
+        helpers::dec("10.00"),
+        "eight forms credit 8 × 1.25 once each"
+    );
+    let figures = helpers::money::assert_invariant(&app, acme.id).await;
+    assert_eq!(
+        figures.held,
+        rust_decimal::Decimal::ZERO,
+        "nothing in flight"
+    );
+    assert_eq!(figures.records, spent.iter().filter(|s| **s == 200).count());
+    // The audit log has one top-up per form.
+    let log = tollgate::domain::audit_log::page(&db, Some(acme.id), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        log.iter().filter(|e| e.action == "account.top_up").count(),
+        8
+    );
+}

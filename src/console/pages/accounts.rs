@@ -102,6 +102,15 @@ pub struct OpenForm {
     time_zone: String,
 }
 
+/// The billing form field: `prepaid`, else postpaid.
+fn billing_mode(text: &str) -> BillingMode {
+    if text == "prepaid" {
+        BillingMode::Prepaid
+    } else {
+        BillingMode::Postpaid
+    }
+}
+
 fn amount(text: &str, field: &'static str) -> Result<Option<Decimal>, Error> {
     match text.trim() {
         "" => Ok(None),
@@ -118,41 +127,17 @@ pub async fn open(
     operators_only(&signed)?;
     let db = state.db();
     let opened = async {
-        let mode = if form.mode == "prepaid" {
-            BillingMode::Prepaid
-        } else {
-            BillingMode::Postpaid
-        };
+        let mode = billing_mode(&form.mode);
         let limit = amount(&form.credit_limit, "credit_limit")?;
         // Checked before the account exists, so a bad zone opens nothing.
-        if !form.time_zone.trim().is_empty()
-            && form.time_zone.trim().parse::<chrono_tz::Tz>().is_err()
-        {
-            return Err(Error::invalid(
-                format!(
-                    "time_zone '{}' is not an IANA time zone, e.g. Asia/Shanghai",
-                    form.time_zone.trim()
-                ),
-                "time_zone",
-            ));
-        }
+        accounts::check_profile(&form.display_name, &form.time_zone)?;
         let account = accounts::open(db, form.name.trim(), mode, limit).await?;
         accounts::set_profile(db, account.id, &form.display_name, &form.time_zone).await
     }
     .await;
     match opened {
         Ok(account) => {
-            audit_log::record(
-                db,
-                &signed.actor(),
-                Change::created(
-                    "account.create",
-                    format!("account:{}", account.id),
-                    Some(account.id),
-                    &account,
-                ),
-            )
-            .await?;
+            audit_log::record(db, &signed.actor(), accounts::opened(&account)).await?;
             Ok(Redirect::to("/console/accounts").into_response())
         }
         Err(e @ (Error::InvalidRequest { .. } | Error::Conflict(_))) => {
@@ -185,12 +170,6 @@ pub async fn top_up(
         let amount = amount(&form.amount, "amount")?
             .ok_or_else(|| Error::invalid("amount is required", "amount"))?;
         let key = form.idempotency_key.trim();
-        if key.is_empty() || key.len() > 200 {
-            return Err(Error::invalid(
-                "the form's idempotency key is missing",
-                "idempotency_key",
-            ));
-        }
         accounts::top_up(db, account.id, amount, key, form.note.trim()).await
     }
     .await;
@@ -198,17 +177,7 @@ pub async fn top_up(
         Ok((topup, created)) => {
             if created {
                 state.spending().credit(account.id, topup.amount);
-                audit_log::record(
-                    db,
-                    &signed.actor(),
-                    Change::created(
-                        "account.top_up",
-                        format!("account:{}", account.id),
-                        Some(account.id),
-                        &topup,
-                    ),
-                )
-                .await?;
+                audit_log::record(db, &signed.actor(), accounts::credited(&topup)).await?;
             }
             Ok(Redirect::to("/console/accounts").into_response())
         }
@@ -284,24 +253,9 @@ pub async fn edit(
     let db = state.db();
     let before = accounts::get(db, id).await?;
     let edited = async {
-        let mode = if form.mode == "prepaid" {
-            BillingMode::Prepaid
-        } else {
-            BillingMode::Postpaid
-        };
+        let mode = billing_mode(&form.mode);
         let limit = amount(&form.credit_limit, "credit_limit")?;
         accounts::check_credit(limit)?;
-        if !form.time_zone.trim().is_empty()
-            && form.time_zone.trim().parse::<chrono_tz::Tz>().is_err()
-        {
-            return Err(Error::invalid(
-                format!(
-                    "time_zone '{}' is not an IANA time zone, e.g. Asia/Shanghai",
-                    form.time_zone.trim()
-                ),
-                "time_zone",
-            ));
-        }
         accounts::set_profile(db, id, &form.display_name, &form.time_zone).await?;
         accounts::set_billing(db, id, Some(mode), Some(limit)).await
     }
