@@ -48,11 +48,12 @@ pub enum UsageSource {
     Estimated,
     /// The backend reported more than what the account's spending hold covers (a backend
     /// that ignored the `max_tokens` it was sent, or a tokenizer far from the estimate):
-    /// billed for the hold's tokens; the reported counts are in the record's `error`.
+    /// billed for the hold's tokens; the reported counts are its `reported` (and its
+    /// `error` says why).
     Capped,
     /// The backend reported more tokens than one request can have
     /// (`metering.max_reported_tokens`): billed for tollgate's estimate instead; the
-    /// reported counts are in the record's `error`.
+    /// reported counts are its `reported` (and its `error` says why).
     Suspect,
     /// Nothing to count: the request produced no tokens.
     None,
@@ -72,6 +73,42 @@ impl UsageSource {
             UsageSource::Imported => "imported",
         }
     }
+}
+
+/// A backend passed over before the one a record names (same model, another chip or
+/// address), and why: kept only for requests that did not go to their first candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub chip: String,
+    pub outcome: AttemptOutcome,
+}
+
+/// Why a backend did not take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// It was at its own request limit (`upstreams[].rpm`): nothing was sent.
+    AtItsLimit,
+    /// It refused the connection.
+    Refused,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::AtItsLimit => "at_its_limit",
+            AttemptOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// The counts as they came (the backend's report, or tollgate's estimate when it reported
+/// none), kept beside a record whose billed counts differ (capped, suspect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    pub tokens: TokenCounts,
+    #[serde(default, skip_serializing_if = "Units::is_zero")]
+    pub units: Units,
 }
 
 /// Serialized only to the usage journal (see `store::journal`).
@@ -106,6 +143,12 @@ pub struct UsageRecord {
     pub ended_at: DateTime<Utc>,
     pub latency_ms: i64,
     pub ttft_ms: Option<i64>,
+    /// The backends passed over before this one; empty for almost every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// The counts as they came, when they are not what is billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<Reported>,
 }
 
 /// Timestamps in the journal: nanoseconds since the epoch, exact and cheap to write

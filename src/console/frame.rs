@@ -135,7 +135,8 @@ pub fn exact(amount: Decimal) -> String {
 }
 
 /// A count with thousands separators: `12,345`.
-pub fn count(n: i64) -> String {
+pub fn count(n: impl Into<i128>) -> String {
+    let n = n.into();
     let digits = group_digits(&n.unsigned_abs().to_string());
     if n < 0 { format!("-{digits}") } else { digits }
 }

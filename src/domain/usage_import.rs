@@ -385,6 +385,8 @@ impl Ledger {
             ended_at,
             latency_ms: latency,
             ttft_ms: None,
+            attempts: Vec::new(),
+            reported: None,
         })
     }
 

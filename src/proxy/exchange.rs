@@ -13,7 +13,7 @@ use super::answer::{read_body, upstream_error};
 use super::detach::Detachable;
 use super::settle::{Exchange, Outcome, Served, finish};
 use super::stream;
-use crate::billing::record::Status;
+use crate::billing::record::{Attempt, AttemptOutcome, Status};
 use crate::config::Endpoint;
 use crate::dialect::observe::{self, Observed};
 use crate::server::ApiError;
@@ -83,12 +83,18 @@ async fn connect(
     state: &AppState,
     ex: &Exchange,
 ) -> Result<(Served, UpstreamResponse), ConnectError> {
-    let mut last = None;
+    let mut last: Option<Served> = None;
     // The soonest one of the backends over their own limit takes another request.
     let mut soonest: Option<Duration> = None;
+    // The backends passed over so far, kept on the record of the one that serves.
+    let mut passed_over = Vec::new();
     for upstream in &ex.candidates {
         if let Err(wait) = upstream.admit_outbound() {
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            passed_over.push(Attempt {
+                chip: upstream.chip.clone(),
+                outcome: AttemptOutcome::AtItsLimit,
+            });
             continue; // the next chip, if the model has one
         }
         let price = state
@@ -106,6 +112,7 @@ async fn connect(
         let served = Served {
             upstream: upstream.clone(),
             price,
+            passed_over: passed_over.clone(),
         };
         let url = upstream.url_for(ex.request.call).map_err(|e| (None, e))?;
         let mut request = axum::http::Request::post(url)
@@ -145,6 +152,10 @@ async fn connect(
             }
             Ok(Err(e)) if e.is_connect() => {
                 tracing::warn!(request_id = %ex.request_id, upstream = %what(), error = %e, "no connection to the backend; trying the next chip");
+                passed_over.push(Attempt {
+                    chip: upstream.chip.clone(),
+                    outcome: AttemptOutcome::Refused,
+                });
                 last = Some(served);
             }
             Ok(Err(e)) => {

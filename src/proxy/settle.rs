@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 
 use super::request::ClientRequest;
 use crate::auth::Caller;
-use crate::billing::record::{Status, UsageRecord, UsageSource};
+use crate::billing::record::{Attempt, Reported, Status, UsageRecord, UsageSource};
 use crate::billing::{PriceVersion, Quantities, TokenCounts, Units, cost_of};
 use crate::dialect::observe::Observed;
 use crate::limits::Admission;
@@ -82,10 +82,22 @@ impl Outcome {
     }
 }
 
-/// The backend chosen for a request and the price it is billed at.
+/// The backend chosen for a request, the price it is billed at, and the backends passed
+/// over before it.
 pub struct Served {
     pub upstream: Arc<Upstream>,
     pub price: Arc<PriceVersion>,
+    pub passed_over: Vec<Attempt>,
+}
+
+impl Served {
+    pub fn new(upstream: Arc<Upstream>, price: Arc<PriceVersion>) -> Served {
+        Served {
+            upstream,
+            price,
+            passed_over: Vec::new(),
+        }
+    }
 }
 
 /// Prices the outcome, settles the key's token reservation, and commits the record.
@@ -237,6 +249,7 @@ impl Exchange {
             None if produced => (estimate, UsageSource::Estimated),
             None => (TokenCounts::default(), UsageSource::None),
         };
+        let came = observed.usage.unwrap_or(tokens);
         if let Some(hold) = self.hold {
             let capped = tokens.capped(hold.tokens);
             if capped != tokens {
@@ -266,6 +279,10 @@ impl Exchange {
             }
         } else {
             Units::default()
+        };
+        let came = Reported {
+            tokens: came,
+            units,
         };
         let mut cost = cost_of(&served.price, tokens, units, completed).unwrap_or_else(|_| {
             // Only prices beyond the bounds checked at start-up get here.
@@ -302,6 +319,7 @@ impl Exchange {
                 (tokens, units, cost) = (billed.tokens, billed.units, billed_cost);
             }
         }
+        let reported = (came.tokens != tokens || came.units != units).then_some(came);
         let ended_at = Utc::now();
         let up = &served.upstream;
         UsageRecord {
@@ -327,6 +345,8 @@ impl Exchange {
             ended_at,
             latency_ms: self.started.elapsed().as_millis() as i64,
             ttft_ms: ttft.map(|t| t.as_millis() as i64),
+            attempts: served.passed_over.clone(),
+            reported,
         }
     }
 }

@@ -85,7 +85,7 @@ pub async fn upload(
         hold,
         prompt_estimate: Some(0),
     };
-    let served = Served { upstream, price };
+    let served = Served::new(upstream, price);
     let forward = axum::http::Request::post(served.upstream.url_of(path)?)
         .header(header::HOST, served.upstream.host.clone())
         .header(header::CONTENT_TYPE, content_type);

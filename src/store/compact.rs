@@ -2,15 +2,15 @@
 //! a row of `usage_rows` naming its shape (model, chip, deployment, endpoint, stream,
 //! status, HTTP status, usage source, blocked, price version: a few dozen combinations,
 //! each stored once in `usage_shapes`), with the gateway's request ids as their 16 bytes
-//! and the cost as an integer where it fits; units, error and moderation, which most
-//! records lack, in `usage_details`. Every read goes through the `usage_records` view,
-//! which gives the columns back as they were.
+//! and the cost as an integer where it fits; units, error, moderation, backends passed
+//! over and counts as reported, which most records lack, in `usage_details`. Every read
+//! goes through the `usage_records` view, which gives the columns back as they were.
 
 use foldhash::{HashMap, HashMapExt};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
-use super::to_ms;
+use super::{json_text, to_ms};
 use crate::billing::record::UsageRecord;
 
 /// A request id as `usage_rows.request_key` holds it: `req_` and 32 lowercase hex digits
@@ -179,15 +179,22 @@ pub fn bind(
     Ok(())
 }
 
-/// Stores what `r` has beyond most records (units, error, moderation) in
-/// `usage_details`, under its row's `id`; nothing when it has none.
+/// Stores what `r` has beyond most records (units, error, moderation, backends passed
+/// over, counts as reported) in `usage_details`, under its row's `id`; nothing when it
+/// has none.
 pub fn add_details(conn: &rusqlite::Connection, id: i64, r: &UsageRecord) -> rusqlite::Result<()> {
-    if r.units.is_zero() && r.error.is_none() && r.moderation.is_none() {
+    if r.units.is_zero()
+        && r.error.is_none()
+        && r.moderation.is_none()
+        && r.attempts.is_empty()
+        && r.reported.is_none()
+    {
         return Ok(());
     }
     let mut add = conn.prepare_cached(
-        "INSERT INTO usage_details (id, images, tasks, compute_ms, uploads, error, moderation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO usage_details (id, images, tasks, compute_ms, uploads, error, moderation,
+                                    attempts, reported)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     add.execute(rusqlite::params![
         id,
@@ -197,6 +204,8 @@ pub fn add_details(conn: &rusqlite::Connection, id: i64, r: &UsageRecord) -> rus
         r.units.uploads as i64,
         r.error,
         r.moderation,
+        json_text(&r.attempts),
+        json_text(&r.reported),
     ])?;
     Ok(())
 }

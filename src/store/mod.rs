@@ -88,6 +88,22 @@ pub trait Read {
     fn money_or_null(&self, column: &str) -> Result<Option<Decimal>> {
         Ok(self.read::<Option<Money>>(column)?.map(|m| m.0))
     }
+
+    /// A value stored as JSON text; its default when the column is NULL.
+    fn json<T: serde::de::DeserializeOwned + Default>(&self, column: &str) -> Result<T> {
+        match self.read::<Option<String>>(column)? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                StoreError::Unavailable(anyhow::Error::new(e).context(column.to_owned()))
+            }),
+            None => Ok(T::default()),
+        }
+    }
+}
+
+/// `value` as the JSON text a column holds, or NULL when it is its default (nothing to
+/// keep).
+pub fn json_text<T: serde::Serialize + Default + PartialEq>(value: &T) -> Option<String> {
+    (*value != T::default()).then(|| serde_json::to_string(value).expect("plain data serializes"))
 }
 
 /// The connection that ships usage records from the journal into the ledger, many to a

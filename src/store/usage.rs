@@ -7,8 +7,8 @@ use rusqlite::types::ValueRef;
 use rust_decimal::Decimal;
 
 use super::compact::{self, RequestKey};
-use super::{Db, Read, Result, on, to_ms};
-use crate::billing::record::UsageRecord;
+use super::{Db, Read, Result, json_text, on, to_ms};
+use crate::billing::record::{Attempt, Reported, UsageRecord};
 
 /// Records per multi-row `INSERT`: one statement execution opens the table and its four
 /// indexes once for all of them.
@@ -146,13 +146,13 @@ fn insert_sql(rows: usize) -> String {
 }
 
 /// Every column of `usage_records` (but its row id), written once: its name and type as
-/// read back (`StoredRecord`), the value a `UsageRecord` binds to it on PostgreSQL
+/// stored (and, after `as`, as read back into `StoredRecord`), the value a `UsageRecord` binds to it on PostgreSQL
 /// (`bind_columns`, where `pg` says when it differs), and how it is read when the stored
 /// type is not what both backends return (`from_row`). SQLite stores records compactly
 /// (`compact`) and reads them through its `usage_records` view, column for column. The
 /// tables themselves are in `migrations/`.
 macro_rules! usage_columns {
-    ($r:ident, $row:ident => { $($column:ident: $stored:ty = $bind:expr $(; read $read:expr)? $(; pg $pg:expr)?,)* }) => {
+    ($r:ident, $row:ident => { $($column:ident: $stored:ty $(as $field:ty)? = $bind:expr $(; read $read:expr)? $(; pg $pg:expr)?,)* }) => {
         /// The columns, in the order they are bound.
         pub const COLUMN_NAMES: &[&str] = &[$(stringify!($column)),*];
 
@@ -160,7 +160,7 @@ macro_rules! usage_columns {
         #[derive(Debug, Clone, PartialEq, serde::Serialize)]
         pub struct StoredRecord {
             pub id: i64,
-            $(pub $column: $stored,)*
+            $(pub $column: usage_columns!(@field $stored $(, $field)?),)*
         }
 
         /// Binds `records` to `query` column by column, one array each, for PostgreSQL's
@@ -186,6 +186,8 @@ macro_rules! usage_columns {
             })
         }
     };
+    (@field $stored:ty) => { $stored };
+    (@field $stored:ty, $field:ty) => { $field };
     (@pg $bind:expr) => {
         ($bind).to_owned()
     };
@@ -229,6 +231,8 @@ usage_columns!(r, row => {
     ended_at: i64 = to_ms(r.ended_at),
     latency_ms: i64 = r.latency_ms,
     ttft_ms: Option<i64> = r.ttft_ms,
+    attempts: Option<String> as Vec<Attempt> = json_text(&r.attempts); read row.json("attempts")?,
+    reported: Option<String> as Option<Reported> = json_text(&r.reported); read row.json("reported")?,
 });
 
 pub async fn by_request_id(db: &Db, request_id: &str) -> Result<Option<StoredRecord>> {

@@ -66,7 +66,7 @@ async fn the_next_chip_takes_what_one_at_its_limit_cannot() {
     })
     .await;
     // The cheapest policy puts chip3 first; once it has had its one, others serve.
-    let mut chips = Vec::new();
+    let mut records = Vec::new();
     for _ in 0..3 {
         let response = app
             .post(
@@ -75,10 +75,19 @@ async fn the_next_chip_takes_what_one_at_its_limit_cannot() {
             )
             .await;
         assert_eq!(response.status(), 200);
-        chips.push(app.record_of(&response).await.chip);
+        records.push(app.record_of(&response).await);
     }
+    let chips: Vec<&str> = records.iter().map(|r| r.chip.as_str()).collect();
     assert_eq!(chips[0], "chip3");
-    assert!(chips[1..].iter().all(|c| c != "chip3"), "{chips:?}");
+    assert!(chips[1..].iter().all(|&c| c != "chip3"), "{chips:?}");
+    // The records after the first say chip3 was passed over at its own limit.
+    assert!(records[0].attempts.is_empty());
+    for record in &records[1..] {
+        let passed_over: Vec<_> = (record.attempts.iter())
+            .map(|a| (a.chip.as_str(), a.outcome.as_str()))
+            .collect();
+        assert_eq!(passed_over, [("chip3", "at_its_limit")]);
+    }
 }
 
 #[tokio::test]

@@ -212,6 +212,8 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
             ended_at: started_at,
             latency_ms: 1,
             ttft_ms: None,
+            attempts: Vec::new(),
+            reported: None,
         });
     }
     // The ledger keeps daily sums in the billing zone, as `tollgate serve` has it do.

@@ -133,14 +133,20 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
         .execute(&pool)
         .await
         .unwrap();
-    // Today's reader reads the column a later migration adds (0 for these records); the
-    // compaction copies the columns it knows and drops the old table with it.
-    sqlx::query(
-        "ALTER TABLE usage_records ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    // Today's reader reads the columns later migrations add (0 or NULL for these
+    // records); the compaction copies the columns it knows and drops the old table with
+    // them.
+    for column in [
+        "cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+        "attempts TEXT",
+        "reported TEXT",
+    ] {
+        let add = format!("ALTER TABLE usage_records ADD COLUMN {column}");
+        sqlx::query(sqlx::AssertSqlSafe(add))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     // Connections opened before the change would read rows with the columns of before.
     pool.close().await;
     let pool = sqlx::SqlitePool::connect(&options).await.unwrap();

@@ -744,6 +744,50 @@ async fn every_page_renders_for_each_role_in_both_languages_and_holds_no_secret(
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_requests_page_shows_the_backends_tried_and_the_counts_as_reported() {
+    let app = TestApp::spawn_with(|c| {
+        c.routing.default_policy = tollgate::config::RoutingPolicy::First;
+        (c.upstreams).insert(0, helpers::refusing_upstream("internlm3-latest", "dead"));
+    })
+    .await;
+    operator(&app).await;
+    let session = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    // Failed over: the refusing chip, then the one that took it.
+    let body = helpers::chat(Some("internlm3-latest"), "hi", false, serde_json::json!({}));
+    let response = app.post("/v1/chat/completions", &body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = helpers::request_id(&response);
+    let (status, page) = get(&app, &format!("/console/usage/{id}"), &session).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("<li>dead: refused the connection</li>")
+            && page.contains("<li>ascend: took the request</li>"),
+        "{page}"
+    );
+    assert!(page.contains("reported by the backend"), "{page}");
+    assert!(!page.contains("id=\"reported\""), "billed as reported");
+    // Usage beyond belief: billed as estimated, the backend's counts shown beside.
+    let knobs = serde_json::json!({"prompt_tokens": 5, "completion_tokens": u64::MAX});
+    let response = app
+        .post(
+            "/maas/megrez-7b-instruct/nvidia/chat/completions",
+            &helpers::chat(None, "hi", false, knobs),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = helpers::request_id(&response);
+    let (_, page) = get(&app, &format!("/console/usage/{id}"), &session).await;
+    let reported = &page[page.find("id=\"reported\"").expect("the reported counts")..];
+    assert!(reported.contains("18,446,744,073,709,551,615"), "{page}");
+    assert!(page.contains("<li>nvidia: "), "one backend: {page}");
+    let record = app.record(&id).await;
+    assert!(
+        page.contains(&format!("id=\"sum\">{}</td>", record.cost.normalize())),
+        "the sum is of the billed counts: {page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn owners_disable_their_people_and_operators_edit_accounts() {
     let app = TestApp::spawn().await;
     operator(&app).await;

@@ -466,6 +466,12 @@ async fn usage_beyond_belief_is_billed_as_estimated_and_breaks_no_aggregate() {
         assert_eq!(record.usage_source, "suspect");
         assert!(record.completion_tokens < 1000, "{record:?}");
         assert!(record.error.unwrap().contains(&completion.to_string()));
+        // The counts as the backend reported them are kept beside the billed ones.
+        let reported = record.reported.expect("the reported counts are kept");
+        assert_eq!(
+            (reported.tokens.prompt, reported.tokens.completion),
+            (5, completion)
+        );
         ids.push(record.request_id);
     }
     let admin = app.admin_token(tollgate::admin::Role::Admin);

@@ -110,7 +110,14 @@ async fn a_chip_that_refuses_connections_fails_over_to_the_next() {
         )
         .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(app.record_of(&response).await.chip, "ascend");
+    let record = app.record_of(&response).await;
+    assert_eq!(record.chip, "ascend");
+    // The record says which backend it passed over, and why.
+    let passed_over: Vec<_> = (record.attempts.iter())
+        .map(|a| (a.chip.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(passed_over, [("dead", "refused")]);
+    assert_eq!(record.reported, None, "billed as reported");
 }
 
 #[tokio::test]

@@ -422,5 +422,9 @@ async fn a_stream_whose_running_usage_passes_its_hold_is_ended_as_if_by_max_toke
         "billed what the hold covers"
     );
     assert_eq!(record.usage_source, "capped");
+    // The backend's own count is kept beside the billed one.
+    let reported = record.reported.expect("the reported counts are kept");
+    assert!(reported.tokens.completion > 4096, "{reported:?}");
+    assert_eq!(reported.tokens.prompt, record.prompt_tokens as u64);
     assert_eq!(record.status, "ok");
 }

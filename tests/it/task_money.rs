@@ -157,6 +157,7 @@ async fn no_task_or_image_record_costs_more_than_its_hold() {
         note.contains("100 images") && note.contains("spending hold"),
         "{note}"
     );
+    assert_eq!(record.reported.map(|r| r.units.images), Some(100));
     // A Zhipu task whose backend reports a million completion tokens.
     top_up_020().await;
     let (task, id) = submit_zhipu(&app, json!({"polls": 0, "completion_tokens": 1_000_000})).await;

@@ -139,6 +139,8 @@ pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::R
         ended_at: now,
         latency_ms: 3,
         ttft_ms: None,
+        attempts: Vec::new(),
+        reported: None,
     };
     let sink = Sink::open(&cluster.database).await?;
     let started = Instant::now();

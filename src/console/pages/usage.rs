@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{render, visible_account};
 use crate::billing::period::day_start;
+use crate::billing::record::AttemptOutcome;
 use crate::billing::report::Dimension;
 use crate::console::chart;
 use crate::console::frame::{Frame, count, exact, money, time};
@@ -389,11 +390,45 @@ struct RequestPage {
     frame: Frame,
     facts: Vec<(&'static str, String)>,
     tokens: Vec<(&'static str, String)>,
+    /// The counts as they came, when they are not what is billed.
+    reported: Option<Vec<(&'static str, String)>>,
+    /// The backends tried in order: chip and what became of the request there.
+    attempts: Vec<(String, &'static str)>,
     version: Option<String>,
     lines: Vec<[String; 5]>,
     total: String,
     stored: String,
     matches: bool,
+}
+
+/// The catalogue's name of a usage source.
+fn source_label(source: &str) -> &'static str {
+    match source {
+        "reported" => "usage.source.reported",
+        "estimated" => "usage.source.estimated",
+        "capped" => "usage.source.capped",
+        "suspect" => "usage.source.suspect",
+        "imported" => "usage.source.imported",
+        _ => "usage.source.none",
+    }
+}
+
+/// The backends a request went to, in order: those passed over (kept on the record), then
+/// the one the record names, with what became of the request there.
+fn attempts(record: &StoredRecord) -> Vec<(String, &'static str)> {
+    let passed_over = record.attempts.iter().map(|a| {
+        let outcome = match a.outcome {
+            AttemptOutcome::AtItsLimit => "usage.attempt.at_its_limit",
+            AttemptOutcome::Refused => "usage.attempt.refused",
+        };
+        (a.chip.clone(), outcome)
+    });
+    let last = match record.status.as_str() {
+        "unreachable" => "usage.attempt.refused",
+        "timeout" => "usage.attempt.timeout",
+        _ => "usage.attempt.took",
+    };
+    passed_over.chain([(record.chip.clone(), last)]).collect()
 }
 
 pub async fn request(
@@ -452,13 +487,26 @@ pub async fn request(
             ),
         ],
         tokens: vec![
-            ("usage.source", record.usage_source.clone()),
+            (
+                "usage.source",
+                t.get(source_label(&record.usage_source)).to_owned(),
+            ),
             ("usage.prompt", count(record.prompt_tokens)),
             ("usage.cached", count(record.cached_tokens)),
             ("usage.cache_write", count(record.cache_write_tokens)),
             ("usage.completion", count(record.completion_tokens)),
             ("usage.images", count(record.images)),
         ],
+        reported: record.reported.map(|r| {
+            vec![
+                ("usage.prompt", count(r.tokens.prompt)),
+                ("usage.cached", count(r.tokens.cached)),
+                ("usage.cache_write", count(r.tokens.cache_write)),
+                ("usage.completion", count(r.tokens.completion)),
+                ("usage.images", count(r.units.images)),
+            ]
+        }),
+        attempts: attempts(&record),
         version: price.map(|p| {
             format!(
                 "#{} · {} × {} · {}",

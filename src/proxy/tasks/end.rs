@@ -153,10 +153,7 @@ async fn settle(
         hold: hold_of(task),
         prompt_estimate: Some(task.prompt_estimate),
     };
-    let served = Served {
-        upstream: upstream.clone(),
-        price,
-    };
+    let served = Served::new(upstream.clone(), price);
     commit(state, &ex, &served, outcome).await.map_err(|_| {
         ApiError::Unavailable("the task's usage could not be recorded; poll it again".into())
     })

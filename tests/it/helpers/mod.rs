@@ -372,6 +372,8 @@ pub fn simple_record(
         ended_at: at,
         latency_ms: 1,
         ttft_ms: None,
+        attempts: Vec::new(),
+        reported: None,
     }
 }
 
