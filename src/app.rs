@@ -241,12 +241,13 @@ pub fn install_tls_provider() {
 }
 
 /// The ledger's hourly upkeep (the first a minute after start): expired console sessions
-/// are removed, the months ahead of the usage records' partitions are created
+/// and the wrong passwords sign-in's throttle no longer counts are removed, the months ahead of the usage records' partitions are created
 /// (PostgreSQL, `store::partitions`), and with
 /// `retention.keep_days` the records older than it are retired, one replica at a time
 /// (`domain::retention::keep_days`).
 fn spawn_upkeep(state: &AppState) {
     let config = state.config().clone();
+    let throttle = *state.sign_in_throttle();
     let db = state.db().clone();
     let zone = config.billing.zone();
     tokio::spawn(async move {
@@ -256,7 +257,8 @@ fn spawn_upkeep(state: &AppState) {
             tick.tick().await;
             let lifetimes =
                 crate::domain::people::sessions::Lifetimes::from_config(&config.console);
-            if let Err(e) = crate::domain::people::sessions::sweep(&db, lifetimes).await {
+            if let Err(e) = crate::domain::people::sessions::sweep(&db, lifetimes, &throttle).await
+            {
                 tracing::warn!(error = %e, "cannot remove expired console sessions");
             }
             match store::partitions::keep_ahead(&db, chrono::Utc::now()).await {

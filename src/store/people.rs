@@ -230,3 +230,53 @@ pub async fn end_expired(
             .rows_affected()
     }))
 }
+
+/// When `subject` (an email's or an address's throttle key) gave a wrong password after
+/// `since`, oldest first.
+pub async fn failures_since(db: &Db, subject: &str, since: DateTime<Utc>) -> Result<Vec<i64>> {
+    Ok(on!(db, |pool| {
+        sqlx::query_scalar(
+            "SELECT at FROM sign_in_failures WHERE subject = $1 AND at > $2 ORDER BY at",
+        )
+        .bind(subject)
+        .bind(to_ms(since))
+        .fetch_all(pool)
+        .await?
+    }))
+}
+
+/// Counts a wrong password at `at` against each of `subjects`.
+pub async fn add_failure(db: &Db, subjects: &[&str], at: DateTime<Utc>) -> Result<()> {
+    for subject in subjects {
+        on!(db, |pool| {
+            sqlx::query("INSERT INTO sign_in_failures (subject, at) VALUES ($1, $2)")
+                .bind(*subject)
+                .bind(to_ms(at))
+                .execute(pool)
+                .await?;
+        });
+    }
+    Ok(())
+}
+
+/// Forgets the wrong passwords of `subject`.
+pub async fn forget_failures(db: &Db, subject: &str) -> Result<()> {
+    on!(db, |pool| {
+        sqlx::query("DELETE FROM sign_in_failures WHERE subject = $1")
+            .bind(subject)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Removes the wrong passwords given before `before`.
+pub async fn sweep_failures(db: &Db, before: DateTime<Utc>) -> Result<u64> {
+    Ok(on!(db, |pool| {
+        sqlx::query("DELETE FROM sign_in_failures WHERE at < $1")
+            .bind(to_ms(before))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    }))
+}

@@ -505,7 +505,9 @@ async fn sessions_end_at_sign_out_everywhere_password_change_and_disabling() {
         .unwrap();
     let lifetimes = people::sessions::Lifetimes::from_config(&app.state.config().console);
     assert_eq!(
-        people::sessions::sweep(&db, lifetimes).await.unwrap(),
+        people::sessions::sweep(&db, lifetimes, app.state.sign_in_throttle())
+            .await
+            .unwrap(),
         0,
         "a fresh session is alive"
     );
@@ -785,6 +787,44 @@ async fn a_requests_page_shows_the_backends_tried_and_the_counts_as_reported() {
         page.contains(&format!("id=\"sum\">{}</td>", record.cost.normalize())),
         "the sum is of the billed counts: {page}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_are_counted_once_for_all_replicas() {
+    let server = tokio::task::spawn_blocking(helpers::postgres::Postgres::start)
+        .await
+        .unwrap();
+    let apps = crate::replicas::replicas(&server.url, 2).await;
+    operator(&apps[0]).await;
+    // Ten wrong passwords, spread over the two replicas: each counts the other's.
+    for i in 0..10 {
+        let app = &apps[i % 2];
+        assert_eq!(
+            sign_in(app, OPERATOR.0, "a guess").await,
+            Err(StatusCode::UNAUTHORIZED),
+            "guess {i}"
+        );
+    }
+    for app in &apps {
+        assert_eq!(
+            sign_in(app, OPERATOR.0, OPERATOR.1).await,
+            Err(StatusCode::TOO_MANY_REQUESTS),
+            "closed on every replica, even for the right password"
+        );
+    }
+    // The upkeep's sweep keeps what is still in the window.
+    let db = apps[1].state.db();
+    let lifetimes = people::sessions::Lifetimes::from_config(&apps[1].state.config().console);
+    people::sessions::sweep(db, lifetimes, apps[1].state.sign_in_throttle())
+        .await
+        .unwrap();
+    assert_eq!(
+        sign_in(&apps[1], OPERATOR.0, OPERATOR.1).await,
+        Err(StatusCode::TOO_MANY_REQUESTS)
+    );
+    for app in apps {
+        app.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

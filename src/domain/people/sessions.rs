@@ -3,7 +3,7 @@
 //! A session ends when unused for `idle_minutes`, `session_hours` after sign-in, at sign-out
 //! (of this browser or everywhere), when its person is disabled or changes the password.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng;
@@ -87,7 +87,7 @@ pub async fn sign_in(
     let email = check_email(email).map_err(|_| Error::AdminUnauthorized(WRONG.into()))?;
     let keys = [format!("email:{email}"), format!("address:{address}")];
     let keys = [keys[0].as_str(), keys[1].as_str()];
-    if let Err(wait) = throttle.check(&keys, Instant::now()) {
+    if let Some(wait) = throttle.closed(db, &keys, Utc::now()).await? {
         return Err(throttled(wait));
     }
     let row = store::people::by_email(db, &email).await?;
@@ -95,11 +95,11 @@ pub async fn sign_in(
     let row = match row {
         Some(row) if right && row.disabled_at.is_none() => row,
         _ => {
-            throttle.failed(&keys, Instant::now());
+            throttle.failed(db, &keys, Utc::now()).await?;
             return Err(Error::AdminUnauthorized(WRONG.into()));
         }
     };
-    throttle.forget(keys[0]);
+    throttle.forget(db, keys[0]).await?;
     let person = Person::from_row(&row)?;
     let (token, csrf) = (random_token(), random_token());
     let token_hash = hash(&token);
@@ -182,9 +182,11 @@ pub async fn change_password(
     Ok(())
 }
 
-/// Removes the sessions that have expired (run now and then; `resume` refuses them anyway).
-pub async fn sweep(db: &Db, lifetimes: Lifetimes) -> Result<u64, Error> {
+/// Removes the sessions that have expired (run now and then; `resume` refuses them
+/// anyway) and the wrong passwords the throttle no longer counts.
+pub async fn sweep(db: &Db, lifetimes: Lifetimes, throttle: &Throttle) -> Result<u64, Error> {
     let now = Utc::now();
+    throttle.sweep(db, now).await?;
     Ok(store::people::end_expired(db, now - lifetimes.idle, now - lifetimes.absolute).await?)
 }
 

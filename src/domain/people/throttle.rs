@@ -1,75 +1,78 @@
 //! Sign-in throttling: after `failures` wrong passwords for one email, or from one address,
-//! within a window, sign-in under that email (or from that address) is refused until the
-//! window ends, whatever the password. Counted in this process (a password guesser spread
-//! over several replicas gets each one's allowance).
+//! within a sliding window, sign-in under that email (or from that address) is refused,
+//! whatever the password, until enough of them are older than the window. The failures
+//! are kept in the ledger (`store::people`), so every replica counts the same ones: a
+//! guesser spread over replicas gets one allowance, not one each.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use chrono::{DateTime, TimeDelta, Utc};
 
-/// The failures counted per email and per address.
+use crate::error::Error;
+use crate::store::{self, Db};
+
+/// How many wrong passwords, within how long, close sign-in.
+#[derive(Debug, Clone, Copy)]
 pub struct Throttle {
     failures: u32,
-    window: Duration,
-    seen: Mutex<HashMap<String, Window>>,
+    window: TimeDelta,
 }
-
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    started: Instant,
-    failures: u32,
-}
-
-/// Entries kept before windows that ended are swept.
-const SWEEP_AT: usize = 10_000;
 
 impl Throttle {
     pub fn new(failures: u32, window: Duration) -> Throttle {
         Throttle {
             failures: failures.max(1),
-            window,
-            seen: Mutex::new(HashMap::new()),
+            window: TimeDelta::from_std(window).unwrap_or(TimeDelta::MAX),
         }
     }
 
-    /// `Err(wait)` when any of `keys` has used its failures in the current window.
-    pub fn check(&self, keys: &[&str], now: Instant) -> Result<(), Duration> {
-        let seen = self.seen.lock();
-        let wait = keys
-            .iter()
-            .filter_map(|k| seen.get(*k))
-            .filter(|w| w.failures >= self.failures)
-            .filter_map(|w| (w.started + self.window).checked_duration_since(now))
-            .filter(|wait| !wait.is_zero())
-            .max();
-        wait.map_or(Ok(()), Err)
+    /// `Some(wait)` when any of `subjects` has used its failures in the window ending at
+    /// `now`.
+    pub async fn closed(
+        &self,
+        db: &Db,
+        subjects: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>, Error> {
+        let mut wait = None;
+        for subject in subjects {
+            let times = store::people::failures_since(db, subject, now - self.window).await?;
+            wait = wait.max(self.wait(&times, store::to_ms(now)));
+        }
+        Ok(wait)
     }
 
-    /// Counts a wrong password against each of `keys`.
-    pub fn failed(&self, keys: &[&str], now: Instant) {
-        let mut seen = self.seen.lock();
-        if seen.len() >= SWEEP_AT {
-            seen.retain(|_, w| now.duration_since(w.started) < self.window);
-        }
-        for key in keys {
-            let window = seen.entry((*key).to_owned()).or_insert(Window {
-                started: now,
-                failures: 0,
-            });
-            if now.duration_since(window.started) >= self.window {
-                *window = Window {
-                    started: now,
-                    failures: 0,
-                };
-            }
-            window.failures += 1;
-        }
+    /// Counts a wrong password at `now` against each of `subjects`.
+    pub async fn failed(
+        &self,
+        db: &Db,
+        subjects: &[&str],
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        Ok(store::people::add_failure(db, subjects, now).await?)
     }
 
-    /// Forgets the failures of `key` (an email whose password was just given right).
-    pub fn forget(&self, key: &str) {
-        self.seen.lock().remove(key);
+    /// Forgets the failures of `subject` (an email whose password was just given right).
+    pub async fn forget(&self, db: &Db, subject: &str) -> Result<(), Error> {
+        Ok(store::people::forget_failures(db, subject).await?)
+    }
+
+    /// Removes the failures older than the window (the hourly upkeep's).
+    pub async fn sweep(&self, db: &Db, now: DateTime<Utc>) -> Result<u64, Error> {
+        Ok(store::people::sweep_failures(db, now - self.window).await?)
+    }
+
+    /// How long one subject stays closed, given the times (ms, oldest first) of its
+    /// failures within the window: until all but `failures - 1` of them are older than
+    /// it, i.e. until the oldest of the newest `failures` leaves it.
+    fn wait(&self, times: &[i64], now_ms: i64) -> Option<Duration> {
+        let limit = self.failures as usize;
+        let oldest_counted = *times.get(times.len().checked_sub(limit)?)?;
+        let opens = oldest_counted.saturating_add(self.window.num_milliseconds());
+        u64::try_from(opens - now_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis)
     }
 }
 
@@ -78,37 +81,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_tenth_failure_closes_the_window_for_the_email_and_the_address() {
+    fn the_tenth_failure_in_the_window_closes_it_until_the_first_leaves() {
         let throttle = Throttle::new(10, Duration::from_secs(900));
-        let t0 = Instant::now();
-        for i in 0..9 {
-            throttle.failed(&["email:a@x", "addr:10.0.0.1"], t0 + Duration::from_secs(i));
-            assert!(throttle.check(&["email:a@x"], t0).is_ok());
+        let t0 = 1_000_000_000_i64;
+        let times: Vec<i64> = (0..10).map(|i| t0 + i * 1000).collect();
+        for n in 0..10 {
+            assert_eq!(
+                throttle.wait(&times[..n], t0 + 10_000),
+                None,
+                "{n} failures"
+            );
         }
-        throttle.failed(&["email:a@x", "addr:10.0.0.1"], t0 + Duration::from_secs(9));
-        let wait = throttle
-            .check(&["email:a@x"], t0 + Duration::from_secs(10))
-            .unwrap_err();
-        assert_eq!(wait, Duration::from_secs(890));
-        // The address is closed for another email too; another address and email are not.
-        assert!(throttle.check(&["email:b@x", "addr:10.0.0.1"], t0).is_err());
-        assert!(throttle.check(&["email:b@x", "addr:10.0.0.2"], t0).is_ok());
-        // The window ends: open again, and counting starts over.
-        let later = t0 + Duration::from_secs(900);
-        assert!(throttle.check(&["email:a@x"], later).is_ok());
-        throttle.failed(&["email:a@x"], later);
-        assert!(throttle.check(&["email:a@x"], later).is_ok());
+        assert_eq!(
+            throttle.wait(&times, t0 + 10_000),
+            Some(Duration::from_secs(890))
+        );
+        // The first failure leaves the window: open, with nine counted.
+        assert_eq!(throttle.wait(&times, t0 + 900_000), None);
+        // More than ten (replicas racing): closed until all but nine have left.
+        let eleven: Vec<i64> = (0..11).map(|i| t0 + i * 1000).collect();
+        assert_eq!(
+            throttle.wait(&eleven, t0 + 900_000),
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[test]
-    fn a_right_password_forgets_the_emails_failures() {
-        let throttle = Throttle::new(3, Duration::from_secs(60));
-        let now = Instant::now();
-        throttle.failed(&["email:a@x"], now);
-        throttle.failed(&["email:a@x"], now);
-        throttle.forget("email:a@x");
-        throttle.failed(&["email:a@x"], now);
-        throttle.failed(&["email:a@x"], now);
-        assert!(throttle.check(&["email:a@x"], now).is_ok());
+    fn one_failure_allowed_closes_at_the_first() {
+        let throttle = Throttle::new(0, Duration::from_secs(60));
+        assert_eq!(
+            throttle.wait(&[5_000], 5_000),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(throttle.wait(&[], 5_000), None);
     }
 }
