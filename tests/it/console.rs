@@ -925,6 +925,21 @@ async fn owners_disable_their_people_and_operators_edit_accounts() {
     assert_eq!(edited.display_name, "无问芯穹");
     assert_eq!(edited.time_zone.as_deref(), Some("Asia/Shanghai"));
     assert_eq!(edited.billing_mode, store::accounts::BillingMode::Prepaid);
+    // Its people's and keys' times are shown in its zone from then on.
+    let ny = [
+        ("display_name", "无问芯穹"),
+        ("time_zone", "America/New_York"),
+        ("mode", "prepaid"),
+    ];
+    assert_eq!(
+        post(&ops, &account_path, &ny).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let (_, page) = get(&app, "/console/people", &owner_session).await;
+    let created = people::get(&db, member.id).await.unwrap().created_at;
+    let at = |zone| tollgate::console::frame::time(created, zone);
+    assert!(page.contains(&at(chrono_tz::America::New_York)), "{page}");
+    assert!(!page.contains(&at(chrono_tz::Asia::Shanghai)), "{page}");
     // An owner cannot reach the account's settings.
     assert_eq!(
         get(&app, &account_path, &owner_session).await.0,

@@ -9,7 +9,7 @@ use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
 
-use super::{operators_only, render, visible_account};
+use super::{Zones, operators_only, render, visible_account};
 use crate::billing::cost::{Unit, unit_price};
 use crate::console::frame::{Frame, count, exact, money, time};
 use crate::console::web::{Failure, Signed};
@@ -96,7 +96,7 @@ pub async fn tasks(
     Query(q): Query<TasksQuery>,
 ) -> Result<Response, Failure> {
     let account = visible_account(&state, &signed, q.account).await?;
-    let zone = state.config().billing.zone();
+    let zones = Zones::load(&state).await?;
     let wanted = (!q.state.is_empty()).then_some(q.state.as_str());
     let list = tasks::list(state.db(), account.map(|a| a.id), wanted, 100).await?;
     render(&TasksPage {
@@ -105,6 +105,7 @@ pub async fn tasks(
         tasks: list
             .into_iter()
             .map(|task| {
+                let zone = zones.of(task.account_id);
                 [
                     task.request_id,
                     task.task_id,

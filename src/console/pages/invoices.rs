@@ -110,7 +110,7 @@ async fn page(
                 lines: lines(&invoice),
                 total: money(invoice.total),
                 total_exact: exact(invoice.total_exact),
-                generated: time(invoice.generated_at, zone),
+                generated: time(invoice.generated_at, accounts::zone_of(account, zone)),
             })
         }
     };
@@ -217,7 +217,10 @@ pub async fn download(
                 lines: lines(&invoice),
                 total: money(invoice.total),
                 total_exact: exact(invoice.total_exact),
-                generated: time(invoice.generated_at, state.config().billing.zone()),
+                generated: time(
+                    invoice.generated_at,
+                    accounts::zone_of(&account, state.config().billing.zone()),
+                ),
             }
             .render()
             .map_err(|e| Failure::from(Error::Internal(e.into())))?;

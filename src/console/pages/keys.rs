@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 
-use super::{render_form, visible_account};
+use super::{Zones, render_form, visible_account};
 use crate::console::frame::{Frame, time};
 use crate::console::web::{Failure, Posted, Signed};
 use crate::domain::accounts;
@@ -120,13 +120,8 @@ async fn keys_page(
     let t = signed.prefs.t();
     let account = visible_account(state, signed, asked).await?;
     let db = state.usage_db().await?;
-    let zone = state.config().billing.zone();
-    let all = crate::domain::accounts::list(db).await?;
-    let name_of = |id: i64| {
-        all.iter()
-            .find(|a| a.id == id)
-            .map_or(id.to_string(), |a| a.name.clone())
-    };
+    let zones = Zones::load(state).await?;
+    let name_of = |id: i64| zones.account(id).map_or(id.to_string(), |a| a.name.clone());
     let views = keys::list(db, account.as_ref().map(|a| a.id)).await?;
     let role = signed.session.person.role;
     let page = KeysPage {
@@ -134,10 +129,10 @@ async fn keys_page(
         keys: views
             .iter()
             .rev()
-            .map(|v| line(v, &name_of(v.account_id), zone, t))
+            .map(|v| line(v, &name_of(v.account_id), zones.of(v.account_id), t))
             .collect(),
         accounts: if role.is_operator() {
-            all.iter().map(|a| a.name.clone()).collect()
+            zones.accounts().map(|a| a.name.clone()).collect()
         } else {
             Vec::new()
         },
@@ -276,8 +271,8 @@ async fn key_page(
     error: Option<String>,
 ) -> Result<Response, Failure> {
     let t = signed.prefs.t();
-    let zone = state.config().billing.zone();
     let account = accounts::get(state.db(), view.account_id).await?;
+    let zone = accounts::zone_of(&account, state.config().billing.zone());
     let page = KeyPage {
         frame: Frame::signed(signed, "nav.keys"),
         may_manage: signed.session.person.role.manages_account(),

@@ -67,3 +67,32 @@ pub fn operators_only(signed: &Signed) -> Result<(), Failure> {
         Err(Failure::not_found())
     }
 }
+
+/// Each account's time zone (the billing time zone where it names none), for pages that
+/// list several accounts' things: every time is shown in its account's zone.
+pub struct Zones {
+    accounts: Vec<Account>,
+    billing: chrono_tz::Tz,
+}
+
+impl Zones {
+    pub async fn load(state: &AppState) -> Result<Zones, Failure> {
+        Ok(Zones {
+            accounts: domain::accounts::list(state.db()).await?,
+            billing: state.config().billing.zone(),
+        })
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.iter()
+    }
+
+    pub fn account(&self, id: i64) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id == id)
+    }
+
+    pub fn of(&self, account_id: i64) -> chrono_tz::Tz {
+        self.account(account_id)
+            .map_or(self.billing, |a| domain::accounts::zone_of(a, self.billing))
+    }
+}

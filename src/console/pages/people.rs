@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::render_form;
+use super::{Zones, render_form};
 use crate::console::frame::{Frame, time};
 use crate::console::web::{Failure, Posted, Signed};
 use crate::domain::accounts;
@@ -50,15 +50,12 @@ async fn page(
         return Err(Failure::not_found());
     }
     let db = state.db();
-    let all = crate::domain::accounts::list(db).await?;
+    let zones = Zones::load(state).await?;
     let name_of = |id: Option<i64>| match id {
         None => "—".to_owned(),
-        Some(id) => all
-            .iter()
-            .find(|a| a.id == id)
-            .map_or(id.to_string(), |a| a.name.clone()),
+        Some(id) => zones.account(id).map_or(id.to_string(), |a| a.name.clone()),
     };
-    let zone = state.config().billing.zone();
+    let zone_of = |id: Option<i64>| id.map_or(state.config().billing.zone(), |id| zones.of(id));
     let list = people::list(db, person.account_id).await?;
     let roles = if person.role.is_operator() {
         Role::ALL.to_vec()
@@ -76,13 +73,13 @@ async fn page(
                 email: p.email.clone(),
                 role: p.role.as_str(),
                 account: name_of(p.account_id),
-                created: time(p.created_at, zone),
+                created: time(p.created_at, zone_of(p.account_id)),
                 disabled: p.disabled,
             })
             .collect(),
         roles: roles.into_iter().map(Role::as_str).collect(),
         accounts: if person.role.is_operator() {
-            all.iter().map(|a| a.name.clone()).collect()
+            zones.accounts().map(|a| a.name.clone()).collect()
         } else {
             Vec::new()
         },
