@@ -80,16 +80,29 @@ impl Application {
         let entries = prices::read(&config)?;
         let recorded = PriceBook::new(store::prices::all(&db).await?);
         for up in &config.upstreams {
-            let in_tables = entries
-                .iter()
-                .any(|e| e.model == up.model && (e.chip == up.chip || e.chip == "*"));
-            if !in_tables && !recorded.covers(&up.model, &up.chip) {
-                bail!(
-                    "upstream {}/{} has no price: add it (or a '*' chip entry) to {}",
-                    up.model,
-                    up.chip,
-                    config.pricing.dir.display()
-                );
+            let deployment = up.deployment.as_deref();
+            let in_tables = entries.iter().any(|e| {
+                e.model == up.model
+                    && (e.chip == up.chip || e.chip == "*")
+                    && (e.deployment.as_deref() == deployment
+                        || (e.deployment.is_none() && (deployment.is_none() || up.pair_price)))
+            });
+            if !in_tables && !recorded.covers(&up.model, &up.chip, deployment, up.pair_price) {
+                match deployment {
+                    Some(d) => bail!(
+                        "deployment {d} has no price: add an entry with deployment = \"{d}\" \
+                         to {}, or set pair_price = true on it to bill it at {}/{}'s price",
+                        config.pricing.dir.display(),
+                        up.model,
+                        up.chip
+                    ),
+                    None => bail!(
+                        "upstream {}/{} has no price: add it (or a '*' chip entry) to {}",
+                        up.model,
+                        up.chip,
+                        config.pricing.dir.display()
+                    ),
+                }
             }
         }
         let upstreams = Upstreams::build(&config)?;

@@ -132,7 +132,7 @@ async fn top_up(
     if !created {
         return Ok((StatusCode::OK, Json(topup)));
     }
-    state.spending().credit(id, topup.amount);
+    state.spending().credit(id, topup.id, topup.amount);
     admin.record(&state, accounts::credited(&topup)).await?;
     Ok((StatusCode::CREATED, Json(topup)))
 }

@@ -303,10 +303,7 @@ mod tests {
                 cache_write_per_1k: None,
                 output_per_1k: d(output),
                 per_request: d(per_request),
-                per_image: Decimal::ZERO,
-                per_task: Decimal::ZERO,
-                per_second: Decimal::ZERO,
-                per_upload: Decimal::ZERO,
+                ..Default::default()
             },
         }
     }

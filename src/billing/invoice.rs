@@ -16,6 +16,12 @@ use super::{PriceBook, PriceVersion, Totals};
 pub struct Line {
     pub model: String,
     pub chip: String,
+    /// The private deployment the usage went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// The prompt tier of a tiered price (`128k–256k`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tier: Option<String>,
     pub unit: Unit,
     pub price_version_id: i64,
     pub quantity: u64,
@@ -80,18 +86,25 @@ fn version(prices: &PriceBook, id: i64) -> anyhow::Result<&PriceVersion> {
 
 /// Invoice lines for summed usage, in a stable order; units with nothing to bill are left out.
 pub fn lines(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Vec<Line>> {
-    let mut sums: BTreeMap<(String, String, Unit, i64), u64> = BTreeMap::new();
+    type LineKey = (String, String, String, Unit, i64);
+    let mut sums: BTreeMap<LineKey, u64> = BTreeMap::new();
     for t in totals {
         for (unit, quantity) in t.quantities().by_unit() {
-            let sum = sums
-                .entry((t.model.clone(), t.chip.clone(), unit, t.price_version_id))
-                .or_default();
+            let key = (
+                t.model.clone(),
+                t.chip.clone(),
+                t.deployment.clone(),
+                unit,
+                t.price_version_id,
+            );
+            let sum = sums.entry(key).or_default();
             *sum = sum.saturating_add(quantity);
         }
     }
     let mut lines = Vec::new();
-    for ((model, chip, unit, price_version_id), quantity) in sums {
-        let price = unit_price(version(prices, price_version_id)?, unit);
+    for ((model, chip, deployment, unit, price_version_id), quantity) in sums {
+        let version = version(prices, price_version_id)?;
+        let price = unit_price(version, unit);
         if quantity == 0 || price.is_zero() {
             continue;
         }
@@ -99,6 +112,8 @@ pub fn lines(totals: &[Totals], prices: &PriceBook) -> anyhow::Result<Vec<Line>>
         lines.push(Line {
             model,
             chip,
+            deployment: Some(deployment).filter(|d| !d.is_empty()),
+            prompt_tier: Some(version.entry.tier.label()).filter(|t| !t.is_empty()),
             unit,
             price_version_id,
             quantity,
@@ -128,16 +143,18 @@ impl Invoice {
     /// The invoice as CSV: one row per line, then the total.
     pub fn to_csv(&self) -> String {
         let mut out = String::from(
-            "invoice,account,period,model,chip,unit,price_version,quantity,unit_price,per,amount_exact,amount\n",
+            "invoice,account,period,model,chip,deployment,prompt_tier,unit,price_version,quantity,unit_price,per,amount_exact,amount\n",
         );
         for l in &self.lines {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 self.id,
                 csv_field(&self.account),
                 self.period,
                 l.model,
                 l.chip,
+                l.deployment.as_deref().unwrap_or_default(),
+                l.prompt_tier.as_deref().unwrap_or_default(),
                 l.unit.as_str(),
                 l.price_version_id,
                 l.quantity,
@@ -148,7 +165,7 @@ impl Invoice {
             ));
         }
         out.push_str(&format!(
-            "{},{},{},TOTAL,,,,,,,{},{}\n",
+            "{},{},{},TOTAL,,,,,,,,,{},{}\n",
             self.id,
             csv_field(&self.account),
             self.period,

@@ -7,6 +7,7 @@ pub mod cost;
 pub mod invoice;
 pub mod money;
 pub mod period;
+pub mod price_book;
 pub mod prices;
 pub mod record;
 pub mod report;
@@ -14,5 +15,6 @@ pub mod report_html;
 pub mod totals;
 
 pub use cost::{Cost, Quantities, TokenCounts, Units, cost_of};
-pub use prices::{PriceBook, PriceEntry, PriceVersion};
+pub use price_book::{Buyer, PriceBook, PriceTiers};
+pub use prices::{PriceEntry, PriceVersion};
 pub use totals::Totals;

@@ -1,27 +1,34 @@
-//! Price tables (`pricing/*.toml`) and the in-memory price book built from the price ledger.
+//! Price tables (`pricing/*.toml`): entries, their tiers, and the recorded versions the
+//! price book (`price_book`) is built from.
 //!
 //! Prices are written as strings (`"0.0012"`) so they stay exact: a TOML float would pass
 //! through `f64` before it reached a `Decimal`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, de};
 
 use crate::config::check_name;
 
-/// One row of a price table, as written by the operator.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One row of a price table, as written by the operator; a tiered row becomes one entry
+/// per tier (`parse_table`), each with its `tier` and its tier's token rates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceEntry {
     pub model: String,
     /// A chip name, or `*` for every chip of the model without its own price.
     pub chip: String,
+    /// A private deployment's own price (`mif-…`): only its requests are billed at it.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// An account's own price (its name): its requests are billed at it rather than at
+    /// the list price, from its effective time.
+    #[serde(default)]
+    pub account: Option<String>,
     #[serde(deserialize_with = "timestamp")]
     pub effective_from: DateTime<Utc>,
     /// CNY per 1,000 prompt tokens not served from cache (0 when absent: an entry names
@@ -53,6 +60,76 @@ pub struct PriceEntry {
     /// CNY per file uploaded to a backend (ComfyUI's input images).
     #[serde(default, deserialize_with = "money_or_zero")]
     pub per_upload: Decimal,
+    /// Token rates by the request's billed prompt tokens (DashScope's input-length
+    /// tiers), in place of the row's own token rates; as written, emptied by `parse_table`.
+    #[serde(default)]
+    pub tiers: Vec<TierRates>,
+    /// The prompt sizes this entry prices: every size, unless it is one tier of a tiered
+    /// row.
+    #[serde(skip)]
+    pub tier: PromptTier,
+}
+
+/// One tier of a tiered price: its token rates, for prompts up to `up_to_prompt_tokens`
+/// billed tokens (above the tier before it); the last tier may leave it out (no bound).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierRates {
+    pub up_to_prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub input_per_1k: Decimal,
+    #[serde(default, deserialize_with = "money_opt")]
+    pub cached_input_per_1k: Option<Decimal>,
+    #[serde(default, deserialize_with = "money_opt")]
+    pub cache_write_per_1k: Option<Decimal>,
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub output_per_1k: Decimal,
+}
+
+/// The billed prompt sizes a price version applies to: more than `over` tokens, and at
+/// most `up_to` (no bound when `None`). Every size for an untiered price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PromptTier {
+    pub over: u64,
+    pub up_to: Option<u64>,
+}
+
+impl PromptTier {
+    pub fn is_whole(&self) -> bool {
+        *self == PromptTier::default()
+    }
+
+    /// `128k–256k`-style label; empty for an untiered price.
+    pub fn label(&self) -> String {
+        let k = |n: u64| match n % 1000 {
+            0 => format!("{}k", n / 1000),
+            _ => n.to_string(),
+        };
+        match (self.over, self.up_to) {
+            (0, None) => String::new(),
+            (0, Some(up_to)) => format!("≤{}", k(up_to)),
+            (over, Some(up_to)) => format!("{}–{}", k(over), k(up_to)),
+            (over, None) => format!(">{}", k(over)),
+        }
+    }
+}
+
+impl PriceEntry {
+    /// Who and what it prices, beside model and chip: `model/chip`, then the deployment,
+    /// account and tier it is limited to.
+    pub fn scope(&self) -> String {
+        let mut scope = format!("{}/{}", self.model, self.chip);
+        if let Some(d) = &self.deployment {
+            scope.push_str(&format!(" deployment {d}"));
+        }
+        if let Some(a) = &self.account {
+            scope.push_str(&format!(" account {a}"));
+        }
+        if !self.tier.is_whole() {
+            scope.push_str(&format!(" prompt {}", self.tier.label()));
+        }
+        scope
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,12 +204,19 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
     let raw: toml::Table = toml::from_str(text)?;
     let raw_entries = raw.get("prices").and_then(toml::Value::as_array);
     for (e, raw) in file.prices.iter().zip(raw_entries.into_iter().flatten()) {
-        if !RATES.iter().any(|rate| raw.get(rate).is_some()) {
+        let tiered = raw.get("tiers").is_some();
+        if !tiered && !RATES.iter().any(|rate| raw.get(rate).is_some()) {
             bail!(
-                "price for {}/{} names no rate: give at least one of {}",
-                e.model,
-                e.chip,
+                "price for {} names no rate: give at least one of {}, or tiers",
+                e.scope(),
                 RATES.join(", ")
+            );
+        }
+        let own_token_rate = TOKEN_RATES.iter().find(|rate| raw.get(**rate).is_some());
+        if let (true, Some(rate)) = (tiered, own_token_rate) {
+            bail!(
+                "price for {}: {rate} belongs in each of its tiers, not beside them",
+                e.scope()
             );
         }
     }
@@ -142,99 +226,86 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
             file.currency
         );
     }
-    for e in &file.prices {
+    let mut entries = Vec::new();
+    for e in file.prices {
         check_name(&e.model).context("price model")?;
         check_name(&e.chip).context("price chip")?;
-        let prices = [
-            ("input_per_1k", Some(e.input_per_1k)),
-            ("cached_input_per_1k", e.cached_input_per_1k),
-            ("cache_write_per_1k", e.cache_write_per_1k),
-            ("output_per_1k", Some(e.output_per_1k)),
-            ("per_request", Some(e.per_request)),
-            ("per_image", Some(e.per_image)),
-            ("per_task", Some(e.per_task)),
-            ("per_second", Some(e.per_second)),
-            ("per_upload", Some(e.per_upload)),
-        ];
-        for (field, price) in prices {
-            if let Some(price) = price {
-                super::money::check_price(price, field)
-                    .map_err(|e2| anyhow::anyhow!("price for {}/{}: {e2}", e.model, e.chip))?;
-            }
+        for name in [&e.deployment, &e.account].into_iter().flatten() {
+            check_name(name).with_context(|| format!("price for {}", e.scope()))?;
+        }
+        for e in split_tiers(e)? {
+            check_rates(&e)?;
+            entries.push(e);
         }
     }
-    Ok(file.prices)
+    Ok(entries)
 }
 
-/// Every price version, looked up by (model, chip) and time.
-#[derive(Debug, Default)]
-pub struct PriceBook {
-    /// Versions per model, then chip, sorted by `effective_from` (nested so that a lookup
-    /// by `&str` needs no owned key).
-    by_pair: HashMap<String, HashMap<String, Vec<Arc<PriceVersion>>>>,
-    by_id: HashMap<i64, Arc<PriceVersion>>,
-}
+/// The token rates a tier sets in place of its row's.
+const TOKEN_RATES: [&str; 4] = [
+    "input_per_1k",
+    "cached_input_per_1k",
+    "cache_write_per_1k",
+    "output_per_1k",
+];
 
-impl PriceBook {
-    pub fn new(versions: Vec<PriceVersion>) -> PriceBook {
-        let mut by_pair: HashMap<String, HashMap<String, Vec<Arc<PriceVersion>>>> = HashMap::new();
-        let mut by_id = HashMap::new();
-        for v in versions {
-            let v = Arc::new(v);
-            let chips = by_pair.entry(v.entry.model.clone()).or_default();
-            chips
-                .entry(v.entry.chip.clone())
-                .or_default()
-                .push(v.clone());
-            by_id.insert(v.id, v);
+/// A tiered row as one entry per tier, each with its bounds and token rates; an untiered
+/// row as itself. Bounds must rise, and only the last tier may leave its out.
+fn split_tiers(mut row: PriceEntry) -> anyhow::Result<Vec<PriceEntry>> {
+    let tiers = std::mem::take(&mut row.tiers);
+    if tiers.is_empty() {
+        return Ok(vec![row]);
+    }
+    let mut over = 0;
+    let mut entries = Vec::with_capacity(tiers.len());
+    for (i, t) in tiers.iter().enumerate() {
+        let last = i + 1 == tiers.len();
+        match t.up_to_prompt_tokens {
+            Some(up_to) if up_to > over => {}
+            None if last => {}
+            _ => bail!(
+                "price for {}: tier {} must end above {over} prompt tokens (up_to_prompt_tokens), \
+                 and only the last tier may leave its end out",
+                row.scope(),
+                i + 1
+            ),
         }
-        for list in by_pair.values_mut().flat_map(HashMap::values_mut) {
-            list.sort_by_key(|v| v.entry.effective_from);
-        }
-        PriceBook { by_pair, by_id }
-    }
-
-    pub fn version(&self, id: i64) -> Option<&Arc<PriceVersion>> {
-        self.by_id.get(&id)
-    }
-
-    /// The price in force for `model` on `chip` at `at`: the chip's own price, else the
-    /// model's `*` price.
-    pub fn in_force(
-        &self,
-        model: &str,
-        chip: &str,
-        at: DateTime<Utc>,
-    ) -> Option<Arc<PriceVersion>> {
-        let chips = self.by_pair.get(model)?;
-        [chip, "*"].into_iter().find_map(|c| {
-            let list = chips.get(c)?;
-            list.iter()
-                .rev()
-                .find(|v| v.entry.effective_from <= at)
-                .cloned()
-        })
-    }
-
-    /// Every version, by model, then chip, then effective time.
-    pub fn all(&self) -> Vec<&Arc<PriceVersion>> {
-        let mut all: Vec<_> = self.by_id.values().collect();
-        all.sort_by(|a, b| {
-            (&a.entry.model, &a.entry.chip, a.entry.effective_from).cmp(&(
-                &b.entry.model,
-                &b.entry.chip,
-                b.entry.effective_from,
-            ))
+        entries.push(PriceEntry {
+            input_per_1k: t.input_per_1k,
+            cached_input_per_1k: t.cached_input_per_1k,
+            cache_write_per_1k: t.cache_write_per_1k,
+            output_per_1k: t.output_per_1k,
+            tier: PromptTier {
+                over,
+                up_to: t.up_to_prompt_tokens,
+            },
+            ..row.clone()
         });
-        all
+        over = t.up_to_prompt_tokens.unwrap_or(u64::MAX);
     }
+    Ok(entries)
+}
 
-    /// Whether any price, current or future, exists for this pair.
-    pub fn covers(&self, model: &str, chip: &str) -> bool {
-        self.by_pair
-            .get(model)
-            .is_some_and(|chips| chips.contains_key(chip) || chips.contains_key("*"))
+/// Every rate of `e` within the bounds of `money::check_price`.
+fn check_rates(e: &PriceEntry) -> anyhow::Result<()> {
+    let prices = [
+        ("input_per_1k", Some(e.input_per_1k)),
+        ("cached_input_per_1k", e.cached_input_per_1k),
+        ("cache_write_per_1k", e.cache_write_per_1k),
+        ("output_per_1k", Some(e.output_per_1k)),
+        ("per_request", Some(e.per_request)),
+        ("per_image", Some(e.per_image)),
+        ("per_task", Some(e.per_task)),
+        ("per_second", Some(e.per_second)),
+        ("per_upload", Some(e.per_upload)),
+    ];
+    for (field, price) in prices {
+        if let Some(price) = price {
+            super::money::check_price(price, field)
+                .map_err(|e2| anyhow::anyhow!("price for {}: {e2}", e.scope()))?;
+        }
     }
+    Ok(())
 }
 
 fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -356,57 +427,58 @@ mod tests {
     }
 
     #[test]
-    fn the_latest_version_in_force_wins_and_the_wildcard_is_a_fallback() {
-        let entry = |chip: &str, from: &str, input: i64| PriceEntry {
-            model: "m".into(),
-            chip: chip.into(),
-            effective_from: DateTime::parse_from_rfc3339(from).unwrap().into(),
-            input_per_1k: Decimal::from(input),
-            cached_input_per_1k: None,
-            cache_write_per_1k: None,
-            output_per_1k: Decimal::ZERO,
-            per_request: Decimal::ZERO,
-            per_image: Decimal::ZERO,
-            per_task: Decimal::ZERO,
-            per_second: Decimal::ZERO,
-            per_upload: Decimal::ZERO,
-        };
-        let book = PriceBook::new(vec![
-            PriceVersion {
-                id: 1,
-                entry: entry("a", "2026-01-01T00:00:00Z", 1),
-            },
-            PriceVersion {
-                id: 2,
-                entry: entry("a", "2026-02-01T00:00:00Z", 2),
-            },
-            PriceVersion {
-                id: 3,
-                entry: entry("*", "2026-01-01T00:00:00Z", 9),
-            },
-        ]);
-        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().into();
+    fn a_tiered_row_becomes_one_entry_per_tier_with_its_bounds() {
+        let tiers = r#"per_request = "0.01"
+tiers = [
+  { up_to_prompt_tokens = 128000, input_per_1k = "0.0008", output_per_1k = "0.002" },
+  { up_to_prompt_tokens = 256000, input_per_1k = "0.0024", output_per_1k = "0.02" },
+  { input_per_1k = "0.0048", cached_input_per_1k = "0.001", output_per_1k = "0.048" },
+]
+"#;
+        let entries = parse_table(&table(tiers)).unwrap();
+        let bounds: Vec<_> = entries
+            .iter()
+            .map(|e| (e.tier.over, e.tier.up_to))
+            .collect();
         assert_eq!(
-            book.in_force("m", "a", at("2026-01-31T23:59:59Z"))
-                .unwrap()
-                .id,
-            1
+            bounds,
+            [
+                (0, Some(128_000)),
+                (128_000, Some(256_000)),
+                (256_000, None)
+            ]
         );
+        assert_eq!(entries[1].output_per_1k, Decimal::from_str("0.02").unwrap());
         assert_eq!(
-            book.in_force("m", "a", at("2026-02-01T00:00:00Z"))
-                .unwrap()
-                .id,
-            2
+            entries[2].cached_input_per_1k,
+            Some(Decimal::from_str("0.001").unwrap())
         );
-        assert_eq!(
-            book.in_force("m", "b", at("2026-03-01T00:00:00Z"))
-                .unwrap()
-                .id,
-            3
-        );
+        assert!(entries.iter().all(|e| e.tiers.is_empty()));
         assert!(
-            book.in_force("m", "a", at("2025-12-31T00:00:00Z"))
-                .is_none()
+            entries
+                .iter()
+                .all(|e| e.per_request == Decimal::from_str("0.01").unwrap())
+        );
+        assert_eq!(entries[1].tier.label(), "128k–256k");
+        assert_eq!(entries[0].tier.label(), "≤128k");
+        assert_eq!(entries[2].tier.label(), ">256k");
+    }
+
+    #[test]
+    fn tiers_must_rise_and_carry_the_token_rates() {
+        let falling = r#"tiers = [
+  { up_to_prompt_tokens = 256000, input_per_1k = "1" },
+  { up_to_prompt_tokens = 128000, input_per_1k = "2" },
+]"#;
+        let err = parse_table(&table(falling)).unwrap_err().to_string();
+        assert!(err.contains("tier 2 must end above 256000"), "{err}");
+        let open_middle = r#"tiers = [{ input_per_1k = "1" }, { input_per_1k = "2" }]"#;
+        assert!(parse_table(&table(open_middle)).is_err());
+        let beside = "input_per_1k = \"1\"\ntiers = [{ input_per_1k = \"2\" }]\n";
+        let err = parse_table(&table(beside)).unwrap_err().to_string();
+        assert!(
+            err.contains("input_per_1k belongs in each of its tiers"),
+            "{err}"
         );
     }
 }

@@ -22,6 +22,8 @@ pub enum Dimension {
     Key,
     Model,
     Chip,
+    /// A private deployment's id ("-" for shared models).
+    Deployment,
     Day,
     Hour,
 }
@@ -35,11 +37,12 @@ impl Dimension {
                 "key" => Dimension::Key,
                 "model" => Dimension::Model,
                 "chip" => Dimension::Chip,
+                "deployment" => Dimension::Deployment,
                 "day" => Dimension::Day,
                 "hour" => Dimension::Hour,
                 other => {
                     return Err(format!(
-                        "cannot group by '{other}': use account, key, model, chip, day or hour"
+                        "cannot group by '{other}': use account, key, model, chip, deployment, day or hour"
                     ));
                 }
             };
@@ -59,6 +62,7 @@ impl Dimension {
             Dimension::Key => "key",
             Dimension::Model => "model",
             Dimension::Chip => "chip",
+            Dimension::Deployment => "deployment",
             Dimension::Day => "day",
             Dimension::Hour => "hour",
         }
@@ -181,6 +185,10 @@ pub fn build(
                     .unwrap_or_else(|| t.lineage_id.to_string()),
                 Dimension::Model => t.model.clone(),
                 Dimension::Chip => t.chip.clone(),
+                Dimension::Deployment => match t.deployment.as_str() {
+                    "" => "-".to_owned(),
+                    id => id.to_owned(),
+                },
                 Dimension::Day | Dimension::Hour => when.clone(),
             })
             .collect();

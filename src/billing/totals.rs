@@ -12,6 +12,8 @@ pub struct Totals {
     pub lineage_id: i64,
     pub model: String,
     pub chip: String,
+    /// The private deployment the requests went to; empty for shared models.
+    pub deployment: String,
     pub price_version_id: i64,
     /// Start (ms) of the time slot, when grouped by slot: a UTC hour, or a 15-minute slot
     /// where an hour crosses a bucket's edge (`store::rollups::By::slots`).

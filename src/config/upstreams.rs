@@ -82,8 +82,17 @@ pub struct UpstreamConfig {
     /// What this backend serves; decides which client routes reach it. By default what
     /// its dialect serves (`chat`, or `images` for `comfyui` and `sd`).
     pub endpoint: Option<Endpoint>,
-    /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`.
+    /// A dedicated deployment (`mif-...`): reachable only as `/maas/deployment/{id}/...`,
+    /// by its `owners`' keys.
     pub deployment: Option<String>,
+    /// A deployment's owner accounts, by name: only their keys reach it (others get 404,
+    /// as for an unknown deployment). Every deployment names at least one.
+    #[serde(default)]
+    pub owners: Vec<String>,
+    /// A deployment without a price of its own (`deployment = "mif-…"` in a price entry)
+    /// is billed at its model × chip price; without this it is not served.
+    #[serde(default)]
+    pub pair_price: bool,
     /// e.g. `https://host/maas/megrez-7b-instruct/nvidia`; the endpoint path is appended.
     pub base_url: BaseUrl,
     /// Environment variable holding the backend's credential (sent as a Bearer token); read
@@ -196,6 +205,17 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
             if !seen.insert(id) {
                 bail!("{name}: deployment {id} is configured twice");
             }
+            if up.owners.is_empty() {
+                bail!(
+                    "{name}: deployment {id} names no owners: a deployment is one customer's \
+                     private service; say whose with owners = [\"account\", ...]"
+                );
+            }
+            for owner in &up.owners {
+                check_name(owner).with_context(|| format!("{name}: owner"))?;
+            }
+        } else if !up.owners.is_empty() || up.pair_price {
+            bail!("{name}: owners and pair_price are for deployments (deployment = \"mif-…\")");
         }
         if up.weight == 0 {
             bail!("{name}: weight must be at least 1");

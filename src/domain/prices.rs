@@ -44,11 +44,11 @@ pub async fn record(
 /// A version as listed: its prices, and whether it is the one in force now.
 pub fn describe(version: &PriceVersion, book: &PriceBook) -> Value {
     let e = &version.entry;
-    let in_force = book
-        .in_force(&e.model, &e.chip, Utc::now())
-        .is_some_and(|v| v.id == version.id);
+    let in_force = book.is_in_force(version, Utc::now());
     json!({
-        "id": version.id, "model": e.model, "chip": e.chip, "effective_from": e.effective_from,
+        "id": version.id, "model": e.model, "chip": e.chip, "deployment": e.deployment,
+        "account": e.account, "prompt_tokens_over": e.tier.over,
+        "prompt_tokens_up_to": e.tier.up_to, "effective_from": e.effective_from,
         "input_per_1k": e.input_per_1k, "cached_input_per_1k": version.cached_input_per_1k(),
         "cache_write_per_1k": version.cache_write_per_1k(),
         "output_per_1k": e.output_per_1k, "per_request": e.per_request,

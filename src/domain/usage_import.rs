@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::billing::period::Month;
 use crate::billing::record::{Status, UsageRecord, UsageSource};
-use crate::billing::{PriceBook, TokenCounts, Units, cost_of};
+use crate::billing::{Buyer, PriceBook, TokenCounts, Units, cost_of};
 use crate::config::MAX_REPORTED_TOKENS;
 use crate::dialect;
 use crate::store::{self, Db, Sink};
@@ -318,9 +318,14 @@ impl Ledger {
                 "counts must be at most {MAX_REPORTED_TOKENS}, cached_tokens and cache_write_tokens together at most prompt_tokens"
             ));
         }
-        let Some(price) = self
-            .prices
-            .in_force(&line.model, &line.chip, line.started_at)
+        // Priced as the gateway would have: the deployment's own price (else its pair's),
+        // the account's, the list price; in the tier of its prompt.
+        let buyer = Buyer {
+            account: Some(&line.account),
+            deployment: line.deployment.as_deref(),
+            pair_price: true,
+        };
+        let Some(tiers) = (self.prices).for_buyer(&line.model, &line.chip, buyer, line.started_at)
         else {
             return invalid(format!(
                 "no price of {}/{} is in force at {}",
@@ -359,6 +364,7 @@ impl Ledger {
             },
             false => Units::default(),
         };
+        let price = tiers.for_prompt(tokens.prompt).clone();
         let cost = cost_of(&price, tokens, units, completed)
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let latency = (ended_at - line.started_at).num_milliseconds();

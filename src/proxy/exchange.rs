@@ -97,9 +97,10 @@ async fn connect(
             });
             continue; // the next chip, if the model has one
         }
+        let buyer = upstream.buyer(&ex.caller.key.account);
         let price = state
             .prices()
-            .in_force(&upstream.model, &upstream.chip, ex.started_at)
+            .for_buyer(&upstream.model, &upstream.chip, buyer, ex.started_at)
             .ok_or_else(|| {
                 let what = format!("{}/{}", upstream.model, upstream.chip);
                 (

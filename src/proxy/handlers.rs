@@ -208,7 +208,9 @@ async fn proxy(
                 true => upstreams.model_by_backend_name(serves, named),
                 false => named,
             };
-            let mut served = upstreams.candidates(serves, model, &state.prices(), started_at)?;
+            let prices = state.prices();
+            let account = &caller.key.account;
+            let mut served = upstreams.candidates(serves, model, &prices, account, started_at)?;
             // A task runs on the upstreams whose dialect has such tasks.
             served.retain(|u| !call.task || u.wire().task_path(call.endpoint).is_some());
             if served.is_empty() {
@@ -220,7 +222,7 @@ async fn proxy(
             served
         }
         Target::Deployment(id) => {
-            let upstream = upstreams.deployment(&id)?;
+            let upstream = upstreams.deployment(&id, &caller.key.account)?;
             if upstream.serves() != serves {
                 return Err(ApiError::NotFound(format!(
                     "deployment '{id}' does not serve {} {} requests",
@@ -289,13 +291,18 @@ async fn hold_worst_case(
     if !spending.limited(state.db(), caller.account_id).await? {
         return Ok(None);
     }
-    // Priced at the dearest chip it may fail over to: the hold covers whichever serves.
+    // Priced at the dearest chip it may fail over to, and the dearest tier its prompt may
+    // reach: the hold covers whichever serves it.
     let tokens = request.worst_case(state.config().limits.reserve_max_tokens);
     let units = request.worst_units();
     let mut worst = None;
     for upstream in candidates {
-        if let Some(price) = prices.in_force(&upstream.model, &upstream.chip, at) {
-            let cost = worst_cost_of(&price, tokens, units)?;
+        let buyer = upstream.buyer(&caller.key.account);
+        let Some(tiers) = prices.for_buyer(&upstream.model, &upstream.chip, buyer, at) else {
+            continue;
+        };
+        for price in tiers.reachable(tokens.prompt) {
+            let cost = worst_cost_of(price, tokens, units)?;
             worst = Some(worst.map_or(cost, |w: rust_decimal::Decimal| w.max(cost)));
         }
     }
@@ -318,19 +325,27 @@ async fn hold_worst_case(
         .await?)
 }
 
-/// `GET /v1/models`: the models this key may call, with the chips that serve them.
+/// `GET /v1/models`: the models this key may call, with the chips that serve them, and
+/// the private deployments of its account (by their ids, as they are called).
 async fn models(State(state): State<AppState>, caller: Caller) -> Json<Value> {
-    let data: Vec<Value> = state
-        .upstreams()
-        .catalog()
-        .into_iter()
+    let upstreams = state.upstreams();
+    let shared = upstreams.catalog().into_iter();
+    let shared = shared
         .filter(|entry| caller.may_call(&entry.model))
         .map(|entry| {
             json!({"id": entry.model, "object": "model", "created": 0, "owned_by": "tollgate",
-                   "endpoint": entry.endpoint.as_str(), "chips": entry.chips,
-                   "apis": entry.shapes})
-        })
-        .collect();
+               "endpoint": entry.endpoint.as_str(), "chips": entry.chips,
+               "apis": entry.shapes})
+        });
+    let account = &caller.key.account;
+    let private = (upstreams.deployments_of(account).into_iter())
+        .filter(|up| caller.may_call(&up.model))
+        .map(|up| {
+            json!({"id": up.deployment, "object": "model", "created": 0, "owned_by": account,
+                   "endpoint": up.endpoint.as_str(), "model": up.model, "chips": [up.chip],
+                   "deployment": true})
+        });
+    let data: Vec<Value> = shared.chain(private).collect();
     Json(json!({"object": "list", "data": data}))
 }
 

@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use super::request::ClientRequest;
 use crate::auth::Caller;
 use crate::billing::record::{Attempt, Reported, Status, UsageRecord, UsageSource};
-use crate::billing::{PriceVersion, Quantities, TokenCounts, Units, cost_of};
+use crate::billing::{PriceTiers, Quantities, TokenCounts, Units, cost_of};
 use crate::dialect::observe::Observed;
 use crate::limits::Admission;
 use crate::limits::spending::Hold;
@@ -82,16 +82,16 @@ impl Outcome {
     }
 }
 
-/// The backend chosen for a request, the price it is billed at, and the backends passed
-/// over before it.
+/// The backend chosen for a request, the price it is billed at (the version of the tier
+/// its billed prompt falls in), and the backends passed over before it.
 pub struct Served {
     pub upstream: Arc<Upstream>,
-    pub price: Arc<PriceVersion>,
+    pub price: Arc<PriceTiers>,
     pub passed_over: Vec<Attempt>,
 }
 
 impl Served {
-    pub fn new(upstream: Arc<Upstream>, price: Arc<PriceVersion>) -> Served {
+    pub fn new(upstream: Arc<Upstream>, price: Arc<PriceTiers>) -> Served {
         Served {
             upstream,
             price,
@@ -284,7 +284,9 @@ impl Exchange {
             tokens: came,
             units,
         };
-        let mut cost = cost_of(&served.price, tokens, units, completed).unwrap_or_else(|_| {
+        // The tier its billed prompt falls in: the hold covered the dearest it could reach.
+        let price = served.price.for_prompt(tokens.prompt);
+        let mut cost = cost_of(price, tokens, units, completed).unwrap_or_else(|_| {
             // Only prices beyond the bounds checked at start-up get here.
             tracing::error!(request_id = %self.request_id, "cost out of range; billed nothing");
             Decimal::ZERO
@@ -299,9 +301,8 @@ impl Exchange {
                 requests: u64::from(completed),
                 units,
             };
-            let billed = asked.within(&served.price, hold.amount);
-            if let Ok((billed, billed_cost)) = billed.and_then(|b| Ok((b, b.cost(&served.price)?)))
-            {
+            let billed = asked.within(price, hold.amount);
+            if let Ok((billed, billed_cost)) = billed.and_then(|b| Ok((b, b.cost(price)?))) {
                 let note = format!(
                     "{} prompt ({} cached) and {} completion tokens, {} images and {} ms of compute costing {} CNY were reported, more than the spending hold of {} CNY covers",
                     tokens.prompt,
@@ -337,7 +338,7 @@ impl Exchange {
             tokens,
             units,
             usage_source,
-            price_version_id: served.price.id,
+            price_version_id: price.id,
             cost,
             blocked: observed.blocked,
             moderation: observed.moderation,

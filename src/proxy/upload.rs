@@ -65,14 +65,15 @@ pub async fn upload(
     multipart::check(&body, &boundary)?;
 
     let (started, started_at) = (Instant::now(), Utc::now());
+    let buyer = upstream.buyer(&caller.key.account);
     let price = state
         .prices()
-        .in_force(&upstream.model, &upstream.chip, started_at)
+        .for_buyer(&upstream.model, &upstream.chip, buyer, started_at)
         .ok_or_else(|| {
             ApiError::Unavailable(format!("{} has no price in force", upstream.model))
         })?;
     let request_id = Exchange::new_id(started_at);
-    let hold = hold(&state, &caller, &request_id, &price).await?;
+    let hold = hold(&state, &caller, &request_id, price.first()).await?;
     let ex = Exchange {
         request_id,
         route: "upload",

@@ -47,6 +47,33 @@ pub async fn of(db: &Db, account_id: i64) -> Result<Funds> {
     }
 }
 
+/// The running figures of `account_id` and the newest top-up they include (0 for none),
+/// read as one snapshot: SQLite commits top-ups one at a time in the order of their ids,
+/// so every later top-up has a larger id.
+pub async fn with_last_topup(pool: &SqlitePool, account_id: i64) -> Result<(Funds, i64)> {
+    let row: Option<(Option<Money>, Option<Money>, i64)> = sqlx::query_as(
+        "SELECT topped_up, spent,
+                (SELECT coalesce(max(id), 0) FROM topups WHERE account_id = $1)
+         FROM account_funds WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        None => Ok((Funds::default(), 0)),
+        Some((Some(topped_up), Some(spent), last)) => Ok((
+            Funds {
+                topped_up: topped_up.0,
+                spent: spent.0,
+            },
+            last,
+        )),
+        Some(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
+            "account {account_id}'s figures are out of range of exact money or were never computed; ask the operator to check its top-ups"
+        ))),
+    }
+}
+
 /// Adds what the records just inserted cost to their accounts' `spent`, on the ledger
 /// writer's SQLite connection, inside the transaction that inserted them. An account not
 /// yet computed (NULL) is left for the computation, which sums these records too.

@@ -19,6 +19,9 @@ pub struct KeyLimits {
 pub struct KeyRow {
     pub id: i64,
     pub account_id: i64,
+    /// The account's name (names never change): what deployments' owners and account
+    /// price books name.
+    pub account: String,
     pub name: String,
     pub prefix: String,
     pub secret_hash: Vec<u8>,
@@ -60,6 +63,7 @@ fn from_row(row: &impl Read) -> Result<KeyRow> {
     Ok(KeyRow {
         id,
         account_id: row.read("account_id")?,
+        account: row.read("account")?,
         name: row.read("name")?,
         prefix: row.read("prefix")?,
         secret_hash: row.read("secret_hash")?,
@@ -102,7 +106,18 @@ fn models_json(limits: &KeyLimits) -> Option<String> {
 /// `INSERT` of a `NewKey`, bound by `insert_key!`.
 const INSERT: &str = "INSERT INTO api_keys (account_id, name, prefix, secret_hash, created_at,
         expires_at, allowed_models, rpm, tpm)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
+
+/// Keys with their account's name, then the condition `$rest`.
+macro_rules! select_keys {
+    ($rest:literal) => {
+        concat!(
+            "SELECT api_keys.*, accounts.name AS account FROM api_keys
+             JOIN accounts ON accounts.id = api_keys.account_id ",
+            $rest
+        )
+    };
+}
 
 /// Inserts `$key` on `$conn` (a pool or a transaction of either backend): a `KeyRow`.
 macro_rules! insert_key {
@@ -118,14 +133,22 @@ macro_rules! insert_key {
             .bind(models_json(&key.limits))
             .bind(key.limits.rpm.map(i64::from))
             .bind(key.limits.tpm.map(|t| t as i64))
-            .fetch_one($conn)
+            .fetch_one(&mut *$conn)
+            .await?;
+        let id: i64 = sqlx::Row::try_get(&row, "id")?;
+        let row = sqlx::query(select_keys!("WHERE api_keys.id = $1"))
+            .bind(id)
+            .fetch_one(&mut *$conn)
             .await?;
         from_row(&row)
     }};
 }
 
 pub async fn insert(db: &Db, key: NewKey<'_>) -> Result<KeyRow> {
-    on!(db, |pool| insert_key!(pool, &key))
+    on!(db, |pool| {
+        let mut conn = pool.acquire().await?;
+        insert_key!(conn, &key)
+    })
 }
 
 /// Inserts `keys` in one transaction (many keys at once: the benchmark's).
@@ -134,7 +157,7 @@ pub async fn insert_all(db: &Db, keys: &[NewKey<'_>]) -> Result<Vec<KeyRow>> {
         let mut tx = pool.begin().await?;
         let mut rows = Vec::with_capacity(keys.len());
         for key in keys {
-            rows.push(insert_key!(&mut *tx, key)?);
+            rows.push(insert_key!(tx, key)?);
         }
         tx.commit().await?;
         Ok(rows)
@@ -143,7 +166,7 @@ pub async fn insert_all(db: &Db, keys: &[NewKey<'_>]) -> Result<Vec<KeyRow>> {
 
 pub async fn find_by_hash(db: &Db, secret_hash: &[u8]) -> Result<Option<KeyRow>> {
     on!(db, |pool| {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE secret_hash = $1")
+        let row = sqlx::query(select_keys!("WHERE secret_hash = $1"))
             .bind(secret_hash)
             .fetch_optional(pool)
             .await?;
@@ -153,7 +176,7 @@ pub async fn find_by_hash(db: &Db, secret_hash: &[u8]) -> Result<Option<KeyRow>>
 
 pub async fn get(db: &Db, id: i64) -> Result<Option<KeyRow>> {
     on!(db, |pool| {
-        let row = sqlx::query("SELECT * FROM api_keys WHERE id = $1")
+        let row = sqlx::query(select_keys!("WHERE api_keys.id = $1"))
             .bind(id)
             .fetch_optional(pool)
             .await?;
@@ -164,11 +187,12 @@ pub async fn get(db: &Db, id: i64) -> Result<Option<KeyRow>> {
 /// Keys of one account, or of all accounts, oldest first.
 pub async fn list(db: &Db, account_id: Option<i64>) -> Result<Vec<KeyRow>> {
     on!(db, |pool| {
-        let rows =
-            sqlx::query("SELECT * FROM api_keys WHERE $1 IS NULL OR account_id = $1 ORDER BY id")
-                .bind(account_id)
-                .fetch_all(pool)
-                .await?;
+        let rows = sqlx::query(select_keys!(
+            "WHERE $1 IS NULL OR api_keys.account_id = $1 ORDER BY api_keys.id"
+        ))
+        .bind(account_id)
+        .fetch_all(pool)
+        .await?;
         rows.iter().map(from_row).collect()
     })
 }
@@ -225,7 +249,7 @@ pub async fn rotate(
 ) -> Result<KeyRow> {
     on!(db, |pool| {
         let mut tx = pool.begin().await?;
-        let mut row = insert_key!(&mut *tx, &new)?;
+        let mut row = insert_key!(tx, &new)?;
         sqlx::query(REVOKE)
             .bind(to_ms(grace_until))
             .bind(old_id)

@@ -15,7 +15,7 @@ use axum::http::{HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use crate::billing::PriceBook;
+use crate::billing::{Buyer, PriceBook};
 use crate::config::{BaseUrl, Config, Endpoint, RoutingPolicy, StreamFormat, UpstreamConfig};
 use crate::dialect::{self, Call, Wire};
 use crate::metrics::{Metrics, PairMetrics};
@@ -28,6 +28,10 @@ pub struct Upstream {
     pub chip: String,
     pub endpoint: Endpoint,
     pub deployment: Option<String>,
+    /// A deployment's owner accounts (by name): only their keys reach it.
+    owners: Vec<String>,
+    /// A deployment without its own price is billed at the model × chip price.
+    pair_price: bool,
     /// `base_url` + the endpoint's path, parsed once rather than on every request.
     pub url: axum::http::Uri,
     /// The `Host` header for `url`, built once (the client would format it per request).
@@ -67,6 +71,20 @@ impl fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// Who a request by `account` (its name) to this backend is priced for.
+    pub fn buyer<'a>(&'a self, account: &'a str) -> Buyer<'a> {
+        Buyer {
+            account: Some(account),
+            deployment: self.deployment.as_deref(),
+            pair_price: self.pair_price,
+        }
+    }
+
+    /// Whether `account`'s keys reach it: a deployment's owners', anyone's otherwise.
+    pub fn reached_by(&self, account: &str) -> bool {
+        self.deployment.is_none() || self.owners.iter().any(|o| o == account)
+    }
+
     /// What its wire format means (`crate::dialect`).
     pub fn wire(&self) -> &'static dyn Wire {
         self.wire
@@ -183,6 +201,8 @@ impl Upstream {
             chip: c.chip.clone(),
             endpoint,
             deployment: c.deployment.clone(),
+            owners: c.owners.clone(),
+            pair_price: c.pair_price,
             host: host_header(&url)?,
             client: UpstreamClient::new(&url, Duration::from_millis(c.connect_timeout_ms))?,
             url,
@@ -338,11 +358,23 @@ impl Upstreams {
         }
     }
 
-    pub fn deployment(&self, id: &str) -> Result<Arc<Upstream>, ApiError> {
+    /// Deployment `id`, if `account`'s keys reach it: another account's deployment is as
+    /// unknown as one that does not exist.
+    pub fn deployment(&self, id: &str, account: &str) -> Result<Arc<Upstream>, ApiError> {
         self.deployments
             .get(id)
+            .filter(|up| up.reached_by(account))
             .cloned()
             .ok_or_else(|| ApiError::NotFound(format!("deployment '{id}' does not exist")))
+    }
+
+    /// The deployments `account`'s keys reach, by id.
+    pub fn deployments_of<'a>(&'a self, account: &'a str) -> Vec<&'a Arc<Upstream>> {
+        let mut owned: Vec<_> = (self.deployments.values())
+            .filter(|up| up.reached_by(account))
+            .collect();
+        owned.sort_by(|a, b| a.deployment.cmp(&b.deployment));
+        owned
     }
 
     /// The model of a body that names it as its backends know it (an SD task's checkpoint
@@ -358,12 +390,14 @@ impl Upstreams {
     }
 
     /// The chips serving `model`, ordered by its routing policy: the first is tried first,
-    /// the others are fail-over. Chips without a price in force are left out.
+    /// the others are fail-over. Chips without a price in force for `account` are left out;
+    /// `cheapest` goes by its prices.
     pub fn candidates(
         &self,
         serves: Serves,
         model: &str,
         prices: &PriceBook,
+        account: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Arc<Upstream>>, ApiError> {
         let route = self
@@ -373,15 +407,18 @@ impl Upstreams {
         let mut ordered: Vec<Arc<Upstream>> = route
             .upstreams
             .iter()
-            .filter(|u| prices.in_force(&u.model, &u.chip, now).is_some())
+            .filter(|u| {
+                prices
+                    .for_buyer(&u.model, &u.chip, u.buyer(account), now)
+                    .is_some()
+            })
             .cloned()
             .collect();
         match route.policy {
             RoutingPolicy::First => {}
             RoutingPolicy::Cheapest => ordered.sort_by_key(|u| {
-                prices
-                    .in_force(&u.model, &u.chip, now)
-                    .map(|p| p.entry.input_per_1k + p.entry.output_per_1k)
+                let price = prices.for_buyer(&u.model, &u.chip, u.buyer(account), now);
+                price.map(|p| p.first().entry.input_per_1k + p.first().entry.output_per_1k)
             }),
             RoutingPolicy::Weighted => {
                 let total: u32 = ordered.iter().map(|u| u.weight).sum();

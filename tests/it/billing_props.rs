@@ -162,6 +162,7 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
                     per_second: *per_second,
                     // Uploads at the per-request price: a price of its own, up to 8 decimals.
                     per_upload: *per_request,
+                    ..Default::default()
                 }
             },
         )
@@ -419,6 +420,7 @@ proptest! {
                 per_task: price,
                 per_second: price,
                 per_upload: price,
+                ..Default::default()
             },
         };
         let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2, cache_write: counts.1 };
@@ -444,6 +446,7 @@ proptest! {
                 lineage_id: 1,
                 model: "m".into(),
                 chip: "a".into(),
+                deployment: String::new(),
                 price_version_id: 1,
                 slot_ms: Some(0),
                 requests: sums.0,

@@ -196,6 +196,7 @@ async fn a_finalized_invoice_is_the_same_bytes_forever() {
         per_task: dec("0"),
         per_second: dec("0"),
         per_upload: dec("0"),
+        ..Default::default()
     };
     assert_eq!(
         tollgate::store::prices::sync(app.state.db(), &[new_price])

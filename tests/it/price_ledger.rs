@@ -47,6 +47,10 @@ async fn a_new_price_version_prices_new_requests_and_old_records_keep_theirs() {
     let app = TestApp::spawn_with(|c| {
         c.pricing.dir = dir.clone();
         c.database = database.clone();
+        // The demo's deployment has no price in this table: billed at its pair's.
+        for up in c.upstreams.iter_mut().filter(|u| u.deployment.is_some()) {
+            up.pair_price = true;
+        }
     })
     .await;
     let knobs = json!({"prompt_tokens": 1000, "completion_tokens": 0});
@@ -86,6 +90,9 @@ async fn a_new_price_version_prices_new_requests_and_old_records_keep_theirs() {
     let app = TestApp::spawn_with(|c| {
         c.pricing.dir = dir.clone();
         c.database = database.clone();
+        for up in c.upstreams.iter_mut().filter(|u| u.deployment.is_some()) {
+            up.pair_price = true;
+        }
     })
     .await;
     let second = app.post(ROUTE, &chat(None, "hi", false, knobs)).await;

@@ -176,7 +176,7 @@ pub async fn top_up(
     match credited {
         Ok((topup, created)) => {
             if created {
-                state.spending().credit(account.id, topup.amount);
+                state.spending().credit(account.id, topup.id, topup.amount);
                 audit_log::record(db, &signed.actor(), accounts::credited(&topup)).await?;
             }
             Ok(Redirect::to("/console/accounts").into_response())

@@ -57,9 +57,7 @@ pub async fn prices(State(state): State<AppState>, signed: Signed) -> Result<Res
                 })
                 .collect::<Vec<_>>()
                 .join(" · ");
-            let in_force = book
-                .in_force(&e.model, &e.chip, now)
-                .is_some_and(|f| f.id == v.id);
+            let in_force = book.is_in_force(v, now);
             (
                 format!("{} × {}", e.model, e.chip),
                 format!("#{}", v.id),

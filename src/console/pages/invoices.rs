@@ -141,9 +141,13 @@ fn lines(invoice: &Invoice) -> Vec<[String; 7]> {
         .lines
         .iter()
         .map(|l| {
+            let mut chip = l.chip.clone();
+            for part in [&l.deployment, &l.prompt_tier].into_iter().flatten() {
+                chip = format!("{chip} · {part}");
+            }
             [
                 l.model.clone(),
-                l.chip.clone(),
+                chip,
                 l.unit.as_str().to_owned(),
                 count(l.quantity as i64),
                 format!("{} / {}", exact(l.unit_price), count(i64::from(l.per))),

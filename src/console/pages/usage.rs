@@ -205,6 +205,7 @@ pub async fn explorer(
     let by: Vec<Dimension> = match f.by.as_str() {
         "model" => vec![Dimension::Model],
         "chip" => vec![Dimension::Chip],
+        "deployment" => vec![Dimension::Deployment],
         "key" => vec![Dimension::Key],
         "account" if asked.account_id.is_none() => vec![Dimension::Account],
         _ => vec![Dimension::Model, Dimension::Chip],

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rust_decimal::Decimal;
 
-use super::{Hold, balance, out_of_range};
+use super::{Hold, out_of_range};
 use crate::billing::{TokenCounts, money};
 use crate::error::Error;
 use crate::metering::Ledger;
 use crate::store::{self, Db};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Funds {
     /// Top-ups minus the costs of settled requests.
     balance: Decimal,
@@ -26,6 +26,23 @@ struct Funds {
     allowance: Option<Decimal>,
     /// Worst cases held by requests in flight.
     held: Decimal,
+    /// The top-ups `balance` includes: every one up to the newest in the ledger's figures
+    /// it was read from (SQLite commits them in the order of their ids), and those credited
+    /// here since, which may arrive in any order. A top-up the figures had already (read
+    /// just after it committed) is not counted twice.
+    topups: Included,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Included {
+    through: i64,
+    since: Vec<i64>,
+}
+
+impl Included {
+    fn has(&self, id: i64) -> bool {
+        id <= self.through || self.since.contains(&id)
+    }
 }
 
 /// What the lock guards: the accounts' funds and the holds that make up their `held`.
@@ -35,6 +52,9 @@ struct Book {
     funds: HashMap<i64, Funds>,
     /// Request id → (account id, amount) of each hold not yet settled.
     holds: HashMap<String, (i64, Decimal)>,
+    /// Top-ups (id, amount) credited while their account was not loaded: applied by its
+    /// load if the figures it read were older.
+    early_credits: HashMap<i64, Vec<(i64, Decimal)>>,
 }
 
 pub struct LocalSpending {
@@ -73,7 +93,7 @@ impl LocalSpending {
             .await?
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
         self.ledger.flush().await?;
-        let balance = balance(db, account_id).await?;
+        let (balance, last_topup) = balance_and_last_topup(db, account_id).await?;
         // Pending tasks keep their holds across restarts: the ledger says what they are.
         let tasks = store::tasks::holds_of(db, account_id).await?;
         let held = tasks
@@ -85,11 +105,21 @@ impl LocalSpending {
         if book.funds.contains_key(&account_id) {
             return Ok(());
         }
-        let funds = Funds {
+        let mut funds = Funds {
             balance,
             allowance: account.allowance(),
             held,
+            topups: Included {
+                through: last_topup,
+                since: Vec::new(),
+            },
         };
+        for (id, amount) in book.early_credits.remove(&account_id).unwrap_or_default() {
+            if !funds.topups.has(id) {
+                funds.balance = money::add(funds.balance, amount).map_err(|_| out_of_range())?;
+                funds.topups.since.push(id);
+            }
+        }
         book.funds.insert(account_id, funds);
         for (request_id, amount) in tasks {
             book.holds.insert(request_id, (account_id, amount));
@@ -169,12 +199,21 @@ impl LocalSpending {
         }
     }
 
-    /// A top-up arrived.
-    pub fn credit(&self, account_id: i64, amount: Decimal) {
+    /// Top-up `topup_id` of `amount` arrived (committed to the ledger): counted unless the
+    /// figures loaded from the ledger include it already.
+    pub fn credit(&self, account_id: i64, topup_id: i64, amount: Decimal) {
         let mut book = self.book.lock();
-        if let Some(f) = book.funds.get_mut(&account_id) {
+        let Some(f) = book.funds.get_mut(&account_id) else {
+            let early = book.early_credits.entry(account_id).or_default();
+            early.push((topup_id, amount));
+            return;
+        };
+        if !f.topups.has(topup_id) {
             match money::add(f.balance, amount) {
-                Ok(balance) => f.balance = balance,
+                Ok(balance) => {
+                    f.balance = balance;
+                    f.topups.since.push(topup_id);
+                }
                 Err(_) => {
                     tracing::error!(account_id, "account balance out of range; reloading");
                     book.funds.remove(&account_id);
@@ -199,10 +238,22 @@ impl LocalSpending {
             let Some(account) = store::accounts::get(db, id).await? else {
                 continue;
             };
-            let balance = balance(db, id).await?;
-            if let Some(f) = self.book.lock().funds.get_mut(&id) {
-                f.balance = balance;
-                f.allowance = account.allowance();
+            // A top-up credited here after the read is in the ledger already: read again.
+            loop {
+                let (balance, last_topup) = balance_and_last_topup(db, id).await?;
+                let mut book = self.book.lock();
+                let Some(f) = book.funds.get_mut(&id) else {
+                    break;
+                };
+                if f.topups.since.iter().all(|&id| id <= last_topup) {
+                    f.balance = balance;
+                    f.topups = Included {
+                        through: last_topup,
+                        since: Vec::new(),
+                    };
+                    f.allowance = account.allowance();
+                    break;
+                }
             }
         }
         Ok(())
@@ -238,4 +289,15 @@ impl LocalSpending {
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
     }
+}
+
+/// The account's balance from the ledger's running figures, and the newest top-up in it.
+async fn balance_and_last_topup(db: &Db, account_id: i64) -> Result<(Decimal, i64), Error> {
+    let Db::Sqlite(pool) = db else {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "holds in memory are SQLite's"
+        )));
+    };
+    let (funds, last) = store::funds::with_last_topup(pool, account_id).await?;
+    Ok((funds.balance()?, last))
 }

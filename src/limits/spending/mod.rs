@@ -127,10 +127,10 @@ impl Spending {
         }
     }
 
-    /// A top-up arrived through this process.
-    pub fn credit(&self, account_id: i64, amount: Decimal) {
+    /// Top-up `topup_id` of `amount` arrived through this process, committed.
+    pub fn credit(&self, account_id: i64, topup_id: i64, amount: Decimal) {
         match self {
-            Spending::Local(s) => s.credit(account_id, amount),
+            Spending::Local(s) => s.credit(account_id, topup_id, amount),
             Spending::Postgres(_) => {} // in the ledger already
         }
     }

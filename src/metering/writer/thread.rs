@@ -317,12 +317,16 @@ impl Writer {
             ..Mark::default()
         };
         let durable = std::mem::replace(&mut active.durable, next);
-        drop(active);
+        // Counted as retired before the active ones are seen empty: the backlog
+        // (`queue_depth`, `spool_age`) never reads nothing while they are on their way.
+        self.shared.retired.store(records.len(), Ordering::Relaxed);
         let mut retired_since = self.shared.retired_since.lock();
         *retired_since = retired_since.or(since);
         drop(retired_since);
+        drop(active);
         if self.shared.sync && durable.seq < upto && !self.fdatasync(&journal.file(), upto) {
             records.truncate(durable.records);
+            self.shared.retired.store(records.len(), Ordering::Relaxed);
             rewind(&mut journal, durable.len);
             self.settle(upto, Some((durable.seq, upto)));
         }

@@ -136,9 +136,10 @@ async fn settle(
         account_id: key.account_id,
         key: Arc::new(key),
     };
+    let buyer = upstream.buyer(&caller.key.account);
     let price = state
         .prices()
-        .in_force(&task.model, &task.chip, task.submitted_at)
+        .for_buyer(&task.model, &task.chip, buyer, task.submitted_at)
         .ok_or_else(|| ApiError::Unavailable("the task's price is not in the ledger".into()))?;
     let (_, call) = task_call(task)?;
     let ex = Exchange {

@@ -272,11 +272,11 @@ fn totals_sql(source: Source, scope: Scope, by: By) -> String {
         .collect();
     format!(
         "SELECT {account} AS account_id, {grouped_lineage} AS lineage_id, r.model, r.chip,
-                r.price_version_id, {slot} AS slot,
+                r.price_version_id, {slot} AS slot, coalesce(r.deployment, '') AS deployment,
                 CAST(SUM(CASE WHEN r.status = 'ok' THEN {requests} ELSE 0 END) AS BIGINT)
                     AS ok_requests{sums}
          FROM {table} WHERE {time} >= $1 AND {time} < $2 AND {scope}
-         GROUP BY 1, 2, 3, 4, 5, 6"
+         GROUP BY 1, 2, 3, 4, 5, 6, 7"
     )
 }
 
@@ -301,6 +301,7 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
         lineage_id: r.read("lineage_id")?,
         model: r.read("model")?,
         chip: r.read("chip")?,
+        deployment: r.read("deployment")?,
         price_version_id: r.read("price_version_id")?,
         slot_ms: r.read("slot")?,
         requests: c.requests,

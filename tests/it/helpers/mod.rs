@@ -48,6 +48,14 @@ pub fn test_config(sim: SocketAddr, dir: &tempfile::TempDir) -> Config {
     let secret = dir.path().join("admin-secret");
     std::fs::write(&secret, ADMIN_SECRET).unwrap();
     config.admin.jwt_secret_file = Some(secret);
+    // The tests' account owns the demo's deployment too.
+    for up in config
+        .upstreams
+        .iter_mut()
+        .filter(|u| u.deployment.is_some())
+    {
+        up.owners.push("acme".into());
+    }
     config
 }
 
@@ -330,6 +338,7 @@ pub async fn simple_price(db: &store::Db) -> tollgate::billing::PriceVersion {
         per_task: Decimal::ZERO,
         per_second: Decimal::ZERO,
         per_upload: Decimal::ZERO,
+        ..Default::default()
     };
     store::prices::sync(db, &[price]).await.unwrap();
     store::prices::all(db).await.unwrap().remove(0)
