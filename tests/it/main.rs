@@ -36,6 +36,7 @@ mod parity;
 mod partitions;
 mod postgres_ledger;
 mod price_ledger;
+mod price_scopes;
 mod prices_cli;
 mod rate_limits;
 mod read_plans;
