@@ -1,5 +1,5 @@
-//! `/admin/v1/accounts`: open, list and show accounts, set how they are billed, and top
-//! them up (idempotently).
+//! `/admin/v1/accounts`: open, list and show accounts, set how they are billed, top them
+//! up and issue credit and debit notes (idempotently).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/v1/accounts", get(list).post(create))
         .route("/admin/v1/accounts/{id}", get(show).patch(update))
         .route("/admin/v1/accounts/{id}/topups", post(top_up))
+        .route("/admin/v1/accounts/{id}/notes", post(issue_note))
 }
 
 #[derive(Deserialize)]
@@ -117,16 +118,7 @@ async fn top_up(
     headers: HeaderMap,
     JsonBody(new): JsonBody<NewTopup>,
 ) -> Result<(StatusCode, Json<Topup>), ApiError> {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty() && k.len() <= 200)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "an Idempotency-Key header (1-200 characters) is required",
-                "Idempotency-Key",
-            )
-        })?;
+    let key = idempotency_key(&headers)?;
     accounts::get(state.db(), id).await?;
     let (topup, created) = accounts::top_up(state.db(), id, new.amount.0, key, &new.note).await?;
     if !created {
@@ -135,4 +127,58 @@ async fn top_up(
     state.spending().credit(id, topup.id, topup.amount);
     admin.record(&state, accounts::credited(&topup)).await?;
     Ok((StatusCode::CREATED, Json(topup)))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "an Idempotency-Key header (1-200 characters) is required",
+                "Idempotency-Key",
+            )
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewNote {
+    /// `credit` or `debit`.
+    kind: String,
+    amount: Money,
+    /// The month it corrects, `2026-11`.
+    period: String,
+    reason: String,
+}
+
+/// Issues a credit or debit note once per `Idempotency-Key` (a retry returns the first,
+/// 200): counted in the balance at once, listed on the invoice of this month.
+async fn issue_note(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    JsonBody(new): JsonBody<NewNote>,
+) -> Result<(StatusCode, Json<Topup>), ApiError> {
+    let key = idempotency_key(&headers)?;
+    accounts::get(state.db(), id).await?;
+    let actor = admin.actor();
+    let asked = accounts::NoteRequest {
+        note: accounts::Note::parse(&new.kind)?,
+        amount: new.amount.0,
+        period: &new.period,
+        reason: &new.reason,
+        actor: &actor.name,
+        idempotency_key: key,
+    };
+    let zone = state.config().billing.zone();
+    let (note, created) = accounts::issue_note(state.db(), id, zone, &asked).await?;
+    if !created {
+        return Ok((StatusCode::OK, Json(note)));
+    }
+    state.spending().credit(id, note.id, note.amount);
+    admin.record(&state, accounts::noted(&note)).await?;
+    Ok((StatusCode::CREATED, Json(note)))
 }

@@ -55,9 +55,29 @@ pub struct Invoice {
     pub lines: Vec<Line>,
     /// Sum of the exact line amounts: equal to the sum of the usage records' costs.
     pub total_exact: Decimal,
-    /// Sum of the rounded line amounts: what is owed.
+    /// Sum of the rounded line amounts: what the usage costs.
     pub total: Decimal,
+    /// The credit and debit notes issued in the period (never an edit of its lines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adjustments: Vec<Adjustment>,
+    /// What is owed: `total` and the notes. (Absent from invoices finalized before notes
+    /// existed: `total` then.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_due: Option<Decimal>,
     pub generated_at: DateTime<Utc>,
+}
+
+/// A credit note (lowering what is owed) or a debit note (raising it) on an invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adjustment {
+    pub id: i64,
+    /// `credit_note` or `debit_note`.
+    pub kind: String,
+    /// The month it corrects.
+    pub period: String,
+    pub reason: String,
+    /// What it adds to the amount due, in fen: negative for a credit note.
+    pub amount: Decimal,
 }
 
 /// Half-up to 0.01 CNY (amounts are never negative), always written with two decimals.
@@ -140,7 +160,19 @@ impl Invoice {
         Ok(self)
     }
 
-    /// The invoice as CSV: one row per line, then the total.
+    /// The notes issued in the period, and what is owed with them.
+    pub fn with_adjustments(mut self, adjustments: Vec<Adjustment>) -> Result<Invoice, Overflow> {
+        let mut due = self.total;
+        for a in &adjustments {
+            due = add(due, a.amount)?;
+        }
+        self.adjustments = adjustments;
+        self.amount_due = Some(due);
+        Ok(self)
+    }
+
+    /// The invoice as CSV: one row per line, then the total, each note (its kind in the
+    /// model column, its id in the price version's) and the amount due.
     pub fn to_csv(&self) -> String {
         let mut out = String::from(
             "invoice,account,period,model,chip,deployment,prompt_tier,unit,price_version,quantity,unit_price,per,amount_exact,amount\n",
@@ -171,6 +203,25 @@ impl Invoice {
             self.period,
             self.total_exact,
             self.total
+        ));
+        for a in &self.adjustments {
+            out.push_str(&format!(
+                "{},{},{},{},,,,,{},,,,{},{}\n",
+                self.id,
+                csv_field(&self.account),
+                self.period,
+                a.kind.to_uppercase(),
+                a.id,
+                a.amount,
+                a.amount
+            ));
+        }
+        let due = self.amount_due.unwrap_or(self.total);
+        out.push_str(&format!(
+            "{},{},{},AMOUNT_DUE,,,,,,,,,,{due}\n",
+            self.id,
+            csv_field(&self.account),
+            self.period,
         ));
         out
     }

@@ -41,6 +41,27 @@ pub enum AccountsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Issue a credit note (money given back) or a debit note (money charged after the
+    /// fact): counted in the balance at once, listed on this month's invoice, never an
+    /// edit of records or of a final invoice. The idempotency key makes a retry issue once.
+    Note {
+        name: String,
+        /// `credit` or `debit`.
+        #[arg(long)]
+        kind: String,
+        /// CNY, to the fen, e.g. 12.50.
+        #[arg(long, value_parser = plain_amount)]
+        amount: Decimal,
+        /// The month it corrects, e.g. 2026-11.
+        #[arg(long)]
+        period: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        idempotency_key: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List accounts.
     List {
         #[arg(long)]
@@ -176,6 +197,42 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             };
             emit(json, &topup, || {
                 format!("{} CNY {what} to '{name}'", topup.amount)
+            })
+        }
+        AccountsCommand::Note {
+            name,
+            kind,
+            amount,
+            period,
+            reason,
+            idempotency_key,
+            json,
+        } => {
+            let account = crate::domain::accounts::named(&db, &name).await?;
+            let asked = crate::domain::accounts::NoteRequest {
+                note: crate::domain::accounts::Note::parse(&kind)?,
+                amount,
+                period: &period,
+                reason: &reason,
+                actor: &crate::domain::audit_log::Actor::cli().name,
+                idempotency_key: &idempotency_key,
+            };
+            let zone = config.billing.zone();
+            let (note, created) =
+                crate::domain::accounts::issue_note(&db, account.id, zone, &asked).await?;
+            if created {
+                audited(&db, crate::domain::accounts::noted(&note)).await?;
+            }
+            ChangeSignal::new(&db, &config.database.url, "accounts")
+                .announce()
+                .await;
+            let what = if created {
+                "issued"
+            } else {
+                "already issued (same idempotency key)"
+            };
+            emit(json, &note, || {
+                format!("{} of {} CNY {what} to '{name}'", note.kind, note.amount)
             })
         }
         AccountsCommand::List { json } => {

@@ -1,5 +1,5 @@
 //! Accounts: opening one, finding one by name, its money (balance, held, available), its
-//! credit limit and its top-ups.
+//! credit limit, its top-ups and the credit and debit notes that correct it.
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -163,6 +163,113 @@ pub fn opened(account: &Account) -> Change<'_, (), Account> {
         Some(account.id),
         account,
     )
+}
+
+/// A correction after the fact: a credit note gives money back, a debit note charges
+/// money missed. Neither changes a record or a final invoice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    Credit,
+    Debit,
+}
+
+impl Note {
+    pub fn parse(text: &str) -> Result<Note, Error> {
+        match text {
+            "credit" | "credit_note" => Ok(Note::Credit),
+            "debit" | "debit_note" => Ok(Note::Debit),
+            _ => Err(Error::invalid("kind must be credit or debit", "kind")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Note::Credit => "credit_note",
+            Note::Debit => "debit_note",
+        }
+    }
+}
+
+/// What a note says: how much (CNY, to the fen), about which month, why, and who issued it.
+pub struct NoteRequest<'a> {
+    pub note: Note,
+    pub amount: Decimal,
+    pub period: &'a str,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub idempotency_key: &'a str,
+}
+
+/// Issues a credit or debit note to `account_id` once per idempotency key: its balance
+/// (and every replica's holds) count it at once, and the invoice of the month it is
+/// issued in lists it. Returns the note and whether this call issued it; the same key
+/// with another note is 409.
+pub async fn issue_note(
+    db: &Db,
+    account_id: i64,
+    zone: chrono_tz::Tz,
+    asked: &NoteRequest<'_>,
+) -> Result<(Topup, bool), Error> {
+    let amount = asked.amount;
+    if amount <= Decimal::ZERO || amount.normalize().scale() > 2 {
+        return Err(Error::invalid(
+            "amount must be a positive amount in CNY with at most two decimals, e.g. \"12.50\"",
+            "amount",
+        ));
+    }
+    money::check_amount(amount, "amount").map_err(|e| Error::invalid(e, "amount"))?;
+    let period = crate::billing::period::Month::parse(asked.period)
+        .map_err(|e| Error::invalid(e, "period"))?;
+    if period > crate::billing::period::Month::containing(chrono::Utc::now(), zone) {
+        return Err(Error::invalid("period is in the future", "period"));
+    }
+    let reason = asked.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(Error::invalid(
+            "a reason of 1-500 characters is required",
+            "reason",
+        ));
+    }
+    let key = asked.idempotency_key;
+    if key.is_empty() || key.len() > 200 {
+        return Err(Error::invalid(
+            "an idempotency key of 1-200 characters is required",
+            "idempotency_key",
+        ));
+    }
+    let signed = match asked.note {
+        Note::Credit => amount,
+        Note::Debit => -amount,
+    };
+    let period = period.to_string();
+    let new = store::accounts::NewFunds {
+        account_id,
+        kind: asked.note.as_str(),
+        amount: signed,
+        key,
+        note: reason,
+        period: Some(&period),
+        actor: asked.actor,
+    };
+    let (note, created) = store::accounts::add_funds(db, &new).await?;
+    let same = note.kind == asked.note.as_str() && note.amount == signed;
+    if !created && !same {
+        return Err(Error::Conflict(format!(
+            "Idempotency-Key '{key}' was used for a {} of {}",
+            note.kind, note.amount
+        )));
+    }
+    Ok((note, created))
+}
+
+/// The audit log's entry for a credit or debit note issued.
+pub fn noted(note: &Topup) -> Change<'_, (), Topup> {
+    let id = note.account_id;
+    let action = match note.kind.as_str() {
+        "debit_note" => "account.debit_note",
+        _ => "account.credit_note",
+    };
+    Change::created(action, format!("account:{id}"), Some(id), note)
 }
 
 /// The audit log's entry for a top-up credited.

@@ -22,7 +22,7 @@ pub struct Ledger<'a> {
 
 /// An invoice as served: a finalized one is the stored text itself.
 pub enum Document {
-    Draft(Invoice),
+    Draft(Box<Invoice>),
     Final(String),
 }
 
@@ -77,18 +77,31 @@ impl Ledger<'_> {
             lines: Vec::new(),
             total_exact: Default::default(),
             total: Default::default(),
+            adjustments: Vec::new(),
+            amount_due: None,
             generated_at: Utc::now(),
         };
-        Ok(empty.with_lines(invoice::lines(&totals, self.prices)?)?)
+        let notes = store::accounts::notes_between(self.db, account.id, start, end).await?;
+        let adjustments = (notes.into_iter())
+            .map(|n| invoice::Adjustment {
+                id: n.id,
+                kind: n.kind,
+                period: n.period.unwrap_or_default(),
+                reason: n.note,
+                amount: -n.amount,
+            })
+            .collect();
+        let invoice = empty.with_lines(invoice::lines(&totals, self.prices)?)?;
+        Ok(invoice.with_adjustments(adjustments)?)
     }
 
     /// The finalized invoice if there is one, else the draft.
     pub async fn get(&self, account: &Account, month: Month) -> Result<Document, Error> {
         match store::invoices::document(self.db, &invoice_id(account.id, month)).await? {
             Some(text) => Ok(Document::Final(text)),
-            None => Ok(Document::Draft(
+            None => Ok(Document::Draft(Box::new(
                 self.draft(account, month, InvoiceStatus::Draft).await?,
-            )),
+            ))),
         }
     }
 
@@ -118,7 +131,7 @@ impl Document {
     /// The invoice itself (a final one read back from its stored text).
     pub fn invoice(&self) -> Result<Invoice, Error> {
         match self {
-            Document::Draft(invoice) => Ok(invoice.clone()),
+            Document::Draft(invoice) => Ok((**invoice).clone()),
             Document::Final(text) => Ok(serde_json::from_str(text).map_err(anyhow::Error::from)?),
         }
     }

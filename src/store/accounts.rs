@@ -96,13 +96,24 @@ pub async fn set_profile(
     Ok(())
 }
 
+/// Money into an account besides its usage: a top-up, or a credit note (positive) or a
+/// debit note (negative amount) correcting it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Topup {
     pub id: i64,
     pub account_id: i64,
+    /// `topup`, `credit_note` or `debit_note`.
+    pub kind: String,
     pub amount: Decimal,
     pub idempotency_key: String,
+    /// Why (a note's reason).
     pub note: String,
+    /// The month a note is about (`2026-11`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// Who issued a note.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub actor: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -110,16 +121,30 @@ fn topup_from_row(row: &impl Read) -> Result<Topup> {
     Ok(Topup {
         id: row.read("id")?,
         account_id: row.read("account_id")?,
+        kind: row.read("kind")?,
         amount: row.money("amount")?,
         idempotency_key: row.read("idempotency_key")?,
         note: row.read("note")?,
+        period: row.read("period")?,
+        actor: row.read("actor")?,
         created_at: from_ms(row.read("created_at")?),
     })
 }
 
-/// Records a top-up once per idempotency key, crediting the account's running total in
-/// the same transaction (on PostgreSQL, its trigger does). Returns the top-up and whether
-/// it is new.
+/// Money to record in an account, once per idempotency key.
+pub struct NewFunds<'a> {
+    pub account_id: i64,
+    /// `topup`, `credit_note` or `debit_note`.
+    pub kind: &'a str,
+    /// Signed: a debit note's is negative.
+    pub amount: Decimal,
+    pub key: &'a str,
+    pub note: &'a str,
+    pub period: Option<&'a str>,
+    pub actor: &'a str,
+}
+
+/// Records a top-up once per idempotency key (see `add_funds`).
 pub async fn top_up(
     db: &Db,
     account_id: i64,
@@ -127,41 +152,87 @@ pub async fn top_up(
     key: &str,
     note: &str,
 ) -> Result<(Topup, bool)> {
-    const INSERT: &str =
-        "INSERT INTO topups (account_id, amount, idempotency_key, note, created_at)
-         VALUES ($1, $2, $3, $4, $5)
+    let funds = NewFunds {
+        account_id,
+        kind: "topup",
+        amount,
+        key,
+        note,
+        period: None,
+        actor: "",
+    };
+    add_funds(db, &funds).await
+}
+
+/// Records money into (or, negative, out of) an account once per idempotency key,
+/// crediting its running total in the same transaction (on PostgreSQL, its trigger does).
+/// Returns what is recorded under the key and whether this call recorded it.
+pub async fn add_funds(db: &Db, new: &NewFunds<'_>) -> Result<(Topup, bool)> {
+    const INSERT: &str = "INSERT INTO topups (account_id, amount, idempotency_key, note,
+            created_at, kind, period, actor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (account_id, idempotency_key) DO NOTHING";
     let now = to_ms(Utc::now());
+    macro_rules! insert {
+        () => {
+            sqlx::query(INSERT)
+                .bind(new.account_id)
+                .bind(Money(new.amount))
+                .bind(new.key)
+                .bind(new.note)
+                .bind(now)
+                .bind(new.kind)
+                .bind(new.period)
+                .bind(new.actor)
+        };
+    }
     let inserted = match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
-            let query = sqlx::query(INSERT).bind(account_id).bind(Money(amount));
-            let query = query.bind(key).bind(note).bind(now);
-            let inserted = query.execute(&mut *tx).await?.rows_affected() == 1;
+            let inserted = insert!().execute(&mut *tx).await?.rows_affected() == 1;
             if inserted {
-                super::funds::credit(&mut tx, account_id, amount).await?;
+                super::funds::credit(&mut tx, new.account_id, new.amount).await?;
             }
             tx.commit().await?;
             inserted
         }
-        Db::Postgres(pool) => {
-            let query = sqlx::query(INSERT).bind(account_id).bind(Money(amount));
-            let query = query.bind(key).bind(note).bind(now);
-            query.execute(pool).await?.rows_affected() == 1
-        }
+        Db::Postgres(pool) => insert!().execute(pool).await?.rows_affected() == 1,
     };
     on!(db, |pool| {
         let row =
             sqlx::query("SELECT * FROM topups WHERE account_id = $1 AND idempotency_key = $2")
-                .bind(account_id)
-                .bind(key)
+                .bind(new.account_id)
+                .bind(new.key)
                 .fetch_one(pool)
                 .await?;
         Ok((topup_from_row(&row)?, inserted))
     })
 }
 
-/// The sum of an account's top-ups, exactly.
+/// The credit and debit notes of `account_id` issued in `[from, to)`, oldest first.
+pub async fn notes_between(
+    db: &Db,
+    account_id: i64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Topup>> {
+    on!(db, |pool| {
+        let rows = sqlx::query(
+            "SELECT * FROM topups
+             WHERE account_id = $1 AND created_at >= $2 AND created_at < $3
+               AND kind <> 'topup'
+             ORDER BY created_at, id",
+        )
+        .bind(account_id)
+        .bind(to_ms(from))
+        .bind(to_ms(to))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(topup_from_row).collect()
+    })
+}
+
+/// The sum of an account's top-ups and notes (signed), exactly: its running `topped_up`.
 pub async fn topped_up(db: &Db, account_id: i64) -> Result<Decimal> {
     let amounts: Vec<Money> = on!(db, |pool| {
         sqlx::query_scalar("SELECT amount FROM topups WHERE account_id = $1")
@@ -176,7 +247,7 @@ pub async fn topped_up(db: &Db, account_id: i64) -> Result<Decimal> {
     Ok(sum)
 }
 
-/// Account `account_id`'s newest top-ups, at most `limit` (an account has few).
+/// Account `account_id`'s newest top-ups and notes, at most `limit` (an account has few).
 pub async fn recent_topups(db: &Db, account_id: i64, limit: i64) -> Result<Vec<Topup>> {
     on!(db, |pool| {
         let rows =

@@ -100,7 +100,7 @@ async fn the_draft_invoice_shows_exact_lines_and_a_total_of_rounded_lines() {
         &viewer,
     )
     .await;
-    assert!(csv.starts_with("invoice,account,period,model,chip,unit"));
+    assert!(csv.starts_with("invoice,account,period,model,chip,deployment,prompt_tier,unit"));
     assert_eq!(csv.lines().count(), lines.len() + 2, "header, lines, total");
     let by_accept = app
         .client

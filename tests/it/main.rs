@@ -30,6 +30,7 @@ mod ledger_writer;
 mod limits_differential;
 mod listings;
 mod multimodal;
+mod notes;
 mod observability;
 mod openai_sdk;
 mod parity;

@@ -41,6 +41,9 @@ struct InvoiceView {
     lines: Vec<[String; 7]>,
     total: String,
     total_exact: String,
+    /// Each credit or debit note: its catalogue kind, what it says, its amount.
+    notes: Vec<(&'static str, String, String)>,
+    due: String,
     generated: String,
 }
 
@@ -110,6 +113,8 @@ async fn page(
                 lines: lines(&invoice),
                 total: money(invoice.total),
                 total_exact: exact(invoice.total_exact),
+                notes: notes(&invoice),
+                due: money(invoice.amount_due.unwrap_or(invoice.total)),
                 generated: time(invoice.generated_at, accounts::zone_of(account, zone)),
             })
         }
@@ -133,6 +138,23 @@ async fn page(
         error,
     };
     render_form(&page, &page.error)
+}
+
+/// An invoice's credit and debit notes as the page and the document show them.
+fn notes(invoice: &Invoice) -> Vec<(&'static str, String, String)> {
+    (invoice.adjustments.iter())
+        .map(|a| {
+            let kind = match a.kind.as_str() {
+                "debit_note" => "invoice.debit_note",
+                _ => "invoice.credit_note",
+            };
+            (
+                kind,
+                format!("#{} · {} · {}", a.id, a.period, a.reason),
+                money(a.amount),
+            )
+        })
+        .collect()
 }
 
 /// An invoice's lines as the page and the document show them.
@@ -172,6 +194,8 @@ struct InvoiceDocument<'a> {
     lines: Vec<[String; 7]>,
     total: String,
     total_exact: String,
+    notes: Vec<(&'static str, String, String)>,
+    due: String,
     generated: String,
 }
 
@@ -221,6 +245,8 @@ pub async fn download(
                 lines: lines(&invoice),
                 total: money(invoice.total),
                 total_exact: exact(invoice.total_exact),
+                notes: notes(&invoice),
+                due: money(invoice.amount_due.unwrap_or(invoice.total)),
                 generated: time(
                     invoice.generated_at,
                     accounts::zone_of(&account, state.config().billing.zone()),

@@ -1,7 +1,7 @@
 //! The money invariant, checked on the ledger itself: for an account, once every record is
-//! in the database, its running totals (`account_funds`) are the sums of its top-ups and of
-//! its records' costs (with those of records retired), `balance = top-ups − Σ record
-//! costs`, `held ≥ 0`, and the figures
+//! in the database, its running totals (`account_funds`) are the sums of its top-ups and
+//! notes and of its records' costs (with those of records retired), `balance = top-ups +
+//! credit notes − debit notes − Σ record costs`, `held ≥ 0`, and the figures
 //! admission counts with (in memory beside SQLite, `account_funds` in PostgreSQL) equal the
 //! ledger's.
 
@@ -27,6 +27,16 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
         .await;
     let db = app.state.db();
     let topped_up = store::accounts::topped_up(db, account_id).await.unwrap();
+    // Top-ups, credit notes and debit notes, each summed on its own.
+    let moves = store::accounts::recent_topups(db, account_id, i64::MAX)
+        .await
+        .unwrap();
+    let sum = |kind: &str| -> Decimal {
+        (moves.iter().filter(|m| m.kind == kind))
+            .map(|m| m.amount.abs())
+            .sum()
+    };
+    let (topups, credits, debits) = (sum("topup"), sum("credit_note"), sum("debit_note"));
     let filter = UsageFilter {
         account_id: Some(account_id),
         ..Default::default()
@@ -47,9 +57,10 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
         .unwrap();
     assert_eq!(
         balance,
-        (topped_up - charged).normalize(),
-        "balance = top-ups − Σ costs"
+        (topups + credits - debits - charged).normalize(),
+        "balance = top-ups + credit notes − debit notes − Σ costs"
     );
+    assert_eq!(topped_up, topups + credits - debits);
     let held = app.state.spending().held(account_id).await.unwrap();
     assert!(held >= Decimal::ZERO, "held is {held}");
     if let Some((running, running_held)) = app.state.spending().running(account_id).await.unwrap() {
