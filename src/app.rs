@@ -172,6 +172,7 @@ impl Application {
             .watch(state.db().clone(), move || app.strong_count() > 0);
         crate::proxy::tasks::spawn_expiry(&state);
         spawn_upkeep(&state);
+        spawn_reserved_hours(&state);
         Ok(Application {
             listener,
             console_listener,
@@ -251,6 +252,43 @@ impl Application {
 /// client is built. Harmless to call again.
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Charges private deployments' reserved hours each minute (`domain::reservations`): an
+/// hour is charged within a minute of its start, long before its invoice can be final.
+fn spawn_reserved_hours(state: &AppState) {
+    if !state
+        .config()
+        .upstreams
+        .iter()
+        .any(|u| u.reserved_from.is_some())
+    {
+        return;
+    }
+    let app = std::sync::Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            let state = AppState(app);
+            let config = state.config();
+            let prices = state.prices();
+            let charged = crate::domain::reservations::charge(
+                state.db(),
+                &config.upstreams,
+                &prices,
+                state.spending(),
+                config.billing.zone(),
+                chrono::Utc::now(),
+            );
+            match charged.await {
+                Ok(c) if c.hours == 0 => {}
+                Ok(c) => tracing::info!(hours = c.hours, "deployments' reserved hours charged"),
+                Err(e) => tracing::warn!(error = %e, "cannot charge reserved hours now"),
+            }
+        }
+    });
 }
 
 /// The ledger's hourly upkeep (the first a minute after start): expired console sessions

@@ -57,14 +57,47 @@ pub struct Invoice {
     pub total_exact: Decimal,
     /// Sum of the rounded line amounts: what the usage costs.
     pub total: Decimal,
+    /// Private deployments' reserved hours started in the period, per deployment and rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<ReservedLine>,
     /// The credit and debit notes issued in the period (never an edit of its lines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adjustments: Vec<Adjustment>,
-    /// What is owed: `total` and the notes. (Absent from invoices finalized before notes
-    /// existed: `total` then.)
+    /// What is owed: `total`, the reserved hours and the notes. (Absent from invoices
+    /// finalized before these existed: `total` then.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_due: Option<Decimal>,
     pub generated_at: DateTime<Utc>,
+}
+
+/// A private deployment's reserved hours at one rate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservedLine {
+    pub deployment: String,
+    pub hours: u64,
+    pub per_hour: Decimal,
+    /// `hours × per_hour`, exact (rates are at most 12 decimals; shown to the fen on pages).
+    pub amount: Decimal,
+}
+
+/// Reserved hours summed per deployment and rate, from each hour's `(deployment, rate)`.
+pub fn reserved_lines(
+    hours: impl IntoIterator<Item = (String, Decimal)>,
+) -> Result<Vec<ReservedLine>, Overflow> {
+    let mut sums: BTreeMap<(String, Decimal), u64> = BTreeMap::new();
+    for key in hours {
+        *sums.entry(key).or_default() += 1;
+    }
+    (sums.into_iter())
+        .map(|((deployment, per_hour), hours)| {
+            Ok(ReservedLine {
+                amount: amount(hours, per_hour, 1)?,
+                deployment,
+                hours,
+                per_hour: per_hour.normalize(),
+            })
+        })
+        .collect()
 }
 
 /// A credit note (lowering what is owed) or a debit note (raising it) on an invoice.
@@ -160,12 +193,21 @@ impl Invoice {
         Ok(self)
     }
 
-    /// The notes issued in the period, and what is owed with them.
-    pub fn with_adjustments(mut self, adjustments: Vec<Adjustment>) -> Result<Invoice, Overflow> {
+    /// The reserved hours and notes of the period, and what is owed with them (each
+    /// reserved line rounded to the fen, like a usage line).
+    pub fn with_charges(
+        mut self,
+        reserved: Vec<ReservedLine>,
+        adjustments: Vec<Adjustment>,
+    ) -> Result<Invoice, Overflow> {
         let mut due = self.total;
+        for r in &reserved {
+            due = add(due, to_fen(r.amount))?;
+        }
         for a in &adjustments {
             due = add(due, a.amount)?;
         }
+        self.reserved = reserved;
         self.adjustments = adjustments;
         self.amount_due = Some(due);
         Ok(self)
@@ -204,6 +246,19 @@ impl Invoice {
             self.total_exact,
             self.total
         ));
+        for r in &self.reserved {
+            out.push_str(&format!(
+                "{},{},{},RESERVED_HOURS,,{},,hours,,{},{},1,{},{}\n",
+                self.id,
+                csv_field(&self.account),
+                self.period,
+                r.deployment,
+                r.hours,
+                r.per_hour,
+                r.amount,
+                to_fen(r.amount)
+            ));
+        }
         for a in &self.adjustments {
             out.push_str(&format!(
                 "{},{},{},{},,,,,{},,,,{},{}\n",

@@ -60,6 +60,11 @@ pub struct PriceEntry {
     /// CNY per file uploaded to a backend (ComfyUI's input images).
     #[serde(default, deserialize_with = "money_or_zero")]
     pub per_upload: Decimal,
+    /// CNY per started hour of a private deployment's reserved life (its upstream's
+    /// `reserved_from`), charged to its first owner whether it is used or not. Only on a
+    /// deployment's own price.
+    #[serde(default, deserialize_with = "money_or_zero")]
+    pub per_hour: Decimal,
     /// Token rates by the request's billed prompt tokens (DashScope's input-length
     /// tiers), in place of the row's own token rates; as written, emptied by `parse_table`.
     #[serde(default)]
@@ -187,7 +192,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
 /// The rates a price entry may name; it names at least one (a free model says
 /// `input_per_1k = "0"`), so that an entry whose rates were all misspelt is refused, not
 /// free.
-pub const RATES: [&str; 9] = [
+pub const RATES: [&str; 10] = [
     "input_per_1k",
     "cached_input_per_1k",
     "cache_write_per_1k",
@@ -197,6 +202,7 @@ pub const RATES: [&str; 9] = [
     "per_task",
     "per_second",
     "per_upload",
+    "per_hour",
 ];
 
 pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
@@ -228,6 +234,13 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
     }
     let mut entries = Vec::new();
     for e in file.prices {
+        if !e.per_hour.is_zero() && e.deployment.is_none() {
+            bail!(
+                "price for {}: per_hour is for a private deployment's reserved hours; name it \
+                 with deployment = \"mif-…\"",
+                e.scope()
+            );
+        }
         check_name(&e.model).context("price model")?;
         check_name(&e.chip).context("price chip")?;
         for name in [&e.deployment, &e.account].into_iter().flatten() {
@@ -298,6 +311,7 @@ fn check_rates(e: &PriceEntry) -> anyhow::Result<()> {
         ("per_task", Some(e.per_task)),
         ("per_second", Some(e.per_second)),
         ("per_upload", Some(e.per_upload)),
+        ("per_hour", Some(e.per_hour)),
     ];
     for (field, price) in prices {
         if let Some(price) = price {
@@ -308,7 +322,8 @@ fn check_rates(e: &PriceEntry) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+/// A date-time with an offset, from a TOML date-time or a string.
+pub(crate) fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -93,6 +93,13 @@ pub struct UpstreamConfig {
     /// is billed at its model × chip price; without this it is not served.
     #[serde(default)]
     pub pair_price: bool,
+    /// A deployment's reserved life begins (a date-time with its offset): from then its
+    /// own price's `per_hour` is charged to its first owner for every started hour.
+    #[serde(default, deserialize_with = "some_timestamp")]
+    pub reserved_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// ... and ends (released); none: still reserved.
+    #[serde(default, deserialize_with = "some_timestamp")]
+    pub reserved_until: Option<chrono::DateTime<chrono::Utc>>,
     /// e.g. `https://host/maas/megrez-7b-instruct/nvidia`; the endpoint path is appended.
     pub base_url: BaseUrl,
     /// Environment variable holding the backend's credential (sent as a Bearer token); read
@@ -121,6 +128,12 @@ pub struct UpstreamConfig {
     pub first_byte_timeout_ms: u64,
     #[serde(default = "default_idle_ms")]
     pub idle_timeout_ms: u64,
+}
+
+fn some_timestamp<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error> {
+    crate::billing::prices::timestamp(d).map(Some)
 }
 
 fn default_dialect() -> String {
@@ -214,8 +227,23 @@ pub(super) fn check(upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
             for owner in &up.owners {
                 check_name(owner).with_context(|| format!("{name}: owner"))?;
             }
-        } else if !up.owners.is_empty() || up.pair_price {
-            bail!("{name}: owners and pair_price are for deployments (deployment = \"mif-…\")");
+            if let (Some(from), Some(until)) = (up.reserved_from, up.reserved_until)
+                && until <= from
+            {
+                bail!("{name}: reserved_until must be after reserved_from");
+            }
+            if up.reserved_until.is_some() && up.reserved_from.is_none() {
+                bail!("{name}: reserved_until needs reserved_from");
+            }
+        } else if !up.owners.is_empty()
+            || up.pair_price
+            || up.reserved_from.is_some()
+            || up.reserved_until.is_some()
+        {
+            bail!(
+                "{name}: owners, pair_price and reserved_from/until are for deployments \
+                 (deployment = \"mif-…\")"
+            );
         }
         if up.weight == 0 {
             bail!("{name}: weight must be at least 1");

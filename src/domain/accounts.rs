@@ -250,6 +250,7 @@ pub async fn issue_note(
         note: reason,
         period: Some(&period),
         actor: asked.actor,
+        at: None,
     };
     let (note, created) = store::accounts::add_funds(db, &new).await?;
     let same = note.kind == asked.note.as_str() && note.amount == signed;

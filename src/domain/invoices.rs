@@ -77,6 +77,7 @@ impl Ledger<'_> {
             lines: Vec::new(),
             total_exact: Default::default(),
             total: Default::default(),
+            reserved: Vec::new(),
             adjustments: Vec::new(),
             amount_due: None,
             generated_at: Utc::now(),
@@ -91,8 +92,10 @@ impl Ledger<'_> {
                 amount: -n.amount,
             })
             .collect();
+        let hours = store::accounts::reservations_between(self.db, account.id, start, end).await?;
+        let reserved = invoice::reserved_lines(hours.into_iter().map(|h| (h.note, -h.amount)))?;
         let invoice = empty.with_lines(invoice::lines(&totals, self.prices)?)?;
-        Ok(invoice.with_adjustments(adjustments)?)
+        Ok(invoice.with_charges(reserved, adjustments)?)
     }
 
     /// The finalized invoice if there is one, else the draft.

@@ -11,6 +11,7 @@ pub mod overview;
 pub mod people;
 pub mod prices;
 pub mod reports;
+pub mod reservations;
 pub mod retention;
 pub mod tasks;
 pub mod usage;

@@ -53,7 +53,7 @@ pub fn describe(version: &PriceVersion, book: &PriceBook) -> Value {
         "cache_write_per_1k": version.cache_write_per_1k(),
         "output_per_1k": e.output_per_1k, "per_request": e.per_request,
         "per_image": e.per_image, "per_task": e.per_task, "per_second": e.per_second,
-        "per_upload": e.per_upload, "currency": "CNY",
+        "per_upload": e.per_upload, "per_hour": e.per_hour, "currency": "CNY",
         "in_force": in_force,
     })
 }

@@ -142,6 +142,8 @@ pub struct NewFunds<'a> {
     pub note: &'a str,
     pub period: Option<&'a str>,
     pub actor: &'a str,
+    /// When it counts from (a reserved hour's start); now when `None`.
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// Records a top-up once per idempotency key (see `add_funds`).
@@ -160,6 +162,7 @@ pub async fn top_up(
         note,
         period: None,
         actor: "",
+        at: None,
     };
     add_funds(db, &funds).await
 }
@@ -172,7 +175,7 @@ pub async fn add_funds(db: &Db, new: &NewFunds<'_>) -> Result<(Topup, bool)> {
             created_at, kind, period, actor)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (account_id, idempotency_key) DO NOTHING";
-    let now = to_ms(Utc::now());
+    let now = to_ms(new.at.unwrap_or_else(Utc::now));
     macro_rules! insert {
         () => {
             sqlx::query(INSERT)
@@ -216,16 +219,58 @@ pub async fn notes_between(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<Topup>> {
+    let mut notes = of_kind_between(db, account_id, "credit_note", (from, to)).await?;
+    notes.extend(of_kind_between(db, account_id, "debit_note", (from, to)).await?);
+    notes.sort_by_key(|n| (n.created_at, n.id));
+    Ok(notes)
+}
+
+/// The reserved hours charged to `account_id` that started in `[from, to)`, oldest first.
+pub async fn reservations_between(
+    db: &Db,
+    account_id: i64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Topup>> {
+    of_kind_between(db, account_id, "reservation", (from, to)).await
+}
+
+/// The start of the last reserved hour of `deployment` charged to `account_id`.
+pub async fn last_reserved_hour(
+    db: &Db,
+    account_id: i64,
+    deployment: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    let ms: Option<i64> = on!(db, |pool| {
+        sqlx::query_scalar(
+            "SELECT max(created_at) FROM topups
+             WHERE account_id = $1 AND kind = 'reservation' AND note = $2",
+        )
+        .bind(account_id)
+        .bind(deployment)
+        .fetch_one(pool)
+        .await?
+    });
+    Ok(ms.map(from_ms))
+}
+
+async fn of_kind_between(
+    db: &Db,
+    account_id: i64,
+    kind: &str,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Vec<Topup>> {
     on!(db, |pool| {
         let rows = sqlx::query(
             "SELECT * FROM topups
              WHERE account_id = $1 AND created_at >= $2 AND created_at < $3
-               AND kind <> 'topup'
+               AND kind = $4
              ORDER BY created_at, id",
         )
         .bind(account_id)
         .bind(to_ms(from))
         .bind(to_ms(to))
+        .bind(kind)
         .fetch_all(pool)
         .await?;
         rows.iter().map(topup_from_row).collect()

@@ -22,6 +22,7 @@ fn from_row(row: &impl Read) -> Result<PriceVersion> {
             per_task: row.money("per_task")?,
             per_second: row.money("per_second")?,
             per_upload: row.money("per_upload")?,
+            per_hour: row.money("per_hour")?,
             deployment: Some(row.read::<String>("deployment")?).filter(|d| !d.is_empty()),
             account: Some(row.read::<String>("account")?).filter(|a| !a.is_empty()),
             tiers: Vec::new(),
@@ -101,9 +102,9 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
                     "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
                         cached_input_per_1k, output_per_1k, per_request, per_image, per_task,
                         per_second, per_upload, recorded_at, cache_write_per_1k, deployment,
-                        account, prompt_tokens_over, prompt_tokens_up_to)
+                        account, prompt_tokens_over, prompt_tokens_up_to, per_hour)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                             $16, $17)",
+                             $16, $17, $18)",
                 )
                 .bind(&entry.model)
                 .bind(&entry.chip)
@@ -122,6 +123,7 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
                 .bind(entry.account.as_deref().unwrap_or(""))
                 .bind(entry.tier.over as i64)
                 .bind(entry.tier.up_to.map(|n| n as i64))
+                .bind(Money(entry.per_hour))
                 .execute(&mut *tx)
                 .await?;
                 added += 1;
@@ -182,4 +184,5 @@ fn same_prices(a: &PriceEntry, b: &PriceEntry) -> bool {
         && a.per_task == b.per_task
         && a.per_second == b.per_second
         && a.per_upload == b.per_upload
+        && a.per_hour == b.per_hour
 }

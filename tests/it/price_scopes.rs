@@ -139,10 +139,11 @@ async fn a_deployment_without_its_own_price_is_not_served_unless_the_operator_sa
         "/pricing/sample/sample.toml"
     ))
     .unwrap();
-    // The sample without the deployment's own entry.
-    let start = sample.find("# The demo's private deployment").unwrap();
-    let end = start + sample[start..].find("\n\n").unwrap();
-    let without = format!("{}{}", &sample[..start], &sample[end..]);
+    // The sample without the deployment's own entries.
+    let without: Vec<&str> = (sample.split("\n\n"))
+        .filter(|entry| !entry.contains("deployment = \"mif-demo0001\""))
+        .collect();
+    let without = without.join("\n\n");
     std::fs::write(prices.path().join("p.toml"), without).unwrap();
     let dir = prices.path().to_path_buf();
     let config_dir = tempfile::tempdir().unwrap();
@@ -285,4 +286,86 @@ output_per_1k = "0.0002"
         dec("0.0036"),
         "the list price: 0.0012 + 0.0024"
     );
+}
+
+#[tokio::test]
+async fn a_reserved_deployment_is_charged_once_per_started_hour_to_its_owner() {
+    use chrono::{TimeDelta, Utc};
+    let now = Utc::now();
+    let from = now - TimeDelta::minutes(210);
+    let app = TestApp::spawn_with(|c| {
+        for up in c.upstreams.iter_mut().filter(|u| u.deployment.is_some()) {
+            up.owners = vec!["acme".into()];
+            up.reserved_from = Some(from);
+            up.reserved_until = Some(now - TimeDelta::minutes(60));
+        }
+    })
+    .await;
+    let zone = app.state.config().billing.zone();
+    let charge = |upstreams: Vec<tollgate::config::UpstreamConfig>| {
+        let app = &app;
+        async move {
+            tollgate::domain::reservations::charge(
+                app.state.db(),
+                &upstreams,
+                &app.state.prices(),
+                app.state.spending(),
+                zone,
+                now,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let hours = || async {
+        let all = store::accounts::recent_topups(app.state.db(), 1, 1000)
+            .await
+            .unwrap();
+        let mut starts: Vec<_> = (all.into_iter())
+            .filter(|t| t.kind == "reservation")
+            .map(|t| (t.created_at, t.amount))
+            .collect();
+        starts.sort();
+        starts
+    };
+    // Released an hour ago: the hours started at −3.5 h, −2.5 h and −1.5 h, each once,
+    // however often (and by however many at once) it is charged.
+    let upstreams = app.state.config().upstreams.clone();
+    let runs = futures_util::future::join_all((0..4).map(|_| charge(upstreams.clone()))).await;
+    assert!(runs.iter().map(|r| r.hours).sum::<usize>() <= 3);
+    let charged = hours().await;
+    let expected: Vec<_> = (0..3)
+        .map(|h| (from + TimeDelta::hours(h), dec("-2.5")))
+        .map(|(at, amount)| (tollgate::store::from_ms(tollgate::store::to_ms(at)), amount))
+        .collect();
+    assert_eq!(charged, expected);
+    // Reserved again until now: the hour started at −0.5 h is charged too.
+    let mut open = upstreams.clone();
+    for up in open.iter_mut().filter(|u| u.deployment.is_some()) {
+        up.reserved_until = None;
+    }
+    charge(open.clone()).await;
+    charge(open).await;
+    assert_eq!(hours().await.len(), 4);
+    let figures = helpers::money::assert_invariant(&app, 1).await;
+    assert_eq!(figures.balance, dec("-10"), "4 × 2.50, owed by the owner");
+    // Its invoice(s) list the hours at their rate.
+    let admin = app.admin_token(tollgate::admin::Role::Admin);
+    let mut invoiced = 0;
+    for month in [
+        tollgate::billing::period::Month::containing(from, zone),
+        tollgate::billing::period::Month::containing(now, zone),
+    ] {
+        let path = format!("/admin/v1/invoices?account=acme&period={month}");
+        let invoice = app.get_json(&path, &admin).await;
+        for line in invoice["reserved"].as_array().into_iter().flatten() {
+            assert_eq!(line["deployment"], "mif-demo0001");
+            assert_eq!(line["per_hour"], "2.5");
+            invoiced += line["hours"].as_u64().unwrap();
+        }
+        if from.with_timezone(&zone).format("%Y-%m").to_string() == month.to_string() {
+            break;
+        }
+    }
+    assert_eq!(invoiced, 4);
 }

@@ -140,21 +140,22 @@ async fn page(
     render_form(&page, &page.error)
 }
 
-/// An invoice's credit and debit notes as the page and the document show them.
+/// An invoice's reserved hours and credit and debit notes as the page and the document
+/// show them.
 fn notes(invoice: &Invoice) -> Vec<(&'static str, String, String)> {
-    (invoice.adjustments.iter())
-        .map(|a| {
-            let kind = match a.kind.as_str() {
-                "debit_note" => "invoice.debit_note",
-                _ => "invoice.credit_note",
-            };
-            (
-                kind,
-                format!("#{} · {} · {}", a.id, a.period, a.reason),
-                money(a.amount),
-            )
-        })
-        .collect()
+    let reserved = invoice.reserved.iter().map(|r| {
+        let what = format!("{} · {} h × {}", r.deployment, r.hours, exact(r.per_hour));
+        ("invoice.reserved", what, money(r.amount))
+    });
+    let notes = invoice.adjustments.iter().map(|a| {
+        let kind = match a.kind.as_str() {
+            "debit_note" => "invoice.debit_note",
+            _ => "invoice.credit_note",
+        };
+        let what = format!("#{} · {} · {}", a.id, a.period, a.reason);
+        (kind, what, money(a.amount))
+    });
+    reserved.chain(notes).collect()
 }
 
 /// An invoice's lines as the page and the document show them.

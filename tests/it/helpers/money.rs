@@ -1,7 +1,7 @@
 //! The money invariant, checked on the ledger itself: for an account, once every record is
 //! in the database, its running totals (`account_funds`) are the sums of its top-ups and
 //! notes and of its records' costs (with those of records retired), `balance = top-ups +
-//! credit notes − debit notes − Σ record costs`, `held ≥ 0`, and the figures
+//! credit notes − debit notes − reserved hours − Σ record costs`, `held ≥ 0`, and the figures
 //! admission counts with (in memory beside SQLite, `account_funds` in PostgreSQL) equal the
 //! ledger's.
 
@@ -37,6 +37,7 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
             .sum()
     };
     let (topups, credits, debits) = (sum("topup"), sum("credit_note"), sum("debit_note"));
+    let reserved = sum("reservation");
     let filter = UsageFilter {
         account_id: Some(account_id),
         ..Default::default()
@@ -57,10 +58,10 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
         .unwrap();
     assert_eq!(
         balance,
-        (topups + credits - debits - charged).normalize(),
-        "balance = top-ups + credit notes − debit notes − Σ costs"
+        (topups + credits - debits - reserved - charged).normalize(),
+        "balance = top-ups + credit notes − debit notes − reserved hours − Σ costs"
     );
-    assert_eq!(topped_up, topups + credits - debits);
+    assert_eq!(topped_up, topups + credits - debits - reserved);
     let held = app.state.spending().held(account_id).await.unwrap();
     assert!(held >= Decimal::ZERO, "held is {held}");
     if let Some((running, running_held)) = app.state.spending().running(account_id).await.unwrap() {
