@@ -225,6 +225,17 @@ pub async fn notes_between(
     Ok(notes)
 }
 
+/// Every top-up, note and reserved hour of `account_id`, oldest first (audits and tests).
+pub async fn all_funds(db: &Db, account_id: i64) -> Result<Vec<Topup>> {
+    on!(db, |pool| {
+        let rows = sqlx::query("SELECT * FROM topups WHERE account_id = $1 ORDER BY id")
+            .bind(account_id)
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(topup_from_row).collect()
+    })
+}
+
 /// The reserved hours charged to `account_id` that started in `[from, to)`, oldest first.
 pub async fn reservations_between(
     db: &Db,
@@ -292,15 +303,18 @@ pub async fn topped_up(db: &Db, account_id: i64) -> Result<Decimal> {
     Ok(sum)
 }
 
-/// Account `account_id`'s newest top-ups and notes, at most `limit` (an account has few).
+/// Account `account_id`'s newest top-ups and notes, at most `limit` (an account has few;
+/// its reserved hours, one a hour, are left out).
 pub async fn recent_topups(db: &Db, account_id: i64, limit: i64) -> Result<Vec<Topup>> {
     on!(db, |pool| {
-        let rows =
-            sqlx::query("SELECT * FROM topups WHERE account_id = $1 ORDER BY id DESC LIMIT $2")
-                .bind(account_id)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM topups WHERE account_id = $1 AND kind <> 'reservation'
+             ORDER BY id DESC LIMIT $2",
+        )
+        .bind(account_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
         rows.iter().map(topup_from_row).collect()
     })
 }

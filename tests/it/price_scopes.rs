@@ -318,9 +318,7 @@ async fn a_reserved_deployment_is_charged_once_per_started_hour_to_its_owner() {
         }
     };
     let hours = || async {
-        let all = store::accounts::recent_topups(app.state.db(), 1, 1000)
-            .await
-            .unwrap();
+        let all = store::accounts::all_funds(app.state.db(), 1).await.unwrap();
         let mut starts: Vec<_> = (all.into_iter())
             .filter(|t| t.kind == "reservation")
             .map(|t| (t.created_at, t.amount))

@@ -27,10 +27,8 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
         .await;
     let db = app.state.db();
     let topped_up = store::accounts::topped_up(db, account_id).await.unwrap();
-    // Top-ups, credit notes and debit notes, each summed on its own.
-    let moves = store::accounts::recent_topups(db, account_id, i64::MAX)
-        .await
-        .unwrap();
+    // Top-ups, credit notes, debit notes and reserved hours, each summed on its own.
+    let moves = store::accounts::all_funds(db, account_id).await.unwrap();
     let sum = |kind: &str| -> Decimal {
         (moves.iter().filter(|m| m.kind == kind))
             .map(|m| m.amount.abs())
