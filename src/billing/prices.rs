@@ -29,7 +29,7 @@ pub struct PriceEntry {
     /// the list price, from its effective time.
     #[serde(default)]
     pub account: Option<String>,
-    #[serde(deserialize_with = "timestamp")]
+    #[serde(deserialize_with = "crate::config::timestamp")]
     pub effective_from: DateTime<Utc>,
     /// CNY per 1,000 prompt tokens not served from cache (0 when absent: an entry names
     /// only the rates it charges, and at least one).
@@ -320,27 +320,6 @@ fn check_rates(e: &PriceEntry) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A date-time with an offset, from a TOML date-time or a string.
-pub(crate) fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Toml(toml::value::Datetime),
-        Text(String),
-    }
-    let text = match Raw::deserialize(d)? {
-        Raw::Toml(t) => t.to_string(),
-        Raw::Text(s) => s,
-    };
-    DateTime::parse_from_rfc3339(&text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| {
-            de::Error::custom(format!(
-                "effective_from '{text}' must be a date-time with an offset, e.g. 2026-01-01T00:00:00+08:00"
-            ))
-        })
 }
 
 struct MoneyVisitor;

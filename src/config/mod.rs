@@ -17,7 +17,7 @@ mod upstreams;
 
 pub use database::{Backend, DatabaseConfig, LedgerConfig, Synchronous};
 pub use limits::{LimitStoreKind, LimitsConfig, PostpaidFallback, RedisConfig, RedisFallback};
-pub use upstreams::{BaseUrl, Endpoint, StreamFormat, UpstreamConfig, check_name};
+pub use upstreams::{BaseUrl, Endpoint, StreamFormat, UpstreamConfig, check_name, timestamp};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

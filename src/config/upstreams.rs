@@ -130,10 +130,34 @@ pub struct UpstreamConfig {
     pub idle_timeout_ms: u64,
 }
 
+/// A date-time with an offset (`2026-01-01T00:00:00+08:00`), from a TOML date-time or a
+/// string.
+pub fn timestamp<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<chrono::DateTime<chrono::Utc>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Toml(toml::value::Datetime),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Toml(t) => t.to_string(),
+        Raw::Text(s) => s,
+    };
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| {
+            serde::de::Error::custom(format!(
+                "'{text}' must be a date-time with an offset, e.g. 2026-01-01T00:00:00+08:00"
+            ))
+        })
+}
+
 fn some_timestamp<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error> {
-    crate::billing::prices::timestamp(d).map(Some)
+    timestamp(d).map(Some)
 }
 
 fn default_dialect() -> String {
