@@ -101,7 +101,15 @@ async fn the_draft_invoice_shows_exact_lines_and_a_total_of_rounded_lines() {
     )
     .await;
     assert!(csv.starts_with("invoice,account,period,model,chip,deployment,prompt_tier,unit"));
-    assert_eq!(csv.lines().count(), lines.len() + 2, "header, lines, total");
+    assert_eq!(
+        csv.lines().count(),
+        lines.len() + 3,
+        "header, lines, total, amount due"
+    );
+    assert!(csv.ends_with(&format!(
+        ",AMOUNT_DUE,,,,,,,,,,{}\n",
+        invoice["total"].as_str().unwrap()
+    )));
     let by_accept = app
         .client
         .get(app.url(&format!("/admin/v1/invoices/{id}")))
