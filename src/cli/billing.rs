@@ -64,18 +64,24 @@ pub(super) async fn prices(config: &Config, command: PricesCommand) -> anyhow::R
                 .map(|v| crate::domain::prices::describe(v, &book))
                 .collect();
             emit(json, &list, || {
-                // The version, its rates (every one a price entry may name), in force.
+                // The version and whom it prices, its rates (every one a price entry may
+                // name), in force.
                 let columns = || {
-                    ["id", "model", "chip", "effective_from"]
-                        .into_iter()
+                    let scope = ["id", "model", "chip", "deployment", "account"];
+                    let tier = [
+                        "prompt_tokens_over",
+                        "prompt_tokens_up_to",
+                        "effective_from",
+                    ];
+                    (scope.into_iter().chain(tier))
                         .chain(crate::billing::prices::RATES)
                         .chain(["in_force"])
                 };
                 let line = |v: &serde_json::Value| {
-                    let field = |k: &str| {
-                        v[k].as_str()
-                            .map(String::from)
-                            .unwrap_or_else(|| v[k].to_string())
+                    let field = |k: &str| match &v[k] {
+                        serde_json::Value::String(text) => text.clone(),
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
                     };
                     columns().map(field).collect::<Vec<_>>().join("\t")
                 };

@@ -111,7 +111,8 @@ output_per_1k = "0.0200"
     let table = cli(&config, &["prices", "list"]);
     let header = table.lines().next().unwrap();
     assert!(
-        header.ends_with("per_second\tper_upload\tin_force"),
+        header.starts_with("id\tmodel\tchip\tdeployment\taccount\tprompt_tokens_over")
+            && header.ends_with("per_second\tper_upload\tper_hour\tin_force"),
         "{header}"
     );
 
@@ -129,7 +130,11 @@ output_per_1k = "0.0200"
             "csv",
         ],
     );
-    assert!(csv.lines().last().unwrap().contains(",TOTAL,"), "{csv}");
+    let last_two: Vec<&str> = csv.lines().rev().take(2).collect();
+    assert!(
+        last_two[1].contains(",TOTAL,") && last_two[0].contains(",AMOUNT_DUE,"),
+        "{csv}"
+    );
     let json: Value = serde_json::from_str(&cli(
         &config,
         &["invoices", "show", "--account", "acme", "--period", &period],
