@@ -11,6 +11,15 @@ use crate::spending::{set_billing, top_up};
 
 const DEPLOYMENT: &str = "/maas/deployment/mif-demo0001/chat/completions";
 
+/// The sample price table the tests' configuration reads.
+fn sample_prices() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pricing/sample/sample.toml"
+    ))
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_deployment_bills_its_owner_at_its_own_price_and_is_unknown_to_others() {
     let app = TestApp::spawn().await;
@@ -134,11 +143,7 @@ async fn a_deployment_bills_its_owner_at_its_own_price_and_is_unknown_to_others(
 #[tokio::test]
 async fn a_deployment_without_its_own_price_is_not_served_unless_the_operator_says_so() {
     let prices = tempfile::tempdir().unwrap();
-    let sample = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/pricing/sample/sample.toml"
-    ))
-    .unwrap();
+    let sample = sample_prices();
     // The sample without the deployment's own entries.
     let without: Vec<&str> = (sample.split("\n\n"))
         .filter(|entry| !entry.contains("deployment = \"mif-demo0001\""))
@@ -232,11 +237,7 @@ async fn a_hold_covers_the_dearest_tier_the_prompt_may_reach() {
 #[tokio::test]
 async fn an_account_price_applies_to_it_alone_from_its_effective_time() {
     let prices = tempfile::tempdir().unwrap();
-    let sample = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/pricing/sample/sample.toml"
-    ))
-    .unwrap();
+    let sample = sample_prices();
     let own = r#"
 [[prices]]
 model = "megrez-7b-instruct"
