@@ -4,6 +4,7 @@
 //! these types.
 
 pub mod cost;
+pub mod discounts;
 pub mod invoice;
 pub mod money;
 pub mod period;

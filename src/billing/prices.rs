@@ -65,6 +65,11 @@ pub struct PriceEntry {
     /// deployment's own price.
     #[serde(default, deserialize_with = "money_or_zero")]
     pub per_hour: Decimal,
+    /// With `account` and no rates: that account pays the list price of this model and
+    /// chip (`*`: every chip) less this percent (`"15"`), from `effective_from`
+    /// (`discounts::apply` makes its prices).
+    #[serde(default, deserialize_with = "money_opt")]
+    pub discount_percent: Option<Decimal>,
     /// Token rates by the request's billed prompt tokens (DashScope's input-length
     /// tiers), in place of the row's own token rates; as written, emptied by `parse_table`.
     #[serde(default)]
@@ -171,7 +176,8 @@ impl PriceVersion {
     }
 }
 
-/// Reads every `*.toml` file of `dir`, sorted by name, and checks each entry.
+/// Reads every `*.toml` file of `dir`, sorted by name, checks each entry, and turns
+/// accounts' discounts into their prices.
 pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
     let listing = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read pricing folder {}", dir.display()))?;
@@ -186,7 +192,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
             .with_context(|| format!("cannot read {}", file.display()))?;
         entries.extend(parse_table(&text).with_context(|| format!("in {}", file.display()))?);
     }
-    Ok(entries)
+    super::discounts::apply(entries)
 }
 
 /// The rates a price entry may name; it names at least one (a free model says
@@ -211,6 +217,28 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
     let raw_entries = raw.get("prices").and_then(toml::Value::as_array);
     for (e, raw) in file.prices.iter().zip(raw_entries.into_iter().flatten()) {
         let tiered = raw.get("tiers").is_some();
+        if let Some(percent) = e.discount_percent {
+            if e.account.is_none() {
+                bail!(
+                    "price for {}: a discount names the account it is for",
+                    e.scope()
+                );
+            }
+            if tiered || e.deployment.is_some() || RATES.iter().any(|r| raw.get(r).is_some()) {
+                bail!(
+                    "price for {}: a discount is a percent off the list price, instead of rates \
+                     (and not of a deployment's own price)",
+                    e.scope()
+                );
+            }
+            if percent <= Decimal::ZERO || percent >= Decimal::ONE_HUNDRED {
+                bail!(
+                    "price for {}: discount_percent must be between 0 and 100",
+                    e.scope()
+                );
+            }
+            continue;
+        }
         if !tiered && !RATES.iter().any(|rate| raw.get(rate).is_some()) {
             bail!(
                 "price for {} names no rate: give at least one of {}, or tiers",
@@ -245,6 +273,10 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
         check_name(&e.chip).context("price chip")?;
         for name in [&e.deployment, &e.account].into_iter().flatten() {
             check_name(name).with_context(|| format!("price for {}", e.scope()))?;
+        }
+        if e.discount_percent.is_some() {
+            entries.push(e);
+            continue;
         }
         for e in split_tiers(e)? {
             check_rates(&e)?;
@@ -300,7 +332,7 @@ fn split_tiers(mut row: PriceEntry) -> anyhow::Result<Vec<PriceEntry>> {
 }
 
 /// Every rate of `e` within the bounds of `money::check_price`.
-fn check_rates(e: &PriceEntry) -> anyhow::Result<()> {
+pub(super) fn check_rates(e: &PriceEntry) -> anyhow::Result<()> {
     let prices = [
         ("input_per_1k", Some(e.input_per_1k)),
         ("cached_input_per_1k", e.cached_input_per_1k),

@@ -26,6 +26,7 @@ fn from_row(row: &impl Read) -> Result<PriceVersion> {
             deployment: Some(row.read::<String>("deployment")?).filter(|d| !d.is_empty()),
             account: Some(row.read::<String>("account")?).filter(|a| !a.is_empty()),
             tiers: Vec::new(),
+            discount_percent: None,
             tier: PromptTier {
                 over: row.read::<i64>("prompt_tokens_over")? as u64,
                 up_to: row

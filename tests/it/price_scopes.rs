@@ -235,7 +235,7 @@ async fn a_hold_covers_the_dearest_tier_the_prompt_may_reach() {
 }
 
 #[tokio::test]
-async fn an_account_price_applies_to_it_alone_from_its_effective_time() {
+async fn an_account_price_or_discount_applies_to_it_alone_from_its_effective_time() {
     let prices = tempfile::tempdir().unwrap();
     let sample = sample_prices();
     let own = r#"
@@ -254,6 +254,13 @@ account = "acme"
 effective_from = 2099-01-01T00:00:00+08:00
 input_per_1k = "0.0001"
 output_per_1k = "0.0002"
+
+[[prices]]
+model = "megrez-7b-instruct"
+chip = "*"
+account = "third"
+effective_from = 2026-02-01T00:00:00+08:00
+discount_percent = "20"
 "#;
     std::fs::write(prices.path().join("p.toml"), format!("{sample}{own}")).unwrap();
     let dir = prices.path().to_path_buf();
@@ -286,6 +293,31 @@ output_per_1k = "0.0002"
         others.cost,
         dec("0.0036"),
         "the list price: 0.0012 + 0.0024"
+    );
+    // 20% off the list for a third account: its own versions, made from the discount.
+    store::accounts::create(app.state.db(), "third")
+        .await
+        .unwrap();
+    let third = helpers::issue_key(&app.state, "third", None).await.secret;
+    let knobs = json!({"prompt_tokens": 1000, "completion_tokens": 1000});
+    let (status, _) = app
+        .post_as(route, &third, &chat(None, "hi", false, knobs))
+        .await;
+    assert_eq!(status, 200);
+    let thirds = app.latest_record().await;
+    assert_eq!(thirds.cost, dec("0.00288"), "(0.0012 + 0.0024) × 0.8");
+    let version = app
+        .state
+        .prices()
+        .version(thirds.price_version_id)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            version.entry.account.as_deref(),
+            version.entry.chip.as_str()
+        ),
+        (Some("third"), "nvidia")
     );
 }
 
