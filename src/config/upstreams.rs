@@ -120,7 +120,8 @@ pub struct UpstreamConfig {
     pub weight: u32,
     /// Requests per minute the backend allows tollgate's credential (InternLM: 10): more
     /// are routed to the model's next chip, or answered 429 with `Retry-After` by tollgate
-    /// itself. Counted by each gateway on its own.
+    /// itself. Counted once for every replica in Redis (`limits.store = "redis"`), else (or
+    /// while Redis does not answer) by each gateway on its own.
     pub rpm: Option<u32>,
     #[serde(default = "default_connect_ms")]
     pub connect_timeout_ms: u64,

@@ -138,6 +138,13 @@ impl Limits {
         }
     }
 
+    /// Counts a request to a backend with its own limit (`upstreams[].rpm`) where every
+    /// replica sees it: in Redis with `limits.store = "redis"`. `None` where the count is
+    /// this process's (no Redis, or Redis not answering): the backend's own counter then.
+    pub async fn admit_backend(&self, name: &str, rpm: u32) -> Option<Result<(), Duration>> {
+        self.shared.as_ref()?.admit_backend(name, rpm).await
+    }
+
     pub fn rpm(&self, caller: &Caller) -> u32 {
         caller.key.limits.rpm.unwrap_or(self.config.default_rpm)
     }

@@ -1,4 +1,5 @@
-//! Rate limits counted in Redis, shared by every replica: one script does the key's GCRA
+//! Rate limits counted in Redis, shared by every replica (keys' limits, and backends' own
+//! `upstreams[].rpm`): one script does the key's GCRA
 //! for rpm (one request, or a slice of several: `slices`) and its token reservation for
 //! tpm atomically, on Redis's clock; one more corrects the reservation at the request's
 //! end. A key's two entries share a hash tag (`{<redis.prefix>:<lineage>}`), so Redis
@@ -290,6 +291,25 @@ impl RedisCounts {
             TokenQuota::of(tpm, reserved)
         });
         Ok((taken.taken, Counted { requests, tokens }))
+    }
+
+    /// Counts one request to backend `name` against its own per-minute limit, for every
+    /// replica at once: `Err(wait)`-like quota when it is at its limit.
+    pub async fn admit_backend(&self, name: &str, rpm: u32) -> Result<RequestQuota, Unavailable> {
+        let tag = format!("{{{}:backend:{name}}}", self.prefix);
+        let (requests, tokens) = (format!("{tag}:rpm"), format!("{tag}:tpm"));
+        let args = [u64::from(rpm.max(1)), 0, 0, 0, 1];
+        let v = self.run(&self.admit, &[&requests, &tokens], &args).await?;
+        if v.len() != 8 {
+            return Err(Unavailable);
+        }
+        let taken = gcra::Taken {
+            taken: v[0].clamp(0, i64::from(u32::MAX)) as u32,
+            remaining: v[1].clamp(0, i64::from(u32::MAX)) as u32,
+            reset_us: v[2],
+            retry_us: v[3],
+        };
+        Ok(RequestQuota::of(rpm, taken))
     }
 
     /// Corrects key `id`'s reservation with the tokens used.

@@ -93,6 +93,13 @@ impl Shared {
         }
     }
 
+    /// Counts a request to backend `name` (its own `rpm`) in Redis: `None` when Redis
+    /// does not answer (the caller counts in this process).
+    pub async fn admit_backend(&self, name: &str, rpm: u32) -> Option<Result<(), Duration>> {
+        let quota = self.redis.admit_backend(name, rpm).await.ok()?;
+        Some(quota.retry_after.map_or(Ok(()), Err))
+    }
+
     /// Gives back (or takes) a reservation's difference in Redis, in the background (the
     /// response does not wait). Lost if Redis went away meanwhile: the reservation then
     /// stands until the bucket refills, which errs on the side of the limit.

@@ -18,6 +18,7 @@ use crate::config::Endpoint;
 use crate::dialect::observe::{self, Observed};
 use crate::server::ApiError;
 use crate::state::AppState;
+use crate::upstream::Upstream;
 use crate::upstream::client::UpstreamResponse;
 
 const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
@@ -89,7 +90,7 @@ async fn connect(
     // The backends passed over so far, kept on the record of the one that serves.
     let mut passed_over = Vec::new();
     for upstream in &ex.candidates {
-        if let Err(wait) = upstream.admit_outbound() {
+        if let Err(wait) = admit_outbound(state, upstream).await {
             soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
             passed_over.push(Attempt {
                 chip: upstream.chip.clone(),
@@ -178,6 +179,18 @@ async fn connect(
     }
     let error = ApiError::BadGateway(format!("no backend for '{model}' accepted the connection"));
     Err((last.map(|s| (s, Status::Unreachable)), error))
+}
+
+/// Counts a request to `upstream` against its own limit (`upstreams[].rpm`): in Redis
+/// for every replica when the limits are shared there, else in this process.
+async fn admit_outbound(state: &AppState, upstream: &Upstream) -> Result<(), Duration> {
+    let Some((name, rpm)) = upstream.own_limit() else {
+        return Ok(());
+    };
+    match state.limits().admit_backend(&name, rpm).await {
+        Some(verdict) => verdict,
+        None => upstream.admit_outbound(),
+    }
 }
 
 /// The non-streamed path: read the whole body, meter it, commit, then answer.

@@ -45,7 +45,9 @@ pub struct Upstream {
     wire: &'static dyn Wire,
     /// Where its other paths are (a task's submission and polls).
     base_url: BaseUrl,
-    /// The backend's own limit on requests (`rpm`), counted here.
+    /// The backend's own limit on requests (`rpm`), and its count in this process (used
+    /// when the limits are not shared in Redis, or Redis does not answer).
+    rpm: Option<u32>,
     outbound: Option<governor::DefaultDirectRateLimiter>,
     /// How its streams are framed: its config's, or its dialect's when that says `auto`.
     pub stream_format: StreamFormat,
@@ -113,6 +115,14 @@ impl Upstream {
 
     /// Counts one request against the backend's own limit, if it has one; `Err` with how
     /// long until one would pass when it is reached.
+    /// The backend's own limit on requests per minute, and the name its count has in a
+    /// store shared by replicas.
+    pub fn own_limit(&self) -> Option<(String, u32)> {
+        let rpm = self.rpm?;
+        let deployment = self.deployment.as_deref().unwrap_or("");
+        Some((format!("{}/{}/{deployment}", self.model, self.chip), rpm))
+    }
+
     pub fn admit_outbound(&self) -> Result<(), Duration> {
         let Some(limiter) = &self.outbound else {
             return Ok(());
@@ -210,6 +220,7 @@ impl Upstream {
             credential,
             wire,
             base_url: c.base_url.clone(),
+            rpm: c.rpm,
             outbound: c
                 .rpm
                 .and_then(std::num::NonZeroU32::new)

@@ -9,6 +9,16 @@ use crate::replicas::{ROUTE, status_with};
 use crate::spending::modest_request;
 
 async fn replicas_on_redis(postgres: &str, redis: &str, n: usize) -> Vec<TestApp> {
+    replicas_on_redis_with(postgres, redis, n, |_| {}).await
+}
+
+/// `n` replicas on one ledger and one Redis, each configured by `tweak` too.
+async fn replicas_on_redis_with(
+    postgres: &str,
+    redis: &str,
+    n: usize,
+    tweak: fn(&mut tollgate::config::Config),
+) -> Vec<TestApp> {
     let mut apps = Vec::with_capacity(n);
     for _ in 0..n {
         let (postgres, redis) = (postgres.to_owned(), redis.to_owned());
@@ -20,11 +30,64 @@ async fn replicas_on_redis(postgres: &str, redis: &str, n: usize) -> Vec<TestApp
                 c.redis.prefix = "replicas".into(); // one for all three
                 // A loaded machine must not push the shared path into the fallback.
                 c.redis.timeout_ms = 2000;
+                tweak(c);
             })
             .await,
         );
     }
     apps
+}
+
+/// InternLM's shared credential allows 5 requests a minute (`upstreams[].rpm`): three
+/// replicas send it 5 in all, not 5 each; the rest are told when to retry by tollgate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_own_limit_is_counted_once_for_all_replicas() {
+    let postgres = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let redis = crate::helpers::redis::Redis::start();
+    let apps = replicas_on_redis_with(&postgres.url, &redis.url, 3, |c| {
+        for up in (c.upstreams.iter_mut()).filter(|u| u.model == "internlm3-latest") {
+            up.rpm = Some(5);
+        }
+    })
+    .await;
+    let key = key_with(&apps[0], 10_000, None).await;
+    let started = std::time::Instant::now();
+    let body = helpers::chat(None, "hi", false, serde_json::json!({}));
+    let rounds = apps.iter().map(|app| {
+        let (key, body) = (&key, &body);
+        async move {
+            let requests = (0..4).map(|_| {
+                let path = "/maas/internlm3-latest/ascend/chat/completions";
+                app.client
+                    .post(app.url(path))
+                    .bearer_auth(key)
+                    .json(body)
+                    .send()
+            });
+            join_all(requests).await
+        }
+    });
+    let mut statuses = Vec::new();
+    for response in join_all(rounds).await.into_iter().flatten() {
+        let response = response.unwrap();
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        statuses.push(response.status().as_u16());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        (5..=allowed(5, started.elapsed())).contains(&admitted),
+        "rpm 5 across 3 replicas: {statuses:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 429].contains(s)),
+        "{statuses:?}"
+    );
+    for app in apps {
+        app.stop().await;
+    }
 }
 
 /// A key of account acme with its own rpm and tpm, issued through `app`.
