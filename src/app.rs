@@ -110,6 +110,22 @@ impl Application {
         let metrics_token = config.metrics.bearer_token()?;
         prices::record(&config, &db, &entries).await?;
         let book = PriceBook::new(store::prices::all(&db).await?);
+        for up in config
+            .upstreams
+            .iter()
+            .filter(|u| u.reserved_from.is_some())
+        {
+            let deployment = up.deployment.as_deref();
+            let hourly = (book.all().into_iter()).any(|v| {
+                v.entry.deployment.as_deref() == deployment && !v.entry.per_hour.is_zero()
+            });
+            if !hourly {
+                tracing::warn!(
+                    deployment,
+                    "reserved_from is set but no price of this deployment names per_hour: its reserved hours cost nothing"
+                );
+            }
+        }
         if admin_auth.is_none() {
             tracing::warn!(
                 "admin API off: set {} (or admin.jwt_secret_file, admin.jwt_public_key_file) to enable it",
