@@ -59,7 +59,15 @@ pub async fn prices(State(state): State<AppState>, signed: Signed) -> Result<Res
                 .join(" · ");
             let in_force = book.is_in_force(v, now);
             (
-                format!("{} × {}", e.model, e.chip),
+                {
+                    // Whom it prices beside the pair: a deployment, an account, a tier.
+                    let mut pair = format!("{} × {}", e.model, e.chip);
+                    let tier = Some(e.tier.label()).filter(|t| !t.is_empty());
+                    for part in [&e.deployment, &e.account, &tier].into_iter().flatten() {
+                        pair = format!("{pair} · {part}");
+                    }
+                    pair
+                },
                 format!("#{}", v.id),
                 time(e.effective_from, zone),
                 rates,
