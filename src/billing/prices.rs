@@ -176,8 +176,8 @@ impl PriceVersion {
     }
 }
 
-/// Reads every `*.toml` file of `dir`, sorted by name, checks each entry, and turns
-/// accounts' discounts into their prices.
+/// Reads every `*.toml` file of `dir`, sorted by name, and checks each entry (accounts'
+/// discounts as written: `discounts::apply` turns them into prices).
 pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
     let listing = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read pricing folder {}", dir.display()))?;
@@ -192,7 +192,7 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
             .with_context(|| format!("cannot read {}", file.display()))?;
         entries.extend(parse_table(&text).with_context(|| format!("in {}", file.display()))?);
     }
-    super::discounts::apply(entries)
+    Ok(entries)
 }
 
 /// The rates a price entry may name; it names at least one (a free model says

@@ -17,9 +17,10 @@ pub async fn sync(config: &Config, db: &Db) -> anyhow::Result<usize> {
     record(config, db, &entries).await
 }
 
-/// The price tables, read and checked against the upstreams; nothing recorded yet.
+/// The price tables, read (accounts' discounts made into their prices) and checked
+/// against the upstreams; nothing recorded yet.
 pub fn read(config: &Config) -> anyhow::Result<Vec<prices::PriceEntry>> {
-    let entries = prices::load_dir(&config.pricing.dir)?;
+    let entries = crate::billing::discounts::apply(prices::load_dir(&config.pricing.dir)?)?;
     check_price_tables(config, &entries)?;
     Ok(entries)
 }

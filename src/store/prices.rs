@@ -61,6 +61,13 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
         Db::Postgres(_) => Some("SELECT pg_advisory_xact_lock($1)"),
         Db::Sqlite(_) => None,
     };
+    // A discount is not a price until `discounts::apply` makes its prices.
+    if let Some(e) = entries.iter().find(|e| e.discount_percent.is_some()) {
+        return Err(super::StoreError::Conflict(format!(
+            "the discount for {} was not made into prices; it cannot be recorded as one",
+            e.scope()
+        )));
+    }
     // The tiers of one price, together.
     let mut sets: Vec<Vec<&PriceEntry>> = Vec::new();
     for entry in entries {
