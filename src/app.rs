@@ -161,6 +161,7 @@ impl Application {
                 config.limits.clone(),
                 &config.redis,
                 metrics.redis_errors.clone(),
+                plan_history(&db),
             )?,
             spending: Spending::new(&db, ledger.clone(), &config.limits, &replica, &health),
             health,
@@ -356,4 +357,21 @@ fn spawn_upkeep(state: &AppState) {
             }
         }
     });
+}
+
+/// Where quota plans' counts start: the ledger's hourly sums of the holder.
+fn plan_history(db: &crate::store::Db) -> crate::limits::plans::History {
+    use crate::limits::plans::Holder;
+    let db = db.clone();
+    std::sync::Arc::new(move |holder, since_ms| {
+        let db = db.clone();
+        Box::pin(async move {
+            let (account, lineage) = match holder {
+                Holder::Account(id) => (id, 0),
+                Holder::Key { account, lineage } => (account, lineage),
+            };
+            let hours = crate::store::rollups::hours_of(&db, account, lineage, since_ms).await?;
+            Ok(hours)
+        })
+    })
 }

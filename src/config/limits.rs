@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::plans::PlanConfig;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -31,6 +33,8 @@ pub struct LimitsConfig {
     /// Where rpm and tpm are counted: in this process (`local`), or in Redis (`redis`),
     /// shared by every replica.
     pub store: LimitStoreKind,
+    /// Quota plans over rolling windows, given to accounts (`[[limits.plans]]`).
+    pub plans: Vec<PlanConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -104,6 +108,7 @@ impl Default for LimitsConfig {
             hold_expiry_secs: 600,
             postpaid_when_ledger_down: PostpaidFallback::Admit,
             store: LimitStoreKind::Local,
+            plans: Vec::new(),
         }
     }
 }

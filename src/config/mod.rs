@@ -12,11 +12,13 @@ use serde::Deserialize;
 mod database;
 mod env;
 mod limits;
+mod plans;
 pub mod secrets;
 mod upstreams;
 
 pub use database::{Backend, DatabaseConfig, LedgerConfig, Synchronous};
 pub use limits::{LimitStoreKind, LimitsConfig, PostpaidFallback, RedisConfig, RedisFallback};
+pub use plans::{PlanConfig, PlanHolder, QuotaConfig};
 pub use upstreams::{BaseUrl, Endpoint, StreamFormat, UpstreamConfig, check_name, timestamp};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +422,7 @@ impl Config {
                  must be at least 1"
             );
         }
+        plans::check(&self.limits.plans)?;
         if self.limits.store == LimitStoreKind::Redis {
             let Some(url) = &self.redis.url else {
                 bail!("limits.store = \"redis\" needs redis.url");

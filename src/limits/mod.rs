@@ -9,12 +9,14 @@
 pub mod bucket;
 pub mod gcra;
 mod local;
+pub mod plans;
 pub mod redis;
 pub mod requests;
 mod shared;
 mod slices;
 pub mod spending;
 pub mod tokens;
+pub mod windows;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -23,12 +25,14 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::Caller;
 use crate::billing::TokenCounts;
-use crate::config::{LimitStoreKind, LimitsConfig, RedisConfig};
+use crate::config::{LimitStoreKind, LimitsConfig, PlanHolder, RedisConfig};
 use crate::error::Error;
 use local::LocalCounts;
+use plans::{History, Holder, Plans, Ticket};
 pub use requests::{RequestLimits, RequestQuota};
 use shared::Shared;
 pub use tokens::{TokenLimits, TokenQuota};
+use windows::{Unit, Verdict};
 
 pub struct Limits {
     config: LimitsConfig,
@@ -43,6 +47,26 @@ pub struct Limits {
     usage_reads: RequestLimits,
     /// Polls of asynchronous tasks, per key (`limits.poll_rpm`), in this process.
     task_polls: RequestLimits,
+    /// Quota plans over rolling windows, per account or key.
+    plans: Plans,
+}
+
+/// A plan as a key reads it at `GET /v1/usage`.
+#[derive(Debug, serde::Serialize)]
+pub struct PlanView {
+    pub name: String,
+    pub per: PlanHolder,
+    pub windows: Vec<WindowView>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct WindowView {
+    pub window: String,
+    pub unit: &'static str,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the window counts nothing.
+    pub reset_seconds: u64,
 }
 
 /// One count of a request against a key's limits: refused if either quota has a
@@ -62,6 +86,19 @@ pub struct Admission {
     pub tokens: Option<(TokenQuota, u64, u64)>,
     /// Counted in Redis (settled there), not in this process.
     in_redis: bool,
+    /// The account's plan, where its count was kept (its tokens are counted at the end).
+    plan: Option<Ticket>,
+    /// The plan's token window with the least left, when it has less than the key's tpm.
+    plan_tokens: Option<TokenQuota>,
+}
+
+impl Admission {
+    /// The quotas the `x-ratelimit-*` headers report: the tightest of the key's limits and
+    /// its plan's windows.
+    pub fn shown(&self) -> (RequestQuota, Option<TokenQuota>) {
+        let tokens = self.plan_tokens.or(self.tokens.map(|(quota, _, _)| quota));
+        (self.requests, tokens)
+    }
 }
 
 impl Admission {
@@ -77,22 +114,27 @@ impl Admission {
             },
             tokens: None,
             in_redis: false,
+            plan: None,
+            plan_tokens: None,
         }
     }
 }
 
 impl Limits {
     /// Limits counted where `config.store` says; Redis's failures count in `errors`.
+    /// `history` reads a plan holder's past usage from the ledger.
     pub fn new(
         config: LimitsConfig,
         redis: &RedisConfig,
         errors: prometheus::IntCounter,
+        history: History,
     ) -> anyhow::Result<Limits> {
         let shared = match config.store {
             LimitStoreKind::Local => None,
             LimitStoreKind::Redis => Some(Shared::new(redis, errors)?),
         };
         Ok(Limits {
+            plans: Plans::new(&config.plans, history),
             config,
             local: LocalCounts::default(),
             shared,
@@ -194,10 +236,118 @@ impl Limits {
             }
             _ => None,
         };
-        Ok(Admission {
+        let mut admission = Admission {
             requests,
             tokens,
             in_redis,
+            plan: None,
+            plan_tokens: None,
+        };
+        if let Some(index) = self.plans.of(&caller.key.account) {
+            let holder = self.holder(index, caller);
+            let shared = self.shared.as_ref();
+            let counted = self
+                .plans
+                .count(shared, self.live_replicas(), index, holder, false)
+                .await;
+            let refused = match counted {
+                Ok((true, verdicts, ticket)) => {
+                    admission.plan = Some(ticket);
+                    self.show_tightest(&mut admission, index, &verdicts);
+                    None
+                }
+                Ok((false, verdicts, _)) => Some(self.over_quota(index, &verdicts)),
+                Err(e) => Some(e),
+            };
+            if let Some(refused) = refused {
+                // The tokens reserved for it go back.
+                self.settle(caller, &admission, 0);
+                return Err(refused);
+            }
+        }
+        Ok(admission)
+    }
+
+    /// Puts the plan's tightest windows in the admission's headers where they have less
+    /// left than the key's rpm and tpm.
+    fn show_tightest(&self, admission: &mut Admission, index: usize, verdicts: &[Verdict]) {
+        let windows = &self.plans.plan(index).windows;
+        let tightest = |unit: Unit| {
+            windows
+                .iter()
+                .zip(verdicts)
+                .filter(|(w, _)| w.unit == unit)
+                .min_by_key(|(_, v)| v.remaining)
+        };
+        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+        if let Some((w, v)) = tightest(Unit::Requests)
+            && v.remaining < u64::from(admission.requests.remaining)
+        {
+            admission.requests = RequestQuota {
+                limit: u32::try_from(w.limit).unwrap_or(u32::MAX),
+                remaining: v.remaining as u32,
+                reset: micros(v.reset_us),
+                retry_after: None,
+            };
+        }
+        if let Some((w, v)) = tightest(Unit::Tokens)
+            && admission
+                .tokens
+                .is_none_or(|(t, _, _)| v.remaining < t.remaining)
+        {
+            admission.plan_tokens = Some(TokenQuota {
+                limit: w.limit,
+                remaining: v.remaining,
+                reset: micros(v.reset_us),
+                retry_after: None,
+            });
+        }
+    }
+
+    /// The 429 of a plan's window without room: the one that frees up last names itself.
+    fn over_quota(&self, index: usize, verdicts: &[Verdict]) -> Error {
+        let plan = self.plans.plan(index);
+        let (window, verdict) = plan
+            .windows
+            .iter()
+            .zip(verdicts)
+            .max_by_key(|(_, v)| v.retry_us)
+            .expect("a plan has a window");
+        let mut headers = HeaderMap::new();
+        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+        let quota = RequestQuota {
+            limit: u32::try_from(window.limit).unwrap_or(u32::MAX),
+            remaining: 0,
+            reset: micros(verdict.reset_us),
+            retry_after: None,
+        };
+        let (unit, header) = match window.unit {
+            Unit::Requests => ("requests", "requests"),
+            Unit::Tokens => ("tokens", "tokens"),
+        };
+        match window.unit {
+            Unit::Requests => put_headers(&mut headers, &quota, None),
+            Unit::Tokens => {
+                let tokens = TokenQuota {
+                    limit: window.limit,
+                    remaining: 0,
+                    reset: quota.reset,
+                    retry_after: None,
+                };
+                let mut all = HeaderMap::new();
+                put_headers(&mut all, &quota, Some(&tokens));
+                for (name, value) in &all {
+                    if name.as_str().ends_with(header) {
+                        headers.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        let (name, limit, span) = (&plan.name, window.limit, window.label());
+        retry_later(micros(verdict.retry_us), headers, |seconds| {
+            format!(
+                "quota of {limit} {unit} per {span} reached for plan '{name}'; retry after {seconds}s"
+            )
         })
     }
 
@@ -219,6 +369,9 @@ impl Limits {
     /// Gives back (or takes) the difference between the reservation and the real usage,
     /// where it was counted (in Redis, in the background: the response does not wait).
     pub fn settle(&self, caller: &Caller, admission: &Admission, used: u64) {
+        if let Some(ticket) = admission.plan {
+            self.plans.spend(self.shared.as_ref(), ticket, used);
+        }
         let Some((_, tpm, reserved)) = admission.tokens else {
             return;
         };
@@ -236,6 +389,48 @@ impl Limits {
         Ok((counted.requests, counted.tokens))
     }
 
+    /// The caller's plan and what is left of each of its windows now, counting nothing
+    /// (for `GET /v1/usage`): (plan, [(window, unit, limit, remaining, reset)]).
+    pub async fn peek_plan(&self, caller: &Caller) -> Result<Option<PlanView>, Error> {
+        let Some(index) = self.plans.of(&caller.key.account) else {
+            return Ok(None);
+        };
+        let holder = self.holder(index, caller);
+        let shared = self.shared.as_ref();
+        let (_, verdicts, _) = self
+            .plans
+            .count(shared, self.live_replicas(), index, holder, true)
+            .await?;
+        let plan = self.plans.plan(index);
+        let windows = plan.windows.iter().zip(verdicts);
+        Ok(Some(PlanView {
+            name: plan.name.clone(),
+            per: plan.per,
+            windows: windows
+                .map(|(w, v)| WindowView {
+                    window: w.label(),
+                    unit: match w.unit {
+                        Unit::Requests => "requests",
+                        Unit::Tokens => "tokens",
+                    },
+                    limit: w.limit,
+                    remaining: v.remaining,
+                    reset_seconds: Duration::from_micros(v.reset_us.max(0) as u64).as_secs(),
+                })
+                .collect(),
+        }))
+    }
+
+    fn holder(&self, index: usize, caller: &Caller) -> Holder {
+        match self.plans.plan(index).per {
+            PlanHolder::Account => Holder::Account(caller.account_id),
+            PlanHolder::Key => Holder::Key {
+                account: caller.account_id,
+                lineage: caller.limit_id(),
+            },
+        }
+    }
+
     /// Forgets state that a fresh limiter would have anyway; run periodically.
     pub fn sweep(&self) {
         self.local.sweep();
@@ -244,6 +439,7 @@ impl Limits {
         }
         self.usage_reads.sweep();
         self.task_polls.sweep();
+        self.plans.sweep();
     }
 }
 

@@ -15,6 +15,7 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+use super::windows::{Counts, Unit, Verdict, Window};
 use super::{Counted, RequestQuota, TokenQuota, bucket, gcra};
 use crate::config::RedisConfig;
 
@@ -100,12 +101,119 @@ redis.call('PEXPIRE', KEYS[1], 120000)
 return {1}
 "#;
 
+/// Quotas over rolling windows (`windows::admit`, step for step): KEYS = one hash per window
+/// (slot → count, and `s` once seeded); ARGV = the time (µs; 0: Redis's clock), 1 to only
+/// look, 1 when seeds follow, then per window: unit (0 requests, 1 tokens), limit, span
+/// (µs), the number of seeded slots and that many (slot, count) pairs. A window not yet
+/// seeded (new, expired or lost) returns {-1} unless seeds are given: the caller reads them
+/// from the ledger and asks again; seeds land only in a window without `s`, so replicas
+/// seeding at once count them once. Returns admitted (1/0), then per window remaining,
+/// reset and retry (µs).
+pub const QUOTAS: &str = r#"
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local look, seeded = ARGV[2] == '1', ARGV[3] == '1'
+local ws, i = {}, 4
+for k = 1, #KEYS do
+  local w = {unit = tonumber(ARGV[i]), limit = tonumber(ARGV[i + 1]), span = tonumber(ARGV[i + 2])}
+  local n = tonumber(ARGV[i + 3])
+  w.width = math.max(1, math.floor(w.span / 60))
+  w.ttl = math.ceil((w.span + w.width) / 1000) + 1000
+  if redis.call('HEXISTS', KEYS[k], 's') == 0 then
+    if not seeded then return {-1} end
+    redis.call('HSET', KEYS[k], 's', 1)
+    for j = 1, n do
+      redis.call('HINCRBY', KEYS[k], ARGV[i + 2 + 2 * j], ARGV[i + 3 + 2 * j])
+    end
+    redis.call('PEXPIRE', KEYS[k], w.ttl)
+  end
+  i = i + 4 + 2 * n
+  local first = math.floor(now / w.width) - 60
+  local all = redis.call('HGETALL', KEYS[k])
+  w.slots, w.used = {}, 0
+  for j = 1, #all, 2 do
+    if all[j] ~= 's' then
+      local s, c = tonumber(all[j]), tonumber(all[j + 1])
+      if s < first then
+        redis.call('HDEL', KEYS[k], all[j])
+      else
+        w.slots[#w.slots + 1] = {s, c}
+        w.used = w.used + c
+      end
+    end
+  end
+  table.sort(w.slots, function(a, b) return a[1] < b[1] end)
+  ws[k] = w
+end
+local admitted = not look
+for _, w in ipairs(ws) do
+  if w.used >= w.limit then admitted = false end
+end
+if admitted then
+  for k, w in ipairs(ws) do
+    if w.unit == 0 then
+      local cur = math.floor(now / w.width)
+      redis.call('HINCRBY', KEYS[k], cur, 1)
+      redis.call('PEXPIRE', KEYS[k], w.ttl)
+      local last = w.slots[#w.slots]
+      if last and last[1] == cur then last[2] = last[2] + 1 else w.slots[#w.slots + 1] = {cur, 1} end
+      w.used = w.used + 1
+    end
+  end
+end
+local function wait(w, keep)
+  local used, at = w.used, 0
+  for _, s in ipairs(w.slots) do
+    if used <= keep then break end
+    used = used - s[2]
+    at = (s[1] + 61) * w.width - now
+  end
+  return math.max(0, at)
+end
+local out = {admitted and 1 or 0}
+for _, w in ipairs(ws) do
+  out[#out + 1] = math.max(0, w.limit - w.used)
+  out[#out + 1] = wait(w, 0)
+  if not look and not admitted and w.used >= w.limit then
+    out[#out + 1] = wait(w, w.limit - 1)
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"#;
+
+/// Tokens spent (`windows::spend`): KEYS = the token windows' hashes; ARGV = the time (as
+/// QUOTAS's), the tokens, then each window's span. A window not seeded is left alone: its
+/// seed, read from the ledger, will hold these tokens.
+pub const SPEND: &str = r#"
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+for k = 1, #KEYS do
+  if redis.call('HEXISTS', KEYS[k], 's') == 1 then
+    local span = tonumber(ARGV[2 + k])
+    local width = math.max(1, math.floor(span / 60))
+    redis.call('HINCRBY', KEYS[k], math.floor(now / width), ARGV[2])
+    redis.call('PEXPIRE', KEYS[k], math.ceil((span + width) / 1000) + 1000)
+  end
+end
+return {1}
+"#;
+
 pub struct RedisCounts {
     client: redis::Client,
     connection: OnceCell<ConnectionManager>,
     timeout: Duration,
     admit: Script,
     settle: Script,
+    quotas: Script,
+    spend: Script,
     /// When Redis last failed, in ms since `started` (0: never): it is skipped until
     /// `PROBE_EVERY` later.
     failed_at: AtomicU64,
@@ -134,6 +242,8 @@ impl RedisCounts {
             timeout: Duration::from_millis(config.timeout_ms),
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
+            quotas: Script::new(QUOTAS),
+            spend: Script::new(SPEND),
             failed_at: AtomicU64::new(0),
             recovered_at: AtomicU64::new(0),
             started: Instant::now(),
@@ -146,6 +256,19 @@ impl RedisCounts {
     fn keys(&self, id: i64) -> (String, String) {
         let tag = format!("{{{}:{id}}}", self.prefix);
         (format!("{tag}:rpm"), format!("{tag}:tpm"))
+    }
+
+    /// The hashes of a plan's windows for one holder (`a<account>` or `k<lineage>`), in one
+    /// hash slot; a window's span is in its name, so a plan whose windows change starts
+    /// them afresh (a changed limit keeps its counts).
+    pub fn quota_keys(&self, holder: &str, plan: &str, windows: &[Window]) -> Vec<String> {
+        let tag = format!("{{{}:quota:{holder}}}", self.prefix);
+        let unit = |w: &Window| if w.unit == Unit::Tokens { "t" } else { "r" };
+        windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{tag}:{plan}:{i}:{}{}", w.span_us / 1_000_000, unit(w)))
+            .collect()
     }
 
     /// Whether Redis answered the last time it was asked.
@@ -310,6 +433,56 @@ impl RedisCounts {
             retry_us: v[3],
         };
         Ok(RequestQuota::of(rpm, taken))
+    }
+
+    /// Counts one request in the quota windows `keys` (`windows`, in that order), or only
+    /// looks: `None` when a window is not seeded and no `seeds` (one `Counts` per window)
+    /// were given.
+    pub async fn quotas(
+        &self,
+        keys: &[String],
+        windows: &[Window],
+        seeds: Option<&[Counts]>,
+        look: bool,
+    ) -> Result<Option<(bool, Vec<Verdict>)>, Unavailable> {
+        let mut args = vec![0, u64::from(look), u64::from(seeds.is_some())];
+        for (i, w) in windows.iter().enumerate() {
+            let seed = seeds.and_then(|s| s.get(i)).map(|c| c.0.as_slice());
+            let seed = seed.unwrap_or_default();
+            args.extend([u64::from(w.unit == Unit::Tokens), w.limit, w.span_us as u64]);
+            args.push(seed.len() as u64);
+            args.extend(seed.iter().flat_map(|&(slot, n)| [slot as u64, n]));
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let v = self.run(&self.quotas, &keys, &args).await?;
+        if v.first() == Some(&-1) {
+            return Ok(None);
+        }
+        if v.len() != 1 + 3 * windows.len() {
+            return Err(Unavailable);
+        }
+        let verdicts = v[1..]
+            .chunks(3)
+            .map(|c| Verdict {
+                remaining: c[0].max(0) as u64,
+                reset_us: c[1],
+                retry_us: c[2],
+            })
+            .collect();
+        Ok(Some((v[0] == 1, verdicts)))
+    }
+
+    /// Counts `tokens` in the token windows `keys` (`windows`, in that order).
+    pub async fn spend(
+        &self,
+        keys: &[String],
+        windows: &[Window],
+        tokens: u64,
+    ) -> Result<(), Unavailable> {
+        let mut args = vec![0, tokens];
+        args.extend(windows.iter().map(|w| w.span_us as u64));
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.run(&self.spend, &keys, &args).await.map(|_| ())
     }
 
     /// Corrects key `id`'s reservation with the tokens used.

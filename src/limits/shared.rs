@@ -11,6 +11,7 @@ use super::Counted;
 use super::local::LocalCounts;
 use super::redis::RedisCounts;
 use super::slices::{Slices, slice_size};
+use super::windows::{Counts, Verdict, Window};
 use crate::config::{RedisConfig, RedisFallback};
 use crate::error::Error;
 
@@ -110,5 +111,32 @@ impl Shared {
 
     pub fn sweep(&self) {
         self.slices.sweep();
+    }
+
+    /// What a request gets while Redis does not answer.
+    pub fn fallback(&self) -> RedisFallback {
+        self.fallback
+    }
+
+    pub fn quota_keys(&self, holder: &str, plan: &str, windows: &[Window]) -> Vec<String> {
+        self.redis.quota_keys(holder, plan, windows)
+    }
+
+    /// Counts one request in quota windows in Redis (`RedisCounts::quotas`): `None` when
+    /// Redis does not answer, `Some(None)` when a window needs its seeds.
+    pub async fn quotas(
+        &self,
+        keys: &[String],
+        windows: &[Window],
+        seeds: Option<&[Counts]>,
+        look: bool,
+    ) -> Option<Option<(bool, Vec<Verdict>)>> {
+        self.redis.quotas(keys, windows, seeds, look).await.ok()
+    }
+
+    /// Counts tokens spent in quota windows in Redis, in the background.
+    pub fn spend(&self, keys: Vec<String>, windows: Vec<Window>, tokens: u64) {
+        let redis = self.redis.clone();
+        tokio::spawn(async move { redis.spend(&keys, &windows, tokens).await });
     }
 }

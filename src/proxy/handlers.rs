@@ -272,8 +272,8 @@ async fn proxy(
         prompt_estimate: None,
     };
     let mut response = exchange::serve(state, exchange).await;
-    let tokens = admission.tokens.map(|(quota, _, _)| quota);
-    limits::put_headers(response.headers_mut(), &admission.requests, tokens.as_ref());
+    let (requests, tokens) = admission.shown();
+    limits::put_headers(response.headers_mut(), &requests, tokens.as_ref());
     Ok(response)
 }
 

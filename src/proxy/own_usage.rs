@@ -26,6 +26,7 @@ pub async fn usage_of_key(
     )
     .await?;
     let (rq, tq) = state.limits().peek(&caller).await?;
+    let plan = state.limits().peek_plan(&caller).await?;
     let key = &caller.key;
     let mut response = Json(json!({
         "object": "usage",
@@ -37,6 +38,7 @@ pub async fn usage_of_key(
             "tokens_per_minute": tq.map(|t| t.limit),
             "remaining_tokens": tq.map(|t| t.remaining),
         },
+        "plan": plan,
         "period": {"start": month.start, "end": month.end, "requests": month.requests,
                    "prompt_tokens": month.prompt_tokens, "cached_tokens": month.cached_tokens,
                    "cache_write_tokens": month.cache_write_tokens,

@@ -35,6 +35,7 @@ mod observability;
 mod openai_sdk;
 mod parity;
 mod partitions;
+mod plans;
 mod postgres_ledger;
 mod price_ledger;
 mod price_scopes;

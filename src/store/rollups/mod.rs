@@ -317,6 +317,35 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
     })
 }
 
+/// An account's (or one key lineage's, `lineage` not 0) requests and prompt + completion
+/// tokens per UTC hour since `since_ms`: where a quota plan's counts start
+/// (`limits::plans`). One account's hours of the primary key.
+pub async fn hours_of(
+    db: &Db,
+    account_id: i64,
+    lineage: i64,
+    since_ms: i64,
+) -> Result<Vec<(i64, u64, u64)>> {
+    let rows: Vec<(i64, i64, i64)> = on!(db, |pool| {
+        sqlx::query_as(
+            "SELECT hour, CAST(SUM(requests) AS BIGINT),
+                    CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT)
+             FROM usage_hourly
+             WHERE account_id = $1 AND hour >= $2 AND ($3 = 0 OR lineage_id = $3)
+             GROUP BY hour ORDER BY hour",
+        )
+        .bind(account_id)
+        .bind(since_ms.div_euclid(HOUR_MS) * HOUR_MS)
+        .bind(lineage)
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|(hour, r, t)| (hour, r.max(0) as u64, t.max(0) as u64))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
