@@ -179,6 +179,7 @@ impl Application {
             prices: RwLock::new(Arc::new(book)),
             prices_signal,
             accounts_signal,
+            grants_issued: Default::default(),
             upstreams,
             tasks: TaskTracker::new(),
         }));
@@ -190,6 +191,7 @@ impl Application {
         crate::proxy::tasks::spawn_expiry(&state);
         spawn_upkeep(&state);
         spawn_reserved_hours(&state);
+        spawn_grant_upkeep(&state);
         Ok(Application {
             listener,
             console_listener,
@@ -273,6 +275,37 @@ pub fn install_tls_provider() {
 
 /// Charges private deployments' reserved hours each minute (`domain::reservations`): an
 /// hour is charged within a minute of its start, long before its invoice can be final.
+/// Opens credit grants at their effective time and closes them at their expiry, waking for
+/// the next one due, a grant issued, or each minute.
+fn spawn_grant_upkeep(state: &AppState) {
+    let app = std::sync::Arc::downgrade(&state.0);
+    let issued = state.grants_issued();
+    tokio::spawn(async move {
+        let minute = std::time::Duration::from_secs(60);
+        loop {
+            let Some(app) = app.upgrade() else { break };
+            let state = AppState(app);
+            let wait = match crate::domain::grants::upkeep(state.db(), state.spending()).await {
+                Ok(Some(due)) => {
+                    let ms = due - chrono::Utc::now().timestamp_millis();
+                    std::time::Duration::from_millis(ms.clamp(0, 60_000) as u64)
+                }
+                Ok(None) => minute,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open or close credit grants now");
+                    minute
+                }
+            };
+            drop(state);
+            let sleep = tokio::time::sleep(wait.max(std::time::Duration::from_millis(20)));
+            tokio::select! {
+                () = sleep => {}
+                () = issued.notified() => {}
+            }
+        }
+    });
+}
+
 fn spawn_reserved_hours(state: &AppState) {
     if !state
         .config()

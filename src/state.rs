@@ -32,6 +32,8 @@ pub struct App {
     pub(crate) prices_signal: ChangeSignal,
     /// Moved by account changes made in other processes (CLI top-ups, billing settings).
     pub(crate) accounts_signal: ChangeSignal,
+    /// Wakes the grants' upkeep: a grant was issued (here, or in another process).
+    pub(crate) grants_issued: Arc<tokio::sync::Notify>,
     pub(crate) upstreams: Upstreams,
     pub(crate) keys: KeyCache,
     pub(crate) limits: Limits,
@@ -106,6 +108,13 @@ impl AppState {
     pub fn metrics_token(&self) -> Option<&str> {
         self.0.metrics_token.as_deref()
     }
+    /// A grant was issued: its upkeep looks at once for when it opens or expires.
+    pub fn grant_issued(&self) {
+        self.0.grants_issued.notify_one();
+    }
+    pub(crate) fn grants_issued(&self) -> Arc<tokio::sync::Notify> {
+        self.0.grants_issued.clone()
+    }
 }
 
 /// Once a second: reloads the price book if another process synced prices, and account
@@ -144,6 +153,7 @@ pub(crate) fn spawn_maintenance(state: &AppState) {
             }
             let stamp = Some(app.accounts_signal.stamp());
             if stamp != accounts_seen {
+                app.grants_issued.notify_one();
                 match app.spending.refresh(&app.db).await {
                     Ok(()) => accounts_seen = stamp,
                     Err(e) => tracing::error!(error = %e, "cannot refresh account balances"),

@@ -1,5 +1,5 @@
 //! `/admin/v1/accounts`: open, list and show accounts, set how they are billed, top them
-//! up and issue credit and debit notes (idempotently).
+//! up, issue credit and debit notes and credit grants (idempotently).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -12,10 +12,12 @@ use super::{Admin, JsonBody};
 use crate::billing::prices::Money;
 use crate::domain::accounts::{self, AccountView};
 use crate::domain::audit_log::Change;
+use crate::domain::grants;
 use crate::server::ApiError;
 use crate::state::AppState;
 use crate::store;
 use crate::store::accounts::{Account, BillingMode, Topup};
+use crate::store::grants::Grant;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,6 +25,10 @@ pub fn router() -> Router<AppState> {
         .route("/admin/v1/accounts/{id}", get(show).patch(update))
         .route("/admin/v1/accounts/{id}/topups", post(top_up))
         .route("/admin/v1/accounts/{id}/notes", post(issue_note))
+        .route(
+            "/admin/v1/accounts/{id}/grants",
+            get(list_grants).post(issue_grant),
+        )
 }
 
 #[derive(Deserialize)]
@@ -47,6 +53,11 @@ async fn create(
     let credit_limit = new.credit_limit.map(|m| m.0);
     let account = accounts::open(state.db(), &new.name, mode, credit_limit).await?;
     admin.record(&state, accounts::opened(&account)).await?;
+    let welcome = state.config().billing.welcome_grant.as_ref();
+    let spending = Some(state.spending());
+    if let Some(grant) = grants::welcome(state.db(), spending, account.id, welcome).await? {
+        admin.record(&state, grants::issued(&grant)).await?;
+    }
     Ok((StatusCode::CREATED, Json(view(&state, account).await?)))
 }
 
@@ -181,4 +192,60 @@ async fn issue_note(
     state.spending().credit(id, note.id, note.amount);
     admin.record(&state, accounts::noted(&note)).await?;
     Ok((StatusCode::CREATED, Json(note)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGrant {
+    amount: Money,
+    /// `paid` or `promotional` (the default).
+    kind: Option<String>,
+    /// 0 (burned first) to 100; 50 by default.
+    priority: Option<i32>,
+    effective_at: Option<chrono::DateTime<chrono::Utc>>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    reason: String,
+}
+
+/// Issues a credit grant once per `Idempotency-Key` (a retry returns the first, 200):
+/// burned by the account's usage before its balance, from its effective time to its expiry.
+async fn issue_grant(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    JsonBody(new): JsonBody<NewGrant>,
+) -> Result<(StatusCode, Json<Grant>), ApiError> {
+    let key = idempotency_key(&headers)?;
+    accounts::get(state.db(), id).await?;
+    let actor = admin.actor();
+    let asked = grants::GrantRequest {
+        amount: new.amount.0,
+        kind: new.kind.as_deref().unwrap_or("promotional"),
+        priority: new.priority,
+        effective_at: new.effective_at,
+        expires_at: new.expires_at,
+        reason: &new.reason,
+        actor: &actor.name,
+        idempotency_key: key,
+    };
+    let spending = Some(state.spending());
+    let (grant, created) = grants::issue(state.db(), spending, id, &asked).await?;
+    if !created {
+        return Ok((StatusCode::OK, Json(grant)));
+    }
+    state.grant_issued();
+    admin.record(&state, grants::issued(&grant)).await?;
+    Ok((StatusCode::CREATED, Json(grant)))
+}
+
+/// The account's grants, newest first, with what each has left.
+async fn list_grants(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    accounts::get(state.db(), id).await?;
+    let data = store::grants::of_account(state.db(), id).await?;
+    Ok(Json(json!({"object": "list", "data": data})))
 }

@@ -63,8 +63,12 @@ pub struct Invoice {
     /// The credit and debit notes issued in the period (never an edit of its lines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adjustments: Vec<Adjustment>,
-    /// What is owed: `total`, the reserved hours and the notes. (Absent from invoices
-    /// finalized before these existed: `total` then.)
+    /// What credit grants paid of the period's usage, per grant (usage lines stay at
+    /// their prices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<GrantLine>,
+    /// What is owed: `total`, the reserved hours, the notes, less the grants applied.
+    /// (Absent from invoices finalized before these existed: `total` then.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_due: Option<Decimal>,
     pub generated_at: DateTime<Utc>,
@@ -111,6 +115,31 @@ pub struct Adjustment {
     pub reason: String,
     /// What it adds to the amount due, in fen: negative for a credit note.
     pub amount: Decimal,
+}
+
+/// A credit grant applied to the period's usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantLine {
+    pub grant_id: i64,
+    /// `paid` or `promotional`.
+    pub kind: String,
+    pub reason: String,
+    /// What it paid, exact.
+    pub applied_exact: Decimal,
+    /// What it takes off the amount due: the negative of `applied_exact` to the fen.
+    pub amount: Decimal,
+}
+
+impl GrantLine {
+    pub fn new(grant_id: i64, kind: String, reason: String, applied: Decimal) -> GrantLine {
+        GrantLine {
+            grant_id,
+            kind,
+            reason,
+            applied_exact: applied.normalize(),
+            amount: -to_fen(applied),
+        }
+    }
 }
 
 /// Half-up to 0.01 CNY (amounts are never negative), always written with two decimals.
@@ -193,12 +222,13 @@ impl Invoice {
         Ok(self)
     }
 
-    /// The reserved hours and notes of the period, and what is owed with them (each
-    /// reserved line rounded to the fen, like a usage line).
+    /// The reserved hours, notes and grants applied of the period, and what is owed with
+    /// them (each reserved line and grant rounded to the fen, like a usage line).
     pub fn with_charges(
         mut self,
         reserved: Vec<ReservedLine>,
         adjustments: Vec<Adjustment>,
+        grants: Vec<GrantLine>,
     ) -> Result<Invoice, Overflow> {
         let mut due = self.total;
         for r in &reserved {
@@ -207,8 +237,12 @@ impl Invoice {
         for a in &adjustments {
             due = add(due, a.amount)?;
         }
+        for g in &grants {
+            due = add(due, g.amount)?;
+        }
         self.reserved = reserved;
         self.adjustments = adjustments;
+        self.grants = grants;
         self.amount_due = Some(due);
         Ok(self)
     }
@@ -269,6 +303,18 @@ impl Invoice {
                 a.id,
                 a.amount,
                 a.amount
+            ));
+        }
+        for g in &self.grants {
+            out.push_str(&format!(
+                "{},{},{},GRANT,,,,{},{},,,,{},{}\n",
+                self.id,
+                csv_field(&self.account),
+                self.period,
+                g.kind,
+                g.grant_id,
+                -g.applied_exact,
+                g.amount
             ));
         }
         let due = self.amount_due.unwrap_or(self.total);

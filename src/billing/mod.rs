@@ -5,6 +5,7 @@
 
 pub mod cost;
 pub mod discounts;
+pub mod grants;
 pub mod invoice;
 pub mod money;
 pub mod period;

@@ -76,7 +76,7 @@ pub enum AccountsCommand {
 }
 
 /// An amount of money as a plain decimal (`100.00`; no exponent or separators).
-fn plain_amount(text: &str) -> Result<Decimal, String> {
+pub(super) fn plain_amount(text: &str) -> Result<Decimal, String> {
     crate::billing::money::parse_plain(text.trim())
         .ok_or_else(|| format!("'{text}' is not a plain decimal amount, e.g. 100.00"))
 }
@@ -169,6 +169,11 @@ pub(super) async fn accounts(config: &Config, command: AccountsCommand) -> anyho
             };
             let account = crate::domain::accounts::open(&db, &name, mode, credit_limit).await?;
             audited(&db, crate::domain::accounts::opened(&account)).await?;
+            let welcome = config.billing.welcome_grant.as_ref();
+            let granted = crate::domain::grants::welcome(&db, None, account.id, welcome).await?;
+            if let Some(grant) = granted {
+                audited(&db, crate::domain::grants::issued(&grant)).await?;
+            }
             emit(json, &account, || {
                 format!("account '{}' created (id {})", account.name, account.id)
             })

@@ -1,9 +1,10 @@
 //! The command line: parsing and dispatch. The commands live by concern: `accounts`
-//! (accounts and keys), `billing` (prices, invoices, reports), `people` (console users),
+//! (accounts and keys), `billing` (prices, invoices, reports), `grants`, `people` (console users),
 //! `serve` (serve, demo), `usage`.
 
 mod accounts;
 mod billing;
+mod grants;
 mod people;
 mod serve;
 mod usage;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Credit grants: money an account's usage burns before its balance.
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
     /// Price tables and the price ledger.
     #[command(subcommand)]
     Prices(PricesCommand),
@@ -186,6 +190,7 @@ async fn run(cli: Cli, config: Option<Config>) -> anyhow::Result<()> {
             accounts::accounts(&Config::load(&cli.config)?, command).await
         }
         Command::Keys(command) => accounts::keys(&Config::load(&cli.config)?, command).await,
+        Command::Grants(command) => grants::grants(&Config::load(&cli.config)?, command).await,
         Command::Prices(command) => billing::prices(&Config::load(&cli.config)?, command).await,
         Command::Invoices(command) => billing::invoices(&Config::load(&cli.config)?, command).await,
         Command::Report {

@@ -107,6 +107,36 @@ pub struct BillingConfig {
     pub timezone: chrono_tz::Tz,
     /// Finalizing an invoice waits this long after its period, for requests still running.
     pub finalize_grace_secs: i64,
+    /// A grant every newly opened account gets (`[billing.welcome_grant]`), if set.
+    pub welcome_grant: Option<WelcomeGrant>,
+}
+
+/// The grant a new account gets, as DashScope gives new accounts a free allowance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WelcomeGrant {
+    /// CNY, e.g. "10.00".
+    pub amount: crate::billing::prices::Money,
+    #[serde(default = "promotional")]
+    pub kind: String,
+    #[serde(default = "middle_priority")]
+    pub priority: i32,
+    /// Unset: it never expires.
+    pub expires_after_days: Option<u32>,
+    #[serde(default = "welcome_reason")]
+    pub reason: String,
+}
+
+fn promotional() -> String {
+    "promotional".into()
+}
+
+fn middle_priority() -> i32 {
+    50
+}
+
+fn welcome_reason() -> String {
+    "welcome grant".into()
 }
 
 impl Default for BillingConfig {
@@ -114,6 +144,7 @@ impl Default for BillingConfig {
         BillingConfig {
             timezone: chrono_tz::UTC,
             finalize_grace_secs: 3600,
+            welcome_grant: None,
         }
     }
 }

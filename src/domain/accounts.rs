@@ -8,7 +8,7 @@ use crate::billing::money;
 use crate::config::check_name;
 use crate::domain::audit_log::Change;
 use crate::error::Error;
-use crate::limits::spending::{self, Spending};
+use crate::limits::spending::Spending;
 use crate::store::accounts::{Account, BillingMode, Topup};
 use crate::store::{self, Db};
 
@@ -18,7 +18,10 @@ use crate::store::{self, Db};
 pub struct AccountView {
     #[serde(flatten)]
     pub account: Account,
+    /// The account's own money: top-ups and notes less what grants did not pay.
     pub balance: Decimal,
+    /// What its open credit grants still hold (spent before the balance).
+    pub grants: Decimal,
     pub held: Decimal,
     pub available: Option<Decimal>,
     pub currency: &'static str,
@@ -27,15 +30,17 @@ pub struct AccountView {
 /// `account` with its money, from the ledger in `db` (imported up to now) and what
 /// `spending` holds for requests in flight.
 pub async fn view(db: &Db, spending: &Spending, account: Account) -> Result<AccountView, Error> {
-    let balance = spending::balance(db, account.id).await?;
+    let funds = store::funds::of(db, account.id).await?;
+    let balance = funds.balance()?;
     let held = spending.held(account.id).await?.normalize();
     let available = match account.allowance() {
-        Some(a) => Some(money::sub(money::add(balance, a)?, held)?.normalize()),
+        Some(a) => Some(money::sub(money::add(funds.spendable()?, a)?, held)?.normalize()),
         None => None,
     };
     Ok(AccountView {
         account,
         balance,
+        grants: funds.grant_pool.normalize(),
         held,
         available,
         currency: "CNY",

@@ -79,6 +79,7 @@ impl Ledger<'_> {
             total: Default::default(),
             reserved: Vec::new(),
             adjustments: Vec::new(),
+            grants: Vec::new(),
             amount_due: None,
             generated_at: Utc::now(),
         };
@@ -94,8 +95,19 @@ impl Ledger<'_> {
             .collect();
         let hours = store::accounts::reservations_between(self.db, account.id, start, end).await?;
         let reserved = invoice::reserved_lines(hours.into_iter().map(|h| (h.note, -h.amount)))?;
+        let used = store::grants::used_between(self.db, account.id, start, end).await?;
+        let mut grants = Vec::with_capacity(used.len());
+        if !used.is_empty() {
+            let of_account = store::grants::of_account(self.db, account.id).await?;
+            for (id, applied) in used {
+                let grant = of_account.iter().find(|g| g.id == id);
+                let (kind, reason) =
+                    grant.map_or_else(Default::default, |g| (g.kind.clone(), g.reason.clone()));
+                grants.push(invoice::GrantLine::new(id, kind, reason, applied));
+            }
+        }
         let invoice = empty.with_lines(invoice::lines(&totals, self.prices)?)?;
-        Ok(invoice.with_charges(reserved, adjustments)?)
+        Ok(invoice.with_charges(reserved, adjustments, grants)?)
     }
 
     /// The finalized invoice if there is one, else the draft.

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod audit_log;
+pub mod grants;
 pub mod invoices;
 pub mod keys;
 pub mod overview;

@@ -18,28 +18,42 @@ use crate::billing::money;
 pub struct Funds {
     pub topped_up: Decimal,
     pub spent: Decimal,
+    /// What grants paid of the records' costs.
+    pub granted: Decimal,
+    /// What open grants still hold.
+    pub grant_pool: Decimal,
 }
 
 impl Funds {
-    /// Top-ups minus charges.
+    /// Top-ups minus charges, plus what grants paid of them: the account's own money.
     pub fn balance(&self) -> Result<Decimal> {
-        Ok(money::sub(self.topped_up, self.spent)?.normalize())
+        let own = money::sub(self.topped_up, self.spent)?;
+        Ok(money::add(own, self.granted)?.normalize())
+    }
+
+    /// What admission counts with: the balance and what open grants still hold.
+    pub fn spendable(&self) -> Result<Decimal> {
+        Ok(money::add(self.balance()?, self.grant_pool)?.normalize())
     }
 }
 
 /// The running figures of `account_id` (zero for an account without any).
 pub async fn of(db: &Db, account_id: i64) -> Result<Funds> {
-    let row: Option<(Option<Money>, Option<Money>)> = super::on!(db, |pool| {
-        sqlx::query_as("SELECT topped_up, spent FROM account_funds WHERE account_id = $1")
-            .bind(account_id)
-            .fetch_optional(pool)
-            .await?
+    let row: Option<(Option<Money>, Option<Money>, Money, Money)> = super::on!(db, |pool| {
+        sqlx::query_as(
+            "SELECT topped_up, spent, granted, grant_pool FROM account_funds WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(pool)
+        .await?
     });
     match row {
         None => Ok(Funds::default()),
-        Some((Some(topped_up), Some(spent))) => Ok(Funds {
+        Some((Some(topped_up), Some(spent), granted, grant_pool)) => Ok(Funds {
             topped_up: topped_up.0,
             spent: spent.0,
+            granted: granted.0,
+            grant_pool: grant_pool.0,
         }),
         Some(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
             "account {account_id}'s figures are out of range of exact money or were never computed; ask the operator to check its top-ups"
@@ -51,8 +65,9 @@ pub async fn of(db: &Db, account_id: i64) -> Result<Funds> {
 /// read as one snapshot: SQLite commits top-ups one at a time in the order of their ids,
 /// so every later top-up has a larger id.
 pub async fn with_last_topup(pool: &SqlitePool, account_id: i64) -> Result<(Funds, i64)> {
-    let row: Option<(Option<Money>, Option<Money>, i64)> = sqlx::query_as(
-        "SELECT topped_up, spent,
+    type Row = (Option<Money>, Option<Money>, Money, Money, i64);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT topped_up, spent, granted, grant_pool,
                 (SELECT coalesce(max(id), 0) FROM topups WHERE account_id = $1)
          FROM account_funds WHERE account_id = $1",
     )
@@ -61,10 +76,12 @@ pub async fn with_last_topup(pool: &SqlitePool, account_id: i64) -> Result<(Fund
     .await?;
     match row {
         None => Ok((Funds::default(), 0)),
-        Some((Some(topped_up), Some(spent), last)) => Ok((
+        Some((Some(topped_up), Some(spent), granted, grant_pool, last)) => Ok((
             Funds {
                 topped_up: topped_up.0,
                 spent: spent.0,
+                granted: granted.0,
+                grant_pool: grant_pool.0,
             },
             last,
         )),
@@ -211,16 +228,18 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Audit> {
     let postgres = matches!(db, Db::Postgres(_));
     let (running_sql, pending_sql) = match postgres {
         true => (
-            "SELECT topped_up, spent, held FROM account_funds WHERE account_id = $1",
+            "SELECT topped_up, spent, held, granted, grant_pool FROM account_funds
+             WHERE account_id = $1",
             "SELECT sum(amount) FROM holds WHERE account_id = $1 AND state = 'pending'",
         ),
         // Holds live in the gateway's memory beside SQLite.
         false => (
-            "SELECT topped_up, spent, NULL AS held FROM account_funds WHERE account_id = $1",
+            "SELECT topped_up, spent, NULL AS held, granted, grant_pool FROM account_funds
+             WHERE account_id = $1",
             "SELECT NULL WHERE $1 IS NOT NULL",
         ),
     };
-    type Row = (Option<Money>, Option<Money>, Option<Money>);
+    type Row = (Option<Money>, Option<Money>, Option<Money>, Money, Money);
     let (running, summed, pending) = super::on!(db, |pool| {
         let mut tx = pool.begin().await?;
         if postgres {
@@ -251,6 +270,14 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Audit> {
                 &mut summed.spent,
                 "SELECT cost FROM usage_records WHERE account_id = $1",
             ),
+            (
+                &mut summed.granted,
+                "SELECT amount FROM grant_uses WHERE account_id = $1",
+            ),
+            (
+                &mut summed.grant_pool,
+                "SELECT remaining FROM grants WHERE account_id = $1 AND state = 'open'",
+            ),
         ] {
             let mut amounts = sqlx::query_scalar::<_, Money>(sql)
                 .bind(account_id)
@@ -267,10 +294,12 @@ pub async fn audit(db: &Db, account_id: i64) -> Result<Audit> {
         (running, summed, pending.flatten())
     });
     let (running, held) = match running {
-        Some((Some(topped_up), Some(spent), held)) => {
+        Some((Some(topped_up), Some(spent), held, granted, grant_pool)) => {
             let funds = Funds {
                 topped_up: topped_up.0,
                 spent: spent.0,
+                granted: granted.0,
+                grant_pool: grant_pool.0,
             };
             (Some(funds), held.map(|h| h.0))
         }

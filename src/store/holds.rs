@@ -27,8 +27,8 @@ pub struct NewHold<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Reserves `hold.amount` if the account has it available (top-ups - charges - holds +
-/// credit) and its figures are amounts this version can compute with (data written past
+/// Reserves `hold.amount` if the account has it available (top-ups - charges + granted +
+/// what open grants hold - holds + credit) and its figures are amounts this version can compute with (data written past
 /// the bounds of `billing::money` by an older version is not); returns whether it did. One
 /// statement: the check and the reservation cannot be split by another replica's.
 pub async fn reserve(pool: &PgPool, hold: &NewHold<'_>) -> Result<bool> {
@@ -37,9 +37,10 @@ pub async fn reserve(pool: &PgPool, hold: &NewHold<'_>) -> Result<bool> {
              UPDATE account_funds f SET held = f.held + $2
              FROM accounts a
              WHERE f.account_id = $1 AND a.id = $1
-               AND f.topped_up - f.spent + COALESCE(a.credit_limit, 0) <= $7
+               AND f.topped_up - f.spent + f.granted + f.grant_pool
+                   + COALESCE(a.credit_limit, 0) <= $7
                AND ((a.billing_mode = 'postpaid' AND a.credit_limit IS NULL)
-                    OR f.topped_up - f.spent - f.held - $2
+                    OR f.topped_up - f.spent + f.granted + f.grant_pool - f.held - $2
                        + CASE WHEN a.billing_mode = 'prepaid' THEN 0 ELSE a.credit_limit END
                        >= 0)
              RETURNING f.account_id)
@@ -62,7 +63,7 @@ pub async fn reserve(pool: &PgPool, hold: &NewHold<'_>) -> Result<bool> {
 /// what exact money in this version can hold.
 pub async fn available(pool: &PgPool, account_id: i64) -> Result<Option<Decimal>> {
     let available: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT (f.topped_up - f.spent - f.held
+        "SELECT (f.topped_up - f.spent + f.granted + f.grant_pool - f.held
                  + CASE WHEN a.billing_mode = 'prepaid' THEN 0 ELSE a.credit_limit END)::text
          FROM account_funds f JOIN accounts a ON a.id = f.account_id
          WHERE f.account_id = $1",
@@ -85,14 +86,16 @@ pub async fn void(pool: &PgPool, request_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The account's running figures as admission counts with them: top-ups minus charges,
-/// and what pending holds reserve (`None`: no such account).
+/// The account's running figures as admission counts with them: top-ups minus charges
+/// plus grants (paid and still held), and what pending holds reserve (`None`: no such account).
 pub async fn funds(pool: &PgPool, account_id: i64) -> Result<Option<(Decimal, Decimal)>> {
-    let row: Option<(Money, Money)> =
-        sqlx::query_as("SELECT topped_up - spent, held FROM account_funds WHERE account_id = $1")
-            .bind(account_id)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(Money, Money)> = sqlx::query_as(
+        "SELECT topped_up - spent + granted + grant_pool, held FROM account_funds
+             WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(|(balance, held)| (balance.0, held.0)))
 }
 

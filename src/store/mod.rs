@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod audit_log;
 pub mod compact;
 pub mod funds;
+pub mod grants;
 pub mod health;
 pub mod holds;
 pub mod invoices;

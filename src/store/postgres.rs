@@ -64,7 +64,7 @@ pub fn sink(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 
 /// Inserts `records` in one transaction, skipping request ids already stored with the same
 /// start (the unique key of a table partitioned by month; a request id names one request,
-/// which started once).
+/// which started once), and burns the grants of those it took (`grants::burn_postgres`).
 pub async fn insert_usage(
     pool: &PgPool,
     records: &[&UsageRecord],
@@ -75,18 +75,30 @@ pub async fn insert_usage(
     let sql = format!(
         "INSERT INTO usage_records ({})
          SELECT * FROM UNNEST({})
-         ON CONFLICT (request_id, started_at) DO NOTHING",
+         ON CONFLICT (request_id, started_at) DO NOTHING
+         RETURNING request_id",
         usage::COLUMN_NAMES.join(", "),
         parameters.join(", ")
     );
     let mut tx = pool.begin().await.map_err(classify)?;
+    let mut inserted = std::collections::HashSet::new();
     for chunk in records.chunks(ROWS_PER_STATEMENT) {
         let query = sqlx::query(AssertSqlSafe(sql.as_str()));
-        usage::bind_columns(query, chunk)
-            .execute(&mut *tx)
+        let rows = usage::bind_columns(query, chunk)
+            .fetch_all(&mut *tx)
             .await
             .map_err(classify)?;
+        for row in rows {
+            inserted.insert(sqlx::Row::try_get::<String, _>(&row, 0).map_err(classify)?);
+        }
     }
+    // Only the records this insert took burn grants: a replay burns nothing twice.
+    let taken: Vec<&UsageRecord> = (records.iter().copied())
+        .filter(|r| inserted.contains(&r.request_id))
+        .collect();
+    super::grants::burn_postgres(&mut tx, &taken)
+        .await
+        .map_err(classify)?;
     tx.commit().await.map_err(classify)
 }
 

@@ -15,7 +15,8 @@ use crate::billing::record::{Attempt, Reported, UsageRecord};
 const ROWS_PER_INSERT: usize = 16;
 
 /// Inserts `records` on the ledger writer's connection, all or none, in one transaction
-/// with the charge of their accounts' running totals (`funds::charge`) and their rollups
+/// with the charge of their accounts' running totals (`funds::charge`), the burn of their
+/// grants (`grants::burn_sqlite`) and their rollups
 /// (`sqlite::roll_up`), in statements of `ROWS_PER_INSERT` rows of `usage_rows`
 /// (`compact`). A request id already present is skipped and charges nothing, so a batch
 /// retried after an unclear failure never writes or charges a record twice.
@@ -99,6 +100,7 @@ where
         refuse_other_starts(conn, &records, &inserted_records)?;
     }
     super::funds::charge(conn, &charged)?;
+    super::grants::burn_sqlite(conn, &inserted_records)?;
     super::sqlite::roll_up(conn, &inserted_records)?;
     transaction.commit()
 }

@@ -471,6 +471,7 @@ async fn totals_and_sums(db: &Db, account: i64) -> (store::funds::Funds, store::
     let sums = store::funds::Funds {
         topped_up: store::accounts::topped_up(db, account).await.unwrap(),
         spent: records.iter().map(|r| r.cost).sum(),
+        ..funds
     };
     (funds, sums)
 }

@@ -19,6 +19,7 @@ mod errors;
 mod faults;
 mod fixtures;
 mod framing;
+mod grants;
 mod holds_parity;
 mod hostile;
 mod invoices;

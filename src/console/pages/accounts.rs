@@ -138,6 +138,13 @@ pub async fn open(
     match opened {
         Ok(account) => {
             audit_log::record(db, &signed.actor(), accounts::opened(&account)).await?;
+            let welcome = state.config().billing.welcome_grant.as_ref();
+            let spending = Some(state.spending());
+            let granted = crate::domain::grants::welcome(db, spending, account.id, welcome).await?;
+            if let Some(grant) = granted {
+                let issued = crate::domain::grants::issued(&grant);
+                audit_log::record(db, &signed.actor(), issued).await?;
+            }
             Ok(Redirect::to("/console/accounts").into_response())
         }
         Err(e @ (Error::InvalidRequest { .. } | Error::Conflict(_))) => {

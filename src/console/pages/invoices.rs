@@ -140,8 +140,8 @@ async fn page(
     render_form(&page, &page.error)
 }
 
-/// An invoice's reserved hours and credit and debit notes as the page and the document
-/// show them.
+/// An invoice's reserved hours, credit and debit notes and grants applied as the page and
+/// the document show them.
 fn notes(invoice: &Invoice) -> Vec<(&'static str, String, String)> {
     let reserved = invoice.reserved.iter().map(|r| {
         let what = format!("{} · {} h × {}", r.deployment, r.hours, exact(r.per_hour));
@@ -155,7 +155,11 @@ fn notes(invoice: &Invoice) -> Vec<(&'static str, String, String)> {
         let what = format!("#{} · {} · {}", a.id, a.period, a.reason);
         (kind, what, money(a.amount))
     });
-    reserved.chain(notes).collect()
+    let grants = invoice.grants.iter().map(|g| {
+        let what = format!("#{} · {} · {}", g.grant_id, g.kind, g.reason);
+        ("invoice.grant", what, money(g.amount))
+    });
+    reserved.chain(notes).chain(grants).collect()
 }
 
 /// An invoice's lines as the page and the document show them.

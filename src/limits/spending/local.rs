@@ -20,7 +20,8 @@ use crate::store::{self, Db};
 
 #[derive(Debug, Clone)]
 struct Funds {
-    /// Top-ups minus the costs of settled requests.
+    /// Top-ups minus the costs of settled requests, plus what open grants hold (a grant's
+    /// burn moves money from the one to the other, so settling charges the whole cost).
     balance: Decimal,
     /// How far below zero the balance may go; `None`: no limit.
     allowance: Option<Decimal>,
@@ -291,7 +292,8 @@ impl LocalSpending {
     }
 }
 
-/// The account's balance from the ledger's running figures, and the newest top-up in it.
+/// What the account can spend from the ledger's running figures (its balance and what its
+/// open grants hold), and the newest top-up in it.
 async fn balance_and_last_topup(db: &Db, account_id: i64) -> Result<(Decimal, i64), Error> {
     let Db::Sqlite(pool) = db else {
         return Err(Error::Internal(anyhow::anyhow!(
@@ -299,5 +301,5 @@ async fn balance_and_last_topup(db: &Db, account_id: i64) -> Result<(Decimal, i6
         )));
     };
     let (funds, last) = store::funds::with_last_topup(pool, account_id).await?;
-    Ok((funds.balance()?, last))
+    Ok((funds.spendable()?, last))
 }

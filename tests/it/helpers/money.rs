@@ -1,9 +1,10 @@
 //! The money invariant, checked on the ledger itself: for an account, once every record is
 //! in the database, its running totals (`account_funds`) are the sums of its top-ups and
 //! notes and of its records' costs (with those of records retired), `balance = top-ups +
-//! credit notes − debit notes − reserved hours − Σ record costs`, `held ≥ 0`, and the figures
-//! admission counts with (in memory beside SQLite, `account_funds` in PostgreSQL) equal the
-//! ledger's.
+//! credit notes − debit notes − reserved hours − Σ record costs net of grants`, each grant's
+//! remainder its amount less its uses (never below 0), `held ≥ 0`, and the figures
+//! admission counts with (in memory beside SQLite, `account_funds` in PostgreSQL: the
+//! balance and what open grants hold) equal the ledger's.
 
 use rust_decimal::Decimal;
 use tollgate::store::{self, listing::UsageFilter};
@@ -14,6 +15,8 @@ use super::TestApp;
 #[derive(Debug)]
 pub struct Figures {
     pub charged: Decimal,
+    /// What grants paid of `charged`.
+    pub granted: Decimal,
     pub balance: Decimal,
     pub held: Decimal,
     /// Records of the account.
@@ -51,13 +54,45 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
         (topped_up.normalize(), charged.normalize()),
         "running totals = Σ top-ups, Σ record costs"
     );
+    // Every grant: its remainder is its amount less its uses; their uses are `granted`;
+    // the open ones' remainders are the pool.
+    let grants = store::grants::of_account(db, account_id).await.unwrap();
+    let granted = store::grants::used_total(db, account_id).await.unwrap();
+    let mut pool = Decimal::ZERO;
+    let mut used_all = Decimal::ZERO;
+    for grant in &grants {
+        let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+        let uses = store::grants::used_between(db, account_id, chrono::DateTime::UNIX_EPOCH, far)
+            .await
+            .unwrap();
+        let used: Decimal = (uses.iter().filter(|(id, _)| *id == grant.id))
+            .map(|(_, a)| *a)
+            .sum();
+        used_all += used;
+        assert!(
+            grant.remaining >= Decimal::ZERO,
+            "grant {} below 0",
+            grant.id
+        );
+        assert_eq!(grant.remaining + used, grant.amount, "grant {}", grant.id);
+        if grant.state == "open" {
+            pool += grant.remaining;
+        }
+    }
+    assert_eq!(used_all, granted, "Σ grants' uses");
+    assert_eq!(
+        (funds.granted.normalize(), funds.grant_pool.normalize()),
+        (granted.normalize(), pool.normalize()),
+        "running granted and pool = Σ grant uses, Σ open grants' remainders"
+    );
+    assert!(granted <= charged, "grants paid {granted} of {charged}");
     let balance = tollgate::limits::spending::balance(db, account_id)
         .await
         .unwrap();
     assert_eq!(
         balance,
-        (topups + credits - debits - reserved - charged).normalize(),
-        "balance = top-ups + credit notes − debit notes − reserved hours − Σ costs"
+        (topups + credits - debits - reserved - (charged - granted)).normalize(),
+        "balance = top-ups + credit notes − debit notes − reserved hours − Σ costs net of grants"
     );
     assert_eq!(topped_up, topups + credits - debits - reserved);
     let held = app.state.spending().held(account_id).await.unwrap();
@@ -65,12 +100,13 @@ pub async fn assert_invariant(app: &TestApp, account_id: i64) -> Figures {
     if let Some((running, running_held)) = app.state.spending().running(account_id).await.unwrap() {
         assert_eq!(
             (running.normalize(), running_held.normalize()),
-            (balance, held.normalize()),
-            "admission's running figures are the ledger's"
+            ((balance + pool).normalize(), held.normalize()),
+            "admission's running figures are the ledger's (the balance and the grants' pool)"
         );
     }
     Figures {
         charged,
+        granted,
         balance,
         held,
         records: records.len(),

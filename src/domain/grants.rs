@@ -1,0 +1,159 @@
+//! Credit grants: money given to an account, paid or promotional, with an effective and an
+//! expiry time and a priority, that its usage burns before its balance
+//! (`billing::grants`, in the ledger's insert: `store::grants`). Issued once per
+//! idempotency key through the admin API, the CLI, or on opening an account
+//! (`billing.welcome_grant`); opened and closed on time by the upkeep (`upkeep`), what is
+//! left at expiry released.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::billing::money;
+use crate::config::WelcomeGrant;
+use crate::domain::audit_log::Change;
+use crate::error::Error;
+use crate::limits::spending::Spending;
+use crate::store::grants::{Grant, NewGrant};
+use crate::store::{self, Db};
+
+/// What a grant says.
+pub struct GrantRequest<'a> {
+    pub amount: Decimal,
+    /// `paid` or `promotional`.
+    pub kind: &'a str,
+    /// 0 (burned first) to 100; 50 when absent.
+    pub priority: Option<i32>,
+    /// Now when absent.
+    pub effective_at: Option<DateTime<Utc>>,
+    /// Never when absent.
+    pub expires_at: Option<DateTime<Utc>>,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub idempotency_key: &'a str,
+}
+
+/// Issues a grant to `account_id` once per idempotency key: admission (`spending`, in this
+/// process; others hear of it by the accounts' change signal) counts it at once if it is
+/// effective (else from its effective time). Returns it and whether this call issued
+/// it; the same key with another grant is 409.
+pub async fn issue(
+    db: &Db,
+    spending: Option<&Spending>,
+    account_id: i64,
+    asked: &GrantRequest<'_>,
+) -> Result<(Grant, bool), Error> {
+    let amount = asked.amount;
+    if amount <= Decimal::ZERO || amount.normalize().scale() > 2 {
+        return Err(Error::invalid(
+            "amount must be a positive amount in CNY with at most two decimals, e.g. \"50.00\"",
+            "amount",
+        ));
+    }
+    money::check_amount(amount, "amount").map_err(|e| Error::invalid(e, "amount"))?;
+    if !["paid", "promotional"].contains(&asked.kind) {
+        return Err(Error::invalid(
+            "kind must be \"paid\" or \"promotional\"",
+            "kind",
+        ));
+    }
+    let priority = asked.priority.unwrap_or(50);
+    if !(0..=100).contains(&priority) {
+        return Err(Error::invalid(
+            "priority must be from 0 (burned first) to 100",
+            "priority",
+        ));
+    }
+    let now = Utc::now();
+    let effective_at = asked.effective_at.unwrap_or(now);
+    if asked.expires_at.is_some_and(|e| e <= effective_at.max(now)) {
+        return Err(Error::invalid(
+            "expires_at must be after the grant is effective and in the future",
+            "expires_at",
+        ));
+    }
+    let reason = asked.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(Error::invalid(
+            "a reason of 1-500 characters is required",
+            "reason",
+        ));
+    }
+    let key = asked.idempotency_key;
+    if key.is_empty() || key.len() > 200 {
+        return Err(Error::invalid(
+            "an idempotency key of 1-200 characters is required",
+            "idempotency_key",
+        ));
+    }
+    let new = NewGrant {
+        account_id,
+        amount,
+        kind: asked.kind,
+        priority,
+        effective_at,
+        expires_at: asked.expires_at,
+        reason,
+        actor: asked.actor,
+        key,
+    };
+    let (grant, created) = store::grants::create(db, &new).await?;
+    let same = grant.amount == amount && grant.kind == asked.kind && grant.priority == priority;
+    if !created && !same {
+        return Err(Error::Conflict(format!(
+            "Idempotency-Key '{key}' was used for a {} grant of {}",
+            grant.kind, grant.amount
+        )));
+    }
+    if let (true, Some(spending)) = (created, spending) {
+        spending.refresh(db).await?;
+    }
+    Ok((grant, created))
+}
+
+/// The grant `billing.welcome_grant` gives a newly opened account, if one is configured.
+pub async fn welcome(
+    db: &Db,
+    spending: Option<&Spending>,
+    account_id: i64,
+    welcome: Option<&WelcomeGrant>,
+) -> Result<Option<Grant>, Error> {
+    let Some(welcome) = welcome else {
+        return Ok(None);
+    };
+    let expires_at = welcome
+        .expires_after_days
+        .map(|days| Utc::now() + chrono::Duration::days(i64::from(days)));
+    let asked = GrantRequest {
+        amount: welcome.amount.0,
+        kind: &welcome.kind,
+        priority: Some(welcome.priority),
+        effective_at: None,
+        expires_at,
+        reason: &welcome.reason,
+        actor: "billing.welcome_grant",
+        idempotency_key: "welcome",
+    };
+    let (grant, _) = issue(db, spending, account_id, &asked).await?;
+    Ok(Some(grant))
+}
+
+/// The audit log's entry for a grant issued.
+pub fn issued(grant: &Grant) -> Change<'_, (), Grant> {
+    let id = grant.account_id;
+    Change::created(
+        "account.grant",
+        format!("grant:{}", grant.id),
+        Some(id),
+        grant,
+    )
+}
+
+/// Opens the grants effective by now and closes the expired ones (releasing what they
+/// hold), and tells admission; returns when the next grant opens or expires (ms).
+pub async fn upkeep(db: &Db, spending: &Spending) -> Result<Option<i64>, Error> {
+    let moved = store::grants::due(db, Utc::now()).await?;
+    if !moved.is_empty() {
+        spending.refresh(db).await?;
+    }
+    Ok(store::grants::next_due(db).await?)
+}
