@@ -192,6 +192,7 @@ impl Application {
         spawn_upkeep(&state);
         spawn_reserved_hours(&state);
         spawn_grant_upkeep(&state);
+        spawn_alerts(&state)?;
         Ok(Application {
             listener,
             console_listener,
@@ -304,6 +305,30 @@ fn spawn_grant_upkeep(state: &AppState) {
             }
         }
     });
+}
+
+/// Makes and sends webhook events each second (`alerts`), if any endpoint is configured.
+fn spawn_alerts(state: &AppState) -> anyhow::Result<()> {
+    let failures = state.metrics().webhook_failures.clone();
+    let alerts = crate::alerts::Alerts::new(&state.config().alerts, state.replica(), failures)?;
+    if !alerts.enabled() {
+        return Ok(());
+    }
+    let app = std::sync::Arc::downgrade(&state.0);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(app) = app.upgrade() else { break };
+            let state = AppState(app);
+            let prices = state.prices();
+            let zone = state.config().billing.zone();
+            if let Err(e) = alerts.tick(state.db(), &prices, zone).await {
+                tracing::warn!(error = %e, "cannot make or send webhook events now");
+            }
+        }
+    });
+    Ok(())
 }
 
 fn spawn_reserved_hours(state: &AppState) {

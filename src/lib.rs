@@ -28,6 +28,7 @@
 //! `sim` is a simulated backend speaking each documented wire format, for the demo and tests.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod billing;

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub ledger_import_failures: IntCounter,
     /// Redis calls of the rate limits that failed or timed out.
     pub redis_errors: IntCounter,
+    /// Webhook deliveries that failed (no answer, or not 2xx), by endpoint.
+    pub webhook_failures: IntCounterVec,
     /// 1 while rate limits are counted by the fallback (Redis configured, not answering).
     pub limits_fallback: IntGauge,
     /// Replicas alive on the ledger (heartbeats), as this one last counted them.
@@ -234,6 +236,11 @@ impl Metrics {
                     .expect("registered once");
                 c
             },
+            webhook_failures: counter(
+                "webhook_failures_total",
+                "Attempts to deliver a webhook event that failed (no answer in time, or not 2xx), by endpoint.",
+                &["endpoint"],
+            ),
             limits_fallback: gauge(
                 "limits_fallback",
                 "1 while rate limits are counted by the fallback because Redis does not answer.",

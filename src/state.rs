@@ -105,6 +105,10 @@ impl AppState {
     pub fn sign_in_throttle(&self) -> &crate::domain::people::throttle::Throttle {
         &self.0.sign_in_throttle
     }
+    /// This gateway's name among the replicas.
+    pub fn replica(&self) -> &str {
+        &self.0.replica
+    }
     pub fn metrics_token(&self) -> Option<&str> {
         self.0.metrics_token.as_deref()
     }

@@ -11,6 +11,7 @@ pub mod prices;
 pub mod reports;
 pub mod tasks;
 pub mod usage;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .merge(reports::router())
         .merge(usage::router())
         .merge(tasks::router())
+        .merge(webhooks::router())
 }
 
 /// A caller with the `admin` role, and where the call came from (for the audit log).

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+mod alerts;
 mod database;
 mod env;
 mod limits;
@@ -16,6 +17,7 @@ mod plans;
 pub mod secrets;
 mod upstreams;
 
+pub use alerts::{AlertsConfig, EVENT_TYPES, ThresholdConfig, WebhookConfig};
 pub use database::{Backend, DatabaseConfig, LedgerConfig, Synchronous};
 pub use limits::{LimitStoreKind, LimitsConfig, PostpaidFallback, RedisConfig, RedisFallback};
 pub use plans::{PlanConfig, PlanHolder, QuotaConfig};
@@ -50,6 +52,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
 }
@@ -454,6 +458,7 @@ impl Config {
             );
         }
         plans::check(&self.limits.plans)?;
+        alerts::check(&self.alerts)?;
         if self.limits.store == LimitStoreKind::Redis {
             let Some(url) = &self.redis.url else {
                 bail!("limits.store = \"redis\" needs redis.url");

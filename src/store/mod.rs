@@ -25,6 +25,7 @@ pub mod signal;
 pub mod sqlite;
 pub mod tasks;
 pub mod usage;
+pub mod webhooks;
 
 use std::path::PathBuf;
 

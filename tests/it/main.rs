@@ -55,4 +55,5 @@ mod streaming;
 mod task_interleavings;
 mod task_money;
 mod usage_import;
+mod webhooks;
 mod zhipu;
