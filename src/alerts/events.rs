@@ -112,7 +112,7 @@ pub fn rules(threshold: &ThresholdConfig, figures: &Figures) -> Vec<Rule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billing::prices::Money;
+    use crate::config::Amount as Money;
     use std::str::FromStr;
 
     fn d(s: &str) -> Decimal {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use serde::Deserialize;
 
+use super::Amount;
 use super::secrets;
-use crate::billing::prices::Money;
 
 /// Every event type an endpoint may ask for (or `*`).
 pub const EVENT_TYPES: [&str; 11] = [
@@ -112,9 +112,9 @@ impl WebhookConfig {
 pub struct ThresholdConfig {
     pub account: String,
     /// What the account can spend (its balance and open grants) falls below this (CNY).
-    pub balance_below: Option<Money>,
+    pub balance_below: Option<Amount>,
     /// A monthly budget (CNY), and the percentages of it whose crossing is told.
-    pub budget: Option<Money>,
+    pub budget: Option<Amount>,
     #[serde(default)]
     pub budget_percent: Vec<u32>,
     /// Percentages of a postpaid account's credit limit used.

@@ -115,12 +115,32 @@ pub struct BillingConfig {
     pub welcome_grant: Option<WelcomeGrant>,
 }
 
+/// An amount of money in the configuration: a plain decimal string ("10.00"), never a
+/// float, not negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Amount(pub rust_decimal::Decimal);
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let plain = !text.is_empty()
+            && text.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && text.matches('.').count() <= 1;
+        match text.parse::<rust_decimal::Decimal>() {
+            Ok(value) if plain => Ok(Amount(value)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not a plain amount, e.g. \"10.00\""
+            ))),
+        }
+    }
+}
+
 /// The grant a new account gets, as DashScope gives new accounts a free allowance.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WelcomeGrant {
     /// CNY, e.g. "10.00".
-    pub amount: crate::billing::prices::Money,
+    pub amount: Amount,
     #[serde(default = "promotional")]
     pub kind: String,
     #[serde(default = "middle_priority")]

@@ -216,32 +216,13 @@ pub async fn issue_note(
     asked: &NoteRequest<'_>,
 ) -> Result<(Topup, bool), Error> {
     let amount = asked.amount;
-    if amount <= Decimal::ZERO || amount.normalize().scale() > 2 {
-        return Err(Error::invalid(
-            "amount must be a positive amount in CNY with at most two decimals, e.g. \"12.50\"",
-            "amount",
-        ));
-    }
-    money::check_amount(amount, "amount").map_err(|e| Error::invalid(e, "amount"))?;
+    check_fen(amount)?;
     let period = crate::billing::period::Month::parse(asked.period)
         .map_err(|e| Error::invalid(e, "period"))?;
     if period > crate::billing::period::Month::containing(chrono::Utc::now(), zone) {
         return Err(Error::invalid("period is in the future", "period"));
     }
-    let reason = asked.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(Error::invalid(
-            "a reason of 1-500 characters is required",
-            "reason",
-        ));
-    }
-    let key = asked.idempotency_key;
-    if key.is_empty() || key.len() > 200 {
-        return Err(Error::invalid(
-            "an idempotency key of 1-200 characters is required",
-            "idempotency_key",
-        ));
-    }
+    let (reason, key) = reason_and_key(asked.reason, asked.idempotency_key)?;
     let signed = match asked.note {
         Note::Credit => amount,
         Note::Debit => -amount,
@@ -266,6 +247,35 @@ pub async fn issue_note(
         )));
     }
     Ok((note, created))
+}
+
+/// A positive amount in CNY to the fen, within the bounds of exact money (notes, grants).
+pub fn check_fen(amount: Decimal) -> Result<(), Error> {
+    if amount <= Decimal::ZERO || amount.normalize().scale() > 2 {
+        return Err(Error::invalid(
+            "amount must be a positive amount in CNY with at most two decimals, e.g. \"12.50\"",
+            "amount",
+        ));
+    }
+    money::check_amount(amount, "amount").map_err(|e| Error::invalid(e, "amount"))
+}
+
+/// A money move's reason (1-500 characters, trimmed) and idempotency key (1-200 bytes).
+pub fn reason_and_key<'a>(reason: &'a str, key: &'a str) -> Result<(&'a str, &'a str), Error> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(Error::invalid(
+            "a reason of 1-500 characters is required",
+            "reason",
+        ));
+    }
+    if key.is_empty() || key.len() > 200 {
+        return Err(Error::invalid(
+            "an idempotency key of 1-200 characters is required",
+            "idempotency_key",
+        ));
+    }
+    Ok((reason, key))
 }
 
 /// The audit log's entry for a credit or debit note issued.

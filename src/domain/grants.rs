@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::billing::money;
 use crate::config::WelcomeGrant;
+use crate::domain::accounts;
 use crate::domain::audit_log::Change;
 use crate::error::Error;
 use crate::limits::spending::Spending;
@@ -43,13 +43,7 @@ pub async fn issue(
     asked: &GrantRequest<'_>,
 ) -> Result<(Grant, bool), Error> {
     let amount = asked.amount;
-    if amount <= Decimal::ZERO || amount.normalize().scale() > 2 {
-        return Err(Error::invalid(
-            "amount must be a positive amount in CNY with at most two decimals, e.g. \"50.00\"",
-            "amount",
-        ));
-    }
-    money::check_amount(amount, "amount").map_err(|e| Error::invalid(e, "amount"))?;
+    accounts::check_fen(amount)?;
     if !["paid", "promotional"].contains(&asked.kind) {
         return Err(Error::invalid(
             "kind must be \"paid\" or \"promotional\"",
@@ -71,20 +65,7 @@ pub async fn issue(
             "expires_at",
         ));
     }
-    let reason = asked.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(Error::invalid(
-            "a reason of 1-500 characters is required",
-            "reason",
-        ));
-    }
-    let key = asked.idempotency_key;
-    if key.is_empty() || key.len() > 200 {
-        return Err(Error::invalid(
-            "an idempotency key of 1-200 characters is required",
-            "idempotency_key",
-        ));
-    }
+    let (reason, key) = accounts::reason_and_key(asked.reason, asked.idempotency_key)?;
     let new = NewGrant {
         account_id,
         amount,
