@@ -39,7 +39,10 @@ where
             RequestKey::Text(text) => by_text.insert(text, r),
         };
     }
-    let transaction = conn.unchecked_transaction()?;
+    // Immediate: the write lock is taken (waiting out other writers) before the first
+    // read, so no other writer's commit in between can make the upgrade fail at once.
+    let transaction =
+        rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     let shapes = compact::shape_ids(conn, &records)?;
     // Account → what the records really inserted (not skipped) cost.
     let mut charged: HashMap<i64, Decimal> = HashMap::new();

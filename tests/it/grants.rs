@@ -282,3 +282,102 @@ async fn a_new_account_gets_the_welcome_grant() {
     assert!((89..=90).contains(&days), "{days}");
     app.stop().await;
 }
+
+/// Three accounts (prepaid, postpaid with a credit limit, postpaid without), each with its
+/// own key, under a random mix of requests of random sizes sent a few at a time, top-ups,
+/// credit and debit notes and grants of random priorities (some expiring within seconds),
+/// all through the admin API while requests run: afterwards, for every account, `balance =
+/// top-ups + credits − debits − (Σ record costs − Σ grants applied)`, every grant's
+/// remainder its amount less its uses, `held ≥ 0`, and admission's figures the ledger's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_workloads_keep_the_invariant_for_every_account() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token(Role::Admin);
+    let mut accounts = vec![(1i64, app.key.clone())];
+    for (name, billing) in [
+        (
+            "globex",
+            json!({"name": "globex", "billing_mode": "postpaid", "credit_limit": "0.50"}),
+        ),
+        ("initech", json!({"name": "initech"})),
+    ] {
+        let (status, account) = app
+            .admin(Method::POST, "/admin/v1/accounts", &admin, Some(billing))
+            .await;
+        assert_eq!(status, 201, "{account}");
+        let key = helpers::issue_key(&app.state, name, None).await.secret;
+        accounts.push((account["id"].as_i64().unwrap(), key));
+    }
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    let mut rng = SmallRng::seed_from_u64(28);
+    let mut served = 0;
+    for step in 0..30 {
+        let (account, _) = accounts[rng.random_range(0..accounts.len())].clone();
+        let path = format!("/admin/v1/accounts/{account}");
+        let money = |rng: &mut SmallRng| format!("0.{:02}", rng.random_range(1..20));
+        // One move of money, made while a few requests of every account run.
+        let (what, key, body) = match rng.random_range(0..4) {
+            0 => (
+                "topups",
+                format!("t{step}"),
+                json!({"amount": money(&mut rng)}),
+            ),
+            1 => {
+                let kind = ["credit", "debit"][rng.random_range(0..2)];
+                let period = Utc::now().format("%Y-%m").to_string();
+                let body = json!({"kind": kind, "amount": money(&mut rng), "period": period,
+                                  "reason": "random"});
+                ("notes", format!("n{step}"), body)
+            }
+            _ => {
+                let mut body = json!({"amount": money(&mut rng),
+                                      "priority": rng.random_range(0..100), "reason": "random"});
+                if rng.random_bool(0.5) {
+                    let expires = Utc::now() + Duration::seconds(rng.random_range(1..4));
+                    body["expires_at"] = json!(expires.to_rfc3339());
+                }
+                ("grants", format!("g{step}"), body)
+            }
+        };
+        let moved = (app.client.post(app.url(&format!("{path}/{what}"))))
+            .bearer_auth(&admin)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send();
+        let requests: Vec<(String, Value)> = (0..rng.random_range(2..8))
+            .map(|_| {
+                let key = accounts[rng.random_range(0..accounts.len())].1.clone();
+                let tokens = rng.random_range(1..20_000u64);
+                let mut body = chat(None, "hi", false, json!({"completion_tokens": tokens}));
+                body["max_tokens"] = json!(tokens);
+                (key, body)
+            })
+            .collect();
+        let sent = requests.iter().map(|(key, body)| {
+            let request = app.client.post(app.url(ROUTE)).bearer_auth(key);
+            request.json(body).send()
+        });
+        let (moved, responses) = tokio::join!(moved, join_all(sent));
+        assert_eq!(moved.unwrap().status(), 201, "{what}");
+        for response in responses {
+            let response = response.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            assert!([200, 402].contains(&status), "{status} {text}");
+            served += usize::from(status == 200);
+        }
+    }
+    assert!(served > 20, "{served} requests served");
+    // Every grant that was to expire has.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut granted = Decimal::ZERO;
+    for (account, _) in &accounts {
+        let figures = helpers::money::assert_invariant(&app, *account).await;
+        granted += figures.granted;
+    }
+    assert!(granted > Decimal::ZERO, "grants paid for something");
+    app.stop().await;
+}
