@@ -1,5 +1,7 @@
 -- Credit grants: money given to an account, paid or promotional, that its usage burns
--- before its balance (by priority, 0 first, then the soonest expiry, then the oldest). A
+-- before its balance (by priority, 0 first, then the soonest expiry, then the oldest), or a
+-- quota of tokens of one model (`model`, `tokens`; its `amount` 0), burned first by that
+-- model's records, each paying for as many of a record's tokens as it holds. A
 -- record burns the grants in force when its request started, in the transaction that
 -- inserts it (`store::grants::burn_sqlite`), each use a row of `grant_uses`; what is left
 -- when a grant expires is released (`released`), never spent. `account_funds.granted` is
@@ -13,6 +15,9 @@ CREATE TABLE grants (
     account_id      INTEGER NOT NULL REFERENCES accounts(id),
     amount          TEXT NOT NULL,
     remaining       TEXT NOT NULL,
+    model           TEXT,
+    tokens          INTEGER CHECK (tokens > 0),
+    remaining_tokens INTEGER CHECK (remaining_tokens >= 0),
     kind            TEXT NOT NULL CHECK (kind IN ('paid', 'promotional')),
     priority        INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 100),
     effective_at    INTEGER NOT NULL,
@@ -35,6 +40,7 @@ CREATE TABLE grant_uses (
     request_id TEXT NOT NULL,
     at         INTEGER NOT NULL,   -- the record's start, ms since the epoch
     amount     TEXT NOT NULL,
+    tokens     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (grant_id, request_id)
 );
 CREATE INDEX grant_uses_account_time ON grant_uses(account_id, at);

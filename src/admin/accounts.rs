@@ -197,7 +197,10 @@ async fn issue_note(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewGrant {
-    amount: Money,
+    /// CNY; or `tokens` of a `model` instead.
+    amount: Option<Money>,
+    tokens: Option<u64>,
+    model: Option<String>,
     /// `paid` or `promotional` (the default).
     kind: Option<String>,
     /// 0 (burned first) to 100; 50 by default.
@@ -220,7 +223,9 @@ async fn issue_grant(
     accounts::get(state.db(), id).await?;
     let actor = admin.actor();
     let asked = grants::GrantRequest {
-        amount: new.amount.0,
+        amount: new.amount.map(|m| m.0),
+        tokens: new.tokens,
+        model: new.model.as_deref(),
         kind: new.kind.as_deref().unwrap_or("promotional"),
         priority: new.priority,
         effective_at: new.effective_at,

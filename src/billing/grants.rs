@@ -1,17 +1,22 @@
 //! Credit grants, burned: which grants pay how much of which record. Pure: the open grants
 //! and the records in; the uses out. A record burns the grants in force when its request
-//! started (effective at or before, expiring after), lowest priority number first, then the
-//! soonest expiry (never-expiring last), then the oldest; each pays what it holds, up to
-//! what is left of the record's cost; the balance pays the rest. Records are taken in the
-//! order they started (then by request id), so a batch burns as its requests came.
+//! started (effective at or before, expiring after): first token grants of its model (a
+//! free quota of tokens: each pays for as many of the record's tokens as it holds, that
+//! share of its cost), then money grants; among each, lowest priority number first, then
+//! the soonest expiry (never-expiring last), then the oldest. Each pays what it holds, up
+//! to what is left of the record's cost; the balance pays the rest. Records are taken in
+//! the order they started (then by request id), so a batch burns as its requests came.
 
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 
 /// A grant with something left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub id: i64,
+    /// Money left (0 for a token grant).
     pub remaining: Decimal,
+    /// A token grant: its model and the tokens it has left.
+    pub tokens: Option<(String, u64)>,
     pub priority: i32,
     /// ms since the epoch.
     pub effective_at: i64,
@@ -30,6 +35,9 @@ pub struct Charge<'a> {
     pub request_id: &'a str,
     pub started_ms: i64,
     pub cost: Decimal,
+    pub model: &'a str,
+    /// Prompt and completion tokens.
+    pub tokens: u64,
 }
 
 /// What one grant paid of one record.
@@ -39,11 +47,16 @@ pub struct Use {
     pub request_id: String,
     pub at_ms: i64,
     pub amount: Decimal,
+    /// The tokens a token grant paid for (0 for a money grant).
+    pub tokens: u64,
 }
 
-/// The order grants are burned in.
+/// The order grants are burned in: token grants first.
 pub fn order(grants: &mut [Held]) {
-    grants.sort_by_key(|g| (g.priority, g.expires_at.unwrap_or(i64::MAX), g.id));
+    grants.sort_by_key(|g| {
+        let money = g.tokens.is_none();
+        (money, g.priority, g.expires_at.unwrap_or(i64::MAX), g.id)
+    });
 }
 
 /// Burns `grants` (their `remaining` lowered) for `charges`: the uses, in order.
@@ -54,21 +67,47 @@ pub fn burn(grants: &mut [Held], charges: &[Charge<'_>]) -> Vec<Use> {
     let mut uses = Vec::new();
     for charge in charges {
         let mut left = charge.cost;
+        let mut tokens_left = charge.tokens;
         for grant in grants.iter_mut() {
             if left <= Decimal::ZERO {
                 break;
             }
-            if grant.remaining <= Decimal::ZERO || !grant.covers(charge.started_ms) {
+            if !grant.covers(charge.started_ms) {
                 continue;
             }
-            let paid = left.min(grant.remaining);
-            grant.remaining -= paid;
+            let (paid, tokens) = match &mut grant.tokens {
+                Some((model, held)) => {
+                    if model != charge.model || *held == 0 || tokens_left == 0 {
+                        continue;
+                    }
+                    let n = tokens_left.min(*held);
+                    // The tokens' share of what is left of the cost (to 1e-10 CNY, half up).
+                    let share = match n == tokens_left {
+                        true => left,
+                        false => (left * Decimal::from(n) / Decimal::from(tokens_left))
+                            .round_dp_with_strategy(10, RoundingStrategy::MidpointAwayFromZero)
+                            .min(left),
+                    };
+                    *held -= n;
+                    tokens_left -= n;
+                    (share, n)
+                }
+                None => {
+                    if grant.remaining <= Decimal::ZERO {
+                        continue;
+                    }
+                    let paid = left.min(grant.remaining);
+                    grant.remaining -= paid;
+                    (paid, 0)
+                }
+            };
             left -= paid;
             uses.push(Use {
                 grant_id: grant.id,
                 request_id: charge.request_id.to_owned(),
                 at_ms: charge.started_ms,
                 amount: paid,
+                tokens,
             });
         }
     }
@@ -88,6 +127,7 @@ mod tests {
         Held {
             id,
             remaining: d(remaining),
+            tokens: None,
             priority,
             effective_at: 0,
             expires_at,
@@ -99,6 +139,8 @@ mod tests {
             request_id,
             started_ms,
             cost: d(cost),
+            model: "m",
+            tokens: 100,
         }
     }
 
@@ -125,6 +167,7 @@ mod tests {
         let mut grants = vec![Held {
             id: 1,
             remaining: d("5"),
+            tokens: None,
             priority: 0,
             effective_at: 100,
             expires_at: Some(200),
@@ -154,5 +197,48 @@ mod tests {
             .collect();
         assert_eq!(paid, [("a", d("0.000001")), ("b", d("0.0000005"))]);
         assert_eq!(grants[0].remaining, Decimal::ZERO);
+    }
+
+    #[test]
+    fn a_token_grant_pays_for_its_tokens_of_its_model_first() {
+        let mut grants = vec![
+            grant(1, "1", 0, None),
+            Held {
+                id: 2,
+                remaining: Decimal::ZERO,
+                tokens: Some(("m".into(), 250)),
+                priority: 50,
+                effective_at: 0,
+                expires_at: None,
+            },
+        ];
+        let other = Charge {
+            model: "other",
+            ..charge("x", 1, "0.3")
+        };
+        let charges = [
+            charge("a", 2, "0.3"),
+            charge("b", 3, "0.3"),
+            charge("c", 4, "0.3"),
+            other,
+        ];
+        let uses = burn(&mut grants, &charges);
+        let paid: Vec<(&str, i64, Decimal, u64)> = uses
+            .iter()
+            .map(|u| (u.request_id.as_str(), u.grant_id, u.amount, u.tokens))
+            .collect();
+        assert_eq!(
+            paid,
+            [
+                ("x", 1, d("0.3"), 0),
+                ("a", 2, d("0.3"), 100),
+                ("b", 2, d("0.3"), 100),
+                // 50 of its 100 tokens: half its cost; the money grant the rest.
+                ("c", 2, d("0.15"), 50),
+                ("c", 1, d("0.15"), 0),
+            ]
+        );
+        assert_eq!(grants[0].tokens, Some(("m".into(), 0)));
+        assert_eq!(grants[1].remaining, d("0.55"));
     }
 }

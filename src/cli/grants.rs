@@ -20,8 +20,13 @@ pub enum GrantsCommand {
         /// The account's name.
         account: String,
         /// CNY, to the fen, e.g. 50.00.
-        #[arg(long, value_parser = super::accounts::plain_amount)]
-        amount: Decimal,
+        #[arg(long, value_parser = super::accounts::plain_amount, required_unless_present = "tokens")]
+        amount: Option<Decimal>,
+        /// A token grant instead: this many prompt and completion tokens of `--model`.
+        #[arg(long, conflicts_with = "amount", requires = "model")]
+        tokens: Option<u64>,
+        #[arg(long, requires = "tokens")]
+        model: Option<String>,
         #[arg(long, default_value = "promotional", value_parser = ["paid", "promotional"])]
         kind: String,
         /// 0 (burned first) to 100.
@@ -57,6 +62,8 @@ pub(super) async fn grants(config: &Config, command: GrantsCommand) -> anyhow::R
         GrantsCommand::Create {
             account,
             amount,
+            tokens,
+            model,
             kind,
             priority,
             effective_at,
@@ -72,6 +79,8 @@ pub(super) async fn grants(config: &Config, command: GrantsCommand) -> anyhow::R
                 expires_at.or_else(|| expires_in_days.map(|d| from + Duration::days(i64::from(d))));
             let asked = grants::GrantRequest {
                 amount,
+                tokens,
+                model: model.as_deref(),
                 kind: &kind,
                 priority: Some(priority),
                 effective_at,
@@ -91,10 +100,14 @@ pub(super) async fn grants(config: &Config, command: GrantsCommand) -> anyhow::R
                 true => "issued",
                 false => "already issued (same idempotency key)",
             };
+            let of = match (&grant.model, grant.tokens) {
+                (Some(model), Some(n)) => format!("{n} tokens of {model}"),
+                _ => format!("{} CNY", grant.amount),
+            };
             emit(json, &grant, || {
                 format!(
-                    "{} grant {} of {} CNY {what} to '{account}'",
-                    grant.kind, grant.id, grant.amount
+                    "{} grant {} of {of} {what} to '{account}'",
+                    grant.kind, grant.id
                 )
             })
         }
@@ -103,15 +116,21 @@ pub(super) async fn grants(config: &Config, command: GrantsCommand) -> anyhow::R
             let list = store::grants::of_account(&db, found.id).await?;
             emit(json, &list, || {
                 let head = "id\tkind\tpriority\tamount\tremaining\tstate\teffective_at\texpires_at\treason";
+                let left = |g: &crate::store::grants::Grant| match (&g.model, g.remaining_tokens) {
+                    (Some(model), Some(n)) => (
+                        format!("{} tokens of {model}", g.tokens.unwrap_or(0)),
+                        n.to_string(),
+                    ),
+                    _ => (g.amount.to_string(), g.remaining.normalize().to_string()),
+                };
                 let rows = list.iter().map(|g| {
                     let expires = g.expires_at.map_or("never".into(), |e| e.to_rfc3339());
+                    let (amount, remaining) = left(g);
                     format!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{expires}\t{}",
+                        "{}\t{}\t{}\t{amount}\t{remaining}\t{}\t{}\t{expires}\t{}",
                         g.id,
                         g.kind,
                         g.priority,
-                        g.amount,
-                        g.remaining.normalize(),
                         g.state,
                         g.effective_at.to_rfc3339(),
                         g.reason

@@ -18,7 +18,11 @@ use crate::store::{self, Db};
 
 /// What a grant says.
 pub struct GrantRequest<'a> {
-    pub amount: Decimal,
+    /// CNY; absent for a token grant.
+    pub amount: Option<Decimal>,
+    /// A token grant: this many prompt and completion tokens of `model`.
+    pub tokens: Option<u64>,
+    pub model: Option<&'a str>,
     /// `paid` or `promotional`.
     pub kind: &'a str,
     /// 0 (burned first) to 100; 50 when absent.
@@ -42,8 +46,40 @@ pub async fn issue(
     account_id: i64,
     asked: &GrantRequest<'_>,
 ) -> Result<(Grant, bool), Error> {
-    let amount = asked.amount;
-    accounts::check_fen(amount)?;
+    let (amount, tokens) = match (asked.amount, asked.tokens, asked.model) {
+        (Some(amount), None, None) => {
+            accounts::check_fen(amount)?;
+            (amount, None)
+        }
+        (None, Some(n), Some(model)) if (1..=i64::MAX as u64).contains(&n) => {
+            if model.is_empty() || model.len() > 200 {
+                return Err(Error::invalid(
+                    "model names the model whose tokens it pays for",
+                    "model",
+                ));
+            }
+            (Decimal::ZERO, Some((model, n as i64)))
+        }
+        (None, Some(_), Some(_)) => {
+            return Err(Error::invalid("tokens must be at least 1", "tokens"));
+        }
+        (None, None, _) | (None, Some(_), None) => {
+            return Err(Error::invalid(
+                "a grant is an amount (CNY), or tokens of a model",
+                if asked.tokens.is_some() {
+                    "model"
+                } else {
+                    "amount"
+                },
+            ));
+        }
+        (Some(_), _, _) => {
+            return Err(Error::invalid(
+                "a grant is an amount or tokens of a model, not both",
+                "tokens",
+            ));
+        }
+    };
     if !["paid", "promotional"].contains(&asked.kind) {
         return Err(Error::invalid(
             "kind must be \"paid\" or \"promotional\"",
@@ -69,6 +105,7 @@ pub async fn issue(
     let new = NewGrant {
         account_id,
         amount,
+        tokens,
         kind: asked.kind,
         priority,
         effective_at,
@@ -78,7 +115,10 @@ pub async fn issue(
         key,
     };
     let (grant, created) = store::grants::create(db, &new).await?;
-    let same = grant.amount == amount && grant.kind == asked.kind && grant.priority == priority;
+    let same = grant.amount == amount
+        && grant.tokens == tokens.map(|(_, n)| n)
+        && grant.kind == asked.kind
+        && grant.priority == priority;
     if !created && !same {
         return Err(Error::Conflict(format!(
             "Idempotency-Key '{key}' was used for a {} grant of {}",
@@ -105,7 +145,9 @@ pub async fn welcome(
         .expires_after_days
         .map(|days| Utc::now() + chrono::Duration::days(i64::from(days)));
     let asked = GrantRequest {
-        amount: welcome.amount.0,
+        amount: Some(welcome.amount.0),
+        tokens: None,
+        model: None,
         kind: &welcome.kind,
         priority: Some(welcome.priority),
         effective_at: None,

@@ -20,8 +20,13 @@ use crate::billing::record::UsageRecord;
 pub struct Grant {
     pub id: i64,
     pub account_id: i64,
+    /// CNY (0 for a token grant).
     pub amount: Decimal,
     pub remaining: Decimal,
+    /// A token grant's model, its tokens and those it has left.
+    pub model: Option<String>,
+    pub tokens: Option<i64>,
+    pub remaining_tokens: Option<i64>,
     /// `paid` or `promotional`.
     pub kind: String,
     /// 0 burns first.
@@ -43,6 +48,9 @@ fn from_row(row: &impl Read) -> Result<Grant> {
         account_id: row.read("account_id")?,
         amount: row.money("amount")?,
         remaining: row.money("remaining")?,
+        model: row.read("model")?,
+        tokens: row.read("tokens")?,
+        remaining_tokens: row.read("remaining_tokens")?,
         kind: row.read("kind")?,
         priority: row.read("priority")?,
         effective_at: from_ms(row.read("effective_at")?),
@@ -57,7 +65,10 @@ fn from_row(row: &impl Read) -> Result<Grant> {
 
 pub struct NewGrant<'a> {
     pub account_id: i64,
+    /// 0 with `tokens`.
     pub amount: Decimal,
+    /// A token grant: the model and how many tokens.
+    pub tokens: Option<(&'a str, i64)>,
     pub kind: &'a str,
     pub priority: i32,
     pub effective_at: DateTime<Utc>,
@@ -71,8 +82,9 @@ pub struct NewGrant<'a> {
 /// in the account's pool); returns what is issued under the key and whether this call did.
 pub async fn create(db: &Db, new: &NewGrant<'_>) -> Result<(Grant, bool)> {
     const INSERT: &str = "INSERT INTO grants (account_id, amount, remaining, kind, priority,
-            effective_at, expires_at, state, reason, actor, idempotency_key, created_at)
-         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            effective_at, expires_at, state, reason, actor, idempotency_key, created_at,
+            model, tokens, remaining_tokens)
+         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)
          ON CONFLICT (account_id, idempotency_key) DO NOTHING";
     let now = Utc::now();
     let open = new.effective_at <= now;
@@ -90,6 +102,8 @@ pub async fn create(db: &Db, new: &NewGrant<'_>) -> Result<(Grant, bool)> {
                 .bind(new.actor)
                 .bind(new.key)
                 .bind(to_ms(now))
+                .bind(new.tokens.map(|(model, _)| model))
+                .bind(new.tokens.map(|(_, n)| n))
         };
     }
     let inserted = match db {
@@ -173,6 +187,23 @@ pub async fn used_total(db: &Db, account_id: i64) -> Result<Decimal> {
         .iter()
         .try_fold(Decimal::ZERO, |sum, a| money::add(sum, a.0))
         .map_err(Into::into)
+}
+
+/// What one grant paid in all: money and (a token grant) tokens.
+pub async fn uses_of(db: &Db, grant_id: i64) -> Result<(Decimal, i64)> {
+    let rows: Vec<(Money, i64)> = on!(db, |pool| {
+        sqlx::query_as("SELECT amount, tokens FROM grant_uses WHERE grant_id = $1")
+            .bind(grant_id)
+            .fetch_all(pool)
+            .await?
+    });
+    let mut money_paid = Decimal::ZERO;
+    let mut tokens = 0i64;
+    for (amount, n) in rows {
+        money_paid = money::add(money_paid, amount.0)?;
+        tokens = tokens.saturating_add(n);
+    }
+    Ok((money_paid, tokens))
 }
 
 /// The soonest time a grant not yet closed opens or expires (ms), if any.
@@ -318,30 +349,50 @@ fn charges<'a>(records: &[&'a UsageRecord]) -> HashMap<i64, Vec<Charge<'a>>> {
             request_id: &r.request_id,
             started_ms: to_ms(r.started_at),
             cost: r.cost,
+            model: &r.model,
+            tokens: r.tokens.prompt.saturating_add(r.tokens.completion),
         });
     }
     by_account
 }
 
-/// A grant's row as the burn reads it, and whether it is in the pool.
-fn held(id: i64, remaining: Decimal, priority: i32, effective: i64, expires: Option<i64>) -> Held {
+/// A grant's row as the burn reads it.
+fn held(
+    id: i64,
+    remaining: Decimal,
+    tokens: Option<(String, i64)>,
+    priority: i32,
+    (effective_at, expires_at): (i64, Option<i64>),
+) -> Held {
     Held {
         id,
         remaining,
+        tokens: tokens.map(|(model, n)| (model, n.max(0) as u64)),
         priority,
-        effective_at: effective,
-        expires_at: expires,
+        effective_at,
+        expires_at,
     }
 }
 
+/// A token grant's model and tokens left, from its columns.
+fn token_part(model: Option<String>, left: Option<i64>) -> Option<(String, i64)> {
+    model.zip(left)
+}
+
 /// Burns the grants of the records just inserted (and only those), on the ledger writer's
-/// SQLite connection inside the transaction that inserted them.
-pub fn burn_sqlite(conn: &rusqlite::Connection, records: &[&UsageRecord]) -> rusqlite::Result<()> {
+/// SQLite connection inside the transaction that inserted them. Whether a token grant paid
+/// for any (money no pool held: admission's figure is then short of the ledger's).
+pub fn burn_sqlite(
+    conn: &rusqlite::Connection,
+    records: &[&UsageRecord],
+) -> rusqlite::Result<bool> {
+    let mut tokens_paid = false;
     let text =
         |e: &dyn std::fmt::Display| rusqlite::Error::ToSqlConversionFailure(e.to_string().into());
     let mut read = conn.prepare_cached(
-        "SELECT id, remaining, priority, effective_at, expires_at, state FROM grants
-         WHERE account_id = ?1 AND remaining <> '0'",
+        "SELECT id, remaining, priority, effective_at, expires_at, state, model,
+                remaining_tokens
+         FROM grants WHERE account_id = ?1 AND (remaining <> '0' OR remaining_tokens > 0)",
     )?;
     for (account, charges) in charges(records) {
         let mut open = HashMap::new();
@@ -351,8 +402,10 @@ pub fn burn_sqlite(conn: &rusqlite::Connection, records: &[&UsageRecord]) -> rus
             let remaining: String = row.get(1)?;
             let remaining = Decimal::from_str(&remaining).map_err(|e| text(&e))?;
             let id: i64 = row.get(0)?;
-            open.insert(id, row.get::<_, String>(5)? == "open");
-            grants.push(held(id, remaining, row.get(2)?, row.get(3)?, row.get(4)?));
+            let tokens = token_part(row.get(6)?, row.get(7)?);
+            open.insert(id, tokens.is_none() && row.get::<_, String>(5)? == "open");
+            let times = (row.get(3)?, row.get(4)?);
+            grants.push(held(id, remaining, tokens, row.get(2)?, times));
         }
         drop(rows);
         if grants.is_empty() {
@@ -362,13 +415,20 @@ pub fn burn_sqlite(conn: &rusqlite::Connection, records: &[&UsageRecord]) -> rus
         if uses.is_empty() {
             continue;
         }
-        let mut write = conn.prepare_cached("UPDATE grants SET remaining = ?2 WHERE id = ?1")?;
+        let mut write = conn.prepare_cached(
+            "UPDATE grants SET remaining = ?2, remaining_tokens = ?3 WHERE id = ?1",
+        )?;
         for g in &grants {
-            write.execute(rusqlite::params![g.id, g.remaining.normalize().to_string()])?;
+            let tokens = g.tokens.as_ref().map(|(_, n)| *n as i64);
+            write.execute(rusqlite::params![
+                g.id,
+                g.remaining.normalize().to_string(),
+                tokens
+            ])?;
         }
         let mut insert = conn.prepare_cached(
-            "INSERT INTO grant_uses (grant_id, account_id, request_id, at, amount)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO grant_uses (grant_id, account_id, request_id, at, amount, tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for u in &uses {
             insert.execute(rusqlite::params![
@@ -376,9 +436,11 @@ pub fn burn_sqlite(conn: &rusqlite::Connection, records: &[&UsageRecord]) -> rus
                 account,
                 u.request_id,
                 u.at_ms,
-                u.amount.normalize().to_string()
+                u.amount.normalize().to_string(),
+                u.tokens as i64
             ])?;
         }
+        tokens_paid |= uses.iter().any(|u| u.tokens > 0);
         let (granted, from_pool) = totals(&uses, &open).map_err(|e| text(&e))?;
         let (old_granted, old_pool): (String, String) = conn.query_row(
             "SELECT granted, grant_pool FROM account_funds WHERE account_id = ?1",
@@ -393,10 +455,10 @@ pub fn burn_sqlite(conn: &rusqlite::Connection, records: &[&UsageRecord]) -> rus
             rusqlite::params![account, granted.to_string(), pool.to_string()],
         )?;
     }
-    Ok(())
+    Ok(tokens_paid)
 }
 
-/// What the uses paid in all, and what of it came from open grants (the pool).
+/// What the uses paid in all, and what of it came from open money grants (the pool).
 fn totals(
     uses: &[Use],
     open: &HashMap<i64, bool>,
@@ -412,6 +474,20 @@ fn totals(
     Ok((granted, from_pool))
 }
 
+/// A grant as the PostgreSQL burn reads it.
+#[derive(sqlx::FromRow)]
+struct GrantRow {
+    id: i64,
+    account_id: i64,
+    remaining: Money,
+    priority: i32,
+    effective_at: i64,
+    expires_at: Option<i64>,
+    state: String,
+    model: Option<String>,
+    remaining_tokens: Option<i64>,
+}
+
 /// Burns the grants of the records just inserted (`inserted`: their request ids), in the
 /// PostgreSQL transaction that inserted them, the grants' rows locked.
 pub async fn burn_postgres(
@@ -424,10 +500,10 @@ pub async fn burn_postgres(
     }
     let mut accounts: Vec<i64> = by_account.keys().copied().collect();
     accounts.sort_unstable();
-    type Row = (i64, i64, Money, i32, i64, Option<i64>, String);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, account_id, remaining, priority, effective_at, expires_at, state
-         FROM grants WHERE account_id = ANY($1) AND remaining > 0
+    let rows: Vec<GrantRow> = sqlx::query_as(
+        "SELECT id, account_id, remaining, priority, effective_at, expires_at, state, model,
+                remaining_tokens
+         FROM grants WHERE account_id = ANY($1) AND (remaining > 0 OR remaining_tokens > 0)
          ORDER BY id FOR UPDATE",
     )
     .bind(&accounts)
@@ -438,14 +514,16 @@ pub async fn burn_postgres(
     }
     let mut of_account: HashMap<i64, Vec<Held>> = HashMap::new();
     let mut open = HashMap::new();
-    for (id, account, remaining, priority, effective, expires, state) in rows {
-        open.insert(id, state == "open");
-        of_account.entry(account).or_default().push(held(
-            id,
-            remaining.0,
-            priority,
-            effective,
-            expires,
+    for row in rows {
+        let tokens = token_part(row.model, row.remaining_tokens);
+        open.insert(row.id, tokens.is_none() && row.state == "open");
+        let times = (row.effective_at, row.expires_at);
+        (of_account.entry(row.account_id).or_default()).push(held(
+            row.id,
+            row.remaining.0,
+            tokens,
+            row.priority,
+            times,
         ));
     }
     let overflow = |e: money::Overflow| sqlx::Error::Protocol(e.to_string());
@@ -458,22 +536,24 @@ pub async fn burn_postgres(
             continue;
         }
         for g in grants.iter() {
-            sqlx::query("UPDATE grants SET remaining = $2 WHERE id = $1")
+            sqlx::query("UPDATE grants SET remaining = $2, remaining_tokens = $3 WHERE id = $1")
                 .bind(g.id)
                 .bind(Money(g.remaining))
+                .bind(g.tokens.as_ref().map(|(_, n)| *n as i64))
                 .execute(&mut *tx)
                 .await?;
         }
         for u in &uses {
             sqlx::query(
-                "INSERT INTO grant_uses (grant_id, account_id, request_id, at, amount)
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO grant_uses (grant_id, account_id, request_id, at, amount, tokens)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(u.grant_id)
             .bind(account)
             .bind(&u.request_id)
             .bind(u.at_ms)
             .bind(Money(u.amount))
+            .bind(u.tokens as i64)
             .execute(&mut *tx)
             .await?;
         }

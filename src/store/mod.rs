@@ -111,7 +111,12 @@ pub fn json_text<T: serde::Serialize + Default + PartialEq>(value: &T) -> Option
 /// The connection that ships usage records from the journal into the ledger, many to a
 /// statement: a blocking SQLite connection of its own, or a small PostgreSQL pool.
 pub enum Sink {
-    Sqlite(parking_lot::Mutex<rusqlite::Connection>),
+    /// With the accounts' change signal: a batch whose token grants paid for records moves
+    /// balances that admission (in memory beside SQLite) reads again.
+    Sqlite(
+        parking_lot::Mutex<rusqlite::Connection>,
+        signal::ChangeSignal,
+    ),
     Postgres(sqlx::PgPool),
 }
 
@@ -130,7 +135,10 @@ impl Sink {
     /// Opens the sink of the (already migrated) ledger `config` names.
     pub async fn open(config: &DatabaseConfig) -> anyhow::Result<Sink> {
         Ok(match config.backend() {
-            Backend::Sqlite => Sink::Sqlite(sqlite::open_for_ledger_writer(config)?.into()),
+            Backend::Sqlite => Sink::Sqlite(
+                sqlite::open_for_ledger_writer(config)?.into(),
+                signal::ChangeSignal::beside_sqlite(&config.url, "accounts"),
+            ),
             Backend::Postgres => Sink::Postgres(postgres::sink(config)?),
         })
     }
@@ -139,15 +147,21 @@ impl Sink {
     /// retried after an unclear failure never writes a record twice.
     pub async fn insert(&self, records: &[&UsageRecord]) -> std::result::Result<(), InsertError> {
         match self {
-            Sink::Sqlite(conn) => {
-                usage::insert(&conn.lock(), records.iter().copied()).map_err(|e| {
-                    match e.sqlite_error_code() {
+            Sink::Sqlite(conn, accounts) => {
+                let inserted = usage::insert(&conn.lock(), records.iter().copied());
+                match inserted {
+                    Ok(true) => {
+                        accounts.announce().await;
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(match e.sqlite_error_code() {
                         Some(rusqlite::ErrorCode::ConstraintViolation) => {
                             InsertError::Refused(e.to_string())
                         }
                         _ => InsertError::Unavailable(e.into()),
-                    }
-                })
+                    }),
+                }
             }
             Sink::Postgres(pool) => postgres::insert_usage(pool, records).await,
         }
@@ -157,7 +171,7 @@ impl Sink {
     /// of 256 MiB, so that records out of time order do not make every insert read index
     /// pages from disk again.
     pub fn for_bulk(self) -> anyhow::Result<Sink> {
-        if let Sink::Sqlite(conn) = &self {
+        if let Sink::Sqlite(conn, _) = &self {
             conn.lock().pragma_update(None, "cache_size", -262_144)?;
         }
         Ok(self)
@@ -166,7 +180,7 @@ impl Sink {
     /// How many usage records the ledger holds.
     pub async fn count(&self) -> anyhow::Result<i64> {
         Ok(match self {
-            Sink::Sqlite(conn) => {
+            Sink::Sqlite(conn, _) => {
                 conn.lock()
                     .query_row("SELECT count(*) FROM usage_rows", [], |row| row.get(0))?
             }

@@ -19,8 +19,9 @@ const ROWS_PER_INSERT: usize = 16;
 /// grants (`grants::burn_sqlite`) and their rollups
 /// (`sqlite::roll_up`), in statements of `ROWS_PER_INSERT` rows of `usage_rows`
 /// (`compact`). A request id already present is skipped and charges nothing, so a batch
-/// retried after an unclear failure never writes or charges a record twice.
-pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<()>
+/// retried after an unclear failure never writes or charges a record twice. Whether token
+/// grants paid for any of them (balances moved that admission does not see).
+pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<bool>
 where
     I: IntoIterator<Item = &'a UsageRecord>,
     I::IntoIter: ExactSizeIterator,
@@ -103,9 +104,10 @@ where
         refuse_other_starts(conn, &records, &inserted_records)?;
     }
     super::funds::charge(conn, &charged)?;
-    super::grants::burn_sqlite(conn, &inserted_records)?;
+    let tokens_granted = super::grants::burn_sqlite(conn, &inserted_records)?;
     super::sqlite::roll_up(conn, &inserted_records)?;
-    transaction.commit()
+    transaction.commit()?;
+    Ok(tokens_granted)
 }
 
 /// Refuses the batch if a record it skipped (its request id stored already) is no replay:

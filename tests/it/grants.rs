@@ -335,6 +335,11 @@ async fn randomized_workloads_keep_the_invariant_for_every_account() {
             _ => {
                 let mut body = json!({"amount": money(&mut rng),
                                       "priority": rng.random_range(0..100), "reason": "random"});
+                if rng.random_bool(0.3) {
+                    // A free quota of tokens instead.
+                    body = json!({"tokens": rng.random_range(1..30_000), "reason": "random",
+                                  "model": "megrez-7b-instruct"});
+                }
                 if rng.random_bool(0.5) {
                     let expires = Utc::now() + Duration::seconds(rng.random_range(1..4));
                     body["expires_at"] = json!(expires.to_rfc3339());
@@ -379,5 +384,58 @@ async fn randomized_workloads_keep_the_invariant_for_every_account() {
         granted += figures.granted;
     }
     assert!(granted > Decimal::ZERO, "grants paid for something");
+    app.stop().await;
+}
+
+/// A free quota of 25,000 tokens of megrez-7b-instruct: two requests of 10,002 tokens are
+/// paid whole, the third for its 4,996 tokens left (that share of its cost), and nothing
+/// of another model; the grant has no token left and paid for exactly 25,000.
+#[tokio::test]
+async fn a_token_grant_pays_for_exactly_its_tokens_of_its_model() {
+    let app = TestApp::spawn().await;
+    let body = json!({"tokens": 25_000, "model": "megrez-7b-instruct",
+                      "expires_at": (Utc::now() + Duration::days(90)).to_rfc3339(),
+                      "reason": "free quota for new accounts"});
+    let (status, issued) = grant(&app, "quota", body).await;
+    assert_eq!(status, 201, "{issued}");
+    assert_eq!(
+        (&issued["amount"], &issued["remaining_tokens"]),
+        (&json!("0"), &json!(25_000))
+    );
+    let mut costs = Vec::new();
+    for _ in 0..3 {
+        let response = app.post(ROUTE, &costly()).await;
+        assert_eq!(response.status(), 200);
+        costs.push(app.record_of(&response).await.cost);
+    }
+    let other = app
+        .post("/maas/internlm3-latest/ascend/chat/completions", &costly())
+        .await;
+    assert_eq!(other.status(), 200);
+    let figures = helpers::money::assert_invariant(&app, 1).await;
+    let share = (costs[2] * Decimal::from(4_996) / Decimal::from(10_002))
+        .round_dp_with_strategy(10, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    assert_eq!(figures.granted, costs[0] + costs[1] + share);
+    let id = issued["id"].as_i64().unwrap();
+    let (_, tokens) = tollgate::store::grants::uses_of(app.state.db(), id)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 25_000);
+    let admin = app.admin_token(Role::Admin);
+    let list = app.get_json("/admin/v1/accounts/1/grants", &admin).await;
+    assert_eq!(list["data"][0]["remaining_tokens"], 0);
+    // Neither both nor half of one.
+    let both = json!({"amount": "1.00", "tokens": 10, "model": "m", "reason": "x"});
+    let (status, error) = grant(&app, "both", both).await;
+    assert_eq!(
+        (status, error["error"]["param"].as_str()),
+        (400, Some("tokens"))
+    );
+    let half = json!({"tokens": 10, "reason": "x"});
+    let (status, error) = grant(&app, "half", half).await;
+    assert_eq!(
+        (status, error["error"]["param"].as_str()),
+        (400, Some("model"))
+    );
     app.stop().await;
 }

@@ -344,7 +344,7 @@ fn launch(
     records: Vec<UsageRecord>,
 ) -> tokio::task::JoinHandle<Shipment> {
     match *sink {
-        Sink::Sqlite(_) => {
+        Sink::Sqlite(..) => {
             let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || runtime.block_on(ship(sink, journal, records)))
         }

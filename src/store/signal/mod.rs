@@ -38,6 +38,12 @@ impl ChangeSignal {
         }
     }
 
+    /// The signal of `topic` beside the SQLite ledger at `url` (for the ledger writer,
+    /// which has no pool).
+    pub fn beside_sqlite(url: &str, topic: Topic) -> ChangeSignal {
+        ChangeSignal::File(file::FileSignal::for_database(url, topic))
+    }
+
     /// Tells every process of a change. Call after the change is committed; returns once
     /// this process sees its own announcement (a bound on how long the others take).
     pub async fn announce(&self) {
