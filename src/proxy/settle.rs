@@ -121,12 +121,15 @@ pub(super) async fn commit(
         .prompt
         .saturating_add(record.tokens.completion);
     state.limits().settle(&ex.caller, &ex.admission, used);
-    state
-        .spending()
-        .settle(&ex.request_id, ex.caller.account_id, ex.hold, record.cost);
+    let cost = record.cost;
     let committed = state.ledger().commit(record).await;
-    if let Err(e) = &committed {
-        tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written");
+    match &committed {
+        // Charged once its record is in the journal: a ledger read after a flush then
+        // holds it (`LocalSpending`'s reads count on that).
+        Ok(()) => (state.spending()).settle(&ex.request_id, ex.caller.account_id, ex.hold, cost),
+        Err(e) => {
+            tracing::error!(request_id = %ex.request_id, error = %e, "usage record not written")
+        }
     }
     committed
 }
@@ -142,10 +145,14 @@ pub(super) async fn finish(
 ) -> Response {
     match commit(state, ex, served, outcome).await {
         Ok(()) => response,
-        Err(_) => ApiError::Unavailable(
-            "the usage of this request could not be recorded; it was not billed".into(),
-        )
-        .into_response(),
+        Err(_) => {
+            // Not recorded, not charged: the hold goes back.
+            (state.spending()).release(&ex.request_id, ex.caller.account_id, ex.hold);
+            ApiError::Unavailable(
+                "the usage of this request could not be recorded; it was not billed".into(),
+            )
+            .into_response()
+        }
     }
 }
 

@@ -219,6 +219,10 @@ pub async fn relay(
         ttft: relay.ttft,
     };
     let committed = commit(&state, &ex, &served, outcome).await;
+    if committed.is_err() {
+        // Not recorded, not charged: the hold goes back.
+        (state.spending()).release(&ex.request_id, ex.caller.account_id, ex.hold);
+    }
     let Some(client) = relay.client.take() else {
         return;
     };

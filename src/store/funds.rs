@@ -65,17 +65,39 @@ pub async fn of(db: &Db, account_id: i64) -> Result<Funds> {
 /// read as one snapshot: SQLite commits top-ups one at a time in the order of their ids,
 /// so every later top-up has a larger id.
 pub async fn with_last_topup(pool: &SqlitePool, account_id: i64) -> Result<(Funds, i64)> {
+    let (funds, last, _) = snapshot(pool, account_id, &[]).await?;
+    Ok((funds, last))
+}
+
+/// `with_last_topup`, and in the same snapshot whether each of `request_ids` has its
+/// record in the ledger (what a charge settled while the figures were read is counted in).
+pub async fn snapshot(
+    pool: &SqlitePool,
+    account_id: i64,
+    request_ids: &[String],
+) -> Result<(Funds, i64, Vec<bool>)> {
     type Row = (Option<Money>, Option<Money>, Money, Money, i64);
+    let mut tx = pool.begin().await?;
     let row: Option<Row> = sqlx::query_as(
         "SELECT topped_up, spent, granted, grant_pool,
                 (SELECT coalesce(max(id), 0) FROM topups WHERE account_id = $1)
          FROM account_funds WHERE account_id = $1",
     )
     .bind(account_id)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
+    let mut present = Vec::with_capacity(request_ids.len());
+    for id in request_ids {
+        let query = sqlx::query("SELECT 1 FROM usage_rows WHERE request_key = $1");
+        let found = super::compact::RequestKey::of(id)
+            .bind(query)
+            .fetch_optional(&mut *tx)
+            .await?;
+        present.push(found.is_some());
+    }
+    tx.commit().await?;
     match row {
-        None => Ok((Funds::default(), 0)),
+        None => Ok((Funds::default(), 0, present)),
         Some((Some(topped_up), Some(spent), granted, grant_pool, last)) => Ok((
             Funds {
                 topped_up: topped_up.0,
@@ -84,6 +106,7 @@ pub async fn with_last_topup(pool: &SqlitePool, account_id: i64) -> Result<(Fund
                 grant_pool: grant_pool.0,
             },
             last,
+            present,
         )),
         Some(_) => Err(StoreError::Unavailable(anyhow::anyhow!(
             "account {account_id}'s figures are out of range of exact money or were never computed; ask the operator to check its top-ups"

@@ -56,6 +56,49 @@ struct Book {
     /// Top-ups (id, amount) credited while their account was not loaded: applied by its
     /// load if the figures it read were older.
     early_credits: HashMap<i64, Vec<(i64, Decimal)>>,
+    /// Accounts whose figures are being read from the ledger (loaded or refreshed): how
+    /// many reads, and the charges settled meanwhile (request id, cost), whose records the
+    /// read may or may not hold.
+    reading: HashMap<i64, (u32, Vec<(String, Decimal)>)>,
+}
+
+impl Book {
+    fn begin_read(&mut self, account_id: i64) {
+        self.reading.entry(account_id).or_default().0 += 1;
+    }
+
+    fn end_read(&mut self, account_id: i64) {
+        if let Some(entry) = self.reading.get_mut(&account_id) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                self.reading.remove(&account_id);
+            }
+        }
+    }
+
+    /// The charges settled during the read whose records its snapshot does not hold:
+    /// those of `ids` it found absent, and any settled after `ids` were taken (counted as
+    /// absent: at worst charged twice until the next read, never not at all).
+    fn missing(&self, account_id: i64, ids: &[String], present: &[bool]) -> Result<Decimal, Error> {
+        let Some((_, charges)) = self.reading.get(&account_id) else {
+            return Ok(Decimal::ZERO);
+        };
+        charges
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(*i < ids.len() && present.get(*i) == Some(&true)))
+            .try_fold(Decimal::ZERO, |sum, (_, (_, cost))| money::add(sum, *cost))
+            .map_err(|_| out_of_range())
+    }
+}
+
+/// What a read of an account's figures found: what it can spend, its newest top-up, and
+/// which of the charges settled meanwhile (by request id) its records hold.
+struct Read {
+    spendable: Decimal,
+    last_topup: i64,
+    ids: Vec<String>,
+    present: Vec<bool>,
 }
 
 pub struct LocalSpending {
@@ -93,25 +136,46 @@ impl LocalSpending {
         let account = store::accounts::get(db, account_id)
             .await?
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("account {account_id} vanished")))?;
-        self.ledger.flush().await?;
-        let (balance, last_topup) = balance_and_last_topup(db, account_id).await?;
-        // Pending tasks keep their holds across restarts: the ledger says what they are.
-        let tasks = store::tasks::holds_of(db, account_id).await?;
+        self.book.lock().begin_read(account_id);
+        let read = async {
+            self.ledger.flush().await?;
+            let read = self.read(db, account_id).await?;
+            // Pending tasks keep their holds across restarts: the ledger says what they are.
+            let tasks = store::tasks::holds_of(db, account_id).await?;
+            Ok::<_, Error>((read, tasks))
+        }
+        .await;
+        let mut book = self.book.lock();
+        let loaded = Self::loaded(&mut book, account_id, account.allowance(), read);
+        book.end_read(account_id);
+        loaded
+    }
+
+    /// Puts an account read from the ledger in the book (under its lock, so that no
+    /// charge settles between the reckoning and the entry).
+    fn loaded(
+        book: &mut Book,
+        account_id: i64,
+        allowance: Option<Decimal>,
+        read: Result<(Read, Vec<(String, Decimal)>), Error>,
+    ) -> Result<(), Error> {
+        let (read, tasks) = read?;
+        // Another request may have loaded it meanwhile; its state is as fresh and may hold.
+        if book.funds.contains_key(&account_id) {
+            return Ok(());
+        }
         let held = tasks
             .iter()
             .try_fold(Decimal::ZERO, |sum, (_, held)| money::add(sum, *held))
             .map_err(|_| out_of_range())?;
-        // Another request may have loaded it meanwhile; its state is as fresh and may hold.
-        let mut book = self.book.lock();
-        if book.funds.contains_key(&account_id) {
-            return Ok(());
-        }
+        let missing = book.missing(account_id, &read.ids, &read.present)?;
+        let balance = money::sub(read.spendable, missing).map_err(|_| out_of_range())?;
         let mut funds = Funds {
             balance,
-            allowance: account.allowance(),
+            allowance,
             held,
             topups: Included {
-                through: last_topup,
+                through: read.last_topup,
                 since: Vec::new(),
             },
         };
@@ -126,6 +190,27 @@ impl LocalSpending {
             book.holds.insert(request_id, (account_id, amount));
         }
         Ok(())
+    }
+
+    /// Reads what the account can spend from the ledger (after a flush: every charge
+    /// settled before the read began has its record there), with which of the charges
+    /// settled since its read began have their records in the same snapshot.
+    async fn read(&self, db: &Db, account_id: i64) -> Result<Read, Error> {
+        let Db::Sqlite(pool) = db else {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "holds in memory are SQLite's"
+            )));
+        };
+        let ids: Vec<String> = (self.book.lock().reading.get(&account_id))
+            .map(|(_, charges)| charges.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default();
+        let (funds, last_topup, present) = store::funds::snapshot(pool, account_id, &ids).await?;
+        Ok(Read {
+            spendable: funds.spendable()?,
+            last_topup,
+            ids,
+            present,
+        })
     }
 
     /// Holds `worst_case` (the cost of `tokens`) for a request, or refuses with 402.
@@ -198,6 +283,12 @@ impl LocalSpending {
                 }
             }
         }
+        // A read of the account's figures under way may not see this record.
+        if cost > Decimal::ZERO
+            && let Some((_, charges)) = book.reading.get_mut(&account_id)
+        {
+            charges.push((request_id.to_owned(), cost));
+        }
     }
 
     /// Top-up `topup_id` of `amount` arrived (committed to the ledger): counted unless the
@@ -230,34 +321,54 @@ impl LocalSpending {
         }
     }
 
-    /// Another process changed accounts (a top-up, billing settings): recompute the loaded
-    /// accounts from the ledger, keeping what requests in flight hold.
+    /// Another process changed accounts (a top-up, billing settings, a grant): recompute
+    /// the loaded accounts from the ledger, keeping what requests in flight hold and every
+    /// charge settled while they are read.
     pub async fn refresh(&self, db: &Db) -> Result<(), Error> {
-        let ids: Vec<i64> = self.book.lock().funds.keys().copied().collect();
-        self.ledger.flush().await?;
+        let ids: Vec<i64> = {
+            let mut book = self.book.lock();
+            let ids: Vec<i64> = book.funds.keys().copied().collect();
+            for &id in &ids {
+                book.begin_read(id);
+            }
+            ids
+        };
+        let mut refreshed = self.ledger.flush().await.map_err(Error::from);
+        for &id in &ids {
+            if refreshed.is_err() {
+                break;
+            }
+            refreshed = self.refresh_one(db, id).await;
+        }
+        let mut book = self.book.lock();
         for id in ids {
-            let Some(account) = store::accounts::get(db, id).await? else {
-                continue;
+            book.end_read(id);
+        }
+        refreshed
+    }
+
+    async fn refresh_one(&self, db: &Db, id: i64) -> Result<(), Error> {
+        let Some(account) = store::accounts::get(db, id).await? else {
+            return Ok(());
+        };
+        // A top-up credited here after the read is in the ledger already: read again.
+        loop {
+            let read = self.read(db, id).await?;
+            let mut book = self.book.lock();
+            let missing = book.missing(id, &read.ids, &read.present)?;
+            let Some(f) = book.funds.get_mut(&id) else {
+                return Ok(());
             };
-            // A top-up credited here after the read is in the ledger already: read again.
-            loop {
-                let (balance, last_topup) = balance_and_last_topup(db, id).await?;
-                let mut book = self.book.lock();
-                let Some(f) = book.funds.get_mut(&id) else {
-                    break;
+            if f.topups.since.iter().all(|&t| t <= read.last_topup) {
+                f.balance = money::sub(read.spendable, missing).map_err(|_| out_of_range())?;
+                f.topups = Included {
+                    through: read.last_topup,
+                    since: Vec::new(),
                 };
-                if f.topups.since.iter().all(|&id| id <= last_topup) {
-                    f.balance = balance;
-                    f.topups = Included {
-                        through: last_topup,
-                        since: Vec::new(),
-                    };
-                    f.allowance = account.allowance();
-                    break;
-                }
+                f.allowance = account.allowance();
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// Whether admission can take the funds lock now (for `/readyz`): false if it is held
@@ -290,16 +401,4 @@ impl LocalSpending {
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
     }
-}
-
-/// What the account can spend from the ledger's running figures (its balance and what its
-/// open grants hold), and the newest top-up in it.
-async fn balance_and_last_topup(db: &Db, account_id: i64) -> Result<(Decimal, i64), Error> {
-    let Db::Sqlite(pool) = db else {
-        return Err(Error::Internal(anyhow::anyhow!(
-            "holds in memory are SQLite's"
-        )));
-    };
-    let (funds, last) = store::funds::with_last_topup(pool, account_id).await?;
-    Ok((funds.spendable()?, last))
 }
