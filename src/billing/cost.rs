@@ -19,8 +19,10 @@ pub enum Unit {
     CachedInputTokens,
     /// Prompt tokens written to the backend's prompt cache, priced per 1,000.
     CacheWriteTokens,
-    /// Completion tokens, priced per 1,000.
+    /// Completion tokens (other than reasoning ones), priced per 1,000.
     OutputTokens,
+    /// Reasoning tokens (a thinking model's, part of its completion), priced per 1,000.
+    ReasoningTokens,
     /// Completed requests, priced each.
     Requests,
     /// Images a completed request or task produced, priced each.
@@ -42,6 +44,7 @@ impl Unit {
             | Unit::CachedInputTokens
             | Unit::CacheWriteTokens
             | Unit::OutputTokens
+            | Unit::ReasoningTokens
             | Unit::ComputeMs => 1000,
         }
     }
@@ -52,6 +55,7 @@ impl Unit {
             Unit::CachedInputTokens => "cached_input_tokens",
             Unit::CacheWriteTokens => "cache_write_tokens",
             Unit::OutputTokens => "output_tokens",
+            Unit::ReasoningTokens => "reasoning_tokens",
             Unit::Requests => "requests",
             Unit::Images => "images",
             Unit::Tasks => "tasks",
@@ -74,6 +78,9 @@ pub struct TokenCounts {
     pub cached: u64,
     #[serde(default)]
     pub cache_write: u64,
+    /// Part of `completion`: a thinking model's reasoning.
+    #[serde(default)]
+    pub reasoning: u64,
 }
 
 impl TokenCounts {
@@ -88,11 +95,13 @@ impl TokenCounts {
     pub fn capped(self, cap: TokenCounts) -> TokenCounts {
         let prompt = self.prompt.min(cap.prompt);
         let cached = self.cached.min(prompt);
+        let completion = self.completion.min(cap.completion);
         TokenCounts {
             prompt,
-            completion: self.completion.min(cap.completion),
+            completion,
             cached,
             cache_write: self.cache_write.min(prompt - cached),
+            reasoning: self.reasoning.min(completion),
         }
     }
 }
@@ -124,16 +133,18 @@ pub struct Quantities {
 
 impl Quantities {
     /// The count of each unit: `cached` and `cache_write` are parts of `prompt` (never
-    /// more, cached first).
-    pub fn by_unit(&self) -> [(Unit, u64); 9] {
+    /// more, cached first), `reasoning` of `completion`.
+    pub fn by_unit(&self) -> [(Unit, u64); 10] {
         let tokens = self.tokens;
         let cached = tokens.cached.min(tokens.prompt);
         let cache_write = tokens.cache_write.min(tokens.prompt - cached);
+        let reasoning = tokens.reasoning.min(tokens.completion);
         [
             (Unit::InputTokens, tokens.prompt - cached - cache_write),
             (Unit::CachedInputTokens, cached),
             (Unit::CacheWriteTokens, cache_write),
-            (Unit::OutputTokens, tokens.completion),
+            (Unit::OutputTokens, tokens.completion - reasoning),
+            (Unit::ReasoningTokens, reasoning),
             (Unit::Requests, self.requests),
             (Unit::Images, self.units.images),
             (Unit::Tasks, self.units.tasks),
@@ -158,8 +169,8 @@ impl Quantities {
     /// The most of these quantities that `budget` pays for at `price`: what a record may
     /// bill when its spending hold is `budget`. Unchanged if they cost no more. Otherwise
     /// the requests, tasks and uploads (every hold covers those) are kept, and the rest of
-    /// the budget pays for input, cached input, cache write and output tokens, images and
-    /// compute time, in that order, each as many as it still covers.
+    /// the budget pays for input, cached input, cache write, output and reasoning tokens,
+    /// images and compute time, in that order, each as many as it still covers.
     pub fn within(&self, price: &PriceVersion, budget: Cost) -> Result<Quantities, Overflow> {
         if self.cost(price)? <= budget {
             return Ok(*self);
@@ -169,6 +180,7 @@ impl Quantities {
             cached,
             cache_write,
             output,
+            reasoning,
             requests,
             images,
             tasks,
@@ -197,15 +209,17 @@ impl Quantities {
         let input = take(input, false)?;
         let cached = take(cached, false)?;
         let cache_write = take(cache_write, false)?;
-        let completion = take(output, false)?;
+        let output = take(output, false)?;
+        let reasoning = take(reasoning, false)?;
         let images = take(images, false)?;
         let compute_ms = take(compute, false)?;
         Ok(Quantities {
             tokens: TokenCounts {
                 prompt: input + cached + cache_write,
-                completion,
+                completion: output + reasoning,
                 cached,
                 cache_write,
+                reasoning,
             },
             requests,
             units: Units {
@@ -225,6 +239,7 @@ pub fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
         Unit::CachedInputTokens => price.cached_input_per_1k(),
         Unit::CacheWriteTokens => price.cache_write_per_1k(),
         Unit::OutputTokens => price.entry.output_per_1k,
+        Unit::ReasoningTokens => price.reasoning_per_1k(),
         Unit::Requests => price.entry.per_request,
         Unit::Images => price.entry.per_image,
         Unit::Tasks => price.entry.per_task,
@@ -256,8 +271,9 @@ pub fn cost_of(
 }
 
 /// The most `tokens` and `units` can cost at `price`, whichever of their prompt tokens turn
-/// out read from or written to a cache: what a spending hold must cover. The whole prompt
-/// is priced at the dearest of the three prompt rates.
+/// out read from or written to a cache, or reasoning: what a spending hold must cover. The
+/// whole prompt is priced at the dearest of the three prompt rates, the whole completion at
+/// the dearer of output and reasoning.
 pub fn worst_cost_of(
     price: &PriceVersion,
     tokens: TokenCounts,
@@ -276,6 +292,11 @@ pub fn worst_cost_of(
         },
         cache_write: if write > input && write > cached {
             tokens.prompt
+        } else {
+            0
+        },
+        reasoning: if price.reasoning_per_1k() > price.entry.output_per_1k {
+            tokens.completion
         } else {
             0
         },
@@ -316,6 +337,7 @@ mod tests {
             completion: 3,
             cached: 1024,
             cache_write: 0,
+            reasoning: 0,
         };
         // 176 * 0.004 + 1024 * 0.001 + 3 * 0.016 = 0.704 + 1.024 + 0.048 = 1.776 per 1k
         assert_eq!(
@@ -334,6 +356,7 @@ mod tests {
             completion: 10,
             cached: 3000,
             cache_write: 2000,
+            reasoning: 0,
         };
         // 100 * 0.003 + 3000 * 0.0003 + 2000 * 0.00375 + 10 * 0.015 = 0.3 + 0.9 + 7.5 + 0.15
         assert_eq!(
@@ -371,6 +394,7 @@ mod tests {
             completion: 11,
             cached: 0,
             cache_write: 0,
+            reasoning: 0,
         };
         assert_eq!(
             cost_of(&p, tokens, Units::default(), true).unwrap(),
@@ -401,6 +425,7 @@ mod tests {
             completion: u64::MAX,
             cached: u64::MAX,
             cache_write: 0,
+            reasoning: 0,
         };
         assert_eq!(cost_of(&p, tokens, Units::default(), true), Err(Overflow));
         let fine = price("1000000", None, "1000000", "1000000");
@@ -446,6 +471,7 @@ mod tests {
                 completion: 1000,
                 cached: 0,
                 cache_write: 0,
+                reasoning: 0,
             },
             requests: 1,
             units: Units {

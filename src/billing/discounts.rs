@@ -98,6 +98,7 @@ fn scaled(list: &PriceEntry, factor: Decimal) -> PriceEntry {
         input_per_1k: scale(list.input_per_1k),
         cached_input_per_1k: list.cached_input_per_1k.map(scale),
         cache_write_per_1k: list.cache_write_per_1k.map(scale),
+        reasoning_per_1k: list.reasoning_per_1k.map(scale),
         output_per_1k: scale(list.output_per_1k),
         per_request: scale(list.per_request),
         per_image: scale(list.per_image),

@@ -45,6 +45,10 @@ pub struct PriceEntry {
     /// CNY per 1,000 completion tokens.
     #[serde(default, deserialize_with = "money_or_zero")]
     pub output_per_1k: Decimal,
+    /// CNY per 1,000 reasoning tokens (a thinking model's, part of its completion tokens);
+    /// the output price when absent.
+    #[serde(default, deserialize_with = "money_opt")]
+    pub reasoning_per_1k: Option<Decimal>,
     /// CNY charged once per successful request (rerank, image tasks).
     #[serde(default, deserialize_with = "money_or_zero")]
     pub per_request: Decimal,
@@ -94,6 +98,8 @@ pub struct TierRates {
     pub cache_write_per_1k: Option<Decimal>,
     #[serde(default, deserialize_with = "money_or_zero")]
     pub output_per_1k: Decimal,
+    #[serde(default, deserialize_with = "money_opt")]
+    pub reasoning_per_1k: Option<Decimal>,
 }
 
 /// The billed prompt sizes a price version applies to: more than `over` tokens, and at
@@ -174,6 +180,12 @@ impl PriceVersion {
             .cache_write_per_1k
             .unwrap_or(self.entry.input_per_1k)
     }
+
+    pub fn reasoning_per_1k(&self) -> Decimal {
+        self.entry
+            .reasoning_per_1k
+            .unwrap_or(self.entry.output_per_1k)
+    }
 }
 
 /// Reads every `*.toml` file of `dir`, sorted by name, and checks each entry (accounts'
@@ -198,11 +210,12 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<Vec<PriceEntry>> {
 /// The rates a price entry may name; it names at least one (a free model says
 /// `input_per_1k = "0"`), so that an entry whose rates were all misspelt is refused, not
 /// free.
-pub const RATES: [&str; 10] = [
+pub const RATES: [&str; 11] = [
     "input_per_1k",
     "cached_input_per_1k",
     "cache_write_per_1k",
     "output_per_1k",
+    "reasoning_per_1k",
     "per_request",
     "per_image",
     "per_task",
@@ -287,11 +300,12 @@ pub fn parse_table(text: &str) -> anyhow::Result<Vec<PriceEntry>> {
 }
 
 /// The token rates a tier sets in place of its row's.
-const TOKEN_RATES: [&str; 4] = [
+const TOKEN_RATES: [&str; 5] = [
     "input_per_1k",
     "cached_input_per_1k",
     "cache_write_per_1k",
     "output_per_1k",
+    "reasoning_per_1k",
 ];
 
 /// A tiered row as one entry per tier, each with its bounds and token rates; an untiered
@@ -320,6 +334,7 @@ fn split_tiers(mut row: PriceEntry) -> anyhow::Result<Vec<PriceEntry>> {
             cached_input_per_1k: t.cached_input_per_1k,
             cache_write_per_1k: t.cache_write_per_1k,
             output_per_1k: t.output_per_1k,
+            reasoning_per_1k: t.reasoning_per_1k,
             tier: PromptTier {
                 over,
                 up_to: t.up_to_prompt_tokens,
@@ -338,6 +353,7 @@ pub(super) fn check_rates(e: &PriceEntry) -> anyhow::Result<()> {
         ("cached_input_per_1k", e.cached_input_per_1k),
         ("cache_write_per_1k", e.cache_write_per_1k),
         ("output_per_1k", Some(e.output_per_1k)),
+        ("reasoning_per_1k", e.reasoning_per_1k),
         ("per_request", Some(e.per_request)),
         ("per_image", Some(e.per_image)),
         ("per_task", Some(e.per_task)),

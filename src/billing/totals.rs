@@ -25,6 +25,8 @@ pub struct Totals {
     pub cached_tokens: i64,
     pub cache_write_tokens: i64,
     pub completion_tokens: i64,
+    /// Part of `completion_tokens`.
+    pub reasoning_tokens: i64,
     pub images: i64,
     pub tasks: i64,
     pub compute_ms: i64,
@@ -41,6 +43,7 @@ impl Totals {
                 completion: count(self.completion_tokens),
                 cached: count(self.cached_tokens),
                 cache_write: count(self.cache_write_tokens),
+                reasoning: count(self.reasoning_tokens),
             },
             requests: count(self.ok_requests),
             units: Units {

@@ -254,6 +254,7 @@ mod tests {
                 completion: 15,
                 cached: 2000,
                 cache_write: 1000,
+                reasoning: 0,
             })
         );
         // A whole answer says the same in one object.

@@ -170,11 +170,18 @@ pub fn parse_usage(usage: &Value) -> Option<TokenCounts> {
         .and_then(Value::as_u64)
         .unwrap_or(0)
         .min(prompt);
+    // OpenAI's `completion_tokens_details`, DashScope's `output_tokens_details`.
+    let reasoning = ["completion_tokens_details", "output_tokens_details"]
+        .iter()
+        .find_map(|d| usage.get(*d)?.get("reasoning_tokens")?.as_u64())
+        .unwrap_or(0)
+        .min(completion);
     Some(TokenCounts {
         prompt,
         completion,
         cached,
         cache_write: 0,
+        reasoning,
     })
 }
 
@@ -282,8 +289,19 @@ mod tests {
                 completion: 3,
                 cached: 0,
                 cache_write: 0,
+                reasoning: 0,
             })
         );
+    }
+
+    #[test]
+    fn reasoning_tokens_are_read_from_either_shape_and_stay_inside_completion() {
+        let dashscope = json!({"input_tokens": 10, "output_tokens": 50,
+            "output_tokens_details": {"reasoning_tokens": 40}});
+        assert_eq!(parse_usage(&dashscope).map(|u| u.reasoning), Some(40));
+        let beyond = json!({"prompt_tokens": 10, "completion_tokens": 5,
+            "completion_tokens_details": {"reasoning_tokens": 9}});
+        assert_eq!(parse_usage(&beyond).map(|u| u.reasoning), Some(5));
     }
 
     #[test]
@@ -297,6 +315,7 @@ mod tests {
                 completion: 3,
                 cached: 1024,
                 cache_write: 0,
+                reasoning: 2,
             })
         );
     }

@@ -125,6 +125,7 @@ pub fn arithmetic(
             completion: count(record.completion_tokens),
             cached: count(record.cached_tokens),
             cache_write: count(record.cache_write_tokens),
+            reasoning: count(record.reasoning_tokens),
         },
         requests: u64::from(completed),
         units: if completed { units } else { Default::default() },

@@ -44,6 +44,9 @@ struct Exported<'a> {
     cached_tokens: i64,
     cache_write_tokens: i64,
     completion_tokens: i64,
+    /// Part of `completion_tokens` (JSON lines only, where not 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    reasoning_tokens: i64,
     images: i64,
     tasks: i64,
     compute_ms: i64,
@@ -83,6 +86,7 @@ fn exported<'a>(r: &'a StoredRecord, account: &'a str) -> Exported<'a> {
         cached_tokens: r.cached_tokens,
         cache_write_tokens: r.cache_write_tokens,
         completion_tokens: r.completion_tokens,
+        reasoning_tokens: r.reasoning_tokens,
         images: r.images,
         tasks: r.tasks,
         compute_ms: r.compute_ms,
@@ -179,4 +183,8 @@ pub async fn export(
     }
     out.flush()?;
     Ok(written)
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }

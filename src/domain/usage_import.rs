@@ -55,6 +55,9 @@ struct Line {
     cache_write_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    /// Part of `completion_tokens`: a thinking model's reasoning.
+    #[serde(default)]
+    reasoning_tokens: u64,
     #[serde(default)]
     images: u64,
     #[serde(default)]
@@ -313,9 +316,10 @@ impl Ledger {
         ];
         if counts.iter().any(|&c| c > MAX_REPORTED_TOKENS)
             || line.cached_tokens.saturating_add(line.cache_write_tokens) > line.prompt_tokens
+            || line.reasoning_tokens > line.completion_tokens
         {
             return invalid(format!(
-                "counts must be at most {MAX_REPORTED_TOKENS}, cached_tokens and cache_write_tokens together at most prompt_tokens"
+                "counts must be at most {MAX_REPORTED_TOKENS}, cached_tokens and cache_write_tokens together at most prompt_tokens, reasoning_tokens at most completion_tokens"
             ));
         }
         // Priced as the gateway would have: the deployment's own price (else its pair's),
@@ -354,6 +358,7 @@ impl Ledger {
             completion: line.completion_tokens,
             cached: line.cached_tokens,
             cache_write: line.cache_write_tokens,
+            reasoning: line.reasoning_tokens,
         };
         let units = match completed {
             true => Units {

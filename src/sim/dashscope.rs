@@ -59,8 +59,12 @@ pub fn generation(headers: &HeaderMap, body: &Value, knobs: &Knobs) -> Response 
         }
     };
     let usage = |completion: u64| {
-        json!({"input_tokens": answer.prompt, "output_tokens": completion,
-            "total_tokens": answer.prompt + completion})
+        let mut usage = json!({"input_tokens": answer.prompt, "output_tokens": completion,
+            "total_tokens": answer.prompt + completion});
+        if answer.reasoning > 0 && completion == answer.completion {
+            usage["output_tokens_details"] = json!({"reasoning_tokens": answer.reasoning});
+        }
+        usage
     };
     if !streamed {
         if matches!(

@@ -46,6 +46,7 @@ pub struct Answer {
     pub prompt: u64,
     pub completion: u64,
     pub cached: u64,
+    pub reasoning: u64,
 }
 
 impl Answer {
@@ -66,6 +67,7 @@ impl Answer {
             prompt: knobs.prompt_tokens.unwrap_or(prompt_chars as u64),
             completion: knobs.completion_tokens.unwrap_or(chunks as u64),
             cached: knobs.cached_tokens.unwrap_or(0),
+            reasoning: knobs.reasoning_tokens.unwrap_or(0),
             pieces,
         }
     }
@@ -75,6 +77,9 @@ impl Answer {
             "total_tokens": self.prompt.saturating_add(completion)});
         if self.cached > 0 {
             usage["prompt_tokens_details"] = json!({"cached_tokens": self.cached});
+        }
+        if self.reasoning > 0 && completion == self.completion {
+            usage["completion_tokens_details"] = json!({"reasoning_tokens": self.reasoning});
         }
         usage
     }

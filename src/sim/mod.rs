@@ -53,6 +53,9 @@ pub struct Knobs {
     pub cached_tokens: Option<u64>,
     /// Prompt tokens written to the prompt cache (Anthropic's answers).
     pub cache_write_tokens: Option<u64>,
+    /// Reasoning tokens among the completion tokens (a thinking model's), reported in
+    /// `completion_tokens_details` (DashScope: `output_tokens_details`) of the final usage.
+    pub reasoning_tokens: Option<u64>,
     pub fault: Option<Fault>,
     /// Send exactly these bytes as the body (a fixture), `split` bytes per network write.
     pub raw: Option<String>,

@@ -144,6 +144,7 @@ pub const COLUMNS: &[&str] = &[
     "latency_ms",
     "ttft_ms",
     "cache_write_tokens",
+    "reasoning_tokens",
 ];
 
 /// Binds `r`, stored as `key` (`RequestKey::of` its id) with shape `shape_id`, to the
@@ -158,7 +159,7 @@ pub fn bind(
     let started_at = to_ms(r.started_at);
     // How long after its start it ended, unless that is its latency (mostly).
     let ended_after = Some(to_ms(r.ended_at) - started_at).filter(|&ms| ms != r.latency_ms);
-    let values: [&dyn rusqlite::ToSql; 13] = [
+    let values: [&dyn rusqlite::ToSql; 14] = [
         key,
         &r.account_id,
         &r.key_id,
@@ -172,6 +173,7 @@ pub fn bind(
         &r.latency_ms,
         &r.ttft_ms,
         &(r.tokens.cache_write as i64),
+        &(r.tokens.reasoning as i64),
     ];
     for (i, value) in values.into_iter().enumerate() {
         insert.raw_bind_parameter(offset + i + 1, value)?;

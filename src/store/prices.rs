@@ -17,6 +17,7 @@ fn from_row(row: &impl Read) -> Result<PriceVersion> {
             cached_input_per_1k: row.money_or_null("cached_input_per_1k")?,
             cache_write_per_1k: row.money_or_null("cache_write_per_1k")?,
             output_per_1k: row.money("output_per_1k")?,
+            reasoning_per_1k: row.money_or_null("reasoning_per_1k")?,
             per_request: row.money("per_request")?,
             per_image: row.money("per_image")?,
             per_task: row.money("per_task")?,
@@ -110,9 +111,10 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
                     "INSERT INTO price_versions (model, chip, effective_from, input_per_1k,
                         cached_input_per_1k, output_per_1k, per_request, per_image, per_task,
                         per_second, per_upload, recorded_at, cache_write_per_1k, deployment,
-                        account, prompt_tokens_over, prompt_tokens_up_to, per_hour)
+                        account, prompt_tokens_over, prompt_tokens_up_to, per_hour,
+                        reasoning_per_1k)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                             $16, $17, $18)",
+                             $16, $17, $18, $19)",
                 )
                 .bind(&entry.model)
                 .bind(&entry.chip)
@@ -132,6 +134,7 @@ pub async fn sync(db: &Db, entries: &[PriceEntry]) -> Result<usize> {
                 .bind(entry.tier.over as i64)
                 .bind(entry.tier.up_to.map(|n| n as i64))
                 .bind(Money(entry.per_hour))
+                .bind(entry.reasoning_per_1k.map(Money))
                 .execute(&mut *tx)
                 .await?;
                 added += 1;
@@ -187,6 +190,7 @@ fn same_prices(a: &PriceEntry, b: &PriceEntry) -> bool {
         && a.cached_input_per_1k == b.cached_input_per_1k
         && a.cache_write_per_1k == b.cache_write_per_1k
         && a.output_per_1k == b.output_per_1k
+        && a.reasoning_per_1k == b.reasoning_per_1k
         && a.per_request == b.per_request
         && a.per_image == b.per_image
         && a.per_task == b.per_task

@@ -174,8 +174,8 @@ pub fn roll_up<'r>(
     let days: Vec<i64> = days_in
         .query_map([first, last], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut hourly: HashMap<Group<'r>, [i64; 9]> = HashMap::new();
-    let mut daily: HashMap<Group<'r>, [i64; 9]> = HashMap::new();
+    let mut hourly: HashMap<Group<'r>, [i64; 10]> = HashMap::new();
+    let mut daily: HashMap<Group<'r>, [i64; 10]> = HashMap::new();
     for r in inserted {
         let at = to_ms(r.started_at);
         let counts = [
@@ -188,6 +188,7 @@ pub fn roll_up<'r>(
             r.units.compute_ms as i64,
             r.units.uploads as i64,
             r.tokens.cache_write as i64,
+            r.tokens.reasoning as i64,
         ];
         let group = |bucket| -> Group<'r> {
             (
@@ -202,7 +203,7 @@ pub fn roll_up<'r>(
                 r.price_version_id,
             )
         };
-        let add = |sums: &mut HashMap<Group<'r>, [i64; 9]>, bucket| {
+        let add = |sums: &mut HashMap<Group<'r>, [i64; 10]>, bucket| {
             let sum = sums.entry(group(bucket)).or_default();
             for (s, c) in sum.iter_mut().zip(counts) {
                 *s += c;
@@ -224,7 +225,7 @@ pub fn roll_up<'r>(
     ] {
         let mut upsert = conn.prepare_cached(&format!(
             "INSERT INTO {table} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
-                                         ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                                         ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
              ON CONFLICT (account_id, {column}, lineage_id, model, chip, deployment,
                           endpoint, status, price_version_id)
              DO UPDATE SET
@@ -236,7 +237,8 @@ pub fn roll_up<'r>(
                  tasks = tasks + excluded.tasks,
                  compute_ms = compute_ms + excluded.compute_ms,
                  uploads = uploads + excluded.uploads,
-                 cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens"
+                 cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+                 reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens"
         ))?;
         for (group, counts) in sums {
             let (account, bucket, key, model, chip, deployment, endpoint, status, price) = group;
@@ -250,7 +252,7 @@ pub fn roll_up<'r>(
             upsert.execute(rusqlite::params![
                 account, bucket, lineage, model, chip, deployment, endpoint, status, price,
                 counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], counts[6],
-                counts[7], counts[8]
+                counts[7], counts[8], counts[9]
             ])?;
         }
     }

@@ -225,6 +225,7 @@ usage_columns!(r, row => {
     completion_tokens: i64 = (r.tokens.completion as i64),
     cached_tokens: i64 = (r.tokens.cached as i64),
     cache_write_tokens: i64 = (r.tokens.cache_write as i64),
+    reasoning_tokens: i64 = (r.tokens.reasoning as i64),
     images: i64 = (r.units.images as i64),
     tasks: i64 = (r.units.tasks as i64),
     compute_ms: i64 = (r.units.compute_ms as i64),

@@ -182,6 +182,7 @@ async fn check(prices: Vec<Prices>, usages: Vec<Usage>) {
             cached: u.cached,
             // Half the prompt tokens not read from a cache were written to it.
             cache_write: (u.prompt - u.cached) / 2,
+            reasoning: 0,
         };
         let units = if u.ok { u.units } else { Units::default() };
         let cost = cost_of(version, tokens, units, u.ok).unwrap();
@@ -423,7 +424,7 @@ proptest! {
                 ..Default::default()
             },
         };
-        let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2, cache_write: counts.1 };
+        let tokens = TokenCounts { prompt: counts.0, completion: counts.1, cached: counts.2, cache_write: counts.1, reasoning: 0 };
         let units = Units { images: counts.0, tasks: counts.1, compute_ms: counts.2, uploads: counts.0 };
         let cost = cost_of(&version, tokens, Units::default(), true);
         let _ = cost_of(&version, tokens, units, true);
@@ -435,7 +436,7 @@ proptest! {
             prop_assert!(cost.is_ok(), "bounded inputs always have a cost");
             prop_assert!(worst_cost_of(&version, tokens, Units::default()).unwrap() >= cost.unwrap());
         }
-        let capped = tokens.capped(TokenCounts { prompt: 10, completion: 10, cached: 0, cache_write: 0 });
+        let capped = tokens.capped(TokenCounts { prompt: 10, completion: 10, cached: 0, cache_write: 0, reasoning: 0 });
         prop_assert!(capped.prompt <= 10 && capped.completion <= 10 && capped.cached + capped.cache_write <= capped.prompt);
 
         // Sums near i64::MAX, as a broken aggregate could hand them over.
@@ -455,6 +456,7 @@ proptest! {
                 cached_tokens: sums.2,
                 cache_write_tokens: sums.2,
                 completion_tokens: sums.1,
+                reasoning_tokens: sums.2,
                 images: sums.0,
                 tasks: sums.2,
                 compute_ms: sums.1,

@@ -400,3 +400,86 @@ async fn a_reserved_deployment_is_charged_once_per_started_hour_to_its_owner() {
     }
     assert_eq!(invoiced, 4);
 }
+
+/// A thinking model's reasoning tokens (part of its completion tokens) at the tier's own
+/// reasoning rate: qwen-plus from December at 0.008 CNY per 1,000 reasoning tokens up to
+/// 128k input tokens and 0.024 up to 256k, the rest of the completion at the output rate;
+/// a model without a reasoning rate bills them as output. Records and rollups keep the
+/// count, and the invoice has a line of reasoning tokens.
+#[tokio::test]
+async fn reasoning_tokens_are_billed_at_their_tiers_reasoning_rate() {
+    let prices = tempfile::tempdir().unwrap();
+    let thinking = r#"
+[[prices]]
+model = "qwen-plus"
+chip = "*"
+effective_from = 2026-12-01T00:00:00+08:00
+tiers = [
+  { up_to_prompt_tokens = 128000, input_per_1k = "0.0008", output_per_1k = "0.002", reasoning_per_1k = "0.008" },
+  { up_to_prompt_tokens = 256000, input_per_1k = "0.0024", output_per_1k = "0.02", reasoning_per_1k = "0.024" },
+]
+"#;
+    let sample = sample_prices();
+    std::fs::write(prices.path().join("p.toml"), format!("{sample}{thinking}")).unwrap();
+    let dir = prices.path().to_path_buf();
+    let app = TestApp::spawn_with(|c| c.pricing.dir = dir).await;
+    let send = |model: &'static str, prompt: u64| {
+        let app = &app;
+        async move {
+            let knobs = json!({"prompt_tokens": prompt, "completion_tokens": 3000, "reasoning_tokens": 2000});
+            let route = match model {
+                "qwen-plus" => "/v1/chat/completions",
+                _ => "/maas/megrez-7b-instruct/nvidia/chat/completions",
+            };
+            let body = chat(Some(model), "hi", false, knobs);
+            let response = app.post(route, &body).await;
+            assert_eq!(response.status(), 200);
+            app.record_of(&response).await
+        }
+    };
+    // 1,000 × 0.0008 + 1,000 × 0.002 + 2,000 × 0.008, per 1,000.
+    let record = send("qwen-plus", 1000).await;
+    assert_eq!(
+        (record.cost, record.reasoning_tokens),
+        (dec("0.0188"), 2000)
+    );
+    // 200,001 × 0.0024 + 1,000 × 0.02 + 2,000 × 0.024, per 1,000.
+    let record = send("qwen-plus", 200_001).await;
+    assert_eq!(record.cost, dec("0.4800024") + dec("0.02") + dec("0.048"));
+    // megrez has no reasoning rate: its 3,000 completion tokens at 0.0024.
+    let record = send("megrez-7b-instruct", 1000).await;
+    assert_eq!(
+        (record.cost, record.reasoning_tokens),
+        (dec("0.0012") + dec("0.0072"), 2000)
+    );
+    // The invoice prices the rollups' reasoning tokens the same way.
+    app.state.ledger().flush().await.unwrap();
+    let month = tollgate::billing::period::Month::containing(chrono::Utc::now(), chrono_tz::UTC);
+    let path = format!(
+        "/admin/v1/invoices/inv_1_{}",
+        month.to_string().replace('-', "")
+    );
+    let admin = app.admin_token(tollgate::admin::Role::Admin);
+    let invoice = app.get_json(&path, &admin).await;
+    let reasoning: Vec<(&str, &str, u64)> = (invoice["lines"].as_array().unwrap().iter())
+        .filter(|l| l["unit"] == "reasoning_tokens")
+        .map(|l| {
+            (
+                l["model"].as_str().unwrap(),
+                l["unit_price"].as_str().unwrap(),
+                l["quantity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasoning,
+        [
+            ("megrez-7b-instruct", "0.0024", 2000),
+            ("qwen-plus", "0.008", 2000),
+            ("qwen-plus", "0.024", 2000)
+        ]
+    );
+    assert_eq!(invoice["total_exact"], "0.5752024");
+    helpers::money::assert_invariant(&app, 1).await;
+    app.stop().await;
+}

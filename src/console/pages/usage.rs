@@ -496,6 +496,7 @@ pub async fn request(
             ("usage.cached", count(record.cached_tokens)),
             ("usage.cache_write", count(record.cache_write_tokens)),
             ("usage.completion", count(record.completion_tokens)),
+            ("usage.reasoning", count(record.reasoning_tokens)),
             ("usage.images", count(record.images)),
         ],
         reported: record.reported.map(|r| {
@@ -504,6 +505,7 @@ pub async fn request(
                 ("usage.cached", count(r.tokens.cached)),
                 ("usage.cache_write", count(r.tokens.cache_write)),
                 ("usage.completion", count(r.tokens.completion)),
+                ("usage.reasoning", count(r.tokens.reasoning)),
                 ("usage.images", count(r.units.images)),
             ]
         }),

@@ -36,6 +36,7 @@ pub struct Counts {
     pub compute_ms: i64,
     pub uploads: i64,
     pub cache_write_tokens: i64,
+    pub reasoning_tokens: i64,
 }
 
 impl Counts {
@@ -51,6 +52,7 @@ impl Counts {
             compute_ms: r.read("compute_ms")?,
             uploads: r.read("uploads")?,
             cache_write_tokens: r.read("cache_write_tokens")?,
+            reasoning_tokens: r.read("reasoning_tokens")?,
         })
     }
 }

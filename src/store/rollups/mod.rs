@@ -282,7 +282,7 @@ fn totals_sql(source: Source, scope: Scope, by: By) -> String {
 
 /// The counts a rollup sums, as its columns and `Totals`' fields are named, in the order
 /// of the rollup tables' columns.
-pub(super) const SUMMED: [&str; 9] = [
+pub(super) const SUMMED: [&str; 10] = [
     "requests",
     "prompt_tokens",
     "cached_tokens",
@@ -292,6 +292,7 @@ pub(super) const SUMMED: [&str; 9] = [
     "compute_ms",
     "uploads",
     "cache_write_tokens",
+    "reasoning_tokens",
 ];
 
 fn totals_from_row(r: &impl Read) -> Result<Totals> {
@@ -310,6 +311,7 @@ fn totals_from_row(r: &impl Read) -> Result<Totals> {
         cached_tokens: c.cached_tokens,
         cache_write_tokens: c.cache_write_tokens,
         completion_tokens: c.completion_tokens,
+        reasoning_tokens: c.reasoning_tokens,
         images: c.images,
         tasks: c.tasks,
         compute_ms: c.compute_ms,

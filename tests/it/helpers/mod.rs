@@ -370,6 +370,7 @@ pub fn simple_record(
             completion: 20,
             cached: 0,
             cache_write: 0,
+            reasoning: 0,
         },
         units: Default::default(),
         usage_source: UsageSource::Reported,
