@@ -128,7 +128,8 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
     }
     // Their rollups, as the writer of then kept them (without the cache writes a later
     // migration adds).
-    let hourly = helpers::ledger::HOURLY_FROM_RECORDS.replace(", sum(r.cache_write_tokens)", "");
+    let hourly = helpers::ledger::HOURLY_FROM_RECORDS
+        .replace(", sum(r.cache_write_tokens), sum(r.reasoning_tokens)", "");
     sqlx::query(sqlx::AssertSqlSafe(hourly))
         .execute(&pool)
         .await
@@ -140,6 +141,7 @@ async fn a_sqlite_ledger_of_records_comes_through_compaction_unchanged() {
         "cache_write_tokens INTEGER NOT NULL DEFAULT 0",
         "attempts TEXT",
         "reported TEXT",
+        "reasoning_tokens INTEGER NOT NULL DEFAULT 0",
     ] {
         let add = format!("ALTER TABLE usage_records ADD COLUMN {column}");
         sqlx::query(sqlx::AssertSqlSafe(add))

@@ -129,7 +129,7 @@ pub const HOURLY_FROM_RECORDS: &str = "INSERT INTO usage_hourly
            r.model, r.chip, coalesce(r.deployment, ''), r.endpoint, r.status,
            r.price_version_id, count(*), sum(r.prompt_tokens), sum(r.cached_tokens),
            sum(r.completion_tokens), sum(r.images), sum(r.tasks), sum(r.compute_ms),
-           sum(r.uploads), sum(r.cache_write_tokens)
+           sum(r.uploads), sum(r.cache_write_tokens), sum(r.reasoning_tokens)
     FROM usage_records r JOIN api_keys k ON k.id = r.key_id
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9";
 
