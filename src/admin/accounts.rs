@@ -251,6 +251,6 @@ async fn list_grants(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
     accounts::get(state.db(), id).await?;
-    let data = store::grants::of_account(state.db(), id).await?;
+    let data = grants::of_account(state.db(), id).await?;
     Ok(Json(json!({"object": "list", "data": data})))
 }

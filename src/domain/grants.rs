@@ -160,6 +160,11 @@ pub async fn welcome(
     Ok(Some(grant))
 }
 
+/// The account's grants, newest first, with what each has left.
+pub async fn of_account(db: &Db, account_id: i64) -> Result<Vec<Grant>, Error> {
+    Ok(store::grants::of_account(db, account_id).await?)
+}
+
 /// The audit log's entry for a grant issued.
 pub fn issued(grant: &Grant) -> Change<'_, (), Grant> {
     let id = grant.account_id;

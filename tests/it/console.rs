@@ -1106,3 +1106,40 @@ async fn console_top_ups_credit_once_per_form_while_requests_spend_and_the_money
         8
     );
 }
+
+/// An account's page lists its credit grants (money and tokens) with what each has left,
+/// their expiry in its own time zone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_accounts_page_lists_its_grants_and_what_each_has_left() {
+    let app = TestApp::spawn().await;
+    operator(&app).await;
+    let expires = chrono::Utc::now() + chrono::Duration::days(30);
+    for (key, amount, tokens) in [("money", Some("12.50"), None), ("tokens", None, Some(5000))] {
+        let asked = tollgate::domain::grants::GrantRequest {
+            amount: amount.map(|a| a.parse().unwrap()),
+            tokens,
+            model: tokens.map(|_| "megrez-7b-instruct"),
+            kind: "promotional",
+            priority: None,
+            effective_at: None,
+            expires_at: Some(expires),
+            reason: "launch offer",
+            actor: "test",
+            idempotency_key: key,
+        };
+        tollgate::domain::grants::issue(app.state.db(), Some(app.state.spending()), 1, &asked)
+            .await
+            .unwrap();
+    }
+    let session = sign_in(&app, OPERATOR.0, OPERATOR.1).await.unwrap();
+    let (status, html) = get(&app, "/console/accounts/1", &session).await;
+    assert_eq!(status, StatusCode::OK);
+    for shown in [
+        "Credit grants",
+        "12.50",
+        "5,000 tokens · megrez-7b-instruct",
+        "open",
+    ] {
+        assert!(html.contains(shown), "{shown} in {html}");
+    }
+}

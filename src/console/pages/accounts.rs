@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use super::{operators_only, render_form};
-use crate::console::frame::{Frame, money};
+use crate::console::frame::{Frame, count, money, time};
 use crate::console::web::{Failure, Posted, Signed};
 use crate::domain::accounts;
 use crate::domain::audit_log::{self, Change};
@@ -195,10 +195,23 @@ pub async fn top_up(
     }
 }
 
+/// A credit grant as the account's page lists it.
+struct GrantLine {
+    id: i64,
+    kind: String,
+    /// "50.00 CNY" or "1,000,000 tokens of qwen-plus".
+    granted: String,
+    left: String,
+    priority: i32,
+    expires: String,
+    state: String,
+}
+
 #[derive(Template)]
 #[template(path = "account.html")]
 struct AccountPage {
     frame: Frame,
+    grants: Vec<GrantLine>,
     id: i64,
     name: String,
     display_name: String,
@@ -208,13 +221,36 @@ struct AccountPage {
     error: Option<String>,
 }
 
-fn account_page(
+async fn account_page(
+    state: &AppState,
     signed: &Signed,
     account: &crate::store::accounts::Account,
     error: Option<String>,
 ) -> Result<Response, Failure> {
+    let zone = accounts::zone_of(account, state.config().billing.zone());
+    let grants = crate::domain::grants::of_account(state.db(), account.id).await?;
+    let grants = (grants.into_iter())
+        .map(|g| {
+            let (granted, left) = match (&g.model, g.tokens, g.remaining_tokens) {
+                (Some(model), Some(all), Some(left)) => {
+                    (format!("{} tokens · {model}", count(all)), count(left))
+                }
+                _ => (money(g.amount), money(g.remaining)),
+            };
+            GrantLine {
+                id: g.id,
+                kind: g.kind,
+                granted,
+                left,
+                priority: g.priority,
+                expires: g.expires_at.map_or_else(|| "—".into(), |e| time(e, zone)),
+                state: g.state,
+            }
+        })
+        .collect();
     let page = AccountPage {
         frame: Frame::signed(signed, "nav.accounts"),
+        grants,
         id: account.id,
         name: account.name.clone(),
         display_name: account.display_name.clone(),
@@ -236,7 +272,7 @@ pub async fn show(
 ) -> Result<Response, Failure> {
     operators_only(&signed)?;
     let account = accounts::get(state.db(), id).await?;
-    account_page(&signed, &account, None)
+    account_page(&state, &signed, &account, None).await
 }
 
 #[derive(Deserialize)]
@@ -285,7 +321,7 @@ pub async fn edit(
             Ok(Redirect::to("/console/accounts").into_response())
         }
         Err(e @ Error::InvalidRequest { .. }) => {
-            account_page(&signed, &before, Some(e.to_string()))
+            account_page(&state, &signed, &before, Some(e.to_string())).await
         }
         Err(e) => Err(e.into()),
     }
