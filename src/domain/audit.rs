@@ -14,7 +14,8 @@ use crate::store::{self, Db};
 pub struct Difference {
     pub account_id: i64,
     pub account: String,
-    /// `topped_up`, `spent` or `held`, or `running_totals` when they are missing.
+    /// `topped_up`, `spent`, `granted`, `grant_pool` or `held`, or `running_totals` when they
+    /// are missing.
     pub figure: &'static str,
     /// The running total (`None`: missing).
     pub running: Option<Decimal>,
@@ -72,6 +73,8 @@ pub async fn verify(db: &Db) -> Result<Verified, Error> {
                 for (figure, running, summed) in [
                     ("topped_up", running.topped_up, audit.summed.topped_up),
                     ("spent", running.spent, audit.summed.spent),
+                    ("granted", running.granted, audit.summed.granted),
+                    ("grant_pool", running.grant_pool, audit.summed.grant_pool),
                 ] {
                     if running != summed {
                         found.push(difference(figure, Some(running), summed));

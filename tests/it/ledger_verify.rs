@@ -42,6 +42,19 @@ async fn ledger_verify_finds_a_tampered_running_total_or_rollup_and_nothing_else
         "t-1",
     ];
     cli(&config, &top_up);
+    // A grant the requests burn: its use and what it holds are running totals too.
+    let grant = [
+        "grants",
+        "create",
+        "acme",
+        "--amount",
+        "0.01",
+        "--reason",
+        "trial",
+        "--idempotency-key",
+        "g-1",
+    ];
+    cli(&config, &grant);
     let key = cli(&config, &["keys", "create", "--account", "acme"]);
     let mut gateway = serve(&config, "tollgate=info");
     let url = format!(
@@ -79,6 +92,30 @@ async fn ledger_verify_finds_a_tampered_running_total_or_rollup_and_nothing_else
     // Someone edits a running total by hand.
     let database = tollgate::config::Config::load(&config).unwrap().database;
     let db = tollgate::store::connect(&database).await.unwrap();
+    let acme = "(SELECT id FROM accounts WHERE name = 'acme')";
+    for figure in ["granted", "grant_pool"] {
+        let read =
+            format!("SELECT CAST({figure} AS TEXT) FROM account_funds WHERE account_id = {acme}");
+        let read = sqlx::AssertSqlSafe(read);
+        let was: String = match &db {
+            tollgate::store::Db::Sqlite(pool) => sqlx::query_scalar(read).fetch_one(pool).await,
+            tollgate::store::Db::Postgres(pool) => sqlx::query_scalar(read).fetch_one(pool).await,
+        }
+        .unwrap();
+        let set = |value: &str| {
+            format!("UPDATE account_funds SET {figure} = '{value}' WHERE account_id = {acme}")
+        };
+        helpers::ledger::execute(&db, &set("7"), &[]).await.unwrap();
+        let (ok, verified) = verify(&config);
+        assert!(!ok, "{verified}");
+        let differences = verified["differences"].as_array().unwrap();
+        assert_eq!(differences.len(), 1, "{verified}");
+        assert_eq!(differences[0]["figure"], figure);
+        helpers::ledger::execute(&db, &set(&was), &[])
+            .await
+            .unwrap();
+    }
+    assert!(verify(&config).0, "undone");
     helpers::ledger::execute(
         &db,
         "UPDATE account_funds SET spent = '0.5' WHERE account_id = (SELECT id FROM accounts WHERE name = 'acme')",
