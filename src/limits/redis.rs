@@ -394,15 +394,7 @@ impl RedisCounts {
             u64::from(take.max(1)),
         ];
         let v = self.run(&self.admit, &[&requests, &tokens], &args).await?;
-        if v.len() != 8 {
-            return Err(Unavailable);
-        }
-        let taken = gcra::Taken {
-            taken: v[0].clamp(0, i64::from(u32::MAX)) as u32,
-            remaining: v[1].clamp(0, i64::from(u32::MAX)) as u32,
-            reset_us: v[2],
-            retry_us: v[3],
-        };
+        let taken = requests_taken(&v)?;
         let requests = RequestQuota::of(rpm, taken);
         let tokens = tpm.filter(|_| v[4] != 0 || v[7] != 0).map(|tpm| {
             let reserved = bucket::Reserved {
@@ -423,15 +415,7 @@ impl RedisCounts {
         let (requests, tokens) = (format!("{tag}:rpm"), format!("{tag}:tpm"));
         let args = [u64::from(rpm.max(1)), 0, 0, 0, 1];
         let v = self.run(&self.admit, &[&requests, &tokens], &args).await?;
-        if v.len() != 8 {
-            return Err(Unavailable);
-        }
-        let taken = gcra::Taken {
-            taken: v[0].clamp(0, i64::from(u32::MAX)) as u32,
-            remaining: v[1].clamp(0, i64::from(u32::MAX)) as u32,
-            reset_us: v[2],
-            retry_us: v[3],
-        };
+        let taken = requests_taken(&v)?;
         Ok(RequestQuota::of(rpm, taken))
     }
 
@@ -498,4 +482,18 @@ impl RedisCounts {
             .await
             .map(|_| ())
     }
+}
+
+/// The requests' part of ADMIT's reply (its first four numbers of eight).
+fn requests_taken(v: &[i64]) -> Result<gcra::Taken, Unavailable> {
+    if v.len() != 8 {
+        return Err(Unavailable);
+    }
+    let count = |n: i64| n.clamp(0, i64::from(u32::MAX)) as u32;
+    Ok(gcra::Taken {
+        taken: count(v[0]),
+        remaining: count(v[1]),
+        reset_us: v[2],
+        retry_us: v[3],
+    })
 }
