@@ -53,6 +53,8 @@ pub struct Alerts {
     /// This replica, as the leases name it.
     owner: String,
     checked: Mutex<Option<Instant>>,
+    /// Accounts' names by id, as events name them (names never change).
+    names: Mutex<HashMap<i64, String>>,
 }
 
 impl Alerts {
@@ -93,6 +95,7 @@ impl Alerts {
             failures,
             owner: owner.to_owned(),
             checked: Mutex::new(None),
+            names: Mutex::default(),
         })
     }
 
@@ -107,20 +110,34 @@ impl Alerts {
         if !self.enabled() {
             return Ok(());
         }
-        let names: HashMap<i64, String> = (store::accounts::list(db).await?.into_iter())
-            .map(|a| (a.id, a.name))
-            .collect();
         let now = Utc::now().timestamp_millis();
-        webhooks::from_audit_log(db, now - SETTLE_MS, now, |entry| {
-            let kind = events::of_action(&entry.action)?;
-            Some(self.outgoing(kind, entry.account_id, &names, audited(entry)))
-        })
-        .await?;
+        // Only when the audit log has new entries: then the names of their accounts (those
+        // not known yet), and the events, the cursor moved past them.
+        let pending = webhooks::pending_accounts(db, now - SETTLE_MS).await?;
+        if !pending.is_empty() {
+            let mut names = HashMap::new();
+            for id in pending.into_iter().flatten() {
+                let known = self.names.lock().get(&id).cloned();
+                let name = match known {
+                    Some(name) => Some(name),
+                    None => store::accounts::get(db, id).await?.map(|a| a.name),
+                };
+                if let Some(name) = name {
+                    self.names.lock().insert(id, name.clone());
+                    names.insert(id, name);
+                }
+            }
+            webhooks::from_audit_log(db, now - SETTLE_MS, now, |entry| {
+                let kind = events::of_action(&entry.action)?;
+                Some(self.outgoing(kind, entry.account_id, &names, audited(entry)))
+            })
+            .await?;
+        }
         let every = Duration::from_secs(self.config.check_every_secs);
         let due = self.checked.lock().is_none_or(|t| t.elapsed() >= every);
         if due {
             *self.checked.lock() = Some(Instant::now());
-            self.check_thresholds(db, prices, zone, &names).await?;
+            self.check_thresholds(db, prices, zone).await?;
         }
         self.deliver(db).await
     }
@@ -156,24 +173,19 @@ impl Alerts {
         }
     }
 
-    async fn check_thresholds(
-        &self,
-        db: &Db,
-        prices: &PriceBook,
-        zone: Tz,
-        names: &HashMap<i64, String>,
-    ) -> anyhow::Result<()> {
+    async fn check_thresholds(&self, db: &Db, prices: &PriceBook, zone: Tz) -> anyhow::Result<()> {
         let now = Utc::now();
         for threshold in &self.config.thresholds {
             let Some(account) = store::accounts::find_by_name(db, &threshold.account).await? else {
                 continue;
             };
             let figures = figures(db, prices, zone, &account, now).await?;
+            let names = HashMap::from([(account.id, account.name.clone())]);
             let fired = webhooks::fired(db, account.id).await?;
             for rule in events::rules(threshold, &figures) {
                 let was = fired.contains(&rule.key);
                 if rule.holds && !was {
-                    let event = self.outgoing(rule.event, Some(account.id), names, rule.data);
+                    let event = self.outgoing(rule.event, Some(account.id), &names, rule.data);
                     let at = now.timestamp_millis();
                     webhooks::fire(db, account.id, &rule.key, &event, at).await?;
                 } else if !rule.holds && was && rule.clears {

@@ -128,6 +128,21 @@ pub async fn from_audit_log(
     Ok(made)
 }
 
+/// The account (if any) of each audit log entry after the cursor, up to those made at
+/// `until_ms`: none when there is nothing new; else whose names the events need.
+pub async fn pending_accounts(db: &Db, until_ms: i64) -> Result<Vec<Option<i64>>> {
+    Ok(on!(db, |pool| {
+        sqlx::query_scalar(
+            "SELECT account_id FROM audit_log
+             WHERE id > (SELECT last_id FROM alert_cursor WHERE id = 1) AND at <= $1
+             ORDER BY id LIMIT 500",
+        )
+        .bind(until_ms)
+        .fetch_all(pool)
+        .await?
+    }))
+}
+
 /// The rules of `account_id` that fired and were not re-armed.
 pub async fn fired(db: &Db, account_id: i64) -> Result<Vec<String>> {
     Ok(on!(db, |pool| {
