@@ -128,8 +128,16 @@ async fn a_receiver_that_fails_twice_gets_the_event_on_the_third_try_and_never_a
         !tries[2].3.contains(key["key"].as_str().unwrap()),
         "no secret in events"
     );
-    // The delivery and its attempts, as the operator reads them; the failures counted.
-    let deliveries = app.get_json("/admin/v1/webhooks/deliveries", &admin).await;
+    // The delivery and its attempts, as the operator reads them (noted just after the
+    // receiver answered); the failures counted.
+    let mut deliveries = Value::Null;
+    for _ in 0..50 {
+        deliveries = app.get_json("/admin/v1/webhooks/deliveries", &admin).await;
+        if deliveries["data"][0]["state"] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let delivery = &deliveries["data"][0];
     assert_eq!(
         (&delivery["state"], &delivery["attempts"]),
