@@ -10,6 +10,7 @@ mod load;
 mod passthrough;
 mod phases;
 mod procs;
+mod profile;
 mod report;
 
 use std::net::SocketAddr;
@@ -70,6 +71,10 @@ struct Args {
     /// ledger takes hours to fill.
     #[arg(long)]
     no_sqlite: bool,
+    /// Instead of the phases, profile each proxy with `perf` for this many seconds at 32
+    /// connections: CPU µs per request by stage (written to `bench/profile.md`).
+    #[arg(long, value_name = "SECONDS")]
+    profile: Option<u64>,
 }
 
 /// What a request goes to and what stands in front of the simulator there.
@@ -136,6 +141,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ledger_scale::run(&dir, &args.records, args.cluster, !args.no_sqlite).await,
             "bench/ledger-scale.md",
         ),
+        false if args.profile.is_some() => {
+            (measure(&args, &plan, keys, &dir).await, "bench/profile.md")
+        }
         false => (measure(&args, &plan, keys, &dir).await, "bench/results.md"),
     };
     let _ = std::fs::remove_dir_all(&dir);
@@ -219,7 +227,10 @@ async fn measure(
         subjects.push(subject);
         cluster = Some(started);
     }
-    phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await
+    match args.profile {
+        Some(seconds) => profile::run(&subjects, &simulator, seconds, dir).await,
+        None => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
+    }
 }
 
 /// The executable a gateway runs, and how its subjects are told apart from this build's.

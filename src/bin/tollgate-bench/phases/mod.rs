@@ -116,6 +116,11 @@ pub async fn run_all(
     Ok(out)
 }
 
+/// The small non-streamed completion of the latency and throughput phases.
+pub fn fixed_workload(subject: &Subject) -> Workload {
+    fixed(subject, 3, false)
+}
+
 fn fixed(subject: &Subject, chunks: usize, stream: bool) -> Workload {
     Workload::Fixed {
         auth: subject.auth.clone(),
