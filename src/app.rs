@@ -137,13 +137,11 @@ impl Application {
             Ledger::spawn(&config.database, &config.ledger, metrics.clone()).await?;
         let connection_limits = ConnectionLimits::from_config(&config.server);
         let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
+        let listener =
+            crate::server::listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let console_listener = match config.console.listen {
             Some(addr) if config.console.enabled => Some(
-                TcpListener::bind(addr)
-                    .await
+                crate::server::listen(addr)
                     .with_context(|| format!("cannot listen on {addr} (console.listen)"))?,
             ),
             _ => None,

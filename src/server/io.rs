@@ -96,6 +96,11 @@ impl Watched {
 /// router answers has a JSON body (`ApiError`, its fallbacks, `ops::shape_errors`), so
 /// such a whole response, written while no request is in flight, is hyper's: its status.
 fn hyper_error(head: &[u8]) -> Option<StatusCode> {
+    // Every response passes here: most are not errors, told by the status line alone.
+    let class = head.strip_prefix(b"HTTP/1.1 ")?.first()?;
+    if !matches!(class, b'4' | b'5') {
+        return None;
+    }
     let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
     if end + 4 != head.len() {
         return None; // a body follows

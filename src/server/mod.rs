@@ -211,6 +211,23 @@ impl Drop for InFlight {
     }
 }
 
+/// Connections the kernel may hold for `accept` (it caps this at `net.core.somaxconn`):
+/// tokio's default of 1,024 drops connections when thousands arrive at once (a burst of
+/// streams, a fleet of clients reconnecting).
+const ACCEPT_BACKLOG: u32 = 8192;
+
+/// Listens on `addr` with a deep accept queue (`ACCEPT_BACKLOG`).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// Sets `TCP_NODELAY` on every connection an `axum::serve` accepts (the simulator's, the
 /// benchmark's pass-through; tollgate's own connections get it in `Connection::run`): without it a stream's first chunk can
 /// wait behind the response head for the client's delayed ACK.
@@ -227,7 +244,7 @@ pub fn nodelay(
 
 /// Raises the soft limit of open files to the hard limit (many connections need many
 /// descriptors; the usual soft limit of 1,024 runs out first) and returns the limit now.
-fn raise_open_file_limit() -> u64 {
+pub fn raise_open_file_limit() -> u64 {
     #[cfg(unix)]
     {
         let mut limit = libc::rlimit {

@@ -29,7 +29,6 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 pub use formats::Profile;
 
@@ -144,7 +143,8 @@ pub fn router() -> Router {
 
 /// Serves the simulator on `addr` until the returned task is aborted.
 pub async fn spawn(addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
+    crate::server::raise_open_file_limit(); // a connection per stream, thousands of them
+    let listener = crate::server::listen(addr)?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(crate::server::nodelay(listener), router()).await {

@@ -95,6 +95,20 @@ pub struct Outcome {
     pub end: Instant,
 }
 
+impl Outcome {
+    /// A request that got no answer (status 0): refused, reset or cut short.
+    fn failed(since: Instant) -> Outcome {
+        let end = Instant::now();
+        Outcome {
+            status: 0,
+            latency: end - since,
+            first_byte: end - since,
+            gaps: Vec::new(),
+            end,
+        }
+    }
+}
+
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
     addr: SocketAddr,
@@ -258,6 +272,24 @@ pub async fn closed_loop(
     }
     let elapsed = all.iter().map(|o| o.end).max().unwrap_or(start) - start;
     Ok((all, elapsed))
+}
+
+/// One request on a connection of its own, timed from the connection's opening: a
+/// connection the target does not take counts as a failed request (status 0).
+pub async fn one(target: &Target, workload: &Workload) -> anyhow::Result<Outcome> {
+    let opened = Instant::now();
+    let mut connection = match Connection::open(target.addr).await {
+        Ok(connection) => connection,
+        Err(_) => return Ok(Outcome::failed(opened)),
+    };
+    let mut rng = SmallRng::seed_from_u64(0);
+    match connection
+        .send(&target.path, workload.next(&mut rng), Some(opened))
+        .await
+    {
+        Ok(outcome) => Ok(outcome),
+        Err(_) => Ok(Outcome::failed(opened)),
+    }
 }
 
 /// `count` requests, one after another on one connection.

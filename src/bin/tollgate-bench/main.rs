@@ -71,6 +71,10 @@ struct Args {
     /// ledger takes hours to fill.
     #[arg(long)]
     no_sqlite: bool,
+    /// Run only these phases (latency, throughput, streams, many-keys, open-streams); the
+    /// goals are judged only when all run.
+    #[arg(long, value_delimiter = ',')]
+    phases: Vec<String>,
     /// Instead of the phases, profile each proxy with `perf` for this many seconds at 32
     /// connections: CPU µs per request by stage (written to `bench/profile.md`).
     #[arg(long, value_name = "SECONDS")]
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
         return passthrough::main(&backend);
     }
     let args = Args::parse();
+    procs::raise_open_files(65_536);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,11 +133,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let plan = if args.quick {
+    let mut plan = if args.quick {
         phases::Plan::quick()
     } else {
         phases::Plan::full()
     };
+    if let Some(unknown) = args
+        .phases
+        .iter()
+        .find(|p| !phases::PHASES.contains(&p.as_str()))
+    {
+        anyhow::bail!(
+            "no phase '{unknown}': the phases are {}",
+            phases::PHASES.join(", ")
+        );
+    }
+    plan.only = args.phases.clone();
     let keys = args.keys.unwrap_or(if args.quick { 1_000 } else { 10_000 });
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -355,7 +371,7 @@ pub fn write_config(
     std::fs::write(
         &config_path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 20000\n{server}\
              [database]\n{database}\
              [pricing]\ndir = \"{pricing}\"\n\
              [limits]\ndefault_rpm = 1000000000\n{limits}\n\

@@ -28,7 +28,7 @@ pub fn main(backend: &str) -> ExitCode {
         connector.set_nodelay(true);
         let pool: Pool = Client::builder(TokioExecutor::new()).build(connector);
         let app = Router::new().fallback(move |request| forward(pool.clone(), backend, request));
-        let listener = tollgate::server::nodelay(tokio::net::TcpListener::bind(listen).await?);
+        let listener = tollgate::server::nodelay(tollgate::server::listen(listen)?);
         axum::serve(listener, app).await?;
         anyhow::Ok(())
     };

@@ -16,9 +16,11 @@ use crate::procs::{self, Process};
 use crate::report::{Stats, Table, added_ms, ms, ratio, spread};
 use crate::{Subject, chat_body};
 
+mod open_streams;
 mod streams;
 mod summary;
 
+use open_streams::open_streams;
 use streams::{many_keys, streams};
 use summary::{cluster_section, goals, memory};
 
@@ -36,6 +38,25 @@ pub struct Plan {
     short_streams: usize,
     long_streams: usize,
     zipf: Duration,
+    /// Streams open at once in the open-streams phase.
+    open_streams: usize,
+    /// The phases to run (`PHASES`); all when empty.
+    pub only: Vec<String>,
+}
+
+/// The phases by name, in the order they run (`--phases`).
+pub const PHASES: &[&str] = &[
+    "latency",
+    "throughput",
+    "streams",
+    "many-keys",
+    "open-streams",
+];
+
+impl Plan {
+    fn runs(&self, phase: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == phase)
+    }
 }
 
 impl Plan {
@@ -50,6 +71,8 @@ impl Plan {
             short_streams: 150,
             long_streams: 25,
             zipf: Duration::from_secs(10),
+            open_streams: 10_000,
+            only: Vec::new(),
         }
     }
 
@@ -64,6 +87,8 @@ impl Plan {
             short_streams: 5,
             long_streams: 2,
             zipf: Duration::from_secs(1),
+            open_streams: 100,
+            only: Vec::new(),
         }
     }
 }
@@ -99,15 +124,30 @@ pub async fn run_all(
         let warmup = fixed(subject, 3, false);
         load::closed_loop(&subject.target, &warmup, 4, Stop::Requests(300)).await?;
     }
-    eprintln!("latency at concurrency 1");
-    out += &latency(plan, subjects, &mut findings).await?;
-    eprintln!("throughput");
-    out += &throughput(plan, subjects, simulator, &mut findings).await?;
-    eprintln!("streams");
-    out += &streams(plan, subjects).await?;
-    eprintln!("many keys");
-    out += &many_keys(plan, subjects).await?;
+    if plan.runs("latency") {
+        eprintln!("latency at concurrency 1");
+        out += &latency(plan, subjects, &mut findings).await?;
+    }
+    if plan.runs("throughput") {
+        eprintln!("throughput");
+        out += &throughput(plan, subjects, simulator, &mut findings).await?;
+    }
+    if plan.runs("streams") {
+        eprintln!("streams");
+        out += &streams(plan, subjects).await?;
+    }
+    if plan.runs("many-keys") {
+        eprintln!("many keys");
+        out += &many_keys(plan, subjects).await?;
+    }
     out += &memory(subjects, simulator, &mut findings);
+    if plan.runs("open-streams") {
+        eprintln!("open streams");
+        out += &open_streams(plan, subjects, simulator).await?;
+    }
+    if !plan.only.is_empty() {
+        return Ok(out); // the goals need every phase's figures
+    }
     if let (Some(cluster), Some(subject)) = (cluster, subjects.last()) {
         eprintln!("cluster");
         out += &cluster_section(plan, cluster, subject, &mut findings).await?;

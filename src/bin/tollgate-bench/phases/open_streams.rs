@@ -1,0 +1,147 @@
+//! Phase 5: many streams open at once. Each subject (but nginx, whose test configuration
+//! takes few connections) gets `Plan::open_streams` streams of 40 chunks 100 ms apart
+//! (4 s each), each on a connection of its own, started evenly over one second; while
+//! they run, the proxy's resident set is sampled every 50 ms. Memory per open stream is
+//! the peak above the proxy's resident set just before, divided by the streams.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::*;
+
+/// Chunks of each stream and the time between them: 4 s of answer.
+const CHUNKS: usize = 40;
+const CHUNK_DELAY_MS: u64 = 100;
+/// Over how long the streams start.
+const RAMP: Duration = Duration::from_secs(1);
+
+pub(super) async fn open_streams(
+    plan: &Plan,
+    subjects: &[Subject],
+    simulator: &Process,
+) -> anyhow::Result<String> {
+    // A proxy holds two descriptors per stream (the client's connection and the
+    // backend's) and tollgate keeps 64 for itself: past that it refuses connections.
+    let open_files = procs::raise_open_files(0);
+    let fit = usize::try_from(open_files.saturating_sub(128) / 2).unwrap_or(usize::MAX);
+    let count = plan.open_streams.min(fit);
+    let lowered = match count < plan.open_streams {
+        true => format!(
+            " ({} asked for; this machine's open-file limit of {open_files} descriptors a \
+             process, two per proxied stream, allows {count})",
+            plan.open_streams
+        ),
+        false => String::new(),
+    };
+    let mut table = Table::new(&[
+        "subject",
+        "streams",
+        "completed",
+        "failed",
+        "stream time p50 s",
+        "p99 s",
+        "proxy RSS before MiB",
+        "proxy peak RSS MiB",
+        "KB per open stream",
+        "simulator peak RSS MiB",
+        "ledger rows = streams",
+    ]);
+    for subject in subjects.iter().filter(|s| s.target.name != "nginx") {
+        eprintln!("  {} open streams: {}", count, subject.target.name);
+        let rows_before = ledger_rows(subject).await?;
+        let pids = subject.pids();
+        let before = procs::memory_kb(&pids, "VmRSS");
+        let sim_pids = simulator.pids();
+        let done = Arc::new(AtomicBool::new(false));
+        let sampler = tokio::spawn(peaks(pids.clone(), sim_pids, done.clone()));
+        let body = stream_body();
+        let started = Instant::now();
+        let streams: Vec<_> = (0..count)
+            .map(|n| {
+                let target = subject.target.clone();
+                let workload = Workload::Fixed {
+                    auth: subject.auth.clone(),
+                    body: body.clone(),
+                };
+                let at = started + RAMP.mul_f64(n as f64 / count as f64);
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    load::one(&target, &workload).await
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        let mut failed = 0;
+        for stream in streams {
+            match stream.await? {
+                Ok(outcome) if outcome.status == 200 && outcome.gaps.len() >= CHUNKS => {
+                    times.push(outcome.latency)
+                }
+                _ => failed += 1,
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let (peak, sim_peak) = sampler.await?;
+        let rows = match (rows_before, ledger_rows(subject).await?) {
+            (Some(a), Some(b)) => ((b - a) as usize == count).then_some("yes").unwrap_or("no"),
+            _ => "-",
+        };
+        let stats = Stats::of(times.clone());
+        let proxied = !subject.proxies.is_empty();
+        let mib = |kb: u64| format!("{:.1}", kb as f64 / 1024.0);
+        table.row(&[
+            subject.target.name.clone(),
+            count.to_string(),
+            times.len().to_string(),
+            failed.to_string(),
+            format!("{:.2}", stats.p50.as_secs_f64()),
+            format!("{:.2}", stats.p99.as_secs_f64()),
+            if proxied { mib(before) } else { "-".into() },
+            if proxied { mib(peak) } else { "-".into() },
+            if proxied {
+                format!("{:.1}", peak.saturating_sub(before) as f64 / count as f64)
+            } else {
+                "-".into()
+            },
+            mib(sim_peak),
+            rows.to_string(),
+        ]);
+    }
+    Ok(format!(
+        "## Open streams\n\n{count} streams at once{lowered}, each on its own connection: {CHUNKS} \
+         chunks {CHUNK_DELAY_MS} ms apart and the usage chunk, started evenly over {:.0} s. A \
+         stream fails if it does not end with 200 and every chunk. Memory per open stream is \
+         the proxy's peak resident set (sampled every 50 ms) above its resident set just \
+         before, over the streams.\n\n{}\n",
+        RAMP.as_secs_f64(),
+        table.finish()
+    ))
+}
+
+/// The highest resident sets of `pids` and of `sim_pids` (KB), sampled every 50 ms until
+/// `done`.
+async fn peaks(pids: Vec<u32>, sim_pids: Vec<u32>, done: Arc<AtomicBool>) -> (u64, u64) {
+    let (mut peak, mut sim_peak) = (0, 0);
+    while !done.load(Ordering::Relaxed) {
+        peak = peak.max(procs::memory_kb(&pids, "VmRSS"));
+        sim_peak = sim_peak.max(procs::memory_kb(&sim_pids, "VmRSS"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (peak, sim_peak)
+}
+
+/// A streamed chat completion of `CHUNKS` chunks `CHUNK_DELAY_MS` apart, with usage.
+fn stream_body() -> bytes::Bytes {
+    let body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell a short story."}],
+        "max_tokens": CHUNKS + 8,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "x_sim": {"chunks": CHUNKS, "chunk_delay_ms": CHUNK_DELAY_MS},
+    });
+    bytes::Bytes::from(body.to_string())
+}
