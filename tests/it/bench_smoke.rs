@@ -1,7 +1,8 @@
 //! The benchmark itself works: a `--quick` run of `tollgate-bench` (few requests, 300
 //! keys) against the simulator, nginx when installed, and a tollgate, and its Markdown
 //! says what a full run would: no failed request, one ledger row per answered request,
-//! 429s for the keys over their limit; and another build (here the `tollgate` binary)
+//! 429s for the keys over their limit, every open stream completed and recorded; and
+//! another build (here the `tollgate` binary)
 //! measured beside it with `--compare`. Speed is not judged here (see bench/README.md).
 
 use std::process::Command;
@@ -49,13 +50,26 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
     assert_eq!(subjects[0], "direct");
     let gateways = ["tollgate (normal)", "tollgate (normal, compared build)"];
     assert_eq!(subjects[subjects.len() - 2..], gateways);
-    for section in ["Latency at concurrency 1", "Throughput", "Streams"] {
+    for section in [
+        "Latency at concurrency 1",
+        "Throughput",
+        "Open loop",
+        "Streams",
+    ] {
         for row in rows(&markdown, section) {
             assert_eq!(
                 *row.last().unwrap(),
                 "0",
                 "failed requests in {section}: {row:?}"
             );
+        }
+    }
+    let open_streams = rows(&markdown, "Open streams");
+    assert!(open_streams.iter().all(|r| r[0] != "nginx"));
+    for row in &open_streams {
+        assert_eq!((row[1], row[2], row[3]), ("100", "100", "0"), "{row:?}");
+        if gateways.contains(&row[0]) {
+            assert_eq!(*row.last().unwrap(), "yes", "a ledger row per stream");
         }
     }
     let throughput = rows(&markdown, "Throughput");
@@ -96,10 +110,9 @@ fn a_quick_run_measures_every_subject_and_loses_no_record() {
         has_nginx, nginx_installed,
         "nginx is measured when installed"
     );
-    assert_eq!(
-        rows(&markdown, "Goals").len(),
-        (3 + usize::from(has_nginx)) * gateways.len()
-    );
+    // Latency p50 and p99, throughput at 32 and 256 against the pass-through, CPU,
+    // memory with the many keys, per open stream, and the open streams' failures.
+    assert_eq!(rows(&markdown, "Goals").len(), 8 * gateways.len());
 }
 
 #[test]
@@ -108,7 +121,12 @@ fn a_quick_cluster_run_measures_two_replicas_on_postgres_and_redis_and_loses_no_
     let cluster = "tollgate cluster (2 replicas, PostgreSQL + Redis, nginx)";
     let latency = rows(&markdown, "Latency at concurrency 1");
     assert_eq!(latency.last().unwrap()[0], cluster);
-    for section in ["Latency at concurrency 1", "Throughput", "Streams"] {
+    for section in [
+        "Latency at concurrency 1",
+        "Throughput",
+        "Open loop",
+        "Streams",
+    ] {
         for row in rows(&markdown, section) {
             assert_eq!(
                 *row.last().unwrap(),
@@ -117,6 +135,7 @@ fn a_quick_cluster_run_measures_two_replicas_on_postgres_and_redis_and_loses_no_
             );
         }
     }
+    assert!(rows(&markdown, "Open loop").iter().any(|r| r[0] == cluster));
     for row in rows(&markdown, "Throughput")
         .iter()
         .filter(|r| r[0] == cluster)
@@ -149,7 +168,7 @@ fn a_quick_cluster_run_measures_two_replicas_on_postgres_and_redis_and_loses_no_
     let goals = rows(&markdown, "Goals");
     let cluster_goals = goals.iter().filter(|r| r[0] == cluster).count();
     assert_eq!(
-        cluster_goals, 3,
-        "throughput, added p99 and ingest are judged"
+        cluster_goals, 4,
+        "throughput, added p99 in the open loop, CPU and ingest are judged"
     );
 }

@@ -274,22 +274,61 @@ pub async fn closed_loop(
     Ok((all, elapsed))
 }
 
+/// Requests at `rate` per second for `time`, each sent when due whatever became of the
+/// ones before it (open loop, many connections): on a connection left idle by an earlier
+/// request, or on a new one if none is, so a slow server gets more requests in flight,
+/// never fewer sent. Latency counts from the send (the generator's own timer lateness is
+/// not the server's).
+pub async fn open_rate(
+    target: &Target,
+    workload: &Workload,
+    rate: f64,
+    time: Duration,
+) -> anyhow::Result<Vec<Outcome>> {
+    let idle: Arc<std::sync::Mutex<Vec<Connection>>> = Arc::default();
+    let count = (rate * time.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(count);
+    let mut rng = SmallRng::seed_from_u64(3);
+    for i in 0..count {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let (idle, path, addr) = (idle.clone(), target.path.clone(), target.addr);
+        let request = workload.next(&mut rng);
+        sent.push(tokio::spawn(async move {
+            let reused = idle.lock().expect("the idle connections").pop();
+            let mut connection = match reused {
+                Some(connection) => connection,
+                None => Connection::open(addr).await?,
+            };
+            let outcome = connection.send(&path, request, None).await?;
+            idle.lock().expect("the idle connections").push(connection);
+            anyhow::Ok(outcome)
+        }));
+    }
+    let mut outcomes = Vec::with_capacity(count);
+    for request in sent {
+        outcomes.push(request.await??);
+    }
+    Ok(outcomes)
+}
+
 /// One request on a connection of its own, timed from the connection's opening: a
 /// connection the target does not take counts as a failed request (status 0).
-pub async fn one(target: &Target, workload: &Workload) -> anyhow::Result<Outcome> {
+/// `open` counts the connections open at any moment.
+pub async fn one(target: &Target, workload: &Workload, open: &AtomicUsize) -> Outcome {
     let opened = Instant::now();
-    let mut connection = match Connection::open(target.addr).await {
-        Ok(connection) => connection,
-        Err(_) => return Ok(Outcome::failed(opened)),
+    let Ok(mut connection) = Connection::open(target.addr).await else {
+        return Outcome::failed(opened);
     };
+    open.fetch_add(1, Ordering::Relaxed);
     let mut rng = SmallRng::seed_from_u64(0);
-    match connection
+    let sent = connection
         .send(&target.path, workload.next(&mut rng), Some(opened))
-        .await
-    {
-        Ok(outcome) => Ok(outcome),
-        Err(_) => Ok(Outcome::failed(opened)),
-    }
+        .await;
+    drop(connection);
+    open.fetch_sub(1, Ordering::Relaxed);
+    sent.unwrap_or_else(|_| Outcome::failed(opened))
 }
 
 /// `count` requests, one after another on one connection.

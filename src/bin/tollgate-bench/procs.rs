@@ -59,6 +59,7 @@ impl Drop for Process {
 /// else the soft one to the hard one: the processes it starts inherit it, and thousands
 /// of open streams need a descriptor each at the client, two at a proxy (client and
 /// backend) and one at the simulator.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
 pub fn raise_open_files(want: u64) -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -16,10 +16,12 @@ use crate::procs::{self, Process};
 use crate::report::{Stats, Table, added_ms, ms, ratio, spread};
 use crate::{Subject, chat_body};
 
+mod open_rate;
 mod open_streams;
 mod streams;
 mod summary;
 
+use open_rate::open_rate;
 use open_streams::open_streams;
 use streams::{many_keys, streams};
 use summary::{cluster_section, goals, memory};
@@ -40,6 +42,8 @@ pub struct Plan {
     zipf: Duration,
     /// Streams open at once in the open-streams phase.
     open_streams: usize,
+    /// Time per subject of the open-loop phase, split into `throughput_rounds`.
+    open_rate_time: Duration,
     /// The phases to run (`PHASES`); all when empty.
     pub only: Vec<String>,
 }
@@ -48,6 +52,7 @@ pub struct Plan {
 pub const PHASES: &[&str] = &[
     "latency",
     "throughput",
+    "open-loop",
     "streams",
     "many-keys",
     "open-streams",
@@ -72,6 +77,7 @@ impl Plan {
             long_streams: 25,
             zipf: Duration::from_secs(10),
             open_streams: 10_000,
+            open_rate_time: Duration::from_secs(9),
             only: Vec::new(),
         }
     }
@@ -88,6 +94,7 @@ impl Plan {
             long_streams: 2,
             zipf: Duration::from_secs(1),
             open_streams: 100,
+            open_rate_time: Duration::from_millis(500),
             only: Vec::new(),
         }
     }
@@ -98,7 +105,16 @@ impl Plan {
 struct Findings {
     latency: Vec<Stats>,
     throughput_32: Vec<f64>,
+    throughput_256: Vec<f64>,
+    /// Proxy CPU µs per request at 32 connections.
+    cpu_32: Vec<f64>,
     p99_32: Vec<Duration>,
+    /// Open loop: added p99 over direct, and CPU µs per request (all of a subject's
+    /// processes).
+    open_p99: Vec<Duration>,
+    open_cpu: Vec<f64>,
+    /// Open streams, by subject: KB per open stream, streams failed, peak RSS (KB).
+    open_streams: Vec<Option<(f64, usize, u64)>>,
     peak_rss_kb: Vec<u64>,
     /// With a cluster: PostgreSQL's ingest rate, records/s.
     ingest: Option<f64>,
@@ -132,6 +148,10 @@ pub async fn run_all(
         eprintln!("throughput");
         out += &throughput(plan, subjects, simulator, &mut findings).await?;
     }
+    if plan.runs("open-loop") {
+        eprintln!("open loop");
+        out += &open_rate(plan, subjects, &mut findings).await?;
+    }
     if plan.runs("streams") {
         eprintln!("streams");
         out += &streams(plan, subjects).await?;
@@ -143,7 +163,7 @@ pub async fn run_all(
     out += &memory(subjects, simulator, &mut findings);
     if plan.runs("open-streams") {
         eprintln!("open streams");
-        out += &open_streams(plan, subjects, simulator).await?;
+        out += &open_streams(plan, subjects, simulator, &mut findings).await?;
     }
     if !plan.only.is_empty() {
         return Ok(out); // the goals need every phase's figures
@@ -472,7 +492,14 @@ async fn throughput(
                 run.failed.to_string(),
             ]);
         }
+        if connections == 256 {
+            findings.throughput_256 = rates.clone();
+        }
         if connections == 32 {
+            findings.cpu_32 = runs
+                .iter()
+                .map(|r| r.proxy_cpu.as_secs_f64() * 1e6 / (r.served + r.failed).max(1) as f64)
+                .collect();
             findings.throughput_32 = rates;
             findings.p99_32 = runs
                 .iter()

@@ -1,11 +1,12 @@
-//! Phase 5: many streams open at once. Each subject (but nginx, whose test configuration
-//! takes few connections) gets `Plan::open_streams` streams of 40 chunks 100 ms apart
+//! Phase 5: many streams open at once. Each single-process subject (not nginx, whose
+//! test configuration takes few connections, nor a cluster behind it) gets `Plan::open_streams` streams of 40 chunks 100 ms apart
 //! (4 s each), each on a connection of its own, started evenly over one second; while
-//! they run, the proxy's resident set is sampled every 50 ms. Memory per open stream is
-//! the peak above the proxy's resident set just before, divided by the streams.
+//! they run, the proxy's resident set and the streams open are sampled every 50 ms.
+//! Memory per open stream is the peak above the proxy's resident set just before, over
+//! the most streams open at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
@@ -22,7 +23,9 @@ pub(super) async fn open_streams(
     plan: &Plan,
     subjects: &[Subject],
     simulator: &Process,
+    findings: &mut Findings,
 ) -> anyhow::Result<String> {
+    findings.open_streams = subjects.iter().map(|_| None).collect();
     // A proxy holds two descriptors per stream (the client's connection and the
     // backend's) and tollgate keeps 64 for itself: past that it refuses connections.
     let open_files = procs::raise_open_files(0);
@@ -41,6 +44,7 @@ pub(super) async fn open_streams(
         "streams",
         "completed",
         "failed",
+        "most open at once",
         "stream time p50 s",
         "p99 s",
         "proxy RSS before MiB",
@@ -49,14 +53,19 @@ pub(super) async fn open_streams(
         "simulator peak RSS MiB",
         "ledger rows = streams",
     ]);
-    for subject in subjects.iter().filter(|s| s.target.name != "nginx") {
+    for (i, subject) in subjects.iter().enumerate() {
+        // nginx's test configuration takes few connections; a cluster's balancer too.
+        if subject.target.name == "nginx" || subject.proxies.len() > 1 {
+            continue;
+        }
         eprintln!("  {} open streams: {}", count, subject.target.name);
         let rows_before = ledger_rows(subject).await?;
         let pids = subject.pids();
         let before = procs::memory_kb(&pids, "VmRSS");
         let sim_pids = simulator.pids();
         let done = Arc::new(AtomicBool::new(false));
-        let sampler = tokio::spawn(peaks(pids.clone(), sim_pids, done.clone()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let sampler = tokio::spawn(peaks(pids.clone(), sim_pids, open.clone(), done.clone()));
         let body = stream_body();
         let started = Instant::now();
         let streams: Vec<_> = (0..count)
@@ -67,9 +76,10 @@ pub(super) async fn open_streams(
                     body: body.clone(),
                 };
                 let at = started + RAMP.mul_f64(n as f64 / count as f64);
+                let open = open.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(at.into()).await;
-                    load::one(&target, &workload).await
+                    load::one(&target, &workload, &open).await
                 })
             })
             .collect();
@@ -77,32 +87,40 @@ pub(super) async fn open_streams(
         let mut failed = 0;
         for stream in streams {
             match stream.await? {
-                Ok(outcome) if outcome.status == 200 && outcome.gaps.len() >= CHUNKS => {
+                outcome if outcome.status == 200 && outcome.gaps.len() >= CHUNKS => {
                     times.push(outcome.latency)
                 }
                 _ => failed += 1,
             }
         }
         done.store(true, Ordering::Relaxed);
-        let (peak, sim_peak) = sampler.await?;
+        let Peaks {
+            rss: peak,
+            sim_rss: sim_peak,
+            open: most_open,
+        } = sampler.await?;
         let rows = match (rows_before, ledger_rows(subject).await?) {
-            (Some(a), Some(b)) => ((b - a) as usize == count).then_some("yes").unwrap_or("no"),
+            (Some(a), Some(b)) if (b - a) as usize == count => "yes",
+            (Some(_), Some(_)) => "no",
             _ => "-",
         };
         let stats = Stats::of(times.clone());
         let proxied = !subject.proxies.is_empty();
+        let per_stream = peak.saturating_sub(before) as f64 / most_open.max(1) as f64;
+        findings.open_streams[i] = proxied.then_some((per_stream, failed, peak));
         let mib = |kb: u64| format!("{:.1}", kb as f64 / 1024.0);
         table.row(&[
             subject.target.name.clone(),
             count.to_string(),
             times.len().to_string(),
             failed.to_string(),
+            most_open.to_string(),
             format!("{:.2}", stats.p50.as_secs_f64()),
             format!("{:.2}", stats.p99.as_secs_f64()),
             if proxied { mib(before) } else { "-".into() },
             if proxied { mib(peak) } else { "-".into() },
             if proxied {
-                format!("{:.1}", peak.saturating_sub(before) as f64 / count as f64)
+                format!("{per_stream:.1}")
             } else {
                 "-".into()
             },
@@ -115,22 +133,41 @@ pub(super) async fn open_streams(
          chunks {CHUNK_DELAY_MS} ms apart and the usage chunk, started evenly over {:.0} s. A \
          stream fails if it does not end with 200 and every chunk. Memory per open stream is \
          the proxy's peak resident set (sampled every 50 ms) above its resident set just \
-         before, over the streams.\n\n{}\n",
+         before, over the most streams open at once (connections the client held).\n\n{}\n",
         RAMP.as_secs_f64(),
         table.finish()
     ))
 }
 
-/// The highest resident sets of `pids` and of `sim_pids` (KB), sampled every 50 ms until
-/// `done`.
-async fn peaks(pids: Vec<u32>, sim_pids: Vec<u32>, done: Arc<AtomicBool>) -> (u64, u64) {
-    let (mut peak, mut sim_peak) = (0, 0);
+/// The highest figures seen while the streams ran.
+struct Peaks {
+    /// Resident sets (KB) of the proxy and of the simulator.
+    rss: u64,
+    sim_rss: u64,
+    /// Streams open at once, as the client counts them.
+    open: usize,
+}
+
+/// Samples the resident sets of `pids` and `sim_pids` and the streams `open` every 50 ms
+/// until `done`.
+async fn peaks(
+    pids: Vec<u32>,
+    sim_pids: Vec<u32>,
+    open: Arc<AtomicUsize>,
+    done: Arc<AtomicBool>,
+) -> Peaks {
+    let mut peaks = Peaks {
+        rss: 0,
+        sim_rss: 0,
+        open: 0,
+    };
     while !done.load(Ordering::Relaxed) {
-        peak = peak.max(procs::memory_kb(&pids, "VmRSS"));
-        sim_peak = sim_peak.max(procs::memory_kb(&sim_pids, "VmRSS"));
+        peaks.rss = peaks.rss.max(procs::memory_kb(&pids, "VmRSS"));
+        peaks.sim_rss = peaks.sim_rss.max(procs::memory_kb(&sim_pids, "VmRSS"));
+        peaks.open = peaks.open.max(open.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (peak, sim_peak)
+    peaks
 }
 
 /// A streamed chat completion of `CHUNKS` chunks `CHUNK_DELAY_MS` apart, with usage.
