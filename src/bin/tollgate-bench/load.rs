@@ -296,19 +296,26 @@ pub async fn open_rate(
         let (idle, path, addr) = (idle.clone(), target.path.clone(), target.addr);
         let request = workload.next(&mut rng);
         sent.push(tokio::spawn(async move {
+            let due = Instant::now();
             let reused = idle.lock().expect("the idle connections").pop();
             let mut connection = match reused {
                 Some(connection) => connection,
-                None => Connection::open(addr).await?,
+                None => match Connection::open(addr).await {
+                    Ok(connection) => connection,
+                    Err(_) => return Outcome::failed(due),
+                },
             };
-            let outcome = connection.send(&path, request, None).await?;
+            // A connection the server closed or reset is a failed request, and not reused.
+            let Ok(outcome) = connection.send(&path, request, None).await else {
+                return Outcome::failed(due);
+            };
             idle.lock().expect("the idle connections").push(connection);
-            anyhow::Ok(outcome)
+            outcome
         }));
     }
     let mut outcomes = Vec::with_capacity(count);
     for request in sent {
-        outcomes.push(request.await??);
+        outcomes.push(request.await?);
     }
     Ok(outcomes)
 }

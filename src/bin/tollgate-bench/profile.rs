@@ -25,8 +25,18 @@ use crate::report::Table;
 /// stage names.
 const STAGES: &[(&str, &[&str])] = &[
     (
-        "ledger commit (journal append, fsync wait)",
-        &["store::journal", "metering::writer", "Journal"],
+        "ledger (journal append; the writer's SQLite insert)",
+        &[
+            "store::journal",
+            "metering::writer",
+            "Journal",
+            "store::usage",
+            "store::Sink",
+            "store::sqlite",
+            "store::compact",
+            "rusqlite::",
+            "sqlite3",
+        ],
     ),
     (
         "pricing and the record",
@@ -42,25 +52,32 @@ const STAGES: &[(&str, &[&str])] = &[
         &["dialect::observe", "proxy::answer", "observe::"],
     ),
     (
+        "request body reading and parsing",
+        &[
+            "ClientRequest::read",
+            "ClientRequest::parse",
+            "request::body",
+            "to_bytes",
+        ],
+    ),
+    (
         "dialect (the body sent upstream)",
-        &["upstream_body", "dialect::", "request::body"],
+        &["upstream_body", "dialect::"],
     ),
     (
         "limits and spending",
         &["limits::", "spending::", "governor::"],
     ),
-    (
-        "authentication",
-        &["auth::", "authenticate::", "Caller as axum"],
-    ),
-    (
-        "request body reading",
-        &["ClientRequest::read", "extract::", "to_bytes"],
-    ),
+    ("authentication", &["auth::", "authenticate::"]),
     ("metrics", &["prometheus::", "metrics::"]),
     (
         "backend call (client, pool)",
-        &["upstream::pool", "upstream::client", "hyper_util::client"],
+        &[
+            "upstream::pool",
+            "upstream::client",
+            "hyper_util::client",
+            "hyper::client",
+        ],
     ),
     (
         "routing and handler glue",
