@@ -55,37 +55,20 @@ impl Drop for Process {
     }
 }
 
-/// Raises this process's open-file limit, hard and soft, to `want` where it may (as root),
-/// else the soft one to the hard one: the processes it starts inherit it, and thousands
-/// of open streams need a descriptor each at the client, two at a proxy (client and
-/// backend) and one at the simulator.
-#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+/// Raises this process's open-file limit, hard and soft, to `want` where it may (as root
+/// with the capability), else the soft one to the hard one (as `tollgate serve` does), and
+/// returns the limit now: the processes it starts inherit it, and thousands of open
+/// streams need a descriptor each at the client, two at a proxy (client and backend) and
+/// one at the simulator.
 pub fn raise_open_files(want: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let wanted = libc::rlimit {
+        rlim_cur: want as libc::rlim_t,
+        rlim_max: want as libc::rlim_t,
     };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        let wanted = libc::rlimit {
-            rlim_cur: want.max(limit.rlim_cur as u64) as libc::rlim_t,
-            rlim_max: want.max(limit.rlim_max as u64) as libc::rlim_t,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-            return wanted.rlim_cur as u64;
-        }
-        let soft = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
-            return soft.rlim_cur as u64;
-        }
-        limit.rlim_cur as u64
-    }
+    // SAFETY: setrlimit only reads the struct passed to it. It refuses to lower the hard
+    // limit below the soft one, or to raise it without the capability.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) };
+    tollgate::server::raise_open_file_limit()
 }
 
 /// A loopback port nobody listens on (yet).

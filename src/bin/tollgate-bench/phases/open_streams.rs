@@ -28,7 +28,7 @@ pub(super) async fn open_streams(
     findings.open_streams = subjects.iter().map(|_| None).collect();
     // A proxy holds two descriptors per stream (the client's connection and the
     // backend's) and tollgate keeps 64 for itself: past that it refuses connections.
-    let open_files = procs::raise_open_files(0);
+    let open_files = tollgate::server::raise_open_file_limit();
     let fit = usize::try_from(open_files.saturating_sub(128) / 2).unwrap_or(usize::MAX);
     let count = plan.open_streams.min(fit);
     let lowered = match count < plan.open_streams {
