@@ -37,6 +37,17 @@ impl UsageFilter {
             || self.deployment.is_some()
             || self.endpoint.is_some()
     }
+
+    /// `[lower, upper)` of the start times listed: the range asked, ending at the
+    /// cursor's millisecond (included).
+    fn bounds(&self) -> (i64, i64) {
+        let lower = self.from_ms.unwrap_or(i64::MIN);
+        let mut upper = self.to_ms.unwrap_or(i64::MAX);
+        if let Some((at, _)) = self.before {
+            upper = upper.min(at.saturating_add(1));
+        }
+        (lower, upper)
+    }
 }
 
 /// Newest first (by start time, then id), at most `limit`, whatever the history: an index
@@ -51,12 +62,8 @@ pub async fn list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<Store
     let mut found = Vec::new();
     // Retired records are gone though their rollups stay: no hour before is walked.
     let retired = super::retire::retired_before(db).await?.unwrap_or(i64::MIN);
-    let lower = filter.from_ms.unwrap_or(i64::MIN).max(retired);
-    // Records start before `upper`: the end asked, and the cursor's millisecond included.
-    let mut upper = filter.to_ms.unwrap_or(i64::MAX);
-    if let Some((at, _)) = filter.before {
-        upper = upper.min(at.saturating_add(1));
-    }
+    let (lower, mut upper) = filter.bounds();
+    let lower = lower.max(retired);
     while (found.len() as i64) < limit && lower < upper {
         let hours = candidates(db, filter, lower, upper).await?;
         let Some(&oldest) = hours.last() else { break };
@@ -226,12 +233,15 @@ async fn walk(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<StoredRec
 pub async fn plan_of_list(db: &Db, filter: &UsageFilter, limit: i64) -> Result<Vec<String>> {
     let mut walked = filter.clone();
     if filter.narrows() {
-        let at = filter
-            .before
-            .map(|b| b.0)
-            .or(filter.to_ms)
-            .or(filter.from_ms);
-        let hour = at.unwrap_or(0).div_euclid(rollups::HOUR_MS) * rollups::HOUR_MS;
+        // The hour `list` walks first: the newest that holds such records (else the
+        // hour of the bounds asked).
+        let (lower, upper) = filter.bounds();
+        let asked = match upper {
+            i64::MAX => lower.max(0),
+            upper => upper - 1,
+        };
+        let newest = candidates(db, filter, lower, upper).await?.first().copied();
+        let hour = newest.unwrap_or(asked.div_euclid(rollups::HOUR_MS) * rollups::HOUR_MS);
         walked.from_ms = Some(hour);
         walked.to_ms = Some(hour.saturating_add(rollups::HOUR_MS));
     }

@@ -262,8 +262,18 @@ async fn every_read_walks_an_index_with_realistic_statistics() {
             .await
             .unwrap();
         assert!(!plan.is_empty());
+        // A listing narrowed by a value no index holds walks one hour at a time (the
+        // newest its rollups say holds such records): the planner may sort that hour's
+        // few records, never more than the hour's.
+        let narrowed = filter.model.is_some() || filter.status.is_some();
+        let within_an_hour = |plan: &[String]| {
+            plan.iter().any(|line| match postgres {
+                true => line.contains("Index Cond") && line.contains("started_at >= "),
+                false => line.contains("started_at>? AND started_at<?"),
+            })
+        };
         assert!(
-            !scans_records(&plan) && !sorts(&plan),
+            !scans_records(&plan) && (!sorts(&plan) || narrowed && within_an_hour(&plan)),
             "{filter:?}: {plan:#?}"
         );
     }
