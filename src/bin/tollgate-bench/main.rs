@@ -71,10 +71,14 @@ struct Args {
     /// ledger takes hours to fill.
     #[arg(long)]
     no_sqlite: bool,
-    /// Run only these phases (latency, throughput, streams, many-keys, open-streams); the
-    /// goals are judged only when all run.
+    /// Run only these phases (latency, throughput, open-loop, streams, many-keys,
+    /// open-streams); the goals are judged only when all run.
     #[arg(long, value_delimiter = ',')]
     phases: Vec<String>,
+    /// Words in the non-streamed answers of the latency, throughput and open-loop phases
+    /// (3: a short answer); e.g. 4000 (about 26 KB) measures reading and relaying a long one.
+    #[arg(long, default_value_t = 3)]
+    answer_chunks: usize,
     /// Instead of the phases, profile each proxy with `perf` for this many seconds at 32
     /// connections: CPU µs per request by stage (written to `bench/profile.md`).
     #[arg(long, value_name = "SECONDS")]
@@ -149,6 +153,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     plan.only = args.phases.clone();
+    plan.answer_chunks = args.answer_chunks;
     let keys = args.keys.unwrap_or(if args.quick { 1_000 } else { 10_000 });
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

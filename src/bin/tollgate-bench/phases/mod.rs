@@ -46,6 +46,9 @@ pub struct Plan {
     open_rate_time: Duration,
     /// The phases to run (`PHASES`); all when empty.
     pub only: Vec<String>,
+    /// Content chunks (words) of the non-streamed answers the latency, throughput and
+    /// open-loop phases ask for.
+    pub answer_chunks: usize,
 }
 
 /// The phases by name, in the order they run (`--phases`).
@@ -61,6 +64,11 @@ pub const PHASES: &[&str] = &[
 impl Plan {
     fn runs(&self, phase: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|p| p == phase)
+    }
+
+    /// The non-streamed completion of the latency, throughput and open-loop phases.
+    fn fixed(&self, subject: &Subject) -> Workload {
+        fixed(subject, self.answer_chunks, false)
     }
 }
 
@@ -79,6 +87,7 @@ impl Plan {
             open_streams: 10_000,
             open_rate_time: Duration::from_secs(9),
             only: Vec::new(),
+            answer_chunks: 3,
         }
     }
 
@@ -96,6 +105,7 @@ impl Plan {
             open_streams: 100,
             open_rate_time: Duration::from_millis(500),
             only: Vec::new(),
+            answer_chunks: 3,
         }
     }
 }
@@ -131,13 +141,14 @@ pub async fn run_all(
     let mut out = format!(
         "# tollgate benchmark\n\n\
          Machine: {}. Plan: {}. Subjects: {}. The simulated backend, nginx, each tollgate and \
-         the load generator (one thread) share this machine.\n\n",
+         the load generator (one thread) share this machine. Non-streamed answers: {} words.\n\n",
         crate::report::machine(),
         plan.name,
         names.join(", "),
+        plan.answer_chunks,
     );
     for subject in subjects {
-        let warmup = fixed(subject, 3, false);
+        let warmup = plan.fixed(subject);
         load::closed_loop(&subject.target, &warmup, 4, Stop::Requests(300)).await?;
     }
     if plan.runs("latency") {
@@ -223,7 +234,7 @@ async fn latency(
         for ((subject, outcomes), p50s) in subjects.iter().zip(&mut runs).zip(&mut round_p50s) {
             let round = load::open_loop(
                 &subject.target,
-                &fixed(subject, 3, false),
+                &plan.fixed(subject),
                 plan.latency_rate,
                 per_round,
             )
@@ -261,11 +272,12 @@ async fn latency(
         findings.latency.push(stats);
     }
     Ok(format!(
-        "## Latency at concurrency 1\n\n{} non-streamed completions (3 chunks' worth of text) \
+        "## Latency at concurrency 1\n\n{} non-streamed completions ({} words of text each) \
          on one keep-alive connection, open loop at {} per second, in {} rounds that go \
          through the subjects in turn. A request held up by its predecessor is timed from when \
          it was due (no coordinated omission).\n\n{}\n",
         per_round * plan.latency_rounds,
+        plan.answer_chunks,
         plan.latency_rate,
         plan.latency_rounds,
         table.finish()
@@ -387,6 +399,7 @@ impl Throughput {
 
 /// Runs `connections` closed-loop clients against one subject for `time`, adding to `acc`.
 async fn throughput_round(
+    plan: &Plan,
     subject: &Subject,
     simulator: &Process,
     connections: usize,
@@ -400,7 +413,7 @@ async fn throughput_round(
     );
     let (outcomes, elapsed) = load::closed_loop(
         &subject.target,
-        &fixed(subject, 3, false),
+        &plan.fixed(subject),
         connections,
         Stop::After(time),
     )
@@ -450,7 +463,7 @@ async fn throughput(
         // Rounds go through the subjects in turn, so drift touches all of them alike.
         for _ in 0..plan.throughput_rounds {
             for (subject, acc) in subjects.iter().zip(&mut runs) {
-                throughput_round(subject, simulator, connections, round, acc).await?;
+                throughput_round(plan, subject, simulator, connections, round, acc).await?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }

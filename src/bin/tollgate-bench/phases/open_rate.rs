@@ -36,8 +36,7 @@ pub(super) async fn open_rate(
         for (subject, (outcomes, p99s, cpu)) in subjects.iter().zip(&mut runs) {
             let pids = subject.pids();
             let before = procs::cpu_time(&pids);
-            let done =
-                load::open_rate(&subject.target, &fixed(subject, 3, false), rate, round).await?;
+            let done = load::open_rate(&subject.target, &plan.fixed(subject), rate, round).await?;
             *cpu += procs::cpu_time(&pids).saturating_sub(before);
             p99s.push(Stats::of(done.iter().map(|o| o.latency).collect()).p99);
             outcomes.extend(done);

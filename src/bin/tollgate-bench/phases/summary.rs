@@ -36,7 +36,7 @@ pub(super) async fn cluster_section(
     findings: &mut Findings,
 ) -> anyhow::Result<String> {
     let time = plan.throughput / plan.throughput_rounds as u32;
-    let per = crate::cluster::per_request(cluster, subject, fixed(subject, 3, false), time).await?;
+    let per = crate::cluster::per_request(cluster, subject, plan.fixed(subject), time).await?;
     let trips = per.redis_round_trips;
     let cpu: Vec<String> = per
         .cpu_us
