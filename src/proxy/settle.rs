@@ -110,19 +110,22 @@ pub(super) async fn commit(
     let ttft = outcome.ttft;
     let max_reported = state.config().metering.max_reported_tokens;
     let estimate = ex.estimate_if_needed(&outcome, max_reported).await;
-    let record = ex.record(served, outcome, estimate, max_reported);
-    let duration = ex.started.elapsed();
-    let pair = served.upstream.metrics(state.metrics());
-    state
-        .metrics()
-        .observe(pair, ex.route, &record, duration, ttft);
-    let used = record
-        .tokens
-        .prompt
-        .saturating_add(record.tokens.completion);
-    state.limits().settle(&ex.caller, &ex.admission, used);
-    let cost = record.cost;
-    let committed = state.ledger().commit(record).await;
+    // In a block: the record is not kept in this function's future while it waits.
+    let (cost, committing) = {
+        let record = ex.record(served, outcome, estimate, max_reported);
+        let duration = ex.started.elapsed();
+        let pair = served.upstream.metrics(state.metrics());
+        state
+            .metrics()
+            .observe(pair, ex.route, &record, duration, ttft);
+        let used = record
+            .tokens
+            .prompt
+            .saturating_add(record.tokens.completion);
+        state.limits().settle(&ex.caller, &ex.admission, used);
+        (record.cost, state.ledger().commit(record))
+    };
+    let committed = committing.await;
     match &committed {
         // Charged once its record is in the journal: a ledger read after a flush then
         // holds it (`LocalSpending`'s reads count on that).

@@ -133,6 +133,13 @@ impl LocalSpending {
         if self.book.lock().funds.contains_key(&account_id) {
             return Ok(());
         }
+        // Boxed: only an account's first request reads the ledger, and every request's
+        // future would otherwise have room for the read.
+        Box::pin(self.read_in(db, account_id)).await
+    }
+
+    /// Reads an account's funds from the ledger into the book.
+    async fn read_in(&self, db: &Db, account_id: i64) -> Result<(), Error> {
         let account = store::accounts::get(db, account_id)
             .await?
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("account {account_id} vanished")))?;

@@ -52,6 +52,17 @@ impl PgSpending {
         if let Some(known) = self.accounts.lock().get(&account_id) {
             return Ok(*known);
         }
+        // Boxed: only an account's first request reads it, and every request's future would
+        // otherwise have room for the read.
+        Box::pin(self.read_account(db, account_id)).await
+    }
+
+    /// Reads an account's billing mode and allowance from the ledger, and keeps them.
+    async fn read_account(
+        &self,
+        db: &Db,
+        account_id: i64,
+    ) -> Result<(BillingMode, Option<Decimal>), Error> {
         if !self.health.is_up() {
             return Err(Error::Unavailable(
                 "this account's spending limit cannot be checked now; retry shortly".into(),

@@ -198,9 +198,25 @@ impl Ledger {
         Ok((Ledger { shared, control }, writer))
     }
 
-    /// Appends `record` to the usage journal and returns once it is durable (as
-    /// `synchronous` defines it).
-    pub async fn commit(&self, record: UsageRecord) -> Result<(), LedgerError> {
+    /// Appends `record` to the usage journal at once; the future is ready when the record
+    /// is durable (as `synchronous` defines it). Not an `async fn`, so that the record is
+    /// not part of its caller's future: with `normal` the future is ready as it is made.
+    pub fn commit(
+        &self,
+        record: UsageRecord,
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send + '_ {
+        let appended = self.append(record);
+        async move {
+            match appended? {
+                Some(seq) => self.synced(seq).await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Appends `record` to the active journal: the sequence number to wait for with
+    /// `sync`, or `None` when it is durable already.
+    fn append(&self, record: UsageRecord) -> Result<Option<u64>, LedgerError> {
         let shared = &*self.shared;
         let started = Instant::now();
         let mut line = Line::encode(&record).map_err(|e| LedgerError::Write(e.to_string()))?;
@@ -228,10 +244,15 @@ impl Ledger {
             shared.metrics.ledger_batch_size.observe(1.0);
             let elapsed = started.elapsed().as_secs_f64();
             shared.metrics.ledger_commit_seconds.observe(elapsed);
-            return Ok(());
+            return Ok(None);
         }
         shared.sync_wanted.notify_one();
-        let mut resolved = shared.resolved.clone();
+        Ok(Some(seq))
+    }
+
+    /// Waits until an `fdatasync` has settled append `seq`.
+    async fn synced(&self, seq: u64) -> Result<(), LedgerError> {
+        let mut resolved = self.shared.resolved.clone();
         match resolved.wait_for(|r| r.upto >= seq).await {
             Ok(resolved) => resolved.outcome(seq),
             // The writer is gone without settling this append (it panicked).
