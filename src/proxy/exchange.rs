@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::answer::{read_body, upstream_error};
 use super::detach::Detachable;
-use super::settle::{Exchange, Outcome, Served, finish};
+use super::settle::{Exchange, Outcome, Served, fail, finish};
 use super::stream;
 use crate::billing::record::{Attempt, AttemptOutcome, Status};
 use crate::config::Endpoint;
@@ -62,8 +62,7 @@ async fn run(state: AppState, ex: Exchange, respond: oneshot::Sender<Response>) 
             return;
         }
         Err((Some((served, status)), error)) => {
-            let outcome = Outcome::failed(status, &error);
-            let response = Box::pin(finish(&state, &ex, &served, outcome, error.into_response()));
+            let response = Box::pin(fail(&state, &ex, &served, status, error));
             let _ = respond.send(response.await);
             return;
         }
@@ -80,8 +79,7 @@ async fn run(state: AppState, ex: Exchange, respond: oneshot::Sender<Response>) 
     }
     if !upstream_response.status().is_success() {
         let error = Box::pin(upstream_error(&served.upstream, upstream_response)).await;
-        let outcome = Outcome::failed(Status::UpstreamError, &error);
-        let response = Box::pin(finish(&state, &ex, &served, outcome, error.into_response()));
+        let response = Box::pin(fail(&state, &ex, &served, Status::UpstreamError, error));
         let _ = respond.send(response.await);
         return;
     }

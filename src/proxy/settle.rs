@@ -159,6 +159,19 @@ pub(super) async fn finish(
     }
 }
 
+/// Ends a request that failed with `error`: its record (as `status`) committed, then the
+/// error answered.
+pub(super) async fn fail(
+    state: &AppState,
+    ex: &Exchange,
+    served: &Served,
+    status: Status,
+    error: ApiError,
+) -> Response {
+    let outcome = Outcome::failed(status, &error);
+    finish(state, ex, served, outcome, error.into_response()).await
+}
+
 impl Exchange {
     /// A new request id: `req_` and a UUIDv7, time-ordered to the millisecond, its 74
     /// random bits from the thread's generator (uuid's own `now_v7` asks the kernel for

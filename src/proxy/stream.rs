@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::settle::{Exchange, Outcome, Served, commit, finish};
+use super::settle::{Exchange, Outcome, Served, commit, fail};
 use crate::billing::record::Status;
 use crate::config::{DisconnectPolicy, MeteringConfig};
 use crate::dialect::framing::{Event, Framer};
@@ -138,8 +138,7 @@ pub async fn relay(
                 ),
             ),
         };
-        let outcome = Outcome::failed(status, &error);
-        let response = finish(&state, &ex, &served, outcome, error.into_response()).await;
+        let response = fail(&state, &ex, &served, status, error).await;
         let _ = respond.send(response);
         return;
     }

@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
 use super::answer::{read_body, successful_body};
-use super::settle::{Exchange, Outcome, Served, finish};
+use super::settle::{Exchange, Served, fail};
 use crate::auth::Caller;
 use crate::billing::record::Status;
 use crate::dialect::{self, Call, TaskState, Wire};
@@ -91,8 +91,7 @@ pub(super) async fn submitted(
     let body = match read_body(response, limit, upstream.idle_timeout).await {
         Ok(body) => body,
         Err((status, error)) => {
-            let outcome = Outcome::failed(status, &error);
-            return finish(state, ex, served, outcome, error.into_response()).await;
+            return fail(state, ex, served, status, error).await;
         }
     };
     let parsed = serde_json::from_slice::<Map<String, Value>>(&body).ok();
@@ -113,8 +112,7 @@ pub(super) async fn submitted(
             let error = error.unwrap_or_else(|| {
                 ApiError::BadGateway("the backend accepted the task without a usable id".into())
             });
-            let outcome = Outcome::failed(Status::UpstreamError, &error);
-            return finish(state, ex, served, outcome, error.into_response()).await;
+            return fail(state, ex, served, Status::UpstreamError, error).await;
         }
     };
     let task = Task {
@@ -139,8 +137,7 @@ pub(super) async fn submitted(
                 "the backend answered with task id '{}', which it gave an earlier submission; this submission is not recorded as a task",
                 task.task_id
             ));
-            let outcome = Outcome::failed(Status::UpstreamError, &error);
-            return finish(state, ex, served, outcome, error.into_response()).await;
+            return fail(state, ex, served, Status::UpstreamError, error).await;
         }
         Err(NotRecorded::Ledger(e)) => {
             ex.release(state);
