@@ -1,12 +1,13 @@
 -- The daily rollup's day of each record, found once per hour a batch spans instead of once
--- per record. A batch's records fall in one or two hours; per record, the lookup in
--- `rollup_days` cost about as much as the rest of both rollups. A day of the billing zone
--- may start within an hour (zones at half and quarter hours, their DST changes), but at
--- most once (days are at least 23 hours long): so each hour needs the last day that starts
--- at or before it (`start`) and the first one after it (`next`), and a record of the hour
--- belongs to `next` if it started at or after it, else to `start` (to none if it started
--- before the first day). Hours are floored (an hour before 1970 starts below its records).
--- `days` is materialized so that its lookups run once, not once per joined record.
+-- per record. A batch's records fall in one or two hours, and the lookup in `rollup_days`
+-- for each record was the larger part of both rollups' cost when a batch's records share
+-- few keys (bench/README.md, issue 29). A day of the billing zone may start within an hour
+-- (zones at half and quarter hours, their DST changes), but at most once (days are at
+-- least 23 hours long): so each hour needs the last day that starts at or before it
+-- (`start`) and the first one after it (`next`), and a record of the hour belongs to
+-- `next` if it started at or after it, else to `start` (to none if it started before the
+-- first day). Hours are floored (an hour before 1970 starts below its records). `days` is
+-- materialized so that its lookups run once, not once per joined record.
 CREATE OR REPLACE FUNCTION post_usage() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM price_versions

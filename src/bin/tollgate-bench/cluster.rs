@@ -103,7 +103,8 @@ pub async fn start(
 }
 
 /// Records per second one replica's writer ships into PostgreSQL: `batches` statements of
-/// 1,000 records each, one after the other, as the writer sends a backlog.
+/// 1,000 records each (a millisecond apart), one after the other, as the writer sends a
+/// backlog.
 pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::Result<f64> {
     let key = store::keys::list(ledger, None)
         .await?
@@ -145,10 +146,16 @@ pub async fn ingest(cluster: &Cluster, ledger: &Db, batches: usize) -> anyhow::R
     let sink = Sink::open(&cluster.database).await?;
     let started = Instant::now();
     for batch in 0..batches {
+        // A millisecond apart, as a busy gateway's records are, not all at one instant.
         let records: Vec<UsageRecord> = (0..1000)
-            .map(|i| UsageRecord {
-                request_id: format!("req_ingest_{batch}_{i}"),
-                ..template.clone()
+            .map(|i| {
+                let at = now - chrono::Duration::milliseconds(1000 - i);
+                UsageRecord {
+                    request_id: format!("req_ingest_{batch}_{i}"),
+                    started_at: at,
+                    ended_at: at + chrono::Duration::milliseconds(3),
+                    ..template.clone()
+                }
             })
             .collect();
         let refs: Vec<&UsageRecord> = records.iter().collect();

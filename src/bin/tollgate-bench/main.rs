@@ -72,7 +72,8 @@ struct Args {
     #[arg(long)]
     no_sqlite: bool,
     /// Run only these phases (latency, throughput, open-loop, streams, many-keys,
-    /// open-streams); the goals are judged only when all run.
+    /// open-streams, cluster: with `--cluster`, its CPU by process and PostgreSQL's
+    /// ingest); the goals are judged only when all run.
     #[arg(long, value_delimiter = ',')]
     phases: Vec<String>,
     /// Words in the non-streamed answers of the latency, throughput and open-loop phases

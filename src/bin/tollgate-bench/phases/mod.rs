@@ -59,6 +59,7 @@ pub const PHASES: &[&str] = &[
     "streams",
     "many-keys",
     "open-streams",
+    "cluster",
 ];
 
 impl Plan {
@@ -176,12 +177,14 @@ pub async fn run_all(
         eprintln!("open streams");
         out += &open_streams(plan, subjects, simulator, &mut findings).await?;
     }
-    if !plan.only.is_empty() {
-        return Ok(out); // the goals need every phase's figures
-    }
-    if let (Some(cluster), Some(subject)) = (cluster, subjects.last()) {
+    if plan.runs("cluster")
+        && let (Some(cluster), Some(subject)) = (cluster, subjects.last())
+    {
         eprintln!("cluster");
         out += &cluster_section(plan, cluster, subject, &mut findings).await?;
+    }
+    if !plan.only.is_empty() {
+        return Ok(out); // the goals need every phase's figures
     }
     out += &goals(subjects, &findings);
     Ok(out)
