@@ -111,9 +111,26 @@ pub(super) fn top_level(raw: &[u8]) -> Result<Members, serde_json::Error> {
     Ok(members)
 }
 
+/// Bodies up to this long are copied out of the connection's read buffer (`read_limited`).
+const OWN_ALLOCATION_MAX: usize = 16 * 1024;
+
 /// Reads at most `limit` bytes of a request body: 413 beyond (even for chunked bodies
 /// without a length), 408 when it stops arriving.
+///
+/// A short body is returned in an allocation of its own. One that arrived in a single
+/// read is a slice of hyper's read buffer (8 KB at first): kept for the whole exchange (a
+/// stream's lasts minutes), it would keep that buffer alive, and hyper would allocate
+/// another to read the connection's next bytes meanwhile. A longer body is about as long
+/// as the buffer that holds it, or was copied out of several already.
 pub(super) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let raw = read_all(body, limit).await?;
+    Ok(match raw.len() <= OWN_ALLOCATION_MAX {
+        true => Bytes::copy_from_slice(&raw),
+        false => raw,
+    })
+}
+
+async fn read_all(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let cause = |is: fn(&(dyn std::error::Error + 'static)) -> bool| {
             let mut source = std::error::Error::source(&e);
