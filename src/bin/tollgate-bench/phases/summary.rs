@@ -60,9 +60,9 @@ pub(super) async fn cluster_section(
          - Redis round trips per request (32 connections, {:.1} s; admission's script and \
          settlement's calls, counted by Redis's commandstats): {trips:.2}\n\
          - CPU µs per request in that run, by process (the replicas summed): {cpu}\n\
-         - PostgreSQL ingest: {:.0} records/s ({batches} statements of 1,000 usage records a millisecond apart, \
-         one after the other, as one replica's writer ships a backlog; the statement trigger \
-         that charges accounts and posts holds included)\n\n",
+         - PostgreSQL ingest: {:.0} records/s ({batches} statements of 1,000 usage records \
+         a millisecond apart, one after the other, as one replica's writer ships a backlog; \
+         the statement trigger that charges accounts and posts holds included)\n\n",
         time.as_secs_f64(),
         ingest,
         cpu = cpu.join(", "),
