@@ -73,7 +73,10 @@ impl Default for DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     /// How long committed records may wait in the journal before they are imported into
-    /// SQLite. Readers of usage in the gateway (usage API, invoices, balances) import first.
+    /// the database. Readers of usage in the gateway (usage API, invoices, balances)
+    /// import first. The longer the wait, the larger the batches: the rollups are
+    /// upserted once per group of a batch, which on PostgreSQL costs more than the record
+    /// itself when a batch's records share few groups (bench/README.md).
     pub import_delay_ms: u64,
     /// Records in the journal that start an import before the delay is up.
     pub import_max: usize,
@@ -82,7 +85,7 @@ pub struct LedgerConfig {
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
-            import_delay_ms: 20,
+            import_delay_ms: 100,
             import_max: 2048,
         }
     }
