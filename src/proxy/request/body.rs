@@ -119,14 +119,15 @@ const OWN_ALLOCATION_MAX: usize = 16 * 1024;
 ///
 /// A short body is returned in an allocation of its own. One that arrived in a single
 /// read is a slice of hyper's read buffer (8 KB at first): kept for the whole exchange (a
-/// stream's lasts minutes), it would keep that buffer alive, and hyper would allocate
+/// stream can last minutes), it would keep that buffer alive, and hyper would allocate
 /// another to read the connection's next bytes meanwhile. A longer body is about as long
 /// as the buffer that holds it, or was copied out of several already.
 pub(super) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let raw = read_all(body, limit).await?;
-    Ok(match raw.len() <= OWN_ALLOCATION_MAX {
-        true => Bytes::copy_from_slice(&raw),
-        false => raw,
+    Ok(if raw.len() <= OWN_ALLOCATION_MAX {
+        Bytes::copy_from_slice(&raw)
+    } else {
+        raw
     })
 }
 
