@@ -1,8 +1,9 @@
--- The statement trigger's key lineages looked up once per key of the batch. In 0024 the
--- lineage of each distinct key was a subquery the planner pulled up into the join, so it
--- ran once per record, twice a record (both rollups), and was most of their cost: on a
--- shipment of 400 records over 100 keys, 8 of the 14 µs a record of each rollup insert
--- (bench/README.md, issue 29). A materialized CTE keeps it to one probe per key.
+-- The statement trigger looks up each key's lineage once per key of the batch. In 0024 the
+-- lookup was a subquery over the batch's distinct keys, but the planner pulled it up into
+-- the join, so it ran once per record in each of the two rollups and was most of their
+-- cost: on a shipment of 400 records over 100 keys (101 keys in all), 8 of the hourly
+-- rollup's 14 µs a record (bench/README.md, issue 29). A materialized CTE keeps it to one
+-- probe per key.
 CREATE OR REPLACE FUNCTION post_usage() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM price_versions
