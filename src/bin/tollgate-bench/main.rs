@@ -5,6 +5,7 @@
 //! measures the read side at ledger sizes instead (`ledger_scale`).
 
 mod cluster;
+mod instructions;
 mod ledger_scale;
 mod load;
 mod passthrough;
@@ -84,6 +85,11 @@ struct Args {
     /// connections: CPU µs per request by stage (written to `bench/profile.md`).
     #[arg(long, value_name = "SECONDS")]
     profile: Option<u64>,
+    /// Instead of the phases, count what this many requests cost each proxy in
+    /// instructions, under valgrind's callgrind (written to `bench/instructions.md`):
+    /// repeatable to about 0.1%, where CPU time moves by 10%.
+    #[arg(long, value_name = "REQUESTS", conflicts_with_all = ["profile", "cluster"])]
+    instructions: Option<usize>,
 }
 
 /// What a request goes to and what stands in front of the simulator there.
@@ -166,6 +172,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         false if args.profile.is_some() => {
             (measure(&args, &plan, keys, &dir).await, "bench/profile.md")
         }
+        false if args.instructions.is_some() => {
+            instructions::check()?;
+            let _ = procs::LAUNCHER.set(instructions::launcher(&dir));
+            (
+                measure(&args, &plan, keys, &dir).await,
+                "bench/instructions.md",
+            )
+        }
         false => (measure(&args, &plan, keys, &dir).await, "bench/results.md"),
     };
     let _ = std::fs::remove_dir_all(&dir);
@@ -199,7 +213,8 @@ async fn measure(
         gateway: None,
         auth: no_key.clone(),
     }];
-    match procs::nginx_binary().filter(|_| !args.no_nginx) {
+    let nginx = !args.no_nginx && args.instructions.is_none();
+    match procs::nginx_binary().filter(|_| nginx) {
         Some(binary) => {
             let (addr, process) = procs::nginx(&binary, &dir.join("nginx"), &[sim]).await?;
             subjects.push(Subject {
@@ -249,9 +264,10 @@ async fn measure(
         subjects.push(subject);
         cluster = Some(started);
     }
-    match args.profile {
-        Some(seconds) => profile::run(&subjects, &simulator, seconds, dir).await,
-        None => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
+    match (args.profile, args.instructions) {
+        (Some(seconds), _) => profile::run(&subjects, &simulator, seconds, dir).await,
+        (_, Some(requests)) => instructions::run(&subjects, requests, dir).await,
+        _ => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
     }
 }
 

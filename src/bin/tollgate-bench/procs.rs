@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -76,9 +77,25 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// `binary` (this build's own executable, or another build's `tollgate`) with `args`.
-fn tollgate(binary: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
-    Command::new(binary)
+/// With `--instructions`: the command line the proxies under test (the pass-through, each
+/// tollgate) start under (`instructions::launcher`).
+pub static LAUNCHER: OnceLock<Vec<String>> = OnceLock::new();
+
+/// `binary`, a proxy under test, started as `LAUNCHER` says.
+fn proxy_command(binary: &Path) -> Command {
+    match LAUNCHER.get() {
+        Some(launcher) => {
+            let mut command = Command::new(&launcher[0]);
+            command.args(&launcher[1..]).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
+}
+
+/// `command` (this build's own executable, or another build's `tollgate`) with `args`.
+fn tollgate(mut command: Command, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    command
         .args(args)
         .env(ROLE_ENV, "1")
         .env("TOLLGATE_LOG", "tollgate=info")
@@ -102,7 +119,7 @@ async fn wait_until_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()
 pub async fn simulator(dir: &Path) -> anyhow::Result<(SocketAddr, Process)> {
     let addr = free_addr()?;
     let child = tollgate(
-        &std::env::current_exe()?,
+        Command::new(std::env::current_exe()?),
         &["simulate", "--listen", &addr.to_string()],
         &dir.join("simulator.log"),
     )?;
@@ -121,7 +138,7 @@ pub async fn gateway(
     log: &Path,
 ) -> anyhow::Result<(SocketAddr, Process)> {
     let config = config.display().to_string();
-    let child = tollgate(binary, &["--config", &config, "serve"], log)?;
+    let child = tollgate(proxy_command(binary), &["--config", &config, "serve"], log)?;
     let mut process = Process {
         name: "tollgate",
         child,
@@ -146,7 +163,7 @@ pub async fn gateway(
 /// The pass-through proxy of `passthrough.rs` in front of `backend`.
 pub async fn passthrough(backend: SocketAddr) -> anyhow::Result<(SocketAddr, Process)> {
     let addr = free_addr()?;
-    let child = Command::new(std::env::current_exe()?)
+    let child = proxy_command(&std::env::current_exe()?)
         .arg(addr.to_string())
         .env(crate::passthrough::ROLE_ENV, backend.to_string())
         .stdout(Stdio::null())

@@ -236,7 +236,7 @@ fn stacks(perf: &str, data: &Path) -> anyhow::Result<Vec<Stack>> {
 /// it): `<hyper_util::rt::TokioIo<T> as hyper::rt::io::Read>::poll_read` is
 /// `hyper_util::rt::TokioIo::poll_read`, `poll_read_head<hyper::proto::…>` is
 /// `poll_read_head`.
-fn path_of(symbol: &str) -> String {
+pub fn path_of(symbol: &str) -> String {
     let (mut owner, mut rest) = (String::new(), symbol);
     if let Some(inner) = symbol.strip_prefix('<') {
         // `<Type as Trait>::rest`: the type is the owner.

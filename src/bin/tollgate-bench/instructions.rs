@@ -1,0 +1,316 @@
+//! `--instructions`: what a request costs each proxy in instructions, counted by valgrind's
+//! callgrind rather than timed. On a shared machine CPU time per request moves by 10% or
+//! more from run to run; an instruction count moves by about 0.1%, so a change of 1% in
+//! what the proxy does is visible in one run. Each proxy (the pass-through, each tollgate)
+//! runs under callgrind with counting off; after a warm-up the counters are zeroed, a fixed
+//! number of requests is sent, and the counts are dumped (`callgrind_control`). What the
+//! count leaves out is the kernel's side of the syscalls (their number is counted) and
+//! what cache misses and context switches cost. With `TOLLGATE_BENCH_KEEP_CALLGRIND=DIR`
+//! the dumps are kept in DIR, for `callgrind_annotate` (e.g. `--tree=caller`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::Subject;
+use crate::load::{self, Stop};
+use crate::report::Table;
+
+/// Connections the counted requests come over: a few, so that the proxy's connections and
+/// its backend pool are used as in the load phases, and the count barely depends on how
+/// valgrind interleaves the proxy's threads.
+const CONNECTIONS: usize = 4;
+
+/// The command line a proxy under test is started with instead of its own: callgrind with
+/// counting off until `callgrind_control` turns it on, its counts written into `dir`.
+pub fn launcher(dir: &Path) -> Vec<String> {
+    vec![
+        "valgrind".into(),
+        "--tool=callgrind".into(),
+        "--instr-atstart=no".into(),
+        "--collect-systime=yes".into(),
+        format!("--callgrind-out-file={}/callgrind.%p", dir.display()),
+    ]
+}
+
+/// Checks that valgrind is there before any proxy is started under it.
+pub fn check() -> anyhow::Result<()> {
+    let found = Command::new("callgrind_control")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    match found {
+        true => Ok(()),
+        false => bail!("--instructions needs valgrind (Debian's valgrind package)"),
+    }
+}
+
+pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::Result<String> {
+    let mut out = format!(
+        "# What a request costs in instructions\n\nMachine: {}. Each proxy runs under \
+         valgrind's callgrind; after {warm} requests of warm-up, {requests} small \
+         non-streamed completions over {CONNECTIONS} keep-alive connections are counted: \
+         the instructions of all the proxy's threads (its ledger writer's too) and its \
+         syscalls, per request. The kernel's work in those syscalls is not counted. Clock \
+         reads, which are syscalls under valgrind but not natively (the vDSO), are counted \
+         apart.\n\n",
+        crate::report::machine(),
+        warm = warm_up(requests),
+    );
+    let mut counted = Vec::new();
+    for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
+        eprintln!("counting {}", subject.target.name);
+        counted.push(count_one(subject, requests, dir).await?);
+    }
+    let baseline = counted.first().map_or(0.0, |c| c.instructions);
+    let mut table = Table::new(&[
+        "subject",
+        "instructions per request",
+        "vs the first",
+        "syscalls per request",
+        "clock reads per request",
+    ]);
+    for c in &counted {
+        table.row(&[
+            c.name.clone(),
+            format!("{:.0}", c.instructions),
+            crate::report::ratio(c.instructions, baseline),
+            format!("{:.2}", c.syscalls),
+            format!("{:.2}", c.clock_reads),
+        ]);
+    }
+    out += &table.finish();
+    for c in &counted {
+        out += &format!("\n## {}\n\n{}\n{}", c.name, c.own, c.selfs);
+    }
+    Ok(out)
+}
+
+fn warm_up(requests: usize) -> usize {
+    (requests / 2).max(200)
+}
+
+/// One proxy's counts, per request, and its tables of functions.
+struct Counted {
+    name: String,
+    instructions: f64,
+    /// Syscalls but clock reads.
+    syscalls: f64,
+    clock_reads: f64,
+    /// tollgate's own functions (and the pass-through's) by inclusive count.
+    own: String,
+    /// Every function by its own count.
+    selfs: String,
+}
+
+async fn count_one(subject: &Subject, requests: usize, dir: &Path) -> anyhow::Result<Counted> {
+    let pid = subject.proxies[0].pid();
+    let workload = crate::phases::fixed_workload(subject);
+    let target = &subject.target;
+    load::closed_loop(
+        target,
+        &workload,
+        CONNECTIONS,
+        Stop::Requests(warm_up(requests)),
+    )
+    .await?;
+    control(pid, "--zero")?;
+    control(pid, "--instr=on")?;
+    let (outcomes, _) =
+        load::closed_loop(target, &workload, CONNECTIONS, Stop::Requests(requests)).await?;
+    control(pid, "--dump")?;
+    control(pid, "--instr=off")?;
+    let failed = outcomes.iter().filter(|o| o.status != 200).count();
+    if failed > 0 || outcomes.len() != requests {
+        bail!(
+            "{failed} of {} requests failed while counting {}",
+            outcomes.len(),
+            target.name
+        );
+    }
+    let file = dump_of(dir, pid)?;
+    if let Ok(keep) = std::env::var("TOLLGATE_BENCH_KEEP_CALLGRIND") {
+        let name = target.name.replace([' ', '(', ')', ','], "-");
+        std::fs::copy(&file, Path::new(&keep).join(format!("{name}.callgrind")))?;
+    }
+    let (instructions, syscalls) = summary(&file)?;
+    let per = requests as f64;
+    let functions = annotate(&file)?;
+    // Under valgrind a clock read is a syscall; natively it is not (the vDSO).
+    let clock_reads: f64 = functions
+        .syscalls
+        .iter()
+        .filter(|(name, _)| name.starts_with("clock_gettime"))
+        .map(|(_, count)| count)
+        .sum();
+    Ok(Counted {
+        name: target.name.clone(),
+        instructions: instructions / per,
+        syscalls: (syscalls - clock_reads) / per,
+        clock_reads: clock_reads / per,
+        own: function_table(
+            "own function (inclusive)",
+            functions.inclusive.iter().filter(|(name, _)| is_own(name)),
+            per,
+            30,
+        ),
+        selfs: function_table("function (self)", functions.selfs.iter(), per, 25),
+    })
+}
+
+/// `callgrind_control ACTION PID`.
+fn control(pid: u32, action: &str) -> anyhow::Result<()> {
+    let status = Command::new("callgrind_control")
+        .arg(action)
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("cannot run callgrind_control")?;
+    anyhow::ensure!(status.success(), "callgrind_control {action} {pid} failed");
+    Ok(())
+}
+
+/// The dump `callgrind_control --dump` just wrote for `pid` (`callgrind.PID.N`, N counting
+/// up from 1).
+fn dump_of(dir: &Path, pid: u32) -> anyhow::Result<PathBuf> {
+    let prefix = format!("callgrind.{pid}.");
+    let mut dumps: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((n, entry.path()))
+        })
+        .collect();
+    dumps.sort();
+    dumps
+        .pop()
+        .map(|(_, path)| path)
+        .with_context(|| format!("callgrind wrote no dump for {pid} in {}", dir.display()))
+}
+
+/// The dump's instructions and syscalls (its `summary:` line: Ir, sysCount, sysTime).
+fn summary(file: &Path) -> anyhow::Result<(f64, f64)> {
+    let text = std::fs::read_to_string(file)?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .context("a callgrind dump without a summary")?;
+    let mut counts = line.split_whitespace().map(str::parse::<f64>);
+    match (counts.next(), counts.next()) {
+        (Some(Ok(ir)), Some(Ok(sys))) => Ok((ir, sys)),
+        _ => bail!("a callgrind summary not understood: {line}"),
+    }
+}
+
+/// Functions and their counts, most first.
+struct Functions {
+    inclusive: Vec<(String, f64)>,
+    selfs: Vec<(String, f64)>,
+    /// Syscalls by the function that made them.
+    syscalls: Vec<(String, f64)>,
+}
+
+fn annotate(file: &Path) -> anyhow::Result<Functions> {
+    Ok(Functions {
+        inclusive: listing(file, "Ir", true)?,
+        selfs: listing(file, "Ir", false)?,
+        syscalls: listing(file, "sysCount", false)?,
+    })
+}
+
+/// `callgrind_annotate`'s list of functions by `event`, merged by function.
+fn listing(file: &Path, event: &str, inclusive: bool) -> anyhow::Result<Vec<(String, f64)>> {
+    let output = Command::new("callgrind_annotate")
+        .arg(format!(
+            "--inclusive={}",
+            if inclusive { "yes" } else { "no" }
+        ))
+        .args([&format!("--show={event}"), &format!("--sort={event}")])
+        .args(["--threshold=100", "--auto=no"])
+        .arg(file)
+        .stderr(Stdio::null())
+        .output()
+        .context("cannot run callgrind_annotate")?;
+    let mut by_name = HashMap::<String, f64>::new();
+    for (name, count) in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(line_of)
+    {
+        let entry = by_name.entry(name).or_default();
+        // A function inlined into several files is listed once per file: its own counts
+        // add up; its inclusive ones nest, so the largest stands for it.
+        *entry = match inclusive {
+            true => entry.max(count),
+            false => *entry + count,
+        };
+    }
+    let mut sorted: Vec<_> = by_name.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(sorted)
+}
+
+/// `51,412,532 (100.0%)  file:function [object]` as the function (its path without
+/// generic arguments) and its count.
+fn line_of(line: &str) -> Option<(String, f64)> {
+    let line = line.trim();
+    let (count, rest) = line.split_once(' ')?;
+    let count: f64 = count.replace(',', "").parse().ok()?;
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix('(')?.split_once(')')?.1.trim();
+    let rest = rest.rsplit_once(" [").map_or(rest, |(f, _)| f);
+    // `file:function`: the file ends at the first single colon.
+    let bytes = rest.as_bytes();
+    let colon = (0..bytes.len()).find(|&i| {
+        bytes[i] == b':' && bytes.get(i + 1) != Some(&b':') && (i == 0 || bytes[i - 1] != b':')
+    })?;
+    let function = &rest[colon + 1..];
+    (!function.is_empty() && function != "PROGRAM TOTALS")
+        .then(|| (crate::profile::path_of(function), count))
+}
+
+/// tollgate's functions, and the pass-through's.
+fn is_own(name: &str) -> bool {
+    name.starts_with("tollgate::") || name.starts_with("tollgate_bench::")
+}
+
+fn function_table<'a>(
+    heading: &str,
+    functions: impl Iterator<Item = &'a (String, f64)>,
+    requests: f64,
+    n: usize,
+) -> String {
+    let mut table = Table::new(&[heading, "instructions per request"]);
+    for (name, count) in functions.take(n) {
+        let short: String = name.chars().take(110).collect();
+        table.row(&[format!("`{short}`"), format!("{:.0}", count / requests)]);
+    }
+    table.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_of;
+
+    #[test]
+    fn annotate_lines_give_the_function_without_file_or_generics() {
+        let line = "  6,244,760 ( 2.08%)  /rustc/x/library/core/src/hash/sip.rs:<core::hash::sip::Hasher<S> as core::hash::Hasher>::write [/bin/t]";
+        assert_eq!(
+            line_of(line),
+            Some(("core::hash::sip::Hasher::write".into(), 6_244_760.0))
+        );
+        let line =
+            "54,334 (78.05%)  ./time/clock_gettime.c:clock_gettime@@GLIBC_2.17 [/lib/libc.so.6]";
+        assert_eq!(
+            line_of(line),
+            Some(("clock_gettime@@GLIBC_2.17".into(), 54_334.0))
+        );
+        assert_eq!(line_of("51,412,532 (100.0%)  PROGRAM TOTALS"), None);
+        assert_eq!(line_of("Ir                  file:function"), None);
+    }
+}
