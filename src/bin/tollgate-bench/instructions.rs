@@ -31,6 +31,7 @@ pub fn launcher(dir: &Path) -> Vec<String> {
         "--tool=callgrind".into(),
         "--instr-atstart=no".into(),
         "--collect-systime=yes".into(),
+        "--separate-threads=yes".into(),
         format!("--callgrind-out-file={}/callgrind.%p", dir.display()),
     ]
 }
@@ -54,10 +55,12 @@ pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::R
         "# What a request costs in instructions\n\nMachine: {}. Each proxy runs under \
          valgrind's callgrind; after {warm} requests of warm-up, {requests} small \
          non-streamed completions over {CONNECTIONS} keep-alive connections are counted: \
-         the instructions of all the proxy's threads (its ledger writer's too) and its \
-         syscalls, per request. The kernel's work in those syscalls is not counted. Clock \
-         reads, which are syscalls under valgrind but not natively (the vDSO), are counted \
-         apart.\n\n",
+         the instructions of all the proxy's threads and its syscalls, per request. The \
+         request path is all but the ledger writer's threads, whose imports into the \
+         database cost per record what the number of records an import finds waiting \
+         (a matter of timing) makes them. The kernel's work in the syscalls is not \
+         counted; clock reads, syscalls under valgrind but not natively (the vDSO), are \
+         counted apart.\n\n",
         crate::report::machine(),
         warm = warm_up(requests),
     );
@@ -66,11 +69,13 @@ pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::R
         eprintln!("counting {}", subject.target.name);
         counted.push(count_one(subject, requests, dir).await?);
     }
-    let baseline = counted.first().map_or(0.0, |c| c.instructions);
+    let baseline = counted.first().map_or(0.0, Counted::request_path);
     let mut table = Table::new(&[
         "subject",
         "instructions per request",
+        "on the request path",
         "vs the first",
+        "on the ledger writer's threads",
         "syscalls per request",
         "clock reads per request",
     ]);
@@ -78,7 +83,9 @@ pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::R
         table.row(&[
             c.name.clone(),
             format!("{:.0}", c.instructions),
-            crate::report::ratio(c.instructions, baseline),
+            format!("{:.0}", c.request_path()),
+            crate::report::ratio(c.request_path(), baseline),
+            format!("{:.0}", c.writer),
             format!("{:.2}", c.syscalls),
             format!("{:.2}", c.clock_reads),
         ]);
@@ -90,6 +97,14 @@ pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::R
     Ok(out)
 }
 
+impl Counted {
+    /// What the request itself costs: all but the ledger writer's threads, whose work per
+    /// record depends on how many records an import finds waiting (a matter of timing).
+    fn request_path(&self) -> f64 {
+        self.instructions - self.writer
+    }
+}
+
 fn warm_up(requests: usize) -> usize {
     (requests / 2).max(200)
 }
@@ -98,6 +113,8 @@ fn warm_up(requests: usize) -> usize {
 struct Counted {
     name: String,
     instructions: f64,
+    /// Of `instructions`, the ledger writer's threads (the database's side of a record).
+    writer: f64,
     /// Syscalls but clock reads.
     syscalls: f64,
     clock_reads: f64,
@@ -132,35 +149,61 @@ async fn count_one(subject: &Subject, requests: usize, dir: &Path) -> anyhow::Re
             target.name
         );
     }
-    let file = dump_of(dir, pid)?;
+    let threads = dump_of(dir, pid)?;
     if let Ok(keep) = std::env::var("TOLLGATE_BENCH_KEEP_CALLGRIND") {
         let name = target.name.replace([' ', '(', ')', ','], "-");
-        std::fs::copy(&file, Path::new(&keep).join(format!("{name}.callgrind")))?;
+        for (n, file) in threads.iter().enumerate() {
+            let kept = Path::new(&keep).join(format!("{name}.{n}.callgrind"));
+            std::fs::copy(file, kept)?;
+        }
     }
-    let (instructions, syscalls) = summary(&file)?;
+    let (mut instructions, mut syscalls, mut writer) = (0.0, 0.0, 0.0);
+    let mut functions = Functions::default();
+    for file in &threads {
+        let text = std::fs::read_to_string(file)?;
+        let (ir, sys) = summary(&text)?;
+        instructions += ir;
+        syscalls += sys;
+        if LEDGER.iter().any(|f| text.contains(f)) {
+            writer += ir;
+        }
+        functions.add(annotate(file)?);
+    }
     let per = requests as f64;
-    let functions = annotate(&file)?;
     // Under valgrind a clock read is a syscall; natively it is not (the vDSO).
-    let clock_reads: f64 = functions
-        .syscalls
-        .iter()
+    let clock_reads: f64 = (functions.syscalls.iter())
         .filter(|(name, _)| name.starts_with("clock_gettime"))
         .map(|(_, count)| count)
         .sum();
     Ok(Counted {
         name: target.name.clone(),
         instructions: instructions / per,
+        writer: writer / per,
         syscalls: (syscalls - clock_reads) / per,
         clock_reads: clock_reads / per,
         own: function_table(
             "own function (inclusive)",
-            functions.inclusive.iter().filter(|(name, _)| is_own(name)),
+            functions
+                .sorted(&functions.inclusive)
+                .filter(|(name, _)| is_own(name)),
             per,
             30,
         ),
-        selfs: function_table("function (self)", functions.selfs.iter(), per, 25),
+        selfs: function_table(
+            "function (self)",
+            functions.sorted(&functions.selfs),
+            per,
+            25,
+        ),
     })
 }
+
+/// Functions only the ledger writer's threads run (its own, and the blocking ones its
+/// database inserts run on): a dump that names one is such a thread's.
+const LEDGER: [&str; 2] = [
+    "tollgate::metering::writer::thread::Writer::run",
+    "tollgate::store::Sink::insert",
+];
 
 /// `callgrind_control ACTION PID`.
 fn control(pid: u32, action: &str) -> anyhow::Result<()> {
@@ -175,47 +218,74 @@ fn control(pid: u32, action: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The dump `callgrind_control --dump` just wrote for `pid` (`callgrind.PID.N`, N counting
-/// up from 1).
-fn dump_of(dir: &Path, pid: u32) -> anyhow::Result<PathBuf> {
+/// The files of the dump `callgrind_control --dump` just wrote for `pid`, one per thread
+/// (`callgrind.PID.N-TT`, N counting dumps up from 1, TT the thread).
+fn dump_of(dir: &Path, pid: u32) -> anyhow::Result<Vec<PathBuf>> {
     let prefix = format!("callgrind.{pid}.");
-    let mut dumps: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)?
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let n = name.strip_prefix(&prefix)?.parse().ok()?;
-            Some((n, entry.path()))
+            let (dump, _thread) = name.strip_prefix(&prefix)?.split_once('-')?;
+            Some((dump.parse().ok()?, entry.path()))
         })
         .collect();
-    dumps.sort();
-    dumps
-        .pop()
-        .map(|(_, path)| path)
-        .with_context(|| format!("callgrind wrote no dump for {pid} in {}", dir.display()))
+    let last = files.iter().map(|(n, _)| *n).max();
+    files.retain(|(n, _)| Some(*n) == last);
+    anyhow::ensure!(
+        !files.is_empty(),
+        "callgrind wrote no dump for {pid} in {}",
+        dir.display()
+    );
+    Ok(files.into_iter().map(|(_, path)| path).collect())
 }
 
-/// The dump's instructions and syscalls (its `summary:` line: Ir, sysCount, sysTime).
-fn summary(file: &Path) -> anyhow::Result<(f64, f64)> {
-    let text = std::fs::read_to_string(file)?;
+/// A dump's instructions and syscalls (its `summary:` line: Ir, sysCount, ...).
+fn summary(text: &str) -> anyhow::Result<(f64, f64)> {
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("summary:"))
         .context("a callgrind dump without a summary")?;
-    let mut counts = line.split_whitespace().map(str::parse::<f64>);
-    match (counts.next(), counts.next()) {
-        (Some(Ok(ir)), Some(Ok(sys))) => Ok((ir, sys)),
-        _ => bail!("a callgrind summary not understood: {line}"),
+    // Counts left off at the end are zeros (a thread that made no syscall: ` 0`).
+    let counts: Vec<f64> = (line.split_whitespace().map(str::parse))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("a callgrind summary not understood: {line}"))?;
+    let count = |n: usize| counts.get(n).copied().unwrap_or(0.0);
+    Ok((count(0), count(1)))
+}
+
+/// Functions and their counts over all threads.
+#[derive(Default)]
+struct Functions {
+    inclusive: HashMap<String, f64>,
+    selfs: HashMap<String, f64>,
+    /// Syscalls by the function that made them.
+    syscalls: HashMap<String, f64>,
+}
+
+impl Functions {
+    /// Adds one thread's counts: threads are disjoint, so every count adds up.
+    fn add(&mut self, thread: Functions) {
+        for (into, from) in [
+            (&mut self.inclusive, thread.inclusive),
+            (&mut self.selfs, thread.selfs),
+            (&mut self.syscalls, thread.syscalls),
+        ] {
+            for (name, count) in from {
+                *into.entry(name).or_default() += count;
+            }
+        }
+    }
+
+    /// `counts`, most first.
+    fn sorted<'a>(&self, counts: &'a HashMap<String, f64>) -> impl Iterator<Item = (&'a str, f64)> {
+        let mut sorted: Vec<_> = counts.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        sorted.into_iter()
     }
 }
 
-/// Functions and their counts, most first.
-struct Functions {
-    inclusive: Vec<(String, f64)>,
-    selfs: Vec<(String, f64)>,
-    /// Syscalls by the function that made them.
-    syscalls: Vec<(String, f64)>,
-}
-
+/// One thread's dump.
 fn annotate(file: &Path) -> anyhow::Result<Functions> {
     Ok(Functions {
         inclusive: listing(file, "Ir", true)?,
@@ -225,7 +295,7 @@ fn annotate(file: &Path) -> anyhow::Result<Functions> {
 }
 
 /// `callgrind_annotate`'s list of functions by `event`, merged by function.
-fn listing(file: &Path, event: &str, inclusive: bool) -> anyhow::Result<Vec<(String, f64)>> {
+fn listing(file: &Path, event: &str, inclusive: bool) -> anyhow::Result<HashMap<String, f64>> {
     let output = Command::new("callgrind_annotate")
         .arg(format!(
             "--inclusive={}",
@@ -250,9 +320,7 @@ fn listing(file: &Path, event: &str, inclusive: bool) -> anyhow::Result<Vec<(Str
             false => *entry + count,
         };
     }
-    let mut sorted: Vec<_> = by_name.into_iter().collect();
-    sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    Ok(sorted)
+    Ok(by_name)
 }
 
 /// `51,412,532 (100.0%)  file:function [object]` as the function (its path without
@@ -281,7 +349,7 @@ fn is_own(name: &str) -> bool {
 
 fn function_table<'a>(
     heading: &str,
-    functions: impl Iterator<Item = &'a (String, f64)>,
+    functions: impl Iterator<Item = (&'a str, f64)>,
     requests: f64,
     n: usize,
 ) -> String {
