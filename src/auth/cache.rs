@@ -5,7 +5,7 @@
 //! returns only after the announcement has travelled and twice that time, so once a
 //! revocation has returned, no process accepts the key.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};

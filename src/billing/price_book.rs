@@ -5,7 +5,7 @@
 //! the account it is billed to (`Buyer`): the deployment's own price, then the account's,
 //! then the list price.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -143,9 +143,10 @@ impl PriceBook {
         at: DateTime<Utc>,
     ) -> Option<Arc<PriceTiers>> {
         let chips = self.by_pair.get(model)?;
+        let lists = [chips.get(chip), chips.get("*")];
         buyer.scopes().find_map(|(deployment, account)| {
-            [chip, "*"].into_iter().find_map(|c| {
-                (chips.get(c)?.iter().rev())
+            lists.iter().flatten().find_map(|list| {
+                (list.iter().rev())
                     .find(|t| t.is_for(deployment, account) && t.effective_from() <= at)
                     .cloned()
             })

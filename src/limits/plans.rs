@@ -6,7 +6,7 @@
 //! whole window) they start from the ledger's hourly sums (`History`), so a restart does
 //! not hand out a fresh month.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

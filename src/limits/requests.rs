@@ -2,7 +2,7 @@
 //! (`gcra`) kept in memory, on the clock of this process. Keys whose allowance is full
 //! again are swept, so memory stays bounded however many keys there are.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::Duration;
 
 use parking_lot::Mutex;

@@ -8,7 +8,7 @@
 //! so hammering a limited key costs no round trip. Keys with a token limit do not take
 //! slices: their reservations are counted per request.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

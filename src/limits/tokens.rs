@@ -3,7 +3,7 @@
 //! prompt + `max_tokens`); the end of the request gives back what was not used (or takes
 //! what was used beyond it). Full buckets are swept: a key without one is the same.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::time::Duration;
 
 use parking_lot::Mutex;

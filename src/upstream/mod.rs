@@ -5,7 +5,7 @@
 pub mod client;
 mod pool;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -6,8 +6,8 @@
 //! expiry may both try). Arithmetic is checked: an out-of-range amount is an error for
 //! that account.
 
+use foldhash::HashMap;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rust_decimal::Decimal;
