@@ -154,7 +154,7 @@ pub struct UsageRecord {
 /// Timestamps in the journal: nanoseconds since the epoch, exact and cheap to write
 /// (RFC 3339 text was almost half the cost of encoding a record). Lines written before
 /// carry RFC 3339 text, and are still read.
-mod journal_time {
+pub(crate) mod journal_time {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

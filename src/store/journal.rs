@@ -16,6 +16,8 @@
 //! failed import) are imported by the next process that opens the ledger and can take the
 //! locks; an import skips request ids already stored, so no record is ever written twice.
 
+mod line;
+
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -205,7 +207,7 @@ impl Line {
     pub fn encode(record: &UsageRecord) -> io::Result<Line> {
         let mut line = Vec::with_capacity(512);
         line.extend_from_slice(CYCLE_PREFIX);
-        serde_json::to_writer(&mut line, record)?;
+        self::line::encode(&mut line, record)?;
         line.push(b'\n');
         Ok(Line(line))
     }
