@@ -56,9 +56,9 @@ pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::R
          valgrind's callgrind; after {warm} requests of warm-up, {requests} small \
          non-streamed completions over {CONNECTIONS} keep-alive connections are counted: \
          the instructions of all the proxy's threads and its syscalls, per request. The \
-         request path is all but the ledger writer's threads, whose imports into the \
-         database cost per record what the number of records an import finds waiting \
-         (a matter of timing) makes them. The kernel's work in the syscalls is not \
+         request path is all but the ledger writer's threads, whose work is given per \
+         record they imported into the database while counting (its cost per record \
+         depends on how many records an import finds waiting, a matter of timing). The kernel's work in the syscalls is not \
          counted; clock reads, syscalls under valgrind but not natively (the vDSO), are \
          counted apart.\n\n",
         crate::report::machine(),
@@ -75,7 +75,7 @@ pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::R
         "instructions per request",
         "on the request path",
         "vs the first",
-        "on the ledger writer's threads",
+        "ledger writer's threads per record imported",
         "syscalls per request",
         "clock reads per request",
     ]);
@@ -101,7 +101,7 @@ impl Counted {
     /// What the request itself costs: all but the ledger writer's threads, whose work per
     /// record depends on how many records an import finds waiting (a matter of timing).
     fn request_path(&self) -> f64 {
-        self.instructions - self.writer
+        self.instructions - self.writer_per_request
     }
 }
 
@@ -113,7 +113,10 @@ fn warm_up(requests: usize) -> usize {
 struct Counted {
     name: String,
     instructions: f64,
-    /// Of `instructions`, the ledger writer's threads (the database's side of a record).
+    /// Of `instructions`, the ledger writer's threads.
+    writer_per_request: f64,
+    /// The ledger writer's threads (the database's side of a record), per record they
+    /// imported while counting.
     writer: f64,
     /// Syscalls but clock reads.
     syscalls: f64,
@@ -135,12 +138,14 @@ async fn count_one(subject: &Subject, requests: usize, dir: &Path) -> anyhow::Re
         Stop::Requests(warm_up(requests)),
     )
     .await?;
+    let imported_before = imported(subject).await?;
     control(pid, "--zero")?;
     control(pid, "--instr=on")?;
     let (outcomes, _) =
         load::closed_loop(target, &workload, CONNECTIONS, Stop::Requests(requests)).await?;
     control(pid, "--dump")?;
     control(pid, "--instr=off")?;
+    let imported = imported(subject).await? - imported_before;
     let failed = outcomes.iter().filter(|o| o.status != 200).count();
     if failed > 0 || outcomes.len() != requests {
         bail!(
@@ -178,7 +183,8 @@ async fn count_one(subject: &Subject, requests: usize, dir: &Path) -> anyhow::Re
     Ok(Counted {
         name: target.name.clone(),
         instructions: instructions / per,
-        writer: writer / per,
+        writer_per_request: writer / per,
+        writer: writer / (imported as f64).max(1.0),
         syscalls: (syscalls - clock_reads) / per,
         clock_reads: clock_reads / per,
         own: function_table(
@@ -196,6 +202,14 @@ async fn count_one(subject: &Subject, requests: usize, dir: &Path) -> anyhow::Re
             25,
         ),
     })
+}
+
+/// Records in the subject's ledger (none for the pass-through).
+async fn imported(subject: &Subject) -> anyhow::Result<i64> {
+    match &subject.gateway {
+        Some(gateway) => Ok(tollgate::store::usage::count(&gateway.ledger).await?),
+        None => Ok(0),
+    }
 }
 
 /// Functions only the ledger writer's threads run (its own, and the blocking ones its
