@@ -10,9 +10,11 @@ use super::compact::{self, RequestKey};
 use super::{Db, Read, Result, json_text, on, to_ms};
 use crate::billing::record::{Attempt, Reported, UsageRecord};
 
-/// Records per multi-row `INSERT`: one statement execution opens the table and its four
-/// indexes once for all of them.
-const ROWS_PER_INSERT: usize = 16;
+/// Records per multi-row `INSERT`, largest first: one statement execution opens the table
+/// and its four indexes, and copies each page it first changes to its statement journal,
+/// once for all of them. A batch is inserted in as many of the largest as it fills, then
+/// of the next; the last is 1, so every record goes in.
+const ROWS_PER_INSERT: [usize; 4] = [256, 16, 4, 1];
 
 /// Inserts `records` on the ledger writer's connection, all or none, in one transaction
 /// with the charge of their accounts' running totals (`funds::charge`), the burn of their
@@ -79,20 +81,19 @@ where
         .zip(shapes)
         .map(|((record, key), shape)| (record, key, shape))
         .collect();
-    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
-    if chunks.len() > 0 {
-        let mut insert = conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
-        for chunk in &mut chunks {
+    // The largest statements first, then smaller ones for what is left.
+    let mut rest = &rows[..];
+    for size in ROWS_PER_INSERT {
+        let (whole, left) = rest.split_at(rest.len() / size * size);
+        rest = left;
+        if whole.is_empty() {
+            continue;
+        }
+        let mut insert = conn.prepare_cached(&insert_sql(size))?;
+        for chunk in whole.chunks_exact(size) {
             for (row, (record, key, shape)) in chunk.iter().enumerate() {
                 compact::bind(&mut insert, row * columns, record, key, *shape)?;
             }
-            insert_rows(&mut insert)?;
-        }
-    }
-    if !chunks.remainder().is_empty() {
-        let mut insert = conn.prepare_cached(&insert_sql(1))?;
-        for (record, key, shape) in chunks.remainder() {
-            compact::bind(&mut insert, 0, record, key, *shape)?;
             insert_rows(&mut insert)?;
         }
     }
