@@ -148,10 +148,26 @@ fn choices(v: &Map<String, Value>) -> impl Iterator<Item = &Value> {
 /// `completion_tokens`: neither is added again. Rerank reports only `total_tokens`.
 pub fn parse_usage(usage: &Value) -> Option<TokenCounts> {
     let usage = usage.as_object()?;
-    let count = |name: &str| usage.get(name).and_then(Value::as_u64);
-    let prompt = count("prompt_tokens").or(count("input_tokens"));
-    let completion = count("completion_tokens").or(count("output_tokens"));
-    let total = count("total_tokens");
+    // One pass over the members: a lookup by name hashes the name (serde_json's maps keep
+    // their order with SipHash), and this runs for every answer and usage chunk.
+    let (mut prompt, mut input, mut completion, mut output) = (None, None, None, None);
+    let (mut total, mut cached, mut reasoning, mut output_reasoning) = (None, None, None, None);
+    let nested = |details: &Value, name: &str| details.get(name).and_then(Value::as_u64);
+    for (name, value) in usage {
+        match name.as_str() {
+            "prompt_tokens" => prompt = value.as_u64(),
+            "input_tokens" => input = value.as_u64(),
+            "completion_tokens" => completion = value.as_u64(),
+            "output_tokens" => output = value.as_u64(),
+            "total_tokens" => total = value.as_u64(),
+            "prompt_tokens_details" => cached = nested(value, "cached_tokens"),
+            // OpenAI's `completion_tokens_details`, DashScope's `output_tokens_details`.
+            "completion_tokens_details" => reasoning = nested(value, "reasoning_tokens"),
+            "output_tokens_details" => output_reasoning = nested(value, "reasoning_tokens"),
+            _ => {}
+        }
+    }
+    let (prompt, completion) = (prompt.or(input), completion.or(output));
     if prompt.is_none() && completion.is_none() && total.is_none() {
         return None;
     }
@@ -164,18 +180,8 @@ pub fn parse_usage(usage: &Value) -> Option<TokenCounts> {
         (None, None, Some(t)) => (t, 0),
         (None, None, None) => unreachable!("checked above"),
     };
-    let cached = usage
-        .get("prompt_tokens_details")
-        .and_then(|d| d.get("cached_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
-        .min(prompt);
-    // OpenAI's `completion_tokens_details`, DashScope's `output_tokens_details`.
-    let reasoning = ["completion_tokens_details", "output_tokens_details"]
-        .iter()
-        .find_map(|d| usage.get(*d)?.get("reasoning_tokens")?.as_u64())
-        .unwrap_or(0)
-        .min(completion);
+    let cached = cached.unwrap_or(0).min(prompt);
+    let reasoning = reasoning.or(output_reasoning).unwrap_or(0).min(completion);
     Some(TokenCounts {
         prompt,
         completion,
