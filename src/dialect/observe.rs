@@ -26,25 +26,33 @@ pub struct Observed {
 impl Observed {
     /// Notes usage, finish and moderation from a response or chunk.
     pub fn observe(&mut self, v: &Map<String, Value>) {
-        if let Some(usage) = v.get("usage").and_then(parse_usage) {
-            self.usage = Some(usage);
+        // One pass over the members, as in `parse_usage`.
+        for (name, value) in v {
+            match name.as_str() {
+                "usage" => {
+                    if let Some(usage) = parse_usage(value) {
+                        self.usage = Some(usage);
+                    }
+                }
+                "blocked" if value.as_bool() == Some(true) => {
+                    // Moderation ended the answer: what came before it is the whole answer.
+                    self.blocked = true;
+                    self.finished = true;
+                }
+                "moderation" if value.get("sensitive").and_then(Value::as_bool) == Some(true) => {
+                    self.moderation = Some(value.to_string());
+                }
+                "choices" => {
+                    let mut choices = value.as_array().into_iter().flatten();
+                    self.finished |= choices.any(|c| {
+                        c.get("finish_reason")
+                            .and_then(Value::as_str)
+                            .is_some_and(|r| !r.is_empty())
+                    });
+                }
+                _ => {}
+            }
         }
-        if v.get("blocked").and_then(Value::as_bool) == Some(true) {
-            // Moderation ended the answer: what came before it is the whole answer.
-            self.blocked = true;
-            self.finished = true;
-        }
-        if let Some(moderation) = v.get("moderation")
-            && moderation.get("sensitive").and_then(Value::as_bool) == Some(true)
-        {
-            self.moderation = Some(moderation.to_string());
-        }
-        let finished = choices(v).any(|c| {
-            c.get("finish_reason")
-                .and_then(Value::as_str)
-                .is_some_and(|r| !r.is_empty())
-        });
-        self.finished |= finished;
     }
 
     /// Adds the text of a chunk or response the client received.
