@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::Full;
 use serde_json::{Map, Value};
@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::answer::{read_body, upstream_error};
 use super::detach::Detachable;
+use super::request::ClientRequest;
 use super::settle::{Exchange, Outcome, Served, fail, finish};
 use super::stream;
 use crate::billing::record::{Attempt, AttemptOutcome, Status};
@@ -131,24 +132,9 @@ async fn connect(
             passed_over: passed_over.clone(),
         };
         let url = upstream.url_for(ex.request.call).map_err(|e| (None, e))?;
-        let mut request = axum::http::Request::post(url)
-            .header(header::HOST, upstream.host.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(REQUEST_ID, &ex.request_id);
-        if let Some((name, value)) = upstream.credential() {
-            request = request.header(name, value.clone());
-        }
-        for &(name, value) in upstream.wire().headers(ex.request.stream) {
-            request = request.header(name, value);
-        }
-        for (name, value) in &ex.request.passed_headers {
-            request = request.header(name, value);
-        }
-        let request = request
-            .body(Full::new(
-                ex.request.upstream_body(upstream, ex.completion_limit()),
-            ))
-            .map_err(|e| (None, ApiError::Internal(e.into())))?;
+        let body = Full::new(ex.request.upstream_body(upstream, ex.completion_limit()));
+        let request = upstream_request(url, body, upstream, &ex.request_id, &ex.request)
+            .map_err(|e| (None, ApiError::Internal(e)))?;
         // Only errors name the backend: no formatting on the way through.
         let what = || format!("{}/{}", upstream.model, upstream.chip);
         let sent = Instant::now();
@@ -193,6 +179,33 @@ async fn connect(
     }
     let error = ApiError::BadGateway(format!("no backend for '{model}' accepted the connection"));
     Err((last.map(|s| (s, Status::Unreachable)), error))
+}
+
+/// The request to `upstream`: its headers set on the request made, not through
+/// `http`'s builder (which moves the whole head at every header).
+fn upstream_request(
+    url: axum::http::Uri,
+    body: Full<Bytes>,
+    upstream: &Upstream,
+    request_id: &str,
+    request: &ClientRequest,
+) -> anyhow::Result<axum::http::Request<Full<Bytes>>> {
+    let mut sent = axum::http::Request::post(url).body(body)?;
+    let headers = sent.headers_mut();
+    headers.insert(header::HOST, upstream.host.clone());
+    let json = HeaderValue::from_static("application/json");
+    headers.insert(header::CONTENT_TYPE, json);
+    headers.insert(REQUEST_ID, HeaderValue::try_from(request_id)?);
+    if let Some((name, value)) = upstream.credential() {
+        headers.append(name.clone(), value.clone());
+    }
+    for &(name, value) in upstream.wire().headers(request.stream) {
+        headers.append(HeaderName::try_from(name)?, HeaderValue::try_from(value)?);
+    }
+    for (name, value) in &request.passed_headers {
+        headers.append(name.clone(), value.clone());
+    }
+    Ok(sent)
 }
 
 /// Counts a request to `upstream` against its own limit (`upstreams[].rpm`): in Redis
