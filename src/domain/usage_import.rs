@@ -233,12 +233,20 @@ fn write(db: Db, sink: Arc<Sink>, mut batch: Vec<UsageRecord>) -> Writing {
         };
         batch.sort_by_key(|r| (r.started_at, r.account_id));
         let records: Vec<&UsageRecord> = batch.iter().collect();
+        let starts: Vec<(&str, i64)> = records
+            .iter()
+            .map(|r| (r.request_id.as_str(), store::to_ms(r.started_at)))
+            .collect();
+        let mut first_starts = HashMap::with_capacity(starts.len());
+        for &(id, start) in &starts {
+            if *first_starts.entry(id).or_insert(start) != start {
+                anyhow::bail!(
+                    "the ledger refused a batch: request id {id} is in it with two starts"
+                );
+            }
+        }
         runtime.block_on(async {
             store::partitions::keep(&db, (store::to_ms(first), store::to_ms(last))).await?;
-            let starts: Vec<(&str, i64)> = records
-                .iter()
-                .map(|r| (r.request_id.as_str(), store::to_ms(r.started_at)))
-                .collect();
             if let Some(id) = store::partitions::stored_at_other_times(&db, &starts)
                 .await?
                 .first()

@@ -16,7 +16,7 @@ use crate::billing::record::UsageRecord;
 /// A request id as `usage_rows.request_key` holds it: `req_` and 32 lowercase hex digits
 /// (the gateway's own ids, a UUIDv7) as those 16 bytes, any other id as its text. Either
 /// way the view turns it back into the same text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestKey<'a> {
     Uuid([u8; 16]),
     Text(&'a str),
@@ -182,9 +182,9 @@ pub fn bind(
 }
 
 /// Stores what `r` has beyond most records (units, error, moderation, backends passed
-/// over, counts as reported) in `usage_details`, under its row's `id`; nothing when it
-/// has none.
-pub fn add_details(conn: &rusqlite::Connection, id: i64, r: &UsageRecord) -> rusqlite::Result<()> {
+/// over, counts as reported) in `usage_details`, under the id of its row (just inserted);
+/// nothing when it has none.
+pub fn add_details(conn: &rusqlite::Connection, r: &UsageRecord) -> rusqlite::Result<()> {
     if r.units.is_zero()
         && r.error.is_none()
         && r.moderation.is_none()
@@ -196,10 +196,10 @@ pub fn add_details(conn: &rusqlite::Connection, id: i64, r: &UsageRecord) -> rus
     let mut add = conn.prepare_cached(
         "INSERT INTO usage_details (id, images, tasks, compute_ms, uploads, error, moderation,
                                     attempts, reported)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         SELECT id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM usage_rows WHERE request_key = ?1",
     )?;
-    add.execute(rusqlite::params![
-        id,
+    let added = add.execute(rusqlite::params![
+        RequestKey::of(&r.request_id),
         r.units.images as i64,
         r.units.tasks as i64,
         r.units.compute_ms as i64,
@@ -209,6 +209,9 @@ pub fn add_details(conn: &rusqlite::Connection, id: i64, r: &UsageRecord) -> rus
         json_text(&r.attempts),
         json_text(&r.reported),
     ])?;
+    if added != 1 {
+        return Err(rusqlite::Error::StatementChangedRows(added));
+    }
     Ok(())
 }
 

@@ -92,9 +92,10 @@ pub async fn insert_usage(
             inserted.insert(sqlx::Row::try_get::<String, _>(&row, 0).map_err(classify)?);
         }
     }
-    // Only the records this insert took burn grants: a replay burns nothing twice.
+    // Only the records this insert took burn grants: a replay burns nothing twice, nor
+    // does a record repeated in the batch (the insert took its first).
     let taken: Vec<&UsageRecord> = (records.iter().copied())
-        .filter(|r| inserted.contains(&r.request_id))
+        .filter(|r| inserted.remove(&r.request_id))
         .collect();
     super::grants::burn_postgres(&mut tx, &taken)
         .await

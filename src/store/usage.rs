@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use foldhash::HashMapExt;
-use rusqlite::types::ValueRef;
+use foldhash::HashSetExt;
+use rusqlite::OptionalExtension;
 use rust_decimal::Decimal;
 
 use super::compact::{self, RequestKey};
@@ -21,8 +21,9 @@ const ROWS_PER_INSERT: [usize; 4] = [256, 16, 4, 1];
 /// grants (`grants::burn_sqlite`) and their rollups
 /// (`sqlite::roll_up`), in statements of `ROWS_PER_INSERT` rows of `usage_rows`
 /// (`compact`). A request id already present is skipped and charges nothing, so a batch
-/// retried after an unclear failure never writes or charges a record twice. Whether token
-/// grants paid for any of them (balances moved that admission does not see).
+/// retried after an unclear failure never writes or charges a record twice. A batch with
+/// a record of a retired period (`store::retire`) is refused whole. Whether token grants
+/// paid for any of them (balances moved that admission does not see).
 pub fn insert<'a, I>(conn: &rusqlite::Connection, records: I) -> rusqlite::Result<bool>
 where
     I: IntoIterator<Item = &'a UsageRecord>,
@@ -33,55 +34,25 @@ where
         .iter()
         .map(|r| RequestKey::of(&r.request_id))
         .collect();
-    // The batch by stored request key, to tell which records the insert took.
-    let mut by_uuid: foldhash::HashMap<[u8; 16], &UsageRecord> = HashMapExt::new();
-    let mut by_text: foldhash::HashMap<&str, &UsageRecord> = HashMapExt::new();
-    for (&r, key) in records.iter().zip(&keys) {
-        match *key {
-            RequestKey::Uuid(bytes) => by_uuid.insert(bytes, r),
-            RequestKey::Text(text) => by_text.insert(text, r),
-        };
-    }
     // Immediate: the write lock is taken (waiting out other writers) before the first
     // read, so no other writer's commit in between can make the upgrade fail at once.
     let transaction =
         rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    refuse_retired(conn, &records)?;
     let shapes = compact::shape_ids(conn, &records)?;
-    // Account → what the records really inserted (not skipped) cost.
-    let mut charged: HashMap<i64, Decimal> = HashMap::new();
-    // The records really inserted (their row ids), for their details and the rollups.
-    let mut inserted_records: Vec<(i64, &UsageRecord)> = Vec::with_capacity(records.len());
-    let mut insert_rows = |insert: &mut rusqlite::CachedStatement| -> rusqlite::Result<()> {
-        let mut inserted = insert.raw_query();
-        while let Some(row) = inserted.next()? {
-            let record = match row.get_ref(1)? {
-                ValueRef::Blob(bytes) => <[u8; 16]>::try_from(bytes)
-                    .ok()
-                    .and_then(|bytes| by_uuid.get(&bytes)),
-                other => by_text.get(other.as_str()?),
-            };
-            // Every row the insert took is one of the batch's; were it not, it would go
-            // uncharged: the whole batch fails instead.
-            let Some(&record) = record else {
-                return Err(rusqlite::Error::ToSqlConversionFailure(
-                    "the ledger inserted a record the batch does not hold".into(),
-                ));
-            };
-            inserted_records.push((row.get(0)?, record));
-            let sum = charged.entry(record.account_id).or_default();
-            *sum = sum.checked_add(record.cost).ok_or_else(|| {
-                rusqlite::Error::ToSqlConversionFailure("the records' costs overflow".into())
-            })?;
-        }
-        Ok(())
-    };
+    // SQLite gives a new row the id above the largest, so the rows above this one are the
+    // ones these statements take.
+    let last_before: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM usage_rows")?
+        .query_row([], |row| row.get(0))?;
     let columns = compact::COLUMNS.len();
-    let rows: Vec<(&UsageRecord, RequestKey, i64)> = (records.iter().copied())
-        .zip(keys.iter().copied())
+    let rows: Vec<(&UsageRecord, &RequestKey, i64)> = (records.iter().copied())
+        .zip(&keys)
         .zip(shapes)
         .map(|((record, key), shape)| (record, key, shape))
         .collect();
     // The largest statements first, then smaller ones for what is left.
+    let mut taken = 0;
     let mut rest = &rows[..];
     for size in ROWS_PER_INSERT {
         let (whole, left) = rest.split_at(rest.len() / size * size);
@@ -94,60 +65,102 @@ where
             for (row, (record, key, shape)) in chunk.iter().enumerate() {
                 compact::bind(&mut insert, row * columns, record, key, *shape)?;
             }
-            insert_rows(&mut insert)?;
+            taken += insert.raw_execute()?;
         }
     }
-    let inserted_records: Vec<&UsageRecord> = inserted_records
-        .into_iter()
-        .map(|(id, record)| compact::add_details(conn, id, record).map(|()| record))
-        .collect::<rusqlite::Result<_>>()?;
-    if inserted_records.len() < records.len() {
-        refuse_other_starts(conn, &records, &inserted_records)?;
+    let inserted: Vec<&UsageRecord> = if taken == records.len() {
+        records
+    } else {
+        replays_set_apart(conn, &records, &keys, last_before, taken)?
+    };
+    // Account → what the records really inserted (not skipped) cost.
+    let mut charged: HashMap<i64, Decimal> = HashMap::new();
+    for record in &inserted {
+        compact::add_details(conn, record)?;
+        let sum = charged.entry(record.account_id).or_default();
+        *sum = sum
+            .checked_add(record.cost)
+            .ok_or_else(|| failed("the records' costs overflow"))?;
     }
     super::funds::charge(conn, &charged)?;
-    let tokens_granted = super::grants::burn_sqlite(conn, &inserted_records)?;
-    super::sqlite::roll_up(conn, &inserted_records)?;
+    let tokens_granted = super::grants::burn_sqlite(conn, &inserted)?;
+    super::sqlite::roll_up(conn, &inserted)?;
     transaction.commit()?;
     Ok(tokens_granted)
 }
 
-/// Refuses the batch if a record it skipped (its request id stored already) is no replay:
-/// the stored record with its id started at another time. A request id names one
-/// request, which started once.
-fn refuse_other_starts(
+/// Refuses the batch if a record started before the retired day: that period's records
+/// are summed into the accounts' retired costs already, so it takes no new ones. Checked
+/// here, once a batch and under the write lock, rather than by a trigger on every row
+/// (`migrations/sqlite/0025_retired_periods_checked_by_the_writer.sql`).
+fn refuse_retired(conn: &rusqlite::Connection, records: &[&UsageRecord]) -> rusqlite::Result<()> {
+    let before: Option<i64> = conn
+        .prepare_cached("SELECT before FROM usage_retired")?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    match before {
+        Some(before) if records.iter().any(|r| to_ms(r.started_at) < before) => Err(refused(
+            "the records of this period are retired: it takes no new ones".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The records the inserts took, when they skipped some (`taken` of them were taken): of
+/// each request id, the first record of the batch if its row is new (above
+/// `last_before`). A record skipped must be a replay, its id stored with the same start,
+/// or the batch is refused: a request id names one request, which started once.
+fn replays_set_apart<'r>(
     conn: &rusqlite::Connection,
-    records: &[&UsageRecord],
-    inserted: &[&UsageRecord],
-) -> rusqlite::Result<()> {
-    let inserted: std::collections::HashSet<&str> =
-        inserted.iter().map(|r| r.request_id.as_str()).collect();
+    records: &[&'r UsageRecord],
+    keys: &[RequestKey],
+    last_before: i64,
+    taken: usize,
+) -> rusqlite::Result<Vec<&'r UsageRecord>> {
     let mut stored =
-        conn.prepare_cached("SELECT started_at FROM usage_rows WHERE request_key = ?")?;
-    for record in records
-        .iter()
-        .filter(|r| !inserted.contains(r.request_id.as_str()))
-    {
-        let key = RequestKey::of(&record.request_id);
-        let started_at: i64 = stored.query_row([key], |row| row.get(0))?;
-        if started_at != to_ms(record.started_at) {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
-                Some(format!(
-                    "request id {} is recorded already, with another start",
-                    record.request_id
-                )),
-            ));
+        conn.prepare_cached("SELECT id, started_at FROM usage_rows WHERE request_key = ?")?;
+    let mut seen = foldhash::HashSet::with_capacity(records.len());
+    let mut inserted = Vec::with_capacity(taken);
+    for (&record, key) in records.iter().zip(keys) {
+        let (id, started_at): (i64, i64) =
+            stored.query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        if id > last_before && seen.insert(key) {
+            inserted.push(record);
+        } else if started_at != to_ms(record.started_at) {
+            return Err(refused(format!(
+                "request id {} is recorded already, with another start",
+                record.request_id
+            )));
         }
     }
-    Ok(())
+    // Every row the inserts took is one of the batch's; were it not, it would go
+    // uncharged: the whole batch fails instead.
+    if inserted.len() != taken {
+        return Err(failed(
+            "the ledger inserted a record the batch does not hold",
+        ));
+    }
+    Ok(inserted)
+}
+
+/// A batch the writer cannot account for: it fails whole, and is tried again.
+fn failed(why: &str) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(why.into())
+}
+
+/// A constraint the batch breaks: the ledger refuses it (`InsertError::Refused`).
+fn refused(why: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+        Some(why),
+    )
 }
 
 /// `INSERT INTO usage_rows ... VALUES (?, ...), ...` for `rows` records.
 fn insert_sql(rows: usize) -> String {
     let row = format!("({})", vec!["?"; compact::COLUMNS.len()].join(", "));
     format!(
-        "INSERT INTO usage_rows ({}) VALUES {} ON CONFLICT (request_key) DO NOTHING
-         RETURNING id, request_key",
+        "INSERT INTO usage_rows ({}) VALUES {} ON CONFLICT (request_key) DO NOTHING",
         compact::COLUMNS.join(", "),
         vec![row; rows].join(", ")
     )

@@ -547,3 +547,105 @@ async fn a_ledger_from_before_running_totals_gets_them_computed_exactly_once_ope
     assert_eq!(funds.spent, Decimal::new(50 * 12_345_678_901 + 1225, 11));
     assert_eq!(funds.topped_up, Decimal::new(3, 0));
 }
+
+/// A batch that holds one request id twice (an import file with a line repeated, say)
+/// stores, charges and burns grants for the first of them once, beside a replay of a
+/// record stored before; the details of a record inserted next to skipped ones go with it.
+/// An import that holds one id with two starts is refused whole: one request, one start.
+#[tokio::test]
+async fn a_request_id_twice_in_a_batch_is_stored_and_charged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = helpers::bare_ledger(&dir).await;
+    let version = helpers::simple_price(&b.db).await;
+    let sink = Arc::new(store::Sink::open(&b.database).await.unwrap());
+    let at = Utc::now() - chrono::Duration::minutes(5);
+    let record = |id: &str, cost: &str, started| {
+        let mut r =
+            helpers::simple_record(id.into(), (b.account.id, b.key_id), version.id, started);
+        r.cost = cost.parse().unwrap();
+        r
+    };
+    let stored_before = record("req_0192f1a2b3c47d8e9fa0b1c2d3e4f501", "0.5", at);
+    sink.insert(&[&stored_before]).await.unwrap();
+    // Tokens of the records' model, for the grants the records burn.
+    let (grant, _) = tollgate::domain::grants::issue(
+        &b.db,
+        None,
+        b.account.id,
+        &tollgate::domain::grants::GrantRequest {
+            amount: None,
+            tokens: Some(1_000),
+            model: Some("m"),
+            kind: "promotional",
+            priority: None,
+            effective_at: Some(at - chrono::Duration::hours(1)),
+            expires_at: None,
+            reason: "test",
+            actor: "test",
+            idempotency_key: "tokens",
+        },
+    )
+    .await
+    .unwrap();
+    let funds = store::funds::of(&b.db, b.account.id).await.unwrap();
+
+    let first = record("req_0192f1a2b3c47d8e9fa0b1c2d3e4f502", "0.25", at);
+    let repeated = record("req_0192f1a2b3c47d8e9fa0b1c2d3e4f502", "0.75", at);
+    let mut failed = record("import-7", "0.125", at);
+    failed.status = tollgate::billing::record::Status::UpstreamError;
+    failed.error = Some("backend said no".into());
+    sink.insert(&[&stored_before, &first, &failed, &repeated])
+        .await
+        .unwrap();
+    let stored = store::usage::by_request_id(&b.db, &first.request_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.cost, first.cost, "the first of the two is stored");
+    let stored = store::usage::by_request_id(&b.db, "import-7")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.error.as_deref(), Some("backend said no"));
+    assert_eq!(stored.cost, failed.cost);
+    let (_, tokens) = store::grants::uses_of(&b.db, grant.id).await.unwrap();
+    assert_eq!(
+        tokens,
+        2 * 30,
+        "the two records inserted burn their tokens once"
+    );
+    let after = store::funds::of(&b.db, b.account.id).await.unwrap();
+    // The first of the repeated id and the new record, once each; the grant's tokens
+    // cover both, so it paid their whole cost.
+    let costs = first.cost + failed.cost;
+    assert_eq!(
+        (after.spent, after.granted),
+        (funds.spent + costs, funds.granted + costs)
+    );
+
+    // An import with one id at two starts: refused, nothing of it kept.
+    let lines: String = [at, at + chrono::Duration::seconds(1)]
+        .iter()
+        .map(|started| {
+            serde_json::json!({"request_id": "import-8", "account": "acme", "key_id": b.key_id,
+                "model": "m", "chip": "c", "started_at": started.to_rfc3339(),
+                "prompt_tokens": 10, "completion_tokens": 20})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let refused =
+        tollgate::domain::usage_import::import(&b.db, sink, chrono_tz::UTC, lines.as_bytes()).await;
+    let message = format!("{:#}", refused.unwrap_err());
+    assert!(
+        message.contains("import-8") && message.contains("two starts"),
+        "{message}"
+    );
+    assert!(
+        store::usage::by_request_id(&b.db, "import-8")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store::funds::of(&b.db, b.account.id).await.unwrap(), after);
+}
