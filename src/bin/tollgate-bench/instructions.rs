@@ -50,11 +50,15 @@ pub fn check() -> anyhow::Result<()> {
     }
 }
 
-pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::Result<String> {
+pub async fn run(
+    subjects: &[Subject],
+    requests: usize,
+    prompt_bytes: usize,
+    dir: &Path,
+) -> anyhow::Result<String> {
     let mut out = format!(
         "# What a request costs in instructions\n\nMachine: {}. Each proxy runs under \
-         valgrind's callgrind; after {warm} requests of warm-up, {requests} small \
-         non-streamed completions over {CONNECTIONS} keep-alive connections are counted: \
+         valgrind's callgrind; after {warm} requests of warm-up, {requests} {asked} over {CONNECTIONS} keep-alive connections are counted: \
          the instructions of all the proxy's threads and its syscalls, per request. The \
          request path is all but the ledger writer's threads, whose work is given per \
          record they imported into the database while counting (its cost per record \
@@ -63,11 +67,12 @@ pub async fn run(subjects: &[Subject], requests: usize, dir: &Path) -> anyhow::R
          counted apart.\n\n",
         crate::report::machine(),
         warm = warm_up(requests),
+        asked = crate::completions(prompt_bytes),
     );
     let mut counted = Vec::new();
     for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
         eprintln!("counting {}", subject.target.name);
-        counted.push(count_one(subject, requests, dir).await?);
+        counted.push(count_one(subject, requests, prompt_bytes, dir).await?);
     }
     let baseline = counted.first().map_or(0.0, Counted::request_path);
     let mut table = Table::new(&[
@@ -127,9 +132,14 @@ struct Counted {
     selfs: String,
 }
 
-async fn count_one(subject: &Subject, requests: usize, dir: &Path) -> anyhow::Result<Counted> {
+async fn count_one(
+    subject: &Subject,
+    requests: usize,
+    prompt_bytes: usize,
+    dir: &Path,
+) -> anyhow::Result<Counted> {
     let pid = subject.proxies[0].pid();
-    let workload = crate::phases::fixed_workload(subject);
+    let workload = crate::phases::fixed_workload(subject, prompt_bytes);
     let target = &subject.target;
     load::closed_loop(
         target,

@@ -293,7 +293,7 @@ async fn measure(
         };
         let workload = crate::load::Workload::Fixed {
             auth: HeaderValue::from_str(&format!("Bearer {}", owners[1].2))?,
-            body: crate::chat_body(3, false),
+            body: crate::chat_body(3, false, 0),
         };
         let mut rates = Vec::new();
         for _ in 0..3 {
@@ -417,7 +417,7 @@ async fn chat(
         .uri(format!("http://{addr}/v1/chat/completions"))
         .header(AUTHORIZATION, auth)
         .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(crate::chat_body(4, false)))?;
+        .body(Full::new(crate::chat_body(4, false, 0)))?;
     send(client, request).await
 }
 

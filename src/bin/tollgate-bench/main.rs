@@ -81,6 +81,11 @@ struct Args {
     /// (3: a short answer); e.g. 4000 (about 26 KB) measures reading and relaying a long one.
     #[arg(long, default_value_t = 3)]
     answer_chunks: usize,
+    /// Bytes of earlier conversation before the question in the non-streamed requests of
+    /// the latency, throughput and open-loop phases, `--profile` and `--instructions` (0:
+    /// the question alone); e.g. 10000 measures reading a chat's history.
+    #[arg(long, default_value_t = 0)]
+    prompt_bytes: usize,
     /// Instead of the phases, profile each proxy with `perf` for this many seconds at 32
     /// connections: CPU µs per request by stage (written to `bench/profile.md`).
     #[arg(long, value_name = "SECONDS")]
@@ -161,6 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     plan.only = args.phases.clone();
     plan.answer_chunks = args.answer_chunks;
+    plan.prompt_bytes = args.prompt_bytes;
     let keys = args.keys.unwrap_or(if args.quick { 1_000 } else { 10_000 });
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -265,8 +271,10 @@ async fn measure(
         cluster = Some(started);
     }
     match (args.profile, args.instructions) {
-        (Some(seconds), _) => profile::run(&subjects, &simulator, seconds, dir).await,
-        (_, Some(requests)) => instructions::run(&subjects, requests, dir).await,
+        (Some(seconds), _) => {
+            profile::run(&subjects, &simulator, seconds, plan.prompt_bytes, dir).await
+        }
+        (_, Some(requests)) => instructions::run(&subjects, requests, plan.prompt_bytes, dir).await,
         _ => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
     }
 }
@@ -352,11 +360,24 @@ async fn gateway(
     })
 }
 
-/// A chat completion request body; `chunks` and `stream` steer the simulator's answer.
-pub fn chat_body(chunks: usize, stream: bool) -> Bytes {
+/// A chat completion request body; `chunks` and `stream` steer the simulator's answer, which
+/// comes after `prompt_bytes` (or a little more) of earlier conversation.
+pub fn chat_body(chunks: usize, stream: bool, prompt_bytes: usize) -> Bytes {
+    // Earlier turns of plain text, with the quotes and newlines a chat's history has.
+    const TURN: &str = "The operator asked for a \"monthly\" report of usage by model and \
+                        chip.\nIt lists each model's tokens first, then what they cost. ";
+    let mut messages = Vec::new();
+    let mut bytes = 0;
+    while bytes < prompt_bytes {
+        let role = ["user", "assistant"][messages.len() % 2];
+        let content = TURN.repeat(8);
+        bytes += content.len() + 32;
+        messages.push(json!({"role": role, "content": content}));
+    }
+    messages.push(json!({"role": "user", "content": "Say hello in one short sentence."}));
     let mut body = json!({
         "model": phases::MODEL,
-        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+        "messages": messages,
         "max_tokens": chunks + 8,
         "x_sim": {"chunks": chunks},
     });
@@ -366,6 +387,14 @@ pub fn chat_body(chunks: usize, stream: bool) -> Bytes {
         body["x_sim"]["chunk_delay_ms"] = json!(1);
     }
     Bytes::from(body.to_string())
+}
+
+/// What `chat_body` asks, in words: small completions, or after a history.
+pub fn completions(prompt_bytes: usize) -> String {
+    match prompt_bytes {
+        0 => "small non-streamed completions".into(),
+        n => format!("non-streamed completions after {n} bytes of earlier conversation"),
+    }
 }
 
 /// Writes the benchmark's price table and a gateway config in `dir` on the simulator at

@@ -103,22 +103,24 @@ pub async fn run(
     subjects: &[Subject],
     simulator: &Process,
     seconds: u64,
+    prompt_bytes: usize,
     dir: &Path,
 ) -> anyhow::Result<String> {
     let perf = which_perf().context("--profile needs perf (Debian's linux-perf)")?;
     let mut out = format!(
         "# Where a request's CPU time goes\n\nMachine: {}. Each proxy serves 32 closed-loop \
-         connections of small non-streamed completions for {seconds} s while `perf record \
+         connections of {asked} for {seconds} s while `perf record \
          --call-graph dwarf` samples it at 999 Hz. CPU µs per request come from /proc in a \
          run of the same length without perf (whose unwinding costs the process time of its \
          own); each stage gets its share of the profiled run's samples: those with one of \
          its functions on the stack and none of an earlier stage's (`STAGES` in \
          `src/bin/tollgate-bench/profile.rs`).\n\n",
         crate::report::machine(),
+        asked = crate::completions(prompt_bytes),
     );
     for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
         eprintln!("profiling {}", subject.target.name);
-        out += &profile_one(&perf, subject, simulator, seconds, dir).await?;
+        out += &profile_one(&perf, subject, simulator, seconds, prompt_bytes, dir).await?;
     }
     Ok(out)
 }
@@ -137,11 +139,12 @@ async fn profile_one(
     subject: &Subject,
     simulator: &Process,
     seconds: u64,
+    prompt_bytes: usize,
     dir: &Path,
 ) -> anyhow::Result<String> {
     let pid = subject.proxies[0].pid();
     let data = dir.join(format!("perf-{pid}.data"));
-    let workload = crate::phases::fixed_workload(subject);
+    let workload = crate::phases::fixed_workload(subject, prompt_bytes);
     let time = Duration::from_secs(seconds);
     load::closed_loop(&subject.target, &workload, 32, Stop::Requests(2_000)).await?;
     // CPU per request without perf (its unwinding costs the process time of its own) ...

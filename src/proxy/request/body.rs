@@ -18,21 +18,29 @@ use crate::server::ApiError;
 pub(super) const MAX_DEPTH: usize = 128;
 
 /// Whether the JSON text `raw` (already checked) nests arrays and objects deeper than
-/// `limit`. Values are skipped over, not parsed: one pass over the bytes.
+/// `limit`. Values are skipped over, not parsed: one pass over the bytes, in which a
+/// string's contents (most of a body: its messages) are passed over by `memchr` to the
+/// next quote or backslash.
 pub(super) fn nests_deeper(raw: &[u8], limit: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in raw {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = raw.get(at) {
+        at += 1;
         match byte {
-            b'"' => in_string = true,
+            b'"' => loop {
+                let Some(found) = raw
+                    .get(at..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                else {
+                    return false;
+                };
+                at += found + 1;
+                if raw[at - 1] == b'"' {
+                    break;
+                }
+                // A backslash: the byte after it is escaped.
+                at += 1;
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {

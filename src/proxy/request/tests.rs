@@ -68,6 +68,23 @@ fn nesting_is_counted_outside_strings_only() {
     };
     assert!(!nests_deeper(deep(127).as_bytes(), MAX_DEPTH));
     assert!(nests_deeper(deep(128).as_bytes(), MAX_DEPTH));
+    // A string that ends in an escaped backslash ends at the quote after it.
+    let after_backslash = |levels: usize| {
+        format!(
+            r#"{{"s":"x\\","v":{}1{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    assert!(!nests_deeper(after_backslash(127).as_bytes(), MAX_DEPTH));
+    assert!(nests_deeper(after_backslash(128).as_bytes(), MAX_DEPTH));
+    // Brackets inside strings, escaped quotes among them, count for nothing.
+    let in_strings = format!(
+        r#"{{"s":"{}\"{}","t":"\\"}}"#,
+        "[".repeat(300),
+        "{".repeat(300)
+    );
+    assert!(!nests_deeper(in_strings.as_bytes(), MAX_DEPTH));
     let refused = parse(Endpoint::Chat, Bytes::from(deep(500)));
     assert!(matches!(refused, Err(ApiError::InvalidJson(m)) if m.contains("deeper than 128")));
     assert!(parse(Endpoint::Chat, Bytes::from(deep(100))).is_ok());

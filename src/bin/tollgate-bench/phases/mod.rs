@@ -49,6 +49,8 @@ pub struct Plan {
     /// Content chunks (words) of the non-streamed answers the latency, throughput and
     /// open-loop phases ask for.
     pub answer_chunks: usize,
+    /// Bytes of earlier conversation in those requests (`chat_body`).
+    pub prompt_bytes: usize,
 }
 
 /// The phases by name, in the order they run (`--phases`).
@@ -69,7 +71,7 @@ impl Plan {
 
     /// The non-streamed completion of the latency, throughput and open-loop phases.
     fn fixed(&self, subject: &Subject) -> Workload {
-        fixed(subject, self.answer_chunks, false)
+        fixed(subject, self.answer_chunks, self.prompt_bytes, false)
     }
 }
 
@@ -89,6 +91,7 @@ impl Plan {
             open_rate_time: Duration::from_secs(9),
             only: Vec::new(),
             answer_chunks: 3,
+            prompt_bytes: 0,
         }
     }
 
@@ -107,6 +110,7 @@ impl Plan {
             open_rate_time: Duration::from_millis(500),
             only: Vec::new(),
             answer_chunks: 3,
+            prompt_bytes: 0,
         }
     }
 }
@@ -191,14 +195,14 @@ pub async fn run_all(
 }
 
 /// The small non-streamed completion of the latency and throughput phases.
-pub fn fixed_workload(subject: &Subject) -> Workload {
-    fixed(subject, 3, false)
+pub fn fixed_workload(subject: &Subject, prompt_bytes: usize) -> Workload {
+    fixed(subject, 3, prompt_bytes, false)
 }
 
-fn fixed(subject: &Subject, chunks: usize, stream: bool) -> Workload {
+fn fixed(subject: &Subject, chunks: usize, prompt_bytes: usize, stream: bool) -> Workload {
     Workload::Fixed {
         auth: subject.auth.clone(),
-        body: chat_body(chunks, stream),
+        body: chat_body(chunks, stream, prompt_bytes),
     }
 }
 

@@ -22,7 +22,7 @@ pub(super) async fn streams(plan: &Plan, subjects: &[Subject]) -> anyhow::Result
         let mut direct: Option<(Stats, Stats)> = None;
         for subject in subjects {
             let outcomes =
-                load::sequential(&subject.target, &fixed(subject, chunks, true), count).await?;
+                load::sequential(&subject.target, &fixed(subject, chunks, 0, true), count).await?;
             let ttft = Stats::of(outcomes.iter().map(|o| o.first_byte).collect());
             let gaps = Stats::of(
                 outcomes
@@ -73,7 +73,7 @@ pub(super) async fn many_keys(plan: &Plan, subjects: &[Subject]) -> anyhow::Resu
         };
         keys_count = gateway.keys.len();
         let keys = Arc::new(gateway.keys.clone());
-        let body = chat_body(3, false);
+        let body = chat_body(3, false, 0);
         let each = Workload::EachInTurn {
             keys: keys.clone(),
             next: Arc::new(AtomicUsize::new(0)),
