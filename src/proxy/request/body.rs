@@ -62,6 +62,8 @@ pub(super) fn nests_deeper(raw: &[u8], limit: usize) -> bool {
 pub(super) struct Members {
     pub(super) list: Vec<(String, Range<usize>)>,
     index: Option<HashMap<String, usize>>,
+    /// Whether a name was sent more than once.
+    pub(super) repeated: bool,
 }
 
 const INDEXED_FROM: usize = 16;
@@ -81,6 +83,7 @@ impl Members {
     fn insert(&mut self, name: String, span: Range<usize>) {
         if let Some(i) = self.position(&name) {
             self.list[i].1 = span;
+            self.repeated = true;
             return;
         }
         if let Some(index) = &mut self.index {

@@ -339,6 +339,16 @@ impl ClientRequest {
         if let Some((name, value)) = &max_tokens {
             patches.push((name, value));
         }
+        // Nothing to change (each patch is what was sent) and no name sent twice: the
+        // body goes as it came, without a copy (a chat's history is most of it).
+        let sent = |name: &str| self.members.get(name).map(|span| &self.raw[span.clone()]);
+        if !self.members.repeated
+            && patches
+                .iter()
+                .all(|(name, value)| sent(name) == Some(value))
+        {
+            return self.raw.clone();
+        }
         let mut out = Vec::with_capacity(self.raw.len() + 64);
         out.push(b'{');
         let mut put = |name: &str, value: &[u8]| {

@@ -50,6 +50,27 @@ fn values_pass_through_as_written() {
 }
 
 #[test]
+fn a_body_with_nothing_to_change_goes_as_it_came_without_a_copy() {
+    let raw = Bytes::from_static(b"{ \"model\": \"up-model\", \"messages\": [] }");
+    let request = parse(Endpoint::Chat, raw.clone()).unwrap();
+    let sent = request.patched("up-model", false, None);
+    assert_eq!((sent.as_ptr(), sent.len()), (raw.as_ptr(), raw.len()));
+    // Any change, or a name sent twice, and the body is written anew.
+    let changed = [
+        request.patched("other", false, None),
+        request.patched("up-model", true, None),
+        request.patched("up-model", false, Some(16)),
+    ];
+    for body in changed {
+        assert_ne!(body.as_ptr(), raw.as_ptr());
+    }
+    let twice = Bytes::from_static(br#"{"model":"a","model":"up-model"}"#);
+    let request = parse(Endpoint::Chat, twice).unwrap();
+    let sent = request.patched("up-model", false, None);
+    assert_eq!(&sent[..], br#"{"model":"up-model"}"#);
+}
+
+#[test]
 fn a_repeated_name_keeps_its_first_place_and_last_value() {
     assert_eq!(
         patched(r#"{"n":1,"model":"a","n":2}"#, false),
