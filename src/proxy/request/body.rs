@@ -20,8 +20,12 @@ pub(super) const MAX_DEPTH: usize = 128;
 /// Whether the JSON text `raw` (already checked) nests arrays and objects deeper than
 /// `limit`. Values are skipped over, not parsed: one pass over the bytes, in which a
 /// string's contents (most of a body: its messages) are passed over by `memchr` to the
-/// next quote or backslash.
+/// next quote or backslash. A body with no more than `limit` opening brackets, strings
+/// included, cannot nest deeper: most bodies are decided by counting them.
 pub(super) fn nests_deeper(raw: &[u8], limit: usize) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', raw).nth(limit).is_none() {
+        return false;
+    }
     let mut depth = 0usize;
     let mut at = 0;
     while let Some(&byte) = raw.get(at) {
