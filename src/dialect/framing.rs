@@ -79,6 +79,15 @@ impl Framer {
     }
 }
 
+/// `bytes` as text, invalid UTF-8 replaced: checked by `str::from_utf8` first, which reads
+/// ASCII a word at a time where `from_utf8_lossy` reads every byte.
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SseFramer {
     /// Bytes of the line being received.
@@ -90,7 +99,7 @@ pub struct SseFramer {
 
 impl SseFramer {
     pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Event>) -> Result<(), FramingError> {
-        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', chunk) {
             if self.line.is_empty() {
                 self.take_line(&chunk[..end], out);
             } else {
@@ -130,7 +139,7 @@ impl SseFramer {
             }
             None => (line, &b""[..]),
         };
-        let value = String::from_utf8_lossy(value);
+        let value = text(value);
         match field {
             b"data" => match &mut self.data {
                 Some(data) => {
@@ -193,7 +202,7 @@ impl BareJsonFramer {
                     b'}' | b']' => {
                         self.depth -= 1;
                         if self.depth == 0 {
-                            let data = String::from_utf8_lossy(&self.buf[start..=i]).into_owned();
+                            let data = text(&self.buf[start..=i]).into_owned();
                             out.push(Event { name: None, data });
                             start = i + 1;
                         }

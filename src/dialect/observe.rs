@@ -203,6 +203,21 @@ pub fn parse_usage(usage: &Value) -> Option<TokenCounts> {
 /// Shapes: OpenAI `{"error":{...}}`, flat `{"error":"msg","code":..}`,
 /// vLLM/LMDeploy `{"object":"error","message":..}`, GenStudio `{"code":60000,"msg":..}`.
 pub fn as_error(v: &Map<String, Value>) -> Option<Value> {
+    // Most answers and chunks are no error: one pass over the members tells, where each
+    // lookup by name below hashes the name.
+    let (mut error, mut error_object, mut msg, mut results) = (false, false, false, false);
+    for (name, value) in v {
+        match name.as_str() {
+            "error" => error = !value.is_null(),
+            "object" => error_object = value.as_str() == Some("error"),
+            "msg" => msg = value.is_string(),
+            "choices" | "data" => results = true,
+            _ => {}
+        }
+    }
+    if !error && !error_object && (!msg || results) {
+        return None;
+    }
     let code = v.get("code").cloned().unwrap_or(Value::Null);
     let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
     let (message, kind, code, param) = match v.get("error") {

@@ -107,23 +107,36 @@ pub fn length_end(mut last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
 /// replaced too when `one_created`), and LMDeploy's `finish_reason: ""` as `null`. Returns
 /// whether anything changed.
 fn normalise(chunk: &mut Map<String, Value>, created: i64, one_created: bool) -> bool {
-    let mut changed = false;
-    if !chunk.contains_key("object") {
+    // One pass over the members: a lookup by name hashes the name, on every chunk.
+    let (mut has_object, mut has_created, mut changed) = (false, false, false);
+    for (name, value) in chunk.iter_mut() {
+        match name.as_str() {
+            "object" => has_object = true,
+            "created" => {
+                has_created = true;
+                if one_created && *value != Value::from(created) {
+                    *value = Value::from(created);
+                    changed = true;
+                }
+            }
+            "choices" => {
+                for choice in value.as_array_mut().into_iter().flatten() {
+                    if choice.get("finish_reason").and_then(Value::as_str) == Some("") {
+                        choice["finish_reason"] = Value::Null;
+                        changed = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !has_object {
         chunk.insert("object".into(), Value::from("chat.completion.chunk"));
         changed = true;
     }
-    let created = Value::from(created);
-    if (one_created || !chunk.contains_key("created")) && chunk.get("created") != Some(&created) {
-        chunk.insert("created".into(), created);
+    if !has_created {
+        chunk.insert("created".into(), Value::from(created));
         changed = true;
-    }
-    if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
-        for choice in choices {
-            if choice.get("finish_reason").and_then(Value::as_str) == Some("") {
-                choice["finish_reason"] = Value::Null;
-                changed = true;
-            }
-        }
     }
     changed
 }

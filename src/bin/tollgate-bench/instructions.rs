@@ -53,7 +53,7 @@ pub fn check() -> anyhow::Result<()> {
 pub async fn run(
     subjects: &[Subject],
     requests: usize,
-    prompt_bytes: usize,
+    ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<String> {
     let mut out = format!(
@@ -67,12 +67,12 @@ pub async fn run(
          counted apart.\n\n",
         crate::report::machine(),
         warm = warm_up(requests),
-        asked = crate::completions(prompt_bytes),
+        asked = ask.described(),
     );
     let mut counted = Vec::new();
     for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
         eprintln!("counting {}", subject.target.name);
-        counted.push(count_one(subject, requests, prompt_bytes, dir).await?);
+        counted.push(count_one(subject, requests, ask, dir).await?);
     }
     let baseline = counted.first().map_or(0.0, Counted::request_path);
     let mut table = Table::new(&[
@@ -135,11 +135,11 @@ struct Counted {
 async fn count_one(
     subject: &Subject,
     requests: usize,
-    prompt_bytes: usize,
+    ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<Counted> {
     let pid = subject.proxies[0].pid();
-    let workload = crate::phases::fixed_workload(subject, prompt_bytes);
+    let workload = ask.workload(subject);
     let target = &subject.target;
     load::closed_loop(
         target,

@@ -79,6 +79,7 @@ struct Args {
     phases: Vec<String>,
     /// Words in the non-streamed answers of the latency, throughput and open-loop phases
     /// (3: a short answer); e.g. 4000 (about 26 KB) measures reading and relaying a long one.
+    /// With `--stream`, the chunks of the streams `--profile` and `--instructions` ask for.
     #[arg(long, default_value_t = 3)]
     answer_chunks: usize,
     /// Bytes of earlier conversation before the question in the non-streamed requests of
@@ -86,6 +87,10 @@ struct Args {
     /// the question alone); e.g. 10000 measures reading a chat's history.
     #[arg(long, default_value_t = 0)]
     prompt_bytes: usize,
+    /// With `--profile` or `--instructions`: streamed completions of `--answer-chunks`
+    /// chunks a millisecond apart (usage asked for), instead of short answers.
+    #[arg(long)]
+    stream: bool,
     /// Instead of the phases, profile each proxy with `perf` for this many seconds at 32
     /// connections: CPU µs per request by stage (written to `bench/profile.md`).
     #[arg(long, value_name = "SECONDS")]
@@ -270,11 +275,15 @@ async fn measure(
         subjects.push(subject);
         cluster = Some(started);
     }
+    // What `--profile` and `--instructions` repeat: short answers unless asked otherwise.
+    let ask = phases::Ask {
+        chunks: if args.stream { args.answer_chunks } else { 3 },
+        stream: args.stream,
+        prompt_bytes: args.prompt_bytes,
+    };
     match (args.profile, args.instructions) {
-        (Some(seconds), _) => {
-            profile::run(&subjects, &simulator, seconds, plan.prompt_bytes, dir).await
-        }
-        (_, Some(requests)) => instructions::run(&subjects, requests, plan.prompt_bytes, dir).await,
+        (Some(seconds), _) => profile::run(&subjects, &simulator, seconds, ask, dir).await,
+        (_, Some(requests)) => instructions::run(&subjects, requests, ask, dir).await,
         _ => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
     }
 }
@@ -387,14 +396,6 @@ pub fn chat_body(chunks: usize, stream: bool, prompt_bytes: usize) -> Bytes {
         body["x_sim"]["chunk_delay_ms"] = json!(1);
     }
     Bytes::from(body.to_string())
-}
-
-/// What `chat_body` asks, in words: small completions, or after a history.
-pub fn completions(prompt_bytes: usize) -> String {
-    match prompt_bytes {
-        0 => "small non-streamed completions".into(),
-        n => format!("non-streamed completions after {n} bytes of earlier conversation"),
-    }
 }
 
 /// Writes the benchmark's price table and a gateway config in `dir` on the simulator at

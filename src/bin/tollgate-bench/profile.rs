@@ -103,7 +103,7 @@ pub async fn run(
     subjects: &[Subject],
     simulator: &Process,
     seconds: u64,
-    prompt_bytes: usize,
+    ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<String> {
     let perf = which_perf().context("--profile needs perf (Debian's linux-perf)")?;
@@ -116,11 +116,11 @@ pub async fn run(
          its functions on the stack and none of an earlier stage's (`STAGES` in \
          `src/bin/tollgate-bench/profile.rs`).\n\n",
         crate::report::machine(),
-        asked = crate::completions(prompt_bytes),
+        asked = ask.described(),
     );
     for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
         eprintln!("profiling {}", subject.target.name);
-        out += &profile_one(&perf, subject, simulator, seconds, prompt_bytes, dir).await?;
+        out += &profile_one(&perf, subject, simulator, seconds, ask, dir).await?;
     }
     Ok(out)
 }
@@ -139,12 +139,12 @@ async fn profile_one(
     subject: &Subject,
     simulator: &Process,
     seconds: u64,
-    prompt_bytes: usize,
+    ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<String> {
     let pid = subject.proxies[0].pid();
     let data = dir.join(format!("perf-{pid}.data"));
-    let workload = crate::phases::fixed_workload(subject, prompt_bytes);
+    let workload = ask.workload(subject);
     let time = Duration::from_secs(seconds);
     load::closed_loop(&subject.target, &workload, 32, Stop::Requests(2_000)).await?;
     // CPU per request without perf (its unwinding costs the process time of its own) ...

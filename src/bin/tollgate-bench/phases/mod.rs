@@ -75,6 +75,34 @@ impl Plan {
     }
 }
 
+/// A completion a workload repeats (`chat_body`): the chunks of its answer, whether it
+/// streams, and the bytes of history before its question.
+#[derive(Clone, Copy)]
+pub struct Ask {
+    pub chunks: usize,
+    pub stream: bool,
+    pub prompt_bytes: usize,
+}
+
+impl Ask {
+    pub fn workload(&self, subject: &Subject) -> Workload {
+        fixed(subject, self.chunks, self.prompt_bytes, self.stream)
+    }
+
+    /// The completions, in words.
+    pub fn described(&self) -> String {
+        let what = match self.stream {
+            true => format!("streamed completions of {} chunks", self.chunks),
+            false if self.chunks == 3 => "small non-streamed completions".into(),
+            false => format!("non-streamed completions of {} words", self.chunks),
+        };
+        match self.prompt_bytes {
+            0 => what,
+            n => format!("{what} after {n} bytes of earlier conversation"),
+        }
+    }
+}
+
 impl Plan {
     pub fn full() -> Plan {
         Plan {
@@ -195,10 +223,6 @@ pub async fn run_all(
 }
 
 /// The small non-streamed completion of the latency and throughput phases.
-pub fn fixed_workload(subject: &Subject, prompt_bytes: usize) -> Workload {
-    fixed(subject, 3, prompt_bytes, false)
-}
-
 fn fixed(subject: &Subject, chunks: usize, prompt_bytes: usize, stream: bool) -> Workload {
     Workload::Fixed {
         auth: subject.auth.clone(),
