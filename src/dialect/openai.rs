@@ -114,7 +114,7 @@ fn normalise(chunk: &mut Map<String, Value>, created: i64, one_created: bool) ->
             "object" => has_object = true,
             "created" => {
                 has_created = true;
-                if one_created && *value != Value::from(created) {
+                if one_created && value.as_i64() != Some(created) {
                     *value = Value::from(created);
                     changed = true;
                 }
