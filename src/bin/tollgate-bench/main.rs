@@ -77,9 +77,10 @@ struct Args {
     /// ingest); the goals are judged only when all run.
     #[arg(long, value_delimiter = ',')]
     phases: Vec<String>,
-    /// Words in the non-streamed answers of the latency, throughput and open-loop phases
-    /// (3: a short answer); e.g. 4000 (about 26 KB) measures reading and relaying a long one.
-    /// With `--stream`, the chunks of the streams `--profile` and `--instructions` ask for.
+    /// Words in the non-streamed answers of the latency, throughput and open-loop phases,
+    /// `--profile` and `--instructions` (3: a short answer); e.g. 4000 (about 26 KB)
+    /// measures reading and relaying a long one. With `--stream`, the chunks of the
+    /// streams `--profile` and `--instructions` ask for.
     #[arg(long, default_value_t = 3)]
     answer_chunks: usize,
     /// Bytes of earlier conversation before the question in the non-streamed requests of
@@ -275,9 +276,9 @@ async fn measure(
         subjects.push(subject);
         cluster = Some(started);
     }
-    // What `--profile` and `--instructions` repeat: short answers unless asked otherwise.
+    // What `--profile` and `--instructions` repeat.
     let ask = phases::Ask {
-        chunks: if args.stream { args.answer_chunks } else { 3 },
+        chunks: args.answer_chunks,
         stream: args.stream,
         prompt_bytes: args.prompt_bytes,
     };
