@@ -57,16 +57,33 @@ impl Observed {
 
     /// Adds the text of a chunk or response the client received.
     pub fn deliver(&mut self, v: &Map<String, Value>) {
-        for choice in choices(v) {
-            let part = choice.get("delta").or_else(|| choice.get("message"));
-            let Some(part) = part else { continue };
-            collect_text(part.get("content"), &mut self.delivered_text);
-            collect_text(part.get("reasoning_content"), &mut self.delivered_text);
-            if let Some(calls) = part.get("tool_calls").and_then(Value::as_array) {
-                for call in calls {
-                    let args = call.get("function").and_then(|f| f.get("arguments"));
-                    collect_text(args, &mut self.delivered_text);
+        // One pass over each object, as in `observe`: this runs on every chunk.
+        for choice in choices(v).filter_map(Value::as_object) {
+            let (mut delta, mut message) = (None, None);
+            for (name, value) in choice {
+                match name.as_str() {
+                    "delta" => delta = Some(value),
+                    "message" => message = Some(value),
+                    _ => {}
                 }
+            }
+            let Some(part) = delta.or(message).and_then(Value::as_object) else {
+                continue;
+            };
+            let (mut content, mut reasoning, mut calls) = (None, None, None);
+            for (name, value) in part {
+                match name.as_str() {
+                    "content" => content = Some(value),
+                    "reasoning_content" => reasoning = Some(value),
+                    "tool_calls" => calls = value.as_array(),
+                    _ => {}
+                }
+            }
+            collect_text(content, &mut self.delivered_text);
+            collect_text(reasoning, &mut self.delivered_text);
+            for call in calls.into_iter().flatten() {
+                let args = call.get("function").and_then(|f| f.get("arguments"));
+                collect_text(args, &mut self.delivered_text);
             }
         }
     }

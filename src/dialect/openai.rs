@@ -72,12 +72,17 @@ pub fn path(endpoint: Endpoint) -> Option<&'static str> {
 
 /// A chunk as OpenAI's SDKs expect it; the backend's own text when nothing changed.
 pub fn frame(event: &Event, chunk: &mut Map<String, Value>, relay: &RelayFacts) -> Bytes {
-    let frame = if normalise(chunk, relay.created, relay.bare_json) {
-        let json = serde_json::to_string(&chunk).expect("a JSON map always serializes");
-        format!("data: {json}\n\n")
+    let normalised;
+    let json = if normalise(chunk, relay.created, relay.bare_json) {
+        normalised = serde_json::to_string(&chunk).expect("a JSON map always serializes");
+        &normalised
     } else {
-        format!("data: {}\n\n", event.data)
+        &event.data
     };
+    let mut frame = Vec::with_capacity(json.len() + 8);
+    frame.extend_from_slice(b"data: ");
+    frame.extend_from_slice(json.as_bytes());
+    frame.extend_from_slice(b"\n\n");
     Bytes::from(frame)
 }
 
