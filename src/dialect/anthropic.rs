@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::framing::Event;
+use super::framing::{self, Event};
 use super::observe::Observed;
 use super::{RelayFacts, Route, Wire};
 use crate::billing::TokenCounts;
@@ -136,7 +136,7 @@ impl Wire for Anthropic {
             .as_deref()
             .or_else(|| chunk.get("type").and_then(Value::as_str))
             .unwrap_or("message");
-        Bytes::from(format!("event: {name}\ndata: {}\n\n", event.data))
+        framing::outgoing(&["event: ", name, "\ndata: ", &event.data, "\n\n"])
     }
 
     fn done(&self) -> Option<Bytes> {

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::framing::Event;
+use super::framing::{self, Event};
 use super::observe::{self, Observed};
 use super::{RelayFacts, Route, Wire};
 use crate::config::{Endpoint, StreamFormat};
@@ -194,9 +194,9 @@ impl Wire for DashScope {
 }
 
 fn result_event(id: u64, data: &str) -> Bytes {
-    Bytes::from(format!(
-        "id:{id}\nevent:result\n:HTTP_STATUS/200\ndata:{data}\n\n"
-    ))
+    let id = id.to_string();
+    let head = "\nevent:result\n:HTTP_STATUS/200\ndata:";
+    framing::outgoing(&["id:", &id, head, data, "\n\n"])
 }
 
 /// An error in OpenAI's shape with DashScope's `code`, `message` and `request_id` beside

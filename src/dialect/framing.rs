@@ -79,6 +79,17 @@ impl Framer {
     }
 }
 
+/// An event as it goes out to the client: `parts` one after the other, in one buffer of
+/// their length. (`format!` grows its string from a guess, reallocating it on the way for
+/// every chunk of a few hundred bytes.)
+pub fn outgoing(parts: &[&str]) -> bytes::Bytes {
+    let mut event = Vec::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        event.extend_from_slice(part.as_bytes());
+    }
+    event.into()
+}
+
 /// `bytes` as text, invalid UTF-8 replaced: checked by `str::from_utf8` first, which reads
 /// ASCII a word at a time where `from_utf8_lossy` reads every byte.
 fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::framing::Event;
+use super::framing::{self, Event};
 use super::{RelayFacts, Route, To, Wire};
 use crate::config::Endpoint;
 
@@ -79,11 +79,7 @@ pub fn frame(event: &Event, chunk: &mut Map<String, Value>, relay: &RelayFacts) 
     } else {
         &event.data
     };
-    let mut frame = Vec::with_capacity(json.len() + 8);
-    frame.extend_from_slice(b"data: ");
-    frame.extend_from_slice(json.as_bytes());
-    frame.extend_from_slice(b"\n\n");
-    Bytes::from(frame)
+    framing::outgoing(&["data: ", json, "\n\n"])
 }
 
 pub fn error_frame(error: &Value) -> Bytes {
