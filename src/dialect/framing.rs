@@ -2,6 +2,7 @@
 //! (`data:` with or without a space, CRLF, comments, `event:`/`id:` lines, multi-line data, a
 //! last event with no blank line) and bare-JSON streams (objects back to back, no `data:`,
 //! no `[DONE]`). Lines are cut on bytes, so UTF-8 split across chunks is never broken.
+//! The events relayed to the client are written here too (`outgoing`).
 
 use crate::config::StreamFormat;
 
