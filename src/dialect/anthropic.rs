@@ -14,8 +14,9 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::chunk::{Chunk, Json};
 use super::framing::{self, Event};
-use super::observe::Observed;
+use super::observe::{Observed, collect};
 use super::{RelayFacts, Route, Wire};
 use crate::billing::TokenCounts;
 use crate::config::{Endpoint, StreamFormat};
@@ -83,8 +84,8 @@ impl Wire for Anthropic {
         StreamFormat::Sse
     }
 
-    fn observe(&self, seen: &mut Observed, v: &Map<String, Value>) {
-        match v.get("type").and_then(Value::as_str) {
+    fn observe(&self, seen: &mut Observed, v: &Chunk) {
+        match v.str("type") {
             // A whole answer, or the message a stream starts with.
             Some("message") => take_usage(seen, v.get("usage")),
             Some("message_start") => {
@@ -93,30 +94,32 @@ impl Wire for Anthropic {
             Some("message_delta") => {
                 take_usage(seen, v.get("usage"));
                 let reason = v.get("delta").and_then(|d| d.get("stop_reason"));
-                seen.finished |= reason
-                    .and_then(Value::as_str)
-                    .is_some_and(|r| !r.is_empty());
+                seen.finished |= reason.and_then(Json::as_str).is_some_and(|r| !r.is_empty());
             }
             _ => {}
         }
     }
 
-    fn deliver(&self, seen: &mut Observed, v: &Map<String, Value>) {
-        let parts = match v.get("type").and_then(Value::as_str) {
-            Some("content_block_delta") => v.get("delta").into_iter().collect::<Vec<_>>(),
+    fn deliver(&self, seen: &mut Observed, v: &Chunk) {
+        let parts: Vec<&Chunk> = match v.str("type") {
+            Some("content_block_delta") => v
+                .get("delta")
+                .and_then(Json::as_object)
+                .into_iter()
+                .collect(),
             Some("message") => v
                 .get("content")
-                .and_then(Value::as_array)
-                .map(|blocks| blocks.iter().collect())
-                .unwrap_or_default(),
+                .into_iter()
+                .flat_map(Json::objects)
+                .collect(),
             _ => Vec::new(),
         };
         for part in parts {
             for name in ["text", "thinking", "partial_json"] {
-                collect_text(part.get(name), &mut seen.delivered_text);
+                collect(part.get(name), &mut seen.delivered_text);
             }
             if let Some(input) = part.get("input") {
-                seen.delivered_text.push_str(&input.to_string());
+                seen.delivered_text.push_str(&input.to_value().to_string());
             }
         }
     }
@@ -130,11 +133,11 @@ impl Wire for Anthropic {
         }
     }
 
-    fn frame(&self, event: &Event, chunk: &mut Map<String, Value>, _relay: &RelayFacts) -> Bytes {
+    fn frame(&self, event: &Event, chunk: &Chunk, _relay: &RelayFacts) -> Bytes {
         let name = event
             .name
             .as_deref()
-            .or_else(|| chunk.get("type").and_then(Value::as_str))
+            .or_else(|| chunk.str("type"))
             .unwrap_or("message");
         framing::outgoing(&["event: ", name, "\ndata: ", &event.data, "\n\n"])
     }
@@ -179,11 +182,11 @@ impl Wire for Anthropic {
 /// Adds what a `usage` object says to what was seen: the input counts where it has them
 /// (a stream's `message_start`, and its `message_delta` on newer backends), the output
 /// count as the latest running total.
-fn take_usage(seen: &mut Observed, usage: Option<&Value>) {
-    let Some(usage) = usage.and_then(Value::as_object) else {
+fn take_usage(seen: &mut Observed, usage: Option<&Json>) {
+    let Some(usage) = usage.and_then(Json::as_object) else {
         return;
     };
-    let count = |name: &str| usage.get(name).and_then(Value::as_u64);
+    let count = |name: &str| usage.get(name).and_then(Json::as_u64);
     let (input, write, read) = (
         count("input_tokens"),
         count("cache_creation_input_tokens"),
@@ -240,12 +243,12 @@ mod tests {
             "type": "message", "role": "assistant", "content": [], "usage": {
             "input_tokens": 25, "cache_creation_input_tokens": 1000,
             "cache_read_input_tokens": 2000, "output_tokens": 1}}}));
-        Anthropic.observe(&mut seen, &start);
+        Anthropic.observe(&mut seen, &Chunk::of(&start));
         assert!(!seen.finished);
         let delta = obj(json!({"type": "message_delta",
             "delta": {"stop_reason": "end_turn", "stop_sequence": null},
             "usage": {"output_tokens": 15}}));
-        Anthropic.observe(&mut seen, &delta);
+        Anthropic.observe(&mut seen, &Chunk::of(&delta));
         assert!(seen.finished);
         assert_eq!(
             seen.usage,
@@ -259,12 +262,10 @@ mod tests {
         );
         // A whole answer says the same in one object.
         let mut whole = Observed::default();
-        Anthropic.observe(
-            &mut whole,
-            &obj(json!({"type": "message", "usage": {"input_tokens": 25,
-                "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 2000,
-                "output_tokens": 15}})),
-        );
+        let answer = br#"{"type": "message", "usage": {"input_tokens": 25,
+            "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 2000,
+            "output_tokens": 15}}"#;
+        Anthropic.observe(&mut whole, &Chunk::head(answer).unwrap());
         assert_eq!(whole.usage, seen.usage);
     }
 
@@ -274,14 +275,14 @@ mod tests {
             name: Some("content_block_delta".into()),
             data: r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#.into(),
         };
-        let mut chunk = serde_json::from_str(&event.data).unwrap();
+        let chunk = Chunk::parse(&event.data).unwrap();
         let facts = RelayFacts {
             created: 0,
             bare_json: false,
             sent: 0,
             completion_cap: None,
         };
-        let frame = Anthropic.frame(&event, &mut chunk, &facts);
+        let frame = Anthropic.frame(&event, &chunk, &facts);
         assert!(frame.starts_with(b"event: content_block_delta\ndata: {"));
         let mut seen = Observed::default();
         Anthropic.deliver(&mut seen, &chunk);

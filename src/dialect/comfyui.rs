@@ -9,6 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::chunk::{Chunk, Json};
 use super::request::{MAX_RESULTS, Members, ModelAt};
 use super::{Does, Route, TaskPoll, TaskState, Wire};
 use crate::billing::Units;
@@ -147,7 +148,7 @@ impl Wire for ComfyUi {
         self.path(endpoint)
     }
 
-    fn error(&self, v: &Map<String, Value>) -> Option<Value> {
+    fn error(&self, v: &Chunk) -> Option<Value> {
         envelope_error(v)
     }
 
@@ -191,15 +192,12 @@ impl Wire for ComfyUi {
 
 /// GenStudio's task APIs answer `{"code", "msg", "data"}`: a `code` other than 0 is an
 /// error, whatever the HTTP status.
-pub fn envelope_error(v: &Map<String, Value>) -> Option<Value> {
+pub fn envelope_error(v: &Chunk) -> Option<Value> {
     match v.get("code") {
-        Some(Value::Number(code)) if code.as_i64() != Some(0) => {
-            let message = v
-                .get("msg")
-                .and_then(Value::as_str)
-                .unwrap_or("the backend reported an error");
+        Some(Json::Number(code)) if code.as_i64() != Some(0) => {
+            let message = v.str("msg");
             Some(openai_error(
-                message,
+                message.unwrap_or("the backend reported an error"),
                 "upstream_error",
                 Value::Number(code.clone()),
                 None,
@@ -274,8 +272,9 @@ mod tests {
         assert_eq!(ComfyUi.task_state(&answer(4)), Some(TaskState::Failed));
         assert_eq!(ComfyUi.task_state(&answer(5)), Some(TaskState::Failed));
         assert_eq!(ComfyUi.units(Endpoint::Images, &answer(3)).images, 2);
-        assert!(ComfyUi.error(&answer(3)).is_none());
-        let error = ComfyUi.error(&obj(json!({"code": 60000, "msg": "no such workflow"})));
+        assert!(ComfyUi.error(&Chunk::of(&answer(3))).is_none());
+        let error = obj(json!({"code": 60000, "msg": "no such workflow"}));
+        let error = ComfyUi.error(&Chunk::parse(&Value::Object(error).to_string()).unwrap());
         assert_eq!(error.unwrap()["error"]["code"], 60000);
         let submitted = obj(json!({"code": 0, "msg": "ok", "data": {"prompt_id": "p9"}}));
         assert_eq!(ComfyUi.task_id(&submitted).as_deref(), Some("p9"));

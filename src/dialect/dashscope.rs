@@ -10,12 +10,13 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::chunk::{Chunk, Json};
 use super::framing::{self, Event};
-use super::observe::{self, Observed};
+use super::observe::{self, Observed, collect};
 use super::{RelayFacts, Route, Wire};
 use crate::config::{Endpoint, StreamFormat};
 use crate::error::openai_error;
-use crate::metering::estimate::{Counter, collect_text};
+use crate::metering::estimate::Counter;
 
 pub struct DashScope;
 
@@ -89,19 +90,13 @@ impl Wire for DashScope {
         StreamFormat::Sse
     }
 
-    fn error(&self, v: &Map<String, Value>) -> Option<Value> {
-        let code = v
-            .get("code")
-            .and_then(Value::as_str)
-            .filter(|c| !c.is_empty());
+    fn error(&self, v: &Chunk) -> Option<Value> {
+        let code = v.str("code").filter(|c| !c.is_empty());
         match code {
-            Some(code) if !v.contains_key("output") => {
-                let message = v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the backend reported an error");
+            Some(code) if !v.has("output") => {
+                let message = v.str("message");
                 Some(openai_error(
-                    message,
+                    message.unwrap_or("the backend reported an error"),
                     "upstream_error",
                     Value::from(code),
                     None,
@@ -111,17 +106,17 @@ impl Wire for DashScope {
         }
     }
 
-    fn observe(&self, seen: &mut Observed, v: &Map<String, Value>) {
+    fn observe(&self, seen: &mut Observed, v: &Chunk) {
         seen.observe(v);
         let Some(output) = v.get("output") else {
             return;
         };
-        let finished = |reason: Option<&Value>| {
+        let finished = |reason: Option<&Json>| {
             reason
-                .and_then(Value::as_str)
+                .and_then(Json::as_str)
                 .is_some_and(|r| !r.is_empty() && r != "null")
         };
-        let choices = output.get("choices").and_then(Value::as_array);
+        let choices = output.get("choices").and_then(Json::as_array);
         seen.finished |= finished(output.get("finish_reason"))
             || choices
                 .into_iter()
@@ -132,19 +127,19 @@ impl Wire for DashScope {
     /// Without `incremental_output` each event repeats the answer so far: an event longer
     /// than everything delivered that starts with it replaces it rather than adding to it.
     /// (Only estimates read this text, when a backend sends no usage at all.)
-    fn deliver(&self, seen: &mut Observed, v: &Map<String, Value>) {
+    fn deliver(&self, seen: &mut Observed, v: &Chunk) {
         let Some(output) = v.get("output") else {
             return;
         };
         let mut text = String::new();
-        collect_text(output.get("text"), &mut text);
+        collect(output.get("text"), &mut text);
         for choice in output
             .get("choices")
-            .and_then(Value::as_array)
+            .and_then(Json::as_array)
             .into_iter()
             .flatten()
         {
-            collect_text(
+            collect(
                 choice.get("message").and_then(|m| m.get("content")),
                 &mut text,
             );
@@ -164,7 +159,7 @@ impl Wire for DashScope {
         true
     }
 
-    fn frame(&self, event: &Event, _chunk: &mut Map<String, Value>, relay: &RelayFacts) -> Bytes {
+    fn frame(&self, event: &Event, _chunk: &Chunk, relay: &RelayFacts) -> Bytes {
         result_event(relay.sent + 1, &event.data)
     }
 
@@ -231,17 +226,14 @@ mod tests {
     fn errors_are_found_with_any_status_and_answers_are_not_errors() {
         let error = obj(json!({"code": "InvalidParameter", "message": "bad input",
             "request_id": "r1"}));
-        let mapped = DashScope.error(&error).unwrap();
+        let mapped = DashScope.error(&Chunk::of(&error)).unwrap();
         assert_eq!(mapped["error"]["code"], "InvalidParameter");
         assert_eq!(mapped["error"]["message"], "bad input");
         let answer = obj(json!({"output": {"text": "hi", "finish_reason": "stop"},
             "usage": {"input_tokens": 3, "output_tokens": 1}, "request_id": "r2"}));
-        assert!(DashScope.error(&answer).is_none());
-        assert!(
-            DashScope
-                .error(&obj(json!({"code": "", "output": {}})))
-                .is_none()
-        );
+        assert!(DashScope.error(&Chunk::of(&answer)).is_none());
+        let empty_code = obj(json!({"code": "", "output": {}}));
+        assert!(DashScope.error(&Chunk::of(&empty_code)).is_none());
     }
 
     #[test]
@@ -254,6 +246,8 @@ mod tests {
                 "usage": {"input_tokens": 7, "output_tokens": n, "total_tokens": 7 + n}}),
             );
             assert!(!seen.finished);
+            let text = Value::Object(event).to_string();
+            let event = Chunk::parse(&text).unwrap();
             DashScope.observe(&mut seen, &event);
             DashScope.deliver(&mut seen, &event);
         }
@@ -264,7 +258,8 @@ mod tests {
         // Without incremental output every event repeats the answer so far.
         let mut seen = Observed::default();
         for text in ["我", "我是", "我是千问"] {
-            DashScope.deliver(&mut seen, &obj(json!({"output": {"text": text}})));
+            let event = obj(json!({"output": {"text": text}}));
+            DashScope.deliver(&mut seen, &Chunk::of(&event));
         }
         assert_eq!(seen.delivered_text, "我是千问");
     }

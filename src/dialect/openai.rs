@@ -9,6 +9,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::chunk::Chunk;
 use super::framing::{self, Event};
 use super::{RelayFacts, Route, To, Wire};
 use crate::config::Endpoint;
@@ -71,13 +72,14 @@ pub fn path(endpoint: Endpoint) -> Option<&'static str> {
 }
 
 /// A chunk as OpenAI's SDKs expect it; the backend's own text when nothing changed.
-pub fn frame(event: &Event, chunk: &mut Map<String, Value>, relay: &RelayFacts) -> Bytes {
+pub fn frame(event: &Event, chunk: &Chunk, relay: &RelayFacts) -> Bytes {
     let normalised;
-    let json = if normalise(chunk, relay.created, relay.bare_json) {
-        normalised = serde_json::to_string(&chunk).expect("a JSON map always serializes");
-        &normalised
-    } else {
-        &event.data
+    let json = match normalise(chunk, relay.created, relay.bare_json) {
+        Some(chunk) => {
+            normalised = serde_json::to_string(&chunk).expect("a JSON map always serializes");
+            &normalised
+        }
+        None => &event.data,
     };
     framing::outgoing(&["data: ", json, "\n\n"])
 }
@@ -95,7 +97,8 @@ pub fn error_frame(error: &Value) -> Bytes {
 /// A last chunk like `last` with no content and `finish_reason: "length"`, then `[DONE]`.
 pub fn length_end(mut last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
     last.remove("usage");
-    normalise(&mut last, relay.created, true);
+    let normalised = normalise(&Chunk::of(&last), relay.created, true);
+    let mut last = normalised.unwrap_or(last);
     last.insert(
         "choices".into(),
         serde_json::json!([{"index": 0, "delta": {}, "finish_reason": "length"}]),
@@ -104,40 +107,31 @@ pub fn length_end(mut last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
     Bytes::from(format!("data: {json}\n\ndata: [DONE]\n\n"))
 }
 
-/// Makes a chunk complete for OpenAI clients: `object` and `created` present (`created`
-/// replaced too when `one_created`), and LMDeploy's `finish_reason: ""` as `null`. Returns
-/// whether anything changed.
-fn normalise(chunk: &mut Map<String, Value>, created: i64, one_created: bool) -> bool {
-    // One pass over the members: a lookup by name hashes the name, on every chunk.
-    let (mut has_object, mut has_created, mut changed) = (false, false, false);
-    for (name, value) in chunk.iter_mut() {
-        match name.as_str() {
-            "object" => has_object = true,
-            "created" => {
-                has_created = true;
-                if one_created && value.as_i64() != Some(created) {
-                    *value = Value::from(created);
-                    changed = true;
-                }
-            }
-            "choices" => {
-                for choice in value.as_array_mut().into_iter().flatten() {
-                    if choice.get("finish_reason").and_then(Value::as_str) == Some("") {
-                        choice["finish_reason"] = Value::Null;
-                        changed = true;
-                    }
-                }
-            }
-            _ => {}
+/// A chunk made complete for OpenAI clients, if it is not: `object` and `created` present
+/// (`created` replaced too when `one_created`), and LMDeploy's `finish_reason: ""` as
+/// `null`. `None` when nothing changes, as for nearly every chunk.
+fn normalise(chunk: &Chunk, created: i64, one_created: bool) -> Option<Map<String, Value>> {
+    let add_object = !chunk.has("object");
+    let set_created = match chunk.get("created") {
+        None => true,
+        Some(stamp) => one_created && stamp.to_value().as_i64() != Some(created),
+    };
+    let empty_finish = chunk.choices().any(|c| c.str("finish_reason") == Some(""));
+    if !add_object && !set_created && !empty_finish {
+        return None;
+    }
+    let mut chunk = chunk.to_map();
+    if add_object {
+        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
+    }
+    if set_created {
+        chunk.insert("created".into(), Value::from(created));
+    }
+    let choices = chunk.get_mut("choices").and_then(Value::as_array_mut);
+    for choice in choices.into_iter().flatten() {
+        if choice.get("finish_reason").and_then(Value::as_str) == Some("") {
+            choice["finish_reason"] = Value::Null;
         }
     }
-    if !has_object {
-        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
-        changed = true;
-    }
-    if !has_created {
-        chunk.insert("created".into(), Value::from(created));
-        changed = true;
-    }
-    changed
+    Some(chunk)
 }

@@ -17,7 +17,8 @@ use super::settle::{Exchange, Outcome, Served, fail, finish};
 use super::stream;
 use crate::billing::record::{Attempt, AttemptOutcome, Status};
 use crate::config::Endpoint;
-use crate::dialect::observe::{self, Observed};
+use crate::dialect::chunk::Chunk;
+use crate::dialect::observe::Observed;
 use crate::server::ApiError;
 use crate::state::AppState;
 use crate::upstream::Upstream;
@@ -248,7 +249,7 @@ async fn answered(
 ) -> Result<(Bytes, Outcome), (Status, ApiError)> {
     let limit = state.config().server.max_response_bytes;
     let body = read_body(response, limit, served.upstream.idle_timeout).await?;
-    let Some(parsed) = observe::answer_head(&body) else {
+    let Some(parsed) = Chunk::head(&body) else {
         let error =
             ApiError::BadGateway("the backend answered with a body that is not JSON".into());
         return Err((Status::UpstreamError, error));
@@ -272,7 +273,7 @@ async fn answered(
         && let Ok(whole) = serde_json::from_slice::<Map<String, Value>>(&body)
     {
         if observed.usage.is_none() {
-            wire.deliver(&mut observed, &whole);
+            wire.deliver(&mut observed, &Chunk::of(&whole));
         }
         observed.units = wire.units(endpoint, &whole);
     }

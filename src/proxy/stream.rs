@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::settle::{Exchange, Outcome, Served, commit, fail};
 use crate::billing::record::Status;
 use crate::config::{DisconnectPolicy, MeteringConfig};
+use crate::dialect::chunk::{Chunk, Json};
 use crate::dialect::framing::{Event, Framer};
 use crate::dialect::observe::Observed;
 use crate::dialect::{RelayFacts, Wire};
@@ -301,7 +302,7 @@ impl Relay {
     /// The first event, if it is an error: answered as an HTTP error instead of a stream.
     fn leading_error(&mut self) -> Option<End> {
         let first = self.events.first()?;
-        let parsed = serde_json::from_str::<Map<String, Value>>(&first.data).ok()?;
+        let parsed = Chunk::parse(&first.data)?;
         let error = self.wire.error(&parsed)?;
         self.events.clear();
         Some(End::InBand(error))
@@ -314,7 +315,7 @@ impl Relay {
             if self.wire.is_done(&event) {
                 return Some(End::Done);
             }
-            let Ok(mut chunk) = serde_json::from_str::<Map<String, Value>>(&event.data) else {
+            let Some(chunk) = Chunk::parse(&event.data) else {
                 let message = "the backend sent an event that is not JSON".to_string();
                 return Some(End::Broken(Status::Partial, message));
             };
@@ -326,7 +327,7 @@ impl Relay {
             if let (Some(cap), Some(usage)) = (self.facts.completion_cap, self.observed.usage)
                 && usage.completion > cap
             {
-                return Some(End::OverHold(chunk));
+                return Some(End::OverHold(chunk.to_map()));
             }
             if self.client.is_none() {
                 self.drained_events += 1;
@@ -341,7 +342,7 @@ impl Relay {
             // Re-framed bare JSON gets one `created` for every chunk (the backend puts its
             // own on the last chunk only), as an OpenAI stream has.
             self.facts.bare_json = self.framer.is_bare_json();
-            let frame = self.wire.frame(&event, &mut chunk, &self.facts);
+            let frame = self.wire.frame(&event, &chunk, &self.facts);
             self.facts.sent += 1;
             if self.send(frame, Some(&chunk)).await {
                 self.ttft.get_or_insert_with(|| self.started.elapsed());
@@ -353,7 +354,7 @@ impl Relay {
     }
 
     /// True if the client took the frame; then its text counts as delivered.
-    async fn send(&mut self, frame: Bytes, chunk: Option<&Map<String, Value>>) -> bool {
+    async fn send(&mut self, frame: Bytes, chunk: Option<&Chunk<'_>>) -> bool {
         let Some(client) = &self.client else {
             return false;
         };
@@ -382,11 +383,11 @@ impl Relay {
 }
 
 /// The chunk that carries only usage (`choices: []`), sent because tollgate asked for it.
-fn is_usage_only(chunk: &Map<String, Value>) -> bool {
+fn is_usage_only(chunk: &Chunk) -> bool {
     chunk
         .get("choices")
-        .and_then(Value::as_array)
-        .is_some_and(Vec::is_empty)
+        .and_then(Json::as_array)
+        .is_some_and(<[Json]>::is_empty)
         && chunk.get("usage").is_some_and(|u| !u.is_null())
 }
 

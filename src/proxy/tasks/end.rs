@@ -17,6 +17,7 @@ use crate::auth::Caller;
 use crate::billing::record::Status;
 use crate::billing::{TokenCounts, Units};
 use crate::dialect::TaskState;
+use crate::dialect::chunk::Chunk;
 use crate::dialect::observe::Observed;
 use crate::limits::Admission;
 use crate::limits::spending::Hold;
@@ -65,8 +66,9 @@ pub(super) async fn end_task(
     let (_, call) = task_call(task)?;
     let (status, error, word) = match end {
         TaskState::Succeeded => {
-            wire.observe(&mut observed, result);
-            wire.deliver(&mut observed, result);
+            let chunk = Chunk::of(result);
+            wire.observe(&mut observed, &chunk);
+            wire.deliver(&mut observed, &chunk);
             observed.units = Units {
                 tasks: 1,
                 ..wire.units(call.endpoint, result)

@@ -1,0 +1,357 @@
+//! One JSON object a backend sent (a stream's event, a whole answer, a task's poll), read in
+//! one pass into a tree that borrows its strings from the text and keeps each object's
+//! members in a list, found by name without hashing (an object has a handful). A
+//! `serde_json::Map` allocated every key and string and hashed every key of every event:
+//! a third of a stream's instructions. Maps parsed already (a task's poll) are read
+//! through the same tree (`Chunk::of`).
+
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// A JSON object: its members in the order sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk<'a> {
+    members: Vec<(Cow<'a, str>, Json<'a>)>,
+}
+
+/// A JSON value whose strings are borrowed from the text (unless they have escapes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(Cow<'a, str>),
+    Array(Vec<Json<'a>>),
+    Object(Chunk<'a>),
+}
+
+impl<'a> Chunk<'a> {
+    /// `text` if it is one JSON object (whitespace around it aside).
+    pub fn parse(text: &'a str) -> Option<Chunk<'a>> {
+        Chunk::read(serde_json::Deserializer::from_str(text), &[])
+    }
+
+    /// A whole answer's top level, its long parts (OpenAI's `choices` and `data`,
+    /// DashScope's `output`) checked for syntax only and read as `null`: what an answer
+    /// with its usage needs, whatever its length.
+    pub fn head(body: &'a [u8]) -> Option<Chunk<'a>> {
+        let long = &["choices", "data", "output"];
+        Chunk::read(serde_json::Deserializer::from_slice(body), long)
+    }
+
+    fn read<R: serde_json::de::Read<'a>>(
+        mut de: serde_json::Deserializer<R>,
+        unread: &'static [&'static str],
+    ) -> Option<Chunk<'a>> {
+        let chunk = de.deserialize_map(Members { unread }).ok()?;
+        de.end().ok()?;
+        Some(chunk)
+    }
+
+    /// A map parsed already.
+    pub fn of(map: &'a Map<String, Value>) -> Chunk<'a> {
+        let members = map
+            .iter()
+            .map(|(name, value)| (Cow::Borrowed(name.as_str()), Json::of(value)));
+        Chunk {
+            members: members.collect(),
+        }
+    }
+
+    /// The members, each name once with its last value (as a map keeps them).
+    pub fn members(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
+        let members = &self.members;
+        members.iter().enumerate().filter_map(|(i, (name, value))| {
+            let repeated = members[i + 1..].iter().any(|(later, _)| later == name);
+            (!repeated).then_some((name.as_ref(), value))
+        })
+    }
+
+    /// The member called `name` (the last, if it was sent twice).
+    pub fn get(&self, name: &str) -> Option<&Json<'a>> {
+        let mut members = self.members.iter().rev();
+        members.find(|(n, _)| n == name).map(|(_, value)| value)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// A member that is a string.
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.get(name)?.as_str()
+    }
+
+    /// The objects in `choices`.
+    pub fn choices(&self) -> impl Iterator<Item = &Chunk<'a>> {
+        self.get("choices").into_iter().flat_map(Json::objects)
+    }
+
+    /// The whole object as a map: for the rare frame that must be rewritten.
+    pub fn to_map(&self) -> Map<String, Value> {
+        let mut map = Map::with_capacity(self.members.len());
+        for (name, value) in &self.members {
+            map.insert(name.clone().into_owned(), value.to_value());
+        }
+        map
+    }
+}
+
+impl<'a> Json<'a> {
+    /// A value parsed already.
+    pub fn of(value: &'a Value) -> Json<'a> {
+        match value {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(n.clone()),
+            Value::String(s) => Json::String(Cow::Borrowed(s)),
+            Value::Array(items) => Json::Array(items.iter().map(Json::of).collect()),
+            Value::Object(map) => Json::Object(Chunk::of(map)),
+        }
+    }
+
+    /// A member, if this is an object.
+    pub fn get(&self, name: &str) -> Option<&Json<'a>> {
+        self.as_object()?.get(name)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Json::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+
+    pub fn as_array(&self) -> Option<&[Json<'a>]> {
+        match self {
+            Json::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_object(&self) -> Option<&Chunk<'a>> {
+        match self {
+            Json::Object(chunk) => Some(chunk),
+            _ => None,
+        }
+    }
+
+    /// The objects in this array (anything else in it is passed over).
+    pub fn objects(&self) -> impl Iterator<Item = &Chunk<'a>> {
+        self.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_object)
+    }
+
+    pub fn to_value(&self) -> Value {
+        match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => Value::Number(n.clone()),
+            Json::String(s) => Value::String(s.clone().into_owned()),
+            Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Object(chunk) => Value::Object(chunk.to_map()),
+        }
+    }
+}
+
+/// Reads an object, passing over the values of `unread` members (read as `null`).
+struct Members {
+    unread: &'static [&'static str],
+}
+
+impl<'de> Visitor<'de> for Members {
+    type Value = Chunk<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Chunk<'de>, A::Error> {
+        // Room for an event's members at once: growing from none reallocates twice.
+        let mut members = Vec::with_capacity(8);
+        while let Some(Name(name)) = map.next_key()? {
+            let value = match self.unread.contains(&name.as_ref()) {
+                true => {
+                    map.next_value::<IgnoredAny>()?;
+                    Json::Null
+                }
+                false => map.next_value()?,
+            };
+            members.push((name, value));
+        }
+        Ok(Chunk { members })
+    }
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(Values)
+    }
+}
+
+struct Values;
+
+impl<'de> Visitor<'de> for Values {
+    type Value = Json<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Json<'de>, E> {
+        Ok(Json::Bool(b))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(n.into()))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Json<'de>, E> {
+        Ok(Json::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Json<'de>, E> {
+        Ok(Number::from_f64(n).map_or(Json::Null, Json::Number))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Json<'de>, E> {
+        Ok(Json::String(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Json<'de>, A::Error> {
+        Members { unread: &[] }.visit_map(map).map(Json::Object)
+    }
+}
+
+/// A member's name, borrowed from the text unless it has escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a name")
+            }
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(name)))
+            }
+            fn visit_str<E>(self, name: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(name.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_head_reads_the_long_part_as_null_but_there() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":3,"completion_tokens":1},"m\u0073g":"ok"}"#;
+        let head = Chunk::head(body).unwrap();
+        assert!(head.has("choices") && head.choices().next().is_none());
+        assert_eq!(head.get("choices"), Some(&Json::Null));
+        assert_eq!(
+            head.get("usage").map(Json::to_value),
+            Some(json!({"prompt_tokens": 3, "completion_tokens": 1}))
+        );
+        assert_eq!(head.str("msg"), Some("ok"));
+        let whole = Chunk::parse(std::str::from_utf8(body).unwrap()).unwrap();
+        let choices: Vec<_> = whole.choices().collect();
+        assert_eq!(choices.len(), 1);
+        assert_eq!(choices[0].str("finish_reason"), Some("stop"));
+        // What is left unread is still checked.
+        assert!(Chunk::head(br#"{"choices":[1,}"#).is_none());
+    }
+
+    #[test]
+    fn only_one_json_object_is_read() {
+        for body in [
+            "[1,2]",
+            "\"text\"",
+            "{\"choices\":[1,}",
+            "{\"a\":1} trailing",
+            "{\"a\":1}{\"b\":2}",
+            "",
+        ] {
+            assert!(Chunk::parse(body).is_none(), "{body}");
+            assert!(Chunk::head(body.as_bytes()).is_none(), "{body}");
+        }
+        assert!(Chunk::parse(" {\"a\":[{\"b\":\"\\u00e9\"}]} \n").is_some());
+        assert!(Chunk::head(b"{\"a\":\"\xff\"}").is_none(), "not UTF-8");
+        // What is left unread is only checked for syntax, as before this view: a backend
+        // that cut a character in two in its answer's text is still metered.
+        assert!(Chunk::head(b"{\"choices\":[\"\xe6\x88\"]}").is_some());
+    }
+
+    #[test]
+    fn text_and_a_parsed_map_read_the_same() {
+        let text = r#"{"id":"c1","object":"chat.completion.chunk","created":7,
+            "choices":[{"index":0,"delta":{"content":"h\u00e9"},"finish_reason":null},3,
+                       {"index":1,"delta":{},"finish_reason":""}],
+            "usage":null,"blocked":true,"n":"a\"b","x":[1.5,-2,{"y":[]}],"id":"c2"}"#;
+        let map = serde_json::from_str::<Map<String, Value>>(text).unwrap();
+        let (parsed, of_map) = (Chunk::parse(text).unwrap(), Chunk::of(&map));
+        for chunk in [&parsed, &of_map] {
+            assert_eq!(chunk.to_map(), map);
+            // A name sent twice is its last value, once.
+            assert_eq!(chunk.str("id"), Some("c2"));
+            assert_eq!(chunk.members().filter(|(name, _)| *name == "id").count(), 1);
+            assert_eq!(chunk.str("n"), Some("a\"b"));
+            assert_eq!(chunk.get("created").and_then(Json::as_u64), Some(7));
+            assert!(chunk.get("usage").unwrap().is_null());
+            assert_eq!(chunk.get("blocked").and_then(Json::as_bool), Some(true));
+            assert_eq!(chunk.str("created"), None);
+            assert!(!chunk.has("model"));
+            let choices: Vec<_> = chunk.choices().collect();
+            assert_eq!(choices.len(), 2, "the 3 is not a choice");
+            let delta = choices[0].get("delta").unwrap();
+            assert_eq!(delta.get("content").and_then(Json::as_str), Some("hé"));
+            assert_eq!(choices[1].str("finish_reason"), Some(""));
+        }
+    }
+}
