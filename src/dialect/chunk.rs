@@ -7,8 +7,12 @@
 
 use std::borrow::Cow;
 
+use foldhash::HashMap;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+/// Objects of up to this many members are checked for repeated names by scanning.
+const SCANNED_UP_TO: usize = 16;
 
 /// A JSON object: its members in the order sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,13 +64,26 @@ impl<'a> Chunk<'a> {
         }
     }
 
-    /// The members, each name once with its last value (as a map keeps them).
+    /// The members, each name once with its last value (as a map keeps them). Whether a
+    /// name comes again is seen by scanning the later members while they are few, by an
+    /// index beyond: an object of many members (a backend's to send) costs no quadratic
+    /// time.
     pub fn members(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
         let members = &self.members;
-        members.iter().enumerate().filter_map(|(i, (name, value))| {
-            let repeated = members[i + 1..].iter().any(|(later, _)| later == name);
-            (!repeated).then_some((name.as_ref(), value))
-        })
+        let last: Option<HashMap<&str, usize>> = (members.len() > SCANNED_UP_TO).then(|| {
+            let places = members.iter().enumerate();
+            places.map(|(i, (name, _))| (name.as_ref(), i)).collect()
+        });
+        members
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, (name, value))| {
+                let repeated = match &last {
+                    Some(last) => last[name.as_ref()] != i,
+                    None => members[i + 1..].iter().any(|(later, _)| later == name),
+                };
+                (!repeated).then_some((name.as_ref(), value))
+            })
     }
 
     /// The member called `name` (the last, if it was sent twice).
@@ -353,5 +370,19 @@ mod tests {
             assert_eq!(delta.get("content").and_then(Json::as_str), Some("hé"));
             assert_eq!(choices[1].str("finish_reason"), Some(""));
         }
+    }
+
+    #[test]
+    fn many_members_are_each_read_once_with_their_last_value() {
+        let mut text = String::from("{");
+        for i in 0..50_000 {
+            text += &format!("\"m{i}\":{i},");
+        }
+        text += "\"m7\":\"again\"}";
+        let chunk = Chunk::parse(&text).unwrap();
+        assert_eq!(chunk.members().count(), 50_000);
+        let sevens: Vec<_> = chunk.members().filter(|(name, _)| *name == "m7").collect();
+        assert_eq!(sevens, [("m7", &Json::String("again".into()))]);
+        assert_eq!(chunk.str("m7"), Some("again"));
     }
 }
