@@ -14,8 +14,8 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::chunk::{Chunk, Json};
 use super::framing::{self, Event};
+use super::json::{Json, Object};
 use super::observe::{Observed, collect};
 use super::{RelayFacts, Route, Wire};
 use crate::billing::TokenCounts;
@@ -84,7 +84,7 @@ impl Wire for Anthropic {
         StreamFormat::Sse
     }
 
-    fn observe(&self, seen: &mut Observed, v: &Chunk) {
+    fn observe(&self, seen: &mut Observed, v: &Object) {
         match v.str("type") {
             // A whole answer, or the message a stream starts with.
             Some("message") => take_usage(seen, v.get("usage")),
@@ -100,8 +100,8 @@ impl Wire for Anthropic {
         }
     }
 
-    fn deliver(&self, seen: &mut Observed, v: &Chunk) {
-        let parts: Vec<&Chunk> = match v.str("type") {
+    fn deliver(&self, seen: &mut Observed, v: &Object) {
+        let parts: Vec<&Object> = match v.str("type") {
             Some("content_block_delta") => v
                 .get("delta")
                 .and_then(Json::as_object)
@@ -133,7 +133,7 @@ impl Wire for Anthropic {
         }
     }
 
-    fn frame(&self, event: &Event, chunk: &Chunk, _relay: &RelayFacts) -> Bytes {
+    fn frame(&self, event: &Event, chunk: &Object, _relay: &RelayFacts) -> Bytes {
         let name = event
             .name
             .as_deref()
@@ -243,12 +243,12 @@ mod tests {
             "type": "message", "role": "assistant", "content": [], "usage": {
             "input_tokens": 25, "cache_creation_input_tokens": 1000,
             "cache_read_input_tokens": 2000, "output_tokens": 1}}}));
-        Anthropic.observe(&mut seen, &Chunk::of(&start));
+        Anthropic.observe(&mut seen, &Object::of(&start));
         assert!(!seen.finished);
         let delta = obj(json!({"type": "message_delta",
             "delta": {"stop_reason": "end_turn", "stop_sequence": null},
             "usage": {"output_tokens": 15}}));
-        Anthropic.observe(&mut seen, &Chunk::of(&delta));
+        Anthropic.observe(&mut seen, &Object::of(&delta));
         assert!(seen.finished);
         assert_eq!(
             seen.usage,
@@ -265,7 +265,7 @@ mod tests {
         let answer = br#"{"type": "message", "usage": {"input_tokens": 25,
             "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 2000,
             "output_tokens": 15}}"#;
-        Anthropic.observe(&mut whole, &Chunk::head(answer).unwrap());
+        Anthropic.observe(&mut whole, &Object::head(answer).unwrap());
         assert_eq!(whole.usage, seen.usage);
     }
 
@@ -275,7 +275,7 @@ mod tests {
             name: Some("content_block_delta".into()),
             data: r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#.into(),
         };
-        let chunk = Chunk::parse(&event.data).unwrap();
+        let chunk = Object::parse(&event.data).unwrap();
         let facts = RelayFacts {
             created: 0,
             bare_json: false,

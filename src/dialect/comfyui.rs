@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::chunk::{Chunk, Json};
+use super::json::{Json, Object};
 use super::request::{MAX_RESULTS, Members, ModelAt};
 use super::{Does, Route, TaskPoll, TaskState, Wire};
 use crate::billing::Units;
@@ -148,7 +148,7 @@ impl Wire for ComfyUi {
         self.path(endpoint)
     }
 
-    fn error(&self, v: &Chunk) -> Option<Value> {
+    fn error(&self, v: &Object) -> Option<Value> {
         envelope_error(v)
     }
 
@@ -192,7 +192,7 @@ impl Wire for ComfyUi {
 
 /// GenStudio's task APIs answer `{"code", "msg", "data"}`: a `code` other than 0 is an
 /// error, whatever the HTTP status.
-pub fn envelope_error(v: &Chunk) -> Option<Value> {
+pub fn envelope_error(v: &Object) -> Option<Value> {
     match v.get("code") {
         Some(Json::Number(code)) if code.as_i64() != Some(0) => {
             let message = v.str("msg");
@@ -272,9 +272,9 @@ mod tests {
         assert_eq!(ComfyUi.task_state(&answer(4)), Some(TaskState::Failed));
         assert_eq!(ComfyUi.task_state(&answer(5)), Some(TaskState::Failed));
         assert_eq!(ComfyUi.units(Endpoint::Images, &answer(3)).images, 2);
-        assert!(ComfyUi.error(&Chunk::of(&answer(3))).is_none());
+        assert!(ComfyUi.error(&Object::of(&answer(3))).is_none());
         let error = obj(json!({"code": 60000, "msg": "no such workflow"}));
-        let error = ComfyUi.error(&Chunk::parse(&Value::Object(error).to_string()).unwrap());
+        let error = ComfyUi.error(&Object::parse(&Value::Object(error).to_string()).unwrap());
         assert_eq!(error.unwrap()["error"]["code"], 60000);
         let submitted = obj(json!({"code": 0, "msg": "ok", "data": {"prompt_id": "p9"}}));
         assert_eq!(ComfyUi.task_id(&submitted).as_deref(), Some("p9"));

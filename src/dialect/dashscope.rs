@@ -10,8 +10,8 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::chunk::{Chunk, Json};
 use super::framing::{self, Event};
+use super::json::{Json, Object};
 use super::observe::{self, Observed, collect};
 use super::{RelayFacts, Route, Wire};
 use crate::config::{Endpoint, StreamFormat};
@@ -90,7 +90,7 @@ impl Wire for DashScope {
         StreamFormat::Sse
     }
 
-    fn error(&self, v: &Chunk) -> Option<Value> {
+    fn error(&self, v: &Object) -> Option<Value> {
         let code = v.str("code").filter(|c| !c.is_empty());
         match code {
             Some(code) if !v.has("output") => {
@@ -106,7 +106,7 @@ impl Wire for DashScope {
         }
     }
 
-    fn observe(&self, seen: &mut Observed, v: &Chunk) {
+    fn observe(&self, seen: &mut Observed, v: &Object) {
         seen.observe(v);
         let Some(output) = v.get("output") else {
             return;
@@ -127,7 +127,7 @@ impl Wire for DashScope {
     /// Without `incremental_output` each event repeats the answer so far: an event longer
     /// than everything delivered that starts with it replaces it rather than adding to it.
     /// (Only estimates read this text, when a backend sends no usage at all.)
-    fn deliver(&self, seen: &mut Observed, v: &Chunk) {
+    fn deliver(&self, seen: &mut Observed, v: &Object) {
         let Some(output) = v.get("output") else {
             return;
         };
@@ -159,7 +159,7 @@ impl Wire for DashScope {
         true
     }
 
-    fn frame(&self, event: &Event, _chunk: &Chunk, relay: &RelayFacts) -> Bytes {
+    fn frame(&self, event: &Event, _chunk: &Object, relay: &RelayFacts) -> Bytes {
         result_event(relay.sent + 1, &event.data)
     }
 
@@ -226,14 +226,14 @@ mod tests {
     fn errors_are_found_with_any_status_and_answers_are_not_errors() {
         let error = obj(json!({"code": "InvalidParameter", "message": "bad input",
             "request_id": "r1"}));
-        let mapped = DashScope.error(&Chunk::of(&error)).unwrap();
+        let mapped = DashScope.error(&Object::of(&error)).unwrap();
         assert_eq!(mapped["error"]["code"], "InvalidParameter");
         assert_eq!(mapped["error"]["message"], "bad input");
         let answer = obj(json!({"output": {"text": "hi", "finish_reason": "stop"},
             "usage": {"input_tokens": 3, "output_tokens": 1}, "request_id": "r2"}));
-        assert!(DashScope.error(&Chunk::of(&answer)).is_none());
+        assert!(DashScope.error(&Object::of(&answer)).is_none());
         let empty_code = obj(json!({"code": "", "output": {}}));
-        assert!(DashScope.error(&Chunk::of(&empty_code)).is_none());
+        assert!(DashScope.error(&Object::of(&empty_code)).is_none());
     }
 
     #[test]
@@ -247,7 +247,7 @@ mod tests {
             );
             assert!(!seen.finished);
             let text = Value::Object(event).to_string();
-            let event = Chunk::parse(&text).unwrap();
+            let event = Object::parse(&text).unwrap();
             DashScope.observe(&mut seen, &event);
             DashScope.deliver(&mut seen, &event);
         }
@@ -259,7 +259,7 @@ mod tests {
         let mut seen = Observed::default();
         for text in ["我", "我是", "我是千问"] {
             let event = obj(json!({"output": {"text": text}}));
-            DashScope.deliver(&mut seen, &Chunk::of(&event));
+            DashScope.deliver(&mut seen, &Object::of(&event));
         }
         assert_eq!(seen.delivered_text, "我是千问");
     }

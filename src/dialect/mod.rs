@@ -2,13 +2,14 @@
 //! names its `dialect`; one file per dialect says what its backends expect and send (the
 //! path of each endpoint, headers, stream framing, where usage, the answer's end and
 //! errors are found) and how its streams reach the client. What most dialects share is
-//! the OpenAI shape: `framing` cuts streams into events, `chunk` reads each event (or a
-//! whole answer) where it lies, `observe` reads usage and errors in every shape
-//! OpenAI-like backends use, and `openai` relays chunks as OpenAI's SDKs expect. Adding
-//! a dialect is a file here, its line in `DIALECTS` and a simulator profile.
+//! the OpenAI shape: `framing` cuts streams into events, `json` reads each event (or a
+//! whole answer) into a tree that borrows its text, `observe` reads usage and errors in
+//! every shape OpenAI-like backends use, and `openai` relays chunks as OpenAI's SDKs
+//! expect. Adding a dialect is a file here, its line in `DIALECTS` and a simulator
+//! profile.
 
-pub mod chunk;
 pub mod framing;
+pub mod json;
 pub mod observe;
 pub mod request;
 
@@ -25,8 +26,8 @@ use serde_json::{Map, Value};
 use crate::billing::Units;
 use crate::config::{Endpoint, StreamFormat};
 use crate::error::Error;
-use chunk::Chunk;
 use framing::Event;
+use json::Object;
 use observe::Observed;
 use request::{Members, ModelAt, PROMPT_MEMBERS};
 
@@ -164,17 +165,17 @@ pub trait Wire: Sync {
     }
 
     /// If a JSON answer or stream event is an error, that error in OpenAI's shape.
-    fn error(&self, v: &Chunk) -> Option<Value> {
+    fn error(&self, v: &Object) -> Option<Value> {
         observe::as_error(v)
     }
 
     /// Notes usage, the answer's end and moderation verdicts from an answer or event.
-    fn observe(&self, seen: &mut Observed, v: &Chunk) {
+    fn observe(&self, seen: &mut Observed, v: &Object) {
         seen.observe(v);
     }
 
     /// Adds the text of an answer or event the client received (the basis of estimates).
-    fn deliver(&self, seen: &mut Observed, v: &Chunk) {
+    fn deliver(&self, seen: &mut Observed, v: &Object) {
         seen.deliver(v);
     }
 
@@ -190,7 +191,7 @@ pub trait Wire: Sync {
     }
 
     /// The frame the client gets for an event the backend sent (`chunk` is its JSON).
-    fn frame(&self, event: &Event, chunk: &Chunk, relay: &RelayFacts) -> Bytes {
+    fn frame(&self, event: &Event, chunk: &Object, relay: &RelayFacts) -> Bytes {
         openai::frame(event, chunk, relay)
     }
 

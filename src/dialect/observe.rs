@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::chunk::{Chunk, Json};
+use super::json::{Json, Object};
 use crate::billing::{TokenCounts, Units};
 use crate::error::openai_error;
 use crate::metering::estimate::collect_text;
@@ -26,7 +26,7 @@ pub struct Observed {
 
 impl Observed {
     /// Notes usage, finish and moderation from a response or chunk.
-    pub fn observe(&mut self, v: &Chunk) {
+    pub fn observe(&mut self, v: &Object) {
         // One pass over the members, as in `parse_usage`.
         for (name, value) in v.members() {
             match name {
@@ -51,7 +51,7 @@ impl Observed {
     }
 
     /// Adds the text of a chunk or response the client received.
-    pub fn deliver(&mut self, v: &Chunk) {
+    pub fn deliver(&mut self, v: &Object) {
         for choice in v.choices() {
             let Some(part) =
                 (choice.get("delta").or_else(|| choice.get("message"))).and_then(Json::as_object)
@@ -127,7 +127,7 @@ pub fn parse_usage(usage: &Json) -> Option<TokenCounts> {
 /// If `v` is an error object in any shape backends use, the same error in OpenAI's shape.
 /// Shapes: OpenAI `{"error":{...}}`, flat `{"error":"msg","code":..}`,
 /// vLLM/LMDeploy `{"object":"error","message":..}`, GenStudio `{"code":60000,"msg":..}`.
-pub fn as_error(v: &Chunk) -> Option<Value> {
+pub fn as_error(v: &Object) -> Option<Value> {
     // Most answers and chunks are no error: one pass over the members tells.
     let (mut error, mut error_object, mut msg, mut results) = (false, false, false, false);
     for (name, value) in v.members() {
@@ -199,13 +199,13 @@ mod tests {
     fn an_answer_head_is_read_for_usage_and_errors() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],
             "usage":{"prompt_tokens":3,"completion_tokens":1},"m\u0073g":"ok"}"#;
-        let head = Chunk::head(body).unwrap();
+        let head = Object::head(body).unwrap();
         // `choices` still counts as present: a `msg` beside it is not an error.
         assert_eq!(as_error(&head), None);
         let mut seen = Observed::default();
         seen.observe(&head);
         assert_eq!(seen.usage.map(|u| (u.prompt, u.completion)), Some((3, 1)));
-        let error = Chunk::head(br#"{"code":60000,"msg":"busy"}"#).unwrap();
+        let error = Object::head(br#"{"code":60000,"msg":"busy"}"#).unwrap();
         assert!(as_error(&error).is_some());
     }
 
@@ -216,7 +216,7 @@ mod tests {
             {"message":{"content":[{"text":"c"},"d"]},"finish_reason":"stop"}],
             "moderation":{"sensitive":true,"category":"x"}}"#;
         let mut seen = Observed::default();
-        let chunk = Chunk::parse(text).unwrap();
+        let chunk = Object::parse(text).unwrap();
         seen.observe(&chunk);
         seen.deliver(&chunk);
         assert!(seen.finished);
@@ -226,7 +226,7 @@ mod tests {
             Some(r#"{"sensitive":true,"category":"x"}"#)
         );
         let mut unfinished = Observed::default();
-        unfinished.observe(&Chunk::parse(r#"{"choices":[{"finish_reason":""}]}"#).unwrap());
+        unfinished.observe(&Object::parse(r#"{"choices":[{"finish_reason":""}]}"#).unwrap());
         assert!(!unfinished.finished);
     }
 
@@ -235,9 +235,9 @@ mod tests {
         let mut seen = Observed::default();
         for n in 1..=3 {
             let usage = obj(json!({"usage": {"prompt_tokens": 5, "completion_tokens": n}}));
-            seen.observe(&Chunk::of(&usage));
+            seen.observe(&Object::of(&usage));
         }
-        seen.observe(&Chunk::of(&obj(json!({"usage": null}))));
+        seen.observe(&Object::of(&obj(json!({"usage": null}))));
         assert_eq!(
             seen.usage,
             Some(TokenCounts {
@@ -290,9 +290,9 @@ mod tests {
     #[test]
     fn genstudio_errors_keep_their_code() {
         let error = obj(json!({"code": 60000, "msg": "Wrong Bearer Token"}));
-        let err = as_error(&Chunk::of(&error)).unwrap();
+        let err = as_error(&Object::of(&error)).unwrap();
         assert_eq!(err["error"]["code"], 60000);
         assert_eq!(err["error"]["message"], "Wrong Bearer Token");
-        assert!(as_error(&Chunk::of(&obj(json!({"choices": [], "usage": null})))).is_none());
+        assert!(as_error(&Object::of(&obj(json!({"choices": [], "usage": null})))).is_none());
     }
 }

@@ -9,8 +9,8 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::chunk::Chunk;
 use super::framing::{self, Event};
+use super::json::Object;
 use super::{RelayFacts, Route, To, Wire};
 use crate::config::Endpoint;
 
@@ -72,7 +72,7 @@ pub fn path(endpoint: Endpoint) -> Option<&'static str> {
 }
 
 /// A chunk as OpenAI's SDKs expect it; the backend's own text when nothing changed.
-pub fn frame(event: &Event, chunk: &Chunk, relay: &RelayFacts) -> Bytes {
+pub fn frame(event: &Event, chunk: &Object, relay: &RelayFacts) -> Bytes {
     let normalised;
     let json = match normalise(chunk, relay.created, relay.bare_json) {
         Some(chunk) => {
@@ -97,7 +97,7 @@ pub fn error_frame(error: &Value) -> Bytes {
 /// A last chunk like `last` with no content and `finish_reason: "length"`, then `[DONE]`.
 pub fn length_end(mut last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
     last.remove("usage");
-    let normalised = normalise(&Chunk::of(&last), relay.created, true);
+    let normalised = normalise(&Object::of(&last), relay.created, true);
     let mut last = normalised.unwrap_or(last);
     last.insert(
         "choices".into(),
@@ -110,7 +110,7 @@ pub fn length_end(mut last: Map<String, Value>, relay: &RelayFacts) -> Bytes {
 /// A chunk made complete for OpenAI clients, if it is not: `object` and `created` present
 /// (`created` replaced too when `one_created`), and LMDeploy's `finish_reason: ""` as
 /// `null`. `None` when nothing changes, as for nearly every chunk.
-fn normalise(chunk: &Chunk, created: i64, one_created: bool) -> Option<Map<String, Value>> {
+fn normalise(chunk: &Object, created: i64, one_created: bool) -> Option<Map<String, Value>> {
     let add_object = !chunk.has("object");
     let set_created = match chunk.get("created") {
         None => true,

@@ -13,8 +13,8 @@
 
 use serde_json::{Map, Value, json};
 
-use super::chunk::Chunk;
 use super::comfyui::envelope_error;
+use super::json::Object;
 use super::request::{Members, ModelAt, whole_number};
 use super::{Does, Route, TaskPoll, TaskState, Wire};
 use crate::billing::Units;
@@ -100,7 +100,7 @@ impl Wire for Sd {
         self.path(endpoint)
     }
 
-    fn error(&self, v: &Chunk) -> Option<Value> {
+    fn error(&self, v: &Object) -> Option<Value> {
         envelope_error(v)
     }
 
@@ -200,9 +200,9 @@ mod tests {
         let poll = Sd.task_poll("t9", &Map::new()).unwrap();
         assert_eq!(poll.path, "/get_result");
         assert_eq!(poll.body.unwrap(), json!({"task_id": "t9"}));
-        assert!(Sd.error(&Chunk::of(&result(json!(3)))).is_none());
+        assert!(Sd.error(&Object::of(&result(json!(3)))).is_none());
         let error = obj(json!({"code": 10001, "msg": "prompt is required"}));
-        let error = Sd.error(&Chunk::of(&error));
+        let error = Sd.error(&Object::of(&error));
         assert_eq!(error.unwrap()["error"]["code"], 10001);
         assert_eq!(Sd.path(Endpoint::Images), Some("/create"));
         assert_eq!(Sd.path(Endpoint::Chat), None);

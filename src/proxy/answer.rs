@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
 use crate::billing::record::Status;
-use crate::dialect::chunk::Chunk;
+use crate::dialect::json::Object;
 use crate::error::openai_error;
 use crate::server::ApiError;
 use crate::upstream::Upstream;
@@ -85,7 +85,7 @@ pub async fn upstream_error(upstream: &Upstream, response: UpstreamResponse) -> 
         .await
         .unwrap_or_default();
     let parsed = serde_json::from_slice::<Map<String, Value>>(&body).ok();
-    let mapped = (parsed.as_ref()).and_then(|v| upstream.wire().error(&Chunk::of(v)));
+    let mapped = (parsed.as_ref()).and_then(|v| upstream.wire().error(&Object::of(v)));
     let status = match backend_status.as_u16() {
         400 | 422 => StatusCode::BAD_REQUEST,
         413 => StatusCode::PAYLOAD_TOO_LARGE,

@@ -17,7 +17,7 @@ use super::settle::{Exchange, Outcome, Served, fail, finish};
 use super::stream;
 use crate::billing::record::{Attempt, AttemptOutcome, Status};
 use crate::config::Endpoint;
-use crate::dialect::chunk::Chunk;
+use crate::dialect::json::Object;
 use crate::dialect::observe::Observed;
 use crate::server::ApiError;
 use crate::state::AppState;
@@ -249,7 +249,7 @@ async fn answered(
 ) -> Result<(Bytes, Outcome), (Status, ApiError)> {
     let limit = state.config().server.max_response_bytes;
     let body = read_body(response, limit, served.upstream.idle_timeout).await?;
-    let Some(parsed) = Chunk::head(&body) else {
+    let Some(parsed) = Object::head(&body) else {
         let error =
             ApiError::BadGateway("the backend answered with a body that is not JSON".into());
         return Err((Status::UpstreamError, error));
@@ -273,7 +273,7 @@ async fn answered(
         && let Ok(whole) = serde_json::from_slice::<Map<String, Value>>(&body)
     {
         if observed.usage.is_none() {
-            wire.deliver(&mut observed, &Chunk::of(&whole));
+            wire.deliver(&mut observed, &Object::of(&whole));
         }
         observed.units = wire.units(endpoint, &whole);
     }

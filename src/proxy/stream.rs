@@ -16,8 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::settle::{Exchange, Outcome, Served, commit, fail};
 use crate::billing::record::Status;
 use crate::config::{DisconnectPolicy, MeteringConfig};
-use crate::dialect::chunk::{Chunk, Json};
 use crate::dialect::framing::{Event, Framer};
+use crate::dialect::json::{Json, Object};
 use crate::dialect::observe::Observed;
 use crate::dialect::{RelayFacts, Wire};
 use crate::error::openai_error;
@@ -302,7 +302,7 @@ impl Relay {
     /// The first event, if it is an error: answered as an HTTP error instead of a stream.
     fn leading_error(&mut self) -> Option<End> {
         let first = self.events.first()?;
-        let parsed = Chunk::parse(&first.data)?;
+        let parsed = Object::parse(&first.data)?;
         let error = self.wire.error(&parsed)?;
         self.events.clear();
         Some(End::InBand(error))
@@ -315,7 +315,7 @@ impl Relay {
             if self.wire.is_done(&event) {
                 return Some(End::Done);
             }
-            let Some(chunk) = Chunk::parse(&event.data) else {
+            let Some(chunk) = Object::parse(&event.data) else {
                 let message = "the backend sent an event that is not JSON".to_string();
                 return Some(End::Broken(Status::Partial, message));
             };
@@ -354,7 +354,7 @@ impl Relay {
     }
 
     /// True if the client took the frame; then its text counts as delivered.
-    async fn send(&mut self, frame: Bytes, chunk: Option<&Chunk<'_>>) -> bool {
+    async fn send(&mut self, frame: Bytes, chunk: Option<&Object<'_>>) -> bool {
         let Some(client) = &self.client else {
             return false;
         };
@@ -383,7 +383,7 @@ impl Relay {
 }
 
 /// The chunk that carries only usage (`choices: []`), sent because tollgate asked for it.
-fn is_usage_only(chunk: &Chunk) -> bool {
+fn is_usage_only(chunk: &Object) -> bool {
     chunk
         .get("choices")
         .and_then(Json::as_array)

@@ -17,7 +17,7 @@ use crate::auth::Caller;
 use crate::billing::record::Status;
 use crate::billing::{TokenCounts, Units};
 use crate::dialect::TaskState;
-use crate::dialect::chunk::Chunk;
+use crate::dialect::json::Object;
 use crate::dialect::observe::Observed;
 use crate::limits::Admission;
 use crate::limits::spending::Hold;
@@ -66,7 +66,7 @@ pub(super) async fn end_task(
     let (_, call) = task_call(task)?;
     let (status, error, word) = match end {
         TaskState::Succeeded => {
-            let chunk = Chunk::of(result);
+            let chunk = Object::of(result);
             wire.observe(&mut observed, &chunk);
             wire.deliver(&mut observed, &chunk);
             observed.units = Units {

@@ -27,7 +27,7 @@ use super::answer::{read_body, successful_body};
 use super::settle::{Exchange, Served, fail};
 use crate::auth::Caller;
 use crate::billing::record::Status;
-use crate::dialect::chunk::Chunk;
+use crate::dialect::json::Object;
 use crate::dialect::{self, Call, TaskState, Wire};
 use crate::server::ApiError;
 use crate::state::AppState;
@@ -100,7 +100,7 @@ pub(super) async fn submitted(
         None => Some(ApiError::BadGateway(
             "the backend answered the submission with a body that is not JSON".into(),
         )),
-        Some(v) => (upstream.wire().error(&Chunk::of(v))).map(|body| ApiError::Upstream {
+        Some(v) => (upstream.wire().error(&Object::of(v))).map(|body| ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body,
             retry_after: None,
@@ -258,7 +258,7 @@ pub(super) async fn ask_once(
     let answer = serde_json::from_slice::<Map<String, Value>>(&body).map_err(|_| {
         ApiError::BadGateway("the backend answered the poll with a body that is not JSON".into())
     })?;
-    if let Some(body) = upstream.wire().error(&Chunk::of(&answer)) {
+    if let Some(body) = upstream.wire().error(&Object::of(&answer)) {
         return Err(ApiError::Upstream {
             status: StatusCode::BAD_GATEWAY,
             body,

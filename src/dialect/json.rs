@@ -3,7 +3,7 @@
 //! members in a list, found by name without hashing (an object has a handful). A
 //! `serde_json::Map` allocated every key and string and hashed every key of every event:
 //! a third of a stream's instructions. Maps parsed already (a task's poll) are read
-//! through the same tree (`Chunk::of`).
+//! through the same tree (`Object::of`).
 
 use std::borrow::Cow;
 
@@ -16,7 +16,7 @@ const SCANNED_UP_TO: usize = 16;
 
 /// A JSON object: its members in the order sent.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Chunk<'a> {
+pub struct Object<'a> {
     members: Vec<(Cow<'a, str>, Json<'a>)>,
 }
 
@@ -28,38 +28,38 @@ pub enum Json<'a> {
     Number(Number),
     String(Cow<'a, str>),
     Array(Vec<Json<'a>>),
-    Object(Chunk<'a>),
+    Object(Object<'a>),
 }
 
-impl<'a> Chunk<'a> {
+impl<'a> Object<'a> {
     /// `text` if it is one JSON object (whitespace around it aside).
-    pub fn parse(text: &'a str) -> Option<Chunk<'a>> {
-        Chunk::read(serde_json::Deserializer::from_str(text), &[])
+    pub fn parse(text: &'a str) -> Option<Object<'a>> {
+        Object::read(serde_json::Deserializer::from_str(text), &[])
     }
 
     /// A whole answer's top level, its long parts (OpenAI's `choices` and `data`,
     /// DashScope's `output`) checked for syntax only and read as `null`: what an answer
     /// with its usage needs, whatever its length.
-    pub fn head(body: &'a [u8]) -> Option<Chunk<'a>> {
+    pub fn head(body: &'a [u8]) -> Option<Object<'a>> {
         let long = &["choices", "data", "output"];
-        Chunk::read(serde_json::Deserializer::from_slice(body), long)
+        Object::read(serde_json::Deserializer::from_slice(body), long)
     }
 
     fn read<R: serde_json::de::Read<'a>>(
         mut de: serde_json::Deserializer<R>,
         unread: &'static [&'static str],
-    ) -> Option<Chunk<'a>> {
-        let chunk = de.deserialize_map(Members { unread }).ok()?;
+    ) -> Option<Object<'a>> {
+        let object = de.deserialize_map(Members { unread }).ok()?;
         de.end().ok()?;
-        Some(chunk)
+        Some(object)
     }
 
     /// A map parsed already.
-    pub fn of(map: &'a Map<String, Value>) -> Chunk<'a> {
+    pub fn of(map: &'a Map<String, Value>) -> Object<'a> {
         let members = map
             .iter()
             .map(|(name, value)| (Cow::Borrowed(name.as_str()), Json::of(value)));
-        Chunk {
+        Object {
             members: members.collect(),
         }
     }
@@ -102,7 +102,7 @@ impl<'a> Chunk<'a> {
     }
 
     /// The objects in `choices`.
-    pub fn choices(&self) -> impl Iterator<Item = &Chunk<'a>> {
+    pub fn choices(&self) -> impl Iterator<Item = &Object<'a>> {
         self.get("choices").into_iter().flat_map(Json::objects)
     }
 
@@ -125,7 +125,7 @@ impl<'a> Json<'a> {
             Value::Number(n) => Json::Number(n.clone()),
             Value::String(s) => Json::String(Cow::Borrowed(s)),
             Value::Array(items) => Json::Array(items.iter().map(Json::of).collect()),
-            Value::Object(map) => Json::Object(Chunk::of(map)),
+            Value::Object(map) => Json::Object(Object::of(map)),
         }
     }
 
@@ -166,15 +166,15 @@ impl<'a> Json<'a> {
         }
     }
 
-    pub fn as_object(&self) -> Option<&Chunk<'a>> {
+    pub fn as_object(&self) -> Option<&Object<'a>> {
         match self {
-            Json::Object(chunk) => Some(chunk),
+            Json::Object(object) => Some(object),
             _ => None,
         }
     }
 
     /// The objects in this array (anything else in it is passed over).
-    pub fn objects(&self) -> impl Iterator<Item = &Chunk<'a>> {
+    pub fn objects(&self) -> impl Iterator<Item = &Object<'a>> {
         self.as_array()
             .into_iter()
             .flatten()
@@ -188,7 +188,7 @@ impl<'a> Json<'a> {
             Json::Number(n) => Value::Number(n.clone()),
             Json::String(s) => Value::String(s.clone().into_owned()),
             Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
-            Json::Object(chunk) => Value::Object(chunk.to_map()),
+            Json::Object(object) => Value::Object(object.to_map()),
         }
     }
 }
@@ -199,13 +199,13 @@ struct Members {
 }
 
 impl<'de> Visitor<'de> for Members {
-    type Value = Chunk<'de>;
+    type Value = Object<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Chunk<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
         // Room for an event's members at once: growing from none reallocates twice.
         let mut members = Vec::with_capacity(8);
         while let Some(Name(name)) = map.next_key()? {
@@ -218,7 +218,7 @@ impl<'de> Visitor<'de> for Members {
             };
             members.push((name, value));
         }
-        Ok(Chunk { members })
+        Ok(Object { members })
     }
 }
 
@@ -309,7 +309,7 @@ mod tests {
     fn a_head_reads_the_long_part_as_null_but_there() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],
             "usage":{"prompt_tokens":3,"completion_tokens":1},"m\u0073g":"ok"}"#;
-        let head = Chunk::head(body).unwrap();
+        let head = Object::head(body).unwrap();
         assert!(head.has("choices") && head.choices().next().is_none());
         assert_eq!(head.get("choices"), Some(&Json::Null));
         assert_eq!(
@@ -317,12 +317,12 @@ mod tests {
             Some(json!({"prompt_tokens": 3, "completion_tokens": 1}))
         );
         assert_eq!(head.str("msg"), Some("ok"));
-        let whole = Chunk::parse(std::str::from_utf8(body).unwrap()).unwrap();
+        let whole = Object::parse(std::str::from_utf8(body).unwrap()).unwrap();
         let choices: Vec<_> = whole.choices().collect();
         assert_eq!(choices.len(), 1);
         assert_eq!(choices[0].str("finish_reason"), Some("stop"));
         // What is left unread is still checked.
-        assert!(Chunk::head(br#"{"choices":[1,}"#).is_none());
+        assert!(Object::head(br#"{"choices":[1,}"#).is_none());
     }
 
     #[test]
@@ -335,14 +335,14 @@ mod tests {
             "{\"a\":1}{\"b\":2}",
             "",
         ] {
-            assert!(Chunk::parse(body).is_none(), "{body}");
-            assert!(Chunk::head(body.as_bytes()).is_none(), "{body}");
+            assert!(Object::parse(body).is_none(), "{body}");
+            assert!(Object::head(body.as_bytes()).is_none(), "{body}");
         }
-        assert!(Chunk::parse(" {\"a\":[{\"b\":\"\\u00e9\"}]} \n").is_some());
-        assert!(Chunk::head(b"{\"a\":\"\xff\"}").is_none(), "not UTF-8");
+        assert!(Object::parse(" {\"a\":[{\"b\":\"\\u00e9\"}]} \n").is_some());
+        assert!(Object::head(b"{\"a\":\"\xff\"}").is_none(), "not UTF-8");
         // What is left unread is only checked for syntax, as before this view: a backend
         // that cut a character in two in its answer's text is still metered.
-        assert!(Chunk::head(b"{\"choices\":[\"\xe6\x88\"]}").is_some());
+        assert!(Object::head(b"{\"choices\":[\"\xe6\x88\"]}").is_some());
     }
 
     #[test]
@@ -352,19 +352,22 @@ mod tests {
                        {"index":1,"delta":{},"finish_reason":""}],
             "usage":null,"blocked":true,"n":"a\"b","x":[1.5,-2,{"y":[]}],"id":"c2"}"#;
         let map = serde_json::from_str::<Map<String, Value>>(text).unwrap();
-        let (parsed, of_map) = (Chunk::parse(text).unwrap(), Chunk::of(&map));
-        for chunk in [&parsed, &of_map] {
-            assert_eq!(chunk.to_map(), map);
+        let (parsed, of_map) = (Object::parse(text).unwrap(), Object::of(&map));
+        for object in [&parsed, &of_map] {
+            assert_eq!(object.to_map(), map);
             // A name sent twice is its last value, once.
-            assert_eq!(chunk.str("id"), Some("c2"));
-            assert_eq!(chunk.members().filter(|(name, _)| *name == "id").count(), 1);
-            assert_eq!(chunk.str("n"), Some("a\"b"));
-            assert_eq!(chunk.get("created").and_then(Json::as_u64), Some(7));
-            assert!(chunk.get("usage").unwrap().is_null());
-            assert_eq!(chunk.get("blocked").and_then(Json::as_bool), Some(true));
-            assert_eq!(chunk.str("created"), None);
-            assert!(!chunk.has("model"));
-            let choices: Vec<_> = chunk.choices().collect();
+            assert_eq!(object.str("id"), Some("c2"));
+            assert_eq!(
+                object.members().filter(|(name, _)| *name == "id").count(),
+                1
+            );
+            assert_eq!(object.str("n"), Some("a\"b"));
+            assert_eq!(object.get("created").and_then(Json::as_u64), Some(7));
+            assert!(object.get("usage").unwrap().is_null());
+            assert_eq!(object.get("blocked").and_then(Json::as_bool), Some(true));
+            assert_eq!(object.str("created"), None);
+            assert!(!object.has("model"));
+            let choices: Vec<_> = object.choices().collect();
             assert_eq!(choices.len(), 2, "the 3 is not a choice");
             let delta = choices[0].get("delta").unwrap();
             assert_eq!(delta.get("content").and_then(Json::as_str), Some("hé"));
@@ -379,10 +382,10 @@ mod tests {
             text += &format!("\"m{i}\":{i},");
         }
         text += "\"m7\":\"again\"}";
-        let chunk = Chunk::parse(&text).unwrap();
-        assert_eq!(chunk.members().count(), 50_000);
-        let sevens: Vec<_> = chunk.members().filter(|(name, _)| *name == "m7").collect();
+        let object = Object::parse(&text).unwrap();
+        assert_eq!(object.members().count(), 50_000);
+        let sevens: Vec<_> = object.members().filter(|(name, _)| *name == "m7").collect();
         assert_eq!(sevens, [("m7", &Json::String("again".into()))]);
-        assert_eq!(chunk.str("m7"), Some("again"));
+        assert_eq!(object.str("m7"), Some("again"));
     }
 }
