@@ -65,9 +65,9 @@ impl<'a> Object<'a> {
     }
 
     /// The members, each name once with its last value (as a map keeps them). Whether a
-    /// name comes again is seen by scanning the later members while they are few, by an
-    /// index beyond: an object of many members (a backend's to send) costs no quadratic
-    /// time.
+    /// name comes again is seen by scanning the later members while they are few, and
+    /// through an index beyond, so that an object of many members (which a backend may
+    /// send) costs no quadratic time.
     pub fn members(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
         let members = &self.members;
         let last: Option<HashMap<&str, usize>> = (members.len() > SCANNED_UP_TO).then(|| {
