@@ -408,3 +408,78 @@ async fn with_the_abort_policy_a_client_that_leaves_is_billed_an_estimate() {
         record.completion_tokens
     );
 }
+
+/// Streams that end every way at once, on a prepaid account whose balance runs short:
+/// read to the end, capped at their hold (`finish_reason: "length"`), cut, truncated,
+/// ended by an in-band error, or left by their client after the first chunk. Each stream
+/// admitted leaves one record, and the ledger keeps the money invariant with nothing held.
+#[tokio::test]
+async fn concurrent_streams_ending_every_way_keep_the_money_invariant() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use crate::spending::{set_billing, top_up};
+
+    let app = TestApp::spawn().await;
+    set_billing(&app, json!({"billing_mode": "prepaid"})).await;
+    assert_eq!(top_up(&app, "s-1", json!("0.2")).await.0, 201);
+    let mut rng = SmallRng::seed_from_u64(29);
+    let asks: Vec<(Value, bool)> = (0..48)
+        .map(|_| {
+            let completion = rng.random_range(1..4000u64);
+            let mut knobs = json!({
+                "prompt_tokens": rng.random_range(1..4000u64),
+                "completion_tokens": completion,
+                "chunks": rng.random_range(2..30u64),
+                "chunk_delay_ms": 2,
+            });
+            if let Some(fault) = ["cut", "truncate", "inband_error"].get(rng.random_range(0..6)) {
+                knobs["fault"] = json!(fault);
+            }
+            let mut body = chat(None, "hi", true, knobs);
+            if rng.random_bool(0.5) {
+                // Less than the backend reports: the hold covers this many, so the relay
+                // ends the answer where it passes them.
+                body["max_tokens"] = json!(rng.random_range(1..=completion));
+            }
+            (body, rng.random_bool(0.25))
+        })
+        .collect();
+    let sent = asks.iter().map(|(body, leaves)| async {
+        let mut response = app
+            .post("/maas/megrez-7b-instruct/nvidia/chat/completions", body)
+            .await;
+        let status = response.status().as_u16();
+        let id = (status == 200).then(|| request_id(&response));
+        if *leaves {
+            let _ = response.chunk().await;
+        } else {
+            let _ = response.bytes().await;
+        }
+        (status, id)
+    });
+    let answered = futures_util::future::join_all(sent).await;
+    let ids: Vec<&String> = answered.iter().filter_map(|(_, id)| id.as_ref()).collect();
+    assert!(ids.len() >= 8, "most streams are admitted: {answered:?}");
+    assert!(
+        answered.iter().any(|(status, _)| *status == 402),
+        "the balance runs short: {answered:?}"
+    );
+    let mut statuses = std::collections::BTreeSet::new();
+    for id in &ids {
+        statuses.insert(app.eventual_record(id).await.status);
+    }
+    for status in ["ok", "partial", "upstream_error", "client_disconnected"] {
+        assert!(
+            statuses.contains(status),
+            "no {status} stream: {statuses:?}"
+        );
+    }
+    let figures = helpers::money::assert_invariant(&app, 1).await;
+    assert_eq!(figures.records, ids.len(), "one record per admitted stream");
+    assert_eq!(figures.held, rust_decimal::Decimal::ZERO);
+    assert!(
+        figures.balance >= rust_decimal::Decimal::ZERO,
+        "{figures:?}"
+    );
+}
