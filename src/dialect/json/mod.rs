@@ -1,15 +1,18 @@
 //! One JSON object a backend sent (a stream's event, a whole answer, a task's poll), read in
-//! one pass into a tree that borrows its strings from the text and keeps each object's
-//! members in a list, found by name without hashing (an object has a handful). A
+//! one pass (`parse`) into a tree that borrows its strings from the text and keeps each
+//! object's members in a list, found by name without hashing (an object has a handful). A
 //! `serde_json::Map` allocated every key and string and hashed every key of every event:
 //! a third of a stream's instructions. Maps parsed already (a task's poll) are read
 //! through the same tree (`Object::of`).
 
+mod parse;
+
 use std::borrow::Cow;
 
 use foldhash::HashMap;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+
+use parse::Parser;
 
 /// Objects of up to this many members are checked for repeated names by scanning.
 const SCANNED_UP_TO: usize = 16;
@@ -34,7 +37,7 @@ pub enum Json<'a> {
 impl<'a> Object<'a> {
     /// `text` if it is one JSON object (whitespace around it aside).
     pub fn parse(text: &'a str) -> Option<Object<'a>> {
-        Object::read(serde_json::Deserializer::from_str(text), &[])
+        Parser::new(text.as_bytes(), Some(text)).whole_object(&[])
     }
 
     /// A whole answer's top level, its long parts (OpenAI's `choices` and `data`,
@@ -42,16 +45,7 @@ impl<'a> Object<'a> {
     /// with its usage needs, whatever its length.
     pub fn head(body: &'a [u8]) -> Option<Object<'a>> {
         let long = &["choices", "data", "output"];
-        Object::read(serde_json::Deserializer::from_slice(body), long)
-    }
-
-    fn read<R: serde_json::de::Read<'a>>(
-        mut de: serde_json::Deserializer<R>,
-        unread: &'static [&'static str],
-    ) -> Option<Object<'a>> {
-        let object = de.deserialize_map(Members { unread }).ok()?;
-        de.end().ok()?;
-        Some(object)
+        Parser::new(body, None).whole_object(long)
     }
 
     /// A map parsed already.
@@ -190,113 +184,6 @@ impl<'a> Json<'a> {
             Json::Array(items) => Value::Array(items.iter().map(Json::to_value).collect()),
             Json::Object(object) => Value::Object(object.to_map()),
         }
-    }
-}
-
-/// Reads an object, passing over the values of `unread` members (read as `null`).
-struct Members {
-    unread: &'static [&'static str],
-}
-
-impl<'de> Visitor<'de> for Members {
-    type Value = Object<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
-        // Room for an event's members at once: growing from none reallocates twice.
-        let mut members = Vec::with_capacity(8);
-        while let Some(Name(name)) = map.next_key()? {
-            let value = match self.unread.contains(&name.as_ref()) {
-                true => {
-                    map.next_value::<IgnoredAny>()?;
-                    Json::Null
-                }
-                false => map.next_value()?,
-            };
-            members.push((name, value));
-        }
-        Ok(Object { members })
-    }
-}
-
-impl<'de> Deserialize<'de> for Json<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(Values)
-    }
-}
-
-struct Values;
-
-impl<'de> Visitor<'de> for Values {
-    type Value = Json<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Json<'de>, E> {
-        Ok(Json::Null)
-    }
-
-    fn visit_bool<E>(self, b: bool) -> Result<Json<'de>, E> {
-        Ok(Json::Bool(b))
-    }
-
-    fn visit_u64<E>(self, n: u64) -> Result<Json<'de>, E> {
-        Ok(Json::Number(n.into()))
-    }
-
-    fn visit_i64<E>(self, n: i64) -> Result<Json<'de>, E> {
-        Ok(Json::Number(n.into()))
-    }
-
-    fn visit_f64<E>(self, n: f64) -> Result<Json<'de>, E> {
-        Ok(Number::from_f64(n).map_or(Json::Null, Json::Number))
-    }
-
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Json<'de>, E> {
-        Ok(Json::String(Cow::Borrowed(s)))
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<Json<'de>, E> {
-        Ok(Json::String(Cow::Owned(s.to_owned())))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Json::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Json<'de>, A::Error> {
-        Members { unread: &[] }.visit_map(map).map(Json::Object)
-    }
-}
-
-/// A member's name, borrowed from the text unless it has escapes.
-struct Name<'de>(Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl<'de> Visitor<'de> for Text {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a name")
-            }
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(name)))
-            }
-            fn visit_str<E>(self, name: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(name.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(Text)
     }
 }
 
