@@ -27,24 +27,28 @@ pub struct Observed {
 impl Observed {
     /// Notes usage, finish and moderation from a response or chunk.
     pub fn observe(&mut self, v: &Object) {
-        // One pass over the members, as in `parse_usage`.
-        for (name, value) in v.members() {
+        // One pass over the members, as in `parse_usage`; a name sent twice is its last value.
+        let (mut usage, mut blocked, mut moderation) = (None, None, None);
+        for (name, value) in v.in_order() {
             match name {
-                "usage" if !value.is_null() => {
-                    if let Some(usage) = parse_usage(value) {
-                        self.usage = Some(usage);
-                    }
-                }
-                "blocked" if value.as_bool() == Some(true) => {
-                    // Moderation ended the answer: what came before it is the whole answer.
-                    self.blocked = true;
-                    self.finished = true;
-                }
-                "moderation" if value.get("sensitive").and_then(Json::as_bool) == Some(true) => {
-                    self.moderation = Some(value.to_value().to_string());
-                }
+                "usage" => usage = Some(value),
+                "blocked" => blocked = Some(value),
+                "moderation" => moderation = Some(value),
                 _ => {}
             }
+        }
+        if let Some(usage) = usage.and_then(parse_usage) {
+            self.usage = Some(usage);
+        }
+        if blocked.and_then(Json::as_bool) == Some(true) {
+            // Moderation ended the answer: what came before it is the whole answer.
+            self.blocked = true;
+            self.finished = true;
+        }
+        if let Some(moderation) = moderation
+            && moderation.get("sensitive").and_then(Json::as_bool) == Some(true)
+        {
+            self.moderation = Some(moderation.to_value().to_string());
         }
         let mut choices = v.choices();
         self.finished |= choices.any(|c| c.str("finish_reason").is_some_and(|r| !r.is_empty()));
@@ -82,11 +86,12 @@ pub fn collect(value: Option<&Json>, out: &mut String) {
 /// `completion_tokens`: neither is added again. Rerank reports only `total_tokens`.
 pub fn parse_usage(usage: &Json) -> Option<TokenCounts> {
     let usage = usage.as_object()?;
-    // One pass over the members: this runs for every answer and usage chunk.
+    // One pass over the members (a name sent twice is its last value): this runs for
+    // every answer and usage chunk.
     let (mut prompt, mut input, mut completion, mut output) = (None, None, None, None);
     let (mut total, mut cached, mut reasoning, mut output_reasoning) = (None, None, None, None);
     let nested = |details: &Json, name: &str| details.get(name).and_then(Json::as_u64);
-    for (name, value) in usage.members() {
+    for (name, value) in usage.in_order() {
         match name {
             "prompt_tokens" => prompt = value.as_u64(),
             "input_tokens" => input = value.as_u64(),
@@ -128,9 +133,10 @@ pub fn parse_usage(usage: &Json) -> Option<TokenCounts> {
 /// Shapes: OpenAI `{"error":{...}}`, flat `{"error":"msg","code":..}`,
 /// vLLM/LMDeploy `{"object":"error","message":..}`, GenStudio `{"code":60000,"msg":..}`.
 pub fn as_error(v: &Object) -> Option<Value> {
-    // Most answers and chunks are no error: one pass over the members tells.
+    // Most answers and chunks are no error: one pass over the members tells (a name sent
+    // twice is its last value).
     let (mut error, mut error_object, mut msg, mut results) = (false, false, false, false);
-    for (name, value) in v.members() {
+    for (name, value) in v.in_order() {
         match name {
             "error" => error = !value.is_null(),
             "object" => error_object = value.as_str() == Some("error"),
@@ -207,6 +213,34 @@ mod tests {
         assert_eq!(seen.usage.map(|u| (u.prompt, u.completion)), Some((3, 1)));
         let error = Object::head(br#"{"code":60000,"msg":"busy"}"#).unwrap();
         assert!(as_error(&error).is_some());
+    }
+
+    #[test]
+    fn a_name_sent_twice_is_read_as_its_last_value() {
+        let read = |text: &str| {
+            let chunk = Object::parse(text).unwrap();
+            let mut seen = Observed::default();
+            seen.observe(&chunk);
+            (
+                seen.usage.map(|u| (u.prompt, u.completion)),
+                as_error(&chunk).is_some(),
+            )
+        };
+        let usage = r#""usage":{"prompt_tokens":1,"prompt_tokens":5,"completion_tokens":2}"#;
+        assert_eq!(read(&format!("{{{usage}}}")), (Some((5, 2)), false));
+        assert_eq!(read(&format!("{{{usage},\"usage\":null}}")), (None, false));
+        assert_eq!(
+            read(&format!("{{\"usage\":null,{usage}}}")),
+            (Some((5, 2)), false)
+        );
+        let error = r#""error":{"message":"busy"}"#;
+        assert_eq!(read(&format!("{{{error}}}")), (None, true));
+        assert_eq!(read(&format!("{{{error},\"error\":null}}")), (None, false));
+        assert_eq!(read(&format!("{{\"error\":null,{error}}}")), (None, true));
+        let blocked = r#"{"blocked":true,"blocked":false,"choices":[]}"#;
+        let mut seen = Observed::default();
+        seen.observe(&Object::parse(blocked).unwrap());
+        assert!(!seen.blocked);
     }
 
     #[test]
