@@ -8,6 +8,7 @@
 mod parse;
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use serde_json::{Map, Number, Value};
 
@@ -42,6 +43,14 @@ impl<'a> Object<'a> {
     pub fn head(body: &'a [u8]) -> Option<Object<'a>> {
         let long = &["choices", "data", "output"];
         Parser::new(body, None).whole_object(long)
+    }
+
+    /// The members of the JSON object `body` (checked whole: syntax, UTF-8, nothing after
+    /// it), each name with its value's span, the values passed over without being built,
+    /// as serde_json reads a `RawValue`.
+    pub fn spans(body: &'a [u8], each: impl FnMut(Cow<'a, str>, Range<usize>)) -> Option<()> {
+        let text = std::str::from_utf8(body).ok()?;
+        Parser::new(body, Some(text)).member_spans(each)
     }
 
     /// A map parsed already.

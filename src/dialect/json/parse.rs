@@ -5,6 +5,7 @@
 //! escapes.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use serde_json::Number;
 
@@ -40,8 +41,29 @@ impl<'a> Parser<'a> {
             return None;
         }
         let object = self.object(unread)?;
+        self.at_end()?;
+        Some(object)
+    }
+
+    /// The members of one object (nothing after it but whitespace), each name given to
+    /// `each` with its value's span; the values are passed over as `skip` does.
+    pub fn member_spans(mut self, mut each: impl FnMut(Cow<'a, str>, Range<usize>)) -> Option<()> {
         self.whitespace();
-        (self.at == self.bytes.len()).then_some(object)
+        if self.peek()? != b'{' {
+            return None;
+        }
+        self.members(|parser, name| {
+            let start = parser.at;
+            parser.skip()?;
+            each(name, start..parser.at);
+            Some(())
+        })?;
+        self.at_end()
+    }
+
+    fn at_end(&mut self) -> Option<()> {
+        self.whitespace();
+        (self.at == self.bytes.len()).then_some(())
     }
 
     fn peek(&self) -> Option<u8> {
@@ -69,40 +91,51 @@ impl<'a> Parser<'a> {
     /// At `{`.
     fn object(&mut self, unread: &[&str]) -> Option<Object<'a>> {
         self.enter()?;
-        self.at += 1;
         // Room for an event's members at once: growing from none reallocates twice.
         let mut members = Vec::with_capacity(8);
-        self.whitespace();
-        if !self.eat(b'}') {
-            loop {
-                self.whitespace();
-                if self.peek()? != b'"' {
-                    return None;
-                }
-                let name = self.string()?;
-                self.whitespace();
-                if !self.eat(b':') {
-                    return None;
-                }
-                self.whitespace();
-                let value = if unread.contains(&name.as_ref()) {
-                    self.skip()?;
-                    Json::Null
-                } else {
-                    self.value()?
-                };
-                members.push((name, value));
-                self.whitespace();
-                if !self.eat(b',') {
-                    break;
-                }
-            }
-            if !self.eat(b'}') {
-                return None;
-            }
-        }
+        self.members(|parser, name| {
+            let value = if unread.contains(&name.as_ref()) {
+                parser.skip()?;
+                Json::Null
+            } else {
+                parser.value()?
+            };
+            members.push((name, value));
+            Some(())
+        })?;
         self.depth += 1;
         Some(Object { members })
+    }
+
+    /// At `{`: past the object's `}`, each member's value read by `value` (at its first
+    /// byte), given the member's name.
+    fn members(
+        &mut self,
+        mut value: impl FnMut(&mut Self, Cow<'a, str>) -> Option<()>,
+    ) -> Option<()> {
+        self.at += 1;
+        self.whitespace();
+        if self.eat(b'}') {
+            return Some(());
+        }
+        loop {
+            self.whitespace();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let name = self.string()?;
+            self.whitespace();
+            if !self.eat(b':') {
+                return None;
+            }
+            self.whitespace();
+            value(self, name)?;
+            self.whitespace();
+            if !self.eat(b',') {
+                break;
+            }
+        }
+        self.eat(b'}').then_some(())
     }
 
     /// At `[`.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::dialect::json::Object;
 use crate::server::ApiError;
 
 /// The deepest nesting of arrays and objects accepted in a body: what serde_json (and so
@@ -62,7 +63,7 @@ pub(super) fn nests_deeper(raw: &[u8], limit: usize) -> bool {
 /// keeps its first place and its last value, as a JSON parser's map would. Found by a scan
 /// (a body has a handful of members), or through an index once there are more than
 /// `INDEXED_FROM`, so that a body of many members costs no quadratic time.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(super) struct Members {
     pub(super) list: Vec<(String, Range<usize>)>,
     index: Option<HashMap<String, usize>>,
@@ -102,8 +103,19 @@ impl Members {
 }
 
 /// The members of the JSON object `raw`, each with its value's span. The whole text is
-/// checked (syntax, UTF-8, nothing after the object), values without being built.
+/// checked (syntax, UTF-8, nothing after the object), values without being built. What
+/// is not one JSON object is read again by serde_json, whose error the client gets.
 pub(super) fn top_level(raw: &[u8]) -> Result<Members, serde_json::Error> {
+    let mut members = Members::default();
+    let read = Object::spans(raw, |name, span| members.insert(name.into_owned(), span));
+    match read {
+        Some(()) => Ok(members),
+        None => serde_top_level(raw),
+    }
+}
+
+/// `top_level` by serde_json: each value a `RawValue`.
+fn serde_top_level(raw: &[u8]) -> Result<Members, serde_json::Error> {
     struct Visit<'a>(&'a [u8]);
     impl<'de> Visitor<'de> for Visit<'de> {
         type Value = Members;
@@ -166,4 +178,94 @@ async fn read_all(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             ApiError::InvalidJson(format!("could not read the request body: {e}"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// The same members, spans and errors as serde_json's reading.
+    fn agrees(raw: &[u8]) {
+        let ours = top_level(raw).map_err(|e| e.to_string());
+        let serde = serde_top_level(raw).map_err(|e| e.to_string());
+        assert_eq!(ours, serde, "{:?}", String::from_utf8_lossy(raw));
+        // Never one that serde_json refuses, whatever the fallback would say.
+        let mut spans = Vec::new();
+        if Object::spans(raw, |name, span| spans.push((name, span))).is_some() {
+            assert!(serde.is_ok(), "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn bodies_are_taken_apart_as_serde_json_takes_them_apart() {
+        let mut bodies: Vec<Vec<u8>> = [
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#,
+            r#" { "model" : "m" , "max_tokens" : 5 } "#,
+            r#"{"model":"a","model":"b","n":1}"#,
+            r#"{"m\u006fdel":"x","\ud83d":1}"#,
+            r#"{"a":"\ud83d"}"#,
+            r#"{"a":1e400,"b":-0,"c":[1,{"d":"\u00e9"}]}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"[1]"#,
+            r#"{"a":1} x"#,
+            r#"{"a":"\q"}"#,
+            r#"{"a":"\u12G4"}"#,
+            "",
+            "{",
+        ]
+        .iter()
+        .map(|body| body.as_bytes().to_vec())
+        .collect();
+        bodies.push(b"{\"a\":\"\xff\"}".to_vec());
+        bodies.push(b"{\"\xe6\x88\":1}".to_vec());
+        bodies.push(b"{\"a\":1}\xff".to_vec());
+        bodies.push(format!("{{\"a\":{}1{}}}", "[".repeat(300), "]".repeat(300)).into_bytes());
+        for body in &bodies {
+            agrees(body);
+        }
+        let mut rng = StdRng::seed_from_u64(26);
+        let pieces: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b"\"",
+            b"\\",
+            b"\\u",
+            b"0",
+            b"-",
+            b".",
+            b"e",
+            b" ",
+            b"\x01",
+            b"\xff",
+            b"\xe6\x88",
+            b"true",
+            b"\"model\":",
+        ];
+        let base = &bodies[0];
+        for _ in 0..20_000 {
+            let mut body = base.clone();
+            for _ in 0..rng.random_range(0..4) {
+                let at = rng.random_range(0..body.len());
+                let piece = pieces[rng.random_range(0..pieces.len())];
+                match rng.random_range(0..3) {
+                    0 => drop(body.remove(at)),
+                    1 => drop(body.splice(at..at, piece.iter().copied())),
+                    _ => body[at] = piece[0],
+                }
+                if body.is_empty() {
+                    break;
+                }
+            }
+            agrees(&body);
+        }
+    }
 }
