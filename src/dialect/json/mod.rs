@@ -13,6 +13,8 @@ use std::ops::Range;
 use serde_json::{Map, Number, Value};
 
 use parse::Parser;
+#[cfg(test)]
+pub(crate) use parse::break_bytes;
 
 /// A JSON object: its members in the order sent.
 #[derive(Debug, Clone, PartialEq)]

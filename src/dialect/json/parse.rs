@@ -381,6 +381,57 @@ fn plain_run(bytes: &[u8]) -> usize {
         .count()
 }
 
+/// Up to three bytes of `bytes` broken: removed, overwritten, or with a piece of JSON (or
+/// of something that is not) put before them; what the tests compare readings on.
+#[cfg(test)]
+pub(crate) fn break_bytes(rng: &mut impl rand::Rng, bytes: &mut Vec<u8>) {
+    const PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b"\"",
+        b"\\",
+        b"\\u",
+        b"\\ud83d",
+        b"0",
+        b"7",
+        b"-",
+        b".",
+        b"e",
+        b"E",
+        b"+",
+        b"true",
+        b"null",
+        b" ",
+        b"\n",
+        b"\t",
+        b"\x01",
+        b"\xff",
+        b"\xe6\x88",
+        b"\xc3\xa9",
+        b"\"choices\":",
+        b"\"usage\":",
+        b"\"data\":",
+        b"\"model\":",
+        b"\"a\"",
+    ];
+    for _ in 0..rng.random_range(0..4) {
+        if bytes.is_empty() {
+            return;
+        }
+        let at = rng.random_range(0..bytes.len());
+        let piece = PIECES[rng.random_range(0..PIECES.len())];
+        match rng.random_range(0..3) {
+            0 => drop(bytes.remove(at)),
+            1 => drop(bytes.splice(at..at, piece.iter().copied())),
+            _ => bytes[at] = piece[0],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -389,6 +440,7 @@ mod tests {
     use serde_json::{Map, Value};
 
     use super::super::Object;
+    use super::break_bytes;
 
     const LONG: &[&str] = &["choices", "data", "output"];
 
@@ -548,38 +600,6 @@ mod tests {
     #[test]
     fn random_and_broken_json_reads_as_serde_json_reads_it() {
         let mut rng = StdRng::seed_from_u64(29);
-        let pieces: &[&[u8]] = &[
-            b"{",
-            b"}",
-            b"[",
-            b"]",
-            b",",
-            b":",
-            b"\"",
-            b"\\",
-            b"\\u",
-            b"\\ud83d",
-            b"0",
-            b"7",
-            b"-",
-            b".",
-            b"e",
-            b"E",
-            b"+",
-            b"true",
-            b"null",
-            b" ",
-            b"\n",
-            b"\t",
-            b"\x01",
-            b"\xff",
-            b"\xe6\x88",
-            "é".as_bytes(),
-            b"\"choices\":",
-            b"\"usage\":",
-            b"\"data\":",
-            b"\"a\"",
-        ];
         for _ in 0..30_000 {
             let value = random_value(&mut rng, 0);
             let mut bytes = serde_json::to_vec(&Value::Object(match value {
@@ -587,20 +607,7 @@ mod tests {
                 other => Map::from_iter([("choices".to_string(), other)]),
             }))
             .unwrap();
-            for _ in 0..rng.random_range(0..4) {
-                if bytes.is_empty() {
-                    break;
-                }
-                let at = rng.random_range(0..bytes.len());
-                match rng.random_range(0..3) {
-                    0 => drop(bytes.remove(at)),
-                    1 => {
-                        let piece = pieces[rng.random_range(0..pieces.len())];
-                        bytes.splice(at..at, piece.iter().copied());
-                    }
-                    _ => bytes[at] = pieces[rng.random_range(0..pieces.len())][0],
-                }
-            }
+            break_bytes(&mut rng, &mut bytes);
             agrees(&bytes);
         }
     }
