@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::Full;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -133,7 +132,7 @@ async fn connect(
             passed_over: passed_over.clone(),
         };
         let url = upstream.url_for(ex.request.call).map_err(|e| (None, e))?;
-        let body = Full::new(ex.request.upstream_body(upstream, ex.completion_limit()));
+        let body = ex.request.upstream_body(upstream, ex.completion_limit());
         let request = upstream_request(url, body, upstream, &ex.request_id, &ex.request)
             .map_err(|e| (None, ApiError::Internal(e)))?;
         // Only errors name the backend: no formatting on the way through.
@@ -186,11 +185,11 @@ async fn connect(
 /// `http`'s builder (which moves the whole head at every header).
 fn upstream_request(
     url: axum::http::Uri,
-    body: Full<Bytes>,
+    body: Bytes,
     upstream: &Upstream,
     request_id: &str,
     request: &ClientRequest,
-) -> anyhow::Result<axum::http::Request<Full<Bytes>>> {
+) -> anyhow::Result<axum::http::Request<Bytes>> {
     let mut sent = axum::http::Request::post(url).body(body)?;
     let headers = sent.headers_mut();
     headers.insert(header::HOST, upstream.host.clone());

@@ -1,7 +1,7 @@
-//! The HTTP client that carries requests to backends: for `http://`, a pool of hyper
-//! HTTP/1 connections (`pool`); for `https://`, hyper's general pooled client over rustls.
-//! Nothing in between: reqwest's redirect, retry and URL layers cost about a tenth of the
-//! gateway's CPU per request, for features a proxy must not use.
+//! The HTTP client that carries requests to backends: for `http://`, a pool of HTTP/1.1
+//! connections of tollgate's own (`pool`, `http1`); for `https://`, hyper's general pooled
+//! client over rustls. Nothing in between: reqwest's redirect, retry and URL layers cost
+//! about a tenth of the gateway's CPU per request, for features a proxy must not use.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -9,34 +9,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::uri::Scheme;
-use axum::http::{Request, Response, StatusCode, Uri};
+use axum::http::{HeaderMap, Request, StatusCode, Uri};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::Full;
-use hyper::body::Body;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::pool::{Lease, Pool, PoolError};
+use super::pool::{Pool, PoolError, Reader};
 
 /// A backend's answer, its body still to be read (`next_chunk`).
 pub struct UpstreamResponse {
-    response: Response<Incoming>,
-    /// A pooled plain-HTTP connection, given back once the body has been read to its end.
-    lease: Option<Lease>,
-    ended: bool,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Body,
 }
+
+/// Where an answer's body comes from: a pooled plain-HTTP connection, given back once the
+/// body has been read to its end, or hyper's client.
+enum Body {
+    Plain(Reader),
+    Tls(Incoming),
+}
+
+/// Why an answer's body could not be read to its end.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl UpstreamResponse {
     pub fn status(&self) -> StatusCode {
-        self.response.status()
+        self.status
     }
 
-    pub fn headers(&self) -> &axum::http::HeaderMap {
-        self.response.headers()
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
     }
 }
 
@@ -44,19 +53,8 @@ impl std::fmt::Debug for UpstreamResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamResponse")
             .field("status", &self.status())
-            .field("pooled", &self.lease.is_some())
+            .field("pooled", &matches!(self.body, Body::Plain(_)))
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for UpstreamResponse {
-    /// A connection whose answer was not read to its end is closed, not reused.
-    fn drop(&mut self) {
-        if self.ended
-            && let Some(lease) = self.lease.take()
-        {
-            lease.give_back();
-        }
     }
 }
 
@@ -122,29 +120,31 @@ impl UpstreamClient {
         Ok(UpstreamClient::Tls(Box::new(pool)))
     }
 
-    pub async fn send(
-        &self,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<UpstreamResponse, SendError> {
+    /// Sends `request` and reads the answer's head.
+    pub async fn send(&self, request: Request<Bytes>) -> Result<UpstreamResponse, SendError> {
         match self {
             UpstreamClient::Plain(pool) => {
-                let origin = request.uri().path_and_query().cloned();
-                *request.uri_mut() = origin.map_or_else(|| Uri::from_static("/"), Uri::from);
-                match pool.send(request).await {
-                    Ok((response, lease)) => Ok(UpstreamResponse {
-                        response,
-                        lease: Some(lease),
-                        ended: false,
+                let (mut request, body) = request.into_parts();
+                let origin = request.uri.path_and_query().cloned();
+                request.uri = origin.map_or_else(|| Uri::from_static("/"), Uri::from);
+                match pool.send(Request::from_parts(request, body)).await {
+                    Ok((head, reader)) => Ok(UpstreamResponse {
+                        status: head.status,
+                        headers: head.headers,
+                        body: Body::Plain(reader),
                     }),
                     Err(PoolError { connect, error }) => Err(SendError { connect, error }),
                 }
             }
-            UpstreamClient::Tls(client) => match client.request(request).await {
-                Ok(response) => Ok(UpstreamResponse {
-                    response,
-                    lease: None,
-                    ended: false,
-                }),
+            UpstreamClient::Tls(client) => match client.request(request.map(Full::new)).await {
+                Ok(response) => {
+                    let (head, body) = response.into_parts();
+                    Ok(UpstreamResponse {
+                        status: head.status,
+                        headers: head.headers,
+                        body: Body::Tls(body),
+                    })
+                }
                 Err(e) => Err(SendError {
                     connect: e.is_connect(),
                     error: e.into(),
@@ -154,21 +154,16 @@ impl UpstreamClient {
     }
 }
 
-/// The next piece of a body's data; `None` at its end. Trailers are skipped.
-pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>, hyper::Error> {
+/// The next piece of a body's data; `None` at its end. Trailers are skipped. Cancel-safe.
+pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>, BodyError> {
+    let body = match &mut response.body {
+        Body::Plain(reader) => return Ok(reader.next_chunk().await?),
+        Body::Tls(body) => body,
+    };
     loop {
-        let frame = poll_fn(|cx| {
-            if let Some(lease) = &mut response.lease {
-                lease.drive(cx);
-            }
-            Pin::new(response.response.body_mut()).poll_frame(cx)
-        });
-        match frame.await {
-            None => {
-                response.ended = true;
-                return Ok(None);
-            }
-            Some(Err(e)) => return Err(e),
+        match poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.into()),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     return Ok(Some(data));
@@ -183,7 +178,7 @@ pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>
 pub async fn next_chunk_within(
     response: &mut UpstreamResponse,
     idle: Duration,
-) -> Result<Result<Option<Bytes>, hyper::Error>, tokio::time::error::Elapsed> {
+) -> Result<Result<Option<Bytes>, BodyError>, tokio::time::error::Elapsed> {
     if let Some(ready) = next_chunk(response).now_or_never() {
         return Ok(ready);
     }
@@ -209,7 +204,7 @@ mod tests {
             let client = UpstreamClient::new(&url, Duration::from_secs(2)).unwrap();
             let request = Request::post(url)
                 .header(axum::http::header::HOST, format!("127.0.0.1:{port}"))
-                .body(Full::new(Bytes::from_static(b"{}")))
+                .body(Bytes::from_static(b"{}"))
                 .unwrap();
             let error = client.send(request).await.unwrap_err();
             assert!(error.is_connect(), "{scheme}: {error}");

@@ -3,6 +3,7 @@
 //! them for a request.
 
 pub mod client;
+mod http1;
 mod pool;
 
 use foldhash::{HashMap, HashMapExt};

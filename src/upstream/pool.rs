@@ -1,55 +1,93 @@
-//! Plain-HTTP/1 connections to one backend, kept open and reused. A request takes an idle
-//! connection (or opens one), and its response gives it back once the body has been read to
-//! its end. A connection has no task of its own: the request that holds it drives its I/O
-//! while it waits for the answer and reads the body, so no other task is woken on the
-//! way. hyper's general client does the same for any origin and protocol, at the cost of a
-//! task per connection, a pool keyed by origin and a task spawned per request to give the
-//! connection back; HTTPS backends still use it (`client`).
+//! Plain-HTTP/1.1 connections to one backend, kept open and reused. A request takes an
+//! idle connection (or opens one), writes its head and body, and reads the answer on it;
+//! `http1` says what the bytes mean. The connection goes back to the pool once the
+//! answer's body has been read to its end. A connection is a socket and what was read
+//! from it: no task, no channel and no write buffer of its own, so an open stream holds
+//! only its read buffer, and no other task is woken on the way. hyper's general client
+//! does the same for any origin and protocol with a task, a request channel and two
+//! buffers per connection; HTTPS backends still use it (`client`).
 
-use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::http::{Request, Response, Uri};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use axum::http::{Method, Request, Uri};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::http1::{self, Decoder, Head, Step, WireError};
 
 /// Idle connections older than this are closed rather than reused (as hyper's client does).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-type Driver = Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+/// A read asks for this much room at first; a read that fills it doubles it, up to
+/// `READ_MAX`, for the rest of that answer. An event of a stream is a few hundred bytes.
+const READ_FIRST: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
 
-/// One connection: where requests go in, and the future that does its I/O.
+/// One connection: its socket and what has been read from it and not yet taken.
 struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
+    stream: TcpStream,
+    read: BytesMut,
+    /// The room the next read asks for.
+    want: usize,
 }
 
 impl Conn {
-    /// Does the connection's pending I/O; false once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = &mut self.driver
-            && let Poll::Ready(ended) = driver.as_mut().poll(cx)
-        {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "backend connection closed with an error");
-            }
-            self.driver = None;
+    /// Reads what the socket has into `read`, with room for at least `wants` bytes: 0 at
+    /// the connection's end. Cancel-safe.
+    async fn read_more(&mut self, wants: usize) -> io::Result<usize> {
+        let want = self.want.max(wants);
+        if self.read.capacity() - self.read.len() < want {
+            self.read.reserve(want);
         }
-        self.driver.is_some()
+        let room = self.read.capacity() - self.read.len();
+        let n = self.stream.read_buf(&mut self.read).await?;
+        if n == room {
+            self.want = (self.want * 2).min(READ_MAX);
+        }
+        Ok(n)
     }
 
+    /// Writes the request: `Err(true)` if none of it was sent.
+    async fn write(&mut self, head: &[u8], body: &[u8]) -> Result<(), (bool, io::Error)> {
+        let mut sent = 0;
+        while sent < head.len() + body.len() {
+            let parts = match head.get(sent..) {
+                Some(rest) if !rest.is_empty() => [IoSlice::new(rest), IoSlice::new(body)],
+                _ => [IoSlice::new(&body[sent - head.len()..]), IoSlice::new(&[])],
+            };
+            match self.stream.write_vectored(&parts).await {
+                Ok(0) => return Err((sent == 0, io::ErrorKind::WriteZero.into())),
+                Ok(n) => sent += n,
+                Err(e) => return Err((sent == 0, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads until an answer's head has come.
+    async fn read_head(&mut self, method: &Method) -> Result<Head, WireError> {
+        loop {
+            if !self.read.is_empty()
+                && let Some(head) = http1::take_head(&mut self.read, method)?
+            {
+                return Ok(head);
+            }
+            if self.read_more(0).await? == 0 {
+                return Err(WireError::Closed);
+            }
+        }
+    }
+
+    /// Whether an idle connection can take a request: the backend has neither closed it
+    /// nor sent anything on it. No system call unless the socket was seen readable.
     fn is_open(&self) -> bool {
-        self.driver.is_some() && !self.sender.is_closed()
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -61,28 +99,68 @@ pub struct Pool {
     idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
-/// A connection lent to one request: its holder drives it while reading the answer, and
-/// gives it back once the body has ended.
-pub struct Lease {
-    conn: Conn,
+/// An answer's body, read from its connection, which goes back to the pool once the body
+/// has been read to its end (and is closed if the body is dropped before).
+pub struct Reader {
+    /// `None` once the body has ended or failed.
+    conn: Option<Conn>,
+    decoder: Decoder,
+    keep_alive: bool,
     pool: Arc<Pool>,
 }
 
-impl Lease {
-    /// Does the connection's pending I/O (call it whenever the answer's body is polled).
-    pub fn drive(&mut self, cx: &mut Context<'_>) {
-        self.conn.drive(cx);
+impl Reader {
+    /// The next piece of the body, as it was read; `None` at its end. Cancel-safe.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, WireError> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return match self.decoder.ended() {
+                    true => Ok(None),
+                    false => Err(WireError::Closed),
+                };
+            };
+            let step = match self.decoder.step(&mut conn.read) {
+                Ok(Step::More) => {
+                    let wants = self.decoder.wants().saturating_sub(conn.read.len());
+                    match conn.read_more(wants).await {
+                        Ok(0) => self.decoder.closed(),
+                        Ok(_) => continue,
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                step => step,
+            };
+            match step {
+                Ok(Step::Data(data)) => return Ok(Some(data)),
+                Ok(Step::End | Step::More) => {
+                    self.give_back();
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e);
+                }
+            }
+        }
     }
 
-    pub fn give_back(self) {
-        if self.conn.is_open() {
-            let mut idle = self.pool.idle.lock();
-            idle.push((self.conn, Instant::now()));
+    /// Puts the connection back in the pool if it can carry another request: the backend
+    /// keeps it open, and sent nothing after the body.
+    fn give_back(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.keep_alive && conn.read.is_empty() && self.decoder.body != http1::Body::Closed {
+            conn.want = READ_FIRST;
+            if conn.read.capacity() > READ_FIRST {
+                conn.read = BytesMut::new();
+            }
+            self.pool.idle.lock().push((conn, Instant::now()));
         }
     }
 }
 
-/// Why a request got no response: no connection could be made (`connect`), or the backend
+/// Why a request got no answer: no connection could be made (`connect`), or the backend
 /// failed to answer on one.
 #[derive(Debug)]
 pub struct PoolError {
@@ -110,43 +188,35 @@ impl Pool {
     }
 
     /// Sends `request` (its URI in origin form, its `Host` header set) on an idle
-    /// connection, or a new one. A reused connection that turns out to be closed before the
-    /// request was written is dropped and the request goes on the next one.
+    /// connection, or a new one, and reads the answer's head. A reused connection that
+    /// turns out to be closed before any of the request was written is dropped, and the
+    /// request goes on the next one.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, Lease), PoolError> {
+        request: Request<Bytes>,
+    ) -> Result<(Head, Reader), PoolError> {
+        let head = http1::request_head(&request);
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
                 None => (self.connect().await?, false),
             };
-            // A connection that has ended answers "closed" here.
-            let ready = poll_fn(|cx| {
-                conn.drive(cx);
-                conn.sender.poll_ready(cx)
-            });
-            if let Err(e) = ready.await {
-                if reused {
-                    continue;
-                }
-                return Err(PoolError::failed(e));
+            match conn.write(&head, request.body()).await {
+                Ok(()) => {}
+                Err((true, _)) if reused => continue,
+                Err((_, e)) => return Err(PoolError::failed(e.into())),
             }
-            let mut sending = pin!(conn.sender.try_send_request(request));
-            let sent = poll_fn(|cx| {
-                conn.drive(cx);
-                sending.as_mut().poll(cx)
-            });
-            match sent.await {
-                Ok(response) => {
-                    let pool = self.clone();
-                    return Ok((response, Lease { conn, pool }));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(PoolError::failed(e.into_error())),
-                },
-            }
+            let head = conn
+                .read_head(request.method())
+                .await
+                .map_err(PoolError::failed)?;
+            let reader = Reader {
+                conn: Some(conn),
+                decoder: Decoder::new(head.body),
+                keep_alive: head.keep_alive,
+                pool: self.clone(),
+            };
+            return Ok((head, reader));
         }
     }
 
@@ -154,7 +224,7 @@ impl Pool {
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock();
         while let Some((conn, since)) = idle.pop() {
-            if conn.is_open() && since.elapsed() < IDLE_TIMEOUT {
+            if since.elapsed() < IDLE_TIMEOUT && conn.is_open() {
                 return Some(conn);
             }
         }
@@ -171,12 +241,10 @@ impl Pool {
         stream
             .set_nodelay(true)
             .map_err(|e| PoolError::connect(format!("tcp setup error: {e}")))?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::failed)?;
         Ok(Conn {
-            sender,
-            driver: Some(Box::pin(driver)),
+            stream,
+            read: BytesMut::new(),
+            want: READ_FIRST,
         })
     }
 }
@@ -189,7 +257,7 @@ impl PoolError {
         }
     }
 
-    fn failed(error: hyper::Error) -> PoolError {
+    fn failed(error: WireError) -> PoolError {
         PoolError {
             connect: false,
             error: error.into(),
@@ -201,15 +269,21 @@ impl PoolError {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use hyper::body::Body;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
 
-    /// A backend that answers every request with `ok`, counting its connections; with
-    /// `close_after`, it closes each connection after one answer (without saying so).
-    async fn backend(close_after: bool) -> (Uri, Arc<AtomicUsize>) {
+    /// How a test backend answers a request's body.
+    type Answer = fn(&[u8]) -> Vec<u8>;
+
+    fn ok(_: &[u8]) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
+    }
+
+    /// A backend that reads each request (its head, then the body its length gives) and
+    /// answers it with `answer`, counting its connections; with `close_after`, it closes
+    /// each connection after one answer (without saying so).
+    async fn backend(close_after: bool, answer: Answer) -> (Uri, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -220,25 +294,25 @@ mod tests {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
-                    let mut buf = [0u8; 4096];
                     loop {
-                        // Requests here carry a body of 2 bytes after their head.
-                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match socket.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        let end = loop {
+                            match seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                                Some(at) => break at + 4,
+                                None if !fill(&mut socket, &mut seen).await => return,
+                                None => {}
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                        let length: usize = (head.split("content-length: ").nth(1))
+                            .and_then(|rest| rest.split("\r\n").next()?.parse().ok())
+                            .unwrap_or(0);
+                        while seen.len() < end + length {
+                            if !fill(&mut socket, &mut seen).await {
+                                return;
                             }
                         }
-                        let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                        while seen.len() < end + 2 {
-                            match socket.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => seen.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        seen.drain(..end + 2);
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if socket.write_all(answer).await.is_err() || close_after {
+                        let body: Vec<u8> = seen.drain(..end + length).skip(end).collect();
+                        if socket.write_all(&answer(&body)).await.is_err() || close_after {
                             return;
                         }
                     }
@@ -248,53 +322,151 @@ mod tests {
         (url.parse().unwrap(), accepted)
     }
 
-    fn request(url: &Uri) -> Request<Full<Bytes>> {
+    /// Reads what `socket` has onto `seen`: false at its end.
+    async fn fill(socket: &mut TcpStream, seen: &mut Vec<u8>) -> bool {
+        seen.reserve(1 << 16);
+        matches!(socket.read_buf(seen).await, Ok(n) if n > 0)
+    }
+
+    fn request(url: &Uri, body: Bytes) -> Request<Bytes> {
         Request::post(url.path())
             .header(axum::http::header::HOST, url.authority().unwrap().as_str())
-            .body(Full::new(Bytes::from_static(b"{}")))
+            .body(body)
             .unwrap()
     }
 
-    async fn read_to_end(response: Response<Incoming>, mut lease: Lease) -> Bytes {
-        let mut body = response.into_body();
+    fn small(url: &Uri) -> Request<Bytes> {
+        request(url, Bytes::from_static(b"{}"))
+    }
+
+    async fn read_to_end(mut reader: Reader) -> Bytes {
         let mut read = Vec::new();
-        while let Some(frame) = poll_fn(|cx| {
-            lease.drive(cx);
-            Pin::new(&mut body).poll_frame(cx)
-        })
-        .await
-        {
-            read.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        while let Some(data) = reader.next_chunk().await.unwrap() {
+            read.extend_from_slice(&data);
         }
-        lease.give_back();
         Bytes::from(read)
     }
 
     #[tokio::test]
     async fn a_connection_is_reused_once_its_answer_was_read_to_the_end() {
-        let (url, accepted) = backend(false).await;
+        let (url, accepted) = backend(false, ok).await;
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
         for _ in 0..3 {
-            let (response, lease) = pool.send(request(&url)).await.unwrap();
-            assert_eq!(read_to_end(response, lease).await, "ok");
+            let (_, reader) = pool.send(small(&url)).await.unwrap();
+            assert_eq!(read_to_end(reader).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // An answer left unread keeps its connection out of the pool.
-        let (_unread, _lease) = pool.send(request(&url)).await.unwrap();
-        let (response, lease) = pool.send(request(&url)).await.unwrap();
-        assert_eq!(read_to_end(response, lease).await, "ok");
+        let (_, _unread) = pool.send(small(&url)).await.unwrap();
+        let (_, reader) = pool.send(small(&url)).await.unwrap();
+        assert_eq!(read_to_end(reader).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_connection_the_backend_closed_is_not_used_again() {
-        let (url, accepted) = backend(true).await;
+        let (url, accepted) = backend(true, ok).await;
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
         for _ in 0..3 {
-            let (response, lease) = pool.send(request(&url)).await.unwrap();
-            assert_eq!(read_to_end(response, lease).await, "ok");
+            let (_, reader) = pool.send(small(&url)).await.unwrap();
+            assert_eq!(read_to_end(reader).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_keep_their_connection_and_answers_to_the_close_do_not() {
+        fn chunked(_: &[u8]) -> Vec<u8> {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              3\r\ndat\r\n1\r\na\r\n0\r\n\r\n"
+                .to_vec()
+        }
+        fn to_the_close(_: &[u8]) -> Vec<u8> {
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec()
+        }
+        fn closing(_: &[u8]) -> Vec<u8> {
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\nx".to_vec()
+        }
+        for (answer, close, body, connections) in [
+            (chunked as Answer, false, "data", 1),
+            (to_the_close, true, "until the end", 3),
+            (closing, false, "x", 3),
+        ] {
+            let (url, accepted) = backend(close, answer).await;
+            let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+            for _ in 0..3 {
+                let (_, reader) = pool.send(small(&url)).await.unwrap();
+                assert_eq!(read_to_end(reader).await, body);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), connections, "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn long_requests_and_answers_go_whole_and_the_read_buffer_starts_small_again() {
+        // The answer echoes the request's body, so both directions carry 3 MB.
+        fn echo(body: &[u8]) -> Vec<u8> {
+            let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            answer.push_str(std::str::from_utf8(body).unwrap());
+            answer.into_bytes()
+        }
+        let (url, accepted) = backend(false, echo).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        let long: String = (0..300_000).map(|i| format!("{:09}\n", i)).collect();
+        let (_, reader) = pool
+            .send(request(&url, Bytes::from(long.clone())))
+            .await
+            .unwrap();
+        assert_eq!(read_to_end(reader).await, long);
+        {
+            let idle = pool.idle.lock();
+            let (conn, _) = idle.last().expect("the connection went back");
+            assert_eq!(conn.want, READ_FIRST);
+            assert!(conn.read.capacity() <= READ_FIRST);
+        }
+        let (_, reader) = pool.send(small(&url)).await.unwrap();
+        assert_eq!(read_to_end(reader).await, "{}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_whose_read_was_given_up_closes_its_connection() {
+        fn slow(_: &[u8]) -> Vec<u8> {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nabc".to_vec()
+        }
+        let (url, accepted) = backend(false, slow).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        let (_, mut reader) = pool.send(small(&url)).await.unwrap();
+        // A short body is handed out whole: the read waits for the rest, and one that times
+        // out leaves what came where it was.
+        for _ in 0..2 {
+            let waited = tokio::time::timeout(Duration::from_millis(50), reader.next_chunk());
+            assert!(waited.await.is_err());
+            let conn = reader.conn.as_ref().unwrap();
+            assert_eq!(&conn.read[..], b"abc");
+            assert_eq!(reader.decoder.body, http1::Body::Length(9));
+        }
+        drop(reader);
+        let (_, reader) = pool.send(small(&url)).await.unwrap();
+        drop(reader);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(pool.idle.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_is_an_error_and_its_connection_is_not_reused() {
+        fn cut(_: &[u8]) -> Vec<u8> {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab".to_vec()
+        }
+        let (url, _) = backend(true, cut).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        let (head, mut reader) = pool.send(small(&url)).await.unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(reader.next_chunk().await.unwrap().unwrap(), "ab");
+        let error = reader.next_chunk().await.unwrap_err();
+        assert!(matches!(error, WireError::Closed), "{error}");
+        assert!(matches!(reader.next_chunk().await, Err(WireError::Closed)));
+        assert!(pool.idle.lock().is_empty());
     }
 
     #[tokio::test]
@@ -304,7 +476,7 @@ mod tests {
             .unwrap();
         let url: Uri = format!("http://{closed}/v1/x").parse().unwrap();
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
-        let error = pool.send(request(&url)).await.err().expect("no connection");
+        let error = pool.send(small(&url)).await.err().expect("no connection");
         assert!(error.connect);
         assert!(
             error.error.to_string().contains("refused"),

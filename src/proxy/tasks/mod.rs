@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::Full;
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 
@@ -333,7 +332,7 @@ pub async fn send(
         request = request.header(name, value.clone());
     }
     let request = request
-        .body(Full::new(body))
+        .body(body)
         .map_err(|e| ApiError::Internal(e.into()))?;
     let what = || format!("{}/{}", upstream.model, upstream.chip);
     match tokio::time::timeout(upstream.first_byte_timeout, upstream.client.send(request)).await {
