@@ -11,8 +11,9 @@ use bytes::{Buf, Bytes, BytesMut};
 pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 
-/// Chunk extensions and trailers a body may carry in all, bytes (as hyper allows).
-const MAX_FRAMING: usize = 16 * 1024;
+/// Chunk extensions and trailers a body may carry in all, bytes (as hyper allows). Sizes
+/// and line ends are not counted: a stream may have any number of chunks.
+const MAX_EXTRA: usize = 16 * 1024;
 
 /// A body of a known length up to this is handed out whole, in one piece, so that a
 /// whole answer is not copied together from the pieces it was read in.
@@ -241,16 +242,17 @@ pub enum Step {
     More,
 }
 
-/// A body's state as it is read: `Body` and the framing bytes it has used.
+/// A body's state as it is read: `Body` and the bytes of chunk extensions and trailers
+/// it has carried.
 #[derive(Debug)]
 pub struct Decoder {
     pub body: Body,
-    framing: usize,
+    extra: usize,
 }
 
 impl Decoder {
     pub fn new(body: Body) -> Decoder {
-        Decoder { body, framing: 0 }
+        Decoder { body, extra: 0 }
     }
 
     /// How much room the next read should have: all of a body handed out whole.
@@ -300,11 +302,16 @@ impl Decoder {
                         return Ok(Step::More);
                     };
                     read.advance(1);
-                    self.framing += 1;
-                    if self.framing > MAX_FRAMING {
-                        return Err(WireError::Invalid("its chunks' framing is too long"));
+                    let state = next(state, byte)?;
+                    if matches!(state, Chunk::Extension(_) | Chunk::Trailer) {
+                        self.extra += 1;
+                        if self.extra > MAX_EXTRA {
+                            return Err(WireError::Invalid(
+                                "its chunk extensions or trailers are too long",
+                            ));
+                        }
                     }
-                    self.body = Body::Chunked(next(state, byte)?);
+                    self.body = Body::Chunked(state);
                 }
             }
         }

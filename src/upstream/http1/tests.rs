@@ -210,6 +210,32 @@ fn answers_that_break_the_rules_are_refused() {
 }
 
 #[test]
+fn a_stream_may_have_any_number_of_chunks_but_not_of_extensions() {
+    let wire = |chunk: &str, n: usize| {
+        let mut wire = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_string();
+        wire.push_str(&chunk.repeat(n));
+        wire.push_str("0\r\n\r\n");
+        wire
+    };
+    // Ten thousand events: far more line ends and sizes than extensions may take.
+    let events = wire("9\r\ndata: x\n\n\r\n", 10_000);
+    let (_, _, body, reusable) = read(events.as_bytes(), &Method::POST, 4096, false).unwrap();
+    assert_eq!((body.len(), reusable), (90_000, true));
+    // Extensions and trailers share 16 KB.
+    // (13 bytes of extension a chunk.)
+    let extended = wire("1;e=0123456789\r\na\r\n", 1_200);
+    assert!(read(extended.as_bytes(), &Method::POST, 4096, false).is_ok());
+    let extended = wire("1;e=0123456789\r\na\r\n", 1_300);
+    let refused = read(extended.as_bytes(), &Method::POST, 4096, false);
+    assert!(matches!(refused, Err(WireError::Invalid(_))), "{refused:?}");
+    let trailer = format!("x-t: {}\r\n", "t".repeat(100)).repeat(200);
+    let trailed =
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n{trailer}\r\n");
+    let refused = read(trailed.as_bytes(), &Method::POST, 4096, false);
+    assert!(matches!(refused, Err(WireError::Invalid(_))), "{refused:?}");
+}
+
+#[test]
 fn an_answer_reads_the_same_whatever_pieces_it_comes_in() {
     let wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
         1b;ext=\"v\"\r\ndata: {\"choices\":[]}\n\n12345\r\n0\r\nx-trailer: 1\r\n\r\n";
