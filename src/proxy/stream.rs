@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +24,7 @@ use crate::dialect::{RelayFacts, Wire};
 use crate::error::openai_error;
 use crate::server::ApiError;
 use crate::state::AppState;
-use crate::upstream::client::{UpstreamResponse, next_chunk_within};
+use crate::upstream::client::{UpstreamResponse, next_chunk, next_chunk_within};
 
 /// Counts a stream in `tollgate_active_streams` for as long as it lives.
 struct ActiveStream(AppState);
@@ -43,6 +44,11 @@ impl Drop for ActiveStream {
 
 /// Frames buffered between the relay and a slow client.
 const CLIENT_BUFFER: usize = 64;
+
+/// After the backend's `[DONE]`, how long the rest of its body (the end of its chunks,
+/// usually sent with it) is waited for, so that its connection goes back to the pool
+/// instead of being closed. The client has its whole answer by then.
+const AFTER_DONE: Duration = Duration::from_secs(1);
 
 /// Why the relay stopped reading the backend.
 enum End {
@@ -172,7 +178,9 @@ pub async fn relay(
             break end;
         }
     };
-    drop(response);
+    // A backend that said it was done is read to its end afterwards; any other's answer is
+    // given up here (its connection is closed).
+    let mut rest = matches!(end, End::Done).then_some(response);
 
     let client_left = relay.client.is_none();
     let wire = relay.wire;
@@ -223,19 +231,46 @@ pub async fn relay(
         // Not recorded, not charged: the hold goes back.
         (state.spending()).release(&ex.request_id, ex.caller.account_id, ex.hold);
     }
-    let Some(client) = relay.client.take() else {
-        return;
+    if let Some(client) = relay.client.take() {
+        let tail = match committed {
+            Ok(()) => tail,
+            Err(_) => Some(error_event(
+                wire,
+                "the usage of this request could not be recorded",
+                "server_error",
+            )),
+        };
+        if let Some(tail) = tail {
+            let _ = client.send(Ok(tail)).await;
+        }
+        // The body's end usually came with `[DONE]`: taken before the client's answer
+        // ends, the connection is back in the pool for the client's next request.
+        if let Some(response) = &mut rest
+            && read_rest(response, Duration::ZERO).await
+        {
+            rest = None;
+        }
+    }
+    drop(_active);
+    if let Some(mut response) = rest {
+        read_rest(&mut response, AFTER_DONE).await;
+    }
+}
+
+/// Reads what is left of a body after its `[DONE]`, so that its connection can carry
+/// another request: what has come already if `wait` is zero, else what comes within it
+/// (a few pieces at most). True once there is nothing more to do.
+async fn read_rest(response: &mut UpstreamResponse, wait: Duration) -> bool {
+    let rest = async {
+        for _ in 0..8 {
+            if !matches!(next_chunk(response).await, Ok(Some(_))) {
+                break;
+            }
+        }
     };
-    let tail = match committed {
-        Ok(()) => tail,
-        Err(_) => Some(error_event(
-            wire,
-            "the usage of this request could not be recorded",
-            "server_error",
-        )),
-    };
-    if let Some(tail) = tail {
-        let _ = client.send(Ok(tail)).await;
+    match wait.is_zero() {
+        true => rest.now_or_never().is_some(),
+        false => tokio::time::timeout(wait, rest).await.is_ok(),
     }
 }
 

@@ -7,6 +7,7 @@ mod admin_jwt;
 mod admin_keys;
 mod anthropic;
 mod backend_limits;
+mod backend_wire;
 mod bench_smoke;
 mod billing_props;
 mod comfyui;
