@@ -39,12 +39,8 @@ fn read(wire: &[u8], method: &Method, split: usize, closes: bool) -> Result<Read
             },
         }
     }
-    let reusable = head.keep_alive && decoder.ended() && buf.is_empty() && !closes_early(&decoder);
+    let reusable = head.keep_alive && decoder.ended() && buf.is_empty();
     Ok((head.status, head.headers, body, reusable))
-}
-
-fn closes_early(decoder: &Decoder) -> bool {
-    decoder.body == Body::Closed
 }
 
 fn post(headers: &[(&str, &str)], body: &'static [u8]) -> String {
