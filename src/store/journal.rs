@@ -1,7 +1,7 @@
 //! The usage journal: two files beside the SQLite ledger, or in the replica's spool
 //! directory when the ledger is PostgreSQL. A request appends its record to the active one
-//! before it answers (one `write`; with `synchronous = "full"` the ledger writer also makes
-//! it durable with a group `fdatasync`). The writer imports the records into the ledger
+//! before it answers (a copy into the file's mapped pages, `mapped`; with `synchronous =
+//! "full"` the ledger writer also makes it durable with a group `fdatasync`). The writer imports the records into the ledger
 //! later, many to a transaction, from the other file: at an import the files change roles,
 //! so appends never wait for the database.
 //!
@@ -17,6 +17,7 @@
 //! locks; an import skips request ids already stored, so no record is ever written twice.
 
 mod line;
+mod mapped;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -29,12 +30,14 @@ use anyhow::{Context, bail};
 use super::{InsertError, Sink};
 use crate::billing::record::UsageRecord;
 use crate::config::{DatabaseConfig, Synchronous};
+use mapped::Mapped;
 
 /// One locked journal file, owned by the ledger.
 pub struct Journal {
     /// Shared with the writer, which `fdatasync`s it while requests go on appending.
     file: Arc<File>,
-    path: PathBuf,
+    /// The file's pages, which appends are copied into.
+    mapped: Mapped,
     /// Where records the ledger refuses are kept (one file for both journals).
     refused: PathBuf,
     /// Where the current cycle's lines end: the next append goes here.
@@ -116,8 +119,8 @@ impl Journal {
     fn read((mut file, path, refused): (File, PathBuf, PathBuf)) -> io::Result<Journal> {
         let (left, len, cycle) = read_cycle(&mut file, &path)?;
         Ok(Journal {
+            mapped: Mapped::new(&file)?,
             file: Arc::new(file),
-            path,
             refused,
             len,
             cycle: cycle.unwrap_or_else(rand::random),
@@ -136,15 +139,14 @@ impl Journal {
     /// failed is never imported later.
     pub fn append(&mut self, line: &mut Line) -> io::Result<()> {
         write!(&mut line.0[..16], "{:016x}", self.cycle)?;
-        match self.file.write_all_at(&line.0, self.len) {
+        // The cycle is copied last: until it is, the line is not part of the journal.
+        match (self.mapped).write(&self.file, self.len, &line.0, CYCLE_PREFIX.len()) {
             Ok(()) => {
                 self.len += line.0.len() as u64;
                 Ok(())
             }
             Err(e) => {
-                if let Err(mark) = self.end_at(self.len) {
-                    tracing::error!(journal = %self.path.display(), error = %mark, "cannot mark a failed append invalid in the usage journal");
-                }
+                self.end_at(self.len);
                 Err(e)
             }
         }
@@ -167,9 +169,9 @@ impl Journal {
 
     /// Drops the lines after `len` (appends an `fdatasync` failed to make durable): the
     /// journal ends there, and the next append overwrites them.
-    pub fn rewind(&mut self, len: u64) -> io::Result<()> {
+    pub fn rewind(&mut self, len: u64) {
         self.len = len;
-        self.end_at(len)
+        self.end_at(len);
     }
 
     /// Empties the journal once its records are all in the ledger: the next cycle starts at
@@ -178,15 +180,16 @@ impl Journal {
     pub fn clear(&mut self) -> io::Result<()> {
         self.cycle = self.cycle.wrapping_add(1);
         self.len = 0;
-        if self.file.metadata()?.len() > KEEP_MAX {
-            self.file.set_len(0)?;
+        if self.mapped.len() > KEEP_MAX {
+            self.mapped.shrink(&self.file)?;
         }
-        self.end_at(0)
+        self.end_at(0);
+        Ok(())
     }
 
     /// Makes the journal end at `offset` (a byte no line can start with).
-    fn end_at(&self, offset: u64) -> io::Result<()> {
-        self.file.write_all_at(b"\0", offset)
+    fn end_at(&mut self, offset: u64) {
+        self.mapped.mark(offset, 0);
     }
 
     /// Keeps a record the ledger refuses in a file of its own beside the journal, as one JSON

@@ -269,15 +269,22 @@ async fn records_left_in_the_journal_are_imported_once_at_the_next_start() {
         append(&mut first, &record(&f.template, id.into()));
     }
     append(&mut second, &record(&f.template, "req_c".into()));
+    let end = second.len();
     drop((first, second));
-    // And a line a crash cut short: never acknowledged, so dropped.
-    let mut torn = serde_json::to_vec(&record(&f.template, "req_torn".into())).unwrap();
-    torn.truncate(torn.len() / 2);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
+    // And a line a crash cut short, right after the cycle's: never acknowledged, so
+    // dropped.
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
         .open(&journal::paths(&sqlite)[1])
         .unwrap();
-    std::io::Write::write_all(&mut file, &torn).unwrap();
+    // Its cycle is the journal's (the first line's), its record half written.
+    let mut torn = vec![0; "0123456789abcdef ".len()];
+    file.read_exact_at(&mut torn, 0).unwrap();
+    torn.extend(serde_json::to_vec(&record(&f.template, "req_torn".into())).unwrap());
+    torn.truncate(torn.len() / 2);
+    file.write_all_at(&torn, end).unwrap();
 
     let metrics = Arc::new(Metrics::new());
     let (ledger, writer) = Ledger::spawn(&f.database, &LedgerConfig::default(), metrics)
@@ -342,8 +349,20 @@ async fn the_journal_is_reused_and_ends_where_its_cycle_does() {
     // ...then a short one, written over the start of the file, which keeps its size.
     append(&mut journal, &record(&f.template, "req_new".into()));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), used);
+    // An append cut short by a crash between its two copies: the line is there but for
+    // its cycle, which is copied last (`journal::mapped`).
+    let mut torn = serde_json::to_vec(&record(&f.template, "req_torn".into())).unwrap();
+    torn.push(b'\n');
+    let cycle = "0123456789abcdef ".len() as u64;
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
+        &torn,
+        journal.len() + cycle,
+    )
+    .unwrap();
     drop((journal, second));
-    // Only the new cycle is the journal: the old lines after it are not read again.
+    // Only the new cycle is the journal: the old lines after it, and the torn one, are
+    // not read.
     let (_ledger, writer) = Ledger::spawn(
         &f.database,
         &LedgerConfig::default(),

@@ -173,7 +173,7 @@ impl Writer {
             active.since = None;
         }
         if let Some(journal) = &mut active.journal {
-            rewind(journal, durable.len);
+            journal.rewind(durable.len);
         }
         active.durable.seq = lost.1;
         drop(active);
@@ -327,7 +327,7 @@ impl Writer {
         if self.shared.sync && durable.seq < upto && !self.fdatasync(&journal.file(), upto) {
             records.truncate(durable.records);
             self.shared.retired.store(records.len(), Ordering::Relaxed);
-            rewind(&mut journal, durable.len);
+            journal.rewind(durable.len);
             self.settle(upto, Some((durable.seq, upto)));
         }
         Some((journal, records))
@@ -376,12 +376,5 @@ async fn ship(sink: Arc<Sink>, journal: Journal, records: Vec<UsageRecord>) -> S
         records,
         outcome,
         elapsed: started.elapsed(),
-    }
-}
-
-/// Drops the lines of a failed `fdatasync` from `journal`.
-fn rewind(journal: &mut Journal, len: u64) {
-    if let Err(e) = journal.rewind(len) {
-        tracing::error!(error = %e, "cannot drop the records of a failed fdatasync from the usage journal");
     }
 }

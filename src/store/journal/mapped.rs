@@ -1,0 +1,145 @@
+//! A journal file mapped into memory, so that an append is a copy into the file's pages
+//! and not a `write` call. The pages are the kernel's page cache: what is copied into them
+//! outlives a crash of this process as a `write` does, and `fdatasync` of the file makes
+//! it durable as it does a write's. The file's blocks are allocated before they are
+//! mapped (`posix_fallocate`), so that no copy can meet a full disk, which through a map
+//! would be a `SIGBUS` instead of an error.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{Ordering, compiler_fence};
+
+use memmap2::{MmapMut, MmapOptions};
+
+/// The file starts at this length, and grows by at least this much at a time...
+const GROW: u64 = 1 << 20;
+/// ...doubling, but by no more than this (a spool that waits long for its database does
+/// not take twice its size on disk).
+const GROW_MAX: u64 = 64 << 20;
+
+pub struct Mapped {
+    /// The whole file, which is allocated: its length is the map's. `None` between an
+    /// unmapping and a mapping that failed: the next write maps the file again.
+    map: Option<MmapMut>,
+}
+
+impl Mapped {
+    /// Maps `file`, first allocating it to at least `GROW` bytes (a longer file keeps its
+    /// length, and any holes in it are allocated).
+    pub fn new(file: &File) -> io::Result<Mapped> {
+        let len = file.metadata()?.len().max(GROW);
+        Ok(Mapped {
+            map: Some(allocate_and_map(file, len)?),
+        })
+    }
+
+    /// The file's length.
+    pub fn len(&self) -> u64 {
+        self.map.as_ref().map_or(0, |map| map.len() as u64)
+    }
+
+    /// Copies `bytes` to `offset`, growing the file if they do not fit. The first
+    /// `visible` bytes are copied last: if this process dies in between, the bytes at
+    /// `offset` are still what they were (a line's start that another cycle wrote, or
+    /// the end mark), so the journal ends where it did.
+    pub fn write(
+        &mut self,
+        file: &File,
+        offset: u64,
+        bytes: &[u8],
+        visible: usize,
+    ) -> io::Result<()> {
+        let end = offset + bytes.len() as u64;
+        let map = match &mut self.map {
+            Some(map) if end <= map.len() as u64 => map,
+            _ => {
+                let len = self.len();
+                let len = end
+                    .max(len + len.clamp(GROW, GROW_MAX))
+                    .next_multiple_of(GROW);
+                self.map = None;
+                self.map.insert(allocate_and_map(file, len)?)
+            }
+        };
+        let at = usize::try_from(offset).map_err(io::Error::other)?;
+        let target = &mut map[at..at + bytes.len()];
+        target[visible..].copy_from_slice(&bytes[visible..]);
+        compiler_fence(Ordering::Release);
+        target[..visible].copy_from_slice(&bytes[..visible]);
+        Ok(())
+    }
+
+    /// Writes `byte` at `offset`, if the file reaches that far (past its end, there is
+    /// nothing to mark).
+    pub fn mark(&mut self, offset: u64, byte: u8) {
+        if let (Some(map), Ok(at)) = (&mut self.map, usize::try_from(offset))
+            && at < map.len()
+        {
+            map[at] = byte;
+        }
+    }
+
+    /// Shrinks the file to `GROW` bytes (unmapping it first: a map past a file's end
+    /// faults).
+    pub fn shrink(&mut self, file: &File) -> io::Result<()> {
+        self.map = None;
+        file.set_len(0)?;
+        self.map = Some(allocate_and_map(file, GROW)?);
+        Ok(())
+    }
+}
+
+/// Allocates the first `len` bytes of `file` (its length becomes at least `len`) and maps
+/// them.
+fn allocate_and_map(file: &File, len: u64) -> io::Result<MmapMut> {
+    let signed = libc::off_t::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: a plain call on an open descriptor; it returns an error number, not -1.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, signed) } {
+        0 => {}
+        error => return Err(io::Error::from_raw_os_error(error)),
+    }
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: the map covers allocated bytes of a file this process holds locked, which
+    // only it writes (through this map) and never shrinks while the map is alive.
+    unsafe { MmapOptions::new().len(len).map_mut(file) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn writes_land_in_the_file_which_grows_as_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut mapped = Mapped::new(&file).unwrap();
+        assert_eq!(mapped.len(), GROW);
+        mapped.write(&file, 0, b"0001 hello\n", 4).unwrap();
+        // Past the end: the file grows to hold it, doubling at least.
+        let far = GROW - 3;
+        mapped.write(&file, far, b"0001 far\n", 4).unwrap();
+        assert_eq!(mapped.len(), 2 * GROW);
+        mapped.mark(11, 0);
+        mapped.mark(10 * GROW, 0);
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        assert_eq!(bytes.len() as u64, 2 * GROW);
+        assert_eq!(&bytes[..12], b"0001 hello\n\0");
+        assert_eq!(&bytes[far as usize..far as usize + 9], b"0001 far\n");
+        mapped.shrink(&file).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), GROW);
+        assert_eq!(mapped.len(), GROW);
+    }
+}
