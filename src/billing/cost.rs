@@ -159,7 +159,11 @@ impl Quantities {
     pub fn cost(&self, price: &PriceVersion) -> Result<Cost, Overflow> {
         let mut cost = Decimal::ZERO;
         for (unit, quantity) in self.by_unit() {
-            cost = add(cost, amount(quantity, unit_price(price, unit), unit.per())?)?;
+            let unit_price = unit_price(price, unit);
+            // A term of zero adds nothing (the sum is normalized): most of them are.
+            if quantity != 0 && !unit_price.is_zero() {
+                cost = add(cost, amount(quantity, unit_price, unit.per())?)?;
+            }
         }
         Ok(cost.normalize())
     }

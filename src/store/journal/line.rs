@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 
+use crate::billing::TokenCounts;
 use crate::billing::record::UsageRecord;
 
 /// Appends `record` as one JSON object to `out`. Every field is named below (no `..`), so
@@ -49,7 +50,8 @@ pub fn encode(out: &mut Vec<u8>, record: &UsageRecord) -> serde_json::Result<()>
     line.field("status", status)?;
     line.field("http_status", http_status)?;
     line.field("error", error)?;
-    line.field("tokens", tokens)?;
+    line.name("tokens");
+    write_tokens(line.out, tokens);
     if !units.is_zero() {
         line.field("units", units)?;
     }
@@ -82,13 +84,41 @@ impl Fields<'_> {
     /// `"name":value`, after a comma unless it is the first. Names are plain ASCII, so
     /// they need no escaping.
     fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> serde_json::Result<()> {
+        self.name(name);
+        serde_json::to_writer(&mut *self.out, value)
+    }
+
+    /// `"name":`, after a comma unless it is the first: the value is written next.
+    fn name(&mut self, name: &str) {
         self.out.push(if self.first { b'{' } else { b',' });
         self.first = false;
         self.out.push(b'"');
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
-        serde_json::to_writer(&mut *self.out, value)
     }
+}
+
+/// Token counts, as their derived `Serialize` writes them (names need no escaping).
+fn write_tokens(out: &mut Vec<u8>, tokens: &TokenCounts) {
+    let TokenCounts {
+        prompt,
+        completion,
+        cached,
+        cache_write,
+        reasoning,
+    } = *tokens;
+    let mut digits = itoa::Buffer::new();
+    for (name, count) in [
+        (&b"{\"prompt\":"[..], prompt),
+        (b",\"completion\":", completion),
+        (b",\"cached\":", cached),
+        (b",\"cache_write\":", cache_write),
+        (b",\"reasoning\":", reasoning),
+    ] {
+        out.extend_from_slice(name);
+        out.extend_from_slice(digits.format(count).as_bytes());
+    }
+    out.push(b'}');
 }
 
 /// A timestamp as the record's `journal_time` writes it.
