@@ -1,9 +1,9 @@
 //! The usage journal: two files beside the SQLite ledger, or in the replica's spool
 //! directory when the ledger is PostgreSQL. A request appends its record to the active one
 //! before it answers (a copy into the file's mapped pages, `mapped`; with `synchronous =
-//! "full"` the ledger writer also makes it durable with a group `fdatasync`). The writer imports the records into the ledger
-//! later, many to a transaction, from the other file: at an import the files change roles,
-//! so appends never wait for the database.
+//! "full"` the ledger writer also makes it durable with a group `fdatasync`). The writer
+//! imports the records into the ledger later, many to a transaction, from the other file:
+//! at an import the files change roles, so appends never wait for the database.
 //!
 //! Like SQLite's own WAL, a file is reused rather than truncated: after its import the
 //! next records overwrite it from the start, so an `fdatasync` has no file size to
@@ -135,21 +135,15 @@ impl Journal {
 
     /// Appends `line` after the current cycle's lines. Durable against a crash of this
     /// process once it returns; against power loss only after an `fdatasync` of `file()`.
-    /// On failure what was written is marked invalid, so a record whose request is told it
-    /// failed is never imported later.
+    /// On failure nothing was written, so a record whose request is told it failed is never
+    /// imported later.
     pub fn append(&mut self, line: &mut Line) -> io::Result<()> {
         write!(&mut line.0[..16], "{:016x}", self.cycle)?;
         // The cycle is copied last: until it is, the line is not part of the journal.
-        match (self.mapped).write(&self.file, self.len, &line.0, CYCLE_PREFIX.len()) {
-            Ok(()) => {
-                self.len += line.0.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                self.end_at(self.len);
-                Err(e)
-            }
-        }
+        self.mapped
+            .write(&self.file, self.len, &line.0, CYCLE_PREFIX.len())?;
+        self.len += line.0.len() as u64;
+        Ok(())
     }
 
     /// Where the current cycle's lines end.

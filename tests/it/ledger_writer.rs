@@ -668,3 +668,24 @@ async fn a_request_id_twice_in_a_batch_is_stored_and_charged_once() {
     );
     assert_eq!(store::funds::of(&b.db, b.account.id).await.unwrap(), after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_a_rewind_dropped_are_not_read_after_the_next_one() {
+    let f = fixture().await;
+    f.writer.shutdown().await.unwrap();
+    let [mut journal, second] = journal::open(&f.database).unwrap();
+    append(&mut journal, &record(&f.template, "req_a".into()));
+    let kept = journal.len();
+    append(&mut journal, &record(&f.template, "req_b".into()));
+    append(&mut journal, &record(&f.template, "req_d".into()));
+    // An fdatasync failed: req_b and req_d were never acknowledged.
+    journal.rewind(kept);
+    // The next line is as long as req_b's, so req_d's starts right after it.
+    append(&mut journal, &record(&f.template, "req_c".into()));
+    drop((journal, second));
+    let [mut journal, _second] = journal::open(&f.database).unwrap();
+    let ids: Vec<String> = (journal.records().into_iter())
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids, ["req_a", "req_c"]);
+}

@@ -39,10 +39,12 @@ impl Mapped {
         self.map.as_ref().map_or(0, |map| map.len() as u64)
     }
 
-    /// Copies `bytes` to `offset`, growing the file if they do not fit. The first
-    /// `visible` bytes are copied last: if this process dies in between, the bytes at
-    /// `offset` are still what they were (a line's start that another cycle wrote, or
-    /// the end mark), so the journal ends where it did.
+    /// Copies `bytes` to `offset`, growing the file if they do not fit, and ends them
+    /// with a zero byte (when the file goes on after them), so that what follows (lines a
+    /// rewind dropped) is not read as their continuation. The first `visible` bytes are
+    /// copied last: if this process dies before, the bytes at `offset` are still what
+    /// they were (a line's start that another cycle wrote, or the end mark), so the
+    /// journal ends where it did.
     pub fn write(
         &mut self,
         file: &File,
@@ -65,8 +67,11 @@ impl Mapped {
         let at = usize::try_from(offset).map_err(io::Error::other)?;
         let target = &mut map[at..at + bytes.len()];
         target[visible..].copy_from_slice(&bytes[visible..]);
+        if let Some(after) = map.get_mut(at + bytes.len()) {
+            *after = 0;
+        }
         compiler_fence(Ordering::Release);
-        target[..visible].copy_from_slice(&bytes[..visible]);
+        map[at..at + visible].copy_from_slice(&bytes[..visible]);
         Ok(())
     }
 
@@ -123,12 +128,14 @@ mod tests {
             .unwrap();
         let mut mapped = Mapped::new(&file).unwrap();
         assert_eq!(mapped.len(), GROW);
+        mapped.write(&file, 0, b"0001 a longer line\n", 4).unwrap();
+        // A shorter one over it ends with a zero byte.
         mapped.write(&file, 0, b"0001 hello\n", 4).unwrap();
         // Past the end: the file grows to hold it, doubling at least.
         let far = GROW - 3;
         mapped.write(&file, far, b"0001 far\n", 4).unwrap();
         assert_eq!(mapped.len(), 2 * GROW);
-        mapped.mark(11, 0);
+        // Past the file's end there is nothing to mark.
         mapped.mark(10 * GROW, 0);
         let mut bytes = Vec::new();
         std::fs::File::open(&path)
@@ -136,7 +143,7 @@ mod tests {
             .read_to_end(&mut bytes)
             .unwrap();
         assert_eq!(bytes.len() as u64, 2 * GROW);
-        assert_eq!(&bytes[..12], b"0001 hello\n\0");
+        assert_eq!(&bytes[..19], b"0001 hello\n\0r line\n");
         assert_eq!(&bytes[far as usize..far as usize + 9], b"0001 far\n");
         mapped.shrink(&file).unwrap();
         assert_eq!(file.metadata().unwrap().len(), GROW);
