@@ -24,14 +24,19 @@ pub enum RequestKey<'a> {
 
 impl<'a> RequestKey<'a> {
     pub fn of(request_id: &'a str) -> RequestKey<'a> {
-        let hex = request_id.strip_prefix("req_").unwrap_or_default();
-        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
-        if hex.len() != 32 || !hex.as_bytes().iter().all(lower_hex) {
+        let hex = request_id
+            .strip_prefix("req_")
+            .unwrap_or_default()
+            .as_bytes();
+        if hex.len() != 32 {
             return RequestKey::Text(request_id);
         }
         let mut bytes = [0u8; 16];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("two hex digits");
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            match (lower_hex(pair[0]), lower_hex(pair[1])) {
+                (Some(high), Some(low)) => *byte = high << 4 | low,
+                _ => return RequestKey::Text(request_id),
+            }
         }
         RequestKey::Uuid(bytes)
     }
@@ -48,6 +53,15 @@ impl<'a> RequestKey<'a> {
             RequestKey::Uuid(bytes) => query.bind(bytes.to_vec()),
             RequestKey::Text(text) => query.bind(text),
         }
+    }
+}
+
+/// The value of a lowercase hex digit.
+fn lower_hex(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
     }
 }
 
@@ -242,8 +256,13 @@ mod tests {
         let RequestKey::Uuid(bytes) = RequestKey::of(id) else {
             panic!("a gateway id is stored as bytes")
         };
-        assert_eq!(bytes[..3], [0x01, 0x92, 0xf1]);
-        assert_eq!(bytes[15], 0x06);
+        assert_eq!(
+            bytes,
+            [
+                0x01, 0x92, 0xf1, 0xa2, 0xb3, 0xc4, 0x7d, 0x8e, 0x9f, 0xa0, 0xb1, 0xc2, 0xd3, 0xe4,
+                0xf5, 0x06
+            ]
+        );
     }
 
     #[test]
@@ -254,6 +273,7 @@ mod tests {
             "req_0192f1a2b3c47d8e9fa0b1c2d3e4f50",
             "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5067",
             "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5g6",
+            "req_0192f1a2b3c47d8e9fa0b1c2d3e4f5é",
             "0192f1a2b3c47d8e9fa0b1c2d3e4f50600ab",
             "",
         ] {
