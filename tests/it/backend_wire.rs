@@ -194,10 +194,6 @@ async fn answers_framed_every_way_are_metered_the_same_and_a_cut_one_costs_nothi
                 "{framing}"
             );
             costs.push(record.cost);
-            eprintln!(
-                "DEBUG {framing} {round} {}",
-                accepted.load(Ordering::SeqCst)
-            );
         }
     }
     assert!(costs[0] > rust_decimal::Decimal::ZERO);
