@@ -111,6 +111,8 @@ async fn try_insert(
         }
         match query.execute(&mut *tx).await {
             Ok(done) if done.rows_affected() == chunk.len() as u64 => {}
+            // Fewer rows than records (no trigger of today skips one): the second try
+            // finds out which were taken.
             Ok(_) => return tx.rollback().await.map(|()| false),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return tx.rollback().await.map(|()| false);
