@@ -1,6 +1,6 @@
 //! The PostgreSQL backend: one ledger shared by many replicas. Money is exact NUMERIC;
 //! usage records arrive from each replica's journal in batches, one statement per
-//! `ROWS_PER_STATEMENT` records (an array per column, `UNNEST`ed), skipping request ids
+//! `ROWS_PER_STATEMENT` records (an array per column, unnested), skipping request ids
 //! already stored.
 
 use std::str::FromStr;
@@ -88,13 +88,16 @@ async fn try_insert(
     records: &[&UsageRecord],
     skip_stored: bool,
 ) -> std::result::Result<bool, sqlx::Error> {
-    let parameters: Vec<String> = (1..=usage::COLUMN_NAMES.len())
-        .map(|n| format!("${n}"))
+    // Each array unnested in the select list: the arrays are read in step, row by row.
+    // `FROM UNNEST($1, ...)` gives the same rows, but first copies each array's elements
+    // into a tuple store of its own (bench/README.md).
+    let columns: Vec<String> = (1..=usage::COLUMN_NAMES.len())
+        .map(|n| format!("unnest(${n})"))
         .collect();
     let mut sql = format!(
-        "INSERT INTO usage_records ({}) SELECT * FROM UNNEST({})",
+        "INSERT INTO usage_records ({}) SELECT {}",
         usage::COLUMN_NAMES.join(", "),
-        parameters.join(", ")
+        columns.join(", ")
     );
     if skip_stored {
         sql += " ON CONFLICT (request_id, started_at) DO NOTHING RETURNING request_id";

@@ -185,7 +185,7 @@ macro_rules! usage_columns {
         }
 
         /// Binds `records` to `query` column by column, one array each, for PostgreSQL's
-        /// `UNNEST($1, ...)`.
+        /// insert, which unnests each.
         pub fn bind_columns<'q>(
             query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
             records: &[&UsageRecord],
