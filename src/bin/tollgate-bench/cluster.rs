@@ -33,15 +33,18 @@ pub async fn start(
     keys: usize,
     nginx: &Path,
     postgres_bin: &Path,
+    worker_threads: Option<u16>,
 ) -> anyhow::Result<(Subject, Cluster)> {
     let dir = dir.join("cluster");
     std::fs::create_dir_all(&dir)?;
     let (postgres_url, postgres) = procs::postgres(postgres_bin, &dir).await?;
     let (redis_url, redis) = procs::redis(&dir).await?;
     // The replicas share the host's cores between them, as an operator running several on
-    // one small host would set them (bench/README.md measures the difference).
+    // one small host would set them (bench/README.md measures the difference), unless
+    // `--worker-threads` says otherwise.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let server = format!("worker_threads = {}\n", (cores / REPLICAS).max(1));
+    let threads = worker_threads.map_or((cores / REPLICAS).max(1), usize::from);
+    let server = format!("worker_threads = {threads}\n");
     let mut configs = Vec::new();
     for n in 0..REPLICAS {
         let replica = dir.join(format!("replica-{n}"));
@@ -75,7 +78,7 @@ pub async fn start(
         &proxies.iter().map(procs::Process::pid).collect::<Vec<_>>(),
         "VmRSS",
     );
-    let (addr, balancer) = procs::nginx(nginx, &dir.join("nginx"), &addrs).await?;
+    let (addr, balancer) = procs::nginx(nginx, &dir.join("nginx"), &addrs, worker_threads).await?;
     proxies.insert(0, balancer);
     proxies.extend([redis, postgres]);
     let auth = secrets.remove(0);

@@ -101,6 +101,13 @@ struct Args {
     /// repeatable to about 0.1%, where CPU time moves by 10%.
     #[arg(long, value_name = "REQUESTS", conflicts_with_all = ["profile", "cluster"])]
     instructions: Option<usize>,
+    /// Runtime worker threads for every proxy: each tollgate (`server.worker_threads`,
+    /// the cluster's replicas too), the axum pass-through, and nginx's worker processes.
+    /// By default each takes one per core, but the cluster's replicas share the cores.
+    /// On a machine whose cores also run the simulator and the load generator, fewer may
+    /// serve as much at less CPU (bench/README.md).
+    #[arg(long, value_name = "THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
 }
 
 /// What a request goes to and what stands in front of the simulator there.
@@ -173,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     plan.only = args.phases.clone();
     plan.answer_chunks = args.answer_chunks;
     plan.prompt_bytes = args.prompt_bytes;
+    plan.worker_threads = args.worker_threads;
     let keys = args.keys.unwrap_or(if args.quick { 1_000 } else { 10_000 });
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -228,7 +236,8 @@ async fn measure(
     let nginx = !args.no_nginx && args.instructions.is_none();
     match procs::nginx_binary().filter(|_| nginx) {
         Some(binary) => {
-            let (addr, process) = procs::nginx(&binary, &dir.join("nginx"), &[sim]).await?;
+            let (addr, process) =
+                procs::nginx(&binary, &dir.join("nginx"), &[sim], args.worker_threads).await?;
             subjects.push(Subject {
                 target: Target {
                     name: "nginx".into(),
@@ -242,7 +251,7 @@ async fn measure(
         }
         None => eprintln!("nginx is not installed: measuring without it"),
     }
-    let (addr, process) = procs::passthrough(sim).await?;
+    let (addr, process) = procs::passthrough(sim, args.worker_threads).await?;
     subjects.push(Subject {
         target: Target {
             name: "axum pass-through".into(),
@@ -261,7 +270,11 @@ async fn measure(
     );
     for (binary, label) in builds {
         for synchronous in &args.synchronous {
-            let build = Build { binary, label };
+            let build = Build {
+                binary,
+                label,
+                worker_threads: args.worker_threads,
+            };
             let of = label.map_or(String::new(), |label| format!(", {label}"));
             eprintln!("preparing tollgate (synchronous={synchronous}, {keys} keys{of})");
             subjects.push(gateway(dir, sim, synchronous, keys, build).await?);
@@ -272,7 +285,8 @@ async fn measure(
         let nginx = procs::nginx_binary().context("--cluster needs nginx")?;
         let postgres = procs::postgres_bin().context("--cluster needs PostgreSQL's server")?;
         eprintln!("preparing the cluster (2 replicas, {keys} keys)");
-        let (subject, started) = cluster::start(dir, sim, keys, &nginx, &postgres).await?;
+        let (subject, started) =
+            cluster::start(dir, sim, keys, &nginx, &postgres, args.worker_threads).await?;
         subjects.push(subject);
         cluster = Some(started);
     }
@@ -289,10 +303,12 @@ async fn measure(
     }
 }
 
-/// The executable a gateway runs, and how its subjects are told apart from this build's.
+/// The executable a gateway runs, how its subjects are told apart from this build's, and
+/// its worker threads when `--worker-threads` sets them.
 struct Build<'a> {
     binary: &'a Path,
     label: Option<&'a str>,
+    worker_threads: Option<u16>,
 }
 
 /// A tollgate on its own SQLite ledger, with one account, a key for the single-key phases
@@ -318,7 +334,10 @@ async fn gateway(
         "url = \"sqlite://{}\"\nsynchronous = \"{synchronous}\"\n",
         dir.join("ledger.db").display()
     );
-    let config_path = write_config(&dir, sim, "", &database, "")?;
+    let server = build
+        .worker_threads
+        .map_or(String::new(), |n| format!("worker_threads = {n}\n"));
+    let config_path = write_config(&dir, sim, &server, &database, "")?;
     let config = tollgate::Config::load(&config_path)?;
     let (ledger, account) = match build.label {
         None => {

@@ -17,6 +17,8 @@ use hyper_util::rt::TokioExecutor;
 /// Set to the backend's address in the environment of a child that should run as the
 /// pass-through proxy; its one argument is the address to listen on.
 pub const ROLE_ENV: &str = "TOLLGATE_BENCH_AS_PASSTHROUGH";
+/// Its runtime's worker threads, when `--worker-threads` sets them.
+pub const WORKERS_ENV: &str = "TOLLGATE_BENCH_PASSTHROUGH_WORKERS";
 
 type Pool = Client<HttpConnector, Body>;
 
@@ -32,7 +34,14 @@ pub fn main(backend: &str) -> ExitCode {
         axum::serve(listener, app).await?;
         anyhow::Ok(())
     };
-    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var(WORKERS_ENV).ok().and_then(|n| n.parse().ok()) {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
     match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -160,10 +160,18 @@ pub async fn gateway(
     }
 }
 
-/// The pass-through proxy of `passthrough.rs` in front of `backend`.
-pub async fn passthrough(backend: SocketAddr) -> anyhow::Result<(SocketAddr, Process)> {
+/// The pass-through proxy of `passthrough.rs` in front of `backend`, with `worker_threads`
+/// (or one per core).
+pub async fn passthrough(
+    backend: SocketAddr,
+    worker_threads: Option<u16>,
+) -> anyhow::Result<(SocketAddr, Process)> {
     let addr = free_addr()?;
-    let child = proxy_command(&std::env::current_exe()?)
+    let mut command = proxy_command(&std::env::current_exe()?);
+    if let Some(n) = worker_threads {
+        command.env(crate::passthrough::WORKERS_ENV, n.to_string());
+    }
+    let child = command
         .arg(addr.to_string())
         .env(crate::passthrough::ROLE_ENV, backend.to_string())
         .stdout(Stdio::null())
@@ -187,11 +195,13 @@ pub fn nginx_binary() -> Option<PathBuf> {
 }
 
 /// nginx as a plain reverse proxy in front of `backends` (round robin), its files in
-/// `root`: keep-alive upstream connections, no buffering (so streams flow), no access log.
+/// `root`: keep-alive upstream connections, no buffering (so streams flow), no access log;
+/// `workers` worker processes, or one per core.
 pub async fn nginx(
     binary: &Path,
     root: &Path,
     backends: &[SocketAddr],
+    workers: Option<u16>,
 ) -> anyhow::Result<(SocketAddr, Process)> {
     let addr = free_addr()?;
     std::fs::create_dir_all(root)?;
@@ -200,7 +210,7 @@ pub async fn nginx(
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nworker_processes auto;\npid {root}/nginx.pid;\n\
+            "daemon off;\nworker_processes {workers};\npid {root}/nginx.pid;\n\
              error_log {root}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {root}/body;\n\
@@ -211,6 +221,7 @@ pub async fn nginx(
              proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
              proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
             root = root.display(),
+            workers = workers.map_or("auto".to_string(), |n| n.to_string()),
         ),
     )?;
     let child = Command::new(binary)

@@ -51,6 +51,8 @@ pub struct Plan {
     pub answer_chunks: usize,
     /// Bytes of earlier conversation in those requests (`chat_body`).
     pub prompt_bytes: usize,
+    /// `--worker-threads`: every proxy's, when set.
+    pub worker_threads: Option<u16>,
 }
 
 /// The phases by name, in the order they run (`--phases`).
@@ -120,6 +122,7 @@ impl Plan {
             only: Vec::new(),
             answer_chunks: 3,
             prompt_bytes: 0,
+            worker_threads: None,
         }
     }
 
@@ -139,6 +142,7 @@ impl Plan {
             only: Vec::new(),
             answer_chunks: 3,
             prompt_bytes: 0,
+            worker_threads: None,
         }
     }
 }
@@ -174,11 +178,15 @@ pub async fn run_all(
     let mut out = format!(
         "# tollgate benchmark\n\n\
          Machine: {}. Plan: {}. Subjects: {}. The simulated backend, nginx, each tollgate and \
-         the load generator (one thread) share this machine. Non-streamed answers: {} words.\n\n",
+         the load generator (one thread) share this machine. Non-streamed answers: {} \
+         words.{}\n\n",
         crate::report::machine(),
         plan.name,
         names.join(", "),
         plan.answer_chunks,
+        plan.worker_threads.map_or(String::new(), |n| format!(
+            " Worker threads: {n} in every proxy (`--worker-threads`; nginx's worker processes)."
+        )),
     );
     for subject in subjects {
         let warmup = plan.fixed(subject);
