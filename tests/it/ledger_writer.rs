@@ -689,3 +689,88 @@ async fn lines_a_rewind_dropped_are_not_read_after_the_next_one() {
         .collect();
     assert_eq!(ids, ["req_a", "req_c"]);
 }
+
+/// Four sinks ship overlapping batches of the same 120 records at once, as writers that
+/// retry after unclear failures would, with a grant larger than their costs. On PostgreSQL a
+/// batch goes in as a plain insert and falls back to skipping stored ids when a replay
+/// (or another sink's uncommitted row) refuses it. Each record is stored and charged once,
+/// the grant pays once, and the money invariant holds: the running totals are the sums of
+/// the records, `balance = top-ups − Σ costs net of grants`, and nothing is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replays_shipped_at_once_by_several_sinks_are_charged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = helpers::bare_ledger(&dir).await;
+    let version = helpers::simple_price(&b.db).await;
+    store::accounts::top_up(&b.db, b.account.id, Decimal::new(100, 0), "t-1", "")
+        .await
+        .unwrap();
+    let at = Utc::now() - chrono::Duration::minutes(5);
+    tollgate::domain::grants::issue(
+        &b.db,
+        None,
+        b.account.id,
+        &tollgate::domain::grants::GrantRequest {
+            amount: Some(Decimal::new(10, 0)),
+            tokens: None,
+            model: None,
+            kind: "promotional",
+            priority: None,
+            effective_at: Some(at - chrono::Duration::hours(1)),
+            expires_at: None,
+            reason: "test",
+            actor: "test",
+            idempotency_key: "ten",
+        },
+    )
+    .await
+    .unwrap();
+    let records: Vec<UsageRecord> = (0..120)
+        .map(|n| {
+            let id = format!("req_0192f1a2b3c47d8e9fa0b1c2d3e4{n:04x}");
+            let mut r = helpers::simple_record(id, (b.account.id, b.key_id), version.id, at);
+            r.cost = Decimal::new(n + 1, 3);
+            r
+        })
+        .collect();
+    let records = Arc::new(records);
+    let mut shipping = Vec::new();
+    for n in 0..4 {
+        let (records, database) = (records.clone(), b.database.clone());
+        shipping.push(tokio::spawn(async move {
+            let sink = store::Sink::open(&database).await.unwrap();
+            // Batches of 30 starting at a different record for each sink: every record is
+            // in a batch of every sink, each time beside different neighbours.
+            for round in 0..4 {
+                let start = (n * 7 + round * 30) % 120;
+                let batch: Vec<&UsageRecord> =
+                    (0..30).map(|i| &records[(start + i) % 120]).collect();
+                sink.insert(&batch).await.unwrap();
+            }
+        }));
+    }
+    for task in shipping {
+        task.await.unwrap();
+    }
+    let ids = helpers::ledger::request_ids(&b.db).await;
+    assert_eq!(ids.len(), 120, "each record stored once");
+    let (funds, sums) = totals_and_sums(&b.db, b.account.id).await;
+    assert_eq!(funds, sums, "running totals = Σ top-ups, Σ record costs");
+    let charged: Decimal = records.iter().map(|r| r.cost).sum();
+    assert_eq!(funds.spent, charged);
+    let granted = store::grants::used_total(&b.db, b.account.id)
+        .await
+        .unwrap();
+    // The grant (10) holds more than the records cost (7.26): it pays each once.
+    assert_eq!(granted, charged, "the grant paid each record once");
+    assert_eq!(funds.granted, granted);
+    assert_eq!(
+        tollgate::limits::spending::balance(&b.db, b.account.id)
+            .await
+            .unwrap(),
+        (Decimal::new(100, 0) - (charged - granted)).normalize()
+    );
+    if let Db::Postgres(pool) = &b.db {
+        let held = store::holds::held(pool, b.account.id).await.unwrap();
+        assert_eq!(held, Decimal::ZERO);
+    }
+}
