@@ -217,7 +217,7 @@ pub async fn nginx(
              proxy_temp_path {root}/proxy;\n  fastcgi_temp_path {root}/fastcgi;\n\
              uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
              upstream backend {{ {servers}keepalive 512; }}\n\
-             server {{\n    listen {addr};\n    location / {{\n\
+             server {{\n    listen {addr} backlog=8192;\n    location / {{\n\
              proxy_pass http://backend;\n      proxy_http_version 1.1;\n\
              proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
             root = root.display(),
