@@ -36,7 +36,12 @@ pub struct Watched {
     requests: Arc<Requests>,
     phase: Phase,
     /// When the current phase times out (unused while busy).
-    deadline: Pin<Box<Sleep>>,
+    deadline: Instant,
+    /// Wakes the connection at `deadline` or before it. A connection's deadline moves
+    /// later with every request, and resetting a timer takes the timer wheel's lock, so
+    /// the timer is moved only when the deadline comes sooner than it or when it fires
+    /// early (`expired`): about once a keep-alive timeout on a busy connection.
+    timer: Pin<Box<Sleep>>,
     header: Duration,
     keep_alive: Duration,
     /// An error response of our own that replaces one of hyper's, still to be written.
@@ -45,12 +50,14 @@ pub struct Watched {
 
 impl Watched {
     pub fn new(tcp: TcpStream, requests: Arc<Requests>, limits: &ConnectionLimits) -> Watched {
+        let deadline = Instant::now() + limits.header;
         Watched {
             tcp,
             requests,
             // A new connection gets the header timeout to send its first request.
             phase: Phase::Idle,
-            deadline: Box::pin(tokio::time::sleep(limits.header)),
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             header: limits.header,
             keep_alive: limits.keep_alive,
             replacing: None,
@@ -63,7 +70,24 @@ impl Watched {
 
     fn arm(&mut self, phase: Phase, after: Duration) {
         self.phase = phase;
-        self.deadline.as_mut().reset(Instant::now() + after);
+        self.deadline = Instant::now() + after;
+    }
+
+    /// Whether the phase's deadline has come; if not, the task is woken by then.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.timer.deadline() > self.deadline {
+                self.timer.as_mut().reset(self.deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // It fired at the deadline, or at an earlier one the connection has moved past.
+            if self.timer.deadline() >= self.deadline {
+                return true;
+            }
+            self.timer.as_mut().reset(self.deadline);
+        }
     }
 
     /// Writes what is left of a replacement response; ready once all is written.
@@ -184,9 +208,7 @@ impl AsyncRead for Watched {
                 let header = this.header;
                 this.arm(Phase::Head, header);
             }
-            (Poll::Pending, Phase::Idle | Phase::Head)
-                if this.deadline.as_mut().poll(cx).is_ready() =>
-            {
+            (Poll::Pending, Phase::Idle | Phase::Head) if this.expired(cx) => {
                 let what = if this.phase == Phase::Idle {
                     "no request arrived on an idle connection in time"
                 } else {

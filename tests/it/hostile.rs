@@ -142,6 +142,35 @@ async fn a_thousand_slow_connections_are_closed_on_time_and_never_hold_up_a_norm
     assert!(remaining <= 2.0, "connections left open: {remaining}");
 }
 
+/// The keep-alive timeout counts from a connection's last answer: a connection that keeps
+/// asking outlives it (its timer fires early and is moved on), and one that stops asking
+/// is closed one timeout after its last answer, not sooner.
+#[tokio::test]
+async fn a_busy_connection_outlives_its_keep_alive_timeout_and_an_idle_one_is_closed_on_time() {
+    let app = TestApp::spawn_with(|c| c.server.keep_alive_timeout_ms = 1_000).await;
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let mut answered = Instant::now();
+    // Six requests 0.4 s apart: 2.4 s, more than twice the timeout.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        answered = Instant::now();
+    }
+    read_until_closed(&mut tcp, Duration::from_secs(5))
+        .await
+        .expect("an idle connection is closed");
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(950) && idle < Duration::from_secs(3),
+        "closed {idle:?} after its last answer"
+    );
+}
+
 #[tokio::test]
 async fn connections_beyond_the_cap_get_a_503_and_are_counted() {
     let app = TestApp::spawn_with(|c| c.server.max_connections = 8).await;
