@@ -149,4 +149,73 @@ mod tests {
         assert_eq!(file.metadata().unwrap().len(), GROW);
         assert_eq!(mapped.len(), GROW);
     }
+
+    /// A file that cannot grow, as on a full disk: the write that needs more room fails
+    /// and writes nothing, what was written stays, writes that fit go on, and once there is
+    /// room the file grows. The file-size limit makes `posix_fallocate` fail as a full disk
+    /// does (`EFBIG` instead of `ENOSPC`), without a filesystem of its own; it is set in a
+    /// process of its own, so that no other test meets it.
+    #[test]
+    fn a_file_that_cannot_grow_fails_the_write_that_needs_room_and_keeps_the_rest() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "--nocapture", CANNOT_GROW])
+            .env("TOLLGATE_TEST_CANNOT_GROW", "1")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout);
+        let err = String::from_utf8_lossy(&child.stderr);
+        assert!(child.status.success(), "{out}{err}");
+        assert!(out.contains("1 passed"), "{out}");
+    }
+
+    const CANNOT_GROW: &str = "store::journal::mapped::tests::cannot_grow_in_a_process_of_its_own";
+
+    #[test]
+    #[ignore = "run by a_file_that_cannot_grow_fails_the_write_that_needs_room_and_keeps_the_rest"]
+    fn cannot_grow_in_a_process_of_its_own() {
+        assert!(
+            std::env::var_os("TOLLGATE_TEST_CANNOT_GROW").is_some(),
+            "it sets a limit on the whole process: run by its parent test only"
+        );
+        let limit = |bytes: libc::rlim_t| {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: a plain call with a valid pointer.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &limit) }, 0);
+        };
+        // SAFETY: a plain call; past the limit the kernel would otherwise end the process.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        limit(GROW + GROW / 2);
+        let mut mapped = Mapped::new(&file).unwrap();
+        mapped.write(&file, 0, b"0001 kept\n", 4).unwrap();
+        let far = GROW - 3;
+        let error = mapped.write(&file, far, b"0001 far\n", 4).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EFBIG), "{error}");
+        assert_eq!(file.metadata().unwrap().len(), GROW);
+        // What fits still goes in.
+        mapped.write(&file, 10, b"0001 next\n", 4).unwrap();
+        // With room again, the write that failed succeeds.
+        limit(libc::RLIM_INFINITY);
+        mapped.write(&file, far, b"0001 far\n", 4).unwrap();
+        assert_eq!(mapped.len(), 2 * GROW);
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        assert_eq!(bytes.len() as u64, 2 * GROW);
+        assert_eq!(&bytes[..21], b"0001 kept\n0001 next\n\0");
+        assert_eq!(&bytes[far as usize..far as usize + 9], b"0001 far\n");
+    }
 }
