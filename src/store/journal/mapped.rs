@@ -113,19 +113,22 @@ fn allocate_and_map(file: &File, len: u64) -> io::Result<MmapMut> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+
+    fn new_file(path: &std::path::Path) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap()
+    }
 
     #[test]
     fn writes_land_in_the_file_which_grows_as_needed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let file = new_file(&path);
         let mut mapped = Mapped::new(&file).unwrap();
         assert_eq!(mapped.len(), GROW);
         mapped.write(&file, 0, b"0001 a longer line\n", 4).unwrap();
@@ -137,11 +140,7 @@ mod tests {
         assert_eq!(mapped.len(), 2 * GROW);
         // Past the file's end there is nothing to mark.
         mapped.mark(10 * GROW, 0);
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .unwrap()
-            .read_to_end(&mut bytes)
-            .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, 2 * GROW);
         assert_eq!(&bytes[..19], b"0001 hello\n\0r line\n");
         assert_eq!(&bytes[far as usize..far as usize + 9], b"0001 far\n");
@@ -189,13 +188,7 @@ mod tests {
         unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let file = new_file(&path);
         limit(GROW + GROW / 2);
         let mut mapped = Mapped::new(&file).unwrap();
         mapped.write(&file, 0, b"0001 kept\n", 4).unwrap();
@@ -209,11 +202,7 @@ mod tests {
         limit(libc::RLIM_INFINITY);
         mapped.write(&file, far, b"0001 far\n", 4).unwrap();
         assert_eq!(mapped.len(), 2 * GROW);
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .unwrap()
-            .read_to_end(&mut bytes)
-            .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, 2 * GROW);
         assert_eq!(&bytes[..21], b"0001 kept\n0001 next\n\0");
         assert_eq!(&bytes[far as usize..far as usize + 9], b"0001 far\n");
