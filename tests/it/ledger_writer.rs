@@ -495,6 +495,32 @@ async fn totals_and_sums(db: &Db, account: i64) -> (store::funds::Funds, store::
     (funds, sums)
 }
 
+/// A promotional grant of an amount, or of tokens of a model, in force from an hour
+/// before `at`.
+async fn promotional_grant(
+    db: &Db,
+    account: i64,
+    (amount, tokens, model): (Option<Decimal>, Option<u64>, Option<&str>),
+    at: chrono::DateTime<Utc>,
+) -> store::grants::Grant {
+    let key = format!("{amount:?}-{tokens:?}");
+    let asked = tollgate::domain::grants::GrantRequest {
+        amount,
+        tokens,
+        model,
+        kind: "promotional",
+        priority: None,
+        effective_at: Some(at - chrono::Duration::hours(1)),
+        expires_at: None,
+        reason: "test",
+        actor: "test",
+        idempotency_key: &key,
+    };
+    let (grant, _) = tollgate::domain::grants::issue(db, None, account, &asked)
+        .await
+        .unwrap();
+    grant
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_totals_move_with_imports_and_top_ups_and_replays_add_nothing() {
     let f = fixture().await;
@@ -587,25 +613,7 @@ async fn a_request_id_twice_in_a_batch_is_stored_and_charged_once() {
     let stored_before = record("req_0192f1a2b3c47d8e9fa0b1c2d3e4f501", "0.5", at);
     sink.insert(&[&stored_before]).await.unwrap();
     // Tokens of the records' model, for the grants the records burn.
-    let (grant, _) = tollgate::domain::grants::issue(
-        &b.db,
-        None,
-        b.account.id,
-        &tollgate::domain::grants::GrantRequest {
-            amount: None,
-            tokens: Some(1_000),
-            model: Some("m"),
-            kind: "promotional",
-            priority: None,
-            effective_at: Some(at - chrono::Duration::hours(1)),
-            expires_at: None,
-            reason: "test",
-            actor: "test",
-            idempotency_key: "tokens",
-        },
-    )
-    .await
-    .unwrap();
+    let grant = promotional_grant(&b.db, b.account.id, (None, Some(1_000), Some("m")), at).await;
     let funds = store::funds::of(&b.db, b.account.id).await.unwrap();
 
     let first = record("req_0192f1a2b3c47d8e9fa0b1c2d3e4f502", "0.25", at);
@@ -705,25 +713,13 @@ async fn replays_shipped_at_once_by_several_sinks_are_charged_once() {
         .await
         .unwrap();
     let at = Utc::now() - chrono::Duration::minutes(5);
-    tollgate::domain::grants::issue(
+    promotional_grant(
         &b.db,
-        None,
         b.account.id,
-        &tollgate::domain::grants::GrantRequest {
-            amount: Some(Decimal::new(10, 0)),
-            tokens: None,
-            model: None,
-            kind: "promotional",
-            priority: None,
-            effective_at: Some(at - chrono::Duration::hours(1)),
-            expires_at: None,
-            reason: "test",
-            actor: "test",
-            idempotency_key: "ten",
-        },
+        (Some(Decimal::new(10, 0)), None, None),
+        at,
     )
-    .await
-    .unwrap();
+    .await;
     let records: Vec<UsageRecord> = (0..120)
         .map(|n| {
             let id = format!("req_0192f1a2b3c47d8e9fa0b1c2d3e4{n:04x}");
