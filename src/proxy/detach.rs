@@ -3,7 +3,11 @@
 //! handed to a task of its own when the request stops waiting or is dropped.
 
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::sync::oneshot;
+use tokio::sync::oneshot::error::TryRecvError;
 
 use tokio_util::task::TaskTracker;
 
@@ -24,16 +28,29 @@ impl Detachable {
         }
     }
 
-    /// Drives the work alongside `wait` until `wait` completes.
-    pub async fn until<T>(&mut self, wait: impl Future<Output = T>) -> T {
-        let mut wait = pin!(wait);
+    /// Drives the work until it sends its answer on `answer`, whose sender it holds, and
+    /// returns the answer (`None` if the work ends without sending one).
+    ///
+    /// While the work runs, the answer is looked for after each poll of it rather than
+    /// waited for: a receiver that waits registers this task's waker, so the send, made
+    /// while this task polls the work, would wake the task itself, and tokio takes a task
+    /// that wakes itself for one that yields: it queues it again and wakes a second worker
+    /// thread to take it. The sender must therefore stay in the work (not go to a task of
+    /// its own): nothing else could send while the work waits.
+    pub async fn until<T>(&mut self, answer: &mut oneshot::Receiver<T>) -> Option<T> {
         poll_fn(|cx| {
-            if let Some(work) = self.work.as_mut()
-                && work.as_mut().poll(cx).is_ready()
-            {
-                self.work = None;
+            if let Some(work) = self.work.as_mut() {
+                if work.as_mut().poll(cx).is_ready() {
+                    self.work = None;
+                } else {
+                    return match answer.try_recv() {
+                        Ok(answer) => Poll::Ready(Some(answer)),
+                        Err(TryRecvError::Empty) => Poll::Pending,
+                        Err(TryRecvError::Closed) => Poll::Ready(None),
+                    };
+                }
             }
-            wait.as_mut().poll(cx)
+            Pin::new(&mut *answer).poll(cx).map(Result::ok)
         })
         .await
     }
@@ -54,7 +71,7 @@ impl Drop for Detachable {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Duration;
 
     #[tokio::test]
@@ -74,7 +91,9 @@ mod tests {
                     },
                     tasks,
                 );
-                work.until(std::future::pending::<()>()).await;
+                // Never answered: the caller waits until it is aborted.
+                let (_never, mut answer) = oneshot::channel::<()>();
+                let _ = work.until(&mut answer).await;
             }
         });
         is_started.await.unwrap();
@@ -98,8 +117,69 @@ mod tests {
             },
             tasks.clone(),
         );
-        assert_eq!(work.until(got_head).await.unwrap(), "head");
+        let mut got_head = got_head;
+        assert_eq!(work.until(&mut got_head).await.unwrap(), "head");
         drop(work);
         assert_eq!(got_tail.await.unwrap(), "tail");
+    }
+
+    /// Counts the wake-ups of the task it stands for.
+    struct Counted(AtomicUsize);
+
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_answer_does_not_wake_the_task_that_waits_for_it() {
+        let woken = Arc::new(Counted(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let (go, gone) = oneshot::channel::<()>();
+        let (respond, mut answer) = oneshot::channel();
+        let mut work = Detachable::new(
+            async move {
+                let _ = gone.await;
+                let _ = respond.send("answer");
+                std::future::pending::<()>().await; // a stream's relay goes on
+            },
+            TaskTracker::new(),
+        );
+        let mut until = Box::pin(work.until(&mut answer));
+        assert!(until.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        go.send(()).unwrap();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the work's own wake-up");
+        assert_eq!(until.as_mut().poll(&mut cx), Poll::Ready(Some("answer")));
+        assert_eq!(
+            woken.0.load(Ordering::SeqCst),
+            1,
+            "the answer woke the task again"
+        );
+    }
+
+    #[test]
+    fn work_that_drops_its_answer_unsent_gives_none_at_once() {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        for keeps_running in [false, true] {
+            let (respond, mut answer) = oneshot::channel::<&str>();
+            let mut work = Detachable::new(
+                async move {
+                    drop(respond);
+                    if keeps_running {
+                        std::future::pending::<()>().await;
+                    }
+                },
+                TaskTracker::new(),
+            );
+            let mut until = Box::pin(work.until(&mut answer));
+            assert!(
+                until.as_mut().poll(&mut cx) == Poll::Ready(None),
+                "keeps running: {keeps_running}"
+            );
+        }
     }
 }

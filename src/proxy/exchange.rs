@@ -29,11 +29,11 @@ const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-reques
 /// response head as soon as it is known; a stream's relay goes on in a task of its own.
 pub async fn serve(state: AppState, exchange: Exchange) -> Response {
     let request_id = HeaderValue::from_str(&exchange.request_id).ok();
-    let (respond, response) = oneshot::channel();
+    let (respond, mut response) = oneshot::channel();
     let mut work = detached(state, exchange, respond);
-    let response = work.until(response).await;
+    let response = work.until(&mut response).await;
     drop(work); // a stream's relay, if any, continues in a task of its own
-    let mut response = response.unwrap_or_else(|_| {
+    let mut response = response.unwrap_or_else(|| {
         ApiError::Internal(anyhow::anyhow!("the exchange ended without a response")).into_response()
     });
     if let Some(id) = request_id {

@@ -90,6 +90,33 @@ impl Watched {
         }
     }
 
+    /// Follows the connection's requests: busy while one is in flight, idle with the
+    /// keep-alive timeout armed once the last has ended. True when it has just ended.
+    fn follow_requests(&mut self) -> bool {
+        if self.busy() {
+            self.phase = Phase::Busy;
+        } else if self.phase == Phase::Busy {
+            let keep_alive = self.keep_alive;
+            self.arm(Phase::Idle, keep_alive);
+            return true;
+        }
+        false
+    }
+
+    /// `follow_requests` for a write or a flush, which also sets the idle timer to wake
+    /// this task. The last request ends in the middle of hyper's turn: hyper drops the
+    /// response body (and so the request's `InFlight`) while writing, then writes and
+    /// flushes the last bytes, and may not read again before it waits. Noticed here, in the
+    /// connection's own task, the end needs no wake-up; one from the `InFlight` would come
+    /// from this very task, and tokio takes a task that wakes itself for one that yields:
+    /// it queues it again and wakes a second worker thread to take it.
+    fn follow_requests_writing(&mut self, cx: &mut Context<'_>) {
+        if self.follow_requests() && self.expired(cx) {
+            // Only with a timeout shorter than this turn: the next read reports it.
+            cx.waker().wake_by_ref();
+        }
+    }
+
     /// Writes what is left of a replacement response; ready once all is written.
     fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, written)) = &mut self.replacing {
@@ -194,13 +221,7 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        this.requests.reader.register(cx.waker());
-        if this.busy() {
-            this.phase = Phase::Busy;
-        } else if this.phase == Phase::Busy {
-            let keep_alive = this.keep_alive;
-            this.arm(Phase::Idle, keep_alive);
-        }
+        this.follow_requests();
         let before = buf.filled().len();
         let read = Pin::new(&mut this.tcp).poll_read(cx, buf);
         match (&read, this.phase) {
@@ -228,6 +249,7 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.follow_requests_writing(cx);
         ready!(self.poll_replacing(cx))?;
         if let Some(ours) = self.replacement(buf) {
             self.replacing = Some((ours, 0));
@@ -243,6 +265,7 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.follow_requests_writing(cx);
         ready!(self.poll_replacing(cx))?;
         if let Some(first) = bufs.first()
             && let Some(ours) = self.replacement(first)
@@ -259,6 +282,7 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.follow_requests_writing(cx);
         ready!(self.poll_replacing(cx))?;
         Pin::new(&mut self.tcp).poll_flush(cx)
     }

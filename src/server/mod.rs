@@ -6,6 +6,7 @@
 
 mod api_error;
 mod body;
+mod in_place;
 mod io;
 
 use std::convert::Infallible;
@@ -16,7 +17,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
-use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -109,10 +109,10 @@ pub async fn serve(
             metrics: metrics.clone(),
         };
         let stopping = stopping.clone();
-        connections.spawn(async move {
+        connections.spawn(in_place::InPlace::new(async move {
             connection.run(tcp, stopping).await;
             drop(permit);
-        });
+        }));
     }
     drop(listener);
     drop(stop);
@@ -178,13 +178,11 @@ fn finished(result: Result<(), hyper::Error>) {
     }
 }
 
-/// The requests in flight on one connection, shared by its socket and its service.
+/// The requests in flight on one connection, shared by its socket and its service (the
+/// socket notices the last one end: `io::Watched::follow_requests`).
 #[derive(Default)]
 pub(crate) struct Requests {
     in_flight: AtomicUsize,
-    /// The connection's reader, woken when the last request ends so that its idle timer
-    /// starts even if hyper was not about to read.
-    reader: AtomicWaker,
 }
 
 impl Requests {
@@ -205,9 +203,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.reader.wake();
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
