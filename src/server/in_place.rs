@@ -7,7 +7,8 @@
 //! to take it. That is a futex call and a trip through the scheduler for every request,
 //! and, with one request at a time, a sleeping core woken for nothing, on the machine the
 //! request is waiting for. Here the task is polled again in place instead, up to
-//! `AGAIN` times a turn; a wake from anywhere else goes to tokio as before.
+//! `AGAIN` times a turn and while tokio's budget for the turn lasts; a wake from anywhere
+//! else goes to tokio as before.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +18,8 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// Polls in one turn at most; past them the task yields to tokio as a self-wake would.
+/// Polls in one turn at most; past them (or once tokio's budget for the turn is spent) the
+/// task yields to tokio as a self-wake would.
 const AGAIN: usize = 16;
 
 /// The inner future is not being polled: a wake goes to tokio.
@@ -94,7 +96,11 @@ impl<F: Future> Future for InPlace<F> {
             if idle.is_ok() {
                 return Poll::Pending;
             }
-            // Woken while polled: what woke it is ready now.
+            // Woken while polled: what woke it is ready now, unless the wake was tokio
+            // telling the task its turn's budget is spent: then it yields.
+            if !tokio::task::coop::has_budget_remaining() {
+                break;
+            }
         }
         this.shared.state.store(IDLE, Ordering::Release);
         cx.waker().wake_by_ref();
@@ -155,6 +161,32 @@ mod tests {
             "owed its wake, it yields"
         );
         assert_eq!(task.as_mut().poll(&mut cx), Poll::Ready(AGAIN + 3));
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_budget_is_spent_yields_instead_of_being_polled_again() {
+        // Spends the turn's budget, then wakes itself: it is polled again only in a
+        // new turn, with a new budget.
+        let polls = Arc::new(AtomicUsize::new(0));
+        let without_budget = Arc::new(AtomicUsize::new(0));
+        let (counted_polls, counted_without) = (polls.clone(), without_budget.clone());
+        let task = InPlace::new(std::future::poll_fn(move |cx| {
+            if !tokio::task::coop::has_budget_remaining() {
+                counted_without.fetch_add(1, Ordering::SeqCst);
+            }
+            if counted_polls.fetch_add(1, Ordering::SeqCst) == 3 {
+                return Poll::Ready(());
+            }
+            while tokio::task::coop::has_budget_remaining() {
+                let spend = std::pin::pin!(tokio::task::coop::consume_budget());
+                let _ = spend.poll(cx);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }));
+        tokio::spawn(task).await.unwrap();
+        assert_eq!(polls.load(Ordering::SeqCst), 4);
+        assert_eq!(without_budget.load(Ordering::SeqCst), 0);
     }
 
     #[test]
