@@ -71,7 +71,7 @@ impl Drop for Detachable {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     #[tokio::test]
@@ -123,19 +123,9 @@ mod tests {
         assert_eq!(got_tail.await.unwrap(), "tail");
     }
 
-    /// Counts the wake-ups of the task it stands for.
-    struct Counted(AtomicUsize);
-
-    impl std::task::Wake for Counted {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn the_answer_does_not_wake_the_task_that_waits_for_it() {
-        let woken = Arc::new(Counted(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(woken.clone());
+        let (woken, waker) = crate::server::Counted::waker();
         let mut cx = std::task::Context::from_waker(&waker);
         let (go, gone) = oneshot::channel::<()>();
         let (respond, mut answer) = oneshot::channel();
@@ -149,15 +139,11 @@ mod tests {
         );
         let mut until = Box::pin(work.until(&mut answer));
         assert!(until.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        assert_eq!(woken.wakes(), 0);
         go.send(()).unwrap();
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the work's own wake-up");
+        assert_eq!(woken.wakes(), 1, "the work's own wake-up");
         assert_eq!(until.as_mut().poll(&mut cx), Poll::Ready(Some("answer")));
-        assert_eq!(
-            woken.0.load(Ordering::SeqCst),
-            1,
-            "the answer woke the task again"
-        );
+        assert_eq!(woken.wakes(), 1, "the answer woke the task again");
     }
 
     #[test]

@@ -108,24 +108,34 @@ impl<F: Future> Future for InPlace<F> {
     }
 }
 
+/// Counts the wakes of the task it stands for: the tests of tasks that must not wake
+/// themselves (here and in `proxy::detach`) poll with it.
+#[cfg(test)]
+pub(crate) struct Counted(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl Counted {
+    pub(crate) fn waker() -> (Arc<Counted>, Waker) {
+        let counted = Arc::new(Counted(std::sync::atomic::AtomicUsize::new(0)));
+        (counted.clone(), Waker::from(counted))
+    }
+
+    pub(crate) fn wakes(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl Wake for Counted {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
-
-    /// Counts the wake-ups of the task it stands for.
-    struct Counted(AtomicUsize);
-
-    impl Wake for Counted {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counted() -> (Arc<Counted>, Waker) {
-        let woken = Arc::new(Counted(AtomicUsize::new(0)));
-        (woken.clone(), Waker::from(woken))
-    }
 
     /// Wakes itself on each of its first `times` polls, then is ready with its poll count.
     fn waking_itself(times: usize) -> impl Future<Output = usize> {
@@ -142,24 +152,20 @@ mod tests {
 
     #[test]
     fn a_future_that_wakes_itself_is_polled_again_without_waking_its_task() {
-        let (woken, waker) = counted();
+        let (woken, waker) = Counted::waker();
         let mut cx = Context::from_waker(&waker);
         let mut task = Box::pin(InPlace::new(waking_itself(3)));
         assert_eq!(task.as_mut().poll(&mut cx), Poll::Ready(4));
-        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        assert_eq!(woken.wakes(), 0);
     }
 
     #[test]
     fn past_its_budget_it_yields_with_a_wake_and_goes_on_next_turn() {
-        let (woken, waker) = counted();
+        let (woken, waker) = Counted::waker();
         let mut cx = Context::from_waker(&waker);
         let mut task = Box::pin(InPlace::new(waking_itself(AGAIN + 2)));
         assert!(task.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(
-            woken.0.load(Ordering::SeqCst),
-            1,
-            "owed its wake, it yields"
-        );
+        assert_eq!(woken.wakes(), 1, "owed its wake, it yields");
         assert_eq!(task.as_mut().poll(&mut cx), Poll::Ready(AGAIN + 3));
     }
 
@@ -191,14 +197,14 @@ mod tests {
 
     #[test]
     fn a_wake_from_outside_reaches_the_task_once_it_waits() {
-        let (woken, waker) = counted();
+        let (woken, waker) = Counted::waker();
         let mut cx = Context::from_waker(&waker);
         let (tx, mut rx) = tokio::sync::oneshot::channel::<u8>();
         let mut task = Box::pin(InPlace::new(async move { (&mut rx).await.unwrap() }));
         assert!(task.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        assert_eq!(woken.wakes(), 0);
         tx.send(7).unwrap();
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.wakes(), 1);
         assert_eq!(task.as_mut().poll(&mut cx), Poll::Ready(7));
     }
 
@@ -207,7 +213,7 @@ mod tests {
         // The other thread wakes the task as the poll ends: either the poll sees the wake
         // and polls again, or the wake reaches the task. Each round must end ready.
         for _ in 0..2_000 {
-            let (woken, waker) = counted();
+            let (woken, waker) = Counted::waker();
             let mut cx = Context::from_waker(&waker);
             let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let seen = flag.clone();
@@ -234,7 +240,7 @@ mod tests {
             while task.as_mut().poll(&mut cx).is_pending() {
                 // Pending: a wake must reach the task before it is polled again.
                 let lost = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                while woken.0.load(Ordering::SeqCst) == turns {
+                while woken.wakes() == turns {
                     assert!(std::time::Instant::now() < lost, "a wake was lost");
                     std::thread::yield_now();
                 }

@@ -26,6 +26,8 @@ use tower_service::Service;
 
 pub use api_error::ApiError;
 pub use body::BodyTimeout;
+#[cfg(test)]
+pub(crate) use in_place::Counted;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
