@@ -33,10 +33,10 @@ impl Detachable {
     ///
     /// While the work runs, the answer is looked for after each poll of it rather than
     /// waited for: a receiver that waits registers this task's waker, so the send, made
-    /// while this task polls the work, would wake the task itself, and tokio takes a task
-    /// that wakes itself for one that yields: it queues it again and wakes a second worker
-    /// thread to take it. The sender must therefore stay in the work (not go to a task of
-    /// its own): nothing else could send while the work waits.
+    /// while this task polls the work, would wake the task itself (what that costs:
+    /// `server::in_place`, which would then poll the whole connection again). The sender
+    /// must therefore stay in the work (not go to a task of its own): nothing else could
+    /// send while the work waits.
     pub async fn until<T>(&mut self, answer: &mut oneshot::Receiver<T>) -> Option<T> {
         poll_fn(|cx| {
             if let Some(work) = self.work.as_mut() {

@@ -108,8 +108,7 @@ impl Watched {
     /// response body (and so the request's `InFlight`) while writing, then writes and
     /// flushes the last bytes, and may not read again before it waits. Noticed here, in the
     /// connection's own task, the end needs no wake-up; one from the `InFlight` would come
-    /// from this very task, and tokio takes a task that wakes itself for one that yields:
-    /// it queues it again and wakes a second worker thread to take it.
+    /// from this very task (what that costs: `super::in_place`).
     fn follow_requests_writing(&mut self, cx: &mut Context<'_>) {
         if self.follow_requests() && self.expired(cx) {
             // Only with a timeout shorter than this turn: the next read reports it.
