@@ -42,6 +42,7 @@ pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod deadline;
 pub mod dialect;
 pub mod domain;
 pub mod error;

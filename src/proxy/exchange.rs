@@ -138,21 +138,21 @@ async fn connect(
         // Only errors name the backend: no formatting on the way through.
         let what = || format!("{}/{}", upstream.model, upstream.chip);
         let sent = Instant::now();
-        let sending = upstream.client.send(request);
-        match tokio::time::timeout(upstream.first_byte_timeout, sending).await {
-            Ok(Ok(response)) => {
+        let sending = upstream.client.send(request, upstream.first_byte_timeout);
+        match sending.await {
+            Ok(response) => {
                 let pair = upstream.metrics(state.metrics());
                 pair.upstream_latency.observe(sent.elapsed().as_secs_f64());
                 return Ok((served, response));
             }
-            Err(_) => {
+            Err(e) if e.is_timeout() => {
                 let error = ApiError::GatewayTimeout(format!(
                     "the backend for {} did not answer in time",
                     what()
                 ));
                 return Err((Some((served, Status::Timeout)), error));
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Err(e) if e.is_connect() => {
                 tracing::warn!(request_id = %ex.request_id, upstream = %what(), error = %e, "no connection to the backend; trying the next chip");
                 passed_over.push(Attempt {
                     chip: upstream.chip.clone(),
@@ -160,7 +160,7 @@ async fn connect(
                 });
                 last = Some(served);
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 let what = what();
                 let error =
                     ApiError::BadGateway(format!("the backend for {what} failed before answering"));

@@ -14,9 +14,10 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::{ConnectionLimits, Requests};
+use crate::deadline::Deadline;
 use crate::error::openai_error;
 
 /// Where a connection is between requests.
@@ -35,13 +36,8 @@ pub struct Watched {
     /// Requests in flight on this connection (see `super::InFlight`).
     requests: Arc<Requests>,
     phase: Phase,
-    /// When the current phase times out (unused while busy).
-    deadline: Instant,
-    /// Wakes the connection at `deadline` or before it. A connection's deadline moves
-    /// later with every request, and resetting a timer takes the timer wheel's lock, so
-    /// the timer is moved only when the deadline comes sooner than it or when it fires
-    /// early (`expired`): about once a keep-alive timeout on a busy connection.
-    timer: Pin<Box<Sleep>>,
+    /// When the current phase times out (unused while busy): later with every request.
+    deadline: Deadline,
     header: Duration,
     keep_alive: Duration,
     /// An error response of our own that replaces one of hyper's, still to be written.
@@ -50,14 +46,12 @@ pub struct Watched {
 
 impl Watched {
     pub fn new(tcp: TcpStream, requests: Arc<Requests>, limits: &ConnectionLimits) -> Watched {
-        let deadline = Instant::now() + limits.header;
         Watched {
             tcp,
             requests,
             // A new connection gets the header timeout to send its first request.
             phase: Phase::Idle,
-            deadline,
-            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline: Deadline::new(Instant::now() + limits.header),
             header: limits.header,
             keep_alive: limits.keep_alive,
             replacing: None,
@@ -70,24 +64,7 @@ impl Watched {
 
     fn arm(&mut self, phase: Phase, after: Duration) {
         self.phase = phase;
-        self.deadline = Instant::now() + after;
-    }
-
-    /// Whether the phase's deadline has come; if not, the task is woken by then.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.timer.deadline() > self.deadline {
-                self.timer.as_mut().reset(self.deadline);
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            // It fired at the deadline, or at an earlier one the connection has moved past.
-            if self.timer.deadline() >= self.deadline {
-                return true;
-            }
-            self.timer.as_mut().reset(self.deadline);
-        }
+        self.deadline.set(Instant::now() + after);
     }
 
     /// Follows the connection's requests: busy while one is in flight, idle with the
@@ -110,7 +87,7 @@ impl Watched {
     /// connection's own task, the end needs no wake-up; one from the `InFlight` would come
     /// from this very task (what that costs: `super::in_place`).
     fn follow_requests_writing(&mut self, cx: &mut Context<'_>) {
-        if self.follow_requests() && self.expired(cx) {
+        if self.follow_requests() && self.deadline.passed(cx) {
             // Only with a timeout shorter than this turn: the next read reports it.
             cx.waker().wake_by_ref();
         }
@@ -228,7 +205,7 @@ impl AsyncRead for Watched {
                 let header = this.header;
                 this.arm(Phase::Head, header);
             }
-            (Poll::Pending, Phase::Idle | Phase::Head) if this.expired(cx) => {
+            (Poll::Pending, Phase::Idle | Phase::Head) if this.deadline.passed(cx) => {
                 let what = if this.phase == Phase::Idle {
                     "no request arrived on an idle connection in time"
                 } else {

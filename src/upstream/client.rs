@@ -70,8 +70,13 @@ pub enum UpstreamClient {
 #[derive(Debug)]
 pub struct SendError {
     connect: bool,
+    timed_out: bool,
     error: Box<dyn std::error::Error + Send + Sync>,
 }
+
+/// No piece of an answer's body came within the wait.
+#[derive(Debug)]
+pub struct TimedOut;
 
 impl std::error::Error for SendError {}
 
@@ -94,6 +99,12 @@ impl SendError {
     /// request never reached the backend, so another chip may take it.
     pub fn is_connect(&self) -> bool {
         self.connect
+    }
+
+    /// No answer's head came within the first-byte timeout (the request may have reached
+    /// the backend).
+    pub fn is_timeout(&self) -> bool {
+        self.timed_out
     }
 }
 
@@ -120,36 +131,60 @@ impl UpstreamClient {
         Ok(UpstreamClient::Tls(Box::new(pool)))
     }
 
-    /// Sends `request` and reads the answer's head.
-    pub async fn send(&self, request: Request<Bytes>) -> Result<UpstreamResponse, SendError> {
+    /// Sends `request` and reads the answer's head, within `first_byte`.
+    pub async fn send(
+        &self,
+        request: Request<Bytes>,
+        first_byte: Duration,
+    ) -> Result<UpstreamResponse, SendError> {
         match self {
             UpstreamClient::Plain(pool) => {
                 let (mut request, body) = request.into_parts();
                 let origin = request.uri.path_and_query().cloned();
                 request.uri = origin.map_or_else(|| Uri::from_static("/"), Uri::from);
-                match pool.send(Request::from_parts(request, body)).await {
+                match pool
+                    .send(Request::from_parts(request, body), first_byte)
+                    .await
+                {
                     Ok((head, reader)) => Ok(UpstreamResponse {
                         status: head.status,
                         headers: head.headers,
                         body: Body::Plain(reader),
                     }),
-                    Err(PoolError { connect, error }) => Err(SendError { connect, error }),
+                    Err(PoolError {
+                        connect,
+                        timed_out,
+                        error,
+                    }) => Err(SendError {
+                        connect,
+                        timed_out,
+                        error,
+                    }),
                 }
             }
-            UpstreamClient::Tls(client) => match client.request(request.map(Full::new)).await {
-                Ok(response) => {
-                    let (head, body) = response.into_parts();
-                    Ok(UpstreamResponse {
-                        status: head.status,
-                        headers: head.headers,
-                        body: Body::Tls(body),
-                    })
+            UpstreamClient::Tls(client) => {
+                let sending = client.request(request.map(Full::new));
+                match tokio::time::timeout(first_byte, sending).await {
+                    Ok(Ok(response)) => {
+                        let (head, body) = response.into_parts();
+                        Ok(UpstreamResponse {
+                            status: head.status,
+                            headers: head.headers,
+                            body: Body::Tls(body),
+                        })
+                    }
+                    Ok(Err(e)) => Err(SendError {
+                        connect: e.is_connect(),
+                        timed_out: false,
+                        error: e.into(),
+                    }),
+                    Err(elapsed) => Err(SendError {
+                        connect: false,
+                        timed_out: true,
+                        error: elapsed.into(),
+                    }),
                 }
-                Err(e) => Err(SendError {
-                    connect: e.is_connect(),
-                    error: e.into(),
-                }),
-            },
+            }
         }
     }
 }
@@ -173,16 +208,23 @@ pub async fn next_chunk(response: &mut UpstreamResponse) -> Result<Option<Bytes>
     }
 }
 
-/// `next_chunk` within `idle`. A chunk already received is taken without arming a timer,
-/// which costs more than the read itself.
+/// `next_chunk` within `idle`. A chunk already received is taken without a look at the
+/// time; a pooled connection waits on its own deadline (`crate::deadline`), and hyper's
+/// body on a timer of its own, which costs more than the read itself.
 pub async fn next_chunk_within(
     response: &mut UpstreamResponse,
     idle: Duration,
-) -> Result<Result<Option<Bytes>, BodyError>, tokio::time::error::Elapsed> {
+) -> Result<Result<Option<Bytes>, BodyError>, TimedOut> {
+    if let Body::Plain(reader) = &mut response.body {
+        let read = reader.next_chunk_within(idle).await.ok_or(TimedOut)?;
+        return Ok(read.map_err(Into::into));
+    }
     if let Some(ready) = next_chunk(response).now_or_never() {
         return Ok(ready);
     }
-    tokio::time::timeout(idle, next_chunk(response)).await
+    tokio::time::timeout(idle, next_chunk(response))
+        .await
+        .map_err(|_| TimedOut)
 }
 
 #[cfg(test)]
@@ -206,7 +248,10 @@ mod tests {
                 .header(axum::http::header::HOST, format!("127.0.0.1:{port}"))
                 .body(Bytes::from_static(b"{}"))
                 .unwrap();
-            let error = client.send(request).await.unwrap_err();
+            let error = client
+                .send(request, Duration::from_secs(10))
+                .await
+                .unwrap_err();
             assert!(error.is_connect(), "{scheme}: {error}");
             let text = error.to_string();
             assert!(text.contains("refused"), "{scheme}: {text}");

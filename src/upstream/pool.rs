@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::http1::{self, Decoder, Head, Step, WireError};
+use crate::deadline::Deadline;
 
 /// Idle connections older than this are closed rather than reused (as hyper's client does).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -28,15 +29,22 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const READ_FIRST: usize = 4 * 1024;
 const READ_MAX: usize = 64 * 1024;
 
-/// One connection: its socket and what has been read from it and not yet taken.
+/// One connection: its socket, and its deadline for the answer's head, then for each piece
+/// of the body (one timer for the connection's life, `crate::deadline`).
 struct Conn {
+    socket: Socket,
+    deadline: Deadline,
+}
+
+/// A connection's socket and what has been read from it and not yet taken.
+struct Socket {
     stream: TcpStream,
     read: BytesMut,
     /// The room the next read asks for.
     want: usize,
 }
 
-impl Conn {
+impl Socket {
     /// Reads what the socket has into `read`, with room for at least `wants` bytes: 0 at
     /// the connection's end. Cancel-safe.
     async fn read_more(&mut self, wants: usize) -> io::Result<usize> {
@@ -112,17 +120,42 @@ pub struct Reader {
 impl Reader {
     /// The next piece of the body, as it was read; `None` at its end. Cancel-safe.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, WireError> {
+        self.next_chunk_until(None)
+            .await
+            .unwrap_or(Err(WireError::Closed))
+    }
+
+    /// `next_chunk`, unless `idle` passes before a piece arrives (`None`). A piece read
+    /// already is taken without looking at the time. Cancel-safe.
+    pub async fn next_chunk_within(
+        &mut self,
+        idle: Duration,
+    ) -> Option<Result<Option<Bytes>, WireError>> {
+        self.next_chunk_until(Some(idle)).await
+    }
+
+    async fn next_chunk_until(
+        &mut self,
+        idle: Option<Duration>,
+    ) -> Option<Result<Option<Bytes>, WireError>> {
         loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return match self.decoder.ended() {
+            let Some(Conn { socket, deadline }) = self.conn.as_mut() else {
+                return Some(match self.decoder.ended() {
                     true => Ok(None),
                     false => Err(WireError::Closed),
-                };
+                });
             };
-            let step = match self.decoder.step(&mut conn.read) {
+            let step = match self.decoder.step(&mut socket.read) {
                 Ok(Step::More) => {
-                    let wants = self.decoder.wants().saturating_sub(conn.read.len());
-                    match conn.read_more(wants).await {
+                    let wants = self.decoder.wants().saturating_sub(socket.read.len());
+                    let read = match idle {
+                        Some(idle) => {
+                            deadline.set(tokio::time::Instant::now() + idle);
+                            deadline.within(socket.read_more(wants)).await?
+                        }
+                        None => socket.read_more(wants).await,
+                    };
+                    match read {
                         Ok(0) => self.decoder.closed(),
                         Ok(_) => continue,
                         Err(e) => Err(e.into()),
@@ -131,14 +164,14 @@ impl Reader {
                 step => step,
             };
             match step {
-                Ok(Step::Data(data)) => return Ok(Some(data)),
+                Ok(Step::Data(data)) => return Some(Ok(Some(data))),
                 Ok(Step::End | Step::More) => {
                     self.give_back();
-                    return Ok(None);
+                    return Some(Ok(None));
                 }
                 Err(e) => {
                     self.conn = None;
-                    return Err(e);
+                    return Some(Err(e));
                 }
             }
         }
@@ -151,11 +184,12 @@ impl Reader {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        if self.keep_alive && conn.read.is_empty() {
-            conn.want = READ_FIRST;
-            if conn.read.capacity() > READ_FIRST {
-                conn.read = BytesMut::new();
+        if self.keep_alive && conn.socket.read.is_empty() {
+            conn.socket.want = READ_FIRST;
+            if conn.socket.read.capacity() > READ_FIRST {
+                conn.socket.read = BytesMut::new();
             }
+            conn.deadline.forget_waiter();
             self.pool.idle.lock().push((conn, Instant::now()));
         }
     }
@@ -166,6 +200,8 @@ impl Reader {
 #[derive(Debug)]
 pub struct PoolError {
     pub connect: bool,
+    /// No answer's head came before the first-byte deadline.
+    pub timed_out: bool,
     pub error: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -189,28 +225,40 @@ impl Pool {
     }
 
     /// Sends `request` (its URI in origin form, its `Host` header set) on an idle
-    /// connection, or a new one, and reads the answer's head. A reused connection that
-    /// turns out to be closed before any of the request was written is dropped, and the
-    /// request goes on the next one.
+    /// connection, or a new one, and reads the answer's head, all within `first_byte`
+    /// (a connection that times out is closed). A reused connection that turns out to be
+    /// closed before any of the request was written is dropped, and the request goes on
+    /// the next one.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<Bytes>,
+        first_byte: Duration,
     ) -> Result<(Head, Reader), PoolError> {
+        let until = tokio::time::Instant::now() + first_byte;
         let head = http1::request_head(&request);
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                None => match tokio::time::timeout_at(until, self.connect(until)).await {
+                    Ok(connected) => (connected?, false),
+                    Err(_) => return Err(PoolError::timed_out()),
+                },
             };
-            match conn.write(&head, request.body()).await {
-                Ok(()) => {}
-                Err((true, _)) if reused => continue,
-                Err((_, e)) => return Err(PoolError::failed(e.into())),
-            }
-            let head = conn
-                .read_head(request.method())
-                .await
-                .map_err(PoolError::failed)?;
+            let Conn { socket, deadline } = &mut conn;
+            deadline.set(until);
+            let answer = deadline.within(async {
+                match socket.write(&head, request.body()).await {
+                    Ok(()) => socket.read_head(request.method()).await.map(Some),
+                    Err((true, _)) if reused => Ok(None),
+                    Err((_, e)) => Err(e.into()),
+                }
+            });
+            let head = match answer.await {
+                None => return Err(PoolError::timed_out()),
+                Some(Ok(Some(head))) => head,
+                Some(Ok(None)) => continue, // closed before any of the request was written
+                Some(Err(e)) => return Err(PoolError::failed(e)),
+            };
             let reader = Reader {
                 conn: Some(conn),
                 decoder: Decoder::new(head.body),
@@ -225,14 +273,15 @@ impl Pool {
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock();
         while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && conn.is_open() {
+            if since.elapsed() < IDLE_TIMEOUT && conn.socket.is_open() {
                 return Some(conn);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<Conn, PoolError> {
+    /// A new connection, whose deadline starts at `until`.
+    async fn connect(&self, until: tokio::time::Instant) -> Result<Conn, PoolError> {
         let connecting = TcpStream::connect(self.authority.as_str());
         let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(stream)) => stream,
@@ -243,9 +292,12 @@ impl Pool {
             .set_nodelay(true)
             .map_err(|e| PoolError::connect(format!("tcp setup error: {e}")))?;
         Ok(Conn {
-            stream,
-            read: BytesMut::new(),
-            want: READ_FIRST,
+            socket: Socket {
+                stream,
+                read: BytesMut::new(),
+                want: READ_FIRST,
+            },
+            deadline: Deadline::new(until),
         })
     }
 }
@@ -254,6 +306,7 @@ impl PoolError {
     fn connect(message: String) -> PoolError {
         PoolError {
             connect: true,
+            timed_out: false,
             error: message.into(),
         }
     }
@@ -261,7 +314,16 @@ impl PoolError {
     fn failed(error: WireError) -> PoolError {
         PoolError {
             connect: false,
+            timed_out: false,
             error: error.into(),
+        }
+    }
+
+    fn timed_out() -> PoolError {
+        PoolError {
+            connect: false,
+            timed_out: true,
+            error: "no answer in time".into(),
         }
     }
 }
@@ -276,6 +338,9 @@ mod tests {
 
     /// How a test backend answers a request's body.
     type Answer = fn(&[u8]) -> Vec<u8>;
+
+    /// The first-byte wait of requests that are answered at once.
+    const WAIT: Duration = Duration::from_secs(10);
 
     fn ok(_: &[u8]) -> Vec<u8> {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
@@ -353,13 +418,13 @@ mod tests {
         let (url, accepted) = backend(false, ok).await;
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
         for _ in 0..3 {
-            let (_, reader) = pool.send(small(&url)).await.unwrap();
+            let (_, reader) = pool.send(small(&url), WAIT).await.unwrap();
             assert_eq!(read_to_end(reader).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // An answer left unread keeps its connection out of the pool.
-        let (_, _unread) = pool.send(small(&url)).await.unwrap();
-        let (_, reader) = pool.send(small(&url)).await.unwrap();
+        let (_, _unread) = pool.send(small(&url), WAIT).await.unwrap();
+        let (_, reader) = pool.send(small(&url), WAIT).await.unwrap();
         assert_eq!(read_to_end(reader).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -387,7 +452,7 @@ mod tests {
             let (url, accepted) = backend(close, answer).await;
             let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
             for _ in 0..3 {
-                let (_, reader) = pool.send(small(&url)).await.unwrap();
+                let (_, reader) = pool.send(small(&url), WAIT).await.unwrap();
                 assert_eq!(read_to_end(reader).await, body);
             }
             assert_eq!(accepted.load(Ordering::SeqCst), connections, "{body}");
@@ -406,19 +471,71 @@ mod tests {
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
         let long: String = (0..300_000).map(|i| format!("{:09}\n", i)).collect();
         let (_, reader) = pool
-            .send(request(&url, Bytes::from(long.clone())))
+            .send(request(&url, Bytes::from(long.clone())), WAIT)
             .await
             .unwrap();
         assert_eq!(read_to_end(reader).await, long);
         {
             let idle = pool.idle.lock();
             let (conn, _) = idle.last().expect("the connection went back");
-            assert_eq!(conn.want, READ_FIRST);
-            assert!(conn.read.capacity() <= READ_FIRST);
+            assert_eq!(conn.socket.want, READ_FIRST);
+            assert!(conn.socket.read.capacity() <= READ_FIRST);
         }
-        let (_, reader) = pool.send(small(&url)).await.unwrap();
+        let (_, reader) = pool.send(small(&url), WAIT).await.unwrap();
         assert_eq!(read_to_end(reader).await, "{}");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_backend_silent_past_the_first_byte_wait_times_out_and_its_connection_goes() {
+        fn silent(_: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        let (url, accepted) = backend(false, silent).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        let started = std::time::Instant::now();
+        let error = pool
+            .send(small(&url), Duration::from_millis(100))
+            .await
+            .err()
+            .expect("no answer");
+        assert!(error.timed_out && !error.connect, "{}", error.error);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(pool.idle.lock().is_empty());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_reused_past_its_first_deadline_waits_on_each_requests_own() {
+        let (url, accepted) = backend(false, ok).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        let wait = Duration::from_millis(300);
+        // Five requests 100 ms apart: the timer set for the first has fired by the fourth,
+        // whose own deadline is still to come.
+        for _ in 0..5 {
+            let (_, reader) = pool.send(small(&url), wait).await.unwrap();
+            assert_eq!(read_to_end(reader).await, "ok");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_times_out_on_each_wait_for_a_piece() {
+        fn stalled(_: &[u8]) -> Vec<u8> {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n".to_vec()
+        }
+        let (url, _) = backend(false, stalled).await;
+        let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
+        let (_, mut reader) = pool.send(small(&url), WAIT).await.unwrap();
+        let idle = Duration::from_millis(50);
+        let first = reader.next_chunk_within(idle).await;
+        assert_eq!(first.unwrap().unwrap().unwrap(), "abc");
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            assert!(reader.next_chunk_within(idle).await.is_none(), "timed out");
+            assert!(started.elapsed() >= idle);
+        }
     }
 
     #[tokio::test]
@@ -428,18 +545,18 @@ mod tests {
         }
         let (url, accepted) = backend(false, slow).await;
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
-        let (_, mut reader) = pool.send(small(&url)).await.unwrap();
+        let (_, mut reader) = pool.send(small(&url), WAIT).await.unwrap();
         // A short body is handed out whole: the read waits for the rest, and one that times
         // out leaves what came where it was.
         for _ in 0..2 {
             let waited = tokio::time::timeout(Duration::from_millis(50), reader.next_chunk());
             assert!(waited.await.is_err());
             let conn = reader.conn.as_ref().unwrap();
-            assert_eq!(&conn.read[..], b"abc");
+            assert_eq!(&conn.socket.read[..], b"abc");
             assert_eq!(reader.decoder.body, http1::Body::Length(9));
         }
         drop(reader);
-        let (_, reader) = pool.send(small(&url)).await.unwrap();
+        let (_, reader) = pool.send(small(&url), WAIT).await.unwrap();
         drop(reader);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert!(pool.idle.lock().is_empty());
@@ -452,7 +569,7 @@ mod tests {
         }
         let (url, _) = backend(true, cut).await;
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
-        let (head, mut reader) = pool.send(small(&url)).await.unwrap();
+        let (head, mut reader) = pool.send(small(&url), WAIT).await.unwrap();
         assert_eq!(head.status, 200);
         assert_eq!(reader.next_chunk().await.unwrap().unwrap(), "ab");
         let error = reader.next_chunk().await.unwrap_err();
@@ -468,7 +585,11 @@ mod tests {
             .unwrap();
         let url: Uri = format!("http://{closed}/v1/x").parse().unwrap();
         let pool = Pool::new(&url, Duration::from_secs(2)).unwrap();
-        let error = pool.send(small(&url)).await.err().expect("no connection");
+        let error = pool
+            .send(small(&url), WAIT)
+            .await
+            .err()
+            .expect("no connection");
         assert!(error.connect);
         assert!(
             error.error.to_string().contains("refused"),

@@ -335,14 +335,17 @@ pub async fn send(
         .body(body)
         .map_err(|e| ApiError::Internal(e.into()))?;
     let what = || format!("{}/{}", upstream.model, upstream.chip);
-    match tokio::time::timeout(upstream.first_byte_timeout, upstream.client.send(request)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(_)) => Err(ApiError::BadGateway(format!(
-            "the backend for {} failed to answer",
+    match (upstream.client)
+        .send(request, upstream.first_byte_timeout)
+        .await
+    {
+        Ok(response) => Ok(response),
+        Err(e) if e.is_timeout() => Err(ApiError::GatewayTimeout(format!(
+            "the backend for {} did not answer in time",
             what()
         ))),
-        Err(_) => Err(ApiError::GatewayTimeout(format!(
-            "the backend for {} did not answer in time",
+        Err(_) => Err(ApiError::BadGateway(format!(
+            "the backend for {} failed to answer",
             what()
         ))),
     }
