@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::pool::{Pool, PoolError, Reader};
+use super::pool::{Failure, Pool, PoolError, Reader};
 
 /// A backend's answer, its body still to be read (`next_chunk`).
 pub struct UpstreamResponse {
@@ -69,8 +69,7 @@ pub enum UpstreamClient {
 /// Why a request got no response head.
 #[derive(Debug)]
 pub struct SendError {
-    connect: bool,
-    timed_out: bool,
+    failure: Failure,
     error: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -98,13 +97,13 @@ impl SendError {
     /// No connection could be made (refused, unreachable, connect timeout, TLS): the
     /// request never reached the backend, so another chip may take it.
     pub fn is_connect(&self) -> bool {
-        self.connect
+        self.failure == Failure::Connect
     }
 
     /// No answer's head came within the first-byte timeout (the request may have reached
     /// the backend).
     pub fn is_timeout(&self) -> bool {
-        self.timed_out
+        self.failure == Failure::TimedOut
     }
 }
 
@@ -151,15 +150,7 @@ impl UpstreamClient {
                         headers: head.headers,
                         body: Body::Plain(reader),
                     }),
-                    Err(PoolError {
-                        connect,
-                        timed_out,
-                        error,
-                    }) => Err(SendError {
-                        connect,
-                        timed_out,
-                        error,
-                    }),
+                    Err(PoolError { failure, error }) => Err(SendError { failure, error }),
                 }
             }
             UpstreamClient::Tls(client) => {
@@ -174,13 +165,14 @@ impl UpstreamClient {
                         })
                     }
                     Ok(Err(e)) => Err(SendError {
-                        connect: e.is_connect(),
-                        timed_out: false,
+                        failure: match e.is_connect() {
+                            true => Failure::Connect,
+                            false => Failure::Answer,
+                        },
                         error: e.into(),
                     }),
                     Err(elapsed) => Err(SendError {
-                        connect: false,
-                        timed_out: true,
+                        failure: Failure::TimedOut,
                         error: elapsed.into(),
                     }),
                 }

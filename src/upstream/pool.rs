@@ -195,13 +195,21 @@ impl Reader {
     }
 }
 
-/// Why a request got no answer: no connection could be made (`connect`), or the backend
-/// failed to answer on one.
+/// Why a request got no answer's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection could be made: the request never reached the backend.
+    Connect,
+    /// No head came within the first-byte timeout (the request may have reached it).
+    TimedOut,
+    /// The backend failed to answer on a connection.
+    Answer,
+}
+
+/// A request that got no answer's head, and why.
 #[derive(Debug)]
 pub struct PoolError {
-    pub connect: bool,
-    /// No answer's head came before the first-byte deadline.
-    pub timed_out: bool,
+    pub failure: Failure,
     pub error: Box<dyn std::error::Error + Send + Sync>,
 }
 
@@ -305,24 +313,21 @@ impl Pool {
 impl PoolError {
     fn connect(message: String) -> PoolError {
         PoolError {
-            connect: true,
-            timed_out: false,
+            failure: Failure::Connect,
             error: message.into(),
         }
     }
 
     fn failed(error: WireError) -> PoolError {
         PoolError {
-            connect: false,
-            timed_out: false,
+            failure: Failure::Answer,
             error: error.into(),
         }
     }
 
     fn timed_out() -> PoolError {
         PoolError {
-            connect: false,
-            timed_out: true,
+            failure: Failure::TimedOut,
             error: "no answer in time".into(),
         }
     }
@@ -499,7 +504,7 @@ mod tests {
             .await
             .err()
             .expect("no answer");
-        assert!(error.timed_out && !error.connect, "{}", error.error);
+        assert_eq!(error.failure, Failure::TimedOut, "{}", error.error);
         assert!(started.elapsed() >= Duration::from_millis(100));
         assert!(pool.idle.lock().is_empty());
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -590,7 +595,7 @@ mod tests {
             .await
             .err()
             .expect("no connection");
-        assert!(error.connect);
+        assert_eq!(error.failure, Failure::Connect);
         assert!(
             error.error.to_string().contains("refused"),
             "{}",
