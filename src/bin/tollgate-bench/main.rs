@@ -92,10 +92,16 @@ struct Args {
     /// chunks a millisecond apart (usage asked for), instead of short answers.
     #[arg(long)]
     stream: bool,
-    /// Instead of the phases, profile each proxy with `perf` for this many seconds at 32
-    /// connections: CPU µs per request by stage (written to `bench/profile.md`).
+    /// Instead of the phases, profile each proxy with `perf` for this many seconds at
+    /// `--profile-connections` connections: CPU µs per request by stage (written to
+    /// `bench/profile.md`).
     #[arg(long, value_name = "SECONDS")]
     profile: Option<u64>,
+    /// Closed-loop connections while `--profile` samples (e.g. 256, to see what more
+    /// requests in flight cost).
+    #[arg(long, value_name = "CONNECTIONS", default_value_t = 32, requires = "profile",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    profile_connections: u16,
     /// Instead of the phases, count what this many requests cost each proxy in
     /// instructions, under valgrind's callgrind (written to `bench/instructions.md`):
     /// repeatable to about 0.1%, where CPU time moves by 10%.
@@ -297,7 +303,13 @@ async fn measure(
         prompt_bytes: args.prompt_bytes,
     };
     match (args.profile, args.instructions) {
-        (Some(seconds), _) => profile::run(&subjects, &simulator, seconds, ask, dir).await,
+        (Some(seconds), _) => {
+            let load = profile::Load {
+                seconds,
+                connections: args.profile_connections.into(),
+            };
+            profile::run(&subjects, &simulator, load, ask, dir).await
+        }
         (_, Some(requests)) => instructions::run(&subjects, requests, ask, dir).await,
         _ => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
     }

@@ -1,5 +1,6 @@
 //! `--profile`: where a proxy's CPU time goes under load. Each proxy (the axum
-//! pass-through, each tollgate) serves 32 closed-loop connections while Debian's `perf`
+//! pass-through, each tollgate) serves closed-loop connections (32 unless
+//! `--profile-connections` says otherwise) while Debian's `perf`
 //! samples it with call graphs (DWARF unwinding, so no special build is needed); the
 //! report gives, per subject, CPU µs per request split into the stages a request passes
 //! through (each stage's samples wherever its functions are on the stack) and the
@@ -99,17 +100,28 @@ const STAGES: &[(&str, &[&str])] = &[
 
 const REST: &str = "kernel, allocator and everything else";
 
+/// How each proxy is loaded while it is profiled.
+#[derive(Clone, Copy)]
+pub struct Load {
+    pub seconds: u64,
+    pub connections: usize,
+}
+
 pub async fn run(
     subjects: &[Subject],
     simulator: &Process,
-    seconds: u64,
+    load: Load,
     ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<String> {
     let perf = which_perf().context("--profile needs perf (Debian's linux-perf)")?;
+    let Load {
+        seconds,
+        connections,
+    } = load;
     let mut out = format!(
-        "# Where a request's CPU time goes\n\nMachine: {}. Each proxy serves 32 closed-loop \
-         connections of {asked} for {seconds} s while `perf record \
+        "# Where a request's CPU time goes\n\nMachine: {}. Each proxy serves {connections} \
+         closed-loop connections of {asked} for {seconds} s while `perf record \
          --call-graph dwarf` samples it at 999 Hz. CPU µs per request come from /proc in a \
          run of the same length without perf (whose unwinding costs the process time of its \
          own); each stage gets its share of the profiled run's samples: those with one of \
@@ -120,7 +132,7 @@ pub async fn run(
     );
     for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
         eprintln!("profiling {}", subject.target.name);
-        out += &profile_one(&perf, subject, simulator, seconds, ask, dir).await?;
+        out += &profile_one(&perf, subject, simulator, load, ask, dir).await?;
     }
     Ok(out)
 }
@@ -138,7 +150,10 @@ async fn profile_one(
     perf: &str,
     subject: &Subject,
     simulator: &Process,
-    seconds: u64,
+    Load {
+        seconds,
+        connections,
+    }: Load,
     ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<String> {
@@ -146,12 +161,13 @@ async fn profile_one(
     let data = dir.join(format!("perf-{pid}.data"));
     let workload = ask.workload(subject);
     let time = Duration::from_secs(seconds);
-    load::closed_loop(&subject.target, &workload, 32, Stop::Requests(2_000)).await?;
+    let warm_up = Stop::Requests(2_000.max(connections * 10));
+    load::closed_loop(&subject.target, &workload, connections, warm_up).await?;
     // CPU per request without perf (its unwinding costs the process time of its own) ...
     let cpu_before = procs::cpu_time(&[pid]);
     let sim_before = procs::cpu_time(&simulator.pids());
     let (outcomes, _) =
-        load::closed_loop(&subject.target, &workload, 32, Stop::After(time)).await?;
+        load::closed_loop(&subject.target, &workload, connections, Stop::After(time)).await?;
     let cpu = procs::cpu_time(&[pid]).saturating_sub(cpu_before);
     let sim = procs::cpu_time(&simulator.pids()).saturating_sub(sim_before);
     let requests = outcomes.len().max(1) as f64;
@@ -167,7 +183,7 @@ async fn profile_one(
         .context("cannot start perf record")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (profiled, _) =
-        load::closed_loop(&subject.target, &workload, 32, Stop::After(time)).await?;
+        load::closed_loop(&subject.target, &workload, connections, Stop::After(time)).await?;
     let _ = Command::new("kill")
         .args(["-INT", &recorder.id().to_string()])
         .status();
