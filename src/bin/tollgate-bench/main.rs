@@ -114,6 +114,11 @@ struct Args {
     /// cost less CPU a request at 32 connections but served less at 256 (bench/README.md).
     #[arg(long, value_name = "THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
+    /// The open-loop phase's rate in requests a second, instead of half what this build's
+    /// first tollgate served at 32 connections (which needs the throughput phase): to see
+    /// how a subject's tail grows with its load.
+    #[arg(long, value_name = "REQUESTS_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+    open_loop_rate: Option<u32>,
 }
 
 /// What a request goes to and what stands in front of the simulator there.
@@ -187,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     plan.answer_chunks = args.answer_chunks;
     plan.prompt_bytes = args.prompt_bytes;
     plan.worker_threads = args.worker_threads;
+    plan.open_rate = args.open_loop_rate.map(f64::from);
     let keys = args.keys.unwrap_or(if args.quick { 1_000 } else { 10_000 });
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

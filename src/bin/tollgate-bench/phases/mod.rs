@@ -53,6 +53,8 @@ pub struct Plan {
     pub prompt_bytes: usize,
     /// `--worker-threads`: every proxy's, when set.
     pub worker_threads: Option<u16>,
+    /// `--open-loop-rate`: the open-loop phase's rate, when set.
+    pub open_rate: Option<f64>,
 }
 
 /// The phases by name, in the order they run (`--phases`).
@@ -123,6 +125,7 @@ impl Plan {
             answer_chunks: 3,
             prompt_bytes: 0,
             worker_threads: None,
+            open_rate: None,
         }
     }
 
@@ -143,6 +146,7 @@ impl Plan {
             answer_chunks: 3,
             prompt_bytes: 0,
             worker_threads: None,
+            open_rate: None,
         }
     }
 }
@@ -223,8 +227,9 @@ pub async fn run_all(
         eprintln!("cluster");
         out += &cluster_section(plan, cluster, subject, &mut findings).await?;
     }
-    if !plan.only.is_empty() {
-        return Ok(out); // the goals need every phase's figures
+    if !plan.only.is_empty() || plan.open_rate.is_some() {
+        // The goals need every phase's figures, and the open loop at its own rate.
+        return Ok(out);
     }
     out += &goals(subjects, &findings);
     Ok(out)

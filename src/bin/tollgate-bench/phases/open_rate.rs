@@ -1,6 +1,6 @@
 //! Phase 6: latency under a steady load. Every subject gets the same open-loop rate, half
 //! the throughput this build's first tollgate reached at 32 connections (the throughput
-//! phase), in rounds that go through the subjects in turn: requests are sent when due on
+//! phase, or `--open-loop-rate`), in rounds that go through the subjects in turn: requests are sent when due on
 //! as many connections as they need, so a server that falls behind shows it in its
 //! latency instead of being sent less.
 
@@ -12,11 +12,21 @@ pub(super) async fn open_rate(
     findings: &mut Findings,
 ) -> anyhow::Result<String> {
     let first_tollgate = subjects.iter().position(|s| s.gateway.is_some());
-    let Some(rate) = first_tollgate
+    let half = first_tollgate
         .and_then(|i| findings.throughput_32.get(i))
-        .map(|r| (r / 2.0).round())
-    else {
-        return Ok("## Open loop\n\nNot run: it needs the throughput phase's rate.\n\n".into());
+        .map(|r| (r / 2.0).round());
+    let (rate, why) = match (plan.open_rate, half) {
+        (Some(rate), _) => (rate, "as `--open-loop-rate` asked".to_string()),
+        (None, Some(rate)) => (
+            rate,
+            format!(
+                "half of what {} served at 32 connections",
+                first_tollgate.map_or("tollgate", |i| subjects[i].target.name.as_str())
+            ),
+        ),
+        (None, None) => {
+            return Ok("## Open loop\n\nNot run: it needs the throughput phase's rate.\n\n".into());
+        }
     };
     let mut table = Table::new(&[
         "subject",
@@ -74,12 +84,10 @@ pub(super) async fn open_rate(
         findings.open_cpu.push(per_request);
     }
     Ok(format!(
-        "## Open loop\n\n{rate:.0} non-streamed completions per second (half of what {} \
-         served at 32 connections), each sent when due on an idle connection or a new one, \
+        "## Open loop\n\n{rate:.0} non-streamed completions per second ({why}), each sent when due on an idle connection or a new one, \
          in {} rounds of {:.1} s per subject that go through the subjects in turn. Latency \
          counts from the send. CPU covers every process of a subject (a cluster's balancer, \
          replicas, Redis and PostgreSQL).\n\n{}\n",
-        first_tollgate.map_or("tollgate", |i| subjects[i].target.name.as_str()),
         plan.throughput_rounds,
         round.as_secs_f64(),
         table.finish()
