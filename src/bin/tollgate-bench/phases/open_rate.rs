@@ -37,6 +37,7 @@ pub(super) async fn open_rate(
         "added p50 ms",
         "added p99 ms (rounds: lowest to highest)",
         "CPU µs/request (proxies)",
+        "share of its closed loop (32 connections)",
         "failed",
     ]);
     let round = plan.open_rate_time / plan.throughput_rounds as u32;
@@ -54,7 +55,11 @@ pub(super) async fn open_rate(
         }
     }
     let direct = Stats::of(runs[0].0.iter().map(|o| o.latency).collect());
-    for (subject, (outcomes, p99s, cpu)) in subjects.iter().zip(&runs) {
+    for (i, (subject, (outcomes, p99s, cpu))) in subjects.iter().zip(&runs).enumerate() {
+        // How near its capacity the rate runs a subject: the tail grows steeply near it.
+        let share = findings.throughput_32.get(i).map_or("-".into(), |closed| {
+            format!("{:.0}%", rate / closed * 100.0)
+        });
         let stats = Stats::of(outcomes.iter().map(|o| o.latency).collect());
         let added = p99s
             .iter()
@@ -78,6 +83,7 @@ pub(super) async fn open_rate(
                 true => "-".into(),
                 false => format!("{per_request:.0}"),
             },
+            share,
             failures(outcomes).to_string(),
         ]);
         findings.open_p99.push(stats.p99.saturating_sub(direct.p99));
@@ -87,7 +93,8 @@ pub(super) async fn open_rate(
         "## Open loop\n\n{rate:.0} non-streamed completions per second ({why}), each sent when due on an idle connection or a new one, \
          in {} rounds of {:.1} s per subject that go through the subjects in turn. Latency \
          counts from the send. CPU covers every process of a subject (a cluster's balancer, \
-         replicas, Redis and PostgreSQL).\n\n{}\n",
+         replicas, Redis and PostgreSQL). The share is the rate over what the subject served \
+         closed loop at 32 connections in the throughput phase, when it ran.\n\n{}\n",
         plan.throughput_rounds,
         round.as_secs_f64(),
         table.finish()
