@@ -151,23 +151,26 @@ type Group<'r> = (
     i64,
 );
 
-/// Adds the records just inserted to the hourly and daily rollups, on the ledger writer's
-/// connection inside the transaction that inserted them: summed per group in memory
-/// first, so that a batch upserts each group once (PostgreSQL's statement trigger does
-/// the same in SQL, `migrations/postgres/0011_usage_rollups.sql`). Days are those of
-/// `rollup_days`, read in the same transaction.
+/// A batch's records summed by integers first: account, key, shape (`compact`: it names
+/// the model, chip, deployment, endpoint, status and price version), hour, and day (none
+/// before the first). Hashing and comparing a group's strings for every record took most
+/// of the rollups' time; this way it is done once for each cell.
+type Cell = (i64, i64, i64, i64, Option<i64>);
+
+/// Adds the records just inserted, each with its shape id, to the hourly and daily
+/// rollups, on the ledger writer's connection inside the transaction that inserted them:
+/// summed per group in memory first, so that a batch upserts each group once
+/// (PostgreSQL's statement trigger does the same in SQL,
+/// `migrations/postgres/0011_usage_rollups.sql`). Days are those of `rollup_days`, read in
+/// the same transaction.
 pub fn roll_up<'r>(
     conn: &rusqlite::Connection,
-    inserted: &[&'r UsageRecord],
+    inserted: &[(&'r UsageRecord, i64)],
 ) -> rusqlite::Result<()> {
-    let Some(first) = inserted.iter().map(|r| to_ms(r.started_at)).min() else {
+    let starts = || inserted.iter().map(|(r, _)| to_ms(r.started_at));
+    let (Some(first), Some(last)) = (starts().min(), starts().max()) else {
         return Ok(());
     };
-    let last = inserted
-        .iter()
-        .map(|r| to_ms(r.started_at))
-        .max()
-        .unwrap_or(first);
     let mut days_in = conn.prepare_cached(
         "SELECT start FROM rollup_days
          WHERE start >= coalesce((SELECT start FROM rollup_days WHERE start <= ?1
@@ -177,10 +180,18 @@ pub fn roll_up<'r>(
     let days: Vec<i64> = days_in
         .query_map([first, last], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut hourly: HashMap<Group<'r>, [i64; 10]> = HashMap::new();
-    let mut daily: HashMap<Group<'r>, [i64; 10]> = HashMap::new();
-    for r in inserted {
+    let mut cells: HashMap<Cell, (&'r UsageRecord, [i64; 10])> = HashMap::new();
+    for &(r, shape) in inserted {
         let at = to_ms(r.started_at);
+        // The last day that starts at or before the record (none before the first day).
+        let day = days.partition_point(|&d| d <= at).checked_sub(1);
+        let cell = (
+            r.account_id,
+            r.key_id,
+            shape,
+            at.div_euclid(HOUR_MS) * HOUR_MS,
+            day.map(|day| days[day]),
+        );
         let counts = [
             1,
             r.tokens.prompt as i64,
@@ -193,11 +204,19 @@ pub fn roll_up<'r>(
             r.tokens.cache_write as i64,
             r.tokens.reasoning as i64,
         ];
+        let (_, sum) = cells.entry(cell).or_insert((r, [0; 10]));
+        for (s, c) in sum.iter_mut().zip(counts) {
+            *s += c;
+        }
+    }
+    let mut hourly: HashMap<Group<'r>, [i64; 10]> = HashMap::new();
+    let mut daily: HashMap<Group<'r>, [i64; 10]> = HashMap::new();
+    for ((account, key, _, hour, day), (r, counts)) in cells {
         let group = |bucket| -> Group<'r> {
             (
-                r.account_id,
+                account,
                 bucket,
-                r.key_id,
+                key,
                 r.model.as_str(),
                 r.chip.as_str(),
                 r.deployment.as_deref().unwrap_or(""),
@@ -212,11 +231,9 @@ pub fn roll_up<'r>(
                 *s += c;
             }
         };
-        add(&mut hourly, at.div_euclid(HOUR_MS) * HOUR_MS);
-        // The last day that starts at or before the record (none before the first day).
-        let day = days.partition_point(|&d| d <= at);
-        if day > 0 {
-            add(&mut daily, days[day - 1]);
+        add(&mut hourly, hour);
+        if let Some(day) = day {
+            add(&mut daily, day);
         }
     }
     let mut lineage_of =

@@ -69,14 +69,17 @@ where
             make_way();
         }
     }
-    let inserted: Vec<&UsageRecord> = if taken == records.len() {
-        records
+    // Each record the inserts took (not skipped), with its shape id.
+    let inserted: Vec<(&UsageRecord, i64)> = if taken == records.len() {
+        rows.iter()
+            .map(|&(record, _, shape)| (record, shape))
+            .collect()
     } else {
-        replays_set_apart(conn, &records, &keys, last_before, taken)?
+        replays_set_apart(conn, &rows, last_before, taken)?
     };
-    // Account → what the records really inserted (not skipped) cost.
+    // Account → what the records really inserted cost.
     let mut charged: HashMap<i64, Decimal> = HashMap::new();
-    for record in &inserted {
+    for &(record, _) in &inserted {
         compact::add_details(conn, record)?;
         let sum = charged.entry(record.account_id).or_default();
         *sum = sum
@@ -84,7 +87,8 @@ where
             .ok_or_else(|| failed("the records' costs overflow"))?;
     }
     super::funds::charge(conn, &charged)?;
-    let tokens_granted = super::grants::burn_sqlite(conn, &inserted)?;
+    let inserted_records: Vec<&UsageRecord> = inserted.iter().map(|&(r, _)| r).collect();
+    let tokens_granted = super::grants::burn_sqlite(conn, &inserted_records)?;
     super::sqlite::roll_up(conn, &inserted)?;
     transaction.commit()?;
     Ok(tokens_granted)
@@ -124,20 +128,19 @@ fn refuse_retired(conn: &rusqlite::Connection, records: &[&UsageRecord]) -> rusq
 /// or the batch is refused: a request id names one request, which started once.
 fn replays_set_apart<'r>(
     conn: &rusqlite::Connection,
-    records: &[&'r UsageRecord],
-    keys: &[RequestKey],
+    rows: &[(&'r UsageRecord, &RequestKey, i64)],
     last_before: i64,
     taken: usize,
-) -> rusqlite::Result<Vec<&'r UsageRecord>> {
+) -> rusqlite::Result<Vec<(&'r UsageRecord, i64)>> {
     let mut stored =
         conn.prepare_cached("SELECT id, started_at FROM usage_rows WHERE request_key = ?")?;
-    let mut seen = foldhash::HashSet::with_capacity(records.len());
+    let mut seen = foldhash::HashSet::with_capacity(rows.len());
     let mut inserted = Vec::with_capacity(taken);
-    for (&record, key) in records.iter().zip(keys) {
+    for &(record, key, shape) in rows {
         let (id, started_at): (i64, i64) =
             stored.query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))?;
         if id > last_before && seen.insert(key) {
-            inserted.push(record);
+            inserted.push((record, shape));
         } else if started_at != to_ms(record.started_at) {
             return Err(refused(format!(
                 "request id {} is recorded already, with another start",

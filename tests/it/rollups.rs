@@ -37,6 +37,8 @@ struct Shape {
     model: usize,
     deployment: bool,
     embeddings: bool,
+    /// Not a rollup's dimension: records apart in it alone sum into one group.
+    stream: bool,
     status: usize,
     prompt: u64,
     completion: u64,
@@ -48,18 +50,28 @@ fn shape() -> impl Strategy<Value = Shape> {
         0..3usize,
         0..2usize,
         any::<bool>(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         0..3usize,
         0..5000u64,
         0..500u64,
         0..54 * HOUR,
     )
         .prop_map(
-            |(owner, model, deployment, embeddings, status, prompt, completion, offset_ms)| Shape {
+            |(
+                owner,
+                model,
+                deployment,
+                (embeddings, stream),
+                status,
+                prompt,
+                completion,
+                offset_ms,
+            )| Shape {
                 owner,
                 model,
                 deployment,
                 embeddings,
+                stream,
                 status,
                 prompt,
                 completion,
@@ -147,6 +159,7 @@ async fn check(
             r.model = ["m", "n"][s.model].into();
             r.deployment = s.deployment.then(|| "mif-a".to_string());
             r.endpoint = if s.embeddings { "embeddings" } else { "chat" }.into();
+            r.stream = s.stream;
             r.status = [Status::Ok, Status::Partial, Status::UpstreamError][s.status];
             r.tokens.prompt = s.prompt;
             r.tokens.completion = s.completion;
