@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use super::PriceVersion;
 use serde::{Deserialize, Serialize};
 
-use super::money::{Overflow, add, mul};
+use super::money::{self, Overflow, add, mul};
 
 /// What a line counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -255,7 +255,7 @@ pub fn unit_price(price: &PriceVersion, unit: Unit) -> Decimal {
 /// The exact amount of `quantity` units at `price` per `per`: the one cost formula, for a
 /// record and for an invoice line alike.
 pub fn amount(quantity: u64, price: Decimal, per: u32) -> Result<Decimal, Overflow> {
-    Ok((mul(Decimal::from(quantity), price)? / Decimal::from(per)).normalize())
+    Ok(money::per(mul(Decimal::from(quantity), price)?, per).normalize())
 }
 
 /// The cost of a request's `tokens`, and of its `units` and its per-request price when it
