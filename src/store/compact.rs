@@ -15,11 +15,12 @@ use crate::billing::record::UsageRecord;
 
 /// A request id as `usage_rows.request_key` holds it: `req_` and 32 lowercase hex digits
 /// (the gateway's own ids, a UUIDv7) as those 16 bytes, any other id as its text. Either
-/// way the view turns it back into the same text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// way the view turns it back into the same text. Ordered as SQLite orders the column:
+/// text before bytes, each byte by byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestKey<'a> {
-    Uuid([u8; 16]),
     Text(&'a str),
+    Uuid([u8; 16]),
 }
 
 impl<'a> RequestKey<'a> {

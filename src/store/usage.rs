@@ -46,11 +46,17 @@ where
         .prepare_cached("SELECT coalesce(max(id), 0) FROM usage_rows")?
         .query_row([], |row| row.get(0))?;
     let columns = compact::COLUMNS.len();
-    let rows: Vec<(&UsageRecord, &RequestKey, i64)> = (records.iter().copied())
+    let mut rows: Vec<(&UsageRecord, &RequestKey, i64)> = (records.iter().copied())
         .zip(&keys)
         .zip(shapes)
         .map(|((record, key), shape)| (record, key, shape))
         .collect();
+    // Records come in the order their requests ended. Inserted in the order they started
+    // (a gateway's request id begins with its start's millisecond), each index of
+    // `usage_rows` but the account's and key's takes them at its end, where SQLite puts an
+    // entry without searching for its place. A stable sort: of one id twice, the first
+    // stays first.
+    rows.sort_by(|a, b| (to_ms(a.0.started_at), a.1).cmp(&(to_ms(b.0.started_at), b.1)));
     // The largest statements first, then smaller ones for what is left.
     let mut taken = 0;
     let mut rest = &rows[..];

@@ -18,10 +18,11 @@ use crate::Subject;
 use crate::load::{self, Stop};
 use crate::report::Table;
 
-/// Connections the counted requests come over: a few, so that the proxy's connections and
-/// its backend pool are used as in the load phases, and the count barely depends on how
-/// valgrind interleaves the proxy's threads.
-const CONNECTIONS: usize = 4;
+/// Connections the counted requests come over unless `--instruction-connections` says
+/// otherwise: a few, so that the proxy's connections and its backend pool are used as in
+/// the load phases, and the count barely depends on how valgrind interleaves the proxy's
+/// threads.
+pub const CONNECTIONS: u16 = 4;
 
 /// The command line a proxy under test is started with instead of its own: callgrind with
 /// counting off until `callgrind_control` turns it on, its counts written into `dir`.
@@ -53,12 +54,13 @@ pub fn check() -> anyhow::Result<()> {
 pub async fn run(
     subjects: &[Subject],
     requests: usize,
+    connections: usize,
     ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<String> {
     let mut out = format!(
         "# What a request costs in instructions\n\nMachine: {}. Each proxy runs under \
-         valgrind's callgrind; after {warm} requests of warm-up, {requests} {asked} over {CONNECTIONS} keep-alive connections are counted: \
+         valgrind's callgrind; after {warm} requests of warm-up, {requests} {asked} over {connections} keep-alive connections are counted: \
          the instructions of all the proxy's threads and its syscalls, per request. The \
          request path is all but the ledger writer's threads, whose work is given per \
          record they imported into the database while counting (its cost per record \
@@ -72,7 +74,7 @@ pub async fn run(
     let mut counted = Vec::new();
     for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
         eprintln!("counting {}", subject.target.name);
-        counted.push(count_one(subject, requests, ask, dir).await?);
+        counted.push(count_one(subject, requests, connections, ask, dir).await?);
     }
     let baseline = counted.first().map_or(0.0, Counted::request_path);
     let mut table = Table::new(&[
@@ -135,6 +137,7 @@ struct Counted {
 async fn count_one(
     subject: &Subject,
     requests: usize,
+    connections: usize,
     ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<Counted> {
@@ -144,7 +147,7 @@ async fn count_one(
     load::closed_loop(
         target,
         &workload,
-        CONNECTIONS,
+        connections,
         Stop::Requests(warm_up(requests)),
     )
     .await?;
@@ -152,7 +155,7 @@ async fn count_one(
     control(pid, "--zero")?;
     control(pid, "--instr=on")?;
     let (outcomes, _) =
-        load::closed_loop(target, &workload, CONNECTIONS, Stop::Requests(requests)).await?;
+        load::closed_loop(target, &workload, connections, Stop::Requests(requests)).await?;
     control(pid, "--dump")?;
     control(pid, "--instr=off")?;
     let imported = imported(subject).await? - imported_before;

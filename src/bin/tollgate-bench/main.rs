@@ -107,6 +107,11 @@ struct Args {
     /// repeatable to about 0.1%, where CPU time moves by 10%.
     #[arg(long, value_name = "REQUESTS", conflicts_with_all = ["profile", "cluster"])]
     instructions: Option<usize>,
+    /// Keep-alive connections the counted requests come over with `--instructions`
+    /// (e.g. 256, to see what more requests in flight cost).
+    #[arg(long, value_name = "CONNECTIONS", default_value_t = instructions::CONNECTIONS,
+          requires = "instructions", value_parser = clap::value_parser!(u16).range(1..))]
+    instruction_connections: u16,
     /// Runtime worker threads for every proxy: each tollgate (`server.worker_threads`,
     /// the cluster's replicas too), the axum pass-through, and nginx's worker processes.
     /// By default each takes one per core, but the cluster's replicas share the cores.
@@ -316,7 +321,10 @@ async fn measure(
             };
             profile::run(&subjects, &simulator, load, ask, dir).await
         }
-        (_, Some(requests)) => instructions::run(&subjects, requests, ask, dir).await,
+        (_, Some(requests)) => {
+            let connections = usize::from(args.instruction_connections);
+            instructions::run(&subjects, requests, connections, ask, dir).await
+        }
         _ => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
     }
 }
