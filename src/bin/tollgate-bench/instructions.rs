@@ -7,6 +7,9 @@
 //! count leaves out is the kernel's side of the syscalls (their number is counted) and
 //! what cache misses and context switches cost. With `TOLLGATE_BENCH_KEEP_CALLGRIND=DIR`
 //! the dumps are kept in DIR, for `callgrind_annotate` (e.g. `--tree=caller`).
+//! With `--cache-sim`, callgrind also simulates the caches, its last level sized as this
+//! machine's L2, and the report gives that cache's misses per request: what more requests
+//! in flight cost in memory, on a machine whose hardware counters cannot be read.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,16 +28,40 @@ use crate::report::Table;
 pub const CONNECTIONS: u16 = 4;
 
 /// The command line a proxy under test is started with instead of its own: callgrind with
-/// counting off until `callgrind_control` turns it on, its counts written into `dir`.
-pub fn launcher(dir: &Path) -> Vec<String> {
-    vec![
+/// counting off until `callgrind_control` turns it on, its counts written into `dir`;
+/// with `cache_sim`, simulating the caches, the last level as this machine's L2.
+pub fn launcher(dir: &Path, cache_sim: bool) -> anyhow::Result<Vec<String>> {
+    let mut command = vec![
         "valgrind".into(),
         "--tool=callgrind".into(),
         "--instr-atstart=no".into(),
         "--collect-systime=yes".into(),
         "--separate-threads=yes".into(),
         format!("--callgrind-out-file={}/callgrind.%p", dir.display()),
-    ]
+    ];
+    if cache_sim {
+        command.push("--cache-sim=yes".into());
+        command.push(format!("--LL={}", l2_of_this_machine()?));
+    }
+    Ok(command)
+}
+
+/// This machine's L2 as callgrind's `--LL` takes it: size, ways and line in bytes.
+fn l2_of_this_machine() -> anyhow::Result<String> {
+    let dir = Path::new("/sys/devices/system/cpu/cpu0/cache/index2");
+    let read = |name: &str| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("--cache-sim cannot read {name} of this CPU's L2"))?;
+        Ok(text.trim().to_string())
+    };
+    let size = read("size")?;
+    let bytes: u64 = match size.strip_suffix('K') {
+        Some(kib) => kib.parse::<u64>()? * 1024,
+        None => size.parse()?,
+    };
+    let ways = read("ways_of_associativity")?;
+    let line = read("coherency_line_size")?;
+    Ok(format!("{bytes},{ways},{line}"))
 }
 
 /// Checks that valgrind is there before any proxy is started under it.
@@ -55,6 +82,7 @@ pub async fn run(
     subjects: &[Subject],
     requests: usize,
     connections: usize,
+    cache_sim: bool,
     ask: crate::phases::Ask,
     dir: &Path,
 ) -> anyhow::Result<String> {
@@ -71,13 +99,22 @@ pub async fn run(
         warm = warm_up(requests),
         asked = ask.described(),
     );
+    if cache_sim {
+        out = out.trim_end().to_string();
+        out += &format!(
+            " callgrind simulated the caches, its last level as this machine's L2 ({}: size, \
+             ways, line in bytes); a miss there is a read from L3 or memory, or a write to a \
+             line not in L2.\n\n",
+            l2_of_this_machine()?
+        );
+    }
     let mut counted = Vec::new();
     for subject in subjects.iter().filter(|s| s.proxies.len() == 1) {
         eprintln!("counting {}", subject.target.name);
         counted.push(count_one(subject, requests, connections, ask, dir).await?);
     }
     let baseline = counted.first().map_or(0.0, Counted::request_path);
-    let mut table = Table::new(&[
+    let mut columns = vec![
         "subject",
         "instructions per request",
         "on the request path",
@@ -85,9 +122,13 @@ pub async fn run(
         "ledger writer's threads per record imported",
         "syscalls per request",
         "clock reads per request",
-    ]);
+    ];
+    if cache_sim {
+        columns.push("simulated L2 misses per request");
+    }
+    let mut table = Table::new(&columns);
     for c in &counted {
-        table.row(&[
+        let mut row = vec![
             c.name.clone(),
             format!("{:.0}", c.instructions),
             format!("{:.0}", c.request_path()),
@@ -95,7 +136,9 @@ pub async fn run(
             format!("{:.0}", c.writer),
             format!("{:.2}", c.syscalls),
             format!("{:.2}", c.clock_reads),
-        ]);
+        ];
+        row.extend(c.l2_misses.map(|m| format!("{m:.0}")));
+        table.row(&row);
     }
     out += &table.finish();
     for c in &counted {
@@ -128,6 +171,9 @@ struct Counted {
     /// Syscalls but clock reads.
     syscalls: f64,
     clock_reads: f64,
+    /// Misses of the simulated last-level cache (this machine's L2), instruction and data,
+    /// every thread, when the caches were simulated.
+    l2_misses: Option<f64>,
     /// tollgate's own functions (and the pass-through's) by inclusive count.
     own: String,
     /// Every function by its own count.
@@ -176,14 +222,18 @@ async fn count_one(
         }
     }
     let (mut instructions, mut syscalls, mut writer) = (0.0, 0.0, 0.0);
+    let mut l2_misses: Option<f64> = None;
     let mut functions = Functions::default();
     for file in &threads {
         let text = std::fs::read_to_string(file)?;
-        let (ir, sys) = summary(&text)?;
-        instructions += ir;
-        syscalls += sys;
+        let totals = summary(&text)?;
+        instructions += totals.instructions;
+        syscalls += totals.syscalls;
+        if let Some(misses) = totals.l2_misses {
+            *l2_misses.get_or_insert(0.0) += misses;
+        }
         if LEDGER.iter().any(|f| text.contains(f)) {
-            writer += ir;
+            writer += totals.instructions;
         }
         functions.add(annotate(file)?);
     }
@@ -200,6 +250,7 @@ async fn count_one(
         writer: writer / (imported as f64).max(1.0),
         syscalls: (syscalls - clock_reads) / per,
         clock_reads: clock_reads / per,
+        l2_misses: l2_misses.map(|m| m / per),
         own: function_table(
             "own function (inclusive)",
             functions
@@ -267,18 +318,42 @@ fn dump_of(dir: &Path, pid: u32) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|(_, path)| path).collect())
 }
 
-/// A dump's instructions and syscalls (its `summary:` line: Ir, sysCount, ...).
-fn summary(text: &str) -> anyhow::Result<(f64, f64)> {
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("summary:"))
-        .context("a callgrind dump without a summary")?;
+/// One thread's totals.
+#[derive(Debug, PartialEq)]
+struct Totals {
+    instructions: f64,
+    syscalls: f64,
+    /// Last-level misses (instruction reads, data reads and writes), if simulated.
+    l2_misses: Option<f64>,
+}
+
+/// A dump's totals: its `summary:` line, whose counts are in the order of its `events:`
+/// line (Ir, then the caches' events when simulated, then sysCount and sysTime).
+fn summary(text: &str) -> anyhow::Result<Totals> {
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .with_context(|| format!("a callgrind dump without `{prefix}`"))
+    };
+    let events: Vec<&str> = field("events:")?.split_whitespace().collect();
+    let line = field("summary:")?;
     // Counts left off at the end are zeros (a thread that made no syscall: ` 0`).
     let counts: Vec<f64> = (line.split_whitespace().map(str::parse))
         .collect::<Result<_, _>>()
         .with_context(|| format!("a callgrind summary not understood: {line}"))?;
-    let count = |n: usize| counts.get(n).copied().unwrap_or(0.0);
-    Ok((count(0), count(1)))
+    let count = |event: &str| {
+        let at = events.iter().position(|e| *e == event)?;
+        Some(counts.get(at).copied().unwrap_or(0.0))
+    };
+    let misses = ["ILmr", "DLmr", "DLmw"].map(count);
+    Ok(Totals {
+        instructions: count("Ir").context("a callgrind dump without instructions")?,
+        syscalls: count("sysCount").unwrap_or(0.0),
+        l2_misses: misses
+            .iter()
+            .all(Option::is_some)
+            .then(|| misses.iter().flatten().sum()),
+    })
 }
 
 /// Functions and their counts over all threads.
@@ -390,7 +465,31 @@ fn function_table<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::line_of;
+    use super::{Totals, line_of, summary};
+
+    #[test]
+    fn summaries_are_read_by_their_events() {
+        let plain = "events: Ir sysCount sysTime\nfn=x\nsummary: 1000 7\n";
+        assert_eq!(
+            summary(plain).unwrap(),
+            Totals {
+                instructions: 1000.0,
+                syscalls: 7.0,
+                l2_misses: None
+            }
+        );
+        let simulated = "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw sysCount sysTime\n\
+                         summary: 5000 900 800 40 30 20 3 5 8\n";
+        assert_eq!(
+            summary(simulated).unwrap(),
+            Totals {
+                instructions: 5000.0,
+                syscalls: 0.0,
+                l2_misses: Some(16.0)
+            }
+        );
+        assert!(summary("events: Ir\n").is_err());
+    }
 
     #[test]
     fn annotate_lines_give_the_function_without_file_or_generics() {

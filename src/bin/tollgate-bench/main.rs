@@ -112,6 +112,10 @@ struct Args {
     #[arg(long, value_name = "CONNECTIONS", default_value_t = instructions::CONNECTIONS,
           requires = "instructions", value_parser = clap::value_parser!(u16).range(1..))]
     instruction_connections: u16,
+    /// With `--instructions`: callgrind also simulates the caches, the last level sized as
+    /// this machine's L2, and the report gives that cache's misses per request (slower).
+    #[arg(long, requires = "instructions")]
+    cache_sim: bool,
     /// Runtime worker threads for every proxy: each tollgate (`server.worker_threads`,
     /// the cluster's replicas too), the axum pass-through, and nginx's worker processes.
     /// By default each takes one per core, but the cluster's replicas share the cores.
@@ -211,7 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         false if args.instructions.is_some() => {
             instructions::check()?;
-            let _ = procs::LAUNCHER.set(instructions::launcher(&dir));
+            let _ = procs::LAUNCHER.set(instructions::launcher(&dir, args.cache_sim)?);
             (
                 measure(&args, &plan, keys, &dir).await,
                 "bench/instructions.md",
@@ -323,7 +327,7 @@ async fn measure(
         }
         (_, Some(requests)) => {
             let connections = usize::from(args.instruction_connections);
-            instructions::run(&subjects, requests, connections, ask, dir).await
+            instructions::run(&subjects, requests, connections, args.cache_sim, ask, dir).await
         }
         _ => phases::run_all(plan, &subjects, &simulator, cluster.as_ref()).await,
     }
