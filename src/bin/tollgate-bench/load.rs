@@ -274,6 +274,11 @@ pub async fn closed_loop(
     Ok((all, elapsed))
 }
 
+/// How long an open loop's request waits for its answer before it counts as failed: at a
+/// rate far beyond a subject's capacity, the generator and the server both run out of
+/// descriptors, and a connection the server never accepts would wait for ever.
+const GIVE_UP: Duration = Duration::from_secs(10);
+
 /// Requests at `rate` per second for `time`, each sent when due whatever became of the
 /// ones before it (open loop, many connections): on a connection left idle by an earlier
 /// request, or on a new one if none is, so a slow server gets more requests in flight,
@@ -298,19 +303,22 @@ pub async fn open_rate(
         sent.push(tokio::spawn(async move {
             let due = Instant::now();
             let reused = idle.lock().expect("the idle connections").pop();
-            let mut connection = match reused {
-                Some(connection) => connection,
-                None => match Connection::open(addr).await {
-                    Ok(connection) => connection,
-                    Err(_) => return Outcome::failed(due),
-                },
-            };
-            // A connection the server closed or reset is a failed request, and not reused.
-            let Ok(outcome) = connection.send(&path, request, None).await else {
-                return Outcome::failed(due);
-            };
-            idle.lock().expect("the idle connections").push(connection);
-            outcome
+            let answered = tokio::time::timeout(GIVE_UP, async {
+                let mut connection = match reused {
+                    Some(connection) => connection,
+                    None => Connection::open(addr).await.ok()?,
+                };
+                // A connection the server closed or reset is a failed request, and not
+                // reused.
+                let outcome = connection.send(&path, request, None).await.ok()?;
+                idle.lock().expect("the idle connections").push(connection);
+                Some(outcome)
+            });
+            answered
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Outcome::failed(due))
         }));
     }
     let mut outcomes = Vec::with_capacity(count);
