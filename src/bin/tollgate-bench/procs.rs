@@ -381,8 +381,12 @@ pub fn cpu_time(pids: &[u32]) -> Duration {
 /// Sets each process's peak RSS (`VmHWM`) back to its RSS now (`/proc/PID/clear_refs`, 5),
 /// so that the next reading of the peak is of what came after. Whether every one was reset.
 pub fn reset_peak_rss(pids: &[u32]) -> bool {
-    pids.iter()
-        .all(|pid| std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok())
+    // Every one tried, even after one fails.
+    let failed = pids
+        .iter()
+        .filter(|pid| std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_err())
+        .count();
+    failed == 0
 }
 
 /// A `/proc/PID/status` figure in kB, summed over the processes (`VmRSS`, `VmHWM`).
